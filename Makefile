@@ -1,0 +1,23 @@
+# The two commands a new user needs: `make dev` (a GPU shell on this machine)
+# and `make test` (the whole test suite, as CI runs it).
+
+# go-nvml's header marks some calls deprecated; its warnings are noise here.
+export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
+
+.PHONY: dev test build bench clean
+
+build:
+	go build -o bin/devgpu ./cmd/devgpu
+
+dev: build
+	./scripts/dev.sh
+
+test:
+	go vet ./...
+	go test -race -count=1 -timeout 15m ./...
+
+bench: build
+	./bench/compare.sh
+
+clean:
+	rm -rf bin

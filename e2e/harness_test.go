@@ -1,0 +1,321 @@
+// Package e2e drives the real devgpu binary against a real server: the CLI
+// as a user runs it, with a real PTY for interactive shells.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+
+	"github.com/devgpu/devgpu/internal/testutil"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testutil.Cleanup()
+	os.Exit(code)
+}
+
+// env is one devgpu installation: a data directory, a CLI config, and the
+// server process serving them.
+type env struct {
+	t      *testing.T
+	bin    string
+	dir    string
+	addr   string
+	gpus   string
+	server *exec.Cmd
+	exited chan struct{}
+	log    *bytes.Buffer
+}
+
+func newEnv(t *testing.T, gpus string) *env {
+	t.Helper()
+	e := &env{t: t, bin: testutil.Binary(t), dir: testutil.ShortTempDir(t), addr: freeAddr(t), gpus: gpus}
+	e.startServer()
+	t.Cleanup(func() {
+		e.stopServer(syscall.SIGTERM)
+		e.killSessions()
+		if t.Failed() {
+			t.Logf("server log:\n%s", e.log.String())
+		}
+	})
+	return e
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func (e *env) environ() []string {
+	return append(os.Environ(), "DEVGPU_CONFIG="+filepath.Join(e.dir, "config.json"), "DEVGPU_URL=", "DEVGPU_TOKEN=")
+}
+
+func (e *env) startServer() {
+	e.t.Helper()
+	e.log = &bytes.Buffer{}
+	cmd := exec.Command(e.bin, "server", "--dev", "--data", filepath.Join(e.dir, "data"), "--listen", e.addr,
+		"--gpus", e.gpus, "--liveness-interval", "200ms", "--ping-interval", "1s", "--log-level", "debug")
+	cmd.Env = e.environ()
+	cmd.Stdout, cmd.Stderr = e.log, e.log
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.server = cmd
+	e.exited = make(chan struct{})
+	go func() { _ = cmd.Wait(); close(e.exited) }()
+	testutil.Eventually(e.t, testutil.WaitMedium, "the server to answer /healthz", func() bool {
+		resp, err := http.Get("http://" + e.addr + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+func (e *env) stopServer(sig syscall.Signal) {
+	if e.server == nil {
+		return
+	}
+	_ = e.server.Process.Signal(sig)
+	select {
+	case <-e.exited:
+	case <-time.After(testutil.WaitMedium):
+		_ = e.server.Process.Kill()
+		<-e.exited
+	}
+	e.server = nil
+}
+
+// killSessions makes sure a failed test leaves no agent behind.
+func (e *env) killSessions() {
+	out, _ := exec.Command("pkill", "-KILL", "-f", "--", "--socket "+e.dir).CombinedOutput()
+	_ = out
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// cli runs the devgpu CLI to completion.
+func (e *env) cli(args ...string) result {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.WaitLong)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, e.bin, args...)
+	cmd.Env = e.environ()
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	code := 0
+	if errors.As(err, &exit) {
+		code = exit.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("devgpu %s: %v", strings.Join(args, " "), err)
+	}
+	return result{stdout.String(), stderr.String(), code}
+}
+
+// sessions lists the caller's sessions through the CLI's --json contract.
+func (e *env) sessions() []sdk.Session {
+	e.t.Helper()
+	r := e.cli("sessions", "list", "--json")
+	if r.code != 0 {
+		e.t.Fatalf("sessions list: %d %s", r.code, r.stderr)
+	}
+	var out []sdk.Session
+	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
+		e.t.Fatalf("sessions list --json: %v\n%s", err, r.stdout)
+	}
+	return out
+}
+
+func (e *env) session(id string) sdk.Session {
+	e.t.Helper()
+	for _, s := range e.sessions() {
+		if s.ID == id {
+			return s
+		}
+	}
+	e.t.Fatalf("session %s not listed", id)
+	return sdk.Session{}
+}
+
+// waitSession polls until the session satisfies cond.
+func (e *env) waitSession(id string, d time.Duration, what string, cond func(sdk.Session) bool) sdk.Session {
+	e.t.Helper()
+	var s sdk.Session
+	testutil.Eventually(e.t, d, "session "+id+" "+what, func() bool {
+		s = e.session(id)
+		return cond(s)
+	})
+	return s
+}
+
+func (e *env) running() []sdk.Session {
+	var out []sdk.Session
+	for _, s := range e.sessions() {
+		if s.State == sdk.StateRunning {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// term is a devgpu process on a real pseudo-terminal.
+type term struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	tty  *os.File
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	seen int // offset up to which expect has consumed output
+	done chan struct{}
+	code int
+}
+
+func (e *env) terminal(args ...string) *term {
+	e.t.Helper()
+	cmd := exec.Command(e.bin, args...)
+	cmd.Env = append(e.environ(), "TERM=xterm")
+	tty, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 24, Cols: 80})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	tm := &term{t: e.t, cmd: cmd, tty: tty, done: make(chan struct{})}
+	go func() {
+		b := make([]byte, 4096)
+		for {
+			n, err := tty.Read(b)
+			tm.mu.Lock()
+			tm.buf.Write(b[:n])
+			tm.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	go func() {
+		err := cmd.Wait()
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			tm.code = exit.ExitCode()
+			if ws, ok := exit.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				tm.code = -1
+			}
+		}
+		close(tm.done)
+	}()
+	e.t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-tm.done
+		tty.Close()
+	})
+	return tm
+}
+
+func (tm *term) send(s string) {
+	tm.t.Helper()
+	if _, err := tm.tty.Write([]byte(s)); err != nil {
+		tm.t.Fatalf("write to terminal: %v", err)
+	}
+}
+
+// expect waits for text in the output that follows the last match.
+func (tm *term) expect(text string) {
+	tm.t.Helper()
+	deadline := time.Now().Add(testutil.WaitMedium)
+	for {
+		tm.mu.Lock()
+		out := tm.buf.String()
+		tm.mu.Unlock()
+		if i := strings.Index(out[tm.seen:], text); i >= 0 {
+			tm.seen += i + len(text)
+			return
+		}
+		if time.Now().After(deadline) {
+			tm.t.Fatalf("terminal never showed %q; it shows:\n%s", text, out[tm.seen:])
+		}
+		time.Sleep(testutil.Poll)
+	}
+}
+
+// ready waits until the shell runs commands. The marker is split in the
+// typed command, so the terminal's echo of it does not match.
+func (tm *term) ready() {
+	tm.t.Helper()
+	tm.send("echo RE''ADY\r")
+	tm.expect("READY")
+}
+
+func (tm *term) resize(rows, cols uint16) {
+	tm.t.Helper()
+	if err := pty.Setsize(tm.tty, &pty.Winsize{Rows: rows, Cols: cols}); err != nil {
+		tm.t.Fatal(err)
+	}
+}
+
+// wait returns the process's exit status (-1 when killed by a signal).
+func (tm *term) wait() int {
+	tm.t.Helper()
+	select {
+	case <-tm.done:
+		return tm.code
+	case <-time.After(testutil.WaitMedium):
+		tm.t.Fatal("devgpu did not exit")
+		return 0
+	}
+}
+
+// sessionID reads the id that `devgpu shell` announces on its terminal.
+func (tm *term) sessionID() string {
+	tm.t.Helper()
+	tm.expect("devgpu: session ")
+	deadline := time.Now().Add(testutil.WaitShort)
+	for time.Now().Before(deadline) {
+		tm.mu.Lock()
+		rest := tm.buf.String()[tm.seen:]
+		tm.mu.Unlock()
+		if id, _, ok := strings.Cut(rest, " "); ok {
+			return id
+		}
+		time.Sleep(testutil.Poll)
+	}
+	tm.t.Fatal("no session id announced")
+	return ""
+}
+
+func pidAlive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i > 0 && i+2 < len(b) && b[i+2] != 'Z'
+}

@@ -1,0 +1,10 @@
+// Package agent is the in-session SSH server, `devgpu agent`. It runs inside
+// every session (a process group, a container, a Pod) and implements once,
+// for every runtime, what a user does in a session: PTY shells, exec with
+// exit status, env, window changes, signals.
+//
+// The agent listens on a private unix socket. Every connection must start
+// with the control plane's preamble (WritePreamble) carrying the session
+// secret; SSH user authentication inside it is then "none", because the
+// tunnel that reaches the socket is already authenticated and authorised.
+package agent

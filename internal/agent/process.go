@@ -1,0 +1,290 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/creack/pty"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// copyBufSize is large because bulk output (`head -c 1G /dev/zero`) is
+	// measured against OpenSSH; a pipe holds 64 KiB by default.
+	copyBufSize = 64 << 10
+	// After the child exits, its output is read on only while more keeps
+	// coming (drainIdle) and for at most drainMax, so that a background job
+	// holding the pipe or terminal cannot keep the channel open forever.
+	drainIdle = 250 * time.Millisecond
+	drainMax  = 2 * time.Second
+)
+
+var bufPool = sync.Pool{New: func() any { return new([copyBufSize]byte) }}
+
+// process is a child started for a "shell" or "exec" request. Like sshd's
+// children it leads a session and process group of its own (pid = pgid =
+// sid): signals to the group reach its background jobs too, and a pty
+// becomes its controlling terminal.
+type process struct {
+	cmd     *exec.Cmd
+	tty     *os.File   // pty master, nil without a pty
+	stdin   *os.File   // write end of the child's stdin pipe, nil with a pty
+	outputs []*os.File // read ends: stdout and stderr, or the pty master
+	done    chan struct{}
+	exitAt  time.Time // set before done is closed
+}
+
+// startProcess starts cmd on a new pty of the given size, or on pipes when
+// size is nil.
+func startProcess(cmd *exec.Cmd, size *windowChange) (*process, error) {
+	p := &process{cmd: cmd, done: make(chan struct{})}
+	if size != nil {
+		if err := p.startPTY(size); err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var err error
+	pipe := func() (r, w *os.File) {
+		if err == nil {
+			r, w, err = os.Pipe()
+		}
+		return r, w
+	}
+	inR, inW := pipe()
+	outR, outW := pipe()
+	errR, errW := pipe()
+	if err == nil {
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
+		err = cmd.Start()
+	}
+	// The child holds its own copies of its ends; ours would hide EOF.
+	for _, f := range []*os.File{inR, outW, errW} {
+		f.Close()
+	}
+	if err != nil {
+		for _, f := range []*os.File{inW, outR, errR} {
+			f.Close()
+		}
+		return nil, err
+	}
+	p.stdin, p.outputs = inW, []*os.File{outR, errR}
+	return p, nil
+}
+
+func (p *process) startPTY(size *windowChange) error {
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		return err
+	}
+	defer tty.Close()
+	// pty.Open calls Fd(), which puts the master into blocking mode. Back to
+	// non-blocking, so that reads honour deadlines and Close.
+	if err := control(ptmx, func(fd int) error { return unix.SetNonblock(fd, true) }); err != nil {
+		ptmx.Close()
+		return err
+	}
+	if err := setWinsize(ptmx, size); err != nil {
+		ptmx.Close()
+		return err
+	}
+	p.cmd.Stdin, p.cmd.Stdout, p.cmd.Stderr = tty, tty, tty
+	// A session with the pty as controlling terminal: the line discipline
+	// turns ^C into SIGINT for the foreground job, not for the shell.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+	if err := p.cmd.Start(); err != nil {
+		ptmx.Close()
+		return err
+	}
+	p.tty = ptmx
+	p.outputs = []*os.File{ptmx}
+	return nil
+}
+
+// control runs f on f's descriptor without Fd(), which would make it blocking.
+func control(f *os.File, fn func(fd int) error) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = fn(int(fd)) }); err != nil {
+		return err
+	}
+	return ferr
+}
+
+func setWinsize(ptmx *os.File, size *windowChange) error {
+	ws := &unix.Winsize{Row: clamp16(size.Rows), Col: clamp16(size.Columns), Xpixel: clamp16(size.Width), Ypixel: clamp16(size.Height)}
+	return control(ptmx, func(fd int) error { return unix.IoctlSetWinsize(fd, unix.TIOCSWINSZ, ws) })
+}
+
+func clamp16(v uint32) uint16 { return uint16(min(v, 0xffff)) }
+
+func (p *process) pid() int { return p.cmd.Process.Pid }
+
+// signal delivers sig to the child's process group.
+func (p *process) signal(sig syscall.Signal) error {
+	return syscall.Kill(-p.pid(), sig)
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// wait reaps the child, then makes the output readers give up once the
+// output stops.
+func (p *process) wait() *os.ProcessState {
+	_ = p.cmd.Wait()
+	p.exitAt = time.Now()
+	close(p.done)
+	for _, f := range p.outputs {
+		_ = f.SetReadDeadline(time.Now().Add(drainIdle))
+	}
+	return p.cmd.ProcessState
+}
+
+// copyOut copies one of the child's outputs to w until EOF (a pty gives EIO
+// instead) or, after the child exited, until the output pauses.
+func (p *process) copyOut(w io.Writer, r *os.File) {
+	b := bufPool.Get().(*[copyBufSize]byte)
+	defer bufPool.Put(b)
+	buf := b[:]
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				// Nobody listens: let the child see EPIPE or a hung-up terminal.
+				r.Close()
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+		if p.exited() {
+			d := time.Now().Add(drainIdle)
+			if last := p.exitAt.Add(drainMax); d.After(last) {
+				d = last
+			}
+			_ = r.SetReadDeadline(d)
+		}
+	}
+}
+
+// copyIn copies the channel to the child's stdin; EOF closes the pipe. A
+// terminal has no half-close, so there it only stops copying.
+func (p *process) copyIn(r io.Reader) {
+	b := bufPool.Get().(*[copyBufSize]byte)
+	defer bufPool.Put(b)
+	buf := b[:]
+	if p.tty != nil {
+		_, _ = io.CopyBuffer(p.tty, r, buf)
+		return
+	}
+	_, _ = io.CopyBuffer(p.stdin, r, buf)
+	p.stdin.Close()
+}
+
+func (p *process) close() {
+	for _, f := range p.outputs {
+		f.Close()
+	}
+	if p.stdin != nil {
+		p.stdin.Close()
+	}
+}
+
+// hangup ends a child whose channel went away, like sshd: SIGHUP to its
+// process group, SIGKILL after a grace, or at once when Serve is stopping.
+func (p *process) hangup(ctx context.Context) {
+	if p.exited() {
+		return
+	}
+	_ = p.signal(syscall.SIGHUP)
+	t := time.NewTimer(hangupGrace)
+	defer t.Stop()
+	select {
+	case <-p.done:
+	case <-t.C:
+		_ = p.signal(syscall.SIGKILL)
+	case <-ctx.Done():
+		_ = p.signal(syscall.SIGKILL)
+	}
+}
+
+// exitMessage is the request that reports how the child ended: exit-status,
+// or exit-signal when a signal killed it (RFC 4254 6.10).
+func exitMessage(ps *os.ProcessState) (string, []byte) {
+	if ps == nil { // wait4 failed: someone else reaped the child
+		return "exit-status", ssh.Marshal(struct{ Status uint32 }{255})
+	}
+	ws, _ := ps.Sys().(syscall.WaitStatus)
+	if ws.Signaled() {
+		return "exit-signal", ssh.Marshal(struct {
+			Signal     string
+			CoreDumped bool
+			Error      string
+			Lang       string
+		}{Signal: signalName(ws.Signal()), CoreDumped: ws.CoreDump()})
+	}
+	return "exit-status", ssh.Marshal(struct{ Status uint32 }{uint32(ws.ExitStatus())})
+}
+
+// SSH names signals without "SIG" (RFC 4254 6.10): "INT", "TERM", "USR1".
+func signalName(sig syscall.Signal) string {
+	return strings.TrimPrefix(unix.SignalName(sig), "SIG")
+}
+
+func parseSignal(name string) (syscall.Signal, bool) {
+	sig := unix.SignalNum("SIG" + name)
+	return sig, sig != 0
+}
+
+// liveSessions maps session ids to their processes that are not zombies,
+// read from /proc. The bool is false where /proc cannot be read.
+func liveSessions() (map[int][]int, bool) {
+	dir, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, false
+	}
+	sessions := map[int][]int{}
+	for _, e := range dir {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// "pid (comm) state ppid pgrp session ..."; comm may hold anything.
+		i := bytes.LastIndexByte(stat, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 4 || f[0] == "Z" {
+			continue
+		}
+		if sid, err := strconv.Atoi(f[3]); err == nil {
+			sessions[sid] = append(sessions[sid], pid)
+		}
+	}
+	return sessions, true
+}

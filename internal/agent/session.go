@@ -1,0 +1,148 @@
+package agent
+
+import (
+	"context"
+	"os/exec"
+	"slices"
+	"sync"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Payloads of "session" channel requests (RFC 4254 section 6).
+type (
+	ptyRequest struct {
+		Term                         string
+		Columns, Rows, Width, Height uint32
+		Modes                        string
+	}
+	windowChange struct{ Columns, Rows, Width, Height uint32 }
+)
+
+// session is one "session" channel: requests before "shell" or "exec"
+// shape the child, the ones after steer it.
+type session struct {
+	srv  *server
+	ch   ssh.Channel
+	env  []string      // from "env" requests
+	term string        // TERM from "pty-req"
+	size *windowChange // nil without "pty-req"
+	proc *process      // nil until "shell" or "exec"
+	wg   sync.WaitGroup
+}
+
+func (s *server) serveSession(ctx context.Context, nc ssh.NewChannel) {
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		return
+	}
+	ss := &session{srv: s, ch: ch}
+	for req := range reqs {
+		idle := ss.proc == nil
+		ok := ss.handle(ctx, req)
+		if req.WantReply {
+			_ = req.Reply(ok, nil)
+		}
+		// Only after the reply, which the exit status must not overtake.
+		if idle && ss.proc != nil {
+			ss.wg.Go(func() { ss.run(ctx) })
+		}
+	}
+	// The peer closed the channel, or the connection is gone.
+	_ = ch.Close()
+	if ss.proc != nil {
+		ss.proc.hangup(ctx)
+	}
+	ss.wg.Wait()
+}
+
+func (ss *session) handle(ctx context.Context, req *ssh.Request) bool {
+	switch req.Type {
+	case "env":
+		var kv struct{ Name, Value string }
+		if ss.proc != nil || ssh.Unmarshal(req.Payload, &kv) != nil {
+			return false
+		}
+		ss.env = append(ss.env, kv.Name+"="+kv.Value)
+		return true
+	case "pty-req":
+		var pr ptyRequest
+		if ss.proc != nil || ssh.Unmarshal(req.Payload, &pr) != nil {
+			return false
+		}
+		ss.term, ss.size = pr.Term, &windowChange{pr.Columns, pr.Rows, pr.Width, pr.Height}
+		return true
+	case "window-change":
+		var wc windowChange
+		if ss.size == nil || ssh.Unmarshal(req.Payload, &wc) != nil {
+			return false
+		}
+		if ss.proc == nil {
+			*ss.size = wc
+			return true
+		}
+		return setWinsize(ss.proc.tty, &wc) == nil
+	case "signal":
+		var m struct{ Name string }
+		// Once the child is reaped its pid may belong to someone else.
+		if ss.proc == nil || ss.proc.exited() || ssh.Unmarshal(req.Payload, &m) != nil {
+			return false
+		}
+		sig, ok := parseSignal(m.Name)
+		return ok && ss.proc.signal(sig) == nil
+	case "shell":
+		return ss.start(ctx, nil)
+	case "exec":
+		var m struct{ Command string }
+		if ssh.Unmarshal(req.Payload, &m) != nil {
+			return false
+		}
+		return ss.start(ctx, []string{"-c", m.Command})
+	// "subsystem" (sftp) goes here.
+	default:
+		return false
+	}
+}
+
+// start runs the shell with args, like sshd: `shell -c CMD` for exec, the
+// bare shell (interactive on a pty, not a login shell) for "shell".
+func (ss *session) start(ctx context.Context, args []string) bool {
+	if ss.proc != nil || ctx.Err() != nil {
+		return false
+	}
+	s := ss.srv
+	cmd := exec.Command(s.shell, args...)
+	cmd.Dir = s.cfg.Dir
+	cmd.Env = s.env
+	if ss.term != "" {
+		cmd.Env = append(slices.Clip(cmd.Env), "TERM="+ss.term)
+	}
+	cmd.Env = append(slices.Clip(cmd.Env), ss.env...) // later entries win
+	p, err := startProcess(cmd, ss.size)
+	if err != nil {
+		s.log.Warn("start failed", "err", err)
+		return false
+	}
+	s.log.Debug("started", "pid", p.pid(), "pty", p.tty != nil)
+	ss.proc = p
+	return true
+}
+
+// run pumps the child's I/O, then reports its exit like sshd: all output
+// first, then exit-status or exit-signal, then close.
+func (ss *session) run(ctx context.Context) {
+	p := ss.proc
+	ss.wg.Go(func() { p.copyIn(ss.ch) })
+	var out sync.WaitGroup
+	out.Go(func() { p.copyOut(ss.ch, p.outputs[0]) })
+	if len(p.outputs) > 1 {
+		out.Go(func() { p.copyOut(ss.ch.Stderr(), p.outputs[1]) })
+	}
+	state := p.wait()
+	out.Wait()
+	p.close()
+	name, payload := exitMessage(state)
+	_, _ = ss.ch.SendRequest(name, false, payload)
+	_ = ss.ch.Close()
+	ss.srv.linger(ctx, p.pid())
+}

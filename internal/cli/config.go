@@ -1,0 +1,92 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// config is the CLI's saved state: which server, and who we are there.
+type config struct {
+	URL     string `json:"url"`
+	Token   string `json:"token"`
+	Project string `json:"project,omitempty"`
+}
+
+// configPath is $DEVGPU_CONFIG, or devgpu/config.json under the user's
+// configuration directory.
+func configPath() (string, error) {
+	if p := os.Getenv("DEVGPU_CONFIG"); p != "" {
+		return p, nil
+	}
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		return "", fmt.Errorf("find the configuration directory: %w; set DEVGPU_CONFIG", err)
+	}
+	return filepath.Join(dir, "devgpu", "config.json"), nil
+}
+
+// loadConfig reads the config file (missing is fine) with DEVGPU_URL and
+// DEVGPU_TOKEN taking precedence.
+func loadConfig() (config, error) {
+	var c config
+	path, err := configPath()
+	if err != nil {
+		return c, err
+	}
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return c, fmt.Errorf("read config: %w", err)
+	default:
+		if err := json.Unmarshal(b, &c); err != nil {
+			return c, fmt.Errorf("config %s is not valid JSON (%v); fix it or log in again with `devgpu login`", path, err)
+		}
+	}
+	if v := os.Getenv("DEVGPU_URL"); v != "" {
+		c.URL = v
+	}
+	if v := os.Getenv("DEVGPU_TOKEN"); v != "" {
+		c.Token = v
+	}
+	return c, nil
+}
+
+// saveConfig writes the config readable by its owner only: it holds a token.
+func saveConfig(c config) (string, error) {
+	path, err := configPath()
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", fmt.Errorf("save config: %w", err)
+	}
+	b, _ := json.MarshalIndent(c, "", "  ")
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return "", fmt.Errorf("save config: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return "", fmt.Errorf("save config: %w", err)
+	}
+	return path, nil
+}
+
+// newClient returns an API client from the config, or says how to get one.
+func newClient() (*sdk.Client, config, error) {
+	c, err := loadConfig()
+	if err != nil {
+		return nil, c, err
+	}
+	if c.URL == "" || c.Token == "" {
+		return nil, c, errors.New("not logged in; run `devgpu login URL --token TOKEN`, or `devgpu server --dev` on this machine")
+	}
+	client, err := sdk.NewClient(c.URL, c.Token)
+	return client, c, err
+}

@@ -1,0 +1,216 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/devgpu/devgpu/internal/gpu"
+	"github.com/devgpu/devgpu/internal/runtime/local"
+	"github.com/devgpu/devgpu/internal/server"
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/internal/store/postgres"
+	"github.com/devgpu/devgpu/internal/store/sqlite"
+)
+
+// DefaultListen is where `devgpu server` answers unless told otherwise.
+const DefaultListen = "127.0.0.1:8470"
+
+type serverOptions struct {
+	dev              bool
+	listen           string
+	data             string
+	storeURL         string
+	gpus             string
+	logLevel         string
+	livenessInterval time.Duration
+	pingInterval     time.Duration
+}
+
+func newServerCmd() *cobra.Command {
+	var o serverOptions
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the control plane",
+		Long: `Run the control plane: the API, the broker for shells, and the session lifecycle.
+
+With --dev it is a complete system on this machine with no configuration:
+SQLite under the data directory, the local runtime, this host's NVIDIA GPUs
+(or a simulated inventory), an organisation admin named after you, a project
+"default" with GPUs enabled, and the CLI config written for you.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runServer(ctx, o)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&o.dev, "dev", false, "embedded default: bootstrap an admin and project \"default\", write the CLI config")
+	f.StringVar(&o.listen, "listen", DefaultListen, "address to serve the API on")
+	f.StringVar(&o.data, "data", "", "data directory (default $XDG_DATA_HOME/devgpu or ~/.local/share/devgpu)")
+	f.StringVar(&o.storeURL, "store", "", "store: a postgres:// URL, or a SQLite file path (default DATA/devgpu.db)")
+	f.StringVar(&o.gpus, "gpus", "", "simulate this GPU inventory, e.g. t4:4,a100:2 (default: this host's NVIDIA GPUs, else t4:4)")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.DurationVar(&o.livenessInterval, "liveness-interval", server.DefaultLivenessInterval, "how often to check that sessions are alive")
+	f.DurationVar(&o.pingInterval, "ping-interval", server.DefaultPingInterval, "WebSocket keepalive interval for detecting vanished clients")
+	_ = f.MarkHidden("liveness-interval")
+	_ = f.MarkHidden("ping-interval")
+	return cmd
+}
+
+func runServer(ctx context.Context, o serverOptions) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q is not one of debug, info, warn, error", o.logLevel)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	dataDir, err := resolveDataDir(o.data)
+	if err != nil {
+		return err
+	}
+	st, err := openStore(ctx, o.storeURL, dataDir)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	devices, err := inventory(ctx, o.gpus, log)
+	if err != nil {
+		return err
+	}
+	rt, err := local.New(local.Config{Dir: filepath.Join(dataDir, "sessions"), Logger: log})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s (%v); choose another address with --listen", o.listen, err)
+	}
+	defer ln.Close()
+	url := "http://" + ln.Addr().String()
+
+	if err := bootstrap(ctx, st, o.dev, url, dataDir, log); err != nil {
+		return err
+	}
+	srv, err := server.New(ctx, server.Config{
+		Store: st, Runtime: rt, GPUs: devices, Logger: log,
+		LivenessInterval: o.livenessInterval, PingInterval: o.pingInterval,
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	log.Info("devgpu server listening", "url", url, "data", dataDir, "gpus", len(devices))
+	return srv.Serve(ctx, ln)
+}
+
+func resolveDataDir(dir string) (string, error) {
+	if dir == "" {
+		base := os.Getenv("XDG_DATA_HOME")
+		if base == "" {
+			home, err := os.UserHomeDir()
+			if err != nil {
+				return "", fmt.Errorf("find a data directory: %w; pass --data DIR", err)
+			}
+			base = filepath.Join(home, ".local", "share")
+		}
+		dir = filepath.Join(base, "devgpu")
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("create data directory: %w", err)
+	}
+	return dir, nil
+}
+
+func openStore(ctx context.Context, url, dataDir string) (store.Store, error) {
+	if strings.HasPrefix(url, "postgres://") || strings.HasPrefix(url, "postgresql://") {
+		return postgres.Open(ctx, url)
+	}
+	if url == "" {
+		url = filepath.Join(dataDir, "devgpu.db")
+	}
+	return sqlite.Open(ctx, url)
+}
+
+// inventory is the simulated inventory when --gpus is given, else the
+// host's NVIDIA GPUs, else the default simulated one.
+func inventory(ctx context.Context, spec string, log *slog.Logger) ([]gpu.Device, error) {
+	if spec != "" {
+		return gpu.ParseSimulated(spec)
+	}
+	devs, err := gpu.Discover(ctx, log)
+	if err != nil {
+		log.Warn("GPU discovery failed; simulating GPUs", "err", err)
+	}
+	if len(devs) > 0 {
+		log.Info("found NVIDIA GPUs", "count", len(devs), "type", devs[0].Type)
+		return devs, nil
+	}
+	log.Info("no NVIDIA GPU found; simulating " + gpu.DefaultSimulated)
+	return gpu.ParseSimulated(gpu.DefaultSimulated)
+}
+
+// bootstrap creates the admin on a new installation. In dev mode it makes
+// sure the CLI config on this machine points at this server with a valid
+// token; otherwise it writes a new admin's token to a file once.
+func bootstrap(ctx context.Context, st store.Store, dev bool, url, dataDir string, log *slog.Logger) error {
+	admin := adminName()
+	now := time.Now()
+	var cfg config
+	keep := false
+	if dev {
+		if c, err := loadConfig(); err == nil && c.URL == url && c.Token != "" {
+			keep = server.ValidToken(ctx, st, c.Token, now)
+			cfg = c
+		}
+	}
+	token, err := server.Bootstrap(ctx, st, admin, dev, dev && !keep, now)
+	if err != nil {
+		return err
+	}
+	if token == "" {
+		return nil
+	}
+	if !dev {
+		path := filepath.Join(dataDir, "admin.token")
+		if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+			return fmt.Errorf("write the admin token: %w", err)
+		}
+		log.Info("created organisation admin; its token is in "+path, "user", admin)
+		return nil
+	}
+	cfg.URL, cfg.Token = url, token
+	path, err := saveConfig(cfg)
+	if err != nil {
+		return err
+	}
+	log.Info("CLI config written", "path", path, "user", admin)
+	return nil
+}
+
+var userName = regexp.MustCompile(`^[a-z_][a-z0-9_.-]{0,31}$`)
+
+// adminName is the OS user's name, so sessions say who runs them.
+func adminName() string {
+	if u, err := user.Current(); err == nil && userName.MatchString(u.Username) {
+		return u.Username
+	}
+	return "admin"
+}

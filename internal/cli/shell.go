@@ -1,0 +1,280 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/term"
+
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// sessionFlags are the flags shared by shell and run.
+type sessionFlags struct {
+	project string
+	gpuType string
+	region  string
+	attach  string
+}
+
+func (f *sessionFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVarP(&f.project, "project", "p", "", "project to run in (default: the config's project, else \"default\")")
+	fl.StringVar(&f.gpuType, "gpu", "", "GPU type, e.g. t4 or a100 (default: any the project allows)")
+	fl.StringVar(&f.region, "region", "", "region (default: any)")
+	fl.StringVar(&f.attach, "attach", "", "attach to your running session ID instead of starting one")
+}
+
+func newShellCmd() *cobra.Command {
+	var f sessionFlags
+	cmd := &cobra.Command{
+		Use:   "shell",
+		Short: "Open an interactive shell in a new GPU session",
+		Long: `Open an interactive shell in a new session with its own GPU.
+The session ends when the shell exits, and its GPU is freed. If the connection
+drops, reattach within the project's detach grace with --attach ID.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			conn, sess, err := openSession(cmd.Context(), f, true)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			return runShell(conn, sess)
+		},
+	}
+	f.register(cmd)
+	return cmd
+}
+
+func newRunCmd() *cobra.Command {
+	var f sessionFlags
+	cmd := &cobra.Command{
+		Use:   "run [flags] -- CMD [ARG...]",
+		Short: "Run a command in a new GPU session and pass its exit status through",
+		Long: `Run a command in a new session with its own GPU, then end the session.
+Standard output and error stay apart and the command's exit status is devgpu's.
+As with ssh, the words of the command are joined with spaces and run by the
+session's shell.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			conn, _, err := openSession(cmd.Context(), f, false)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			return runCommand(conn, strings.Join(args, " "))
+		},
+	}
+	// Everything after the command's first word belongs to the command.
+	cmd.Flags().SetInterspersed(false)
+	f.register(cmd)
+	return cmd
+}
+
+// sessionConn is an SSH connection to a session's agent through the
+// server's tunnel.
+type sessionConn struct {
+	*ssh.Client
+	api    *sdk.Client
+	tunnel *sdk.Tunnel
+}
+
+// detachWait bounds how long leaving waits for the server to record it.
+const detachWait = 3 * time.Second
+
+// Close leaves the session and waits until the server has recorded it: when
+// this was the last shell, the session has then ended and its GPU is free,
+// so the next `devgpu run` finds it free.
+func (c *sessionConn) Close() error {
+	err := c.Client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), detachWait)
+	defer cancel()
+	_, _ = c.api.WaitDetached(ctx, c.tunnel)
+	return err
+}
+
+// openSession starts a session (or finds the one to attach to) and opens
+// an SSH connection to its agent through the server's tunnel.
+func openSession(ctx context.Context, f sessionFlags, announce bool) (*sessionConn, sdk.Session, error) {
+	client, cfg, err := newClient()
+	if err != nil {
+		return nil, sdk.Session{}, err
+	}
+	// Ctrl-C while starting gives up cleanly; once the shell runs it is a
+	// keystroke for the remote side.
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var sess sdk.Session
+	if f.attach != "" {
+		if sess, err = client.Session(ctx, f.attach); err != nil {
+			return nil, sess, err
+		}
+		if sess.State != sdk.StateRunning {
+			return nil, sess, fmt.Errorf("session %s is %s, not running; start a new one with `devgpu shell`", sess.ID, sess.State)
+		}
+	} else {
+		project := f.project
+		if project == "" {
+			project = cfg.Project
+		}
+		done := spinner(fmt.Sprintf("starting a GPU session in project %s", orDefault(project, "default")))
+		sess, err = client.CreateSession(ctx, sdk.CreateSessionRequest{Project: project, GPUType: f.gpuType, Region: f.region})
+		done()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, sess, errors.New("interrupted while starting the session")
+			}
+			return nil, sess, err
+		}
+	}
+	if announce && term.IsTerminal(int(os.Stderr.Fd())) {
+		fmt.Fprintf(os.Stderr, "devgpu: session %s · %s %s · project %s\r\n", sess.ID, sess.GPUType, strings.Join(sess.GPUs, ","), sess.Project)
+	}
+	tunnel, err := client.Connect(ctx, sess.ID)
+	if err != nil {
+		return nil, sess, err
+	}
+	sshConn, chans, reqs, err := ssh.NewClientConn(tunnel, "devgpu", &ssh.ClientConfig{
+		User: sess.User,
+		// The tunnel is authenticated and authorised by the server, which
+		// alone can reach the agent, so the agent's key proves nothing more.
+		HostKeyCallback: ssh.InsecureIgnoreHostKey(),
+	})
+	if err != nil {
+		tunnel.Close()
+		return nil, sess, fmt.Errorf("SSH handshake with session %s failed: %w", sess.ID, err)
+	}
+	return &sessionConn{Client: ssh.NewClient(sshConn, chans, reqs), api: client, tunnel: tunnel}, sess, nil
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// runShell runs an interactive shell: a PTY in raw mode when stdin is a
+// terminal (with window changes forwarded), plain pipes otherwise, as ssh does.
+func runShell(conn *sessionConn, sess sdk.Session) error {
+	s, err := conn.NewSession()
+	if err != nil {
+		return fmt.Errorf("open a shell in session %s: %w", sess.ID, err)
+	}
+	defer s.Close()
+	fd := int(os.Stdin.Fd())
+	if term.IsTerminal(fd) {
+		w, h, err := term.GetSize(fd)
+		if err != nil {
+			w, h = 80, 24
+		}
+		modes := ssh.TerminalModes{ssh.ECHO: 1, ssh.TTY_OP_ISPEED: 38400, ssh.TTY_OP_OSPEED: 38400}
+		if err := s.RequestPty(orDefault(os.Getenv("TERM"), "xterm-256color"), h, w, modes); err != nil {
+			return fmt.Errorf("request a terminal: %w", err)
+		}
+		old, err := term.MakeRaw(fd)
+		if err != nil {
+			return fmt.Errorf("put the terminal in raw mode: %w", err)
+		}
+		defer term.Restore(fd, old)
+		winch := make(chan os.Signal, 1)
+		signal.Notify(winch, syscall.SIGWINCH)
+		defer signal.Stop(winch)
+		go func() {
+			for range winch {
+				if w, h, err := term.GetSize(fd); err == nil {
+					_ = s.WindowChange(h, w)
+				}
+			}
+		}()
+	}
+	s.Stdin, s.Stdout, s.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := s.Shell(); err != nil {
+		return fmt.Errorf("start a shell in session %s: %w", sess.ID, err)
+	}
+	return exitFrom(s.Wait())
+}
+
+// runCommand runs one command with stdout and stderr apart, forwarding
+// the signals that would otherwise just kill the CLI.
+func runCommand(conn *sessionConn, command string) error {
+	s, err := conn.NewSession()
+	if err != nil {
+		return fmt.Errorf("open a session channel: %w", err)
+	}
+	defer s.Close()
+	s.Stdin, s.Stdout, s.Stderr = os.Stdin, os.Stdout, os.Stderr
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		names := map[os.Signal]ssh.Signal{os.Interrupt: ssh.SIGINT, syscall.SIGTERM: ssh.SIGTERM, syscall.SIGHUP: ssh.SIGHUP}
+		for sig := range sigs {
+			_ = s.Signal(names[sig])
+		}
+	}()
+	if err := s.Start(command); err != nil {
+		return fmt.Errorf("start the command: %w", err)
+	}
+	return exitFrom(s.Wait())
+}
+
+// exitFrom maps the remote end of a command onto our exit status.
+func exitFrom(err error) error {
+	var exit *ssh.ExitError
+	var missing *ssh.ExitMissingError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &exit):
+		return exitStatus(exit.ExitStatus())
+	case errors.As(err, &missing):
+		return errors.New("the session ended before the command reported an exit status (it was stopped, or the connection was lost)")
+	default:
+		return fmt.Errorf("connection to the session lost: %w", err)
+	}
+}
+
+// spinner shows msg with a spinner on stderr while a slow step runs, when
+// stderr is a terminal. The returned func stops it and clears the line.
+func spinner(msg string) (stop func()) {
+	if !term.IsTerminal(int(os.Stderr.Fd())) {
+		return func() {}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		frames := []rune("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
+		// Quick starts finish before the first frame: no flicker.
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		shown := false
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				if shown {
+					fmt.Fprint(os.Stderr, "\r\033[K")
+				}
+				return
+			case <-t.C:
+				fmt.Fprintf(os.Stderr, "\r%c %s…", frames[i%len(frames)], msg)
+				shown = true
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
+}

@@ -1,0 +1,9 @@
+//go:build !(linux && cgo)
+
+package gpu
+
+import "errors"
+
+func discoverNVML() ([]Device, error) {
+	return nil, errors.New("nvml needs a linux build with cgo")
+}

@@ -1,0 +1,78 @@
+// Package httpapi holds the one way the API reads requests and writes
+// responses: JSON bodies and RFC 9457 problem details for every error.
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// Error is an error with the status and the message meant for the client;
+// Err, if set, is logged and never shown.
+type Error struct {
+	Status int
+	Msg    string
+	Err    error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %v", e.Msg, e.Err)
+	}
+	return e.Msg
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Errorf returns an Error with a client message.
+func Errorf(status int, format string, args ...any) *Error {
+	return &Error{Status: status, Msg: fmt.Sprintf(format, args...)}
+}
+
+// maxBody bounds request bodies; the API takes small JSON documents only.
+const maxBody = 1 << 20
+
+// Read decodes the JSON body into v, refusing unknown fields so that a
+// misspelt setting is an error, not a silent no-op.
+func Read(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return Errorf(http.StatusBadRequest, "request body is not valid JSON for this endpoint: %v", err)
+	}
+	if dec.More() {
+		return Errorf(http.StatusBadRequest, "request body holds more than one JSON document")
+	}
+	return nil
+}
+
+// Write sends v as JSON with the status.
+func Write(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// WriteError sends err as problem details. An *Error keeps its status and
+// message; anything else is an internal error whose text is only logged.
+func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	var he *Error
+	if !errors.As(err, &he) {
+		he = &Error{Status: http.StatusInternalServerError, Msg: "internal error; the server log has the details", Err: err}
+	}
+	if he.Status >= 500 {
+		log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", he.Status, "err", err)
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(he.Status)
+	_ = json.NewEncoder(w).Encode(sdk.Problem{
+		Title:  http.StatusText(he.Status),
+		Status: he.Status,
+		Detail: he.Msg,
+	})
+}

@@ -1,0 +1,151 @@
+package local
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/devgpu/devgpu/internal/agent"
+	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/runtime/runtimetest"
+	"github.com/devgpu/devgpu/internal/testutil"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testutil.Cleanup()
+	os.Exit(code)
+}
+
+func newRuntime(t testing.TB, dir string) *Runtime {
+	t.Helper()
+	rt, err := New(Config{Dir: dir, AgentCommand: []string{testutil.Binary(t), "agent"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rt
+}
+
+func TestConformance(t *testing.T) {
+	runtimetest.Run(t, func(t *testing.T) runtimetest.Factory {
+		dir := testutil.ShortTempDir(t)
+		return func() runtime.Runtime { return newRuntime(t, dir) }
+	})
+}
+
+// Stop must leave nothing behind: not the agent, not a shell's children,
+// and not a process that escaped the process group with setsid.
+func TestStopLeavesNoOrphans(t *testing.T) {
+	t.Parallel()
+	rt := newRuntime(t, testutil.ShortTempDir(t))
+	ctx := testutil.Context(t, testutil.WaitMedium)
+	spec := runtime.Spec{SessionID: "orphans", User: "u", GPUs: []string{"GPU-sim-t4-0"}, AgentSecret: "s3cret", IdleExit: time.Minute}
+	if err := rt.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := rt.Connect(ctx, spec.SessionID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.WritePreamble(conn, spec.AgentSecret); err != nil {
+		t.Fatal(err)
+	}
+	c, chans, reqs, err := ssh.NewClientConn(conn, "agent", &ssh.ClientConfig{User: "u", HostKeyCallback: ssh.InsecureIgnoreHostKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ssh.NewClient(c, chans, reqs)
+	defer client.Close()
+	s, err := client.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One child in the group, one escaped into its own session; both
+	// survive the command's exit.
+	out, err := s.Output(`sleep 1000 >/dev/null 2>&1 & echo $!; setsid sleep 1001 >/dev/null 2>&1 & echo $!`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatalf("bad pid %q", f)
+		}
+		pids = append(pids, pid)
+	}
+	agentPID := rt.agentPID(spec.SessionID)
+	if agentPID == 0 || len(pids) != 2 {
+		t.Fatalf("agent pid %d, children %v", agentPID, pids)
+	}
+	pids = append(pids, agentPID)
+	for _, pid := range pids {
+		if !alive(pid) {
+			t.Fatalf("pid %d not running before Stop", pid)
+		}
+	}
+	if err := rt.Stop(ctx, spec.SessionID); err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range pids {
+		testutil.Eventually(t, testutil.WaitShort, "pid "+strconv.Itoa(pid)+" to be gone", func() bool { return !alive(pid) })
+	}
+	if _, err := os.Stat(filepath.Join(rt.cfg.Dir, spec.SessionID)); !os.IsNotExist(err) {
+		t.Fatalf("session directory left behind: %v", err)
+	}
+}
+
+func alive(pid int) bool {
+	return syscall.Kill(pid, 0) == nil && !isZombie(pid)
+}
+
+// Each session has its own workspace as working directory and HOME, and
+// the control plane's own DEVGPU_ settings (its token) do not leak in.
+func TestWorkspaceAndEnvironment(t *testing.T) {
+	t.Setenv("DEVGPU_TOKEN", "dgp_must_not_leak")
+	rt := newRuntime(t, testutil.ShortTempDir(t))
+	ctx := testutil.Context(t, testutil.WaitMedium)
+	spec := runtime.Spec{SessionID: "wsenv", User: "u", GPUs: []string{"GPU-sim-t4-0"}, AgentSecret: "x", IdleExit: time.Minute}
+	if err := rt.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Stop(context.Background(), spec.SessionID)
+	conn, err := rt.Connect(ctx, spec.SessionID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = agent.WritePreamble(conn, spec.AgentSecret)
+	c, chans, reqs, err := ssh.NewClientConn(conn, "agent", &ssh.ClientConfig{User: "u", HostKeyCallback: ssh.InsecureIgnoreHostKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ssh.NewClient(c, chans, reqs)
+	defer client.Close()
+	s, _ := client.NewSession()
+	out, err := s.Output(`echo "$PWD|$HOME|${DEVGPU_TOKEN:-unset}"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := rt.WorkspaceDir(spec.SessionID)
+	if want := ws + "|" + ws + "|unset\n"; string(out) != want {
+		t.Fatalf("got %q, want %q", out, want)
+	}
+}
+
+func TestRejectsBadIDs(t *testing.T) {
+	t.Parallel()
+	rt := newRuntime(t, testutil.ShortTempDir(t))
+	ctx := testutil.Context(t, testutil.WaitShort)
+	for _, id := range []string{"", "../x", "A", strings.Repeat("a", 41)} {
+		if err := rt.Start(ctx, runtime.Spec{SessionID: id}); err == nil {
+			t.Errorf("Start(%q) succeeded", id)
+		}
+	}
+}

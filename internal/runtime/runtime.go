@@ -1,0 +1,78 @@
+// Package runtime defines what the control plane needs from the thing that
+// runs sessions: start one from a Spec, open a byte stream to its agent,
+// stop it, and list what exists. Implementations live in subpackages
+// (local/, later oci/, kube/, aca/) and all pass runtimetest's suite.
+package runtime
+
+import (
+	"context"
+	"errors"
+	"net"
+	"time"
+)
+
+// ErrNotFound is returned for a session the runtime does not have.
+var ErrNotFound = errors.New("session not found in runtime")
+
+// Spec is everything a runtime needs to start one session.
+type Spec struct {
+	SessionID string
+	Project   string
+	User      string
+	GPUType   string
+	GPUs      []string // device IDs (UUIDs), in order
+	// Env is added to the environment of every process in the session.
+	Env map[string]string
+	// AgentSecret must be presented by whoever connects to the agent.
+	AgentSecret string
+	// IdleExit makes the agent stop by itself after this long without any
+	// connection, so that a session outlives a dead control plane only
+	// briefly. Zero means never.
+	IdleExit time.Duration
+}
+
+// Instance is a session as the runtime sees it.
+type Instance struct {
+	SessionID string
+	StartedAt time.Time
+}
+
+// Runtime runs sessions. Methods are safe for concurrent use.
+type Runtime interface {
+	// Name is a short identifier such as "local".
+	Name() string
+	// Start starts the session and returns once its agent accepts connections.
+	Start(ctx context.Context, spec Spec) error
+	// Connect opens a byte stream to the session's agent. The caller must
+	// present the agent secret first (agent.WritePreamble).
+	Connect(ctx context.Context, sessionID string) (net.Conn, error)
+	// Stop ends the session and every process in it. Stopping a session
+	// that does not exist is not an error.
+	Stop(ctx context.Context, sessionID string) error
+	// List returns the sessions that exist, including ones started by an
+	// earlier control plane process.
+	List(ctx context.Context) ([]Instance, error)
+}
+
+// SessionEnv returns the environment contract of DESIGN.md for a spec.
+func SessionEnv(spec Spec) map[string]string {
+	ids := ""
+	for i, g := range spec.GPUs {
+		if i > 0 {
+			ids += ","
+		}
+		ids += g
+	}
+	env := map[string]string{
+		"DEVGPU_SESSION_ID":      spec.SessionID,
+		"DEVGPU_PROJECT":         spec.Project,
+		"DEVGPU_USER":            spec.User,
+		"DEVGPU_GPU_TYPE":        spec.GPUType,
+		"CUDA_VISIBLE_DEVICES":   ids,
+		"NVIDIA_VISIBLE_DEVICES": ids,
+	}
+	for k, v := range spec.Env {
+		env[k] = v
+	}
+	return env
+}

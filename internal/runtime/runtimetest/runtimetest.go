@@ -1,0 +1,198 @@
+// Package runtimetest is the conformance suite every runtime passes: start a
+// session with the environment contract, reach its agent only with its
+// secret, list it (also from a restarted control plane), and stop it.
+package runtimetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/devgpu/devgpu/internal/agent"
+	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/testutil"
+)
+
+// Factory returns a runtime. Every call on one Factory returns a runtime
+// over the same state, as a restarted control plane would get.
+type Factory func() runtime.Runtime
+
+// Run runs the suite; newFactory is called once per subtest.
+func Run(t *testing.T, newFactory func(t *testing.T) Factory) {
+	t.Run("EnvironmentContract", func(t *testing.T) {
+		t.Parallel()
+		rt := newFactory(t)()
+		spec := start(t, rt, "envtest", []string{"GPU-sim-t4-1", "GPU-sim-t4-2"})
+		out := execOut(t, rt, spec, `printf '%s|%s|%s|%s|%s|%s' "$DEVGPU_SESSION_ID" "$DEVGPU_PROJECT" "$DEVGPU_USER" "$DEVGPU_GPU_TYPE" "$CUDA_VISIBLE_DEVICES" "$NVIDIA_VISIBLE_DEVICES"`)
+		want := spec.SessionID + "|proj|alice|t4|GPU-sim-t4-1,GPU-sim-t4-2|GPU-sim-t4-1,GPU-sim-t4-2"
+		if out != want {
+			t.Fatalf("session environment = %q, want %q", out, want)
+		}
+	})
+
+	t.Run("SessionsSeeOnlyTheirGPUs", func(t *testing.T) {
+		t.Parallel()
+		rt := newFactory(t)()
+		a := start(t, rt, "gpua", []string{"GPU-sim-t4-0"})
+		b := start(t, rt, "gpub", []string{"GPU-sim-t4-3"})
+		if got := execOut(t, rt, a, `echo -n $CUDA_VISIBLE_DEVICES`); got != "GPU-sim-t4-0" {
+			t.Errorf("session a sees %q", got)
+		}
+		if got := execOut(t, rt, b, `echo -n $CUDA_VISIBLE_DEVICES`); got != "GPU-sim-t4-3" {
+			t.Errorf("session b sees %q", got)
+		}
+	})
+
+	t.Run("WrongSecretRefused", func(t *testing.T) {
+		t.Parallel()
+		rt := newFactory(t)()
+		spec := start(t, rt, "secret", []string{"GPU-sim-t4-0"})
+		wrong := spec
+		wrong.AgentSecret = strings.Repeat("0", len(spec.AgentSecret))
+		if _, err := dial(t, rt, wrong); err == nil {
+			t.Fatal("SSH handshake with a wrong secret succeeded")
+		}
+		// The agent still serves the right secret afterwards.
+		if got := execOut(t, rt, spec, "echo -n ok"); got != "ok" {
+			t.Fatalf("after a refused connection, exec printed %q", got)
+		}
+	})
+
+	t.Run("StopEndsSession", func(t *testing.T) {
+		t.Parallel()
+		rt := newFactory(t)()
+		spec := start(t, rt, "stop", []string{"GPU-sim-t4-0"})
+		if !listed(t, rt, spec.SessionID) {
+			t.Fatal("started session not listed")
+		}
+		ctx := testutil.Context(t, testutil.WaitMedium)
+		if err := rt.Stop(ctx, spec.SessionID); err != nil {
+			t.Fatal(err)
+		}
+		if listed(t, rt, spec.SessionID) {
+			t.Fatal("stopped session still listed")
+		}
+		if _, err := rt.Connect(ctx, spec.SessionID); !errors.Is(err, runtime.ErrNotFound) {
+			t.Fatalf("Connect to a stopped session: %v, want ErrNotFound", err)
+		}
+		if err := rt.Stop(ctx, spec.SessionID); err != nil {
+			t.Fatalf("second Stop: %v", err)
+		}
+	})
+
+	t.Run("RestartedControlPlaneFindsSessions", func(t *testing.T) {
+		t.Parallel()
+		factory := newFactory(t)
+		spec := start(t, factory(), "restart", []string{"GPU-sim-t4-0"})
+		again := factory()
+		if !listed(t, again, spec.SessionID) {
+			t.Fatal("a new runtime over the same state does not list the session")
+		}
+		if got := execOut(t, again, spec, "echo -n $DEVGPU_SESSION_ID"); got != spec.SessionID {
+			t.Fatalf("exec through the new runtime printed %q", got)
+		}
+		ctx := testutil.Context(t, testutil.WaitMedium)
+		if err := again.Stop(ctx, spec.SessionID); err != nil {
+			t.Fatal(err)
+		}
+		if listed(t, again, spec.SessionID) {
+			t.Fatal("session still listed after Stop from the new runtime")
+		}
+	})
+
+	t.Run("IdleExit", func(t *testing.T) {
+		t.Parallel()
+		rt := newFactory(t)()
+		spec := runtime.Spec{SessionID: sessionID(t, "idle"), Project: "proj", User: "alice", GPUType: "t4",
+			GPUs: []string{"GPU-sim-t4-0"}, AgentSecret: strings.Repeat("ab", 32), IdleExit: 300 * time.Millisecond}
+		ctx := testutil.Context(t, testutil.WaitMedium)
+		if err := rt.Start(ctx, spec); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = rt.Stop(context.Background(), spec.SessionID) })
+		testutil.Eventually(t, testutil.WaitMedium, "the idle agent to exit", func() bool {
+			return !listed(t, rt, spec.SessionID)
+		})
+	})
+}
+
+func sessionID(t *testing.T, prefix string) string {
+	return fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e9)
+}
+
+func start(t *testing.T, rt runtime.Runtime, prefix string, gpus []string) runtime.Spec {
+	t.Helper()
+	spec := runtime.Spec{
+		SessionID: sessionID(t, prefix), Project: "proj", User: "alice", GPUType: "t4",
+		GPUs: gpus, AgentSecret: strings.Repeat("5e", 32), IdleExit: time.Minute,
+	}
+	ctx := testutil.Context(t, testutil.WaitMedium)
+	if err := rt.Start(ctx, spec); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := rt.Stop(context.Background(), spec.SessionID); err != nil {
+			t.Errorf("Stop: %v", err)
+		}
+	})
+	return spec
+}
+
+func listed(t *testing.T, rt runtime.Runtime, id string) bool {
+	t.Helper()
+	list, err := rt.List(testutil.Context(t, testutil.WaitShort))
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	return slices.ContainsFunc(list, func(in runtime.Instance) bool { return in.SessionID == id })
+}
+
+// dial connects to the session's agent as the broker does and completes
+// the SSH handshake.
+func dial(t *testing.T, rt runtime.Runtime, spec runtime.Spec) (*ssh.Client, error) {
+	t.Helper()
+	ctx := testutil.Context(t, testutil.WaitShort)
+	conn, err := rt.Connect(ctx, spec.SessionID)
+	if err != nil {
+		return nil, err
+	}
+	_ = conn.SetDeadline(time.Now().Add(testutil.WaitShort))
+	if err := agent.WritePreamble(conn, spec.AgentSecret); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	c, chans, reqs, err := ssh.NewClientConn(conn, "agent", &ssh.ClientConfig{User: spec.User, HostKeyCallback: ssh.InsecureIgnoreHostKey()})
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return ssh.NewClient(c, chans, reqs), nil
+}
+
+func execOut(t *testing.T, rt runtime.Runtime, spec runtime.Spec, cmd string) string {
+	t.Helper()
+	client, err := dial(t, rt, spec)
+	if err != nil {
+		t.Fatalf("dial agent: %v", err)
+	}
+	defer client.Close()
+	s, err := client.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var stdout, stderr bytes.Buffer
+	s.Stdout, s.Stderr = &stdout, &stderr
+	if err := s.Run(cmd); err != nil {
+		t.Fatalf("exec %q: %v (stderr %q)", cmd, err, stderr.String())
+	}
+	return stdout.String()
+}

@@ -1,0 +1,145 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/devgpu/devgpu/internal/authz"
+	"github.com/devgpu/devgpu/internal/httpapi"
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// API holds the HTTP handlers; one file per resource.
+type API struct {
+	s   *Server
+	log *slog.Logger
+}
+
+func newAPI(s *Server) *API { return &API{s: s, log: s.log} }
+
+// handlerFunc is a handler that returns its error, written once by wrap.
+type handlerFunc func(w http.ResponseWriter, r *http.Request, caller store.User) error
+
+func (a *API) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		httpapi.Write(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	handle := func(pattern string, h handlerFunc) { mux.Handle(pattern, a.authenticated(h)) }
+	handle("GET /api/v1/whoami", a.whoami)
+	handle("GET /api/v1/sessions", a.listSessions)
+	handle("POST /api/v1/sessions", a.createSession)
+	handle("GET /api/v1/sessions/{id}", a.getSession)
+	handle("DELETE /api/v1/sessions/{id}", a.stopSession)
+	handle("GET /api/v1/sessions/{id}/connect", a.connectSession)
+	handle("GET /api/v1/projects", a.listProjects)
+	handle("POST /api/v1/projects", a.createProject)
+	handle("GET /api/v1/projects/{name}", a.getProject)
+	handle("PATCH /api/v1/projects/{name}", a.updateProject)
+	handle("DELETE /api/v1/projects/{name}", a.deleteProject)
+	handle("GET /api/v1/gpus", a.listGPUs)
+	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		httpapi.WriteError(w, r, a.log, httpapi.Errorf(http.StatusNotFound, "no API endpoint %s %s; this server speaks /api/v1", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+// authenticated resolves the bearer token to a user before h runs.
+func (a *API) authenticated(h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user, err := a.authenticate(r)
+		if err == nil {
+			err = h(w, r, user)
+		}
+		if err != nil {
+			httpapi.WriteError(w, r, a.log, err)
+		}
+	})
+}
+
+var errUnauthenticated = httpapi.Errorf(http.StatusUnauthorized,
+	"missing or invalid API token; log in with `devgpu login URL --token TOKEN`")
+
+func (a *API) authenticate(r *http.Request) (store.User, error) {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || token == "" {
+		return store.User{}, errUnauthenticated
+	}
+	hash := sha256.Sum256([]byte(token))
+	tok, user, err := a.s.store.TokenByHash(r.Context(), hash[:])
+	if errors.Is(err, store.ErrNotFound) {
+		return store.User{}, errUnauthenticated
+	}
+	if err != nil {
+		return store.User{}, err
+	}
+	now := a.s.now()
+	switch {
+	case !tok.RevokedAt.IsZero():
+		return store.User{}, httpapi.Errorf(http.StatusUnauthorized, "this API token was revoked; ask an administrator for a new one")
+	case !tok.ExpiresAt.IsZero() && now.After(tok.ExpiresAt):
+		return store.User{}, httpapi.Errorf(http.StatusUnauthorized, "this API token expired; ask an administrator for a new one")
+	case user.Disabled:
+		return store.User{}, httpapi.Errorf(http.StatusUnauthorized, "user %s is disabled; ask an administrator", user.Name)
+	}
+	return user, nil
+}
+
+func (a *API) whoami(w http.ResponseWriter, r *http.Request, caller store.User) error {
+	httpapi.Write(w, http.StatusOK, sdk.Whoami{User: caller.Name, OrgAdmin: caller.OrgAdmin})
+	return nil
+}
+
+func callerOf(u store.User) authz.Caller {
+	return authz.Caller{UserID: u.ID, OrgAdmin: u.OrgAdmin}
+}
+
+// projectFor reads a project and the caller's role in it. A project the
+// caller may not see is reported as not found.
+func (s *Server) projectFor(ctx context.Context, st store.Store, caller store.User, name string) (store.Project, authz.ProjectRole, error) {
+	p, err := st.ProjectByName(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Project{}, "", errProjectNotFound(name)
+	}
+	if err != nil {
+		return store.Project{}, "", err
+	}
+	role, err := st.MemberRole(ctx, p.ID, caller.ID)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return store.Project{}, "", err
+	}
+	r := authz.ProjectRole(role)
+	if authz.ViewProject(callerOf(caller), r) == authz.Hidden {
+		return store.Project{}, "", errProjectNotFound(name)
+	}
+	return p, r, nil
+}
+
+func errProjectNotFound(name string) error {
+	return httpapi.Errorf(http.StatusNotFound, "project %s not found, or you are not a member; `devgpu admin project list` shows the projects you can use", name)
+}
+
+func errSessionNotFound(id string) error {
+	return httpapi.Errorf(http.StatusNotFound, "session %s not found; `devgpu sessions list` shows your sessions", id)
+}
+
+func errSessionNotRunning(id string) error {
+	return httpapi.Errorf(http.StatusConflict, "session %s is no longer running; start a new one with `devgpu shell`", id)
+}
+
+// decide turns an authorization decision into the API's error.
+func decide(d authz.Decision, forbidden string, notFound error) error {
+	switch d {
+	case authz.Allowed:
+		return nil
+	case authz.Forbidden:
+		return httpapi.Errorf(http.StatusForbidden, "%s", forbidden)
+	default:
+		return notFound
+	}
+}

@@ -1,0 +1,217 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/gpu"
+	"github.com/devgpu/devgpu/internal/runtime/local"
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/internal/store/sqlite"
+	"github.com/devgpu/devgpu/internal/testutil"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testutil.Cleanup()
+	os.Exit(code)
+}
+
+// fixture is a server on a real SQLite store and the local runtime, with
+// an org admin, a developer who is a member of "default", and an outsider.
+type fixture struct {
+	t                       *testing.T
+	url                     string
+	admin, dev, dev2, other string // tokens
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	dir := testutil.ShortTempDir(t)
+	ctx := testutil.Context(t, testutil.WaitLong)
+	st, err := sqlite.Open(ctx, filepath.Join(dir, "devgpu.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	rt, err := local.New(local.Config{Dir: filepath.Join(dir, "s"), AgentCommand: []string{testutil.Binary(t), "agent"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs, _ := gpu.ParseSimulated("t4:2")
+	now := time.Now()
+	adminToken, err := Bootstrap(ctx, st, "root", true, false, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, admin: adminToken}
+	p, err := st.ProjectByName(ctx, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []struct {
+		name   string
+		token  *string
+		member bool
+	}{{"dev", &f.dev, true}, {"dev2", &f.dev2, true}, {"other", &f.other, false}} {
+		user := store.User{Name: u.name, CreatedAt: now}
+		if err := st.CreateUser(ctx, &user); err != nil {
+			t.Fatal(err)
+		}
+		if *u.token, err = NewToken(ctx, st, user.ID, "test", now); err != nil {
+			t.Fatal(err)
+		}
+		if u.member {
+			if err := st.SetMember(ctx, store.Member{ProjectID: p.ID, UserID: user.ID, Role: store.RoleDeveloper}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	srv, err := New(ctx, Config{Store: st, Runtime: rt, GPUs: devs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() {
+		hs.Close()
+		srv.Close()
+		for _, in := range must(rt.List(context.Background())) {
+			_ = rt.Stop(context.Background(), in.SessionID)
+		}
+	})
+	f.url = hs.URL
+	return f
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// call makes a request and returns the status and body, checking that
+// every error is an RFC 9457 problem.
+func (f *fixture) call(token, method, path string, body any) (int, []byte) {
+	f.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, f.url+path, rd)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 400 {
+		var p sdk.Problem
+		if ct := resp.Header.Get("Content-Type"); ct != "application/problem+json" {
+			f.t.Errorf("%s %s: error content type %q", method, path, ct)
+		}
+		if err := json.Unmarshal(b, &p); err != nil || p.Status != resp.StatusCode || p.Detail == "" {
+			f.t.Errorf("%s %s: error body is not a problem: %s", method, path, b)
+		}
+	}
+	return resp.StatusCode, b
+}
+
+func TestAuthentication(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	for _, token := range []string{"", "dgp_wrong"} {
+		if code, _ := f.call(token, "GET", "/api/v1/sessions", nil); code != http.StatusUnauthorized {
+			t.Errorf("token %q: %d, want 401", token, code)
+		}
+	}
+	if code, body := f.call(f.dev, "GET", "/api/v1/whoami", nil); code != 200 || !bytes.Contains(body, []byte(`"user":"dev"`)) {
+		t.Errorf("whoami: %d %s", code, body)
+	}
+	if code, _ := f.call("", "GET", "/healthz", nil); code != 200 {
+		t.Errorf("healthz: %d", code)
+	}
+}
+
+// The authorization matrix for every endpoint, across the roles.
+func TestAuthorizationMatrix(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	code, body := f.call(f.dev, "POST", "/api/v1/sessions", sdk.CreateSessionRequest{})
+	if code != http.StatusCreated {
+		t.Fatalf("developer creates a session: %d %s", code, body)
+	}
+	var sess sdk.Session
+	_ = json.Unmarshal(body, &sess)
+	sessPath := "/api/v1/sessions/" + sess.ID
+
+	cases := []struct {
+		name, token, method, path string
+		body                      any
+		want                      int
+	}{
+		{"outsider cannot see the project", f.other, "GET", "/api/v1/projects/default", nil, 404},
+		{"outsider cannot start a session", f.other, "POST", "/api/v1/sessions", sdk.CreateSessionRequest{Project: "default"}, 404},
+		{"outsider cannot see a session", f.other, "GET", sessPath, nil, 404},
+		{"another developer cannot see a session", f.dev2, "GET", sessPath, nil, 404},
+		{"another developer cannot stop a session", f.dev2, "DELETE", sessPath, nil, 404},
+		{"another developer cannot attach", f.dev2, "GET", sessPath + "/connect", nil, 404},
+		{"the admin may not type into someone's shell", f.admin, "GET", sessPath + "/connect", nil, 403},
+		{"developer may not list everyone's sessions", f.dev, "GET", "/api/v1/sessions?all=true", nil, 403},
+		{"developer may not create projects", f.dev, "POST", "/api/v1/projects", sdk.ProjectCreate{Name: "x"}, 403},
+		{"developer may not change the project", f.dev, "PATCH", "/api/v1/projects/default", sdk.ProjectUpdate{}, 403},
+		{"developer may not delete the project", f.dev, "DELETE", "/api/v1/projects/default", nil, 403},
+		{"outsider does not learn the project exists", f.other, "PATCH", "/api/v1/projects/default", sdk.ProjectUpdate{}, 404},
+		{"owner sees the session", f.dev, "GET", sessPath, nil, 200},
+		{"member sees the project", f.dev, "GET", "/api/v1/projects/default", nil, 200},
+		{"admin sees the session", f.admin, "GET", sessPath, nil, 200},
+		{"admin lists everyone's sessions", f.admin, "GET", "/api/v1/sessions?all=true", nil, 200},
+		{"unknown fields are refused", f.admin, "PATCH", "/api/v1/projects/default", map[string]any{"gpu_enabeld": false}, 400},
+		{"bad project names are refused", f.admin, "POST", "/api/v1/projects", sdk.ProjectCreate{Name: "Bad Name"}, 400},
+		{"project with a session cannot be deleted", f.admin, "DELETE", "/api/v1/projects/default", nil, 409},
+		{"unknown endpoint", f.admin, "GET", "/api/v1/nope", nil, 404},
+	}
+	for _, c := range cases {
+		if code, body := f.call(c.token, c.method, c.path, c.body); code != c.want {
+			t.Errorf("%s: %s %s = %d, want %d (%s)", c.name, c.method, c.path, code, c.want, body)
+		}
+	}
+	// Developers list only their own sessions.
+	_, body = f.call(f.dev2, "GET", "/api/v1/sessions", nil)
+	if string(bytes.TrimSpace(body)) != "[]" {
+		t.Errorf("dev2 sees sessions: %s", body)
+	}
+	// The admin stopping a developer's session records reason admin.
+	code, body = f.call(f.admin, "DELETE", sessPath, nil)
+	_ = json.Unmarshal(body, &sess)
+	if code != 200 || sess.State != sdk.StateEnded || sess.EndReason != sdk.ReasonAdmin {
+		t.Fatalf("admin stop: %d %+v", code, sess)
+	}
+}
+
+// Disabling GPUs refuses new sessions at once, with the fix in the message.
+func TestGPUDisabledRefuses(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	off := false
+	if code, body := f.call(f.admin, "PATCH", "/api/v1/projects/default", sdk.ProjectUpdate{GPUEnabled: &off}); code != 200 {
+		t.Fatalf("disable: %d %s", code, body)
+	}
+	code, body := f.call(f.dev, "POST", "/api/v1/sessions", sdk.CreateSessionRequest{})
+	if code != http.StatusForbidden || !bytes.Contains(body, []byte("GPU sessions are disabled in project default")) {
+		t.Fatalf("create with GPUs disabled: %d %s", code, body)
+	}
+}

@@ -1,0 +1,79 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/store"
+)
+
+// TokenPrefix starts every API token, so that leaked tokens are easy to
+// find in logs and repositories.
+const TokenPrefix = "dgp_"
+
+// NewToken mints a token for the user, stores its hash, and returns the
+// only copy of the token itself.
+func NewToken(ctx context.Context, st store.Store, userID int64, name string, now time.Time) (string, error) {
+	var b [20]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("mint token: %w", err)
+	}
+	secret := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+	token := TokenPrefix + secret
+	hash := sha256.Sum256([]byte(token))
+	t := store.Token{UserID: userID, Name: name, Prefix: token[:len(TokenPrefix)+6], Hash: hash[:], CreatedAt: now}
+	if err := st.CreateToken(ctx, &t); err != nil {
+		return "", fmt.Errorf("mint token: %w", err)
+	}
+	return token, nil
+}
+
+// ValidToken reports whether token belongs to an active user of st.
+func ValidToken(ctx context.Context, st store.Store, token string, now time.Time) bool {
+	hash := sha256.Sum256([]byte(token))
+	t, u, err := st.TokenByHash(ctx, hash[:])
+	return err == nil && t.RevokedAt.IsZero() && (t.ExpiresAt.IsZero() || now.Before(t.ExpiresAt)) && !u.Disabled
+}
+
+// Bootstrap makes a new installation usable: an organisation admin named
+// admin and, when dev is set, a project "default" with GPUs enabled. It
+// returns a new token for the admin when it had to create the admin, or
+// when mint is set; otherwise "".
+func Bootstrap(ctx context.Context, st store.Store, admin string, dev, mint bool, now time.Time) (token string, err error) {
+	err = st.InTx(ctx, func(tx store.Store) error {
+		u, err := tx.UserByName(ctx, admin)
+		if errors.Is(err, store.ErrNotFound) {
+			u = store.User{Name: admin, OrgAdmin: true, CreatedAt: now}
+			if err := tx.CreateUser(ctx, &u); err != nil {
+				return err
+			}
+			mint = true
+		} else if err != nil {
+			return err
+		}
+		if dev {
+			_, err := tx.ProjectByName(ctx, "default")
+			if errors.Is(err, store.ErrNotFound) {
+				p := store.Project{Name: "default", GPUEnabled: true, DetachGrace: DefaultDetachGrace, CreatedAt: now, UpdatedAt: now}
+				err = tx.CreateProject(ctx, &p)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if mint {
+			token, err = NewToken(ctx, tx, u.ID, "bootstrap", now)
+		}
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("bootstrap: %w", err)
+	}
+	return token, nil
+}

@@ -1,0 +1,105 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/devgpu/devgpu/internal/agent"
+	"github.com/devgpu/devgpu/internal/authz"
+	"github.com/devgpu/devgpu/internal/httpapi"
+	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// copyBufferSize matches the SSH channel's largest packets, so bulk output
+// crosses the broker in few, large WebSocket messages.
+const copyBufferSize = 64 << 10
+
+// connectSession upgrades to a WebSocket and pipes it to the session's
+// agent. The connection counts as one attachment for as long as it lasts.
+func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller store.User) error {
+	sess, err := a.sessionFor(r, caller, authz.AttachSession, "only the session's owner can open a shell in it")
+	if err != nil {
+		return err
+	}
+	if sess.State != sdk.StateRunning {
+		return errSessionNotRunning(sess.ID)
+	}
+	agentConn, err := a.s.rt.Connect(r.Context(), sess.ID)
+	if errors.Is(err, runtime.ErrNotFound) {
+		return errSessionNotRunning(sess.ID)
+	}
+	if err != nil {
+		return &httpapi.Error{Status: http.StatusBadGateway, Msg: "cannot reach the session's agent; try again, or start a new session", Err: err}
+	}
+	if err := agent.WritePreamble(agentConn, sess.AgentSecret); err != nil {
+		agentConn.Close()
+		return &httpapi.Error{Status: http.StatusBadGateway, Msg: "cannot reach the session's agent; try again, or start a new session", Err: err}
+	}
+	attachment, err := a.s.attach(r.Context(), sess.ID)
+	if err != nil {
+		agentConn.Close()
+		return err
+	}
+	w.Header().Set(sdk.AttachmentHeader, strconv.FormatInt(attachment, 10))
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	if err != nil {
+		// Accept has answered the client already.
+		agentConn.Close()
+		a.s.detach(r.Context(), sess.ID, attachment, false)
+		return nil
+	}
+	ctx, cancel := context.WithCancel(a.s.ctx)
+	defer cancel()
+	go keepalive(ctx, ws, a.s.cfg.PingInterval)
+	clean := pipe(websocket.NetConn(ctx, ws, websocket.MessageBinary), agentConn)
+	a.s.detach(ctx, sess.ID, attachment, clean)
+	return nil
+}
+
+// pipe copies both ways until either side ends. It reports whether the
+// client left cleanly (a WebSocket close frame, or the agent ending the
+// stream first) rather than vanishing.
+func pipe(client, agentConn net.Conn) (clean bool) {
+	agentDone := make(chan struct{})
+	go func() {
+		defer close(agentDone)
+		_, _ = io.CopyBuffer(client, agentConn, make([]byte, copyBufferSize))
+		// The agent ended the stream: tell the client with a normal close.
+		_ = client.Close()
+	}()
+	_, err := io.CopyBuffer(agentConn, client, make([]byte, copyBufferSize))
+	agentConn.Close()
+	<-agentDone
+	// NetConn turns a normal close frame into io.EOF, which Copy reports as nil.
+	return err == nil
+}
+
+// keepalive pings the client so that one that vanished without closing
+// (a network cut) is noticed; closing the socket ends the pipe.
+func keepalive(ctx context.Context, ws *websocket.Conn, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pingCtx, cancel := context.WithTimeout(ctx, interval)
+		err := ws.Ping(pingCtx)
+		cancel()
+		if err != nil {
+			_ = ws.CloseNow()
+			return
+		}
+	}
+}

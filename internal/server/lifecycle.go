@@ -1,0 +1,492 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/admission"
+	"github.com/devgpu/devgpu/internal/authz"
+	"github.com/devgpu/devgpu/internal/httpapi"
+	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// liveSession is the in-memory state of a running session. Attachment
+// counts change on every connect and disconnect, so the broker and the
+// reaper work on this and mirror it to the store for listings.
+type liveSession struct {
+	attachments int
+	detachedAt  time.Time // zero while attached
+	grace       time.Duration
+	lastSeen    time.Time
+	ending      bool
+	// A stop that failed is retried with the first reason and time.
+	endReason string
+	endAt     time.Time
+}
+
+// createSession admits the request in one transaction, starts the session
+// in the runtime, and returns it running.
+func (s *Server) createSession(ctx context.Context, caller store.User, req sdk.CreateSessionRequest) (store.Session, error) {
+	if req.Project == "" {
+		req.Project = "default"
+	}
+	sess := store.Session{
+		ID:          newSessionID(),
+		UserID:      caller.ID,
+		User:        caller.Name,
+		State:       sdk.StateStarting,
+		AgentSecret: randomHex(32),
+		CreatedAt:   s.now(),
+	}
+	err := s.store.InTx(ctx, func(tx store.Store) error {
+		p, role, err := s.projectFor(ctx, tx, caller, req.Project)
+		if err != nil {
+			return err
+		}
+		if authz.UseProject(callerOf(caller), role) != authz.Allowed {
+			return errProjectNotFound(req.Project)
+		}
+		gpus, err := tx.ListGPUs(ctx)
+		if err != nil {
+			return err
+		}
+		d := admission.Decide(
+			admission.Request{Project: p.Name, GPUType: req.GPUType, Region: req.Region},
+			admission.Snapshot{GPUEnabled: p.GPUEnabled, Pools: pools(gpus)},
+		)
+		if !d.Admit {
+			s.log.Info("session refused", "project", p.Name, "user", caller.Name, "reason", d.Reason)
+			return &httpapi.Error{Status: refusalStatus(d.Reason), Msg: d.Message}
+		}
+		ids, err := tx.ReserveGPUs(ctx, sess.ID, d.GPUType, d.Region, 1)
+		if err != nil {
+			return err
+		}
+		sess.ProjectID, sess.Project = p.ID, p.Name
+		sess.GPUType, sess.Region, sess.GPUs = d.GPUType, d.Region, ids
+		sess.DetachGrace = p.DetachGrace
+		return tx.CreateSession(ctx, &sess)
+	})
+	if err != nil {
+		return store.Session{}, err
+	}
+	log := s.log.With("session_id", sess.ID, "project", sess.Project, "user", sess.User)
+	log.Info("session starting", "gpu_type", sess.GPUType, "gpus", strings.Join(sess.GPUs, ","))
+
+	spec := runtime.Spec{
+		SessionID: sess.ID, Project: sess.Project, User: sess.User,
+		GPUType: sess.GPUType, GPUs: sess.GPUs, AgentSecret: sess.AgentSecret,
+		IdleExit: sess.DetachGrace + agentIdleExitMargin,
+	}
+	if err := s.rt.Start(ctx, spec); err != nil {
+		log.Error("session failed to start", "err", err)
+		endErr := s.store.EndSession(context.WithoutCancel(ctx), sess.ID, sdk.StateFailed, sdk.ReasonError, s.now())
+		if endErr != nil {
+			log.Error("record failed session", "err", endErr)
+		}
+		return store.Session{}, &httpapi.Error{Status: http.StatusBadGateway,
+			Msg: "the session could not be started; an administrator can find the cause in the server log", Err: err}
+	}
+	now := s.now()
+	s.mu.Lock()
+	s.live[sess.ID] = &liveSession{detachedAt: now, grace: sess.DetachGrace, lastSeen: now}
+	s.mu.Unlock()
+	err = s.updateSession(context.WithoutCancel(ctx), sess.ID, func(ss *store.Session) {
+		ss.State, ss.StartedAt, ss.DetachedAt, ss.LastSeenAt = sdk.StateRunning, now, now, now
+	})
+	if err != nil {
+		return store.Session{}, err
+	}
+	log.Info("session running", "start_ms", now.Sub(sess.CreatedAt).Milliseconds())
+	return s.store.Session(ctx, sess.ID)
+}
+
+func refusalStatus(reason string) int {
+	switch reason {
+	case admission.ReasonGPUDisabled:
+		return http.StatusForbidden
+	case admission.ReasonUnknownGPU:
+		return http.StatusBadRequest
+	default:
+		return http.StatusConflict
+	}
+}
+
+func pools(gpus []store.GPU) []admission.Pool {
+	var out []admission.Pool
+	index := map[[2]string]int{}
+	for _, g := range gpus {
+		k := [2]string{g.Type, g.Region}
+		i, ok := index[k]
+		if !ok {
+			i = len(out)
+			index[k] = i
+			out = append(out, admission.Pool{Type: g.Type, Region: g.Region})
+		}
+		out[i].Total++
+		if g.SessionID == "" {
+			out[i].Free++
+		}
+	}
+	return out
+}
+
+// updateSession changes a session record under the store's transaction, so
+// concurrent writers (broker, reaper, API) never overwrite each other.
+func (s *Server) updateSession(ctx context.Context, id string, change func(*store.Session)) error {
+	return s.store.InTx(ctx, func(tx store.Store) error {
+		sess, err := tx.Session(ctx, id)
+		if err != nil {
+			return err
+		}
+		change(&sess)
+		return tx.UpdateSession(ctx, &sess)
+	})
+}
+
+// endSession stops the session in the runtime, then records its end and
+// frees its GPUs: in that order, so a GPU is never handed on while the last
+// session's processes may still use it. The billing end is `at`, the moment
+// the end was decided. Ending twice is harmless.
+func (s *Server) endSession(ctx context.Context, id, reason string, at time.Time) error {
+	s.mu.Lock()
+	if l := s.live[id]; l != nil {
+		if l.ending {
+			s.mu.Unlock()
+			return nil
+		}
+		l.ending = true
+		if l.endReason == "" {
+			l.endReason, l.endAt = reason, at
+		}
+		reason, at = l.endReason, l.endAt
+	}
+	s.mu.Unlock()
+	ctx = context.WithoutCancel(ctx)
+	log := s.log.With("session_id", id, "reason", reason)
+
+	err := s.updateSession(ctx, id, func(ss *store.Session) {
+		if ss.State == sdk.StateRunning || ss.State == sdk.StateStarting {
+			ss.State = sdk.StateStopping
+		}
+		// Shells still attached are cut off by the stop.
+		ss.Attachments = 0
+	})
+	if errors.Is(err, store.ErrConflict) {
+		// Ended already, by someone else.
+		s.forget(id)
+		return nil
+	}
+	if err != nil {
+		s.clearEnding(id)
+		return fmt.Errorf("end session %s: %w", id, err)
+	}
+	if err := s.rt.Stop(ctx, id); err != nil {
+		// Left in `stopping`; the liveness loop tries again.
+		log.Error("stop session in runtime", "err", err)
+		s.clearEnding(id)
+		return fmt.Errorf("end session %s: %w", id, err)
+	}
+	err = s.store.EndSession(ctx, id, sdk.StateEnded, reason, at)
+	if err != nil && !errors.Is(err, store.ErrConflict) {
+		s.clearEnding(id)
+		return fmt.Errorf("end session %s: %w", id, err)
+	}
+	s.forget(id)
+	log.Info("session ended")
+	return nil
+}
+
+func (s *Server) forget(id string) {
+	s.mu.Lock()
+	delete(s.live, id)
+	s.mu.Unlock()
+}
+
+func (s *Server) clearEnding(id string) {
+	s.mu.Lock()
+	if l := s.live[id]; l != nil {
+		l.ending = false
+	}
+	s.mu.Unlock()
+}
+
+// attach counts a new shell on a running session and returns the
+// attachment's id. It fails when the session is no longer running (or is
+// ending).
+func (s *Server) attach(ctx context.Context, id string) (attachment int64, err error) {
+	s.mu.Lock()
+	l := s.live[id]
+	if l == nil || l.ending {
+		s.mu.Unlock()
+		return 0, errSessionNotRunning(id)
+	}
+	s.nextAttachment++
+	attachment = s.nextAttachment
+	s.detached[attachment] = make(chan struct{})
+	l.attachments++
+	l.detachedAt = time.Time{}
+	n := l.attachments
+	s.mu.Unlock()
+	s.log.Info("session attached", "session_id", id, "attachments", n)
+	err = s.updateSession(ctx, id, func(ss *store.Session) {
+		ss.Attachments, ss.DetachedAt = n, time.Time{}
+	})
+	if err != nil {
+		s.detach(ctx, id, attachment, false)
+		return 0, err
+	}
+	return attachment, nil
+}
+
+// detach counts a shell going away. The last one closing cleanly ends the
+// session at once; one that vanished starts the detach grace. When detach
+// returns, all of that is recorded, and waitDetached callers are woken.
+func (s *Server) detach(ctx context.Context, id string, attachment int64, clean bool) {
+	defer func() {
+		s.mu.Lock()
+		if ch := s.detached[attachment]; ch != nil {
+			close(ch)
+			delete(s.detached, attachment)
+		}
+		s.mu.Unlock()
+	}()
+	now := s.now()
+	s.mu.Lock()
+	l := s.live[id]
+	if l == nil {
+		s.mu.Unlock()
+		return
+	}
+	l.attachments--
+	n := l.attachments
+	if n == 0 {
+		l.detachedAt = now
+	}
+	s.mu.Unlock()
+	s.log.Info("session detached", "session_id", id, "attachments", n, "clean", clean)
+	if n == 0 && clean {
+		if err := s.endSession(ctx, id, sdk.ReasonClosed, now); err != nil {
+			s.log.Error("end closed session", "session_id", id, "err", err)
+		}
+		return
+	}
+	err := s.updateSession(context.WithoutCancel(ctx), id, func(ss *store.Session) {
+		ss.Attachments = n
+		if n == 0 {
+			ss.DetachedAt = now
+		}
+	})
+	if err != nil {
+		s.log.Error("record detach", "session_id", id, "err", err)
+	}
+}
+
+// waitDetached waits until the attachment has been detached and what
+// that caused (the session's end, when it was the last shell) recorded. The
+// CLI calls it on exit, so that when `devgpu run` returns, its GPU is free.
+func (s *Server) waitDetached(ctx context.Context, attachment int64) {
+	s.mu.Lock()
+	ch := s.detached[attachment]
+	s.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
+}
+
+// reapLoop ends sessions whose last attachment vanished (or never came)
+// longer than their detach grace ago.
+func (s *Server) reapLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.ReapInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := s.now()
+		var due []string
+		s.mu.Lock()
+		for id, l := range s.live {
+			if l.attachments == 0 && !l.ending && !l.detachedAt.IsZero() && now.Sub(l.detachedAt) >= l.grace {
+				due = append(due, id)
+			}
+		}
+		s.mu.Unlock()
+		for _, id := range due {
+			if err := s.endSession(s.ctx, id, sdk.ReasonDetached, now); err != nil {
+				s.log.Error("end detached session", "session_id", id, "err", err)
+			}
+		}
+	}
+}
+
+// livenessLoop asks the runtime what is alive: sessions it lost are ended
+// as `lost` at the time they were last seen; the others are marked seen.
+// Sessions left `stopping` by a failed stop are retried here.
+func (s *Server) livenessLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.LivenessInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := s.checkLiveness(s.ctx); err != nil && s.ctx.Err() == nil {
+			s.log.Error("liveness check", "err", err)
+		}
+	}
+}
+
+func (s *Server) checkLiveness(ctx context.Context) error {
+	instances, err := s.rt.List(ctx)
+	if err != nil {
+		return err
+	}
+	alive := map[string]bool{}
+	for _, in := range instances {
+		alive[in.SessionID] = true
+	}
+	now := s.now()
+	var lost, seen, failedStops []string
+	s.mu.Lock()
+	for id, l := range s.live {
+		if l.ending {
+			continue
+		}
+		if l.endReason != "" {
+			failedStops = append(failedStops, id)
+			continue
+		}
+		if alive[id] {
+			l.lastSeen = now
+			seen = append(seen, id)
+		} else {
+			lost = append(lost, id)
+		}
+	}
+	s.mu.Unlock()
+	err = s.store.InTx(ctx, func(tx store.Store) error {
+		for _, id := range seen {
+			sess, err := tx.Session(ctx, id)
+			if err != nil {
+				return err
+			}
+			sess.LastSeenAt = now
+			// A session that ended meanwhile (ErrConflict) needs no mark.
+			if err := tx.UpdateSession(ctx, &sess); err != nil && !errors.Is(err, store.ErrConflict) {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, id := range lost {
+		s.endLost(ctx, id)
+	}
+	for _, id := range failedStops {
+		// endSession keeps the reason and time of the first attempt.
+		if err := s.endSession(ctx, id, "", time.Time{}); err != nil {
+			s.log.Error("retry stop", "session_id", id, "err", err)
+		}
+	}
+	return nil
+}
+
+// endLost ends a session the runtime no longer has, billed up to the
+// moment it was last seen alive.
+func (s *Server) endLost(ctx context.Context, id string) {
+	sess, err := s.store.Session(ctx, id)
+	if err != nil {
+		s.log.Error("read lost session", "session_id", id, "err", err)
+		return
+	}
+	at := sess.LastSeenAt
+	if at.IsZero() {
+		at = sess.CreatedAt
+	}
+	s.log.Warn("session lost by the runtime", "session_id", id, "last_seen", at)
+	if err := s.endSession(ctx, id, sdk.ReasonLost, at); err != nil {
+		s.log.Error("end lost session", "session_id", id, "err", err)
+	}
+}
+
+// reconcile runs once at start-up, before the API answers: sessions the
+// runtime still has become running-and-detached (their clients' tunnels
+// died with the old server, so they get the detach grace to come back);
+// recorded sessions the runtime lost end as `lost`; runtime sessions with
+// no active record are stopped.
+func (s *Server) reconcile(ctx context.Context) error {
+	instances, err := s.rt.List(ctx)
+	if err != nil {
+		return fmt.Errorf("reconcile: list runtime sessions: %w", err)
+	}
+	alive := map[string]bool{}
+	for _, in := range instances {
+		alive[in.SessionID] = true
+	}
+	active, err := s.store.ListSessions(ctx, store.SessionFilter{ActiveOnly: true})
+	if err != nil {
+		return fmt.Errorf("reconcile: list sessions: %w", err)
+	}
+	now := s.now()
+	recorded := map[string]bool{}
+	for _, sess := range active {
+		recorded[sess.ID] = true
+		if sess.State == sdk.StateRunning && alive[sess.ID] {
+			s.mu.Lock()
+			s.live[sess.ID] = &liveSession{detachedAt: now, grace: sess.DetachGrace, lastSeen: now}
+			s.mu.Unlock()
+			err := s.updateSession(ctx, sess.ID, func(ss *store.Session) {
+				ss.Attachments, ss.DetachedAt, ss.LastSeenAt = 0, now, now
+			})
+			if err != nil {
+				return fmt.Errorf("reconcile: %w", err)
+			}
+			s.log.Info("session kept after restart", "session_id", sess.ID)
+			continue
+		}
+		// Gone, or caught half-way through starting or stopping.
+		s.endLost(ctx, sess.ID)
+	}
+	for _, in := range instances {
+		if !recorded[in.SessionID] {
+			s.log.Warn("stopping runtime session with no record", "session_id", in.SessionID)
+			if err := s.rt.Stop(ctx, in.SessionID); err != nil {
+				return fmt.Errorf("reconcile: stop %s: %w", in.SessionID, err)
+			}
+		}
+	}
+	return nil
+}
+
+func newSessionID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

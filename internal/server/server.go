@@ -1,0 +1,151 @@
+// Package server is the control plane, `devgpu server`: the HTTP API, the
+// broker that pipes shells to session agents, and the lifecycle loops
+// (reaper, reconciler) that keep the store and the runtime in agreement.
+// It decides and records; it never runs user code itself.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/gpu"
+	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/store"
+)
+
+// Config holds what the control plane is built from.
+type Config struct {
+	Store   store.Store
+	Runtime runtime.Runtime
+	// GPUs is the inventory this host lends (discovered or simulated).
+	GPUs   []gpu.Device
+	Logger *slog.Logger
+	// Timing knobs; zero values take the defaults below. Tests shorten them.
+	ReapInterval     time.Duration // how often detach graces are checked
+	LivenessInterval time.Duration // how often the runtime is asked what is alive
+	PingInterval     time.Duration // WebSocket keepalive to detect vanished clients
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Defaults for Config's timing knobs.
+const (
+	DefaultReapInterval     = 250 * time.Millisecond
+	DefaultLivenessInterval = 5 * time.Second
+	DefaultPingInterval     = 10 * time.Second
+	DefaultDetachGrace      = 60 * time.Second
+	// agentIdleExitMargin is how much longer than the detach grace an agent
+	// waits without connections before it stops itself: the control plane
+	// normally ends the session first, so this only matters when the
+	// control plane is gone.
+	agentIdleExitMargin = time.Minute
+)
+
+// Server is the control plane.
+type Server struct {
+	store store.Store
+	rt    runtime.Runtime
+	log   *slog.Logger
+	cfg   Config
+	now   func() time.Time
+
+	mu   sync.Mutex
+	live map[string]*liveSession // running sessions, by id
+	// detached holds, per open attachment, a channel closed once its
+	// detach has been fully processed.
+	detached       map[int64]chan struct{}
+	nextAttachment int64
+
+	wg     sync.WaitGroup // lifecycle goroutines
+	cancel context.CancelFunc
+	ctx    context.Context
+}
+
+// New reconciles the store with the runtime and the GPU inventory, then
+// starts the lifecycle loops. Call Close to stop them.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Store == nil || cfg.Runtime == nil {
+		return nil, errors.New("server: a store and a runtime are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ReapInterval == 0 {
+		cfg.ReapInterval = DefaultReapInterval
+	}
+	if cfg.LivenessInterval == 0 {
+		cfg.LivenessInterval = DefaultLivenessInterval
+	}
+	if cfg.PingInterval == 0 {
+		cfg.PingInterval = DefaultPingInterval
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s := &Server{
+		store: cfg.Store, rt: cfg.Runtime, log: cfg.Logger, cfg: cfg, now: cfg.Now,
+		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, ctx: loopCtx, cancel: cancel,
+	}
+	if err := s.reconcile(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
+	if err := s.syncInventory(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
+	s.wg.Add(2)
+	go s.reapLoop()
+	go s.livenessLoop()
+	return s, nil
+}
+
+func (s *Server) syncInventory(ctx context.Context) error {
+	devs := make([]store.GPU, 0, len(s.cfg.GPUs))
+	for _, d := range s.cfg.GPUs {
+		devs = append(devs, store.GPU{ID: d.ID, Type: d.Type, Region: d.Region})
+	}
+	if err := s.store.SyncGPUs(ctx, devs); err != nil {
+		return fmt.Errorf("server: sync GPU inventory: %w", err)
+	}
+	return nil
+}
+
+// Close stops the lifecycle loops. Sessions keep running; the next server
+// reconciles them.
+func (s *Server) Close() {
+	s.cancel()
+	s.wg.Wait()
+}
+
+// Handler returns the HTTP handler of the API.
+func (s *Server) Handler() http.Handler {
+	return newAPI(s).routes()
+}
+
+// Serve answers HTTP on ln until ctx is done.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return s.ctx },
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdownCtx)
+		return nil
+	}
+}

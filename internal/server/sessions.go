@@ -1,0 +1,147 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/authz"
+	"github.com/devgpu/devgpu/internal/httpapi"
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+func (a *API) createSession(w http.ResponseWriter, r *http.Request, caller store.User) error {
+	var req sdk.CreateSessionRequest
+	if err := httpapi.Read(w, r, &req); err != nil {
+		return err
+	}
+	sess, err := a.s.createSession(r.Context(), caller, req)
+	if err != nil {
+		return err
+	}
+	httpapi.Write(w, http.StatusCreated, toSDK(sess))
+	return nil
+}
+
+// listSessions returns the caller's sessions; with ?all=true, an org
+// admin gets everyone's.
+func (a *API) listSessions(w http.ResponseWriter, r *http.Request, caller store.User) error {
+	f := store.SessionFilter{UserID: caller.ID}
+	if r.URL.Query().Get("all") == "true" {
+		if authz.OrgAdmin(callerOf(caller)) != authz.Allowed {
+			return httpapi.Errorf(http.StatusForbidden, "only organisation admins can list everyone's sessions; drop --all to see your own")
+		}
+		f.UserID = 0
+	}
+	if r.URL.Query().Get("active") == "true" {
+		f.ActiveOnly = true
+	}
+	list, err := a.s.store.ListSessions(r.Context(), f)
+	if err != nil {
+		return err
+	}
+	out := make([]sdk.Session, 0, len(list))
+	for _, s := range list {
+		out = append(out, toSDK(s))
+	}
+	httpapi.Write(w, http.StatusOK, out)
+	return nil
+}
+
+// sessionFor reads a session and checks the caller's right to it.
+func (a *API) sessionFor(r *http.Request, caller store.User, check func(authz.Caller, int64, authz.ProjectRole) authz.Decision, forbidden string) (store.Session, error) {
+	id := r.PathValue("id")
+	sess, err := a.s.store.Session(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Session{}, errSessionNotFound(id)
+	}
+	if err != nil {
+		return store.Session{}, err
+	}
+	role, err := a.s.store.MemberRole(r.Context(), sess.ProjectID, caller.ID)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return store.Session{}, err
+	}
+	if err := decide(check(callerOf(caller), sess.UserID, authz.ProjectRole(role)), forbidden, errSessionNotFound(id)); err != nil {
+		return store.Session{}, err
+	}
+	return sess, nil
+}
+
+// maxDetachWait bounds how long ?detached= holds a request.
+const maxDetachWait = 5 * time.Second
+
+// getSession returns a session. With ?detached=N it first waits until
+// attachment N (from the connect response) is fully detached, so that a
+// CLI leaving a session sees the end it caused.
+func (a *API) getSession(w http.ResponseWriter, r *http.Request, caller store.User) error {
+	sess, err := a.sessionFor(r, caller, authz.ViewSession, "")
+	if err != nil {
+		return err
+	}
+	if v := r.URL.Query().Get("detached"); v != "" {
+		attachment, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return httpapi.Errorf(http.StatusBadRequest, "detached=%q is not an attachment number", v)
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), maxDetachWait)
+		a.s.waitDetached(ctx, attachment)
+		cancel()
+		if sess, err = a.s.store.Session(r.Context(), sess.ID); err != nil {
+			return err
+		}
+	}
+	httpapi.Write(w, http.StatusOK, toSDK(sess))
+	return nil
+}
+
+// stopSession ends a session: `stopped` when its owner asks, `admin` when
+// an administrator stops someone else's.
+func (a *API) stopSession(w http.ResponseWriter, r *http.Request, caller store.User) error {
+	sess, err := a.sessionFor(r, caller, authz.StopSession, "")
+	if err != nil {
+		return err
+	}
+	if sess.State == sdk.StateEnded || sess.State == sdk.StateFailed {
+		httpapi.Write(w, http.StatusOK, toSDK(sess))
+		return nil
+	}
+	reason := sdk.ReasonStopped
+	if sess.UserID != caller.ID {
+		reason = sdk.ReasonAdmin
+	}
+	if err := a.s.endSession(r.Context(), sess.ID, reason, a.s.now()); err != nil {
+		return err
+	}
+	sess, err = a.s.store.Session(r.Context(), sess.ID)
+	if err != nil {
+		return err
+	}
+	httpapi.Write(w, http.StatusOK, toSDK(sess))
+	return nil
+}
+
+func toSDK(s store.Session) sdk.Session {
+	out := sdk.Session{
+		ID: s.ID, Project: s.Project, User: s.User, State: s.State,
+		GPUType: s.GPUType, Region: s.Region, GPUs: s.GPUs,
+		Attachments: s.Attachments, CreatedAt: s.CreatedAt.UTC(),
+		StartedAt: timePtr(s.StartedAt), EndedAt: timePtr(s.EndedAt),
+		EndReason: s.EndReason, Error: s.Error,
+	}
+	if out.GPUs == nil {
+		out.GPUs = []string{}
+	}
+	return out
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
+}

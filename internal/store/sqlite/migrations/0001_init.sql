@@ -1,0 +1,85 @@
+-- The first schema. Times are unix microseconds (NULL: not yet), durations
+-- nanoseconds, booleans 0/1. Keep postgres/migrations/0001_init.sql in step.
+
+CREATE TABLE users (
+	id         INTEGER PRIMARY KEY AUTOINCREMENT, -- AUTOINCREMENT: never reuse an ID, as PostgreSQL does not
+	name       TEXT NOT NULL UNIQUE,
+	org_admin  INTEGER NOT NULL,
+	disabled   INTEGER NOT NULL,
+	created_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE tokens (
+	id         INTEGER PRIMARY KEY AUTOINCREMENT,
+	user_id    INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+	name       TEXT NOT NULL,
+	prefix     TEXT NOT NULL,
+	hash       BLOB NOT NULL UNIQUE,
+	created_at INTEGER NOT NULL,
+	expires_at INTEGER,
+	revoked_at INTEGER
+) STRICT;
+CREATE INDEX tokens_user_id ON tokens (user_id);
+
+CREATE TABLE projects (
+	id           INTEGER PRIMARY KEY AUTOINCREMENT,
+	name         TEXT NOT NULL UNIQUE,
+	gpu_enabled  INTEGER NOT NULL,
+	detach_grace INTEGER NOT NULL,
+	created_at   INTEGER NOT NULL,
+	updated_at   INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE members (
+	project_id INTEGER NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+	user_id    INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+	role       TEXT NOT NULL,
+	PRIMARY KEY (project_id, user_id)
+) STRICT;
+CREATE INDEX members_user_id ON members (user_id);
+
+-- The inventory. session_id has no foreign key: GPUs are reserved before
+-- their session is created. retired marks a reserved device that left the
+-- inventory; it is deleted when its session ends.
+CREATE TABLE gpus (
+	id         TEXT PRIMARY KEY,
+	type       TEXT NOT NULL,
+	region     TEXT NOT NULL,
+	session_id TEXT,
+	retired    INTEGER NOT NULL
+) STRICT;
+CREATE INDEX gpus_session_id ON gpus (session_id);
+CREATE INDEX gpus_free ON gpus (type, region, id) WHERE session_id IS NULL;
+
+CREATE TABLE sessions (
+	id           TEXT PRIMARY KEY,
+	project_id   INTEGER NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+	user_id      INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+	state        TEXT NOT NULL,
+	gpu_type     TEXT NOT NULL,
+	region       TEXT NOT NULL,
+	attachments  INTEGER NOT NULL,
+	agent_secret TEXT NOT NULL,
+	detach_grace INTEGER NOT NULL,
+	created_at   INTEGER NOT NULL,
+	started_at   INTEGER,
+	ended_at     INTEGER,
+	end_reason   TEXT NOT NULL,
+	error        TEXT NOT NULL,
+	detached_at  INTEGER,
+	last_seen_at INTEGER
+) STRICT;
+CREATE INDEX sessions_created_at ON sessions (created_at, id);
+CREATE INDEX sessions_project_id ON sessions (project_id);
+CREATE INDEX sessions_user_id ON sessions (user_id);
+-- Admission counts active sessions; history must not slow it down. Queries
+-- use the same condition, literally, so that both engines pick these.
+CREATE INDEX sessions_active_project_id ON sessions (project_id) WHERE state NOT IN ('ended', 'failed');
+CREATE INDEX sessions_active_user_id ON sessions (user_id) WHERE state NOT IN ('ended', 'failed');
+
+-- The GPUs a session had, kept when EndSession gives them back.
+CREATE TABLE session_gpus (
+	session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+	gpu_id     TEXT NOT NULL,
+	PRIMARY KEY (session_id, gpu_id)
+) STRICT;

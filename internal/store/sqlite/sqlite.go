@@ -1,0 +1,81 @@
+// Package sqlite opens the store on an embedded SQLite database file, the
+// default engine, through modernc.org/sqlite (pure Go, no cgo).
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/internal/store/sqlstore"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+func migrationFiles() fs.FS {
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		panic(err) // a valid constant path cannot fail
+	}
+	return sub
+}
+
+// Open opens (creating it if needed) the database file at path and brings
+// its schema up to date.
+func Open(ctx context.Context, path string) (*sqlstore.Store, error) {
+	db, err := sql.Open("sqlite", dsn(path))
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	s, err := sqlstore.New(ctx, db, sqlstore.Dialect{
+		Name:       "sqlite",
+		Serialize:  true,
+		Classify:   classify,
+		Migrations: migrationFiles(),
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// dsn is the modernc.org/sqlite data source name for the file at path.
+func dsn(path string) string {
+	q := url.Values{}
+	// Every write transaction takes the write lock when it begins: a
+	// deferred one that reads and then writes fails with SQLITE_BUSY, at
+	// once and without waiting, when another has written meanwhile.
+	q.Set("_txlock", "immediate")
+	q.Set("_journal_mode", "WAL")
+	q.Set("_synchronous", "NORMAL") // in WAL mode: a power loss may undo the last commits, never corrupt
+	q.Set("_busy_timeout", "10000") // ms; waits for writers in other processes
+	q.Set("_foreign_keys", "1")
+	// A file: URI, so that a path holding '?' or '#' stays a path.
+	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
+}
+
+func classify(err error) error {
+	var e *sqlite.Error
+	if !errors.As(err, &e) {
+		return nil
+	}
+	switch e.Code() {
+	case sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+		return store.ErrConflict
+	case sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
+		// Nothing restricts a delete, so this is an insert or update
+		// naming a row that does not exist.
+		return store.ErrNotFound
+	}
+	return nil
+}

@@ -1,0 +1,64 @@
+package sqlite_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/internal/store/sqlite"
+	"github.com/devgpu/devgpu/internal/store/storetest"
+)
+
+func open(t *testing.T, path string) store.Store {
+	t.Helper()
+	s, err := sqlite.Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
+func TestStore(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		return open(t, filepath.Join(t.TempDir(), "devgpu.db"))
+	})
+}
+
+// TestOpen checks that servers starting at once on one new database file
+// migrate it once, and that opening it again keeps its data.
+func TestOpen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "dir with ?#% chars", "devgpu.db")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			s, err := sqlite.Open(t.Context(), path)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if err := s.CreateUser(t.Context(), &store.User{Name: "alice"}); err != nil && !errors.Is(err, store.ErrConflict) {
+				t.Error(err)
+			}
+			s.Close()
+		})
+	}
+	wg.Wait()
+	if _, err := open(t, path).UserByName(t.Context(), "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Errorf("database is not at %s: %v", path, err)
+	}
+}

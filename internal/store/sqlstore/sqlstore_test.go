@@ -1,0 +1,55 @@
+package sqlstore
+
+import (
+	"reflect"
+	"testing"
+	"testing/fstest"
+)
+
+func TestRebind(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{`SELECT 1`, `SELECT 1`},
+		{`SELECT a FROM t WHERE b = ?`, `SELECT a FROM t WHERE b = $1`},
+		{`INSERT INTO t (a, b, c) VALUES (?,?, ?)`, `INSERT INTO t (a, b, c) VALUES ($1,$2, $3)`},
+		{`? ? ? ? ? ? ? ? ? ? ?`, `$1 $2 $3 $4 $5 $6 $7 $8 $9 $10 $11`},
+	} {
+		if got := Rebind(c.in); got != c.want {
+			t.Errorf("Rebind(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
+func TestMigrations(t *testing.T) {
+	file := &fstest.MapFile{Data: []byte("SELECT 1;")}
+	for _, c := range []struct {
+		name  string
+		files []string
+		want  []int64 // nil: an error
+	}{
+		{"none", nil, []int64{}},
+		{"numeric order", []string{"0010_later.sql", "0002_b.sql", "0001_init.sql", "README.md"}, []int64{1, 2, 10}},
+		{"no number", []string{"0001_init.sql", "init.sql"}, nil},
+		{"no name", []string{"0001.sql"}, nil},
+		{"zero", []string{"0000_init.sql"}, nil},
+		{"same version", []string{"0001_init.sql", "1_again.sql"}, nil},
+	} {
+		fsys := fstest.MapFS{}
+		for _, f := range c.files {
+			fsys[f] = file
+		}
+		ms, err := (&Dialect{Migrations: fsys}).migrations()
+		if c.want == nil {
+			if err == nil {
+				t.Errorf("%s: migrations() = %v, want an error", c.name, ms)
+			}
+			continue
+		}
+		got := []int64{}
+		for _, m := range ms {
+			got = append(got, m.version)
+		}
+		if err != nil || !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%s: versions %v, %v; want %v", c.name, got, err, c.want)
+		}
+	}
+}

@@ -1,0 +1,164 @@
+// Package store defines the control plane's persistent state and the one
+// interface over it. The engines live in sqlite/ and postgres/ and share one
+// SQL code path (sqlstore/); storetest/ is the conformance suite both pass.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors every engine maps its driver errors onto.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrConflict = errors.New("already exists")
+	// ErrNoCapacity means too few free GPUs matched a reservation.
+	ErrNoCapacity = errors.New("not enough free GPUs")
+)
+
+// User is a person or robot that holds API tokens.
+type User struct {
+	ID        int64
+	Name      string
+	OrgAdmin  bool
+	Disabled  bool
+	CreatedAt time.Time
+}
+
+// Token is an API token. Only its SHA-256 hash is stored; Prefix is the
+// short public part shown in listings.
+type Token struct {
+	ID        int64
+	UserID    int64
+	Name      string
+	Prefix    string
+	Hash      []byte
+	CreatedAt time.Time
+	ExpiresAt time.Time // zero: never
+	RevokedAt time.Time // zero: not revoked
+}
+
+// Project is a unit of GPU policy.
+type Project struct {
+	ID          int64
+	Name        string
+	GPUEnabled  bool
+	DetachGrace time.Duration
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+}
+
+// Member roles.
+const (
+	RoleDeveloper = "developer"
+	RoleAdmin     = "admin"
+)
+
+// Member is a user's role in a project.
+type Member struct {
+	ProjectID int64
+	UserID    int64
+	User      string // filled by reads
+	Role      string
+}
+
+// GPU is one device of the inventory. SessionID is empty while it is free.
+type GPU struct {
+	ID        string // NVML UUID, or GPU-sim-<type>-<n> when simulated
+	Type      string // lower case short name: t4, a100, h100
+	Region    string
+	SessionID string
+}
+
+// Session is a GPU session's record. Zero times mean "not yet".
+type Session struct {
+	ID          string
+	ProjectID   int64
+	Project     string // filled by reads
+	UserID      int64
+	User        string // filled by reads
+	State       string // sdk.State*
+	GPUType     string
+	Region      string
+	GPUs        []string // filled by reads from the inventory (or kept after the end)
+	Attachments int
+	// AgentSecret is presented to the session's agent when the broker
+	// connects; it never leaves the control plane.
+	AgentSecret string
+	DetachGrace time.Duration
+	CreatedAt   time.Time
+	StartedAt   time.Time
+	EndedAt     time.Time
+	EndReason   string
+	Error       string
+	// DetachedAt is when the attachment count last fell to zero (or the
+	// session started without one); zero while attached.
+	DetachedAt time.Time
+	// LastSeenAt is the last time the runtime reported the session alive.
+	LastSeenAt time.Time
+}
+
+// SessionFilter selects sessions; zero fields match everything.
+type SessionFilter struct {
+	UserID     int64
+	ProjectID  int64
+	ActiveOnly bool // not ended and not failed
+}
+
+// Store is the control plane's state. Every method takes part in the
+// transaction of the Store it is called on.
+type Store interface {
+	// InTx runs fn in one transaction that serialises with every other
+	// InTx, so that admission decisions see a consistent snapshot and no
+	// cap is ever exceeded. Calling InTx inside fn reuses the transaction.
+	InTx(ctx context.Context, fn func(Store) error) error
+	Close() error
+
+	CreateUser(ctx context.Context, u *User) error
+	UserByName(ctx context.Context, name string) (User, error)
+	UserByID(ctx context.Context, id int64) (User, error)
+	ListUsers(ctx context.Context) ([]User, error)
+
+	CreateToken(ctx context.Context, t *Token) error
+	// TokenByHash returns the token with this hash and its user, whatever
+	// their state: the caller checks expiry, revocation and disabled users.
+	TokenByHash(ctx context.Context, hash []byte) (Token, User, error)
+
+	CreateProject(ctx context.Context, p *Project) error
+	UpdateProject(ctx context.Context, p *Project) error
+	ProjectByName(ctx context.Context, name string) (Project, error)
+	ProjectByID(ctx context.Context, id int64) (Project, error)
+	ListProjects(ctx context.Context) ([]Project, error)
+	// DeleteProject fails with ErrConflict while the project has active sessions.
+	DeleteProject(ctx context.Context, id int64) error
+
+	// SetMember adds the user to the project or changes their role.
+	SetMember(ctx context.Context, m Member) error
+	RemoveMember(ctx context.Context, projectID, userID int64) error
+	// MemberRole returns ErrNotFound when the user is not a member.
+	MemberRole(ctx context.Context, projectID, userID int64) (string, error)
+	ListMembers(ctx context.Context, projectID int64) ([]Member, error)
+
+	// SyncGPUs makes the inventory equal to devices: new ones are added;
+	// free ones missing from devices are removed; reserved ones missing
+	// from devices stay until their session ends, then are removed.
+	SyncGPUs(ctx context.Context, devices []GPU) error
+	ListGPUs(ctx context.Context) ([]GPU, error)
+	// ReserveGPUs gives n free GPUs of the type and region to the session,
+	// lowest IDs first, or fails with ErrNoCapacity and reserves nothing.
+	ReserveGPUs(ctx context.Context, sessionID, gpuType, region string, n int) ([]string, error)
+
+	// CreateSession inserts s; s.GPUs must already be reserved for s.ID.
+	CreateSession(ctx context.Context, s *Session) error
+	Session(ctx context.Context, id string) (Session, error)
+	ListSessions(ctx context.Context, f SessionFilter) ([]Session, error)
+	// UpdateSession writes State, StartedAt, Attachments, DetachedAt,
+	// LastSeenAt and Error. It fails with ErrConflict once the session has
+	// ended, and refuses an end state: that is EndSession's to set.
+	UpdateSession(ctx context.Context, s *Session) error
+	// EndSession moves an active session to state (ended or failed) with the
+	// reason and time, and frees its GPUs. A session already ended is left
+	// as it is and ErrConflict is returned.
+	EndSession(ctx context.Context, id, state, reason string, at time.Time) error
+}

@@ -1,0 +1,837 @@
+// Package storetest is the conformance suite every store.Store engine
+// passes: each engine's tests call Run with a function that opens a new,
+// empty store.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// Timeout bounds each test of the suite.
+const Timeout = 60 * time.Second
+
+// Run runs the suite. open returns a new, empty store and closes it in a
+// t.Cleanup of its own.
+func Run(t *testing.T, open func(t *testing.T) store.Store) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, ctx context.Context, s store.Store)
+	}{
+		{"Users", testUsers},
+		{"Tokens", testTokens},
+		{"Projects", testProjects},
+		{"DeleteProject", testDeleteProject},
+		{"Members", testMembers},
+		{"GPUs", testGPUs},
+		{"SyncGPUsRetires", testSyncGPUsRetires},
+		{"Sessions", testSessions},
+		{"EndSession", testEndSession},
+		{"ListSessions", testListSessions},
+		{"Times", testTimes},
+		{"InTx", testInTx},
+		{"InTxRollback", testInTxRollback},
+		{"NestedInTx", testNestedInTx},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(t.Context(), Timeout)
+			defer cancel()
+			tt.fn(t, ctx, open(t))
+		})
+	}
+	// Not parallel: each holds many connections at once.
+	t.Run("ConcurrentReserve", func(t *testing.T) { testConcurrentAdmission(t, open(t), false) })
+	t.Run("ConcurrentCap", func(t *testing.T) { testConcurrentAdmission(t, open(t), true) })
+}
+
+func testUsers(t *testing.T, ctx context.Context, s store.Store) {
+	bob := store.User{Name: "bob", OrgAdmin: true}
+	if err := s.CreateUser(ctx, &bob); err != nil {
+		t.Fatal(err)
+	}
+	if bob.ID == 0 || bob.CreatedAt.IsZero() {
+		t.Fatalf("CreateUser left ID or CreatedAt unset: %+v", bob)
+	}
+	alice := mustUser(t, ctx, s, "alice")
+	carol := store.User{Name: "carol", Disabled: true}
+	if err := s.CreateUser(ctx, &carol); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateUser(ctx, &store.User{Name: "bob"}); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("CreateUser(duplicate) = %v, want ErrConflict", err)
+	}
+
+	got, err := s.UserByName(ctx, "bob")
+	if err != nil || !reflect.DeepEqual(got, bob) {
+		t.Errorf("UserByName = %+v, %v; want %+v", got, err, bob)
+	}
+	got, err = s.UserByID(ctx, carol.ID)
+	if err != nil || !reflect.DeepEqual(got, carol) {
+		t.Errorf("UserByID = %+v, %v; want %+v", got, err, carol)
+	}
+	if _, err := s.UserByName(ctx, "dave"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("UserByName(unknown) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.UserByID(ctx, carol.ID+100); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("UserByID(unknown) = %v, want ErrNotFound", err)
+	}
+	list, err := s.ListUsers(ctx)
+	if want := []store.User{alice, bob, carol}; err != nil || !reflect.DeepEqual(list, want) {
+		t.Errorf("ListUsers = %+v, %v; want %+v", list, err, want)
+	}
+}
+
+func testTokens(t *testing.T, ctx context.Context, s store.Store) {
+	u := mustUser(t, ctx, s, "alice")
+	expires := time.Now().Add(time.Hour).Truncate(time.Microsecond).UTC()
+	tok := store.Token{UserID: u.ID, Name: "laptop", Prefix: "dg_abc", Hash: []byte{0, 1, 2, 0xff}, ExpiresAt: expires}
+	if err := s.CreateToken(ctx, &tok); err != nil {
+		t.Fatal(err)
+	}
+	if tok.ID == 0 || tok.CreatedAt.IsZero() {
+		t.Fatalf("CreateToken left ID or CreatedAt unset: %+v", tok)
+	}
+	gotT, gotU, err := s.TokenByHash(ctx, []byte{0, 1, 2, 0xff})
+	if err != nil || !reflect.DeepEqual(gotT, tok) || !reflect.DeepEqual(gotU, u) {
+		t.Errorf("TokenByHash = %+v, %+v, %v; want %+v, %+v", gotT, gotU, err, tok, u)
+	}
+	if !gotT.RevokedAt.IsZero() || !gotT.ExpiresAt.Equal(expires) {
+		t.Errorf("TokenByHash times = expires %v, revoked %v; want %v, zero", gotT.ExpiresAt, gotT.RevokedAt, expires)
+	}
+	if _, _, err := s.TokenByHash(ctx, []byte{0, 1, 2}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("TokenByHash(unknown) = %v, want ErrNotFound", err)
+	}
+	if err := s.CreateToken(ctx, &store.Token{UserID: u.ID, Name: "again", Hash: tok.Hash}); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("CreateToken(same hash) = %v, want ErrConflict", err)
+	}
+	if err := s.CreateToken(ctx, &store.Token{UserID: u.ID + 100, Name: "ghost", Hash: []byte("x")}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("CreateToken(unknown user) = %v, want ErrNotFound", err)
+	}
+}
+
+func testProjects(t *testing.T, ctx context.Context, s store.Store) {
+	ml := store.Project{Name: "ml", GPUEnabled: true, DetachGrace: 90 * time.Second}
+	if err := s.CreateProject(ctx, &ml); err != nil {
+		t.Fatal(err)
+	}
+	if ml.ID == 0 || ml.CreatedAt.IsZero() || !ml.UpdatedAt.Equal(ml.CreatedAt) {
+		t.Fatalf("CreateProject left ID or times unset: %+v", ml)
+	}
+	def := mustProject(t, ctx, s, "default")
+	if err := s.CreateProject(ctx, &store.Project{Name: "ml"}); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("CreateProject(duplicate) = %v, want ErrConflict", err)
+	}
+	got, err := s.ProjectByName(ctx, "ml")
+	if err != nil || !reflect.DeepEqual(got, ml) {
+		t.Errorf("ProjectByName = %+v, %v; want %+v", got, err, ml)
+	}
+	if _, err := s.ProjectByName(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("ProjectByName(unknown) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.ProjectByID(ctx, ml.ID+def.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("ProjectByID(unknown) = %v, want ErrNotFound", err)
+	}
+
+	time.Sleep(time.Millisecond) // so that UpdatedAt moves
+	upd := ml
+	upd.Name, upd.GPUEnabled, upd.DetachGrace = "ml-research", false, 0
+	if err := s.UpdateProject(ctx, &upd); err != nil {
+		t.Fatal(err)
+	}
+	if !upd.UpdatedAt.After(ml.UpdatedAt) || !upd.CreatedAt.Equal(ml.CreatedAt) {
+		t.Errorf("UpdateProject times: created %v updated %v, was %v %v", upd.CreatedAt, upd.UpdatedAt, ml.CreatedAt, ml.UpdatedAt)
+	}
+	got, err = s.ProjectByID(ctx, ml.ID)
+	if err != nil || !reflect.DeepEqual(got, upd) {
+		t.Errorf("ProjectByID after update = %+v, %v; want %+v", got, err, upd)
+	}
+	taken := upd
+	taken.Name = "default"
+	if err := s.UpdateProject(ctx, &taken); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("UpdateProject(taken name) = %v, want ErrConflict", err)
+	}
+	ghost := store.Project{ID: ml.ID + def.ID, Name: "ghost"}
+	if err := s.UpdateProject(ctx, &ghost); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("UpdateProject(unknown) = %v, want ErrNotFound", err)
+	}
+	list, err := s.ListProjects(ctx)
+	if want := []store.Project{def, upd}; err != nil || !reflect.DeepEqual(list, want) {
+		t.Errorf("ListProjects = %+v, %v; want %+v", list, err, want)
+	}
+}
+
+func testDeleteProject(t *testing.T, ctx context.Context, s store.Store) {
+	u := mustUser(t, ctx, s, "alice")
+	p := mustProject(t, ctx, s, "ml")
+	mustSync(t, ctx, s, gpus("t4", "local", 1)...)
+	if err := s.SetMember(ctx, store.Member{ProjectID: p.ID, UserID: u.ID, Role: store.RoleDeveloper}); err != nil {
+		t.Fatal(err)
+	}
+	sess := mustSession(t, ctx, s, "s1", p, u, 1)
+	if err := s.DeleteProject(ctx, p.ID); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("DeleteProject(active session) = %v, want ErrConflict", err)
+	}
+	mustEnd(t, ctx, s, sess.ID)
+	if err := s.DeleteProject(ctx, p.ID); err != nil {
+		t.Fatalf("DeleteProject = %v", err)
+	}
+	if _, err := s.ProjectByID(ctx, p.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("ProjectByID(deleted) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.MemberRole(ctx, p.ID, u.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("MemberRole(deleted project) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.Session(ctx, sess.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Session(of deleted project) = %v, want ErrNotFound", err)
+	}
+	if err := s.DeleteProject(ctx, p.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("DeleteProject(again) = %v, want ErrNotFound", err)
+	}
+	// The name is free again.
+	mustProject(t, ctx, s, "ml")
+}
+
+func testMembers(t *testing.T, ctx context.Context, s store.Store) {
+	bob, alice := mustUser(t, ctx, s, "bob"), mustUser(t, ctx, s, "alice")
+	p, other := mustProject(t, ctx, s, "ml"), mustProject(t, ctx, s, "other")
+	for _, m := range []store.Member{
+		{ProjectID: p.ID, UserID: bob.ID, Role: store.RoleDeveloper},
+		{ProjectID: p.ID, UserID: alice.ID, Role: store.RoleDeveloper},
+		{ProjectID: p.ID, UserID: alice.ID, Role: store.RoleAdmin}, // a change of role
+		{ProjectID: other.ID, UserID: bob.ID, Role: store.RoleAdmin},
+	} {
+		if err := s.SetMember(ctx, m); err != nil {
+			t.Fatalf("SetMember(%+v) = %v", m, err)
+		}
+	}
+	if role, err := s.MemberRole(ctx, p.ID, alice.ID); err != nil || role != store.RoleAdmin {
+		t.Errorf("MemberRole = %q, %v; want admin", role, err)
+	}
+	if _, err := s.MemberRole(ctx, other.ID, alice.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("MemberRole(not a member) = %v, want ErrNotFound", err)
+	}
+	list, err := s.ListMembers(ctx, p.ID)
+	want := []store.Member{
+		{ProjectID: p.ID, UserID: alice.ID, User: "alice", Role: store.RoleAdmin},
+		{ProjectID: p.ID, UserID: bob.ID, User: "bob", Role: store.RoleDeveloper},
+	}
+	if err != nil || !reflect.DeepEqual(list, want) {
+		t.Errorf("ListMembers = %+v, %v; want %+v", list, err, want)
+	}
+	if err := s.SetMember(ctx, store.Member{ProjectID: p.ID, UserID: bob.ID, Role: "owner"}); err == nil {
+		t.Error("SetMember(unknown role) succeeded")
+	}
+	if err := s.SetMember(ctx, store.Member{ProjectID: p.ID + other.ID, UserID: bob.ID, Role: store.RoleAdmin}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("SetMember(unknown project) = %v, want ErrNotFound", err)
+	}
+	if err := s.RemoveMember(ctx, p.ID, bob.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveMember(ctx, p.ID, bob.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("RemoveMember(again) = %v, want ErrNotFound", err)
+	}
+	if role, err := s.MemberRole(ctx, other.ID, bob.ID); err != nil || role != store.RoleAdmin {
+		t.Errorf("MemberRole(other project) = %q, %v; want admin", role, err)
+	}
+}
+
+func testGPUs(t *testing.T, ctx context.Context, s store.Store) {
+	mustSync(t, ctx, s, append(gpus("t4", "local", 3), gpus("a100", "local", 1)...)...)
+	list, err := s.ListGPUs(ctx)
+	want := []store.GPU{
+		{ID: "GPU-sim-a100-0", Type: "a100", Region: "local"},
+		{ID: "GPU-sim-t4-0", Type: "t4", Region: "local"},
+		{ID: "GPU-sim-t4-1", Type: "t4", Region: "local"},
+		{ID: "GPU-sim-t4-2", Type: "t4", Region: "local"},
+	}
+	if err != nil || !reflect.DeepEqual(list, want) {
+		t.Fatalf("ListGPUs = %+v, %v; want %+v", list, err, want)
+	}
+	ids, err := s.ReserveGPUs(ctx, "s1", "t4", "local", 2)
+	if want := []string{"GPU-sim-t4-0", "GPU-sim-t4-1"}; err != nil || !reflect.DeepEqual(ids, want) {
+		t.Errorf("ReserveGPUs = %v, %v; want %v", ids, err, want)
+	}
+	// Two asked, one free: nothing is reserved.
+	if ids, err := s.ReserveGPUs(ctx, "s2", "t4", "local", 2); !errors.Is(err, store.ErrNoCapacity) || ids != nil {
+		t.Errorf("ReserveGPUs(too many) = %v, %v; want ErrNoCapacity", ids, err)
+	}
+	for _, c := range []struct{ typ, region string }{{"h100", "local"}, {"a100", "eu"}} {
+		if _, err := s.ReserveGPUs(ctx, "s2", c.typ, c.region, 1); !errors.Is(err, store.ErrNoCapacity) {
+			t.Errorf("ReserveGPUs(%s, %s) = %v, want ErrNoCapacity", c.typ, c.region, err)
+		}
+	}
+	ids, err = s.ReserveGPUs(ctx, "s2", "t4", "local", 1)
+	if want := []string{"GPU-sim-t4-2"}; err != nil || !reflect.DeepEqual(ids, want) {
+		t.Errorf("ReserveGPUs(last) = %v, %v; want %v", ids, err, want)
+	}
+	list, _ = s.ListGPUs(ctx)
+	want[1].SessionID, want[2].SessionID, want[3].SessionID = "s1", "s1", "s2"
+	if !reflect.DeepEqual(list, want) {
+		t.Errorf("ListGPUs after reserving = %+v, want %+v", list, want)
+	}
+	// Syncing the same inventory again changes nothing, reservations included.
+	mustSync(t, ctx, s, append(gpus("t4", "local", 3), gpus("a100", "local", 1)...)...)
+	if list, _ = s.ListGPUs(ctx); !reflect.DeepEqual(list, want) {
+		t.Errorf("ListGPUs after a second sync = %+v, want %+v", list, want)
+	}
+}
+
+func testSyncGPUsRetires(t *testing.T, ctx context.Context, s store.Store) {
+	u, p := mustUser(t, ctx, s, "alice"), mustProject(t, ctx, s, "ml")
+	mustSync(t, ctx, s, gpus("t4", "local", 4)...)
+	s1 := mustSession(t, ctx, s, "s1", p, u, 2) // t4-0, t4-1
+	s2 := mustSession(t, ctx, s, "s2", p, u, 1) // t4-2
+
+	// t4-1 (reserved) and t4-3 (free) leave; t4-0 comes back as another
+	// type; a new device arrives.
+	mustSync(t, ctx, s,
+		store.GPU{ID: "GPU-sim-t4-0", Type: "t4", Region: "eu"},
+		store.GPU{ID: "GPU-sim-t4-2", Type: "t4", Region: "local"},
+		store.GPU{ID: "GPU-sim-t4-9", Type: "t4", Region: "local"},
+	)
+	want := []store.GPU{
+		{ID: "GPU-sim-t4-0", Type: "t4", Region: "eu", SessionID: "s1"},
+		{ID: "GPU-sim-t4-1", Type: "t4", Region: "local", SessionID: "s1"},
+		{ID: "GPU-sim-t4-2", Type: "t4", Region: "local", SessionID: "s2"},
+		{ID: "GPU-sim-t4-9", Type: "t4", Region: "local"},
+	}
+	if list, err := s.ListGPUs(ctx); err != nil || !reflect.DeepEqual(list, want) {
+		t.Fatalf("ListGPUs = %+v, %v; want %+v", list, err, want)
+	}
+	// A retired GPU cannot be reserved again, even before its session ends.
+	if _, err := s.ReserveGPUs(ctx, "s3", "t4", "local", 2); !errors.Is(err, store.ErrNoCapacity) {
+		t.Errorf("ReserveGPUs = %v, want ErrNoCapacity", err)
+	}
+	if got := mustGet(t, ctx, s, s1.ID).GPUs; !reflect.DeepEqual(got, s1.GPUs) {
+		t.Errorf("GPUs of s1 = %v, want %v", got, s1.GPUs)
+	}
+	mustEnd(t, ctx, s, s1.ID)
+	want = []store.GPU{
+		{ID: "GPU-sim-t4-0", Type: "t4", Region: "eu"},
+		{ID: "GPU-sim-t4-2", Type: "t4", Region: "local", SessionID: "s2"},
+		{ID: "GPU-sim-t4-9", Type: "t4", Region: "local"},
+	}
+	if list, err := s.ListGPUs(ctx); err != nil || !reflect.DeepEqual(list, want) {
+		t.Errorf("ListGPUs after the end = %+v, %v; want %+v", list, err, want)
+	}
+	if got := mustGet(t, ctx, s, s1.ID).GPUs; !reflect.DeepEqual(got, s1.GPUs) {
+		t.Errorf("GPUs of s1 after the end = %v, want %v", got, s1.GPUs)
+	}
+
+	// A reserved device that left and came back is no longer retired: it
+	// stays when its session ends.
+	mustSync(t, ctx, s, store.GPU{ID: "GPU-sim-t4-9", Type: "t4", Region: "local"})
+	mustSync(t, ctx, s, gpus("t4", "local", 3)...)
+	mustEnd(t, ctx, s, s2.ID)
+	want = []store.GPU{
+		{ID: "GPU-sim-t4-0", Type: "t4", Region: "local"},
+		{ID: "GPU-sim-t4-1", Type: "t4", Region: "local"},
+		{ID: "GPU-sim-t4-2", Type: "t4", Region: "local"},
+	}
+	if list, err := s.ListGPUs(ctx); err != nil || !reflect.DeepEqual(list, want) {
+		t.Errorf("ListGPUs at last = %+v, %v; want %+v", list, err, want)
+	}
+	mustSync(t, ctx, s)
+	if list, err := s.ListGPUs(ctx); err != nil || len(list) != 0 {
+		t.Errorf("ListGPUs after an empty sync = %+v, %v; want none", list, err)
+	}
+}
+
+func testSessions(t *testing.T, ctx context.Context, s store.Store) {
+	u, p := mustUser(t, ctx, s, "alice"), mustProject(t, ctx, s, "ml")
+	mustSync(t, ctx, s, gpus("t4", "local", 2)...)
+	if _, err := s.ReserveGPUs(ctx, "s1", "t4", "local", 2); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2025, 3, 1, 12, 0, 0, 123456000, time.UTC)
+	in := store.Session{
+		ID: "s1", ProjectID: p.ID, UserID: u.ID, State: sdk.StateStarting, GPUType: "t4", Region: "local",
+		GPUs: []string{"GPU-sim-t4-0", "GPU-sim-t4-1"}, Attachments: 1, AgentSecret: "secret",
+		DetachGrace: 2 * time.Minute, CreatedAt: at, LastSeenAt: at.Add(time.Second),
+	}
+	x := in
+	if err := s.CreateSession(ctx, &x); err != nil {
+		t.Fatal(err)
+	}
+	want := in
+	want.Project, want.User = "ml", "alice"
+	got, err := s.Session(ctx, "s1")
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("Session =\n%+v, %v; want\n%+v", got, err, want)
+	}
+	if err := s.CreateSession(ctx, &store.Session{ID: "s1", ProjectID: p.ID, UserID: u.ID, State: sdk.StateStarting}); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("CreateSession(duplicate) = %v, want ErrConflict", err)
+	}
+	if err := s.CreateSession(ctx, &store.Session{ID: "s2", ProjectID: p.ID + 100, UserID: u.ID, State: sdk.StateStarting}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("CreateSession(unknown project) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.Session(ctx, "s2"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Session(unknown) = %v, want ErrNotFound", err)
+	}
+
+	// UpdateSession writes its fields and no others.
+	upd := got
+	upd.State, upd.StartedAt, upd.Attachments, upd.DetachedAt = sdk.StateRunning, at.Add(2*time.Second), 0, at.Add(3*time.Second)
+	upd.LastSeenAt, upd.Error = at.Add(4*time.Second), "warning"
+	ignored := upd
+	ignored.GPUType, ignored.Region, ignored.AgentSecret, ignored.DetachGrace, ignored.EndReason = "a100", "eu", "other", 0, "x"
+	if err := s.UpdateSession(ctx, &ignored); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Session(ctx, "s1"); err != nil || !reflect.DeepEqual(got, upd) {
+		t.Errorf("Session after update =\n%+v, %v; want\n%+v", got, err, upd)
+	}
+	if err := s.UpdateSession(ctx, &store.Session{ID: "s2", State: sdk.StateRunning}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("UpdateSession(unknown) = %v, want ErrNotFound", err)
+	}
+	if err := s.UpdateSession(ctx, &store.Session{ID: "s1", State: sdk.StateEnded}); err == nil || errors.Is(err, store.ErrNotFound) {
+		t.Errorf("UpdateSession(state ended) = %v, want a refusal", err)
+	}
+
+	// A session may be created before its GPUs are reserved (queued).
+	q := store.Session{ID: "s0", ProjectID: p.ID, UserID: u.ID, State: sdk.StateQueued, GPUType: "t4", Region: "local"}
+	if err := s.CreateSession(ctx, &q); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustGet(t, ctx, s, "s0"); got.GPUs != nil || got.CreatedAt.IsZero() {
+		t.Errorf("queued session: GPUs %v, CreatedAt %v; want none, set", got.GPUs, got.CreatedAt)
+	}
+}
+
+func testEndSession(t *testing.T, ctx context.Context, s store.Store) {
+	u, p := mustUser(t, ctx, s, "alice"), mustProject(t, ctx, s, "ml")
+	mustSync(t, ctx, s, gpus("t4", "local", 2)...)
+	sess := mustSession(t, ctx, s, "s1", p, u, 2)
+	at := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	if err := s.EndSession(ctx, "s1", sdk.StateEnded, sdk.ReasonIdle, at); err != nil {
+		t.Fatal(err)
+	}
+	got := mustGet(t, ctx, s, "s1")
+	if got.State != sdk.StateEnded || got.EndReason != sdk.ReasonIdle || !got.EndedAt.Equal(at) || !reflect.DeepEqual(got.GPUs, sess.GPUs) {
+		t.Errorf("ended session = %+v", got)
+	}
+	if list, _ := s.ListGPUs(ctx); len(list) != 2 || list[0].SessionID != "" || list[1].SessionID != "" {
+		t.Errorf("GPUs after the end = %+v, want both free", list)
+	}
+	// Ending again changes nothing.
+	if err := s.EndSession(ctx, "s1", sdk.StateFailed, sdk.ReasonLost, at.Add(time.Hour)); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("EndSession(again) = %v, want ErrConflict", err)
+	}
+	if again := mustGet(t, ctx, s, "s1"); !reflect.DeepEqual(again, got) {
+		t.Errorf("session after a second end = %+v, want %+v", again, got)
+	}
+	if err := s.UpdateSession(ctx, &store.Session{ID: "s1", State: sdk.StateRunning}); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("UpdateSession(ended) = %v, want ErrConflict", err)
+	}
+	if err := s.EndSession(ctx, "s9", sdk.StateEnded, sdk.ReasonClosed, at); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("EndSession(unknown) = %v, want ErrNotFound", err)
+	}
+	// The GPUs serve the next session, and the ended one still reports them.
+	mustSession(t, ctx, s, "s2", p, u, 2)
+	if got := mustGet(t, ctx, s, "s1").GPUs; !reflect.DeepEqual(got, sess.GPUs) {
+		t.Errorf("GPUs of s1 = %v, want %v", got, sess.GPUs)
+	}
+	if err := s.EndSession(ctx, "s2", sdk.StateFailed, sdk.ReasonError, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustGet(t, ctx, s, "s2"); got.State != sdk.StateFailed || got.EndReason != sdk.ReasonError || got.EndedAt.IsZero() {
+		t.Errorf("failed session = %+v, want failed, error, ended now", got)
+	}
+	if err := s.EndSession(ctx, "s2", sdk.StateRunning, "", at); err == nil || errors.Is(err, store.ErrConflict) {
+		t.Errorf("EndSession(state running) = %v, want a refusal", err)
+	}
+}
+
+func testListSessions(t *testing.T, ctx context.Context, s store.Store) {
+	alice, bob := mustUser(t, ctx, s, "alice"), mustUser(t, ctx, s, "bob")
+	ml, cv := mustProject(t, ctx, s, "ml"), mustProject(t, ctx, s, "cv")
+	mustSync(t, ctx, s, gpus("t4", "local", 8)...)
+	at := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	// Created out of order; "b" and "c" at the same time sort by ID.
+	for _, c := range []struct {
+		id      string
+		p       store.Project
+		u       store.User
+		created time.Time
+	}{
+		{"c", ml, alice, at.Add(time.Second)},
+		{"a", cv, bob, at.Add(2 * time.Second)},
+		{"b", ml, bob, at.Add(time.Second)},
+		{"d", ml, alice, at},
+	} {
+		if _, err := s.ReserveGPUs(ctx, c.id, "t4", "local", 1); err != nil {
+			t.Fatal(err)
+		}
+		x := store.Session{ID: c.id, ProjectID: c.p.ID, UserID: c.u.ID, State: sdk.StateRunning, GPUType: "t4", Region: "local", CreatedAt: c.created}
+		if err := s.CreateSession(ctx, &x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustEnd(t, ctx, s, "c")
+	for _, c := range []struct {
+		f    store.SessionFilter
+		want []string
+	}{
+		{store.SessionFilter{}, []string{"d", "b", "c", "a"}},
+		{store.SessionFilter{UserID: alice.ID}, []string{"d", "c"}},
+		{store.SessionFilter{ProjectID: ml.ID}, []string{"d", "b", "c"}},
+		{store.SessionFilter{ActiveOnly: true}, []string{"d", "b", "a"}},
+		{store.SessionFilter{UserID: bob.ID, ProjectID: ml.ID, ActiveOnly: true}, []string{"b"}},
+		{store.SessionFilter{UserID: alice.ID, ProjectID: cv.ID}, nil},
+	} {
+		list, err := s.ListSessions(ctx, c.f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, x := range list {
+			ids = append(ids, x.ID)
+			if one := mustGet(t, ctx, s, x.ID); !reflect.DeepEqual(one, x) {
+				t.Errorf("ListSessions(%+v) has %+v; Session says %+v", c.f, x, one)
+			}
+			if len(x.GPUs) != 1 || x.Project == "" || x.User == "" {
+				t.Errorf("ListSessions(%+v) has %+v, want GPUs and names filled", c.f, x)
+			}
+		}
+		if !reflect.DeepEqual(ids, c.want) {
+			t.Errorf("ListSessions(%+v) = %v, want %v", c.f, ids, c.want)
+		}
+	}
+}
+
+func testTimes(t *testing.T, ctx context.Context, s store.Store) {
+	zone := time.FixedZone("UTC+5", 5*3600)
+	in := time.Date(2025, 6, 1, 17, 30, 0, 123456789, zone)
+	u := store.User{Name: "alice", CreatedAt: in}
+	if err := s.CreateUser(ctx, &u); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.UserByID(ctx, u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Microseconds, in UTC, and CreateUser already says so.
+	want := time.Date(2025, 6, 1, 12, 30, 0, 123456000, time.UTC)
+	if got.CreatedAt != want || u.CreatedAt != want {
+		t.Errorf("CreatedAt read %v, returned %v; want %v", got.CreatedAt, u.CreatedAt, want)
+	}
+	// Zero stays zero, and a time before 1970 survives.
+	old := time.Date(1960, 1, 1, 0, 0, 0, 0, time.UTC)
+	tok := store.Token{UserID: u.ID, Hash: []byte("h"), ExpiresAt: old}
+	if err := s.CreateToken(ctx, &tok); err != nil {
+		t.Fatal(err)
+	}
+	if gotT, _, err := s.TokenByHash(ctx, []byte("h")); err != nil || !gotT.RevokedAt.IsZero() || gotT.ExpiresAt != old {
+		t.Errorf("TokenByHash = %+v, %v; want RevokedAt zero, ExpiresAt %v", gotT, err, old)
+	}
+}
+
+func testInTx(t *testing.T, ctx context.Context, s store.Store) {
+	var id int64
+	err := s.InTx(ctx, func(tx store.Store) error {
+		u := store.User{Name: "alice"}
+		if err := tx.CreateUser(ctx, &u); err != nil {
+			return err
+		}
+		id = u.ID
+		// The transaction reads its own writes.
+		_, err := tx.UserByID(ctx, id)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UserByID(ctx, id); err != nil {
+		t.Errorf("UserByID after commit = %v", err)
+	}
+
+	// A panic rolls back and lets the next transaction in.
+	func() {
+		defer func() { _ = recover() }()
+		_ = s.InTx(ctx, func(tx store.Store) error {
+			if err := tx.CreateUser(ctx, &store.User{Name: "bob"}); err != nil {
+				return err
+			}
+			panic("boom")
+		})
+	}()
+	if _, err := s.UserByName(ctx, "bob"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("UserByName after a panic = %v, want ErrNotFound", err)
+	}
+	if err := s.InTx(ctx, func(tx store.Store) error { return tx.CreateUser(ctx, &store.User{Name: "bob"}) }); err != nil {
+		t.Errorf("InTx after a panic = %v", err)
+	}
+}
+
+func testInTxRollback(t *testing.T, ctx context.Context, s store.Store) {
+	p := mustProject(t, ctx, s, "ml")
+	mustSync(t, ctx, s, gpus("t4", "local", 1)...)
+	boom := errors.New("boom")
+	err := s.InTx(ctx, func(tx store.Store) error {
+		u := store.User{Name: "alice"}
+		if err := tx.CreateUser(ctx, &u); err != nil {
+			return err
+		}
+		if _, err := tx.ReserveGPUs(ctx, "s1", "t4", "local", 1); err != nil {
+			return err
+		}
+		x := store.Session{ID: "s1", ProjectID: p.ID, UserID: u.ID, State: sdk.StateStarting}
+		if err := tx.CreateSession(ctx, &x); err != nil {
+			return err
+		}
+		// A failed write does not end the transaction early, on any engine.
+		if err := tx.CreateProject(ctx, &store.Project{Name: "ml"}); !errors.Is(err, store.ErrConflict) {
+			return fmt.Errorf("CreateProject(duplicate) = %v, want ErrConflict", err)
+		}
+		if err := tx.CreateToken(ctx, &store.Token{UserID: u.ID + 100, Hash: []byte("h")}); !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("CreateToken(unknown user) = %v, want ErrNotFound", err)
+		}
+		if err := tx.SetMember(ctx, store.Member{ProjectID: p.ID, UserID: u.ID, Role: store.RoleAdmin}); err != nil {
+			return err
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("InTx = %v, want the error of fn", err)
+	}
+	if _, err := s.UserByName(ctx, "alice"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("user after rollback: %v, want ErrNotFound", err)
+	}
+	if _, err := s.Session(ctx, "s1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("session after rollback: %v, want ErrNotFound", err)
+	}
+	if list, _ := s.ListGPUs(ctx); len(list) != 1 || list[0].SessionID != "" {
+		t.Errorf("GPUs after rollback = %+v, want one free", list)
+	}
+	if list, _ := s.ListMembers(ctx, p.ID); len(list) != 0 {
+		t.Errorf("members after rollback = %+v, want none", list)
+	}
+}
+
+func testNestedInTx(t *testing.T, ctx context.Context, s store.Store) {
+	boom := errors.New("boom")
+	err := s.InTx(ctx, func(outer store.Store) error {
+		if err := outer.CreateUser(ctx, &store.User{Name: "alice"}); err != nil {
+			return err
+		}
+		err := outer.InTx(ctx, func(inner store.Store) error {
+			// The same transaction: the outer write is visible, and with
+			// one that serialises, a second would wait for the first forever.
+			if _, err := inner.UserByName(ctx, "alice"); err != nil {
+				return err
+			}
+			return inner.CreateUser(ctx, &store.User{Name: "bob"})
+		})
+		if err != nil {
+			return err
+		}
+		if _, err := outer.UserByName(ctx, "bob"); err != nil {
+			return err
+		}
+		if err := outer.InTx(ctx, func(inner store.Store) error { return boom }); !errors.Is(err, boom) {
+			return fmt.Errorf("nested InTx = %v, want boom", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list, err := s.ListUsers(ctx); err != nil || len(list) != 2 {
+		t.Errorf("ListUsers after nested commit = %+v, %v; want alice and bob", list, err)
+	}
+
+	// An inner failure returned by the outer fn rolls back everything.
+	err = s.InTx(ctx, func(outer store.Store) error {
+		if err := outer.CreateUser(ctx, &store.User{Name: "carol"}); err != nil {
+			return err
+		}
+		return outer.InTx(ctx, func(inner store.Store) error {
+			if err := inner.CreateUser(ctx, &store.User{Name: "dave"}); err != nil {
+				return err
+			}
+			return boom
+		})
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("InTx = %v, want boom", err)
+	}
+	for _, name := range []string{"carol", "dave"} {
+		if _, err := s.UserByName(ctx, name); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("UserByName(%s) after rollback = %v, want ErrNotFound", name, err)
+		}
+	}
+}
+
+// testConcurrentAdmission runs many admissions at once against 4 GPUs,
+// each an InTx that reserves one GPU and creates a session, and checks that
+// no more than 4 sessions are ever active. With countCap, each admission
+// also refuses when the count of active sessions reaches 3, a cap that
+// holds only if InTx serialises.
+func testConcurrentAdmission(t *testing.T, s store.Store, countCap bool) {
+	const gpuCount, workers, rounds, limit = 4, 50, 4, 3
+	ctx, cancel := context.WithTimeout(t.Context(), Timeout)
+	defer cancel()
+	u, p := mustUser(t, ctx, s, "alice"), mustProject(t, ctx, s, "ml")
+	mustSync(t, ctx, s, gpus("t4", "local", gpuCount)...)
+	capacity := gpuCount
+	if countCap {
+		capacity = limit
+	}
+	errCap := errors.New("project cap reached")
+
+	var admitted, refused atomic.Int64
+	var mu sync.Mutex
+	held := make(map[string]string) // GPU -> the session the test saw it given to
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*rounds*3)
+	for w := range workers {
+		wg.Go(func() {
+			for r := range rounds {
+				id := fmt.Sprintf("s-%02d-%d", w, r)
+				var gpu []string
+				err := s.InTx(ctx, func(tx store.Store) error {
+					active, err := tx.ListSessions(ctx, store.SessionFilter{ProjectID: p.ID, ActiveOnly: true})
+					if err != nil {
+						return err
+					}
+					if countCap && len(active) >= limit {
+						return errCap
+					}
+					if gpu, err = tx.ReserveGPUs(ctx, id, "t4", "local", 1); err != nil {
+						return err
+					}
+					x := store.Session{ID: id, ProjectID: p.ID, UserID: u.ID, State: sdk.StateRunning, GPUType: "t4", Region: "local"}
+					return tx.CreateSession(ctx, &x)
+				})
+				switch {
+				case errors.Is(err, store.ErrNoCapacity) && !countCap, errors.Is(err, errCap):
+					refused.Add(1)
+					continue
+				case err != nil:
+					errs <- fmt.Errorf("admit %s: %w", id, err)
+					return
+				}
+				admitted.Add(1)
+				// held never has more sessions than are active: one joins
+				// after its commit and leaves before its end.
+				mu.Lock()
+				if len(held) >= capacity {
+					errs <- fmt.Errorf("%d sessions active at once, cap %d", len(held)+1, capacity)
+				}
+				if other, ok := held[gpu[0]]; ok {
+					errs <- fmt.Errorf("%s given to both %s and %s", gpu[0], other, id)
+				}
+				held[gpu[0]] = id
+				mu.Unlock()
+				time.Sleep(2 * time.Millisecond)
+				mu.Lock()
+				delete(held, gpu[0])
+				mu.Unlock()
+				if err := s.EndSession(ctx, id, sdk.StateEnded, sdk.ReasonClosed, time.Now()); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if admitted.Load() == 0 || refused.Load() == 0 {
+		t.Errorf("%d admitted, %d refused; want some of each", admitted.Load(), refused.Load())
+	}
+	list, err := s.ListSessions(ctx, store.SessionFilter{})
+	if err != nil || int64(len(list)) != admitted.Load() {
+		t.Errorf("ListSessions = %d sessions, %v; want %d", len(list), err, admitted.Load())
+	}
+	for _, x := range list {
+		if x.State != sdk.StateEnded || len(x.GPUs) != 1 {
+			t.Errorf("session %s: state %s, GPUs %v; want ended with one", x.ID, x.State, x.GPUs)
+		}
+	}
+	if gs, _ := s.ListGPUs(ctx); len(gs) != gpuCount || gs[0].SessionID != "" || gs[gpuCount-1].SessionID != "" {
+		t.Errorf("GPUs at the end = %+v, want %d free", gs, gpuCount)
+	}
+	t.Logf("%d admitted, %d refused", admitted.Load(), refused.Load())
+}
+
+func gpus(typ, region string, n int) []store.GPU {
+	var gs []store.GPU
+	for i := range n {
+		gs = append(gs, store.GPU{ID: fmt.Sprintf("GPU-sim-%s-%d", typ, i), Type: typ, Region: region})
+	}
+	return gs
+}
+
+func mustSync(t *testing.T, ctx context.Context, s store.Store, devices ...store.GPU) {
+	t.Helper()
+	if err := s.SyncGPUs(ctx, devices); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustUser(t *testing.T, ctx context.Context, s store.Store, name string) store.User {
+	t.Helper()
+	u := store.User{Name: name}
+	if err := s.CreateUser(ctx, &u); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func mustProject(t *testing.T, ctx context.Context, s store.Store, name string) store.Project {
+	t.Helper()
+	p := store.Project{Name: name, GPUEnabled: true}
+	if err := s.CreateProject(ctx, &p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// mustSession reserves n t4 GPUs in region local and creates a running
+// session with them, as admission does.
+func mustSession(t *testing.T, ctx context.Context, s store.Store, id string, p store.Project, u store.User, n int) store.Session {
+	t.Helper()
+	var x store.Session
+	err := s.InTx(ctx, func(tx store.Store) error {
+		ids, err := tx.ReserveGPUs(ctx, id, "t4", "local", n)
+		if err != nil {
+			return err
+		}
+		x = store.Session{ID: id, ProjectID: p.ID, UserID: u.ID, State: sdk.StateRunning, GPUType: "t4", Region: "local", GPUs: ids}
+		return tx.CreateSession(ctx, &x)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+func mustGet(t *testing.T, ctx context.Context, s store.Store, id string) store.Session {
+	t.Helper()
+	x, err := s.Session(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+func mustEnd(t *testing.T, ctx context.Context, s store.Store, id string) {
+	t.Helper()
+	if err := s.EndSession(ctx, id, sdk.StateEnded, sdk.ReasonClosed, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+}

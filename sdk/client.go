@@ -1,0 +1,206 @@
+package sdk
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/coder/websocket"
+)
+
+// Client talks to a devgpu control plane.
+type Client struct {
+	URL   *url.URL
+	Token string
+	HTTP  *http.Client
+}
+
+// NewClient returns a client for the server at rawURL.
+func NewClient(rawURL, token string) (*Client, error) {
+	u, err := url.Parse(strings.TrimSuffix(rawURL, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("server URL %q is not an http(s) URL such as http://127.0.0.1:8470", rawURL)
+	}
+	return &Client{URL: u, Token: token, HTTP: &http.Client{}}, nil
+}
+
+// Error is an API error: the HTTP status and the server's problem details.
+type Error struct {
+	Status  int
+	Problem Problem
+}
+
+func (e *Error) Error() string {
+	if e.Problem.Detail != "" {
+		return e.Problem.Detail
+	}
+	return fmt.Sprintf("server answered %d %s", e.Status, http.StatusText(e.Status))
+}
+
+// IsStatus reports whether err is an API error with the status.
+func IsStatus(err error, status int) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Status == status
+}
+
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.URL.String()+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the devgpu server at %s (is `devgpu server` running?): %w", c.URL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return readError(resp)
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("read %s %s response: %w", method, path, err)
+	}
+	return nil
+}
+
+func readError(resp *http.Response) error {
+	e := &Error{Status: resp.StatusCode}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	if json.Unmarshal(b, &e.Problem) != nil || e.Problem.Detail == "" {
+		e.Problem = Problem{Status: resp.StatusCode, Title: http.StatusText(resp.StatusCode), Detail: strings.TrimSpace(string(b))}
+	}
+	return e
+}
+
+// Whoami returns the caller.
+func (c *Client) Whoami(ctx context.Context) (Whoami, error) {
+	var w Whoami
+	return w, c.do(ctx, http.MethodGet, "/api/v1/whoami", nil, &w)
+}
+
+// CreateSession admits and starts a session; it returns once it is running.
+func (c *Client) CreateSession(ctx context.Context, req CreateSessionRequest) (Session, error) {
+	var s Session
+	return s, c.do(ctx, http.MethodPost, "/api/v1/sessions", req, &s)
+}
+
+// Session returns one session.
+func (c *Client) Session(ctx context.Context, id string) (Session, error) {
+	var s Session
+	return s, c.do(ctx, http.MethodGet, "/api/v1/sessions/"+url.PathEscape(id), nil, &s)
+}
+
+// ListSessions returns the caller's sessions, or everyone's with all.
+func (c *Client) ListSessions(ctx context.Context, all bool) ([]Session, error) {
+	var s []Session
+	path := "/api/v1/sessions"
+	if all {
+		path += "?all=true"
+	}
+	return s, c.do(ctx, http.MethodGet, path, nil, &s)
+}
+
+// StopSession ends a session and returns its final record.
+func (c *Client) StopSession(ctx context.Context, id string) (Session, error) {
+	var s Session
+	return s, c.do(ctx, http.MethodDelete, "/api/v1/sessions/"+url.PathEscape(id), nil, &s)
+}
+
+// AttachmentHeader carries, on the connect response, the attachment's
+// number for WaitDetached.
+const AttachmentHeader = "Devgpu-Attachment"
+
+// Tunnel is the byte stream to a session's agent (SSH inside a WebSocket).
+// Closing it closes the WebSocket normally, which the server takes as the
+// shell closing.
+type Tunnel struct {
+	net.Conn
+	SessionID  string
+	Attachment string
+}
+
+// Connect opens a tunnel to the session's agent.
+func (c *Client) Connect(ctx context.Context, id string) (*Tunnel, error) {
+	u := *c.URL
+	u.Scheme = map[string]string{"http": "ws", "https": "wss"}[u.Scheme]
+	u.Path += "/api/v1/sessions/" + url.PathEscape(id) + "/connect"
+	ws, resp, err := websocket.Dial(ctx, u.String(), &websocket.DialOptions{
+		HTTPClient:      c.HTTP,
+		HTTPHeader:      http.Header{"Authorization": {"Bearer " + c.Token}},
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		if resp != nil && resp.StatusCode >= 300 {
+			return nil, readError(resp)
+		}
+		return nil, fmt.Errorf("connect to session %s: %w", id, err)
+	}
+	// The stream lives until it is closed, not until ctx ends.
+	conn := websocket.NetConn(context.WithoutCancel(ctx), ws, websocket.MessageBinary)
+	return &Tunnel{Conn: conn, SessionID: id, Attachment: resp.Header.Get(AttachmentHeader)}, nil
+}
+
+// WaitDetached waits until the server has processed the tunnel's close,
+// including the session's end when it was the last shell, and returns the
+// session as it is then.
+func (c *Client) WaitDetached(ctx context.Context, t *Tunnel) (Session, error) {
+	var s Session
+	path := "/api/v1/sessions/" + url.PathEscape(t.SessionID) + "?detached=" + url.QueryEscape(t.Attachment)
+	return s, c.do(ctx, http.MethodGet, path, nil, &s)
+}
+
+// Projects lists the projects the caller can see.
+func (c *Client) Projects(ctx context.Context) ([]Project, error) {
+	var p []Project
+	return p, c.do(ctx, http.MethodGet, "/api/v1/projects", nil, &p)
+}
+
+// Project returns one project.
+func (c *Client) Project(ctx context.Context, name string) (Project, error) {
+	var p Project
+	return p, c.do(ctx, http.MethodGet, "/api/v1/projects/"+url.PathEscape(name), nil, &p)
+}
+
+// CreateProject creates a project.
+func (c *Client) CreateProject(ctx context.Context, req ProjectCreate) (Project, error) {
+	var p Project
+	return p, c.do(ctx, http.MethodPost, "/api/v1/projects", req, &p)
+}
+
+// UpdateProject changes a project's settings.
+func (c *Client) UpdateProject(ctx context.Context, name string, req ProjectUpdate) (Project, error) {
+	var p Project
+	return p, c.do(ctx, http.MethodPatch, "/api/v1/projects/"+url.PathEscape(name), req, &p)
+}
+
+// DeleteProject deletes a project without active sessions.
+func (c *Client) DeleteProject(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/projects/"+url.PathEscape(name), nil, nil)
+}
+
+// GPUs lists GPU pools with their free and total counts.
+func (c *Client) GPUs(ctx context.Context) ([]GPUPool, error) {
+	var g []GPUPool
+	return g, c.do(ctx, http.MethodGet, "/api/v1/gpus", nil, &g)
+}
