@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strings"
 	"sync"
 	"syscall"
@@ -67,6 +68,7 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	unignoreSignals()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(ctx, func() { ln.Close() })()
@@ -146,6 +148,26 @@ func newServer(cfg Config) (*server, error) {
 	s.ssh.Ciphers = []string{ssh.CipherAES128GCM, ssh.CipherAES256GCM}
 	s.ssh.AddHostKey(signer)
 	return s, nil
+}
+
+// ignoredSink takes the signals that unignoreSignals handles, and drops them.
+var ignoredSink = make(chan os.Signal, 1)
+
+// unignoreSignals turns the signals this process ignores into signals it
+// handles and drops. The agent sees no difference, but its children do:
+// exec keeps an ignored signal ignored and resets a handled one to its
+// default, and children should start with defaults, as sshd's do. A shell
+// that inherits an ignored SIGHUP outlives its hangup; one that inherits an
+// ignored SIGINT shrugs off ^C.
+func unignoreSignals() {
+	for _, sig := range []os.Signal{
+		syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGPIPE,
+		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU,
+	} {
+		if signal.Ignored(sig) {
+			signal.Notify(ignoredSink, sig)
+		}
+	}
 }
 
 // findShell resolves the shell once, so that a missing one fails Serve

@@ -338,6 +338,22 @@ func startShell(t *testing.T, cl *ssh.Client, rows, cols int) (*ssh.Session, io.
 	return s, in, out
 }
 
+// TestChildSignals checks that children start with every signal at its
+// default even when the agent's process ignores some, as `devgpu agent`
+// does with SIGHUP. SIGUSR2 stands in, as no other test uses it.
+func TestChildSignals(t *testing.T) {
+	t.Parallel()
+	signal.Ignore(syscall.SIGUSR2)
+	a := startAgent(t, nil)
+	out, err := newSession(t, a.dial(t)).Output("grep SigIgn /proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := strings.Fields(string(out)); len(f) != 2 || strings.Trim(f[1], "0") != "" {
+		t.Errorf("child ignores signals: %q", out)
+	}
+}
+
 func TestPTYSize(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, nil)

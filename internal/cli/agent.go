@@ -39,8 +39,6 @@ func newAgentCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
-			// A shell's hangup must not take the agent down with it.
-			signal.Ignore(syscall.SIGHUP)
 			return runAgent(ctx, o, os.Stdin, os.Stdout)
 		},
 	}
