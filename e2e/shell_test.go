@@ -81,7 +81,7 @@ func TestShellsGetDistinctGPUsAndFullInventoryRefuses(t *testing.T) {
 	if r.code != 255 {
 		t.Fatalf("fifth session: exit %d, want 255 (stderr %q)", r.code, r.stderr)
 	}
-	if want := "devgpu: all 4 t4 GPUs are in use; try again when a session ends\n"; r.stderr != want {
+	if want := "devgpu: all 4 t4 GPUs are in use; try again when a session ends, or wait with --wait\n"; r.stderr != want {
 		t.Fatalf("fifth session stderr = %q, want %q", r.stderr, want)
 	}
 	// A GPU freed by a closing shell is free again at once.
@@ -111,7 +111,7 @@ func TestRun(t *testing.T) {
 		t.Fatalf("unknown project: %+v", r)
 	}
 	r = e.cli("run", "--gpu", "h100", "--", "true")
-	if r.code != 255 || !strings.Contains(r.stderr, "no h100 GPU exists; choose one of: t4 in local") {
+	if r.code != 255 || !strings.Contains(r.stderr, "no h100 GPU exists for project default; choose one of: t4 in local") {
 		t.Fatalf("unknown GPU type: %+v", r)
 	}
 	for _, s := range e.sessions() {

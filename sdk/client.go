@@ -51,30 +51,11 @@ func IsStatus(err error, status int) bool {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.URL.String()+path, rd)
+	resp, err := c.request(ctx, method, path, body)
 	if err != nil {
 		return err
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the devgpu server at %s (is `devgpu server` running?): %w", c.URL, err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return readError(resp)
-	}
 	if out == nil {
 		return nil
 	}
@@ -82,6 +63,39 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		return fmt.Errorf("read %s %s response: %w", method, path, err)
 	}
 	return nil
+}
+
+// request sends a request and returns a successful response, or the
+// server's problem as an *Error.
+func (c *Client) request(ctx context.Context, method, path string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.URL.String()+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("cannot reach the devgpu server at %s (is `devgpu server` running?): %w", c.URL, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		return nil, readError(resp)
+	}
+	return resp, nil
 }
 
 func readError(resp *http.Response) error {
@@ -99,10 +113,35 @@ func (c *Client) Whoami(ctx context.Context) (Whoami, error) {
 	return w, c.do(ctx, http.MethodGet, "/api/v1/whoami", nil, &w)
 }
 
-// CreateSession admits and starts a session; it returns once it is running.
-func (c *Client) CreateSession(ctx context.Context, req CreateSessionRequest) (Session, error) {
+// CreateSession admits and starts a session (or, under the shared and
+// spillover shell modes, finds one of the caller's to join) and returns it
+// running. With req.Wait it may queue first; progress, when not nil, hears
+// each change of queue position and reason.
+func (c *Client) CreateSession(ctx context.Context, req CreateSessionRequest, progress func(SessionEvent)) (Session, error) {
 	var s Session
-	return s, c.do(ctx, http.MethodPost, "/api/v1/sessions", req, &s)
+	if req.Wait <= 0 {
+		return s, c.do(ctx, http.MethodPost, "/api/v1/sessions", req, &s)
+	}
+	resp, err := c.request(ctx, http.MethodPost, "/api/v1/sessions", req)
+	if err != nil {
+		return s, err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var ev SessionEvent
+		if err := dec.Decode(&ev); err != nil {
+			return s, fmt.Errorf("the server ended the wait without an answer: %w", err)
+		}
+		switch {
+		case ev.Problem != nil:
+			return s, &Error{Status: ev.Problem.Status, Problem: *ev.Problem}
+		case ev.Session != nil:
+			return *ev.Session, nil
+		case progress != nil:
+			progress(ev)
+		}
+	}
 }
 
 // Session returns one session.

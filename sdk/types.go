@@ -51,33 +51,120 @@ func (s Session) Active() bool {
 	return s.State != StateEnded && s.State != StateFailed
 }
 
-// CreateSessionRequest asks for a new session, or with Attach for the
-// caller's existing one.
+// CreateSessionRequest asks for a session. Under the shared and spillover
+// shell modes the answer may be an existing session of the caller's to
+// attach to. With Wait, a request that cannot be admitted now queues (FIFO
+// per project) for up to that long; the response is then a stream of
+// SessionEvents, one JSON object per line.
 type CreateSessionRequest struct {
-	Project string `json:"project,omitempty"`
-	GPUType string `json:"gpu_type,omitempty"`
-	Region  string `json:"region,omitempty"`
+	Project string   `json:"project,omitempty"`
+	GPUType string   `json:"gpu_type,omitempty"`
+	Region  string   `json:"region,omitempty"`
+	Image   string   `json:"image,omitempty"`
+	Wait    Duration `json:"wait,omitempty"`
 }
 
-// Project is a project's settings.
+// SessionEvent is one line of a waiting create's response: the queue
+// position and the reason it waits, then the session, or a problem.
+type SessionEvent struct {
+	Position int      `json:"position,omitempty"`
+	Reason   string   `json:"reason,omitempty"`
+	Session  *Session `json:"session,omitempty"`
+	Problem  *Problem `json:"problem,omitempty"`
+}
+
+// Project is a project with its own settings and the effective ones.
 type Project struct {
-	Name        string    `json:"name"`
-	GPUEnabled  bool      `json:"gpu_enabled"`
-	DetachGrace Duration  `json:"detach_grace"`
-	CreatedAt   time.Time `json:"created_at"`
-	UpdatedAt   time.Time `json:"updated_at"`
-}
-
-// ProjectUpdate changes the settings that are set; nil fields are left alone.
-type ProjectUpdate struct {
-	GPUEnabled  *bool     `json:"gpu_enabled,omitempty"`
-	DetachGrace *Duration `json:"detach_grace,omitempty"`
-}
-
-// ProjectCreate creates a project; unset settings take their defaults.
-type ProjectCreate struct {
 	Name string `json:"name"`
-	ProjectUpdate
+	// Settings are the project's own values; absent ones inherit.
+	Settings ProjectSettings `json:"settings"`
+	// Effective is every setting as it applies, with its source.
+	Effective map[string]Setting `json:"effective"`
+	CreatedAt time.Time          `json:"created_at"`
+	UpdatedAt time.Time          `json:"updated_at"`
+}
+
+// ProjectCreate creates a project; unset settings inherit.
+type ProjectCreate struct {
+	Name     string          `json:"name"`
+	Settings ProjectSettings `json:"settings"`
+}
+
+// ProjectUpdate changes the settings it sets, makes the Unset ones inherit
+// again, and leaves the others alone. StopRunning, with gpu_enabled false,
+// also ends the project's running sessions (reason admin).
+type ProjectUpdate struct {
+	Settings    ProjectSettings `json:"settings"`
+	Unset       []string        `json:"unset,omitempty"`
+	StopRunning bool            `json:"stop_running,omitempty"`
+}
+
+// User is an account.
+type User struct {
+	Name      string    `json:"name"`
+	OrgAdmin  bool      `json:"org_admin"`
+	Disabled  bool      `json:"disabled"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// UserCreate creates a user.
+type UserCreate struct {
+	Name     string `json:"name"`
+	OrgAdmin bool   `json:"org_admin,omitempty"`
+}
+
+// UserCreated is a new user with their first token, shown only this once.
+type UserCreated struct {
+	User
+	Token string `json:"token"`
+}
+
+// UserUpdate changes the fields it sets.
+type UserUpdate struct {
+	Disabled *bool `json:"disabled,omitempty"`
+}
+
+// Token describes an API token; the secret itself is never listed.
+type Token struct {
+	ID        int64      `json:"id"`
+	User      string     `json:"user"`
+	Name      string     `json:"name"`
+	Prefix    string     `json:"prefix"`
+	CreatedAt time.Time  `json:"created_at"`
+	ExpiresAt *time.Time `json:"expires_at"`
+	RevokedAt *time.Time `json:"revoked_at"`
+}
+
+// TokenCreate asks for a new token, for the caller or (org admins) for User.
+type TokenCreate struct {
+	User      string   `json:"user,omitempty"`
+	Name      string   `json:"name,omitempty"`
+	ExpiresIn Duration `json:"expires_in,omitempty"` // 0: never
+}
+
+// TokenCreated is a new token, shown only this once.
+type TokenCreated struct {
+	Token
+	Secret string `json:"token"`
+}
+
+// Member is a user's role in a project: "developer" or "admin".
+type Member struct {
+	User string `json:"user"`
+	Role string `json:"role"`
+}
+
+// AuditEvent is one entry of the audit log. Before and After hold the
+// changed object as JSON where that applies.
+type AuditEvent struct {
+	ID      int64     `json:"id"`
+	At      time.Time `json:"at"`
+	Actor   string    `json:"actor"`
+	Action  string    `json:"action"`
+	Project string    `json:"project,omitempty"`
+	Target  string    `json:"target,omitempty"`
+	Before  any       `json:"before,omitempty"`
+	After   any       `json:"after,omitempty"`
 }
 
 // GPUPool is the availability of one GPU type in one region.

@@ -1,7 +1,9 @@
 // Package admission decides, as a pure function of policy and a usage
-// snapshot, whether a session request is admitted and onto which GPUs. The
-// server applies the decision inside the same store transaction that read
-// the snapshot, so no two decisions can both take the last GPU.
+// snapshot, whether a session request is admitted, joins one of the
+// caller's sessions (shared and spillover shell modes), or is refused, and
+// whether a refusal may queue. The server applies the decision inside the
+// store transaction that read the snapshot, so no two decisions can both
+// take the last GPU, and no cap is ever exceeded.
 package admission
 
 import (
@@ -9,13 +11,19 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/devgpu/devgpu/internal/policy"
+	"github.com/devgpu/devgpu/sdk"
 )
 
-// Request is what a developer asked for. Empty type or region means any.
+// Request is what a developer asked for. Empty type, region or image
+// means any (the project's default image).
 type Request struct {
 	Project string
+	User    string
 	GPUType string
 	Region  string
+	Image   string
 }
 
 // Pool is the free and total count of one GPU type in one region.
@@ -26,60 +34,190 @@ type Pool struct {
 	Total  int
 }
 
+// UserSession is one of the caller's active sessions in the project.
+type UserSession struct {
+	ID          string
+	GPUs        int
+	Attachments int
+}
+
 // Snapshot is everything the decision depends on, read in one transaction.
 type Snapshot struct {
-	GPUEnabled bool
-	Pools      []Pool
+	Policy policy.Effective
+	Quotas []sdk.Quota
+	Pools  []Pool
+	// ProjectGPUs and UserGPUs count GPUs held by the project's active
+	// sessions, and by the caller's among them.
+	ProjectGPUs int
+	UserGPUs    int
+	// InUse counts GPUs held org-wide, by type and then region.
+	InUse map[string]map[string]int
+	// UserSessions are the caller's active sessions in the project.
+	UserSessions []UserSession
+	// Budget, when not empty, is why the project's budget refuses new
+	// sessions (set by metering).
+	Budget string
 }
 
 // Refusal reasons, stable for metrics and clients.
 const (
-	ReasonGPUDisabled = "gpu_disabled"
-	ReasonUnknownGPU  = "unknown_gpu"
-	ReasonCapacity    = "capacity"
+	ReasonGPUDisabled   = "gpu_disabled"
+	ReasonTypeForbidden = "gpu_type_not_allowed"
+	ReasonUnknownGPU    = "unknown_gpu"
+	ReasonImage         = "image_not_allowed"
+	ReasonBudget        = "budget"
+	ReasonUserCap       = "user_cap"
+	ReasonProjectCap    = "project_cap"
+	ReasonQuota         = "org_quota"
+	ReasonCapacity      = "capacity"
 )
 
-// Decision is the outcome: Admit with the pool to reserve from, or a refusal
-// whose Message names the limit, the numbers and what to do.
+// Outcome is what the decision says to do.
+type Outcome int
+
+const (
+	Refuse Outcome = iota
+	Admit          // start a new session on GPUType/Region
+	Join           // attach to the caller's session Session
+)
+
+// Decision is the outcome. A refusal's Message names the limit, the
+// numbers and what to do; Queueable says whether waiting can help.
 type Decision struct {
-	Admit   bool
-	GPUType string
-	Region  string
-	Reason  string
-	Message string
+	Outcome   Outcome
+	GPUType   string
+	Region    string
+	Image     string
+	Session   string // for Join
+	Reason    string
+	Message   string
+	Queueable bool
 }
 
-// Decide applies the checks in DESIGN.md's order. Membership is checked
-// before (it decides whether the project is even visible), and the later
-// policy checks (caps, quota, budget) extend this list.
+// Decide applies the checks in DESIGN.md's order: GPU enabled, type and
+// region allowed, image allowed, (budget, checked by the caller's
+// metering), per-user cap, project cap, org quota, capacity. Membership is
+// checked before, as it decides whether the project is visible at all.
 func Decide(req Request, snap Snapshot) Decision {
-	if !snap.GPUEnabled {
-		return refuse(ReasonGPUDisabled, "GPU sessions are disabled in project %s; ask a project admin to enable them (devgpu admin project update %s --gpu-enabled=true)", req.Project, req.Project)
+	p := snap.Policy
+	if !p.GPUEnabled {
+		return refuse(ReasonGPUDisabled, false, "GPU sessions are disabled in project %s; ask a project admin to enable them (devgpu admin project update %s --gpu-enabled=true)", req.Project, req.Project)
 	}
-	var matching []Pool
-	for _, p := range snap.Pools {
-		if (req.GPUType == "" || p.Type == req.GPUType) && (req.Region == "" || p.Region == req.Region) {
-			matching = append(matching, p)
+	if p.ShellMode == sdk.ModeShared {
+		if s, ok := leastLoaded(snap.UserSessions); ok {
+			return Decision{Outcome: Join, Session: s.ID}
 		}
 	}
-	if len(matching) == 0 {
-		return refuse(ReasonUnknownGPU, "no %s GPU exists; choose one of: %s", describe(req), available(snap.Pools))
+	if req.GPUType != "" && len(p.GPUTypes) > 0 && !slices.Contains(p.GPUTypes, req.GPUType) {
+		return refuse(ReasonTypeForbidden, false, "GPU type %s is not allowed in project %s; allowed: %s", req.GPUType, req.Project, strings.Join(p.GPUTypes, ", "))
 	}
-	// Take the pool with the most free GPUs, so unspecified requests spread.
-	sort.SliceStable(matching, func(i, j int) bool { return matching[i].Free > matching[j].Free })
-	best := matching[0]
+	if req.Region != "" && len(p.Regions) > 0 && !slices.Contains(p.Regions, req.Region) {
+		return refuse(ReasonTypeForbidden, false, "region %s is not allowed in project %s; allowed: %s", req.Region, req.Project, strings.Join(p.Regions, ", "))
+	}
+	candidates := allowedPools(req, p, snap.Pools)
+	if len(candidates) == 0 {
+		return refuse(ReasonUnknownGPU, false, "no %s GPU exists for project %s; choose one of: %s", describe(req), req.Project, available(p, snap.Pools))
+	}
+	image := req.Image
+	if image == "" {
+		image = p.DefaultImage
+	}
+	if image != "" && len(p.Images) > 0 && !slices.Contains(p.Images, image) {
+		return refuse(ReasonImage, false, "image %s is not allowed in project %s; allowed: %s", image, req.Project, strings.Join(p.Images, ", "))
+	}
+	if snap.Budget != "" {
+		return refuse(ReasonBudget, false, "%s", snap.Budget)
+	}
+	if p.MaxGPUsPerUser > 0 && snap.UserGPUs+1 > p.MaxGPUsPerUser {
+		if s, ok := leastLoaded(snap.UserSessions); ok && p.ShellMode == sdk.ModeSpillover {
+			return Decision{Outcome: Join, Session: s.ID}
+		}
+		return refuse(ReasonUserCap, true, "you use %d of your %d GPUs in project %s; end a session (devgpu sessions list) or wait with --wait", snap.UserGPUs, p.MaxGPUsPerUser, req.Project)
+	}
+	if p.MaxGPUs > 0 && snap.ProjectGPUs+1 > p.MaxGPUs {
+		return refuse(ReasonProjectCap, true, "project %s uses %d of its %d GPUs; wait with --wait, or ask a project admin to raise max_gpus", req.Project, snap.ProjectGPUs, p.MaxGPUs)
+	}
+	// Among the allowed pools, those within the org quota, then those with
+	// a free GPU; the one with the most free GPUs spreads the load.
+	var withinQuota []Pool
+	var quotaHit string
+	for _, pool := range candidates {
+		if q, used, ok := quotaFull(snap.Quotas, snap.InUse, pool); ok {
+			quotaHit = fmt.Sprintf("the organisation's %s quota is used up: %d of %d GPUs in use; wait with --wait, or ask an org admin to raise it", quotaName(q), used, q.Max)
+			continue
+		}
+		withinQuota = append(withinQuota, pool)
+	}
+	if len(withinQuota) == 0 {
+		return refuse(ReasonQuota, true, "%s", quotaHit)
+	}
+	sort.SliceStable(withinQuota, func(i, j int) bool { return withinQuota[i].Free > withinQuota[j].Free })
+	best := withinQuota[0]
 	if best.Free == 0 {
 		total := 0
-		for _, p := range matching {
-			total += p.Total
+		for _, pool := range withinQuota {
+			total += pool.Total
 		}
-		return refuse(ReasonCapacity, "all %d %s GPUs are in use; try again when a session ends", total, describeTypes(req, matching))
+		return refuse(ReasonCapacity, true, "all %d %s GPUs are in use; try again when a session ends, or wait with --wait", total, describeTypes(req, withinQuota))
 	}
-	return Decision{Admit: true, GPUType: best.Type, Region: best.Region}
+	return Decision{Outcome: Admit, GPUType: best.Type, Region: best.Region, Image: image}
 }
 
-func refuse(reason, format string, args ...any) Decision {
-	return Decision{Reason: reason, Message: fmt.Sprintf(format, args...)}
+func refuse(reason string, queueable bool, format string, args ...any) Decision {
+	return Decision{Outcome: Refuse, Reason: reason, Queueable: queueable, Message: fmt.Sprintf(format, args...)}
+}
+
+// leastLoaded is the caller's session with the fewest shells.
+func leastLoaded(sessions []UserSession) (UserSession, bool) {
+	if len(sessions) == 0 {
+		return UserSession{}, false
+	}
+	best := sessions[0]
+	for _, s := range sessions[1:] {
+		if s.Attachments < best.Attachments {
+			best = s
+		}
+	}
+	return best, true
+}
+
+// allowedPools are the pools the request and the project's policy allow.
+func allowedPools(req Request, p policy.Effective, pools []Pool) []Pool {
+	var out []Pool
+	for _, pool := range pools {
+		if (req.GPUType == "" || pool.Type == req.GPUType) && (req.Region == "" || pool.Region == req.Region) &&
+			(len(p.GPUTypes) == 0 || slices.Contains(p.GPUTypes, pool.Type)) &&
+			(len(p.Regions) == 0 || slices.Contains(p.Regions, pool.Region)) {
+			out = append(out, pool)
+		}
+	}
+	return out
+}
+
+// quotaFull returns the quota that one more GPU of the pool would exceed.
+func quotaFull(quotas []sdk.Quota, inUse map[string]map[string]int, pool Pool) (sdk.Quota, int, bool) {
+	for _, q := range quotas {
+		if q.GPUType != pool.Type || (q.Region != "" && q.Region != pool.Region) {
+			continue
+		}
+		used := 0
+		for region, n := range inUse[q.GPUType] {
+			if q.Region == "" || region == q.Region {
+				used += n
+			}
+		}
+		if used+1 > q.Max {
+			return q, used, true
+		}
+	}
+	return sdk.Quota{}, 0, false
+}
+
+func quotaName(q sdk.Quota) string {
+	if q.Region == "" {
+		return q.GPUType
+	}
+	return q.GPUType + " (region " + q.Region + ")"
 }
 
 func describe(req Request) string {
@@ -94,9 +232,9 @@ func describe(req Request) string {
 }
 
 // describeTypes names the GPU types (and region) a refusal is about.
-func describeTypes(req Request, matching []Pool) string {
+func describeTypes(req Request, pools []Pool) string {
 	var types []string
-	for _, p := range matching {
+	for _, p := range pools {
 		if !slices.Contains(types, p.Type) {
 			types = append(types, p.Type)
 		}
@@ -108,13 +246,14 @@ func describeTypes(req Request, matching []Pool) string {
 	return s
 }
 
-func available(pools []Pool) string {
-	if len(pools) == 0 {
-		return "none, the inventory is empty"
-	}
+// available lists what the project could ask for instead.
+func available(p policy.Effective, pools []Pool) string {
 	var names []string
-	for _, p := range pools {
-		names = append(names, p.Type+" in "+p.Region)
+	for _, pool := range allowedPools(Request{}, p, pools) {
+		names = append(names, pool.Type+" in "+pool.Region)
+	}
+	if len(names) == 0 {
+		return "none, no GPU in the inventory is allowed for this project"
 	}
 	return strings.Join(names, ", ")
 }

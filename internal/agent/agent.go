@@ -53,6 +53,10 @@ type server struct {
 	conns int              // open connections, for IdleExit
 	idle  *time.Timer      // nil without IdleExit
 	procs map[int]struct{} // sessions whose processes may outlive their channel
+
+	activity activity              // last user activity, for the control plane's idle timeout
+	smu      sync.Mutex            // guards sessions
+	sessions map[*session]struct{} // sessions running a child, of every connection: they get notices
 }
 
 // Serve accepts connections on ln until ctx is done or IdleExit passes, serving each
@@ -120,7 +124,8 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 }
 
 func newServer(cfg Config) (*server, error) {
-	s := &server{cfg: cfg, env: cfg.Env, log: cfg.Logger, procs: map[int]struct{}{}}
+	s := &server{cfg: cfg, env: cfg.Env, log: cfg.Logger, procs: map[int]struct{}{}, sessions: map[*session]struct{}{}}
+	s.activity.touch()
 	if s.env == nil {
 		s.env = os.Environ()
 	}
@@ -233,8 +238,8 @@ func (s *server) serveConn(ctx context.Context, c net.Conn) {
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	// Global requests (keepalives; tcpip-forward later) get "no" for now.
-	wg.Go(func() { ssh.DiscardRequests(reqs) })
+	// Activity and notices for the control plane; "no" to the rest.
+	wg.Go(func() { s.serveGlobal(reqs) })
 	for nc := range chans {
 		switch nc.ChannelType() {
 		case "session":

@@ -524,6 +524,272 @@ func TestCancelKills(t *testing.T) {
 	}
 }
 
+// control opens the control plane's connection to a.
+func (a *testAgent) control(t *testing.T) *Control {
+	t.Helper()
+	c, err := net.DialTimeout("unix", a.sock, testTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl, err := DialControl(c, testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ctl.Close() })
+	return ctl
+}
+
+func lastActivity(t *testing.T, ctl *Control) time.Time {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	at, err := ctl.LastActivity(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return at
+}
+
+func notice(t *testing.T, ctl *Control, msg string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if err := ctl.Notice(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestActivity checks that input and output are activity, and that protocol
+// traffic (channels, requests, keepalives) and notices are not.
+func TestActivity(t *testing.T) {
+	t.Parallel()
+	begin := time.Now()
+	a := startAgent(t, nil)
+	ctl := a.control(t)
+	at := lastActivity(t, ctl)
+	if at.Before(begin) || at.After(time.Now()) {
+		t.Fatalf("initial activity %v, want when Serve started (after %v)", at, begin)
+	}
+	unchanged := func(what string) {
+		t.Helper()
+		if got := lastActivity(t, ctl); !got.Equal(at) {
+			t.Errorf("%s moved the activity from %v to %v", what, at, got)
+		}
+	}
+	dir := t.TempDir()
+	cl := a.dial(t)
+
+	// A command that only reads: input without output.
+	reader := newSession(t, cl)
+	stdin, err := reader.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := &syncBuffer{}
+	reader.Stderr = stderr
+	file := filepath.Join(dir, "in")
+	if err := reader.Start("cat >" + file); err != nil {
+		t.Fatal(err)
+	}
+	unchanged("a session and an exec")
+	if ok, _, err := cl.SendRequest("keepalive@openssh.com", true, nil); ok || err != nil {
+		t.Errorf("keepalive: %v, %v; want refused", ok, err)
+	}
+	unchanged("a keepalive")
+	notice(t, ctl, "not activity")
+	waitOutput(t, stderr, "[devgpu] not activity\n")
+	unchanged("a notice")
+
+	fmt.Fprint(stdin, "typed\n")
+	eventually(t, "input to reach the command", func() bool {
+		b, _ := os.ReadFile(file)
+		return string(b) == "typed\n"
+	})
+	input := lastActivity(t, ctl)
+	if !input.After(at) {
+		t.Fatalf("input: activity %v, not after %v", input, at)
+	}
+	at = input
+
+	// A command that only writes, when the test says so: output without input.
+	writer := newSession(t, cl)
+	stdout := &syncBuffer{}
+	writer.Stdout = stdout
+	flag := filepath.Join(dir, "go")
+	if err := writer.Start(fmt.Sprintf("while [ ! -e %s ]; do sleep 0.01; done; echo out", flag)); err != nil {
+		t.Fatal(err)
+	}
+	unchanged("another exec")
+	if err := os.WriteFile(flag, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := writer.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if got := stdout.String(); got != "out\n" {
+		t.Fatalf("output %q", got)
+	}
+	output := lastActivity(t, ctl)
+	if !output.After(at) {
+		t.Fatalf("output: activity %v, not after %v", output, at)
+	}
+	at = output
+	if ok, _, err := cl.SendRequest("keepalive@openssh.com", true, nil); ok || err != nil {
+		t.Errorf("keepalive: %v, %v; want refused", ok, err)
+	}
+	notice(t, ctl, "still not activity")
+	waitOutput(t, stderr, "[devgpu] still not activity\n")
+	unchanged("a keepalive and a notice")
+}
+
+// TestNotice checks that a notice reaches the shells and commands of every
+// connection: a line of its own on a terminal, else stderr.
+func TestNotice(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, nil)
+	ctl := a.control(t)
+	_, in, tty := startShell(t, a.dial(t), 24, 80)
+	cl := a.dial(t)
+	s := newSession(t, cl)
+	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	s.Stdout, s.Stderr = stdout, stderr
+	if err := s.Start("sleep 1000"); err != nil {
+		t.Fatal(err)
+	}
+	// A finished command gets none, and is no obstacle.
+	if err := newSession(t, cl).Run("true"); err != nil {
+		t.Fatal(err)
+	}
+
+	const msg = "idle for 25m: this session ends in 5m"
+	notice(t, ctl, msg)
+	waitOutput(t, tty, "\r\n[devgpu] "+msg+"\r\n")
+	waitOutput(t, stderr, "[devgpu] "+msg+"\n")
+	if got := stderr.String(); got != "[devgpu] "+msg+"\n" {
+		t.Errorf("stderr %q", got)
+	}
+	if got := stdout.String(); got != "" {
+		t.Errorf("stdout %q, want nothing", got)
+	}
+	// The terminal still works.
+	fmt.Fprint(in, "echo alive-$((6*7))\n")
+	waitOutput(t, tty, "alive-42")
+
+	// Other global requests are still refused.
+	for _, name := range []string{"keepalive@openssh.com", "tcpip-forward", "other@devgpu"} {
+		if ok, _, err := cl.SendRequest(name, true, nil); ok || err != nil {
+			t.Errorf("%s: %v, %v; want refused", name, ok, err)
+		}
+	}
+}
+
+// TestNoticeDuringOutput checks that notices and the child's output to the
+// same stream do not mix: each notice is a line of its own.
+func TestNoticeDuringOutput(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, nil)
+	ctl := a.control(t)
+	s := newSession(t, a.dial(t))
+	stderr := &syncBuffer{}
+	s.Stderr = stderr
+	flag := filepath.Join(t.TempDir(), "stop")
+	if err := s.Start(fmt.Sprintf("while [ ! -e %s ]; do echo err; done >&2", flag)); err != nil {
+		t.Fatal(err)
+	}
+	waitOutput(t, stderr, "err\n")
+	for i := range 20 {
+		notice(t, ctl, fmt.Sprintf("n%d", i))
+	}
+	if err := os.WriteFile(flag, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	notices := 0
+	for line := range strings.Lines(stderr.String()) {
+		switch {
+		case line == "err\n":
+		case line == fmt.Sprintf("[devgpu] n%d\n", notices):
+			notices++
+		default:
+			t.Fatalf("line %q in stderr", line)
+		}
+	}
+	if notices != 20 {
+		t.Errorf("%d notices in stderr, want 20", notices)
+	}
+}
+
+// TestNoticeStalledClient checks that a client that does not read delays
+// neither a notice to the others nor the control plane for long.
+func TestNoticeStalledClient(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, nil)
+	ctl := a.control(t)
+	_, _, tty := startShell(t, a.dial(t), 24, 80)
+
+	// A command whose output fills the channel's window, on a channel that
+	// nobody reads.
+	ch, reqs, err := a.dial(t).OpenChannel("session", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ssh.DiscardRequests(reqs)
+	if ok, err := ch.SendRequest("exec", true, ssh.Marshal(struct{ Command string }{"head -c 16000000 /dev/zero"})); !ok || err != nil {
+		t.Fatalf("exec: %v, %v", ok, err)
+	}
+	// Stalled once the output stopped moving for a while.
+	prev := lastActivity(t, ctl)
+	eventually(t, "the output to stall", func() bool {
+		time.Sleep(300 * time.Millisecond)
+		at := lastActivity(t, ctl)
+		stalled := at.Equal(prev)
+		prev = at
+		return stalled
+	})
+
+	for i := range 3 {
+		begin := time.Now()
+		msg := fmt.Sprintf("notice %d", i)
+		notice(t, ctl, msg)
+		if d := time.Since(begin); d > noticeTimeout+5*time.Second {
+			t.Errorf("notice %d took %v", i, d)
+		}
+		waitOutput(t, tty, "[devgpu] "+msg+"\r\n")
+	}
+	if got := lastActivity(t, ctl); !got.Equal(prev) {
+		t.Errorf("activity moved from %v to %v", prev, got)
+	}
+}
+
+// TestControl checks the control connection's failures: a wrong secret, and
+// a context that ends.
+func TestControl(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, nil)
+	c, err := net.DialTimeout("unix", a.sock, testTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ctl, err := DialControl(c, "wrong"); err == nil {
+		ctl.Close()
+		t.Fatal("control connection with a wrong secret was accepted")
+	}
+
+	ctl := a.control(t)
+	lastActivity(t, ctl)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := ctl.LastActivity(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("LastActivity with a cancelled context: %v", err)
+	}
+	// That closed the connection.
+	if err := ctl.Notice(context.Background(), "x"); err == nil {
+		t.Error("Notice works after a cancelled request")
+	}
+}
+
 // BenchmarkExecTrue measures a whole connection: dial, preamble, SSH
 // handshake, exec, exit status.
 func BenchmarkExecTrue(b *testing.B) {

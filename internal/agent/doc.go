@@ -7,4 +7,8 @@
 // with the control plane's preamble (WritePreamble) carrying the session
 // secret; SSH user authentication inside it is then "none", because the
 // tunnel that reaches the socket is already authenticated and authorised.
+//
+// The control plane also keeps a connection of its own (DialControl), which
+// asks for the time of the last user activity, for idle timeouts, and shows
+// notices on the session's terminals, to warn users before they happen.
 package agent

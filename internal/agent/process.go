@@ -160,14 +160,16 @@ func (p *process) wait() *os.ProcessState {
 }
 
 // copyOut copies one of the child's outputs to w until EOF (a pty gives EIO
-// instead) or, after the child exited, until the output pauses.
-func (p *process) copyOut(w io.Writer, r *os.File) {
+// instead) or, after the child exited, until the output pauses. Every chunk
+// is activity.
+func (p *process) copyOut(w io.Writer, r *os.File, act *activity) {
 	b := bufPool.Get().(*[copyBufSize]byte)
 	defer bufPool.Put(b)
 	buf := b[:]
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
+			act.touch()
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				// Nobody listens: let the child see EPIPE or a hung-up terminal.
 				r.Close()
@@ -187,18 +189,32 @@ func (p *process) copyOut(w io.Writer, r *os.File) {
 	}
 }
 
-// copyIn copies the channel to the child's stdin; EOF closes the pipe. A
-// terminal has no half-close, so there it only stops copying.
-func (p *process) copyIn(r io.Reader) {
+// copyIn copies the channel to the child's stdin, every chunk of it
+// activity; EOF closes the pipe. A terminal has no half-close, so there it
+// only stops copying.
+func (p *process) copyIn(r io.Reader, act *activity) {
 	b := bufPool.Get().(*[copyBufSize]byte)
 	defer bufPool.Put(b)
 	buf := b[:]
+	w := p.stdin
 	if p.tty != nil {
-		_, _ = io.CopyBuffer(p.tty, r, buf)
-		return
+		w = p.tty
 	}
-	_, _ = io.CopyBuffer(p.stdin, r, buf)
-	p.stdin.Close()
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			act.touch()
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	if p.tty == nil {
+		p.stdin.Close()
+	}
 }
 
 func (p *process) close() {

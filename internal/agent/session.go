@@ -2,9 +2,11 @@ package agent
 
 import (
 	"context"
+	"io"
 	"os/exec"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/crypto/ssh"
 )
@@ -29,6 +31,13 @@ type session struct {
 	size *windowChange // nil without "pty-req"
 	proc *process      // nil until "shell" or "exec"
 	wg   sync.WaitGroup
+
+	// Notices go to the pty's output, else to stderr, a stream that the
+	// child's output shares: outMu serialises the writes to it.
+	notices    io.Writer
+	outMu      sync.Mutex
+	ended      bool        // under outMu: the exit is being reported, no more notices
+	noticeBusy atomic.Bool // a notice is being written
 }
 
 func (s *server) serveSession(ctx context.Context, nc ssh.NewChannel) {
@@ -125,21 +134,34 @@ func (ss *session) start(ctx context.Context, args []string) bool {
 	}
 	s.log.Debug("started", "pid", p.pid(), "pty", p.tty != nil)
 	ss.proc = p
+	ss.notices = ss.ch.Stderr()
+	if p.tty != nil {
+		ss.notices = ss.ch
+	}
+	s.register(ss)
 	return true
 }
 
 // run pumps the child's I/O, then reports its exit like sshd: all output
 // first, then exit-status or exit-signal, then close.
 func (ss *session) run(ctx context.Context) {
-	p := ss.proc
-	ss.wg.Go(func() { p.copyIn(ss.ch) })
+	p, act := ss.proc, &ss.srv.activity
+	ss.wg.Go(func() { p.copyIn(ss.ch, act) })
+	// The child shares the notice stream (the pty's output, else stderr).
+	stdout, stderr := io.Writer(ss.ch), io.Writer(ss.ch.Stderr())
+	if p.tty != nil {
+		stdout = lockedWriter{&ss.outMu, stdout}
+	} else {
+		stderr = lockedWriter{&ss.outMu, stderr}
+	}
 	var out sync.WaitGroup
-	out.Go(func() { p.copyOut(ss.ch, p.outputs[0]) })
+	out.Go(func() { p.copyOut(stdout, p.outputs[0], act) })
 	if len(p.outputs) > 1 {
-		out.Go(func() { p.copyOut(ss.ch.Stderr(), p.outputs[1]) })
+		out.Go(func() { p.copyOut(stderr, p.outputs[1], act) })
 	}
 	state := p.wait()
 	out.Wait()
+	ss.srv.unregister(ss)
 	p.close()
 	name, payload := exitMessage(state)
 	_, _ = ss.ch.SendRequest(name, false, payload)

@@ -3,86 +3,88 @@ package cli
 import (
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/devgpu/devgpu/internal/policy"
 	"github.com/devgpu/devgpu/sdk"
 )
 
-func newAdminCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "admin", Short: "Administer projects and their policies"}
-	cmd.AddCommand(newAdminProjectCmd())
-	return cmd
-}
-
 func newAdminProjectCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "project", Short: "Create, change, show, list and delete projects"}
+	cmd := &cobra.Command{
+		Use:   "project",
+		Short: "Create, change, show, list and delete projects",
+		Long: `Create, change, show, list and delete projects.
+A project's settings are its own where it sets them and the organisation
+policy allows, else the organisation's defaults, else built-in ones; see
+` + "`devgpu admin org show`" + `.`,
+	}
 	var asJSON bool
 	printProject := func(p sdk.Project) error {
 		if asJSON {
 			return printJSON(p)
 		}
-		tw := table("SETTING", "VALUE")
-		row(tw, "name", p.Name)
-		row(tw, "gpu-enabled", p.GPUEnabled)
-		row(tw, "detach-grace", time.Duration(p.DetachGrace))
-		return tw.Flush()
-	}
-	// settingFlags adds the setting flags and returns a function that
-	// collects only those given, so update leaves the others alone.
-	settingFlags := func(c *cobra.Command) func() sdk.ProjectUpdate {
-		var enabled bool
-		var grace time.Duration
-		c.Flags().BoolVar(&enabled, "gpu-enabled", true, "allow GPU sessions in the project")
-		c.Flags().DurationVar(&grace, "detach-grace", 60*time.Second, "how long a session waits for a vanished client to come back")
-		return func() sdk.ProjectUpdate {
-			var u sdk.ProjectUpdate
-			if c.Flags().Changed("gpu-enabled") {
-				u.GPUEnabled = &enabled
-			}
-			if c.Flags().Changed("detach-grace") {
-				d := sdk.Duration(grace)
-				u.DetachGrace = &d
-			}
-			return u
-		}
+		return printEffective(p)
 	}
 
-	create := &cobra.Command{Use: "create NAME", Short: "Create a project", Args: cobra.ExactArgs(1)}
-	createSettings := settingFlags(create)
+	create := &cobra.Command{
+		Use:   "create NAME",
+		Short: "Create a project; the settings not given inherit",
+		Args:  cobra.ExactArgs(1),
+	}
+	var createFlags settingFlags
+	createFlags.register(create)
 	create.RunE = func(cmd *cobra.Command, args []string) error {
+		s, err := createFlags.settings(cmd)
+		if err != nil {
+			return err
+		}
 		client, _, err := newClient()
 		if err != nil {
 			return err
 		}
-		p, err := client.CreateProject(cmd.Context(), sdk.ProjectCreate{Name: args[0], ProjectUpdate: createSettings()})
+		p, err := client.CreateProject(cmd.Context(), sdk.ProjectCreate{Name: args[0], Settings: s})
 		if err != nil {
 			return err
 		}
+		fmt.Fprintf(os.Stderr, "project %s created; add members with `devgpu admin member add %s USER`\n", p.Name, p.Name)
 		return printProject(p)
 	}
 
-	update := &cobra.Command{Use: "update NAME", Short: "Change a project's settings", Args: cobra.ExactArgs(1)}
-	updateSettings := settingFlags(update)
+	update := &cobra.Command{
+		Use:   "update NAME",
+		Short: "Change a project's settings, leaving those not given alone",
+		Args:  cobra.ExactArgs(1),
+	}
+	var updateFlags settingFlags
+	updateFlags.register(update)
+	var unset []string
+	var stopRunning bool
+	update.Flags().StringSliceVar(&unset, "unset", nil, "settings to inherit again from the organisation, `NAMES` such as max_gpus,shell_mode")
+	update.Flags().BoolVar(&stopRunning, "stop-running", false, "with --gpu-enabled=false, also end the project's running sessions")
 	update.RunE = func(cmd *cobra.Command, args []string) error {
-		client, _, err := newClient()
+		u, err := projectUpdate(cmd, &updateFlags, unset, stopRunning)
 		if err != nil {
 			return err
 		}
-		u := updateSettings()
-		if u == (sdk.ProjectUpdate{}) {
-			return fmt.Errorf("nothing to change; give a setting such as --gpu-enabled=false")
+		client, _, err := newClient()
+		if err != nil {
+			return err
 		}
 		p, err := client.UpdateProject(cmd.Context(), args[0], u)
 		if err != nil {
 			return err
 		}
+		if u.Settings.GPUEnabled != nil && !*u.Settings.GPUEnabled && !u.StopRunning {
+			fmt.Fprintf(os.Stderr, "GPU sessions disabled in project %s; running sessions go on until they end (--stop-running ends them now)\n", p.Name)
+		}
 		return printProject(p)
 	}
 
 	show := &cobra.Command{
-		Use: "show NAME", Short: "Show a project's settings", Args: cobra.ExactArgs(1),
+		Use:   "show NAME",
+		Short: "Show a project's settings as they apply, and where each comes from",
+		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			client, _, err := newClient()
 			if err != nil {
@@ -97,7 +99,9 @@ func newAdminProjectCmd() *cobra.Command {
 	}
 
 	list := &cobra.Command{
-		Use: "list", Short: "List the projects you can see", Args: cobra.NoArgs,
+		Use:   "list",
+		Short: "List the projects you can see",
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			client, _, err := newClient()
 			if err != nil {
@@ -110,16 +114,26 @@ func newAdminProjectCmd() *cobra.Command {
 			if asJSON {
 				return printJSON(ps)
 			}
-			tw := table("NAME", "GPU-ENABLED", "DETACH-GRACE")
+			tw := table("NAME", "GPU-ENABLED", "MAX-GPUS", "PER-USER", "SHELL-MODE")
 			for _, p := range ps {
-				row(tw, p.Name, p.GPUEnabled, time.Duration(p.DetachGrace))
+				cols := []any{p.Name}
+				for _, name := range []string{"gpu_enabled", "max_gpus", "max_gpus_per_user", "shell_mode"} {
+					var v any
+					if e, ok := p.Effective[name]; ok {
+						v = e.Value
+					}
+					cols = append(cols, formatSetting(name, v))
+				}
+				row(tw, cols...)
 			}
 			return tw.Flush()
 		},
 	}
 
 	del := &cobra.Command{
-		Use: "delete NAME", Short: "Delete a project with no running sessions", Args: cobra.ExactArgs(1),
+		Use:   "delete NAME",
+		Short: "Delete a project with no running sessions",
+		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			client, _, err := newClient()
 			if err != nil {
@@ -133,8 +147,45 @@ func newAdminProjectCmd() *cobra.Command {
 		},
 	}
 	for _, c := range []*cobra.Command{create, update, show, list} {
-		c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+		jsonFlag(c, &asJSON)
 	}
 	cmd.AddCommand(create, update, show, list, del)
 	return cmd
+}
+
+// projectUpdate collects `admin project update`'s flags into the request.
+func projectUpdate(cmd *cobra.Command, f *settingFlags, unsetFlag []string, stopRunning bool) (sdk.ProjectUpdate, error) {
+	var u sdk.ProjectUpdate
+	s, err := f.settings(cmd)
+	if err != nil {
+		return u, err
+	}
+	unset, err := settingNames("unset", unsetFlag)
+	if err != nil {
+		return u, err
+	}
+	if err := checkSetAndUnset(s, unset); err != nil {
+		return u, err
+	}
+	if stopRunning && (s.GPUEnabled == nil || *s.GPUEnabled) {
+		return u, fmt.Errorf("--stop-running ends sessions only when GPUs are being disabled; add --gpu-enabled=false")
+	}
+	if len(policy.SetIn(s)) == 0 && len(unset) == 0 {
+		return u, fmt.Errorf("nothing to change; give a setting such as --max-gpus 4, or --unset NAME to inherit one again")
+	}
+	return sdk.ProjectUpdate{Settings: s, Unset: unset, StopRunning: stopRunning}, nil
+}
+
+// printEffective prints a project's effective settings with their sources.
+func printEffective(p sdk.Project) error {
+	tw := table("SETTING", "VALUE", "SOURCE")
+	for _, name := range settingOrder(p.Effective) {
+		e := p.Effective[name]
+		src := e.Source
+		if e.Locked {
+			src += " (locked)"
+		}
+		row(tw, name, formatSetting(name, e.Value), src)
+	}
+	return tw.Flush()
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -22,15 +24,23 @@ type sessionFlags struct {
 	project string
 	gpuType string
 	region  string
+	image   string
 	attach  string
+	wait    time.Duration
 }
+
+// defaultWait is how long a bare --wait waits: as long as the server allows.
+const defaultWait = "24h"
 
 func (f *sessionFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVarP(&f.project, "project", "p", "", "project to run in (default: the config's project, else \"default\")")
 	fl.StringVar(&f.gpuType, "gpu", "", "GPU type, e.g. t4 or a100 (default: any the project allows)")
 	fl.StringVar(&f.region, "region", "", "region (default: any)")
+	fl.StringVar(&f.image, "image", "", "image name or reference (default: the project's default image)")
 	fl.StringVar(&f.attach, "attach", "", "attach to your running session ID instead of starting one")
+	fl.DurationVar(&f.wait, "wait", 0, "when no GPU may be had now, queue for up to this long (bare --wait: "+defaultWait+")")
+	fl.Lookup("wait").NoOptDefVal = defaultWait
 }
 
 func newShellCmd() *cobra.Command {
@@ -114,35 +124,24 @@ func openSession(ctx context.Context, f sessionFlags, announce bool) (*sessionCo
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	// A session chosen to join (shared and spillover modes) can end just
+	// before we connect; then ask again.
 	var sess sdk.Session
-	if f.attach != "" {
-		if sess, err = client.Session(ctx, f.attach); err != nil {
+	var tunnel *sdk.Tunnel
+	for attempt := 0; ; attempt++ {
+		if sess, err = findSession(ctx, client, cfg, f); err != nil {
 			return nil, sess, err
 		}
-		if sess.State != sdk.StateRunning {
-			return nil, sess, fmt.Errorf("session %s is %s, not running; start a new one with `devgpu shell`", sess.ID, sess.State)
+		tunnel, err = client.Connect(ctx, sess.ID)
+		if err == nil {
+			break
 		}
-	} else {
-		project := f.project
-		if project == "" {
-			project = cfg.Project
-		}
-		done := spinner(fmt.Sprintf("starting a GPU session in project %s", orDefault(project, "default")))
-		sess, err = client.CreateSession(ctx, sdk.CreateSessionRequest{Project: project, GPUType: f.gpuType, Region: f.region})
-		done()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, sess, errors.New("interrupted while starting the session")
-			}
+		if f.attach != "" || attempt == 2 || !sdk.IsStatus(err, http.StatusConflict) {
 			return nil, sess, err
 		}
 	}
 	if announce && term.IsTerminal(int(os.Stderr.Fd())) {
 		fmt.Fprintf(os.Stderr, "devgpu: session %s · %s %s · project %s\r\n", sess.ID, sess.GPUType, strings.Join(sess.GPUs, ","), sess.Project)
-	}
-	tunnel, err := client.Connect(ctx, sess.ID)
-	if err != nil {
-		return nil, sess, err
 	}
 	sshConn, chans, reqs, err := ssh.NewClientConn(tunnel, "devgpu", &ssh.ClientConfig{
 		User: sess.User,
@@ -155,6 +154,33 @@ func openSession(ctx context.Context, f sessionFlags, announce bool) (*sessionCo
 		return nil, sess, fmt.Errorf("SSH handshake with session %s failed: %w", sess.ID, err)
 	}
 	return &sessionConn{Client: ssh.NewClient(sshConn, chans, reqs), api: client, tunnel: tunnel}, sess, nil
+}
+
+// findSession returns the session to attach to: --attach's, or one the
+// server starts (or picks to join) for us, queueing with --wait.
+func findSession(ctx context.Context, client *sdk.Client, cfg config, f sessionFlags) (sdk.Session, error) {
+	if f.attach != "" {
+		sess, err := client.Session(ctx, f.attach)
+		if err != nil {
+			return sess, err
+		}
+		if sess.State != sdk.StateRunning {
+			return sess, fmt.Errorf("session %s is %s, not running; start a new one with `devgpu shell`", sess.ID, sess.State)
+		}
+		return sess, nil
+	}
+	project := orDefault(f.project, cfg.Project)
+	status := newStatusLine()
+	status.set(fmt.Sprintf("starting a GPU session in project %s", orDefault(project, "default")))
+	req := sdk.CreateSessionRequest{Project: project, GPUType: f.gpuType, Region: f.region, Image: f.image, Wait: sdk.Duration(f.wait)}
+	sess, err := client.CreateSession(ctx, req, func(ev sdk.SessionEvent) {
+		status.set(fmt.Sprintf("queued, position %d: %s", ev.Position, ev.Reason))
+	})
+	status.done()
+	if err != nil && ctx.Err() != nil {
+		return sess, errors.New("interrupted while starting the session; nothing was left behind")
+	}
+	return sess, err
 }
 
 func orDefault(s, def string) string {
@@ -245,36 +271,64 @@ func exitFrom(err error) error {
 	}
 }
 
-// spinner shows msg with a spinner on stderr while a slow step runs, when
-// stderr is a terminal. The returned func stops it and clears the line.
-func spinner(msg string) (stop func()) {
-	if !term.IsTerminal(int(os.Stderr.Fd())) {
-		return func() {}
+// statusLine shows what a slow step is doing on stderr: a spinner line
+// rewritten in place on a terminal, one line per change otherwise (so a
+// queued request says why it waits even in a log), nothing for a start
+// that needs no explanation.
+type statusLine struct {
+	tty      bool
+	mu       sync.Mutex
+	msg      string
+	printed  string
+	shown    bool
+	stop     chan struct{}
+	finished chan struct{}
+}
+
+func newStatusLine() *statusLine {
+	s := &statusLine{tty: term.IsTerminal(int(os.Stderr.Fd())), stop: make(chan struct{}), finished: make(chan struct{})}
+	if !s.tty {
+		close(s.finished)
+		return s
 	}
-	done := make(chan struct{})
-	finished := make(chan struct{})
 	go func() {
-		defer close(finished)
+		defer close(s.finished)
 		frames := []rune("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
 		// Quick starts finish before the first frame: no flicker.
 		t := time.NewTicker(100 * time.Millisecond)
 		defer t.Stop()
-		shown := false
 		for i := 0; ; i++ {
 			select {
-			case <-done:
-				if shown {
+			case <-s.stop:
+				if s.shown {
 					fmt.Fprint(os.Stderr, "\r\033[K")
 				}
 				return
 			case <-t.C:
-				fmt.Fprintf(os.Stderr, "\r%c %s…", frames[i%len(frames)], msg)
-				shown = true
+				s.mu.Lock()
+				fmt.Fprintf(os.Stderr, "\r\033[K%c %s…", frames[i%len(frames)], s.msg)
+				s.mu.Unlock()
+				s.shown = true
 			}
 		}
 	}()
-	return func() {
-		close(done)
-		<-finished
+	return s
+}
+
+// set changes the message. Off a terminal only queue updates are printed.
+func (s *statusLine) set(msg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.msg = msg
+	if !s.tty && strings.HasPrefix(msg, "queued") && msg != s.printed {
+		fmt.Fprintf(os.Stderr, "devgpu: %s\n", msg)
+		s.printed = msg
 	}
+}
+
+func (s *statusLine) done() {
+	if s.tty {
+		close(s.stop)
+	}
+	<-s.finished
 }

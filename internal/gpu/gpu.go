@@ -139,3 +139,29 @@ func TypeOf(product string) string {
 	}
 	return kept[0]
 }
+
+// Simulated reports whether the device id is one of the simulated inventory.
+func Simulated(id string) bool { return strings.HasPrefix(id, "GPU-sim-") }
+
+// Busy reports whether any of the devices is doing work now, read through
+// NVML. Simulated devices are never busy; a device NVML cannot read counts
+// as idle, and the error says why.
+func Busy(ids []string) (bool, error) {
+	var firstErr error
+	for _, id := range ids {
+		if Simulated(id) {
+			continue
+		}
+		u, err := utilization(id)
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		if u > 0 {
+			return true, nil
+		}
+	}
+	return false, firstErr
+}

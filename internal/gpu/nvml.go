@@ -4,6 +4,7 @@ package gpu
 
 import (
 	"fmt"
+	"sync"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 )
@@ -33,4 +34,31 @@ func discoverNVML() ([]Device, error) {
 		devs = append(devs, Device{ID: uuid, Type: TypeOf(name), Region: DefaultRegion, Name: name})
 	}
 	return devs, nil
+}
+
+var (
+	nvmlOnce sync.Once
+	nvmlErr  error
+)
+
+// utilization reads the device's current GPU utilisation in percent.
+// NVML stays initialised for the life of the process after the first call.
+func utilization(uuid string) (int, error) {
+	nvmlOnce.Do(func() {
+		if ret := nvml.Init(); ret != nvml.SUCCESS {
+			nvmlErr = fmt.Errorf("nvml init: %s", nvml.ErrorString(ret))
+		}
+	})
+	if nvmlErr != nil {
+		return 0, nvmlErr
+	}
+	d, ret := nvml.DeviceGetHandleByUUID(uuid)
+	if ret != nvml.SUCCESS {
+		return 0, fmt.Errorf("nvml device %s: %s", uuid, nvml.ErrorString(ret))
+	}
+	u, ret := d.GetUtilizationRates()
+	if ret != nvml.SUCCESS {
+		return 0, fmt.Errorf("nvml utilization of %s: %s", uuid, nvml.ErrorString(ret))
+	}
+	return int(u.Gpu), nil
 }

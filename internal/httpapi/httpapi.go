@@ -58,9 +58,17 @@ func Write(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// WriteError sends err as problem details. An *Error keeps its status and
-// message; anything else is an internal error whose text is only logged.
+// WriteError sends err as problem details.
 func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	p := ProblemFor(r, log, err)
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(p.Status)
+	_ = json.NewEncoder(w).Encode(p)
+}
+
+// ProblemFor turns err into problem details. An *Error keeps its status and
+// message; anything else is an internal error whose text is only logged.
+func ProblemFor(r *http.Request, log *slog.Logger, err error) sdk.Problem {
 	var he *Error
 	if !errors.As(err, &he) {
 		he = &Error{Status: http.StatusInternalServerError, Msg: "internal error; the server log has the details", Err: err}
@@ -68,11 +76,25 @@ func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	if he.Status >= 500 {
 		log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", he.Status, "err", err)
 	}
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.WriteHeader(he.Status)
-	_ = json.NewEncoder(w).Encode(sdk.Problem{
-		Title:  http.StatusText(he.Status),
-		Status: he.Status,
-		Detail: he.Msg,
-	})
+	return sdk.Problem{Title: http.StatusText(he.Status), Status: he.Status, Detail: he.Msg}
+}
+
+// Stream writes newline-delimited JSON, flushing every line, for
+// responses whose outcome comes after progress updates.
+type Stream struct {
+	w   http.ResponseWriter
+	enc *json.Encoder
+}
+
+// NewStream starts a 200 response of JSON lines.
+func NewStream(w http.ResponseWriter) *Stream {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	return &Stream{w: w, enc: json.NewEncoder(w)}
+}
+
+// Send writes one line and flushes it to the client.
+func (s *Stream) Send(v any) {
+	_ = s.enc.Encode(v)
+	_ = http.NewResponseController(s.w).Flush()
 }

@@ -67,7 +67,7 @@ func newFixture(t *testing.T) *fixture {
 		if err := st.CreateUser(ctx, &user); err != nil {
 			t.Fatal(err)
 		}
-		if *u.token, err = NewToken(ctx, st, user.ID, "test", now); err != nil {
+		if *u.token, _, err = NewToken(ctx, st, user.ID, "test", now, time.Time{}); err != nil {
 			t.Fatal(err)
 		}
 		if u.member {
@@ -179,7 +179,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"member sees the project", f.dev, "GET", "/api/v1/projects/default", nil, 200},
 		{"admin sees the session", f.admin, "GET", sessPath, nil, 200},
 		{"admin lists everyone's sessions", f.admin, "GET", "/api/v1/sessions?all=true", nil, 200},
-		{"unknown fields are refused", f.admin, "PATCH", "/api/v1/projects/default", map[string]any{"gpu_enabeld": false}, 400},
+		{"unknown fields are refused", f.admin, "PATCH", "/api/v1/projects/default", map[string]any{"settings": map[string]any{"gpu_enabeld": false}}, 400},
 		{"bad project names are refused", f.admin, "POST", "/api/v1/projects", sdk.ProjectCreate{Name: "Bad Name"}, 400},
 		{"project with a session cannot be deleted", f.admin, "DELETE", "/api/v1/projects/default", nil, 409},
 		{"unknown endpoint", f.admin, "GET", "/api/v1/nope", nil, 404},
@@ -207,7 +207,7 @@ func TestGPUDisabledRefuses(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	off := false
-	if code, body := f.call(f.admin, "PATCH", "/api/v1/projects/default", sdk.ProjectUpdate{GPUEnabled: &off}); code != 200 {
+	if code, body := f.call(f.admin, "PATCH", "/api/v1/projects/default", sdk.ProjectUpdate{Settings: sdk.ProjectSettings{GPUEnabled: &off}}); code != 200 {
 		t.Fatalf("disable: %d %s", code, body)
 	}
 	code, body := f.call(f.dev, "POST", "/api/v1/sessions", sdk.CreateSessionRequest{})

@@ -18,20 +18,20 @@ import (
 const TokenPrefix = "dgp_"
 
 // NewToken mints a token for the user, stores its hash, and returns the
-// only copy of the token itself.
-func NewToken(ctx context.Context, st store.Store, userID int64, name string, now time.Time) (string, error) {
+// only copy of the token itself. A zero expires never expires.
+func NewToken(ctx context.Context, st store.Store, userID int64, name string, now, expires time.Time) (string, store.Token, error) {
 	var b [20]byte
 	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("mint token: %w", err)
+		return "", store.Token{}, fmt.Errorf("mint token: %w", err)
 	}
 	secret := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
 	token := TokenPrefix + secret
 	hash := sha256.Sum256([]byte(token))
-	t := store.Token{UserID: userID, Name: name, Prefix: token[:len(TokenPrefix)+6], Hash: hash[:], CreatedAt: now}
+	t := store.Token{UserID: userID, Name: name, Prefix: token[:len(TokenPrefix)+6], Hash: hash[:], CreatedAt: now, ExpiresAt: expires}
 	if err := st.CreateToken(ctx, &t); err != nil {
-		return "", fmt.Errorf("mint token: %w", err)
+		return "", store.Token{}, fmt.Errorf("mint token: %w", err)
 	}
-	return token, nil
+	return token, t, nil
 }
 
 // ValidToken reports whether token belongs to an active user of st.
@@ -60,7 +60,7 @@ func Bootstrap(ctx context.Context, st store.Store, admin string, dev, mint bool
 		if dev {
 			_, err := tx.ProjectByName(ctx, "default")
 			if errors.Is(err, store.ErrNotFound) {
-				p := store.Project{Name: "default", GPUEnabled: true, DetachGrace: DefaultDetachGrace, CreatedAt: now, UpdatedAt: now}
+				p := store.Project{Name: "default", CreatedAt: now, UpdatedAt: now}
 				err = tx.CreateProject(ctx, &p)
 			}
 			if err != nil {
@@ -68,7 +68,7 @@ func Bootstrap(ctx context.Context, st store.Store, admin string, dev, mint bool
 			}
 		}
 		if mint {
-			token, err = NewToken(ctx, tx, u.ID, "bootstrap", now)
+			token, _, err = NewToken(ctx, tx, u.ID, "bootstrap", now, time.Time{})
 		}
 		return err
 	})

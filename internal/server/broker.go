@@ -60,27 +60,56 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 	ctx, cancel := context.WithCancel(a.s.ctx)
 	defer cancel()
 	go keepalive(ctx, ws, a.s.cfg.PingInterval)
-	clean := pipe(websocket.NetConn(ctx, ws, websocket.MessageBinary), agentConn)
-	a.s.detach(ctx, sess.ID, attachment, clean)
+	switch pipe(websocket.NetConn(ctx, ws, websocket.MessageBinary), agentConn) {
+	case clientClosed:
+		a.s.detach(ctx, sess.ID, attachment, true)
+	case clientVanished:
+		a.s.detach(ctx, sess.ID, attachment, false)
+	case agentClosed:
+		// Agents do not hang up on their own: it was stopped, or it died.
+		// Ask the runtime now rather than at the next liveness round.
+		a.s.detach(ctx, sess.ID, attachment, false)
+		if err := a.s.checkLiveness(ctx); err != nil {
+			a.log.Error("liveness check", "err", err)
+		}
+	}
 	return nil
 }
 
-// pipe copies both ways until either side ends. It reports whether the
-// client left cleanly (a WebSocket close frame, or the agent ending the
-// stream first) rather than vanishing.
-func pipe(client, agentConn net.Conn) (clean bool) {
-	agentDone := make(chan struct{})
+// pipeEnd says which side ended a tunnel, and how.
+type pipeEnd int
+
+const (
+	clientClosed   pipeEnd = iota // a WebSocket close frame: the shell closed
+	clientVanished                // the connection broke or pings went unanswered
+	agentClosed                   // the agent's side ended first
+)
+
+// pipe copies both ways until either side ends.
+func pipe(client, agentConn net.Conn) pipeEnd {
+	agentEnded := make(chan struct{}) // the agent's stream ended
+	agentDone := make(chan struct{})  // and the client has been told
 	go func() {
 		defer close(agentDone)
 		_, _ = io.CopyBuffer(client, agentConn, make([]byte, copyBufferSize))
-		// The agent ended the stream: tell the client with a normal close.
+		close(agentEnded)
+		// Tell the client with a normal close, if it is still there.
 		_ = client.Close()
 	}()
 	_, err := io.CopyBuffer(agentConn, client, make([]byte, copyBufferSize))
+	select {
+	case <-agentEnded:
+		<-agentDone
+		return agentClosed
+	default:
+	}
 	agentConn.Close()
 	<-agentDone
 	// NetConn turns a normal close frame into io.EOF, which Copy reports as nil.
-	return err == nil
+	if err == nil {
+		return clientClosed
+	}
+	return clientVanished
 }
 
 // keepalive pings the client so that one that vanished without closing

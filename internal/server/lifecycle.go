@@ -7,14 +7,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/http"
 	"strings"
 	"time"
 
-	"github.com/devgpu/devgpu/internal/admission"
-	"github.com/devgpu/devgpu/internal/authz"
-	"github.com/devgpu/devgpu/internal/httpapi"
-	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/agent"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/sdk"
 )
@@ -23,121 +19,26 @@ import (
 // counts change on every connect and disconnect, so the broker and the
 // reaper work on this and mirror it to the store for listings.
 type liveSession struct {
+	projectID   int64
+	gpus        []string
+	secret      string
+	startedAt   time.Time
 	attachments int
 	detachedAt  time.Time // zero while attached
 	grace       time.Duration
 	lastSeen    time.Time
 	ending      bool
+	// Limits from the project's effective policy, refreshed when it changes.
+	idleTimeout time.Duration
+	maxLifetime time.Duration
+	// Warnings already shown for the current deadlines.
+	warnedIdle, warnedLifetime bool
+	// ctl is the control plane's own connection to the agent, for activity
+	// and notices; opened on first use.
+	ctl *agent.Control
 	// A stop that failed is retried with the first reason and time.
 	endReason string
 	endAt     time.Time
-}
-
-// createSession admits the request in one transaction, starts the session
-// in the runtime, and returns it running.
-func (s *Server) createSession(ctx context.Context, caller store.User, req sdk.CreateSessionRequest) (store.Session, error) {
-	if req.Project == "" {
-		req.Project = "default"
-	}
-	sess := store.Session{
-		ID:          newSessionID(),
-		UserID:      caller.ID,
-		User:        caller.Name,
-		State:       sdk.StateStarting,
-		AgentSecret: randomHex(32),
-		CreatedAt:   s.now(),
-	}
-	err := s.store.InTx(ctx, func(tx store.Store) error {
-		p, role, err := s.projectFor(ctx, tx, caller, req.Project)
-		if err != nil {
-			return err
-		}
-		if authz.UseProject(callerOf(caller), role) != authz.Allowed {
-			return errProjectNotFound(req.Project)
-		}
-		gpus, err := tx.ListGPUs(ctx)
-		if err != nil {
-			return err
-		}
-		d := admission.Decide(
-			admission.Request{Project: p.Name, GPUType: req.GPUType, Region: req.Region},
-			admission.Snapshot{GPUEnabled: p.GPUEnabled, Pools: pools(gpus)},
-		)
-		if !d.Admit {
-			s.log.Info("session refused", "project", p.Name, "user", caller.Name, "reason", d.Reason)
-			return &httpapi.Error{Status: refusalStatus(d.Reason), Msg: d.Message}
-		}
-		ids, err := tx.ReserveGPUs(ctx, sess.ID, d.GPUType, d.Region, 1)
-		if err != nil {
-			return err
-		}
-		sess.ProjectID, sess.Project = p.ID, p.Name
-		sess.GPUType, sess.Region, sess.GPUs = d.GPUType, d.Region, ids
-		sess.DetachGrace = p.DetachGrace
-		return tx.CreateSession(ctx, &sess)
-	})
-	if err != nil {
-		return store.Session{}, err
-	}
-	log := s.log.With("session_id", sess.ID, "project", sess.Project, "user", sess.User)
-	log.Info("session starting", "gpu_type", sess.GPUType, "gpus", strings.Join(sess.GPUs, ","))
-
-	spec := runtime.Spec{
-		SessionID: sess.ID, Project: sess.Project, User: sess.User,
-		GPUType: sess.GPUType, GPUs: sess.GPUs, AgentSecret: sess.AgentSecret,
-		IdleExit: sess.DetachGrace + agentIdleExitMargin,
-	}
-	if err := s.rt.Start(ctx, spec); err != nil {
-		log.Error("session failed to start", "err", err)
-		endErr := s.store.EndSession(context.WithoutCancel(ctx), sess.ID, sdk.StateFailed, sdk.ReasonError, s.now())
-		if endErr != nil {
-			log.Error("record failed session", "err", endErr)
-		}
-		return store.Session{}, &httpapi.Error{Status: http.StatusBadGateway,
-			Msg: "the session could not be started; an administrator can find the cause in the server log", Err: err}
-	}
-	now := s.now()
-	s.mu.Lock()
-	s.live[sess.ID] = &liveSession{detachedAt: now, grace: sess.DetachGrace, lastSeen: now}
-	s.mu.Unlock()
-	err = s.updateSession(context.WithoutCancel(ctx), sess.ID, func(ss *store.Session) {
-		ss.State, ss.StartedAt, ss.DetachedAt, ss.LastSeenAt = sdk.StateRunning, now, now, now
-	})
-	if err != nil {
-		return store.Session{}, err
-	}
-	log.Info("session running", "start_ms", now.Sub(sess.CreatedAt).Milliseconds())
-	return s.store.Session(ctx, sess.ID)
-}
-
-func refusalStatus(reason string) int {
-	switch reason {
-	case admission.ReasonGPUDisabled:
-		return http.StatusForbidden
-	case admission.ReasonUnknownGPU:
-		return http.StatusBadRequest
-	default:
-		return http.StatusConflict
-	}
-}
-
-func pools(gpus []store.GPU) []admission.Pool {
-	var out []admission.Pool
-	index := map[[2]string]int{}
-	for _, g := range gpus {
-		k := [2]string{g.Type, g.Region}
-		i, ok := index[k]
-		if !ok {
-			i = len(out)
-			index[k] = i
-			out = append(out, admission.Pool{Type: g.Type, Region: g.Region})
-		}
-		out[i].Total++
-		if g.SessionID == "" {
-			out[i].Free++
-		}
-	}
-	return out
 }
 
 // updateSession changes a session record under the store's transaction, so
@@ -157,7 +58,7 @@ func (s *Server) updateSession(ctx context.Context, id string, change func(*stor
 // frees its GPUs: in that order, so a GPU is never handed on while the last
 // session's processes may still use it. The billing end is `at`, the moment
 // the end was decided. Ending twice is harmless.
-func (s *Server) endSession(ctx context.Context, id, reason string, at time.Time) error {
+func (s *Server) endSession(ctx context.Context, id, reason, actor string, at time.Time) error {
 	s.mu.Lock()
 	if l := s.live[id]; l != nil {
 		if l.ending {
@@ -196,7 +97,7 @@ func (s *Server) endSession(ctx context.Context, id, reason string, at time.Time
 		s.clearEnding(id)
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
-	err = s.store.EndSession(ctx, id, sdk.StateEnded, reason, at)
+	err = s.recordEnd(ctx, id, sdk.StateEnded, reason, actor, at)
 	if err != nil && !errors.Is(err, store.ErrConflict) {
 		s.clearEnding(id)
 		return fmt.Errorf("end session %s: %w", id, err)
@@ -206,10 +107,32 @@ func (s *Server) endSession(ctx context.Context, id, reason string, at time.Time
 	return nil
 }
 
+// recordEnd ends the session in the store, freeing its GPUs, with its
+// audit event in the same transaction.
+func (s *Server) recordEnd(ctx context.Context, id, state, reason, actor string, at time.Time) error {
+	return s.store.InTx(ctx, func(tx store.Store) error {
+		if err := tx.EndSession(ctx, id, state, reason, at); err != nil {
+			return err
+		}
+		sess, err := tx.Session(ctx, id)
+		if err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, actor, "session.end", sess.Project, id, nil, map[string]any{"state": state, "reason": reason})
+	})
+}
+
+// forget drops a session that ended from memory, and wakes the queues:
+// its GPU is free.
 func (s *Server) forget(id string) {
 	s.mu.Lock()
+	l := s.live[id]
 	delete(s.live, id)
 	s.mu.Unlock()
+	if l != nil && l.ctl != nil {
+		l.ctl.Close()
+	}
+	s.kickQueues()
 }
 
 func (s *Server) clearEnding(id string) {
@@ -275,7 +198,7 @@ func (s *Server) detach(ctx context.Context, id string, attachment int64, clean 
 	s.mu.Unlock()
 	s.log.Info("session detached", "session_id", id, "attachments", n, "clean", clean)
 	if n == 0 && clean {
-		if err := s.endSession(ctx, id, sdk.ReasonClosed, now); err != nil {
+		if err := s.endSession(ctx, id, sdk.ReasonClosed, "system", now); err != nil {
 			s.log.Error("end closed session", "session_id", id, "err", err)
 		}
 		return
@@ -329,7 +252,7 @@ func (s *Server) reapLoop() {
 		}
 		s.mu.Unlock()
 		for _, id := range due {
-			if err := s.endSession(s.ctx, id, sdk.ReasonDetached, now); err != nil {
+			if err := s.endSession(s.ctx, id, sdk.ReasonDetached, "system", now); err != nil {
 				s.log.Error("end detached session", "session_id", id, "err", err)
 			}
 		}
@@ -405,7 +328,7 @@ func (s *Server) checkLiveness(ctx context.Context) error {
 	}
 	for _, id := range failedStops {
 		// endSession keeps the reason and time of the first attempt.
-		if err := s.endSession(ctx, id, "", time.Time{}); err != nil {
+		if err := s.endSession(ctx, id, "", "system", time.Time{}); err != nil {
 			s.log.Error("retry stop", "session_id", id, "err", err)
 		}
 	}
@@ -425,7 +348,7 @@ func (s *Server) endLost(ctx context.Context, id string) {
 		at = sess.CreatedAt
 	}
 	s.log.Warn("session lost by the runtime", "session_id", id, "last_seen", at)
-	if err := s.endSession(ctx, id, sdk.ReasonLost, at); err != nil {
+	if err := s.endSession(ctx, id, sdk.ReasonLost, "system", at); err != nil {
 		s.log.Error("end lost session", "session_id", id, "err", err)
 	}
 }
@@ -454,7 +377,10 @@ func (s *Server) reconcile(ctx context.Context) error {
 		recorded[sess.ID] = true
 		if sess.State == sdk.StateRunning && alive[sess.ID] {
 			s.mu.Lock()
-			s.live[sess.ID] = &liveSession{detachedAt: now, grace: sess.DetachGrace, lastSeen: now}
+			s.live[sess.ID] = &liveSession{
+				projectID: sess.ProjectID, gpus: sess.GPUs, secret: sess.AgentSecret, startedAt: sess.StartedAt,
+				detachedAt: now, grace: sess.DetachGrace, lastSeen: now,
+			}
 			s.mu.Unlock()
 			err := s.updateSession(ctx, sess.ID, func(ss *store.Session) {
 				ss.Attachments, ss.DetachedAt, ss.LastSeenAt = 0, now, now

@@ -1,13 +1,14 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"regexp"
-	"time"
 
 	"github.com/devgpu/devgpu/internal/authz"
 	"github.com/devgpu/devgpu/internal/httpapi"
+	"github.com/devgpu/devgpu/internal/policy"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/sdk"
 )
@@ -19,12 +20,16 @@ func (a *API) listProjects(w http.ResponseWriter, r *http.Request, caller store.
 	if err != nil {
 		return err
 	}
+	org, err := a.s.store.OrgPolicy(r.Context())
+	if err != nil {
+		return err
+	}
 	out := []sdk.Project{}
 	for _, p := range all {
 		if _, _, err := a.s.projectFor(r.Context(), a.s.store, caller, p.Name); err != nil {
 			continue // not visible to the caller
 		}
-		out = append(out, projectToSDK(p))
+		out = append(out, projectToSDK(p, org))
 	}
 	httpapi.Write(w, http.StatusOK, out)
 	return nil
@@ -35,7 +40,11 @@ func (a *API) getProject(w http.ResponseWriter, r *http.Request, caller store.Us
 	if err != nil {
 		return err
 	}
-	httpapi.Write(w, http.StatusOK, projectToSDK(p))
+	org, err := a.s.store.OrgPolicy(r.Context())
+	if err != nil {
+		return err
+	}
+	httpapi.Write(w, http.StatusOK, projectToSDK(p, org))
 	return nil
 }
 
@@ -50,12 +59,25 @@ func (a *API) createProject(w http.ResponseWriter, r *http.Request, caller store
 	if !projectName.MatchString(req.Name) {
 		return httpapi.Errorf(http.StatusBadRequest, "project name %q is invalid; use 1 to 63 lower-case letters, digits and dashes, starting with a letter or digit", req.Name)
 	}
-	now := a.s.now()
-	p := store.Project{Name: req.Name, GPUEnabled: true, DetachGrace: DefaultDetachGrace, CreatedAt: now, UpdatedAt: now}
-	if err := applyProjectUpdate(&p, req.ProjectUpdate); err != nil {
-		return err
+	if err := policy.Validate(req.Settings); err != nil {
+		return httpapi.Errorf(http.StatusBadRequest, "%v", err)
 	}
-	err := a.s.store.CreateProject(r.Context(), &p)
+	now := a.s.now()
+	p := store.Project{Name: req.Name, Settings: req.Settings, CreatedAt: now, UpdatedAt: now}
+	var org sdk.OrgPolicy
+	err := a.s.store.InTx(r.Context(), func(tx store.Store) error {
+		var err error
+		if org, err = tx.OrgPolicy(r.Context()); err != nil {
+			return err
+		}
+		if name, locked := policy.LockedIn(org, req.Settings); locked {
+			return errLocked(name)
+		}
+		if err := tx.CreateProject(r.Context(), &p); err != nil {
+			return err
+		}
+		return a.s.audit(r.Context(), tx, caller.Name, "project.create", p.Name, p.Name, nil, p.Settings)
+	})
 	if errors.Is(err, store.ErrConflict) {
 		return httpapi.Errorf(http.StatusConflict, "project %s already exists; change it with `devgpu admin project update %s`", p.Name, p.Name)
 	}
@@ -63,16 +85,26 @@ func (a *API) createProject(w http.ResponseWriter, r *http.Request, caller store
 		return err
 	}
 	a.log.Info("project created", "project", p.Name, "by", caller.Name)
-	httpapi.Write(w, http.StatusCreated, projectToSDK(p))
+	httpapi.Write(w, http.StatusCreated, projectToSDK(p, org))
 	return nil
 }
 
+func errLocked(name string) error {
+	return httpapi.Errorf(http.StatusForbidden, "the organisation policy fixes %s for every project; ask an organisation admin to unlock it (devgpu admin org update --unlock %s)", name, name)
+}
+
+// updateProject changes settings. Lowering a cap never ends running
+// sessions; disabling GPUs ends them only with stop_running.
 func (a *API) updateProject(w http.ResponseWriter, r *http.Request, caller store.User) error {
 	var req sdk.ProjectUpdate
 	if err := httpapi.Read(w, r, &req); err != nil {
 		return err
 	}
+	if err := policy.Validate(req.Settings); err != nil {
+		return httpapi.Errorf(http.StatusBadRequest, "%v", err)
+	}
 	var p store.Project
+	var org sdk.OrgPolicy
 	err := a.s.store.InTx(r.Context(), func(tx store.Store) error {
 		var role authz.ProjectRole
 		var err error
@@ -83,17 +115,55 @@ func (a *API) updateProject(w http.ResponseWriter, r *http.Request, caller store
 		if err := decide(authz.ManageProject(callerOf(caller), role), "only the project's admins and organisation admins can change project "+p.Name, errProjectNotFound(p.Name)); err != nil {
 			return err
 		}
-		if err := applyProjectUpdate(&p, req); err != nil {
+		if org, err = tx.OrgPolicy(r.Context()); err != nil {
 			return err
 		}
-		p.UpdatedAt = a.s.now()
-		return tx.UpdateProject(r.Context(), &p)
+		if name, locked := policy.LockedIn(org, req.Settings); locked {
+			return errLocked(name)
+		}
+		before := p.Settings
+		settings, err := policy.Unset(policy.Merge(p.Settings, req.Settings), req.Unset)
+		if err != nil {
+			return httpapi.Errorf(http.StatusBadRequest, "%v", err)
+		}
+		p.Settings, p.UpdatedAt = settings, a.s.now()
+		if err := tx.UpdateProject(r.Context(), &p); err != nil {
+			return err
+		}
+		return a.s.audit(r.Context(), tx, caller.Name, "project.update", p.Name, p.Name, before, p.Settings)
 	})
 	if err != nil {
 		return err
 	}
 	a.log.Info("project updated", "project", p.Name, "by", caller.Name)
-	httpapi.Write(w, http.StatusOK, projectToSDK(p))
+	a.s.policyChanged(r.Context())
+	if req.StopRunning && !policy.Resolve(org, p.Settings).GPUEnabled {
+		if err := a.s.stopProjectSessions(r.Context(), p.ID, caller.Name); err != nil {
+			return err
+		}
+	}
+	httpapi.Write(w, http.StatusOK, projectToSDK(p, org))
+	return nil
+}
+
+// policyChanged applies new limits to running sessions and lets queued
+// requests look again.
+func (s *Server) policyChanged(ctx context.Context) {
+	s.refreshLimits(ctx)
+	s.kickQueues()
+}
+
+// stopProjectSessions ends every active session of the project (reason admin).
+func (s *Server) stopProjectSessions(ctx context.Context, projectID int64, actor string) error {
+	active, err := s.store.ListSessions(ctx, store.SessionFilter{ProjectID: projectID, ActiveOnly: true})
+	if err != nil {
+		return err
+	}
+	for _, sess := range active {
+		if err := s.endSession(ctx, sess.ID, sdk.ReasonAdmin, actor, s.now()); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -105,7 +175,12 @@ func (a *API) deleteProject(w http.ResponseWriter, r *http.Request, caller store
 	if err := decide(authz.OrgAdmin(callerOf(caller)), "only organisation admins can delete projects", nil); err != nil {
 		return err
 	}
-	err = a.s.store.DeleteProject(r.Context(), p.ID)
+	err = a.s.store.InTx(r.Context(), func(tx store.Store) error {
+		if err := tx.DeleteProject(r.Context(), p.ID); err != nil {
+			return err
+		}
+		return a.s.audit(r.Context(), tx, caller.Name, "project.delete", p.Name, p.Name, p.Settings, nil)
+	})
 	if errors.Is(err, store.ErrConflict) {
 		return httpapi.Errorf(http.StatusConflict, "project %s still has running sessions; stop them first (devgpu sessions list --all)", p.Name)
 	}
@@ -116,23 +191,49 @@ func (a *API) deleteProject(w http.ResponseWriter, r *http.Request, caller store
 	return nil
 }
 
-func applyProjectUpdate(p *store.Project, u sdk.ProjectUpdate) error {
-	if u.GPUEnabled != nil {
-		p.GPUEnabled = *u.GPUEnabled
+func (a *API) getOrgPolicy(w http.ResponseWriter, r *http.Request, caller store.User) error {
+	org, err := a.s.store.OrgPolicy(r.Context())
+	if err != nil {
+		return err
 	}
-	if u.DetachGrace != nil {
-		d := time.Duration(*u.DetachGrace)
-		if d < 0 || d > 24*time.Hour {
-			return httpapi.Errorf(http.StatusBadRequest, "detach grace %s is out of range; give a duration from 0s to 24h", d)
-		}
-		p.DetachGrace = d
-	}
+	httpapi.Write(w, http.StatusOK, org)
 	return nil
 }
 
-func projectToSDK(p store.Project) sdk.Project {
+// putOrgPolicy replaces the organisation policy. Lowering a quota never
+// ends running sessions; it only holds new ones back.
+func (a *API) putOrgPolicy(w http.ResponseWriter, r *http.Request, caller store.User) error {
+	if err := decide(authz.OrgAdmin(callerOf(caller)), "only organisation admins can change the organisation policy", nil); err != nil {
+		return err
+	}
+	var org sdk.OrgPolicy
+	if err := httpapi.Read(w, r, &org); err != nil {
+		return err
+	}
+	if err := policy.ValidateOrg(org); err != nil {
+		return httpapi.Errorf(http.StatusBadRequest, "%v", err)
+	}
+	err := a.s.store.InTx(r.Context(), func(tx store.Store) error {
+		before, err := tx.OrgPolicy(r.Context())
+		if err != nil {
+			return err
+		}
+		if err := tx.SetOrgPolicy(r.Context(), org); err != nil {
+			return err
+		}
+		return a.s.audit(r.Context(), tx, caller.Name, "org.policy", "", "org", before, org)
+	})
+	if err != nil {
+		return err
+	}
+	a.s.policyChanged(r.Context())
+	httpapi.Write(w, http.StatusOK, org)
+	return nil
+}
+
+func projectToSDK(p store.Project, org sdk.OrgPolicy) sdk.Project {
 	return sdk.Project{
-		Name: p.Name, GPUEnabled: p.GPUEnabled, DetachGrace: sdk.Duration(p.DetachGrace),
+		Name: p.Name, Settings: p.Settings, Effective: policy.Resolve(org, p.Settings).Describe(org),
 		CreatedAt: p.CreatedAt.UTC(), UpdatedAt: p.UpdatedAt.UTC(),
 	}
 }

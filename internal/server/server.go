@@ -39,7 +39,6 @@ const (
 	DefaultReapInterval     = 250 * time.Millisecond
 	DefaultLivenessInterval = 5 * time.Second
 	DefaultPingInterval     = 10 * time.Second
-	DefaultDetachGrace      = 60 * time.Second
 	// agentIdleExitMargin is how much longer than the detach grace an agent
 	// waits without connections before it stops itself: the control plane
 	// normally ends the session first, so this only matters when the
@@ -61,6 +60,9 @@ type Server struct {
 	// detach has been fully processed.
 	detached       map[int64]chan struct{}
 	nextAttachment int64
+
+	qmu    sync.Mutex
+	queues map[string]*queue // waiting requests, by project name
 
 	wg     sync.WaitGroup // lifecycle goroutines
 	cancel context.CancelFunc
@@ -91,7 +93,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Server{
 		store: cfg.Store, rt: cfg.Runtime, log: cfg.Logger, cfg: cfg, now: cfg.Now,
-		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, ctx: loopCtx, cancel: cancel,
+		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, queues: map[string]*queue{}, ctx: loopCtx, cancel: cancel,
 	}
 	if err := s.reconcile(ctx); err != nil {
 		cancel()
@@ -101,9 +103,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cancel()
 		return nil, err
 	}
-	s.wg.Add(2)
+	s.refreshLimits(ctx)
+	s.wg.Add(3)
 	go s.reapLoop()
 	go s.livenessLoop()
+	go s.limitsLoop()
 	return s, nil
 }
 

@@ -13,16 +13,33 @@ import (
 	"github.com/devgpu/devgpu/sdk"
 )
 
+// createSession answers with the running session (201), or, for a
+// request that may wait, with a stream of sdk.SessionEvent lines: queue
+// progress, then the session or a problem.
 func (a *API) createSession(w http.ResponseWriter, r *http.Request, caller store.User) error {
 	var req sdk.CreateSessionRequest
 	if err := httpapi.Read(w, r, &req); err != nil {
 		return err
 	}
-	sess, err := a.s.createSession(r.Context(), caller, req)
-	if err != nil {
-		return err
+	if req.Wait <= 0 {
+		sess, err := a.s.createSession(r.Context(), caller, req, nil)
+		if err != nil {
+			return err
+		}
+		httpapi.Write(w, http.StatusCreated, toSDK(sess))
+		return nil
 	}
-	httpapi.Write(w, http.StatusCreated, toSDK(sess))
+	stream := httpapi.NewStream(w)
+	sess, err := a.s.createSession(r.Context(), caller, req, func(pos int, reason string) {
+		stream.Send(sdk.SessionEvent{Position: pos, Reason: reason})
+	})
+	if err != nil {
+		p := httpapi.ProblemFor(r, a.log, err)
+		stream.Send(sdk.SessionEvent{Problem: &p})
+		return nil
+	}
+	out := toSDK(sess)
+	stream.Send(sdk.SessionEvent{Session: &out})
 	return nil
 }
 
@@ -113,7 +130,7 @@ func (a *API) stopSession(w http.ResponseWriter, r *http.Request, caller store.U
 	if sess.UserID != caller.ID {
 		reason = sdk.ReasonAdmin
 	}
-	if err := a.s.endSession(r.Context(), sess.ID, reason, a.s.now()); err != nil {
+	if err := a.s.endSession(r.Context(), sess.ID, reason, caller.Name, a.s.now()); err != nil {
 		return err
 	}
 	sess, err = a.s.store.Session(r.Context(), sess.ID)

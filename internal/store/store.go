@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/devgpu/devgpu/sdk"
 )
 
 // Sentinel errors every engine maps its driver errors onto.
@@ -39,14 +41,34 @@ type Token struct {
 	RevokedAt time.Time // zero: not revoked
 }
 
-// Project is a unit of GPU policy.
+// Project is a unit of GPU policy. Settings holds only the project's own
+// values (stored as JSON); policy.Resolve adds the inherited ones.
 type Project struct {
-	ID          int64
-	Name        string
-	GPUEnabled  bool
-	DetachGrace time.Duration
-	CreatedAt   time.Time
-	UpdatedAt   time.Time
+	ID        int64
+	Name      string
+	Settings  sdk.ProjectSettings
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// AuditEvent is one entry of the append-only audit log. Before and After
+// are JSON documents (or empty).
+type AuditEvent struct {
+	ID      int64
+	At      time.Time
+	Actor   string // user name, or "system" for the control plane itself
+	Action  string // e.g. "project.update", "session.end"
+	Project string // project name, when the event concerns one
+	Target  string // what was acted on: a user name, a session id, a token prefix
+	Before  string
+	After   string
+}
+
+// AuditFilter selects audit events; zero fields match everything.
+type AuditFilter struct {
+	Project string
+	Since   time.Time // events at or after
+	Limit   int       // 0: no limit; newest are kept when limited
 }
 
 // Member roles.
@@ -120,7 +142,16 @@ type Store interface {
 	UserByID(ctx context.Context, id int64) (User, error)
 	ListUsers(ctx context.Context) ([]User, error)
 
+	// SetUserDisabled disables or re-enables a user; ErrNotFound if unknown.
+	SetUserDisabled(ctx context.Context, id int64, disabled bool) error
+
 	CreateToken(ctx context.Context, t *Token) error
+	// ListTokens returns the user's tokens, or everyone's for userID 0,
+	// ordered by id.
+	ListTokens(ctx context.Context, userID int64) ([]Token, error)
+	TokenByID(ctx context.Context, id int64) (Token, error)
+	// RevokeToken sets RevokedAt (once; revoking again keeps the first time).
+	RevokeToken(ctx context.Context, id int64, at time.Time) error
 	// TokenByHash returns the token with this hash and its user, whatever
 	// their state: the caller checks expiry, revocation and disabled users.
 	TokenByHash(ctx context.Context, hash []byte) (Token, User, error)
@@ -139,6 +170,16 @@ type Store interface {
 	// MemberRole returns ErrNotFound when the user is not a member.
 	MemberRole(ctx context.Context, projectID, userID int64) (string, error)
 	ListMembers(ctx context.Context, projectID int64) ([]Member, error)
+
+	// OrgPolicy returns the organisation policy; the zero policy when none
+	// was ever set.
+	OrgPolicy(ctx context.Context) (sdk.OrgPolicy, error)
+	SetOrgPolicy(ctx context.Context, p sdk.OrgPolicy) error
+
+	// AppendAudit adds an event and sets its ID. Events are never changed.
+	AppendAudit(ctx context.Context, e *AuditEvent) error
+	// ListAudit returns matching events, oldest first.
+	ListAudit(ctx context.Context, f AuditFilter) ([]AuditEvent, error)
 
 	// SyncGPUs makes the inventory equal to devices: new ones are added;
 	// free ones missing from devices are removed; reserved ones missing

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"time"
 
 	"github.com/devgpu/devgpu/internal/store"
 )
@@ -50,6 +51,18 @@ func (s *Store) ListUsers(ctx context.Context) ([]store.User, error) {
 	return us, s.wrap("list users", err)
 }
 
+// SetUserDisabled disables or re-enables the user.
+func (s *Store) SetUserDisabled(ctx context.Context, id int64, disabled bool) error {
+	err := s.write(ctx, func() error {
+		res, err := s.exec(ctx, `UPDATE users SET disabled = ? WHERE id = ?`, disabled, id)
+		if err != nil {
+			return err
+		}
+		return affected(res)
+	})
+	return s.wrap(fmt.Sprintf("set user %d disabled %t", id, disabled), err)
+}
+
 // CreateToken inserts t and sets its ID (and CreatedAt when zero).
 func (s *Store) CreateToken(ctx context.Context, t *store.Token) error {
 	if t.CreatedAt.IsZero() {
@@ -64,14 +77,57 @@ func (s *Store) CreateToken(ctx context.Context, t *store.Token) error {
 	return s.wrap(fmt.Sprintf("create token for user %d", t.UserID), err)
 }
 
+const tokenColumns = `t.id, t.user_id, t.name, t.prefix, t.hash, t.created_at, t.expires_at, t.revoked_at`
+
+func scanToken(t *store.Token) []any {
+	return []any{&t.ID, &t.UserID, &t.Name, &t.Prefix, &t.Hash,
+		timeCol{&t.CreatedAt}, timeCol{&t.ExpiresAt}, timeCol{&t.RevokedAt}}
+}
+
+// ListTokens returns the user's tokens, or everyone's for userID 0, by ID.
+func (s *Store) ListTokens(ctx context.Context, userID int64) ([]store.Token, error) {
+	q, args := `SELECT `+tokenColumns+` FROM tokens t`, []any{}
+	if userID != 0 {
+		q, args = q+` WHERE t.user_id = ?`, append(args, userID)
+	}
+	rows, err := s.query(ctx, q+` ORDER BY t.id`, args...)
+	ts, err := collect(rows, err, func(rows *sql.Rows) (t store.Token, err error) {
+		return t, rows.Scan(scanToken(&t)...)
+	})
+	return ts, s.wrap(fmt.Sprintf("list tokens of user %d", userID), err)
+}
+
+// TokenByID returns the token with this ID.
+func (s *Store) TokenByID(ctx context.Context, id int64) (store.Token, error) {
+	var t store.Token
+	err := s.queryRow(ctx, `SELECT `+tokenColumns+` FROM tokens t WHERE t.id = ?`, id).Scan(scanToken(&t)...)
+	return t, s.wrap(fmt.Sprintf("get token %d", id), err)
+}
+
+// RevokeToken revokes the token at at (a zero at means now), unless it
+// was revoked before: then it keeps its first revocation time.
+func (s *Store) RevokeToken(ctx context.Context, id int64, at time.Time) error {
+	if at.IsZero() {
+		at = time.Now()
+	}
+	err := s.write(ctx, func() error {
+		// Every engine counts the rows the WHERE matched, changed or not.
+		res, err := s.exec(ctx, `UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?`, dbTime(norm(at)), id)
+		if err != nil {
+			return err
+		}
+		return affected(res)
+	})
+	return s.wrap(fmt.Sprintf("revoke token %d", id), err)
+}
+
 // TokenByHash returns the token with this hash and its user.
 func (s *Store) TokenByHash(ctx context.Context, hash []byte) (store.Token, store.User, error) {
 	var t store.Token
 	var u store.User
-	err := s.queryRow(ctx, `SELECT t.id, t.user_id, t.name, t.prefix, t.hash, t.created_at, t.expires_at, t.revoked_at, `+userColumns+`
+	err := s.queryRow(ctx, `SELECT `+tokenColumns+`, `+userColumns+`
 		FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.hash = ?`, hash).
-		Scan(append([]any{&t.ID, &t.UserID, &t.Name, &t.Prefix, &t.Hash,
-			timeCol{&t.CreatedAt}, timeCol{&t.ExpiresAt}, timeCol{&t.RevokedAt}}, scanUser(&u)...)...)
+		Scan(append(scanToken(&t), scanUser(&u)...)...)
 	return t, u, s.wrap("get token", err)
 }
 

@@ -4,41 +4,56 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"time"
 
 	"github.com/devgpu/devgpu/internal/store"
 )
 
-const projectColumns = `id, name, gpu_enabled, detach_grace, created_at, updated_at`
+const projectColumns = `id, name, settings, created_at, updated_at`
 
 func scanProject(row interface{ Scan(...any) error }) (p store.Project, err error) {
-	var grace int64
-	err = row.Scan(&p.ID, &p.Name, &p.GPUEnabled, &grace, timeCol{&p.CreatedAt}, timeCol{&p.UpdatedAt})
-	p.DetachGrace = time.Duration(grace)
-	return p, err
+	var settings string
+	if err = row.Scan(&p.ID, &p.Name, &settings, timeCol{&p.CreatedAt}, timeCol{&p.UpdatedAt}); err != nil {
+		return p, err
+	}
+	if err = decodeJSON(settings, &p.Settings); err != nil {
+		return p, fmt.Errorf("project %s settings: %w", p.Name, err)
+	}
+	return p, nil
 }
 
-// CreateProject inserts p and sets its ID and times.
+// CreateProject inserts p and sets its ID and times. p.Settings becomes
+// what will read back (see encodeSettings).
 func (s *Store) CreateProject(ctx context.Context, p *store.Project) error {
+	action := "create project " + p.Name
+	settings, err := encodeSettings(&p.Settings)
+	if err != nil {
+		return fmt.Errorf("%s: %w", action, err)
+	}
 	if p.CreatedAt.IsZero() {
 		p.CreatedAt = now()
 	}
 	p.CreatedAt = norm(p.CreatedAt)
 	p.UpdatedAt = p.CreatedAt
-	err := s.write(ctx, func() error {
-		return s.queryRow(ctx, `INSERT INTO projects (name, gpu_enabled, detach_grace, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?) RETURNING id`,
-			p.Name, p.GPUEnabled, int64(p.DetachGrace), dbTime(p.CreatedAt), dbTime(p.UpdatedAt)).Scan(&p.ID)
+	err = s.write(ctx, func() error {
+		return s.queryRow(ctx, `INSERT INTO projects (name, settings, created_at, updated_at)
+			VALUES (?, ?, ?, ?) RETURNING id`,
+			p.Name, settings, dbTime(p.CreatedAt), dbTime(p.UpdatedAt)).Scan(&p.ID)
 	})
-	return s.wrap("create project "+p.Name, err)
+	return s.wrap(action, err)
 }
 
 // UpdateProject writes every field of p but CreatedAt, and sets UpdatedAt.
+// p.Settings becomes what will read back (see encodeSettings).
 func (s *Store) UpdateProject(ctx context.Context, p *store.Project) error {
+	action := "update project " + p.Name
+	settings, err := encodeSettings(&p.Settings)
+	if err != nil {
+		return fmt.Errorf("%s: %w", action, err)
+	}
 	at := now()
-	err := s.write(ctx, func() error {
-		res, err := s.exec(ctx, `UPDATE projects SET name = ?, gpu_enabled = ?, detach_grace = ?, updated_at = ? WHERE id = ?`,
-			p.Name, p.GPUEnabled, int64(p.DetachGrace), dbTime(at), p.ID)
+	err = s.write(ctx, func() error {
+		res, err := s.exec(ctx, `UPDATE projects SET name = ?, settings = ?, updated_at = ? WHERE id = ?`,
+			p.Name, settings, dbTime(at), p.ID)
 		if err != nil {
 			return err
 		}
@@ -47,7 +62,7 @@ func (s *Store) UpdateProject(ctx context.Context, p *store.Project) error {
 	if err == nil {
 		p.UpdatedAt = at
 	}
-	return s.wrap("update project "+p.Name, err)
+	return s.wrap(action, err)
 }
 
 // ProjectByName returns the project with this name.

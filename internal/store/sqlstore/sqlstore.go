@@ -4,8 +4,9 @@
 //
 // Queries are written with ? placeholders, and columns hold what both
 // engines read back the same way: times are unix microseconds in UTC (NULL
-// for the zero time), durations nanoseconds, and booleans SQLite's 0 and 1
-// or PostgreSQL's BOOLEAN, both scanned into bool.
+// for the zero time), durations nanoseconds, booleans SQLite's 0 and 1
+// or PostgreSQL's BOOLEAN, both scanned into bool, and settings and
+// policies JSON text written by encoding/json.
 package sqlstore
 
 import (

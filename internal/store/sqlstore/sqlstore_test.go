@@ -4,6 +4,8 @@ import (
 	"reflect"
 	"testing"
 	"testing/fstest"
+
+	"github.com/devgpu/devgpu/sdk"
 )
 
 func TestRebind(t *testing.T) {
@@ -51,5 +53,30 @@ func TestMigrations(t *testing.T) {
 		if err != nil || !reflect.DeepEqual(got, c.want) {
 			t.Errorf("%s: versions %v, %v; want %v", c.name, got, err, c.want)
 		}
+	}
+}
+
+func TestEncodeSettings(t *testing.T) {
+	empty, nilList := []string{}, []string(nil)
+	for _, c := range []struct {
+		in   sdk.ProjectSettings
+		want string
+	}{
+		{sdk.ProjectSettings{}, `{}`},
+		{sdk.ProjectSettings{GPUTypes: &empty}, `{"gpu_types":[]}`},
+		{sdk.ProjectSettings{GPUTypes: &nilList}, `{"gpu_types":[]}`},
+		{sdk.ProjectSettings{IdleTimeout: new(sdk.Duration)}, `{"idle_timeout":"0s"}`},
+	} {
+		ps := c.in
+		got, err := encodeSettings(&ps)
+		if err != nil || got != c.want {
+			t.Errorf("encodeSettings(%+v) = %s, %v; want %s", c.in, got, err, c.want)
+		}
+	}
+	if nilList != nil {
+		t.Errorf("encodeSettings changed the caller's list to %v", nilList)
+	}
+	if got, err := encodePolicy(sdk.OrgPolicy{}); err != nil || got != `{"defaults":{}}` {
+		t.Errorf("encodePolicy(zero) = %s, %v", got, err)
 	}
 }

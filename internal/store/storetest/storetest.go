@@ -28,10 +28,16 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		fn   func(t *testing.T, ctx context.Context, s store.Store)
 	}{
 		{"Users", testUsers},
+		{"SetUserDisabled", testSetUserDisabled},
 		{"Tokens", testTokens},
+		{"TokenAdmin", testTokenAdmin},
 		{"Projects", testProjects},
+		{"ProjectSettings", testProjectSettings},
 		{"DeleteProject", testDeleteProject},
 		{"Members", testMembers},
+		{"OrgPolicy", testOrgPolicy},
+		{"Audit", testAudit},
+		{"AuditOrder", testAuditOrder},
 		{"GPUs", testGPUs},
 		{"SyncGPUsRetires", testSyncGPUsRetires},
 		{"Sessions", testSessions},
@@ -121,7 +127,7 @@ func testTokens(t *testing.T, ctx context.Context, s store.Store) {
 }
 
 func testProjects(t *testing.T, ctx context.Context, s store.Store) {
-	ml := store.Project{Name: "ml", GPUEnabled: true, DetachGrace: 90 * time.Second}
+	ml := store.Project{Name: "ml", Settings: sdk.ProjectSettings{GPUEnabled: ptr(true), DetachGrace: ptr(sdk.Duration(90 * time.Second))}}
 	if err := s.CreateProject(ctx, &ml); err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +151,7 @@ func testProjects(t *testing.T, ctx context.Context, s store.Store) {
 
 	time.Sleep(time.Millisecond) // so that UpdatedAt moves
 	upd := ml
-	upd.Name, upd.GPUEnabled, upd.DetachGrace = "ml-research", false, 0
+	upd.Name, upd.Settings = "ml-research", sdk.ProjectSettings{GPUEnabled: ptr(false), MaxGPUs: ptr(4)}
 	if err := s.UpdateProject(ctx, &upd); err != nil {
 		t.Fatal(err)
 	}
@@ -794,7 +800,7 @@ func mustUser(t *testing.T, ctx context.Context, s store.Store, name string) sto
 
 func mustProject(t *testing.T, ctx context.Context, s store.Store, name string) store.Project {
 	t.Helper()
-	p := store.Project{Name: name, GPUEnabled: true}
+	p := store.Project{Name: name, Settings: sdk.ProjectSettings{GPUEnabled: ptr(true)}}
 	if err := s.CreateProject(ctx, &p); err != nil {
 		t.Fatal(err)
 	}

@@ -26,8 +26,7 @@ CREATE INDEX tokens_user_id ON tokens (user_id);
 CREATE TABLE projects (
 	id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	name         TEXT COLLATE "C" NOT NULL UNIQUE,
-	gpu_enabled  BOOLEAN NOT NULL,
-	detach_grace BIGINT NOT NULL,
+	settings     TEXT NOT NULL, -- sdk.ProjectSettings as JSON: only the project's own values
 	created_at   BIGINT NOT NULL,
 	updated_at   BIGINT NOT NULL
 );
@@ -85,3 +84,24 @@ CREATE TABLE session_gpus (
 	gpu_id     TEXT COLLATE "C" NOT NULL,
 	PRIMARY KEY (session_id, gpu_id)
 );
+
+-- The organisation policy (sdk.OrgPolicy as JSON), one row once set.
+CREATE TABLE org_policy (
+	id     INTEGER PRIMARY KEY CHECK (id = 1),
+	policy TEXT NOT NULL
+);
+
+-- The audit log, append-only. project is a name, not a reference: events
+-- outlive what they name. before and after are JSON documents, or ''.
+CREATE TABLE audit (
+	id      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	at      BIGINT NOT NULL,
+	actor   TEXT NOT NULL,
+	action  TEXT NOT NULL,
+	project TEXT COLLATE "C" NOT NULL,
+	target  TEXT NOT NULL,
+	before  TEXT NOT NULL,
+	after   TEXT NOT NULL
+);
+CREATE INDEX audit_at ON audit (at, id);
+CREATE INDEX audit_project ON audit (project, at, id);

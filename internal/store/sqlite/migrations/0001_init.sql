@@ -24,8 +24,7 @@ CREATE INDEX tokens_user_id ON tokens (user_id);
 CREATE TABLE projects (
 	id           INTEGER PRIMARY KEY AUTOINCREMENT,
 	name         TEXT NOT NULL UNIQUE,
-	gpu_enabled  INTEGER NOT NULL,
-	detach_grace INTEGER NOT NULL,
+	settings     TEXT NOT NULL, -- sdk.ProjectSettings as JSON: only the project's own values
 	created_at   INTEGER NOT NULL,
 	updated_at   INTEGER NOT NULL
 ) STRICT;
@@ -83,3 +82,24 @@ CREATE TABLE session_gpus (
 	gpu_id     TEXT NOT NULL,
 	PRIMARY KEY (session_id, gpu_id)
 ) STRICT;
+
+-- The organisation policy (sdk.OrgPolicy as JSON), one row once set.
+CREATE TABLE org_policy (
+	id     INTEGER PRIMARY KEY CHECK (id = 1),
+	policy TEXT NOT NULL
+) STRICT;
+
+-- The audit log, append-only. project is a name, not a reference: events
+-- outlive what they name. before and after are JSON documents, or ''.
+CREATE TABLE audit (
+	id      INTEGER PRIMARY KEY AUTOINCREMENT,
+	at      INTEGER NOT NULL,
+	actor   TEXT NOT NULL,
+	action  TEXT NOT NULL,
+	project TEXT NOT NULL,
+	target  TEXT NOT NULL,
+	before  TEXT NOT NULL,
+	after   TEXT NOT NULL
+) STRICT;
+CREATE INDEX audit_at ON audit (at, id);
+CREATE INDEX audit_project ON audit (project, at, id);

@@ -1,0 +1,122 @@
+package policy
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/devgpu/devgpu/sdk"
+)
+
+
+func TestResolve(t *testing.T) {
+	t.Parallel()
+	org := sdk.OrgPolicy{
+		Defaults: sdk.ProjectSettings{MaxGPUs: ptr(8), IdleTimeout: ptr(sdk.Duration(30 * time.Minute)), ShellMode: ptr(sdk.ModeShared)},
+		Locked:   []string{"idle_timeout"},
+	}
+	own := sdk.ProjectSettings{MaxGPUs: ptr(2), IdleTimeout: ptr(sdk.Duration(time.Hour)), GPUTypes: ptr([]string{"t4"})}
+	e := Resolve(org, own)
+	if e.MaxGPUs != 2 || e.Source["max_gpus"] != "project" {
+		t.Errorf("max_gpus = %d from %s, want the project's 2", e.MaxGPUs, e.Source["max_gpus"])
+	}
+	if e.IdleTimeout != 30*time.Minute || e.Source["idle_timeout"] != "org" {
+		t.Errorf("locked idle_timeout = %s from %s, want the org's 30m", e.IdleTimeout, e.Source["idle_timeout"])
+	}
+	if e.ShellMode != sdk.ModeShared || e.Source["shell_mode"] != "org" {
+		t.Errorf("shell_mode = %s from %s", e.ShellMode, e.Source["shell_mode"])
+	}
+	if e.DetachGrace != time.Minute || e.Source["detach_grace"] != "default" || !e.GPUEnabled {
+		t.Errorf("built-in defaults not applied: %+v", e)
+	}
+	if len(e.GPUTypes) != 1 || e.Egress.Mode != sdk.EgressAll {
+		t.Errorf("gpu types %v, egress %+v", e.GPUTypes, e.Egress)
+	}
+	desc := e.Describe(org)
+	if len(desc) != len(Names) || !desc["idle_timeout"].Locked || desc["max_gpus"].Source != "project" {
+		t.Errorf("Describe = %+v", desc)
+	}
+	if name, ok := LockedIn(org, own); !ok || name != "idle_timeout" {
+		t.Errorf("LockedIn = %q %v", name, ok)
+	}
+}
+
+func TestMergeUnsetSetIn(t *testing.T) {
+	t.Parallel()
+	s := Merge(sdk.ProjectSettings{MaxGPUs: ptr(1)}, sdk.ProjectSettings{MaxGPUsPerUser: ptr(1), MaxGPUs: ptr(3)})
+	if *s.MaxGPUs != 3 || *s.MaxGPUsPerUser != 1 {
+		t.Fatalf("Merge = %+v", s)
+	}
+	if got := strings.Join(SetIn(s), ","); got != "max_gpus,max_gpus_per_user" {
+		t.Fatalf("SetIn = %s", got)
+	}
+	s, err := Unset(s, []string{"max_gpus"})
+	if err != nil || s.MaxGPUs != nil || s.MaxGPUsPerUser == nil {
+		t.Fatalf("Unset = %+v, %v", s, err)
+	}
+	if _, err := Unset(s, []string{"nope"}); err == nil {
+		t.Fatal("Unset of an unknown setting succeeded")
+	}
+}
+
+func TestValidate(t *testing.T) {
+	t.Parallel()
+	good := []sdk.ProjectSettings{
+		{},
+		{MaxGPUs: ptr(0), ShellMode: ptr(sdk.ModeSpillover), GPUTypes: ptr([]string{"t4", "a100"})},
+		{Egress: &sdk.Egress{Mode: sdk.EgressAllowList, Allow: []string{"10.0.0.0/8", "pypi.org:443", "1.2.3.4", "[::1]:22", "fd00::/8"}}},
+		{Egress: &sdk.Egress{Mode: sdk.EgressNone}},
+	}
+	for _, s := range good {
+		if err := Validate(s); err != nil {
+			t.Errorf("Validate(%+v): %v", s, err)
+		}
+	}
+	bad := map[string]sdk.ProjectSettings{
+		"max_gpus is out of range":       {MaxGPUs: ptr(-1)},
+		"shell_mode is out of range":     {ShellMode: ptr("party")},
+		"idle_timeout is out of range":   {IdleTimeout: ptr(sdk.Duration(-time.Second))},
+		"gpu_types entry":                {GPUTypes: ptr([]string{"T4"})},
+		"needs at least one destination": {Egress: &sdk.Egress{Mode: sdk.EgressAllowList}},
+		"takes no destinations":          {Egress: &sdk.Egress{Mode: sdk.EgressNone, Allow: []string{"1.2.3.4"}}},
+		"invalid port":                   {Egress: &sdk.Egress{Mode: sdk.EgressAllowList, Allow: []string{"pypi.org:99999"}}},
+		"not a CIDR":                     {Egress: &sdk.Egress{Mode: sdk.EgressAllowList, Allow: []string{"bad host!"}}},
+		"egress mode":                    {Egress: &sdk.Egress{Mode: "some"}},
+	}
+	for want, s := range bad {
+		if err := Validate(s); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate(%+v) = %v, want an error containing %q", s, err, want)
+		}
+	}
+	if err := ValidateOrg(sdk.OrgPolicy{Locked: []string{"max_gpu"}}); err == nil {
+		t.Error("unknown locked setting accepted")
+	}
+	if err := ValidateOrg(sdk.OrgPolicy{Quotas: []sdk.Quota{{GPUType: "t4", Max: 1}, {GPUType: "t4", Max: 2}}}); err == nil {
+		t.Error("duplicate quota accepted")
+	}
+}
+
+// Settings travel as JSON (API and store): unset stays unset, empty lists
+// stay empty, durations read as strings.
+func TestSettingsJSON(t *testing.T) {
+	t.Parallel()
+	in := sdk.ProjectSettings{GPUTypes: ptr([]string{}), DetachGrace: ptr(sdk.Duration(90 * time.Second))}
+	b, _ := json.Marshal(in)
+	if string(b) != `{"gpu_types":[],"detach_grace":"1m30s"}` {
+		t.Fatalf("JSON = %s", b)
+	}
+	var out sdk.ProjectSettings
+	if err := json.Unmarshal(b, &out); err != nil || out.GPUTypes == nil || len(*out.GPUTypes) != 0 || out.MaxGPUs != nil {
+		t.Fatalf("round trip = %+v, %v", out, err)
+	}
+}
+
+func FuzzValidateEgress(f *testing.F) {
+	for _, s := range []string{"10.0.0.0/8", "pypi.org:443", "[::1]:22", ":", "a:b:c"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, dest string) {
+		_ = ValidateEgress(sdk.Egress{Mode: sdk.EgressAllowList, Allow: []string{dest}})
+	})
+}

@@ -1,0 +1,135 @@
+// Package inproc is a runtime for tests: each session's agent runs as a
+// goroutine of the calling process, serving a unix socket, instead of a
+// process of its own. The agent is the real one, so the runtime passes the
+// same conformance suite as the others; what it does not give is process
+// isolation, which tests of admission and lifecycle do not need, while
+// they start hundreds of sessions at almost no cost.
+package inproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/agent"
+	"github.com/devgpu/devgpu/internal/runtime"
+)
+
+var _ runtime.Runtime = (*Runtime)(nil)
+
+// Registry is the state runtimes share, as a host's processes are shared
+// by every control plane that runs on it. Runtimes made from one Registry
+// see the same sessions.
+type Registry struct {
+	dir      string
+	mu       sync.Mutex
+	sessions map[string]*session
+}
+
+type session struct {
+	cancel    context.CancelFunc
+	done      chan struct{}
+	startedAt time.Time
+}
+
+// NewRegistry keeps sockets in dir, which must be short (unix socket paths
+// are limited to about 100 bytes).
+func NewRegistry(dir string) *Registry {
+	return &Registry{dir: dir, sessions: map[string]*session{}}
+}
+
+// Runtime runs sessions as goroutines.
+type Runtime struct{ reg *Registry }
+
+// New returns a runtime over the registry's sessions.
+func New(reg *Registry) *Runtime { return &Runtime{reg: reg} }
+
+// Name implements runtime.Runtime.
+func (r *Runtime) Name() string { return "inproc" }
+
+func (r *Runtime) socket(id string) string { return filepath.Join(r.reg.dir, id+".sock") }
+
+// Start implements runtime.Runtime.
+func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) error {
+	r.reg.mu.Lock()
+	_, exists := r.reg.sessions[spec.SessionID]
+	r.reg.mu.Unlock()
+	if exists {
+		return fmt.Errorf("inproc runtime: session %s exists", spec.SessionID)
+	}
+	ln, err := net.Listen("unix", r.socket(spec.SessionID))
+	if err != nil {
+		return fmt.Errorf("inproc runtime: %w", err)
+	}
+	env := os.Environ()
+	for k, v := range runtime.SessionEnv(spec) {
+		env = append(env, k+"="+v)
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	s := &session{cancel: cancel, done: make(chan struct{}), startedAt: time.Now()}
+	r.reg.mu.Lock()
+	r.reg.sessions[spec.SessionID] = s
+	r.reg.mu.Unlock()
+	go func() {
+		defer close(s.done)
+		_ = agent.Serve(sctx, ln, agent.Config{Secret: spec.AgentSecret, Env: env, IdleExit: spec.IdleExit})
+		r.reg.mu.Lock()
+		if r.reg.sessions[spec.SessionID] == s {
+			delete(r.reg.sessions, spec.SessionID)
+		}
+		r.reg.mu.Unlock()
+		_ = os.Remove(r.socket(spec.SessionID))
+	}()
+	return nil
+}
+
+// Connect implements runtime.Runtime.
+func (r *Runtime) Connect(ctx context.Context, id string) (net.Conn, error) {
+	r.reg.mu.Lock()
+	_, ok := r.reg.sessions[id]
+	r.reg.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("connect to session %s: %w", id, runtime.ErrNotFound)
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", r.socket(id))
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("connect to session %s: %w", id, runtime.ErrNotFound), err)
+	}
+	return conn, nil
+}
+
+// Stop implements runtime.Runtime: the agent kills what it started.
+func (r *Runtime) Stop(ctx context.Context, id string) error {
+	r.reg.mu.Lock()
+	s := r.reg.sessions[id]
+	r.reg.mu.Unlock()
+	if s == nil {
+		return nil
+	}
+	s.cancel()
+	select {
+	case <-s.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// List implements runtime.Runtime.
+func (r *Runtime) List(ctx context.Context) ([]runtime.Instance, error) {
+	r.reg.mu.Lock()
+	sessions := maps.Clone(r.reg.sessions)
+	r.reg.mu.Unlock()
+	out := make([]runtime.Instance, 0, len(sessions))
+	for id, s := range sessions {
+		out = append(out, runtime.Instance{SessionID: id, StartedAt: s.startedAt})
+	}
+	return out, nil
+}

@@ -1,0 +1,280 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/admission"
+	"github.com/devgpu/devgpu/internal/authz"
+	"github.com/devgpu/devgpu/internal/httpapi"
+	"github.com/devgpu/devgpu/internal/policy"
+	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// maxWait bounds --wait, so that a forgotten request does not wait forever.
+const maxWait = 24 * time.Hour
+
+// progressFunc hears a waiting request's queue position and the reason it
+// waits, each time either changes.
+type progressFunc func(position int, reason string)
+
+// createSession admits the request (or queues it, with req.Wait), starts
+// the session in the runtime and returns it running. Under the shared and
+// spillover shell modes it may return one of the caller's running
+// sessions to attach to instead.
+func (s *Server) createSession(ctx context.Context, caller store.User, req sdk.CreateSessionRequest, progress progressFunc) (store.Session, error) {
+	if req.Project == "" {
+		req.Project = "default"
+	}
+	wait := time.Duration(req.Wait)
+	if wait < 0 || wait > maxWait {
+		return store.Session{}, httpapi.Errorf(http.StatusBadRequest, "wait %s is out of range; give a duration up to %s", wait, maxWait)
+	}
+	sess, d, err := s.admit(ctx, caller, req, false)
+	if err == nil && d.Outcome == admission.Refuse && d.Queueable && wait > 0 {
+		sess, d, err = s.waitInQueue(ctx, caller, req, wait, progress)
+	}
+	switch {
+	case err != nil:
+		return store.Session{}, err
+	case d.Outcome == admission.Refuse:
+		return store.Session{}, &httpapi.Error{Status: refusalStatus(d.Reason), Msg: d.Message}
+	case d.Outcome == admission.Join:
+		return s.joinable(ctx, d.Session)
+	}
+	return s.start(ctx, sess)
+}
+
+// admit decides in one transaction and, when admitted, reserves the GPUs
+// and records the session as starting. Unless asHead, a request whose
+// project has others waiting queues behind them instead of overtaking.
+func (s *Server) admit(ctx context.Context, caller store.User, req sdk.CreateSessionRequest, asHead bool) (store.Session, admission.Decision, error) {
+	var sess store.Session
+	var d admission.Decision
+	err := s.store.InTx(ctx, func(tx store.Store) error {
+		p, role, err := s.projectFor(ctx, tx, caller, req.Project)
+		if err != nil {
+			return err
+		}
+		if authz.UseProject(callerOf(caller), role) != authz.Allowed {
+			return errProjectNotFound(req.Project)
+		}
+		org, err := tx.OrgPolicy(ctx)
+		if err != nil {
+			return err
+		}
+		eff := policy.Resolve(org, p.Settings)
+		snap, err := s.snapshot(ctx, tx, p, caller, eff, org)
+		if err != nil {
+			return err
+		}
+		d = admission.Decide(admission.Request{Project: p.Name, User: caller.Name, GPUType: req.GPUType, Region: req.Region, Image: req.Image}, snap)
+		if d.Outcome == admission.Admit && !asHead {
+			if n := s.queueLength(p.Name); n > 0 {
+				d = admission.Decision{Outcome: admission.Refuse, Reason: admission.ReasonCapacity, Queueable: true,
+					Message: fmt.Sprintf("%d requests are waiting for GPUs in project %s; wait your turn with --wait", n, p.Name)}
+			}
+		}
+		if d.Outcome != admission.Admit {
+			return nil
+		}
+		sess = store.Session{
+			ID: newSessionID(), ProjectID: p.ID, Project: p.Name, UserID: caller.ID, User: caller.Name,
+			State: sdk.StateStarting, AgentSecret: randomHex(32), CreatedAt: s.now(),
+			GPUType: d.GPUType, Region: d.Region, DetachGrace: eff.DetachGrace,
+		}
+		if sess.GPUs, err = tx.ReserveGPUs(ctx, sess.ID, d.GPUType, d.Region, 1); err != nil {
+			return err
+		}
+		if err := tx.CreateSession(ctx, &sess); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, caller.Name, "session.start", p.Name, sess.ID, nil,
+			map[string]any{"gpu_type": sess.GPUType, "region": sess.Region, "gpus": sess.GPUs, "image": d.Image})
+	})
+	if err == nil && d.Outcome == admission.Refuse {
+		s.log.Info("session refused", "project", req.Project, "user", caller.Name, "reason", d.Reason)
+	}
+	return sess, d, err
+}
+
+// snapshot reads the usage that admission decides on. The transaction
+// serialises with every other admission, so it cannot change underneath.
+func (s *Server) snapshot(ctx context.Context, tx store.Store, p store.Project, caller store.User, eff policy.Effective, org sdk.OrgPolicy) (admission.Snapshot, error) {
+	gpus, err := tx.ListGPUs(ctx)
+	if err != nil {
+		return admission.Snapshot{}, err
+	}
+	active, err := tx.ListSessions(ctx, store.SessionFilter{ActiveOnly: true})
+	if err != nil {
+		return admission.Snapshot{}, err
+	}
+	snap := admission.Snapshot{Policy: eff, Quotas: org.Quotas, Pools: pools(gpus), InUse: map[string]map[string]int{}}
+	for _, a := range active {
+		n := len(a.GPUs)
+		if snap.InUse[a.GPUType] == nil {
+			snap.InUse[a.GPUType] = map[string]int{}
+		}
+		snap.InUse[a.GPUType][a.Region] += n
+		if a.ProjectID != p.ID {
+			continue
+		}
+		snap.ProjectGPUs += n
+		if a.UserID == caller.ID {
+			snap.UserGPUs += n
+			if a.State == sdk.StateRunning || a.State == sdk.StateStarting {
+				snap.UserSessions = append(snap.UserSessions, admission.UserSession{ID: a.ID, GPUs: n, Attachments: s.attachments(a.ID)})
+			}
+		}
+	}
+	return snap, nil
+}
+
+func (s *Server) attachments(id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l := s.live[id]; l != nil {
+		return l.attachments
+	}
+	return 0
+}
+
+// start starts an admitted session in the runtime and marks it running.
+func (s *Server) start(ctx context.Context, sess store.Session) (store.Session, error) {
+	log := s.log.With("session_id", sess.ID, "project", sess.Project, "user", sess.User)
+	log.Info("session starting", "gpu_type", sess.GPUType, "gpus", strings.Join(sess.GPUs, ","))
+	spec := runtime.Spec{
+		SessionID: sess.ID, Project: sess.Project, User: sess.User,
+		GPUType: sess.GPUType, GPUs: sess.GPUs, AgentSecret: sess.AgentSecret,
+		IdleExit: sess.DetachGrace + agentIdleExitMargin,
+	}
+	if err := s.rt.Start(ctx, spec); err != nil {
+		log.Error("session failed to start", "err", err)
+		if endErr := s.recordEnd(context.WithoutCancel(ctx), sess.ID, sdk.StateFailed, sdk.ReasonError, "system", s.now()); endErr != nil {
+			log.Error("record failed session", "err", endErr)
+		}
+		return store.Session{}, &httpapi.Error{Status: http.StatusBadGateway,
+			Msg: "the session could not be started; an administrator can find the cause in the server log", Err: err}
+	}
+	now := s.now()
+	s.mu.Lock()
+	s.live[sess.ID] = &liveSession{
+		projectID: sess.ProjectID, gpus: sess.GPUs, secret: sess.AgentSecret,
+		detachedAt: now, grace: sess.DetachGrace, lastSeen: now, startedAt: now,
+	}
+	s.mu.Unlock()
+	s.refreshLimits(context.WithoutCancel(ctx))
+	err := s.updateSession(context.WithoutCancel(ctx), sess.ID, func(ss *store.Session) {
+		ss.State, ss.StartedAt, ss.DetachedAt, ss.LastSeenAt = sdk.StateRunning, now, now, now
+	})
+	if err != nil {
+		return store.Session{}, err
+	}
+	s.kickQueues() // a joinable session may now be running
+	log.Info("session running", "start_ms", now.Sub(sess.CreatedAt).Milliseconds())
+	return s.store.Session(ctx, sess.ID)
+}
+
+// joinable waits until a session chosen to join is running (it may still
+// be starting for another shell) and returns it.
+func (s *Server) joinable(ctx context.Context, id string) (store.Session, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		sess, err := s.store.Session(ctx, id)
+		if err != nil {
+			return store.Session{}, err
+		}
+		switch {
+		case sess.State == sdk.StateRunning && s.attachable(id):
+			return sess, nil
+		case sess.State == sdk.StateEnded || sess.State == sdk.StateFailed:
+			return store.Session{}, errSessionNotRunning(id)
+		}
+		select {
+		case <-ctx.Done():
+			return store.Session{}, errSessionNotRunning(id)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func (s *Server) attachable(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.live[id]
+	return l != nil && !l.ending
+}
+
+// waitInQueue queues the request FIFO in its project until it is admitted,
+// refused for a reason waiting cannot fix, or gives up. Its place in the
+// queue is all it holds: giving up leaves nothing behind.
+func (s *Server) waitInQueue(ctx context.Context, caller store.User, req sdk.CreateSessionRequest, wait time.Duration, progress progressFunc) (store.Session, admission.Decision, error) {
+	w := s.enqueue(req.Project)
+	defer s.dequeue(w)
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	lastPos, lastReason := 0, ""
+	reason := ""
+	for {
+		pos := s.position(w)
+		if pos == 1 {
+			sess, d, err := s.admit(ctx, caller, req, true)
+			if err != nil || d.Outcome != admission.Refuse || !d.Queueable {
+				return sess, d, err
+			}
+			reason = d.Message
+			s.setQueueReason(req.Project, reason)
+		} else {
+			reason = fmt.Sprintf("%d requests ahead of yours; %s", pos-1, s.queueReason(req.Project))
+		}
+		if progress != nil && (pos != lastPos || reason != lastReason) {
+			progress(pos, reason)
+			lastPos, lastReason = pos, reason
+		}
+		select {
+		case <-w.kick:
+		case <-deadline.C:
+			return store.Session{}, admission.Decision{}, httpapi.Errorf(http.StatusConflict,
+				"gave up after waiting %s: %s", wait, reason)
+		case <-ctx.Done():
+			return store.Session{}, admission.Decision{}, ctx.Err()
+		}
+	}
+}
+
+func refusalStatus(reason string) int {
+	switch reason {
+	case admission.ReasonGPUDisabled, admission.ReasonTypeForbidden, admission.ReasonImage, admission.ReasonBudget:
+		return http.StatusForbidden
+	case admission.ReasonUnknownGPU:
+		return http.StatusBadRequest
+	default:
+		return http.StatusConflict
+	}
+}
+
+func pools(gpus []store.GPU) []admission.Pool {
+	var out []admission.Pool
+	index := map[[2]string]int{}
+	for _, g := range gpus {
+		k := [2]string{g.Type, g.Region}
+		i, ok := index[k]
+		if !ok {
+			i = len(out)
+			index[k] = i
+			out = append(out, admission.Pool{Type: g.Type, Region: g.Region})
+		}
+		out[i].Total++
+		if g.SessionID == "" {
+			out[i].Free++
+		}
+	}
+	return out
+}
+

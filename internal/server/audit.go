@@ -1,0 +1,76 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/authz"
+	"github.com/devgpu/devgpu/internal/httpapi"
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// audit appends an event in the caller's transaction, so the change and
+// its record commit or roll back together. before and after are encoded
+// as JSON; nil leaves them empty.
+func (s *Server) audit(ctx context.Context, tx store.Store, actor, action, project, target string, before, after any) error {
+	e := store.AuditEvent{At: s.now(), Actor: actor, Action: action, Project: project, Target: target,
+		Before: jsonText(before), After: jsonText(after)}
+	return tx.AppendAudit(ctx, &e)
+}
+
+func jsonText(v any) string {
+	if v == nil {
+		return ""
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
+// listAudit: organisation admins read everything; a project's admins read
+// their project's events (and must name it).
+func (a *API) listAudit(w http.ResponseWriter, r *http.Request, caller store.User) error {
+	f := store.AuditFilter{Project: r.URL.Query().Get("project"), Limit: 10000}
+	if v := r.URL.Query().Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return httpapi.Errorf(http.StatusBadRequest, "since=%q is not an RFC 3339 time such as 2026-11-26T09:00:00Z", v)
+		}
+		f.Since = t
+	}
+	if !caller.OrgAdmin {
+		if f.Project == "" {
+			return httpapi.Errorf(http.StatusForbidden, "only organisation admins can read the whole audit log; name a project you administer with --project")
+		}
+		_, role, err := a.s.projectFor(r.Context(), a.s.store, caller, f.Project)
+		if err != nil {
+			return err
+		}
+		if err := decide(authz.ManageProject(callerOf(caller), role), "only the project's admins can read its audit log", errProjectNotFound(f.Project)); err != nil {
+			return err
+		}
+	}
+	events, err := a.s.store.ListAudit(r.Context(), f)
+	if err != nil {
+		return err
+	}
+	out := make([]sdk.AuditEvent, 0, len(events))
+	for _, e := range events {
+		out = append(out, sdk.AuditEvent{ID: e.ID, At: e.At.UTC(), Actor: e.Actor, Action: e.Action,
+			Project: e.Project, Target: e.Target, Before: rawJSON(e.Before), After: rawJSON(e.After)})
+	}
+	httpapi.Write(w, http.StatusOK, out)
+	return nil
+}
+
+func rawJSON(s string) any {
+	if s == "" {
+		return nil
+	}
+	return json.RawMessage(s)
+}

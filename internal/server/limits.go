@@ -1,0 +1,220 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/agent"
+	"github.com/devgpu/devgpu/internal/gpu"
+	"github.com/devgpu/devgpu/internal/policy"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// maxWarningLead is how long before an idle or lifetime end the user is
+// warned in their shell; short limits (as in tests) warn at half-time.
+const maxWarningLead = time.Minute
+
+func warningLead(limit time.Duration) time.Duration {
+	return min(maxWarningLead, limit/2)
+}
+
+// refreshLimits copies the idle timeout and max lifetime of each running
+// session's project into memory. It runs when a session starts and when a
+// project's or the organisation's policy changes, so that changed limits
+// apply to running sessions too.
+func (s *Server) refreshLimits(ctx context.Context) {
+	org, err := s.store.OrgPolicy(ctx)
+	if err != nil {
+		s.log.Error("read org policy", "err", err)
+		return
+	}
+	projects, err := s.store.ListProjects(ctx)
+	if err != nil {
+		s.log.Error("list projects", "err", err)
+		return
+	}
+	eff := map[int64]policy.Effective{}
+	for _, p := range projects {
+		eff[p.ID] = policy.Resolve(org, p.Settings)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.live {
+		e := eff[l.projectID]
+		if l.idleTimeout != e.IdleTimeout {
+			l.idleTimeout, l.warnedIdle = e.IdleTimeout, false
+		}
+		if l.maxLifetime != e.MaxLifetime {
+			l.maxLifetime, l.warnedLifetime = e.MaxLifetime, false
+		}
+	}
+}
+
+// limitCheckInterval is how often idle and lifetime limits are checked.
+const limitCheckInterval = 500 * time.Millisecond
+
+// limitsLoop ends sessions past their max lifetime or idle timeout, and
+// warns in their shells before it does.
+func (s *Server) limitsLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(limitCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.checkLimits(s.ctx)
+	}
+}
+
+type limitCheck struct {
+	id          string
+	l           *liveSession
+	idleTimeout time.Duration
+	maxLifetime time.Duration
+	startedAt   time.Time
+}
+
+func (s *Server) checkLimits(ctx context.Context) {
+	var checks []limitCheck
+	s.mu.Lock()
+	for id, l := range s.live {
+		if !l.ending && (l.idleTimeout > 0 || l.maxLifetime > 0) {
+			checks = append(checks, limitCheck{id, l, l.idleTimeout, l.maxLifetime, l.startedAt})
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range checks {
+		now := s.now()
+		if c.maxLifetime > 0 {
+			left := c.startedAt.Add(c.maxLifetime).Sub(now)
+			if left <= 0 {
+				s.endForLimit(ctx, c.id, sdk.ReasonLifetime, now)
+				continue
+			}
+			if left <= warningLead(c.maxLifetime) && s.firstWarning(c.l, &c.l.warnedLifetime) {
+				s.notice(ctx, c.id, c.l, fmt.Sprintf("this session reaches its maximum lifetime of %s in %s and will end then", c.maxLifetime, left.Round(time.Second)))
+			}
+		}
+		if c.idleTimeout > 0 {
+			s.checkIdle(ctx, c, now)
+		}
+	}
+}
+
+func (s *Server) checkIdle(ctx context.Context, c limitCheck, now time.Time) {
+	ctl, err := s.control(ctx, c.id, c.l)
+	if err != nil {
+		s.log.Warn("read session activity", "session_id", c.id, "err", err)
+		return
+	}
+	last, err := ctl.LastActivity(ctx)
+	if err != nil {
+		s.dropControl(c.l)
+		s.log.Warn("read session activity", "session_id", c.id, "err", err)
+		return
+	}
+	idle := now.Sub(last)
+	lead := warningLead(c.idleTimeout)
+	if idle < c.idleTimeout-lead {
+		s.mu.Lock()
+		c.l.warnedIdle = false
+		s.mu.Unlock()
+		return
+	}
+	// Work on the GPU counts as activity even when the shell is quiet.
+	if busy, err := gpu.Busy(c.l.gpus); busy {
+		return
+	} else if err != nil {
+		s.log.Debug("read GPU utilisation", "session_id", c.id, "err", err)
+	}
+	if idle >= c.idleTimeout {
+		s.endForLimit(ctx, c.id, sdk.ReasonIdle, now)
+		return
+	}
+	if s.firstWarning(c.l, &c.l.warnedIdle) {
+		s.notice(ctx, c.id, c.l, fmt.Sprintf("this session has been idle for %s and will end in %s unless you use it (idle timeout %s)",
+			idle.Round(time.Second), (c.idleTimeout - idle).Round(time.Second), c.idleTimeout))
+	}
+}
+
+// firstWarning reports whether a warning is due, marking it shown.
+func (s *Server) firstWarning(l *liveSession, warned *bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if *warned {
+		return false
+	}
+	*warned = true
+	return true
+}
+
+func (s *Server) endForLimit(ctx context.Context, id, reason string, at time.Time) {
+	if l := s.liveSession(id); l != nil {
+		s.notice(ctx, id, l, "this session is ending: "+map[string]string{sdk.ReasonIdle: "idle timeout", sdk.ReasonLifetime: "maximum lifetime"}[reason])
+	}
+	if err := s.endSession(ctx, id, reason, "system", at); err != nil {
+		s.log.Error("end session for a limit", "session_id", id, "reason", reason, "err", err)
+	}
+}
+
+func (s *Server) liveSession(id string) *liveSession {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.live[id]
+}
+
+// notice shows msg in every shell of the session; failures only log.
+func (s *Server) notice(ctx context.Context, id string, l *liveSession, msg string) {
+	ctl, err := s.control(ctx, id, l)
+	if err == nil {
+		nctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err = ctl.Notice(nctx, msg)
+		cancel()
+	}
+	if err != nil {
+		s.log.Warn("notify session", "session_id", id, "err", err)
+		return
+	}
+	s.log.Info("session notified", "session_id", id, "notice", msg)
+}
+
+// control returns the session's control connection, opening it on first use.
+func (s *Server) control(ctx context.Context, id string, l *liveSession) (*agent.Control, error) {
+	s.mu.Lock()
+	ctl := l.ctl
+	s.mu.Unlock()
+	if ctl != nil {
+		return ctl, nil
+	}
+	conn, err := s.rt.Connect(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	ctl, err = agent.DialControl(conn, l.secret)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l.ctl != nil { // another caller won the race
+		ctl.Close()
+		return l.ctl, nil
+	}
+	l.ctl = ctl
+	return ctl, nil
+}
+
+func (s *Server) dropControl(l *liveSession) {
+	s.mu.Lock()
+	ctl := l.ctl
+	l.ctl = nil
+	s.mu.Unlock()
+	if ctl != nil {
+		ctl.Close()
+	}
+}

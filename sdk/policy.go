@@ -1,0 +1,64 @@
+package sdk
+
+// Shell modes.
+const (
+	ModeDedicated = "dedicated" // a new session and GPU per shell
+	ModeShared    = "shared"    // all of a user's shells in the project share one session
+	ModeSpillover = "spillover" // dedicated up to the user's cap, then join the least-loaded one
+)
+
+// Egress modes.
+const (
+	EgressNone      = "none"
+	EgressAllowList = "allow-list"
+	EgressAll       = "all"
+)
+
+// Egress is a session network policy. Allow holds CIDRs, IP addresses or
+// host names, each with an optional :port, for the allow-list mode.
+type Egress struct {
+	Mode  string   `json:"mode"`
+	Allow []string `json:"allow,omitempty"`
+}
+
+// ProjectSettings are a project's own settings, or the organisation's
+// defaults. An absent (nil) field is not set and inherits. Counts and
+// durations of 0 mean "no limit"; empty lists mean "any".
+type ProjectSettings struct {
+	GPUEnabled     *bool     `json:"gpu_enabled,omitempty"`
+	MaxGPUs        *int      `json:"max_gpus,omitempty"`
+	MaxGPUsPerUser *int      `json:"max_gpus_per_user,omitempty"`
+	GPUTypes       *[]string `json:"gpu_types,omitempty"`
+	Regions        *[]string `json:"regions,omitempty"`
+	DefaultImage   *string   `json:"default_image,omitempty"`
+	Images         *[]string `json:"images,omitempty"`
+	ShellMode      *string   `json:"shell_mode,omitempty"`
+	IdleTimeout    *Duration `json:"idle_timeout,omitempty"`
+	MaxLifetime    *Duration `json:"max_lifetime,omitempty"`
+	DetachGrace    *Duration `json:"detach_grace,omitempty"`
+	Egress         *Egress   `json:"egress,omitempty"`
+}
+
+// Quota caps concurrent GPUs of one type (and optionally one region)
+// across the organisation: the "subscription quota".
+type Quota struct {
+	GPUType string `json:"gpu_type"`
+	Region  string `json:"region,omitempty"`
+	Max     int    `json:"max"`
+}
+
+// OrgPolicy is the organisation policy: defaults for projects, which
+// settings projects may not change, and the GPU quotas.
+type OrgPolicy struct {
+	Defaults ProjectSettings `json:"defaults"`
+	Locked   []string        `json:"locked,omitempty"`
+	Quotas   []Quota         `json:"quotas,omitempty"`
+}
+
+// Setting is one effective setting with where its value comes from:
+// "project", "org" or "default".
+type Setting struct {
+	Value  any    `json:"value"`
+	Source string `json:"source"`
+	Locked bool   `json:"locked,omitempty"`
+}
