@@ -102,7 +102,10 @@ func TestRun(t *testing.T) {
 	if r.stdout != "out-t4\n" || r.stderr != "err\n" || r.code != 42 {
 		t.Fatalf("run = %+v", r)
 	}
-	r = e.cli("run", "sh", "-c", "'kill -TERM $$'")
+	if r = e.cli("run", "--", "sh", "-c", "exit 3"); r.code != 3 {
+		t.Fatalf("several words keep their arguments: exit %d, want 3 (%+v)", r.code, r)
+	}
+	r = e.cli("run", "sh", "-c", "kill -TERM $$")
 	if r.code != 128+int(syscall.SIGTERM) {
 		t.Fatalf("command killed by SIGTERM: exit %d, want %d (%+v)", r.code, 128+int(syscall.SIGTERM), r)
 	}

@@ -72,8 +72,11 @@ func newRunCmd() *cobra.Command {
 		Short: "Run a command in a new GPU session and pass its exit status through",
 		Long: `Run a command in a new session with its own GPU, then end the session.
 Standard output and error stay apart and the command's exit status is devgpu's.
-As with ssh, the words of the command are joined with spaces and run by the
-session's shell.`,
+
+Several words run as that command and its arguments, exactly as given
+(devgpu run -- sh -c 'exit 3' exits 3). A single word is a command line for
+the session's shell, so devgpu run -- 'echo $CUDA_VISIBLE_DEVICES' expands
+inside the session.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			conn, _, err := openSession(cmd.Context(), f, false)
@@ -81,7 +84,7 @@ session's shell.`,
 				return err
 			}
 			defer conn.Close()
-			return runCommand(conn, strings.Join(args, " "))
+			return runCommand(conn, commandLine(args))
 		},
 	}
 	// Everything after the command's first word belongs to the command.
@@ -229,6 +232,28 @@ func runShell(conn *sessionConn, sess sdk.Session) error {
 		return fmt.Errorf("start a shell in session %s: %w", sess.ID, err)
 	}
 	return exitFrom(s.Wait())
+}
+
+// commandLine turns run's arguments into the line the session's shell
+// runs: one argument is a command line as it is; several are quoted so
+// the command gets them exactly as given.
+func commandLine(args []string) string {
+	if len(args) == 1 {
+		return args[0]
+	}
+	quoted := make([]string, len(args))
+	for i, a := range args {
+		quoted[i] = shellQuote(a)
+	}
+	return strings.Join(quoted, " ")
+}
+
+// shellQuote quotes s for a POSIX shell, leaving plain words alone.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:=@%+,") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // runCommand runs one command with stdout and stderr apart, forwarding

@@ -9,7 +9,6 @@ import (
 	"github.com/devgpu/devgpu/sdk"
 )
 
-
 func TestResolve(t *testing.T) {
 	t.Parallel()
 	org := sdk.OrgPolicy{

@@ -277,4 +277,3 @@ func pools(gpus []store.GPU) []admission.Pool {
 	}
 	return out
 }
-

@@ -137,7 +137,7 @@ func (s *Server) checkIdle(ctx context.Context, c limitCheck, now time.Time) {
 	}
 	if s.firstWarning(c.l, &c.l.warnedIdle) {
 		s.notice(ctx, c.id, c.l, fmt.Sprintf("this session has been idle for %s and will end in %s unless you use it (idle timeout %s)",
-			idle.Round(time.Second), (c.idleTimeout - idle).Round(time.Second), c.idleTimeout))
+			idle.Round(time.Second), (c.idleTimeout-idle).Round(time.Second), c.idleTimeout))
 	}
 }
 

@@ -1,0 +1,258 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"sort"
+	"strings"
+)
+
+// Measurement names: the contract between compare.sh, which records them,
+// and the report, which compares them.
+const (
+	devgpuRunTrue     = "devgpu_run_true"
+	sshTrue           = "ssh_true"
+	srunTrue          = "srun_true"
+	devgpuShellPrompt = "devgpu_shell_prompt"
+	srunPtyPrompt     = "srun_pty_prompt"
+	sshPtyPrompt      = "ssh_pty_prompt"
+	devgpuKeystroke   = "devgpu_shell_keystroke"
+	sshKeystroke      = "ssh_keystroke"
+	srunKeystroke     = "srun_keystroke"
+	devgpuConcurrent  = "devgpu_run_wait_concurrent"
+	srunConcurrent    = "srun_concurrent"
+	devgpuBulk        = "devgpu_run_bulk"
+	sshBulk           = "ssh_bulk"
+)
+
+// order is how the measurements table lists what it knows; others follow by name.
+var order = []string{
+	devgpuRunTrue, srunTrue, sshTrue,
+	devgpuShellPrompt, srunPtyPrompt, sshPtyPrompt,
+	devgpuKeystroke, sshKeystroke, srunKeystroke,
+	devgpuConcurrent, srunConcurrent,
+	devgpuBulk, sshBulk,
+}
+
+// metric picks the number a target compares, and whether more is better.
+type metric struct {
+	label  string
+	value  func(Result) float64
+	unit   string
+	higher bool
+}
+
+var (
+	medianMS   = metric{label: "median", value: func(r Result) float64 { return r.MedianMS }, unit: "ms"}
+	p99MS      = metric{label: "p99", value: func(r Result) float64 { return r.P99MS }, unit: "ms"}
+	jobsPerSec = metric{label: "jobs/s", value: func(r Result) float64 { return r.JobsPerSec }, unit: "jobs/s", higher: true}
+	streamMBps = metric{label: "MB/s", value: func(r Result) float64 { return r.StreamBytesPerSec / 1e6 }, unit: "MB/s", higher: true}
+)
+
+// target is one row of the DESIGN.md performance targets: subject's metric
+// divided by peer's must be at most (or, when the metric is higher-better,
+// at least) limit. An absolute target bounds subject's metric itself; its
+// peer, if any, is shown for comparison.
+type target struct {
+	what     string
+	subject  string
+	peer     string
+	metric   metric
+	limit    float64
+	absolute bool
+}
+
+// targets are the rows of "Performance targets" in DESIGN.md that a
+// side-by-side run can check.
+var targets = []target{
+	{what: "`devgpu run -- true` vs `srun --gres=gpu:t4:1 true`", subject: devgpuRunTrue, peer: srunTrue, metric: medianMS, limit: 0.8},
+	{what: "`devgpu run -- true` vs `ssh host true`", subject: devgpuRunTrue, peer: sshTrue, metric: medianMS, limit: 0.25},
+	{what: "time to a prompt, `devgpu shell` vs `srun --pty bash`", subject: devgpuShellPrompt, peer: srunPtyPrompt, metric: medianMS, limit: 0.8},
+	{what: "200 × `run --wait -- true`, 16 submitters, vs srun", subject: devgpuConcurrent, peer: srunConcurrent, metric: jobsPerSec, limit: 5},
+	{what: "bulk output, 1 GiB, vs OpenSSH", subject: devgpuBulk, peer: sshBulk, metric: streamMBps, limit: 1.0},
+	{what: "keystroke echo round trip (OpenSSH beside it)", subject: devgpuKeystroke, peer: sshKeystroke, metric: p99MS, limit: 2, absolute: true},
+}
+
+func runReport(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("report", stderr)
+	in := fs.String("in", "", "results `file` (JSON lines); default stdin")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var (
+		results map[string]Result
+		err     error
+	)
+	if *in != "" {
+		results, err = readResultsFile(*in)
+	} else {
+		results, err = readResults(os.Stdin)
+	}
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	_, err = io.WriteString(stdout, renderReport(results))
+	return err
+}
+
+// renderReport returns the markdown: every measurement, then each target
+// with its ratio.
+func renderReport(results map[string]Result) string {
+	var b strings.Builder
+	b.WriteString("### Measurements\n\n")
+	b.WriteString("| measurement | command | n | failed | median | p95 | p99 | rate |\n")
+	b.WriteString("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, name := range listOrder(results) {
+		r := results[name]
+		rate := ""
+		switch r.Kind {
+		case kindThroughput:
+			rate = fmt.Sprintf("%.0f MB/s (end to end %.0f MB/s)", r.StreamBytesPerSec/1e6, r.E2EBytesPerSec/1e6)
+		case kindConcurrent:
+			rate = fmt.Sprintf("%.1f jobs/s (%d in %.2f s)", r.JobsPerSec, r.N, r.WallS)
+		}
+		label := r.Label
+		if label == "" {
+			label = strings.Join(r.Cmd, " ")
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d | %d | %s | %s | %s | %s |\n",
+			name, mdCode(label), r.N, r.Failures,
+			ms(r.MedianMS), ms(r.P95MS), ms(r.P99MS), rate)
+	}
+	b.WriteString("\nTimes are in milliseconds, end to end (prompt: spawn until a typed command has run; " +
+		"keystroke: one key to its echo; concurrent: each job). MB/s is the stream rate, first byte to EOF.\n")
+
+	b.WriteString("\n### Against the targets in DESIGN.md\n\n")
+	b.WriteString("| target | devgpu | peer | ratio | wanted | met |\n")
+	b.WriteString("| --- | ---: | ---: | ---: | ---: | :---: |\n")
+	for _, t := range targets {
+		b.WriteString(targetRow(t, results))
+	}
+	var failed []string
+	for _, name := range listOrder(results) {
+		if r := results[name]; r.Failures > 0 {
+			failed = append(failed, fmt.Sprintf("- %s: %d failed; last: %s", name, r.Failures, r.LastError))
+		}
+	}
+	if len(failed) > 0 {
+		b.WriteString("\nFailures (a figure marked * had some):\n\n" + strings.Join(failed, "\n") + "\n")
+	}
+	return b.String()
+}
+
+func targetRow(t target, results map[string]Result) string {
+	op := "≤"
+	if t.metric.higher {
+		op = "≥"
+	}
+	wanted := fmt.Sprintf("%s %g×", op, t.limit)
+	if t.absolute {
+		wanted = fmt.Sprintf("%s %g %s", op, t.limit, t.metric.unit)
+	}
+	what := fmt.Sprintf("%s (%s)", t.what, t.metric.label)
+	cell := func(name string) (string, float64, bool) {
+		r, ok := results[name]
+		if !ok {
+			return "not measured", 0, false
+		}
+		if r.N == 0 {
+			return fmt.Sprintf("all %d failed", r.Failures), 0, false
+		}
+		v := t.metric.value(r)
+		return fmt.Sprintf("%s %s", num(v), t.metric.unit) + mark(r), v, v != 0
+	}
+	subjCell, sv, sok := cell(t.subject)
+	peerCell, pv, pok := cell(t.peer)
+	ratio, met := "", "n/a"
+	if sok && pok {
+		ratio = fmt.Sprintf("%.2f×", sv/pv)
+	}
+	switch {
+	case t.absolute && sok:
+		met = verdict(sv, t, results[t.subject])
+	case !t.absolute && sok && pok:
+		met = verdict(sv/pv, t, results[t.subject], results[t.peer])
+	case results[t.subject].Failures > 0:
+		met = "no*" // it ran and failed
+	}
+	return fmt.Sprintf("| %s | %s | %s | %s | %s | %s |\n", what, subjCell, peerCell, ratio, wanted, met)
+}
+
+// verdict says whether v meets the target, starred when a run failed.
+func verdict(v float64, t target, results ...Result) string {
+	ok := v <= t.limit
+	if t.metric.higher {
+		ok = v >= t.limit
+	}
+	s := "no"
+	if ok {
+		s = "yes"
+	}
+	for _, r := range results {
+		if r.Failures > 0 {
+			return s + "*"
+		}
+	}
+	return s
+}
+
+func mark(r Result) string {
+	if r.Failures > 0 {
+		return "*"
+	}
+	return ""
+}
+
+func listOrder(results map[string]Result) []string {
+	var names []string
+	known := make(map[string]bool)
+	for _, n := range order {
+		known[n] = true
+		if _, ok := results[n]; ok {
+			names = append(names, n)
+		}
+	}
+	var rest []string
+	for n := range results {
+		if !known[n] {
+			rest = append(rest, n)
+		}
+	}
+	sort.Strings(rest)
+	return append(names, rest...)
+}
+
+func ms(v float64) string {
+	if v == 0 || math.IsNaN(v) {
+		return ""
+	}
+	return num(v)
+}
+
+// num prints with three significant digits or so: 0.412, 12.3, 190, 1234.
+func num(v float64) string {
+	switch a := math.Abs(v); {
+	case a == 0:
+		return "0"
+	case a < 1:
+		return fmt.Sprintf("%.3f", v)
+	case a < 10:
+		return fmt.Sprintf("%.2f", v)
+	case a < 100:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.0f", v)
+	}
+}
+
+// mdCode renders s as inline code in a table cell.
+func mdCode(s string) string {
+	s = strings.ReplaceAll(s, "|", "\\|")
+	if len(s) > 70 {
+		s = s[:67] + "..."
+	}
+	return "`" + s + "`"
+}

@@ -1,0 +1,394 @@
+#!/usr/bin/env bash
+# compare.sh — devgpu side by side with OpenSSH and Slurm on this machine.
+#
+# Starts three things of its own, all on loopback and all state in one temp
+# dir: an sshd (Debian's OpenSSH) on 127.0.0.1:$BENCH_SSH_PORT, a one-node
+# Slurm 22.05 cluster with 4 simulated t4 GPUs (munged, slurmctld, slurmd),
+# and `devgpu server --dev`. Then it times the same things on all three with
+# bench/cmd/benchtool, prints a markdown report (to stdout, and to the file
+# given as the only argument), and stops everything it started.
+#
+# usage: bench/compare.sh [REPORT.md]
+#
+# Environment (all optional):
+#   BENCH_ONLY=devgpu,ssh,slurm  which systems to start and measure
+#   BENCH_N=50                   runs per latency measurement
+#   BENCH_PROMPT_N=20            runs per time-to-prompt measurement
+#   BENCH_KEYS=200               keystrokes per echo measurement
+#   BENCH_JOBS=200 BENCH_WORKERS=16   the concurrent batch
+#   BENCH_BYTES=1G BENCH_BULK_N=3     the bulk-output measurement
+#   BENCH_SSH_PORT=2222 BENCH_SLURMCTLD_PORT=16817 BENCH_SLURMD_PORT=16818
+#   BENCH_DEVGPU_PORT=18080
+#   BENCH_USER=devgpubench       the throwaway account ssh logs in to
+#   DEVGPU_BIN=/path/to/devgpu   use this binary instead of building one
+#   BENCH_KEEP=1                 keep the temp dir (logs, configs, results)
+#
+# Needs root (useradd, mknod, daemons) and Debian's apt for what is missing.
+# shellcheck disable=SC2016 # single quotes: expanded by the remote shell
+set -euo pipefail
+
+REPORT_FILE=${1:-}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+ONLY=${BENCH_ONLY:-devgpu,ssh,slurm}
+N=${BENCH_N:-50}
+PROMPT_N=${BENCH_PROMPT_N:-20}
+KEYS=${BENCH_KEYS:-200}
+JOBS=${BENCH_JOBS:-200}
+WORKERS=${BENCH_WORKERS:-16}
+BYTES=${BENCH_BYTES:-1G}
+BULK_N=${BENCH_BULK_N:-3}
+SSH_PORT=${BENCH_SSH_PORT:-2222}
+SLURMCTLD_PORT=${BENCH_SLURMCTLD_PORT:-16817}
+SLURMD_PORT=${BENCH_SLURMD_PORT:-16818}
+DEVGPU_PORT=${BENCH_DEVGPU_PORT:-18080}
+BENCH_USER=${BENCH_USER:-devgpubench}
+
+log() { printf '[compare %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+[[ $(id -u) == 0 ]] || die "run as root (it creates an account, device files and daemons)"
+
+WORK=$(mktemp -d /tmp/devgpu-bench.XXXXXX)
+chmod 755 "$WORK" # the ssh account reads its authorized_keys from here
+RESULTS=$WORK/results.jsonl
+PIDS=()
+
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	local i
+	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do # last started, first stopped
+		kill -TERM "${PIDS[i]}" 2>/dev/null || true
+	done
+	for pid in "${PIDS[@]}"; do
+		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+	if [[ -n ${BENCH_KEEP:-} ]]; then
+		log "kept $WORK"
+	else
+		rm -rf "$WORK"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME LOG CMD...: run a daemon in the background, remember its pid.
+start() {
+	local name=$1 logf=$2
+	shift 2
+	"$@" >"$logf" 2>&1 &
+	PIDS+=($!)
+	log "started $name (pid $!)"
+}
+
+# wait_for WHAT SECONDS CMD...: poll CMD until it succeeds, at most SECONDS.
+wait_for() {
+	local what=$1 secs=$2
+	shift 2
+	local deadline=$((SECONDS + secs))
+	until "$@" >/dev/null 2>&1; do
+		((SECONDS < deadline)) || die "$what not ready after ${secs}s"
+		sleep 0.1
+	done
+}
+
+# port_free PORT: nothing listens on 127.0.0.1:PORT.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ---------------------------------------------------------------- packages
+
+install_missing() {
+	local pkgs=()
+	command -v go >/dev/null || die "go is not on PATH"
+	command -v curl >/dev/null || pkgs+=(curl)
+	if want ssh; then
+		[[ -x /usr/sbin/sshd ]] || pkgs+=(openssh-server)
+		command -v ssh >/dev/null || pkgs+=(openssh-client)
+		command -v ssh-keygen >/dev/null || pkgs+=(openssh-client)
+	fi
+	if want slurm; then
+		[[ -x /usr/sbin/slurmctld ]] || pkgs+=(slurmctld)
+		[[ -x /usr/sbin/slurmd ]] || pkgs+=(slurmd)
+		command -v srun >/dev/null || pkgs+=(slurm-client)
+		[[ -x /usr/sbin/munged ]] || pkgs+=(munge)
+	fi
+	if ((${#pkgs[@]})); then
+		log "installing ${pkgs[*]}"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -qq
+		apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+	fi
+}
+
+# ---------------------------------------------------------------- OpenSSH
+
+SSH=()
+setup_ssh() {
+	local d=$WORK/ssh
+	mkdir -p "$d" /run/sshd
+	chmod 755 "$d"
+	port_free "$SSH_PORT" || die "127.0.0.1:$SSH_PORT is taken (set BENCH_SSH_PORT)"
+
+	# A plain account: /bin/sh, an empty home, no start-up files. Its password
+	# is "*" rather than useradd's locked "!", which sshd without PAM refuses.
+	if ! id "$BENCH_USER" >/dev/null 2>&1; then
+		useradd --no-create-home --home-dir "/home/$BENCH_USER" --shell /bin/sh "$BENCH_USER"
+		log "created account $BENCH_USER"
+	fi
+	usermod --password '*' --shell /bin/sh "$BENCH_USER"
+	install -d -o "$BENCH_USER" -g "$BENCH_USER" -m 755 "/home/$BENCH_USER"
+
+	ssh-keygen -q -t ed25519 -N '' -f "$d/host_key"
+	ssh-keygen -q -t ed25519 -N '' -f "$d/client_key"
+	cp "$d/client_key.pub" "$d/authorized_keys"
+	chmod 644 "$d/authorized_keys"
+
+	cat >"$d/sshd_config" <<-EOF
+		ListenAddress 127.0.0.1:$SSH_PORT
+		HostKey $d/host_key
+		PidFile $d/sshd.pid
+		AuthorizedKeysFile $d/authorized_keys
+		AllowUsers $BENCH_USER
+		PubkeyAuthentication yes
+		PasswordAuthentication no
+		KbdInteractiveAuthentication no
+		UsePAM no
+		UseDNS no
+		StrictModes no
+		PermitUserEnvironment no
+		PrintMotd no
+		PrintLastLog no
+		Banner none
+		MaxStartups 100:30:200
+		MaxSessions 100
+		Subsystem sftp internal-sftp
+		LogLevel ERROR
+	EOF
+	/usr/sbin/sshd -t -f "$d/sshd_config"
+	start sshd "$d/sshd.log" /usr/sbin/sshd -D -e -f "$d/sshd_config"
+
+	cat >"$d/ssh_config" <<-EOF
+		Host bench
+		  HostName 127.0.0.1
+		  Port $SSH_PORT
+		  User $BENCH_USER
+		  IdentityFile $d/client_key
+		  IdentitiesOnly yes
+		  UserKnownHostsFile $d/known_hosts
+		  StrictHostKeyChecking accept-new
+		  BatchMode yes
+		  LogLevel ERROR
+		  ControlMaster no
+		  ControlPath none
+	EOF
+	SSH=(ssh -F "$d/ssh_config")
+	wait_for sshd 10 "${SSH[@]}" bench true
+	log "sshd ready: $("${SSH[@]}" bench 'echo $0 as $(id -un)')"
+}
+
+# ---------------------------------------------------------------- Slurm
+
+SRUN=()
+setup_slurm() {
+	local d=$WORK/slurm
+	mkdir -p "$d"/{munge,ctld,spool,dev}
+	port_free "$SLURMCTLD_PORT" || die "127.0.0.1:$SLURMCTLD_PORT is taken (set BENCH_SLURMCTLD_PORT)"
+	port_free "$SLURMD_PORT" || die "127.0.0.1:$SLURMD_PORT is taken (set BENCH_SLURMD_PORT)"
+
+	# munged with its own key and socket; Slurm finds it through AuthInfo.
+	local msock=$d/munge/munge.socket
+	dd if=/dev/urandom of="$d/munge/munge.key" bs=1024 count=1 status=none
+	chmod 755 "$d/munge"
+	chmod 400 "$d/munge/munge.key"
+	start munged "$d/munge/out.log" /usr/sbin/munged --foreground --force \
+		--socket="$msock" --key-file="$d/munge/munge.key" \
+		--pid-file="$d/munge/munged.pid" --seed-file="$d/munge/seed" \
+		--log-file="$d/munge/munged.log" --num-threads=4
+	wait_for munged 10 test -S "$msock"
+
+	# Four simulated t4s: Slurm wants a device file per GPU (char 1,3 is
+	# /dev/null's), listed by hand since there is nothing to detect.
+	local i files=()
+	for i in 0 1 2 3; do
+		mknod "$d/dev/nvidia$i" c 1 3
+		files+=("$d/dev/nvidia$i")
+	done
+	local cpus mem
+	cpus=$(nproc)
+	mem=$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2))
+	cat >"$d/gres.conf" <<-EOF
+		AutoDetect=off
+		NodeName=benchnode Name=gpu Type=t4 File=$d/dev/nvidia[0-3]
+	EOF
+	cat >"$d/slurm.conf" <<-EOF
+		ClusterName=devgpubench
+		SlurmctldHost=$(hostname -s)(127.0.0.1)
+		SlurmctldPort=$SLURMCTLD_PORT
+		SlurmdPort=$SLURMD_PORT
+		SlurmUser=root
+		SlurmdUser=root
+		AuthType=auth/munge
+		CredType=cred/munge
+		AuthInfo=socket=$msock
+		StateSaveLocation=$d/ctld
+		SlurmdSpoolDir=$d/spool
+		SlurmctldPidFile=$d/slurmctld.pid
+		SlurmdPidFile=$d/slurmd.pid
+		SlurmctldLogFile=$d/slurmctld.log
+		SlurmdLogFile=$d/slurmd.log
+		MailProg=/bin/true
+		SlurmctldDebug=error
+		SlurmdDebug=error
+		ProctrackType=proctrack/linuxproc
+		TaskPlugin=task/none
+		MpiDefault=none
+		SwitchType=switch/none
+		ReturnToService=2
+		SelectType=select/cons_tres
+		SelectTypeParameters=CR_Core_Memory
+		SchedulerType=sched/backfill
+		SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+		Epilog=/bin/true
+		AccountingStorageType=accounting_storage/none
+		JobAcctGatherType=jobacct_gather/none
+		JobCompType=jobcomp/none
+		GresTypes=gpu
+		MaxJobCount=100000
+		MinJobAge=2
+		KillWait=2
+		DefMemPerCPU=64
+		NodeName=benchnode NodeHostname=$(hostname -s) NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:t4:4 State=UNKNOWN
+		PartitionName=bench Nodes=benchnode Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:16
+	EOF
+	export SLURM_CONF=$d/slurm.conf
+	start slurmctld "$d/slurmctld.out" /usr/sbin/slurmctld -D -i -f "$SLURM_CONF"
+	start slurmd "$d/slurmd.out" /usr/sbin/slurmd -D -N benchnode -f "$SLURM_CONF"
+	wait_for "slurm node" 30 sh -c 'sinfo -h -N -o %t | grep -Eq "^(idle|mix|alloc)"'
+	SRUN=(srun --gres=gpu:t4:1)
+	wait_for srun 30 "${SRUN[@]}" true
+	log "slurm ready: $(sinfo -h -N -o '%N %t %G') / CUDA_VISIBLE_DEVICES=$("${SRUN[@]}" sh -c 'echo $CUDA_VISIBLE_DEVICES' 2>/dev/null)"
+}
+
+# ---------------------------------------------------------------- devgpu
+
+DEVGPU=()
+SHELL_WAIT=()
+setup_devgpu() {
+	local d=$WORK/devgpu
+	mkdir -p "$d/data"
+	port_free "$DEVGPU_PORT" || die "127.0.0.1:$DEVGPU_PORT is taken (set BENCH_DEVGPU_PORT)"
+	local bin=${DEVGPU_BIN:-}
+	if [[ -z $bin ]]; then
+		bin=$WORK/bin/devgpu
+		log "building devgpu"
+		(cd "$REPO" && go build -o "$bin" ./cmd/devgpu) || die "go build ./cmd/devgpu failed (set BENCH_ONLY=ssh,slurm to measure the peers alone)"
+	fi
+	export DEVGPU_CONFIG=$d/config.json
+	unset DEVGPU_URL DEVGPU_TOKEN
+	start "devgpu server" "$d/server.log" "$bin" server --dev --data "$d/data" \
+		--listen "127.0.0.1:$DEVGPU_PORT" --gpus t4:4
+	wait_for "devgpu server" 30 curl -fsS "http://127.0.0.1:$DEVGPU_PORT/healthz"
+	wait_for "devgpu CLI config" 10 test -s "$DEVGPU_CONFIG"
+	DEVGPU=("$bin")
+	"${DEVGPU[@]}" run -- true || die "devgpu run -- true failed; see $d/server.log"
+	log "devgpu ready: $("${DEVGPU[@]}" run -- env | grep -E '^(DEVGPU_GPU_TYPE|CUDA_VISIBLE_DEVICES)=' | tr '\n' ' ')"
+	# `--wait` is in the CLI contract; say so plainly while a build lacks it.
+	if "${DEVGPU[@]}" run --help 2>&1 | grep -q -- '--wait'; then
+		:
+	else
+		log "warning: this devgpu has no 'run --wait': the concurrent measurement will fail"
+	fi
+	# A shell waits for a GPU, as srun --pty does, where the CLI can.
+	if "${DEVGPU[@]}" shell --help 2>&1 | grep -q -- '--wait'; then
+		SHELL_WAIT=(--wait)
+	fi
+}
+
+# ---------------------------------------------------------------- measure
+
+# revision describes the tree devgpu was built from.
+revision() {
+	local rev
+	rev=$(cd "$REPO" && git rev-parse --short --verify -q HEAD) || rev="no commit yet"
+	if [[ -n $(cd "$REPO" && git status --porcelain 2>/dev/null | head -1) ]]; then
+		rev+=" with local changes"
+	fi
+	echo "$rev"
+}
+
+BT=()
+
+# measure KIND NAME LABEL [FLAGS...] -- CMD...: one measurement, shown in the
+# report as LABEL. A failing one is logged and recorded by benchtool, and does
+# not stop the others.
+measure() {
+	local kind=$1 name=$2 label=$3
+	shift 3
+	log "measuring $name: $label"
+	"${BT[@]}" "$kind" -name "$name" -label "$label" -out "$RESULTS" "$@" || log "$name: benchtool failed ($?)"
+}
+
+main() {
+	install_missing
+	mkdir -p "$WORK/bin"
+	(cd "$REPO" && go build -o "$WORK/bin/benchtool" ./bench/cmd/benchtool)
+	BT=("$WORK/bin/benchtool")
+
+	want ssh && setup_ssh
+	want slurm && setup_slurm
+	want devgpu && setup_devgpu
+	local load_start
+	load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+
+	local ssh_to="ssh -p $SSH_PORT $BENCH_USER@127.0.0.1" srun="srun --gres=gpu:t4:1"
+	local shell="devgpu shell${SHELL_WAIT[*]:+ ${SHELL_WAIT[*]}}"
+	# Interleaved by measurement, so that every system sees the same noise.
+	want devgpu && measure latency devgpu_run_true "devgpu run -- true" -n "$N" -- "${DEVGPU[@]}" run -- true
+	want slurm && measure latency srun_true "$srun true" -n "$N" -- "${SRUN[@]}" true
+	want ssh && measure latency ssh_true "$ssh_to true" -n "$N" -- "${SSH[@]}" bench true
+
+	want devgpu && measure prompt devgpu_shell_prompt "$shell" -n "$PROMPT_N" -- "${DEVGPU[@]}" shell "${SHELL_WAIT[@]}"
+	want slurm && measure prompt srun_pty_prompt "$srun --pty bash" -n "$PROMPT_N" -- "${SRUN[@]}" --pty bash
+	want ssh && measure prompt ssh_pty_prompt "$ssh_to -tt" -n "$PROMPT_N" -- "${SSH[@]}" -tt bench
+
+	want devgpu && measure keystroke devgpu_shell_keystroke "$shell" -n "$KEYS" -- "${DEVGPU[@]}" shell "${SHELL_WAIT[@]}"
+	want ssh && measure keystroke ssh_keystroke "$ssh_to -tt" -n "$KEYS" -- "${SSH[@]}" -tt bench
+	want slurm && measure keystroke srun_keystroke "$srun --pty bash" -n "$KEYS" -- "${SRUN[@]}" --pty bash
+
+	want devgpu && measure concurrent devgpu_run_wait_concurrent "devgpu run --wait -- true" \
+		-jobs "$JOBS" -workers "$WORKERS" -- "${DEVGPU[@]}" run --wait -- true
+	want slurm && measure concurrent srun_concurrent "$srun true" \
+		-jobs "$JOBS" -workers "$WORKERS" -- "${SRUN[@]}" true
+
+	want devgpu && measure throughput devgpu_run_bulk "devgpu run -- head -c $BYTES /dev/zero" \
+		-n "$BULK_N" -expect-bytes "$BYTES" -- "${DEVGPU[@]}" run -- head -c "$BYTES" /dev/zero
+	want ssh && measure throughput ssh_bulk "$ssh_to 'head -c $BYTES /dev/zero'" \
+		-n "$BULK_N" -expect-bytes "$BYTES" -- "${SSH[@]}" bench "head -c $BYTES /dev/zero"
+	# (srun's output path runs at about 25 MB/s here, 45 s per GiB: not measured.)
+
+	local report=$WORK/report.md
+	{
+		echo "## devgpu vs OpenSSH vs Slurm — $(date -u +%Y-%m-%dT%H:%MZ)"
+		echo
+		# shellcheck disable=SC1091
+		echo "Host: $(hostname -s), $(nproc) cores, $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")." \
+			"Peers: $(ssh -V 2>&1 | cut -d, -f1), Slurm $(srun --version 2>/dev/null | awk '{print $2}')." \
+			"devgpu at $(revision)."
+		echo "Runs: latency $N, prompt $PROMPT_N, keystrokes $KEYS, $JOBS jobs from $WORKERS submitters, $BULK_N × $BYTES." \
+			"Load average at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+		echo
+		"${BT[@]}" report -in "$RESULTS"
+	} >"$report"
+	cat "$report"
+	if [[ -n $REPORT_FILE ]]; then
+		cp "$report" "$REPORT_FILE"
+		log "report written to $REPORT_FILE"
+	fi
+}
+
+main
