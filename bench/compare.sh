@@ -8,10 +8,20 @@
 # bench/cmd/benchtool, prints a markdown report (to stdout, and to the file
 # given as the only argument), and stops everything it started.
 #
+# The admissions section (API only, no peer) then starts one more devgpu
+# server per store engine, with 16 simulated t4s: on SQLite, and on a fresh
+# PostgreSQL database it creates and drops (psql, 127.0.0.1, trust auth).
+#
 # usage: bench/compare.sh [REPORT.md]
 #
 # Environment (all optional):
-#   BENCH_ONLY=devgpu,ssh,slurm  which systems to start and measure
+#   BENCH_ONLY=devgpu,ssh,slurm,admissions  which sections to run
+#   BENCH_ADM_ENGINES=sqlite,postgres  the admissions section's store engines
+#   BENCH_ADM_CLIENTS=64 BENCH_ADM_USERS=8 BENCH_ADM_PROJECTS=2
+#   BENCH_ADM_DURATION=10s BENCH_ADM_GPUS=t4:16
+#   BENCH_ADM_MAX_GPUS=8 BENCH_ADM_MAX_PER_USER=2 BENCH_ADM_QUOTA=12  the caps
+#   BENCH_ADM_PORT=18081         the admissions servers' port
+#   BENCH_PG=postgres://postgres@127.0.0.1:5432   where to create the database
 #   BENCH_N=50                   runs per latency measurement
 #   BENCH_PROMPT_N=20            runs per time-to-prompt measurement
 #   BENCH_KEYS=200               keystrokes per echo measurement
@@ -30,7 +40,7 @@ set -euo pipefail
 REPORT_FILE=${1:-}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-ONLY=${BENCH_ONLY:-devgpu,ssh,slurm}
+ONLY=${BENCH_ONLY:-devgpu,ssh,slurm,admissions}
 N=${BENCH_N:-50}
 PROMPT_N=${BENCH_PROMPT_N:-20}
 KEYS=${BENCH_KEYS:-200}
@@ -43,6 +53,17 @@ SLURMCTLD_PORT=${BENCH_SLURMCTLD_PORT:-16817}
 SLURMD_PORT=${BENCH_SLURMD_PORT:-16818}
 DEVGPU_PORT=${BENCH_DEVGPU_PORT:-18080}
 BENCH_USER=${BENCH_USER:-devgpubench}
+ADM_ENGINES=${BENCH_ADM_ENGINES:-sqlite,postgres}
+ADM_CLIENTS=${BENCH_ADM_CLIENTS:-64}
+ADM_USERS=${BENCH_ADM_USERS:-8}
+ADM_PROJECTS=${BENCH_ADM_PROJECTS:-2}
+ADM_DURATION=${BENCH_ADM_DURATION:-10s}
+ADM_GPUS=${BENCH_ADM_GPUS:-t4:16}
+ADM_MAX_GPUS=${BENCH_ADM_MAX_GPUS:-8}
+ADM_MAX_PER_USER=${BENCH_ADM_MAX_PER_USER:-2}
+ADM_QUOTA=${BENCH_ADM_QUOTA:-12}
+ADM_PORT=${BENCH_ADM_PORT:-18081}
+PG_URL=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 
 log() { printf '[compare %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -54,6 +75,7 @@ WORK=$(mktemp -d /tmp/devgpu-bench.XXXXXX)
 chmod 755 "$WORK" # the ssh account reads its authorized_keys from here
 RESULTS=$WORK/results.jsonl
 PIDS=()
+PG_DB= # the admissions database, dropped on exit
 
 cleanup() {
 	local rc=$?
@@ -67,6 +89,7 @@ cleanup() {
 		kill -KILL "$pid" 2>/dev/null || true
 		wait "$pid" 2>/dev/null || true
 	done
+	drop_pg_db
 	if [[ -n ${BENCH_KEEP:-} ]]; then
 		log "kept $WORK"
 	else
@@ -116,6 +139,9 @@ install_missing() {
 		[[ -x /usr/sbin/slurmd ]] || pkgs+=(slurmd)
 		command -v srun >/dev/null || pkgs+=(slurm-client)
 		[[ -x /usr/sbin/munged ]] || pkgs+=(munge)
+	fi
+	if want admissions && [[ ,$ADM_ENGINES, == *,postgres,* ]]; then
+		command -v psql >/dev/null || pkgs+=(postgresql-client)
 	fi
 	if ((${#pkgs[@]})); then
 		log "installing ${pkgs[*]}"
@@ -276,18 +302,28 @@ setup_slurm() {
 
 # ---------------------------------------------------------------- devgpu
 
+DEVGPU_EXE=
+# devgpu_bin: the devgpu binary, built from this tree once unless DEVGPU_BIN names one.
+devgpu_bin() {
+	if [[ -n $DEVGPU_EXE ]]; then
+		return
+	fi
+	DEVGPU_EXE=${DEVGPU_BIN:-}
+	if [[ -z $DEVGPU_EXE ]]; then
+		DEVGPU_EXE=$WORK/bin/devgpu
+		log "building devgpu"
+		(cd "$REPO" && go build -o "$DEVGPU_EXE" ./cmd/devgpu) || die "go build ./cmd/devgpu failed (set BENCH_ONLY=ssh,slurm to measure the peers alone)"
+	fi
+}
+
 DEVGPU=()
 SHELL_WAIT=()
 setup_devgpu() {
 	local d=$WORK/devgpu
 	mkdir -p "$d/data"
 	port_free "$DEVGPU_PORT" || die "127.0.0.1:$DEVGPU_PORT is taken (set BENCH_DEVGPU_PORT)"
-	local bin=${DEVGPU_BIN:-}
-	if [[ -z $bin ]]; then
-		bin=$WORK/bin/devgpu
-		log "building devgpu"
-		(cd "$REPO" && go build -o "$bin" ./cmd/devgpu) || die "go build ./cmd/devgpu failed (set BENCH_ONLY=ssh,slurm to measure the peers alone)"
-	fi
+	devgpu_bin
+	local bin=$DEVGPU_EXE
 	export DEVGPU_CONFIG=$d/config.json
 	unset DEVGPU_URL DEVGPU_TOKEN
 	start "devgpu server" "$d/server.log" "$bin" server --dev --data "$d/data" \
@@ -307,6 +343,59 @@ setup_devgpu() {
 	if "${DEVGPU[@]}" shell --help 2>&1 | grep -q -- '--wait'; then
 		SHELL_WAIT=(--wait)
 	fi
+}
+
+# ---------------------------------------------------------------- admissions
+
+drop_pg_db() {
+	if [[ -n $PG_DB ]]; then
+		psql "$PG_URL/postgres" -qAtc "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 ||
+			log "warning: could not drop database $PG_DB"
+		PG_DB=
+	fi
+}
+
+# stop_pid PID: stop one daemon started with start, and wait for it.
+stop_pid() {
+	kill -TERM "$1" 2>/dev/null || true
+	for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+	kill -KILL "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+}
+
+# measure_admissions ENGINE: a devgpu server with its own data dir (and, for
+# postgres, a fresh database), one admissions run against it, then stop it.
+measure_admissions() {
+	local engine=$1 d=$WORK/admissions-$1 store=() label
+	mkdir -p "$d/data"
+	port_free "$ADM_PORT" || die "127.0.0.1:$ADM_PORT is taken (set BENCH_ADM_PORT)"
+	case $engine in
+	sqlite) label=SQLite ;;
+	postgres)
+		label=PostgreSQL
+		PG_DB=devgpu_bench_$$_$RANDOM
+		if ! psql "$PG_URL/postgres" -qAtc "CREATE DATABASE $PG_DB" >/dev/null; then
+			PG_DB=
+			log "admissions on postgres skipped: cannot create a database at $PG_URL (set BENCH_PG)"
+			return
+		fi
+		store=(--store "$PG_URL/$PG_DB?sslmode=disable")
+		;;
+	*) die "BENCH_ADM_ENGINES: unknown engine $engine (sqlite, postgres)" ;;
+	esac
+	log "admissions on $label: devgpu server --gpus $ADM_GPUS on 127.0.0.1:$ADM_PORT"
+	DEVGPU_CONFIG=$d/config.json start "devgpu server ($label)" "$d/server.log" "$DEVGPU_EXE" server --dev \
+		--data "$d/data" "${store[@]}" --listen "127.0.0.1:$ADM_PORT" --gpus "$ADM_GPUS"
+	local pid=${PIDS[-1]}
+	wait_for "devgpu server ($label)" 30 curl -fsS "http://127.0.0.1:$ADM_PORT/healthz"
+	wait_for "devgpu CLI config ($label)" 10 test -s "$d/config.json"
+	measure admissions "devgpu_admissions_$engine" \
+		"$ADM_CLIENTS clients, $ADM_USERS users, $ADM_PROJECTS projects, $ADM_DURATION ($label)" \
+		-engine "$label" -config "$d/config.json" -server-pid "$pid" \
+		-clients "$ADM_CLIENTS" -users "$ADM_USERS" -projects "$ADM_PROJECTS" -duration "$ADM_DURATION" \
+		-max-gpus "$ADM_MAX_GPUS" -max-gpus-per-user "$ADM_MAX_PER_USER" -quota "$ADM_QUOTA"
+	stop_pid "$pid"
+	drop_pg_db
 }
 
 # ---------------------------------------------------------------- measure
@@ -371,6 +460,15 @@ main() {
 		-n "$BULK_N" -expect-bytes "$BYTES" -- "${SSH[@]}" bench "head -c $BYTES /dev/zero"
 	# (srun's output path runs at about 25 MB/s here, 45 s per GiB: not measured.)
 
+	# Admissions last, each engine on a server of its own (16 GPUs, caps).
+	if want admissions; then
+		devgpu_bin
+		local engine
+		for engine in ${ADM_ENGINES//,/ }; do
+			measure_admissions "$engine"
+		done
+	fi
+
 	local report=$WORK/report.md
 	{
 		echo "## devgpu vs OpenSSH vs Slurm — $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -379,7 +477,8 @@ main() {
 		echo "Host: $(hostname -s), $(nproc) cores, $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")." \
 			"Peers: $(ssh -V 2>&1 | cut -d, -f1), Slurm $(srun --version 2>/dev/null | awk '{print $2}')." \
 			"devgpu at $(revision)."
-		echo "Runs: latency $N, prompt $PROMPT_N, keystrokes $KEYS, $JOBS jobs from $WORKERS submitters, $BULK_N × $BYTES." \
+		echo "Runs: latency $N, prompt $PROMPT_N, keystrokes $KEYS, $JOBS jobs from $WORKERS submitters, $BULK_N × $BYTES;" \
+			"admissions: $ADM_CLIENTS clients for $ADM_DURATION on --gpus $ADM_GPUS ($ADM_ENGINES)." \
 			"Load average at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 		echo
 		"${BT[@]}" report -in "$RESULTS"

@@ -37,6 +37,24 @@ type ProjectSettings struct {
 	MaxLifetime    *Duration `json:"max_lifetime,omitempty"`
 	DetachGrace    *Duration `json:"detach_grace,omitempty"`
 	Egress         *Egress   `json:"egress,omitempty"`
+	Budget         *Budget   `json:"budget,omitempty"`
+}
+
+// Budget units and actions.
+const (
+	BudgetCurrency = "currency"
+	BudgetGPUHours = "gpu-hours"
+	BudgetRefuse   = "refuse" // at 100%, refuse new sessions
+	BudgetStop     = "stop"   // at 100%, also end running ones (reason budget)
+)
+
+// Budget is a project's limit per calendar month (UTC). An Amount of 0 is
+// no budget.
+type Budget struct {
+	Amount     float64 `json:"amount"`
+	Unit       string  `json:"unit"`
+	Thresholds []int   `json:"thresholds,omitempty"` // percentages that warn, e.g. 80, 100
+	Action     string  `json:"action,omitempty"`
 }
 
 // Quota caps concurrent GPUs of one type (and optionally one region)

@@ -44,6 +44,9 @@ type Session struct {
 	EndReason   string     `json:"end_reason,omitempty"`
 	// Error explains a failed session.
 	Error string `json:"error,omitempty"`
+	// Warnings are shown to the user when the session is created, e.g.
+	// that the project is near its budget.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Active reports whether the session still holds its GPUs.
@@ -187,4 +190,24 @@ type Problem struct {
 type Whoami struct {
 	User     string `json:"user"`
 	OrgAdmin bool   `json:"org_admin"`
+}
+
+// UsageRow is one grouping of a usage report.
+type UsageRow struct {
+	Key        string  `json:"key"`
+	GPUSeconds float64 `json:"gpu_seconds"`
+	GPUHours   float64 `json:"gpu_hours"`
+	Cost       float64 `json:"cost"`
+	CostMicros int64   `json:"cost_micros"`
+}
+
+// UsageReport is GPU usage and its cost over [From, To), grouped By day,
+// user, project or gpu-type. Running sessions count up to the report time.
+type UsageReport struct {
+	From     time.Time  `json:"from"`
+	To       time.Time  `json:"to"`
+	By       string     `json:"by"`
+	Currency string     `json:"currency"`
+	Rows     []UsageRow `json:"rows"`
+	Total    UsageRow   `json:"total"`
 }

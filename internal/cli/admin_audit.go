@@ -58,6 +58,11 @@ func newAdminAuditCmd() *cobra.Command {
 // time), or a duration back from now such as 1h or 7d. Empty is the zero
 // time, no limit.
 func parseSince(s string, now time.Time) (time.Time, error) {
+	return parseWhen("since", s, now)
+}
+
+// parseWhen reads a time flag the way parseSince describes.
+func parseWhen(flag, s string, now time.Time) (time.Time, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return time.Time{}, nil
@@ -76,9 +81,9 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 	}
 	switch {
 	case err != nil:
-		return time.Time{}, fmt.Errorf("--since %q is neither a time nor a duration; give one such as 2024-05-01T09:00:00Z, 2024-05-01, 1h or 7d", s)
+		return time.Time{}, fmt.Errorf("--%s %q is neither a time nor a duration; give one such as 2024-05-01T09:00:00Z, 2024-05-01, 1h or 7d", flag, s)
 	case d < 0:
-		return time.Time{}, fmt.Errorf("--since %q is a negative duration; give how long ago, such as 1h", s)
+		return time.Time{}, fmt.Errorf("--%s %q is a negative duration; give how long ago, such as 1h", flag, s)
 	}
 	return now.Add(-d), nil
 }

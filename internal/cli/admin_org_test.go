@@ -113,7 +113,7 @@ func TestOrgChangeApply(t *testing.T) {
 		{"quota", orgChange{quotas: []string{"t4=-1", "a100=1"}},
 			`{"defaults":{"max_gpus_per_user":2,"shell_mode":"shared"},"locked":["egress","shell_mode"],"quotas":[{"gpu_type":"a100","max":1}]}`},
 		{"lock and unlock one", orgChange{lock: []string{"egress"}, unlock: []string{"egress"}}, "egress is both locked"},
-		{"unknown lock", orgChange{lock: []string{"budget"}}, `--lock "budget" names no setting`},
+		{"unknown lock", orgChange{lock: []string{"bogus"}}, `--lock "bogus" names no setting`},
 		{"set and unset", orgChange{settings: sdk.ProjectSettings{MaxGPUs: ptrTo(1)}, unset: []string{"max_gpus"}}, "max_gpus is both set"},
 		{"invalid quota type", orgChange{quotas: []string{"T4=1"}}, "quota T4@=1 is invalid"},
 	} {

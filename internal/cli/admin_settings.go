@@ -26,6 +26,9 @@ type settingFlags struct {
 	gpuTypes, regions, images, egressAllow []string
 	defaultImage, shellMode, egress        string
 	idleTimeout, maxLifetime, detachGrace  time.Duration
+	budget                                 float64
+	budgetUnit, budgetAction               string
+	budgetThresholds                       []int
 }
 
 func (f *settingFlags) register(cmd *cobra.Command) {
@@ -43,6 +46,10 @@ func (f *settingFlags) register(cmd *cobra.Command) {
 	fl.DurationVar(&f.detachGrace, "detach-grace", 0, "how long a session waits for a vanished client to come back")
 	fl.StringVar(&f.egress, "egress", "", "session network egress: none, allow-list or all")
 	fl.StringSliceVar(&f.egressAllow, "egress-allow", nil, "destinations for the allow-list: CIDRs or hosts with an optional :port, e.g. 10.0.0.0/8,pypi.org:443 (implies --egress allow-list)")
+	fl.Float64Var(&f.budget, "budget", 0, "monthly budget, in the rate card's currency or, with --budget-unit gpu-hours, in GPU-hours (0: none)")
+	fl.StringVar(&f.budgetUnit, "budget-unit", sdk.BudgetCurrency, "unit of --budget: currency or gpu-hours")
+	fl.IntSliceVar(&f.budgetThresholds, "budget-thresholds", []int{80, 100}, "percentages of the budget that warn, e.g. 50,80,100")
+	fl.StringVar(&f.budgetAction, "budget-action", sdk.BudgetRefuse, "at 100%: refuse new sessions, or stop running ones too")
 }
 
 // settings returns the settings whose flags cmd was given.
@@ -85,6 +92,12 @@ func (f *settingFlags) settings(cmd *cobra.Command) (sdk.ProjectSettings, error)
 	}
 	if changed("detach-grace") {
 		s.DetachGrace = ptrTo(sdk.Duration(f.detachGrace))
+	}
+	if changed("budget") || changed("budget-unit") || changed("budget-thresholds") || changed("budget-action") {
+		if !changed("budget") {
+			return s, fmt.Errorf("--budget-unit, --budget-thresholds and --budget-action go with --budget AMOUNT")
+		}
+		s.Budget = &sdk.Budget{Amount: f.budget, Unit: f.budgetUnit, Thresholds: f.budgetThresholds, Action: f.budgetAction}
 	}
 	if changed("egress") || changed("egress-allow") {
 		e, err := f.egressPolicy(changed("egress"), changed("egress-allow"))

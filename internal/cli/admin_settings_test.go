@@ -78,7 +78,7 @@ func TestSettingFlags(t *testing.T) {
 		{"bad destination", []string{"--egress-allow", "not a host"}, `egress destination "not a host"`},
 		{"negative count", []string{"--max-gpus", "-1"}, "max_gpus is out of range"},
 		{"bad GPU type", []string{"--gpu-types", "T4!"}, `gpu_types entry "T4!"`},
-		{"unknown unset", []string{"--unset", "budget"}, `--unset "budget" names no setting`},
+		{"unknown unset", []string{"--unset", "bogus"}, `--unset "bogus" names no setting`},
 		{"set and unset", []string{"--max-gpus", "2", "--unset", "max_gpus"}, "max_gpus is both set"},
 		{"stop running without disable", []string{"--stop-running"}, "--stop-running ends sessions only"},
 		{"stop running while enabling", []string{"--stop-running", "--gpu-enabled"}, "--stop-running ends sessions only"},
@@ -146,16 +146,16 @@ func TestFormatSetting(t *testing.T) {
 	if got := formatSetting("egress", map[string]any{"mode": "all"}); got != "all" {
 		t.Errorf("egress all = %q", got)
 	}
-	if got := formatSetting("budget", map[string]any{"monthly": 100.0}); got != `{"monthly":100}` {
+	if got := formatSetting("bogus", map[string]any{"monthly": 100.0}); got != `{"monthly":100}` {
 		t.Errorf("unknown object = %q", got)
 	}
 }
 
 func TestSettingOrder(t *testing.T) {
 	t.Parallel()
-	m := map[string]sdk.Setting{"egress": {}, "zeta": {}, "gpu_enabled": {}, "budget": {}, "max_gpus": {}}
+	m := map[string]sdk.Setting{"egress": {}, "zeta": {}, "gpu_enabled": {}, "bogus": {}, "max_gpus": {}}
 	got := strings.Join(settingOrder(m), " ")
-	if want := "gpu_enabled max_gpus egress budget zeta"; got != want {
+	if want := "gpu_enabled max_gpus egress bogus zeta"; got != want {
 		t.Fatalf("order = %q, want %q", got, want)
 	}
 }

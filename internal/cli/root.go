@@ -54,7 +54,7 @@ session ends, the GPU is freed and billing stops.`,
 	}
 	root.AddCommand(
 		newServerCmd(), newAgentCmd(), newLoginCmd(),
-		newShellCmd(), newRunCmd(), newSessionsCmd(), newGPUsCmd(), newAdminCmd(),
+		newShellCmd(), newRunCmd(), newSessionsCmd(), newGPUsCmd(), newUsageCmd(), newAdminCmd(),
 	)
 	return root
 }

@@ -1,15 +1,21 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"math"
 	"net"
 	"os"
 	"os/signal"
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -28,6 +34,7 @@ import (
 const DefaultListen = "127.0.0.1:8470"
 
 type serverOptions struct {
+	config           string
 	dev              bool
 	listen           string
 	data             string
@@ -36,6 +43,8 @@ type serverOptions struct {
 	logLevel         string
 	livenessInterval time.Duration
 	pingInterval     time.Duration
+	budgetInterval   time.Duration
+	rates            *store.RateCard
 }
 
 func newServerCmd() *cobra.Command {
@@ -51,12 +60,16 @@ SQLite under the data directory, the local runtime, this host's NVIDIA GPUs
 "default" with GPUs enabled, and the CLI config written for you.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.loadConfig(cmd); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return runServer(ctx, o)
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&o.config, "config", "", "server config file (JSON): listen, data, store, gpus, rates; flags override it")
 	f.BoolVar(&o.dev, "dev", false, "embedded default: bootstrap an admin and project \"default\", write the CLI config")
 	f.StringVar(&o.listen, "listen", DefaultListen, "address to serve the API on")
 	f.StringVar(&o.data, "data", "", "data directory (default $XDG_DATA_HOME/devgpu or ~/.local/share/devgpu)")
@@ -65,7 +78,9 @@ SQLite under the data directory, the local runtime, this host's NVIDIA GPUs
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.DurationVar(&o.livenessInterval, "liveness-interval", server.DefaultLivenessInterval, "how often to check that sessions are alive")
 	f.DurationVar(&o.pingInterval, "ping-interval", server.DefaultPingInterval, "WebSocket keepalive interval for detecting vanished clients")
+	f.DurationVar(&o.budgetInterval, "budget-interval", server.DefaultBudgetInterval, "how often budgets are checked")
 	_ = f.MarkHidden("liveness-interval")
+	_ = f.MarkHidden("budget-interval")
 	_ = f.MarkHidden("ping-interval")
 	return cmd
 }
@@ -108,6 +123,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 	srv, err := server.New(ctx, server.Config{
 		Store: st, Runtime: rt, GPUs: devices, Logger: log,
 		LivenessInterval: o.livenessInterval, PingInterval: o.pingInterval,
+		BudgetInterval: o.budgetInterval, Rates: o.rates,
 	})
 	if err != nil {
 		return err
@@ -115,6 +131,72 @@ func runServer(ctx context.Context, o serverOptions) error {
 	defer srv.Close()
 	log.Info("devgpu server listening", "url", url, "data", dataDir, "gpus", len(devices))
 	return srv.Serve(ctx, ln)
+}
+
+// serverConfig is the file --config reads.
+type serverConfig struct {
+	Listen string       `json:"listen"`
+	Data   string       `json:"data"`
+	Store  string       `json:"store"`
+	GPUs   string       `json:"gpus"`
+	Rates  *ratesConfig `json:"rates"`
+}
+
+// ratesConfig prices a GPU-hour per type, or per type@region.
+type ratesConfig struct {
+	Currency   string             `json:"currency"`
+	PerGPUHour map[string]float64 `json:"per_gpu_hour"`
+}
+
+// loadConfig reads --config; flags given on the command line win.
+func (o *serverOptions) loadConfig(cmd *cobra.Command) error {
+	if o.config == "" {
+		return nil
+	}
+	b, err := os.ReadFile(o.config)
+	if err != nil {
+		return fmt.Errorf("read server config: %w", err)
+	}
+	var c serverConfig
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return fmt.Errorf("server config %s is not valid (%v); it takes listen, data, store, gpus and rates", o.config, err)
+	}
+	for flag, v := range map[string]struct {
+		dst *string
+		val string
+	}{"listen": {&o.listen, c.Listen}, "data": {&o.data, c.Data}, "store": {&o.storeURL, c.Store}, "gpus": {&o.gpus, c.GPUs}} {
+		if v.val != "" && !cmd.Flags().Changed(flag) {
+			*v.dst = v.val
+		}
+	}
+	if c.Rates != nil {
+		card, err := c.Rates.card()
+		if err != nil {
+			return fmt.Errorf("server config %s: %w", o.config, err)
+		}
+		o.rates = card
+	}
+	return nil
+}
+
+// card turns the rates into a rate card, prices in millionths.
+func (r ratesConfig) card() (*store.RateCard, error) {
+	if r.Currency == "" {
+		return nil, errors.New(`rates need a currency, e.g. "USD"`)
+	}
+	card := &store.RateCard{Currency: r.Currency}
+	keys := slices.Sorted(maps.Keys(r.PerGPUHour))
+	for _, key := range keys {
+		price := r.PerGPUHour[key]
+		if price < 0 || math.IsNaN(price) || math.IsInf(price, 0) {
+			return nil, fmt.Errorf("rate for %s is %g; give a price of 0 or more per GPU-hour", key, price)
+		}
+		typ, region, _ := strings.Cut(key, "@")
+		card.Rates = append(card.Rates, store.Rate{GPUType: typ, Region: region, PerHourMicros: int64(math.Round(price * 1e6))})
+	}
+	return card, nil
 }
 
 func resolveDataDir(dir string) (string, error) {

@@ -183,6 +183,9 @@ func findSession(ctx context.Context, client *sdk.Client, cfg config, f sessionF
 	if err != nil && ctx.Err() != nil {
 		return sess, errors.New("interrupted while starting the session; nothing was left behind")
 	}
+	for _, w := range sess.Warnings {
+		fmt.Fprintf(os.Stderr, "devgpu: warning: %s\n", w)
+	}
 	return sess, err
 }
 

@@ -22,7 +22,7 @@ import (
 var Names = []string{
 	"gpu_enabled", "max_gpus", "max_gpus_per_user", "gpu_types", "regions",
 	"default_image", "images", "shell_mode", "idle_timeout", "max_lifetime",
-	"detach_grace", "egress",
+	"detach_grace", "egress", "budget",
 }
 
 // BuiltIn is what applies where neither the organisation nor the project
@@ -41,6 +41,7 @@ func BuiltIn() sdk.ProjectSettings {
 		MaxLifetime:    ptr(sdk.Duration(0)),
 		DetachGrace:    ptr(sdk.Duration(60 * time.Second)),
 		Egress:         &sdk.Egress{Mode: sdk.EgressAll},
+		Budget:         &sdk.Budget{Unit: sdk.BudgetCurrency, Action: sdk.BudgetRefuse},
 	}
 }
 
@@ -60,6 +61,7 @@ type Effective struct {
 	MaxLifetime    time.Duration // 0: none
 	DetachGrace    time.Duration
 	Egress         sdk.Egress
+	Budget         sdk.Budget // Amount 0: none
 	// Settings is the same as settings that are all set, for display.
 	Settings sdk.ProjectSettings
 	// Source says, per setting name, where its value comes from:
@@ -89,6 +91,7 @@ func fields(own, org, base *sdk.ProjectSettings, out *sdk.ProjectSettings) []fie
 		{"max_lifetime", own.MaxLifetime, org.MaxLifetime, base.MaxLifetime, func(v any) { out.MaxLifetime = v.(*sdk.Duration) }},
 		{"detach_grace", own.DetachGrace, org.DetachGrace, base.DetachGrace, func(v any) { out.DetachGrace = v.(*sdk.Duration) }},
 		{"egress", own.Egress, org.Egress, base.Egress, func(v any) { out.Egress = v.(*sdk.Egress) }},
+		{"budget", own.Budget, org.Budget, base.Budget, func(v any) { out.Budget = v.(*sdk.Budget) }},
 	}
 }
 
@@ -117,7 +120,7 @@ func Resolve(org sdk.OrgPolicy, own sdk.ProjectSettings) Effective {
 		GPUTypes: *s.GPUTypes, Regions: *s.Regions, DefaultImage: *s.DefaultImage, Images: *s.Images,
 		ShellMode: *s.ShellMode, IdleTimeout: time.Duration(*s.IdleTimeout),
 		MaxLifetime: time.Duration(*s.MaxLifetime), DetachGrace: time.Duration(*s.DetachGrace),
-		Egress: *s.Egress, Settings: s, Source: src,
+		Egress: *s.Egress, Budget: *s.Budget, Settings: s, Source: src,
 	}
 }
 
@@ -145,6 +148,8 @@ func isNil(v any) bool {
 	case *sdk.Duration:
 		return p == nil
 	case *sdk.Egress:
+		return p == nil
+	case *sdk.Budget:
 		return p == nil
 	}
 	return v == nil
@@ -251,8 +256,32 @@ func Validate(s sdk.ProjectSettings) error {
 	if s.DefaultImage != nil && strings.ContainsAny(*s.DefaultImage, " \t\n") {
 		return fmt.Errorf("default_image %q is not an image name or reference", *s.DefaultImage)
 	}
+	if s.Budget != nil {
+		if err := ValidateBudget(*s.Budget); err != nil {
+			return err
+		}
+	}
 	if s.Egress != nil {
 		return ValidateEgress(*s.Egress)
+	}
+	return nil
+}
+
+// ValidateBudget checks a budget.
+func ValidateBudget(b sdk.Budget) error {
+	if b.Amount < 0 {
+		return fmt.Errorf("budget amount %g is negative; give 0 (no budget) or more", b.Amount)
+	}
+	if b.Unit != sdk.BudgetCurrency && b.Unit != sdk.BudgetGPUHours {
+		return fmt.Errorf("budget unit %q is not currency or gpu-hours", b.Unit)
+	}
+	if b.Action != "" && b.Action != sdk.BudgetRefuse && b.Action != sdk.BudgetStop {
+		return fmt.Errorf("budget action %q is not refuse or stop", b.Action)
+	}
+	for _, t := range b.Thresholds {
+		if t < 1 || t > 1000 {
+			return fmt.Errorf("budget threshold %d%% is out of range; give percentages from 1 to 1000, e.g. 80,100", t)
+		}
 	}
 	return nil
 }

@@ -35,19 +35,46 @@ func (s *Server) createSession(ctx context.Context, caller store.User, req sdk.C
 	if wait < 0 || wait > maxWait {
 		return store.Session{}, httpapi.Errorf(http.StatusBadRequest, "wait %s is out of range; give a duration up to %s", wait, maxWait)
 	}
+	requested := s.now()
 	sess, d, err := s.admit(ctx, caller, req, false)
 	if err == nil && d.Outcome == admission.Refuse && d.Queueable && wait > 0 {
+		s.metrics.admissions.WithLabelValues("queued", d.Reason).Inc()
 		sess, d, err = s.waitInQueue(ctx, caller, req, wait, progress)
 	}
 	switch {
 	case err != nil:
 		return store.Session{}, err
 	case d.Outcome == admission.Refuse:
+		s.metrics.admissions.WithLabelValues("refused", d.Reason).Inc()
 		return store.Session{}, &httpapi.Error{Status: refusalStatus(d.Reason), Msg: d.Message}
 	case d.Outcome == admission.Join:
+		s.metrics.admissions.WithLabelValues("joined", "").Inc()
 		return s.joinable(ctx, d.Session)
 	}
-	return s.start(ctx, sess)
+	s.metrics.admissions.WithLabelValues("admitted", "").Inc()
+	return s.start(ctx, sess, requested)
+}
+
+// warnings are what the user should hear on a new shell: for now, that
+// the project is past a budget threshold.
+func (s *Server) warnings(ctx context.Context, sess store.Session) []string {
+	p, err := s.store.ProjectByID(ctx, sess.ProjectID)
+	if err != nil {
+		return nil
+	}
+	org, err := s.store.OrgPolicy(ctx)
+	if err != nil {
+		return nil
+	}
+	b, err := s.budgetUse(ctx, s.store, p, policy.Resolve(org, p.Settings))
+	if err != nil {
+		s.log.Error("budget use", "project", p.Name, "err", err)
+		return nil
+	}
+	if w := b.warning(p.Name, s.currency()); w != "" {
+		return []string{w}
+	}
+	return nil
 }
 
 // admit decides in one transaction and, when admitted, reserves the GPUs
@@ -73,6 +100,11 @@ func (s *Server) admit(ctx context.Context, caller store.User, req sdk.CreateSes
 		if err != nil {
 			return err
 		}
+		budget, err := s.budgetUse(ctx, tx, p, eff)
+		if err != nil {
+			return err
+		}
+		snap.Budget = budget.refusal(p.Name, s.currency())
 		d = admission.Decide(admission.Request{Project: p.Name, User: caller.Name, GPUType: req.GPUType, Region: req.Region, Image: req.Image}, snap)
 		if d.Outcome == admission.Admit && !asHead {
 			if n := s.queueLength(p.Name); n > 0 {
@@ -145,7 +177,7 @@ func (s *Server) attachments(id string) int {
 }
 
 // start starts an admitted session in the runtime and marks it running.
-func (s *Server) start(ctx context.Context, sess store.Session) (store.Session, error) {
+func (s *Server) start(ctx context.Context, sess store.Session, requested time.Time) (store.Session, error) {
 	log := s.log.With("session_id", sess.ID, "project", sess.Project, "user", sess.User)
 	log.Info("session starting", "gpu_type", sess.GPUType, "gpus", strings.Join(sess.GPUs, ","))
 	spec := runtime.Spec{
@@ -165,7 +197,7 @@ func (s *Server) start(ctx context.Context, sess store.Session) (store.Session, 
 	s.mu.Lock()
 	s.live[sess.ID] = &liveSession{
 		projectID: sess.ProjectID, gpus: sess.GPUs, secret: sess.AgentSecret,
-		detachedAt: now, grace: sess.DetachGrace, lastSeen: now, startedAt: now,
+		detachedAt: now, grace: sess.DetachGrace, lastSeen: now, startedAt: now, requested: requested,
 	}
 	s.mu.Unlock()
 	s.refreshLimits(context.WithoutCancel(ctx))
@@ -176,7 +208,8 @@ func (s *Server) start(ctx context.Context, sess store.Session) (store.Session, 
 		return store.Session{}, err
 	}
 	s.kickQueues() // a joinable session may now be running
-	log.Info("session running", "start_ms", now.Sub(sess.CreatedAt).Milliseconds())
+	s.metrics.startup.Observe(now.Sub(requested).Seconds())
+	log.Info("session running", "start_ms", now.Sub(requested).Milliseconds())
 	return s.store.Session(ctx, sess.ID)
 }
 

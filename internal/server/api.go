@@ -30,6 +30,9 @@ func (a *API) routes() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		httpapi.Write(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
+	// Like /healthz, /metrics needs no token: scrape it from inside the
+	// network, not from the internet.
+	mux.Handle("GET /metrics", a.s.metrics.handler())
 	handle := func(pattern string, h handlerFunc) { mux.Handle(pattern, a.authenticated(h)) }
 	handle("GET /api/v1/whoami", a.whoami)
 	handle("GET /api/v1/sessions", a.listSessions)
@@ -55,6 +58,7 @@ func (a *API) routes() http.Handler {
 	handle("DELETE /api/v1/tokens/{id}", a.revokeToken)
 	handle("GET /api/v1/audit", a.listAudit)
 	handle("GET /api/v1/gpus", a.listGPUs)
+	handle("GET /api/v1/usage", a.getUsage)
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, r, a.log, httpapi.Errorf(http.StatusNotFound, "no API endpoint %s %s; this server speaks /api/v1", r.Method, r.URL.Path))
 	})

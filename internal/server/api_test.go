@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -29,9 +30,9 @@ func TestMain(m *testing.M) {
 // fixture is a server on a real SQLite store and the local runtime, with
 // an org admin, a developer who is a member of "default", and an outsider.
 type fixture struct {
-	t                       *testing.T
-	url                     string
-	admin, dev, dev2, other string // tokens
+	t                               *testing.T
+	url                             string
+	admin, padmin, dev, dev2, other string // tokens
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -59,10 +60,10 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	for _, u := range []struct {
-		name   string
-		token  *string
-		member bool
-	}{{"dev", &f.dev, true}, {"dev2", &f.dev2, true}, {"other", &f.other, false}} {
+		name  string
+		token *string
+		role  string
+	}{{"padmin", &f.padmin, store.RoleAdmin}, {"dev", &f.dev, store.RoleDeveloper}, {"dev2", &f.dev2, store.RoleDeveloper}, {"other", &f.other, ""}} {
 		user := store.User{Name: u.name, CreatedAt: now}
 		if err := st.CreateUser(ctx, &user); err != nil {
 			t.Fatal(err)
@@ -70,13 +71,13 @@ func newFixture(t *testing.T) *fixture {
 		if *u.token, _, err = NewToken(ctx, st, user.ID, "test", now, time.Time{}); err != nil {
 			t.Fatal(err)
 		}
-		if u.member {
-			if err := st.SetMember(ctx, store.Member{ProjectID: p.ID, UserID: user.ID, Role: store.RoleDeveloper}); err != nil {
+		if u.role != "" {
+			if err := st.SetMember(ctx, store.Member{ProjectID: p.ID, UserID: user.ID, Role: u.role}); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	srv, err := New(ctx, Config{Store: st, Runtime: rt, GPUs: devs})
+	srv, err := New(ctx, Config{Store: st, Runtime: rt, GPUs: devs, LivenessInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,5 +214,110 @@ func TestGPUDisabledRefuses(t *testing.T) {
 	code, body := f.call(f.dev, "POST", "/api/v1/sessions", sdk.CreateSessionRequest{})
 	if code != http.StatusForbidden || !bytes.Contains(body, []byte("GPU sessions are disabled in project default")) {
 		t.Fatalf("create with GPUs disabled: %d %s", code, body)
+	}
+}
+
+// Every endpoint against every role: organisation admin, project admin,
+// the session's owner, another developer of the project, and a user who
+// is not a member. Each cell is allowed (2xx), refused (403) or hidden (404).
+func TestAuthorizationMatrixAllEndpoints(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	code, body := f.call(f.dev, "POST", "/api/v1/sessions", sdk.CreateSessionRequest{})
+	if code != http.StatusCreated {
+		t.Fatalf("create session: %d %s", code, body)
+	}
+	var sess sdk.Session
+	_ = json.Unmarshal(body, &sess)
+	// A token of dev2's, to revoke.
+	code, body = f.call(f.dev2, "POST", "/api/v1/tokens", sdk.TokenCreate{Name: "spare"})
+	if code != http.StatusCreated {
+		t.Fatalf("create token: %d %s", code, body)
+	}
+	var tok sdk.TokenCreated
+	_ = json.Unmarshal(body, &tok)
+
+	roles := []string{"org-admin", "project-admin", "owner", "developer", "outsider"}
+	tokens := []string{f.admin, f.padmin, f.dev, f.dev2, f.other}
+	sp := "/api/v1/sessions/" + sess.ID
+	n := 0
+	uniq := func() string { n++; return fmt.Sprintf("n%d", n) }
+	fixed := func(path string) func() string { return func() string { return path } }
+	// Paths of things a DELETE removes are made anew for every role.
+	newSession := func() string {
+		_, b := f.call(f.dev, "POST", "/api/v1/sessions", sdk.CreateSessionRequest{})
+		var s sdk.Session
+		_ = json.Unmarshal(b, &s)
+		return "/api/v1/sessions/" + s.ID
+	}
+	newToken := func() string {
+		_, b := f.call(f.dev2, "POST", "/api/v1/tokens", sdk.TokenCreate{Name: "spare"})
+		var tok sdk.TokenCreated
+		_ = json.Unmarshal(b, &tok)
+		return fmt.Sprintf("/api/v1/tokens/%d", tok.ID)
+	}
+	outsiderMember := func() string {
+		f.call(f.admin, "PUT", "/api/v1/projects/default/members/other", map[string]string{"role": "developer"})
+		return "/api/v1/projects/default/members/other"
+	}
+	outsiderOut := func() string {
+		f.call(f.admin, "DELETE", "/api/v1/projects/default/members/other", nil)
+		return "/api/v1/projects/default/members/other"
+	}
+	newProject := func() string {
+		name := uniq()
+		f.call(f.admin, "POST", "/api/v1/projects", sdk.ProjectCreate{Name: name})
+		f.call(f.admin, "PUT", "/api/v1/projects/"+name+"/members/padmin", map[string]string{"role": "admin"})
+		f.call(f.admin, "PUT", "/api/v1/projects/"+name+"/members/dev", map[string]string{"role": "developer"})
+		f.call(f.admin, "PUT", "/api/v1/projects/"+name+"/members/dev2", map[string]string{"role": "developer"})
+		return "/api/v1/projects/" + name
+	}
+	cases := []struct {
+		method string
+		path   func() string
+		body   func() any
+		want   [5]int
+	}{
+		{"GET", fixed("/api/v1/whoami"), nil, [5]int{200, 200, 200, 200, 200}},
+		{"GET", fixed("/api/v1/gpus"), nil, [5]int{200, 200, 200, 200, 200}},
+		{"GET", fixed("/api/v1/sessions"), nil, [5]int{200, 200, 200, 200, 200}},
+		{"POST", fixed("/api/v1/sessions"), func() any { return sdk.CreateSessionRequest{GPUType: "nope"} }, [5]int{400, 400, 400, 400, 404}},
+		{"GET", fixed("/api/v1/sessions?all=true"), nil, [5]int{200, 403, 403, 403, 403}},
+		{"GET", fixed(sp), nil, [5]int{200, 200, 200, 404, 404}},
+		{"GET", fixed(sp + "/connect"), nil, [5]int{403, 403, 426, 404, 404}},
+		{"DELETE", newSession, nil, [5]int{200, 200, 200, 404, 404}},
+		{"GET", fixed("/api/v1/projects"), nil, [5]int{200, 200, 200, 200, 200}},
+		{"GET", fixed("/api/v1/projects/default"), nil, [5]int{200, 200, 200, 200, 404}},
+		{"POST", fixed("/api/v1/projects"), func() any { return sdk.ProjectCreate{Name: uniq()} }, [5]int{201, 403, 403, 403, 403}},
+		{"PATCH", fixed("/api/v1/projects/default"), func() any { return sdk.ProjectUpdate{} }, [5]int{200, 200, 403, 403, 404}},
+		{"DELETE", newProject, nil, [5]int{204, 403, 403, 403, 404}},
+		{"GET", fixed("/api/v1/projects/default/members"), nil, [5]int{200, 200, 200, 200, 404}},
+		{"PUT", outsiderOut, func() any { return map[string]string{"role": "developer"} }, [5]int{200, 200, 403, 403, 404}},
+		// The outsider is made a developer for this row: developers may not
+		// remove members, themselves included.
+		{"DELETE", outsiderMember, nil, [5]int{204, 204, 403, 403, 403}},
+		{"GET", fixed("/api/v1/org/policy"), nil, [5]int{200, 200, 200, 200, 200}},
+		{"PUT", fixed("/api/v1/org/policy"), func() any { return sdk.OrgPolicy{} }, [5]int{200, 403, 403, 403, 403}},
+		{"GET", fixed("/api/v1/users"), nil, [5]int{200, 403, 403, 403, 403}},
+		{"POST", fixed("/api/v1/users"), func() any { return sdk.UserCreate{Name: uniq()} }, [5]int{201, 403, 403, 403, 403}},
+		{"PATCH", fixed("/api/v1/users/dev2"), func() any { return sdk.UserUpdate{} }, [5]int{200, 403, 403, 403, 403}},
+		{"GET", fixed("/api/v1/tokens"), nil, [5]int{200, 200, 200, 200, 200}},
+		{"GET", fixed("/api/v1/tokens?user=dev2"), nil, [5]int{200, 403, 403, 200, 403}},
+		{"POST", fixed("/api/v1/tokens"), func() any { return sdk.TokenCreate{User: "dev2"} }, [5]int{201, 403, 403, 201, 403}},
+		{"DELETE", newToken, nil, [5]int{200, 404, 404, 200, 404}},
+		{"GET", fixed("/api/v1/audit"), nil, [5]int{200, 403, 403, 403, 403}},
+		{"GET", func() string { outsiderOut(); return "/api/v1/audit?project=default" }, nil, [5]int{200, 200, 403, 403, 404}},
+	}
+	for _, c := range cases {
+		for i, role := range roles {
+			path := c.path()
+			var body any
+			if c.body != nil {
+				body = c.body()
+			}
+			if got, b := f.call(tokens[i], c.method, path, body); got != c.want[i] {
+				t.Errorf("%s %s as %s: %d, want %d (%s)", c.method, path, role, got, c.want[i], b)
+			}
+		}
 	}
 }

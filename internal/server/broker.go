@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/coder/websocket"
@@ -32,6 +33,9 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 	}
 	if sess.State != sdk.StateRunning {
 		return errSessionNotRunning(sess.ID)
+	}
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		return httpapi.Errorf(http.StatusUpgradeRequired, "this endpoint carries a shell over a WebSocket; connect with `devgpu shell --attach %s`", sess.ID)
 	}
 	agentConn, err := a.s.rt.Connect(r.Context(), sess.ID)
 	if errors.Is(err, runtime.ErrNotFound) {
@@ -60,7 +64,8 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 	ctx, cancel := context.WithCancel(a.s.ctx)
 	defer cancel()
 	go keepalive(ctx, ws, a.s.cfg.PingInterval)
-	switch pipe(websocket.NetConn(ctx, ws, websocket.MessageBinary), agentConn) {
+	first := &firstRead{Conn: agentConn, seen: func() { a.s.firstByte(sess.ID) }}
+	switch pipe(websocket.NetConn(ctx, ws, websocket.MessageBinary), first) {
 	case clientClosed:
 		a.s.detach(ctx, sess.ID, attachment, true)
 	case clientVanished:
@@ -131,4 +136,20 @@ func keepalive(ctx context.Context, ws *websocket.Conn, interval time.Duration) 
 			return
 		}
 	}
+}
+
+// firstRead calls seen once, at the first byte read from the agent.
+type firstRead struct {
+	net.Conn
+	seen func()
+	done bool
+}
+
+func (f *firstRead) Read(p []byte) (int, error) {
+	n, err := f.Conn.Read(p)
+	if n > 0 && !f.done {
+		f.done = true
+		f.seen()
+	}
+	return n, err
 }

@@ -21,6 +21,8 @@ import (
 type liveSession struct {
 	projectID   int64
 	gpus        []string
+	requested   time.Time // when the request that started it came in
+	firstByte   bool      // whether its first shell byte was measured
 	secret      string
 	startedAt   time.Time
 	attachments int
@@ -103,6 +105,7 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
 	s.forget(id)
+	s.metrics.ended.WithLabelValues(reason).Inc()
 	log.Info("session ended")
 	return nil
 }
@@ -116,6 +119,9 @@ func (s *Server) recordEnd(ctx context.Context, id, state, reason, actor string,
 		}
 		sess, err := tx.Session(ctx, id)
 		if err != nil {
+			return err
+		}
+		if err := s.meter(ctx, tx, sess, sess.EndedAt); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, actor, "session.end", sess.Project, id, nil, map[string]any{"state": state, "reason": reason})
@@ -211,6 +217,21 @@ func (s *Server) detach(ctx context.Context, id string, attachment int64, clean 
 	})
 	if err != nil {
 		s.log.Error("record detach", "session_id", id, "err", err)
+	}
+}
+
+// firstByte measures the time from the session's request to the first
+// byte its first shell received.
+func (s *Server) firstByte(id string) {
+	s.mu.Lock()
+	l := s.live[id]
+	measure := l != nil && !l.firstByte && !l.requested.IsZero()
+	if measure {
+		l.firstByte = true
+	}
+	s.mu.Unlock()
+	if measure {
+		s.metrics.firstByte.Observe(s.now().Sub(l.requested).Seconds())
 	}
 }
 

@@ -30,6 +30,12 @@ type Config struct {
 	ReapInterval     time.Duration // how often detach graces are checked
 	LivenessInterval time.Duration // how often the runtime is asked what is alive
 	PingInterval     time.Duration // WebSocket keepalive to detect vanished clients
+	// Rates is the rate card to be in force; a change applies from the
+	// moment the server starts with it. Nil keeps the one in force.
+	Rates *store.RateCard
+	// BudgetInterval is how often budgets are checked for thresholds and
+	// the stop action.
+	BudgetInterval time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -39,6 +45,7 @@ const (
 	DefaultReapInterval     = 250 * time.Millisecond
 	DefaultLivenessInterval = 5 * time.Second
 	DefaultPingInterval     = 10 * time.Second
+	DefaultBudgetInterval   = 10 * time.Second
 	// agentIdleExitMargin is how much longer than the detach grace an agent
 	// waits without connections before it stops itself: the control plane
 	// normally ends the session first, so this only matters when the
@@ -54,8 +61,9 @@ type Server struct {
 	cfg   Config
 	now   func() time.Time
 
-	mu   sync.Mutex
-	live map[string]*liveSession // running sessions, by id
+	mu    sync.Mutex
+	live  map[string]*liveSession // running sessions, by id
+	cards []store.RateCard        // every rate card, oldest first
 	// detached holds, per open attachment, a channel closed once its
 	// detach has been fully processed.
 	detached       map[int64]chan struct{}
@@ -63,6 +71,8 @@ type Server struct {
 
 	qmu    sync.Mutex
 	queues map[string]*queue // waiting requests, by project name
+
+	metrics *metrics
 
 	wg     sync.WaitGroup // lifecycle goroutines
 	cancel context.CancelFunc
@@ -87,6 +97,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.PingInterval == 0 {
 		cfg.PingInterval = DefaultPingInterval
 	}
+	if cfg.BudgetInterval == 0 {
+		cfg.BudgetInterval = DefaultBudgetInterval
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -94,6 +107,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s := &Server{
 		store: cfg.Store, rt: cfg.Runtime, log: cfg.Logger, cfg: cfg, now: cfg.Now,
 		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, queues: map[string]*queue{}, ctx: loopCtx, cancel: cancel,
+	}
+	s.metrics = newMetrics(s)
+	if err := s.setRates(ctx, cfg.Rates); err != nil {
+		cancel()
+		return nil, err
 	}
 	if err := s.reconcile(ctx); err != nil {
 		cancel()
@@ -104,10 +122,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.refreshLimits(ctx)
-	s.wg.Add(3)
+	s.wg.Add(4)
 	go s.reapLoop()
 	go s.livenessLoop()
 	go s.limitsLoop()
+	go s.budgetLoop()
 	return s, nil
 }
 

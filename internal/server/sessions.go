@@ -26,7 +26,9 @@ func (a *API) createSession(w http.ResponseWriter, r *http.Request, caller store
 		if err != nil {
 			return err
 		}
-		httpapi.Write(w, http.StatusCreated, toSDK(sess))
+		out := toSDK(sess)
+		out.Warnings = a.s.warnings(r.Context(), sess)
+		httpapi.Write(w, http.StatusCreated, out)
 		return nil
 	}
 	stream := httpapi.NewStream(w)
@@ -39,6 +41,7 @@ func (a *API) createSession(w http.ResponseWriter, r *http.Request, caller store
 		return nil
 	}
 	out := toSDK(sess)
+	out.Warnings = a.s.warnings(r.Context(), sess)
 	stream.Send(sdk.SessionEvent{Session: &out})
 	return nil
 }

@@ -121,6 +121,59 @@ type Session struct {
 	LastSeenAt time.Time
 }
 
+// UsageEntry is one row of the append-only usage ledger: one GPU of one
+// session, metered from running to ended, priced when it was appended.
+type UsageEntry struct {
+	ID        int64
+	SessionID string
+	GPUID     string
+	UserID    int64
+	User      string // filled by reads
+	ProjectID int64
+	Project   string // filled by reads
+	GPUType   string
+	Region    string
+	Start     time.Time
+	End       time.Time
+	// CostMicros is the price in millionths of Currency, from the rate
+	// cards in force over [Start, End).
+	CostMicros int64
+	Currency   string
+}
+
+// UsageFilter selects ledger entries that overlap [From, To); zero fields
+// match everything.
+type UsageFilter struct {
+	ProjectID int64
+	UserID    int64
+	From, To  time.Time
+}
+
+// Rate is the price of one GPU-hour of a type, optionally in one region
+// (empty: every region without its own rate).
+type Rate struct {
+	GPUType       string
+	Region        string
+	PerHourMicros int64
+}
+
+// RateCard is the prices in force from EffectiveFrom until the next card.
+type RateCard struct {
+	ID            int64
+	EffectiveFrom time.Time
+	Currency      string
+	Rates         []Rate
+}
+
+// BudgetAlert records that a project crossed a budget threshold (percent)
+// in a month ("2026-11"), so that each crossing is reported once.
+type BudgetAlert struct {
+	ProjectID int64
+	Month     string
+	Threshold int
+	At        time.Time
+}
+
 // SessionFilter selects sessions; zero fields match everything.
 type SessionFilter struct {
 	UserID     int64
@@ -180,6 +233,21 @@ type Store interface {
 	AppendAudit(ctx context.Context, e *AuditEvent) error
 	// ListAudit returns matching events, oldest first.
 	ListAudit(ctx context.Context, f AuditFilter) ([]AuditEvent, error)
+
+	// AppendUsage adds a ledger entry and sets its ID. An entry for the
+	// same session and GPU exists at most once: a second is ErrConflict,
+	// so nothing is ever counted twice.
+	AppendUsage(ctx context.Context, e *UsageEntry) error
+	// ListUsage returns the matching entries ordered by Start, then ID.
+	ListUsage(ctx context.Context, f UsageFilter) ([]UsageEntry, error)
+	// AddRateCard appends a rate card and sets its ID.
+	AddRateCard(ctx context.Context, c *RateCard) error
+	// RateCards returns every rate card ordered by EffectiveFrom.
+	RateCards(ctx context.Context) ([]RateCard, error)
+	// AddBudgetAlert records a threshold crossing; ErrConflict when that
+	// project, month and threshold were recorded already.
+	AddBudgetAlert(ctx context.Context, a BudgetAlert) error
+	ListBudgetAlerts(ctx context.Context, projectID int64, month string) ([]BudgetAlert, error)
 
 	// SyncGPUs makes the inventory equal to devices: new ones are added;
 	// free ones missing from devices are removed; reserved ones missing

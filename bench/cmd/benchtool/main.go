@@ -13,6 +13,7 @@
 //	benchtool keystroke  -name N -out F [-n 200] -- CMD [ARG...]
 //	benchtool throughput -name N -out F [-n 3] [-expect-bytes SIZE] -- CMD [ARG...]
 //	benchtool concurrent -name N -out F [-jobs 200] [-workers 16] -- CMD [ARG...]
+//	benchtool admissions -name N -out F [-url U -token T | -config F] [-clients 64] [-duration 10s] ...
 //	benchtool report     [-in F]
 package main
 
@@ -48,6 +49,7 @@ var subcommands = map[string]func(ctx context.Context, args []string, stdout, st
 	"keystroke":  runKeystroke,
 	"throughput": runThroughput,
 	"concurrent": runConcurrent,
+	"admissions": runAdmissions,
 	"report":     runReport,
 }
 
@@ -72,6 +74,9 @@ func usage(w io.Writer) {
   keystroke   start CMD on a PTY once; time from each keystroke to its echo
   throughput  run CMD -n times; bytes/s of its stdout
   concurrent  run CMD -jobs times from -workers goroutines; jobs/s
+  admissions  create+end sessions through the API from -clients goroutines
+              against small caps; admissions/s, then replay the audit log
+              and count cap violations
   report      read the results file and print the markdown comparison
 `)
 }

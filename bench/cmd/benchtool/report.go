@@ -26,6 +26,8 @@ const (
 	srunConcurrent    = "srun_concurrent"
 	devgpuBulk        = "devgpu_run_bulk"
 	sshBulk           = "ssh_bulk"
+	admissionsSQLite  = "devgpu_admissions_sqlite"
+	admissionsPG      = "devgpu_admissions_postgres"
 )
 
 // order is how the measurements table lists what it knows; others follow by name.
@@ -35,14 +37,17 @@ var order = []string{
 	devgpuKeystroke, sshKeystroke, srunKeystroke,
 	devgpuConcurrent, srunConcurrent,
 	devgpuBulk, sshBulk,
+	admissionsSQLite, admissionsPG,
 }
 
 // metric picks the number a target compares, and whether more is better.
+// has, when set, says whether the result has the number at all.
 type metric struct {
 	label  string
 	value  func(Result) float64
 	unit   string
 	higher bool
+	has    func(Result) bool
 }
 
 var (
@@ -50,6 +55,10 @@ var (
 	p99MS      = metric{label: "p99", value: func(r Result) float64 { return r.P99MS }, unit: "ms"}
 	jobsPerSec = metric{label: "jobs/s", value: func(r Result) float64 { return r.JobsPerSec }, unit: "jobs/s", higher: true}
 	streamMBps = metric{label: "MB/s", value: func(r Result) float64 { return r.StreamBytesPerSec / 1e6 }, unit: "MB/s", higher: true}
+	admPerSec  = metric{label: "admissions/s", value: func(r Result) float64 { return r.AdmissionsPerSec }, unit: "/s", higher: true}
+	violations = metric{label: "replayed from the audit log", unit: "violations",
+		value: func(r Result) float64 { return float64(*r.Violations) },
+		has:   func(r Result) bool { return r.Violations != nil }}
 )
 
 // target is one row of the DESIGN.md performance targets: subject's metric
@@ -74,6 +83,10 @@ var targets = []target{
 	{what: "200 × `run --wait -- true`, 16 submitters, vs srun", subject: devgpuConcurrent, peer: srunConcurrent, metric: jobsPerSec, limit: 5},
 	{what: "bulk output, 1 GiB, vs OpenSSH", subject: devgpuBulk, peer: sshBulk, metric: streamMBps, limit: 1.0},
 	{what: "keystroke echo round trip (OpenSSH beside it)", subject: devgpuKeystroke, peer: sshKeystroke, metric: p99MS, limit: 2, absolute: true},
+	{what: "admissions (create+end), 64 clients, SQLite", subject: admissionsSQLite, metric: admPerSec, limit: 1000, absolute: true},
+	{what: "cap violations, SQLite", subject: admissionsSQLite, metric: violations, limit: 0, absolute: true},
+	{what: "admissions (create+end), 64 clients, PostgreSQL", subject: admissionsPG, metric: admPerSec, limit: 1000, absolute: true},
+	{what: "cap violations, PostgreSQL", subject: admissionsPG, metric: violations, limit: 0, absolute: true},
 }
 
 func runReport(_ context.Context, args []string, stdout, stderr io.Writer) error {
@@ -113,6 +126,8 @@ func renderReport(results map[string]Result) string {
 			rate = fmt.Sprintf("%.0f MB/s (end to end %.0f MB/s)", r.StreamBytesPerSec/1e6, r.E2EBytesPerSec/1e6)
 		case kindConcurrent:
 			rate = fmt.Sprintf("%.1f jobs/s (%d in %.2f s)", r.JobsPerSec, r.N, r.WallS)
+		case kindAdmissions:
+			rate = fmt.Sprintf("%.1f admissions/s (%d in %.2f s)", r.AdmissionsPerSec, r.N, r.WallS)
 		}
 		label := r.Label
 		if label == "" {
@@ -123,7 +138,8 @@ func renderReport(results map[string]Result) string {
 			ms(r.MedianMS), ms(r.P95MS), ms(r.P99MS), rate)
 	}
 	b.WriteString("\nTimes are in milliseconds, end to end (prompt: spawn until a typed command has run; " +
-		"keystroke: one key to its echo; concurrent: each job). MB/s is the stream rate, first byte to EOF.\n")
+		"keystroke: one key to its echo; concurrent: each job; admissions: each admitted create). MB/s is the stream rate, first byte to EOF.\n")
+	b.WriteString(admissionsSection(results))
 
 	b.WriteString("\n### Against the targets in DESIGN.md\n\n")
 	b.WriteString("| target | devgpu | peer | ratio | wanted | met |\n")
@@ -151,34 +167,95 @@ func targetRow(t target, results map[string]Result) string {
 	wanted := fmt.Sprintf("%s %g×", op, t.limit)
 	if t.absolute {
 		wanted = fmt.Sprintf("%s %g %s", op, t.limit, t.metric.unit)
+		if t.limit == 0 && !t.metric.higher {
+			wanted = "0 " + t.metric.unit
+		}
 	}
 	what := fmt.Sprintf("%s (%s)", t.what, t.metric.label)
+	// cell shows a result's number; ok says there is one to compare.
 	cell := func(name string) (string, float64, bool) {
-		r, ok := results[name]
-		if !ok {
-			return "not measured", 0, false
+		if name == "" {
+			return "—", 0, false
 		}
-		if r.N == 0 {
+		r, found := results[name]
+		switch {
+		case !found:
+			return "not measured", 0, false
+		case t.metric.has != nil && !t.metric.has(r):
+			return "not checked" + mark(r), 0, false
+		case t.metric.has == nil && r.N == 0:
 			return fmt.Sprintf("all %d failed", r.Failures), 0, false
 		}
 		v := t.metric.value(r)
-		return fmt.Sprintf("%s %s", num(v), t.metric.unit) + mark(r), v, v != 0
+		return fmt.Sprintf("%s %s", num(v), t.metric.unit) + mark(r), v, true
 	}
 	subjCell, sv, sok := cell(t.subject)
 	peerCell, pv, pok := cell(t.peer)
 	ratio, met := "", "n/a"
-	if sok && pok {
+	if sok && pok && pv != 0 {
 		ratio = fmt.Sprintf("%.2f×", sv/pv)
 	}
 	switch {
 	case t.absolute && sok:
 		met = verdict(sv, t, results[t.subject])
-	case !t.absolute && sok && pok:
+	case !t.absolute && sok && pok && pv != 0 && sv != 0:
 		met = verdict(sv/pv, t, results[t.subject], results[t.peer])
 	case results[t.subject].Failures > 0:
 		met = "no*" // it ran and failed
 	}
 	return fmt.Sprintf("| %s | %s | %s | %s | %s | %s |\n", what, subjCell, peerCell, ratio, wanted, met)
+}
+
+// admissionsSection details the admissions runs, if any.
+func admissionsSection(results map[string]Result) string {
+	var names []string
+	for _, name := range listOrder(results) {
+		if results[name].Kind == kindAdmissions {
+			names = append(names, name)
+		}
+	}
+	if len(names) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("\n### Admissions (API only: create + end, each session a real agent process on the local runtime)\n\n")
+	b.WriteString("| measurement | store | clients / users / projects | admissions/s | create median / p95 | end median / p95 | refused (/s, by reason) | server CPU / admission | agents' CPU / admission | peak GPUs held | violations |\n")
+	b.WriteString("| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: |\n")
+	var notes []string
+	for _, name := range names {
+		r := results[name]
+		cpu := func(v float64) string {
+			if v == 0 {
+				return ""
+			}
+			return num(v) + " ms"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d / %d / %d | %s | %s / %s ms | %s / %s ms | %d (%s/s: %s) | %s | %s | %s | %s |\n",
+			name, r.Engine, r.Clients, r.Users, r.Projects, num(r.AdmissionsPerSec)+mark(r),
+			ms(r.MedianMS), ms(r.P95MS), ms(r.StopMedianMS), ms(r.StopP95MS),
+			r.RefusedN, num(r.RefusalsPerSec), refusalList(r.Refusals),
+			cpu(r.ServerCPUMSPerAdmission), cpu(r.AgentCPUMSPerAdmission), r.Peaks, violationText(r))
+		if r.Caps != "" {
+			notes = append(notes, fmt.Sprintf("%s: caps %s; %d audit events replayed (%d starts, %d ends)", name, r.Caps, r.AuditEvents, r.AuditStarts, r.AuditEnds))
+		}
+		for _, v := range r.ViolationExamples {
+			notes = append(notes, fmt.Sprintf("%s: violation: %s", name, v))
+		}
+		for _, a := range r.Anomalies {
+			notes = append(notes, fmt.Sprintf("%s: %s", name, a))
+		}
+		if r.LeftRunning > 0 {
+			notes = append(notes, fmt.Sprintf("%s: %d sessions a client could not end were ended by the admin after the run", name, r.LeftRunning))
+		}
+	}
+	b.WriteString("\nAn admission is one create that started a session (its agent included) and its end, both answered. " +
+		"Violations: the session.start and session.end events of the audit log, replayed in (time, id) order, " +
+		"never hold more GPUs per project, per user in a project or per type than the caps, nor one GPU twice. " +
+		"Agents' CPU is the server's reaped children: the agents and what they ran.\n")
+	if len(notes) > 0 {
+		b.WriteString("\n- " + strings.Join(notes, "\n- ") + "\n")
+	}
+	return b.String()
 }
 
 // verdict says whether v meets the target, starred when a run failed.

@@ -8,6 +8,8 @@ import (
 	"math"
 	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -18,6 +20,7 @@ const (
 	kindKeystroke  = "keystroke"
 	kindThroughput = "throughput"
 	kindConcurrent = "concurrent"
+	kindAdmissions = "admissions"
 )
 
 // Result is one measurement, written as one JSON line. Durations are in
@@ -53,6 +56,33 @@ type Result struct {
 	JobsPerSec float64 `json:"jobs_per_s,omitempty"`
 
 	SamplesMS []float64 `json:"samples_ms,omitempty"`
+
+	// Admissions: N is the create+end cycles that succeeded, the
+	// distribution is that of their creates (agent start included),
+	// Failures the calls that failed other than by a refusal.
+	Engine                  string         `json:"engine,omitempty"`
+	Clients                 int            `json:"clients,omitempty"`
+	Users                   int            `json:"users,omitempty"`
+	Projects                int            `json:"projects,omitempty"`
+	Caps                    string         `json:"caps,omitempty"`
+	AdmissionsPerSec        float64        `json:"admissions_per_s,omitempty"`
+	RefusedN                int            `json:"refused,omitempty"`
+	RefusalsPerSec          float64        `json:"refusals_per_s,omitempty"`
+	Refusals                map[string]int `json:"refusals,omitempty"` // by reason
+	StopMedianMS            float64        `json:"stop_median_ms,omitempty"`
+	StopP95MS               float64        `json:"stop_p95_ms,omitempty"`
+	RefuseMedianMS          float64        `json:"refuse_median_ms,omitempty"`
+	ServerCPUMSPerAdmission float64        `json:"server_cpu_ms_per_admission,omitempty"`
+	AgentCPUMSPerAdmission  float64        `json:"agent_cpu_ms_per_admission,omitempty"`
+	LeftRunning             int            `json:"left_running,omitempty"` // ended by the admin after the run
+	// Violations is nil when the audit log could not be replayed.
+	Violations        *int     `json:"violations,omitempty"`
+	ViolationExamples []string `json:"violation_examples,omitempty"`
+	AuditEvents       int      `json:"audit_events,omitempty"`
+	AuditStarts       int      `json:"audit_starts,omitempty"`
+	AuditEnds         int      `json:"audit_ends,omitempty"`
+	Peaks             string   `json:"peaks,omitempty"` // peak concurrent GPUs per project, user, type
+	Anomalies         []string `json:"anomalies,omitempty"`
 }
 
 // setSamples fills the distribution fields from samples.
@@ -156,6 +186,9 @@ func summaryLine(r Result) string {
 		s += fmt.Sprintf(" stream=%.0f MB/s e2e=%.0f MB/s", r.StreamBytesPerSec/1e6, r.E2EBytesPerSec/1e6)
 	case kindConcurrent:
 		s += fmt.Sprintf(" %.1f jobs/s (wall %.2fs, job median %.1f ms, p95 %.1f ms)", r.JobsPerSec, r.WallS, r.MedianMS, r.P95MS)
+	case kindAdmissions:
+		s += fmt.Sprintf(" %.1f admissions/s (wall %.2fs, create median %.1f ms, end median %.1f ms); refused %d (%s); violations %s",
+			r.AdmissionsPerSec, r.WallS, r.MedianMS, r.StopMedianMS, r.RefusedN, refusalList(r.Refusals), violationText(r))
 	default:
 		s += fmt.Sprintf(" median=%.2f ms p95=%.2f ms p99=%.2f ms", r.MedianMS, r.P95MS, r.P99MS)
 	}
@@ -173,4 +206,33 @@ func readResultsFile(path string) (map[string]Result, error) {
 	}
 	defer f.Close()
 	return readResults(f)
+}
+
+// refusalList prints refusals by reason, most frequent first.
+func refusalList(m map[string]int) string {
+	type kv struct {
+		k string
+		v int
+	}
+	var l []kv
+	for k, v := range m {
+		l = append(l, kv{k, v})
+	}
+	sort.Slice(l, func(i, j int) bool { return l[i].v > l[j].v || l[i].v == l[j].v && l[i].k < l[j].k })
+	parts := make([]string, len(l))
+	for i, x := range l {
+		parts[i] = fmt.Sprintf("%s %d", x.k, x.v)
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// violationText is the violation count, or why there is none.
+func violationText(r Result) string {
+	if r.Violations == nil {
+		return "not checked"
+	}
+	return strconv.Itoa(*r.Violations)
 }

@@ -43,19 +43,23 @@ func Open(ctx context.Context, url string) (*sqlstore.Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
-	s, err := sqlstore.New(ctx, db, sqlstore.Dialect{
-		Name:                    "postgres",
-		NumberedParams:          true,
-		TxLock:                  txLock,
-		FailedStatementAbortsTx: true,
-		Classify:                classify,
-		Migrations:              migrationFiles(),
-	})
+	s, err := sqlstore.New(ctx, db, dialect(migrationFiles()))
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
 	return s, nil
+}
+
+func dialect(migrations fs.FS) sqlstore.Dialect {
+	return sqlstore.Dialect{
+		Name:                    "postgres",
+		NumberedParams:          true,
+		TxLock:                  txLock,
+		FailedStatementAbortsTx: true,
+		Classify:                classify,
+		Migrations:              migrations,
+	}
 }
 
 func classify(err error) error {

@@ -36,17 +36,21 @@ func Open(ctx context.Context, path string) (*sqlstore.Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
-	s, err := sqlstore.New(ctx, db, sqlstore.Dialect{
-		Name:       "sqlite",
-		Serialize:  true,
-		Classify:   classify,
-		Migrations: migrationFiles(),
-	})
+	s, err := sqlstore.New(ctx, db, dialect(migrationFiles()))
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
 	return s, nil
+}
+
+func dialect(migrations fs.FS) sqlstore.Dialect {
+	return sqlstore.Dialect{
+		Name:       "sqlite",
+		Serialize:  true,
+		Classify:   classify,
+		Migrations: migrations,
+	}
 }
 
 // dsn is the modernc.org/sqlite data source name for the file at path.

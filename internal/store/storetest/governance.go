@@ -30,20 +30,33 @@ func fullSettings() sdk.ProjectSettings {
 		MaxLifetime:    ptr(sdk.Duration(8*time.Hour + time.Nanosecond)),
 		DetachGrace:    ptr(sdk.Duration(90 * time.Second)),
 		Egress:         &sdk.Egress{Mode: sdk.EgressAllowList, Allow: []string{"10.0.0.0/8", "pypi.org:443", "192.0.2.7"}},
+		Budget:         &sdk.Budget{Amount: 1234.56, Unit: sdk.BudgetCurrency, Thresholds: []int{50, 80, 100}, Action: sdk.BudgetStop},
 	}
 }
 
-// allSet reports the fields of the struct v that are nil or empty.
+// allSet fails the test when a field of the struct v is a nil pointer, or
+// a nil or empty slice or map, looking into the structs v holds (directly
+// or through pointers) too, so that a field a type gains is noticed.
 func allSet(t *testing.T, what string, v any) {
 	t.Helper()
 	rv := reflect.ValueOf(v)
 	for i := range rv.NumField() {
-		f := rv.Field(i)
+		field := rv.Type().Field(i)
+		if !field.IsExported() {
+			continue
+		}
+		f, name := rv.Field(i), what+"."+field.Name
 		switch f.Kind() {
 		case reflect.Pointer, reflect.Slice, reflect.Map:
 			if f.IsNil() || (f.Kind() != reflect.Pointer && f.Len() == 0) {
-				t.Fatalf("%s.%s is not set: the test no longer covers every field", what, rv.Type().Field(i).Name)
+				t.Fatalf("%s is not set: the test no longer covers every field", name)
 			}
+		}
+		if f.Kind() == reflect.Pointer {
+			f = f.Elem()
+		}
+		if f.Kind() == reflect.Struct {
+			allSet(t, name, f.Interface())
 		}
 	}
 }
@@ -171,11 +184,11 @@ func testProjectSettings(t *testing.T, ctx context.Context, s store.Store) {
 		{"zero values", sdk.ProjectSettings{
 			GPUEnabled: ptr(false), MaxGPUs: ptr(0), MaxGPUsPerUser: ptr(0), DefaultImage: ptr(""), ShellMode: ptr(""),
 			IdleTimeout: ptr(sdk.Duration(0)), MaxLifetime: ptr(sdk.Duration(0)), DetachGrace: ptr(sdk.Duration(0)),
-			Egress: &sdk.Egress{},
+			Egress: &sdk.Egress{}, Budget: &sdk.Budget{},
 		}, sdk.ProjectSettings{
 			GPUEnabled: ptr(false), MaxGPUs: ptr(0), MaxGPUsPerUser: ptr(0), DefaultImage: ptr(""), ShellMode: ptr(""),
 			IdleTimeout: ptr(sdk.Duration(0)), MaxLifetime: ptr(sdk.Duration(0)), DetachGrace: ptr(sdk.Duration(0)),
-			Egress: &sdk.Egress{},
+			Egress: &sdk.Egress{}, Budget: &sdk.Budget{},
 		}},
 		// Empty lists mean "any": set, unlike nil ones, which inherit.
 		{"empty lists", sdk.ProjectSettings{GPUTypes: &[]string{}, Regions: &[]string{}, Images: &[]string{}},
@@ -186,6 +199,9 @@ func testProjectSettings(t *testing.T, ctx context.Context, s store.Store) {
 		// Egress.Allow is omitempty: empty reads back nil, which means the same.
 		{"egress without hosts", sdk.ProjectSettings{Egress: &sdk.Egress{Mode: sdk.EgressNone, Allow: []string{}}},
 			sdk.ProjectSettings{Egress: &sdk.Egress{Mode: sdk.EgressNone}}},
+		// So are budget thresholds; a budget in GPU-hours keeps its fraction.
+		{"budget without thresholds", sdk.ProjectSettings{Budget: &sdk.Budget{Amount: 0.25, Unit: sdk.BudgetGPUHours, Thresholds: []int{}}},
+			sdk.ProjectSettings{Budget: &sdk.Budget{Amount: 0.25, Unit: sdk.BudgetGPUHours}}},
 	} {
 		p := store.Project{Name: fmt.Sprintf("p%d", i), Settings: c.settings}
 		if err := s.CreateProject(ctx, &p); err != nil {
@@ -228,8 +244,8 @@ func testProjectSettings(t *testing.T, ctx context.Context, s store.Store) {
 		}
 	}
 	list, err := s.ListProjects(ctx)
-	if err != nil || len(list) != 6 || !reflect.DeepEqual(list[1], p) {
-		t.Errorf("ListProjects = %+v, %v; want 6 with p1 = %+v", list, err, p)
+	if err != nil || len(list) != 7 || !reflect.DeepEqual(list[1], p) {
+		t.Errorf("ListProjects = %+v, %v; want 7 with p1 = %+v", list, err, p)
 	}
 }
 
@@ -252,8 +268,7 @@ func testOrgPolicy(t *testing.T, ctx context.Context, s store.Store) {
 			{GPUType: "h100", Region: "eu-west", Max: 0},
 		},
 	}
-	allSet(t, "OrgPolicy", full)
-	allSet(t, "OrgPolicy.Defaults", full.Defaults)
+	allSet(t, "OrgPolicy", full) // Defaults included
 	if err := s.SetOrgPolicy(ctx, full); err != nil {
 		t.Fatal(err)
 	}

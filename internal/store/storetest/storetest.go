@@ -47,6 +47,12 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"InTx", testInTx},
 		{"InTxRollback", testInTxRollback},
 		{"NestedInTx", testNestedInTx},
+		{"Usage", testUsage},
+		{"UsageOverlap", testUsageOverlap},
+		{"UsageInTx", testUsageInTx},
+		{"UsageOutlivesProject", testUsageOutlivesProject},
+		{"RateCards", testRateCards},
+		{"BudgetAlerts", testBudgetAlerts},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -59,6 +65,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	// Not parallel: each holds many connections at once.
 	t.Run("ConcurrentReserve", func(t *testing.T) { testConcurrentAdmission(t, open(t), false) })
 	t.Run("ConcurrentCap", func(t *testing.T) { testConcurrentAdmission(t, open(t), true) })
+	t.Run("ConcurrentUsage", func(t *testing.T) { testConcurrentUsage(t, open(t)) })
 }
 
 func testUsers(t *testing.T, ctx context.Context, s store.Store) {

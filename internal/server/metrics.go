@@ -1,0 +1,142 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/devgpu/devgpu/internal/policy"
+	"github.com/devgpu/devgpu/internal/store"
+)
+
+// metrics are the control plane's Prometheus metrics. Counters and
+// histograms are updated where things happen; gauges of state (sessions,
+// GPUs, queues, attachments, budgets) are read from the source at scrape
+// time, so they cannot drift.
+type metrics struct {
+	registry   *prometheus.Registry
+	admissions *prometheus.CounterVec
+	ended      *prometheus.CounterVec
+	startup    prometheus.Histogram
+	firstByte  prometheus.Histogram
+}
+
+// startBuckets cover a local start (milliseconds) to a cold image pull.
+var startBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+func newMetrics(s *Server) *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "devgpu_admissions_total",
+			Help: "Session requests by outcome (admitted, joined, refused) and refusal reason.",
+		}, []string{"outcome", "reason"}),
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "devgpu_sessions_ended_total",
+			Help: "Sessions that ended, by reason.",
+		}, []string{"reason"}),
+		startup: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "devgpu_session_start_seconds",
+			Help:    "Time from a session request to the session running.",
+			Buckets: startBuckets,
+		}),
+		firstByte: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "devgpu_session_first_byte_seconds",
+			Help:    "Time from a session request to the first byte of its first shell.",
+			Buckets: startBuckets,
+		}),
+	}
+	m.registry.MustRegister(m.admissions, m.ended, m.startup, m.firstByte, &stateCollector{s: s},
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+}
+
+// stateCollector reads the gauges from the store and the server's memory.
+type stateCollector struct{ s *Server }
+
+var (
+	descSessions    = prometheus.NewDesc("devgpu_sessions", "Sessions not yet ended, by state.", []string{"state"}, nil)
+	descGPUs        = prometheus.NewDesc("devgpu_gpus", "GPUs in the inventory, by type and region.", []string{"gpu_type", "region"}, nil)
+	descGPUsInUse   = prometheus.NewDesc("devgpu_gpus_in_use", "GPUs reserved by sessions, by type and region.", []string{"gpu_type", "region"}, nil)
+	descQueue       = prometheus.NewDesc("devgpu_queue_length", "Session requests waiting for GPUs, by project.", []string{"project"}, nil)
+	descAttachments = prometheus.NewDesc("devgpu_attachments", "Shells attached to running sessions.", nil, nil)
+	descBudget      = prometheus.NewDesc("devgpu_budget_used_ratio", "Share of the monthly budget used, by project (1 is all of it).", []string{"project"}, nil)
+	descCollectErr  = prometheus.NewDesc("devgpu_metrics_collect_errors", "1 when the last scrape could not read the state.", nil, nil)
+)
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descSessions, descGPUs, descGPUsInUse, descQueue, descAttachments, descBudget, descCollectErr} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(c.s.ctx, 5*time.Second)
+	defer cancel()
+	failed := 0.0
+	if err := c.collect(ctx, ch); err != nil {
+		c.s.log.Error("collect metrics", "err", err)
+		failed = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descCollectErr, prometheus.GaugeValue, failed)
+}
+
+func (c *stateCollector) collect(ctx context.Context, ch chan<- prometheus.Metric) error {
+	s := c.s
+	active, err := s.store.ListSessions(ctx, store.SessionFilter{ActiveOnly: true})
+	if err != nil {
+		return err
+	}
+	states := map[string]int{"starting": 0, "running": 0, "stopping": 0}
+	for _, sess := range active {
+		states[sess.State]++
+	}
+	for state, n := range states {
+		ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(n), state)
+	}
+	gpus, err := s.store.ListGPUs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range pools(gpus) {
+		ch <- prometheus.MustNewConstMetric(descGPUs, prometheus.GaugeValue, float64(p.Total), p.Type, p.Region)
+		ch <- prometheus.MustNewConstMetric(descGPUsInUse, prometheus.GaugeValue, float64(p.Total-p.Free), p.Type, p.Region)
+	}
+	for project, n := range s.QueueLengths() {
+		ch <- prometheus.MustNewConstMetric(descQueue, prometheus.GaugeValue, float64(n), project)
+	}
+	attachments := 0
+	s.mu.Lock()
+	for _, l := range s.live {
+		attachments += l.attachments
+	}
+	s.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(descAttachments, prometheus.GaugeValue, float64(attachments))
+	org, err := s.store.OrgPolicy(ctx)
+	if err != nil {
+		return err
+	}
+	projects, err := s.store.ListProjects(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range projects {
+		eff := policy.Resolve(org, p.Settings)
+		if eff.Budget.Amount <= 0 {
+			continue
+		}
+		b, err := s.budgetUse(ctx, s.store, p, eff)
+		if err != nil {
+			return err
+		}
+		ch <- prometheus.MustNewConstMetric(descBudget, prometheus.GaugeValue, b.percent/100, p.Name)
+	}
+	return nil
+}

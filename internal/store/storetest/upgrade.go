@@ -1,0 +1,63 @@
+package storetest
+
+import (
+	"context"
+	"database/sql"
+	"io/fs"
+	"strings"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// Upgrade checks that a database of the first, released schema migrates to
+// the current one with its data, and that the usage ledger then refuses
+// changes and deletions even from SQL outside the store. openWith opens
+// the engine's store on one database (the same each time) with the given
+// migration files; migrations are the engine's own; raw is that database
+// opened directly.
+func Upgrade(t *testing.T, openWith func(t *testing.T, migrations fs.FS) store.Store, migrations fs.FS, raw *sql.DB) {
+	ctx, cancel := context.WithTimeout(t.Context(), Timeout)
+	defer cancel()
+	first, err := fs.ReadFile(migrations, "0001_init.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := openWith(t, fstest.MapFS{"0001_init.sql": {Data: first}})
+	u, p := mustUser(t, ctx, old, "alice"), mustProject(t, ctx, old, "ml")
+	mustSync(t, ctx, old, gpus("t4", "local", 1)...)
+	sess := mustSession(t, ctx, old, "s1", p, u, 1)
+	at := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	if err := old.EndSession(ctx, sess.ID, sdk.StateEnded, sdk.ReasonClosed, at.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+
+	s := openWith(t, migrations)
+	if got, err := s.Session(ctx, sess.ID); err != nil || got.User != "alice" || got.Project != "ml" {
+		t.Fatalf("Session after the upgrade = %+v, %v", got, err)
+	}
+	e := mustAppend(t, ctx, s, usage(sess.ID, sess.GPUs[0], p, u, at))
+	listUsage(t, ctx, s, store.UsageFilter{}, e)
+
+	files, err := fs.Glob(migrations, "*.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var version int
+	if err := raw.QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations`).Scan(&version); err != nil || version != len(files) {
+		t.Errorf("schema version %d, %v; want %d", version, err, len(files))
+	}
+	for _, q := range []string{
+		`UPDATE usage_ledger SET cost_micros = 0`,
+		`UPDATE usage_ledger SET end_at = end_at + 1000000`,
+		`DELETE FROM usage_ledger`,
+	} {
+		if _, err := raw.ExecContext(ctx, q); err == nil || !strings.Contains(err.Error(), "append-only") {
+			t.Errorf("%s: %v, want the ledger to refuse: append-only", q, err)
+		}
+	}
+	listUsage(t, ctx, s, store.UsageFilter{}, e)
+}
