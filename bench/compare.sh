@@ -366,7 +366,7 @@ stop_pid() {
 # measure_admissions ENGINE: a devgpu server with its own data dir (and, for
 # postgres, a fresh database), one admissions run against it, then stop it.
 measure_admissions() {
-	local engine=$1 d=$WORK/admissions-$1 store=() label
+	local engine=$1 d=$WORK/admissions-$1 store=() label storepid=() datadir
 	mkdir -p "$d/data"
 	port_free "$ADM_PORT" || die "127.0.0.1:$ADM_PORT is taken (set BENCH_ADM_PORT)"
 	case $engine in
@@ -380,6 +380,11 @@ measure_admissions() {
 			return
 		fi
 		store=(--store "$PG_URL/$PG_DB?sslmode=disable")
+		# PostgreSQL's CPU, where it runs here and its pid file can be read.
+		datadir=$(psql "$PG_URL/postgres" -qAtc "SHOW data_directory" 2>/dev/null) || true
+		if [[ -n $datadir && -r $datadir/postmaster.pid ]]; then
+			storepid=(-store-pid "$(head -1 "$datadir/postmaster.pid")")
+		fi
 		;;
 	*) die "BENCH_ADM_ENGINES: unknown engine $engine (sqlite, postgres)" ;;
 	esac
@@ -391,7 +396,7 @@ measure_admissions() {
 	wait_for "devgpu CLI config ($label)" 10 test -s "$d/config.json"
 	measure admissions "devgpu_admissions_$engine" \
 		"$ADM_CLIENTS clients, $ADM_USERS users, $ADM_PROJECTS projects, $ADM_DURATION ($label)" \
-		-engine "$label" -config "$d/config.json" -server-pid "$pid" \
+		-engine "$label" -config "$d/config.json" -server-pid "$pid" "${storepid[@]}" \
 		-clients "$ADM_CLIENTS" -users "$ADM_USERS" -projects "$ADM_PROJECTS" -duration "$ADM_DURATION" \
 		-max-gpus "$ADM_MAX_GPUS" -max-gpus-per-user "$ADM_MAX_PER_USER" -quota "$ADM_QUOTA"
 	stop_pid "$pid"

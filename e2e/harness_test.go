@@ -39,14 +39,15 @@ type env struct {
 	dir    string
 	addr   string
 	gpus   string
+	args   []string // more server flags
 	server *exec.Cmd
 	exited chan struct{}
 	log    *bytes.Buffer
 }
 
-func newEnv(t *testing.T, gpus string) *env {
+func newEnv(t *testing.T, gpus string, serverArgs ...string) *env {
 	t.Helper()
-	e := &env{t: t, bin: testutil.Binary(t), dir: testutil.ShortTempDir(t), addr: freeAddr(t), gpus: gpus}
+	e := &env{t: t, bin: testutil.Binary(t), dir: testutil.ShortTempDir(t), addr: freeAddr(t), gpus: gpus, args: serverArgs}
 	e.startServer()
 	t.Cleanup(func() {
 		e.stopServer(syscall.SIGTERM)
@@ -74,8 +75,9 @@ func (e *env) environ() []string {
 func (e *env) startServer() {
 	e.t.Helper()
 	e.log = &bytes.Buffer{}
-	cmd := exec.Command(e.bin, "server", "--dev", "--data", filepath.Join(e.dir, "data"), "--listen", e.addr,
-		"--gpus", e.gpus, "--liveness-interval", "200ms", "--ping-interval", "1s", "--log-level", "debug")
+	args := []string{"server", "--dev", "--data", filepath.Join(e.dir, "data"), "--listen", e.addr,
+		"--gpus", e.gpus, "--liveness-interval", "200ms", "--ping-interval", "1s", "--log-level", "debug"}
+	cmd := exec.Command(e.bin, append(args, e.args...)...)
 	cmd.Env = e.environ()
 	cmd.Stdout, cmd.Stderr = e.log, e.log
 	if err := cmd.Start(); err != nil {

@@ -3,6 +3,7 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -70,7 +71,12 @@ func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 // message; anything else is an internal error whose text is only logged.
 func ProblemFor(r *http.Request, log *slog.Logger, err error) sdk.Problem {
 	var he *Error
-	if !errors.As(err, &he) {
+	switch {
+	case errors.As(err, &he):
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		// The client gave up; nobody reads this answer and nothing failed.
+		he = &Error{Status: http.StatusRequestTimeout, Msg: "the request was cancelled"}
+	default:
 		he = &Error{Status: http.StatusInternalServerError, Msg: "internal error; the server log has the details", Err: err}
 	}
 	if he.Status >= 500 {

@@ -65,7 +65,9 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 	defer cancel()
 	go keepalive(ctx, ws, a.s.cfg.PingInterval)
 	first := &firstRead{Conn: agentConn, seen: func() { a.s.firstByte(sess.ID) }}
-	switch pipe(websocket.NetConn(ctx, ws, websocket.MessageBinary), first) {
+	end := pipe(websocket.NetConn(ctx, ws, websocket.MessageBinary), first)
+	a.log.Debug("tunnel ended", "session_id", sess.ID, "attachment", attachment, "end", [...]string{"client closed", "client vanished", "agent closed"}[end])
+	switch end {
 	case clientClosed:
 		a.s.detach(ctx, sess.ID, attachment, true)
 	case clientVanished:
@@ -92,16 +94,17 @@ const (
 
 // pipe copies both ways until either side ends.
 func pipe(client, agentConn net.Conn) pipeEnd {
-	agentEnded := make(chan struct{}) // the agent's stream ended
+	agentEnded := make(chan struct{}) // the agent's side ended the stream
 	agentDone := make(chan struct{})  // and the client has been told
 	go func() {
 		defer close(agentDone)
-		_, _ = io.CopyBuffer(client, agentConn, make([]byte, copyBufferSize))
-		close(agentEnded)
+		if from, _ := copyStream(client, agentConn); from {
+			close(agentEnded)
+		}
 		// Tell the client with a normal close, if it is still there.
 		_ = client.Close()
 	}()
-	_, err := io.CopyBuffer(agentConn, client, make([]byte, copyBufferSize))
+	fromClient, err := copyStream(agentConn, client)
 	select {
 	case <-agentEnded:
 		<-agentDone
@@ -110,11 +113,36 @@ func pipe(client, agentConn net.Conn) pipeEnd {
 	}
 	agentConn.Close()
 	<-agentDone
-	// NetConn turns a normal close frame into io.EOF, which Copy reports as nil.
-	if err == nil {
+	switch {
+	case !fromClient:
+		return agentClosed // writing to the agent failed
+	case err == nil:
+		// NetConn turns a normal close frame into io.EOF: the shell closed.
 		return clientClosed
+	default:
+		return clientVanished
 	}
-	return clientVanished
+}
+
+// copyStream copies src to dst until one fails. It reports whether src
+// ended it (with its error, nil for EOF) rather than a failed write to dst:
+// a write to a client that is closing must not count as the agent leaving.
+func copyStream(dst io.Writer, src io.Reader) (srcEnded bool, err error) {
+	buf := make([]byte, copyBufferSize)
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return false, werr
+			}
+		}
+		if rerr == io.EOF {
+			return true, nil
+		}
+		if rerr != nil {
+			return true, rerr
+		}
+	}
 }
 
 // keepalive pings the client so that one that vanished without closing

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -43,8 +44,16 @@ func (s *Server) setRates(ctx context.Context, card *store.RateCard) error {
 	return nil
 }
 
+// sameRates compares cards as sets of rates: the store keeps them sorted,
+// the config in its own order.
 func sameRates(a, b store.RateCard) bool {
-	return a.Currency == b.Currency && slices.Equal(a.Rates, b.Rates)
+	order := func(x, y store.Rate) int {
+		return cmp.Or(cmp.Compare(x.GPUType, y.GPUType), cmp.Compare(x.Region, y.Region), cmp.Compare(x.PerHourMicros, y.PerHourMicros))
+	}
+	ra, rb := slices.Clone(a.Rates), slices.Clone(b.Rates)
+	slices.SortFunc(ra, order)
+	slices.SortFunc(rb, order)
+	return a.Currency == b.Currency && slices.Equal(ra, rb)
 }
 
 func (s *Server) rateCards() []store.RateCard {

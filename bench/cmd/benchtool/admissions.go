@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/devgpu/devgpu/sdk"
@@ -34,6 +35,8 @@ type admissionsOptions struct {
 	quota            int
 	serverPID        int
 	prefix           string
+	backoff          time.Duration
+	storePID         int
 }
 
 // runAdmissions measures admissions (create + end) per second through the
@@ -67,6 +70,8 @@ func runAdmissions(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.IntVar(&o.maxPerUser, "max-gpus-per-user", 2, "max_gpus_per_user of every project")
 	fs.IntVar(&o.quota, "quota", 12, "org quota on -gpu (0: leave the org policy alone)")
 	fs.IntVar(&o.serverPID, "server-pid", 0, "the server's `pid`, to record its CPU time (and its agents') per admission")
+	fs.IntVar(&o.storePID, "store-pid", 0, "the database server's `pid` (PostgreSQL's postmaster), to record its CPU time per admission")
+	fs.DurationVar(&o.backoff, "refusal-backoff", 0, "pause after a refusal before the next create (0: none, every client retries at once)")
 	fs.StringVar(&o.prefix, "prefix", "", "prefix of the users and projects made for the run (default: adm + the time)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -260,6 +265,8 @@ func admissions(ctx context.Context, o admissionsOptions, stderr io.Writer) (Res
 		o.clients, o.users, o.projects, strings.Join(projects, ", "), o.maxGPUs, o.maxPerUser, o.gpuType, o.quota, c.Pool, o.duration)
 
 	cpu0, cpuErr := procCPU(o.serverPID)
+	store0, storeErr := treeCPU(o.storePID)
+	mach0, self0 := machineCPU(), selfCPU()
 	stats := make([]clientStats, o.clients)
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -274,6 +281,8 @@ func admissions(ctx context.Context, o admissionsOptions, stderr io.Writer) (Res
 	wg.Wait()
 	wall := time.Since(start)
 	cpu1, _ := procCPU(o.serverPID)
+	store1, _ := treeCPU(o.storePID)
+	mach1, self1 := machineCPU(), selfCPU()
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
 	}
@@ -309,6 +318,21 @@ func admissions(ctx context.Context, o admissionsOptions, stderr io.Writer) (Res
 	ss := summarize(durationsMS(stopLat))
 	res.StopMedianMS, res.StopP95MS = ss.median, ss.p95
 	res.RefuseMedianMS = summarize(durationsMS(refuseLat)).median
+	if mach0.total > 0 && mach1.total > mach0.total {
+		busy := mach1.busy - mach0.busy
+		res.MachineBusyPct = 100 * busy / (mach1.total - mach0.total)
+		others := busy - (self1 - self0)
+		if cpuErr == nil && o.serverPID > 0 {
+			others -= (cpu1.self - cpu0.self) + (cpu1.children - cpu0.children)
+		}
+		if storeErr == nil && o.storePID > 0 {
+			others -= store1 - store0
+		}
+		res.OtherCPUS = max(others, 0)
+	}
+	if storeErr == nil && o.storePID > 0 && res.N > 0 {
+		res.StoreCPUMSPerAdmission = 1000 * (store1 - store0) / float64(res.N)
+	}
 	if cpuErr == nil && o.serverPID > 0 && res.N > 0 {
 		res.ServerCPUMSPerAdmission = 1000 * (cpu1.self - cpu0.self) / float64(res.N)
 		res.AgentCPUMSPerAdmission = 1000 * (cpu1.children - cpu0.children) / float64(res.N)
@@ -368,6 +392,9 @@ func admissionLoop(ctx context.Context, cl *sdk.Client, project string, o admiss
 			if reason, ok := refusalReason(err); ok {
 				st.refused[reason]++
 				st.refuseLat = append(st.refuseLat, d)
+				if o.backoff > 0 {
+					time.Sleep(o.backoff)
+				}
 				continue
 			}
 			if ctx.Err() != nil {
@@ -509,6 +536,82 @@ func procCPU(pid int) (cpuTimes, error) {
 		v[k] = n / clockTicks
 	}
 	return cpuTimes{self: v[0] + v[1], children: v[2] + v[3]}, nil
+}
+
+// treeCPU is the CPU time of a process, its children that it has waited
+// for, and its live children: for PostgreSQL's postmaster, every backend,
+// those that exited included.
+func treeCPU(pid int) (float64, error) {
+	root, err := procCPU(pid)
+	if err != nil {
+		return 0, err
+	}
+	total := root.self + root.children
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	parent := strconv.Itoa(pid)
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		// After the name: state, then the parent's pid.
+		if f := strings.Fields(s[i+1:]); len(f) < 2 || f[1] != parent {
+			continue
+		}
+		if c, err := procCPU(child); err == nil {
+			total += c.self
+		}
+	}
+	return total, nil
+}
+
+type machineTimes struct{ busy, total float64 } // seconds, all CPUs
+
+// machineCPU reads the first line of /proc/stat: CPU time spent busy
+// (not idle, not waiting for I/O) and in all, zero where unreadable.
+func machineCPU() machineTimes {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return machineTimes{}
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return machineTimes{}
+	}
+	var t machineTimes
+	for i, x := range f[1:9] { // user nice system idle iowait irq softirq steal
+		n, err := strconv.ParseFloat(x, 64)
+		if err != nil {
+			return machineTimes{}
+		}
+		t.total += n / clockTicks
+		if i != 3 && i != 4 {
+			t.busy += n / clockTicks
+		}
+	}
+	return t
+}
+
+// selfCPU is this process's CPU time in seconds.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
 
 // clockTicks is USER_HZ, 100 on every Linux architecture Go supports.

@@ -48,6 +48,7 @@ type metric struct {
 	unit   string
 	higher bool
 	has    func(Result) bool
+	count  bool // a whole number, printed as one
 }
 
 var (
@@ -56,7 +57,7 @@ var (
 	jobsPerSec = metric{label: "jobs/s", value: func(r Result) float64 { return r.JobsPerSec }, unit: "jobs/s", higher: true}
 	streamMBps = metric{label: "MB/s", value: func(r Result) float64 { return r.StreamBytesPerSec / 1e6 }, unit: "MB/s", higher: true}
 	admPerSec  = metric{label: "admissions/s", value: func(r Result) float64 { return r.AdmissionsPerSec }, unit: "/s", higher: true}
-	violations = metric{label: "replayed from the audit log", unit: "violations",
+	violations = metric{label: "replayed from the audit log", unit: "violations", count: true,
 		value: func(r Result) float64 { return float64(*r.Violations) },
 		has:   func(r Result) bool { return r.Violations != nil }}
 )
@@ -187,6 +188,9 @@ func targetRow(t target, results map[string]Result) string {
 			return fmt.Sprintf("all %d failed", r.Failures), 0, false
 		}
 		v := t.metric.value(r)
+		if t.metric.count {
+			return fmt.Sprintf("%.0f %s", v, t.metric.unit) + mark(r), v, true
+		}
 		return fmt.Sprintf("%s %s", num(v), t.metric.unit) + mark(r), v, true
 	}
 	subjCell, sv, sok := cell(t.subject)
@@ -219,8 +223,8 @@ func admissionsSection(results map[string]Result) string {
 	}
 	var b strings.Builder
 	b.WriteString("\n### Admissions (API only: create + end, each session a real agent process on the local runtime)\n\n")
-	b.WriteString("| measurement | store | clients / users / projects | admissions/s | create median / p95 | end median / p95 | refused (/s, by reason) | server CPU / admission | agents' CPU / admission | peak GPUs held | violations |\n")
-	b.WriteString("| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: |\n")
+	b.WriteString("| measurement | store | clients / users / projects | admissions/s | create median / p95 | end median / p95 | refused (/s, by reason) | CPU / admission: server, agents, PostgreSQL | peak GPUs held | violations |\n")
+	b.WriteString("| --- | --- | --- | ---: | ---: | ---: | --- | ---: | --- | ---: |\n")
 	var notes []string
 	for _, name := range names {
 		r := results[name]
@@ -230,13 +234,20 @@ func admissionsSection(results map[string]Result) string {
 			}
 			return num(v) + " ms"
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d / %d / %d | %s | %s / %s ms | %s / %s ms | %d (%s/s: %s) | %s | %s | %s | %s |\n",
+		cpus := cpu(r.ServerCPUMSPerAdmission) + ", " + cpu(r.AgentCPUMSPerAdmission)
+		if r.StoreCPUMSPerAdmission > 0 {
+			cpus += ", " + cpu(r.StoreCPUMSPerAdmission)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d / %d / %d | %s | %s / %s ms | %s / %s ms | %d (%s/s: %s) | %s | %s | %s |\n",
 			name, r.Engine, r.Clients, r.Users, r.Projects, num(r.AdmissionsPerSec)+mark(r),
 			ms(r.MedianMS), ms(r.P95MS), ms(r.StopMedianMS), ms(r.StopP95MS),
 			r.RefusedN, num(r.RefusalsPerSec), refusalList(r.Refusals),
-			cpu(r.ServerCPUMSPerAdmission), cpu(r.AgentCPUMSPerAdmission), r.Peaks, violationText(r))
+			cpus, r.Peaks, violationText(r))
 		if r.Caps != "" {
 			notes = append(notes, fmt.Sprintf("%s: caps %s; %d audit events replayed (%d starts, %d ends)", name, r.Caps, r.AuditEvents, r.AuditStarts, r.AuditEnds))
+		}
+		if r.MachineBusyPct > 0 {
+			notes = append(notes, fmt.Sprintf("%s: machine %.0f%% busy during the run; other work on it took %.2f CPU-s in those %.2f s", name, r.MachineBusyPct, r.OtherCPUS, r.WallS))
 		}
 		for _, v := range r.ViolationExamples {
 			notes = append(notes, fmt.Sprintf("%s: violation: %s", name, v))
@@ -251,7 +262,8 @@ func admissionsSection(results map[string]Result) string {
 	b.WriteString("\nAn admission is one create that started a session (its agent included) and its end, both answered. " +
 		"Violations: the session.start and session.end events of the audit log, replayed in (time, id) order, " +
 		"never hold more GPUs per project, per user in a project or per type than the caps, nor one GPU twice. " +
-		"Agents' CPU is the server's reaped children: the agents and what they ran.\n")
+		"CPU per admission counts everything the process did in the run, the refusals between admissions included; " +
+		"agents' CPU is the server's reaped children (the agents and what they ran), PostgreSQL's the postmaster's process tree.\n")
 	if len(notes) > 0 {
 		b.WriteString("\n- " + strings.Join(notes, "\n- ") + "\n")
 	}

@@ -74,7 +74,12 @@ type Result struct {
 	RefuseMedianMS          float64        `json:"refuse_median_ms,omitempty"`
 	ServerCPUMSPerAdmission float64        `json:"server_cpu_ms_per_admission,omitempty"`
 	AgentCPUMSPerAdmission  float64        `json:"agent_cpu_ms_per_admission,omitempty"`
-	LeftRunning             int            `json:"left_running,omitempty"` // ended by the admin after the run
+	StoreCPUMSPerAdmission  float64        `json:"store_cpu_ms_per_admission,omitempty"` // PostgreSQL's processes
+	LeftRunning             int            `json:"left_running,omitempty"`               // ended by the admin after the run
+	// The machine during the run: how busy (all CPUs), and the CPU seconds
+	// of everything but the server, its agents and benchtool: other work.
+	MachineBusyPct float64 `json:"machine_busy_pct,omitempty"`
+	OtherCPUS      float64 `json:"other_cpu_s,omitempty"`
 	// Violations is nil when the audit log could not be replayed.
 	Violations        *int     `json:"violations,omitempty"`
 	ViolationExamples []string `json:"violation_examples,omitempty"`
