@@ -6,10 +6,14 @@ export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
 .PHONY: dev test build bench clean
 
+# bin/devgpu-agent is the same program linked statically, for the oci
+# runtime to run inside images that have no libc.
 build:
 	go build -o bin/devgpu ./cmd/devgpu
+	CGO_ENABLED=0 go build -o bin/devgpu-agent ./cmd/devgpu
 
-dev: build
+dev:
+	go build -o bin/devgpu ./cmd/devgpu
 	./scripts/dev.sh
 
 test:

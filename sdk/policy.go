@@ -1,5 +1,7 @@
 package sdk
 
+import "time"
+
 // Shell modes.
 const (
 	ModeDedicated = "dedicated" // a new session and GPU per shell
@@ -71,6 +73,17 @@ type OrgPolicy struct {
 	Defaults ProjectSettings `json:"defaults"`
 	Locked   []string        `json:"locked,omitempty"`
 	Quotas   []Quota         `json:"quotas,omitempty"`
+	// Registries are where bring-your-own images may come from (e.g.
+	// "ghcr.io", "docker.io"); images in the catalog need no entry here.
+	Registries []string `json:"registries,omitempty"`
+}
+
+// CatalogImage is an image of the admin catalog: a friendly name for a
+// reference.
+type CatalogImage struct {
+	Name      string    `json:"name"`
+	Ref       string    `json:"ref"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // Setting is one effective setting with where its value comes from:

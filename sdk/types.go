@@ -37,6 +37,7 @@ type Session struct {
 	GPUType     string     `json:"gpu_type"`
 	Region      string     `json:"region"`
 	GPUs        []string   `json:"gpus"`
+	Image       string     `json:"image,omitempty"`
 	Attachments int        `json:"attachments"`
 	CreatedAt   time.Time  `json:"created_at"`
 	StartedAt   *time.Time `json:"started_at"`

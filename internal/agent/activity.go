@@ -40,7 +40,9 @@ func (a *activity) touch()          { a.last.Store(time.Now().UnixNano()) }
 func (a *activity) load() time.Time { return time.Unix(0, a.last.Load()) }
 
 // serveGlobal answers one connection's global requests: activity and
-// notices, and "no" to everything else (keepalives; tcpip-forward later).
+// notices, and "no" to everything else: keepalives, and "tcpip-forward"
+// (ssh -R), because nothing outside the session may reach into it except
+// through the control plane's tunnel.
 func (s *server) serveGlobal(reqs <-chan *ssh.Request) {
 	for req := range reqs {
 		ok, payload := false, []byte(nil)

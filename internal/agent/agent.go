@@ -244,7 +244,8 @@ func (s *server) serveConn(ctx context.Context, c net.Conn) {
 		switch nc.ChannelType() {
 		case "session":
 			wg.Go(func() { s.serveSession(ctx, nc) })
-		// "direct-tcpip" (port forwarding) goes here.
+		case "direct-tcpip": // ssh -L, VS Code Remote-SSH, devgpu port-forward
+			wg.Go(func() { s.serveDirectTCPIP(ctx, nc) })
 		default:
 			_ = nc.Reject(ssh.UnknownChannelType, "unsupported channel type "+nc.ChannelType())
 		}

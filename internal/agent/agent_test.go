@@ -438,16 +438,20 @@ func TestUnsupported(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, nil)
 	cl := a.dial(t)
-	_, _, err := cl.OpenChannel("direct-tcpip", nil)
+	_, _, err := cl.OpenChannel("x11", nil)
 	var oce *ssh.OpenChannelError
 	if !errors.As(err, &oce) || oce.Reason != ssh.UnknownChannelType {
-		t.Errorf("direct-tcpip: %v, want unknown channel type", err)
+		t.Errorf("x11: %v, want unknown channel type", err)
 	}
-	if err := newSession(t, cl).RequestSubsystem("sftp"); err == nil {
-		t.Error("sftp subsystem accepted")
+	if err := newSession(t, cl).RequestSubsystem("netconf"); err == nil {
+		t.Error("netconf subsystem accepted")
 	}
 	if ok, err := newSession(t, cl).SendRequest("x11-req", true, nil); ok || err != nil {
 		t.Errorf("x11-req: %v, %v; want refused", ok, err)
+	}
+	// ssh -R: nothing outside may reach into the session but the tunnel.
+	if _, err := cl.Listen("tcp", "127.0.0.1:0"); err == nil {
+		t.Error("tcpip-forward accepted")
 	}
 }
 

@@ -1,7 +1,9 @@
 // Package agent is the in-session SSH server, `devgpu agent`. It runs inside
 // every session (a process group, a container, a Pod) and implements once,
 // for every runtime, what a user does in a session: PTY shells, exec with
-// exit status, env, window changes, signals.
+// exit status, env, window changes, signals, the "sftp" subsystem (the
+// session's filesystem as its processes see it) and "direct-tcpip" port
+// forwarding (dialed from inside the session).
 //
 // The agent listens on a private unix socket. Every connection must start
 // with the control plane's preamble (WritePreamble) carrying the session

@@ -30,6 +30,7 @@ type session struct {
 	term string        // TERM from "pty-req"
 	size *windowChange // nil without "pty-req"
 	proc *process      // nil until "shell" or "exec"
+	sftp bool          // the "sftp" subsystem runs instead of a process
 	wg   sync.WaitGroup
 
 	// Notices go to the pty's output, else to stderr, a stream that the
@@ -47,7 +48,7 @@ func (s *server) serveSession(ctx context.Context, nc ssh.NewChannel) {
 	}
 	ss := &session{srv: s, ch: ch}
 	for req := range reqs {
-		idle := ss.proc == nil
+		idle := ss.proc == nil && !ss.sftp
 		ok := ss.handle(ctx, req)
 		if req.WantReply {
 			_ = req.Reply(ok, nil)
@@ -55,6 +56,9 @@ func (s *server) serveSession(ctx context.Context, nc ssh.NewChannel) {
 		// Only after the reply, which the exit status must not overtake.
 		if idle && ss.proc != nil {
 			ss.wg.Go(func() { ss.run(ctx) })
+		}
+		if idle && ss.sftp {
+			ss.wg.Go(ss.serveSFTP)
 		}
 	}
 	// The peer closed the channel, or the connection is gone.
@@ -107,7 +111,13 @@ func (ss *session) handle(ctx context.Context, req *ssh.Request) bool {
 			return false
 		}
 		return ss.start(ctx, []string{"-c", m.Command})
-	// "subsystem" (sftp) goes here.
+	case "subsystem":
+		var m struct{ Name string }
+		if ss.proc != nil || ss.sftp || ctx.Err() != nil || ssh.Unmarshal(req.Payload, &m) != nil || m.Name != "sftp" {
+			return false
+		}
+		ss.sftp = true
+		return true
 	default:
 		return false
 	}
@@ -116,7 +126,7 @@ func (ss *session) handle(ctx context.Context, req *ssh.Request) bool {
 // start runs the shell with args, like sshd: `shell -c CMD` for exec, the
 // bare shell (interactive on a pty, not a login shell) for "shell".
 func (ss *session) start(ctx context.Context, args []string) bool {
-	if ss.proc != nil || ctx.Err() != nil {
+	if ss.proc != nil || ss.sftp || ctx.Err() != nil {
 		return false
 	}
 	s := ss.srv

@@ -69,12 +69,14 @@ The setting flags set the defaults of projects that do not set their own;
 	fl.StringSliceVar(&chg.unlock, "unlock", nil, "settings projects may change again, `NAMES` such as egress")
 	fl.StringArrayVar(&chg.quotas, "quota", nil, "cap on the GPUs of a type (and region) in use at once, `TYPE[@REGION]=N`, repeatable (N of -1 removes it)")
 	fl.StringArrayVar(&chg.quotaRemove, "quota-remove", nil, "remove the GPU quota for `TYPE[@REGION]`, repeatable")
+	fl.StringSliceVar(&chg.registries, "registries", nil, "registries bring-your-own images may come from, `LIST` such as ghcr.io,docker.io/acme (\"\": none)")
 	update.RunE = func(cmd *cobra.Command, _ []string) error {
 		s, err := f.settings(cmd)
 		if err != nil {
 			return err
 		}
 		chg.settings = s
+		chg.registriesSet = cmd.Flags().Changed("registries")
 		if chg.empty() {
 			return fmt.Errorf("nothing to change; give a default such as --max-gpus-per-user 2, --lock NAME, or --quota t4=8")
 		}
@@ -107,11 +109,13 @@ type orgChange struct {
 	settings            sdk.ProjectSettings
 	unset, lock, unlock []string
 	quotas, quotaRemove []string // TYPE[@REGION]=N and TYPE[@REGION]
+	registries          []string
+	registriesSet       bool
 }
 
 func (c orgChange) empty() bool {
 	return len(policy.SetIn(c.settings)) == 0 && len(c.unset) == 0 && len(c.lock) == 0 &&
-		len(c.unlock) == 0 && len(c.quotas) == 0 && len(c.quotaRemove) == 0
+		len(c.unlock) == 0 && len(c.quotas) == 0 && len(c.quotaRemove) == 0 && !c.registriesSet
 }
 
 // apply returns p with the change made, checked as the server would.
@@ -136,7 +140,10 @@ func (c orgChange) apply(p sdk.OrgPolicy) (sdk.OrgPolicy, error) {
 			return p, fmt.Errorf("%s is both locked (--lock) and unlocked (--unlock); give one of the two", name)
 		}
 	}
-	out := sdk.OrgPolicy{Defaults: policy.Merge(p.Defaults, c.settings)}
+	out := sdk.OrgPolicy{Defaults: policy.Merge(p.Defaults, c.settings), Registries: p.Registries}
+	if c.registriesSet {
+		out.Registries = cleanList(c.registries)
+	}
 	if out.Defaults, err = policy.Unset(out.Defaults, unset); err != nil {
 		return p, err
 	}
@@ -271,7 +278,15 @@ func printOrgPolicy(p sdk.OrgPolicy) error {
 	for _, q := range p.Quotas {
 		row(tw, q.GPUType, orAny(q.Region), q.Max)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	registries := "none (catalog images only)"
+	if len(p.Registries) > 0 {
+		registries = strings.Join(p.Registries, ", ")
+	}
+	fmt.Printf("\nbring-your-own images from: %s\n", registries)
+	return nil
 }
 
 func orAny(s string) string {

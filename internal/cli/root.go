@@ -54,7 +54,8 @@ session ends, the GPU is freed and billing stops.`,
 	}
 	root.AddCommand(
 		newServerCmd(), newAgentCmd(), newLoginCmd(),
-		newShellCmd(), newRunCmd(), newSessionsCmd(), newGPUsCmd(), newUsageCmd(), newAdminCmd(),
+		newShellCmd(), newRunCmd(), newSessionsCmd(), newGPUsCmd(), newUsageCmd(), newAdminCmd(), newIntegrateCmd(), newDoctorCmd(),
+		newCpCmd(), newPortForwardCmd(), newSSHProxyCmd(), newConfigSSHCmd(),
 	)
 	return root
 }

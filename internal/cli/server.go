@@ -10,6 +10,7 @@ import (
 	"maps"
 	"math"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"os/user"
@@ -23,7 +24,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/devgpu/devgpu/internal/gpu"
+	"github.com/devgpu/devgpu/internal/image"
+	"github.com/devgpu/devgpu/internal/netpolicy"
+	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/runtime/local"
+	"github.com/devgpu/devgpu/internal/runtime/oci"
 	"github.com/devgpu/devgpu/internal/server"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/internal/store/postgres"
@@ -45,6 +50,23 @@ type serverOptions struct {
 	pingInterval     time.Duration
 	budgetInterval   time.Duration
 	rates            *store.RateCard
+	runtime          string
+	oci              ociConfig
+	registries       map[string]image.Credential
+}
+
+// ociConfig configures the oci runtime: runc containers from images, GPUs
+// through CDI, and per-project network egress.
+type ociConfig struct {
+	// AgentBinary is a static devgpu (CGO_ENABLED=0) that runs inside
+	// images without a libc; default: devgpu-agent beside this executable.
+	AgentBinary string `json:"agent_binary"`
+	// DefaultImage runs where neither the session nor its project names one.
+	DefaultImage string `json:"default_image"`
+	// Bridge and Subnet place the sessions' network (defaults devgpu0 and
+	// 10.88.0.0/16).
+	Bridge string `json:"bridge"`
+	Subnet string `json:"subnet"`
 }
 
 func newServerCmd() *cobra.Command {
@@ -70,6 +92,9 @@ SQLite under the data directory, the local runtime, this host's NVIDIA GPUs
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.config, "config", "", "server config file (JSON): listen, data, store, gpus, rates; flags override it")
+	f.StringVar(&o.runtime, "runtime", "local", "where sessions run: local (process groups) or oci (runc containers, isolated)")
+	f.StringVar(&o.oci.AgentBinary, "agent-binary", "", "oci runtime: a static devgpu binary for inside containers (default: devgpu-agent beside this one)")
+	f.StringVar(&o.oci.DefaultImage, "default-image", "", "oci runtime: the image of sessions whose project names none")
 	f.BoolVar(&o.dev, "dev", false, "embedded default: bootstrap an admin and project \"default\", write the CLI config")
 	f.StringVar(&o.listen, "listen", DefaultListen, "address to serve the API on")
 	f.StringVar(&o.data, "data", "", "data directory (default $XDG_DATA_HOME/devgpu or ~/.local/share/devgpu)")
@@ -106,15 +131,15 @@ func runServer(ctx context.Context, o serverOptions) error {
 	if err != nil {
 		return err
 	}
-	rt, err := local.New(local.Config{Dir: filepath.Join(dataDir, "sessions"), Logger: log})
-	if err != nil {
-		return err
-	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("cannot listen on %s (%v); choose another address with --listen", o.listen, err)
 	}
 	defer ln.Close()
+	rt, err := o.newRuntime(dataDir, ln.Addr(), log)
+	if err != nil {
+		return err
+	}
 	url := "http://" + ln.Addr().String()
 
 	if err := bootstrap(ctx, st, o.dev, url, dataDir, log); err != nil {
@@ -135,11 +160,16 @@ func runServer(ctx context.Context, o serverOptions) error {
 
 // serverConfig is the file --config reads.
 type serverConfig struct {
-	Listen string       `json:"listen"`
-	Data   string       `json:"data"`
-	Store  string       `json:"store"`
-	GPUs   string       `json:"gpus"`
-	Rates  *ratesConfig `json:"rates"`
+	Listen  string       `json:"listen"`
+	Data    string       `json:"data"`
+	Store   string       `json:"store"`
+	GPUs    string       `json:"gpus"`
+	Runtime string       `json:"runtime"`
+	OCI     *ociConfig   `json:"oci"`
+	Rates   *ratesConfig `json:"rates"`
+	// Registries holds credentials per registry host; the docker
+	// config.json ($DOCKER_CONFIG) is read too.
+	Registries map[string]image.Credential `json:"registries"`
 }
 
 // ratesConfig prices a GPU-hour per type, or per type@region.
@@ -166,11 +196,22 @@ func (o *serverOptions) loadConfig(cmd *cobra.Command) error {
 	for flag, v := range map[string]struct {
 		dst *string
 		val string
-	}{"listen": {&o.listen, c.Listen}, "data": {&o.data, c.Data}, "store": {&o.storeURL, c.Store}, "gpus": {&o.gpus, c.GPUs}} {
+	}{"listen": {&o.listen, c.Listen}, "data": {&o.data, c.Data}, "store": {&o.storeURL, c.Store}, "gpus": {&o.gpus, c.GPUs}, "runtime": {&o.runtime, c.Runtime}} {
 		if v.val != "" && !cmd.Flags().Changed(flag) {
 			*v.dst = v.val
 		}
 	}
+	if c.OCI != nil {
+		flags := o.oci
+		o.oci = *c.OCI
+		if cmd.Flags().Changed("agent-binary") {
+			o.oci.AgentBinary = flags.AgentBinary
+		}
+		if cmd.Flags().Changed("default-image") {
+			o.oci.DefaultImage = flags.DefaultImage
+		}
+	}
+	o.registries = c.Registries
 	if c.Rates != nil {
 		card, err := c.Rates.card()
 		if err != nil {
@@ -197,6 +238,53 @@ func (r ratesConfig) card() (*store.RateCard, error) {
 		card.Rates = append(card.Rates, store.Rate{GPUType: typ, Region: region, PerHourMicros: int64(math.Round(price * 1e6))})
 	}
 	return card, nil
+}
+
+// newRuntime builds the runtime --runtime names.
+func (o *serverOptions) newRuntime(dataDir string, api net.Addr, log *slog.Logger) (runtime.Runtime, error) {
+	switch o.runtime {
+	case "local":
+		return local.New(local.Config{Dir: filepath.Join(dataDir, "sessions"), Logger: log})
+	case "oci":
+	default:
+		return nil, fmt.Errorf("--runtime %q is not local or oci", o.runtime)
+	}
+	agentBin := o.oci.AgentBinary
+	if agentBin == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		agentBin = filepath.Join(filepath.Dir(self), "devgpu-agent")
+	}
+	if _, err := os.Stat(agentBin); err != nil {
+		return nil, fmt.Errorf("the oci runtime needs a static agent binary at %s (build it with `make build`, or pass --agent-binary): %w", agentBin, err)
+	}
+	images, err := image.Open(filepath.Join(dataDir, "images"), image.Options{Keychain: image.Keychain(o.registries), Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	ncfg := netpolicy.Config{Bridge: o.oci.Bridge, RuntimeDir: filepath.Join(dataDir, "netns")}
+	if o.oci.Subnet != "" {
+		if ncfg.Subnet, err = netip.ParsePrefix(o.oci.Subnet); err != nil {
+			return nil, fmt.Errorf("oci subnet %q is not a CIDR such as 10.88.0.0/16", o.oci.Subnet)
+		}
+	}
+	if tcp, ok := api.(*net.TCPAddr); ok {
+		ncfg.APIPort = uint16(tcp.Port)
+	}
+	network, err := netpolicy.New(ncfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := network.Check(); err != nil {
+		return nil, err
+	}
+	// Unix socket paths are short: keep the state directory's path short.
+	return oci.New(oci.Config{
+		StateDir: filepath.Join(dataDir, "oci"), AgentPath: agentBin, Images: images,
+		Image: o.oci.DefaultImage, Network: network, Logger: log,
+	})
 }
 
 func resolveDataDir(dir string) (string, error) {

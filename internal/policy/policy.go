@@ -345,6 +345,11 @@ func ValidateOrg(o sdk.OrgPolicy) error {
 			return fmt.Errorf("locked setting %q is unknown; settings are %s", name, strings.Join(Names, ", "))
 		}
 	}
+	for _, r := range o.Registries {
+		if r == "" || strings.ContainsAny(r, " \t\n@") {
+			return fmt.Errorf("registry %q is not a registry host (and optional repository prefix) such as ghcr.io or docker.io/acme", r)
+		}
+	}
 	seen := map[string]bool{}
 	for _, q := range o.Quotas {
 		if !shortName.MatchString(q.GPUType) || (q.Region != "" && !shortName.MatchString(q.Region)) || q.Max < 0 {

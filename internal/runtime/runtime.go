@@ -9,6 +9,8 @@ import (
 	"errors"
 	"net"
 	"time"
+
+	"github.com/devgpu/devgpu/sdk"
 )
 
 // ErrNotFound is returned for a session the runtime does not have.
@@ -25,6 +27,12 @@ type Spec struct {
 	Env map[string]string
 	// AgentSecret must be presented by whoever connects to the agent.
 	AgentSecret string
+	// Image is the image reference the session runs (runtimes without
+	// images ignore it); empty means the runtime's default.
+	Image string
+	// Egress is the session's network policy (runtimes without network
+	// isolation ignore it).
+	Egress sdk.Egress
 	// IdleExit makes the agent stop by itself after this long without any
 	// connection, so that a session outlives a dead control plane only
 	// briefly. Zero means never.

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/http"
@@ -55,6 +56,19 @@ func (s *Server) createSession(ctx context.Context, caller store.User, req sdk.C
 	return s.start(ctx, sess, requested)
 }
 
+// effective returns a project's effective policy.
+func (s *Server) effective(ctx context.Context, projectID int64) (policy.Effective, error) {
+	p, err := s.store.ProjectByID(ctx, projectID)
+	if err != nil {
+		return policy.Effective{}, err
+	}
+	org, err := s.store.OrgPolicy(ctx)
+	if err != nil {
+		return policy.Effective{}, err
+	}
+	return policy.Resolve(org, p.Settings), nil
+}
+
 // warnings are what the user should hear on a new shell: for now, that
 // the project is past a budget threshold.
 func (s *Server) warnings(ctx context.Context, sess store.Session) []string {
@@ -105,6 +119,13 @@ func (s *Server) admit(ctx context.Context, caller store.User, req sdk.CreateSes
 			return err
 		}
 		snap.Budget = budget.refusal(p.Name, s.currency())
+		// The image is resolved first: a bring-your-own reference from a
+		// registry the organisation does not allow is refused before any
+		// cap is looked at, as DESIGN.md orders the checks.
+		ref, err := resolveImage(ctx, tx, org, cmp.Or(req.Image, eff.DefaultImage))
+		if err != nil {
+			return err
+		}
 		d = admission.Decide(admission.Request{Project: p.Name, User: caller.Name, GPUType: req.GPUType, Region: req.Region, Image: req.Image}, snap)
 		if d.Outcome == admission.Admit && !asHead {
 			if n := s.queueLength(p.Name); n > 0 {
@@ -118,7 +139,7 @@ func (s *Server) admit(ctx context.Context, caller store.User, req sdk.CreateSes
 		sess = store.Session{
 			ID: newSessionID(), ProjectID: p.ID, Project: p.Name, UserID: caller.ID, User: caller.Name,
 			State: sdk.StateStarting, AgentSecret: randomHex(32), CreatedAt: s.now(),
-			GPUType: d.GPUType, Region: d.Region, DetachGrace: eff.DetachGrace,
+			GPUType: d.GPUType, Region: d.Region, DetachGrace: eff.DetachGrace, Image: ref,
 		}
 		if sess.GPUs, err = tx.ReserveGPUs(ctx, sess.ID, d.GPUType, d.Region, 1); err != nil {
 			return err
@@ -127,7 +148,7 @@ func (s *Server) admit(ctx context.Context, caller store.User, req sdk.CreateSes
 			return err
 		}
 		return s.audit(ctx, tx, caller.Name, "session.start", p.Name, sess.ID, nil,
-			map[string]any{"gpu_type": sess.GPUType, "region": sess.Region, "gpus": sess.GPUs, "image": d.Image})
+			map[string]any{"gpu_type": sess.GPUType, "region": sess.Region, "gpus": sess.GPUs, "image": ref})
 	})
 	if err == nil && d.Outcome == admission.Refuse {
 		s.log.Info("session refused", "project", req.Project, "user", caller.Name, "reason", d.Reason)
@@ -179,19 +200,28 @@ func (s *Server) attachments(id string) int {
 // start starts an admitted session in the runtime and marks it running.
 func (s *Server) start(ctx context.Context, sess store.Session, requested time.Time) (store.Session, error) {
 	log := s.log.With("session_id", sess.ID, "project", sess.Project, "user", sess.User)
-	log.Info("session starting", "gpu_type", sess.GPUType, "gpus", strings.Join(sess.GPUs, ","))
-	spec := runtime.Spec{
-		SessionID: sess.ID, Project: sess.Project, User: sess.User,
-		GPUType: sess.GPUType, GPUs: sess.GPUs, AgentSecret: sess.AgentSecret,
-		IdleExit: sess.DetachGrace + agentIdleExitMargin,
-	}
-	if err := s.rt.Start(ctx, spec); err != nil {
+	log.Info("session starting", "gpu_type", sess.GPUType, "gpus", strings.Join(sess.GPUs, ","), "image", sess.Image)
+	// A session that cannot start ends as failed, giving its GPUs back.
+	fail := func(err error) (store.Session, error) {
 		log.Error("session failed to start", "err", err)
 		if endErr := s.recordEnd(context.WithoutCancel(ctx), sess.ID, sdk.StateFailed, sdk.ReasonError, "system", s.now()); endErr != nil {
 			log.Error("record failed session", "err", endErr)
 		}
 		return store.Session{}, &httpapi.Error{Status: http.StatusBadGateway,
 			Msg: "the session could not be started; an administrator can find the cause in the server log", Err: err}
+	}
+	eff, err := s.effective(ctx, sess.ProjectID)
+	if err != nil {
+		return fail(err)
+	}
+	egress := eff.Egress
+	spec := runtime.Spec{
+		SessionID: sess.ID, Project: sess.Project, User: sess.User,
+		GPUType: sess.GPUType, GPUs: sess.GPUs, AgentSecret: sess.AgentSecret,
+		IdleExit: sess.DetachGrace + agentIdleExitMargin, Image: sess.Image, Egress: egress,
+	}
+	if err := s.rt.Start(ctx, spec); err != nil {
+		return fail(err)
 	}
 	now := s.now()
 	s.mu.Lock()
@@ -201,7 +231,7 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	}
 	s.mu.Unlock()
 	s.refreshLimits(context.WithoutCancel(ctx))
-	err := s.updateSession(context.WithoutCancel(ctx), sess.ID, func(ss *store.Session) {
+	err = s.updateSession(context.WithoutCancel(ctx), sess.ID, func(ss *store.Session) {
 		ss.State, ss.StartedAt, ss.DetachedAt, ss.LastSeenAt = sdk.StateRunning, now, now, now
 	})
 	if err != nil {

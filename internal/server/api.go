@@ -59,6 +59,9 @@ func (a *API) routes() http.Handler {
 	handle("GET /api/v1/audit", a.listAudit)
 	handle("GET /api/v1/gpus", a.listGPUs)
 	handle("GET /api/v1/usage", a.getUsage)
+	handle("GET /api/v1/images", a.listImages)
+	handle("POST /api/v1/images", a.addImage)
+	handle("DELETE /api/v1/images/{name}", a.removeImage)
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, r, a.log, httpapi.Errorf(http.StatusNotFound, "no API endpoint %s %s; this server speaks /api/v1", r.Method, r.URL.Path))
 	})

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -264,6 +265,11 @@ func TestAuthorizationMatrixAllEndpoints(t *testing.T) {
 		f.call(f.admin, "DELETE", "/api/v1/projects/default/members/other", nil)
 		return "/api/v1/projects/default/members/other"
 	}
+	newImage := func() string {
+		name := uniq()
+		f.call(f.admin, "POST", "/api/v1/images", sdk.CatalogImage{Name: name, Ref: "ghcr.io/acme/py:1"})
+		return "/api/v1/images/" + name
+	}
 	newProject := func() string {
 		name := uniq()
 		f.call(f.admin, "POST", "/api/v1/projects", sdk.ProjectCreate{Name: name})
@@ -306,6 +312,12 @@ func TestAuthorizationMatrixAllEndpoints(t *testing.T) {
 		{"POST", fixed("/api/v1/tokens"), func() any { return sdk.TokenCreate{User: "dev2"} }, [5]int{201, 403, 403, 201, 403}},
 		{"DELETE", newToken, nil, [5]int{200, 404, 404, 200, 404}},
 		{"GET", fixed("/api/v1/audit"), nil, [5]int{200, 403, 403, 403, 403}},
+		{"GET", fixed("/api/v1/images"), nil, [5]int{200, 200, 200, 200, 200}},
+		{"POST", fixed("/api/v1/images"), func() any { return sdk.CatalogImage{Name: uniq(), Ref: "ghcr.io/acme/py:1"} }, [5]int{201, 403, 403, 403, 403}},
+		{"DELETE", newImage, nil, [5]int{204, 403, 403, 403, 403}},
+		{"GET", fixed("/api/v1/usage"), nil, [5]int{200, 200, 200, 200, 200}},
+		{"GET", func() string { outsiderOut(); return "/api/v1/usage?project=default" }, nil, [5]int{200, 200, 200, 200, 404}},
+		{"GET", fixed("/api/v1/usage?user=dev2"), nil, [5]int{200, 403, 403, 200, 403}},
 		{"GET", func() string { outsiderOut(); return "/api/v1/audit?project=default" }, nil, [5]int{200, 200, 403, 403, 404}},
 	}
 	for _, c := range cases {
@@ -319,5 +331,48 @@ func TestAuthorizationMatrixAllEndpoints(t *testing.T) {
 				t.Errorf("%s %s as %s: %d, want %d (%s)", c.method, path, role, got, c.want[i], b)
 			}
 		}
+	}
+}
+
+// Sessions ask for catalog names or, from allowed registries, references;
+// the project's allowed images are enforced.
+func TestImageCatalog(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	if code, b := f.call(f.admin, "POST", "/api/v1/images", sdk.CatalogImage{Name: "py", Ref: "ghcr.io/acme/py@sha256:" + strings.Repeat("a", 64)}); code != 201 {
+		t.Fatalf("add image: %d %s", code, b)
+	}
+	if code, _ := f.call(f.admin, "POST", "/api/v1/images", sdk.CatalogImage{Name: "py", Ref: "x/y:1"}); code != 409 {
+		t.Fatalf("add a taken name: %d", code)
+	}
+	if code, _ := f.call(f.admin, "POST", "/api/v1/images", sdk.CatalogImage{Name: "bad", Ref: "Not A Ref"}); code != 400 {
+		t.Fatalf("add a bad reference: %d", code)
+	}
+	create := func(image string) (int, sdk.Session, string) {
+		code, b := f.call(f.dev, "POST", "/api/v1/sessions", sdk.CreateSessionRequest{Image: image})
+		var s sdk.Session
+		_ = json.Unmarshal(b, &s)
+		if code == 201 {
+			f.call(f.dev, "DELETE", "/api/v1/sessions/"+s.ID, nil)
+		}
+		return code, s, string(b)
+	}
+	if code, s, b := create("py"); code != 201 || !strings.HasPrefix(s.Image, "ghcr.io/acme/py@sha256:") {
+		t.Fatalf("catalog image: %d %s", code, b)
+	}
+	if code, _, b := create("ghcr.io/acme/own:1"); code != 403 || !strings.Contains(b, "images from ghcr.io are not allowed") {
+		t.Fatalf("bring-your-own from a registry not on the list: %d %s", code, b)
+	}
+	f.call(f.admin, "PUT", "/api/v1/org/policy", sdk.OrgPolicy{Registries: []string{"ghcr.io/acme"}})
+	if code, s, b := create("ghcr.io/acme/own:1"); code != 201 || s.Image != "ghcr.io/acme/own:1" {
+		t.Fatalf("bring-your-own from an allowed registry: %d %s", code, b)
+	}
+	if code, _, b := create("nope"); code != 400 || !strings.Contains(b, "not in the catalog") {
+		t.Fatalf("unknown name: %d %s", code, b)
+	}
+	images := []string{"py"}
+	f.call(f.admin, "PATCH", "/api/v1/projects/default", sdk.ProjectUpdate{Settings: sdk.ProjectSettings{Images: &images}})
+	if code, _, b := create("ghcr.io/acme/own:1"); code != 403 || !strings.Contains(b, "not allowed in project default; allowed: py") {
+		t.Fatalf("image outside the project's list: %d %s", code, b)
 	}
 }

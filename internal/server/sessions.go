@@ -147,7 +147,7 @@ func (a *API) stopSession(w http.ResponseWriter, r *http.Request, caller store.U
 func toSDK(s store.Session) sdk.Session {
 	out := sdk.Session{
 		ID: s.ID, Project: s.Project, User: s.User, State: s.State,
-		GPUType: s.GPUType, Region: s.Region, GPUs: s.GPUs,
+		GPUType: s.GPUType, Region: s.Region, GPUs: s.GPUs, Image: s.Image,
 		Attachments: s.Attachments, CreatedAt: s.CreatedAt.UTC(),
 		StartedAt: timePtr(s.StartedAt), EndedAt: timePtr(s.EndedAt),
 		EndReason: s.EndReason, Error: s.Error,

@@ -104,6 +104,7 @@ type Session struct {
 	GPUType     string
 	Region      string
 	GPUs        []string // filled by reads from the inventory (or kept after the end)
+	Image       string   // the resolved image reference; empty: the runtime's default
 	Attachments int
 	// AgentSecret is presented to the session's agent when the broker
 	// connects; it never leaves the control plane.
@@ -119,6 +120,14 @@ type Session struct {
 	DetachedAt time.Time
 	// LastSeenAt is the last time the runtime reported the session alive.
 	LastSeenAt time.Time
+}
+
+// CatalogImage is an entry of the admin image catalog: a friendly name
+// for an image reference (a tag, or pinned by digest).
+type CatalogImage struct {
+	Name      string
+	Ref       string
+	CreatedAt time.Time
 }
 
 // UsageEntry is one row of the append-only usage ledger: one GPU of one
@@ -233,6 +242,14 @@ type Store interface {
 	AppendAudit(ctx context.Context, e *AuditEvent) error
 	// ListAudit returns matching events, oldest first.
 	ListAudit(ctx context.Context, f AuditFilter) ([]AuditEvent, error)
+
+	// AddImage adds a catalog entry; ErrConflict when the name is taken.
+	AddImage(ctx context.Context, img *CatalogImage) error
+	ImageByName(ctx context.Context, name string) (CatalogImage, error)
+	// ListImages returns the catalog ordered by name.
+	ListImages(ctx context.Context) ([]CatalogImage, error)
+	// RemoveImage deletes a catalog entry; ErrNotFound when there is none.
+	RemoveImage(ctx context.Context, name string) error
 
 	// AppendUsage adds a ledger entry and sets its ID. An entry for the
 	// same session and GPU exists at most once: a second is ErrConflict,

@@ -53,10 +53,47 @@ func Binary(t testing.TB) string {
 	return binPath
 }
 
-// Cleanup removes the built binary; call it from TestMain after m.Run.
+var (
+	staticOnce sync.Once
+	staticPath string
+	staticErr  error
+	staticOut  []byte
+)
+
+// StaticBinary builds cmd/devgpu once, statically linked (CGO_ENABLED=0),
+// for tests that run it where the host's libc is absent, such as inside a
+// container, and returns its path. Cleanup removes it.
+func StaticBinary(t testing.TB) string {
+	t.Helper()
+	staticOnce.Do(func() {
+		root, err := moduleRoot()
+		if err != nil {
+			staticErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "devgpu-static-")
+		if err != nil {
+			staticErr = err
+			return
+		}
+		staticPath = filepath.Join(dir, "devgpu")
+		cmd := exec.Command("go", "build", "-o", staticPath, "./cmd/devgpu")
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		staticOut, staticErr = cmd.CombinedOutput()
+	})
+	if staticErr != nil {
+		t.Fatalf("build static devgpu: %v\n%s", staticErr, staticOut)
+	}
+	return staticPath
+}
+
+// Cleanup removes the built binaries; call it from TestMain after m.Run.
 func Cleanup() {
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
+	for _, p := range []string{binPath, staticPath} {
+		if p != "" {
+			os.RemoveAll(filepath.Dir(p))
+		}
 	}
 }
 

@@ -32,6 +32,9 @@ func migrationFiles() fs.FS {
 // The key is "devgpu" in ASCII; any constant would do.
 const txLock = `SELECT pg_advisory_xact_lock(110386435453045)`
 
+// maxConns bounds the connection pool of one control plane.
+const maxConns = 16
+
 // Open connects to the database at url, a postgres:// URL or a key=value
 // connection string, and brings its schema up to date.
 func Open(ctx context.Context, url string) (*sqlstore.Store, error) {
@@ -39,6 +42,10 @@ func Open(ctx context.Context, url string) (*sqlstore.Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
+	// Every transaction takes one advisory lock, so more connections than
+	// this only wait on the server, using up its max_connections.
+	db.SetMaxOpenConns(maxConns)
+	db.SetMaxIdleConns(maxConns)
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open postgres: %w", err)

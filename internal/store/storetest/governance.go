@@ -260,8 +260,9 @@ func testOrgPolicy(t *testing.T, ctx context.Context, s store.Store) {
 	check("never set", sdk.OrgPolicy{})
 
 	full := sdk.OrgPolicy{
-		Defaults: fullSettings(),
-		Locked:   []string{"egress", "gpu_types", "max_lifetime"},
+		Defaults:   fullSettings(),
+		Locked:     []string{"egress", "gpu_types", "max_lifetime"},
+		Registries: []string{"ghcr.io/acme", "docker.io"},
 		Quotas: []sdk.Quota{
 			{GPUType: "a100", Max: 4},
 			{GPUType: "t4", Region: "local", Max: 16},

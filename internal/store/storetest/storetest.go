@@ -53,6 +53,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"UsageOutlivesProject", testUsageOutlivesProject},
 		{"RateCards", testRateCards},
 		{"BudgetAlerts", testBudgetAlerts},
+		{"Images", testImages},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/devgpu/devgpu/internal/store"
-	"github.com/devgpu/devgpu/sdk"
 )
 
 // Upgrade checks that a database of the first, released schema migrates to
@@ -26,16 +25,33 @@ func Upgrade(t *testing.T, openWith func(t *testing.T, migrations fs.FS) store.S
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := openWith(t, fstest.MapFS{"0001_init.sql": {Data: first}})
-	u, p := mustUser(t, ctx, old, "alice"), mustProject(t, ctx, old, "ml")
-	mustSync(t, ctx, old, gpus("t4", "local", 1)...)
-	sess := mustSession(t, ctx, old, "s1", p, u, 1)
+	// The old data is written in the first schema's own terms, as the
+	// first release wrote it: today's store code speaks the newest schema.
+	openWith(t, fstest.MapFS{"0001_init.sql": {Data: first}})
 	at := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
-	if err := old.EndSession(ctx, sess.ID, sdk.StateEnded, sdk.ReasonClosed, at.Add(time.Hour)); err != nil {
-		t.Fatal(err)
+	for _, q := range []string{
+		`INSERT INTO users (name, org_admin, disabled, created_at) VALUES ('alice', false, false, 1)`,
+		`INSERT INTO projects (name, settings, created_at, updated_at) VALUES ('ml', '{}', 1, 1)`,
+		`INSERT INTO sessions (id, project_id, user_id, state, gpu_type, region, attachments, agent_secret, detach_grace,
+			created_at, started_at, ended_at, end_reason, error) VALUES ('s1', (SELECT id FROM projects WHERE name = 'ml'),
+			(SELECT id FROM users WHERE name = 'alice'), 'ended', 't4', 'local', 0, 'x', 0, 1, 1, 2, 'closed', '')`,
+		`INSERT INTO session_gpus (session_id, gpu_id) VALUES ('s1', 'GPU-sim-t4-0')`,
+	} {
+		if _, err := raw.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
 	}
 
 	s := openWith(t, migrations)
+	u, err := s.UserByName(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := s.ProjectByName(ctx, "ml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess := store.Session{ID: "s1", GPUs: []string{"GPU-sim-t4-0"}}
 	if got, err := s.Session(ctx, sess.ID); err != nil || got.User != "alice" || got.Project != "ml" {
 		t.Fatalf("Session after the upgrade = %+v, %v", got, err)
 	}

@@ -1,0 +1,84 @@
+package e2e
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/devgpu/devgpu/internal/image/imagetest"
+	"github.com/devgpu/devgpu/internal/testutil"
+)
+
+// newOCIEnv starts a server on the oci runtime, with a busybox image in an
+// in-process registry as the default image, and its own bridge and subnet.
+func newOCIEnv(t *testing.T) (*env, string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the oci runtime tests need root")
+		}
+		t.Skip("the oci runtime tests need root")
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("runc is missing; .ci/run installs it")
+		}
+		t.Skip("runc is not installed")
+	}
+	ref := imagetest.Push(t, imagetest.Registry(t)+"/test/busybox:1", imagetest.BusyboxImage(t))
+	n := rand.IntN(200)
+	cfg := filepath.Join(t.TempDir(), "server.json")
+	config := fmt.Sprintf(`{"runtime": "oci", "oci": {"agent_binary": %q, "default_image": %q, "bridge": "dge%d", "subnet": "10.%d.0.0/24"}}`,
+		testutil.StaticBinary(t), ref, n, 40+n)
+	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return newEnv(t, "t4:2", "--config", cfg), ref
+}
+
+// Sessions on the oci runtime run in their own containers: their own
+// hostname, process tree and GPU device, from the image.
+func TestOCISessions(t *testing.T) {
+	t.Parallel()
+	e, ref := newOCIEnv(t)
+	e.admin("project", "update", "default", "--egress", "none")
+
+	holder := e.terminal("shell")
+	idA := holder.sessionID()
+	holder.ready()
+	holder.send("sleep 1234 &\r")
+
+	r := e.cli("run", "--", `hostname; ls /dev | grep devgpu; echo gpus=$CUDA_VISIBLE_DEVICES; ps; cat /proc/net/dev | grep -c :`)
+	if r.code != 0 {
+		t.Fatalf("run in a container: %+v", r)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	idB := lines[0]
+	if idB == idA || len(idB) != len(idA) {
+		t.Fatalf("hostname %q, want the new session's id", idB)
+	}
+	if !strings.Contains(r.stdout, "devgpu-GPU-sim-t4-") || strings.Count(r.stdout, "devgpu-GPU-sim") != 1 {
+		t.Fatalf("the session must see exactly its own GPU device:\n%s", r.stdout)
+	}
+	if strings.Contains(r.stdout, "sleep 1234") {
+		t.Fatalf("a session sees another session's processes:\n%s", r.stdout)
+	}
+	if got := lines[len(lines)-1]; got != "1" {
+		t.Fatalf("egress none: %s network interfaces, want only lo", got)
+	}
+	holder.send("ps | grep -c 'sleep 123[4]'\r")
+	holder.expect("1")
+
+	// The catalog names the image; bring-your-own needs an allowed registry.
+	e.admin("image", "add", "bb", ref)
+	if r := e.cli("run", "--image", "bb", "--", "cat", "/etc/passwd"); r.code != 0 || !strings.Contains(r.stdout, "root:") {
+		t.Fatalf("run --image bb: %+v", r)
+	}
+	if r := e.cli("run", "--image", "ghcr.io/acme/own:1", "--", "true"); r.code != 255 || !strings.Contains(r.stderr, "images from ghcr.io are not allowed") {
+		t.Fatalf("bring-your-own from a registry not allowed: %+v", r)
+	}
+}

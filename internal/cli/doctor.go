@@ -1,0 +1,297 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// sshConfigMarker starts the block `devgpu config-ssh` writes into
+// ~/.ssh/config.
+const sshConfigMarker = "# --- devgpu start ---"
+
+// doctorTimeout bounds each network check.
+const doctorTimeout = 10 * time.Second
+
+// checkResult is one line of `devgpu doctor`.
+type checkResult struct {
+	Check  string `json:"check"`
+	Status string `json:"status"` // ok, FAIL or skip
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// doctor runs the checks; its fields are what it reads from the machine.
+type doctor struct {
+	configPath    string
+	sshConfigPath string
+	getenv        func(string) string
+	http          *http.Client
+}
+
+func newDoctorCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Check the config, server, login, projects, GPUs and ssh config, and say what to fix",
+		Long: `Check, one line each, that the CLI config is valid, the server answers,
+your token is accepted, you may use a project with GPUs, and ~/.ssh/config
+has the block ` + "`devgpu config-ssh`" + ` writes. Each failure says what to fix.
+Exits 0 when every check passes, 255 otherwise.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			d := doctor{getenv: os.Getenv, http: &http.Client{Timeout: doctorTimeout}}
+			var err error
+			if d.configPath, err = configPath(); err != nil {
+				return err
+			}
+			if home, err := os.UserHomeDir(); err == nil {
+				d.sshConfigPath = filepath.Join(home, ".ssh", "config")
+			}
+			results := d.run(cmd.Context())
+			if asJSON {
+				if err := printJSON(results); err != nil {
+					return err
+				}
+			} else {
+				printChecks(os.Stdout, results)
+			}
+			return doctorSummary(results)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printChecks(w io.Writer, results []checkResult) {
+	for _, r := range results {
+		line := fmt.Sprintf("%-4s  %-10s  %s", r.Status, r.Check, r.Detail)
+		if r.Fix != "" {
+			line += " — " + r.Fix
+		}
+		fmt.Fprintln(w, line)
+	}
+}
+
+// doctorSummary is nil when every check passed, else a one-line error.
+func doctorSummary(results []checkResult) error {
+	var failed []string
+	for _, r := range results {
+		if r.Status == "FAIL" {
+			failed = append(failed, r.Check)
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%d of %d checks failed (%s)", len(failed), len(results), strings.Join(failed, ", "))
+}
+
+func (d doctor) run(ctx context.Context) []checkResult {
+	var out []checkResult
+	add := func(check, status, detail, fix string) {
+		out = append(out, checkResult{Check: check, Status: status, Detail: detail, Fix: fix})
+	}
+	skip := func(checks ...string) {
+		for _, c := range checks {
+			add(c, "skip", "not checked: an earlier check failed", "")
+		}
+	}
+
+	cfg, cr := d.checkConfig()
+	out = append(out, cr)
+	if cr.Status != "ok" {
+		skip("server", "login", "projects", "gpus")
+	} else {
+		out = append(out, d.checkAPI(ctx, cfg)...)
+	}
+	out = append(out, d.checkSSHConfig())
+	return out
+}
+
+// checkConfig reads the config as loadConfig does, but tells a missing
+// file, bad JSON and missing fields apart.
+func (d doctor) checkConfig() (config, checkResult) {
+	r := checkResult{Check: "config"}
+	var c config
+	b, err := os.ReadFile(d.configPath)
+	var source string
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		source = "no config file at " + d.configPath
+	case err != nil:
+		r.Status, r.Detail, r.Fix = "FAIL", fmt.Sprintf("cannot read %s: %v", d.configPath, err), "fix its permissions"
+		return c, r
+	default:
+		if err := json.Unmarshal(b, &c); err != nil {
+			r.Status, r.Detail = "FAIL", fmt.Sprintf("%s is not valid JSON: %v", d.configPath, err)
+			r.Fix = "fix it, or log in again with `devgpu login URL`"
+			return c, r
+		}
+		source = d.configPath
+	}
+	var env []string
+	if v := d.getenv("DEVGPU_URL"); v != "" {
+		c.URL = v
+		env = append(env, "DEVGPU_URL")
+	}
+	if v := d.getenv("DEVGPU_TOKEN"); v != "" {
+		c.Token = v
+		env = append(env, "DEVGPU_TOKEN")
+	}
+	if len(env) > 0 {
+		source += " with " + strings.Join(env, " and ") + " from the environment"
+	}
+	switch {
+	case c.URL == "" && c.Token == "":
+		r.Status, r.Detail, r.Fix = "FAIL", source+": no server URL or token", "run `devgpu login URL` (or `devgpu server --dev` on this machine)"
+	case c.URL == "":
+		r.Status, r.Detail, r.Fix = "FAIL", source+": no server URL", "run `devgpu login URL` or set DEVGPU_URL"
+	case c.Token == "":
+		r.Status, r.Detail, r.Fix = "FAIL", source+": no token", "run `devgpu login URL` or set DEVGPU_TOKEN"
+	default:
+		if _, err := sdk.NewClient(c.URL, c.Token); err != nil {
+			r.Status, r.Detail, r.Fix = "FAIL", source+": "+err.Error(), "run `devgpu login URL` with the right URL"
+			return c, r
+		}
+		r.Status, r.Detail = "ok", source+" (server "+c.URL+")"
+	}
+	return c, r
+}
+
+// checkAPI checks the server, the token, the projects and the GPUs.
+func (d doctor) checkAPI(ctx context.Context, cfg config) []checkResult {
+	var out []checkResult
+	add := func(check, status, detail, fix string) {
+		out = append(out, checkResult{Check: check, Status: status, Detail: detail, Fix: fix})
+	}
+	client, _ := sdk.NewClient(cfg.URL, cfg.Token) // checked by checkConfig
+	client.HTTP = d.http
+
+	ctx2, cancel := context.WithTimeout(ctx, doctorTimeout)
+	defer cancel()
+	if err := d.healthz(ctx2, client.URL.String()); err != nil {
+		add("server", "FAIL", err.Error(), "start it (`devgpu server --dev` on this machine) or check the URL with `devgpu login URL`")
+		add("login", "skip", "not checked: the server is unreachable", "")
+		add("projects", "skip", "not checked: the server is unreachable", "")
+		add("gpus", "skip", "not checked: the server is unreachable", "")
+		return out
+	}
+	add("server", "ok", client.URL.String()+" is reachable", "")
+
+	me, err := client.Whoami(ctx2)
+	if err != nil {
+		fix := "check the server, then log in again with `devgpu login " + client.URL.String() + "`"
+		if sdk.IsStatus(err, http.StatusUnauthorized) {
+			err = errors.New("the server does not accept your token")
+			fix = "ask an admin for a new token, then run `devgpu login " + client.URL.String() + "`"
+		}
+		add("login", "FAIL", err.Error(), fix)
+		add("projects", "skip", "not checked: not logged in", "")
+		add("gpus", "skip", "not checked: not logged in", "")
+		return out
+	}
+	who := "logged in as " + me.User
+	if me.OrgAdmin {
+		who += " (org admin)"
+	}
+	add("login", "ok", who, "")
+
+	projects, err := client.Projects(ctx2)
+	switch {
+	case err != nil:
+		add("projects", "FAIL", "cannot list projects: "+err.Error(), "check the server's logs")
+	case len(projects) == 0:
+		add("projects", "FAIL", "you may use no project", "ask a project admin to add you (`devgpu admin member add PROJECT "+me.User+"`)")
+	default:
+		names := make([]string, len(projects))
+		for i, p := range projects {
+			names[i] = p.Name
+		}
+		add("projects", "ok", strings.Join(names, ", "), "")
+	}
+
+	pools, err := client.GPUs(ctx2)
+	free, total := 0, 0
+	var parts []string
+	for _, p := range pools {
+		free += p.Free
+		total += p.Total
+		parts = append(parts, fmt.Sprintf("%s/%s %d/%d free", p.Type, p.Region, p.Free, p.Total))
+	}
+	switch {
+	case err != nil:
+		add("gpus", "FAIL", "cannot list GPUs: "+err.Error(), "check the server's logs")
+	case total == 0:
+		add("gpus", "FAIL", "no GPU you may use", "ask an admin to enable GPUs and allow a GPU type for your project")
+	case free == 0:
+		add("gpus", "ok", strings.Join(parts, "; ")+" (all busy: use --wait to queue)", "")
+	default:
+		add("gpus", "ok", strings.Join(parts, "; "), "")
+	}
+	return out
+}
+
+// healthz asks the server's unauthenticated health endpoint.
+func (d doctor) healthz(ctx context.Context, base string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/healthz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := d.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach %s: %w", base, err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s/healthz answered %s", base, resp.Status)
+	}
+	return nil
+}
+
+// checkSSHConfig looks for the block `devgpu config-ssh` writes.
+func (d doctor) checkSSHConfig() checkResult {
+	r := checkResult{Check: "ssh-config", Status: "FAIL", Fix: "run `devgpu config-ssh` to use ssh, scp, rsync and VS Code Remote-SSH"}
+	if d.sshConfigPath == "" {
+		r.Detail = "cannot find your home directory"
+		return r
+	}
+	f, err := os.Open(d.sshConfigPath)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			r.Detail = d.sshConfigPath + " does not exist"
+		} else {
+			r.Detail = err.Error()
+		}
+		return r
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64*1024), 1024*1024)
+	for sc.Scan() {
+		if strings.TrimSpace(sc.Text()) == sshConfigMarker {
+			r.Status, r.Detail, r.Fix = "ok", d.sshConfigPath+" has the devgpu block", ""
+			return r
+		}
+	}
+	if err := sc.Err(); err != nil {
+		r.Detail = fmt.Sprintf("read %s: %v", d.sshConfigPath, err)
+		return r
+	}
+	r.Detail = d.sshConfigPath + " has no devgpu block"
+	return r
+}

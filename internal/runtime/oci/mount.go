@@ -1,0 +1,95 @@
+package oci
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// mountOverlay mounts an overlay of the read-only image dir lower with the
+// session's writable upper and work dirs at target.
+func mountOverlay(lower, upper, work, target string) error {
+	for _, d := range []string{lower, upper, work} {
+		// overlayfs splits its options on these.
+		if strings.ContainsAny(d, ":,") {
+			return fmt.Errorf("mount overlay: path %q holds ':' or ','", d)
+		}
+	}
+	opts := "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work
+	if err := unix.Mount("overlay", target, "overlay", unix.MS_NODEV, opts); err != nil {
+		return fmt.Errorf("mount overlay on %s: %w", target, err)
+	}
+	return nil
+}
+
+// unmount unmounts everything mounted at target. A target that is not a
+// mount point, or does not exist, is fine.
+func unmount(target string) error {
+	for range 10 {
+		err := unix.Unmount(target, 0)
+		if errors.Is(err, unix.EBUSY) {
+			err = unix.Unmount(target, unix.MNT_DETACH)
+		}
+		switch {
+		case err == nil:
+			continue // another mount may lie below
+		case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOENT):
+			return nil
+		default:
+			return fmt.Errorf("unmount %s: %w", target, err)
+		}
+	}
+	return fmt.Errorf("unmount %s: still mounted", target)
+}
+
+// isMounted reports whether target is a mount point, from mountinfo.
+func isMounted(target string) (bool, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && unescapeMountPath(f[4]) == target {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// unescapeMountPath undoes mountinfo's octal escapes of space, tab,
+// newline and backslash.
+func unescapeMountPath(s string) string {
+	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
+	return r.Replace(s)
+}
+
+// prepareRootfs writes into the session's overlay what the session needs
+// whatever the image holds: its home, a /tmp and its hostname. The image is
+// untrusted, so every path resolves inside root (os.Root): a symlink such as
+// /etc -> /host/etc cannot make the control plane write outside it.
+func prepareRootfs(rootfs, hostname string) error {
+	root, err := os.OpenRoot(rootfs)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	if err := root.MkdirAll(homeInContainer[1:], 0o700); err != nil {
+		return err
+	}
+	if _, err := root.Lstat("tmp"); errors.Is(err, os.ErrNotExist) {
+		if err := root.Mkdir("tmp", 0o1777); err != nil {
+			return err
+		}
+		if err := root.Chmod("tmp", 0o1777); err != nil { // past the umask
+			return err
+		}
+	}
+	if err := root.MkdirAll("etc", 0o755); err != nil {
+		return err
+	}
+	return root.WriteFile("etc/hostname", []byte(hostname+"\n"), 0o644)
+}

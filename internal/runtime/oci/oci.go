@@ -1,0 +1,475 @@
+// Package oci is the isolating runtime: each session is a runc container
+// with its own pid, mount, uts, ipc and network namespaces, a writable
+// overlay over a read-only image, cgroup limits per GPU type, and exactly its
+// GPUs injected through CDI. The session agent is bind-mounted read-only and
+// is the container's init; the control plane reaches it through a unix
+// socket in a host directory that only root can open.
+//
+// Capabilities, masked and read-only paths follow `runc spec`. That template
+// has no seccomp profile, so neither do sessions: runc applies none by
+// default.
+//
+// The runtime drives runc (Debian's runc 1.1.5 works on hybrid cgroup v1
+// hosts). crun is not an alternative there: crun 1.8.1 refuses to start
+// containers with "cgroups in hybrid mode not supported, drop all controllers
+// from cgroupv2".
+//
+// Layout under Config.StateDir:
+//
+//	runc/             runc's state (--root)
+//	cdi/              generated CDI specs (simulated GPUs)
+//	s/<id>/           one session: config.json (the bundle), rootfs (the
+//	                  overlay mount), upper/ and work/ (its writable layer),
+//	                  run/ (the agent's socket, 0700) and agent.log
+package oci
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+var _ runtime.Runtime = (*Runtime)(nil)
+
+// Images gives the runtime an unpacked image. The directory it returns is
+// used read-only as the lower layer of every session's overlay, so that a
+// start never copies the image; it must stay in place while sessions use it.
+type Images interface {
+	Rootfs(ctx context.Context, image string) (lowerDir string, err error)
+}
+
+// Network puts a session into a network namespace that enforces an egress
+// policy. Teardown is keyed by the session id rather than returned by Setup,
+// so that a restarted control plane can clean up what an earlier one set up;
+// it must succeed for a session it does not know.
+type Network interface {
+	Setup(ctx context.Context, sessionID string, policy sdk.Egress) (netnsPath string, err error)
+	Teardown(ctx context.Context, sessionID string) error
+}
+
+// Config configures the oci runtime.
+type Config struct {
+	// StateDir holds runc's state, the bundles, overlays and sockets. Its
+	// path should be short: unix socket paths are limited to about 100 bytes.
+	StateDir string
+	// Runc is the runc executable ("runc" on $PATH by default).
+	Runc string
+	// AgentPath is a statically linked devgpu binary (CGO_ENABLED=0), bind
+	// mounted read-only into every session, whose image may lack a libc.
+	AgentPath string
+	// Images resolves Image to an unpacked root filesystem.
+	Images Images
+	// Image is the image of sessions whose Spec names none.
+	Image string
+	// Limits per GPU type; a type that is not listed gets the "" entry.
+	// Nil means DefaultLimits. Every limit is capped to the host.
+	Limits map[string]Limits
+	// Network sets up each session's network namespace. Nil gives every
+	// session a fresh namespace with only loopback (egress "none").
+	Network Network
+	// Egress is the policy of sessions whose Spec has none.
+	Egress sdk.Egress
+	// CDIDirs are where CDI specs are looked up, lowest priority first;
+	// default /etc/cdi and /var/run/cdi, where `nvidia-ctk cdi generate`
+	// writes. StateDir/cdi, holding the spec of simulated GPUs, always comes
+	// last.
+	CDIDirs []string
+	// StartTimeout bounds how long a container's agent may take to listen.
+	StartTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// Runtime runs sessions as runc containers.
+type Runtime struct {
+	cfg    Config
+	log    *slog.Logger
+	limits map[string]Limits
+	cdi    *devices
+	// tag keeps cgroup paths of runtimes over different state directories
+	// apart.
+	tag string
+}
+
+// New returns an oci runtime keeping its state under cfg.StateDir.
+func New(cfg Config) (*Runtime, error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("oci runtime: no state directory configured")
+	}
+	if cfg.AgentPath == "" {
+		return nil, errors.New("oci runtime: no agent binary configured")
+	}
+	if cfg.Images == nil {
+		return nil, errors.New("oci runtime: no image store configured")
+	}
+	abs, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("oci runtime: %w", err)
+	}
+	cfg.StateDir = abs
+	if cfg.AgentPath, err = filepath.Abs(cfg.AgentPath); err != nil {
+		return nil, fmt.Errorf("oci runtime: %w", err)
+	}
+	if _, err := os.Stat(cfg.AgentPath); err != nil {
+		return nil, fmt.Errorf("oci runtime: agent binary: %w", err)
+	}
+	if cfg.Runc == "" {
+		cfg.Runc = "runc"
+	}
+	if cfg.Runc, err = exec.LookPath(cfg.Runc); err != nil {
+		return nil, fmt.Errorf("oci runtime: %w", err)
+	}
+	if cfg.StartTimeout == 0 {
+		cfg.StartTimeout = 15 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Egress.Mode == "" {
+		cfg.Egress.Mode = sdk.EgressNone
+	}
+	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "runc"), filepath.Join(cfg.StateDir, "s")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("oci runtime: %w", err)
+		}
+	}
+	devs, err := newDevices(cfg.CDIDirs, filepath.Join(cfg.StateDir, "cdi"))
+	if err != nil {
+		return nil, fmt.Errorf("oci runtime: %w", err)
+	}
+	limits, err := hostCapped(cfg.Limits)
+	if err != nil {
+		return nil, fmt.Errorf("oci runtime: %w", err)
+	}
+	sum := sha256.Sum256([]byte(cfg.StateDir))
+	return &Runtime{
+		cfg: cfg, log: cfg.Logger, limits: limits, cdi: devs,
+		tag: hex.EncodeToString(sum[:4]),
+	}, nil
+}
+
+// Name implements runtime.Runtime.
+func (r *Runtime) Name() string { return "oci" }
+
+func (r *Runtime) runcRoot() string            { return filepath.Join(r.cfg.StateDir, "runc") }
+func (r *Runtime) dir(id string) string        { return filepath.Join(r.cfg.StateDir, "s", id) }
+func (r *Runtime) rootfs(id string) string     { return filepath.Join(r.dir(id), "rootfs") }
+func (r *Runtime) runDir(id string) string     { return filepath.Join(r.dir(id), "run") }
+func (r *Runtime) socketPath(id string) string { return filepath.Join(r.runDir(id), "agent.sock") }
+func (r *Runtime) logPath(id string) string    { return filepath.Join(r.dir(id), "agent.log") }
+
+// Paths inside the container.
+const (
+	agentInContainer  = "/.devgpu/agent"
+	runInContainer    = "/.devgpu/run"
+	socketInContainer = runInContainer + "/agent.sock"
+	homeInContainer   = "/root"
+)
+
+// Start implements runtime.Runtime.
+func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
+	id := spec.SessionID
+	if !validID(id) {
+		return fmt.Errorf("oci runtime: invalid session id %q", id)
+	}
+	if sock := r.socketPath(id); len(sock) > 100 {
+		return fmt.Errorf("oci runtime: socket path %s is longer than unix sockets allow; use a shorter state directory", sock)
+	}
+	img := cmp.Or(spec.Image, r.cfg.Image)
+	lower, err := r.cfg.Images.Rootfs(ctx, img)
+	if err != nil {
+		return fmt.Errorf("oci runtime: image %s: %w", img, err)
+	}
+	if err := os.Mkdir(r.dir(id), 0o700); err != nil {
+		return fmt.Errorf("oci runtime: create session directory: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			if serr := r.Stop(context.WithoutCancel(ctx), id); serr != nil {
+				r.log.Warn("clean up after failed start", "session_id", id, "err", serr)
+			}
+		}
+	}()
+	for _, d := range []string{"upper", "work", "rootfs", "run"} {
+		if err := os.Mkdir(filepath.Join(r.dir(id), d), 0o700); err != nil {
+			return fmt.Errorf("oci runtime: %w", err)
+		}
+	}
+	if err := mountOverlay(lower, filepath.Join(r.dir(id), "upper"), filepath.Join(r.dir(id), "work"), r.rootfs(id)); err != nil {
+		return fmt.Errorf("oci runtime: %w", err)
+	}
+	if err := prepareRootfs(r.rootfs(id), id); err != nil {
+		return fmt.Errorf("oci runtime: prepare rootfs: %w", err)
+	}
+
+	netns := ""
+	if r.cfg.Network != nil {
+		egress := spec.Egress
+		if egress.Mode == "" {
+			egress = r.cfg.Egress
+		}
+		if netns, err = r.cfg.Network.Setup(ctx, id, egress); err != nil {
+			return fmt.Errorf("oci runtime: network: %w", err)
+		}
+	}
+	ociSpec, err := r.buildSpec(spec, netns)
+	if err != nil {
+		return fmt.Errorf("oci runtime: %w", err)
+	}
+	b, err := json.MarshalIndent(ociSpec, "", "\t")
+	if err != nil {
+		return fmt.Errorf("oci runtime: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(r.dir(id), "config.json"), b, 0o600); err != nil {
+		return fmt.Errorf("oci runtime: %w", err)
+	}
+	return r.run(ctx, id, spec.AgentSecret)
+}
+
+// run starts the container and waits for its agent's "ready" line. With
+// --detach and no terminal, runc hands its own stdio to the container's
+// process: the secret goes in through a pipe on stdin, the ready line comes
+// back through one on stdout, and the agent's log (and runc's errors) go to
+// agent.log.
+func (r *Runtime) run(ctx context.Context, id, secret string) error {
+	logFile, err := os.OpenFile(r.logPath(id), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("oci runtime: %w", err)
+	}
+	defer logFile.Close()
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("oci runtime: %w", err)
+	}
+	defer inW.Close()
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		inR.Close()
+		return fmt.Errorf("oci runtime: %w", err)
+	}
+	defer outR.Close()
+
+	cmd := exec.Command(r.cfg.Runc, "--root", r.runcRoot(), "run", "--detach", "--bundle", r.dir(id), id)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, logFile
+	err = cmd.Start()
+	inR.Close()
+	outW.Close()
+	if err != nil {
+		return fmt.Errorf("oci runtime: start runc: %w", err)
+	}
+	// The secret fits in the pipe's buffer, so this never blocks on a
+	// container that does not read.
+	_, werr := io.WriteString(inW, secret+"\n")
+	inW.Close()
+
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(outR).ReadString('\n')
+		if err == nil && line != "ready\n" {
+			err = fmt.Errorf("unexpected agent output %q", line)
+		}
+		ready <- err
+	}()
+	// runc run --detach returns once the container's process runs.
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("oci runtime: runc run: %w: %s", err, r.logTail(id))
+	}
+	if werr != nil {
+		return fmt.Errorf("oci runtime: pass the secret: %w", werr)
+	}
+	timer := time.NewTimer(r.cfg.StartTimeout)
+	defer timer.Stop()
+	select {
+	case err := <-ready:
+		if err != nil {
+			return fmt.Errorf("oci runtime: agent did not start: %w: %s", err, r.logTail(id))
+		}
+		return nil
+	case <-timer.C:
+		return fmt.Errorf("oci runtime: agent did not listen within %s (see %s)", r.cfg.StartTimeout, r.logPath(id))
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// logTail is the end of the session's log, for error messages.
+func (r *Runtime) logTail(id string) string {
+	b, _ := os.ReadFile(r.logPath(id))
+	b = bytes.TrimSpace(b)
+	if len(b) > 1000 {
+		b = b[len(b)-1000:]
+	}
+	return string(b)
+}
+
+// Connect implements runtime.Runtime.
+func (r *Runtime) Connect(ctx context.Context, id string) (net.Conn, error) {
+	if !validID(id) {
+		return nil, runtime.ErrNotFound
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", r.socketPath(id))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("connect to session %s: %w", id, runtime.ErrNotFound)
+		}
+		return nil, fmt.Errorf("connect to session %s: %w", id, err)
+	}
+	return conn, nil
+}
+
+// Stop implements runtime.Runtime: it kills the container (its pid
+// namespace dies with its init, taking every process in it), deletes it,
+// tears down its network, unmounts its overlay and removes its state.
+func (r *Runtime) Stop(ctx context.Context, id string) error {
+	if !validID(id) {
+		return nil
+	}
+	if err := r.runc(ctx, "delete", "--force", id); err != nil && !isNotExist(err) {
+		return fmt.Errorf("stop session %s: %w", id, err)
+	}
+	if r.cfg.Network != nil {
+		if err := r.cfg.Network.Teardown(ctx, id); err != nil {
+			return fmt.Errorf("stop session %s: network: %w", id, err)
+		}
+	}
+	if err := unmount(r.rootfs(id)); err != nil {
+		return fmt.Errorf("stop session %s: %w", id, err)
+	}
+	// Only now that nothing is mounted below it is removing safe.
+	if err := os.RemoveAll(r.dir(id)); err != nil {
+		return fmt.Errorf("stop session %s: remove its state: %w", id, err)
+	}
+	return nil
+}
+
+// container is runc's view of one container (`runc list --format json`).
+type container struct {
+	ID      string    `json:"id"`
+	Pid     int       `json:"pid"`
+	Status  string    `json:"status"`
+	Bundle  string    `json:"bundle"`
+	Created time.Time `json:"created"`
+}
+
+func (r *Runtime) containers(ctx context.Context) ([]container, error) {
+	out, err := r.runcOutput(ctx, "list", "--format", "json")
+	if err != nil {
+		return nil, err
+	}
+	var cs []container
+	if len(bytes.TrimSpace(out)) == 0 {
+		return nil, nil
+	}
+	if err := json.Unmarshal(out, &cs); err != nil {
+		return nil, fmt.Errorf("parse runc list: %w", err)
+	}
+	return cs, nil
+}
+
+// List implements runtime.Runtime: every container that runs. Containers
+// whose agent has exited are not listed; Orphans names them for Stop.
+func (r *Runtime) List(ctx context.Context) ([]runtime.Instance, error) {
+	cs, err := r.containers(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list sessions: %w", err)
+	}
+	var out []runtime.Instance
+	for _, c := range cs {
+		if c.Status == "running" && validID(c.ID) {
+			out = append(out, runtime.Instance{SessionID: c.ID, StartedAt: c.Created})
+		}
+	}
+	return out, nil
+}
+
+// Orphans returns sessions with state but no running container (their
+// agent exited, or a control plane died while starting them), so that the
+// control plane can Stop (clean) them.
+func (r *Runtime) Orphans(ctx context.Context) ([]string, error) {
+	running, err := r.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	live := map[string]bool{}
+	for _, in := range running {
+		live[in.SessionID] = true
+	}
+	entries, err := os.ReadDir(filepath.Join(r.cfg.StateDir, "s"))
+	if err != nil {
+		return nil, fmt.Errorf("list session state: %w", err)
+	}
+	var ids []string
+	for _, e := range entries {
+		if e.IsDir() && validID(e.Name()) && !live[e.Name()] {
+			ids = append(ids, e.Name())
+		}
+	}
+	return ids, nil
+}
+
+// runcError is a failed runc command with what it said.
+type runcError struct {
+	args   []string
+	err    error
+	stderr string
+}
+
+func (e *runcError) Error() string {
+	return fmt.Sprintf("runc %s: %v: %s", strings.Join(e.args, " "), e.err, e.stderr)
+}
+
+func (e *runcError) Unwrap() error { return e.err }
+
+// isNotExist reports whether runc failed because the container does not
+// exist. runc says so only in words.
+func isNotExist(err error) bool {
+	var re *runcError
+	return errors.As(err, &re) && strings.Contains(re.stderr, "does not exist")
+}
+
+func (r *Runtime) runc(ctx context.Context, args ...string) error {
+	_, err := r.runcOutput(ctx, args...)
+	return err
+}
+
+func (r *Runtime) runcOutput(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, r.cfg.Runc, append([]string{"--root", r.runcRoot()}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, &runcError{args: args, err: err, stderr: strings.TrimSpace(stderr.String())}
+	}
+	return out, nil
+}
+
+// validID keeps session ids safe as a path element and a runc container id.
+func validID(id string) bool {
+	if id == "" || len(id) > 40 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,357 @@
+package oci
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/devgpu/devgpu/internal/agent"
+	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/runtime/runtimetest"
+	"github.com/devgpu/devgpu/internal/testutil"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testutil.Cleanup()
+	if testImages.dir != "" {
+		os.RemoveAll(testImages.dir)
+	}
+	os.Exit(code)
+}
+
+// requireRunc skips a test that needs root, runc and busybox where they are
+// missing, except in CI, where it fails.
+func requireRunc(t *testing.T) {
+	t.Helper()
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root")
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		missing = append(missing, "runc (apt-get install runc)")
+	}
+	if !staticBusybox() {
+		missing = append(missing, "a static busybox (apt-get install busybox-static)")
+	}
+	if len(missing) == 0 {
+		return
+	}
+	msg := "the oci runtime needs " + strings.Join(missing, ", ")
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// staticBusybox reports whether busybox is on $PATH and statically linked,
+// so that it runs in an image that holds nothing else.
+func staticBusybox() bool {
+	path, err := exec.LookPath("busybox")
+	if err != nil {
+		return false
+	}
+	f, err := elf.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return false
+		}
+	}
+	return true
+}
+
+// busyboxImages is an image store with one image, a busybox root
+// filesystem built once per test process.
+type busyboxImages struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+var testImages busyboxImages
+
+func (b *busyboxImages) Rootfs(ctx context.Context, image string) (string, error) {
+	if image != "busybox" {
+		return "", fmt.Errorf("no image %q", image)
+	}
+	b.once.Do(func() { b.dir, b.err = buildBusybox() })
+	return b.dir, b.err
+}
+
+// buildBusybox makes a root filesystem of a static busybox and a link per
+// applet; TestMain removes it.
+func buildBusybox() (string, error) {
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		return "", err
+	}
+	dir, err := os.MkdirTemp("/tmp", "dgimg")
+	if err != nil {
+		return "", err
+	}
+	for _, d := range []string{"bin", "etc", "root", "tmp", "proc", "sys", "dev"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return "", err
+		}
+	}
+	data, err := os.ReadFile(bb)
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), data, 0o755); err != nil {
+		return "", err
+	}
+	out, err := exec.Command(bb, "--list").Output()
+	if err != nil {
+		return "", fmt.Errorf("busybox --list: %w", err)
+	}
+	for _, applet := range strings.Fields(string(out)) {
+		if applet == "busybox" {
+			continue
+		}
+		if err := os.Symlink("busybox", filepath.Join(dir, "bin", applet)); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
+}
+
+func testLimits() map[string]Limits {
+	return map[string]Limits{"": {CPUs: 1, Memory: 256 << 20, Pids: 128}}
+}
+
+func newRuntime(t *testing.T, stateDir string) *Runtime {
+	t.Helper()
+	rt, err := New(Config{
+		StateDir: stateDir, AgentPath: testutil.StaticBinary(t), Images: &testImages, Image: "busybox",
+		Limits: testLimits(), CDIDirs: []string{},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rt
+}
+
+func TestConformance(t *testing.T) {
+	requireRunc(t)
+	runtimetest.Run(t, func(t *testing.T) runtimetest.Factory {
+		dir := testutil.ShortTempDir(t)
+		return func() runtime.Runtime { return newRuntime(t, dir) }
+	})
+}
+
+func start(t *testing.T, rt *Runtime, prefix string, gpus ...string) runtime.Spec {
+	t.Helper()
+	spec := runtime.Spec{
+		SessionID: fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e9), Project: "p", User: "u", GPUType: "t4",
+		GPUs: gpus, AgentSecret: "s3cret", IdleExit: time.Minute,
+	}
+	ctx := testutil.Context(t, testutil.WaitMedium)
+	if err := rt.Start(ctx, spec); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := rt.Stop(context.Background(), spec.SessionID); err != nil {
+			t.Errorf("Stop: %v", err)
+		}
+	})
+	return spec
+}
+
+func execOut(t *testing.T, rt *Runtime, spec runtime.Spec, cmd string) string {
+	t.Helper()
+	ctx := testutil.Context(t, testutil.WaitShort)
+	conn, err := rt.Connect(ctx, spec.SessionID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.WritePreamble(conn, spec.AgentSecret); err != nil {
+		t.Fatal(err)
+	}
+	c, chans, reqs, err := ssh.NewClientConn(conn, "agent", &ssh.ClientConfig{User: spec.User, HostKeyCallback: ssh.InsecureIgnoreHostKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ssh.NewClient(c, chans, reqs)
+	defer client.Close()
+	s, err := client.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var stdout, stderr bytes.Buffer
+	s.Stdout, s.Stderr = &stdout, &stderr
+	if err := s.Run(cmd); err != nil {
+		t.Fatalf("exec %q: %v (stderr %q)", cmd, err, stderr.String())
+	}
+	return stdout.String()
+}
+
+// One session sees neither another's processes nor its files, and is
+// named after itself.
+func TestIsolation(t *testing.T) {
+	requireRunc(t)
+	t.Parallel()
+	rt := newRuntime(t, testutil.ShortTempDir(t))
+	a := start(t, rt, "isoa")
+	b := start(t, rt, "isob")
+	execOut(t, rt, b, "echo secret > /root/b-file; sleep 1000 >/dev/null 2>&1 &")
+
+	if got := execOut(t, rt, a, "hostname"); got != a.SessionID+"\n" {
+		t.Errorf("hostname = %q, want %q", got, a.SessionID)
+	}
+	ps := execOut(t, rt, a, "ps -o pid,args")
+	if !strings.Contains(ps, "--session "+a.SessionID) || strings.Contains(ps, b.SessionID) || strings.Contains(ps, "sleep 1000") {
+		t.Errorf("session a's ps shows more than its own processes:\n%s", ps)
+	}
+	// The agent is pid 1 of its own pid namespace; a sees only it, its shell
+	// and ps.
+	pids := strings.Fields(execOut(t, rt, a, `ls /proc | grep -E '^[0-9]+$'`))
+	if !slices.Contains(pids, "1") || len(pids) > 4 {
+		t.Errorf("session a sees pids %v", pids)
+	}
+	if got := execOut(t, rt, a, "cat /root/b-file 2>&1; ls /.devgpu/run"); strings.Contains(got, "secret") {
+		t.Errorf("session a reads session b's file: %q", got)
+	}
+	// Only loopback in the default network namespace.
+	if got := execOut(t, rt, a, "ls /sys/class/net"); strings.Fields(got)[0] != "lo" || len(strings.Fields(got)) != 1 {
+		t.Errorf("network interfaces %q, want only lo", got)
+	}
+}
+
+// The cgroup limits of the session's GPU type apply inside it.
+func TestLimits(t *testing.T) {
+	requireRunc(t)
+	t.Parallel()
+	rt := newRuntime(t, testutil.ShortTempDir(t))
+	s := start(t, rt, "limits")
+	out := execOut(t, rt, s, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+	if want := fmt.Sprintf("%d\n128\n100000\n", 256<<20); out != want {
+		t.Errorf("cgroup limits inside = %q, want %q", out, want)
+	}
+}
+
+// Each session gets exactly its GPUs' CDI device nodes.
+func TestCDIDevices(t *testing.T) {
+	requireRunc(t)
+	t.Parallel()
+	rt := newRuntime(t, testutil.ShortTempDir(t))
+	a := start(t, rt, "cdia", "GPU-sim-t4-0", "GPU-sim-t4-2")
+	b := start(t, rt, "cdib", "GPU-sim-t4-1")
+	none := start(t, rt, "cdinone")
+	for _, c := range []struct {
+		spec runtime.Spec
+		want string
+	}{
+		{a, "/dev/devgpu-GPU-sim-t4-0\n/dev/devgpu-GPU-sim-t4-2\n"},
+		{b, "/dev/devgpu-GPU-sim-t4-1\n"},
+		{none, ""},
+	} {
+		got := execOut(t, rt, c.spec, `for f in /dev/devgpu-*; do [ -c "$f" ] && echo "$f"; done; true`)
+		if got != c.want {
+			t.Errorf("session %s has GPU devices %q, want %q", c.spec.SessionID, got, c.want)
+		}
+	}
+	// The device works (it is the null device) and nothing else was let in.
+	if got := execOut(t, rt, a, "echo x > /dev/devgpu-GPU-sim-t4-0 && echo ok"); got != "ok\n" {
+		t.Errorf("writing the device: %q", got)
+	}
+
+	// A GPU no CDI spec knows fails the start.
+	err := rt.Start(testutil.Context(t, testutil.WaitMedium), runtime.Spec{SessionID: "cdibad", AgentSecret: "x", GPUs: []string{"GPU-0000-not-here"}})
+	if err == nil {
+		_ = rt.Stop(context.Background(), "cdibad")
+		t.Fatal("a session with an unknown GPU started")
+	}
+	if _, serr := os.Stat(rt.dir("cdibad")); !os.IsNotExist(serr) {
+		t.Errorf("failed start left state behind: %v", serr)
+	}
+}
+
+// Stop kills every process of the session, escaped ones included, unmounts
+// its overlay and removes its state; a new runtime can stop what an old one
+// started.
+func TestStopLeavesNothing(t *testing.T) {
+	requireRunc(t)
+	t.Parallel()
+	dir := testutil.ShortTempDir(t)
+	rt := newRuntime(t, dir)
+	s := start(t, rt, "stopall")
+	execOut(t, rt, s, "sleep 1000 >/dev/null 2>&1 & setsid sleep 1001 >/dev/null 2>&1 &")
+	procs := filepath.Join("/sys/fs/cgroup/pids", rt.cgroupPath(s.SessionID), "cgroup.procs")
+	b, err := os.ReadFile(procs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		pid, _ := strconv.Atoi(f)
+		pids = append(pids, pid)
+	}
+	if len(pids) < 3 {
+		t.Fatalf("session's cgroup holds pids %v, want the agent and two sleeps", pids)
+	}
+	if mounted, err := isMounted(rt.rootfs(s.SessionID)); err != nil || !mounted {
+		t.Fatalf("overlay not mounted: %v", err)
+	}
+
+	again := newRuntime(t, dir)
+	if err := again.Stop(testutil.Context(t, testutil.WaitMedium), s.SessionID); err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range pids {
+		testutil.Eventually(t, testutil.WaitShort, "pid "+strconv.Itoa(pid)+" to be gone", func() bool {
+			return syscall.Kill(pid, 0) != nil || zombie(pid)
+		})
+	}
+	if mounted, err := isMounted(rt.rootfs(s.SessionID)); err != nil || mounted {
+		t.Fatalf("overlay still mounted after Stop (err %v)", err)
+	}
+	if _, err := os.Stat(rt.dir(s.SessionID)); !os.IsNotExist(err) {
+		t.Fatalf("session state left behind: %v", err)
+	}
+	if _, err := os.Stat(filepath.Dir(procs)); !os.IsNotExist(err) {
+		t.Fatalf("session cgroup left behind: %v", err)
+	}
+	if err := again.Stop(testutil.Context(t, testutil.WaitShort), "never-started"); err != nil {
+		t.Fatalf("stopping a missing session: %v", err)
+	}
+}
+
+func zombie(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z' || b[i+2] == 'X'
+}
+
+func TestRejectsBadIDs(t *testing.T) {
+	requireRunc(t)
+	t.Parallel()
+	rt := newRuntime(t, testutil.ShortTempDir(t))
+	ctx := testutil.Context(t, testutil.WaitShort)
+	for _, id := range []string{"", "../x", "A", strings.Repeat("a", 41)} {
+		if err := rt.Start(ctx, runtime.Spec{SessionID: id}); err == nil {
+			t.Errorf("Start(%q) succeeded", id)
+		}
+	}
+}

@@ -1,0 +1,194 @@
+package oci
+
+import (
+	"bufio"
+	"fmt"
+	"maps"
+	"os"
+	goruntime "runtime"
+	"slices"
+	"strconv"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/devgpu/devgpu/internal/runtime"
+)
+
+// Limits are a session's cgroup limits. Zero leaves a resource unlimited.
+type Limits struct {
+	CPUs   float64 // vCPUs, as a CFS quota
+	Memory int64   // bytes
+	Pids   int64
+}
+
+const gib = 1 << 30
+
+// DefaultLimits mirror the seed's cloud shapes: a T4 comes with 8 vCPUs and
+// 56 GiB, an A100 with 24 vCPUs and 220 GiB. Other types get the "" entry,
+// the T4's shape.
+func DefaultLimits() map[string]Limits {
+	return map[string]Limits{
+		"":     {CPUs: 8, Memory: 56 * gib, Pids: 4096},
+		"t4":   {CPUs: 8, Memory: 56 * gib, Pids: 4096},
+		"a100": {CPUs: 24, Memory: 220 * gib, Pids: 8192},
+	}
+}
+
+// hostCapped returns limits (DefaultLimits when nil) with CPU and memory
+// capped to what this host has.
+func hostCapped(limits map[string]Limits) (map[string]Limits, error) {
+	if limits == nil {
+		limits = DefaultLimits()
+	}
+	mem, err := hostMemory()
+	if err != nil {
+		return nil, err
+	}
+	out := maps.Clone(limits)
+	for k, l := range out {
+		if cpus := float64(goruntime.NumCPU()); l.CPUs == 0 || l.CPUs > cpus {
+			l.CPUs = cpus
+		}
+		if l.Memory == 0 || l.Memory > mem {
+			l.Memory = mem
+		}
+		out[k] = l
+	}
+	return out, nil
+}
+
+// hostMemory is MemTotal from /proc/meminfo, in bytes.
+func hostMemory() (int64, error) {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0, fmt.Errorf("host memory: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 2 && f[0] == "MemTotal:" {
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("host memory: %w", err)
+			}
+			return kb * 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("host memory: no MemTotal in /proc/meminfo")
+}
+
+// limitsFor returns the limits of a GPU type.
+func (r *Runtime) limitsFor(gpuType string) Limits {
+	if l, ok := r.limits[gpuType]; ok {
+		return l
+	}
+	return r.limits[""]
+}
+
+// buildSpec is the session's container spec with its GPUs injected
+// through CDI. CDI edits may set environment variables of the contract
+// (nvidia-ctk's specs set NVIDIA_VISIBLE_DEVICES=void, so that the NVIDIA
+// hook does not inject devices a second time); the contract wins.
+func (r *Runtime) buildSpec(spec runtime.Spec, netns string) (*specs.Spec, error) {
+	s := r.containerSpec(spec, netns)
+	if err := r.cdi.inject(s, spec.GPUs); err != nil {
+		return nil, err
+	}
+	env := runtime.SessionEnv(spec)
+	s.Process.Env = slices.DeleteFunc(s.Process.Env, func(kv string) bool {
+		k, _, _ := strings.Cut(kv, "=")
+		_, ours := env[k]
+		return ours
+	})
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		s.Process.Env = append(s.Process.Env, k+"="+env[k])
+	}
+	return s, nil
+}
+
+// containerSpec is `runc spec`'s template (capabilities, masked and
+// read-only paths, mounts, namespaces) made into a session: a writable
+// overlay root, the agent as the process, its socket directory, the session
+// environment, its hostname and cgroup limits. netns, when set, is the
+// network namespace to join instead of a new one.
+func (r *Runtime) containerSpec(spec runtime.Spec, netns string) *specs.Spec {
+	id := spec.SessionID
+	caps := []string{"CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"}
+	env := []string{
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME=" + homeInContainer,
+		"TERM=xterm",
+	}
+	sessionEnv := runtime.SessionEnv(spec)
+	for _, k := range slices.Sorted(maps.Keys(sessionEnv)) {
+		env = append(env, k+"="+sessionEnv[k])
+	}
+	l := r.limitsFor(spec.GPUType)
+	res := &specs.LinuxResources{
+		Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
+	}
+	if l.Memory > 0 {
+		res.Memory = &specs.LinuxMemory{Limit: &l.Memory}
+	}
+	if l.CPUs > 0 {
+		period := uint64(100000)
+		quota := int64(l.CPUs * float64(period))
+		res.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period}
+	}
+	if l.Pids > 0 {
+		res.Pids = &specs.LinuxPids{Limit: &l.Pids}
+	}
+	return &specs.Spec{
+		Version: "1.0.2-dev",
+		Process: &specs.Process{
+			User: specs.User{UID: 0, GID: 0},
+			Args: []string{agentInContainer, "agent",
+				"--session", id, "--socket", socketInContainer, "--dir", homeInContainer,
+				"--idle-exit", spec.IdleExit.String()},
+			Env: env,
+			Cwd: homeInContainer,
+			Capabilities: &specs.LinuxCapabilities{
+				Bounding: caps, Effective: caps, Permitted: caps, Ambient: caps,
+			},
+			Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
+			NoNewPrivileges: true,
+		},
+		Root:     &specs.Root{Path: r.rootfs(id)},
+		Hostname: id,
+		Mounts: []specs.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc"},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
+			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+			{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
+			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+			{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
+			{Destination: agentInContainer, Type: "bind", Source: r.cfg.AgentPath, Options: []string{"bind", "ro", "nosuid", "nodev"}},
+			{Destination: runInContainer, Type: "bind", Source: r.runDir(id), Options: []string{"bind", "nosuid", "nodev", "noexec"}},
+		},
+		Linux: &specs.Linux{
+			CgroupsPath: r.cgroupPath(id),
+			Resources:   res,
+			Namespaces: []specs.LinuxNamespace{
+				{Type: specs.PIDNamespace},
+				{Type: specs.NetworkNamespace, Path: netns},
+				{Type: specs.IPCNamespace},
+				{Type: specs.UTSNamespace},
+				{Type: specs.MountNamespace},
+			},
+			MaskedPaths: []string{
+				"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+				"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+			},
+			ReadonlyPaths: []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"},
+		},
+	}
+}
+
+// cgroupPath is the session's cgroup below each controller's root: one
+// flat /devgpu parent, so that no per-runtime directory is left behind, and
+// the runtime's tag, so that runtimes over different state directories
+// never share one.
+func (r *Runtime) cgroupPath(id string) string { return "/devgpu/" + r.tag + "-" + id }
