@@ -151,7 +151,7 @@ func TestOpenSSH(t *testing.T) {
 	if len(all) != 1 || strings.TrimSpace(out) != "gpu="+strings.Join(all[0].GPUs, ",") {
 		t.Fatalf("ssh printed %q; sessions %+v", out, all)
 	}
-	e.waitSession(all[0].ID, time.Second, "to end (closed) within 1s of ssh returning", func(s sdk.Session) bool {
+	e.waitSession(all[0].ID, testutil.WaitShort, "to end (closed) soon after ssh returns", func(s sdk.Session) bool {
 		return s.State == sdk.StateEnded && s.EndReason == sdk.ReasonClosed
 	})
 

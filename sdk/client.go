@@ -200,6 +200,29 @@ func (c *Client) Connect(ctx context.Context, id string) (*Tunnel, error) {
 	return &Tunnel{Conn: conn, SessionID: id, Attachment: resp.Header.Get(AttachmentHeader)}, nil
 }
 
+// Leave tells the server that the shell on this tunnel is ending on
+// purpose, so that however the tunnel's connection then closes, the
+// server counts it as closed, not as a client that vanished.
+func (c *Client) Leave(ctx context.Context, t *Tunnel) error {
+	path := "/api/v1/sessions/" + url.PathEscape(t.SessionID) + "/leave?attachment=" + url.QueryEscape(t.Attachment)
+	return c.do(ctx, http.MethodPost, path, nil, nil)
+}
+
+// CloseTunnel ends a shell cleanly: it announces the end, closes the
+// tunnel, and waits until the server has recorded it (when this was the
+// session's last shell, the session has then ended and its GPU is free).
+// close closes what runs over the tunnel (an SSH client, say), or the
+// tunnel itself when nil.
+func (c *Client) CloseTunnel(ctx context.Context, t *Tunnel, close func() error) error {
+	_ = c.Leave(ctx, t)
+	if close == nil {
+		close = t.Close
+	}
+	err := close()
+	_, _ = c.WaitDetached(ctx, t)
+	return err
+}
+
 // WaitDetached waits until the server has processed the tunnel's close,
 // including the session's end when it was the last shell, and returns the
 // session as it is then.

@@ -108,11 +108,9 @@ const detachWait = 3 * time.Second
 // this was the last shell, the session has then ended and its GPU is free,
 // so the next `devgpu run` finds it free.
 func (c *sessionConn) Close() error {
-	err := c.Client.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), detachWait)
 	defer cancel()
-	_, _ = c.api.WaitDetached(ctx, c.tunnel)
-	return err
+	return c.api.CloseTunnel(ctx, c.tunnel, c.Client.Close)
 }
 
 // openSession starts a session (or finds the one to attach to) and opens

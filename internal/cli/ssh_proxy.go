@@ -90,9 +90,8 @@ func sshProxy(ctx context.Context, project string, in io.Reader, out io.Writer) 
 	}
 	// Like sessionConn.Close: leave, and wait until the server has recorded
 	// it, so that the session has ended when ssh returns.
-	_ = tunnel.Close() // one the agent closed first is the normal end
 	wctx, cancel := context.WithTimeout(context.Background(), detachWait)
 	defer cancel()
-	_, _ = client.WaitDetached(wctx, tunnel)
+	_ = client.CloseTunnel(wctx, tunnel, nil) // one the agent closed first is the normal end
 	return nil
 }

@@ -67,17 +67,26 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 	first := &firstRead{Conn: agentConn, seen: func() { a.s.firstByte(sess.ID) }}
 	end := pipe(websocket.NetConn(ctx, ws, websocket.MessageBinary), first)
 	a.log.Debug("tunnel ended", "session_id", sess.ID, "attachment", attachment, "end", [...]string{"client closed", "client vanished", "agent closed"}[end])
-	switch end {
-	case clientClosed:
+	// A shell that announced its end left cleanly whatever the connection
+	// did last: a close frame can be lost when the client exits at once.
+	leaving := a.s.takeLeaving(attachment)
+	switch {
+	case end == clientClosed || leaving:
 		a.s.detach(ctx, sess.ID, attachment, true)
-	case clientVanished:
+	case end == clientVanished:
 		a.s.detach(ctx, sess.ID, attachment, false)
-	case agentClosed:
-		// Agents do not hang up on their own: it was stopped, or it died.
-		// Ask the runtime now rather than at the next liveness round.
-		a.s.detach(ctx, sess.ID, attachment, false)
-		if err := a.s.checkLiveness(ctx); err != nil {
-			a.log.Error("liveness check", "err", err)
+	default: // agentClosed
+		// An agent hangs up after the client's SSH disconnect (OpenSSH sends
+		// one), which is a clean end; or it died. The runtime tells which.
+		alive, err := a.s.alive(ctx, sess.ID)
+		if err != nil {
+			a.log.Error("ask the runtime about a session", "session_id", sess.ID, "err", err)
+		}
+		a.s.detach(ctx, sess.ID, attachment, alive)
+		if !alive {
+			if err := a.s.checkLiveness(ctx); err != nil {
+				a.log.Error("liveness check", "err", err)
+			}
 		}
 	}
 	return nil

@@ -187,6 +187,7 @@ func (s *Server) detach(ctx context.Context, id string, attachment int64, clean 
 			close(ch)
 			delete(s.detached, attachment)
 		}
+		delete(s.leaving, attachment)
 		s.mu.Unlock()
 	}()
 	now := s.now()
@@ -233,6 +234,40 @@ func (s *Server) firstByte(id string) {
 	if measure {
 		s.metrics.firstByte.Observe(s.now().Sub(l.requested).Seconds())
 	}
+}
+
+// alive reports whether the runtime still has the session.
+func (s *Server) alive(ctx context.Context, id string) (bool, error) {
+	instances, err := s.rt.List(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, in := range instances {
+		if in.SessionID == id {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// markLeaving records that attachment's shell is ending on purpose.
+func (s *Server) markLeaving(attachment int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, open := s.detached[attachment]; !open {
+		return false
+	}
+	s.leaving[attachment] = true
+	return true
+}
+
+// takeLeaving reports (once) whether the attachment announced its end.
+func (s *Server) takeLeaving(attachment int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	leaving := s.leaving[attachment]
+	delete(s.leaving, attachment)
+	return leaving
 }
 
 // waitDetached waits until the attachment has been detached and what

@@ -67,6 +67,7 @@ type Server struct {
 	// detached holds, per open attachment, a channel closed once its
 	// detach has been fully processed.
 	detached       map[int64]chan struct{}
+	leaving        map[int64]bool // attachments whose shell announced its end
 	nextAttachment int64
 
 	qmu    sync.Mutex
@@ -106,7 +107,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Server{
 		store: cfg.Store, rt: cfg.Runtime, log: cfg.Logger, cfg: cfg, now: cfg.Now,
-		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, queues: map[string]*queue{}, ctx: loopCtx, cancel: cancel,
+		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, leaving: map[int64]bool{}, queues: map[string]*queue{}, ctx: loopCtx, cancel: cancel,
 	}
 	s.metrics = newMetrics(s)
 	if err := s.setRates(ctx, cfg.Rates); err != nil {

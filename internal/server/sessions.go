@@ -165,3 +165,20 @@ func timePtr(t time.Time) *time.Time {
 	t = t.UTC()
 	return &t
 }
+
+// leaveSession: the shell on attachment N is ending on purpose (see
+// sdk.Client.Leave).
+func (a *API) leaveSession(w http.ResponseWriter, r *http.Request, caller store.User) error {
+	if _, err := a.sessionFor(r, caller, authz.AttachSession, "only the session's owner can use its shells"); err != nil {
+		return err
+	}
+	attachment, err := strconv.ParseInt(r.URL.Query().Get("attachment"), 10, 64)
+	if err != nil {
+		return httpapi.Errorf(http.StatusBadRequest, "attachment=%q is not an attachment number", r.URL.Query().Get("attachment"))
+	}
+	if !a.s.markLeaving(attachment) {
+		return httpapi.Errorf(http.StatusNotFound, "attachment %d is not open", attachment)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
