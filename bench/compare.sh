@@ -21,6 +21,8 @@
 #   BENCH_ADM_DURATION=10s BENCH_ADM_GPUS=t4:16
 #   BENCH_ADM_MAX_GPUS=8 BENCH_ADM_MAX_PER_USER=2 BENCH_ADM_QUOTA=12  the caps
 #   BENCH_ADM_PORT=18081         the admissions servers' port
+#   BENCH_ADM_RUNTIME=local      the admissions servers' runtime: local (an agent process
+#                                per session) or inproc (the control plane alone)
 #   BENCH_PG=postgres://postgres@127.0.0.1:5432   where to create the database
 #   BENCH_N=50                   runs per latency measurement
 #   BENCH_PROMPT_N=20            runs per time-to-prompt measurement
@@ -63,6 +65,7 @@ ADM_MAX_GPUS=${BENCH_ADM_MAX_GPUS:-8}
 ADM_MAX_PER_USER=${BENCH_ADM_MAX_PER_USER:-2}
 ADM_QUOTA=${BENCH_ADM_QUOTA:-12}
 ADM_PORT=${BENCH_ADM_PORT:-18081}
+ADM_RUNTIME=${BENCH_ADM_RUNTIME:-local}
 PG_URL=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 
 log() { printf '[compare %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -390,7 +393,7 @@ measure_admissions() {
 	esac
 	log "admissions on $label: devgpu server --gpus $ADM_GPUS on 127.0.0.1:$ADM_PORT"
 	DEVGPU_CONFIG=$d/config.json start "devgpu server ($label)" "$d/server.log" "$DEVGPU_EXE" server --dev \
-		--data "$d/data" "${store[@]}" --listen "127.0.0.1:$ADM_PORT" --gpus "$ADM_GPUS"
+		--data "$d/data" "${store[@]}" --listen "127.0.0.1:$ADM_PORT" --gpus "$ADM_GPUS" --runtime "$ADM_RUNTIME"
 	local pid=${PIDS[-1]}
 	wait_for "devgpu server ($label)" 30 curl -fsS "http://127.0.0.1:$ADM_PORT/healthz"
 	wait_for "devgpu CLI config ($label)" 10 test -s "$d/config.json"

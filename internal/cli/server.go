@@ -27,6 +27,7 @@ import (
 	"github.com/devgpu/devgpu/internal/image"
 	"github.com/devgpu/devgpu/internal/netpolicy"
 	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/runtime/inproc"
 	"github.com/devgpu/devgpu/internal/runtime/local"
 	"github.com/devgpu/devgpu/internal/runtime/oci"
 	"github.com/devgpu/devgpu/internal/server"
@@ -92,7 +93,7 @@ SQLite under the data directory, the local runtime, this host's NVIDIA GPUs
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.config, "config", "", "server config file (JSON): listen, data, store, gpus, rates; flags override it")
-	f.StringVar(&o.runtime, "runtime", "local", "where sessions run: local (process groups) or oci (runc containers, isolated)")
+	f.StringVar(&o.runtime, "runtime", "local", "where sessions run: local (process groups), oci (runc containers, isolated), or inproc (agents inside the server, for benchmarks)")
 	f.StringVar(&o.oci.AgentBinary, "agent-binary", "", "oci runtime: a static devgpu binary for inside containers (default: devgpu-agent beside this one)")
 	f.StringVar(&o.oci.DefaultImage, "default-image", "", "oci runtime: the image of sessions whose project names none")
 	f.BoolVar(&o.dev, "dev", false, "embedded default: bootstrap an admin and project \"default\", write the CLI config")
@@ -245,9 +246,17 @@ func (o *serverOptions) newRuntime(dataDir string, api net.Addr, log *slog.Logge
 	switch o.runtime {
 	case "local":
 		return local.New(local.Config{Dir: filepath.Join(dataDir, "sessions"), Logger: log})
+	case "inproc":
+		// For benchmarks of the control plane alone: agents run inside the
+		// server process, isolate nothing, and end with it.
+		dir := filepath.Join(dataDir, "inproc")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+		return inproc.New(inproc.NewRegistry(dir)), nil
 	case "oci":
 	default:
-		return nil, fmt.Errorf("--runtime %q is not local or oci", o.runtime)
+		return nil, fmt.Errorf("--runtime %q is not local, oci or inproc", o.runtime)
 	}
 	agentBin := o.oci.AgentBinary
 	if agentBin == "" {

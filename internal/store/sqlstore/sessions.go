@@ -153,9 +153,16 @@ func (s *Store) sessions(ctx context.Context, where string, args ...any) ([]stor
 	if err != nil || len(ss) == 0 {
 		return ss, err
 	}
-	rows, err = s.query(ctx, `SELECT g.session_id, g.id FROM gpus g JOIN sessions s ON s.id = g.session_id`+where+`
+	query, qargs := `SELECT g.session_id, g.id FROM gpus g JOIN sessions s ON s.id = g.session_id`+where+`
 		UNION ALL SELECT g.session_id, g.gpu_id FROM session_gpus g JOIN sessions s ON s.id = g.session_id`+where+`
-		ORDER BY 1, 2`, append(args, args...)...)
+		ORDER BY 1, 2`, append(args, args...)
+	if strings.Contains(where, activeSession) {
+		// Active sessions hold their GPUs in the inventory; the kept copies
+		// belong to ended ones. Admission runs this on every request, so
+		// it must not scan the history.
+		query, qargs = `SELECT g.session_id, g.id FROM gpus g JOIN sessions s ON s.id = g.session_id`+where+` ORDER BY 1, 2`, args
+	}
+	rows, err = s.query(ctx, query, qargs...)
 	type pair struct{ session, gpu string }
 	pairs, err := collect(rows, err, func(rows *sql.Rows) (p pair, err error) { return p, rows.Scan(&p.session, &p.gpu) })
 	if err != nil {
