@@ -2,12 +2,17 @@ package e2e
 
 import (
 	"fmt"
+
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
 	"github.com/devgpu/devgpu/internal/image/imagetest"
 	"github.com/devgpu/devgpu/internal/testutil"
@@ -80,5 +85,27 @@ func TestOCISessions(t *testing.T) {
 	}
 	if r := e.cli("run", "--image", "ghcr.io/acme/own:1", "--", "true"); r.code != 255 || !strings.Contains(r.stderr, "images from ghcr.io are not allowed") {
 		t.Fatalf("bring-your-own from a registry not allowed: %+v", r)
+	}
+
+	// A slow pull shows its progress on a terminal.
+	slow := imagetest.Registry(t, imagetest.WithMiddleware(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.URL.Path, "/blobs/") {
+				time.Sleep(400 * time.Millisecond)
+			}
+			h.ServeHTTP(w, r)
+		})
+	}))
+	withFile, err := mutate.AppendLayers(imagetest.BusyboxImage(t), imagetest.Layer(t, imagetest.File("etc/team", "own")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := imagetest.Push(t, slow+"/team/own:1", withFile)
+	e.admin("org", "update", "--registries", slow)
+	tm := e.terminal("run", "--image", own, "--", "echo", "pulled")
+	tm.expect("pulling " + own)
+	tm.expect("pulled")
+	if code := tm.wait(); code != 0 {
+		t.Fatalf("run with a pulled image exited %d", code)
 	}
 }

@@ -119,7 +119,7 @@ func (c *Client) Whoami(ctx context.Context) (Whoami, error) {
 // each change of queue position and reason.
 func (c *Client) CreateSession(ctx context.Context, req CreateSessionRequest, progress func(SessionEvent)) (Session, error) {
 	var s Session
-	if req.Wait <= 0 {
+	if req.Wait <= 0 && !req.Progress {
 		return s, c.do(ctx, http.MethodPost, "/api/v1/sessions", req, &s)
 	}
 	resp, err := c.request(ctx, http.MethodPost, "/api/v1/sessions", req)

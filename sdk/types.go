@@ -66,6 +66,9 @@ type CreateSessionRequest struct {
 	Region  string   `json:"region,omitempty"`
 	Image   string   `json:"image,omitempty"`
 	Wait    Duration `json:"wait,omitempty"`
+	// Progress asks for the stream of SessionEvents even without Wait, to
+	// show a slow start (an image pull) as it goes.
+	Progress bool `json:"progress,omitempty"`
 }
 
 // SessionEvent is one line of a waiting create's response: the queue
@@ -73,6 +76,11 @@ type CreateSessionRequest struct {
 type SessionEvent struct {
 	Position int      `json:"position,omitempty"`
 	Reason   string   `json:"reason,omitempty"`
+	// Step, Done and Total tell how a slow step of the start goes, such
+	// as "pulling python-cuda" with bytes done of total.
+	Step  string `json:"step,omitempty"`
+	Done  int64  `json:"done,omitempty"`
+	Total int64  `json:"total,omitempty"`
 	Session  *Session `json:"session,omitempty"`
 	Problem  *Problem `json:"problem,omitempty"`
 }

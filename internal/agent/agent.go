@@ -73,6 +73,9 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 		return err
 	}
 	unignoreSignals()
+	// As a container's init, collect the orphans of the session; stop only
+	// after the sweep, whose victims become zombies too.
+	defer orphans.hold()()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(ctx, func() { ln.Close() })()

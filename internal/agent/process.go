@@ -66,7 +66,7 @@ func startProcess(cmd *exec.Cmd, size *windowChange) (*process, error) {
 	errR, errW := pipe()
 	if err == nil {
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
-		err = cmd.Start()
+		err = orphans.start(cmd)
 	}
 	// The child holds its own copies of its ends; ours would hide EOF.
 	for _, f := range []*os.File{inR, outW, errW} {
@@ -102,7 +102,7 @@ func (p *process) startPTY(size *windowChange) error {
 	// A session with the pty as controlling terminal: the line discipline
 	// turns ^C into SIGINT for the foreground job, not for the shell.
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
-	if err := p.cmd.Start(); err != nil {
+	if err := orphans.start(p.cmd); err != nil {
 		ptmx.Close()
 		return err
 	}
@@ -150,7 +150,7 @@ func (p *process) exited() bool {
 // wait reaps the child, then makes the output readers give up once the
 // output stops.
 func (p *process) wait() *os.ProcessState {
-	_ = p.cmd.Wait()
+	_ = orphans.wait(p.cmd)
 	p.exitAt = time.Now()
 	close(p.done)
 	for _, f := range p.outputs {
@@ -285,22 +285,39 @@ func liveSessions() (map[int][]int, bool) {
 		if err != nil {
 			continue
 		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue // gone meanwhile
-		}
-		// "pid (comm) state ppid pgrp session ..."; comm may hold anything.
-		i := bytes.LastIndexByte(stat, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(stat[i+1:]))
-		if len(f) < 4 || f[0] == "Z" {
-			continue
-		}
-		if sid, err := strconv.Atoi(f[3]); err == nil {
-			sessions[sid] = append(sessions[sid], pid)
+		if st, ok := readStat(e.Name()); ok && st.state != 'Z' {
+			sessions[st.sid] = append(sessions[st.sid], pid)
 		}
 	}
 	return sessions, true
+}
+
+// procStat is what the agent reads of /proc/PID/stat.
+type procStat struct {
+	state     byte // R, S, D, Z, ...
+	ppid, sid int
+}
+
+// readStat reads /proc/PID/stat; false if the process is gone or the file
+// does not parse.
+func readStat(pid string) (procStat, bool) {
+	stat, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return procStat{}, false // gone meanwhile
+	}
+	// "pid (comm) state ppid pgrp session ..."; comm may hold anything.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return procStat{}, false
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 4 || len(f[0]) != 1 {
+		return procStat{}, false
+	}
+	ppid, err1 := strconv.Atoi(f[1])
+	sid, err2 := strconv.Atoi(f[3])
+	if err1 != nil || err2 != nil {
+		return procStat{}, false
+	}
+	return procStat{state: f[0][0], ppid: ppid, sid: sid}, true
 }

@@ -291,7 +291,7 @@ func (o *serverOptions) newRuntime(dataDir string, api net.Addr, log *slog.Logge
 	}
 	// Unix socket paths are short: keep the state directory's path short.
 	return oci.New(oci.Config{
-		StateDir: filepath.Join(dataDir, "oci"), AgentPath: agentBin, Images: images,
+		StateDir: filepath.Join(dataDir, "oci"), AgentPath: agentBin, Images: imageRootfs{images},
 		Image: o.oci.DefaultImage, Network: network, Logger: log,
 	})
 }
@@ -392,4 +392,13 @@ func adminName() string {
 		return u.Username
 	}
 	return "admin"
+}
+
+// imageRootfs gives the oci runtime the store's unpacked images, pulling
+// with progress what is missing.
+type imageRootfs struct{ store *image.Store }
+
+func (i imageRootfs) Rootfs(ctx context.Context, ref string, progress func(done, total int64)) (string, error) {
+	img, err := i.store.Ensure(ctx, ref, progress)
+	return img.Dir, err
 }

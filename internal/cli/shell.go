@@ -173,8 +173,13 @@ func findSession(ctx context.Context, client *sdk.Client, cfg config, f sessionF
 	project := orDefault(f.project, cfg.Project)
 	status := newStatusLine()
 	status.set(fmt.Sprintf("starting a GPU session in project %s", orDefault(project, "default")))
-	req := sdk.CreateSessionRequest{Project: project, GPUType: f.gpuType, Region: f.region, Image: f.image, Wait: sdk.Duration(f.wait)}
+	req := sdk.CreateSessionRequest{Project: project, GPUType: f.gpuType, Region: f.region, Image: f.image,
+		Wait: sdk.Duration(f.wait), Progress: status.tty}
 	sess, err := client.CreateSession(ctx, req, func(ev sdk.SessionEvent) {
+		if ev.Step != "" {
+			status.set(fmt.Sprintf("%s %d/%d MB", ev.Step, ev.Done>>20, ev.Total>>20))
+			return
+		}
 		status.set(fmt.Sprintf("queued, position %d: %s", ev.Position, ev.Reason))
 	})
 	status.done()

@@ -33,6 +33,9 @@ type Spec struct {
 	// Egress is the session's network policy (runtimes without network
 	// isolation ignore it).
 	Egress sdk.Egress
+	// Progress, when set, hears how a slow step of the start goes, such as
+	// pulling the image: what it is doing, and bytes done of total.
+	Progress func(step string, done, total int64)
 	// IdleExit makes the agent stop by itself after this long without any
 	// connection, so that a session outlives a dead control plane only
 	// briefly. Zero means never.

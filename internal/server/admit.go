@@ -20,9 +20,9 @@ import (
 // maxWait bounds --wait, so that a forgotten request does not wait forever.
 const maxWait = 24 * time.Hour
 
-// progressFunc hears a waiting request's queue position and the reason it
-// waits, each time either changes.
-type progressFunc func(position int, reason string)
+// progressFunc hears how a request goes: its queue position and the
+// reason it waits, each time either changes, and the steps of a slow start.
+type progressFunc func(sdk.SessionEvent)
 
 // createSession admits the request (or queues it, with req.Wait), starts
 // the session in the runtime and returns it running. Under the shared and
@@ -53,7 +53,7 @@ func (s *Server) createSession(ctx context.Context, caller store.User, req sdk.C
 		return s.joinable(ctx, d.Session)
 	}
 	s.metrics.admissions.WithLabelValues("admitted", "").Inc()
-	return s.start(ctx, sess, requested)
+	return s.start(ctx, sess, requested, progress)
 }
 
 // effective returns a project's effective policy.
@@ -217,7 +217,7 @@ func (s *Server) attachments(id string) int {
 }
 
 // start starts an admitted session in the runtime and marks it running.
-func (s *Server) start(ctx context.Context, sess store.Session, requested time.Time) (store.Session, error) {
+func (s *Server) start(ctx context.Context, sess store.Session, requested time.Time, progress progressFunc) (store.Session, error) {
 	log := s.log.With("session_id", sess.ID, "project", sess.Project, "user", sess.User)
 	log.Info("session starting", "gpu_type", sess.GPUType, "gpus", strings.Join(sess.GPUs, ","), "image", sess.Image)
 	// A session that cannot start ends as failed, giving its GPUs back.
@@ -238,6 +238,11 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 		SessionID: sess.ID, Project: sess.Project, User: sess.User,
 		GPUType: sess.GPUType, GPUs: sess.GPUs, AgentSecret: sess.AgentSecret,
 		IdleExit: sess.DetachGrace + agentIdleExitMargin, Image: sess.Image, Egress: egress,
+	}
+	if progress != nil {
+		spec.Progress = func(step string, done, total int64) {
+			progress(sdk.SessionEvent{Step: step, Done: done, Total: total})
+		}
 	}
 	if err := s.rt.Start(ctx, spec); err != nil {
 		return fail(err)
@@ -316,7 +321,7 @@ func (s *Server) waitInQueue(ctx context.Context, caller store.User, req sdk.Cre
 			reason = fmt.Sprintf("%d requests ahead of yours; %s", pos-1, s.queueReason(req.Project))
 		}
 		if progress != nil && (pos != lastPos || reason != lastReason) {
-			progress(pos, reason)
+			progress(sdk.SessionEvent{Position: pos, Reason: reason})
 			lastPos, lastReason = pos, reason
 		}
 		select {

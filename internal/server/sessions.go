@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/devgpu/devgpu/internal/authz"
@@ -21,7 +22,7 @@ func (a *API) createSession(w http.ResponseWriter, r *http.Request, caller store
 	if err := httpapi.Read(w, r, &req); err != nil {
 		return err
 	}
-	if req.Wait <= 0 {
+	if req.Wait <= 0 && !req.Progress {
 		sess, err := a.s.createSession(r.Context(), caller, req, nil)
 		if err != nil {
 			return err
@@ -32,8 +33,11 @@ func (a *API) createSession(w http.ResponseWriter, r *http.Request, caller store
 		return nil
 	}
 	stream := httpapi.NewStream(w)
-	sess, err := a.s.createSession(r.Context(), caller, req, func(pos int, reason string) {
-		stream.Send(sdk.SessionEvent{Position: pos, Reason: reason})
+	var mu sync.Mutex // a pull reports from its own goroutine
+	sess, err := a.s.createSession(r.Context(), caller, req, func(ev sdk.SessionEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		stream.Send(ev)
 	})
 	if err != nil {
 		p := httpapi.ProblemFor(r, a.log, err)

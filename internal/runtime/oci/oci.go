@@ -52,8 +52,9 @@ var _ runtime.Runtime = (*Runtime)(nil)
 // Images gives the runtime an unpacked image. The directory it returns is
 // used read-only as the lower layer of every session's overlay, so that a
 // start never copies the image; it must stay in place while sessions use it.
+// progress, when not nil, hears the bytes of a pull done of total.
 type Images interface {
-	Rootfs(ctx context.Context, image string) (lowerDir string, err error)
+	Rootfs(ctx context.Context, image string, progress func(done, total int64)) (lowerDir string, err error)
 }
 
 // Network puts a session into a network namespace that enforces an egress
@@ -193,7 +194,11 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 		return fmt.Errorf("oci runtime: socket path %s is longer than unix sockets allow; use a shorter state directory", sock)
 	}
 	img := cmp.Or(spec.Image, r.cfg.Image)
-	lower, err := r.cfg.Images.Rootfs(ctx, img)
+	var pull func(done, total int64)
+	if spec.Progress != nil {
+		pull = func(done, total int64) { spec.Progress("pulling "+img, done, total) }
+	}
+	lower, err := r.cfg.Images.Rootfs(ctx, img, pull)
 	if err != nil {
 		return fmt.Errorf("oci runtime: image %s: %w", img, err)
 	}

@@ -87,7 +87,7 @@ type busyboxImages struct {
 
 var testImages busyboxImages
 
-func (b *busyboxImages) Rootfs(ctx context.Context, image string) (string, error) {
+func (b *busyboxImages) Rootfs(ctx context.Context, image string, _ func(done, total int64)) (string, error) {
 	if image != "busybox" {
 		return "", fmt.Errorf("no image %q", image)
 	}
