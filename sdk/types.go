@@ -74,15 +74,15 @@ type CreateSessionRequest struct {
 // SessionEvent is one line of a waiting create's response: the queue
 // position and the reason it waits, then the session, or a problem.
 type SessionEvent struct {
-	Position int      `json:"position,omitempty"`
-	Reason   string   `json:"reason,omitempty"`
+	Position int    `json:"position,omitempty"`
+	Reason   string `json:"reason,omitempty"`
 	// Step, Done and Total tell how a slow step of the start goes, such
 	// as "pulling python-cuda" with bytes done of total.
-	Step  string `json:"step,omitempty"`
-	Done  int64  `json:"done,omitempty"`
-	Total int64  `json:"total,omitempty"`
-	Session  *Session `json:"session,omitempty"`
-	Problem  *Problem `json:"problem,omitempty"`
+	Step    string   `json:"step,omitempty"`
+	Done    int64    `json:"done,omitempty"`
+	Total   int64    `json:"total,omitempty"`
+	Session *Session `json:"session,omitempty"`
+	Problem *Problem `json:"problem,omitempty"`
 }
 
 // Project is a project with its own settings and the effective ones.
