@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
 	"github.com/devgpu/devgpu/internal/gpu"
@@ -53,6 +54,7 @@ type serverOptions struct {
 	rates            *store.RateCard
 	runtime          string
 	oci              ociConfig
+	collectImages    func(context.Context) // set by the oci runtime with a disk budget
 	registries       map[string]image.Credential
 }
 
@@ -68,6 +70,10 @@ type ociConfig struct {
 	// 10.88.0.0/16).
 	Bridge string `json:"bridge"`
 	Subnet string `json:"subnet"`
+	// ImageDiskBudget ("200GB") bounds the image store: every 10 minutes,
+	// images no session uses are removed, least recently used first,
+	// until the store fits. Empty: never.
+	ImageDiskBudget string `json:"image_disk_budget"`
 }
 
 func newServerCmd() *cobra.Command {
@@ -140,6 +146,9 @@ func runServer(ctx context.Context, o serverOptions) error {
 	rt, err := o.newRuntime(dataDir, ln.Addr(), log)
 	if err != nil {
 		return err
+	}
+	if o.collectImages != nil {
+		go o.collectImages(ctx)
 	}
 	url := "http://" + ln.Addr().String()
 
@@ -273,6 +282,13 @@ func (o *serverOptions) newRuntime(dataDir string, api net.Addr, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
+	if o.oci.ImageDiskBudget != "" {
+		budget, err := humanize.ParseBytes(o.oci.ImageDiskBudget)
+		if err != nil {
+			return nil, fmt.Errorf("image_disk_budget %q is not a size such as 200GB", o.oci.ImageDiskBudget)
+		}
+		o.collectImages = func(ctx context.Context) { collectImages(ctx, images, int64(budget), log) }
+	}
 	ncfg := netpolicy.Config{Bridge: o.oci.Bridge, RuntimeDir: filepath.Join(dataDir, "netns")}
 	if o.oci.Subnet != "" {
 		if ncfg.Subnet, err = netip.ParsePrefix(o.oci.Subnet); err != nil {
@@ -401,4 +417,43 @@ type imageRootfs struct{ store *image.Store }
 func (i imageRootfs) Rootfs(ctx context.Context, ref string, progress func(done, total int64)) (string, error) {
 	img, err := i.store.Ensure(ctx, ref, progress)
 	return img.Dir, err
+}
+
+// imageGCInterval is how often the image store is trimmed to its budget.
+const imageGCInterval = 10 * time.Minute
+
+// collectImages trims the image store to budget until ctx ends, keeping
+// every image a session's overlay is mounted on.
+func collectImages(ctx context.Context, images *image.Store, budget int64, log *slog.Logger) {
+	t := time.NewTicker(imageGCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		freed, err := images.GC(ctx, mountedImages(images.Root()), budget)
+		if err != nil {
+			log.Error("image garbage collection", "err", err)
+		} else if freed > 0 {
+			log.Info("image garbage collection", "freed_bytes", freed)
+		}
+	}
+}
+
+// mountedImages reports an image as in use while an overlay mount has its
+// unpacked directory, root/rootfs/sha256/<hex>, as a lower layer.
+func mountedImages(root string) func(digest string) bool {
+	return func(digest string) bool {
+		hex, ok := strings.CutPrefix(digest, "sha256:")
+		if !ok {
+			return true // unknown: keep it
+		}
+		mounts, err := os.ReadFile("/proc/self/mountinfo")
+		if err != nil {
+			return true
+		}
+		return bytes.Contains(mounts, []byte("lowerdir="+filepath.Join(root, "rootfs", "sha256", hex)))
+	}
 }
