@@ -7,7 +7,10 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"os"
+	"syscall"
 	"time"
 
 	"github.com/devgpu/devgpu/sdk"
@@ -86,4 +89,18 @@ func SessionEnv(spec Spec) map[string]string {
 		env[k] = v
 	}
 	return env
+}
+
+// DialSocket connects to a session agent's unix socket at path. A socket
+// that is gone or refuses is runtime.ErrNotFound: the agent is not there.
+func DialSocket(ctx context.Context, id, path string) (net.Conn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("connect to session %s: %w", id, ErrNotFound)
+		}
+		return nil, fmt.Errorf("connect to session %s: %w", id, err)
+	}
+	return conn, nil
 }

@@ -286,11 +286,11 @@ func (s *Server) waitDetached(ctx context.Context, attachment int64) {
 	}
 }
 
-// reapLoop ends sessions whose last attachment vanished (or never came)
-// longer than their detach grace ago.
-func (s *Server) reapLoop() {
+// loop runs check every interval until the server closes; one of the
+// lifecycle loops started by New.
+func (s *Server) loop(interval time.Duration, what string, check func(context.Context) error) {
 	defer s.wg.Done()
-	t := time.NewTicker(s.cfg.ReapInterval)
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -298,42 +298,35 @@ func (s *Server) reapLoop() {
 			return
 		case <-t.C:
 		}
-		now := s.now()
-		var due []string
-		s.mu.Lock()
-		for id, l := range s.live {
-			if l.attachments == 0 && !l.ending && !l.detachedAt.IsZero() && now.Sub(l.detachedAt) >= l.grace {
-				due = append(due, id)
-			}
-		}
-		s.mu.Unlock()
-		for _, id := range due {
-			if err := s.endSession(s.ctx, id, sdk.ReasonDetached, "system", now); err != nil {
-				s.log.Error("end detached session", "session_id", id, "err", err)
-			}
+		if err := check(s.ctx); err != nil && s.ctx.Err() == nil {
+			s.log.Error(what, "err", err)
 		}
 	}
 }
 
-// livenessLoop asks the runtime what is alive: sessions it lost are ended
+// reapDetached ends sessions whose last attachment vanished (or never
+// came) longer than their detach grace ago.
+func (s *Server) reapDetached(ctx context.Context) error {
+	now := s.now()
+	var due []string
+	s.mu.Lock()
+	for id, l := range s.live {
+		if l.attachments == 0 && !l.ending && !l.detachedAt.IsZero() && now.Sub(l.detachedAt) >= l.grace {
+			due = append(due, id)
+		}
+	}
+	s.mu.Unlock()
+	for _, id := range due {
+		if err := s.endSession(ctx, id, sdk.ReasonDetached, "system", now); err != nil {
+			s.log.Error("end detached session", "session_id", id, "err", err)
+		}
+	}
+	return nil
+}
+
+// checkLiveness asks the runtime what is alive: sessions it lost are ended
 // as `lost` at the time they were last seen; the others are marked seen.
 // Sessions left `stopping` by a failed stop are retried here.
-func (s *Server) livenessLoop() {
-	defer s.wg.Done()
-	t := time.NewTicker(s.cfg.LivenessInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := s.checkLiveness(s.ctx); err != nil && s.ctx.Err() == nil {
-			s.log.Error("liveness check", "err", err)
-		}
-	}
-}
-
 func (s *Server) checkLiveness(ctx context.Context) error {
 	instances, err := s.rt.List(ctx)
 	if err != nil {

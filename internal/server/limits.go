@@ -54,22 +54,6 @@ func (s *Server) refreshLimits(ctx context.Context) {
 // limitCheckInterval is how often idle and lifetime limits are checked.
 const limitCheckInterval = 500 * time.Millisecond
 
-// limitsLoop ends sessions past their max lifetime or idle timeout, and
-// warns in their shells before it does.
-func (s *Server) limitsLoop() {
-	defer s.wg.Done()
-	t := time.NewTicker(limitCheckInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-t.C:
-		}
-		s.checkLimits(s.ctx)
-	}
-}
-
 type limitCheck struct {
 	id          string
 	l           *liveSession
@@ -78,7 +62,9 @@ type limitCheck struct {
 	startedAt   time.Time
 }
 
-func (s *Server) checkLimits(ctx context.Context) {
+// checkLimits ends sessions past their max lifetime or idle timeout, and
+// warns in their shells before it does.
+func (s *Server) checkLimits(ctx context.Context) error {
 	var checks []limitCheck
 	s.mu.Lock()
 	for id, l := range s.live {
@@ -103,6 +89,7 @@ func (s *Server) checkLimits(ctx context.Context) {
 			s.checkIdle(ctx, c, now)
 		}
 	}
+	return nil
 }
 
 func (s *Server) checkIdle(ctx context.Context, c limitCheck, now time.Time) {

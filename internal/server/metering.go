@@ -181,27 +181,47 @@ func (b budgetState) warning(project, currency string) string {
 	return b.describe(project, currency)
 }
 
-// checkBudgets records threshold crossings (once per month each, with an
-// audit event) and, at 100% under action stop, ends the project's running
-// sessions with reason budget.
-func (s *Server) checkBudgets(ctx context.Context) error {
+// projectBudget is a project with a budget and its use this month.
+type projectBudget struct {
+	project store.Project
+	budgetState
+}
+
+// budgets returns every project that has a budget, with its use.
+func (s *Server) budgets(ctx context.Context) ([]projectBudget, error) {
 	org, err := s.store.OrgPolicy(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	projects, err := s.store.ListProjects(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var out []projectBudget
 	for _, p := range projects {
 		eff := policy.Resolve(org, p.Settings)
 		if eff.Budget.Amount <= 0 {
 			continue
 		}
-		st, err := s.budgetUse(ctx, s.store, p, eff)
+		b, err := s.budgetUse(ctx, s.store, p, eff)
 		if err != nil {
-			return err
+			return nil, err
 		}
+		out = append(out, projectBudget{p, b})
+	}
+	return out, nil
+}
+
+// checkBudgets records threshold crossings (once per month each, with an
+// audit event) and, at 100% under action stop, ends the project's running
+// sessions with reason budget.
+func (s *Server) checkBudgets(ctx context.Context) error {
+	budgets, err := s.budgets(ctx)
+	if err != nil {
+		return err
+	}
+	for _, pb := range budgets {
+		p, st := pb.project, pb.budgetState
 		for _, threshold := range metering.Crossed(st.budget, st.percent) {
 			err := s.store.InTx(ctx, func(tx store.Store) error {
 				if err := tx.AddBudgetAlert(ctx, store.BudgetAlert{ProjectID: p.ID, Month: st.month, Threshold: threshold, At: s.now()}); err != nil {
@@ -231,23 +251,6 @@ func (s *Server) checkBudgets(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// budgetLoop checks budgets periodically.
-func (s *Server) budgetLoop() {
-	defer s.wg.Done()
-	t := time.NewTicker(s.cfg.BudgetInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := s.checkBudgets(s.ctx); err != nil && s.ctx.Err() == nil {
-			s.log.Error("budget check", "err", err)
-		}
-	}
 }
 
 // Usage report grouping keys.

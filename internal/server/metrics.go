@@ -8,7 +8,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/devgpu/devgpu/internal/policy"
 	"github.com/devgpu/devgpu/internal/store"
 )
 
@@ -119,24 +118,12 @@ func (c *stateCollector) collect(ctx context.Context, ch chan<- prometheus.Metri
 	}
 	s.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(descAttachments, prometheus.GaugeValue, float64(attachments))
-	org, err := s.store.OrgPolicy(ctx)
+	budgets, err := s.budgets(ctx)
 	if err != nil {
 		return err
 	}
-	projects, err := s.store.ListProjects(ctx)
-	if err != nil {
-		return err
-	}
-	for _, p := range projects {
-		eff := policy.Resolve(org, p.Settings)
-		if eff.Budget.Amount <= 0 {
-			continue
-		}
-		b, err := s.budgetUse(ctx, s.store, p, eff)
-		if err != nil {
-			return err
-		}
-		ch <- prometheus.MustNewConstMetric(descBudget, prometheus.GaugeValue, b.percent/100, p.Name)
+	for _, b := range budgets {
+		ch <- prometheus.MustNewConstMetric(descBudget, prometheus.GaugeValue, b.percent/100, b.project.Name)
 	}
 	return nil
 }

@@ -124,10 +124,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.refreshLimits(ctx)
 	s.wg.Add(4)
-	go s.reapLoop()
-	go s.livenessLoop()
-	go s.limitsLoop()
-	go s.budgetLoop()
+	go s.loop(cfg.ReapInterval, "reap detached sessions", s.reapDetached)
+	go s.loop(cfg.LivenessInterval, "liveness check", s.checkLiveness)
+	go s.loop(limitCheckInterval, "idle and lifetime check", s.checkLimits)
+	go s.loop(cfg.BudgetInterval, "budget check", s.checkBudgets)
 	return s, nil
 }
 

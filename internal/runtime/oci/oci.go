@@ -40,7 +40,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/devgpu/devgpu/internal/runtime"
@@ -329,15 +328,7 @@ func (r *Runtime) Connect(ctx context.Context, id string) (net.Conn, error) {
 	if !validID(id) {
 		return nil, runtime.ErrNotFound
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", r.socketPath(id))
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("connect to session %s: %w", id, runtime.ErrNotFound)
-		}
-		return nil, fmt.Errorf("connect to session %s: %w", id, err)
-	}
-	return conn, nil
+	return runtime.DialSocket(ctx, id, r.socketPath(id))
 }
 
 // Stop implements runtime.Runtime: it kills the container (its pid

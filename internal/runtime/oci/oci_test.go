@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"debug/elf"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -177,6 +178,16 @@ func start(t *testing.T, rt *Runtime, prefix string, gpus ...string) runtime.Spe
 
 func execOut(t *testing.T, rt *Runtime, spec runtime.Spec, cmd string) string {
 	t.Helper()
+	out, stderr, err := execErr(t, rt, spec, cmd)
+	if err != nil {
+		t.Fatalf("exec %q: %v (stderr %q)", cmd, err, stderr)
+	}
+	return out
+}
+
+// execErr runs cmd in the session and returns its output and how it ended.
+func execErr(t *testing.T, rt *Runtime, spec runtime.Spec, cmd string) (stdout, stderr string, err error) {
+	t.Helper()
 	ctx := testutil.Context(t, testutil.WaitShort)
 	conn, err := rt.Connect(ctx, spec.SessionID)
 	if err != nil {
@@ -196,12 +207,10 @@ func execOut(t *testing.T, rt *Runtime, spec runtime.Spec, cmd string) string {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	var stdout, stderr bytes.Buffer
-	s.Stdout, s.Stderr = &stdout, &stderr
-	if err := s.Run(cmd); err != nil {
-		t.Fatalf("exec %q: %v (stderr %q)", cmd, err, stderr.String())
-	}
-	return stdout.String()
+	var out, errOut bytes.Buffer
+	s.Stdout, s.Stderr = &out, &errOut
+	err = s.Run(cmd)
+	return out.String(), errOut.String(), err
 }
 
 // One session sees neither another's processes nor its files, and is
@@ -234,6 +243,31 @@ func TestIsolation(t *testing.T) {
 	if got := execOut(t, rt, a, "ls /sys/class/net"); strings.Fields(got)[0] != "lo" || len(strings.Fields(got)) != 1 {
 		t.Errorf("network interfaces %q, want only lo", got)
 	}
+}
+
+// The agent is the container's init: it reaps the orphans that the kernel
+// reparents to it, while its own children keep their exit statuses.
+func TestOrphansReaped(t *testing.T) {
+	requireRunc(t)
+	t.Parallel()
+	rt := newRuntime(t, testutil.ShortTempDir(t))
+	s := start(t, rt, "reap")
+	for range 3 {
+		if _, stderr, err := execErr(t, rt, s, "sleep 0.05 & sleep 0.05 & exit 7"); err == nil {
+			t.Fatal("exit 7: exit status 0")
+		} else if ee := (*ssh.ExitError)(nil); !errors.As(err, &ee) || ee.ExitStatus() != 7 {
+			t.Fatalf("exit 7: %v (stderr %q)", err, stderr)
+		}
+	}
+	// The orphans end within the first command; zombies would stay.
+	zombies := `sleep 0.2; for f in /proc/[0-9]*/stat; do read -r pid comm state rest < "$f" && [ "$state" = Z ] && echo "$pid $comm"; done; true`
+	testutil.Eventually(t, testutil.WaitShort, "no zombies in the session", func() bool {
+		out := execOut(t, rt, s, zombies)
+		if out != "" {
+			t.Logf("zombies: %s", out)
+		}
+		return out == ""
+	})
 }
 
 // The cgroup limits of the session's GPU type apply inside it.
