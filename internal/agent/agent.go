@@ -66,6 +66,9 @@ type server struct {
 // Serve closes ln. It returns nil when it stopped because of ctx or IdleExit.
 // Processes that leave their session on purpose (setsid) are out of its reach;
 // the runtime's Stop ends those with the rest of the session.
+//
+// When the process is PID 1 (the oci runtime's containers), Serve also reaps
+// the orphans that the kernel reparents to it (see reaper).
 func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 	defer ln.Close()
 	s, err := newServer(cfg)
