@@ -120,6 +120,14 @@ func TestQueueWait(t *testing.T) {
 	if r := e.cli("run", "--wait=300ms", "--", "true"); r.code != 255 || !strings.Contains(r.stderr, "gave up after waiting 300ms") {
 		t.Fatalf("bounded wait: %+v", r)
 	}
+	// An interactive `devgpu shell --wait` shows its place on its terminal
+	// and opens its shell as soon as the holder exits.
+	shellWaiter := e.terminal("shell", "--wait")
+	shellWaiter.expect("queued, position 1")
+	holder2.send("exit\r")
+	holder2.wait()
+	shellWaiter.sessionID()
+	shellWaiter.ready()
 }
 
 // The idle timeout warns in the shell, then ends the session; typing keeps

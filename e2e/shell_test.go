@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -207,6 +208,15 @@ func TestServerKillAndRestart(t *testing.T) {
 		t.Fatalf("end reason %q, want detached", s.EndReason)
 	}
 	testutil.Eventually(t, testutil.WaitShort, "the session's setsid process to be gone", func() bool { return !pidAlive(bg) })
+	// Its usage survived the kill once: one entry, from start to end.
+	var report sdk.UsageReport
+	if err := json.Unmarshal([]byte(e.cli("usage", "--format", "json", "--by", "user").stdout), &report); err != nil {
+		t.Fatal(err)
+	}
+	lived := s.EndedAt.Sub(*s.StartedAt).Seconds()
+	if got := report.Total.GPUSeconds; got < lived-0.001 || got > lived+0.001 {
+		t.Fatalf("usage after a server kill: %.3f GPU-seconds, the session lived %.3f s", got, lived)
+	}
 	if r := e.cli("gpus", "--json"); !strings.Contains(r.stdout, `"free": 4`) {
 		t.Fatalf("GPUs not all free after the session ended: %s", r.stdout)
 	}

@@ -211,8 +211,28 @@ func TestUsageForEveryEndReason(t *testing.T) {
 	if !sdk.IsStatus(err, http.StatusForbidden) || !strings.Contains(err.Error(), "project budget has used 150% of its monthly budget of 100 EUR") {
 		t.Fatalf("a new session over budget: %v", err)
 	}
-	// The admin stop of someone else's session is reason admin: covered by
-	// TestAuthorizationMatrix; a failed start has no usage at all.
+	// An administrator stopping someone else's session: reason admin.
+	ctx2 := context.Background()
+	u := store.User{Name: "dev", CreatedAt: r.clock.Now()}
+	if err := r.st.CreateUser(ctx2, &u); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := r.st.ProjectByName(ctx2, "default")
+	_ = r.st.SetMember(ctx2, store.Member{ProjectID: p.ID, UserID: u.ID, Role: store.RoleDeveloper})
+	tok, _, err := NewToken(ctx2, r.st, u.ID, "t", r.clock.Now(), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs, err := r.client(tok).CreateSession(ctx2, sdk.CreateSessionRequest{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.clock.advance(9 * time.Second)
+	if _, err := admin.StopSession(ctx2, theirs.ID); err != nil {
+		t.Fatal(err)
+	}
+	r.billed(theirs.ID, 9*time.Second, sdk.ReasonAdmin)
+	// A failed start has no usage at all: the ledger has only the above.
 }
 
 // A session running across a rate change costs each part at its rate.
