@@ -237,3 +237,26 @@ func (b *bg) wait(t *testing.T) int {
 		return 0
 	}
 }
+
+// A project's workspace outlives sessions: what one session writes, the
+// user's next session reads; over its limit, sessions are told it is
+// read-only.
+func TestWorkspace(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:1")
+	e.admin("project", "update", "default", "--workspace", "--workspace-limit", "4KB")
+	if r := e.cli("run", "--", `echo kept > "$DEVGPU_WORKSPACE/notes"`); r.code != 0 {
+		t.Fatalf("write to the workspace: %+v", r)
+	}
+	r := e.cli("run", "--", `cat "$DEVGPU_WORKSPACE/notes"; cat ~/workspace/notes`)
+	if r.code != 0 || r.stdout != "kept\nkept\n" || r.stderr != "" {
+		t.Fatalf("the next session reads it: %+v", r)
+	}
+	if r := e.cli("run", "--", `head -c 8000 /dev/zero > "$DEVGPU_WORKSPACE/big"`); r.code != 0 {
+		t.Fatalf("fill the workspace: %+v", r)
+	}
+	r = e.cli("run", "--", `echo ${DEVGPU_WORKSPACE_READONLY:-rw}`)
+	if r.code != 0 || !strings.Contains(r.stderr, "devgpu: warning: your workspace in project default uses 8.0 kB of its 4.0 kB limit") || r.stdout != "1\n" {
+		t.Fatalf("over the limit: %+v", r)
+	}
+}

@@ -27,19 +27,29 @@ type Egress struct {
 // defaults. An absent (nil) field is not set and inherits. Counts and
 // durations of 0 mean "no limit"; empty lists mean "any".
 type ProjectSettings struct {
-	GPUEnabled     *bool     `json:"gpu_enabled,omitempty"`
-	MaxGPUs        *int      `json:"max_gpus,omitempty"`
-	MaxGPUsPerUser *int      `json:"max_gpus_per_user,omitempty"`
-	GPUTypes       *[]string `json:"gpu_types,omitempty"`
-	Regions        *[]string `json:"regions,omitempty"`
-	DefaultImage   *string   `json:"default_image,omitempty"`
-	Images         *[]string `json:"images,omitempty"`
-	ShellMode      *string   `json:"shell_mode,omitempty"`
-	IdleTimeout    *Duration `json:"idle_timeout,omitempty"`
-	MaxLifetime    *Duration `json:"max_lifetime,omitempty"`
-	DetachGrace    *Duration `json:"detach_grace,omitempty"`
-	Egress         *Egress   `json:"egress,omitempty"`
-	Budget         *Budget   `json:"budget,omitempty"`
+	GPUEnabled     *bool      `json:"gpu_enabled,omitempty"`
+	MaxGPUs        *int       `json:"max_gpus,omitempty"`
+	MaxGPUsPerUser *int       `json:"max_gpus_per_user,omitempty"`
+	GPUTypes       *[]string  `json:"gpu_types,omitempty"`
+	Regions        *[]string  `json:"regions,omitempty"`
+	DefaultImage   *string    `json:"default_image,omitempty"`
+	Images         *[]string  `json:"images,omitempty"`
+	ShellMode      *string    `json:"shell_mode,omitempty"`
+	IdleTimeout    *Duration  `json:"idle_timeout,omitempty"`
+	MaxLifetime    *Duration  `json:"max_lifetime,omitempty"`
+	DetachGrace    *Duration  `json:"detach_grace,omitempty"`
+	Egress         *Egress    `json:"egress,omitempty"`
+	Budget         *Budget    `json:"budget,omitempty"`
+	Workspace      *Workspace `json:"workspace,omitempty"`
+}
+
+// Workspace is the persistent directory each user of a project gets,
+// mounted into every session of theirs in the project, so that data and
+// checkpoints outlive sessions. LimitBytes bounds each user's workspace
+// (0: no limit); one over it is mounted read-only until space is freed.
+type Workspace struct {
+	Enabled    bool  `json:"enabled"`
+	LimitBytes int64 `json:"limit_bytes,omitempty"`
 }
 
 // Budget units and actions.

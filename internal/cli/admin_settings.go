@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
 	"github.com/devgpu/devgpu/internal/policy"
@@ -29,6 +30,8 @@ type settingFlags struct {
 	budget                                 float64
 	budgetUnit, budgetAction               string
 	budgetThresholds                       []int
+	workspace                              bool
+	workspaceLimit                         string
 }
 
 func (f *settingFlags) register(cmd *cobra.Command) {
@@ -50,6 +53,8 @@ func (f *settingFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.budgetUnit, "budget-unit", sdk.BudgetCurrency, "unit of --budget: currency or gpu-hours")
 	fl.IntSliceVar(&f.budgetThresholds, "budget-thresholds", []int{80, 100}, "percentages of the budget that warn, e.g. 50,80,100")
 	fl.StringVar(&f.budgetAction, "budget-action", sdk.BudgetRefuse, "at 100%: refuse new sessions, or stop running ones too")
+	fl.BoolVar(&f.workspace, "workspace", false, "give each user a persistent workspace, mounted into their sessions at $DEVGPU_WORKSPACE")
+	fl.StringVar(&f.workspaceLimit, "workspace-limit", "", `size limit of each user's workspace, e.g. 50GB ("0": none); over it, it is mounted read-only`)
 }
 
 // settings returns the settings whose flags cmd was given.
@@ -98,6 +103,17 @@ func (f *settingFlags) settings(cmd *cobra.Command) (sdk.ProjectSettings, error)
 			return s, fmt.Errorf("--budget-unit, --budget-thresholds and --budget-action go with --budget AMOUNT")
 		}
 		s.Budget = &sdk.Budget{Amount: f.budget, Unit: f.budgetUnit, Thresholds: f.budgetThresholds, Action: f.budgetAction}
+	}
+	if changed("workspace") || changed("workspace-limit") {
+		w := sdk.Workspace{Enabled: f.workspace || !changed("workspace")}
+		if changed("workspace-limit") {
+			n, err := humanize.ParseBytes(f.workspaceLimit)
+			if err != nil {
+				return s, fmt.Errorf("--workspace-limit %q is not a size such as 50GB", f.workspaceLimit)
+			}
+			w.LimitBytes = int64(n)
+		}
+		s.Workspace = &w
 	}
 	if changed("egress") || changed("egress-allow") {
 		e, err := f.egressPolicy(changed("egress"), changed("egress-allow"))

@@ -158,7 +158,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 	srv, err := server.New(ctx, server.Config{
 		Store: st, Runtime: rt, GPUs: devices, Logger: log,
 		LivenessInterval: o.livenessInterval, PingInterval: o.pingInterval,
-		BudgetInterval: o.budgetInterval, Rates: o.rates,
+		BudgetInterval: o.budgetInterval, Rates: o.rates, WorkspaceDir: filepath.Join(dataDir, "workspaces"),
 	})
 	if err != nil {
 		return err

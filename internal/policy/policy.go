@@ -22,7 +22,7 @@ import (
 var Names = []string{
 	"gpu_enabled", "max_gpus", "max_gpus_per_user", "gpu_types", "regions",
 	"default_image", "images", "shell_mode", "idle_timeout", "max_lifetime",
-	"detach_grace", "egress", "budget",
+	"detach_grace", "egress", "budget", "workspace",
 }
 
 // BuiltIn is what applies where neither the organisation nor the project
@@ -42,6 +42,7 @@ func BuiltIn() sdk.ProjectSettings {
 		DetachGrace:    ptr(sdk.Duration(60 * time.Second)),
 		Egress:         &sdk.Egress{Mode: sdk.EgressAll},
 		Budget:         &sdk.Budget{Unit: sdk.BudgetCurrency, Action: sdk.BudgetRefuse},
+		Workspace:      &sdk.Workspace{},
 	}
 }
 
@@ -62,6 +63,7 @@ type Effective struct {
 	DetachGrace    time.Duration
 	Egress         sdk.Egress
 	Budget         sdk.Budget // Amount 0: none
+	Workspace      sdk.Workspace
 	// Settings is the same as settings that are all set, for display.
 	Settings sdk.ProjectSettings
 	// Source says, per setting name, where its value comes from:
@@ -92,6 +94,7 @@ func fields(own, org, base *sdk.ProjectSettings, out *sdk.ProjectSettings) []fie
 		{"detach_grace", own.DetachGrace, org.DetachGrace, base.DetachGrace, func(v any) { out.DetachGrace = v.(*sdk.Duration) }},
 		{"egress", own.Egress, org.Egress, base.Egress, func(v any) { out.Egress = v.(*sdk.Egress) }},
 		{"budget", own.Budget, org.Budget, base.Budget, func(v any) { out.Budget = v.(*sdk.Budget) }},
+		{"workspace", own.Workspace, org.Workspace, base.Workspace, func(v any) { out.Workspace = v.(*sdk.Workspace) }},
 	}
 }
 
@@ -120,7 +123,7 @@ func Resolve(org sdk.OrgPolicy, own sdk.ProjectSettings) Effective {
 		GPUTypes: *s.GPUTypes, Regions: *s.Regions, DefaultImage: *s.DefaultImage, Images: *s.Images,
 		ShellMode: *s.ShellMode, IdleTimeout: time.Duration(*s.IdleTimeout),
 		MaxLifetime: time.Duration(*s.MaxLifetime), DetachGrace: time.Duration(*s.DetachGrace),
-		Egress: *s.Egress, Budget: *s.Budget, Settings: s, Source: src,
+		Egress: *s.Egress, Budget: *s.Budget, Workspace: *s.Workspace, Settings: s, Source: src,
 	}
 }
 
@@ -150,6 +153,8 @@ func isNil(v any) bool {
 	case *sdk.Egress:
 		return p == nil
 	case *sdk.Budget:
+		return p == nil
+	case *sdk.Workspace:
 		return p == nil
 	}
 	return v == nil
@@ -260,6 +265,9 @@ func Validate(s sdk.ProjectSettings) error {
 		if err := ValidateBudget(*s.Budget); err != nil {
 			return err
 		}
+	}
+	if s.Workspace != nil && s.Workspace.LimitBytes < 0 {
+		return fmt.Errorf("workspace limit %d is negative; give 0 (no limit) or a size", s.Workspace.LimitBytes)
 	}
 	if s.Egress != nil {
 		return ValidateEgress(*s.Egress)

@@ -36,6 +36,11 @@ type Spec struct {
 	// Egress is the session's network policy (runtimes without network
 	// isolation ignore it).
 	Egress sdk.Egress
+	// Workspace is a host directory that outlives the session (the user's
+	// persistent workspace in the project), to be mounted into it; empty
+	// means none. WorkspaceReadOnly mounts it read-only.
+	Workspace         string
+	WorkspaceReadOnly bool
 	// Progress, when set, hears how a slow step of the start goes, such as
 	// pulling the image: what it is doing, and bytes done of total.
 	Progress func(step string, done, total int64)

@@ -80,15 +80,20 @@ func (s *Server) warnings(ctx context.Context, sess store.Session) []string {
 	if err != nil {
 		return nil
 	}
-	b, err := s.budgetUse(ctx, s.store, p, policy.Resolve(org, p.Settings))
+	eff := policy.Resolve(org, p.Settings)
+	var out []string
+	if w := s.workspaceWarning(sess, eff.Workspace); w != "" {
+		out = append(out, w)
+	}
+	b, err := s.budgetUse(ctx, s.store, p, eff)
 	if err != nil {
 		s.log.Error("budget use", "project", p.Name, "err", err)
-		return nil
+		return out
 	}
 	if w := b.warning(p.Name, s.currency()); w != "" {
-		return []string{w}
+		out = append(out, w)
 	}
-	return nil
+	return out
 }
 
 // decision is admission's outcome with what admitting needs.
@@ -238,6 +243,9 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 		SessionID: sess.ID, Project: sess.Project, User: sess.User,
 		GPUType: sess.GPUType, GPUs: sess.GPUs, AgentSecret: sess.AgentSecret,
 		IdleExit: sess.DetachGrace + agentIdleExitMargin, Image: sess.Image, Egress: egress,
+	}
+	if spec.Workspace, spec.WorkspaceReadOnly, err = s.workspace(sess, eff.Workspace); err != nil {
+		return fail(err)
 	}
 	if progress != nil {
 		spec.Progress = func(step string, done, total int64) {

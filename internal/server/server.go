@@ -33,6 +33,9 @@ type Config struct {
 	// Rates is the rate card to be in force; a change applies from the
 	// moment the server starts with it. Nil keeps the one in force.
 	Rates *store.RateCard
+	// WorkspaceDir holds the users' persistent workspaces, one directory
+	// per project and user; empty disables workspaces.
+	WorkspaceDir string
 	// BudgetInterval is how often budgets are checked for thresholds and
 	// the stop action.
 	BudgetInterval time.Duration

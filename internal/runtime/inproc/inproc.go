@@ -4,6 +4,10 @@
 // same conformance suite as the others; what it does not give is process
 // isolation, which tests of admission and lifecycle do not need, while
 // they start hundreds of sessions at almost no cost.
+//
+// A session's persistent workspace (runtime.Spec.Workspace) is neither
+// mounted nor linked: DEVGPU_WORKSPACE names the host directory, and
+// WorkspaceReadOnly is only a hint, DEVGPU_WORKSPACE_READONLY=1.
 package inproc
 
 import (
@@ -63,12 +67,29 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) error {
 	if exists {
 		return fmt.Errorf("inproc runtime: session %s exists", spec.SessionID)
 	}
+	senv := runtime.SessionEnv(spec)
+	if spec.Workspace != "" {
+		abs, err := filepath.Abs(spec.Workspace)
+		if err != nil {
+			return fmt.Errorf("inproc runtime: workspace: %w", err)
+		}
+		if fi, err := os.Stat(abs); err != nil {
+			return fmt.Errorf("inproc runtime: workspace %s: %w", abs, err)
+		} else if !fi.IsDir() {
+			return fmt.Errorf("inproc runtime: workspace %s is not a directory", abs)
+		}
+		senv["DEVGPU_WORKSPACE"] = abs
+		delete(senv, "DEVGPU_WORKSPACE_READONLY")
+		if spec.WorkspaceReadOnly {
+			senv["DEVGPU_WORKSPACE_READONLY"] = "1"
+		}
+	}
 	ln, err := net.Listen("unix", r.socket(spec.SessionID))
 	if err != nil {
 		return fmt.Errorf("inproc runtime: %w", err)
 	}
 	env := os.Environ()
-	for k, v := range runtime.SessionEnv(spec) {
+	for k, v := range senv {
 		env = append(env, k+"="+v)
 	}
 	sctx, cancel := context.WithCancel(context.Background())

@@ -1,6 +1,13 @@
 // Package local is the runtime of the embedded default: each session is a
 // `devgpu agent` process and its process group on this host, with its own
-// workspace directory. It isolates nothing beyond that; the oci runtime does.
+// home directory. It isolates nothing beyond that; the oci runtime does.
+//
+// A session has no mount namespace, so its persistent workspace
+// (runtime.Spec.Workspace) is not mounted: $HOME/workspace is a symlink to
+// the host directory, and DEVGPU_WORKSPACE names the directory itself.
+// WorkspaceReadOnly cannot be enforced: the session runs as the control
+// plane's user and can write wherever it can. It is only passed on as a
+// hint, DEVGPU_WORKSPACE_READONLY=1.
 package local
 
 import (
@@ -28,7 +35,7 @@ var _ runtime.Runtime = (*Runtime)(nil)
 // Config configures the local runtime.
 type Config struct {
 	// Dir holds one directory per session: the agent's socket, pid file,
-	// log and the session's workspace.
+	// log and the session's home.
 	Dir string
 	// AgentCommand starts an agent; the runtime appends its flags. The
 	// default is this executable's `agent` subcommand.
@@ -81,8 +88,35 @@ func (r *Runtime) dir(id string) string        { return filepath.Join(r.cfg.Dir,
 func (r *Runtime) socketPath(id string) string { return filepath.Join(r.dir(id), "agent.sock") }
 func (r *Runtime) pidPath(id string) string    { return filepath.Join(r.dir(id), "agent.pid") }
 
-// WorkspaceDir is the session's working directory and HOME.
-func (r *Runtime) WorkspaceDir(id string) string { return filepath.Join(r.dir(id), "home") }
+// HomeDir is the session's working directory and HOME, removed with the
+// session (unlike its persistent workspace, which HomeDir/workspace links
+// to).
+func (r *Runtime) HomeDir(id string) string { return filepath.Join(r.dir(id), "home") }
+
+// workspaceLink is the name, in the session's home, of the symlink to its
+// persistent workspace.
+const workspaceLink = "workspace"
+
+// workspaceDir returns the absolute path of the spec's workspace, "" for
+// none, after checking that it is an existing directory: the runtime
+// creates nothing outside it.
+func workspaceDir(spec runtime.Spec) (string, error) {
+	if spec.Workspace == "" {
+		return "", nil
+	}
+	abs, err := filepath.Abs(spec.Workspace)
+	if err != nil {
+		return "", fmt.Errorf("local runtime: workspace: %w", err)
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return "", fmt.Errorf("local runtime: workspace %s: %w", abs, err)
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("local runtime: workspace %s is not a directory", abs)
+	}
+	return abs, nil
+}
 
 // Start implements runtime.Runtime.
 func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
@@ -93,6 +127,10 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	if sock := r.socketPath(id); len(sock) > 100 {
 		return fmt.Errorf("local runtime: socket path %s is longer than unix sockets allow; use a shorter data directory", sock)
 	}
+	workspace, err := workspaceDir(spec)
+	if err != nil {
+		return err
+	}
 	if err := os.Mkdir(r.dir(id), 0o700); err != nil {
 		return fmt.Errorf("local runtime: create session directory: %w", err)
 	}
@@ -101,9 +139,16 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 			_ = r.Stop(context.WithoutCancel(ctx), id)
 		}
 	}()
-	home := r.WorkspaceDir(id)
+	home := r.HomeDir(id)
 	if err := os.Mkdir(home, 0o700); err != nil {
-		return fmt.Errorf("local runtime: create workspace: %w", err)
+		return fmt.Errorf("local runtime: create home: %w", err)
+	}
+	// A symlink, not a mount: Stop's os.RemoveAll removes the link and
+	// never follows it into the workspace.
+	if workspace != "" {
+		if err := os.Symlink(workspace, filepath.Join(home, workspaceLink)); err != nil {
+			return fmt.Errorf("local runtime: link workspace: %w", err)
+		}
 	}
 	logFile, err := os.OpenFile(filepath.Join(r.dir(id), "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -116,7 +161,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 		"--idle-exit", spec.IdleExit.String())
 	cmd := exec.Command(r.cfg.AgentCommand[0], args...)
 	cmd.Dir = home
-	cmd.Env = sessionEnviron(spec, home)
+	cmd.Env = sessionEnviron(spec, home, workspace)
 	cmd.Stderr = logFile
 	// Its own process group, so Stop can signal the agent and every
 	// command that stays in its group at once.
@@ -167,8 +212,9 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 }
 
 // sessionEnviron is the control plane's environment without its own
-// credentials, plus the session contract.
-func sessionEnviron(spec runtime.Spec, home string) []string {
+// credentials, plus the session contract and, with a workspace (the
+// absolute path of spec.Workspace), where it is.
+func sessionEnviron(spec runtime.Spec, home, workspace string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		name, _, _ := strings.Cut(kv, "=")
@@ -179,7 +225,17 @@ func sessionEnviron(spec runtime.Spec, home string) []string {
 	}
 	env = append(env, "HOME="+home)
 	for k, v := range runtime.SessionEnv(spec) {
+		if workspace != "" && (k == "DEVGPU_WORKSPACE" || k == "DEVGPU_WORKSPACE_READONLY") {
+			continue // the runtime's word on its workspace wins
+		}
 		env = append(env, k+"="+v)
+	}
+	if workspace != "" {
+		env = append(env, "DEVGPU_WORKSPACE="+workspace)
+		if spec.WorkspaceReadOnly {
+			// Not enforced (see the package doc): a hint to the session.
+			env = append(env, "DEVGPU_WORKSPACE_READONLY=1")
+		}
 	}
 	return env
 }
@@ -212,6 +268,8 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 	r.mu.Lock()
 	delete(r.exited, id)
 	r.mu.Unlock()
+	// RemoveAll removes the home's workspace symlink without following it:
+	// the persistent workspace stays.
 	if err := os.RemoveAll(r.dir(id)); err != nil {
 		return fmt.Errorf("stop session %s: remove its directory: %w", id, err)
 	}

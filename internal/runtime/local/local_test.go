@@ -133,7 +133,7 @@ func TestWorkspaceAndEnvironment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws := rt.WorkspaceDir(spec.SessionID)
+	ws := rt.HomeDir(spec.SessionID)
 	if want := ws + "|" + ws + "|unset\n"; string(out) != want {
 		t.Fatalf("got %q, want %q", out, want)
 	}
@@ -147,5 +147,84 @@ func TestRejectsBadIDs(t *testing.T) {
 		if err := rt.Start(ctx, runtime.Spec{SessionID: id}); err == nil {
 			t.Errorf("Start(%q) succeeded", id)
 		}
+	}
+}
+
+// The workspace is a symlink in the session's home; Stop removes the link
+// and never follows it into the workspace, whose files and directories stay.
+func TestWorkspaceLinkSurvivesStop(t *testing.T) {
+	t.Parallel()
+	rt := newRuntime(t, testutil.ShortTempDir(t))
+	ws := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(ws, "sub", "deep"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ws, "sub", "deep", "keep"), []byte("kept"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testutil.Context(t, testutil.WaitMedium)
+	spec := runtime.Spec{SessionID: "wslink", User: "u", AgentSecret: "x", IdleExit: time.Minute,
+		Workspace: ws, WorkspaceReadOnly: true}
+	if err := rt.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Stop(context.Background(), spec.SessionID)
+	link := filepath.Join(rt.HomeDir(spec.SessionID), "workspace")
+	if target, err := os.Readlink(link); err != nil || target != ws {
+		t.Fatalf("$HOME/workspace links to %q (%v), want %q", target, err, ws)
+	}
+	conn, err := rt.Connect(ctx, spec.SessionID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = agent.WritePreamble(conn, spec.AgentSecret)
+	c, chans, reqs, err := ssh.NewClientConn(conn, "agent", &ssh.ClientConfig{User: "u", HostKeyCallback: ssh.InsecureIgnoreHostKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ssh.NewClient(c, chans, reqs)
+	defer client.Close()
+	s, _ := client.NewSession()
+	out, err := s.Output(`echo "$DEVGPU_WORKSPACE|$DEVGPU_WORKSPACE_READONLY|$(cat "$HOME/workspace/sub/deep/keep")"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := ws + "|1|kept\n"; string(out) != want {
+		t.Fatalf("got %q, want %q", out, want)
+	}
+	if err := rt.Stop(ctx, spec.SessionID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(rt.dir(spec.SessionID)); !os.IsNotExist(err) {
+		t.Fatalf("session directory left behind: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(ws, "sub", "deep", "keep")); err != nil || string(b) != "kept" {
+		t.Fatalf("Stop reached into the workspace: %q, %v", b, err)
+	}
+}
+
+// A workspace that is missing or not a directory fails the start, which
+// leaves nothing behind and creates nothing.
+func TestWorkspaceMustExist(t *testing.T) {
+	t.Parallel()
+	rt := newRuntime(t, testutil.ShortTempDir(t))
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testutil.Context(t, testutil.WaitShort)
+	for _, ws := range []string{filepath.Join(dir, "missing"), file} {
+		err := rt.Start(ctx, runtime.Spec{SessionID: "wsbad", AgentSecret: "x", Workspace: ws})
+		if err == nil || !strings.Contains(err.Error(), ws) {
+			_ = rt.Stop(context.Background(), "wsbad")
+			t.Fatalf("Start with workspace %s: %v, want an error naming it", ws, err)
+		}
+		if _, err := os.Lstat(rt.dir("wsbad")); !os.IsNotExist(err) {
+			t.Fatalf("failed start left its session directory: %v", err)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "missing")); !os.IsNotExist(err) {
+		t.Fatalf("the missing workspace was created: %v", err)
 	}
 }

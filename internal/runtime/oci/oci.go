@@ -9,6 +9,13 @@
 // has no seccomp profile, so neither do sessions: runc applies none by
 // default.
 //
+// A session's persistent workspace (runtime.Spec.Workspace), a host
+// directory, is bind-mounted at /workspace (read-only with
+// WorkspaceReadOnly), which DEVGPU_WORKSPACE names. Sessions run as root
+// without a user namespace, so what they write there is owned by root on
+// the host; they have no CAP_DAC_OVERRIDE, so the directory must be
+// writable by root as its owner (or by its mode) for writes to succeed.
+//
 // The runtime drives runc (Debian's runc 1.1.5 works on hybrid cgroup v1
 // hosts). crun is not an alternative there: crun 1.8.1 refuses to start
 // containers with "cgroups in hybrid mode not supported, drop all controllers
@@ -181,6 +188,9 @@ const (
 	runInContainer    = "/.devgpu/run"
 	socketInContainer = runInContainer + "/agent.sock"
 	homeInContainer   = "/root"
+	// workspaceInContainer is where the session's persistent workspace
+	// is mounted.
+	workspaceInContainer = "/workspace"
 )
 
 // Start implements runtime.Runtime.
@@ -191,6 +201,11 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	}
 	if sock := r.socketPath(id); len(sock) > 100 {
 		return fmt.Errorf("oci runtime: socket path %s is longer than unix sockets allow; use a shorter state directory", sock)
+	}
+	if spec.Workspace != "" {
+		if spec.Workspace, err = workspaceDir(spec.Workspace); err != nil {
+			return err
+		}
 	}
 	img := cmp.Or(spec.Image, r.cfg.Image)
 	var pull func(done, total int64)
@@ -245,6 +260,24 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 		return fmt.Errorf("oci runtime: %w", err)
 	}
 	return r.run(ctx, id, spec.AgentSecret)
+}
+
+// workspaceDir returns the absolute path of a session's workspace after
+// checking that it is an existing directory: runc would otherwise create a
+// missing bind source, and the runtime creates nothing outside it.
+func workspaceDir(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("oci runtime: workspace: %w", err)
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return "", fmt.Errorf("oci runtime: workspace %s: %w", abs, err)
+	}
+	if !fi.IsDir() {
+		return "", fmt.Errorf("oci runtime: workspace %s is not a directory", abs)
+	}
+	return abs, nil
 }
 
 // run starts the container and waits for its agent's "ready" line. With
@@ -333,7 +366,9 @@ func (r *Runtime) Connect(ctx context.Context, id string) (net.Conn, error) {
 
 // Stop implements runtime.Runtime: it kills the container (its pid
 // namespace dies with its init, taking every process in it), deletes it,
-// tears down its network, unmounts its overlay and removes its state.
+// tears down its network, unmounts its overlay and removes its state. The
+// workspace was mounted only in the container's mount namespace, which
+// died with it: removing the state never reaches the workspace.
 func (r *Runtime) Stop(ctx context.Context, id string) error {
 	if !validID(id) {
 		return nil

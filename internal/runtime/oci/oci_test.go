@@ -389,3 +389,92 @@ func TestRejectsBadIDs(t *testing.T) {
 		}
 	}
 }
+
+// The workspace is bind-mounted at /workspace, nosuid and nodev; read-only
+// when asked, where writes fail. Stop leaves it, and what was written there,
+// on the host.
+func TestWorkspaceMount(t *testing.T) {
+	requireRunc(t)
+	t.Parallel()
+	rt := newRuntime(t, testutil.ShortTempDir(t))
+	ws := t.TempDir()
+
+	rw := runtime.Spec{SessionID: fmt.Sprintf("wsrw-%d", time.Now().UnixNano()%1e9), AgentSecret: "s3cret", IdleExit: time.Minute, Workspace: ws}
+	ctx := testutil.Context(t, testutil.WaitMedium)
+	if err := rt.Start(ctx, rw); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rt.Stop(context.Background(), rw.SessionID) })
+	if got := execOut(t, rt, rw, `echo "$DEVGPU_WORKSPACE|${DEVGPU_WORKSPACE_READONLY:-unset}"; echo rw > /workspace/f`); got != "/workspace|unset\n" {
+		t.Errorf("workspace environment %q", got)
+	}
+	if b, err := os.ReadFile(filepath.Join(ws, "f")); err != nil || string(b) != "rw\n" {
+		t.Fatalf("host sees %q (%v) of the session's write", b, err)
+	}
+	if opts := mountOptions(t, rt, rw, "/workspace"); !slices.Contains(opts, "rw") || !slices.Contains(opts, "nosuid") || !slices.Contains(opts, "nodev") {
+		t.Errorf("/workspace mounted with %v, want rw,nosuid,nodev", opts)
+	}
+	if err := rt.Stop(ctx, rw.SessionID); err != nil {
+		t.Fatal(err)
+	}
+
+	ro := runtime.Spec{SessionID: fmt.Sprintf("wsro-%d", time.Now().UnixNano()%1e9), AgentSecret: "s3cret", IdleExit: time.Minute, Workspace: ws, WorkspaceReadOnly: true}
+	if err := rt.Start(ctx, ro); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rt.Stop(context.Background(), ro.SessionID) })
+	if got := execOut(t, rt, ro, `echo "$DEVGPU_WORKSPACE_READONLY"; cat /workspace/f`); got != "1\nrw\n" {
+		t.Errorf("read-only session got %q", got)
+	}
+	for _, cmd := range []string{"echo x > /workspace/f", "touch /workspace/g", "rm /workspace/f"} {
+		_, stderr, err := execErr(t, rt, ro, cmd)
+		if err == nil {
+			t.Errorf("%q succeeded in a read-only workspace", cmd)
+		} else if !strings.Contains(stderr, "Read-only file system") {
+			t.Errorf("%q: %v, stderr %q, want a read-only file system", cmd, err, stderr)
+		}
+	}
+	if opts := mountOptions(t, rt, ro, "/workspace"); !slices.Contains(opts, "ro") || !slices.Contains(opts, "nosuid") || !slices.Contains(opts, "nodev") {
+		t.Errorf("/workspace mounted with %v, want ro,nosuid,nodev", opts)
+	}
+	if err := rt.Stop(ctx, ro.SessionID); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(ws)
+	if err != nil || len(entries) != 1 || entries[0].Name() != "f" {
+		t.Fatalf("workspace after both sessions: %v (%v), want only f", entries, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(ws, "f")); err != nil || string(b) != "rw\n" {
+		t.Fatalf("workspace file after Stop: %q (%v)", b, err)
+	}
+	if mounted, err := isMounted(filepath.Join(rt.rootfs(ro.SessionID), "workspace")); err != nil || mounted {
+		t.Fatalf("workspace mount left on the host (err %v)", err)
+	}
+
+	// A workspace that does not exist fails the start and is not created.
+	missing := filepath.Join(ws, "missing")
+	err = rt.Start(ctx, runtime.Spec{SessionID: "wsmissing", AgentSecret: "x", Workspace: missing})
+	if err == nil || !strings.Contains(err.Error(), missing) {
+		_ = rt.Stop(context.Background(), "wsmissing")
+		t.Fatalf("Start with a missing workspace: %v, want an error naming it", err)
+	}
+	if _, err := os.Lstat(missing); !os.IsNotExist(err) {
+		t.Fatalf("the missing workspace was created: %v", err)
+	}
+	if _, err := os.Lstat(rt.dir("wsmissing")); !os.IsNotExist(err) {
+		t.Fatalf("failed start left state behind: %v", err)
+	}
+}
+
+// mountOptions are the options of the mount at target inside the session,
+// from /proc/mounts.
+func mountOptions(t *testing.T, rt *Runtime, spec runtime.Spec, target string) []string {
+	t.Helper()
+	for _, line := range strings.Split(execOut(t, rt, spec, "cat /proc/mounts"), "\n") {
+		if f := strings.Fields(line); len(f) > 3 && f[1] == target {
+			return strings.Split(f[3], ",")
+		}
+	}
+	t.Fatalf("%s is not mounted in the session", target)
+	return nil
+}

@@ -96,7 +96,7 @@ func (r *Runtime) buildSpec(spec runtime.Spec, netns string) (*specs.Spec, error
 	if err := r.cdi.inject(s, spec.GPUs); err != nil {
 		return nil, err
 	}
-	env := runtime.SessionEnv(spec)
+	env := sessionEnv(spec)
 	s.Process.Env = slices.DeleteFunc(s.Process.Env, func(kv string) bool {
 		k, _, _ := strings.Cut(kv, "=")
 		_, ours := env[k]
@@ -121,9 +121,9 @@ func (r *Runtime) containerSpec(spec runtime.Spec, netns string) *specs.Spec {
 		"HOME=" + homeInContainer,
 		"TERM=xterm",
 	}
-	sessionEnv := runtime.SessionEnv(spec)
-	for _, k := range slices.Sorted(maps.Keys(sessionEnv)) {
-		env = append(env, k+"="+sessionEnv[k])
+	senv := sessionEnv(spec)
+	for _, k := range slices.Sorted(maps.Keys(senv)) {
+		env = append(env, k+"="+senv[k])
 	}
 	l := r.limitsFor(spec.GPUType)
 	res := &specs.LinuxResources{
@@ -139,6 +139,24 @@ func (r *Runtime) containerSpec(spec runtime.Spec, netns string) *specs.Spec {
 	}
 	if l.Pids > 0 {
 		res.Pids = &specs.LinuxPids{Limit: &l.Pids}
+	}
+	mounts := []specs.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc"},
+		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+		{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
+		{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+		{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
+		{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+		{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
+		{Destination: agentInContainer, Type: "bind", Source: r.cfg.AgentPath, Options: []string{"bind", "ro", "nosuid", "nodev"}},
+		{Destination: runInContainer, Type: "bind", Source: r.runDir(id), Options: []string{"bind", "nosuid", "nodev", "noexec"}},
+	}
+	if spec.Workspace != "" {
+		opts := []string{"rbind", "nosuid", "nodev"}
+		if spec.WorkspaceReadOnly {
+			opts = append(opts, "ro")
+		}
+		mounts = append(mounts, specs.Mount{Destination: workspaceInContainer, Type: "bind", Source: spec.Workspace, Options: opts})
 	}
 	return &specs.Spec{
 		Version: "1.0.2-dev",
@@ -157,17 +175,7 @@ func (r *Runtime) containerSpec(spec runtime.Spec, netns string) *specs.Spec {
 		},
 		Root:     &specs.Root{Path: r.rootfs(id)},
 		Hostname: id,
-		Mounts: []specs.Mount{
-			{Destination: "/proc", Type: "proc", Source: "proc"},
-			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
-			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
-			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
-			{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
-			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
-			{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
-			{Destination: agentInContainer, Type: "bind", Source: r.cfg.AgentPath, Options: []string{"bind", "ro", "nosuid", "nodev"}},
-			{Destination: runInContainer, Type: "bind", Source: r.runDir(id), Options: []string{"bind", "nosuid", "nodev", "noexec"}},
-		},
+		Mounts:   mounts,
 		Linux: &specs.Linux{
 			CgroupsPath: r.cgroupPath(id),
 			Resources:   res,
@@ -185,6 +193,21 @@ func (r *Runtime) containerSpec(spec runtime.Spec, netns string) *specs.Spec {
 			ReadonlyPaths: []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"},
 		},
 	}
+}
+
+// sessionEnv is the session's environment contract and, with a workspace,
+// where it is mounted; the runtime's word on its workspace wins over
+// spec.Env.
+func sessionEnv(spec runtime.Spec) map[string]string {
+	env := runtime.SessionEnv(spec)
+	if spec.Workspace != "" {
+		env["DEVGPU_WORKSPACE"] = workspaceInContainer
+		delete(env, "DEVGPU_WORKSPACE_READONLY")
+		if spec.WorkspaceReadOnly {
+			env["DEVGPU_WORKSPACE_READONLY"] = "1"
+		}
+	}
+	return env
 }
 
 // cgroupPath is the session's cgroup below each controller's root: one

@@ -1,6 +1,7 @@
 // Package runtimetest is the conformance suite every runtime passes: start a
 // session with the environment contract, reach its agent only with its
-// secret, list it (also from a restarted control plane), and stop it.
+// secret, list it (also from a restarted control plane), give it a
+// workspace that outlives it, and stop it.
 package runtimetest
 
 import (
@@ -8,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -107,6 +110,56 @@ func Run(t *testing.T, newFactory func(t *testing.T) Factory) {
 		}
 	})
 
+	// A session's workspace outlives it: what one session writes there the
+	// next one reads, also read-only. That a read-only workspace refuses
+	// writes is each isolating runtime's own test; the local runtime cannot
+	// enforce it.
+	t.Run("Workspace", func(t *testing.T) {
+		t.Parallel()
+		rt := newFactory(t)()
+		ws := t.TempDir()
+		ctx := testutil.Context(t, testutil.WaitMedium)
+
+		spec := newSpec(t, "ws", []string{"GPU-sim-t4-0"})
+		spec.Workspace = ws
+		startSpec(t, rt, spec)
+		execOut(t, rt, spec, `echo hi > "$DEVGPU_WORKSPACE/f"`)
+		if err := rt.Stop(ctx, spec.SessionID); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(filepath.Join(ws, "f")); err != nil || string(b) != "hi\n" {
+			t.Fatalf("after Stop, the workspace file holds %q (%v), want %q", b, err, "hi\n")
+		}
+
+		ro := newSpec(t, "wsro", []string{"GPU-sim-t4-0"})
+		ro.Workspace, ro.WorkspaceReadOnly = ws, true
+		startSpec(t, rt, ro)
+		if got := execOut(t, rt, ro, `cat "$DEVGPU_WORKSPACE/f"`); got != "hi\n" {
+			t.Fatalf("a second session reads %q from the workspace, want %q", got, "hi\n")
+		}
+		if err := rt.Stop(ctx, ro.SessionID); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(filepath.Join(ws, "f")); err != nil || string(b) != "hi\n" {
+			t.Fatalf("after the second Stop, the workspace file holds %q (%v)", b, err)
+		}
+
+		// A workspace that does not exist fails the start and is not created.
+		missing := filepath.Join(ws, "missing")
+		bad := newSpec(t, "wsbad", []string{"GPU-sim-t4-0"})
+		bad.Workspace = missing
+		if err := rt.Start(ctx, bad); err == nil {
+			_ = rt.Stop(context.Background(), bad.SessionID)
+			t.Fatal("a session with a missing workspace started")
+		}
+		if _, err := os.Lstat(missing); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("the missing workspace was created: %v", err)
+		}
+		if listed(t, rt, bad.SessionID) {
+			t.Fatal("a session whose start failed is listed")
+		}
+	})
+
 	t.Run("IdleExit", func(t *testing.T) {
 		t.Parallel()
 		rt := newFactory(t)()
@@ -127,12 +180,21 @@ func sessionID(t *testing.T, prefix string) string {
 	return fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e9)
 }
 
-func start(t *testing.T, rt runtime.Runtime, prefix string, gpus []string) runtime.Spec {
-	t.Helper()
-	spec := runtime.Spec{
+func newSpec(t *testing.T, prefix string, gpus []string) runtime.Spec {
+	return runtime.Spec{
 		SessionID: sessionID(t, prefix), Project: "proj", User: "alice", GPUType: "t4",
 		GPUs: gpus, AgentSecret: strings.Repeat("5e", 32), IdleExit: time.Minute,
 	}
+}
+
+func start(t *testing.T, rt runtime.Runtime, prefix string, gpus []string) runtime.Spec {
+	t.Helper()
+	return startSpec(t, rt, newSpec(t, prefix, gpus))
+}
+
+// startSpec starts the session and stops it when the test ends.
+func startSpec(t *testing.T, rt runtime.Runtime, spec runtime.Spec) runtime.Spec {
+	t.Helper()
 	ctx := testutil.Context(t, testutil.WaitMedium)
 	if err := rt.Start(ctx, spec); err != nil {
 		t.Fatalf("Start: %v", err)

@@ -31,6 +31,7 @@ func fullSettings() sdk.ProjectSettings {
 		DetachGrace:    ptr(sdk.Duration(90 * time.Second)),
 		Egress:         &sdk.Egress{Mode: sdk.EgressAllowList, Allow: []string{"10.0.0.0/8", "pypi.org:443", "192.0.2.7"}},
 		Budget:         &sdk.Budget{Amount: 1234.56, Unit: sdk.BudgetCurrency, Thresholds: []int{50, 80, 100}, Action: sdk.BudgetStop},
+		Workspace:      &sdk.Workspace{Enabled: true, LimitBytes: 50 << 30},
 	}
 }
 

@@ -1,0 +1,79 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/dustin/go-humanize"
+
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// workspaceMeasureLimit bounds how long measuring a workspace may take at
+// a session's start; a workspace too large to measure in time is not held
+// to its limit (and the server logs it).
+const workspaceMeasureLimit = 2 * time.Second
+
+// workspacePath is the user's persistent workspace in the project.
+// Project and user names are validated path elements.
+func (s *Server) workspacePath(sess store.Session) string {
+	return filepath.Join(s.cfg.WorkspaceDir, sess.Project, sess.User)
+}
+
+// workspace prepares the session's workspace: its directory, and whether
+// it goes in read-only because it is over its limit.
+func (s *Server) workspace(sess store.Session, w sdk.Workspace) (dir string, readOnly bool, err error) {
+	if !w.Enabled || s.cfg.WorkspaceDir == "" {
+		return "", false, nil
+	}
+	dir = s.workspacePath(sess)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", false, fmt.Errorf("create workspace: %w", err)
+	}
+	used, ok := s.workspaceUse(dir)
+	return dir, ok && w.LimitBytes > 0 && used >= w.LimitBytes, nil
+}
+
+// workspaceWarning tells the user their workspace is full.
+func (s *Server) workspaceWarning(sess store.Session, w sdk.Workspace) string {
+	if !w.Enabled || w.LimitBytes <= 0 || s.cfg.WorkspaceDir == "" {
+		return ""
+	}
+	used, ok := s.workspaceUse(s.workspacePath(sess))
+	if !ok || used < w.LimitBytes {
+		return ""
+	}
+	return fmt.Sprintf("your workspace in project %s uses %s of its %s limit, so this session has it read-only; delete files to write to it again",
+		sess.Project, humanize.Bytes(uint64(used)), humanize.Bytes(uint64(w.LimitBytes)))
+}
+
+// workspaceUse adds up the sizes of the files under dir, within
+// workspaceMeasureLimit; ok is false when it could not finish.
+func (s *Server) workspaceUse(dir string) (used int64, ok bool) {
+	deadline := time.Now().Add(workspaceMeasureLimit)
+	errTooLong := errors.New("too long")
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil // a file removed meanwhile, or unreadable: skip it
+		}
+		if time.Now().After(deadline) {
+			return errTooLong
+		}
+		if d.Type().IsRegular() {
+			if info, err := d.Info(); err == nil {
+				used += info.Size()
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Warn("workspace too large to measure in time; its limit is not applied", "dir", dir)
+		return used, false
+	}
+	return used, true
+}
