@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os/exec"
 	"strings"
 	"sync"
@@ -258,5 +259,33 @@ func TestWorkspace(t *testing.T) {
 	r = e.cli("run", "--", `echo ${DEVGPU_WORKSPACE_READONLY:-rw}`)
 	if r.code != 0 || !strings.Contains(r.stderr, "devgpu: warning: your workspace in project default uses 8.0 kB of its 4.0 kB limit") || r.stdout != "1\n" {
 		t.Fatalf("over the limit: %+v", r)
+	}
+}
+
+// A warm pool's ready session goes to the next shell, which sees itself as
+// the session's user.
+func TestWarmPool(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:2")
+	e.admin("pool", "set", "default", "--gpu", "t4", "--size", "1")
+	var ready []sdk.Session
+	testutil.Eventually(t, testutil.WaitMedium, "a ready session", func() bool {
+		r := e.cli("sessions", "list", "--all", "--json")
+		var all []sdk.Session
+		_ = json.Unmarshal([]byte(r.stdout), &all)
+		ready = ready[:0]
+		for _, s := range all {
+			if s.User == "warm-pool" && s.State == sdk.StateRunning {
+				ready = append(ready, s)
+			}
+		}
+		return len(ready) == 1
+	})
+	r := e.cli("run", "--", "echo $DEVGPU_SESSION_ID $DEVGPU_USER")
+	if r.code != 0 || r.stdout != ready[0].ID+" root\n" {
+		t.Fatalf("run = %+v; want the ready session %s, as root", r, ready[0].ID)
+	}
+	if s := e.session(ready[0].ID); s.State != sdk.StateEnded || s.User != "root" {
+		t.Fatalf("claimed session = %+v", s)
 	}
 }

@@ -220,3 +220,15 @@ type UsageReport struct {
 	Rows     []UsageRow `json:"rows"`
 	Total    UsageRow   `json:"total"`
 }
+
+// WarmPool keeps Size ready sessions of a GPU type (and image) started in
+// a project, handed to the next shells that fit. Ready counts those
+// started now. Ready sessions count against the project's cap and the
+// org's quota, and are metered only once claimed.
+type WarmPool struct {
+	Project string `json:"project"`
+	GPUType string `json:"gpu_type"`
+	Image   string `json:"image,omitempty"`
+	Size    int    `json:"size"`
+	Ready   int    `json:"ready"`
+}

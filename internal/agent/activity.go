@@ -2,6 +2,7 @@ package agent
 
 import (
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +18,10 @@ const (
 	activityRequest = "activity@devgpu"
 	// noticeRequest carries noticeMsg, a line for every open session.
 	noticeRequest = "notice@devgpu"
+	// setenvRequest sets a variable of the environment every later shell
+	// and command starts with (the control plane uses it when a ready
+	// session of a warm pool is handed to its user).
+	setenvRequest = "setenv@devgpu"
 )
 
 type (
@@ -53,6 +58,12 @@ func (s *server) serveGlobal(reqs <-chan *ssh.Request) {
 			var m noticeMsg
 			if ssh.Unmarshal(req.Payload, &m) == nil {
 				s.notice(m.Message)
+				ok = true
+			}
+		case setenvRequest:
+			var m setenvMsg
+			if ssh.Unmarshal(req.Payload, &m) == nil && m.Name != "" && !strings.Contains(m.Name, "=") {
+				s.setEnv(m.Name, m.Value)
 				ok = true
 			}
 		}
@@ -146,4 +157,9 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// setenvMsg is the payload of setenvRequest.
+type setenvMsg struct {
+	Name, Value string
 }

@@ -45,7 +45,8 @@ type Config struct {
 type server struct {
 	cfg   Config
 	shell string
-	env   []string
+	envMu sync.Mutex
+	env   []string // replaced, never changed in place: see setEnv
 	ssh   *ssh.ServerConfig
 	log   *slog.Logger
 
@@ -310,4 +311,25 @@ func (s *server) sweep() {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// environ is the environment new processes start with.
+func (s *server) environ() []string {
+	s.envMu.Lock()
+	defer s.envMu.Unlock()
+	return s.env
+}
+
+// setEnv sets a variable for processes started from now on. It builds a
+// new slice, so environments already handed out stay as they were.
+func (s *server) setEnv(name, value string) {
+	s.envMu.Lock()
+	defer s.envMu.Unlock()
+	env := make([]string, 0, len(s.env)+1)
+	for _, kv := range s.env {
+		if !strings.HasPrefix(kv, name+"=") {
+			env = append(env, kv)
+		}
+	}
+	s.env = append(env, name+"="+value)
 }

@@ -798,6 +798,29 @@ func TestControl(t *testing.T) {
 	}
 }
 
+// SetEnv changes the environment of later commands, not of running ones.
+func TestSetEnv(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, nil)
+	ctl := a.control(t)
+	cl := a.dial(t)
+	if out, _ := newSession(t, cl).Output("echo ${DEVGPU_USER:-unset}"); string(out) != "unset\n" {
+		t.Fatalf("before SetEnv: %q", out)
+	}
+	if err := ctl.SetEnv(context.Background(), "DEVGPU_USER", "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ctl.SetEnv(context.Background(), "DEVGPU_USER", "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := newSession(t, cl).Output("env | grep -c ^DEVGPU_USER=; echo $DEVGPU_USER"); string(out) != "1\nbob\n" {
+		t.Fatalf("after SetEnv: %q", out)
+	}
+	if err := ctl.SetEnv(context.Background(), "A=B", "x"); err == nil {
+		t.Fatal("a name with '=' was accepted")
+	}
+}
+
 // BenchmarkExecTrue measures a whole connection: dial, preamble, SSH
 // handshake, exec, exit status.
 func BenchmarkExecTrue(b *testing.B) {

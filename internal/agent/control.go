@@ -79,6 +79,13 @@ func (c *Control) Notice(ctx context.Context, msg string) error {
 	return err
 }
 
+// SetEnv sets a variable of the environment the session's later shells
+// and commands start with.
+func (c *Control) SetEnv(ctx context.Context, name, value string) error {
+	_, err := c.request(ctx, setenvRequest, ssh.Marshal(setenvMsg{name, value}))
+	return err
+}
+
 // Close closes the connection.
 func (c *Control) Close() error {
 	return c.conn.Close()

@@ -132,7 +132,7 @@ func (ss *session) start(ctx context.Context, args []string) bool {
 	s := ss.srv
 	cmd := exec.Command(s.shell, args...)
 	cmd.Dir = s.cfg.Dir
-	cmd.Env = s.env
+	cmd.Env = s.environ()
 	if ss.term != "" {
 		cmd.Env = append(slices.Clip(cmd.Env), "TERM="+ss.term)
 	}

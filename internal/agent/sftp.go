@@ -19,7 +19,7 @@ func (s *server) sftpDir() string {
 	if s.cfg.Dir != "" {
 		return s.cfg.Dir
 	}
-	return lookupEnv(s.env, "HOME")
+	return lookupEnv(s.environ(), "HOME")
 }
 
 // serveSFTP serves the "sftp" subsystem on the session's channel until the

@@ -11,7 +11,7 @@ func newAdminCmd() *cobra.Command {
 	}
 	cmd.AddCommand(
 		newAdminUserCmd(), newAdminTokenCmd(), newAdminProjectCmd(),
-		newAdminMemberCmd(), newAdminOrgCmd(), newAdminAuditCmd(), newAdminImageCmd(),
+		newAdminMemberCmd(), newAdminOrgCmd(), newAdminAuditCmd(), newAdminImageCmd(), newAdminPoolCmd(),
 	)
 	return cmd
 }

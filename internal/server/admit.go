@@ -37,6 +37,16 @@ func (s *Server) createSession(ctx context.Context, caller store.User, req sdk.C
 		return store.Session{}, httpapi.Errorf(http.StatusBadRequest, "wait %s is out of range; give a duration up to %s", wait, maxWait)
 	}
 	requested := s.now()
+	if caller.ID != s.warmUser.ID {
+		sess, ok, err := s.claimWarm(ctx, caller, req, false)
+		if err != nil {
+			return store.Session{}, err
+		}
+		if ok {
+			s.metrics.admissions.WithLabelValues("claimed", "").Inc()
+			return sess, nil
+		}
+	}
 	sess, d, err := s.admit(ctx, caller, req, false)
 	if err == nil && d.Outcome == admission.Refuse && d.Queueable && wait > 0 {
 		s.metrics.admissions.WithLabelValues("queued", d.Reason).Inc()
@@ -120,9 +130,18 @@ func (s *Server) decide(ctx context.Context, st store.Store, caller store.User, 
 		return decision{}, err
 	}
 	eff := policy.Resolve(org, p.Settings)
+	warm := caller.ID == s.warmUser.ID
+	if warm {
+		eff.ShellMode = sdk.ModeDedicated // each ready session is its own
+	}
 	snap, err := s.snapshot(ctx, st, p, caller, eff, org)
 	if err != nil {
 		return decision{}, err
+	}
+	if warm {
+		// Ready sessions count against the project's cap and the org's
+		// quota, but are nobody's until claimed.
+		snap.UserGPUs, snap.UserSessions = 0, nil
 	}
 	budget, err := s.budgetUse(ctx, st, p, eff)
 	if err != nil {
@@ -257,14 +276,19 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	}
 	now := s.now()
 	s.mu.Lock()
+	warm := sess.UserID == s.warmUser.ID
 	s.live[sess.ID] = &liveSession{
 		projectID: sess.ProjectID, gpus: sess.GPUs, secret: sess.AgentSecret,
-		detachedAt: now, grace: sess.DetachGrace, lastSeen: now, startedAt: now, requested: requested,
+		detachedAt: now, grace: sess.DetachGrace, lastSeen: now, startedAt: now, requested: requested, warm: warm,
 	}
 	s.mu.Unlock()
 	s.refreshLimits(context.WithoutCancel(ctx))
 	err = s.updateSession(context.WithoutCancel(ctx), sess.ID, func(ss *store.Session) {
-		ss.State, ss.StartedAt, ss.DetachedAt, ss.LastSeenAt = sdk.StateRunning, now, now, now
+		ss.State, ss.DetachedAt, ss.LastSeenAt = sdk.StateRunning, now, now
+		// A warm session is metered from when a user claims it.
+		if !warm {
+			ss.StartedAt = now
+		}
 	})
 	if err != nil {
 		return store.Session{}, err
@@ -319,6 +343,10 @@ func (s *Server) waitInQueue(ctx context.Context, caller store.User, req sdk.Cre
 	for {
 		pos := s.position(w)
 		if pos == 1 {
+			// A ready session of a warm pool goes to the head of the queue.
+			if sess, ok, err := s.claimWarm(ctx, caller, req, true); err != nil || ok {
+				return store.Session{}, admission.Decision{Outcome: admission.Join, Session: sess.ID}, err
+			}
 			sess, d, err := s.admit(ctx, caller, req, true)
 			if err != nil || d.Outcome != admission.Refuse || !d.Queueable {
 				return sess, d, err

@@ -60,6 +60,8 @@ func (a *API) routes() http.Handler {
 	handle("GET /api/v1/audit", a.listAudit)
 	handle("GET /api/v1/gpus", a.listGPUs)
 	handle("GET /api/v1/usage", a.getUsage)
+	handle("GET /api/v1/pools", a.listPools)
+	handle("PUT /api/v1/pools", a.setPool)
 	handle("GET /api/v1/images", a.listImages)
 	handle("POST /api/v1/images", a.addImage)
 	handle("DELETE /api/v1/images/{name}", a.removeImage)

@@ -313,6 +313,8 @@ func TestAuthorizationMatrixAllEndpoints(t *testing.T) {
 		{"DELETE", newToken, nil, [5]int{200, 404, 404, 200, 404}},
 		{"GET", fixed("/api/v1/audit"), nil, [5]int{200, 403, 403, 403, 403}},
 		{"GET", fixed("/api/v1/images"), nil, [5]int{200, 200, 200, 200, 200}},
+		{"GET", fixed("/api/v1/pools"), nil, [5]int{200, 200, 200, 200, 200}},
+		{"PUT", func() string { outsiderOut(); return "/api/v1/pools" }, func() any { return sdk.WarmPool{Project: "default", GPUType: "t4", Size: 0} }, [5]int{200, 200, 403, 403, 404}},
 		{"POST", fixed("/api/v1/images"), func() any { return sdk.CatalogImage{Name: uniq(), Ref: "ghcr.io/acme/py:1"} }, [5]int{201, 403, 403, 403, 403}},
 		{"DELETE", newImage, nil, [5]int{204, 403, 403, 403, 403}},
 		{"GET", fixed("/api/v1/usage"), nil, [5]int{200, 200, 200, 200, 200}},

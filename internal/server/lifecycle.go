@@ -22,6 +22,7 @@ type liveSession struct {
 	projectID   int64
 	gpus        []string
 	requested   time.Time // when the request that started it came in
+	warm        bool      // a ready session of a warm pool, not yet claimed
 	firstByte   bool      // whether its first shell byte was measured
 	secret      string
 	startedAt   time.Time
@@ -311,7 +312,7 @@ func (s *Server) reapDetached(ctx context.Context) error {
 	var due []string
 	s.mu.Lock()
 	for id, l := range s.live {
-		if l.attachments == 0 && !l.ending && !l.detachedAt.IsZero() && now.Sub(l.detachedAt) >= l.grace {
+		if l.attachments == 0 && !l.ending && !l.warm && !l.detachedAt.IsZero() && now.Sub(l.detachedAt) >= l.grace {
 			due = append(due, id)
 		}
 	}
@@ -428,7 +429,7 @@ func (s *Server) reconcile(ctx context.Context) error {
 			s.mu.Lock()
 			s.live[sess.ID] = &liveSession{
 				projectID: sess.ProjectID, gpus: sess.GPUs, secret: sess.AgentSecret, startedAt: sess.StartedAt,
-				detachedAt: now, grace: sess.DetachGrace, lastSeen: now,
+				detachedAt: now, grace: sess.DetachGrace, lastSeen: now, warm: sess.UserID == s.warmUser.ID,
 			}
 			s.mu.Unlock()
 			err := s.updateSession(ctx, sess.ID, func(ss *store.Session) {

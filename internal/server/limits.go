@@ -68,7 +68,7 @@ func (s *Server) checkLimits(ctx context.Context) error {
 	var checks []limitCheck
 	s.mu.Lock()
 	for id, l := range s.live {
-		if !l.ending && (l.idleTimeout > 0 || l.maxLifetime > 0) {
+		if !l.ending && !l.warm && (l.idleTimeout > 0 || l.maxLifetime > 0) {
 			checks = append(checks, limitCheck{id, l, l.idleTimeout, l.maxLifetime, l.startedAt})
 		}
 	}

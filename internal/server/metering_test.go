@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -78,6 +79,7 @@ func (r *meterRig) start(rates *store.RateCard) {
 	srv, err := New(context.Background(), Config{
 		Store: r.st, Runtime: inproc.New(r.reg), GPUs: devs, Now: r.clock.Now, Rates: rates,
 		ReapInterval: 20 * time.Millisecond, BudgetInterval: 50 * time.Millisecond, LivenessInterval: time.Hour,
+		PoolInterval: 50 * time.Millisecond,
 	})
 	if err != nil {
 		r.t.Fatal(err)
@@ -418,5 +420,65 @@ func TestMetrics(t *testing.T) {
 	admin.WaitDetached(ctx, tunnel)
 	if m := scrape(); !strings.Contains(m, `devgpu_sessions_ended_total{reason="closed"} 1`) || !strings.Contains(m, `devgpu_gpus_in_use{gpu_type="t4",region="local"} 0`) {
 		t.Errorf("after the shell closed:\n%s", m)
+	}
+}
+
+// A warm pool keeps ready sessions that count against the project's cap,
+// are handed to the next shell, and are metered only from then on.
+func TestWarmPools(t *testing.T) {
+	t.Parallel()
+	r := newMeterRig(t)
+	ctx := context.Background()
+	admin := r.client(r.admin)
+	r.project("ml", sdk.ProjectSettings{MaxGPUs: ptr(2)})
+	if _, err := admin.SetWarmPool(ctx, sdk.WarmPool{Project: "ml", GPUType: "t4", Size: 2}); err != nil {
+		t.Fatal(err)
+	}
+	ready := func(n int) map[string]bool {
+		t.Helper()
+		ids := map[string]bool{}
+		testutil.Eventually(t, testutil.WaitMedium, fmt.Sprintf("%d ready sessions", n), func() bool {
+			all, err := r.st.ListSessions(ctx, store.SessionFilter{UserID: r.srv.warmUser.ID, ActiveOnly: true})
+			if err != nil {
+				return false
+			}
+			clear(ids)
+			for _, s := range all {
+				if s.State == sdk.StateRunning && s.StartedAt.IsZero() {
+					ids[s.ID] = true
+				}
+			}
+			return len(ids) == n && len(all) == n
+		})
+		return ids
+	}
+	warm := ready(2)
+	r.clock.advance(30 * time.Second) // ready, but nobody's: not metered
+
+	s, err := admin.CreateSession(ctx, sdk.CreateSessionRequest{Project: "ml"}, nil)
+	if err != nil {
+		t.Fatal(err) // the project is at its cap of 2, yet a ready one is there to claim
+	}
+	if !warm[s.ID] || s.User != "root" || s.StartedAt == nil || !s.StartedAt.Equal(r.clock.Now()) {
+		t.Fatalf("claimed session = %+v; ready ones %v", s, warm)
+	}
+	ready(1) // the cap leaves no room to refill
+	r.clock.advance(5 * time.Second)
+	if _, err := admin.StopSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	r.billed(s.ID, 5*time.Second, sdk.ReasonStopped)
+	ready(2) // refilled
+	if _, err := admin.SetWarmPool(ctx, sdk.WarmPool{Project: "ml", GPUType: "t4", Size: 0}); err != nil {
+		t.Fatal(err)
+	}
+	ready(0)
+	entries, err := r.st.ListUsage(ctx, store.UsageFilter{})
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("usage = %+v, %v; only the claimed session's 5s may be billed", entries, err)
+	}
+	pools, err := admin.WarmPools(ctx)
+	if err != nil || len(pools) != 0 {
+		t.Fatalf("pools after removal = %+v, %v", pools, err)
 	}
 }

@@ -36,6 +36,8 @@ type Config struct {
 	// WorkspaceDir holds the users' persistent workspaces, one directory
 	// per project and user; empty disables workspaces.
 	WorkspaceDir string
+	// PoolInterval is how often warm pools are refilled.
+	PoolInterval time.Duration
 	// BudgetInterval is how often budgets are checked for thresholds and
 	// the stop action.
 	BudgetInterval time.Duration
@@ -49,6 +51,7 @@ const (
 	DefaultLivenessInterval = 5 * time.Second
 	DefaultPingInterval     = 10 * time.Second
 	DefaultBudgetInterval   = 10 * time.Second
+	DefaultPoolInterval     = 2 * time.Second
 	// agentIdleExitMargin is how much longer than the detach grace an agent
 	// waits without connections before it stops itself: the control plane
 	// normally ends the session first, so this only matters when the
@@ -77,6 +80,8 @@ type Server struct {
 	queues map[string]*queue // waiting requests, by project name
 
 	metrics *metrics
+	// warmUser owns the ready sessions of warm pools until they are claimed.
+	warmUser store.User
 
 	wg     sync.WaitGroup // lifecycle goroutines
 	cancel context.CancelFunc
@@ -101,6 +106,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.PingInterval == 0 {
 		cfg.PingInterval = DefaultPingInterval
 	}
+	if cfg.PoolInterval == 0 {
+		cfg.PoolInterval = DefaultPoolInterval
+	}
 	if cfg.BudgetInterval == 0 {
 		cfg.BudgetInterval = DefaultBudgetInterval
 	}
@@ -113,6 +121,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, leaving: map[int64]bool{}, queues: map[string]*queue{}, ctx: loopCtx, cancel: cancel,
 	}
 	s.metrics = newMetrics(s)
+	var err error
+	if s.warmUser, err = ensureWarmUser(ctx, cfg.Store, s.now()); err != nil {
+		cancel()
+		return nil, err
+	}
 	if err := s.setRates(ctx, cfg.Rates); err != nil {
 		cancel()
 		return nil, err
@@ -126,11 +139,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.refreshLimits(ctx)
-	s.wg.Add(4)
+	s.wg.Add(5)
 	go s.loop(cfg.ReapInterval, "reap detached sessions", s.reapDetached)
 	go s.loop(cfg.LivenessInterval, "liveness check", s.checkLiveness)
 	go s.loop(limitCheckInterval, "idle and lifetime check", s.checkLimits)
 	go s.loop(cfg.BudgetInterval, "budget check", s.checkBudgets)
+	go s.loop(cfg.PoolInterval, "warm pools", s.fillPools)
 	return s, nil
 }
 

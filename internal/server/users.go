@@ -31,6 +31,9 @@ func (a *API) createUser(w http.ResponseWriter, r *http.Request, caller store.Us
 	if err := httpapi.Read(w, r, &req); err != nil {
 		return err
 	}
+	if req.Name == WarmPoolUser {
+		return httpapi.Errorf(http.StatusBadRequest, "the user name %s is reserved for warm pools; choose another", WarmPoolUser)
+	}
 	if !userNameRE.MatchString(req.Name) {
 		return httpapi.Errorf(http.StatusBadRequest, "user name %q is invalid; use lower-case letters, digits, '_', '.' and '-', starting with a letter", req.Name)
 	}

@@ -130,6 +130,16 @@ type CatalogImage struct {
 	CreatedAt time.Time
 }
 
+// WarmPool asks for Size ready sessions of a GPU type (and image) to be
+// kept started in a project, handed to the next shells that fit.
+type WarmPool struct {
+	ProjectID int64
+	Project   string // filled by reads
+	GPUType   string
+	Image     string // as a session would ask for it; empty: the project's default
+	Size      int
+}
+
 // UsageEntry is one row of the append-only usage ledger: one GPU of one
 // session, metered from running to ended, priced when it was appended.
 type UsageEntry struct {
@@ -250,6 +260,15 @@ type Store interface {
 	ListImages(ctx context.Context) ([]CatalogImage, error)
 	// RemoveImage deletes a catalog entry; ErrNotFound when there is none.
 	RemoveImage(ctx context.Context, name string) error
+
+	// SetWarmPool creates, resizes or (Size 0) removes a warm pool.
+	SetWarmPool(ctx context.Context, p WarmPool) error
+	// ListWarmPools returns every warm pool ordered by project, type, image.
+	ListWarmPools(ctx context.Context) ([]WarmPool, error)
+	// ClaimSession hands a running session of user from to user to and
+	// sets its StartedAt (metering starts then); ErrConflict when it is not
+	// a running session of from.
+	ClaimSession(ctx context.Context, id string, from, to int64, at time.Time) error
 
 	// AppendUsage adds a ledger entry and sets its ID. An entry for the
 	// same session and GPU exists at most once: a second is ErrConflict,

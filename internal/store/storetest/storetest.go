@@ -54,6 +54,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"RateCards", testRateCards},
 		{"BudgetAlerts", testBudgetAlerts},
 		{"Images", testImages},
+		{"WarmPools", testWarmPools},
+		{"ClaimSession", testClaimSession},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
