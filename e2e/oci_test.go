@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"syscall"
 
 	"math/rand/v2"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/devgpu/devgpu/internal/image/imagetest"
 	"github.com/devgpu/devgpu/internal/testutil"
+	"github.com/devgpu/devgpu/sdk"
 )
 
 // newOCIEnv starts a server on the oci runtime, with a busybox image in an
@@ -108,4 +110,46 @@ func TestOCISessions(t *testing.T) {
 	if code := tm.wait(); code != 0 {
 		t.Fatalf("run with a pulled image exited %d", code)
 	}
+}
+
+// A control plane killed with SIGKILL and started again leaves no
+// container, overlay mount or network namespace of the oci runtime behind
+// once its sessions have ended.
+func TestOCIServerKill(t *testing.T) {
+	t.Parallel()
+	e, _ := newOCIEnv(t)
+	e.admin("project", "update", "default", "--detach-grace", "2s", "--egress", "all")
+	tm := e.terminal("shell")
+	id := tm.sessionID()
+	tm.ready()
+	data := filepath.Join(e.dir, "data")
+	leftovers := func() []string {
+		var out []string
+		mounts, _ := os.ReadFile("/proc/self/mountinfo")
+		for _, line := range strings.Split(string(mounts), "\n") {
+			if strings.Contains(line, data) {
+				out = append(out, "mount: "+line)
+			}
+		}
+		if ns, _ := os.ReadDir(filepath.Join(data, "netns")); len(ns) > 0 {
+			for _, n := range ns {
+				if n.Name() != "ipam.json" {
+					out = append(out, "netns: "+n.Name())
+				}
+			}
+		}
+		list, _ := exec.Command("runc", "--root", filepath.Join(data, "oci", "runc"), "list", "-q").Output()
+		for _, c := range strings.Fields(string(list)) {
+			out = append(out, "container: "+c)
+		}
+		return out
+	}
+	if len(leftovers()) == 0 {
+		t.Fatal("the running session shows no container, mount or namespace: the check checks nothing")
+	}
+	e.stopServer(syscall.SIGKILL)
+	tm.wait()
+	e.startServer()
+	e.waitSession(id, testutil.WaitMedium, "to end after the restart", func(s sdk.Session) bool { return s.State == sdk.StateEnded })
+	testutil.Eventually(t, testutil.WaitShort, "nothing of the session left", func() bool { return len(leftovers()) == 0 })
 }

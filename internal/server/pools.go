@@ -109,6 +109,7 @@ func (s *Server) claimWarm(ctx context.Context, caller store.User, req sdk.Creat
 	}
 	s.refreshLimits(ctx)
 	s.log.Info("warm session claimed", "session_id", claimed, "user", caller.Name)
+	go s.refill()
 	sess, err := s.store.Session(ctx, claimed)
 	return sess, err == nil, err
 }
@@ -171,6 +172,18 @@ func (s *Server) fillPools(ctx context.Context) error {
 	return nil
 }
 
+// refill starts the ready sessions a claim used up, now rather than at the
+// next round of the pool loop; one refill runs at a time.
+func (s *Server) refill() {
+	if !s.refilling.TryLock() {
+		return
+	}
+	defer s.refilling.Unlock()
+	if err := s.fillPools(s.ctx); err != nil && s.ctx.Err() == nil {
+		s.log.Error("warm pools", "err", err)
+	}
+}
+
 func poolToSDK(p store.WarmPool, ready int) sdk.WarmPool {
 	return sdk.WarmPool{Project: p.Project, GPUType: p.GPUType, Image: p.Image, Size: p.Size, Ready: ready}
 }
@@ -230,11 +243,7 @@ func (a *API) setPool(w http.ResponseWriter, r *http.Request, caller store.User)
 	if err != nil {
 		return err
 	}
-	go func() {
-		if err := a.s.fillPools(a.s.ctx); err != nil {
-			a.log.Error("warm pools", "err", err)
-		}
-	}()
+	go a.s.refill()
 	httpapi.Write(w, http.StatusOK, req)
 	return nil
 }

@@ -81,7 +81,8 @@ type Server struct {
 
 	metrics *metrics
 	// warmUser owns the ready sessions of warm pools until they are claimed.
-	warmUser store.User
+	warmUser  store.User
+	refilling sync.Mutex // held while a pool refill runs
 
 	wg     sync.WaitGroup // lifecycle goroutines
 	cancel context.CancelFunc
@@ -144,7 +145,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	go s.loop(cfg.LivenessInterval, "liveness check", s.checkLiveness)
 	go s.loop(limitCheckInterval, "idle and lifetime check", s.checkLimits)
 	go s.loop(cfg.BudgetInterval, "budget check", s.checkBudgets)
-	go s.loop(cfg.PoolInterval, "warm pools", s.fillPools)
+	go s.loop(cfg.PoolInterval, "warm pools", func(context.Context) error { s.refill(); return nil })
 	return s, nil
 }
 

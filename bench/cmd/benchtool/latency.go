@@ -15,6 +15,7 @@ func runLatency(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	c.register(fs, 60*time.Second)
 	n := fs.Int("n", 50, "measured runs")
 	warmup := fs.Int("warmup", 3, "runs before the measured ones, not recorded")
+	pause := fs.Duration("pause", 0, "wait this long between runs, untimed (to let a warm pool refill)")
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
@@ -23,6 +24,9 @@ func runLatency(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	for i := 0; i < *warmup+*n; i++ {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if i > 0 && *pause > 0 {
+			time.Sleep(*pause)
 		}
 		d, err := runOnce(ctx, c.argv, c.timeout, nil)
 		if i < *warmup {

@@ -51,6 +51,7 @@ var subcommands = map[string]func(ctx context.Context, args []string, stdout, st
 	"concurrent": runConcurrent,
 	"admissions": runAdmissions,
 	"report":     runReport,
+	"registry":   runRegistry,
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -78,6 +79,8 @@ func usage(w io.Writer) {
               against small caps; admissions/s, then replay the audit log
               and count cap violations
   report      read the results file and print the markdown comparison
+  registry    serve an in-memory OCI registry holding a busybox image on
+              127.0.0.1; print the image's pinned reference, serve until killed
 `)
 }
 

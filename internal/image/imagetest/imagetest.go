@@ -75,8 +75,17 @@ func Whiteout(path string) Entry {
 // Opaque hides everything the layers below put in dir.
 func Opaque(dir string) Entry { return File(strings.TrimSuffix(dir, "/")+"/.wh..wh..opq", "") }
 
+// TB is the part of testing.TB the image builders use, so that a
+// benchmark program can build the same images.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Skipf(format string, args ...any)
+}
+
 // Tar writes entries as an uncompressed tar stream.
-func Tar(t testing.TB, entries ...Entry) []byte {
+func Tar(t TB, entries ...Entry) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -111,7 +120,7 @@ func Tar(t testing.TB, entries ...Entry) []byte {
 }
 
 // Layer builds a gzip-compressed layer holding entries, in order.
-func Layer(t testing.TB, entries ...Entry) v1.Layer {
+func Layer(t TB, entries ...Entry) v1.Layer {
 	t.Helper()
 	b := Tar(t, entries...)
 	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
@@ -125,7 +134,7 @@ func Layer(t testing.TB, entries ...Entry) v1.Layer {
 
 // Image builds a linux image for the host's architecture from layers, the
 // first the lowest, with PATH set and /bin/sh as its command.
-func Image(t testing.TB, layers ...v1.Layer) v1.Image {
+func Image(t TB, layers ...v1.Layer) v1.Image {
 	t.Helper()
 	img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{
 		OS:           "linux",
@@ -151,7 +160,7 @@ func Image(t testing.TB, layers ...v1.Layer) v1.Image {
 // linked to it, /etc/passwd and /etc/group with root and nobody, and empty
 // /tmp, /root, /proc, /sys, /dev, /run and /etc/hostname. It skips the test
 // where busybox is missing.
-func BusyboxImage(t testing.TB) v1.Image {
+func BusyboxImage(t TB) v1.Image {
 	t.Helper()
 	bb, err := os.ReadFile(BusyboxPath)
 	if err != nil {
