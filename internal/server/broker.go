@@ -78,7 +78,7 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 	default: // agentClosed
 		// An agent hangs up after the client's SSH disconnect (OpenSSH sends
 		// one), which is a clean end; or it died. The runtime tells which.
-		alive, err := a.s.alive(ctx, sess.ID)
+		alive, err := a.s.stillAlive(ctx, sess.ID)
 		if err != nil {
 			a.log.Error("ask the runtime about a session", "session_id", sess.ID, "err", err)
 		}
