@@ -99,6 +99,7 @@ type sessionConn struct {
 	*ssh.Client
 	api    *sdk.Client
 	tunnel *sdk.Tunnel
+	gone   chan struct{} // closed when the SSH connection has ended
 }
 
 // detachWait bounds how long leaving waits for the server to record it.
@@ -107,10 +108,20 @@ const detachWait = 3 * time.Second
 // Close leaves the session and waits until the server has recorded it: when
 // this was the last shell, the session has then ended and its GPU is free,
 // so the next `devgpu run` finds it free.
+//
+// Only a connection that is still up announces a clean end: one the agent
+// dropped (its session was lost or stopped) leaves the verdict to the server.
 func (c *sessionConn) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), detachWait)
 	defer cancel()
-	return c.api.CloseTunnel(ctx, c.tunnel, c.Client.Close)
+	select {
+	case <-c.gone:
+		err := c.Client.Close()
+		_, _ = c.api.WaitDetached(ctx, c.tunnel)
+		return err
+	default:
+		return c.api.CloseTunnel(ctx, c.tunnel, c.Client.Close)
+	}
 }
 
 // openSession starts a session (or finds the one to attach to) and opens
@@ -154,7 +165,12 @@ func openSession(ctx context.Context, f sessionFlags, announce bool) (*sessionCo
 		tunnel.Close()
 		return nil, sess, fmt.Errorf("SSH handshake with session %s failed: %w", sess.ID, err)
 	}
-	return &sessionConn{Client: ssh.NewClient(sshConn, chans, reqs), api: client, tunnel: tunnel}, sess, nil
+	conn := &sessionConn{Client: ssh.NewClient(sshConn, chans, reqs), api: client, tunnel: tunnel, gone: make(chan struct{})}
+	go func() {
+		_ = conn.Wait()
+		close(conn.gone)
+	}()
+	return conn, sess, nil
 }
 
 // findSession returns the session to attach to: --attach's, or one the

@@ -88,10 +88,13 @@ func sshProxy(ctx context.Context, project string, in io.Reader, out io.Writer) 
 	case <-done:
 	case <-sigs:
 	}
-	// Like sessionConn.Close: leave, and wait until the server has recorded
-	// it, so that the session has ended when ssh returns.
+	// Close, and wait until the server has recorded it, so that the session
+	// has ended when ssh returns. No Leave: which side ended first says
+	// nothing here (the agent hangs up after ssh's disconnect as it does
+	// when it dies), so the server tells a clean end by the agent's health.
 	wctx, cancel := context.WithTimeout(context.Background(), detachWait)
 	defer cancel()
-	_ = client.CloseTunnel(wctx, tunnel, nil) // one the agent closed first is the normal end
+	_ = tunnel.Close()
+	_, _ = client.WaitDetached(wctx, tunnel)
 	return nil
 }
