@@ -109,3 +109,18 @@ func DialSocket(ctx context.Context, id, path string) (net.Conn, error) {
 	}
 	return conn, nil
 }
+
+// ValidID reports whether id is a session id a runtime accepts: lower-case
+// letters, digits and dashes, at most 40, so that it is safe as a path
+// element, a container name and a host name.
+func ValidID(id string) bool {
+	if id == "" || len(id) > 40 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}

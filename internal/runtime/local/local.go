@@ -121,7 +121,7 @@ func workspaceDir(spec runtime.Spec) (string, error) {
 // Start implements runtime.Runtime.
 func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	id := spec.SessionID
-	if !validID(id) {
+	if !runtime.ValidID(id) {
 		return fmt.Errorf("local runtime: invalid session id %q", id)
 	}
 	if sock := r.socketPath(id); len(sock) > 100 {
@@ -242,7 +242,7 @@ func sessionEnviron(spec runtime.Spec, home, workspace string) []string {
 
 // Connect implements runtime.Runtime.
 func (r *Runtime) Connect(ctx context.Context, id string) (net.Conn, error) {
-	if !validID(id) {
+	if !runtime.ValidID(id) {
 		return nil, runtime.ErrNotFound
 	}
 	return runtime.DialSocket(ctx, id, r.socketPath(id))
@@ -252,7 +252,7 @@ func (r *Runtime) Connect(ctx context.Context, id string) (net.Conn, error) {
 // then kills the process group, then sweeps for any process that left the
 // group (setsid, double fork) but still carries the session's id.
 func (r *Runtime) Stop(ctx context.Context, id string) error {
-	if !validID(id) {
+	if !runtime.ValidID(id) {
 		return nil
 	}
 	pid := r.agentPID(id)
@@ -318,7 +318,7 @@ func (r *Runtime) List(ctx context.Context) ([]runtime.Instance, error) {
 	}
 	var out []runtime.Instance
 	for _, e := range entries {
-		if !e.IsDir() || !validID(e.Name()) {
+		if !e.IsDir() || !runtime.ValidID(e.Name()) {
 			continue
 		}
 		if r.agentPID(e.Name()) == 0 {
@@ -339,7 +339,7 @@ func (r *Runtime) Orphans() []string {
 	entries, _ := os.ReadDir(r.cfg.Dir)
 	var ids []string
 	for _, e := range entries {
-		if e.IsDir() && validID(e.Name()) && r.agentPID(e.Name()) == 0 {
+		if e.IsDir() && runtime.ValidID(e.Name()) && r.agentPID(e.Name()) == 0 {
 			ids = append(ids, e.Name())
 		}
 	}
@@ -420,17 +420,4 @@ func environHas(pid int, tag []byte) bool {
 		return false
 	}
 	return bytes.HasPrefix(env, tag) || bytes.Contains(env, append([]byte{0}, tag...))
-}
-
-// validID keeps session ids safe to use as a path element.
-func validID(id string) bool {
-	if id == "" || len(id) > 40 {
-		return false
-	}
-	for _, c := range id {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
 }

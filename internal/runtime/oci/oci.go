@@ -196,7 +196,7 @@ const (
 // Start implements runtime.Runtime.
 func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	id := spec.SessionID
-	if !validID(id) {
+	if !runtime.ValidID(id) {
 		return fmt.Errorf("oci runtime: invalid session id %q", id)
 	}
 	if sock := r.socketPath(id); len(sock) > 100 {
@@ -358,7 +358,7 @@ func (r *Runtime) logTail(id string) string {
 
 // Connect implements runtime.Runtime.
 func (r *Runtime) Connect(ctx context.Context, id string) (net.Conn, error) {
-	if !validID(id) {
+	if !runtime.ValidID(id) {
 		return nil, runtime.ErrNotFound
 	}
 	return runtime.DialSocket(ctx, id, r.socketPath(id))
@@ -370,7 +370,7 @@ func (r *Runtime) Connect(ctx context.Context, id string) (net.Conn, error) {
 // workspace was mounted only in the container's mount namespace, which
 // died with it: removing the state never reaches the workspace.
 func (r *Runtime) Stop(ctx context.Context, id string) error {
-	if !validID(id) {
+	if !runtime.ValidID(id) {
 		return nil
 	}
 	if err := r.runc(ctx, "delete", "--force", id); err != nil && !isNotExist(err) {
@@ -424,7 +424,7 @@ func (r *Runtime) List(ctx context.Context) ([]runtime.Instance, error) {
 	}
 	var out []runtime.Instance
 	for _, c := range cs {
-		if c.Status == "running" && validID(c.ID) {
+		if c.Status == "running" && runtime.ValidID(c.ID) {
 			out = append(out, runtime.Instance{SessionID: c.ID, StartedAt: c.Created})
 		}
 	}
@@ -449,7 +449,7 @@ func (r *Runtime) Orphans(ctx context.Context) ([]string, error) {
 	}
 	var ids []string
 	for _, e := range entries {
-		if e.IsDir() && validID(e.Name()) && !live[e.Name()] {
+		if e.IsDir() && runtime.ValidID(e.Name()) && !live[e.Name()] {
 			ids = append(ids, e.Name())
 		}
 	}
@@ -490,17 +490,4 @@ func (r *Runtime) runcOutput(ctx context.Context, args ...string) ([]byte, error
 		return nil, &runcError{args: args, err: err, stderr: strings.TrimSpace(stderr.String())}
 	}
 	return out, nil
-}
-
-// validID keeps session ids safe as a path element and a runc container id.
-func validID(id string) bool {
-	if id == "" || len(id) > 40 {
-		return false
-	}
-	for _, c := range id {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
