@@ -10,9 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
-	"github.com/devgpu/devgpu/internal/agent"
 	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/runtime/runtimetest"
 	"github.com/devgpu/devgpu/internal/testutil"
@@ -50,31 +47,11 @@ func TestStopLeavesNoOrphans(t *testing.T) {
 	if err := rt.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := rt.Connect(ctx, spec.SessionID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := agent.WritePreamble(conn, spec.AgentSecret); err != nil {
-		t.Fatal(err)
-	}
-	c, chans, reqs, err := ssh.NewClientConn(conn, "agent", &ssh.ClientConfig{User: "u", HostKeyCallback: ssh.InsecureIgnoreHostKey()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := ssh.NewClient(c, chans, reqs)
-	defer client.Close()
-	s, err := client.NewSession()
-	if err != nil {
-		t.Fatal(err)
-	}
 	// One child in the group, one escaped into its own session; both
 	// survive the command's exit.
-	out, err := s.Output(`sleep 1000 >/dev/null 2>&1 & echo $!; setsid sleep 1001 >/dev/null 2>&1 & echo $!`)
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := runtimetest.ExecOut(t, rt, spec, `sleep 1000 >/dev/null 2>&1 & echo $!; setsid sleep 1001 >/dev/null 2>&1 & echo $!`)
 	var pids []int
-	for _, f := range strings.Fields(string(out)) {
+	for _, f := range strings.Fields(out) {
 		pid, err := strconv.Atoi(f)
 		if err != nil {
 			t.Fatalf("bad pid %q", f)
@@ -117,24 +94,9 @@ func TestWorkspaceAndEnvironment(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rt.Stop(context.Background(), spec.SessionID)
-	conn, err := rt.Connect(ctx, spec.SessionID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = agent.WritePreamble(conn, spec.AgentSecret)
-	c, chans, reqs, err := ssh.NewClientConn(conn, "agent", &ssh.ClientConfig{User: "u", HostKeyCallback: ssh.InsecureIgnoreHostKey()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := ssh.NewClient(c, chans, reqs)
-	defer client.Close()
-	s, _ := client.NewSession()
-	out, err := s.Output(`echo "$PWD|$HOME|${DEVGPU_TOKEN:-unset}"`)
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := runtimetest.ExecOut(t, rt, spec, `echo "$PWD|$HOME|${DEVGPU_TOKEN:-unset}"`)
 	ws := rt.HomeDir(spec.SessionID)
-	if want := ws + "|" + ws + "|unset\n"; string(out) != want {
+	if want := ws + "|" + ws + "|unset\n"; out != want {
 		t.Fatalf("got %q, want %q", out, want)
 	}
 }
@@ -173,23 +135,8 @@ func TestWorkspaceLinkSurvivesStop(t *testing.T) {
 	if target, err := os.Readlink(link); err != nil || target != ws {
 		t.Fatalf("$HOME/workspace links to %q (%v), want %q", target, err, ws)
 	}
-	conn, err := rt.Connect(ctx, spec.SessionID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = agent.WritePreamble(conn, spec.AgentSecret)
-	c, chans, reqs, err := ssh.NewClientConn(conn, "agent", &ssh.ClientConfig{User: "u", HostKeyCallback: ssh.InsecureIgnoreHostKey()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := ssh.NewClient(c, chans, reqs)
-	defer client.Close()
-	s, _ := client.NewSession()
-	out, err := s.Output(`echo "$DEVGPU_WORKSPACE|$DEVGPU_WORKSPACE_READONLY|$(cat "$HOME/workspace/sub/deep/keep")"`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := ws + "|1|kept\n"; string(out) != want {
+	out := runtimetest.ExecOut(t, rt, spec, `echo "$DEVGPU_WORKSPACE|$DEVGPU_WORKSPACE_READONLY|$(cat "$HOME/workspace/sub/deep/keep")"`)
+	if want := ws + "|1|kept\n"; out != want {
 		t.Fatalf("got %q, want %q", out, want)
 	}
 	if err := rt.Stop(ctx, spec.SessionID); err != nil {

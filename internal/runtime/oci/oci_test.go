@@ -19,7 +19,6 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/devgpu/devgpu/internal/agent"
 	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/runtime/runtimetest"
 	"github.com/devgpu/devgpu/internal/testutil"
@@ -160,57 +159,20 @@ func TestConformance(t *testing.T) {
 
 func start(t *testing.T, rt *Runtime, prefix string, gpus ...string) runtime.Spec {
 	t.Helper()
-	spec := runtime.Spec{
+	return runtimetest.StartSpec(t, rt, runtime.Spec{
 		SessionID: fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e9), Project: "p", User: "u", GPUType: "t4",
 		GPUs: gpus, AgentSecret: "s3cret", IdleExit: time.Minute,
-	}
-	ctx := testutil.Context(t, testutil.WaitMedium)
-	if err := rt.Start(ctx, spec); err != nil {
-		t.Fatalf("Start: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := rt.Stop(context.Background(), spec.SessionID); err != nil {
-			t.Errorf("Stop: %v", err)
-		}
 	})
-	return spec
 }
 
 func execOut(t *testing.T, rt *Runtime, spec runtime.Spec, cmd string) string {
 	t.Helper()
-	out, stderr, err := execErr(t, rt, spec, cmd)
-	if err != nil {
-		t.Fatalf("exec %q: %v (stderr %q)", cmd, err, stderr)
-	}
-	return out
+	return runtimetest.ExecOut(t, rt, spec, cmd)
 }
 
-// execErr runs cmd in the session and returns its output and how it ended.
 func execErr(t *testing.T, rt *Runtime, spec runtime.Spec, cmd string) (stdout, stderr string, err error) {
 	t.Helper()
-	ctx := testutil.Context(t, testutil.WaitShort)
-	conn, err := rt.Connect(ctx, spec.SessionID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := agent.WritePreamble(conn, spec.AgentSecret); err != nil {
-		t.Fatal(err)
-	}
-	c, chans, reqs, err := ssh.NewClientConn(conn, "agent", &ssh.ClientConfig{User: spec.User, HostKeyCallback: ssh.InsecureIgnoreHostKey()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := ssh.NewClient(c, chans, reqs)
-	defer client.Close()
-	s, err := client.NewSession()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	var out, errOut bytes.Buffer
-	s.Stdout, s.Stderr = &out, &errOut
-	err = s.Run(cmd)
-	return out.String(), errOut.String(), err
+	return runtimetest.Exec(t, rt, spec, cmd)
 }
 
 // One session sees neither another's processes nor its files, and is

@@ -33,7 +33,7 @@ func Run(t *testing.T, newFactory func(t *testing.T) Factory) {
 		t.Parallel()
 		rt := newFactory(t)()
 		spec := start(t, rt, "envtest", []string{"GPU-sim-t4-1", "GPU-sim-t4-2"})
-		out := execOut(t, rt, spec, `printf '%s|%s|%s|%s|%s|%s' "$DEVGPU_SESSION_ID" "$DEVGPU_PROJECT" "$DEVGPU_USER" "$DEVGPU_GPU_TYPE" "$CUDA_VISIBLE_DEVICES" "$NVIDIA_VISIBLE_DEVICES"`)
+		out := ExecOut(t, rt, spec, `printf '%s|%s|%s|%s|%s|%s' "$DEVGPU_SESSION_ID" "$DEVGPU_PROJECT" "$DEVGPU_USER" "$DEVGPU_GPU_TYPE" "$CUDA_VISIBLE_DEVICES" "$NVIDIA_VISIBLE_DEVICES"`)
 		want := spec.SessionID + "|proj|alice|t4|GPU-sim-t4-1,GPU-sim-t4-2|GPU-sim-t4-1,GPU-sim-t4-2"
 		if out != want {
 			t.Fatalf("session environment = %q, want %q", out, want)
@@ -45,10 +45,10 @@ func Run(t *testing.T, newFactory func(t *testing.T) Factory) {
 		rt := newFactory(t)()
 		a := start(t, rt, "gpua", []string{"GPU-sim-t4-0"})
 		b := start(t, rt, "gpub", []string{"GPU-sim-t4-3"})
-		if got := execOut(t, rt, a, `echo -n $CUDA_VISIBLE_DEVICES`); got != "GPU-sim-t4-0" {
+		if got := ExecOut(t, rt, a, `echo -n $CUDA_VISIBLE_DEVICES`); got != "GPU-sim-t4-0" {
 			t.Errorf("session a sees %q", got)
 		}
-		if got := execOut(t, rt, b, `echo -n $CUDA_VISIBLE_DEVICES`); got != "GPU-sim-t4-3" {
+		if got := ExecOut(t, rt, b, `echo -n $CUDA_VISIBLE_DEVICES`); got != "GPU-sim-t4-3" {
 			t.Errorf("session b sees %q", got)
 		}
 	})
@@ -59,11 +59,11 @@ func Run(t *testing.T, newFactory func(t *testing.T) Factory) {
 		spec := start(t, rt, "secret", []string{"GPU-sim-t4-0"})
 		wrong := spec
 		wrong.AgentSecret = strings.Repeat("0", len(spec.AgentSecret))
-		if _, err := dial(t, rt, wrong); err == nil {
+		if _, err := Dial(t, rt, wrong); err == nil {
 			t.Fatal("SSH handshake with a wrong secret succeeded")
 		}
 		// The agent still serves the right secret afterwards.
-		if got := execOut(t, rt, spec, "echo -n ok"); got != "ok" {
+		if got := ExecOut(t, rt, spec, "echo -n ok"); got != "ok" {
 			t.Fatalf("after a refused connection, exec printed %q", got)
 		}
 	})
@@ -98,7 +98,7 @@ func Run(t *testing.T, newFactory func(t *testing.T) Factory) {
 		if !listed(t, again, spec.SessionID) {
 			t.Fatal("a new runtime over the same state does not list the session")
 		}
-		if got := execOut(t, again, spec, "echo -n $DEVGPU_SESSION_ID"); got != spec.SessionID {
+		if got := ExecOut(t, again, spec, "echo -n $DEVGPU_SESSION_ID"); got != spec.SessionID {
 			t.Fatalf("exec through the new runtime printed %q", got)
 		}
 		ctx := testutil.Context(t, testutil.WaitMedium)
@@ -122,8 +122,8 @@ func Run(t *testing.T, newFactory func(t *testing.T) Factory) {
 
 		spec := newSpec(t, "ws", []string{"GPU-sim-t4-0"})
 		spec.Workspace = ws
-		startSpec(t, rt, spec)
-		execOut(t, rt, spec, `echo hi > "$DEVGPU_WORKSPACE/f"`)
+		StartSpec(t, rt, spec)
+		ExecOut(t, rt, spec, `echo hi > "$DEVGPU_WORKSPACE/f"`)
 		if err := rt.Stop(ctx, spec.SessionID); err != nil {
 			t.Fatal(err)
 		}
@@ -133,8 +133,8 @@ func Run(t *testing.T, newFactory func(t *testing.T) Factory) {
 
 		ro := newSpec(t, "wsro", []string{"GPU-sim-t4-0"})
 		ro.Workspace, ro.WorkspaceReadOnly = ws, true
-		startSpec(t, rt, ro)
-		if got := execOut(t, rt, ro, `cat "$DEVGPU_WORKSPACE/f"`); got != "hi\n" {
+		StartSpec(t, rt, ro)
+		if got := ExecOut(t, rt, ro, `cat "$DEVGPU_WORKSPACE/f"`); got != "hi\n" {
 			t.Fatalf("a second session reads %q from the workspace, want %q", got, "hi\n")
 		}
 		if err := rt.Stop(ctx, ro.SessionID); err != nil {
@@ -189,11 +189,11 @@ func newSpec(t *testing.T, prefix string, gpus []string) runtime.Spec {
 
 func start(t *testing.T, rt runtime.Runtime, prefix string, gpus []string) runtime.Spec {
 	t.Helper()
-	return startSpec(t, rt, newSpec(t, prefix, gpus))
+	return StartSpec(t, rt, newSpec(t, prefix, gpus))
 }
 
-// startSpec starts the session and stops it when the test ends.
-func startSpec(t *testing.T, rt runtime.Runtime, spec runtime.Spec) runtime.Spec {
+// StartSpec starts the session and stops it when the test ends.
+func StartSpec(t *testing.T, rt runtime.Runtime, spec runtime.Spec) runtime.Spec {
 	t.Helper()
 	ctx := testutil.Context(t, testutil.WaitMedium)
 	if err := rt.Start(ctx, spec); err != nil {
@@ -216,9 +216,9 @@ func listed(t *testing.T, rt runtime.Runtime, id string) bool {
 	return slices.ContainsFunc(list, func(in runtime.Instance) bool { return in.SessionID == id })
 }
 
-// dial connects to the session's agent as the broker does and completes
+// Dial connects to the session's agent as the broker does and completes
 // the SSH handshake.
-func dial(t *testing.T, rt runtime.Runtime, spec runtime.Spec) (*ssh.Client, error) {
+func Dial(t *testing.T, rt runtime.Runtime, spec runtime.Spec) (*ssh.Client, error) {
 	t.Helper()
 	ctx := testutil.Context(t, testutil.WaitShort)
 	conn, err := rt.Connect(ctx, spec.SessionID)
@@ -239,9 +239,11 @@ func dial(t *testing.T, rt runtime.Runtime, spec runtime.Spec) (*ssh.Client, err
 	return ssh.NewClient(c, chans, reqs), nil
 }
 
-func execOut(t *testing.T, rt runtime.Runtime, spec runtime.Spec, cmd string) string {
+// Exec runs cmd in the session over the agent, as a shell client would,
+// and returns its output and how it ended.
+func Exec(t *testing.T, rt runtime.Runtime, spec runtime.Spec, cmd string) (stdout, stderr string, err error) {
 	t.Helper()
-	client, err := dial(t, rt, spec)
+	client, err := Dial(t, rt, spec)
 	if err != nil {
 		t.Fatalf("dial agent: %v", err)
 	}
@@ -251,10 +253,19 @@ func execOut(t *testing.T, rt runtime.Runtime, spec runtime.Spec, cmd string) st
 		t.Fatal(err)
 	}
 	defer s.Close()
-	var stdout, stderr bytes.Buffer
-	s.Stdout, s.Stderr = &stdout, &stderr
-	if err := s.Run(cmd); err != nil {
-		t.Fatalf("exec %q: %v (stderr %q)", cmd, err, stderr.String())
+	var out, errOut bytes.Buffer
+	s.Stdout, s.Stderr = &out, &errOut
+	err = s.Run(cmd)
+	return out.String(), errOut.String(), err
+}
+
+// ExecOut runs cmd in the session and returns its stdout; a failure of cmd
+// fails the test.
+func ExecOut(t *testing.T, rt runtime.Runtime, spec runtime.Spec, cmd string) string {
+	t.Helper()
+	out, stderr, err := Exec(t, rt, spec, cmd)
+	if err != nil {
+		t.Fatalf("exec %q: %v (stderr %q)", cmd, err, stderr)
 	}
-	return stdout.String()
+	return out
 }
