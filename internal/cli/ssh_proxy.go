@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -68,33 +67,40 @@ func sshProxy(ctx context.Context, project string, in io.Reader, out io.Writer) 
 		}
 	}
 	// Either side's EOF (ssh closing its end, or the session's agent
-	// closing ours) ends the connection.
-	done := make(chan struct{}, 2)
-	var once sync.Once
-	copyTo := func(dst io.Writer, src io.Reader) {
+	// closing ours) ends the connection; which side ended first decides
+	// whether to announce a clean end.
+	done := make(chan bool, 2) // true: ssh's side ended
+	copyTo := func(dst io.Writer, src io.Reader, sshSide bool) {
 		buf := make([]byte, proxyBufSize)
 		_, _ = io.CopyBuffer(dst, src, buf)
-		once.Do(func() { done <- struct{}{} })
+		done <- sshSide
 	}
-	go copyTo(tunnel, in)
-	go copyTo(out, tunnel)
+	go copyTo(tunnel, in, true)
+	go copyTo(out, tunnel, false)
 	// ssh sends its ProxyCommand SIGHUP as it exits, which is a normal end
 	// too; a write to an ssh that is gone must fail, not kill us.
 	signal.Ignore(syscall.SIGPIPE)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, os.Interrupt)
 	defer signal.Stop(sigs)
+	var sshEnded bool
 	select {
-	case <-done:
+	case sshEnded = <-done:
 	case <-sigs:
+		sshEnded = true
 	}
 	// Close, and wait until the server has recorded it, so that the session
-	// has ended when ssh returns. No Leave: which side ended first says
-	// nothing here (the agent hangs up after ssh's disconnect as it does
-	// when it dies), so the server tells a clean end by the agent's health.
+	// has ended when ssh returns. When ssh ended first, that is a clean end
+	// to announce. When the agent's side did, it may have died or it may
+	// have hung up after ssh's disconnect: the server tells which by the
+	// agent's health.
 	wctx, cancel := context.WithTimeout(context.Background(), detachWait)
 	defer cancel()
-	_ = tunnel.Close()
-	_, _ = client.WaitDetached(wctx, tunnel)
+	if sshEnded {
+		_ = client.CloseTunnel(wctx, tunnel, nil)
+	} else {
+		_ = tunnel.Close()
+		_, _ = client.WaitDetached(wctx, tunnel)
+	}
 	return nil
 }
