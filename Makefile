@@ -18,6 +18,9 @@ dev:
 
 test:
 	go vet ./...
+	# The client also runs on developers' Windows and macOS machines.
+	GOOS=windows GOARCH=amd64 go build -o /dev/null ./cmd/devgpu
+	GOOS=darwin GOARCH=arm64 go build -o /dev/null ./cmd/devgpu
 	go test -race -count=1 -timeout 15m ./...
 
 bench: build

@@ -238,16 +238,12 @@ func runShell(conn *sessionConn, sess sdk.Session) error {
 			return fmt.Errorf("put the terminal in raw mode: %w", err)
 		}
 		defer term.Restore(fd, old)
-		winch := make(chan os.Signal, 1)
-		signal.Notify(winch, syscall.SIGWINCH)
-		defer signal.Stop(winch)
-		go func() {
-			for range winch {
-				if w, h, err := term.GetSize(fd); err == nil {
-					_ = s.WindowChange(h, w)
-				}
+		stop := watchResize(func() {
+			if w, h, err := term.GetSize(fd); err == nil {
+				_ = s.WindowChange(h, w)
 			}
-		}()
+		})
+		defer stop()
 	}
 	s.Stdin, s.Stdout, s.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if err := s.Shell(); err != nil {
