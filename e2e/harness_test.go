@@ -50,6 +50,7 @@ func newEnv(t *testing.T, gpus string, serverArgs ...string) *env {
 	e := &env{t: t, bin: testutil.Binary(t), dir: testutil.ShortTempDir(t), addr: freeAddr(t), gpus: gpus, args: serverArgs}
 	e.startServer()
 	t.Cleanup(func() {
+		e.endSessions()
 		e.stopServer(syscall.SIGTERM)
 		e.killSessions()
 		if t.Failed() {
@@ -108,6 +109,25 @@ func (e *env) stopServer(sig syscall.Signal) {
 		<-e.exited
 	}
 	e.server = nil
+}
+
+// endSessions stops every session still active through the API, so that
+// no container, mount or network namespace outlives the test (sessions
+// outlive their server on purpose).
+func (e *env) endSessions() {
+	if e.server == nil {
+		return
+	}
+	r := e.cli("sessions", "list", "--all", "--json")
+	var all []sdk.Session
+	if json.Unmarshal([]byte(r.stdout), &all) != nil {
+		return
+	}
+	for _, s := range all {
+		if s.Active() {
+			e.cli("sessions", "stop", s.ID)
+		}
+	}
 }
 
 // killSessions makes sure a failed test leaves no agent behind.
