@@ -38,6 +38,9 @@ func newOCIEnv(t *testing.T) (*env, string) {
 	}
 	ref := imagetest.Push(t, imagetest.Registry(t)+"/test/busybox:1", imagetest.BusyboxImage(t))
 	n := rand.IntN(200)
+	// Runs after the server's cleanup (cleanups run last-in, first-out):
+	// the bridge is the one thing a stopped server keeps for its next start.
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", fmt.Sprintf("dge%d", n)).Run() })
 	cfg := filepath.Join(t.TempDir(), "server.json")
 	config := fmt.Sprintf(`{"runtime": "oci", "oci": {"agent_binary": %q, "default_image": %q, "bridge": "dge%d", "subnet": "10.%d.0.0/24"}}`,
 		testutil.StaticBinary(t), ref, n, 40+n)
