@@ -10,15 +10,34 @@ import (
 	"time"
 
 	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/internal/store/sqlstore"
 )
 
 // Upgrade checks that a database of the first, released schema migrates to
 // the current one with its data, and that the usage ledger then refuses
-// changes and deletions even from SQL outside the store. openWith opens
-// the engine's store on one database (the same each time) with the given
-// migration files; migrations are the engine's own; raw is that database
-// opened directly.
-func Upgrade(t *testing.T, openWith func(t *testing.T, migrations fs.FS) store.Store, migrations fs.FS, raw *sql.DB) {
+// changes and deletions even from SQL outside the store. The database is
+// the one driver opens at dsn (empty); dialect builds the engine's dialect
+// for a set of migration files; migrations are the engine's own. It
+// returns that database opened directly, for engine-specific checks.
+func Upgrade(t *testing.T, driver, dsn string, dialect func(fs.FS) sqlstore.Dialect, migrations fs.FS) *sql.DB {
+	openWith := func(t *testing.T, migrations fs.FS) store.Store {
+		db, err := sql.Open(driver, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := sqlstore.New(t.Context(), db, dialect(migrations))
+		if err != nil {
+			db.Close()
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	raw, err := sql.Open(driver, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
 	ctx, cancel := context.WithTimeout(t.Context(), Timeout)
 	defer cancel()
 	first, err := fs.ReadFile(migrations, "0001_init.sql")
@@ -76,4 +95,5 @@ func Upgrade(t *testing.T, openWith func(t *testing.T, migrations fs.FS) store.S
 		}
 	}
 	listUsage(t, ctx, s, store.UsageFilter{}, e)
+	return raw
 }
