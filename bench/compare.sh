@@ -41,6 +41,8 @@ set -euo pipefail
 
 REPORT_FILE=${1:-}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib/sshd.sh
+. "$REPO/bench/lib/sshd.sh"
 
 ONLY=${BENCH_ONLY:-devgpu,ssh,slurm,admissions}
 N=${BENCH_N:-50}
@@ -159,64 +161,9 @@ install_missing() {
 SSH=()
 setup_ssh() {
 	local d=$WORK/ssh
-	mkdir -p "$d" /run/sshd
-	chmod 755 "$d"
 	port_free "$SSH_PORT" || die "127.0.0.1:$SSH_PORT is taken (set BENCH_SSH_PORT)"
-
-	# A plain account: /bin/sh, an empty home, no start-up files. Its password
-	# is "*" rather than useradd's locked "!", which sshd without PAM refuses.
-	if ! id "$BENCH_USER" >/dev/null 2>&1; then
-		useradd --no-create-home --home-dir "/home/$BENCH_USER" --shell /bin/sh "$BENCH_USER"
-		log "created account $BENCH_USER"
-	fi
-	usermod --password '*' --shell /bin/sh "$BENCH_USER"
-	install -d -o "$BENCH_USER" -g "$BENCH_USER" -m 755 "/home/$BENCH_USER"
-
-	ssh-keygen -q -t ed25519 -N '' -f "$d/host_key"
-	ssh-keygen -q -t ed25519 -N '' -f "$d/client_key"
-	cp "$d/client_key.pub" "$d/authorized_keys"
-	chmod 644 "$d/authorized_keys"
-
-	cat >"$d/sshd_config" <<-EOF
-		ListenAddress 127.0.0.1:$SSH_PORT
-		HostKey $d/host_key
-		PidFile $d/sshd.pid
-		AuthorizedKeysFile $d/authorized_keys
-		AllowUsers $BENCH_USER
-		PubkeyAuthentication yes
-		PasswordAuthentication no
-		KbdInteractiveAuthentication no
-		UsePAM no
-		UseDNS no
-		StrictModes no
-		PermitUserEnvironment no
-		PrintMotd no
-		PrintLastLog no
-		Banner none
-		MaxStartups 100:30:200
-		MaxSessions 100
-		Subsystem sftp internal-sftp
-		LogLevel ERROR
-	EOF
-	/usr/sbin/sshd -t -f "$d/sshd_config"
-	start sshd "$d/sshd.log" /usr/sbin/sshd -D -e -f "$d/sshd_config"
-
-	cat >"$d/ssh_config" <<-EOF
-		Host bench
-		  HostName 127.0.0.1
-		  Port $SSH_PORT
-		  User $BENCH_USER
-		  IdentityFile $d/client_key
-		  IdentitiesOnly yes
-		  UserKnownHostsFile $d/known_hosts
-		  StrictHostKeyChecking accept-new
-		  BatchMode yes
-		  LogLevel ERROR
-		  ControlMaster no
-		  ControlPath none
-	EOF
+	setup_sshd "$d" "$SSH_PORT" "$BENCH_USER"
 	SSH=(ssh -F "$d/ssh_config")
-	wait_for sshd 10 "${SSH[@]}" bench true
 	log "sshd ready: $("${SSH[@]}" bench 'echo $0 as $(id -un)')"
 }
 

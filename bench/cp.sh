@@ -23,6 +23,8 @@ set -euo pipefail
 
 REPORT_FILE=${1:-}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib/sshd.sh
+. "$REPO/bench/lib/sshd.sh"
 BYTES=${BENCH_CP_BYTES:-1G}
 N=${BENCH_CP_N:-3}
 SSH_PORT=${BENCH_SSH_PORT:-2223}
@@ -76,50 +78,8 @@ wait_for() {
 }
 
 # ---------------------------------------------------------------- OpenSSH
-# The same account and sshd settings as compare.sh's setup_ssh.
 d=$WORK/ssh
-mkdir -p "$d" /run/sshd
-if ! id "$BENCH_USER" >/dev/null 2>&1; then
-	useradd --no-create-home --home-dir "/home/$BENCH_USER" --shell /bin/sh "$BENCH_USER"
-	log "created account $BENCH_USER"
-fi
-usermod --password '*' --shell /bin/sh "$BENCH_USER"
-install -d -o "$BENCH_USER" -g "$BENCH_USER" -m 755 "/home/$BENCH_USER"
-ssh-keygen -q -t ed25519 -N '' -f "$d/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$d/client_key"
-cp "$d/client_key.pub" "$d/authorized_keys"
-chmod 644 "$d/authorized_keys"
-cat >"$d/sshd_config" <<-EOF
-	ListenAddress 127.0.0.1:$SSH_PORT
-	HostKey $d/host_key
-	PidFile $d/sshd.pid
-	AuthorizedKeysFile $d/authorized_keys
-	AllowUsers $BENCH_USER
-	PubkeyAuthentication yes
-	PasswordAuthentication no
-	KbdInteractiveAuthentication no
-	UsePAM no
-	UseDNS no
-	StrictModes no
-	PrintMotd no
-	Subsystem sftp internal-sftp
-	LogLevel ERROR
-EOF
-/usr/sbin/sshd -t -f "$d/sshd_config"
-start sshd "$d/sshd.log" /usr/sbin/sshd -D -e -f "$d/sshd_config"
-cat >"$d/ssh_config" <<-EOF
-	Host bench
-	  HostName 127.0.0.1
-	  Port $SSH_PORT
-	  User $BENCH_USER
-	  IdentityFile $d/client_key
-	  IdentitiesOnly yes
-	  UserKnownHostsFile $d/known_hosts
-	  StrictHostKeyChecking accept-new
-	  BatchMode yes
-	  LogLevel ERROR
-EOF
-wait_for sshd 10 ssh -F "$d/ssh_config" bench true
+setup_sshd "$d" "$SSH_PORT" "$BENCH_USER"
 SCPDIR=$WORK/scp
 install -d -o "$BENCH_USER" -g "$BENCH_USER" -m 755 "$SCPDIR"
 
