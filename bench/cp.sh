@@ -44,6 +44,8 @@ PIDS=()
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
+	# Sessions outlive their server on purpose: end the held one first.
+	[[ -n ${SID:-} ]] && "$DEVGPU" sessions stop "$SID" >/dev/null 2>&1
 	local i
 	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
 		kill -TERM "${PIDS[i]}" 2>/dev/null || true

@@ -20,16 +20,29 @@ func runLatency(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	res := c.result(kindLatency)
-	var samples []time.Duration
-	for i := 0; i < *warmup+*n; i++ {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
+	err := sample(ctx, &res, *warmup, *n, func(i int) (time.Duration, error) {
 		if i > 0 && *pause > 0 {
 			time.Sleep(*pause)
 		}
-		d, err := runOnce(ctx, c.argv, c.timeout, nil)
-		if i < *warmup {
+		return runOnce(ctx, c.argv, c.timeout, nil)
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stderr, summaryLine(res))
+	return writeResult(c.out, stdout, res)
+}
+
+// sample runs once warmup+n times, one after another, and records the n
+// measured durations in res, counting the runs that failed.
+func sample(ctx context.Context, res *Result, warmup, n int, once func(i int) (time.Duration, error)) error {
+	var samples []time.Duration
+	for i := 0; i < warmup+n; i++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		d, err := once(i)
+		if i < warmup {
 			continue
 		}
 		if err != nil {
@@ -41,6 +54,5 @@ func runLatency(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	res.N = len(samples)
 	res.setSamples(samples)
-	fmt.Fprintln(stderr, summaryLine(res))
-	return writeResult(c.out, stdout, res)
+	return nil
 }

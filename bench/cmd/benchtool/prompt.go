@@ -22,24 +22,12 @@ func runPrompt(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	res := c.result(kindPrompt)
-	var samples []time.Duration
-	for i := 0; i < *warmup+*n; i++ {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		d, err := promptOnce(ctx, c.argv, c.timeout)
-		if i < *warmup {
-			continue
-		}
-		if err != nil {
-			res.Failures++
-			res.LastError = err.Error()
-			continue
-		}
-		samples = append(samples, d)
+	err := sample(ctx, &res, *warmup, *n, func(int) (time.Duration, error) {
+		return promptOnce(ctx, c.argv, c.timeout)
+	})
+	if err != nil {
+		return err
 	}
-	res.N = len(samples)
-	res.setSamples(samples)
 	fmt.Fprintln(stderr, summaryLine(res))
 	return writeResult(c.out, stdout, res)
 }
