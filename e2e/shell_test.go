@@ -130,9 +130,7 @@ func TestRun(t *testing.T) {
 func TestDetachGraceAndAttach(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "t4:2")
-	if r := e.cli("admin", "project", "update", "default", "--detach-grace", "3s"); r.code != 0 {
-		t.Fatalf("set detach grace: %+v", r)
-	}
+	e.admin("project", "update", "default", "--detach-grace", "3s")
 	tm := e.terminal("shell")
 	id := tm.sessionID()
 	tm.send("echo marker > here.txt && echo wro''te\r")
@@ -176,9 +174,7 @@ func TestDetachGraceAndAttach(t *testing.T) {
 func TestServerKillAndRestart(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "t4:4")
-	if r := e.cli("admin", "project", "update", "default", "--detach-grace", "2s"); r.code != 0 {
-		t.Fatalf("set detach grace: %+v", r)
-	}
+	e.admin("project", "update", "default", "--detach-grace", "2s")
 	tm := e.terminal("shell")
 	id := tm.sessionID()
 	pidFile := filepath.Join(e.dir, "bg.pid")
