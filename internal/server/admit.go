@@ -282,7 +282,7 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 		detachedAt: now, grace: sess.DetachGrace, lastSeen: now, startedAt: now, requested: requested, warm: warm,
 	}
 	s.mu.Unlock()
-	s.refreshLimits(context.WithoutCancel(ctx))
+	s.refreshLimits(context.WithoutCancel(ctx), sess.ProjectID)
 	err = s.updateSession(context.WithoutCancel(ctx), sess.ID, func(ss *store.Session) {
 		ss.State, ss.DetachedAt, ss.LastSeenAt = sdk.StateRunning, now, now
 		// A warm session is metered from when a user claims it.

@@ -8,6 +8,7 @@ import (
 	"github.com/devgpu/devgpu/internal/agent"
 	"github.com/devgpu/devgpu/internal/gpu"
 	"github.com/devgpu/devgpu/internal/policy"
+	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/sdk"
 )
 
@@ -20,18 +21,26 @@ func warningLead(limit time.Duration) time.Duration {
 }
 
 // refreshLimits copies the idle timeout and max lifetime of each running
-// session's project into memory. It runs when a session starts and when a
-// project's or the organisation's policy changes, so that changed limits
-// apply to running sessions too.
-func (s *Server) refreshLimits(ctx context.Context) {
+// session's project into memory: of one project's sessions, when one of
+// them starts or is claimed, or of all (projectID 0) when a project's or the
+// organisation's policy changes, so that changed limits apply to running
+// sessions too.
+func (s *Server) refreshLimits(ctx context.Context, projectID int64) {
 	org, err := s.store.OrgPolicy(ctx)
 	if err != nil {
 		s.log.Error("read org policy", "err", err)
 		return
 	}
-	projects, err := s.store.ListProjects(ctx)
+	var projects []store.Project
+	if projectID != 0 {
+		var p store.Project
+		p, err = s.store.ProjectByID(ctx, projectID)
+		projects = []store.Project{p}
+	} else {
+		projects, err = s.store.ListProjects(ctx)
+	}
 	if err != nil {
-		s.log.Error("list projects", "err", err)
+		s.log.Error("read projects", "err", err)
 		return
 	}
 	eff := map[int64]policy.Effective{}
@@ -41,7 +50,10 @@ func (s *Server) refreshLimits(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, l := range s.live {
-		e := eff[l.projectID]
+		e, ok := eff[l.projectID]
+		if !ok {
+			continue
+		}
 		if l.idleTimeout != e.IdleTimeout {
 			l.idleTimeout, l.warnedIdle = e.IdleTimeout, false
 		}

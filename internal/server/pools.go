@@ -57,6 +57,7 @@ func (s *Server) claimWarm(ctx context.Context, caller store.User, req sdk.Creat
 		return store.Session{}, false, nil
 	}
 	var claimed string
+	var claimedProject int64
 	now := s.now()
 	err := s.store.InTx(ctx, func(tx store.Store) error {
 		d, err := s.decide(ctx, tx, caller, req, true)
@@ -85,7 +86,7 @@ func (s *Server) claimWarm(ctx context.Context, caller store.User, req sdk.Creat
 			if err != nil {
 				return err
 			}
-			claimed = id
+			claimed, claimedProject = id, sess.ProjectID
 			return s.audit(ctx, tx, caller.Name, "session.claim", sess.Project, id, nil,
 				map[string]any{"gpu_type": sess.GPUType, "gpus": sess.GPUs, "image": sess.Image})
 		}
@@ -107,7 +108,7 @@ func (s *Server) claimWarm(ctx context.Context, caller store.User, req sdk.Creat
 			}
 		}
 	}
-	s.refreshLimits(ctx)
+	s.refreshLimits(ctx, claimedProject)
 	s.log.Info("warm session claimed", "session_id", claimed, "user", caller.Name)
 	go s.refill()
 	sess, err := s.store.Session(ctx, claimed)

@@ -149,7 +149,7 @@ func (a *API) updateProject(w http.ResponseWriter, r *http.Request, caller store
 // policyChanged applies new limits to running sessions and lets queued
 // requests look again.
 func (s *Server) policyChanged(ctx context.Context) {
-	s.refreshLimits(ctx)
+	s.refreshLimits(ctx, 0)
 	s.kickQueues()
 }
 

@@ -139,7 +139,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cancel()
 		return nil, err
 	}
-	s.refreshLimits(ctx)
+	s.refreshLimits(ctx, 0)
 	s.wg.Add(5)
 	go s.loop(cfg.ReapInterval, "reap detached sessions", s.reapDetached)
 	go s.loop(cfg.LivenessInterval, "liveness check", s.checkLiveness)
