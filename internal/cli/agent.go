@@ -24,13 +24,15 @@ import (
 type agentOptions struct {
 	session  string
 	socket   string
+	listenFD int
 	dir      string
 	idleExit time.Duration
 }
 
 // newAgentCmd is the process a runtime starts inside every session. It
-// reads the session secret from stdin, listens on --socket, says "ready"
-// on stdout, and serves until told to stop.
+// reads the session secret from stdin, listens on --socket (or serves the
+// listening socket the runtime passed as --listen-fd), says "ready" on
+// stdout, and serves until told to stop.
 func newAgentCmd() *cobra.Command {
 	var o agentOptions
 	cmd := &cobra.Command{
@@ -47,9 +49,11 @@ func newAgentCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&o.session, "session", "", "session id (identifies the process to the runtime)")
 	f.StringVar(&o.socket, "socket", "", "unix socket to listen on")
+	f.IntVar(&o.listenFD, "listen-fd", 0, "serve this inherited listening unix socket instead of --socket")
 	f.StringVar(&o.dir, "dir", "", "working directory of the session's shells")
 	f.DurationVar(&o.idleExit, "idle-exit", 0, "exit after this long without connections (0: never)")
-	_ = cmd.MarkFlagRequired("socket")
+	cmd.MarkFlagsOneRequired("socket", "listen-fd")
+	cmd.MarkFlagsMutuallyExclusive("socket", "listen-fd")
 	return cmd
 }
 
@@ -59,14 +63,9 @@ func runAgent(ctx context.Context, o agentOptions, stdin io.Reader, stdout *os.F
 	if err != nil || secret == "" {
 		return errors.New("agent: no session secret on stdin")
 	}
-	_ = os.Remove(o.socket) // a stale socket of an earlier agent
-	ln, err := net.Listen("unix", o.socket)
+	ln, err := listen(o)
 	if err != nil {
-		return fmt.Errorf("agent: %w", err)
-	}
-	if err := os.Chmod(o.socket, 0o600); err != nil {
-		ln.Close()
-		return fmt.Errorf("agent: %w", err)
+		return err
 	}
 	if _, err := io.WriteString(stdout, "ready\n"); err != nil {
 		ln.Close()
@@ -74,8 +73,37 @@ func runAgent(ctx context.Context, o agentOptions, stdin io.Reader, stdout *os.F
 	}
 	stdout.Close()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("session_id", o.session)
-	log.Info("agent listening", "socket", o.socket)
+	log.Info("agent listening", "socket", o.socket, "listen_fd", o.listenFD)
 	err = agent.Serve(ctx, ln, agent.Config{Secret: secret, Dir: o.dir, IdleExit: o.idleExit, Logger: log})
 	log.Info("agent stopped", "err", err)
 	return err
+}
+
+// listen returns the agent's listener: the inherited one of --listen-fd
+// (the oci runtime creates the socket in a host directory the session cannot
+// reach, so that nothing in the session can change what the host dials), or
+// a new socket at --socket.
+func listen(o agentOptions) (net.Listener, error) {
+	if o.listenFD > 0 {
+		f := os.NewFile(uintptr(o.listenFD), "listen-fd")
+		if f == nil {
+			return nil, fmt.Errorf("agent: --listen-fd %d is not an open file descriptor", o.listenFD)
+		}
+		ln, err := net.FileListener(f)
+		f.Close() // FileListener holds its own duplicate
+		if err != nil {
+			return nil, fmt.Errorf("agent: --listen-fd %d is not a listening socket: %w", o.listenFD, err)
+		}
+		return ln, nil
+	}
+	_ = os.Remove(o.socket) // a stale socket of an earlier agent
+	ln, err := net.Listen("unix", o.socket)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if err := os.Chmod(o.socket, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	return ln, nil
 }

@@ -2,8 +2,17 @@
 // with its own pid, mount, uts, ipc and network namespaces, a writable
 // overlay over a read-only image, cgroup limits per GPU type, and exactly its
 // GPUs injected through CDI. The session agent is bind-mounted read-only and
-// is the container's init; the control plane reaches it through a unix
-// socket in a host directory that only root can open.
+// is the container's init.
+//
+// The host never follows a path a session can write. The control plane
+// creates the agent's listening unix socket itself, in a host directory
+// (sock/, 0700) that is mounted into no container, and hands the listening
+// descriptor to the agent (runc run --preserve-fds, the agent's
+// --listen-fd): the session cannot replace or redirect what the host dials.
+// The rest of a session's host state (config.json, agent.log, the overlay's
+// mount point) lies in s/<id>/, which no container mounts either; the
+// session writes only its overlay's upper layer, which the host removes
+// without following links once the overlay is unmounted.
 //
 // Capabilities, masked and read-only paths follow `runc spec`. That template
 // has no seccomp profile, so neither do sessions: runc applies none by
@@ -25,9 +34,10 @@
 //
 //	runc/             runc's state (--root)
 //	cdi/              generated CDI specs (simulated GPUs)
+//	sock/<id>.sock    the agent's socket of each session (0700 directory)
 //	s/<id>/           one session: config.json (the bundle), rootfs (the
-//	                  overlay mount), upper/ and work/ (its writable layer),
-//	                  run/ (the agent's socket, 0700) and agent.log
+//	                  overlay mount), upper/ and work/ (its writable layer)
+//	                  and agent.log
 package oci
 
 import (
@@ -48,6 +58,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/sdk"
@@ -75,7 +87,8 @@ type Network interface {
 // Config configures the oci runtime.
 type Config struct {
 	// StateDir holds runc's state, the bundles, overlays and sockets. Its
-	// path should be short: unix socket paths are limited to about 100 bytes.
+	// path should be short: unix socket paths are limited to about 100
+	// bytes.
 	StateDir string
 	// Runc is the runc executable ("runc" on $PATH by default).
 	Runc string
@@ -152,7 +165,7 @@ func New(cfg Config) (*Runtime, error) {
 	if cfg.Egress.Mode == "" {
 		cfg.Egress.Mode = sdk.EgressNone
 	}
-	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "runc"), filepath.Join(cfg.StateDir, "s")} {
+	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "runc"), filepath.Join(cfg.StateDir, "s"), filepath.Join(cfg.StateDir, "sock")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("oci runtime: %w", err)
 		}
@@ -175,19 +188,21 @@ func New(cfg Config) (*Runtime, error) {
 // Name implements runtime.Runtime.
 func (r *Runtime) Name() string { return "oci" }
 
-func (r *Runtime) runcRoot() string            { return filepath.Join(r.cfg.StateDir, "runc") }
-func (r *Runtime) dir(id string) string        { return filepath.Join(r.cfg.StateDir, "s", id) }
-func (r *Runtime) rootfs(id string) string     { return filepath.Join(r.dir(id), "rootfs") }
-func (r *Runtime) runDir(id string) string     { return filepath.Join(r.dir(id), "run") }
-func (r *Runtime) socketPath(id string) string { return filepath.Join(r.runDir(id), "agent.sock") }
-func (r *Runtime) logPath(id string) string    { return filepath.Join(r.dir(id), "agent.log") }
+func (r *Runtime) runcRoot() string        { return filepath.Join(r.cfg.StateDir, "runc") }
+func (r *Runtime) dir(id string) string    { return filepath.Join(r.cfg.StateDir, "s", id) }
+func (r *Runtime) rootfs(id string) string { return filepath.Join(r.dir(id), "rootfs") }
+func (r *Runtime) socketPath(id string) string {
+	return filepath.Join(r.cfg.StateDir, "sock", id+".sock")
+}
+func (r *Runtime) logPath(id string) string { return filepath.Join(r.dir(id), "agent.log") }
 
 // Paths inside the container.
 const (
-	agentInContainer  = "/.devgpu/agent"
-	runInContainer    = "/.devgpu/run"
-	socketInContainer = runInContainer + "/agent.sock"
-	homeInContainer   = "/root"
+	agentInContainer = "/.devgpu/agent"
+	homeInContainer  = "/root"
+	// listenFD is the agent's listening socket in the container: runc's
+	// --preserve-fds passes the host's descriptors from 3 on.
+	listenFD = 3
 	// workspaceInContainer is where the session's persistent workspace
 	// is mounted.
 	workspaceInContainer = "/workspace"
@@ -226,7 +241,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 			}
 		}
 	}()
-	for _, d := range []string{"upper", "work", "rootfs", "run"} {
+	for _, d := range []string{"upper", "work", "rootfs"} {
 		if err := os.Mkdir(filepath.Join(r.dir(id), d), 0o700); err != nil {
 			return fmt.Errorf("oci runtime: %w", err)
 		}
@@ -284,13 +299,18 @@ func workspaceDir(dir string) (string, error) {
 // --detach and no terminal, runc hands its own stdio to the container's
 // process: the secret goes in through a pipe on stdin, the ready line comes
 // back through one on stdout, and the agent's log (and runc's errors) go to
-// agent.log.
+// agent.log. The agent's listening socket, made here, is its descriptor 3.
 func (r *Runtime) run(ctx context.Context, id, secret string) error {
-	logFile, err := os.OpenFile(r.logPath(id), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logFile, err := os.OpenFile(r.logPath(id), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return fmt.Errorf("oci runtime: %w", err)
 	}
 	defer logFile.Close()
+	lnFile, err := r.listen(id)
+	if err != nil {
+		return fmt.Errorf("oci runtime: %w", err)
+	}
+	defer lnFile.Close()
 	inR, inW, err := os.Pipe()
 	if err != nil {
 		return fmt.Errorf("oci runtime: %w", err)
@@ -303,8 +323,9 @@ func (r *Runtime) run(ctx context.Context, id, secret string) error {
 	}
 	defer outR.Close()
 
-	cmd := exec.Command(r.cfg.Runc, "--root", r.runcRoot(), "run", "--detach", "--bundle", r.dir(id), id)
+	cmd := exec.Command(r.cfg.Runc, "--root", r.runcRoot(), "run", "--detach", "--preserve-fds", "1", "--bundle", r.dir(id), id)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, logFile
+	cmd.ExtraFiles = []*os.File{lnFile} // listenFD
 	err = cmd.Start()
 	inR.Close()
 	outW.Close()
@@ -346,6 +367,29 @@ func (r *Runtime) run(ctx context.Context, id, secret string) error {
 	}
 }
 
+// listen creates the session's agent socket in the host-only socket
+// directory and returns its listening descriptor for the container. The
+// host keeps no listener: the socket file stays for Connect to dial, and
+// dies with the container.
+func (r *Runtime) listen(id string) (*os.File, error) {
+	path := r.socketPath(id)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale agent socket: %w", err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("agent socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false)
+	f, err := ln.File()
+	ln.Close()
+	if err != nil {
+		os.Remove(path)
+		return nil, fmt.Errorf("agent socket: %w", err)
+	}
+	return f, nil
+}
+
 // logTail is the end of the session's log, for error messages.
 func (r *Runtime) logTail(id string) string {
 	b, _ := os.ReadFile(r.logPath(id))
@@ -361,7 +405,13 @@ func (r *Runtime) Connect(ctx context.Context, id string) (net.Conn, error) {
 	if !runtime.ValidID(id) {
 		return nil, runtime.ErrNotFound
 	}
-	return runtime.DialSocket(ctx, id, r.socketPath(id))
+	path := r.socketPath(id)
+	// The directory is the host's alone; still, dial only the socket the
+	// host made, never a link.
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() != os.ModeSocket {
+		return nil, fmt.Errorf("connect to session %s: %s is not the socket the runtime made", id, path)
+	}
+	return runtime.DialSocket(ctx, id, path)
 }
 
 // Stop implements runtime.Runtime: it kills the container (its pid
@@ -385,8 +435,13 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 		return fmt.Errorf("stop session %s: %w", id, err)
 	}
 	// Only now that nothing is mounted below it is removing safe.
+	// RemoveAll unlinks the links a session made in its upper layer rather
+	// than following them.
 	if err := os.RemoveAll(r.dir(id)); err != nil {
 		return fmt.Errorf("stop session %s: remove its state: %w", id, err)
+	}
+	if err := os.Remove(r.socketPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("stop session %s: remove its socket: %w", id, err)
 	}
 	return nil
 }

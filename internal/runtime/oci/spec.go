@@ -110,7 +110,7 @@ func (r *Runtime) buildSpec(spec runtime.Spec, netns string) (*specs.Spec, error
 
 // containerSpec is `runc spec`'s template (capabilities, masked and
 // read-only paths, mounts, namespaces) made into a session: a writable
-// overlay root, the agent as the process, its socket directory, the session
+// overlay root, the agent as the process, the session
 // environment, its hostname and cgroup limits. netns, when set, is the
 // network namespace to join instead of a new one.
 func (r *Runtime) containerSpec(spec runtime.Spec, netns string) *specs.Spec {
@@ -149,7 +149,6 @@ func (r *Runtime) containerSpec(spec runtime.Spec, netns string) *specs.Spec {
 		{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
 		{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
 		{Destination: agentInContainer, Type: "bind", Source: r.cfg.AgentPath, Options: []string{"bind", "ro", "nosuid", "nodev"}},
-		{Destination: runInContainer, Type: "bind", Source: r.runDir(id), Options: []string{"bind", "nosuid", "nodev", "noexec"}},
 	}
 	if spec.Workspace != "" {
 		opts := []string{"rbind", "nosuid", "nodev"}
@@ -163,7 +162,7 @@ func (r *Runtime) containerSpec(spec runtime.Spec, netns string) *specs.Spec {
 		Process: &specs.Process{
 			User: specs.User{UID: 0, GID: 0},
 			Args: []string{agentInContainer, "agent",
-				"--session", id, "--socket", socketInContainer, "--dir", homeInContainer,
+				"--session", id, "--listen-fd", strconv.Itoa(listenFD), "--dir", homeInContainer,
 				"--idle-exit", spec.IdleExit.String()},
 			Env: env,
 			Cwd: homeInContainer,
