@@ -17,10 +17,14 @@ const (
 )
 
 // Egress is a session network policy. Allow holds CIDRs, IP addresses or
-// host names, each with an optional :port, for the allow-list mode.
+// host names, each with an optional :port, for the allow-list mode: it
+// opens destinations outside the host, never the host's own services.
 type Egress struct {
 	Mode  string   `json:"mode"`
 	Allow []string `json:"allow,omitempty"`
+	// HostAccess is the organisation's OrgPolicy.AllowHostAccess, copied in
+	// by the server when a session starts; a project cannot set it.
+	HostAccess []string `json:"host_access,omitempty"`
 }
 
 // ProjectSettings are a project's own settings, or the organisation's
@@ -86,6 +90,14 @@ type OrgPolicy struct {
 	// Registries are where bring-your-own images may come from (e.g.
 	// "ghcr.io", "docker.io"); images in the catalog need no entry here.
 	Registries []string `json:"registries,omitempty"`
+	// AllowHostAccess opens services of the server's host to sessions of
+	// every project: its own addresses (the bridge's gateway included) and
+	// the link-local range 169.254.0.0/16, where clouds serve instance
+	// metadata. Sessions never reach them otherwise, whatever their egress.
+	// Entries are CIDRs or IP addresses with an optional :port (TCP and
+	// UDP), e.g. "169.254.169.254:80", "10.0.0.1:53" or "0.0.0.0/0:8080"
+	// for one port on every host address. Empty (the default): none.
+	AllowHostAccess []string `json:"allow_host_access,omitempty"`
 }
 
 // CatalogImage is an image of the admin catalog: a friendly name for a

@@ -118,12 +118,16 @@ func Resolve(org sdk.OrgPolicy, own sdk.ProjectSettings) Effective {
 			src[f.name] = "default"
 		}
 	}
+	egress := *s.Egress
+	// Host access is the organisation's alone: whatever a layer holds is
+	// replaced by the organisation's allow_host_access.
+	egress.HostAccess = slices.Clone(org.AllowHostAccess)
 	return Effective{
 		GPUEnabled: *s.GPUEnabled, MaxGPUs: *s.MaxGPUs, MaxGPUsPerUser: *s.MaxGPUsPerUser,
 		GPUTypes: *s.GPUTypes, Regions: *s.Regions, DefaultImage: *s.DefaultImage, Images: *s.Images,
 		ShellMode: *s.ShellMode, IdleTimeout: time.Duration(*s.IdleTimeout),
 		MaxLifetime: time.Duration(*s.MaxLifetime), DetachGrace: time.Duration(*s.DetachGrace),
-		Egress: *s.Egress, Budget: *s.Budget, Workspace: *s.Workspace, Settings: s, Source: src,
+		Egress: egress, Budget: *s.Budget, Workspace: *s.Workspace, Settings: s, Source: src,
 	}
 }
 
@@ -270,6 +274,9 @@ func Validate(s sdk.ProjectSettings) error {
 		return fmt.Errorf("workspace limit %d is negative; give 0 (no limit) or a size", s.Workspace.LimitBytes)
 	}
 	if s.Egress != nil {
+		if len(s.Egress.HostAccess) > 0 {
+			return fmt.Errorf("egress host_access is not a project setting; the organisation opens host services with allow_host_access in its policy")
+		}
 		return ValidateEgress(*s.Egress)
 	}
 	return nil
@@ -301,7 +308,7 @@ func ValidateEgress(e sdk.Egress) error {
 		if len(e.Allow) > 0 {
 			return fmt.Errorf("egress %s takes no destinations; use mode allow-list to list them", e.Mode)
 		}
-		return nil
+		return ValidateHostAccess(e.HostAccess)
 	case sdk.EgressAllowList:
 		if len(e.Allow) == 0 {
 			return fmt.Errorf("egress allow-list needs at least one destination, e.g. 10.0.0.0/8 or pypi.org:443")
@@ -311,10 +318,35 @@ func ValidateEgress(e sdk.Egress) error {
 				return err
 			}
 		}
-		return nil
+		return ValidateHostAccess(e.HostAccess)
 	default:
 		return fmt.Errorf("egress mode %q is not one of none, allow-list, all", e.Mode)
 	}
+}
+
+// ValidateHostAccess checks the organisation's allow_host_access entries:
+// CIDRs or IP addresses, each with an optional :port; no host names, since
+// what they open is the host's own addresses.
+func ValidateHostAccess(entries []string) error {
+	for _, entry := range entries {
+		host, port := entry, ""
+		if ap, err := netip.ParseAddrPort(entry); err == nil {
+			host, port = ap.Addr().String(), strconv.Itoa(int(ap.Port()))
+		} else if i := strings.LastIndexByte(entry, ':'); i > 0 && !strings.Contains(entry[:i], ":") {
+			host, port = entry[:i], entry[i+1:]
+		}
+		if p, err := strconv.Atoi(port); port != "" && (err != nil || p < 1 || p > 65535) {
+			return fmt.Errorf("allow_host_access entry %q has an invalid port; use 1 to 65535", entry)
+		}
+		if _, err := netip.ParsePrefix(host); err == nil {
+			continue
+		}
+		if _, err := netip.ParseAddr(host); err == nil {
+			continue
+		}
+		return fmt.Errorf("allow_host_access entry %q is not a CIDR or IP address (optionally with :port), e.g. 169.254.169.254:80 or 0.0.0.0/0:8080", entry)
+	}
+	return nil
 }
 
 // validateDestination accepts a CIDR, an IP address or a host name, each
@@ -352,6 +384,9 @@ func ValidateOrg(o sdk.OrgPolicy) error {
 		if !slices.Contains(Names, name) {
 			return fmt.Errorf("locked setting %q is unknown; settings are %s", name, strings.Join(Names, ", "))
 		}
+	}
+	if err := ValidateHostAccess(o.AllowHostAccess); err != nil {
+		return err
 	}
 	for _, r := range o.Registries {
 		if r == "" || strings.ContainsAny(r, " \t\n@") {

@@ -119,3 +119,39 @@ func FuzzValidateEgress(f *testing.F) {
 		_ = ValidateEgress(sdk.Egress{Mode: sdk.EgressAllowList, Allow: []string{dest}})
 	})
 }
+
+// Host access is the organisation's: Resolve copies allow_host_access into
+// every project's effective egress, a project's own value is refused, and
+// the entries are addresses, never host names.
+func TestHostAccess(t *testing.T) {
+	t.Parallel()
+	org := sdk.OrgPolicy{AllowHostAccess: []string{"169.254.169.254:80", "10.0.0.1"}}
+	own := sdk.ProjectSettings{Egress: &sdk.Egress{Mode: sdk.EgressAll, HostAccess: []string{"0.0.0.0/0"}}}
+	if err := ValidateOrg(org); err != nil {
+		t.Fatalf("ValidateOrg: %v", err)
+	}
+	if e := Resolve(org, own); strings.Join(e.Egress.HostAccess, ",") != "169.254.169.254:80,10.0.0.1" {
+		t.Errorf("effective host access %v, want the org's", e.Egress.HostAccess)
+	}
+	if e := Resolve(sdk.OrgPolicy{}, own); len(e.Egress.HostAccess) != 0 {
+		t.Errorf("effective host access %v without an org setting, want none", e.Egress.HostAccess)
+	}
+	if e := Resolve(org, sdk.ProjectSettings{}); e.Settings.Egress.HostAccess != nil || BuiltIn().Egress.HostAccess != nil {
+		t.Error("Resolve changed the built-in egress setting")
+	}
+	if err := Validate(own); err == nil || !strings.Contains(err.Error(), "allow_host_access") {
+		t.Errorf("project egress with host_access: %v, want an error naming allow_host_access", err)
+	}
+	if err := ValidateOrg(sdk.OrgPolicy{Defaults: own}); err == nil {
+		t.Error("org default egress with host_access accepted")
+	}
+	for _, bad := range []string{"metadata.internal", "169.254.169.254:0", "10.0.0.1:http", ""} {
+		if err := ValidateOrg(sdk.OrgPolicy{AllowHostAccess: []string{bad}}); err == nil || !strings.Contains(err.Error(), "allow_host_access") {
+			t.Errorf("allow_host_access %q: %v, want an error", bad, err)
+		}
+	}
+	// The effective egress, host access included, is what the runtime checks.
+	if err := ValidateEgress(Resolve(org, sdk.ProjectSettings{}).Egress); err != nil {
+		t.Errorf("ValidateEgress(effective): %v", err)
+	}
+}
