@@ -1,10 +1,14 @@
 package oci
 
 import (
+	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/moby/profiles/seccomp"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/devgpu/devgpu/internal/testutil"
@@ -68,5 +72,69 @@ func TestSessionCannotRedirectAgentSocket(t *testing.T) {
 	// The session is still reachable, through its real agent.
 	if got := execOut(t, rt, s, "echo still here"); got != "still here\n" {
 		t.Fatalf("after the attack the agent answers %q", got)
+	}
+}
+
+// probeWant is what testdata/probe prints in a session under Docker's
+// default seccomp profile: every call refused with EPERM.
+const probeWant = "userns EPERM\nunshare-mnt EPERM\nkeyctl EPERM\nadd_key EPERM\nio_uring_setup EPERM\nbpf EPERM\nmount EPERM\n"
+
+// Every session runs under Docker's default seccomp profile: no new user
+// or mount namespaces, no keyrings, io_uring, bpf or mount.
+func TestSeccompDefault(t *testing.T) {
+	requireRunc(t)
+	t.Parallel()
+	rt := newRuntime(t, testutil.ShortTempDir(t))
+	s := start(t, rt, "seccomp")
+	if got := execOut(t, rt, s, "grep Seccomp: /proc/self/status"); !strings.Contains(got, "2") {
+		t.Errorf("session's seccomp mode %q, want 2 (filter)", got)
+	}
+	if got := execOut(t, rt, s, "probe"); got != probeWant {
+		t.Errorf("system calls in a session:\n%s\nwant:\n%s", got, probeWant)
+	}
+}
+
+// An admin can relax the profile: a custom profile in Docker's JSON format
+// (here the default plus keyctl), or none at all.
+func TestSeccompConfigurable(t *testing.T) {
+	requireRunc(t)
+	t.Parallel()
+	def, err := json.Marshal(seccomp.DefaultProfile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p seccomp.Seccomp
+	if err := json.Unmarshal(def, &p); err != nil {
+		t.Fatal(err)
+	}
+	p.Syscalls = append(p.Syscalls, &seccomp.Syscall{LinuxSyscall: specs.LinuxSyscall{Names: []string{"keyctl"}, Action: specs.ActAllow}})
+	b, err := json.Marshal(&p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "profile.json")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	custom := newRuntimeWith(t, func(c *Config) { c.Seccomp = path })
+	s := start(t, custom, "sccustom")
+	if got, want := execOut(t, custom, s, "probe keyctl add_key"), "keyctl ok\nadd_key EPERM\n"; got != want {
+		t.Errorf("custom profile: %q, want %q", got, want)
+	}
+
+	none := newRuntimeWith(t, func(c *Config) { c.Seccomp = SeccompUnconfined })
+	s = start(t, none, "scnone")
+	if got := execOut(t, none, s, "grep Seccomp: /proc/self/status"); !strings.Contains(got, "0") {
+		t.Errorf("unconfined session's seccomp mode %q, want 0", got)
+	}
+
+	// A profile that is not one fails New, saying what it needs.
+	if err := os.WriteFile(path, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(Config{StateDir: testutil.ShortTempDir(t), AgentPath: testutil.StaticBinary(t), Images: &testImages, Seccomp: path})
+	if err == nil || !strings.Contains(err.Error(), "Docker's JSON format") {
+		t.Errorf("New with a broken profile: %v", err)
 	}
 }

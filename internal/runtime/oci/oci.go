@@ -14,9 +14,10 @@
 // session writes only its overlay's upper layer, which the host removes
 // without following links once the overlay is unmounted.
 //
-// Capabilities, masked and read-only paths follow `runc spec`. That template
-// has no seccomp profile, so neither do sessions: runc applies none by
-// default.
+// Capabilities, masked and read-only paths follow `runc spec`. Every session
+// runs under a seccomp filter: Docker's default profile, generated from
+// github.com/moby/profiles/seccomp for the session's capabilities, unless
+// the admin names another profile or "unconfined" (Config.Seccomp).
 //
 // A session's persistent workspace (runtime.Spec.Workspace), a host
 // directory, is bind-mounted at /workspace (read-only with
@@ -112,6 +113,15 @@ type Config struct {
 	// writes. StateDir/cdi, holding the spec of simulated GPUs, always comes
 	// last.
 	CDIDirs []string
+	// Seccomp is the seccomp profile of every session: "" for Docker's
+	// default profile, the path of a profile in Docker's JSON format, or
+	// SeccompUnconfined for none.
+	Seccomp string
+	// Disk bounds each session's writable layer and workspace with a
+	// filesystem of its own in a pool of fixed size (see disk.go). Nil
+	// leaves both unbounded on StateDir's filesystem, where a session can
+	// fill the host's disk: for tests of other things only.
+	Disk *DiskConfig
 	// StartTimeout bounds how long a container's agent may take to listen.
 	StartTimeout time.Duration
 	Logger       *slog.Logger
@@ -123,9 +133,14 @@ type Runtime struct {
 	log    *slog.Logger
 	limits map[string]Limits
 	cdi    *devices
+	// seccomp is the filter of every session.
+	seccomp seccompProfile
 	// tag keeps cgroup paths of runtimes over different state directories
 	// apart.
 	tag string
+	// disk holds the sessions' writable layers and workspaces; nil without
+	// Config.Disk.
+	disk *disks
 }
 
 // New returns an oci runtime keeping its state under cfg.StateDir.
@@ -178,10 +193,23 @@ func New(cfg Config) (*Runtime, error) {
 	if err != nil {
 		return nil, fmt.Errorf("oci runtime: %w", err)
 	}
+	sc, err := loadSeccomp(cfg.Seccomp)
+	if err != nil {
+		return nil, fmt.Errorf("oci runtime: %w", err)
+	}
+	if sc.unconfined {
+		cfg.Logger.Warn("oci runtime: sessions run WITHOUT a seccomp profile (seccomp: unconfined): every system call the kernel offers, such as keyctl, bpf and io_uring, is open to them")
+	}
+	var disk *disks
+	if cfg.Disk != nil {
+		if disk, err = openDisks(cfg.StateDir, *cfg.Disk, cfg.Logger); err != nil {
+			return nil, fmt.Errorf("oci runtime: %w", err)
+		}
+	}
 	sum := sha256.Sum256([]byte(cfg.StateDir))
 	return &Runtime{
-		cfg: cfg, log: cfg.Logger, limits: limits, cdi: devs,
-		tag: hex.EncodeToString(sum[:4]),
+		cfg: cfg, log: cfg.Logger, limits: limits, cdi: devs, seccomp: sc,
+		tag: hex.EncodeToString(sum[:4]), disk: disk,
 	}, nil
 }
 
@@ -194,7 +222,10 @@ func (r *Runtime) rootfs(id string) string { return filepath.Join(r.dir(id), "ro
 func (r *Runtime) socketPath(id string) string {
 	return filepath.Join(r.cfg.StateDir, "sock", id+".sock")
 }
-func (r *Runtime) logPath(id string) string { return filepath.Join(r.dir(id), "agent.log") }
+// logPath is the agent's log, on the session's writable layer's
+// filesystem with disk limits: what a session makes its agent write
+// counts against its layer, not the host's disk.
+func (r *Runtime) logPath(id string) string { return filepath.Join(r.layerDir(id), "agent.log") }
 
 // Paths inside the container.
 const (
@@ -241,12 +272,13 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 			}
 		}
 	}()
-	for _, d := range []string{"upper", "work", "rootfs"} {
-		if err := os.Mkdir(filepath.Join(r.dir(id), d), 0o700); err != nil {
-			return fmt.Errorf("oci runtime: %w", err)
-		}
+	if err := os.Mkdir(r.rootfs(id), 0o700); err != nil {
+		return fmt.Errorf("oci runtime: %w", err)
 	}
-	if err := mountOverlay(lower, filepath.Join(r.dir(id), "upper"), filepath.Join(r.dir(id), "work"), r.rootfs(id)); err != nil {
+	if err := r.prepareLayer(id, spec.GPUType, spec.Workspace, spec.WorkspaceLimitBytes); err != nil {
+		return fmt.Errorf("oci runtime: %w", err)
+	}
+	if err := mountOverlay(lower, r.upperDir(id), r.workDir(id), r.rootfs(id)); err != nil {
 		return fmt.Errorf("oci runtime: %w", err)
 	}
 	if err := prepareRootfs(r.rootfs(id), id); err != nil {

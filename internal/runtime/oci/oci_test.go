@@ -95,8 +95,8 @@ func (b *busyboxImages) Rootfs(ctx context.Context, image string, _ func(done, t
 	return b.dir, b.err
 }
 
-// buildBusybox makes a root filesystem of a static busybox and a link per
-// applet; TestMain removes it.
+// buildBusybox makes a root filesystem of a static busybox, a link per
+// applet and testdata/probe; TestMain removes it.
 func buildBusybox() (string, error) {
 	bb, err := exec.LookPath("busybox")
 	if err != nil {
@@ -117,6 +117,12 @@ func buildBusybox() (string, error) {
 	}
 	if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), data, 0o755); err != nil {
 		return "", err
+	}
+	// probe tries the system calls a session must not have.
+	build := exec.Command("go", "build", "-o", filepath.Join(dir, "bin", "probe"), "./testdata/probe")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build probe: %w\n%s", err, out)
 	}
 	out, err := exec.Command(bb, "--list").Output()
 	if err != nil {
@@ -139,10 +145,19 @@ func testLimits() map[string]Limits {
 
 func newRuntime(t *testing.T, stateDir string) *Runtime {
 	t.Helper()
-	rt, err := New(Config{
-		StateDir: stateDir, AgentPath: testutil.StaticBinary(t), Images: &testImages, Image: "busybox",
+	return newRuntimeWith(t, func(c *Config) { c.StateDir = stateDir })
+}
+
+// newRuntimeWith is newRuntime, in a new state directory, with the test
+// configuration changed by edit.
+func newRuntimeWith(t *testing.T, edit func(*Config)) *Runtime {
+	t.Helper()
+	cfg := Config{
+		StateDir: testutil.ShortTempDir(t), AgentPath: testutil.StaticBinary(t), Images: &testImages, Image: "busybox",
 		Limits: testLimits(), CDIDirs: []string{},
-	})
+	}
+	edit(&cfg)
+	rt, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

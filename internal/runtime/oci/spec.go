@@ -96,6 +96,11 @@ func (r *Runtime) buildSpec(spec runtime.Spec, netns string) (*specs.Spec, error
 	if err := r.cdi.inject(s, spec.GPUs); err != nil {
 		return nil, err
 	}
+	sc, err := r.seccomp.filter(s)
+	if err != nil {
+		return nil, fmt.Errorf("seccomp profile: %w", err)
+	}
+	s.Linux.Seccomp = sc
 	env := sessionEnv(spec)
 	s.Process.Env = slices.DeleteFunc(s.Process.Env, func(kv string) bool {
 		k, _, _ := strings.Cut(kv, "=")
