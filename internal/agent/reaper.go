@@ -72,6 +72,7 @@ func (r *reaper) start(cmd *exec.Cmd) error {
 	r.mu.Lock()
 	r.own[cmd.Process.Pid]++
 	r.mu.Unlock()
+	raiseOOMScore(cmd.Process.Pid)
 	return nil
 }
 

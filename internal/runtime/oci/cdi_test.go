@@ -99,25 +99,3 @@ func TestInjectDevices(t *testing.T) {
 		t.Errorf("GPU environment %v, want %v", visible, want)
 	}
 }
-
-func TestLimitsCappedToHost(t *testing.T) {
-	t.Parallel()
-	mem, err := hostMemory()
-	if err != nil {
-		t.Fatal(err)
-	}
-	limits, err := hostCapped(map[string]Limits{"": {Pids: 10}, "huge": {CPUs: 1e6, Memory: 1 << 60, Pids: 5}, "small": {CPUs: 0.5, Memory: 1 << 20}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt := &Runtime{limits: limits}
-	if l := rt.limitsFor("huge"); l.Memory != mem || l.CPUs >= 1e6 || l.Pids != 5 {
-		t.Errorf("huge not capped: %+v", l)
-	}
-	if l := rt.limitsFor("small"); l.Memory != 1<<20 || l.CPUs != 0.5 {
-		t.Errorf("small changed: %+v", l)
-	}
-	if l := rt.limitsFor("unlisted"); l.Pids != 10 {
-		t.Errorf("unlisted type did not get the default: %+v", l)
-	}
-}

@@ -2,13 +2,17 @@ package oci
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/moby/profiles/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 
 	"github.com/devgpu/devgpu/internal/testutil"
@@ -136,5 +140,87 @@ func TestSeccompConfigurable(t *testing.T) {
 	_, err = New(Config{StateDir: testutil.ShortTempDir(t), AgentPath: testutil.StaticBinary(t), Images: &testImages, Seccomp: path})
 	if err == nil || !strings.Contains(err.Error(), "Docker's JSON format") {
 		t.Errorf("New with a broken profile: %v", err)
+	}
+}
+
+// No session, and not all sessions together, can take the whole host:
+// neither by default, nor unlimited (zero), nor with limits larger than
+// the host; the host keeps a reserve of CPU, memory and tasks.
+func TestLimitsNeverTheWholeHost(t *testing.T) {
+	requireRunc(t)
+	t.Parallel()
+	mem, err := hostMemory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tasks, err := hostTasks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpus := float64(goruntime.NumCPU())
+	for _, limits := range []map[string]Limits{
+		nil, // DefaultLimits
+		{"": {}},
+		{"": {CPUs: 1e6, Memory: 1 << 60, Pids: 1 << 40}},
+	} {
+		rt := newRuntimeWith(t, func(c *Config) { c.Limits = limits })
+		for _, typ := range []string{"", "t4", "a100"} {
+			l := rt.limitsFor(typ)
+			if l.CPUs <= 0 || l.CPUs >= cpus || l.Memory <= 0 || l.Memory >= mem || l.Pids <= 0 || l.Pids >= tasks {
+				t.Errorf("limits %v: type %q gets %+v of a host with %v CPUs, %d bytes and %d tasks", limits, typ, l, cpus, mem, tasks)
+			}
+		}
+	}
+	// Small limits stay as they are; unlisted types get the "" entry.
+	rt := newRuntimeWith(t, func(c *Config) {
+		c.Limits = map[string]Limits{"": {Pids: 10}, "small": {CPUs: 0.5, Memory: 1 << 20, Pids: 5}}
+	})
+	if l := rt.limitsFor("small"); l != (Limits{CPUs: 0.5, Memory: 1 << 20, Pids: 5}) {
+		t.Errorf("small limits changed: %+v", l)
+	}
+	if l := rt.limitsFor("unlisted"); l.Pids != 10 {
+		t.Errorf("unlisted type did not get the default: %+v", l)
+	}
+
+	// The parent cgroup of every session bounds their sum.
+	for file, whole := range map[string]int64{
+		"memory/devgpu/memory.limit_in_bytes": mem,
+		"pids/devgpu/pids.max":                tasks,
+		"cpu/devgpu/cpu.cfs_quota_us":         int64(cpus * 100000),
+	} {
+		b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", file))
+		if err != nil {
+			t.Errorf("sessions' parent cgroup: %v", err)
+			continue
+		}
+		v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil || v <= 0 || v >= whole {
+			t.Errorf("%s = %q, want a limit below the host's %d", file, b, whole)
+		}
+	}
+}
+
+// A memory hog in a session is what the OOM killer takes, not the agent,
+// which keeps serving: what the agent starts is the OOM killer's first
+// choice, the agent its last in the session.
+func TestMemoryHogKilledAgentServes(t *testing.T) {
+	requireRunc(t)
+	t.Parallel()
+	rt := newRuntime(t, testutil.ShortTempDir(t))
+	s := start(t, rt, "oom")
+	if got, want := execOut(t, rt, s, "cat /proc/1/oom_score_adj /proc/self/oom_score_adj"), "500\n1000\n"; got != want {
+		t.Errorf("oom_score_adj of the agent and a command %q, want %q", got, want)
+	}
+	_, stderr, err := execErr(t, rt, s, "probe hog")
+	var ee *ssh.ExitError
+	if !errors.As(err, &ee) || ee.Signal() != "KILL" {
+		t.Fatalf("memory hog: %v (stderr %q), want killed by SIGKILL", err, stderr)
+	}
+	if got := execOut(t, rt, s, "echo alive; cat /proc/1/cmdline | tr '\\0' ' '"); !strings.HasPrefix(got, "alive\n/.devgpu/agent agent") {
+		t.Fatalf("after the OOM kill the session answers %q", got)
+	}
+	oom := filepath.Join("/sys/fs/cgroup/memory", rt.cgroupPath(s.SessionID), "memory.oom_control")
+	if b, err := os.ReadFile(oom); err != nil || !strings.Contains(string(b), "oom_kill 1") {
+		t.Errorf("%s: %q (%v), want one OOM kill", oom, b, err)
 	}
 }

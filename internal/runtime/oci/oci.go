@@ -101,7 +101,9 @@ type Config struct {
 	// Image is the image of sessions whose Spec names none.
 	Image string
 	// Limits per GPU type; a type that is not listed gets the "" entry.
-	// Nil means DefaultLimits. Every limit is capped to the host.
+	// Nil means DefaultLimits. Every limit is capped to the sessions' share
+	// of the host, which leaves the host and the control plane a reserve;
+	// all sessions together are bounded by that share too.
 	Limits map[string]Limits
 	// Network sets up each session's network namespace. Nil gives every
 	// session a fresh namespace with only loopback (egress "none").
@@ -189,10 +191,14 @@ func New(cfg Config) (*Runtime, error) {
 	if err != nil {
 		return nil, fmt.Errorf("oci runtime: %w", err)
 	}
-	limits, err := hostCapped(cfg.Limits)
+	share, err := sessionsShare()
 	if err != nil {
 		return nil, fmt.Errorf("oci runtime: %w", err)
 	}
+	if err := setParentLimits(share); err != nil {
+		return nil, fmt.Errorf("oci runtime: %w", err)
+	}
+	limits := capped(cfg.Limits, share)
 	sc, err := loadSeccomp(cfg.Seccomp)
 	if err != nil {
 		return nil, fmt.Errorf("oci runtime: %w", err)

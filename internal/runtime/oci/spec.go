@@ -1,11 +1,8 @@
 package oci
 
 import (
-	"bufio"
 	"fmt"
 	"maps"
-	"os"
-	goruntime "runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,7 +12,8 @@ import (
 	"github.com/devgpu/devgpu/internal/runtime"
 )
 
-// Limits are a session's cgroup limits. Zero leaves a resource unlimited.
+// Limits are a session's cgroup limits. Zero, or more than the sessions'
+// share of the host (see hostShare), is that share.
 type Limits struct {
 	CPUs   float64 // vCPUs, as a CFS quota
 	Memory int64   // bytes
@@ -33,50 +31,6 @@ func DefaultLimits() map[string]Limits {
 		"t4":   {CPUs: 8, Memory: 56 * gib, Pids: 4096},
 		"a100": {CPUs: 24, Memory: 220 * gib, Pids: 8192},
 	}
-}
-
-// hostCapped returns limits (DefaultLimits when nil) with CPU and memory
-// capped to what this host has.
-func hostCapped(limits map[string]Limits) (map[string]Limits, error) {
-	if limits == nil {
-		limits = DefaultLimits()
-	}
-	mem, err := hostMemory()
-	if err != nil {
-		return nil, err
-	}
-	out := maps.Clone(limits)
-	for k, l := range out {
-		if cpus := float64(goruntime.NumCPU()); l.CPUs == 0 || l.CPUs > cpus {
-			l.CPUs = cpus
-		}
-		if l.Memory == 0 || l.Memory > mem {
-			l.Memory = mem
-		}
-		out[k] = l
-	}
-	return out, nil
-}
-
-// hostMemory is MemTotal from /proc/meminfo, in bytes.
-func hostMemory() (int64, error) {
-	f, err := os.Open("/proc/meminfo")
-	if err != nil {
-		return 0, fmt.Errorf("host memory: %w", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) >= 2 && f[0] == "MemTotal:" {
-			kb, err := strconv.ParseInt(f[1], 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("host memory: %w", err)
-			}
-			return kb * 1024, nil
-		}
-	}
-	return 0, fmt.Errorf("host memory: no MemTotal in /proc/meminfo")
 }
 
 // limitsFor returns the limits of a GPU type.
@@ -176,6 +130,7 @@ func (r *Runtime) containerSpec(spec runtime.Spec, netns string) *specs.Spec {
 			},
 			Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
 			NoNewPrivileges: true,
+			OOMScoreAdj:     ptr(sessionAgentOOMScoreAdj),
 		},
 		Root:     &specs.Root{Path: r.rootfs(id)},
 		Hostname: id,
@@ -218,4 +173,4 @@ func sessionEnv(spec runtime.Spec) map[string]string {
 // flat /devgpu parent, so that no per-runtime directory is left behind, and
 // the runtime's tag, so that runtimes over different state directories
 // never share one.
-func (r *Runtime) cgroupPath(id string) string { return "/devgpu/" + r.tag + "-" + id }
+func (r *Runtime) cgroupPath(id string) string { return "/" + parentCgroup + "/" + r.tag + "-" + id }

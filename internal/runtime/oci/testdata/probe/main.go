@@ -62,6 +62,17 @@ func main() {
 	if len(os.Args) == 2 && os.Args[1] == "child" {
 		return
 	}
+	if len(os.Args) == 2 && os.Args[1] == "hog" {
+		// Allocate and touch memory until the OOM killer ends it.
+		var hog [][]byte
+		for {
+			b := make([]byte, 16<<20)
+			for i := range b {
+				b[i] = 1
+			}
+			hog = append(hog, b)
+		}
+	}
 	names := os.Args[1:]
 	if len(names) == 0 {
 		names = []string{"userns", "unshare-mnt", "keyctl", "add_key", "io_uring_setup", "bpf", "mount"}
