@@ -76,6 +76,14 @@ type ociConfig struct {
 	// images no session uses are removed, least recently used first,
 	// until the store fits. Empty: never.
 	ImageDiskBudget string `json:"image_disk_budget"`
+	// Seccomp is every session's seccomp profile: empty for Docker's
+	// default, the path of a profile in Docker's JSON format, or
+	// "unconfined" for none (logged as a warning at every start).
+	Seccomp string `json:"seccomp"`
+	// Limits are the cgroup limits per GPU type ("" for the others); by
+	// default oci.DefaultLimits, each capped to the sessions' share of
+	// the host.
+	Limits map[string]ociLimits `json:"limits"`
 }
 
 func newServerCmd() *cobra.Command {
@@ -308,7 +316,13 @@ func (o *serverOptions) newRuntime(dataDir string, api net.Addr, log *slog.Logge
 		return nil, err
 	}
 	// Unix socket paths are short: keep the state directory's path short.
+	limits, err := o.oci.limits()
+	if err != nil {
+		return nil, err
+	}
+	protectFromOOM(log)
 	return oci.New(oci.Config{
+		Seccomp: o.oci.Seccomp, Limits: limits,
 		StateDir: filepath.Join(dataDir, "oci"), AgentPath: agentBin, Images: imageRootfs{images},
 		Image: o.oci.DefaultImage, Network: network, Logger: log,
 	})
