@@ -41,6 +41,11 @@ type Spec struct {
 	// means none. WorkspaceReadOnly mounts it read-only.
 	Workspace         string
 	WorkspaceReadOnly bool
+	// WorkspaceLimitBytes bounds what the workspace may hold, enforced for
+	// as long as the session runs by runtimes that can (oci with disk
+	// limits: writes past it fail with ENOSPC); 0 is no limit of its own.
+	// The local runtime cannot enforce it.
+	WorkspaceLimitBytes int64
 	// Progress, when set, hears how a slow step of the start goes, such as
 	// pulling the image: what it is doing, and bytes done of total.
 	Progress func(step string, done, total int64)

@@ -228,6 +228,7 @@ func (r *Runtime) rootfs(id string) string { return filepath.Join(r.dir(id), "ro
 func (r *Runtime) socketPath(id string) string {
 	return filepath.Join(r.cfg.StateDir, "sock", id+".sock")
 }
+
 // logPath is the agent's log, on the session's writable layer's
 // filesystem with disk limits: what a session makes its agent write
 // counts against its layer, not the host's disk.
@@ -470,6 +471,9 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 		}
 	}
 	if err := unmount(r.rootfs(id)); err != nil {
+		return fmt.Errorf("stop session %s: %w", id, err)
+	}
+	if err := r.releaseLayer(id); err != nil {
 		return fmt.Errorf("stop session %s: %w", id, err)
 	}
 	// Only now that nothing is mounted below it is removing safe.

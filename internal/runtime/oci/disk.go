@@ -1,0 +1,582 @@
+package oci
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Disk limits.
+//
+// This kernel kind has no project quotas (XFS is built without quota
+// support, ext4 without the quota format, tmpfs without quotas), so the
+// runtime bounds disk use with filesystems instead: every session's
+// writable layer and every workspace is its own ext4 filesystem in a
+// sparse image file of its limit's size, mounted through a loop device.
+// A write past the limit fails inside the session with ENOSPC; usage is
+// the filesystem's (statfs), read at once however many files it holds;
+// and the limit holds for as long as the filesystem is mounted, not only
+// at start.
+//
+// Sparse images alone could still, together, outgrow the host's disk. So
+// they all live in one pool: an ext4 filesystem in an image whose blocks
+// are allocated on the host's disk when it is created (fallocate), mounted
+// at StateDir/disk. Whatever sessions write, the host's disk loses no more
+// than the pool's size; when the pool is full (limits can add up to more
+// than it), writes fail with ENOSPC in sessions, never on the host.
+// Images are mounted with discard, so that deleting files gives their
+// blocks back to the pool.
+//
+// Layout of the pool:
+//
+//	layers/<id>.img   a session's writable layer, mounted at s/<id>/layer
+//	                  (upper/, work/ and agent.log); removed by Stop
+//	layers/<id>.ws    the workspace directory the session uses, if any
+//	workspaces/<h>.img the workspace whose host directory hashes to h,
+//	                  mounted on that directory while a session uses it
+
+// DefaultLayerLimit is the size of a session's writable layer where
+// DiskConfig.LayerLimits has no entry for its GPU type.
+const DefaultLayerLimit = 20 << 30
+
+// minPool is the smallest pool the runtime creates.
+const minPool = 256 << 20
+
+// DiskConfig bounds what sessions can write.
+type DiskConfig struct {
+	// PoolSize is the size of the pool every writable layer and workspace
+	// lives in, allocated on the host's disk at the first start. Zero
+	// means half the space free on StateDir's filesystem at that moment.
+	// An existing pool keeps its size.
+	PoolSize int64
+	// LayerLimits bounds a session's writable layer (what it writes
+	// outside its workspace) per GPU type; a type not listed gets the ""
+	// entry, or DefaultLayerLimit.
+	LayerLimits map[string]int64
+}
+
+// disks is the pool and the filesystems in it.
+type disks struct {
+	root   string // the pool's mount point
+	limits map[string]int64
+	// e2fsprogs
+	mkfs, e2fsck, resize2fs string
+	log                     *slog.Logger
+	// mu orders the mounts of workspaces, which sessions share, and the
+	// records of who uses them.
+	mu sync.Mutex
+}
+
+// openDisks mounts the pool under stateDir, creating it at first.
+func openDisks(stateDir string, cfg DiskConfig, log *slog.Logger) (*disks, error) {
+	d := &disks{root: filepath.Join(stateDir, "disk"), limits: cfg.LayerLimits, log: log}
+	for _, tool := range []struct {
+		name string
+		path *string
+	}{{"mkfs.ext4", &d.mkfs}, {"e2fsck", &d.e2fsck}, {"resize2fs", &d.resize2fs}} {
+		path, err := exec.LookPath(tool.name)
+		if err != nil {
+			return nil, fmt.Errorf("disk limits need %s, which is not on $PATH; install e2fsprogs (apt-get install e2fsprogs)", tool.name)
+		}
+		*tool.path = path
+	}
+	img := filepath.Join(stateDir, "disk.img")
+	if err := os.MkdirAll(d.root, 0o700); err != nil {
+		return nil, err
+	}
+	mounted, err := d.mountedImage(d.root)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case mounted == img:
+	case mounted != "":
+		return nil, fmt.Errorf("%s holds another filesystem (%s) than the runtime's disk pool %s; unmount it", d.root, mounted, img)
+	default:
+		if _, err := os.Stat(img); errors.Is(err, os.ErrNotExist) {
+			size := cfg.PoolSize
+			if size == 0 {
+				var st unix.Statfs_t
+				if err := unix.Statfs(stateDir, &st); err != nil {
+					return nil, fmt.Errorf("disk pool: %w", err)
+				}
+				size = int64(st.Bavail) * st.Bsize / 2
+			}
+			size &^= 1<<20 - 1
+			if size < minPool {
+				return nil, fmt.Errorf("the disk pool for sessions would be %d MiB, less than the %d MiB it needs; free space on %s or set its size", size>>20, minPool>>20, stateDir)
+			}
+			log.Info("creating the disk pool for sessions' writable layers and workspaces", "path", img, "bytes", size)
+			if err := d.makeImage(img, size, true); err != nil {
+				return nil, fmt.Errorf("disk pool: %w", err)
+			}
+		}
+		// No discard: the pool keeps its blocks on the host's disk.
+		if err := mountImage(img, d.root, unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, "noinit_itable"); err != nil {
+			return nil, fmt.Errorf("disk pool: %w", err)
+		}
+	}
+	for _, dir := range []string{"layers", "workspaces"} {
+		if err := os.MkdirAll(filepath.Join(d.root, dir), 0o700); err != nil {
+			return nil, fmt.Errorf("disk pool: %w", err)
+		}
+	}
+	return d, nil
+}
+
+// makeImage creates an image file of size bytes holding an empty ext4
+// filesystem; thick allocates its blocks.
+func (d *disks) makeImage(path string, size int64, thick bool) error {
+	tmp := path + ".new"
+	os.Remove(tmp)
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	if thick {
+		err = unix.Fallocate(int(f.Fd()), 0, 0, size)
+		if errors.Is(err, unix.ENOSPC) {
+			err = fmt.Errorf("%s has no room for %d MiB; free space or choose a smaller size", filepath.Dir(path), size>>20)
+		}
+	} else {
+		err = f.Truncate(size)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	// Lazy initialisation makes even a large filesystem in a few
+	// milliseconds; nodiscard keeps a thick image thick.
+	out, err := exec.Command(d.mkfs, "-q", "-F", "-b", "4096", "-m", "0", "-i", "8192",
+		"-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", tmp).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("mkfs.ext4 %s: %w: %s", path, err, bytes.TrimSpace(out))
+	}
+	return os.Rename(tmp, path)
+}
+
+// layerLimit is the writable layer's size for a GPU type.
+func (d *disks) layerLimit(gpuType string) int64 {
+	if n, ok := d.limits[gpuType]; ok && n > 0 {
+		return n
+	}
+	if n, ok := d.limits[""]; ok && n > 0 {
+		return n
+	}
+	return DefaultLayerLimit
+}
+
+func (d *disks) layerImage(id string) string  { return filepath.Join(d.root, "layers", id+".img") }
+func (d *disks) layerRecord(id string) string { return filepath.Join(d.root, "layers", id+".ws") }
+
+func (d *disks) workspaceImage(dir string) string {
+	sum := sha256.Sum256([]byte(dir))
+	return filepath.Join(d.root, "workspaces", hex.EncodeToString(sum[:12])+".img")
+}
+
+// mountLayer makes the session's writable layer and mounts it at target.
+func (d *disks) mountLayer(id, gpuType, target string) error {
+	img := d.layerImage(id)
+	if err := os.Remove(img); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := d.makeImage(img, d.layerLimit(gpuType), false); err != nil {
+		return fmt.Errorf("writable layer: %w", err)
+	}
+	if err := mountImage(img, target, unix.MS_NODEV, "discard,noinit_itable"); err != nil {
+		os.Remove(img)
+		return fmt.Errorf("writable layer: %w", err)
+	}
+	return nil
+}
+
+// release unmounts the session's writable layer at target, removes it,
+// and unmounts the workspace the session used if no other session uses
+// it. It succeeds for a session that has none of these.
+func (d *disks) release(id, target string) error {
+	if err := unmount(target); err != nil {
+		return err
+	}
+	if err := os.Remove(d.layerImage(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove writable layer: %w", err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	b, err := os.ReadFile(d.layerRecord(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	dir := string(b)
+	if err := os.Remove(d.layerRecord(id)); err != nil {
+		return err
+	}
+	if users, err := d.workspaceUsers(dir); err != nil || len(users) > 0 {
+		return err
+	}
+	if err := unmount(dir); err != nil {
+		return fmt.Errorf("unmount workspace: %w", err)
+	}
+	return nil
+}
+
+// workspaceUsers are the sessions whose records name the workspace dir.
+func (d *disks) workspaceUsers(dir string) ([]string, error) {
+	recs, err := filepath.Glob(filepath.Join(d.root, "layers", "*.ws"))
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, rec := range recs {
+		if b, err := os.ReadFile(rec); err == nil && string(b) == dir {
+			ids = append(ids, strings.TrimSuffix(filepath.Base(rec), ".ws"))
+		}
+	}
+	return ids, nil
+}
+
+// attachWorkspace mounts the workspace's filesystem on its directory dir,
+// making it at the first use and resizing it to a new limit if no session
+// uses it, and records that session id uses it. limit 0 is as large as
+// the pool.
+func (d *disks) attachWorkspace(id, dir string, limit int64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.mountWorkspace(dir, limit); err != nil {
+		return err
+	}
+	return os.WriteFile(d.layerRecord(id), []byte(dir), 0o600)
+}
+
+// mountWorkspace mounts the workspace's filesystem on dir unless it is.
+// d.mu is held.
+func (d *disks) mountWorkspace(dir string, limit int64) error {
+	img := d.workspaceImage(dir)
+	if limit <= 0 {
+		var st unix.Statfs_t
+		if err := unix.Statfs(d.root, &st); err != nil {
+			return err
+		}
+		limit = int64(st.Blocks) * st.Bsize
+	}
+	mounted, err := d.mountedImage(dir)
+	if err != nil {
+		return err
+	}
+	if mounted != "" && mounted != img {
+		return fmt.Errorf("workspace %s has another filesystem (%s) mounted on it than its own (%s); unmount it", dir, mounted, img)
+	}
+	switch _, err := os.Stat(img); {
+	case mounted != "":
+		// In use by another session: a new limit applies once no session
+		// uses it.
+		if fi, err := os.Stat(img); err == nil && fi.Size() != limit {
+			d.log.Info("workspace in use; its new limit applies when no session uses it", "dir", dir, "bytes", limit)
+		}
+		return nil
+	case errors.Is(err, os.ErrNotExist):
+		return d.createWorkspace(dir, img, limit)
+	case err != nil:
+		return fmt.Errorf("workspace: %w", err)
+	}
+	if err := d.resizeWorkspace(img, limit); err != nil {
+		return err
+	}
+	if err := mountImage(img, dir, unix.MS_NODEV|unix.MS_NOSUID, "discard,noinit_itable"); err != nil {
+		return fmt.Errorf("workspace: %w", err)
+	}
+	return nil
+}
+
+// createWorkspace makes the workspace's filesystem and mounts it on dir,
+// which must be empty: files written before the workspace had a limit
+// would be hidden below it. The new filesystem's root takes dir's owner
+// and mode.
+func (d *disks) createWorkspace(dir, img string, limit int64) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("workspace: %w", err)
+	}
+	if len(entries) > 0 {
+		return fmt.Errorf("workspace %s holds files from before workspaces had enforced limits; move them out (for example to %s.old), then copy them back from inside a session", dir, dir)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return fmt.Errorf("workspace: %w", err)
+	}
+	d.log.Info("creating a workspace filesystem", "dir", dir, "image", img, "bytes", limit)
+	if err := d.makeImage(img, limit, false); err != nil {
+		return fmt.Errorf("workspace: %w", err)
+	}
+	if err := mountImage(img, dir, unix.MS_NODEV|unix.MS_NOSUID, "discard,noinit_itable"); err != nil {
+		os.Remove(img)
+		return fmt.Errorf("workspace: %w", err)
+	}
+	// mkfs made the root 0755 root:root and a lost+found no session needs.
+	if err := os.Remove(filepath.Join(dir, "lost+found")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		d.log.Warn("remove lost+found from a new workspace", "dir", dir, "err", err)
+	}
+	if err := os.Chown(dir, int(st.Uid), int(st.Gid)); err != nil {
+		return fmt.Errorf("workspace: %w", err)
+	}
+	return os.Chmod(dir, os.FileMode(st.Mode&0o7777))
+}
+
+// resizeWorkspace makes the unmounted workspace filesystem in img limit
+// bytes large, offline (online growth needs CAP_SYS_RESOURCE, which a
+// container running the control plane may lack). A filesystem that holds
+// more than limit keeps its size; the control plane then gives sessions
+// the workspace read-only until it holds less.
+func (d *disks) resizeWorkspace(img string, limit int64) error {
+	fi, err := os.Stat(img)
+	if err != nil {
+		return fmt.Errorf("workspace: %w", err)
+	}
+	if fi.Size() == limit {
+		return nil
+	}
+	out, err := exec.Command(d.e2fsck, "-f", "-p", img).CombinedOutput()
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) && ee.ExitCode() == 1 {
+		err = nil // errors corrected
+	}
+	if err != nil {
+		return fmt.Errorf("check workspace %s before resizing it: %w: %s", img, err, bytes.TrimSpace(out))
+	}
+	if limit > fi.Size() {
+		if err := os.Truncate(img, limit); err != nil {
+			return fmt.Errorf("grow workspace: %w", err)
+		}
+		if out, err := exec.Command(d.resize2fs, img).CombinedOutput(); err != nil {
+			return fmt.Errorf("grow workspace %s: %w: %s", img, err, bytes.TrimSpace(out))
+		}
+		d.log.Info("grew a workspace filesystem", "image", img, "bytes", limit)
+		return nil
+	}
+	if out, err := exec.Command(d.resize2fs, img, strconv.FormatInt(limit>>10, 10)+"K").CombinedOutput(); err != nil {
+		d.log.Warn("workspace holds more than its new limit; it keeps its size", "image", img, "bytes", limit, "err", err, "out", string(bytes.TrimSpace(out)))
+		return nil
+	}
+	if err := os.Truncate(img, limit); err != nil {
+		return fmt.Errorf("shrink workspace: %w", err)
+	}
+	d.log.Info("shrank a workspace filesystem", "image", img, "bytes", limit)
+	return nil
+}
+
+// workspaceUsage is the bytes the workspace's files take, from its
+// filesystem's counters. A workspace that has no filesystem yet is empty
+// (or holds files from before limits, which is an error).
+func (d *disks) workspaceUsage(dir string) (int64, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	img := d.workspaceImage(dir)
+	mounted, err := d.mountedImage(dir)
+	if err != nil {
+		return 0, err
+	}
+	if mounted == "" {
+		if _, err := os.Stat(img); errors.Is(err, os.ErrNotExist) {
+			entries, err := os.ReadDir(dir)
+			if err != nil {
+				return 0, err
+			}
+			if len(entries) > 0 {
+				return 0, fmt.Errorf("workspace %s holds files from before workspaces had enforced limits", dir)
+			}
+			return 0, nil
+		}
+		if err := mountImage(img, dir, unix.MS_NODEV|unix.MS_NOSUID, "discard,noinit_itable"); err != nil {
+			return 0, fmt.Errorf("workspace: %w", err)
+		}
+		defer func() {
+			if err := unmount(dir); err != nil {
+				d.log.Warn("unmount workspace after measuring it", "dir", dir, "err", err)
+			}
+		}()
+	} else if mounted != img {
+		return 0, fmt.Errorf("workspace %s has another filesystem (%s) mounted on it than its own (%s)", dir, mounted, img)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Blocks-st.Bfree) * st.Bsize, nil
+}
+
+// mountImage mounts the ext4 filesystem in the image file img at target
+// through a loop device that detaches by itself once unmounted.
+func mountImage(img, target string, flags uintptr, data string) error {
+	f, err := os.OpenFile(img, os.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	dev, err := attachLoop(f)
+	if err != nil {
+		return fmt.Errorf("attach %s to a loop device: %w", img, err)
+	}
+	// Until the mount holds the device, this descriptor does; closing it
+	// after a failed mount detaches the device.
+	defer dev.Close()
+	if err := unix.Mount(dev.Name(), target, "ext4", flags, data); err != nil {
+		return fmt.Errorf("mount %s on %s: %w", img, target, err)
+	}
+	return nil
+}
+
+// attachLoop binds the file to a free loop device with autoclear and
+// returns the device, open.
+func attachLoop(backing *os.File) (*os.File, error) {
+	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer ctl.Close()
+	for range 32 {
+		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
+		if err != nil {
+			return nil, fmt.Errorf("find a free loop device: %w", err)
+		}
+		dev, err := os.OpenFile("/dev/loop"+strconv.Itoa(n), os.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, err
+		}
+		cfg := unix.LoopConfig{Fd: uint32(backing.Fd())}
+		cfg.Info.Flags = unix.LO_FLAGS_AUTOCLEAR
+		copy(cfg.Info.File_name[:len(cfg.Info.File_name)-1], backing.Name())
+		err = unix.IoctlLoopConfigure(int(dev.Fd()), &cfg)
+		if err == nil {
+			return dev, nil
+		}
+		dev.Close()
+		if !errors.Is(err, unix.EBUSY) {
+			return nil, fmt.Errorf("configure /dev/loop%d: %w", n, err)
+		}
+		// Another process took it between asking and configuring.
+	}
+	return nil, errors.New("no free loop device")
+}
+
+// mountedImage is the image file behind the loop device mounted at
+// target; "" when nothing is mounted there, and the mount's source when it
+// is not a loop device.
+func (d *disks) mountedImage(target string) (string, error) {
+	src, err := mountSource(target)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	} else if err != nil {
+		return "", err
+	}
+	name, ok := strings.CutPrefix(src, "/dev/loop")
+	if !ok {
+		return src, nil
+	}
+	b, err := os.ReadFile("/sys/block/loop" + name + "/loop/backing_file")
+	if err != nil {
+		return "", fmt.Errorf("read the backing file of %s: %w", src, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// mountSource is the source of the topmost mount at target, from
+// mountinfo; os.ErrNotExist when target is no mount point.
+func mountSource(target string) (string, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	src := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 || unescapeMountPath(f[4]) != target {
+			continue
+		}
+		for i, field := range f {
+			if field == "-" && i+2 < len(f) {
+				src = unescapeMountPath(f[i+2]) // later lines are mounted on top
+			}
+		}
+	}
+	if src == "" {
+		return "", fmt.Errorf("%s is not a mount point: %w", target, os.ErrNotExist)
+	}
+	return src, nil
+}
+
+// errNoDiskLimits is WorkspaceUsage's answer from a runtime without disk
+// limits.
+var errNoDiskLimits = errors.New("the oci runtime has no disk limits configured")
+
+// WorkspaceUsage is the bytes the workspace at dir uses, read from its
+// filesystem's counters: instantly, however many files it holds. It
+// fails on a runtime without disk limits.
+func (r *Runtime) WorkspaceUsage(dir string) (int64, error) {
+	if r.disk == nil {
+		return 0, errNoDiskLimits
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return 0, err
+	}
+	return r.disk.workspaceUsage(abs)
+}
+
+// layerDir is where the session's writable layer lies: its own
+// filesystem's mount point with disk limits, else its state directory.
+func (r *Runtime) layerDir(id string) string {
+	if r.disk == nil {
+		return r.dir(id)
+	}
+	return filepath.Join(r.dir(id), "layer")
+}
+
+func (r *Runtime) upperDir(id string) string { return filepath.Join(r.layerDir(id), "upper") }
+func (r *Runtime) workDir(id string) string  { return filepath.Join(r.layerDir(id), "work") }
+
+// prepareLayer makes the session's writable layer, upper/ and work/, on
+// its own filesystem of its GPU type's size with disk limits, and binds
+// the workspace dir (if any) to its filesystem of limit bytes.
+func (r *Runtime) prepareLayer(id, gpuType, workspace string, limit int64) error {
+	if r.disk != nil {
+		if err := os.Mkdir(r.layerDir(id), 0o700); err != nil {
+			return err
+		}
+		if err := r.disk.mountLayer(id, gpuType, r.layerDir(id)); err != nil {
+			return err
+		}
+		if workspace != "" {
+			if err := r.disk.attachWorkspace(id, workspace, limit); err != nil {
+				return err
+			}
+		}
+	}
+	for _, d := range []string{r.upperDir(id), r.workDir(id)} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// releaseLayer undoes prepareLayer once the overlay is unmounted.
+func (r *Runtime) releaseLayer(id string) error {
+	if r.disk == nil {
+		return nil
+	}
+	return r.disk.release(id, r.layerDir(id))
+}
