@@ -35,12 +35,19 @@ type agentOptions struct {
 // stdout, and serves until told to stop.
 func newAgentCmd() *cobra.Command {
 	var o agentOptions
+	var sb agent.Sandbox // sandbox_linux.go in internal/agent
 	cmd := &cobra.Command{
 		Use:    "agent",
 		Short:  "Serve a session (started by the runtime, not by people)",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if sb.Enabled { // the local runtime: set up, then run again without these flags
+				return agent.EnterSandbox(sb, os.Args, o.dir)
+			}
+			if err := agent.ProtectSecrets(); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
 			return runAgent(ctx, o, os.Stdin, os.Stdout)
@@ -52,6 +59,10 @@ func newAgentCmd() *cobra.Command {
 	f.IntVar(&o.listenFD, "listen-fd", 0, "serve this inherited listening unix socket instead of --socket")
 	f.StringVar(&o.dir, "dir", "", "working directory of the session's shells")
 	f.DurationVar(&o.idleExit, "idle-exit", 0, "exit after this long without connections (0: never)")
+	f.BoolVar(&sb.Enabled, "sandbox", false, "set up the local runtime's sandbox first (as PID 1 of new user, mount and pid namespaces)")
+	f.StringArrayVar(&sb.Hide, "sandbox-hide", nil, "sandbox: cover this path with an empty read-only mount")
+	f.StringArrayVar(&sb.Bind, "sandbox-bind", nil, "sandbox: show this path at its place, also under a hidden one")
+	f.StringArrayVar(&sb.BindRO, "sandbox-bind-ro", nil, "sandbox: show this path at its place, read-only")
 	cmd.MarkFlagsOneRequired("socket", "listen-fd")
 	cmd.MarkFlagsMutuallyExclusive("socket", "listen-fd")
 	return cmd

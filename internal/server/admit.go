@@ -266,6 +266,9 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	if spec.Workspace, spec.WorkspaceReadOnly, err = s.workspace(sess, eff.Workspace); err != nil {
 		return fail(err)
 	}
+	if spec.Workspace != "" {
+		spec.WorkspaceLimitBytes = eff.Workspace.LimitBytes
+	}
 	if progress != nil {
 		spec.Progress = func(step string, done, total int64) {
 			progress(sdk.SessionEvent{Step: step, Done: done, Total: total})

@@ -27,9 +27,7 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request, caller store.User)
 
 func (a *API) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		httpapi.Write(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
+	mux.HandleFunc("GET /healthz", a.healthz) // storehealth.go
 	// Like /healthz, /metrics needs no token: scrape it from inside the
 	// network, not from the internet.
 	mux.Handle("GET /metrics", a.s.metrics.handler())

@@ -59,10 +59,17 @@ func (s *Server) updateSession(ctx context.Context, id string, change func(*stor
 
 // endSession stops the session in the runtime, then records its end and
 // frees its GPUs: in that order, so a GPU is never handed on while the last
-// session's processes may still use it. The billing end is `at`, the moment
-// the end was decided. Ending twice is harmless.
+// session's processes may still use it, and a store that cannot write never
+// keeps a session running. The billing end is `at`, the moment the end was
+// decided and the session stopped. An end the store refuses is kept for
+// recordEnds, which writes it once the store accepts it; endSession then
+// returns nil, as the session is stopped. Ending twice is harmless.
 func (s *Server) endSession(ctx context.Context, id, reason, actor string, at time.Time) error {
 	s.mu.Lock()
+	if _, stopped := s.unrecorded[id]; stopped {
+		s.mu.Unlock()
+		return nil
+	}
 	if l := s.live[id]; l != nil {
 		if l.ending {
 			s.mu.Unlock()
@@ -78,21 +85,28 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 	ctx = context.WithoutCancel(ctx)
 	log := s.log.With("session_id", id, "reason", reason)
 
-	err := s.updateSession(ctx, id, func(ss *store.Session) {
+	// `stopping` is for listings: a store that cannot write (or answer)
+	// in time must not delay the stop, so only its answers count here.
+	mctx, cancel := context.WithTimeout(ctx, markStoppingTimeout)
+	err := s.updateSession(mctx, id, func(ss *store.Session) {
 		if ss.State == sdk.StateRunning || ss.State == sdk.StateStarting {
 			ss.State = sdk.StateStopping
 		}
 		// Shells still attached are cut off by the stop.
 		ss.Attachments = 0
 	})
-	if errors.Is(err, store.ErrConflict) {
+	cancel()
+	switch {
+	case errors.Is(err, store.ErrConflict):
 		// Ended already, by someone else.
 		s.forget(id)
 		return nil
-	}
-	if err != nil {
+	case errors.Is(err, store.ErrNotFound):
 		s.clearEnding(id)
 		return fmt.Errorf("end session %s: %w", id, err)
+	case err != nil:
+		s.storeWrote(err)
+		log.Warn("mark session stopping; stopping it all the same", "err", err)
 	}
 	if err := s.rt.Stop(ctx, id); err != nil {
 		// Left in `stopping`; the liveness loop tries again.
@@ -102,13 +116,26 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 	}
 	err = s.recordEnd(ctx, id, sdk.StateEnded, reason, actor, at)
 	if err != nil && !errors.Is(err, store.ErrConflict) {
-		s.clearEnding(id)
-		return fmt.Errorf("end session %s: %w", id, err)
+		// Stopped, and ending (so nothing acts on it again), but not yet
+		// recorded: its GPUs stay reserved in the store until it is.
+		s.storeWrote(err)
+		s.deferEnd(id, pendingEnd{state: sdk.StateEnded, reason: reason, actor: actor, at: at})
+		log.Error("record session end; it is stopped, and recorded once the store can write", "err", err)
+		return nil
 	}
+	s.ended(id, reason)
+	return nil
+}
+
+// markStoppingTimeout bounds how long a stop waits to mark the session
+// `stopping` in the store before it stops the session regardless.
+const markStoppingTimeout = 5 * time.Second
+
+// ended drops a session whose end is recorded, and counts it.
+func (s *Server) ended(id, reason string) {
 	s.forget(id)
 	s.metrics.ended.WithLabelValues(reason).Inc()
-	log.Info("session ended")
-	return nil
+	s.log.Info("session ended", "session_id", id, "reason", reason)
 }
 
 // recordEnd ends the session in the store, freeing its GPUs, with its

@@ -41,6 +41,9 @@ type Config struct {
 	// BudgetInterval is how often budgets are checked for thresholds and
 	// the stop action.
 	BudgetInterval time.Duration
+	// StoreRetryInterval is how often the store's health is probed and
+	// the ends of sessions it refused to record are retried.
+	StoreRetryInterval time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -52,6 +55,7 @@ const (
 	DefaultPingInterval     = 10 * time.Second
 	DefaultBudgetInterval   = 10 * time.Second
 	DefaultPoolInterval     = 2 * time.Second
+	DefaultStoreRetry       = time.Second
 	// agentIdleExitMargin is how much longer than the detach grace an agent
 	// waits without connections before it stops itself: the control plane
 	// normally ends the session first, so this only matters when the
@@ -75,6 +79,11 @@ type Server struct {
 	detached       map[int64]chan struct{}
 	leaving        map[int64]bool // attachments whose shell announced its end
 	nextAttachment int64
+	// unrecorded holds the sessions stopped in the runtime whose end the
+	// store has not accepted yet, by id; recordEnds retries them.
+	unrecorded map[string]pendingEnd
+	// storeErr is the store's last failure to write, nil while it writes.
+	storeErr error
 
 	qmu    sync.Mutex
 	queues map[string]*queue // waiting requests, by project name
@@ -113,13 +122,16 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.BudgetInterval == 0 {
 		cfg.BudgetInterval = DefaultBudgetInterval
 	}
+	if cfg.StoreRetryInterval == 0 {
+		cfg.StoreRetryInterval = DefaultStoreRetry
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Server{
 		store: cfg.Store, rt: cfg.Runtime, log: cfg.Logger, cfg: cfg, now: cfg.Now,
-		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, leaving: map[int64]bool{}, queues: map[string]*queue{}, ctx: loopCtx, cancel: cancel,
+		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, leaving: map[int64]bool{}, unrecorded: map[string]pendingEnd{}, queues: map[string]*queue{}, ctx: loopCtx, cancel: cancel,
 	}
 	s.metrics = newMetrics(s)
 	var err error
@@ -140,7 +152,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.refreshLimits(ctx, 0)
-	s.wg.Add(5)
+	s.probeStore(ctx)
+	s.wg.Add(6)
+	go s.loop(cfg.StoreRetryInterval, "record session ends", s.recordEnds)
 	go s.loop(cfg.ReapInterval, "reap detached sessions", s.reapDetached)
 	go s.loop(cfg.LivenessInterval, "liveness check", s.checkLiveness)
 	go s.loop(limitCheckInterval, "idle and lifetime check", s.checkLimits)

@@ -144,7 +144,9 @@ func (a *API) stopSession(w http.ResponseWriter, r *http.Request, caller store.U
 	if err != nil {
 		return err
 	}
-	httpapi.Write(w, http.StatusOK, toSDK(sess))
+	// Stopped, but its end not yet recorded (the store cannot write):
+	// stopping, not running.
+	httpapi.Write(w, http.StatusOK, a.s.stoppedState(toSDK(sess)))
 	return nil
 }
 

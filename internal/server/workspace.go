@@ -14,10 +14,19 @@ import (
 	"github.com/devgpu/devgpu/sdk"
 )
 
-// workspaceMeasureLimit bounds how long measuring a workspace may take at
-// a session's start; a workspace too large to measure in time is not held
-// to its limit (and the server logs it).
+// workspaceMeasureLimit bounds how long walking a workspace may take at a
+// session's start, on runtimes that cannot measure it (local); a workspace
+// too large to walk in time is not held to its limit there (and the server
+// logs it). The oci runtime measures instantly and enforces the limit
+// itself (runtime.Spec.WorkspaceLimitBytes).
 const workspaceMeasureLimit = 2 * time.Second
+
+// workspaceMeter is a runtime that reads a workspace's usage from its
+// filesystem's counters, however many files it holds, instead of the
+// server walking it.
+type workspaceMeter interface {
+	WorkspaceUsage(dir string) (int64, error)
+}
 
 // workspacePath is the user's persistent workspace in the project.
 // Project and user names are validated path elements.
@@ -52,9 +61,17 @@ func (s *Server) workspaceWarning(sess store.Session, w sdk.Workspace) string {
 		sess.Project, humanize.Bytes(uint64(used)), humanize.Bytes(uint64(w.LimitBytes)))
 }
 
-// workspaceUse adds up the sizes of the files under dir, within
-// workspaceMeasureLimit; ok is false when it could not finish.
+// workspaceUse asks the runtime what the workspace at dir uses, or else
+// adds up the sizes of the files under dir, within workspaceMeasureLimit;
+// ok is false when it could not finish.
 func (s *Server) workspaceUse(dir string) (used int64, ok bool) {
+	if m, isMeter := s.rt.(workspaceMeter); isMeter {
+		used, err := m.WorkspaceUsage(dir)
+		if err == nil {
+			return used, true
+		}
+		s.log.Debug("runtime cannot measure the workspace; walking it", "dir", dir, "err", err)
+	}
 	deadline := time.Now().Add(workspaceMeasureLimit)
 	errTooLong := errors.New("too long")
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
