@@ -1,21 +1,45 @@
-// Package local is the runtime of the embedded default: each session is a
-// `devgpu agent` process and its process group on this host, with its own
-// home directory. It isolates nothing beyond that; the oci runtime does.
+// Package local is the runtime of the embedded default (`devgpu server
+// --dev`): each session is a `devgpu agent` process on this host, running
+// as the control plane's user, with its own home directory. It is for one
+// person's machine: it isolates the session's files, network and devices
+// from nothing that user can reach. What it does keep from a session:
 //
-// A session has no mount namespace, so its persistent workspace
-// (runtime.Spec.Workspace) is not mounted: $HOME/workspace is a symlink to
-// the host directory, and DEVGPU_WORKSPACE names the directory itself.
-// WorkspaceReadOnly cannot be enforced: the session runs as the control
-// plane's user and can write wherever it can. It is only passed on as a
-// hint, DEVGPU_WORKSPACE_READONLY=1.
+//   - The control plane's secrets. The agent is the first process of new
+//     user, mount and pid namespaces (the user namespace maps the server's
+//     own uid and gid to themselves, so it works without privilege) and,
+//     before any code of the session runs, covers with empty read-only
+//     mounts the runtime's session directory (every agent's socket, pid file
+//     and log), the paths in Config.Hide (the server's data directory with
+//     its store and admin token, the CLI config with its token, the server
+//     config) and /sys/fs/cgroup, mounts a fresh /proc that shows only the
+//     session's processes, then drops every capability and sets
+//     no_new_privs (see agent.Sandbox). The secret reaches the agent on
+//     stdin, and the agent is non-dumpable.
+//   - The server's environment. A session starts with PATH, LANG, LC_ALL,
+//     TZ, USER, LOGNAME and SHELL from it, HOME, and the session variables
+//     of the contract (runtime.SessionEnv), nothing else.
+//   - Escape from its end. A session is its pid namespace: stopping its
+//     agent, the namespace's init, kills every process in it, whatever it
+//     did to its environment or its process group. Where the pids cgroup is
+//     writable (a server running as root), each session also has a cgroup
+//     whose pids.max bounds it (Config.MaxPids; all sessions together stay
+//     below half of the host's limit), and Stop kills what the cgroup holds.
+//     Elsewhere nothing bounds a session's processes: the runtime says so
+//     once in the log and through Warnings (`devgpu doctor`).
+//
+// The session's persistent workspace (runtime.Spec.Workspace) is bound at
+// its own path ($HOME/workspace links to it; DEVGPU_WORKSPACE names it), and
+// read-only when WorkspaceReadOnly. As root, uid 0 without capabilities
+// still writes every root-owned file of the host: the local runtime is no
+// sandbox against its user, only against reading what the list above hides.
 package local
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -35,8 +59,15 @@ var _ runtime.Runtime = (*Runtime)(nil)
 // Config configures the local runtime.
 type Config struct {
 	// Dir holds one directory per session: the agent's socket, pid file,
-	// log and the session's home.
+	// log and the session's home. Sessions never see it.
 	Dir string
+	// Hide lists more paths, files or directories, that sessions must not
+	// see (they find them empty): the server's data directory, the CLI
+	// config, the server config.
+	Hide []string
+	// MaxPids bounds the processes and threads of one session where the
+	// pids cgroup is writable (default DefaultMaxPids).
+	MaxPids int
 	// AgentCommand starts an agent; the runtime appends its flags. The
 	// default is this executable's `agent` subcommand.
 	AgentCommand []string
@@ -45,10 +76,19 @@ type Config struct {
 	Logger       *slog.Logger
 }
 
-// Runtime runs sessions as local process groups.
+// DefaultMaxPids is a session's default process and thread limit.
+const DefaultMaxPids = 4096
+
+// stopTimeout bounds each wait of Stop.
+const stopTimeout = 5 * time.Second
+
+// Runtime runs sessions as sandboxed local processes.
 type Runtime struct {
 	cfg Config
 	log *slog.Logger
+	cg  *cgroups // nil where the pids cgroup is not writable
+	// warnings are what an admin should know about this runtime.
+	warnings []string
 
 	mu sync.Mutex
 	// exited holds, for agents this process started, a channel closed when
@@ -62,6 +102,11 @@ func New(cfg Config) (*Runtime, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("local runtime: no session directory configured")
 	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("local runtime: %w", err)
+	}
+	cfg.Dir = dir
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("local runtime: %w", err)
 	}
@@ -75,14 +120,48 @@ func New(cfg Config) (*Runtime, error) {
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 10 * time.Second
 	}
+	if cfg.MaxPids <= 0 {
+		cfg.MaxPids = DefaultMaxPids
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Runtime{cfg: cfg, log: cfg.Logger, exited: map[string]chan struct{}{}}, nil
+	r := &Runtime{cfg: cfg, log: cfg.Logger, exited: map[string]chan struct{}{}}
+	total := hostPidLimit() / 2
+	if cg, err := openCgroups(cfg.Dir, total); err != nil {
+		w := "local sessions' processes are not limited (" + err.Error() + "): a fork bomb in a session can exhaust this host's process table; run the server as root to give each session a pids cgroup"
+		r.warnings = append(r.warnings, w)
+		r.log.Warn(w)
+	} else {
+		r.cg = cg
+		if cfg.MaxPids > total {
+			r.cfg.MaxPids = total
+		}
+	}
+	return r, nil
+}
+
+// hostPidLimit is the most processes and threads this host allows.
+func hostPidLimit() int {
+	limit := 32768
+	for i, f := range []string{"/proc/sys/kernel/pid_max", "/proc/sys/kernel/threads-max"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && (i == 0 || n < limit) {
+			limit = n
+		}
+	}
+	return limit
 }
 
 // Name implements runtime.Runtime.
 func (r *Runtime) Name() string { return "local" }
+
+// Warnings says what the runtime cannot enforce on this host, for the log
+// and `devgpu doctor`.
+func (r *Runtime) Warnings() []string { return r.warnings }
 
 func (r *Runtime) dir(id string) string        { return filepath.Join(r.cfg.Dir, id) }
 func (r *Runtime) socketPath(id string) string { return filepath.Join(r.dir(id), "agent.sock") }
@@ -155,25 +234,60 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 		return fmt.Errorf("local runtime: %w", err)
 	}
 	defer logFile.Close()
+	// The runtime makes the socket, in a directory the session never sees:
+	// nothing in the session can change what Connect dials.
+	lnFile, err := listen(r.socketPath(id))
+	if err != nil {
+		return fmt.Errorf("local runtime: %w", err)
+	}
+	defer lnFile.Close()
 
 	args := append(append([]string(nil), r.cfg.AgentCommand[1:]...),
-		"--session", id, "--socket", r.socketPath(id), "--dir", home,
-		"--idle-exit", spec.IdleExit.String())
+		"--session", id, "--listen-fd", "3", "--dir", home,
+		"--idle-exit", spec.IdleExit.String(), "--sandbox")
+	for _, p := range r.hidden() {
+		args = append(args, "--sandbox-hide="+p)
+	}
+	args = append(args, "--sandbox-bind="+home)
+	if workspace != "" {
+		if spec.WorkspaceReadOnly {
+			args = append(args, "--sandbox-bind-ro="+workspace)
+		} else {
+			args = append(args, "--sandbox-bind="+workspace)
+		}
+	}
 	cmd := exec.Command(r.cfg.AgentCommand[0], args...)
 	cmd.Dir = home
 	cmd.Env = sessionEnviron(spec, home, workspace)
 	cmd.Stderr = logFile
-	// Its own process group, so Stop can signal the agent and every
-	// command that stays in its group at once.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	// The secret travels on stdin, not in argv or the environment, where
-	// other processes of this user could read it.
-	cmd.Stdin = strings.NewReader(spec.AgentSecret + "\n")
+	cmd.ExtraFiles = []*os.File{lnFile}
+	uid, gid := os.Getuid(), os.Getgid()
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: uid, HostID: uid, Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: gid, HostID: gid, Size: 1}},
+		Setpgid:     true,
+	}
+	// The secret travels on stdin, not in argv or the environment, and
+	// only once the agent is in its cgroup.
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return fmt.Errorf("local runtime: %w", err)
+	}
+	defer stdin.Close()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return fmt.Errorf("local runtime: %w", err)
 	}
+	if r.cg != nil {
+		if err := r.cg.create(id, r.cfg.MaxPids); err != nil {
+			return fmt.Errorf("local runtime: %w", err)
+		}
+	}
 	if err := cmd.Start(); err != nil {
+		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EINVAL) {
+			return fmt.Errorf("local runtime: cannot start the session's agent in new user, mount and pid namespaces (%w); allow unprivileged user namespaces on this host (sysctl user.max_user_namespaces, and kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu) or run the server as root", err)
+		}
 		return fmt.Errorf("local runtime: start agent: %w", err)
 	}
 	exited := make(chan struct{})
@@ -184,9 +298,22 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 		_ = cmd.Wait()
 		close(exited)
 	}()
-	if err := os.WriteFile(r.pidPath(id), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
+	if r.cg != nil {
+		if err := r.cg.add(id, cmd.Process.Pid); err != nil {
+			return fmt.Errorf("local runtime: %w", err)
+		}
+	}
+	start, err := procStartTime(cmd.Process.Pid)
+	if err != nil {
 		return fmt.Errorf("local runtime: %w", err)
 	}
+	if err := os.WriteFile(r.pidPath(id), []byte(strconv.Itoa(cmd.Process.Pid)+" "+start+"\n"), 0o600); err != nil {
+		return fmt.Errorf("local runtime: %w", err)
+	}
+	if _, err := io.WriteString(stdin, spec.AgentSecret+"\n"); err != nil {
+		return fmt.Errorf("local runtime: agent did not start (see %s): give it its secret: %w", logFile.Name(), err)
+	}
+	stdin.Close()
 
 	ready := make(chan error, 1)
 	go func() {
@@ -211,19 +338,48 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	}
 }
 
-// sessionEnviron is the control plane's environment without its own
-// credentials, plus the session contract and, with a workspace (the
-// absolute path of spec.Workspace), where it is.
-func sessionEnviron(spec runtime.Spec, home, workspace string) []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		name, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(name, "DEVGPU_") || name == "HOME" || name == "PWD" || name == "OLDPWD" {
-			continue
-		}
-		env = append(env, kv)
+// listen makes the agent's listening socket at path, readable and
+// writable by this user only, and returns it as a file for the agent.
+func listen(path string) (*os.File, error) {
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, err
 	}
-	env = append(env, "HOME="+home)
+	// The agent serves it; closing the runtime's copy must not unlink it.
+	ln.SetUnlinkOnClose(false)
+	defer ln.Close()
+	if err := os.Chmod(path, 0o600); err != nil {
+		return nil, err
+	}
+	return ln.File()
+}
+
+// hidden lists what sessions must not see.
+func (r *Runtime) hidden() []string {
+	return append([]string{r.cfg.Dir, cgroupRoot}, r.cfg.Hide...)
+}
+
+// passedEnv names the variables of the server's environment a session
+// gets; everything else (credentials, the server's settings) stays out.
+var passedEnv = []string{"PATH", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "SHELL"}
+
+// defaultPath is the session's PATH when the server has none.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// sessionEnviron is the session's environment: passedEnv from the
+// server's, HOME, the session contract and, with a workspace (the absolute
+// path of spec.Workspace), where it is.
+func sessionEnviron(spec runtime.Spec, home, workspace string) []string {
+	env := []string{"HOME=" + home}
+	for _, name := range passedEnv {
+		v, ok := os.LookupEnv(name)
+		if name == "PATH" && v == "" {
+			v, ok = defaultPath, true
+		}
+		if ok {
+			env = append(env, name+"="+v)
+		}
+	}
 	for k, v := range runtime.SessionEnv(spec) {
 		if workspace != "" && (k == "DEVGPU_WORKSPACE" || k == "DEVGPU_WORKSPACE_READONLY") {
 			continue // the runtime's word on its workspace wins
@@ -233,7 +389,6 @@ func sessionEnviron(spec runtime.Spec, home, workspace string) []string {
 	if workspace != "" {
 		env = append(env, "DEVGPU_WORKSPACE="+workspace)
 		if spec.WorkspaceReadOnly {
-			// Not enforced (see the package doc): a hint to the session.
 			env = append(env, "DEVGPU_WORKSPACE_READONLY=1")
 		}
 	}
@@ -249,21 +404,24 @@ func (r *Runtime) Connect(ctx context.Context, id string) (net.Conn, error) {
 }
 
 // Stop implements runtime.Runtime. It asks the agent to end its commands,
-// then kills the process group, then sweeps for any process that left the
-// group (setsid, double fork) but still carries the session's id.
+// then kills it: the agent is the init of the session's pid namespace, so
+// the kernel kills every other process of the session with it (setsid and
+// a cleaned environment do not leave a pid namespace). Then it kills what
+// is left in the session's cgroup, if it has one, and removes it.
 func (r *Runtime) Stop(ctx context.Context, id string) error {
 	if !runtime.ValidID(id) {
 		return nil
 	}
-	pid := r.agentPID(id)
-	if pid > 0 {
+	if pid := r.agentPID(id); pid > 0 {
 		_ = syscall.Kill(pid, syscall.SIGTERM)
 		r.waitExit(ctx, id, pid, 3*time.Second)
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
-		r.waitExit(ctx, id, pid, time.Second)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		r.waitExit(ctx, id, pid, stopTimeout)
 	}
-	if err := killTagged(id); err != nil {
-		return fmt.Errorf("stop session %s: %w", id, err)
+	if r.cg != nil {
+		if err := r.cg.remove(ctx, id); err != nil {
+			return fmt.Errorf("stop session %s: %w", id, err)
+		}
 	}
 	r.mu.Lock()
 	delete(r.exited, id)
@@ -276,19 +434,27 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 	return nil
 }
 
-// agentPID returns the live agent's pid for the session, or 0.
+// agentPID returns the live agent's pid for the session, or 0. The pid
+// file, which only the runtime can write, holds the pid and its start
+// time, so that a recycled pid is never signalled.
 func (r *Runtime) agentPID(id string) int {
 	b, err := os.ReadFile(r.pidPath(id))
 	if err != nil {
 		return 0
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	pidStr, start, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
+	pid, err := strconv.Atoi(pidStr)
 	if err != nil || pid <= 0 || !isAgent(pid, id) {
+		return 0
+	}
+	if got, err := procStartTime(pid); err != nil || got != start {
 		return 0
 	}
 	return pid
 }
 
+// waitExit waits until the agent exited (a zombie of an earlier control
+// plane counts as gone), at most limit.
 func (r *Runtime) waitExit(ctx context.Context, id string, pid int, limit time.Duration) {
 	r.mu.Lock()
 	exited := r.exited[id]
@@ -346,8 +512,7 @@ func (r *Runtime) Orphans() []string {
 	return ids
 }
 
-// isAgent reports whether pid is the agent of the session, so that a
-// recycled pid is never signalled.
+// isAgent reports whether pid is a live agent of the session.
 func isAgent(pid int, id string) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 	if err != nil {
@@ -362,62 +527,33 @@ func isAgent(pid int, id string) bool {
 	return false
 }
 
-func isZombie(pid int) bool {
+// procStat returns the fields of /proc/PID/stat after the parenthesised
+// command name (which may hold spaces): the state first.
+func procStat(pid int) ([]string, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return true
+		return nil, err
 	}
-	// The state follows the parenthesised command name, which may hold spaces.
 	i := strings.LastIndexByte(string(b), ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z' || b[i+2] == 'X'
-}
-
-// killTagged kills every process whose environment carries the session's
-// DEVGPU_SESSION_ID, until none is left.
-func killTagged(id string) error {
-	tag := []byte("DEVGPU_SESSION_ID=" + id + "\x00")
-	for range 20 {
-		pids, err := taggedPIDs(tag)
-		if err != nil {
-			return err
-		}
-		if len(pids) == 0 {
-			return nil
-		}
-		for _, pid := range pids {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if i < 0 {
+		return nil, fmt.Errorf("malformed /proc/%d/stat", pid)
 	}
-	return errors.New("processes of the session keep appearing")
+	return strings.Fields(string(b[i+1:])), nil
 }
 
-func taggedPIDs(tag []byte) ([]int, error) {
-	entries, err := os.ReadDir("/proc")
+func isZombie(pid int) bool {
+	f, err := procStat(pid)
+	return err != nil || len(f) == 0 || f[0] == "Z" || f[0] == "X"
+}
+
+// procStartTime is when pid started, in clock ticks since boot (field 22).
+func procStartTime(pid int) (string, error) {
+	f, err := procStat(pid)
 	if err != nil {
-		return nil, fmt.Errorf("read /proc: %w", err)
+		return "", err
 	}
-	self := os.Getpid()
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self {
-			continue
-		}
-		if environHas(pid, tag) && !isZombie(pid) {
-			pids = append(pids, pid)
-		}
+	if len(f) < 20 {
+		return "", fmt.Errorf("malformed /proc/%d/stat", pid)
 	}
-	return pids, nil
-}
-
-// environHas reports whether the process's environment holds the entry
-// tag (which ends in NUL); entries are NUL-separated, so a whole-entry match
-// is one at the start or one right after a NUL.
-func environHas(pid int, tag []byte) bool {
-	env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
-	if err != nil {
-		return false
-	}
-	return bytes.HasPrefix(env, tag) || bytes.Contains(env, append([]byte{0}, tag...))
+	return f[19], nil
 }

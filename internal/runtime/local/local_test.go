@@ -23,10 +23,21 @@ func TestMain(m *testing.M) {
 
 func newRuntime(t testing.TB, dir string) *Runtime {
 	t.Helper()
-	rt, err := New(Config{Dir: dir, AgentCommand: []string{testutil.Binary(t), "agent"}})
+	return newRuntimeConfig(t, Config{Dir: dir})
+}
+
+func newRuntimeConfig(t testing.TB, cfg Config) *Runtime {
+	t.Helper()
+	cfg.AgentCommand = []string{testutil.Binary(t), "agent"}
+	rt, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if rt.cg != nil {
+			_ = os.Remove(rt.cg.parent) // fails while another runtime over the directory uses it
+		}
+	})
 	return rt
 }
 
@@ -38,7 +49,8 @@ func TestConformance(t *testing.T) {
 }
 
 // Stop must leave nothing behind: not the agent, not a shell's children,
-// and not a process that escaped the process group with setsid.
+// and not a process that left the session with setsid and an emptied
+// environment (which once carried the only mark of the session).
 func TestStopLeavesNoOrphans(t *testing.T) {
 	t.Parallel()
 	rt := newRuntime(t, testutil.ShortTempDir(t))
@@ -47,36 +59,45 @@ func TestStopLeavesNoOrphans(t *testing.T) {
 	if err := rt.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	// One child in the group, one escaped into its own session; both
-	// survive the command's exit.
-	out := runtimetest.ExecOut(t, rt, spec, `sleep 1000 >/dev/null 2>&1 & echo $!; setsid sleep 1001 >/dev/null 2>&1 & echo $!`)
-	var pids []int
-	for _, f := range strings.Fields(out) {
-		pid, err := strconv.Atoi(f)
-		if err != nil {
-			t.Fatalf("bad pid %q", f)
-		}
-		pids = append(pids, pid)
-	}
+	marker := "devgpu-orphan-" + strconv.Itoa(os.Getpid())
+	// One child in the group, one escaped into its own session with an
+	// empty environment, one double-forked; all survive the command's exit.
+	runtimetest.ExecOut(t, rt, spec, `sh -c 'sleep 1000; :' `+marker+`-a >/dev/null 2>&1 &
+env -i setsid sh -c 'sleep 1000; :' `+marker+`-b </dev/null >/dev/null 2>&1 &
+(env -i setsid sh -c '(sh -c "sleep 1000; :" `+marker+`-c &)' </dev/null >/dev/null 2>&1 &)`)
 	agentPID := rt.agentPID(spec.SessionID)
-	if agentPID == 0 || len(pids) != 2 {
-		t.Fatalf("agent pid %d, children %v", agentPID, pids)
+	if agentPID == 0 {
+		t.Fatal("no agent pid")
 	}
-	pids = append(pids, agentPID)
-	for _, pid := range pids {
-		if !alive(pid) {
-			t.Fatalf("pid %d not running before Stop", pid)
-		}
-	}
+	testutil.Eventually(t, testutil.WaitShort, "the three processes to run", func() bool { return len(hostPIDsWith(marker)) == 3 })
 	if err := rt.Stop(ctx, spec.SessionID); err != nil {
 		t.Fatal(err)
 	}
-	for _, pid := range pids {
-		testutil.Eventually(t, testutil.WaitShort, "pid "+strconv.Itoa(pid)+" to be gone", func() bool { return !alive(pid) })
+	testutil.Eventually(t, testutil.WaitShort, "the agent to be gone", func() bool { return !alive(agentPID) })
+	if pids := hostPIDsWith(marker); len(pids) > 0 {
+		t.Fatalf("processes of the session outlived it: %v", pids)
 	}
 	if _, err := os.Stat(filepath.Join(rt.cfg.Dir, spec.SessionID)); !os.IsNotExist(err) {
 		t.Fatalf("session directory left behind: %v", err)
 	}
+}
+
+// hostPIDsWith scans the host's /proc for live processes whose command
+// line holds marker.
+func hostPIDsWith(marker string) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err == nil && strings.Contains(string(b), marker) && alive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 func alive(pid int) bool {
