@@ -1,0 +1,179 @@
+//go:build linux
+
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/runtime/inproc"
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/internal/store/sqlite"
+	"github.com/devgpu/devgpu/internal/testutil"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// newFullableRig is a meterRig whose SQLite store lives on a small tmpfs
+// that the test can fill; it returns the tmpfs's directory too.
+func newFullableRig(t *testing.T) (*meterRig, string) {
+	t.Helper()
+	ctx := testutil.Context(t, testutil.WaitLong)
+	dir := testutil.SmallFS(t, 8<<20) // before the store, so unmounted after it closes
+	st, err := sqlite.Open(ctx, filepath.Join(dir, "devgpu.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	r := &meterRig{t: t, st: st, reg: inproc.NewRegistry(testutil.ShortTempDir(t)),
+		clock: &clock{t: time.Now().Truncate(time.Second)}}
+	if r.admin, err = Bootstrap(ctx, st, "root", true, true, r.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	r.start(perSecond(1))
+	return r, dir
+}
+
+// healthDoc is /healthz's document as clients read it.
+type healthDoc struct {
+	Status         string `json:"status"`
+	Reason         string `json:"reason"`
+	UnrecordedEnds int    `json:"unrecorded_ends"`
+}
+
+// healthz returns /healthz's status code and document.
+func (r *meterRig) healthz() (int, healthDoc) {
+	r.t.Helper()
+	resp, err := http.Get(r.url + "/healthz")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var h healthDoc
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+		r.t.Fatalf("/healthz: %v", err)
+	}
+	return resp.StatusCode, h
+}
+
+// inRuntime reports whether the runtime still runs the session.
+func (r *meterRig) inRuntime(id string) bool {
+	r.t.Helper()
+	instances, err := inproc.New(r.reg).List(context.Background())
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return slices.ContainsFunc(instances, func(in runtime.Instance) bool { return in.SessionID == id })
+}
+
+// With the store's disk full, a session its owner stops and one that
+// reaches its lifetime are stopped at once all the same; /healthz says the
+// store cannot write; once space returns, both ends are recorded by
+// themselves, billed to the second they were stopped (not to when the
+// store took the record), once each, and their GPUs are free.
+func TestSessionsEndWhileStoreIsFull(t *testing.T) {
+	t.Parallel()
+	r, dir := newFullableRig(t)
+	ctx := context.Background()
+	admin := r.client(r.admin)
+	r.project("life", sdk.ProjectSettings{MaxLifetime: ptr(sdk.Duration(20 * time.Second))})
+	stopped, life, kept := r.session("default"), r.session("life"), r.session("default")
+	if code, h := r.healthz(); code != http.StatusOK || h.Status != "ok" {
+		t.Fatalf("/healthz before the disk fills = %d %+v", code, h)
+	}
+
+	r.clock.advance(5 * time.Second) // t=5
+	free := testutil.Fill(t, dir)
+	out, err := admin.StopSession(ctx, stopped.ID)
+	if err != nil {
+		t.Fatalf("stop with the store's disk full: %v", err)
+	}
+	if r.inRuntime(stopped.ID) {
+		t.Fatal("the stopped session still runs in the runtime")
+	}
+	if out.State != sdk.StateStopping {
+		t.Errorf("stop answered state %s, want stopping until the end is recorded", out.State)
+	}
+	code, h := r.healthz()
+	if code != http.StatusServiceUnavailable || h.Status != "unhealthy" || !strings.Contains(h.Reason, "database or disk is full") ||
+		!strings.Contains(h.Reason, "free space on its disk") || h.UnrecordedEnds != 1 {
+		t.Fatalf("/healthz with the store's disk full = %d %+v", code, h)
+	}
+
+	r.clock.advance(15 * time.Second) // t=20: life reaches its max lifetime
+	testutil.Eventually(t, testutil.WaitMedium, "the session past its lifetime to be stopped", func() bool { return !r.inRuntime(life.ID) })
+	if !r.inRuntime(kept.ID) {
+		t.Fatal("a session nobody ended was stopped")
+	}
+	r.clock.advance(10 * time.Second) // t=30: the store still refuses
+	for _, id := range []string{stopped.ID, life.ID} {
+		if s, err := r.st.Session(ctx, id); err != nil || s.State == sdk.StateEnded {
+			t.Fatalf("session %s recorded %+v, %v while the disk is full", id, s, err)
+		}
+	}
+	testutil.Eventually(t, testutil.WaitShort, "/healthz to count 2 unrecorded ends", func() bool {
+		code, h := r.healthz()
+		return code == http.StatusServiceUnavailable && h.UnrecordedEnds == 2
+	})
+
+	free()
+	testutil.Eventually(t, testutil.WaitMedium, "/healthz to recover", func() bool {
+		code, h := r.healthz()
+		return code == http.StatusOK && h.Status == "ok"
+	})
+	r.billed(stopped.ID, 5*time.Second, sdk.ReasonStopped)
+	r.billed(life.ID, 20*time.Second, sdk.ReasonLifetime)
+	gpus, err := r.st.ListGPUs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []string
+	for _, g := range gpus {
+		if g.SessionID != "" {
+			held = append(held, g.SessionID)
+		}
+	}
+	if !slices.Equal(held, []string{kept.ID}) {
+		t.Fatalf("GPUs held by %v after recovery, want only %s's", held, kept.ID)
+	}
+	events, err := r.st.ListAudit(ctx, store.AuditFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ends := map[string]int{}
+	for _, e := range events {
+		if e.Action == "session.end" {
+			ends[e.Target]++
+		}
+	}
+	if ends[stopped.ID] != 1 || ends[life.ID] != 1 {
+		t.Fatalf("session.end audit events %v, want one each", ends)
+	}
+	if _, err := admin.StopSession(ctx, kept.ID); err != nil {
+		t.Fatal(err)
+	}
+	r.billed(kept.ID, 30*time.Second, sdk.ReasonStopped)
+}
+
+// /healthz notices a store that cannot write even while no session ends,
+// by its own probe, and recovers by itself.
+func TestHealthzReportsStoreThatCannotWrite(t *testing.T) {
+	t.Parallel()
+	r, dir := newFullableRig(t)
+	free := testutil.Fill(t, dir)
+	testutil.Eventually(t, testutil.WaitMedium, "/healthz to report the full disk", func() bool {
+		code, h := r.healthz()
+		return code == http.StatusServiceUnavailable && strings.Contains(h.Reason, "database or disk is full")
+	})
+	free()
+	testutil.Eventually(t, testutil.WaitMedium, "/healthz to recover", func() bool {
+		code, _ := r.healthz()
+		return code == http.StatusOK
+	})
+}
