@@ -1,0 +1,121 @@
+//go:build linux
+
+package e2e
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/testutil"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// health is /healthz's answer.
+type health struct {
+	code           int
+	Status         string `json:"status"`
+	Reason         string `json:"reason"`
+	UnrecordedEnds int    `json:"unrecorded_ends"`
+}
+
+func (e *env) healthz() health {
+	e.t.Helper()
+	resp, err := http.Get("http://" + e.addr + "/healthz")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	h := health{code: resp.StatusCode}
+	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
+		e.t.Fatalf("/healthz: %v", err)
+	}
+	return h
+}
+
+// sessionProcess starts a process in the shell's session that left its
+// process group, and returns its pid.
+func (e *env) sessionProcess(tm *term, name string) int {
+	e.t.Helper()
+	pidFile := filepath.Join(e.dir, name+".pid")
+	tm.send("setsid sh -c 'echo $$ > " + pidFile + "; exec sleep 1000' >/dev/null 2>&1 & sleep 0.2; echo star''ted\r")
+	tm.expect("started")
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if !pidAlive(pid) {
+		e.t.Fatalf("process %d of session %s is not running", pid, name)
+	}
+	return pid
+}
+
+// The real server on a SQLite store whose disk fills up: a session its
+// owner stops and one that reaches its lifetime are stopped at once, every
+// process of them gone; /healthz answers 503 naming the full disk; when
+// space returns the server recovers by itself, and both sessions are
+// recorded ended at the moment they were stopped and billed to it.
+func TestStoreDiskFull(t *testing.T) {
+	t.Parallel()
+	fs := testutil.SmallFS(t, 8<<20) // before the server: unmounted after it stops
+	e := newEnv(t, "t4:2", "--store", filepath.Join(fs, "devgpu.db"))
+	e.admin("project", "create", "short", "--max-lifetime", "6s")
+
+	tmA := e.terminal("shell")
+	idA := tmA.sessionID()
+	tmA.ready()
+	pidA := e.sessionProcess(tmA, "a")
+	tmB := e.terminal("shell", "--project", "short")
+	idB := tmB.sessionID()
+	tmB.ready()
+	pidB := e.sessionProcess(tmB, "b")
+
+	free := testutil.Fill(t, fs)
+	stopAt := time.Now()
+	r := e.cli("sessions", "stop", idA)
+	if r.code != 0 {
+		t.Fatalf("sessions stop with the store's disk full: %+v", r)
+	}
+	// Stopped by the time stop answered; init reaps the orphan a moment later.
+	testutil.Eventually(t, testutil.WaitShort, "the stopped session's process to be gone", func() bool { return !pidAlive(pidA) })
+	if h := e.healthz(); h.code != http.StatusServiceUnavailable || h.Status != "unhealthy" || !strings.Contains(h.Reason, "database or disk is full") {
+		t.Fatalf("/healthz with the store's disk full = %+v", h)
+	}
+	// B reaches its lifetime while the store still cannot write.
+	testutil.Eventually(t, testutil.WaitMedium, "the session past its lifetime to be stopped", func() bool { return !pidAlive(pidB) })
+	testutil.Eventually(t, testutil.WaitShort, "/healthz to count two unrecorded ends", func() bool {
+		h := e.healthz()
+		return h.code == http.StatusServiceUnavailable && h.UnrecordedEnds == 2
+	})
+
+	freedAt := time.Now()
+	free()
+	testutil.Eventually(t, testutil.WaitMedium, "/healthz to recover", func() bool { return e.healthz().code == http.StatusOK })
+	a := e.waitSession(idA, testutil.WaitShort, "to be recorded ended", func(s sdk.Session) bool { return s.State == sdk.StateEnded })
+	b := e.waitSession(idB, testutil.WaitShort, "to be recorded ended", func(s sdk.Session) bool { return s.State == sdk.StateEnded })
+	if a.EndReason != sdk.ReasonStopped || a.EndedAt.Before(stopAt) || !a.EndedAt.Before(freedAt) {
+		t.Fatalf("session A ended %s at %s; stopped at %s, space back at %s", a.EndReason, a.EndedAt, stopAt, freedAt)
+	}
+	if lived := b.EndedAt.Sub(*b.StartedAt); b.EndReason != sdk.ReasonLifetime || lived < 6*time.Second || lived > 8*time.Second {
+		t.Fatalf("session B ended %s after %s, want lifetime after 6s", b.EndReason, lived)
+	}
+	// Billed to those ends, once each.
+	var report sdk.UsageReport
+	if err := json.Unmarshal([]byte(e.cli("usage", "--format", "json", "--by", "user").stdout), &report); err != nil {
+		t.Fatal(err)
+	}
+	lived := a.EndedAt.Sub(*a.StartedAt).Seconds() + b.EndedAt.Sub(*b.StartedAt).Seconds()
+	if got := report.Total.GPUSeconds; got < lived-0.001 || got > lived+0.001 {
+		t.Fatalf("usage: %.3f GPU-seconds, the sessions lived %.3f s", got, lived)
+	}
+	// The server works on: a new session starts.
+	if r := e.cli("run", "--", "true"); r.code != 0 {
+		t.Fatalf("run after recovery: %+v", r)
+	}
+}
