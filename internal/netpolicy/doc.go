@@ -22,34 +22,61 @@
 //
 // # The rules
 //
-// One nftables table (Config.Table, default "inet devgpu") holds every
-// rule; nothing else on the host is touched, and Cleanup deletes it:
+// Each Manager owns one bridge and one nftables table named after it,
+// inet devgpu_<bridge> (TableName), and touches nothing else on the host;
+// Cleanup deletes it. A second Manager on the same bridge, in this process
+// or another, is refused (Start claims the bridge through an abstract unix
+// socket that the kernel releases when the process ends), as is a subnet
+// that another interface already holds. So two servers on one host never
+// share, reuse or remove each other's rules.
+//
+// The table is never trusted: Start (the server calls it once; Setup does
+// if nobody has) replaces whatever a table of that name holds, left by an
+// earlier run or changed since, with the fixed rules and the rules of
+// every session in the state file, in one atomic transaction. The state
+// file therefore records each session's egress, allow-list names resolved,
+// and the bridge; a restart with another bridge or subnet is refused while
+// sessions of the old one live. Setup checks that the table still holds
+// what was built (base chains and one dispatch rule per session) and
+// rebuilds it if not. A table from an older version ("inet devgpu") is
+// left alone: it can only drop more.
 //
 //   - forward: replies (ct established,related) pass; traffic that enters
 //     and leaves through the bridge (session to session, routed through the
 //     host) is dropped; traffic from a session's address jumps to that
 //     session's chain; anything else from the bridge (an unknown or spoofed
-//     source) is dropped, as is anything new towards the sessions.
-//   - input (traffic to the host itself): the same, and every session
-//     chain first drops TCP to the control plane's API port (Config.APIPort)
-//     on any host address, unless an allow-list entry names that port.
+//     source, IPv6) is dropped, as is anything new towards the sessions.
+//   - input (traffic to any of the host's own addresses: the gateway,
+//     other interfaces' addresses, other servers' bridges): the same, to
+//     the session's host chain.
 //   - postrouting (nat): traffic from the subnet that leaves through
 //     another interface is masqueraded, so that replies find their way back.
+//
+// A session's host chain holds the host services it may reach: none,
+// unless the organisation's host access (sdk.OrgPolicy.AllowHostAccess,
+// which the server copies into sdk.Egress.HostAccess) names them. Entries
+// naming a port come first, then the control plane's API port
+// (Config.APIPort) is dropped, then entries without a port: so the API
+// port opens only to an entry that names it. Traffic to the link-local
+// range 169.254.0.0/16 (cloud instance metadata) is forwarded rather than
+// delivered, and goes through the host chain too.
 //
 // Per mode:
 //
 //   - none: loopback only. The session has no veth and no address at all;
 //     it holds no allocator entry and no rules.
-//   - allow-list: only the listed destinations. A CIDR or IP without a port
-//     allows every protocol to it; with a port, TCP and UDP to that port
-//     only. Host names are resolved once, at Setup, to their IPv4 addresses,
-//     and those addresses are pinned for the session's life: a later DNS
-//     change does not reach running sessions. A session in allow-list mode
-//     can only resolve names if the list includes a DNS server (e.g.
-//     10.0.0.2:53). Sessions have IPv4 only, so IPv6 entries are accepted
-//     but can never match.
-//   - all: NAT to the host's network, and the host's own services, except
-//     the control plane's API port.
+//   - allow-list: only the listed destinations outside the host. A CIDR or
+//     IP without a port allows every protocol to it; with a port, TCP and
+//     UDP to that port only. Host names are resolved once, at Setup, to
+//     their IPv4 addresses, and those addresses are pinned for the
+//     session's life: a later DNS change does not reach running sessions.
+//     A session in allow-list mode can only resolve names if the list
+//     includes a DNS server (e.g. 10.0.0.2:53) that is not the host
+//     itself. Sessions have IPv4 only, so IPv6 entries are accepted but
+//     can never match. Listing a host address or 169.254.169.254 does not
+//     open it: host services are the organisation's to open.
+//   - all: NAT to the outside world; the host's own services and the
+//     link-local range only as host access allows.
 //
 // Setup enables IPv4 forwarding (/proc/sys/net/ipv4/ip_forward = 1)
 // whenever a session needs a veth; without it the host would not route

@@ -23,21 +23,31 @@ type ipam struct {
 // ipamState is the file's content.
 type ipamState struct {
 	Subnet string `json:"subnet"`
+	// Bridge is the bridge the sessions are on (empty in files of older
+	// versions: the configured one).
+	Bridge string `json:"bridge,omitempty"`
 	// Last is the address handed out most recently: the search for a free
 	// one starts after it, so that a released address is not reused at once.
 	Last     string            `json:"last,omitempty"`
 	Sessions map[string]record `json:"sessions"`
 }
 
-// record is what the allocator keeps per session.
+// record is what the allocator keeps per session: enough to rebuild its
+// rules after a restart.
 type record struct {
 	Addr string `json:"addr,omitempty"` // empty for mode none
 	Name string `json:"name"`           // namespace file name
 	Veth string `json:"veth,omitempty"` // host end of the veth pair
+	// Mode, Allow and Host are the session's egress, allow-list names
+	// resolved (see encodeDests). A record without a mode (an older
+	// version's) gets rules that let nothing through.
+	Mode  string   `json:"mode,omitempty"`
+	Allow []string `json:"allow,omitempty"`
+	Host  []string `json:"host,omitempty"`
 }
 
-func loadIPAM(path string, subnet netip.Prefix) (*ipam, error) {
-	a := &ipam{path: path, subnet: subnet, state: ipamState{Subnet: subnet.String(), Sessions: map[string]record{}}}
+func loadIPAM(path string, subnet netip.Prefix, bridge string) (*ipam, error) {
+	a := &ipam{path: path, subnet: subnet, state: ipamState{Subnet: subnet.String(), Bridge: bridge, Sessions: map[string]record{}}}
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return a, nil
@@ -52,7 +62,18 @@ func loadIPAM(path string, subnet netip.Prefix) (*ipam, error) {
 		return nil, fmt.Errorf("netpolicy: address state %s is for subnet %s with %d live sessions, not %s; tear them down first",
 			path, a.state.Subnet, len(a.state.Sessions), subnet)
 	}
+	live := 0
+	for _, r := range a.state.Sessions {
+		if r.Addr != "" {
+			live++
+		}
+	}
+	if a.state.Bridge != "" && a.state.Bridge != bridge && live > 0 {
+		return nil, fmt.Errorf("netpolicy: address state %s is for bridge %s with %d live sessions, not %s; tear them down first",
+			path, a.state.Bridge, live, bridge)
+	}
 	a.state.Subnet = subnet.String()
+	a.state.Bridge = bridge
 	if a.state.Sessions == nil {
 		a.state.Sessions = map[string]record{}
 	}

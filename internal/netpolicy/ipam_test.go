@@ -9,7 +9,7 @@ import (
 func TestIPAMAllocatesPersistsAndSkipsLive(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ipam.json")
 	subnet := netip.MustParsePrefix("10.1.2.0/29") // .1 gateway, .2-.6 sessions, .7 broadcast
-	a, err := loadIPAM(path, subnet)
+	a, err := loadIPAM(path, subnet, "br")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +31,7 @@ func TestIPAMAllocatesPersistsAndSkipsLive(t *testing.T) {
 	}
 	take(a, "b")
 	// A restarted control plane reads the file and goes on after .3.
-	b, err := loadIPAM(path, subnet)
+	b, err := loadIPAM(path, subnet, "br")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,8 +50,13 @@ func TestIPAMAllocatesPersistsAndSkipsLive(t *testing.T) {
 		t.Fatal("full subnet gave an address")
 	}
 	// The same file under another subnet, with live sessions, is refused.
-	if _, err := loadIPAM(path, netip.MustParsePrefix("10.9.0.0/24")); err == nil {
+	if _, err := loadIPAM(path, netip.MustParsePrefix("10.9.0.0/24"), "br"); err == nil {
 		t.Fatal("subnet change with live sessions accepted")
+	}
+	// So is the same file under another bridge: the sessions' veths are
+	// on the old one, and their rules match it.
+	if _, err := loadIPAM(path, subnet, "br2"); err == nil {
+		t.Fatal("bridge change with live sessions accepted")
 	}
 }
 

@@ -49,19 +49,17 @@ type Config struct {
 	// RuntimeDir holds the namespaces' bind mounts (default
 	// /run/devgpu/netns).
 	RuntimeDir string
-	// StateFile records the sessions and their addresses (default
-	// RuntimeDir/ipam.json).
+	// StateFile records the sessions, their addresses and their rules
+	// (default RuntimeDir/ipam.json).
 	StateFile string
-	// Table is the nftables table's name, family inet (default "devgpu").
-	Table string
 	// LookupHost resolves allow-list host names to addresses (default: the
 	// system resolver, IPv4).
 	LookupHost func(ctx context.Context, host string) ([]netip.Addr, error)
 }
 
 // Manager sets sessions' namespaces and rules up and tears them down. Its
-// methods are safe for concurrent use; one host runs one Manager per
-// bridge and table.
+// methods are safe for concurrent use; one host runs at most one Manager
+// per bridge (Start enforces it), each with its own table.
 type Manager struct {
 	cfg Config
 
@@ -69,6 +67,7 @@ type Manager struct {
 	ipam        *ipam
 	setForward  bool // this Manager turned ip_forward on
 	gatewayAddr netip.Addr
+	lock        net.Listener // holds the bridge; nil until started
 }
 
 // New checks cfg, fills in its defaults and loads the address state. It
@@ -93,15 +92,12 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.StateFile == "" {
 		cfg.StateFile = filepath.Join(cfg.RuntimeDir, "ipam.json")
 	}
-	if cfg.Table == "" {
-		cfg.Table = "devgpu"
-	}
 	if cfg.LookupHost == nil {
 		cfg.LookupHost = func(ctx context.Context, host string) ([]netip.Addr, error) {
 			return net.DefaultResolver.LookupNetIP(ctx, "ip4", host)
 		}
 	}
-	a, err := loadIPAM(cfg.StateFile, cfg.Subnet)
+	a, err := loadIPAM(cfg.StateFile, cfg.Subnet, cfg.Bridge)
 	if err != nil {
 		return nil, err
 	}
@@ -110,6 +106,67 @@ func New(cfg Config) (*Manager, error) {
 
 // Gateway is the bridge's address: the sessions' default route.
 func (m *Manager) Gateway() netip.Addr { return m.gatewayAddr }
+
+// Start claims the bridge for this Manager (another Manager holding it, in
+// this process or another, is an error) and builds the table from scratch:
+// whatever a table of that name holds, left by an earlier run or changed
+// since, is replaced in one atomic transaction by the fixed rules and the
+// rules of every session the state file records. The server calls it once
+// at start; Setup calls it if nobody has.
+func (m *Manager) Start(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.start()
+}
+
+func (m *Manager) start() error {
+	if m.lock != nil {
+		return nil
+	}
+	l, err := lockBridge(m.cfg.Bridge)
+	if err != nil {
+		return err
+	}
+	if err := m.Check(); err != nil {
+		l.Close()
+		return err
+	}
+	if err := m.rebuild(); err != nil {
+		l.Close()
+		return err
+	}
+	m.lock = l
+	return nil
+}
+
+// Close gives up the claim on the bridge, leaving sessions, rules and
+// bridge as they are: a later Manager's Start takes them over.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.unlock()
+	return nil
+}
+
+func (m *Manager) unlock() {
+	if m.lock != nil {
+		m.lock.Close()
+		m.lock = nil
+	}
+}
+
+// lockBridge claims bridge for this process through an abstract unix
+// socket, which the kernel releases when the process ends.
+func lockBridge(bridge string) (net.Listener, error) {
+	l, err := net.Listen("unix", "@devgpu-netpolicy-bridge-"+bridge)
+	if errors.Is(err, unix.EADDRINUSE) {
+		return nil, fmt.Errorf("netpolicy: bridge %s is in use by another devgpu server on this host; give each server its own bridge and subnet (oci bridge and subnet in the server config)", bridge)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("netpolicy: claiming bridge %s: %w", bridge, err)
+	}
+	return l, nil
+}
 
 // Session is what the Manager records about a live session.
 type Session struct {
@@ -151,6 +208,10 @@ func (m *Manager) Setup(ctx context.Context, sessionID string, egress sdk.Egress
 			return "", err
 		}
 	}
+	hostDests, err := parseHostAccess(egress.HostAccess)
+	if err != nil {
+		return "", err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.ipam.state.Sessions[sessionID]; ok {
@@ -172,6 +233,9 @@ func (m *Manager) Setup(ctx context.Context, sessionID string, egress sdk.Egress
 		}
 		rec.Addr = addr.String()
 		rec.Veth = vethName(sessionID)
+		rec.Mode = egress.Mode
+		rec.Allow = encodeDests(dests)
+		rec.Host = encodeDests(hostDests)
 	}
 	// Record first, so that a crash from here on leaves a record for
 	// Teardown (and List) to find.
@@ -215,7 +279,7 @@ func (m *Manager) Setup(ctx context.Context, sessionID string, egress sdk.Egress
 	if err := m.addVeth(in, ns, rec.Veth, addr); err != nil {
 		return "", err
 	}
-	if err := m.addSessionRules(sessionID, chainName(sessionID), addr, egress.Mode, dests); err != nil {
+	if err := m.addSessionRules(sessionID, rec); err != nil {
 		return "", err
 	}
 	return path, nil
@@ -267,6 +331,15 @@ func (m *Manager) teardown(sessionID string) error {
 func (m *Manager) Cleanup(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// Never clean up a bridge another live Manager holds.
+	if m.lock == nil {
+		l, err := lockBridge(m.cfg.Bridge)
+		if err != nil {
+			return err
+		}
+		m.lock = l
+	}
+	defer m.unlock()
 	var errs []error
 	for id := range m.ipam.state.Sessions {
 		if err := m.teardown(id); err != nil {
@@ -330,10 +403,18 @@ func bridgedVeths() bool {
 	return false
 }
 
-// ensureHost makes the table, the bridge and forwarding ready.
+// ensureHost makes the table, the bridge and forwarding ready. A table
+// that is not as this Manager built it (someone flushed or changed it) is
+// rebuilt.
 func (m *Manager) ensureHost() error {
-	if err := m.ensureTable(); err != nil {
-		return err
+	if m.lock == nil {
+		if err := m.start(); err != nil {
+			return err
+		}
+	} else if !m.intact() {
+		if err := m.rebuild(); err != nil {
+			return err
+		}
 	}
 	if err := m.ensureBridge(); err != nil {
 		return err
@@ -353,6 +434,13 @@ func (m *Manager) ensureHost() error {
 
 func (m *Manager) ensureBridge() error {
 	l, err := netlink.LinkByName(m.cfg.Bridge)
+	index := 0
+	if err == nil {
+		index = l.Attrs().Index
+	}
+	if err := m.checkSubnetFree(index); err != nil {
+		return err
+	}
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if !errors.As(err, &nf) {
@@ -432,6 +520,35 @@ func (m *Manager) addVeth(in *netlink.Handle, ns netns.NsHandle, hostName string
 	gw := net.IP(m.gatewayAddr.AsSlice())
 	if err := in.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: gw}); err != nil {
 		return fmt.Errorf("netpolicy: default route via %s: %w", m.gatewayAddr, err)
+	}
+	return nil
+}
+
+// checkSubnetFree fails if an interface other than the bridge holds an
+// address in the subnet (another server's bridge, or the bridge of an
+// earlier run under another name): the host could not route to both.
+func (m *Manager) checkSubnetFree(bridgeIndex int) error {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("netpolicy: listing the host's addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if a.LinkIndex == bridgeIndex || a.IPNet == nil {
+			continue
+		}
+		p, ok := netip.AddrFromSlice(a.IP.To4())
+		if !ok {
+			continue
+		}
+		ones, _ := a.Mask.Size()
+		if !netip.PrefixFrom(p, ones).Overlaps(m.cfg.Subnet) {
+			continue
+		}
+		name := strconv.Itoa(a.LinkIndex)
+		if l, err := netlink.LinkByIndex(a.LinkIndex); err == nil {
+			name = l.Attrs().Name
+		}
+		return fmt.Errorf("netpolicy: subnet %s overlaps %s on interface %s; give each devgpu server its own subnet, or delete %s if an earlier run left it behind", m.cfg.Subnet, a.IPNet, name, name)
 	}
 	return nil
 }

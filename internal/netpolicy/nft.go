@@ -4,33 +4,48 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
+	"strconv"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 )
 
-// The table's chains: base chains hooked into the kernel, and two regular
-// chains that dispatch by a session's source address to its own chains.
+// The table's chains: base chains hooked into the kernel, two regular
+// chains that dispatch by a session's source address to its own chains,
+// and per session a chain for what it forwards and one for what it sends
+// to the host itself.
 const (
-	chainForward  = "forward"
-	chainInput    = "input"
-	chainPostNAT  = "postrouting"
-	chainSessFwd  = "sessions_fwd"
-	chainSessIn   = "sessions_in"
-	sessFwdSuffix = "_fwd"
-	sessInSuffix  = "_in"
+	chainForward   = "forward"
+	chainInput     = "input"
+	chainPostNAT   = "postrouting"
+	chainSessFwd   = "sessions_fwd"
+	chainSessIn    = "sessions_in"
+	sessFwdSuffix  = "_fwd"
+	sessHostSuffix = "_host"
+	sessInSuffix   = "_in" // an older version's; removed, never made
 )
 
-// dest is one allow-list entry after name resolution.
+// linkLocal is where clouds serve instance metadata (169.254.169.254):
+// host territory, even though it is reached by forwarding.
+var linkLocal = netip.MustParsePrefix("169.254.0.0/16")
+
+// dest is one allow-list or host-access entry after name resolution.
 type dest struct {
 	prefix netip.Prefix
 	port   uint16 // 0: any protocol, any port
 }
 
+// TableName is the nftables table (family inet) of the Manager of bridge:
+// one per bridge, so that servers on other bridges never share, reuse or
+// remove each other's rules.
+func TableName(bridge string) string { return "devgpu_" + bridge }
+
 func (m *Manager) table() *nftables.Table {
-	return &nftables.Table{Family: nftables.TableFamilyINet, Name: m.cfg.Table}
+	return &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName(m.cfg.Bridge)}
 }
 
 // Check reports whether this kernel lets the Manager use nftables, by
@@ -43,28 +58,34 @@ func (m *Manager) Check() error {
 	}
 	c.AddTable(m.table())
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("netpolicy: nftables is not available in this kernel (creating table inet %s: %w); the egress policy needs nf_tables (CONFIG_NF_TABLES, CONFIG_NF_TABLES_INET) and CAP_NET_ADMIN", m.cfg.Table, err)
+		return fmt.Errorf("netpolicy: nftables is not available in this kernel (creating table inet %s: %w); the egress policy needs nf_tables (CONFIG_NF_TABLES, CONFIG_NF_TABLES_INET) and CAP_NET_ADMIN", m.table().Name, err)
 	}
 	return nil
 }
 
-// ensureTable creates the table and its fixed chains and rules unless they
-// are there already.
-func (m *Manager) ensureTable() error {
-	if err := m.Check(); err != nil {
-		return err
-	}
+// Fixed rule counts of the base chains, as rebuild makes them; intact
+// compares against them.
+const (
+	forwardRules = 5
+	inputRules   = 3
+	natRules     = 1
+)
+
+// rebuild replaces the table, whatever it holds, with the fixed chains and
+// rules and those of every recorded session, in one transaction: there is
+// no moment without rules, and nothing left by an earlier run survives.
+func (m *Manager) rebuild() error {
 	c, err := nftables.New()
 	if err != nil {
 		return err
 	}
 	t := m.table()
-	if ch, err := c.ListChain(t, chainSessIn); err == nil && ch != nil {
-		return nil // built before
+	if old := m.legacyTable(c); old != nil {
+		c.DelTable(old)
 	}
-	// A half-built table (an earlier failure) is rebuilt from scratch; it
-	// has no session chains yet, since those come after.
-	c.FlushTable(t)
+	c.AddTable(t) // so that the delete finds it
+	c.DelTable(t)
+	c.AddTable(t)
 	accept := nftables.ChainPolicyAccept
 	fwd := c.AddChain(&nftables.Chain{Name: chainForward, Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
@@ -77,99 +98,222 @@ func (m *Manager) ensureTable() error {
 
 	br := m.cfg.Bridge
 	rule := func(ch *nftables.Chain, exprs ...[]expr.Any) {
-		var all []expr.Any
-		for _, e := range exprs {
-			all = append(all, e...)
-		}
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: all})
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: slices.Concat(exprs...)})
 	}
-	// forward
+	// forward (forwardRules)
 	rule(fwd, ctEstablished(), verdict(expr.VerdictAccept, ""))
 	rule(fwd, ifname(expr.MetaKeyIIFNAME, br), ifname(expr.MetaKeyOIFNAME, br), verdict(expr.VerdictDrop, ""))
 	rule(fwd, ifname(expr.MetaKeyIIFNAME, br), verdict(expr.VerdictJump, chainSessFwd))
 	rule(fwd, ifname(expr.MetaKeyIIFNAME, br), verdict(expr.VerdictDrop, ""))
 	rule(fwd, ifname(expr.MetaKeyOIFNAME, br), verdict(expr.VerdictDrop, ""))
-	// input
+	// input (inputRules): every host address, the gateway included.
 	rule(in, ctEstablished(), verdict(expr.VerdictAccept, ""))
 	rule(in, ifname(expr.MetaKeyIIFNAME, br), verdict(expr.VerdictJump, chainSessIn))
 	rule(in, ifname(expr.MetaKeyIIFNAME, br), verdict(expr.VerdictDrop, ""))
-	// postrouting: masquerade what leaves the subnet through another link.
+	// postrouting (natRules): masquerade what leaves the subnet through
+	// another link.
 	rule(nat, ipAddr(12, m.cfg.Subnet), ifnameNeq(expr.MetaKeyOIFNAME, br), []expr.Any{&expr.Masq{}})
+
+	ids := slices.Sorted(maps.Keys(m.ipam.state.Sessions))
+	for _, id := range ids {
+		if rec := m.ipam.state.Sessions[id]; rec.Addr != "" {
+			m.sessionRules(c, id, rec)
+		}
+	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("netpolicy: creating nftables table inet %s: %w", m.cfg.Table, err)
+		return fmt.Errorf("netpolicy: building nftables table inet %s: %w", t.Name, err)
 	}
 	return nil
 }
 
+// legacyTableName is the one table every Manager of older versions
+// shared (a variable for tests).
+var legacyTableName = "devgpu"
+
+// legacyTable returns the older versions' table if its rules name this
+// Manager's bridge: an earlier run of this server left it, and its rules
+// would drop the new sessions' traffic. A legacy table of another bridge is
+// left alone.
+func (m *Manager) legacyTable(c *nftables.Conn) *nftables.Table {
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: legacyTableName}
+	if t.Name == m.table().Name {
+		return nil
+	}
+	rules, err := c.GetRules(t, &nftables.Chain{Name: chainForward, Table: t})
+	if err != nil {
+		return nil
+	}
+	want := ifnameBytes(m.cfg.Bridge)
+	for _, r := range rules {
+		for _, e := range r.Exprs {
+			if cmp, ok := e.(*expr.Cmp); ok && bytes.Equal(cmp.Data, want) {
+				return t
+			}
+		}
+	}
+	return nil
+}
+
+// intact reports whether the table still holds what rebuild and Setup put
+// there: the base chains with their rules and one dispatch rule per
+// recorded session.
+func (m *Manager) intact() bool {
+	c, err := nftables.New()
+	if err != nil {
+		return false
+	}
+	t := m.table()
+	sessions := 0
+	for _, r := range m.ipam.state.Sessions {
+		if r.Addr != "" {
+			sessions++
+		}
+	}
+	for name, want := range map[string]int{chainForward: forwardRules, chainInput: inputRules,
+		chainPostNAT: natRules, chainSessFwd: sessions, chainSessIn: sessions} {
+		rules, err := c.GetRules(t, &nftables.Chain{Name: name, Table: t})
+		if err != nil || len(rules) != want {
+			return false
+		}
+	}
+	return true
+}
+
 // addSessionRules adds a session's chains and the dispatch rules that jump
-// to them, tagged with the session id.
-func (m *Manager) addSessionRules(sessionID, chainBase string, addr netip.Addr, mode string, dests []dest) error {
+// to them.
+func (m *Manager) addSessionRules(sessionID string, rec record) error {
 	c, err := nftables.New()
 	if err != nil {
 		return err
 	}
-	t := m.table()
-	fwd := c.AddChain(&nftables.Chain{Name: chainBase + sessFwdSuffix, Table: t})
-	in := c.AddChain(&nftables.Chain{Name: chainBase + sessInSuffix, Table: t})
-	add := func(ch *nftables.Chain, exprs ...[]expr.Any) {
-		var all []expr.Any
-		for _, e := range exprs {
-			all = append(all, e...)
-		}
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: all})
-	}
-	apiDrop := func() {
-		if m.cfg.APIPort != 0 {
-			add(in, l4proto(unix.IPPROTO_TCP), dport(m.cfg.APIPort), verdict(expr.VerdictDrop, ""))
-		}
-	}
-	switch mode {
-	case modeAll:
-		add(fwd, verdict(expr.VerdictAccept, ""))
-		apiDrop()
-		add(in, verdict(expr.VerdictAccept, ""))
-	default: // allow-list
-		allow := func(ch *nftables.Chain, d dest) {
-			if !d.prefix.Addr().Is4() {
-				return // sessions have IPv4 only
-			}
-			if d.port == 0 {
-				add(ch, ipAddr(16, d.prefix), verdict(expr.VerdictAccept, ""))
-				return
-			}
-			for _, p := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
-				add(ch, ipAddr(16, d.prefix), l4proto(p), dport(d.port), verdict(expr.VerdictAccept, ""))
-			}
-		}
-		for _, d := range dests {
-			allow(fwd, d)
-		}
-		add(fwd, verdict(expr.VerdictDrop, ""))
-		// To the host: entries naming a port first (so naming the API port
-		// opens it), then the API port closed, then the rest.
-		for _, d := range dests {
-			if d.port != 0 {
-				allow(in, d)
-			}
-		}
-		apiDrop()
-		for _, d := range dests {
-			if d.port == 0 {
-				allow(in, d)
-			}
-		}
-		add(in, verdict(expr.VerdictDrop, ""))
-	}
-	src := ipAddr(12, netip.PrefixFrom(addr, 32))
-	tag := []byte(sessionID)
-	c.AddRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: chainSessFwd, Table: t}, UserData: tag,
-		Exprs: append(src, verdict(expr.VerdictJump, fwd.Name)...)})
-	c.AddRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: chainSessIn, Table: t}, UserData: tag,
-		Exprs: append(ipAddr(12, netip.PrefixFrom(addr, 32)), verdict(expr.VerdictJump, in.Name)...)})
+	m.sessionRules(c, sessionID, rec)
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("netpolicy: adding nftables rules for session %s: %w", sessionID, err)
 	}
 	return nil
+}
+
+// sessionRules queues a session's chains and dispatch rules (tagged with
+// the session id) on c.
+//
+// What it sends to the host's own addresses, and to the link-local range,
+// goes to its host chain: the organisation's host-access entries naming a
+// port, the API port closed, the other entries, then drop. What it
+// forwards elsewhere follows its egress mode. A record without a known
+// mode lets nothing through.
+func (m *Manager) sessionRules(c *nftables.Conn, sessionID string, rec record) {
+	t := m.table()
+	base := chainName(sessionID)
+	fwd := c.AddChain(&nftables.Chain{Name: base + sessFwdSuffix, Table: t})
+	host := c.AddChain(&nftables.Chain{Name: base + sessHostSuffix, Table: t})
+	add := func(ch *nftables.Chain, exprs ...[]expr.Any) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: slices.Concat(exprs...)})
+	}
+	allow := func(ch *nftables.Chain, d dest) {
+		if !d.prefix.Addr().Is4() {
+			return // sessions have IPv4 only
+		}
+		if d.port == 0 {
+			add(ch, ipAddr(16, d.prefix), verdict(expr.VerdictAccept, ""))
+			return
+		}
+		for _, p := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
+			add(ch, ipAddr(16, d.prefix), l4proto(p), dport(d.port), verdict(expr.VerdictAccept, ""))
+		}
+	}
+	known := rec.Mode == modeAll || rec.Mode == modeAllow
+	if known {
+		hostDests := decodeDests(rec.Host)
+		for _, d := range hostDests {
+			if d.port != 0 {
+				allow(host, d)
+			}
+		}
+		if m.cfg.APIPort != 0 {
+			add(host, l4proto(unix.IPPROTO_TCP), dport(m.cfg.APIPort), verdict(expr.VerdictDrop, ""))
+		}
+		for _, d := range hostDests {
+			if d.port == 0 {
+				allow(host, d)
+			}
+		}
+	}
+	add(host, verdict(expr.VerdictDrop, ""))
+
+	add(fwd, ipAddr(16, linkLocal), verdict(expr.VerdictJump, host.Name))
+	switch rec.Mode {
+	case modeAll:
+		add(fwd, verdict(expr.VerdictAccept, ""))
+	case modeAllow:
+		for _, d := range decodeDests(rec.Allow) {
+			allow(fwd, d)
+		}
+		add(fwd, verdict(expr.VerdictDrop, ""))
+	default:
+		add(fwd, verdict(expr.VerdictDrop, ""))
+	}
+
+	addr := netip.MustParseAddr(rec.Addr)
+	src := netip.PrefixFrom(addr, 32)
+	tag := []byte(sessionID)
+	c.AddRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: chainSessFwd, Table: t}, UserData: tag,
+		Exprs: slices.Concat(ipAddr(12, src), verdict(expr.VerdictJump, fwd.Name))})
+	c.AddRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: chainSessIn, Table: t}, UserData: tag,
+		Exprs: slices.Concat(ipAddr(12, src), verdict(expr.VerdictJump, host.Name))})
+}
+
+// encodeDests writes destinations for the state file as "prefix" or
+// "prefix:port"; IPv6 ones, which never match, are left out.
+func encodeDests(ds []dest) []string {
+	var out []string
+	for _, d := range ds {
+		if !d.prefix.Addr().Is4() {
+			continue
+		}
+		s := d.prefix.String()
+		if d.port != 0 {
+			s += ":" + strconv.Itoa(int(d.port))
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// decodeDests reads what encodeDests wrote, skipping what does not parse.
+func decodeDests(ss []string) []dest {
+	var out []dest
+	for _, s := range ss {
+		host, port, err := splitDest(s)
+		if err != nil {
+			continue
+		}
+		if p, err := netip.ParsePrefix(host); err == nil {
+			out = append(out, dest{prefix: p.Masked(), port: port})
+		}
+	}
+	return out
+}
+
+// parseHostAccess reads the organisation's host-access entries: CIDRs or
+// IP addresses with an optional :port, never names.
+func parseHostAccess(entries []string) ([]dest, error) {
+	var out []dest
+	for _, entry := range entries {
+		host, port, err := splitDest(entry)
+		if err != nil {
+			return nil, err
+		}
+		if p, err := netip.ParsePrefix(host); err == nil {
+			out = append(out, dest{prefix: p.Masked(), port: port})
+			continue
+		}
+		if a, err := netip.ParseAddr(host); err == nil {
+			out = append(out, dest{prefix: netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), port: port})
+			continue
+		}
+		return nil, fmt.Errorf("netpolicy: host access entry %q is not a CIDR or IP address (optionally with :port)", entry)
+	}
+	return out, nil
 }
 
 // delSessionRules removes a session's dispatch rules and chains; what is
@@ -198,7 +342,7 @@ func (m *Manager) delSessionRules(sessionID, chainBase string) error {
 			}
 		}
 	}
-	for _, name := range []string{chainBase + sessFwdSuffix, chainBase + sessInSuffix} {
+	for _, name := range []string{chainBase + sessFwdSuffix, chainBase + sessHostSuffix, chainBase + sessInSuffix} {
 		if ch, err := c.ListChain(t, name); err == nil && ch != nil {
 			c.FlushChain(ch)
 			c.DelChain(ch)

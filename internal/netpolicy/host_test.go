@@ -1,0 +1,119 @@
+package netpolicy
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/devgpu/devgpu/sdk"
+)
+
+const metadataIP = "169.254.169.254"
+
+// metadata stands up a cloud metadata service of the test's own: a
+// namespace linked to the host by a veth, holding 169.254.169.254 on a
+// dummy interface (or its loopback) with a listener on port 80. Only traffic that enters
+// through bridge is routed there (a rule and a routing table of the
+// test's own), so the host's own route to that address, if it has one,
+// is untouched. It returns the listener's address.
+func metadata(t *testing.T, dir, bridge string) string {
+	t.Helper()
+	p := freeSubnet(t, func() netip.Prefix {
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(250 + rand.IntN(5)), byte(rand.IntN(256)), 0}), 30)
+	})
+	hostIP, nsIP := p.Addr().Next(), p.Addr().Next().Next()
+	suffix := fmt.Sprintf("%04x", rand.IntN(1<<16))
+	path := filepath.Join(dir, "metadata-"+suffix)
+	if err := newNetns(path); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeNetns(path) })
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	name := "dgm" + suffix
+	must(netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: "eth0", PeerNamespace: netlink.NsFd(ns)}))
+	host, err := netlink.LinkByName(name)
+	must(err)
+	t.Cleanup(func() { netlink.LinkDel(host) })
+	must(netlink.AddrAdd(host, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(hostIP, 30))}))
+	must(netlink.LinkSetUp(host))
+	eth, err := h.LinkByName("eth0")
+	must(err)
+	must(h.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(nsIP, 30))}))
+	must(h.LinkSetUp(eth))
+	lo, _ := h.LinkByName("lo")
+	must(h.LinkSetUp(lo))
+	// On a dummy interface where the kernel has the driver, else on the
+	// namespace's loopback: either way a local address of the namespace.
+	meta := lo
+	if err := h.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "meta0"}}); err == nil {
+		meta, err = h.LinkByName("meta0")
+		must(err)
+	}
+	md := netip.MustParsePrefix(metadataIP + "/32")
+	must(h.AddrAdd(meta, &netlink.Addr{IPNet: ipNet(md)}))
+	must(h.LinkSetUp(meta))
+
+	table := 20000 + rand.IntN(10000)
+	route := &netlink.Route{Dst: ipNet(md), Gw: net.IP(nsIP.AsSlice()), LinkIndex: host.Attrs().Index, Table: table}
+	must(netlink.RouteAdd(route))
+	t.Cleanup(func() { netlink.RouteDel(route) })
+	rule := netlink.NewRule()
+	rule.IifName = bridge
+	rule.Dst = ipNet(md)
+	rule.Table = table
+	rule.Priority = table
+	must(netlink.RuleAdd(rule))
+	t.Cleanup(func() { netlink.RuleDel(rule) })
+	return serve(t, path, metadataIP+":80")
+}
+
+// With egress all, a session reaches the outside world but nothing of the
+// host itself: not a service on another host address, not one on the
+// bridge's gateway address, not the link-local metadata service. Nor
+// does a project's allow-list open them by naming them. (The earlier
+// version let egress all reach all three, and an allow-list every host
+// address it named.)
+func TestEgressKeepsHostClosed(t *testing.T) {
+	dir := t.TempDir()
+	needRoot(t)
+	out := newOutside(t, dir)
+	cfg := testConfig(t, dir)
+	m := testManager(t, cfg)
+	hostSvc := serve(t, "", netip.AddrPortFrom(out.hostIP, 0).String())
+	nsAll := mustSetup(t, m, "s-all", sdk.Egress{Mode: sdk.EgressAll})
+	gwSvc := serve(t, "", netip.AddrPortFrom(m.Gateway(), 0).String())
+	md := metadata(t, dir, cfg.Bridge)
+	nsAllow := mustSetup(t, m, "s-allow", sdk.Egress{Mode: sdk.EgressAllowList,
+		Allow: []string{out.listed, hostSvc, gwSvc, md, "169.254.0.0/16"}})
+
+	reach(t, "all: outside", nsAll, out.unlisted)
+	noReach(t, "all: service on a host address", nsAll, hostSvc)
+	noReach(t, "all: service on the gateway address", nsAll, gwSvc)
+	noReach(t, "all: link-local metadata service", nsAll, md)
+
+	reach(t, "allow-list: listed outside service", nsAllow, out.listed)
+	noReach(t, "allow-list: host service listed", nsAllow, hostSvc)
+	noReach(t, "allow-list: gateway service listed", nsAllow, gwSvc)
+	noReach(t, "allow-list: metadata service listed", nsAllow, md)
+}
