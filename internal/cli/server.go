@@ -312,7 +312,9 @@ func (o *serverOptions) newRuntime(dataDir string, api net.Addr, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
-	if err := network.Check(); err != nil {
+	// Start claims the bridge (one server per bridge) and rebuilds its
+	// nftables table from scratch: nothing an earlier run left counts.
+	if err := network.Start(context.Background()); err != nil {
 		return nil, err
 	}
 	// Unix socket paths are short: keep the state directory's path short.
