@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/devgpu/devgpu/internal/metering"
 	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/runtime/inproc"
 	"github.com/devgpu/devgpu/internal/store"
@@ -175,5 +176,34 @@ func TestHealthzReportsStoreThatCannotWrite(t *testing.T) {
 	testutil.Eventually(t, testutil.WaitMedium, "/healthz to recover", func() bool {
 		code, _ := r.healthz()
 		return code == http.StatusOK
+	})
+}
+
+// A project over its budget under action stop has its sessions stopped
+// although the store cannot record the threshold crossing; once space
+// returns, the crossing and the end are recorded, the end billed to the
+// second the session was stopped.
+func TestBudgetStopWhileStoreIsFull(t *testing.T) {
+	t.Parallel()
+	r, dir := newFullableRig(t)
+	r.project("budget", sdk.ProjectSettings{DetachGrace: ptr(sdk.Duration(time.Hour)),
+		Budget: &sdk.Budget{Amount: 100, Unit: sdk.BudgetCurrency, Action: sdk.BudgetStop}})
+	s := r.session("budget")
+	free := testutil.Fill(t, dir)
+	r.clock.advance(150 * time.Second) // 150 EUR of a budget of 100
+	testutil.Eventually(t, testutil.WaitMedium, "the session over budget to be stopped", func() bool { return !r.inRuntime(s.ID) })
+	r.clock.advance(20 * time.Second) // the store still refuses
+	if code, _ := r.healthz(); code != http.StatusServiceUnavailable {
+		t.Fatalf("/healthz = %d with the store's disk full", code)
+	}
+	free()
+	r.billed(s.ID, 150*time.Second, sdk.ReasonBudget)
+	p, err := r.st.ProjectByName(context.Background(), "budget")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, testutil.WaitMedium, "the crossing of 100% to be recorded", func() bool {
+		alerts, err := r.st.ListBudgetAlerts(context.Background(), p.ID, metering.Month(r.clock.Now()))
+		return err == nil && slices.ContainsFunc(alerts, func(a store.BudgetAlert) bool { return a.Threshold == 100 })
 	})
 }

@@ -416,7 +416,9 @@ func (s *Server) checkLiveness(ctx context.Context) error {
 		return nil
 	})
 	if err != nil {
-		return err
+		// The marks wait; the ends below do not (see endSession).
+		s.storeWrote(err)
+		s.log.Warn("mark sessions seen", "err", err)
 	}
 	for _, id := range lost {
 		s.endLost(ctx, id)

@@ -113,10 +113,21 @@ func (s *Server) usage(ctx context.Context, st store.Store, f store.UsageFilter)
 	now := s.now()
 	cards := s.rateCards()
 	for _, sess := range active {
-		if sess.StartedAt.IsZero() || (!f.From.IsZero() && !now.After(f.From)) || (!f.To.IsZero() && !sess.StartedAt.Before(f.To)) {
+		end := now
+		// One stopped whose end the store has not taken yet ended then.
+		s.mu.Lock()
+		p, stopped := s.unrecorded[sess.ID]
+		s.mu.Unlock()
+		if stopped {
+			if !p.at.After(sess.StartedAt) {
+				continue // as meter: it never ran
+			}
+			end = p.at
+		}
+		if sess.StartedAt.IsZero() || (!f.From.IsZero() && !end.After(f.From)) || (!f.To.IsZero() && !sess.StartedAt.Before(f.To)) {
 			continue
 		}
-		entries = append(entries, usageOf(sess, now, cards)...)
+		entries = append(entries, usageOf(sess, end, cards)...)
 	}
 	return entries, nil
 }
@@ -234,7 +245,11 @@ func (s *Server) checkBudgets(ctx context.Context) error {
 				continue // reported already this month
 			}
 			if err != nil {
-				return err
+				// Reported once the store writes again; the stop below
+				// must not wait for that.
+				s.storeWrote(err)
+				s.log.Error("record budget threshold", "project", p.Name, "threshold", threshold, "err", err)
+				break
 			}
 			s.log.Warn("budget threshold crossed", "project", p.Name, "threshold", threshold, "used_percent", st.percent)
 		}

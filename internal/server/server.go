@@ -179,6 +179,7 @@ func (s *Server) syncInventory(ctx context.Context) error {
 func (s *Server) Close() {
 	s.cancel()
 	s.wg.Wait()
+	s.lastRecordEnds()
 }
 
 // Handler returns the HTTP handler of the API.

@@ -135,6 +135,31 @@ func (s *Server) recordEnds(ctx context.Context) error {
 	return nil
 }
 
+// lastRecordEndsTimeout bounds Close's last try to record ends.
+const lastRecordEndsTimeout = 5 * time.Second
+
+// lastRecordEnds gives the ends still waiting a last try when the server
+// closes. Those the store still refuses are lost with this process: the
+// next server's reconciliation finds those sessions gone from the runtime
+// and ends them as lost, billed up to when they were last seen.
+func (s *Server) lastRecordEnds() {
+	s.mu.Lock()
+	n := len(s.unrecorded)
+	s.mu.Unlock()
+	if n == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), lastRecordEndsTimeout)
+	defer cancel()
+	_ = s.recordEnds(ctx)
+	s.mu.Lock()
+	n = len(s.unrecorded)
+	s.mu.Unlock()
+	if n > 0 {
+		s.log.Error("closing with session ends the store did not take; the next start ends them as lost", "sessions", n)
+	}
+}
+
 // deferEnd keeps the end of a session that is stopped in the runtime for
 // recordEnds, and closes what pointed at its agent.
 func (s *Server) deferEnd(id string, p pendingEnd) {
