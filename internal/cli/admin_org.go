@@ -70,6 +70,7 @@ The setting flags set the defaults of projects that do not set their own;
 	fl.StringArrayVar(&chg.quotas, "quota", nil, "cap on the GPUs of a type (and region) in use at once, `TYPE[@REGION]=N`, repeatable (N of -1 removes it)")
 	fl.StringArrayVar(&chg.quotaRemove, "quota-remove", nil, "remove the GPU quota for `TYPE[@REGION]`, repeatable")
 	fl.StringSliceVar(&chg.registries, "registries", nil, "registries bring-your-own images may come from, `LIST` such as ghcr.io,docker.io/acme (\"\": none)")
+	fl.StringSliceVar(&chg.hostAccess, "allow-host-access", nil, "host services sessions may reach, `LIST` of CIDR or IP[:port] such as 169.254.169.254:80,0.0.0.0/0:8080 (\"\": none, the default)")
 	update.RunE = func(cmd *cobra.Command, _ []string) error {
 		s, err := f.settings(cmd)
 		if err != nil {
@@ -77,6 +78,7 @@ The setting flags set the defaults of projects that do not set their own;
 		}
 		chg.settings = s
 		chg.registriesSet = cmd.Flags().Changed("registries")
+		chg.hostAccessSet = cmd.Flags().Changed("allow-host-access")
 		if chg.empty() {
 			return fmt.Errorf("nothing to change; give a default such as --max-gpus-per-user 2, --lock NAME, or --quota t4=8")
 		}
@@ -111,11 +113,13 @@ type orgChange struct {
 	quotas, quotaRemove []string // TYPE[@REGION]=N and TYPE[@REGION]
 	registries          []string
 	registriesSet       bool
+	hostAccess          []string
+	hostAccessSet       bool
 }
 
 func (c orgChange) empty() bool {
 	return len(policy.SetIn(c.settings)) == 0 && len(c.unset) == 0 && len(c.lock) == 0 &&
-		len(c.unlock) == 0 && len(c.quotas) == 0 && len(c.quotaRemove) == 0 && !c.registriesSet
+		len(c.unlock) == 0 && len(c.quotas) == 0 && len(c.quotaRemove) == 0 && !c.registriesSet && !c.hostAccessSet
 }
 
 // apply returns p with the change made, checked as the server would.
@@ -140,9 +144,12 @@ func (c orgChange) apply(p sdk.OrgPolicy) (sdk.OrgPolicy, error) {
 			return p, fmt.Errorf("%s is both locked (--lock) and unlocked (--unlock); give one of the two", name)
 		}
 	}
-	out := sdk.OrgPolicy{Defaults: policy.Merge(p.Defaults, c.settings), Registries: p.Registries}
+	out := sdk.OrgPolicy{Defaults: policy.Merge(p.Defaults, c.settings), Registries: p.Registries, AllowHostAccess: p.AllowHostAccess}
 	if c.registriesSet {
 		out.Registries = cleanList(c.registries)
+	}
+	if c.hostAccessSet {
+		out.AllowHostAccess = cleanList(c.hostAccess)
 	}
 	if out.Defaults, err = policy.Unset(out.Defaults, unset); err != nil {
 		return p, err
@@ -286,6 +293,11 @@ func printOrgPolicy(p sdk.OrgPolicy) error {
 		registries = strings.Join(p.Registries, ", ")
 	}
 	fmt.Printf("\nbring-your-own images from: %s\n", registries)
+	hostAccess := "none"
+	if len(p.AllowHostAccess) > 0 {
+		hostAccess = strings.Join(p.AllowHostAccess, ", ")
+	}
+	fmt.Printf("host services open to sessions: %s\n", hostAccess)
 	return nil
 }
 

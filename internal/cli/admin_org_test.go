@@ -149,3 +149,25 @@ func TestOrgChangeEmpty(t *testing.T) {
 		t.Error("a default is empty")
 	}
 }
+
+// The org's host access survives updates that do not name it, and
+// --allow-host-access replaces it (checked as the server would).
+func TestOrgChangeHostAccess(t *testing.T) {
+	t.Parallel()
+	p := sdk.OrgPolicy{AllowHostAccess: []string{"169.254.169.254:80"}}
+	got, err := orgChange{lock: []string{"egress"}}.apply(p)
+	if err != nil || strings.Join(got.AllowHostAccess, ",") != "169.254.169.254:80" {
+		t.Fatalf("unrelated change: host access %v, %v; want it kept", got.AllowHostAccess, err)
+	}
+	got, err = orgChange{hostAccess: []string{" 10.0.0.1:53 ", "0.0.0.0/0:8080"}, hostAccessSet: true}.apply(p)
+	if err != nil || strings.Join(got.AllowHostAccess, ",") != "10.0.0.1:53,0.0.0.0/0:8080" {
+		t.Fatalf("--allow-host-access: %v, %v", got.AllowHostAccess, err)
+	}
+	got, err = orgChange{hostAccess: []string{""}, hostAccessSet: true}.apply(p)
+	if err != nil || len(got.AllowHostAccess) != 0 {
+		t.Fatalf(`--allow-host-access "": %v, %v; want none`, got.AllowHostAccess, err)
+	}
+	if _, err := (orgChange{hostAccess: []string{"metadata.internal"}, hostAccessSet: true}).apply(p); err == nil || !strings.Contains(err.Error(), "allow_host_access") {
+		t.Fatalf("a host name: %v, want an error naming allow_host_access", err)
+	}
+}
