@@ -38,22 +38,36 @@ func (e *env) healthz() health {
 	return h
 }
 
-// sessionProcess starts a process in the shell's session that left its
-// process group, and returns its pid.
-func (e *env) sessionProcess(tm *term, name string) int {
+// sessionProcess starts a process in the shell's session that leaves its
+// process group, and returns its pid on the host, found by its command
+// line: inside the session, pids may be those of its own namespace.
+func (e *env) sessionProcess(tm *term) int {
 	e.t.Helper()
-	pidFile := filepath.Join(e.dir, name+".pid")
-	tm.send("setsid sh -c 'echo $$ > " + pidFile + "; exec sleep 1000' >/dev/null 2>&1 & sleep 0.2; echo star''ted\r")
+	secs := strconv.FormatInt(1e6+time.Now().UnixNano()%1e6, 10) // unique
+	tm.send("setsid sleep " + secs + " >/dev/null 2>&1 & echo star''ted\r")
 	tm.expect("started")
-	b, err := os.ReadFile(pidFile)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	if !pidAlive(pid) {
-		e.t.Fatalf("process %d of session %s is not running", pid, name)
-	}
+	var pid int
+	testutil.Eventually(e.t, testutil.WaitShort, "sleep "+secs+" to run", func() bool {
+		pid = hostProcess("sleep\x00" + secs + "\x00")
+		return pid != 0
+	})
 	return pid
+}
+
+// hostProcess returns the pid of a live process with this command line
+// (its arguments joined by NULs), or 0.
+func hostProcess(cmdline string) int {
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/" + d.Name() + "/cmdline"); err == nil && string(b) == cmdline && pidAlive(pid) {
+			return pid
+		}
+	}
+	return 0
 }
 
 // The real server on a SQLite store whose disk fills up: a session its
@@ -70,11 +84,11 @@ func TestStoreDiskFull(t *testing.T) {
 	tmA := e.terminal("shell")
 	idA := tmA.sessionID()
 	tmA.ready()
-	pidA := e.sessionProcess(tmA, "a")
+	pidA := e.sessionProcess(tmA)
 	tmB := e.terminal("shell", "--project", "short")
 	idB := tmB.sessionID()
 	tmB.ready()
-	pidB := e.sessionProcess(tmB, "b")
+	pidB := e.sessionProcess(tmB)
 
 	free := testutil.Fill(t, fs)
 	stopAt := time.Now()
