@@ -6,7 +6,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"strings"
 
 	"github.com/devgpu/devgpu/internal/authz"
 	"github.com/devgpu/devgpu/internal/httpapi"
@@ -28,9 +27,9 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request, caller store.User)
 func (a *API) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", a.healthz) // storehealth.go
-	// Like /healthz, /metrics needs no token: scrape it from inside the
-	// network, not from the internet.
-	mux.Handle("GET /metrics", a.s.metrics.handler())
+	// /metrics needs the metrics token when one is configured; without
+	// one it shows no project or user names.
+	mux.Handle("GET /metrics", a.s.metrics.handler(a.s.cfg.MetricsToken, a.log))
 	handle := func(pattern string, h handlerFunc) { mux.Handle(pattern, a.authenticated(h)) }
 	handle("GET /api/v1/whoami", a.whoami)
 	handle("GET /api/v1/sessions", a.listSessions)
@@ -86,8 +85,8 @@ var errUnauthenticated = httpapi.Errorf(http.StatusUnauthorized,
 	"missing or invalid API token; log in with `devgpu login URL --token TOKEN`")
 
 func (a *API) authenticate(r *http.Request) (store.User, error) {
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || token == "" {
+	token, ok := bearerToken(r.Header.Get("Authorization"))
+	if !ok {
 		return store.User{}, errUnauthenticated
 	}
 	hash := sha256.Sum256([]byte(token))

@@ -34,9 +34,10 @@ type fixture struct {
 	t                               *testing.T
 	url                             string
 	admin, padmin, dev, dev2, other string // tokens
+	srv                             *Server
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T, opts ...func(*Config)) *fixture {
 	t.Helper()
 	dir := testutil.ShortTempDir(t)
 	ctx := testutil.Context(t, testutil.WaitLong)
@@ -78,10 +79,15 @@ func newFixture(t *testing.T) *fixture {
 			}
 		}
 	}
-	srv, err := New(ctx, Config{Store: st, Runtime: rt, GPUs: devs, LivenessInterval: time.Hour})
+	cfg := Config{Store: st, Runtime: rt, GPUs: devs, LivenessInterval: time.Hour}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err := New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.srv = srv
 	hs := httptest.NewServer(srv.Handler())
 	t.Cleanup(func() {
 		hs.Close()

@@ -37,6 +37,11 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 		return httpapi.Errorf(http.StatusUpgradeRequired, "this endpoint carries a shell over a WebSocket; connect with `devgpu shell --attach %s`", sess.ID)
 	}
+	release, err := a.s.tunnels.acquire(caller.ID, remoteHost(r.RemoteAddr))
+	if err != nil {
+		return err
+	}
+	defer release()
 	agentConn, err := a.s.rt.Connect(r.Context(), sess.ID)
 	if errors.Is(err, runtime.ErrNotFound) {
 		return errSessionNotRunning(sess.ID)

@@ -2,12 +2,16 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"log/slog"
 	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/devgpu/devgpu/internal/httpapi"
 	"github.com/devgpu/devgpu/internal/store"
 )
 
@@ -21,6 +25,8 @@ type metrics struct {
 	ended      *prometheus.CounterVec
 	startup    prometheus.Histogram
 	firstByte  prometheus.Histogram
+	// connsRefused counts connections closed at accept, over a cap.
+	connsRefused prometheus.Counter
 }
 
 // startBuckets cover a local start (milliseconds) to a cold image pull.
@@ -47,14 +53,35 @@ func newMetrics(s *Server) *metrics {
 			Help:    "Time from a session request to the first byte of its first shell.",
 			Buckets: startBuckets,
 		}),
+		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "devgpu_connections_refused_total",
+			Help: "Connections closed as soon as accepted: over the cap per address or in all.",
+		}),
 	}
-	m.registry.MustRegister(m.admissions, m.ended, m.startup, m.firstByte, &stateCollector{s: s},
+	m.registry.MustRegister(m.admissions, m.ended, m.startup, m.firstByte, m.connsRefused, &stateCollector{s: s},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
 
-func (m *metrics) handler() http.Handler {
-	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+// handler serves the metrics. With a token it requires it as a bearer
+// token; without one the metrics hold no project or user names (the
+// collector leaves per-project series out).
+func (m *metrics) handler(token string, log *slog.Logger) http.Handler {
+	h := promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+	if token == "" {
+		return h
+	}
+	want := sha256.Sum256([]byte(token))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := bearerToken(r.Header.Get("Authorization"))
+		sum := sha256.Sum256([]byte(got))
+		if !ok || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
+			httpapi.WriteError(w, r, log, httpapi.Errorf(http.StatusUnauthorized,
+				"/metrics needs the scrape token; give it as `Authorization: Bearer TOKEN` (Prometheus: authorization.credentials)"))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // stateCollector reads the gauges from the store and the server's memory.
@@ -64,14 +91,15 @@ var (
 	descSessions    = prometheus.NewDesc("devgpu_sessions", "Sessions not yet ended, by state.", []string{"state"}, nil)
 	descGPUs        = prometheus.NewDesc("devgpu_gpus", "GPUs in the inventory, by type and region.", []string{"gpu_type", "region"}, nil)
 	descGPUsInUse   = prometheus.NewDesc("devgpu_gpus_in_use", "GPUs reserved by sessions, by type and region.", []string{"gpu_type", "region"}, nil)
-	descQueue       = prometheus.NewDesc("devgpu_queue_length", "Session requests waiting for GPUs, by project.", []string{"project"}, nil)
+	descQueue       = prometheus.NewDesc("devgpu_queue_length", "Session requests waiting for GPUs, by project (only with a metrics token).", []string{"project"}, nil)
+	descQueued      = prometheus.NewDesc("devgpu_queued_requests", "Session requests waiting for GPUs, in all projects.", nil, nil)
 	descAttachments = prometheus.NewDesc("devgpu_attachments", "Shells attached to running sessions.", nil, nil)
-	descBudget      = prometheus.NewDesc("devgpu_budget_used_ratio", "Share of the monthly budget used, by project (1 is all of it).", []string{"project"}, nil)
+	descBudget      = prometheus.NewDesc("devgpu_budget_used_ratio", "Share of the monthly budget used, by project (1 is all of it; only with a metrics token).", []string{"project"}, nil)
 	descCollectErr  = prometheus.NewDesc("devgpu_metrics_collect_errors", "1 when the last scrape could not read the state.", nil, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessions, descGPUs, descGPUsInUse, descQueue, descAttachments, descBudget, descCollectErr} {
+	for _, d := range []*prometheus.Desc{descSessions, descGPUs, descGPUsInUse, descQueue, descQueued, descAttachments, descBudget, descCollectErr} {
 		ch <- d
 	}
 }
@@ -108,9 +136,16 @@ func (c *stateCollector) collect(ctx context.Context, ch chan<- prometheus.Metri
 		ch <- prometheus.MustNewConstMetric(descGPUs, prometheus.GaugeValue, float64(p.Total), p.Type, p.Region)
 		ch <- prometheus.MustNewConstMetric(descGPUsInUse, prometheus.GaugeValue, float64(p.Total-p.Free), p.Type, p.Region)
 	}
+	// Project names only reach scrapers that authenticate.
+	named := s.cfg.MetricsToken != ""
+	queued := 0
 	for project, n := range s.QueueLengths() {
-		ch <- prometheus.MustNewConstMetric(descQueue, prometheus.GaugeValue, float64(n), project)
+		queued += n
+		if named {
+			ch <- prometheus.MustNewConstMetric(descQueue, prometheus.GaugeValue, float64(n), project)
+		}
 	}
+	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(queued))
 	attachments := 0
 	s.mu.Lock()
 	for _, l := range s.live {
@@ -118,6 +153,9 @@ func (c *stateCollector) collect(ctx context.Context, ch chan<- prometheus.Metri
 	}
 	s.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(descAttachments, prometheus.GaugeValue, float64(attachments))
+	if !named {
+		return nil
+	}
 	budgets, err := s.budgets(ctx)
 	if err != nil {
 		return err

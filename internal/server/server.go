@@ -6,6 +6,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,6 +47,22 @@ type Config struct {
 	StoreRetryInterval time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Front door (see frontdoor.go); zero values take the defaults.
+	// TLS, when set, is served on Serve's listener (HTTP/1.1 only).
+	TLS                  *tls.Config
+	ReadHeaderTimeout    time.Duration
+	ReadTimeout          time.Duration
+	IdleTimeout          time.Duration
+	MaxTunnelsPerUser    int
+	MaxTunnelsPerAddress int
+	MaxConnsPerAddress   int
+	// OpenFileLimit sizes the caps on connections and tunnels in all;
+	// zero reads the process's RLIMIT_NOFILE.
+	OpenFileLimit int
+	// MetricsToken, when set, is the bearer token /metrics requires; it
+	// then also shows per-project series. Without it /metrics shows no
+	// project or user names.
+	MetricsToken string
 }
 
 // Defaults for Config's timing knobs.
@@ -89,6 +106,7 @@ type Server struct {
 	queues map[string]*queue // waiting requests, by project name
 
 	metrics *metrics
+	tunnels *tunnelLimiter // caps on open shells
 	// warmUser owns the ready sessions of warm pools until they are claimed.
 	warmUser  store.User
 	refilling sync.Mutex // held while a pool refill runs
@@ -128,12 +146,15 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	cfg.setFrontDoorDefaults()
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Server{
 		store: cfg.Store, rt: cfg.Runtime, log: cfg.Logger, cfg: cfg, now: cfg.Now,
 		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, leaving: map[int64]bool{}, unrecorded: map[string]pendingEnd{}, queues: map[string]*queue{}, ctx: loopCtx, cancel: cancel,
 	}
 	s.metrics = newMetrics(s)
+	_, maxTunnels := fdBudget(cfg.OpenFileLimit)
+	s.tunnels = newTunnelLimiter(cfg.MaxTunnelsPerUser, cfg.MaxTunnelsPerAddress, maxTunnels)
 	var err error
 	if s.warmUser, err = ensureWarmUser(ctx, cfg.Store, s.now()); err != nil {
 		cancel()
@@ -187,11 +208,23 @@ func (s *Server) Handler() http.Handler {
 	return newAPI(s).routes()
 }
 
-// Serve answers HTTP on ln until ctx is done.
+// Serve answers HTTP, or HTTPS with Config.TLS, on ln until ctx is done.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	maxConns, _ := fdBudget(s.cfg.OpenFileLimit)
+	ln = newConnLimiter(ln, maxConns, s.cfg.MaxConnsPerAddress, s.metrics.connsRefused.Inc)
+	if s.cfg.TLS != nil {
+		cfg := s.cfg.TLS.Clone()
+		// HTTP/1.1 only: WebSocket tunnels upgrade from it.
+		cfg.NextProtos = []string{"http/1.1"}
+		ln = tls.NewListener(ln, cfg)
+	}
 	srv := &http.Server{
 		Handler:           s.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		ReadTimeout:       s.cfg.ReadTimeout,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return s.ctx },
 	}
 	errc := make(chan error, 1)
