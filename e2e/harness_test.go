@@ -53,6 +53,7 @@ func newEnv(t *testing.T, gpus string, serverArgs ...string) *env {
 		e.endSessions()
 		e.stopServer(syscall.SIGTERM)
 		e.killSessions()
+		unmountUnder(e.dir) // the oci runtime's disk pool outlives its server
 		if t.Failed() {
 			t.Logf("server log:\n%s", e.log.String())
 		}

@@ -35,7 +35,10 @@ func (s *Server) workspacePath(sess store.Session) string {
 }
 
 // workspace prepares the session's workspace: its directory, and whether
-// it goes in read-only because it is over its limit.
+// it goes in read-only because it is over its limit. Where the runtime
+// enforces the limit itself, a full workspace stays writable, so that the
+// user can delete files (writes fail with ENOSPC); only one over its limit
+// (the limit was lowered) goes in read-only.
 func (s *Server) workspace(sess store.Session, w sdk.Workspace) (dir string, readOnly bool, err error) {
 	if !w.Enabled || s.cfg.WorkspaceDir == "" {
 		return "", false, nil
@@ -44,8 +47,9 @@ func (s *Server) workspace(sess store.Session, w sdk.Workspace) (dir string, rea
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", false, fmt.Errorf("create workspace: %w", err)
 	}
-	used, ok := s.workspaceUse(dir)
-	return dir, ok && w.LimitBytes > 0 && used >= w.LimitBytes, nil
+	used, ok, enforced := s.workspaceUse(dir)
+	over := used > w.LimitBytes || !enforced && used == w.LimitBytes
+	return dir, ok && w.LimitBytes > 0 && over, nil
 }
 
 // workspaceWarning tells the user their workspace is full.
@@ -53,22 +57,31 @@ func (s *Server) workspaceWarning(sess store.Session, w sdk.Workspace) string {
 	if !w.Enabled || w.LimitBytes <= 0 || s.cfg.WorkspaceDir == "" {
 		return ""
 	}
-	used, ok := s.workspaceUse(s.workspacePath(sess))
-	if !ok || used < w.LimitBytes {
+	used, ok, enforced := s.workspaceUse(s.workspacePath(sess))
+	full := used >= w.LimitBytes
+	if enforced { // its filesystem may keep a few blocks it cannot fill
+		full = used >= w.LimitBytes-w.LimitBytes/100
+	}
+	switch {
+	case !ok || !full:
 		return ""
+	case enforced && used <= w.LimitBytes:
+		return fmt.Sprintf("your workspace in project %s is full (its limit is %s), so writes to it fail; delete files to make room",
+			sess.Project, humanize.Bytes(uint64(w.LimitBytes)))
 	}
 	return fmt.Sprintf("your workspace in project %s uses %s of its %s limit, so this session has it read-only; delete files to write to it again",
 		sess.Project, humanize.Bytes(uint64(used)), humanize.Bytes(uint64(w.LimitBytes)))
 }
 
-// workspaceUse asks the runtime what the workspace at dir uses, or else
-// adds up the sizes of the files under dir, within workspaceMeasureLimit;
-// ok is false when it could not finish.
-func (s *Server) workspaceUse(dir string) (used int64, ok bool) {
+// workspaceUse asks the runtime what the workspace at dir uses (enforced:
+// the runtime holds it to its limit), or else adds up the sizes of the
+// files under dir, within workspaceMeasureLimit; ok is false when it could
+// not finish.
+func (s *Server) workspaceUse(dir string) (used int64, ok, enforced bool) {
 	if m, isMeter := s.rt.(workspaceMeter); isMeter {
 		used, err := m.WorkspaceUsage(dir)
 		if err == nil {
-			return used, true
+			return used, true, true
 		}
 		s.log.Debug("runtime cannot measure the workspace; walking it", "dir", dir, "err", err)
 	}
@@ -90,7 +103,7 @@ func (s *Server) workspaceUse(dir string) (used int64, ok bool) {
 	})
 	if err != nil {
 		s.log.Warn("workspace too large to measure in time; its limit is not applied", "dir", dir)
-		return used, false
+		return used, false, false
 	}
-	return used, true
+	return used, true, false
 }
