@@ -84,6 +84,15 @@ type ociConfig struct {
 	// default oci.DefaultLimits, each capped to the sessions' share of
 	// the host.
 	Limits map[string]ociLimits `json:"limits"`
+	// DiskPool ("500GB") is the space that sessions' writable layers and
+	// workspaces share, allocated on the host's disk when the runtime
+	// first starts (default: half the space free then); sessions can
+	// never write more than it. WritableLayer ("20GB", the default) bounds
+	// what one session writes outside its workspace;
+	// WritableLayerPerGPU sets it per GPU type.
+	DiskPool            string            `json:"disk_pool"`
+	WritableLayer       string            `json:"writable_layer"`
+	WritableLayerPerGPU map[string]string `json:"writable_layer_per_gpu"`
 }
 
 func newServerCmd() *cobra.Command {
@@ -318,6 +327,10 @@ func (o *serverOptions) newRuntime(dataDir string, api net.Addr, log *slog.Logge
 		return nil, err
 	}
 	// Unix socket paths are short: keep the state directory's path short.
+	disk, err := o.oci.diskConfig()
+	if err != nil {
+		return nil, err
+	}
 	limits, err := o.oci.limits()
 	if err != nil {
 		return nil, err
@@ -326,7 +339,7 @@ func (o *serverOptions) newRuntime(dataDir string, api net.Addr, log *slog.Logge
 	return oci.New(oci.Config{
 		Seccomp: o.oci.Seccomp, Limits: limits,
 		StateDir: filepath.Join(dataDir, "oci"), AgentPath: agentBin, Images: imageRootfs{images},
-		Image: o.oci.DefaultImage, Network: network, Logger: log,
+		Image: o.oci.DefaultImage, Network: network, Logger: log, Disk: disk,
 	})
 }
 
