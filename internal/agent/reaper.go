@@ -66,13 +66,12 @@ type reaper struct {
 func (r *reaper) start(cmd *exec.Cmd) error {
 	r.startMu.RLock()
 	defer r.startMu.RUnlock()
-	if err := cmd.Start(); err != nil {
+	if err := startRaised(cmd.Start); err != nil {
 		return err
 	}
 	r.mu.Lock()
 	r.own[cmd.Process.Pid]++
 	r.mu.Unlock()
-	raiseOOMScore(cmd.Process.Pid)
 	return nil
 }
 

@@ -88,18 +88,23 @@ func (d *devices) inject(s *specs.Spec, gpus []string) error {
 // ensureSimulated (re)writes the generated spec so that it holds every
 // simulated GPU among gpus. Each is a harmless character device, the null
 // device, at /dev/devgpu-<id>, which lets a session see which GPUs it got.
+// It is a bind mount of the host's /dev/null rather than a device node:
+// sessions run in user namespaces, where runc can only bind device nodes,
+// from the same path on the host (as real GPUs' /dev/nvidia* are).
 func (d *devices) ensureSimulated(gpus []string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	// The file, not memory, is the truth: another runtime over the same
 	// state directory may have added devices.
 	var sim []string
+	added := false
 	if spec, err := cdi.ReadSpec(filepath.Join(d.simDir, simSpecName), 0); err == nil {
 		for _, dev := range spec.Devices {
 			sim = append(sim, dev.Name)
+			// An earlier version's device node: rewrite.
+			added = added || len(dev.ContainerEdits.DeviceNodes) > 0
 		}
 	}
-	added := false
 	for _, g := range gpus {
 		if gpu.Simulated(g) && !slices.Contains(sim, g) {
 			sim = append(sim, g)
@@ -109,15 +114,14 @@ func (d *devices) ensureSimulated(gpus []string) error {
 	if !added {
 		return nil
 	}
-	mode := os.FileMode(0o666)
 	raw := &cdispec.Spec{Kind: simKind}
 	for _, id := range sim {
 		raw.Devices = append(raw.Devices, cdispec.Device{
 			Name: id,
 			ContainerEdits: cdispec.ContainerEdits{
-				DeviceNodes: []*cdispec.DeviceNode{{
-					Path: "/dev/devgpu-" + id, HostPath: "/dev/null",
-					Type: "c", Major: 1, Minor: 3, FileMode: &mode, Permissions: "rw",
+				Mounts: []*cdispec.Mount{{
+					HostPath: "/dev/null", ContainerPath: "/dev/devgpu-" + id,
+					Options: []string{"bind", "nosuid", "noexec"},
 				}},
 			},
 		})

@@ -43,7 +43,7 @@ containerEdits:
 
 // Real GPUs come from the host's NVIDIA spec, simulated ones from the
 // generated spec, through the same injection; a session gets exactly its
-// devices.
+// devices (device nodes, or binds of the null device for simulated ones).
 func TestInjectDevices(t *testing.T) {
 	t.Parallel()
 	hostDir := t.TempDir()
@@ -70,6 +70,11 @@ func TestInjectDevices(t *testing.T) {
 		for _, d := range s.Linux.Devices {
 			got = append(got, d.Path)
 		}
+		for _, m := range s.Mounts { // simulated GPUs: binds of /dev/null
+			if strings.HasPrefix(m.Destination, "/dev/") {
+				got = append(got, m.Destination)
+			}
+		}
 		slices.Sort(got)
 		if !slices.Equal(got, c.want) {
 			t.Errorf("inject %v: device nodes %v, want %v", c.gpus, got, c.want)
@@ -84,7 +89,7 @@ func TestInjectDevices(t *testing.T) {
 	// environment contract.
 	rt := &Runtime{cfg: Config{StateDir: "/x", AgentPath: "/a"}, cdi: devs, limits: DefaultLimits()}
 	uuid := "GPU-2f8a0c3e-aaaa-bbbb-cccc-000000000000"
-	built, err := rt.buildSpec(runtime.Spec{SessionID: "s", GPUs: []string{uuid}}, "")
+	built, err := rt.buildSpec(runtime.Spec{SessionID: "s", GPUs: []string{uuid}}, "", DefaultIDMap.host(1))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,18 +3,22 @@ package oci
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moby/profiles/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 
+	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/runtime/runtimetest"
 	"github.com/devgpu/devgpu/internal/testutil"
 )
 
@@ -222,5 +226,82 @@ func TestMemoryHogKilledAgentServes(t *testing.T) {
 	oom := filepath.Join("/sys/fs/cgroup/memory", rt.cgroupPath(s.SessionID), "memory.oom_control")
 	if b, err := os.ReadFile(oom); err != nil || !strings.Contains(string(b), "oom_kill 1") {
 		t.Errorf("%s: %q (%v), want one OOM kill", oom, b, err)
+	}
+}
+
+// Container root is not host root: each session maps its ids onto a range
+// of unprivileged host ids of its own, so that root in a session can
+// neither read host root's files nor reach host root's keyring. Files it
+// writes in the workspace belong on the host to the workspace range's
+// first uid, the same for every session, and look owned by root in each.
+func TestUserNamespace(t *testing.T) {
+	requireRunc(t)
+	t.Parallel()
+	// Without seccomp, so that only the user namespace stands between the
+	// session and host root's keyring.
+	rt := newRuntimeWith(t, func(c *Config) { c.Seccomp = SeccompUnconfined })
+	ws := t.TempDir()
+	secret := filepath.Join(ws, "host-root-only")
+	if err := os.WriteFile(secret, []byte("host secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	desc := fmt.Sprintf("devgpu-test-%d", time.Now().UnixNano())
+	key, err := unix.AddKey("user", desc, []byte("host root's key"), unix.KEY_SPEC_USER_KEYRING)
+	if err != nil {
+		t.Fatalf("add a key to host root's keyring: %v", err)
+	}
+	t.Cleanup(func() { _, _ = unix.KeyctlInt(unix.KEYCTL_UNLINK, key, unix.KEY_SPEC_USER_KEYRING, 0, 0) })
+
+	spec := func(prefix string) runtime.Spec {
+		return runtimetest.StartSpec(t, rt, runtime.Spec{
+			SessionID: fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e9), AgentSecret: "s3cret",
+			IdleExit: time.Minute, Workspace: ws,
+		})
+	}
+	a, b := spec("usera"), spec("userb")
+
+	maps := map[string]bool{}
+	for _, s := range []runtime.Spec{a, b} {
+		f := strings.Fields(execOut(t, rt, s, "cat /proc/1/uid_map; id -u"))
+		if len(f) != 4 || f[0] != "0" || f[1] == "0" || f[2] != strconv.Itoa(IDRangeSize) || f[3] != "0" {
+			t.Fatalf("session %s: uid_map and id %v, want 0 mapped to an unprivileged range of %d and root inside", s.SessionID, f, IDRangeSize)
+		}
+		if host, _ := strconv.ParseUint(f[1], 10, 32); host < uint64(DefaultIDMap.Base) {
+			t.Errorf("session %s's root is host uid %d, below the sessions' ranges", s.SessionID, host)
+		}
+		maps[f[1]] = true
+	}
+	if len(maps) != 2 {
+		t.Errorf("two sessions share host ids %v", maps)
+	}
+
+	// Host root's 0600 file, though in the session's workspace, is not the
+	// session root's.
+	if out, stderr, err := execErr(t, rt, a, "cat /workspace/host-root-only"); err == nil || strings.Contains(out, "host secret") {
+		t.Errorf("session root read host root's 0600 file: %q %q %v", out, stderr, err)
+	}
+	if got := execOut(t, rt, a, "probe keysearch:"+desc); got != "keysearch ENOKEY\n" {
+		t.Errorf("session root searching host root's keyring: %q, want ENOKEY", got)
+	}
+
+	// The workspace: written in one session as root, owned on the host by
+	// the workspace uid, and root's in another.
+	execOut(t, rt, a, "mkdir /workspace/d && echo a > /workspace/d/f")
+	wsID := DefaultIDMap.workspaceID()
+	for _, p := range []string{ws, filepath.Join(ws, "d"), filepath.Join(ws, "d", "f")} {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Uid != wsID || st.Gid != wsID {
+			t.Errorf("%s is owned by %d:%d on the host, want the workspace id %d", p, st.Uid, st.Gid, wsID)
+		}
+	}
+	if got := execOut(t, rt, b, "stat -c %u:%g /workspace/d/f; echo b >> /workspace/d/f; cat /workspace/d/f"); got != "0:0\na\nb\n" {
+		t.Errorf("the other session sees the workspace file as %q, want root's and writable", got)
+	}
+	// The image's files are root's inside too, and the writable layer works.
+	if got := execOut(t, rt, a, "stat -c %u /bin/busybox /; touch /etc/new && stat -c %u /etc/new"); got != "0\n0\n0\n" {
+		t.Errorf("image and layer ownership inside: %q", got)
 	}
 }

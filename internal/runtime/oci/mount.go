@@ -68,28 +68,43 @@ func unescapeMountPath(s string) string {
 }
 
 // prepareRootfs writes into the session's overlay what the session needs
-// whatever the image holds: its home, a /tmp and its hostname. The image is
-// untrusted, so every path resolves inside root (os.Root): a symlink such as
+// whatever the image holds: its home, a /tmp and its hostname, owned by
+// the session's root, host uid and gid rootID. The image is untrusted, so
+// every path resolves inside root (os.Root): a symlink such as
 // /etc -> /host/etc cannot make the control plane write outside it.
-func prepareRootfs(rootfs, hostname string) error {
+func prepareRootfs(rootfs, hostname string, rootID int) error {
 	root, err := os.OpenRoot(rootfs)
 	if err != nil {
 		return err
 	}
 	defer root.Close()
-	if err := root.MkdirAll(homeInContainer[1:], 0o700); err != nil {
-		return err
-	}
-	if _, err := root.Lstat("tmp"); errors.Is(err, os.ErrNotExist) {
-		if err := root.Mkdir("tmp", 0o1777); err != nil {
+	var made []string
+	mkdir := func(name string, mode os.FileMode) error {
+		if _, err := root.Lstat(name); !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
-		if err := root.Chmod("tmp", 0o1777); err != nil { // past the umask
+		if err := root.Mkdir(name, mode); err != nil {
+			return err
+		}
+		made = append(made, name)
+		return root.Chmod(name, mode) // past the umask
+	}
+	if err := mkdir(homeInContainer[1:], 0o700); err != nil {
+		return err
+	}
+	if err := mkdir("tmp", 0o1777); err != nil {
+		return err
+	}
+	if err := mkdir("etc", 0o755); err != nil {
+		return err
+	}
+	if err := root.WriteFile("etc/hostname", []byte(hostname+"\n"), 0o644); err != nil {
+		return err
+	}
+	for _, name := range append(made, "etc/hostname") {
+		if err := root.Lchown(name, rootID, rootID); err != nil {
 			return err
 		}
 	}
-	if err := root.MkdirAll("etc", 0o755); err != nil {
-		return err
-	}
-	return root.WriteFile("etc/hostname", []byte(hostname+"\n"), 0o644)
+	return nil
 }

@@ -21,10 +21,12 @@
 //
 // A session's persistent workspace (runtime.Spec.Workspace), a host
 // directory, is bind-mounted at /workspace (read-only with
-// WorkspaceReadOnly), which DEVGPU_WORKSPACE names. Sessions run as root
-// without a user namespace, so what they write there is owned by root on
-// the host; they have no CAP_DAC_OVERRIDE, so the directory must be
-// writable by root as its owner (or by its mode) for writes to succeed.
+// WorkspaceReadOnly), which DEVGPU_WORKSPACE names. Sessions run in user
+// namespaces (see userns.go): root in a session is an unprivileged host
+// uid of a range of its own, and the workspace is mounted idmapped, so
+// that what a session's root writes there is owned on the host by the
+// installation's workspace uid and looks root's in every session. The
+// runtime gives the workspace's root directory to that uid.
 //
 // The runtime drives runc (Debian's runc 1.1.5 works on hybrid cgroup v1
 // hosts). crun is not an alternative there: crun 1.8.1 refuses to start
@@ -35,6 +37,8 @@
 //
 //	runc/             runc's state (--root)
 //	cdi/              generated CDI specs (simulated GPUs)
+//	agent             the agent binary sessions run (a link or copy)
+//	ids/<n>           a link to the session that holds host id range n
 //	sock/<id>.sock    the agent's socket of each session (0700 directory)
 //	s/<id>/           one session: config.json (the bundle), rootfs (the
 //	                  overlay mount), upper/ and work/ (its writable layer)
@@ -124,6 +128,9 @@ type Config struct {
 	// leaves both unbounded on StateDir's filesystem, where a session can
 	// fill the host's disk: for tests of other things only.
 	Disk *DiskConfig
+	// IDMap places the host uid and gid ranges of sessions' user
+	// namespaces; zero means DefaultIDMap.
+	IDMap IDMap
 	// StartTimeout bounds how long a container's agent may take to listen.
 	StartTimeout time.Duration
 	Logger       *slog.Logger
@@ -182,10 +189,29 @@ func New(cfg Config) (*Runtime, error) {
 	if cfg.Egress.Mode == "" {
 		cfg.Egress.Mode = sdk.EgressNone
 	}
-	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "runc"), filepath.Join(cfg.StateDir, "s"), filepath.Join(cfg.StateDir, "sock")} {
+	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "runc"), filepath.Join(cfg.StateDir, "s"), filepath.Join(cfg.StateDir, "sock"), filepath.Join(cfg.StateDir, "ids")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("oci runtime: %w", err)
 		}
+	}
+	if cfg.IDMap == (IDMap{}) {
+		cfg.IDMap = DefaultIDMap
+	}
+	if err := cfg.IDMap.check(); err != nil {
+		return nil, fmt.Errorf("oci runtime: %w", err)
+	}
+	// A session's root, an unprivileged host uid, must be able to reach
+	// (not list) its root filesystem and the agent's binary.
+	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "s")} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			return nil, fmt.Errorf("oci runtime: %w", err)
+		}
+	}
+	if err := traversable(cfg.StateDir); err != nil {
+		return nil, fmt.Errorf("oci runtime: %w", err)
+	}
+	if cfg.AgentPath, err = installAgent(cfg.AgentPath, cfg.StateDir); err != nil {
+		return nil, fmt.Errorf("oci runtime: %w", err)
 	}
 	devs, err := newDevices(cfg.CDIDirs, filepath.Join(cfg.StateDir, "cdi"))
 	if err != nil {
@@ -269,7 +295,9 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	if err != nil {
 		return fmt.Errorf("oci runtime: image %s: %w", img, err)
 	}
-	if err := os.Mkdir(r.dir(id), 0o700); err != nil {
+	// Searchable (not readable) by others: runc resolves the root
+	// filesystem as the session's root, an unprivileged host uid.
+	if err := os.Mkdir(r.dir(id), 0o711); err != nil {
 		return fmt.Errorf("oci runtime: create session directory: %w", err)
 	}
 	defer func() {
@@ -285,10 +313,19 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	if err := r.prepareLayer(id, spec.GPUType, spec.Workspace, spec.WorkspaceLimitBytes); err != nil {
 		return fmt.Errorf("oci runtime: %w", err)
 	}
-	if err := mountOverlay(lower, r.upperDir(id), r.workDir(id), r.rootfs(id)); err != nil {
+	rootID, err := r.idmap(id, lower, spec.Workspace)
+	if err != nil {
 		return fmt.Errorf("oci runtime: %w", err)
 	}
-	if err := prepareRootfs(r.rootfs(id), id); err != nil {
+	err = mountOverlay(r.lowerMount(id), r.upperDir(id), r.workDir(id), r.rootfs(id))
+	// The overlay holds its own reference to its layers.
+	if uerr := unmount(r.lowerMount(id)); err == nil && uerr != nil {
+		err = uerr
+	}
+	if err != nil {
+		return fmt.Errorf("oci runtime: %w", err)
+	}
+	if err := prepareRootfs(r.rootfs(id), id, int(rootID)); err != nil {
 		return fmt.Errorf("oci runtime: prepare rootfs: %w", err)
 	}
 
@@ -302,7 +339,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 			return fmt.Errorf("oci runtime: network: %w", err)
 		}
 	}
-	ociSpec, err := r.buildSpec(spec, netns)
+	ociSpec, err := r.buildSpec(spec, netns, rootID)
 	if err != nil {
 		return fmt.Errorf("oci runtime: %w", err)
 	}
@@ -313,7 +350,12 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	if err := os.WriteFile(filepath.Join(r.dir(id), "config.json"), b, 0o600); err != nil {
 		return fmt.Errorf("oci runtime: %w", err)
 	}
-	return r.run(ctx, id, spec.AgentSecret)
+	err = r.run(ctx, id, spec.AgentSecret)
+	// The container has its own /workspace now, if it started.
+	if uerr := unmount(r.workspaceMount(id)); err == nil && uerr != nil {
+		err = fmt.Errorf("oci runtime: %w", uerr)
+	}
+	return err
 }
 
 // workspaceDir returns the absolute path of a session's workspace after
@@ -473,6 +515,11 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 	if err := unmount(r.rootfs(id)); err != nil {
 		return fmt.Errorf("stop session %s: %w", id, err)
 	}
+	// A start that failed half-way may have left its idmapped image or
+	// workspace mounted; removing the state must never reach into them.
+	if err := r.unmountIDMapped(id); err != nil {
+		return fmt.Errorf("stop session %s: %w", id, err)
+	}
 	if err := r.releaseLayer(id); err != nil {
 		return fmt.Errorf("stop session %s: %w", id, err)
 	}
@@ -484,6 +531,9 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 	}
 	if err := os.Remove(r.socketPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("stop session %s: remove its socket: %w", id, err)
+	}
+	if err := r.releaseIDs(id); err != nil {
+		return fmt.Errorf("stop session %s: %w", id, err)
 	}
 	return nil
 }

@@ -45,8 +45,8 @@ func (r *Runtime) limitsFor(gpuType string) Limits {
 // through CDI. CDI edits may set environment variables of the contract
 // (nvidia-ctk's specs set NVIDIA_VISIBLE_DEVICES=void, so that the NVIDIA
 // hook does not inject devices a second time); the contract wins.
-func (r *Runtime) buildSpec(spec runtime.Spec, netns string) (*specs.Spec, error) {
-	s := r.containerSpec(spec, netns)
+func (r *Runtime) buildSpec(spec runtime.Spec, netns string, rootID uint32) (*specs.Spec, error) {
+	s := r.containerSpec(spec, netns, rootID)
 	if err := r.cdi.inject(s, spec.GPUs); err != nil {
 		return nil, err
 	}
@@ -70,9 +70,10 @@ func (r *Runtime) buildSpec(spec runtime.Spec, netns string) (*specs.Spec, error
 // containerSpec is `runc spec`'s template (capabilities, masked and
 // read-only paths, mounts, namespaces) made into a session: a writable
 // overlay root, the agent as the process, the session
-// environment, its hostname and cgroup limits. netns, when set, is the
-// network namespace to join instead of a new one.
-func (r *Runtime) containerSpec(spec runtime.Spec, netns string) *specs.Spec {
+// environment, its hostname and cgroup limits, in a user namespace whose
+// root is host id rootID (see userns.go). netns, when set, is the network
+// namespace to join instead of a new one.
+func (r *Runtime) containerSpec(spec runtime.Spec, netns string, rootID uint32) *specs.Spec {
 	id := spec.SessionID
 	caps := []string{"CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"}
 	env := []string{
@@ -114,7 +115,8 @@ func (r *Runtime) containerSpec(spec runtime.Spec, netns string) *specs.Spec {
 		if spec.WorkspaceReadOnly {
 			opts = append(opts, "ro")
 		}
-		mounts = append(mounts, specs.Mount{Destination: workspaceInContainer, Type: "bind", Source: spec.Workspace, Options: opts})
+		// The workspace, idmapped to the session's ids (Start).
+		mounts = append(mounts, specs.Mount{Destination: workspaceInContainer, Type: "bind", Source: r.workspaceMount(id), Options: opts})
 	}
 	return &specs.Spec{
 		Version: "1.0.2-dev",
@@ -138,7 +140,10 @@ func (r *Runtime) containerSpec(spec runtime.Spec, netns string) *specs.Spec {
 		Linux: &specs.Linux{
 			CgroupsPath: r.cgroupPath(id),
 			Resources:   res,
+			UIDMappings: idMapping(0, rootID),
+			GIDMappings: idMapping(0, rootID),
 			Namespaces: []specs.LinuxNamespace{
+				{Type: specs.UserNamespace},
 				{Type: specs.PIDNamespace},
 				{Type: specs.NetworkNamespace, Path: netns},
 				{Type: specs.IPCNamespace},

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"unsafe"
 
@@ -78,6 +79,15 @@ func main() {
 		names = []string{"userns", "unshare-mnt", "keyctl", "add_key", "io_uring_setup", "bpf", "mount"}
 	}
 	for _, name := range names {
+		// keysearch:DESC looks for a "user" key DESC in the caller's user
+		// keyring.
+		if desc, ok := strings.CutPrefix(name, "keysearch:"); ok {
+			name = "keysearch"
+			calls[name] = func() error {
+				_, err := unix.KeyctlSearch(unix.KEY_SPEC_USER_KEYRING, "user", desc, 0)
+				return err
+			}
+		}
 		call, ok := calls[name]
 		if !ok {
 			fmt.Fprintf(os.Stderr, "probe: no call %q\n", name)
