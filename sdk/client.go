@@ -3,6 +3,8 @@ package sdk
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 
 	"github.com/coder/websocket"
@@ -20,6 +23,8 @@ type Client struct {
 	URL   *url.URL
 	Token string
 	HTTP  *http.Client
+	// CAFile is the CA file TrustCAFile gave, for messages.
+	CAFile string
 }
 
 // NewClient returns a client for the server at rawURL.
@@ -29,6 +34,65 @@ func NewClient(rawURL, token string) (*Client, error) {
 		return nil, fmt.Errorf("server URL %q is not an http(s) URL such as http://127.0.0.1:8470", rawURL)
 	}
 	return &Client{URL: u, Token: token, HTTP: &http.Client{}}, nil
+}
+
+// TrustCAFile makes the client verify the server's certificate against
+// the PEM certificates in path only (like curl's --cacert): for a server
+// whose certificate no public CA signed, such as `devgpu server --dev`'s.
+// Shell tunnels use the same configuration.
+func (c *Client) TrustCAFile(path string) error {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read the CA file: %w; give the PEM file of the CA that signed the server's certificate", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return fmt.Errorf("CA file %s holds no PEM certificate; give the PEM file of the CA that signed the server's certificate", path)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if c.HTTP == nil {
+		c.HTTP = &http.Client{}
+	}
+	c.HTTP.Transport = tr
+	c.CAFile = path
+	return nil
+}
+
+// ReachError explains err, a failure to send a request to the server with
+// c.HTTP, naming the fix when its certificate could not be verified.
+func (c *Client) ReachError(err error) error {
+	var unknown x509.UnknownAuthorityError
+	var invalid x509.CertificateInvalidError
+	var host x509.HostnameError
+	var verify *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &host):
+		return &untrustedError{fmt.Sprintf("the devgpu server at %s presented a certificate for another name (%v); use a URL whose host its certificate names", c.URL, err), err}
+	case errors.As(err, &unknown), errors.As(err, &invalid), errors.As(err, &verify):
+		trust := "the system's CAs"
+		if c.CAFile != "" {
+			trust = "CA file " + c.CAFile
+		}
+		return &untrustedError{fmt.Sprintf("the devgpu server at %s presented a certificate that %s do not vouch for (%v); give the CA file of its certificate with `devgpu login URL --ca-file FILE` or DEVGPU_CA_FILE", c.URL, trust, err), err}
+	}
+	return fmt.Errorf("cannot reach the devgpu server at %s (is `devgpu server` running?): %w", c.URL, err)
+}
+
+// untrustedError is a server certificate the client could not verify.
+type untrustedError struct {
+	msg string
+	err error
+}
+
+func (e *untrustedError) Error() string { return e.msg }
+func (e *untrustedError) Unwrap() error { return e.err }
+
+// IsUntrusted reports whether err is about a server certificate the client
+// could not verify.
+func IsUntrusted(err error) bool {
+	var u *untrustedError
+	return errors.As(err, &u)
 }
 
 // Error is an API error: the HTTP status and the server's problem details.
@@ -89,7 +153,7 @@ func (c *Client) request(ctx context.Context, method, path string, body any) (*h
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("cannot reach the devgpu server at %s (is `devgpu server` running?): %w", c.URL, err)
+		return nil, c.ReachError(err)
 	}
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
@@ -192,6 +256,9 @@ func (c *Client) Connect(ctx context.Context, id string) (*Tunnel, error) {
 	if err != nil {
 		if resp != nil && resp.StatusCode >= 300 {
 			return nil, readError(resp)
+		}
+		if ctx.Err() == nil && resp == nil {
+			err = c.ReachError(err)
 		}
 		return nil, fmt.Errorf("connect to session %s: %w", id, err)
 	}

@@ -16,6 +16,9 @@ type config struct {
 	URL     string `json:"url"`
 	Token   string `json:"token"`
 	Project string `json:"project,omitempty"`
+	// CAFile is the PEM file of the CA that signed the server's
+	// certificate, when no system CA did (DEVGPU_CA_FILE overrides it).
+	CAFile string `json:"ca_file,omitempty"`
 }
 
 // configPath is $DEVGPU_CONFIG, or devgpu/config.json under the user's
@@ -55,6 +58,9 @@ func loadConfig() (config, error) {
 	if v := os.Getenv("DEVGPU_TOKEN"); v != "" {
 		c.Token = v
 	}
+	if v := os.Getenv("DEVGPU_CA_FILE"); v != "" {
+		c.CAFile = v
+	}
 	return c, nil
 }
 
@@ -87,6 +93,16 @@ func newClient() (*sdk.Client, config, error) {
 	if c.URL == "" || c.Token == "" {
 		return nil, c, errors.New("not logged in; run `devgpu login URL --token TOKEN`, or `devgpu server --dev` on this machine")
 	}
-	client, err := sdk.NewClient(c.URL, c.Token)
+	client, err := newSDKClient(c.URL, c.Token, c.CAFile)
 	return client, c, err
+}
+
+// newSDKClient is a client for url that trusts caFile, when given, for the
+// server's certificate.
+func newSDKClient(url, token, caFile string) (*sdk.Client, error) {
+	client, err := sdk.NewClient(url, token)
+	if err != nil || caFile == "" {
+		return client, err
+	}
+	return client, client.TrustCAFile(caFile)
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -152,6 +153,10 @@ func (d doctor) checkConfig() (config, checkResult) {
 		c.Token = v
 		env = append(env, "DEVGPU_TOKEN")
 	}
+	if v := d.getenv("DEVGPU_CA_FILE"); v != "" {
+		c.CAFile = v
+		env = append(env, "DEVGPU_CA_FILE")
+	}
 	if len(env) > 0 {
 		source += " with " + strings.Join(env, " and ") + " from the environment"
 	}
@@ -167,6 +172,12 @@ func (d doctor) checkConfig() (config, checkResult) {
 			r.Status, r.Detail, r.Fix = "FAIL", source+": "+err.Error(), "run `devgpu login URL` with the right URL"
 			return c, r
 		}
+		if c.CAFile != "" {
+			if err := new(sdk.Client).TrustCAFile(c.CAFile); err != nil {
+				r.Status, r.Detail, r.Fix = "FAIL", source+": "+err.Error(), "run `devgpu login URL --ca-file FILE` with the server's CA file"
+				return c, r
+			}
+		}
 		r.Status, r.Detail = "ok", source+" (server "+c.URL+")"
 	}
 	return c, r
@@ -179,18 +190,29 @@ func (d doctor) checkAPI(ctx context.Context, cfg config) []checkResult {
 		out = append(out, checkResult{Check: check, Status: status, Detail: detail, Fix: fix})
 	}
 	client, _ := sdk.NewClient(cfg.URL, cfg.Token) // checked by checkConfig
-	client.HTTP = d.http
+	client.HTTP = &http.Client{Timeout: d.http.Timeout, Transport: d.http.Transport}
+	if cfg.CAFile != "" {
+		_ = client.TrustCAFile(cfg.CAFile) // checked by checkConfig
+	}
 
 	ctx2, cancel := context.WithTimeout(ctx, doctorTimeout)
 	defer cancel()
-	if err := d.healthz(ctx2, client.URL.String()); err != nil {
-		add("server", "FAIL", err.Error(), "start it (`devgpu server --dev` on this machine) or check the URL with `devgpu login URL`")
+	if err := d.healthz(ctx2, client); err != nil {
+		fix := "start it (`devgpu server --dev` on this machine) or check the URL with `devgpu login URL`"
+		if sdk.IsUntrusted(err) {
+			fix = "give the server's CA file with `devgpu login " + client.URL.String() + " --ca-file FILE`"
+		}
+		add("server", "FAIL", err.Error(), fix)
 		add("login", "skip", "not checked: the server is unreachable", "")
 		add("projects", "skip", "not checked: the server is unreachable", "")
 		add("gpus", "skip", "not checked: the server is unreachable", "")
 		return out
 	}
-	add("server", "ok", client.URL.String()+" is reachable", "")
+	if detail, ok := transportSecurity(client); !ok {
+		add("server", "FAIL", client.URL.String()+" is reachable, "+detail, "log in with the server's https:// URL (`devgpu login https://...`)")
+	} else {
+		add("server", "ok", client.URL.String()+" is reachable, "+detail, "")
+	}
 
 	me, err := client.Whoami(ctx2)
 	if err != nil {
@@ -245,14 +267,34 @@ func (d doctor) checkAPI(ctx context.Context, cfg config) []checkResult {
 	return out
 }
 
+// transportSecurity says how the CLI's traffic to the server is
+// protected; plain HTTP is fine only to this machine.
+func transportSecurity(client *sdk.Client) (string, bool) {
+	if client.URL.Scheme == "https" {
+		if client.CAFile != "" {
+			return "TLS verified with CA file " + client.CAFile, true
+		}
+		return "TLS verified with the system's CAs", true
+	}
+	host := client.URL.Hostname()
+	if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
+		return "plain HTTP on this machine's loopback", true
+	}
+	return "but over plain HTTP: your token and shells cross the network unencrypted", false
+}
+
 // healthz asks the server's unauthenticated health endpoint.
-func (d doctor) healthz(ctx context.Context, base string) error {
+func (d doctor) healthz(ctx context.Context, client *sdk.Client) error {
+	base := client.URL.String()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/healthz", nil)
 	if err != nil {
 		return err
 	}
-	resp, err := d.http.Do(req)
+	resp, err := client.HTTP.Do(req)
 	if err != nil {
+		if untrusted := client.ReachError(err); sdk.IsUntrusted(untrusted) {
+			return untrusted
+		}
 		return fmt.Errorf("cannot reach %s: %w", base, err)
 	}
 	defer resp.Body.Close()

@@ -4,21 +4,23 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
-
-	"github.com/devgpu/devgpu/sdk"
 )
 
 func newLoginCmd() *cobra.Command {
-	var token string
+	var token, caFile string
 	cmd := &cobra.Command{
 		Use:   "login URL",
 		Short: "Save the server URL and your API token",
 		Long: `Save the server URL and your API token in the CLI config.
-Without --token, the token is read from the terminal without echo (or from stdin).`,
+Without --token, the token is read from the terminal without echo (or from stdin).
+With --ca-file (or DEVGPU_CA_FILE), the server's certificate is verified
+against that CA instead of the system's: for a server with a self-signed
+or private certificate, such as ` + "`devgpu server --dev`" + `'s.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if token == "" {
@@ -27,7 +29,17 @@ Without --token, the token is read from the terminal without echo (or from stdin
 					return err
 				}
 			}
-			client, err := sdk.NewClient(args[0], token)
+			if caFile == "" {
+				caFile = os.Getenv("DEVGPU_CA_FILE")
+			}
+			if caFile != "" {
+				abs, err := filepath.Abs(caFile)
+				if err != nil {
+					return err
+				}
+				caFile = abs
+			}
+			client, err := newSDKClient(args[0], token, caFile)
 			if err != nil {
 				return err
 			}
@@ -36,7 +48,7 @@ Without --token, the token is read from the terminal without echo (or from stdin
 				return fmt.Errorf("login failed: %w", err)
 			}
 			c, _ := loadConfig()
-			c.URL, c.Token = client.URL.String(), token
+			c.URL, c.Token, c.CAFile = client.URL.String(), token, caFile
 			path, err := saveConfig(c)
 			if err != nil {
 				return err
@@ -46,6 +58,7 @@ Without --token, the token is read from the terminal without echo (or from stdin
 		},
 	}
 	cmd.Flags().StringVar(&token, "token", "", "API token (an administrator gives it to you)")
+	cmd.Flags().StringVar(&caFile, "ca-file", "", "PEM file of the CA that signed the server's certificate, when no system CA did (env DEVGPU_CA_FILE)")
 	return cmd
 }
 
