@@ -58,6 +58,18 @@ type serverOptions struct {
 	oci              ociConfig
 	collectImages    func(context.Context) // set by the oci runtime with a disk budget
 	registries       map[string]image.Credential
+	front            frontDoorOptions
+}
+
+// frontDoorOptions are how the server meets the network: TLS, plain HTTP
+// beyond loopback, the metrics token and the caps on open shells.
+type frontDoorOptions struct {
+	tlsCert, tlsKey      string
+	insecureHTTP         bool
+	metricsToken         string
+	maxTunnelsPerUser    int
+	maxTunnelsPerAddress int
+	maxConnsPerAddress   int
 }
 
 // ociConfig configures the oci runtime: runc containers from images, GPUs
@@ -130,6 +142,9 @@ SQLite under the data directory, the local runtime, this host's NVIDIA GPUs
 	f.DurationVar(&o.livenessInterval, "liveness-interval", server.DefaultLivenessInterval, "how often to check that sessions are alive")
 	f.DurationVar(&o.pingInterval, "ping-interval", server.DefaultPingInterval, "WebSocket keepalive interval for detecting vanished clients")
 	f.DurationVar(&o.budgetInterval, "budget-interval", server.DefaultBudgetInterval, "how often budgets are checked")
+	f.StringVar(&o.front.tlsCert, "tls-cert", "", "PEM certificate chain to serve HTTPS with (config: tls_cert)")
+	f.StringVar(&o.front.tlsKey, "tls-key", "", "PEM private key of --tls-cert (config: tls_key)")
+	f.BoolVar(&o.front.insecureHTTP, "insecure-http", false, "serve plain HTTP on a non-loopback address, for a TLS proxy in front (config: insecure_http)")
 	_ = f.MarkHidden("liveness-interval")
 	_ = f.MarkHidden("budget-interval")
 	_ = f.MarkHidden("ping-interval")
@@ -146,6 +161,17 @@ func runServer(ctx context.Context, o serverOptions) error {
 	dataDir, err := resolveDataDir(o.data)
 	if err != nil {
 		return err
+	}
+	tlsConfig, caFile, err := o.serverTLS(ctx, dataDir, log)
+	if err != nil {
+		return err
+	}
+	// Sockets are files: take the whole hard limit; the server keeps a
+	// share of it free for the store and the runtime (see server.fdBudget).
+	if limit, err := server.RaiseOpenFileLimit(); err != nil {
+		log.Warn("cannot raise the open-file limit; fewer shells can be open at once", "limit", limit, "err", err)
+	} else {
+		log.Debug("open-file limit", "limit", limit)
 	}
 	st, err := openStore(ctx, o.storeURL, dataDir)
 	if err != nil {
@@ -169,15 +195,17 @@ func runServer(ctx context.Context, o serverOptions) error {
 	if o.collectImages != nil {
 		go o.collectImages(ctx)
 	}
-	url := "http://" + ln.Addr().String()
+	url := serverURL(ln.Addr(), tlsConfig != nil)
 
-	if err := bootstrap(ctx, st, o.dev, url, dataDir, log); err != nil {
+	if err := bootstrap(ctx, st, o.dev, url, caFile, dataDir, log); err != nil {
 		return err
 	}
 	srv, err := server.New(ctx, server.Config{
 		Store: st, Runtime: rt, GPUs: devices, Logger: log,
 		LivenessInterval: o.livenessInterval, PingInterval: o.pingInterval,
 		BudgetInterval: o.budgetInterval, Rates: o.rates, WorkspaceDir: filepath.Join(dataDir, "workspaces"),
+		TLS: tlsConfig, MetricsToken: o.front.metricsToken, MaxTunnelsPerUser: o.front.maxTunnelsPerUser,
+		MaxTunnelsPerAddress: o.front.maxTunnelsPerAddress, MaxConnsPerAddress: o.front.maxConnsPerAddress,
 	})
 	if err != nil {
 		return err
@@ -199,6 +227,18 @@ type serverConfig struct {
 	// Registries holds credentials per registry host; the docker
 	// config.json ($DOCKER_CONFIG) is read too.
 	Registries map[string]image.Credential `json:"registries"`
+	// TLSCert and TLSKey are PEM files to serve HTTPS with; InsecureHTTP
+	// allows plain HTTP on a non-loopback address (a TLS proxy in front).
+	TLSCert      string `json:"tls_cert"`
+	TLSKey       string `json:"tls_key"`
+	InsecureHTTP bool   `json:"insecure_http"`
+	// MetricsToken is the bearer token /metrics requires (also
+	// $DEVGPU_METRICS_TOKEN); without one it shows no project names.
+	MetricsToken string `json:"metrics_token"`
+	// Caps on shells and connections open at once; 0 takes the default.
+	MaxTunnelsPerUser    int `json:"max_tunnels_per_user"`
+	MaxTunnelsPerAddress int `json:"max_tunnels_per_address"`
+	MaxConnsPerAddress   int `json:"max_conns_per_address"`
 }
 
 // ratesConfig prices a GPU-hour per type, or per type@region.
@@ -241,6 +281,7 @@ func (o *serverOptions) loadConfig(cmd *cobra.Command) error {
 		}
 	}
 	o.registries = c.Registries
+	o.front.loadConfig(cmd, c)
 	if c.Rates != nil {
 		card, err := c.Rates.card()
 		if err != nil {
@@ -396,7 +437,7 @@ func inventory(ctx context.Context, spec string, log *slog.Logger) ([]gpu.Device
 // bootstrap creates the admin on a new installation. In dev mode it makes
 // sure the CLI config on this machine points at this server with a valid
 // token; otherwise it writes a new admin's token to a file once.
-func bootstrap(ctx context.Context, st store.Store, dev bool, url, dataDir string, log *slog.Logger) error {
+func bootstrap(ctx context.Context, st store.Store, dev bool, url, caFile, dataDir string, log *slog.Logger) error {
 	admin := adminName()
 	now := time.Now()
 	var cfg config
@@ -407,9 +448,25 @@ func bootstrap(ctx context.Context, st store.Store, dev bool, url, dataDir strin
 			cfg = c
 		}
 	}
+	// The CA file of a --dev certificate goes into the CLI config; one the
+	// user gave for their own certificate stays.
+	wantCA := cfg.CAFile
+	if caFile != "" || strings.HasPrefix(url, "http://") {
+		wantCA = caFile
+	}
+	caChanged := dev && cfg.CAFile != wantCA
+	cfg.CAFile = wantCA
 	token, err := server.Bootstrap(ctx, st, admin, dev, dev && !keep, now)
 	if err != nil {
 		return err
+	}
+	if token == "" && caChanged {
+		// Same server and token, but its certificate's CA file changed.
+		path, err := saveConfig(cfg)
+		if err != nil {
+			return err
+		}
+		log.Info("CLI config written", "path", path, "ca_file", caFile)
 	}
 	if token == "" {
 		return nil
