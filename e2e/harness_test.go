@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -88,8 +90,13 @@ func (e *env) startServer() {
 	e.server = cmd
 	e.exited = make(chan struct{})
 	go func() { _ = cmd.Wait(); close(e.exited) }()
+	probe, scheme := http.DefaultClient, "http"
+	if slices.Contains(e.args, "--tls-cert") {
+		// Only waiting for it to answer here: tls_test.go checks who trusts it.
+		probe, scheme = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}, "https"
+	}
 	testutil.Eventually(e.t, testutil.WaitMedium, "the server to answer /healthz", func() bool {
-		resp, err := http.Get("http://" + e.addr + "/healthz")
+		resp, err := probe.Get(scheme + "://" + e.addr + "/healthz")
 		if err != nil {
 			return false
 		}
