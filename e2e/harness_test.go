@@ -80,7 +80,8 @@ func (e *env) startServer() {
 	e.t.Helper()
 	e.log = &bytes.Buffer{}
 	args := []string{"server", "--dev", "--data", filepath.Join(e.dir, "data"), "--listen", e.addr,
-		"--gpus", e.gpus, "--liveness-interval", "200ms", "--ping-interval", "1s", "--log-level", "debug"}
+		"--gpus", e.gpus, "--liveness-interval", "200ms", "--ping-interval", "1s", "--log-level", "debug",
+		"--insecure-local-runtime"} // tests make several users; e2e/local_test.go tests without it
 	cmd := exec.Command(e.bin, append(args, e.args...)...)
 	cmd.Env = e.environ()
 	cmd.Stdout, cmd.Stderr = e.log, e.log
@@ -142,6 +143,8 @@ func (e *env) endSessions() {
 func (e *env) killSessions() {
 	out, _ := exec.Command("pkill", "-KILL", "-f", "--", "--socket "+e.dir).CombinedOutput()
 	_ = out
+	// Local agents: killing one, its pid namespace's init, ends its session.
+	_ = exec.Command("pkill", "-KILL", "-f", "--", "--dir "+e.dir).Run()
 }
 
 type result struct {

@@ -199,6 +199,11 @@ type Problem struct {
 type Whoami struct {
 	User     string `json:"user"`
 	OrgAdmin bool   `json:"org_admin"`
+	// Runtime names where the server runs sessions (local, oci, ...), and
+	// RuntimeWarnings what it cannot enforce there, such as isolation
+	// between the users of the local runtime.
+	Runtime         string   `json:"runtime,omitempty"`
+	RuntimeWarnings []string `json:"runtime_warnings,omitempty"`
 }
 
 // UsageRow is one grouping of a usage report.

@@ -30,7 +30,7 @@ const doctorTimeout = 10 * time.Second
 // checkResult is one line of `devgpu doctor`.
 type checkResult struct {
 	Check  string `json:"check"`
-	Status string `json:"status"` // ok, FAIL or skip
+	Status string `json:"status"` // ok, FAIL, skip, or WARN (a risk that fails nothing)
 	Detail string `json:"detail"`
 	Fix    string `json:"fix,omitempty"`
 }
@@ -231,6 +231,9 @@ func (d doctor) checkAPI(ctx context.Context, cfg config) []checkResult {
 		who += " (org admin)"
 	}
 	add("login", "ok", who, "")
+	if me.Runtime != "" {
+		out = append(out, runtimeCheck(me))
+	}
 
 	projects, err := client.Projects(ctx2)
 	switch {
@@ -335,5 +338,17 @@ func (d doctor) checkSSHConfig() checkResult {
 		return r
 	}
 	r.Detail = d.sshConfigPath + " has no devgpu block"
+	return r
+}
+
+// runtimeCheck says where the server runs sessions and warns of what that
+// runtime cannot enforce, such as the local runtime shared by several users.
+func runtimeCheck(me sdk.Whoami) checkResult {
+	r := checkResult{Check: "runtime", Status: "ok", Detail: "sessions run on the " + me.Runtime + " runtime"}
+	if len(me.RuntimeWarnings) > 0 {
+		r.Status = "WARN"
+		r.Detail += ": " + strings.Join(me.RuntimeWarnings, "; ")
+		r.Fix = "ask the server's admin to run it with --runtime oci"
+	}
 	return r
 }

@@ -58,6 +58,8 @@ type serverOptions struct {
 	oci              ociConfig
 	collectImages    func(context.Context) // set by the oci runtime with a disk budget
 	registries       map[string]image.Credential
+	insecureLocal    bool // server_local.go
+	localMaxPids     int
 	front            frontDoorOptions
 }
 
@@ -130,7 +132,9 @@ SQLite under the data directory, the local runtime, this host's NVIDIA GPUs
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.config, "config", "", "server config file (JSON): listen, data, store, gpus, rates; flags override it")
-	f.StringVar(&o.runtime, "runtime", "local", "where sessions run: local (process groups), oci (runc containers, isolated), or inproc (agents inside the server, for benchmarks)")
+	f.StringVar(&o.runtime, "runtime", "", "where sessions run: oci (runc containers, isolated; the default), local (sandboxed processes of this user, for one person; the default with --dev), or inproc (agents inside the server, for benchmarks)")
+	f.BoolVar(&o.insecureLocal, "insecure-local-runtime", false, "let the local runtime, which isolates sessions from neither this host nor each other, run without --dev or for several users")
+	f.IntVar(&o.localMaxPids, "local-max-pids", 0, "local runtime: most processes and threads per session (default 4096; needs a writable pids cgroup)")
 	f.StringVar(&o.oci.AgentBinary, "agent-binary", "", "oci runtime: a static devgpu binary for inside containers (default: devgpu-agent beside this one)")
 	f.StringVar(&o.oci.DefaultImage, "default-image", "", "oci runtime: the image of sessions whose project names none")
 	f.BoolVar(&o.dev, "dev", false, "embedded default: bootstrap an admin and project \"default\", write the CLI config")
@@ -173,11 +177,17 @@ func runServer(ctx context.Context, o serverOptions) error {
 	} else {
 		log.Debug("open-file limit", "limit", limit)
 	}
+	if err := o.resolveRuntime(log); err != nil {
+		return err
+	}
 	st, err := openStore(ctx, o.storeURL, dataDir)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	if err := o.checkLocalUsers(ctx, st); err != nil {
+		return err
+	}
 
 	devices, err := inventory(ctx, o.gpus, log)
 	if err != nil {
@@ -206,6 +216,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 		BudgetInterval: o.budgetInterval, Rates: o.rates, WorkspaceDir: filepath.Join(dataDir, "workspaces"),
 		TLS: tlsConfig, MetricsToken: o.front.metricsToken, MaxTunnelsPerUser: o.front.maxTunnelsPerUser,
 		MaxTunnelsPerAddress: o.front.maxTunnelsPerAddress, MaxConnsPerAddress: o.front.maxConnsPerAddress,
+		SingleUser: o.singleUser(), RuntimeWarnings: o.runtimeWarnings(rt),
 	})
 	if err != nil {
 		return err
@@ -314,7 +325,8 @@ func (r ratesConfig) card() (*store.RateCard, error) {
 func (o *serverOptions) newRuntime(dataDir string, api net.Addr, log *slog.Logger) (runtime.Runtime, error) {
 	switch o.runtime {
 	case "local":
-		return local.New(local.Config{Dir: filepath.Join(dataDir, "sessions"), Logger: log})
+		return local.New(local.Config{Dir: filepath.Join(dataDir, "sessions"), Logger: log,
+			Hide: o.localHidden(dataDir), MaxPids: o.localMaxPids})
 	case "inproc":
 		// For benchmarks of the control plane alone: agents run inside the
 		// server process, isolate nothing, and end with it.

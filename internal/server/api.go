@@ -110,7 +110,8 @@ func (a *API) authenticate(r *http.Request) (store.User, error) {
 }
 
 func (a *API) whoami(w http.ResponseWriter, r *http.Request, caller store.User) error {
-	httpapi.Write(w, http.StatusOK, sdk.Whoami{User: caller.Name, OrgAdmin: caller.OrgAdmin})
+	httpapi.Write(w, http.StatusOK, sdk.Whoami{User: caller.Name, OrgAdmin: caller.OrgAdmin,
+		Runtime: a.s.rt.Name(), RuntimeWarnings: a.s.cfg.RuntimeWarnings})
 	return nil
 }
 

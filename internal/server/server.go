@@ -47,6 +47,13 @@ type Config struct {
 	StoreRetryInterval time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// SingleUser refuses a second user (singleuser.go): the runtime
+	// isolates nothing between users (the local runtime without
+	// --insecure-local-runtime).
+	SingleUser bool
+	// RuntimeWarnings say what the runtime cannot enforce; whoami shows
+	// them (`devgpu doctor`).
+	RuntimeWarnings []string
 	// Front door (see frontdoor.go); zero values take the defaults.
 	// TLS, when set, is served on Serve's listener (HTTP/1.1 only).
 	TLS                  *tls.Config

@@ -37,6 +37,9 @@ func (a *API) createUser(w http.ResponseWriter, r *http.Request, caller store.Us
 	if !userNameRE.MatchString(req.Name) {
 		return httpapi.Errorf(http.StatusBadRequest, "user name %q is invalid; use lower-case letters, digits, '_', '.' and '-', starting with a letter", req.Name)
 	}
+	if err := a.s.checkSingleUser(r.Context()); err != nil {
+		return err
+	}
 	now := a.s.now()
 	u := store.User{Name: req.Name, OrgAdmin: req.OrgAdmin, CreatedAt: now}
 	var token string

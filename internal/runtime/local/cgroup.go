@@ -24,17 +24,19 @@ import (
 // table) and found again by the runtime, whatever they did to their
 // environment or their session id.
 type cgroups struct {
-	parent string // the runtime's cgroup directory
+	parent string // the runtime's cgroup directory, there while a session is
+	total  int    // the parent's pids.max
+	v2     bool
 }
 
 // cgroupRoot is where the cgroup filesystems are mounted.
 const cgroupRoot = "/sys/fs/cgroup"
 
-// openCgroups creates the runtime's parent cgroup in the pids hierarchy
-// (cgroup v1's pids controller, or v2's unified hierarchy with the pids
-// controller enabled down to it) with total as its pids.max. It fails
-// where the hierarchy is not writable, which is the case for a server
-// that does not run as root.
+// openCgroups finds the pids hierarchy (cgroup v1's pids controller, or
+// v2's unified hierarchy, with the pids controller enabled down to the
+// runtime's cgroup) and checks, by making it, that the runtime's parent
+// cgroup can be made there. It fails where the hierarchy is not writable,
+// which is the case for a server that does not run as root.
 func openCgroups(dir string, total int) (*cgroups, error) {
 	sum := sha256.Sum256([]byte(dir))
 	name := "local-" + hex.EncodeToString(sum[:4])
@@ -42,42 +44,66 @@ func openCgroups(dir string, total int) (*cgroups, error) {
 	if err := unix.Statfs(cgroupRoot, &st); err != nil {
 		return nil, fmt.Errorf("no cgroup filesystem at %s: %w", cgroupRoot, err)
 	}
-	var parent string
+	c := &cgroups{total: total}
 	if st.Type == unix.CGROUP2_SUPER_MAGIC {
-		// v2: enable pids for the children of the root, of devgpu and of
-		// the runtime's own cgroup, which hold no processes themselves.
-		parent = filepath.Join(cgroupRoot, "devgpu", name)
-		if err := os.MkdirAll(parent, 0o755); err != nil {
-			return nil, err
-		}
-		for _, d := range []string{cgroupRoot, filepath.Dir(parent), parent} {
-			if err := os.WriteFile(filepath.Join(d, "cgroup.subtree_control"), []byte("+pids"), 0); err != nil {
-				return nil, fmt.Errorf("enable the pids controller in %s: %w", d, err)
-			}
-		}
+		c.v2 = true
+		c.parent = filepath.Join(cgroupRoot, "devgpu", name)
 	} else {
 		pids := filepath.Join(cgroupRoot, "pids")
 		if err := unix.Statfs(pids, &st); err != nil || st.Type != unix.CGROUP_SUPER_MAGIC {
 			return nil, fmt.Errorf("no cgroup v1 pids controller at %s", pids)
 		}
-		parent = filepath.Join(pids, "devgpu", name)
-		if err := os.MkdirAll(parent, 0o755); err != nil {
-			return nil, err
+		c.parent = filepath.Join(pids, "devgpu", name)
+	}
+	if err := c.ensureParent(); err != nil {
+		return nil, err
+	}
+	c.removeParent()
+	return c, nil
+}
+
+// ensureParent makes the runtime's cgroup with its limit, the sum of all
+// its sessions'.
+func (c *cgroups) ensureParent() error {
+	if err := os.MkdirAll(c.parent, 0o755); err != nil {
+		return err
+	}
+	if c.v2 {
+		// Enable pids for the children of the root, of devgpu and of the
+		// runtime's cgroup, which hold no processes themselves.
+		for _, d := range []string{cgroupRoot, filepath.Dir(c.parent), c.parent} {
+			if err := os.WriteFile(filepath.Join(d, "cgroup.subtree_control"), []byte("+pids"), 0); err != nil {
+				return fmt.Errorf("enable the pids controller in %s: %w", d, err)
+			}
 		}
 	}
-	if err := os.WriteFile(filepath.Join(parent, "pids.max"), []byte(strconv.Itoa(total)), 0); err != nil {
-		return nil, fmt.Errorf("limit the processes of all sessions: %w", err)
+	if err := os.WriteFile(filepath.Join(c.parent, "pids.max"), []byte(strconv.Itoa(c.total)), 0); err != nil {
+		return fmt.Errorf("limit the processes of all sessions: %w", err)
 	}
-	return &cgroups{parent: parent}, nil
+	return nil
 }
+
+// removeParent removes the runtime's cgroup if no session has one, so that
+// a runtime leaves nothing behind when its last session ends.
+func (c *cgroups) removeParent() { _ = os.Remove(c.parent) }
 
 func (c *cgroups) dir(id string) string { return filepath.Join(c.parent, id) }
 
-// create makes the session's cgroup with its limit, and returns it.
+// create makes the session's cgroup with its limit.
 func (c *cgroups) create(id string, max int) error {
 	d := c.dir(id)
-	if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("create the session's cgroup: %w", err)
+	for attempt := 0; ; attempt++ {
+		if err := c.ensureParent(); err != nil {
+			return fmt.Errorf("create the sessions' cgroup: %w", err)
+		}
+		err := os.Mkdir(d, 0o755)
+		if err == nil || errors.Is(err, os.ErrExist) {
+			break
+		}
+		// A Stop may have removed the parent between the two steps.
+		if !errors.Is(err, os.ErrNotExist) || attempt == 2 {
+			return fmt.Errorf("create the session's cgroup: %w", err)
+		}
 	}
 	if err := os.WriteFile(filepath.Join(d, "pids.max"), []byte(strconv.Itoa(max)), 0); err != nil {
 		return fmt.Errorf("limit the session's processes: %w", err)
@@ -139,6 +165,7 @@ func (c *cgroups) remove(ctx context.Context, id string) error {
 	for {
 		err := os.Remove(c.dir(id))
 		if err == nil || errors.Is(err, os.ErrNotExist) {
+			c.removeParent()
 			return nil
 		}
 		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) || ctx.Err() != nil {
