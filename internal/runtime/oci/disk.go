@@ -378,9 +378,12 @@ func (d *disks) resizeWorkspace(img string, limit int64) error {
 	return nil
 }
 
-// workspaceUsage is the bytes the workspace's files take, from its
-// filesystem's counters. A workspace that has no filesystem yet is empty
-// (or holds files from before limits, which is an error).
+// workspaceUsage is the bytes the workspace takes of its limit, from its
+// filesystem's counters: its image's size less the space still free, so
+// its files and the filesystem's own metadata (a few percent of the
+// limit). A full workspace uses its limit. A workspace that has no
+// filesystem yet is empty (or holds files from before limits, which is an
+// error).
 func (d *disks) workspaceUsage(dir string) (int64, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -415,7 +418,11 @@ func (d *disks) workspaceUsage(dir string) (int64, error) {
 	if err := unix.Statfs(dir, &st); err != nil {
 		return 0, err
 	}
-	return int64(st.Blocks-st.Bfree) * st.Bsize, nil
+	fi, err := os.Stat(img)
+	if err != nil {
+		return 0, err
+	}
+	return max(fi.Size()-int64(st.Bavail)*st.Bsize, 0), nil
 }
 
 // mountImage mounts the ext4 filesystem in the image file img at target
