@@ -207,3 +207,23 @@ func TestBudgetStopWhileStoreIsFull(t *testing.T) {
 		return err == nil && slices.ContainsFunc(alerts, func(a store.BudgetAlert) bool { return a.Threshold == 100 })
 	})
 }
+
+// A server restarted while its store's disk is full starts, says so on
+// /healthz, and still ends the session it kept when its detach grace runs
+// out; the end is recorded and billed once space returns.
+func TestRestartWhileStoreIsFull(t *testing.T) {
+	t.Parallel()
+	r, dir := newFullableRig(t)
+	s := r.session("default") // no shell: detached from the start, grace 1m
+	r.clock.advance(10 * time.Second)
+	r.crash()
+	free := testutil.Fill(t, dir)
+	r.start(nil)
+	if code, _ := r.healthz(); code != http.StatusServiceUnavailable {
+		t.Fatalf("/healthz = %d after a start on a full disk", code)
+	}
+	r.clock.advance(60 * time.Second) // t=70: past the grace given at the restart
+	testutil.Eventually(t, testutil.WaitMedium, "the detached session to be stopped", func() bool { return !r.inRuntime(s.ID) })
+	free()
+	r.billed(s.ID, 70*time.Second, sdk.ReasonDetached)
+}

@@ -483,7 +483,10 @@ func (s *Server) reconcile(ctx context.Context) error {
 				ss.Attachments, ss.DetachedAt, ss.LastSeenAt = 0, now, now
 			})
 			if err != nil {
-				return fmt.Errorf("reconcile: %w", err)
+				// Kept all the same: a store that cannot write must not
+				// keep the server, which ends sessions, from starting.
+				s.storeWrote(err)
+				s.log.Warn("record session kept after restart", "session_id", sess.ID, "err", err)
 			}
 			s.log.Info("session kept after restart", "session_id", sess.ID)
 			continue

@@ -108,6 +108,7 @@ type Server struct {
 	unrecorded map[string]pendingEnd
 	// storeErr is the store's last failure to write, nil while it writes.
 	storeErr error
+	unsynced bool // the GPU inventory waits for the store to write
 
 	qmu    sync.Mutex
 	queues map[string]*queue // waiting requests, by project name
@@ -176,8 +177,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if err := s.syncInventory(ctx); err != nil {
-		cancel()
-		return nil, err
+		if s.probeStore(ctx) == nil {
+			cancel()
+			return nil, err
+		}
+		// The store cannot write: start all the same, so that sessions
+		// are still ended; recordEnds syncs once it can.
+		s.unsynced = true
+		s.log.Error("sync GPU inventory; retried once the store can write", "err", err)
 	}
 	s.refreshLimits(ctx, 0)
 	s.probeStore(ctx)

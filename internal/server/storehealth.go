@@ -117,6 +117,19 @@ func (s *Server) recordEnds(ctx context.Context) error {
 		return nil // reported by storeWrote; the ends wait
 	}
 	s.mu.Lock()
+	unsynced := s.unsynced
+	s.mu.Unlock()
+	if unsynced {
+		if err := s.syncInventory(ctx); err != nil {
+			s.storeWrote(err)
+			return nil
+		}
+		s.mu.Lock()
+		s.unsynced = false
+		s.mu.Unlock()
+		s.log.Info("GPU inventory synced")
+	}
+	s.mu.Lock()
 	pending := maps.Clone(s.unrecorded)
 	s.mu.Unlock()
 	for id, p := range pending {
