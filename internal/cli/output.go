@@ -7,6 +7,8 @@ import (
 	"os"
 	"text/tabwriter"
 	"time"
+
+	"github.com/devgpu/devgpu/internal/names"
 )
 
 // printJSON writes v as indented JSON on stdout.
@@ -23,12 +25,15 @@ func table(header ...any) *tabwriter.Writer {
 	return tw
 }
 
+// row writes one line of a table. Every column is escaped (names.Escape):
+// names and text come from the server, and a control character in them
+// must show as \x1b, never act on the terminal or break the columns.
 func row(w io.Writer, cols ...any) {
 	for i, c := range cols {
 		if i > 0 {
 			fmt.Fprint(w, "\t")
 		}
-		fmt.Fprint(w, c)
+		fmt.Fprint(w, names.Escape(fmt.Sprint(c)))
 	}
 	fmt.Fprintln(w)
 }
