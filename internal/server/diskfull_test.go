@@ -5,7 +5,9 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -16,7 +18,9 @@ import (
 	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/runtime/inproc"
 	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/internal/store/postgres"
 	"github.com/devgpu/devgpu/internal/store/sqlite"
+	"github.com/devgpu/devgpu/internal/store/storetest"
 	"github.com/devgpu/devgpu/internal/testutil"
 	"github.com/devgpu/devgpu/sdk"
 )
@@ -226,4 +230,71 @@ func TestRestartWhileStoreIsFull(t *testing.T) {
 	testutil.Eventually(t, testutil.WaitMedium, "the detached session to be stopped", func() bool { return !r.inRuntime(s.ID) })
 	free()
 	r.billed(s.ID, 70*time.Second, sdk.ReasonDetached)
+}
+
+// With PostgreSQL, a full disk under the WAL shuts the database server
+// down (its documentation: "database server panic and consequent shutdown
+// might occur"). The same happens here for real, for the test's database
+// only: it refuses connections and its open ones are ended. A stop still
+// stops at once, /healthz says why, and once the database is back the end
+// is recorded and billed to the second the session was stopped.
+func TestSessionsEndWhilePostgresIsDown(t *testing.T) {
+	t.Parallel()
+	pg := storetest.PostgresServer(t)
+	dbURL := storetest.PostgresDB(t, pg)
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := strings.TrimPrefix(u.Path, "/")
+	ctx := testutil.Context(t, testutil.WaitLong)
+	st, err := postgres.Open(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	r := &meterRig{t: t, st: st, reg: inproc.NewRegistry(testutil.ShortTempDir(t)),
+		clock: &clock{t: time.Now().Truncate(time.Second)}}
+	if r.admin, err = Bootstrap(ctx, st, "root", true, true, r.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	r.start(perSecond(1))
+	admin := r.client(r.admin)
+	s := r.session("default")
+
+	r.clock.advance(5 * time.Second)
+	down := func(allow bool) {
+		t.Helper()
+		if _, err := pg.ExecContext(ctx, fmt.Sprintf("ALTER DATABASE %s ALLOW_CONNECTIONS %t", name, allow)); err != nil {
+			t.Fatal(err)
+		}
+		if !allow {
+			if _, err := pg.ExecContext(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	down(false)
+	t.Cleanup(func() { down(true) })
+	// The API reads the store too, so the stop goes through the server
+	// itself, as a lifetime or detach end would.
+	if err := r.srv.endSession(ctx, s.ID, sdk.ReasonStopped, "root", r.clock.Now()); err != nil {
+		t.Fatalf("end a session with the database down: %v", err)
+	}
+	if r.inRuntime(s.ID) {
+		t.Fatal("the session still runs in the runtime")
+	}
+	if code, h := r.healthz(); code != http.StatusServiceUnavailable || h.UnrecordedEnds != 1 {
+		t.Fatalf("/healthz with the database down = %d %+v", code, h)
+	}
+	r.clock.advance(10 * time.Second)
+	down(true)
+	testutil.Eventually(t, testutil.WaitMedium, "/healthz to recover", func() bool {
+		code, _ := r.healthz()
+		return code == http.StatusOK
+	})
+	r.billed(s.ID, 5*time.Second, sdk.ReasonStopped)
+	if _, err := admin.StopSession(context.Background(), s.ID); err != nil {
+		t.Fatal(err) // ended already: answered with its record
+	}
 }
