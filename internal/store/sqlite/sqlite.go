@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/url"
+	"os"
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -30,8 +31,12 @@ func migrationFiles() fs.FS {
 }
 
 // Open opens (creating it if needed) the database file at path and brings
-// its schema up to date.
+// its schema up to date. The file, and the -wal and -shm files SQLite
+// makes beside it with the same mode, are readable by their owner only.
 func Open(ctx context.Context, path string) (*sqlstore.Store, error) {
+	if err := private(path); err != nil {
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
 	db, err := sql.Open("sqlite", dsn(path))
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
@@ -42,6 +47,35 @@ func Open(ctx context.Context, path string) (*sqlstore.Store, error) {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// private creates the database file with mode 0600 when it does not exist,
+// before SQLite does (with 0644 less the umask), and takes group and other
+// access away from an existing one and its companions. SQLite gives the
+// -wal, -shm and -journal files it creates the database file's mode.
+func private(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err == nil {
+		return f.Close()
+	}
+	if !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	for _, p := range []string{path, path + "-wal", path + "-shm", path + "-journal"} {
+		fi, err := os.Stat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			if err := os.Chmod(p, fi.Mode().Perm()&0o700); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func dialect(migrations fs.FS) sqlstore.Dialect {
