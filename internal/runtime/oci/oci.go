@@ -37,12 +37,13 @@
 //
 //	runc/             runc's state (--root)
 //	cdi/              generated CDI specs (simulated GPUs)
-//	agent             the agent binary sessions run (a link or copy)
 //	ids/<n>           a link to the session that holds host id range n
 //	sock/<id>.sock    the agent's socket of each session (0700 directory)
-//	s/<id>/           one session: config.json (the bundle), rootfs (the
-//	                  overlay mount), upper/ and work/ (its writable layer)
-//	                  and agent.log
+//	s/<id>/           one session: config.json (the bundle), upper/ and
+//	                  work/ (its writable layer) and agent.log
+//
+// and under Config.MountDir (/run/devgpu), <tag>/<id>: each session's root
+// filesystem, the overlay, with the agent and the workspace mounted in it.
 package oci
 
 import (
@@ -131,6 +132,12 @@ type Config struct {
 	// IDMap places the host uid and gid ranges of sessions' user
 	// namespaces; zero means DefaultIDMap.
 	IDMap IDMap
+	// MountDir holds the mount points of sessions' root filesystems
+	// (default /run/devgpu). Every directory on its path must be
+	// searchable by others: runc resolves a root filesystem as the
+	// session's root, an unprivileged host uid, while StateDir need not
+	// be (root's home, say).
+	MountDir string
 	// StartTimeout bounds how long a container's agent may take to listen.
 	StartTimeout time.Duration
 	Logger       *slog.Logger
@@ -144,6 +151,8 @@ type Runtime struct {
 	cdi    *devices
 	// seccomp is the filter of every session.
 	seccomp seccompProfile
+	// mountDir holds the mount points of sessions' root filesystems.
+	mountDir string
 	// tag keeps cgroup paths of runtimes over different state directories
 	// apart.
 	tag string
@@ -200,17 +209,10 @@ func New(cfg Config) (*Runtime, error) {
 	if err := cfg.IDMap.check(); err != nil {
 		return nil, fmt.Errorf("oci runtime: %w", err)
 	}
-	// A session's root, an unprivileged host uid, must be able to reach
-	// (not list) its root filesystem and the agent's binary.
-	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "s")} {
-		if err := os.Chmod(d, 0o711); err != nil {
-			return nil, fmt.Errorf("oci runtime: %w", err)
-		}
-	}
-	if err := traversable(cfg.StateDir); err != nil {
-		return nil, fmt.Errorf("oci runtime: %w", err)
-	}
-	if cfg.AgentPath, err = installAgent(cfg.AgentPath, cfg.StateDir); err != nil {
+	sum := sha256.Sum256([]byte(cfg.StateDir))
+	tag := hex.EncodeToString(sum[:4])
+	mountDir, err := makeMountDir(cmp.Or(cfg.MountDir, DefaultMountDir), tag)
+	if err != nil {
 		return nil, fmt.Errorf("oci runtime: %w", err)
 	}
 	devs, err := newDevices(cfg.CDIDirs, filepath.Join(cfg.StateDir, "cdi"))
@@ -238,10 +240,9 @@ func New(cfg Config) (*Runtime, error) {
 			return nil, fmt.Errorf("oci runtime: %w", err)
 		}
 	}
-	sum := sha256.Sum256([]byte(cfg.StateDir))
 	return &Runtime{
 		cfg: cfg, log: cfg.Logger, limits: limits, cdi: devs, seccomp: sc,
-		tag: hex.EncodeToString(sum[:4]), disk: disk,
+		tag: tag, disk: disk, mountDir: mountDir,
 	}, nil
 }
 
@@ -250,7 +251,7 @@ func (r *Runtime) Name() string { return "oci" }
 
 func (r *Runtime) runcRoot() string        { return filepath.Join(r.cfg.StateDir, "runc") }
 func (r *Runtime) dir(id string) string    { return filepath.Join(r.cfg.StateDir, "s", id) }
-func (r *Runtime) rootfs(id string) string { return filepath.Join(r.dir(id), "rootfs") }
+func (r *Runtime) rootfs(id string) string { return filepath.Join(r.mountDir, id) }
 func (r *Runtime) socketPath(id string) string {
 	return filepath.Join(r.cfg.StateDir, "sock", id+".sock")
 }
@@ -295,9 +296,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	if err != nil {
 		return fmt.Errorf("oci runtime: image %s: %w", img, err)
 	}
-	// Searchable (not readable) by others: runc resolves the root
-	// filesystem as the session's root, an unprivileged host uid.
-	if err := os.Mkdir(r.dir(id), 0o711); err != nil {
+	if err := os.Mkdir(r.dir(id), 0o700); err != nil {
 		return fmt.Errorf("oci runtime: create session directory: %w", err)
 	}
 	defer func() {
@@ -313,7 +312,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	if err := r.prepareLayer(id, spec.GPUType, spec.Workspace, spec.WorkspaceLimitBytes); err != nil {
 		return fmt.Errorf("oci runtime: %w", err)
 	}
-	rootID, err := r.idmap(id, lower, spec.Workspace)
+	rootID, err := r.idmapImage(id, lower)
 	if err != nil {
 		return fmt.Errorf("oci runtime: %w", err)
 	}
@@ -327,6 +326,14 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	}
 	if err := prepareRootfs(r.rootfs(id), id, int(rootID)); err != nil {
 		return fmt.Errorf("oci runtime: prepare rootfs: %w", err)
+	}
+	if err := r.mountAgent(id); err != nil {
+		return fmt.Errorf("oci runtime: %w", err)
+	}
+	if spec.Workspace != "" {
+		if err := r.mountWorkspace(id, rootID, spec.Workspace, spec.WorkspaceReadOnly); err != nil {
+			return fmt.Errorf("oci runtime: %w", err)
+		}
 	}
 
 	netns := ""
@@ -350,12 +357,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	if err := os.WriteFile(filepath.Join(r.dir(id), "config.json"), b, 0o600); err != nil {
 		return fmt.Errorf("oci runtime: %w", err)
 	}
-	err = r.run(ctx, id, spec.AgentSecret)
-	// The container has its own /workspace now, if it started.
-	if uerr := unmount(r.workspaceMount(id)); err == nil && uerr != nil {
-		err = fmt.Errorf("oci runtime: %w", uerr)
-	}
-	return err
+	return r.run(ctx, id, spec.AgentSecret)
 }
 
 // workspaceDir returns the absolute path of a session's workspace after
@@ -515,8 +517,12 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 	if err := unmount(r.rootfs(id)); err != nil {
 		return fmt.Errorf("stop session %s: %w", id, err)
 	}
-	// A start that failed half-way may have left its idmapped image or
-	// workspace mounted; removing the state must never reach into them.
+	// The root filesystem's mount point is empty now, or this fails.
+	if err := os.Remove(r.rootfs(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("stop session %s: %w", id, err)
+	}
+	// A start that failed half-way may have left its idmapped image
+	// mounted; removing the state must never reach into it.
 	if err := r.unmountIDMapped(id); err != nil {
 		return fmt.Errorf("stop session %s: %w", id, err)
 	}

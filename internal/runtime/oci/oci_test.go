@@ -161,6 +161,7 @@ func newRuntimeWith(t *testing.T, edit func(*Config)) *Runtime {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { os.Remove(rt.mountDir) }) // empty once its sessions stopped
 	return rt
 }
 
@@ -337,6 +338,9 @@ func TestStopLeavesNothing(t *testing.T) {
 	}
 	if _, err := os.Stat(rt.dir(s.SessionID)); !os.IsNotExist(err) {
 		t.Fatalf("session state left behind: %v", err)
+	}
+	if _, err := os.Stat(rt.rootfs(s.SessionID)); !os.IsNotExist(err) {
+		t.Fatalf("root filesystem's mount point left behind: %v", err)
 	}
 	if _, err := os.Stat(filepath.Dir(procs)); !os.IsNotExist(err) {
 		t.Fatalf("session cgroup left behind: %v", err)

@@ -69,7 +69,8 @@ func (r *Runtime) buildSpec(spec runtime.Spec, netns string, rootID uint32) (*sp
 
 // containerSpec is `runc spec`'s template (capabilities, masked and
 // read-only paths, mounts, namespaces) made into a session: a writable
-// overlay root, the agent as the process, the session
+// overlay root (where Start mounted the agent and the workspace), the
+// agent as the process, the session
 // environment, its hostname and cgroup limits, in a user namespace whose
 // root is host id rootID (see userns.go). netns, when set, is the network
 // namespace to join instead of a new one.
@@ -108,15 +109,6 @@ func (r *Runtime) containerSpec(spec runtime.Spec, netns string, rootID uint32) 
 		{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
 		{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
 		{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}},
-		{Destination: agentInContainer, Type: "bind", Source: r.cfg.AgentPath, Options: []string{"bind", "ro", "nosuid", "nodev"}},
-	}
-	if spec.Workspace != "" {
-		opts := []string{"rbind", "nosuid", "nodev"}
-		if spec.WorkspaceReadOnly {
-			opts = append(opts, "ro")
-		}
-		// The workspace, idmapped to the session's ids (Start).
-		mounts = append(mounts, specs.Mount{Destination: workspaceInContainer, Type: "bind", Source: r.workspaceMount(id), Options: opts})
 	}
 	return &specs.Spec{
 		Version: "1.0.2-dev",

@@ -3,7 +3,6 @@ package oci
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
@@ -37,9 +36,14 @@ import (
 //     first uid on the host whichever session wrote it, and looks owned by
 //     root in every session of the same user.
 //
-// The idmapped mounts exist in the host's mount namespace only until runc
-// has made the container's: the overlay keeps its own reference to its
-// layers, and the container's /workspace is its own mount.
+// The idmapped image is mounted in the host's mount namespace only until
+// the overlay is: the overlay keeps its own reference to its layers. The
+// workspace and the agent's binary are mounted into the root filesystem
+// by the host before runc runs, through descriptors opened inside it
+// (os.Root), so that neither runc (as the session's unprivileged root) nor
+// a link in the image decides what they are; the host never resolves a
+// path inside a root filesystem again once the session runs, and unmounts
+// the whole tree by its root's path alone.
 //
 // Ranges are allocated per session as links IDs/<n> -> <session id>,
 // created atomically, so that a restarted control plane (or another
@@ -161,111 +165,43 @@ func userNamespace(inside, outside uint32) (*os.File, error) {
 	return f, nil
 }
 
-// idmapMount mounts src at target (an existing directory) with its ids
-// mapped through the user namespace userns: a file owned by k on disk
-// belongs to the id k maps to. Only src's own mount is cloned, not those
-// below it.
-func idmapMount(src, target string, userns *os.File) error {
+// idmapMount mounts src, idmapped through the user namespace userns (a
+// file owned by k on disk belongs to the id k maps to) and with the
+// MOUNT_ATTR_* flags attrs, at target: a path, or with an empty path the
+// open file targetFD. Only src's own mount is cloned, not those below it.
+func idmapMount(src string, userns *os.File, attrs uint64, target string, targetFD int) error {
 	fd, err := unix.OpenTree(unix.AT_FDCWD, src, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 	if err != nil {
-		return fmt.Errorf("idmap %s: open_tree: %w", src, err)
+		return fmt.Errorf("mount %s: open_tree: %w", src, err)
 	}
 	defer unix.Close(fd)
-	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP, Userns_fd: uint64(userns.Fd())}
+	attr := unix.MountAttr{Attr_set: attrs}
+	if userns != nil {
+		attr.Attr_set |= unix.MOUNT_ATTR_IDMAP
+		attr.Userns_fd = uint64(userns.Fd())
+	}
 	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr); err != nil {
-		return fmt.Errorf("idmap %s: mount_setattr: %w (the filesystem must support idmapped mounts)", src, err)
+		return fmt.Errorf("mount %s: mount_setattr: %w (idmapped mounts need a filesystem that supports them, such as ext4, xfs, btrfs or tmpfs)", src, err)
 	}
-	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return fmt.Errorf("idmap %s: move_mount to %s: %w", src, target, err)
+	flags := unix.MOVE_MOUNT_F_EMPTY_PATH
+	dirfd := unix.AT_FDCWD
+	if target == "" {
+		dirfd, flags = targetFD, flags|unix.MOVE_MOUNT_T_EMPTY_PATH
 	}
-	return nil
-}
-
-// chownWorkspace makes the workspace's root directory root's in every
-// session (the workspace range's first id on the host), without
-// following a link.
-func (r *Runtime) chownWorkspace(dir string) error {
-	w := int(r.cfg.IDMap.workspaceID())
-	var st unix.Stat_t
-	if err := unix.Fstatat(unix.AT_FDCWD, dir, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("workspace %s: %w", dir, err)
-	}
-	if int(st.Uid) == w && int(st.Gid) == w {
-		return nil
-	}
-	if err := unix.Fchownat(unix.AT_FDCWD, dir, w, w, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("workspace %s: give it to the sessions' root: %w", dir, err)
+	if err := unix.MoveMount(fd, "", dirfd, target, flags); err != nil {
+		return fmt.Errorf("mount %s: move_mount: %w", src, err)
 	}
 	return nil
 }
 
-// traversable checks that every directory from / to path lets "other"
-// search it: runc, inside the session's user namespace, resolves the
-// root filesystem and bind sources as the session's unprivileged root.
-func traversable(path string) error {
-	for p := path; ; p = filepath.Dir(p) {
-		fi, err := os.Stat(p)
-		if err != nil {
-			return err
-		}
-		if fi.Mode().Perm()&0o001 == 0 {
-			return fmt.Errorf("%s is mode %#o, which a session's root (an unprivileged host uid) cannot pass to reach %s: give it o+x (chmod o+x %s) or choose a state directory below directories others can search, such as /var/lib/devgpu",
-				p, fi.Mode().Perm(), path, p)
-		}
-		if p == "/" {
-			return nil
-		}
-	}
-}
+// lowerMount is where a session's idmapped image is mounted on the host
+// until the overlay holds it.
+func (r *Runtime) lowerMount(id string) string { return filepath.Join(r.dir(id), "lower") }
 
-// installAgent links (or copies) the agent binary into the state
-// directory, where a session's root can reach it and no one else can
-// change it, and returns its path there.
-func installAgent(src, stateDir string) (string, error) {
-	dst := filepath.Join(stateDir, "agent")
-	tmp := dst + ".new"
-	_ = os.Remove(tmp)
-	if err := os.Link(src, tmp); err != nil {
-		if err := copyFile(src, tmp); err != nil {
-			return "", fmt.Errorf("install the agent binary: %w", err)
-		}
-	}
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return "", fmt.Errorf("install the agent binary: %w", err)
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		return "", fmt.Errorf("install the agent binary: %w", err)
-	}
-	return dst, nil
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o755)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
-}
-
-// Where a session's idmapped image and workspace are mounted on the host
-// until the overlay and the container hold them.
-func (r *Runtime) lowerMount(id string) string     { return filepath.Join(r.dir(id), "lower") }
-func (r *Runtime) workspaceMount(id string) string { return filepath.Join(r.dir(id), "ws") }
-
-// idmap gives session id its range of host ids and mounts its image at
-// lowerMount and its workspace (if any) at workspaceMount, idmapped to
-// that range; it makes the writable layer's root the session root's. It
-// returns the host id of the session's root.
-func (r *Runtime) idmap(id, lower, workspace string) (uint32, error) {
+// idmapImage gives session id its range of host ids, mounts its image at
+// lowerMount idmapped to that range and makes the writable layer's root
+// the session root's. It returns the host id of the session's root.
+func (r *Runtime) idmapImage(id, lower string) (uint32, error) {
 	rootID, err := r.allocateIDs(id)
 	if err != nil {
 		return 0, err
@@ -278,7 +214,7 @@ func (r *Runtime) idmap(id, lower, workspace string) (uint32, error) {
 	if err := os.Mkdir(r.lowerMount(id), 0o700); err != nil {
 		return 0, err
 	}
-	if err := idmapMount(lower, r.lowerMount(id), ns); err != nil {
+	if err := idmapMount(lower, ns, unix.MOUNT_ATTR_RDONLY|unix.MOUNT_ATTR_NODEV, r.lowerMount(id), -1); err != nil {
 		return 0, err
 	}
 	if err := os.Lchown(r.upperDir(id), int(rootID), int(rootID)); err != nil {
@@ -287,36 +223,135 @@ func (r *Runtime) idmap(id, lower, workspace string) (uint32, error) {
 	if err := os.Chmod(r.upperDir(id), 0o755); err != nil {
 		return 0, err
 	}
-	if workspace == "" {
-		return rootID, nil
-	}
-	if err := r.chownWorkspace(workspace); err != nil {
-		return 0, err
-	}
-	wsns, err := userNamespace(r.cfg.IDMap.workspaceID(), rootID)
-	if err != nil {
-		return 0, err
-	}
-	defer wsns.Close()
-	if err := os.Mkdir(r.workspaceMount(id), 0o700); err != nil {
-		return 0, err
-	}
-	if err := idmapMount(workspace, r.workspaceMount(id), wsns); err != nil {
-		return 0, err
-	}
 	return rootID, nil
 }
 
-// unmountIDMapped unmounts what idmap mounted, and fails if anything is
-// still mounted there.
+// unmountIDMapped unmounts what idmapImage mounted, and fails if anything
+// is still mounted there.
 func (r *Runtime) unmountIDMapped(id string) error {
-	for _, m := range []string{r.lowerMount(id), r.workspaceMount(id)} {
-		if err := unmount(m); err != nil {
+	m := r.lowerMount(id)
+	if err := unmount(m); err != nil {
+		return err
+	}
+	if mounted, err := isMounted(m); err != nil || mounted {
+		return fmt.Errorf("%s is still mounted (%v); not removing the session's state", m, err)
+	}
+	return nil
+}
+
+// mountAgent mounts the agent's binary, read-only, at agentInContainer in
+// the session's root filesystem.
+func (r *Runtime) mountAgent(id string) error {
+	root, err := os.OpenRoot(r.rootfs(id))
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	dir := filepath.Dir(agentInContainer)[1:]
+	if err := root.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("mount the agent: %w", err)
+	}
+	f, err := root.OpenFile(agentInContainer[1:], os.O_CREATE|os.O_RDONLY, 0o755)
+	if err != nil {
+		return fmt.Errorf("mount the agent: %w", err)
+	}
+	defer f.Close()
+	return idmapMount(r.cfg.AgentPath, nil, unix.MOUNT_ATTR_RDONLY|unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV, "", int(f.Fd()))
+}
+
+// mountWorkspace mounts the workspace dir at workspaceInContainer in the
+// session's root filesystem, nosuid and nodev, read-only if asked, and
+// idmapped from the workspace range to the session's (rootID and up), so
+// that workspace files belong to the workspace uid on the host and look
+// root's in the session. The workspace's root directory is given to the
+// workspace uid first.
+func (r *Runtime) mountWorkspace(id string, rootID uint32, dir string, readOnly bool) error {
+	if err := r.chownWorkspace(dir); err != nil {
+		return err
+	}
+	ns, err := userNamespace(r.cfg.IDMap.workspaceID(), rootID)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	root, err := os.OpenRoot(r.rootfs(id))
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	name := workspaceInContainer[1:]
+	if err := root.Mkdir(name, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("mount the workspace: %w", err)
+	}
+	f, err := root.Open(name)
+	if err != nil {
+		return fmt.Errorf("mount the workspace: %w", err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.IsDir() {
+		return fmt.Errorf("mount the workspace: the image's %s is not a directory", workspaceInContainer)
+	}
+	attrs := uint64(unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV)
+	if readOnly {
+		attrs |= unix.MOUNT_ATTR_RDONLY
+	}
+	return idmapMount(dir, ns, attrs, "", int(f.Fd()))
+}
+
+// DefaultMountDir is Config.MountDir's default.
+const DefaultMountDir = "/run/devgpu"
+
+// makeMountDir makes dir/tag, where the runtime whose state directory
+// hashes to tag mounts root filesystems: searchable, not readable, by
+// others, as is every directory above it.
+func makeMountDir(dir, tag string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	md := filepath.Join(abs, tag)
+	if err := os.MkdirAll(md, 0o711); err != nil {
+		return "", err
+	}
+	for _, d := range []string{abs, md} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			return "", err
+		}
+	}
+	return md, traversable(md)
+}
+
+// traversable checks that every directory from / to path lets "other"
+// search it.
+func traversable(path string) error {
+	for p := path; ; p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		if err != nil {
 			return err
 		}
-		if mounted, err := isMounted(m); err != nil || mounted {
-			return fmt.Errorf("%s is still mounted (%v); not removing the session's state", m, err)
+		if fi.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("%s is mode %#o, which a session's root (an unprivileged host uid) cannot pass to reach %s: give it o+x (chmod o+x %s) or configure a mount directory below directories others can search",
+				p, fi.Mode().Perm(), path, p)
 		}
+		if p == "/" {
+			return nil
+		}
+	}
+}
+
+// chownWorkspace makes the workspace's root directory root's in every
+// session (the workspace uid on the host), without following a link.
+func (r *Runtime) chownWorkspace(dir string) error {
+	w := int(r.cfg.IDMap.workspaceID())
+	var st unix.Stat_t
+	if err := unix.Fstatat(unix.AT_FDCWD, dir, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("workspace %s: %w", dir, err)
+	}
+	if int(st.Uid) == w && int(st.Gid) == w {
+		return nil
+	}
+	if err := unix.Fchownat(unix.AT_FDCWD, dir, w, w, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("workspace %s: give it to the sessions' root: %w", dir, err)
 	}
 	return nil
 }
