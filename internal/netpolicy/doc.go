@@ -41,6 +41,11 @@
 // rebuilds it if not. A table from an older version ("inet devgpu") is
 // left alone: it can only drop more.
 //
+//   - prerouting (before any DNAT): traffic from the bridge to any of the
+//     host's own addresses (fib daddr type local) goes to the sending
+//     session's host chain, or is dropped if no session has its source;
+//     so a port that a container engine publishes on a host address by
+//     DNAT is a host port like any other.
 //   - forward: replies (ct established,related) pass; traffic that enters
 //     and leaves through the bridge (session to session, routed through the
 //     host) is dropped; traffic from a session's address jumps to that

@@ -1,15 +1,20 @@
 package netpolicy
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"testing"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/devgpu/devgpu/sdk"
 )
@@ -112,8 +117,46 @@ func TestEgressKeepsHostClosed(t *testing.T) {
 	noReach(t, "all: service on the gateway address", nsAll, gwSvc)
 	noReach(t, "all: link-local metadata service", nsAll, md)
 
+	published := publish(t, out.hostIP, netip.MustParseAddrPort(out.listed))
+	noReach(t, "all: port published on a host address (DNAT)", nsAll, published)
+
 	reach(t, "allow-list: listed outside service", nsAllow, out.listed)
 	noReach(t, "allow-list: host service listed", nsAllow, hostSvc)
 	noReach(t, "allow-list: gateway service listed", nsAllow, gwSvc)
 	noReach(t, "allow-list: metadata service listed", nsAllow, md)
+}
+
+// publish forwards a port of the host address hostIP to target with a
+// DNAT rule in a table of the test's own, as a container engine publishes
+// a container's port on the host. It returns the published address.
+func publish(t *testing.T, hostIP netip.Addr, target netip.AddrPort) string {
+	t.Helper()
+	port := uint16(20000 + rand.IntN(20000))
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := &nftables.Table{Family: nftables.TableFamilyINet, Name: fmt.Sprintf("devgpu_test_publish_%d", port)}
+	c.AddTable(tb)
+	accept := nftables.ChainPolicyAccept
+	ch := c.AddChain(&nftables.Chain{Name: "prerouting", Table: tb, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest, Policy: &accept})
+	to := target.Addr().As4()
+	toPort := make([]byte, 2)
+	binary.BigEndian.PutUint16(toPort, target.Port())
+	c.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: slices.Concat(
+		ipAddr(16, netip.PrefixFrom(hostIP, 32)), l4proto(unix.IPPROTO_TCP), dport(port),
+		[]expr.Any{
+			&expr.Immediate{Register: 1, Data: to[:]},
+			&expr.Immediate{Register: 2, Data: toPort},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegProtoMin: 2, Specified: true},
+		})})
+	if err := c.Flush(); err != nil {
+		t.Fatalf("publishing %s:%d: %v", hostIP, port, err)
+	}
+	t.Cleanup(func() {
+		c.DelTable(tb)
+		c.Flush()
+	})
+	return netip.AddrPortFrom(hostIP, port).String()
 }

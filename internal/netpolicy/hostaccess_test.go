@@ -26,8 +26,9 @@ func TestHostAccessOpensOnlyWhatItNames(t *testing.T) {
 	gw := m.Gateway()
 	md := metadata(t, dir, cfg.Bridge)
 
+	published := publish(t, out.hostIP, netip.MustParseAddrPort(out.listed))
 	nsAll := mustSetup(t, m, "s-all", sdk.Egress{Mode: sdk.EgressAll,
-		HostAccess: []string{hostSvc, metadataIP + ":80"}})
+		HostAccess: []string{hostSvc, metadataIP + ":80", published}})
 	nsAllow := mustSetup(t, m, "s-allow", sdk.Egress{Mode: sdk.EgressAllowList, Allow: []string{out.listed},
 		HostAccess: []string{gw.String(), out.hostIP.String()}})
 	nsAPI := mustSetup(t, m, "s-api", sdk.Egress{Mode: sdk.EgressAll,
@@ -43,6 +44,7 @@ func TestHostAccessOpensOnlyWhatItNames(t *testing.T) {
 		noReach(t, when+"all: gateway service", nsAll, gwSvc)
 		noReach(t, when+"all: API port", nsAll, api)
 		reach(t, when+"all: outside", nsAll, out.unlisted)
+		reach(t, when+"all: published host port allowed", nsAll, published)
 
 		reach(t, when+"allow-list: gateway allowed (any port)", nsAllow, gwSvc)
 		reach(t, when+"allow-list: host address allowed (any port)", nsAllow, hostOther)
@@ -50,6 +52,7 @@ func TestHostAccessOpensOnlyWhatItNames(t *testing.T) {
 		noReach(t, when+"allow-list: API port via the gateway", nsAllow, gwAPI)
 		noReach(t, when+"allow-list: metadata", nsAllow, md)
 		noReach(t, when+"allow-list: outside, unlisted", nsAllow, out.unlisted)
+
 
 		reach(t, when+"API named: API port", nsAPI, api)
 		noReach(t, when+"API named: other host service", nsAPI, hostOther)

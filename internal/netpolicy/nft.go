@@ -19,14 +19,15 @@ import (
 // and per session a chain for what it forwards and one for what it sends
 // to the host itself.
 const (
-	chainForward   = "forward"
-	chainInput     = "input"
-	chainPostNAT   = "postrouting"
-	chainSessFwd   = "sessions_fwd"
-	chainSessIn    = "sessions_in"
-	sessFwdSuffix  = "_fwd"
-	sessHostSuffix = "_host"
-	sessInSuffix   = "_in" // an older version's; removed, never made
+	chainPrerouting = "prerouting"
+	chainForward    = "forward"
+	chainInput      = "input"
+	chainPostNAT    = "postrouting"
+	chainSessFwd    = "sessions_fwd"
+	chainSessIn     = "sessions_in"
+	sessFwdSuffix   = "_fwd"
+	sessHostSuffix  = "_host"
+	sessInSuffix    = "_in" // an older version's; removed, never made
 )
 
 // linkLocal is where clouds serve instance metadata (169.254.169.254):
@@ -66,9 +67,10 @@ func (m *Manager) Check() error {
 // Fixed rule counts of the base chains, as rebuild makes them; intact
 // compares against them.
 const (
-	forwardRules = 5
-	inputRules   = 3
-	natRules     = 1
+	preroutingRules = 3
+	forwardRules    = 5
+	inputRules      = 3
+	natRules        = 1
 )
 
 // rebuild replaces the table, whatever it holds, with the fixed chains and
@@ -87,6 +89,8 @@ func (m *Manager) rebuild() error {
 	c.DelTable(t)
 	c.AddTable(t)
 	accept := nftables.ChainPolicyAccept
+	pre := c.AddChain(&nftables.Chain{Name: chainPrerouting, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle, Policy: &accept})
 	fwd := c.AddChain(&nftables.Chain{Name: chainForward, Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
 	in := c.AddChain(&nftables.Chain{Name: chainInput, Table: t, Type: nftables.ChainTypeFilter,
@@ -100,6 +104,12 @@ func (m *Manager) rebuild() error {
 	rule := func(ch *nftables.Chain, exprs ...[]expr.Any) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: slices.Concat(exprs...)})
 	}
+	// prerouting (preroutingRules): traffic to a host address is judged
+	// before any DNAT (a port a container engine publishes on the host is
+	// the host's port too), by the session's host chain.
+	rule(pre, ctEstablished(), verdict(expr.VerdictAccept, ""))
+	rule(pre, ifname(expr.MetaKeyIIFNAME, br), daddrLocal(), verdict(expr.VerdictJump, chainSessIn))
+	rule(pre, ifname(expr.MetaKeyIIFNAME, br), daddrLocal(), verdict(expr.VerdictDrop, ""))
 	// forward (forwardRules)
 	rule(fwd, ctEstablished(), verdict(expr.VerdictAccept, ""))
 	rule(fwd, ifname(expr.MetaKeyIIFNAME, br), ifname(expr.MetaKeyOIFNAME, br), verdict(expr.VerdictDrop, ""))
@@ -169,7 +179,7 @@ func (m *Manager) intact() bool {
 			sessions++
 		}
 	}
-	for name, want := range map[string]int{chainForward: forwardRules, chainInput: inputRules,
+	for name, want := range map[string]int{chainPrerouting: preroutingRules, chainForward: forwardRules, chainInput: inputRules,
 		chainPostNAT: natRules, chainSessFwd: sessions, chainSessIn: sessions} {
 		rules, err := c.GetRules(t, &nftables.Chain{Name: name, Table: t})
 		if err != nil || len(rules) != want {
@@ -436,6 +446,17 @@ func dport(port uint16) []expr.Any {
 	return []expr.Any{
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: b},
+	}
+}
+
+// daddrLocal matches packets whose destination is one of the host's own
+// addresses (fib daddr type local).
+func daddrLocal() []expr.Any {
+	local := make([]byte, 4)
+	binary.NativeEndian.PutUint32(local, unix.RTN_LOCAL)
+	return []expr.Any{
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: local},
 	}
 }
 
