@@ -98,7 +98,7 @@ func TestStoreDiskFull(t *testing.T) {
 	}
 	// Stopped by the time stop answered; init reaps the orphan a moment later.
 	testutil.Eventually(t, testutil.WaitShort, "the stopped session's process to be gone", func() bool { return !pidAlive(pidA) })
-	if h := e.healthz(); h.code != http.StatusServiceUnavailable || h.Status != "unhealthy" || !strings.Contains(h.Reason, "database or disk is full") {
+	if h := e.healthz(); h.code != http.StatusServiceUnavailable || h.Status != "unhealthy" || !strings.Contains(h.Reason, "the store's disk is full") {
 		t.Fatalf("/healthz with the store's disk full = %+v", h)
 	}
 	// B reaches its lifetime while the store still cannot write.

@@ -106,8 +106,8 @@ func TestSessionsEndWhileStoreIsFull(t *testing.T) {
 		t.Errorf("stop answered state %s, want stopping until the end is recorded", out.State)
 	}
 	code, h := r.healthz()
-	if code != http.StatusServiceUnavailable || h.Status != "unhealthy" || !strings.Contains(h.Reason, "database or disk is full") ||
-		!strings.Contains(h.Reason, "free space on its disk") || h.UnrecordedEnds != 1 {
+	if code != http.StatusServiceUnavailable || h.Status != "unhealthy" || !strings.Contains(h.Reason, "the store's disk is full; free space on it") ||
+		h.UnrecordedEnds != 1 {
 		t.Fatalf("/healthz with the store's disk full = %d %+v", code, h)
 	}
 
@@ -174,7 +174,7 @@ func TestHealthzReportsStoreThatCannotWrite(t *testing.T) {
 	free := testutil.Fill(t, dir)
 	testutil.Eventually(t, testutil.WaitMedium, "/healthz to report the full disk", func() bool {
 		code, h := r.healthz()
-		return code == http.StatusServiceUnavailable && strings.Contains(h.Reason, "database or disk is full")
+		return code == http.StatusServiceUnavailable && strings.Contains(h.Reason, "the store's disk is full")
 	})
 	free()
 	testutil.Eventually(t, testutil.WaitMedium, "/healthz to recover", func() bool {
@@ -284,7 +284,8 @@ func TestSessionsEndWhilePostgresIsDown(t *testing.T) {
 	if r.inRuntime(s.ID) {
 		t.Fatal("the session still runs in the runtime")
 	}
-	if code, h := r.healthz(); code != http.StatusServiceUnavailable || h.UnrecordedEnds != 1 {
+	if code, h := r.healthz(); code != http.StatusServiceUnavailable || h.UnrecordedEnds != 1 ||
+		!strings.Contains(h.Reason, "the store cannot write") || strings.Contains(h.Reason, name) {
 		t.Fatalf("/healthz with the database down = %d %+v", code, h)
 	}
 	r.clock.advance(10 * time.Second)

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"errors"
-	"fmt"
 	"maps"
 	"net/http"
 	"slices"
@@ -39,18 +38,32 @@ type storeHealth struct {
 	UnrecordedEnds int `json:"unrecorded_ends,omitempty"`
 }
 
-// health reports whether the store accepted the last write.
+// health reports whether the store accepted the last write. The reason
+// names no detail of the store (a PostgreSQL error may name its host and
+// user): /healthz needs no token, and the server log has the error.
 func (s *Server) health() storeHealth {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.storeErr == nil {
 		return storeHealth{Status: "ok"}
 	}
-	return storeHealth{
-		Status:         "unhealthy",
-		Reason:         fmt.Sprintf("the store cannot write (%v); free space on its disk or repair the database server, and the control plane recovers by itself", s.storeErr),
-		UnrecordedEnds: len(s.unrecorded),
+	reason := "the store cannot write (the server log has its error); repair the database or its disk, and the control plane recovers by itself"
+	if diskFull(s.storeErr) {
+		reason = "the store's disk is full; free space on it, and the control plane recovers by itself"
 	}
+	return storeHealth{Status: "unhealthy", Reason: reason, UnrecordedEnds: len(s.unrecorded)}
+}
+
+// diskFull reports whether err is the store's engine saying its disk is
+// full: SQLite's SQLITE_FULL (13, in the low byte of extended codes) or
+// PostgreSQL's SQLSTATE 53100, read through the drivers' error methods.
+func diskFull(err error) bool {
+	var sqliteErr interface{ Code() int }
+	if errors.As(err, &sqliteErr) && sqliteErr.Code()&0xff == 13 {
+		return true
+	}
+	var pgErr interface{ SQLState() string }
+	return errors.As(err, &pgErr) && pgErr.SQLState() == "53100"
 }
 
 // healthz answers 200 while the store writes and 503 while it does not.
