@@ -4,11 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	goruntime "runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -35,6 +38,9 @@ type Sandbox struct {
 	Hide    []string
 	Bind    []string
 	BindRO  []string
+	// UID and GID, for a server that is not root, are its ids, which the
+	// agent takes in a nested user namespace (see runAsUser).
+	UID, GID int
 }
 
 // SandboxFlagPrefix starts every command-line flag of the sandbox, so that
@@ -49,7 +55,8 @@ func EnterSandbox(sb Sandbox, argv []string, dir string) error {
 		return errors.New("agent: --sandbox needs to run as the first process of new user, mount and pid namespaces, as the local runtime starts it")
 	}
 	// Capabilities, the bounding set and no_new_privs belong to a thread:
-	// this one drops them and then executes, which ends every other thread.
+	// this one drops them and then executes (or forks), so that what runs
+	// next inherits this thread's.
 	goruntime.LockOSThread()
 	if err := sb.mount(); err != nil {
 		return fmt.Errorf("agent: sandbox: %w", err)
@@ -61,12 +68,69 @@ func EnterSandbox(sb Sandbox, argv []string, dir string) error {
 			return fmt.Errorf("agent: sandbox: %w", err)
 		}
 	}
+	args := withoutSandboxFlags(argv)
+	if sb.UID > 0 {
+		return sb.runAsUser(args)
+	}
 	if err := dropPrivileges(); err != nil {
 		return fmt.Errorf("agent: sandbox: %w", err)
 	}
-	args := withoutSandboxFlags(argv)
 	err := unix.Exec("/proc/self/exe", args, os.Environ())
 	return fmt.Errorf("agent: sandbox: re-execute the agent: %w", err)
+}
+
+// runAsUser runs the agent for a server that is not root. Its namespace
+// maps the server's uid to 0, which keeps this process its capabilities
+// across the runtime's execve, for the mounts; the agent then runs in a
+// nested user namespace as the server's own uid (UID, GID), where execve
+// leaves it no capability and no uid 0 exists to gain one. This process
+// stays the namespace's init: it passes SIGTERM and SIGINT on to the
+// agent, reaps orphans, and exits with the agent, which ends the session.
+func (sb Sandbox) runAsUser(args []string) error {
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("agent: sandbox: set no_new_privs: %w", err)
+	}
+	if err := ProtectSecrets(); err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	cmd := exec.Command("/proc/self/exe", args[1:]...)
+	cmd.Args[0] = args[0]
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	// The listening socket the runtime passed as descriptor 3.
+	cmd.ExtraFiles = []*os.File{os.NewFile(3, "listener")}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: sb.UID, HostID: 0, Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: sb.GID, HostID: 0, Size: 1}},
+		Credential:  &syscall.Credential{Uid: uint32(sb.UID), Gid: uint32(sb.GID), NoSetGroups: true},
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("agent: sandbox: start the agent: %w", err)
+	}
+	os.Stdin.Close()
+	os.Stdout.Close()
+	agent := cmd.Process.Pid
+	go func() {
+		for sig := range sigs {
+			_ = syscall.Kill(agent, sig.(syscall.Signal))
+		}
+	}()
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, 0, nil)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("agent: sandbox: wait for the agent: %w", err)
+		}
+		if pid == agent {
+			code := ws.ExitStatus()
+			if ws.Signaled() {
+				code = 128 + int(ws.Signal())
+			}
+			os.Exit(code)
+		}
+	}
 }
 
 // withoutSandboxFlags returns argv without the flags that start with

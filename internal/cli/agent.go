@@ -63,6 +63,8 @@ func newAgentCmd() *cobra.Command {
 	f.StringArrayVar(&sb.Hide, "sandbox-hide", nil, "sandbox: cover this path with an empty read-only mount")
 	f.StringArrayVar(&sb.Bind, "sandbox-bind", nil, "sandbox: show this path at its place, also under a hidden one")
 	f.StringArrayVar(&sb.BindRO, "sandbox-bind-ro", nil, "sandbox: show this path at its place, read-only")
+	f.IntVar(&sb.UID, "sandbox-uid", 0, "sandbox: run the agent as this uid and --sandbox-gid in a nested user namespace (a server that is not root)")
+	f.IntVar(&sb.GID, "sandbox-gid", 0, "sandbox: see --sandbox-uid")
 	cmd.MarkFlagsOneRequired("socket", "listen-fd")
 	cmd.MarkFlagsMutuallyExclusive("socket", "listen-fd")
 	return cmd

@@ -261,11 +261,19 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	cmd.Env = sessionEnviron(spec, home, workspace)
 	cmd.Stderr = logFile
 	cmd.ExtraFiles = []*os.File{lnFile}
+	// Root maps itself; another user maps itself to 0 in the sandbox's
+	// namespace, to keep its capabilities for the mounts, and the agent
+	// then runs as that user in a nested one (agent.Sandbox).
 	uid, gid := os.Getuid(), os.Getgid()
+	inUID, inGID := uid, gid
+	if uid != 0 {
+		inUID, inGID = 0, 0
+		cmd.Args = append(cmd.Args, "--sandbox-uid="+strconv.Itoa(uid), "--sandbox-gid="+strconv.Itoa(gid))
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID,
-		UidMappings: []syscall.SysProcIDMap{{ContainerID: uid, HostID: uid, Size: 1}},
-		GidMappings: []syscall.SysProcIDMap{{ContainerID: gid, HostID: gid, Size: 1}},
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: inUID, HostID: uid, Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: inGID, HostID: gid, Size: 1}},
 		Setpgid:     true,
 	}
 	// The secret travels on stdin, not in argv or the environment, and
@@ -328,7 +336,8 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	select {
 	case err := <-ready:
 		if err != nil {
-			return fmt.Errorf("local runtime: agent did not start (see %s): %w", logFile.Name(), err)
+			// Stop removes the log with the session: say what it says.
+			return fmt.Errorf("local runtime: agent did not start (%s): %w", lastLine(logFile.Name()), err)
 		}
 		return nil
 	case <-timer.C:
@@ -336,6 +345,23 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// lastLine is the last line of the file, for an error message.
+func lastLine(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	line := lines[len(lines)-1]
+	if len(line) > 500 {
+		line = line[len(line)-500:]
+	}
+	if line == "" {
+		return "its log is empty"
+	}
+	return line
 }
 
 // listen makes the agent's listening socket at path, readable and
