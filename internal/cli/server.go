@@ -125,6 +125,9 @@ SQLite under the data directory, the local runtime, this host's NVIDIA GPUs
 			if err := o.loadConfig(cmd); err != nil {
 				return err
 			}
+			if err := o.storeFromEnv(cmd); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return runServer(ctx, o)
@@ -140,7 +143,7 @@ SQLite under the data directory, the local runtime, this host's NVIDIA GPUs
 	f.BoolVar(&o.dev, "dev", false, "embedded default: bootstrap an admin and project \"default\", write the CLI config")
 	f.StringVar(&o.listen, "listen", DefaultListen, "address to serve the API on")
 	f.StringVar(&o.data, "data", "", "data directory (default $XDG_DATA_HOME/devgpu or ~/.local/share/devgpu)")
-	f.StringVar(&o.storeURL, "store", "", "store: a postgres:// URL, or a SQLite file path (default DATA/devgpu.db)")
+	f.StringVar(&o.storeURL, "store", "", "store: a postgres:// URL without a password, or a SQLite file path (default DATA/devgpu.db); a URL with a password goes in the config file's store field or $DEVGPU_STORE_URL")
 	f.StringVar(&o.gpus, "gpus", "", "simulate this GPU inventory, e.g. t4:4,a100:2 (default: this host's NVIDIA GPUs, else t4:4)")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.DurationVar(&o.livenessInterval, "liveness-interval", server.DefaultLivenessInterval, "how often to check that sessions are alive")
