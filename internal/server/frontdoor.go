@@ -58,7 +58,8 @@ func openFileLimit() int {
 }
 
 // RaiseOpenFileLimit raises the soft open-file limit to the hard one and
-// returns the new soft limit.
+// returns the new soft limit. (The Go runtime does the same at start since
+// Go 1.19; doing it here keeps it so whatever started the process.)
 func RaiseOpenFileLimit() (int, error) {
 	var r unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &r); err != nil {
@@ -97,6 +98,9 @@ type connLimiter struct {
 }
 
 func newConnLimiter(ln net.Listener, max, perAddr int, refused func()) *connLimiter {
+	if perAddr > max {
+		perAddr = max
+	}
 	return &connLimiter{Listener: ln, max: max, perAddr: perAddr, refused: refused, byAddr: map[string]int{}}
 }
 

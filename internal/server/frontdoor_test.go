@@ -334,3 +334,59 @@ func grepLines(s, substr string) string {
 	}
 	return strings.Join(out, "")
 }
+
+// The caps in all leave a quarter of the open-file limit (at least 256
+// descriptors) to the store, the runtime and the logs.
+func TestOpenFileLimitLeavesHeadroom(t *testing.T) {
+	t.Parallel()
+	for _, limit := range []int{512, 1024, 4096, 65536, 1 << 20} {
+		conns, tunnels := fdBudget(limit)
+		// Each tunnel holds its client connection (among conns) and its
+		// agent connection.
+		if used, headroom := conns+tunnels, max(256, limit/4); used > limit-headroom || conns < 1 || tunnels < 1 {
+			t.Errorf("limit %d: %d connections and %d tunnels leave %d descriptors, want at least %d", limit, conns, tunnels, limit-used, headroom)
+		}
+	}
+	l := newTunnelLimiter(10, 10, 2)
+	var releases []func()
+	for i := range 2 {
+		release, err := l.acquire(int64(i), fmt.Sprintf("192.0.2.%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		releases = append(releases, release)
+	}
+	if _, err := l.acquire(9, "192.0.2.9"); !strings.Contains(fmt.Sprint(err), "open-file limit") {
+		t.Fatalf("a tunnel past the open-file budget: %v", err)
+	}
+	releases[0]()
+	releases[0]() // a second release gives nothing back twice
+	if _, err := l.acquire(9, "192.0.2.9"); err != nil {
+		t.Fatalf("a tunnel once one was released: %v", err)
+	}
+	if _, err := l.acquire(8, "192.0.2.8"); err == nil {
+		t.Fatal("a double release made room for two")
+	}
+}
+
+// Past what the open-file limit leaves for connections, a new connection
+// is closed at once, whoever opens it.
+func TestOpenFileLimitCapsConnections(t *testing.T) {
+	t.Parallel()
+	const limit = 256 + 16 // leaves 8 connections
+	conns, _ := fdBudget(limit)
+	f := newFixture(t, func(c *Config) { c.OpenFileLimit = limit })
+	addr := f.serve()
+	for i := range conns {
+		c := dial(t, addr)
+		fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: %s\r\n\r\n", addr)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("connection %d of %d: %v", i+1, conns, err)
+		}
+		resp.Body.Close()
+	}
+	if !closedByServer(t, dial(t, addr), testutil.WaitShort) {
+		t.Fatalf("connection %d was kept; the open-file limit %d leaves room for %d", conns+1, limit, conns)
+	}
+}

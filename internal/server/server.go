@@ -226,6 +226,8 @@ func (s *Server) Handler() http.Handler {
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	maxConns, _ := fdBudget(s.cfg.OpenFileLimit)
 	ln = newConnLimiter(ln, maxConns, s.cfg.MaxConnsPerAddress, s.metrics.connsRefused.Inc)
+	s.log.Info("front door", "tls", s.cfg.TLS != nil, "open_file_limit", s.cfg.OpenFileLimit, "max_connections", maxConns,
+		"max_tunnels", s.tunnels.max, "max_tunnels_per_user", s.cfg.MaxTunnelsPerUser, "max_tunnels_per_address", s.cfg.MaxTunnelsPerAddress)
 	if s.cfg.TLS != nil {
 		cfg := s.cfg.TLS.Clone()
 		// HTTP/1.1 only: WebSocket tunnels upgrade from it.
