@@ -44,7 +44,14 @@ import (
 //	                  (upper/, work/ and agent.log); removed by Stop
 //	layers/<id>.ws    the workspace directory the session uses, if any
 //	workspaces/<h>.img the workspace whose host directory hashes to h,
-//	                  mounted on that directory while a session uses it
+//	                  mounted on that directory, so that the host sees
+//	                  its files there as before
+//	workspaces/<h>.dir that directory, to mount it again after a reboot
+//
+// A filesystem is never mounted through two loop devices at once, which
+// would corrupt it: an image that a loop device still holds (mounted
+// somewhere) is mounted again through that device, and the runtime never
+// detaches a workspace or the pool lazily.
 
 // DefaultLayerLimit is the size of a session's writable layer where
 // DiskConfig.LayerLimits has no entry for its GPU type.
@@ -132,7 +139,36 @@ func openDisks(stateDir string, cfg DiskConfig, log *slog.Logger) (*disks, error
 			return nil, fmt.Errorf("disk pool: %w", err)
 		}
 	}
+	d.remountWorkspaces()
 	return d, nil
+}
+
+// remountWorkspaces mounts every workspace on its directory again after a
+// reboot, so that the host sees their files where it did; a start mounts
+// any it could not.
+func (d *disks) remountWorkspaces() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	recs, _ := filepath.Glob(filepath.Join(d.root, "workspaces", "*.dir"))
+	for _, rec := range recs {
+		b, err := os.ReadFile(rec)
+		if err != nil {
+			continue
+		}
+		dir, img := string(b), strings.TrimSuffix(rec, ".dir")+".img"
+		if img != d.workspaceImage(dir) {
+			continue
+		}
+		if mounted, err := d.mountedImage(dir); err != nil || mounted != "" {
+			continue
+		}
+		if _, err := os.Stat(img); err != nil {
+			continue
+		}
+		if err := mountImage(img, dir, unix.MS_NODEV|unix.MS_NOSUID, "discard,noinit_itable"); err != nil {
+			d.log.Warn("mount a workspace again", "dir", dir, "err", err)
+		}
+	}
 }
 
 // makeImage creates an image file of size bytes holding an empty ext4
@@ -205,8 +241,8 @@ func (d *disks) mountLayer(id, gpuType, target string) error {
 }
 
 // release unmounts the session's writable layer at target, removes it,
-// and unmounts the workspace the session used if no other session uses
-// it. It succeeds for a session that has none of these.
+// and forgets that the session used its workspace (which stays mounted).
+// It succeeds for a session that has none of these.
 func (d *disks) release(id, target string) error {
 	if err := unmount(target); err != nil {
 		return err
@@ -216,21 +252,28 @@ func (d *disks) release(id, target string) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	b, err := os.ReadFile(d.layerRecord(id))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	} else if err != nil {
+	if err := os.Remove(d.layerRecord(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	dir := string(b)
-	if err := os.Remove(d.layerRecord(id)); err != nil {
+	return nil
+}
+
+// releaseWorkspace unmounts the workspace at dir if no session uses it.
+func (d *disks) releaseWorkspace(dir string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	users, err := d.workspaceUsers(dir)
+	if err != nil {
 		return err
 	}
-	if users, err := d.workspaceUsers(dir); err != nil || len(users) > 0 {
+	if len(users) > 0 {
+		return fmt.Errorf("workspace %s is in use by sessions %s; stop them first", dir, strings.Join(users, ", "))
+	}
+	if mounted, err := d.mountedImage(dir); err != nil || mounted != d.workspaceImage(dir) {
 		return err
 	}
-	if err := unmount(dir); err != nil {
-		return fmt.Errorf("unmount workspace: %w", err)
+	if err := unix.Unmount(dir, 0); err != nil {
+		return fmt.Errorf("unmount workspace %s: %w", dir, err)
 	}
 	return nil
 }
@@ -250,10 +293,10 @@ func (d *disks) workspaceUsers(dir string) ([]string, error) {
 	return ids, nil
 }
 
-// attachWorkspace mounts the workspace's filesystem on its directory dir,
-// making it at the first use and resizing it to a new limit if no session
-// uses it, and records that session id uses it. limit 0 is as large as
-// the pool.
+// attachWorkspace mounts the workspace's filesystem on its directory dir
+// unless it is, making it at the first use and resizing it to a new limit
+// if no session uses it, and records that session id uses it. limit 0 is
+// as large as the pool.
 func (d *disks) attachWorkspace(id, dir string, limit int64) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -281,18 +324,31 @@ func (d *disks) mountWorkspace(dir string, limit int64) error {
 	if mounted != "" && mounted != img {
 		return fmt.Errorf("workspace %s has another filesystem (%s) mounted on it than its own (%s); unmount it", dir, mounted, img)
 	}
-	switch _, err := os.Stat(img); {
-	case mounted != "":
-		// In use by another session: a new limit applies once no session
-		// uses it.
-		if fi, err := os.Stat(img); err == nil && fi.Size() != limit {
-			d.log.Info("workspace in use; its new limit applies when no session uses it", "dir", dir, "bytes", limit)
-		}
-		return nil
-	case errors.Is(err, os.ErrNotExist):
+	fi, err := os.Stat(img)
+	if errors.Is(err, os.ErrNotExist) && mounted == "" {
 		return d.createWorkspace(dir, img, limit)
-	case err != nil:
+	} else if err != nil {
 		return fmt.Errorf("workspace: %w", err)
+	}
+	if fi.Size() != limit && mounted != "" {
+		// Resizing is offline: only when no session uses it and nothing
+		// on the host holds it.
+		users, err := d.workspaceUsers(dir)
+		if err != nil {
+			return err
+		}
+		if len(users) > 0 {
+			d.log.Info("workspace in use; its new limit applies when no session uses it", "dir", dir, "bytes", limit)
+			return nil
+		}
+		if err := unix.Unmount(dir, 0); err != nil {
+			d.log.Warn("workspace busy on the host; its new limit applies later", "dir", dir, "bytes", limit, "err", err)
+			return nil
+		}
+		mounted = ""
+	}
+	if mounted != "" {
+		return nil
 	}
 	if err := d.resizeWorkspace(img, limit); err != nil {
 		return err
@@ -320,6 +376,9 @@ func (d *disks) createWorkspace(dir, img string, limit int64) error {
 		return fmt.Errorf("workspace: %w", err)
 	}
 	d.log.Info("creating a workspace filesystem", "dir", dir, "image", img, "bytes", limit)
+	if err := os.WriteFile(strings.TrimSuffix(img, ".img")+".dir", []byte(dir), 0o600); err != nil {
+		return fmt.Errorf("workspace: %w", err)
+	}
 	if err := d.makeImage(img, limit, false); err != nil {
 		return fmt.Errorf("workspace: %w", err)
 	}
@@ -406,11 +465,6 @@ func (d *disks) workspaceUsage(dir string) (int64, error) {
 		if err := mountImage(img, dir, unix.MS_NODEV|unix.MS_NOSUID, "discard,noinit_itable"); err != nil {
 			return 0, fmt.Errorf("workspace: %w", err)
 		}
-		defer func() {
-			if err := unmount(dir); err != nil {
-				d.log.Warn("unmount workspace after measuring it", "dir", dir, "err", err)
-			}
-		}()
 	} else if mounted != img {
 		return 0, fmt.Errorf("workspace %s has another filesystem (%s) mounted on it than its own (%s)", dir, mounted, img)
 	}
@@ -426,8 +480,18 @@ func (d *disks) workspaceUsage(dir string) (int64, error) {
 }
 
 // mountImage mounts the ext4 filesystem in the image file img at target
-// through a loop device that detaches by itself once unmounted.
+// through a loop device that detaches by itself once unmounted: the one
+// that already holds img if any (the filesystem is mounted elsewhere
+// still), so that it is never mounted through two.
 func mountImage(img, target string, flags uintptr, data string) error {
+	if dev, err := loopOf(img); err != nil {
+		return err
+	} else if dev != "" {
+		if err := unix.Mount(dev, target, "ext4", flags, data); err != nil {
+			return fmt.Errorf("mount %s (%s) on %s: %w", img, dev, target, err)
+		}
+		return nil
+	}
 	f, err := os.OpenFile(img, os.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -444,6 +508,20 @@ func mountImage(img, target string, flags uintptr, data string) error {
 		return fmt.Errorf("mount %s on %s: %w", img, target, err)
 	}
 	return nil
+}
+
+// loopOf is the loop device whose backing file is img, or "".
+func loopOf(img string) (string, error) {
+	files, err := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	if err != nil {
+		return "", err
+	}
+	for _, f := range files {
+		if b, err := os.ReadFile(f); err == nil && strings.TrimSuffix(string(b), "\n") == img {
+			return "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(f))), nil
+		}
+	}
+	return "", nil
 }
 
 // attachLoop binds the file to a free loop device with autoclear and
@@ -541,6 +619,21 @@ func (r *Runtime) WorkspaceUsage(dir string) (int64, error) {
 		return 0, err
 	}
 	return r.disk.workspaceUsage(abs)
+}
+
+// ReleaseWorkspace unmounts the workspace at dir, which no session may be
+// using, from the host; its files stay in its filesystem, which the next
+// session using dir mounts again. For an admin removing a workspace, or
+// a test removing its directory.
+func (r *Runtime) ReleaseWorkspace(dir string) error {
+	if r.disk == nil {
+		return nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	return r.disk.releaseWorkspace(abs)
 }
 
 // layerDir is where the session's writable layer lies: its own

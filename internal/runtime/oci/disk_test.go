@@ -179,25 +179,14 @@ func TestDiskPool(t *testing.T) {
 		t.Fatalf("the workspace's size changed from %d to %d while in use", capacity, got)
 	}
 
-	// The last user's release unmounts it; measuring it mounts it only
-	// for as long as that takes.
-	if err := d.release("s1", filepath.Join(state, "nolayer")); err != nil {
-		t.Fatal(err)
+	// Released, it stays mounted: the host sees its files where they were.
+	for _, id := range []string{"s1", "s2"} {
+		if err := d.release(id, filepath.Join(state, "nolayer")); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if src, _ := d.mountedImage(ws); src == "" {
-		t.Fatal("workspace unmounted while session s2 still uses it")
-	}
-	if err := d.release("s2", filepath.Join(state, "nolayer")); err != nil {
-		t.Fatal(err)
-	}
-	if src, _ := d.mountedImage(ws); src != "" {
-		t.Fatalf("workspace still mounted (%s) after its last session", src)
-	}
-	if got, err := d.workspaceUsage(ws); err != nil || got != used {
-		t.Errorf("usage of the unmounted workspace %d (%v), want %d", got, err, used)
-	}
-	if src, _ := d.mountedImage(ws); src != "" {
-		t.Fatalf("measuring left the workspace mounted (%s)", src)
+	if b, err := os.ReadFile(filepath.Join(ws, "f42")); err != nil || string(b) != "x" {
+		t.Fatalf("a workspace file on the host after its sessions: %q, %v", b, err)
 	}
 
 	// The next session's larger limit grows it.
@@ -218,22 +207,24 @@ func TestDiskPool(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A reboot: nothing mounted. A new runtime mounts the pool again, and
-	// the workspace keeps its files and its limit.
-	if err := unmount(d.root); err != nil {
-		t.Fatal(err)
+	// A reboot: nothing mounted. A new runtime mounts the pool and the
+	// workspace again, with their files and limits.
+	for _, target := range []string{ws, d.root} {
+		if err := unix.Unmount(target, 0); err != nil {
+			t.Fatal(err)
+		}
 	}
 	d = openTestDisks(t, state)
+	if b, err := os.ReadFile(filepath.Join(ws, "f42")); err != nil || string(b) != "x" {
+		t.Errorf("a workspace file after a reboot: %q, %v", b, err)
+	}
 	if got, err := d.workspaceUsage(ws); err != nil || got != used {
-		t.Errorf("usage after a remount %d (%v), want %d", got, err, used)
+		t.Errorf("usage after a reboot %d (%v), want %d", got, err, used)
 	}
 	// A smaller limit than what it holds leaves its size; once it holds
 	// less, the smaller limit applies.
 	if err := d.attachWorkspace("s4", ws, testLimit); err != nil {
 		t.Fatal(err)
-	}
-	if b, err := os.ReadFile(filepath.Join(ws, "f42")); err != nil || string(b) != "x" {
-		t.Errorf("a workspace file after a remount: %q, %v", b, err)
 	}
 	if got := statfsSize(t, ws); got <= testLimit {
 		t.Errorf("a workspace holding more than its new limit shrank to %d bytes", got)
@@ -337,16 +328,32 @@ func du(t *testing.T, dir string) int64 {
 
 func newDiskRuntime(t *testing.T, stateDir string) *Runtime {
 	t.Helper()
+	return newDiskRuntimeOf(t, stateDir, DiskConfig{PoolSize: testPool, LayerLimits: map[string]int64{"": testLimit}})
+}
+
+func newDiskRuntimeOf(t *testing.T, stateDir string, disk DiskConfig) *Runtime {
+	t.Helper()
 	rt, err := New(Config{
 		StateDir: stateDir, AgentPath: testutil.StaticBinary(t), Images: &testImages, Image: "busybox",
-		Limits: testLimits(), CDIDirs: []string{},
-		Disk: &DiskConfig{PoolSize: testPool, LayerLimits: map[string]int64{"": testLimit}},
+		Limits: testLimits(), CDIDirs: []string{}, Disk: &disk,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	unmountAtEnd(t, filepath.Join(stateDir, "disk"))
 	return rt
+}
+
+// The runtime with disk limits passes the runtime conformance suite.
+func TestConformanceDiskLimits(t *testing.T) {
+	requireRunc(t)
+	requireDisk(t)
+	runtimetest.Run(t, func(t *testing.T) runtimetest.Factory {
+		dir := testutil.ShortTempDir(t)
+		return func() runtime.Runtime {
+			return newDiskRuntimeOf(t, dir, DiskConfig{PoolSize: minPool, LayerLimits: map[string]int64{"": 32 << 20}})
+		}
+	})
 }
 
 // hostBytes is what the files under dir that lie on dir's own filesystem
@@ -438,8 +445,8 @@ func TestDiskLimitsInSession(t *testing.T) {
 	if err := again.Stop(testutil.Context(t, testutil.WaitMedium), s.SessionID); err != nil {
 		t.Fatal(err)
 	}
-	if src, _ := again.disk.mountedImage(ws); src != "" {
-		t.Errorf("workspace still mounted (%s) after its only session stopped", src)
+	if b, err := os.ReadFile(filepath.Join(ws, "kept")); err != nil || string(b) != "kept\n" {
+		t.Errorf("the workspace's file on the host after Stop: %q, %v", b, err)
 	}
 	// Only the workspace's image is left in the pool, once the loop device
 	// (detached in the background) lets go of the removed layer image.

@@ -27,6 +27,13 @@ import (
 // over the same state, as a restarted control plane would get.
 type Factory func() runtime.Runtime
 
+// workspaceReleaser is a runtime that keeps something of a workspace on
+// the host after its sessions (the oci runtime's filesystem mounted on
+// it) until told to let it go.
+type workspaceReleaser interface {
+	ReleaseWorkspace(dir string) error
+}
+
 // Run runs the suite; newFactory is called once per subtest.
 func Run(t *testing.T, newFactory func(t *testing.T) Factory) {
 	t.Run("EnvironmentContract", func(t *testing.T) {
@@ -118,6 +125,13 @@ func Run(t *testing.T, newFactory func(t *testing.T) Factory) {
 		t.Parallel()
 		rt := newFactory(t)()
 		ws := t.TempDir()
+		if r, ok := rt.(workspaceReleaser); ok { // before TempDir removes it
+			t.Cleanup(func() {
+				if err := r.ReleaseWorkspace(ws); err != nil {
+					t.Errorf("ReleaseWorkspace: %v", err)
+				}
+			})
+		}
 		ctx := testutil.Context(t, testutil.WaitMedium)
 
 		spec := newSpec(t, "ws", []string{"GPU-sim-t4-0"})
