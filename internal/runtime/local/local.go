@@ -4,17 +4,18 @@
 // person's machine: it isolates the session's files, network and devices
 // from nothing that user can reach. What it does keep from a session:
 //
-//   - The control plane's secrets. The agent is the first process of new
-//     user, mount and pid namespaces (the user namespace maps the server's
-//     own uid and gid to themselves, so it works without privilege) and,
-//     before any code of the session runs, covers with empty read-only
-//     mounts the runtime's session directory (every agent's socket, pid file
-//     and log), the paths in Config.Hide (the server's data directory with
-//     its store and admin token, the CLI config with its token, the server
-//     config) and /sys/fs/cgroup, mounts a fresh /proc that shows only the
-//     session's processes, then drops every capability and sets
-//     no_new_privs (see agent.Sandbox). The secret reaches the agent on
-//     stdin, and the agent is non-dumpable.
+//   - The control plane's secrets. The agent starts as the first process of
+//     new user, mount and pid namespaces (for root, the user namespace maps
+//     uid 0 to itself; for another user, it maps the user to 0, and the
+//     agent then runs as the user in a nested user namespace under a small
+//     init: neither needs privilege). Before any code of the session runs,
+//     it covers with empty read-only mounts the runtime's session directory
+//     (every agent's socket, pid file and log), the paths in Config.Hide
+//     (the server's data directory with its store and admin token, the CLI
+//     config with its token, the server config) and /sys/fs/cgroup, mounts
+//     a fresh /proc that shows only the session's processes, then drops
+//     every capability and sets no_new_privs (see agent.Sandbox). The
+//     secret reaches the agent on stdin, and the agent is non-dumpable.
 //   - The server's environment. A session starts with PATH, LANG, LC_ALL,
 //     TZ, USER, LOGNAME and SHELL from it, HOME, and the session variables
 //     of the contract (runtime.SessionEnv), nothing else.
