@@ -72,6 +72,9 @@ func newMeterRig(t *testing.T) *meterRig {
 	return r
 }
 
+// rigMetricsToken is the rig's scrape token.
+const rigMetricsToken = "rig-scrape"
+
 // start starts a server, as after a restart when one ran before.
 func (r *meterRig) start(rates *store.RateCard) {
 	r.t.Helper()
@@ -79,7 +82,7 @@ func (r *meterRig) start(rates *store.RateCard) {
 	srv, err := New(context.Background(), Config{
 		Store: r.st, Runtime: inproc.New(r.reg), GPUs: devs, Now: r.clock.Now, Rates: rates,
 		ReapInterval: 20 * time.Millisecond, BudgetInterval: 50 * time.Millisecond, LivenessInterval: time.Hour,
-		PoolInterval: 50 * time.Millisecond,
+		PoolInterval: 50 * time.Millisecond, MetricsToken: rigMetricsToken,
 	})
 	if err != nil {
 		r.t.Fatal(err)
@@ -391,7 +394,9 @@ func TestMetrics(t *testing.T) {
 	_, _ = tunnel.Read(buf) // the agent's SSH banner: the first byte
 	r.clock.advance(250 * time.Second)
 	scrape := func() string {
-		resp, err := http.Get(r.url + "/metrics")
+		req, _ := http.NewRequest("GET", r.url+"/metrics", nil)
+		req.Header.Set("Authorization", "Bearer "+rigMetricsToken) // per-project series need it
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
