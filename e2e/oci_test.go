@@ -22,7 +22,8 @@ import (
 
 // newOCIEnv starts a server on the oci runtime, with a busybox image in an
 // in-process registry as the default image, and its own bridge and subnet.
-func newOCIEnv(t *testing.T) (*env, string) {
+// extraOCI are more `"key": value` settings of the oci runtime.
+func newOCIEnv(t *testing.T, extraOCI ...string) (*env, string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") != "" {
@@ -42,8 +43,12 @@ func newOCIEnv(t *testing.T) (*env, string) {
 	// the bridge is the one thing a stopped server keeps for its next start.
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", fmt.Sprintf("dge%d", n)).Run() })
 	cfg := filepath.Join(t.TempDir(), "server.json")
-	config := fmt.Sprintf(`{"runtime": "oci", "oci": {"agent_binary": %q, "default_image": %q, "bridge": "dge%d", "subnet": "10.%d.0.0/24", "disk_pool": "2GB", "writable_layer": "256MB"}}`,
-		testutil.StaticBinary(t), ref, n, 40+n)
+	extra := ""
+	for _, kv := range extraOCI {
+		extra += ", " + kv
+	}
+	config := fmt.Sprintf(`{"runtime": "oci", "oci": {"agent_binary": %q, "default_image": %q, "bridge": "dge%d", "subnet": "10.%d.0.0/24", "disk_pool": "2GB", "writable_layer": "256MB"%s}}`,
+		testutil.StaticBinary(t), ref, n, 40+n, extra)
 	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -57,6 +57,6 @@ const serverOOMScoreAdj = -500
 // do; elsewhere it says what it could not do.
 func protectFromOOM(log *slog.Logger) {
 	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(serverOOMScoreAdj)), 0); err != nil {
-		log.Warn("cannot protect the control plane from the OOM killer; run it as root", "err", err)
+		log.Warn("cannot protect the control plane from the OOM killer; run it as root with CAP_SYS_RESOURCE", "err", err)
 	}
 }

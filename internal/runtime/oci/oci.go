@@ -345,6 +345,9 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 		if netns, err = r.cfg.Network.Setup(ctx, id, egress); err != nil {
 			return fmt.Errorf("oci runtime: network: %w", err)
 		}
+		if err := r.mountSysfs(id, netns); err != nil {
+			return fmt.Errorf("oci runtime: %w", err)
+		}
 	}
 	ociSpec, err := r.buildSpec(spec, netns, rootID)
 	if err != nil {
