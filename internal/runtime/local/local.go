@@ -167,6 +167,7 @@ func (r *Runtime) Warnings() []string { return r.warnings }
 func (r *Runtime) dir(id string) string        { return filepath.Join(r.cfg.Dir, id) }
 func (r *Runtime) socketPath(id string) string { return filepath.Join(r.dir(id), "agent.sock") }
 func (r *Runtime) pidPath(id string) string    { return filepath.Join(r.dir(id), "agent.pid") }
+func (r *Runtime) startPath(id string) string  { return filepath.Join(r.dir(id), "agent.start") }
 
 // HomeDir is the session's working directory and HOME, removed with the
 // session (unlike its persistent workspace, which HomeDir/workspace links
@@ -316,7 +317,10 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	if err != nil {
 		return fmt.Errorf("local runtime: %w", err)
 	}
-	if err := os.WriteFile(r.pidPath(id), []byte(strconv.Itoa(cmd.Process.Pid)+" "+start+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(r.startPath(id), []byte(start), 0o600); err != nil {
+		return fmt.Errorf("local runtime: %w", err)
+	}
+	if err := os.WriteFile(r.pidPath(id), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
 		return fmt.Errorf("local runtime: %w", err)
 	}
 	if _, err := io.WriteString(stdin, spec.AgentSecret+"\n"); err != nil {
@@ -462,19 +466,20 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 }
 
 // agentPID returns the live agent's pid for the session, or 0. The pid
-// file, which only the runtime can write, holds the pid and its start
-// time, so that a recycled pid is never signalled.
+// file and the start time beside it, which only the runtime can write
+// (sessions never see the directory), make sure that a recycled pid is
+// never signalled.
 func (r *Runtime) agentPID(id string) int {
 	b, err := os.ReadFile(r.pidPath(id))
 	if err != nil {
 		return 0
 	}
-	pidStr, start, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
-	pid, err := strconv.Atoi(pidStr)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil || pid <= 0 || !isAgent(pid, id) {
 		return 0
 	}
-	if got, err := procStartTime(pid); err != nil || got != start {
+	start, err := os.ReadFile(r.startPath(id))
+	if got, perr := procStartTime(pid); err != nil || perr != nil || got != string(start) {
 		return 0
 	}
 	return pid
