@@ -226,15 +226,17 @@ func (r *Runtime) idmapImage(id, lower string) (uint32, error) {
 	return rootID, nil
 }
 
-// unmountIDMapped unmounts what idmapImage mounted, and fails if anything
-// is still mounted there.
+// unmountIDMapped unmounts what idmapImage mounted (and the root
+// filesystem of a session started by an earlier version, mounted in its
+// state directory), and fails if anything is still mounted there.
 func (r *Runtime) unmountIDMapped(id string) error {
-	m := r.lowerMount(id)
-	if err := unmount(m); err != nil {
-		return err
-	}
-	if mounted, err := isMounted(m); err != nil || mounted {
-		return fmt.Errorf("%s is still mounted (%v); not removing the session's state", m, err)
+	for _, m := range []string{r.lowerMount(id), filepath.Join(r.dir(id), "rootfs")} {
+		if err := unmount(m); err != nil {
+			return err
+		}
+		if mounted, err := isMounted(m); err != nil || mounted {
+			return fmt.Errorf("%s is still mounted (%v); not removing the session's state", m, err)
+		}
 	}
 	return nil
 }
