@@ -40,8 +40,12 @@ func newOCIEnv(t *testing.T, extraOCI ...string) (*env, string) {
 	ref := imagetest.Push(t, imagetest.Registry(t)+"/test/busybox:1", imagetest.BusyboxImage(t))
 	n := rand.IntN(200)
 	// Runs after the server's cleanup (cleanups run last-in, first-out):
-	// the bridge is the one thing a stopped server keeps for its next start.
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", fmt.Sprintf("dge%d", n)).Run() })
+	// the bridge and its nftables table are what a stopped server keeps for
+	// its next start.
+	t.Cleanup(func() {
+		_ = exec.Command("ip", "link", "del", fmt.Sprintf("dge%d", n)).Run()
+		deleteBridgeTable(fmt.Sprintf("dge%d", n))
+	})
 	cfg := filepath.Join(t.TempDir(), "server.json")
 	extra := ""
 	for _, kv := range extraOCI {
