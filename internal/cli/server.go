@@ -169,6 +169,10 @@ func runServer(ctx context.Context, o serverOptions) error {
 	if err != nil {
 		return err
 	}
+	agentKey, err := server.LoadAgentKey(filepath.Join(dataDir, "agent.key"))
+	if err != nil {
+		return err
+	}
 	tlsConfig, caFile, err := o.serverTLS(ctx, dataDir, log)
 	if err != nil {
 		return err
@@ -214,7 +218,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 		return err
 	}
 	srv, err := server.New(ctx, server.Config{
-		Store: st, Runtime: rt, GPUs: devices, Logger: log,
+		Store: st, Runtime: rt, GPUs: devices, Logger: log, AgentKey: agentKey,
 		LivenessInterval: o.livenessInterval, PingInterval: o.pingInterval,
 		BudgetInterval: o.budgetInterval, Rates: o.rates, WorkspaceDir: filepath.Join(dataDir, "workspaces"),
 		TLS: tlsConfig, MetricsToken: o.front.metricsToken, MaxTunnelsPerUser: o.front.maxTunnelsPerUser,

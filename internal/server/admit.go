@@ -181,7 +181,7 @@ func (s *Server) admit(ctx context.Context, caller store.User, req sdk.CreateSes
 		p := d.project
 		sess = store.Session{
 			ID: newSessionID(), ProjectID: p.ID, Project: p.Name, UserID: caller.ID, User: caller.Name,
-			State: sdk.StateStarting, AgentSecret: randomHex(32), CreatedAt: s.now(),
+			State: sdk.StateStarting, CreatedAt: s.now(),
 			GPUType: d.GPUType, Region: d.Region, DetachGrace: d.eff.DetachGrace, Image: d.ref,
 		}
 		if sess.GPUs, err = tx.ReserveGPUs(ctx, sess.ID, d.GPUType, d.Region, 1); err != nil {
@@ -260,7 +260,7 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	egress := eff.Egress
 	spec := runtime.Spec{
 		SessionID: sess.ID, Project: sess.Project, User: sess.User,
-		GPUType: sess.GPUType, GPUs: sess.GPUs, AgentSecret: sess.AgentSecret,
+		GPUType: sess.GPUType, GPUs: sess.GPUs, AgentSecret: s.agentSecret(sess.ID),
 		IdleExit: sess.DetachGrace + agentIdleExitMargin, Image: sess.Image, Egress: egress,
 	}
 	if spec.Workspace, spec.WorkspaceReadOnly, err = s.workspace(sess, eff.Workspace); err != nil {
@@ -281,7 +281,7 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	s.mu.Lock()
 	warm := sess.UserID == s.warmUser.ID
 	s.live[sess.ID] = &liveSession{
-		projectID: sess.ProjectID, gpus: sess.GPUs, secret: sess.AgentSecret,
+		projectID: sess.ProjectID, gpus: sess.GPUs, secret: s.agentSecret(sess.ID),
 		detachedAt: now, grace: sess.DetachGrace, lastSeen: now, startedAt: now, requested: requested, warm: warm,
 	}
 	s.mu.Unlock()

@@ -49,7 +49,7 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 	if err != nil {
 		return &httpapi.Error{Status: http.StatusBadGateway, Msg: "cannot reach the session's agent; try again, or start a new session", Err: err}
 	}
-	if err := agent.WritePreamble(agentConn, sess.AgentSecret); err != nil {
+	if err := agent.WritePreamble(agentConn, a.s.agentSecret(sess.ID)); err != nil {
 		agentConn.Close()
 		return &httpapi.Error{Status: http.StatusBadGateway, Msg: "cannot reach the session's agent; try again, or start a new session", Err: err}
 	}

@@ -475,7 +475,7 @@ func (s *Server) reconcile(ctx context.Context) error {
 		if sess.State == sdk.StateRunning && alive[sess.ID] {
 			s.mu.Lock()
 			s.live[sess.ID] = &liveSession{
-				projectID: sess.ProjectID, gpus: sess.GPUs, secret: sess.AgentSecret, startedAt: sess.StartedAt,
+				projectID: sess.ProjectID, gpus: sess.GPUs, secret: s.agentSecret(sess.ID), startedAt: sess.StartedAt,
 				detachedAt: now, grace: sess.DetachGrace, lastSeen: now, warm: sess.UserID == s.warmUser.ID,
 			}
 			s.mu.Unlock()

@@ -47,6 +47,10 @@ type Config struct {
 	StoreRetryInterval time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// AgentKey (AgentKeySize bytes, see LoadAgentKey) derives each
+	// session's agent secret. Nil: a random key for this process's life, so
+	// that a server started anew cannot reach the sessions of the last.
+	AgentKey []byte
 	// SingleUser refuses a second user (singleuser.go): the runtime
 	// isolates nothing between users (the local runtime without
 	// --insecure-local-runtime).
@@ -153,6 +157,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.AgentKey == nil {
+		cfg.AgentKey = processKey()
 	}
 	cfg.setFrontDoorDefaults()
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))

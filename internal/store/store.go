@@ -106,9 +106,6 @@ type Session struct {
 	GPUs        []string // filled by reads from the inventory (or kept after the end)
 	Image       string   // the resolved image reference; empty: the runtime's default
 	Attachments int
-	// AgentSecret is presented to the session's agent when the broker
-	// connects; it never leaves the control plane.
-	AgentSecret string
 	DetachGrace time.Duration
 	CreatedAt   time.Time
 	StartedAt   time.Time

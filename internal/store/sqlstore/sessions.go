@@ -77,14 +77,14 @@ func (s *Store) ReserveGPUs(ctx context.Context, sessionID, gpuType, region stri
 }
 
 const sessionColumns = `s.id, s.project_id, p.name, s.user_id, u.name, s.state, s.gpu_type, s.region,
-	s.attachments, s.agent_secret, s.detach_grace, s.created_at, s.started_at, s.ended_at,
+	s.attachments, s.detach_grace, s.created_at, s.started_at, s.ended_at,
 	s.end_reason, s.error, s.detached_at, s.last_seen_at, s.image
 	FROM sessions s JOIN projects p ON p.id = s.project_id JOIN users u ON u.id = s.user_id`
 
 func scanSession(row interface{ Scan(...any) error }) (x store.Session, err error) {
 	var grace int64
 	err = row.Scan(&x.ID, &x.ProjectID, &x.Project, &x.UserID, &x.User, &x.State, &x.GPUType, &x.Region,
-		&x.Attachments, &x.AgentSecret, &grace, timeCol{&x.CreatedAt}, timeCol{&x.StartedAt}, timeCol{&x.EndedAt},
+		&x.Attachments, &grace, timeCol{&x.CreatedAt}, timeCol{&x.StartedAt}, timeCol{&x.EndedAt},
 		&x.EndReason, &x.Error, timeCol{&x.DetachedAt}, timeCol{&x.LastSeenAt}, &x.Image)
 	x.DetachGrace = time.Duration(grace)
 	return x, err
@@ -103,10 +103,10 @@ func (s *Store) CreateSession(ctx context.Context, x *store.Session) error {
 	x.DetachedAt, x.LastSeenAt = norm(x.DetachedAt), norm(x.LastSeenAt)
 	return s.wrap("create session "+x.ID, s.write(ctx, func() error {
 		_, err := s.exec(ctx, `INSERT INTO sessions (id, project_id, user_id, state, gpu_type, region, attachments,
-			agent_secret, detach_grace, created_at, started_at, ended_at, end_reason, error, detached_at, last_seen_at, image)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			detach_grace, created_at, started_at, ended_at, end_reason, error, detached_at, last_seen_at, image)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			x.ID, x.ProjectID, x.UserID, x.State, x.GPUType, x.Region, x.Attachments,
-			x.AgentSecret, int64(x.DetachGrace), dbTime(x.CreatedAt), dbTime(x.StartedAt), dbTime(x.EndedAt),
+			int64(x.DetachGrace), dbTime(x.CreatedAt), dbTime(x.StartedAt), dbTime(x.EndedAt),
 			x.EndReason, x.Error, dbTime(x.DetachedAt), dbTime(x.LastSeenAt), x.Image)
 		return err
 	}))

@@ -373,7 +373,7 @@ func testSessions(t *testing.T, ctx context.Context, s store.Store) {
 	at := time.Date(2025, 3, 1, 12, 0, 0, 123456000, time.UTC)
 	in := store.Session{
 		ID: "s1", ProjectID: p.ID, UserID: u.ID, State: sdk.StateStarting, GPUType: "t4", Region: "local",
-		GPUs: []string{"GPU-sim-t4-0", "GPU-sim-t4-1"}, Attachments: 1, AgentSecret: "secret",
+		GPUs: []string{"GPU-sim-t4-0", "GPU-sim-t4-1"}, Attachments: 1,
 		DetachGrace: 2 * time.Minute, CreatedAt: at, LastSeenAt: at.Add(time.Second),
 	}
 	x := in
@@ -401,7 +401,7 @@ func testSessions(t *testing.T, ctx context.Context, s store.Store) {
 	upd.State, upd.StartedAt, upd.Attachments, upd.DetachedAt = sdk.StateRunning, at.Add(2*time.Second), 0, at.Add(3*time.Second)
 	upd.LastSeenAt, upd.Error = at.Add(4*time.Second), "warning"
 	ignored := upd
-	ignored.GPUType, ignored.Region, ignored.AgentSecret, ignored.DetachGrace, ignored.EndReason = "a100", "eu", "other", 0, "x"
+	ignored.GPUType, ignored.Region, ignored.DetachGrace, ignored.EndReason = "a100", "eu", 0, "x"
 	if err := s.UpdateSession(ctx, &ignored); err != nil {
 		t.Fatal(err)
 	}
