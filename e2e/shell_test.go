@@ -177,17 +177,19 @@ func TestServerKillAndRestart(t *testing.T) {
 	e.admin("project", "update", "default", "--detach-grace", "2s")
 	tm := e.terminal("shell")
 	id := tm.sessionID()
-	pidFile := filepath.Join(e.dir, "bg.pid")
-	tm.send("setsid sh -c 'echo $$ > " + pidFile + "; exec sleep 1000' >/dev/null 2>&1 & sleep 0.2; echo star''ted\r")
+	// The session has its own pid namespace: find the process on the host
+	// by its command line.
+	marker := "devgpu-restart-" + id
+	tm.send("setsid sh -c 'sleep 1000; :' " + marker + " >/dev/null 2>&1 & echo star''ted\r")
 	tm.expect("started")
-	b, err := os.ReadFile(pidFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bg, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	if !pidAlive(bg) {
-		t.Fatalf("background process %d not running", bg)
-	}
+	var bg int
+	testutil.Eventually(t, testutil.WaitShort, "the background process to run", func() bool {
+		pids := hostProcessesWith(marker)
+		if len(pids) == 1 {
+			bg = pids[0]
+		}
+		return bg != 0
+	})
 
 	e.stopServer(syscall.SIGKILL)
 	if code := tm.wait(); code != 255 {
