@@ -144,7 +144,7 @@ func (e *env) killSessions() {
 	out, _ := exec.Command("pkill", "-KILL", "-f", "--", "--socket "+e.dir).CombinedOutput()
 	_ = out
 	// Local agents: killing one, its pid namespace's init, ends its session.
-	_ = exec.Command("pkill", "-KILL", "-f", "--", "--dir "+e.dir).Run()
+	_ = exec.Command("pkill", "-KILL", "-f", "--", "--dir "+e.dir+"/").Run()
 }
 
 type result struct {
