@@ -21,6 +21,12 @@ import (
 // itself (runtime.Spec.WorkspaceLimitBytes).
 const workspaceMeasureLimit = 2 * time.Second
 
+// workspaceFullSlack is how close to its limit a workspace the runtime
+// holds to its limit counts as full: a filesystem refuses writes while it
+// still shows some space free (ext4 reserves room for the metadata of
+// pending writes, about a megabyte).
+const workspaceFullSlack = 4 << 20
+
 // workspaceMeter is a runtime that reads a workspace's usage from its
 // filesystem's counters, however many files it holds, instead of the
 // server walking it.
@@ -59,8 +65,8 @@ func (s *Server) workspaceWarning(sess store.Session, w sdk.Workspace) string {
 	}
 	used, ok, enforced := s.workspaceUse(s.workspacePath(sess))
 	full := used >= w.LimitBytes
-	if enforced { // its filesystem may keep a few blocks it cannot fill
-		full = used >= w.LimitBytes-w.LimitBytes/100
+	if enforced {
+		full = used >= w.LimitBytes-workspaceFullSlack
 	}
 	switch {
 	case !ok || !full:

@@ -43,7 +43,8 @@ func TestWorkspaceMeasuredByRuntime(t *testing.T) {
 	}{
 		{"below", limit / 2, nil, false, ""},
 		{"full", limit, nil, false, "is full (its limit is 67 MB), so writes to it fail"},
-		{"almost full", limit - limit/200, nil, false, "is full"},
+		{"almost full", limit - 1<<20, nil, false, "is full"},
+		{"some room left", limit - 8<<20, nil, false, ""},
 		{"over a lowered limit", 2 * limit, nil, true, "uses 134 MB of its 67 MB limit, so this session has it read-only"},
 		// The runtime cannot say: the server walks 8 kB of files against a
 		// 4 kB limit.

@@ -340,6 +340,15 @@ func newDiskRuntimeOf(t *testing.T, stateDir string, disk DiskConfig) *Runtime {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Should a test fail with workspaces mounted, let go of them too.
+	t.Cleanup(func() {
+		recs, _ := filepath.Glob(filepath.Join(stateDir, "disk", "workspaces", "*.dir"))
+		for _, rec := range recs {
+			if b, err := os.ReadFile(rec); err == nil {
+				_ = unix.Unmount(string(b), unix.MNT_DETACH)
+			}
+		}
+	})
 	unmountAtEnd(t, filepath.Join(stateDir, "disk"))
 	return rt
 }
