@@ -53,7 +53,6 @@ func TestHostAccessOpensOnlyWhatItNames(t *testing.T) {
 		noReach(t, when+"allow-list: metadata", nsAllow, md)
 		noReach(t, when+"allow-list: outside, unlisted", nsAllow, out.unlisted)
 
-
 		reach(t, when+"API named: API port", nsAPI, api)
 		noReach(t, when+"API named: other host service", nsAPI, hostOther)
 	}
