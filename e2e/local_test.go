@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -283,4 +284,99 @@ func (e *env) startSingleUserServer() {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
+}
+
+// A server that is not root runs local sessions the same way, as its own
+// user, and says that it cannot bound their processes. The test runs the
+// server and the CLI as nobody, a real unprivileged user.
+func TestLocalRuntimeUnprivileged(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("running a server as another user needs root; as this user, the other tests of this file run the unprivileged path")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skipf("no user nobody to run the server as: %v", err)
+	}
+	uid, _ := strconv.Atoi(nobody.Uid)
+	gid, _ := strconv.Atoi(nobody.Gid)
+	base, err := os.MkdirTemp("", "dgn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	home := filepath.Join(base, "home")
+	bin := filepath.Join(base, "devgpu")
+	src, err := os.ReadFile(testutil.Binary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(home, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(home, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	const planted = "planted-nobody-secret-77"
+	environ := []string{"HOME=" + home, "PATH=" + os.Getenv("PATH"), "AWS_SECRET_ACCESS_KEY=" + planted}
+	asNobody := func(args ...string) *exec.Cmd {
+		cmd := exec.Command(bin, args...)
+		cmd.Env, cmd.Dir = environ, home
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+		return cmd
+	}
+	addr := freeAddr(t)
+	data := filepath.Join(home, "data")
+	var log bytes.Buffer
+	server := asNobody("server", "--dev", "--data", data, "--listen", addr, "--gpus", "t4:1")
+	server.Stdout, server.Stderr = &log, &log
+	if err := server.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = server.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = server.Process.Signal(syscall.SIGTERM)
+		<-exited
+		_ = exec.Command("pkill", "-KILL", "-f", "--", "--dir "+data+"/").Run()
+		if t.Failed() {
+			t.Logf("server log:\n%s", log.String())
+		}
+	})
+	testutil.Eventually(t, testutil.WaitMedium, "the server to answer /healthz", func() bool {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	config := filepath.Join(home, ".config", "devgpu", "config.json")
+	script := `id -u; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status
+cat ` + filepath.Join(data, "devgpu.db") + ` >/dev/null 2>&1 && echo LEAK-store
+cat ` + config + ` 2>/dev/null | grep -q token && echo LEAK-config
+cat /proc/` + strconv.Itoa(server.Process.Pid) + `/environ 2>/dev/null | grep -aq ` + planted + ` && echo LEAK-server-environ
+env | grep -q ` + planted + ` && echo LEAK-environ
+touch "$HOME/mine" && echo HOME-WRITABLE`
+	run := asNobody("run", "--", script)
+	out, err := run.CombinedOutput()
+	if err != nil {
+		t.Fatalf("devgpu run as nobody: %v\n%s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) < 3 || lines[0] != nobody.Uid || !strings.HasSuffix(lines[1], "0000000000000000") || !strings.HasSuffix(lines[2], "1") {
+		t.Errorf("the session's user, capabilities and no_new_privs: %q", out)
+	}
+	if bytes.Contains(out, []byte("LEAK")) || !bytes.Contains(out, []byte("HOME-WRITABLE")) {
+		t.Errorf("an unprivileged server's session:\n%s", out)
+	}
+	doctor, _ := asNobody("doctor").CombinedOutput()
+	if !bytes.Contains(doctor, []byte("WARN")) || !bytes.Contains(doctor, []byte("not limited")) {
+		t.Errorf("doctor does not warn that the sessions' processes are not limited:\n%s", doctor)
+	}
 }
