@@ -111,6 +111,17 @@ func (c *cgroups) create(id string, max int) error {
 	return nil
 }
 
+// sweep removes the cgroups of sessions that keep says are gone (their
+// directory went without a Stop), killing what is left in them.
+func (c *cgroups) sweep(ctx context.Context, keep func(id string) bool) {
+	entries, _ := os.ReadDir(c.parent)
+	for _, e := range entries {
+		if e.IsDir() && !keep(e.Name()) {
+			_ = c.remove(ctx, e.Name())
+		}
+	}
+}
+
 // add moves pid into the session's cgroup; its children will be born there.
 func (c *cgroups) add(id string, pid int) error {
 	if err := os.WriteFile(filepath.Join(c.dir(id), "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {

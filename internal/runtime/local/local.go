@@ -138,6 +138,11 @@ func New(cfg Config) (*Runtime, error) {
 		if cfg.MaxPids > total {
 			r.cfg.MaxPids = total
 		}
+		cg.sweep(context.Background(), func(id string) bool {
+			_, err := os.Stat(r.dir(id))
+			return err == nil
+		})
+		cg.removeParent()
 	}
 	return r, nil
 }

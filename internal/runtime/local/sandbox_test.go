@@ -194,3 +194,25 @@ func TestForkBombContained(t *testing.T) {
 		t.Fatalf("the session's cgroup is left: %v", err)
 	}
 }
+
+// A session cgroup whose session directory is gone (its data went without
+// a Stop) is removed, with what runs in it, when a runtime over the
+// directory starts.
+func TestStaleCgroupsSwept(t *testing.T) {
+	t.Parallel()
+	dir := testutil.ShortTempDir(t)
+	rt := newRuntime(t, dir)
+	if rt.cg == nil {
+		if os.Getuid() == 0 {
+			t.Fatalf("running as root, the local runtime has no pids cgroup: %v", rt.Warnings())
+		}
+		t.Skip("the pids cgroup is writable only for root")
+	}
+	if err := rt.cg.create("stale", 10); err != nil {
+		t.Fatal(err)
+	}
+	newRuntime(t, dir)
+	if _, err := os.Stat(rt.cg.dir("stale")); !os.IsNotExist(err) {
+		t.Fatalf("the stale session's cgroup is left: %v", err)
+	}
+}
