@@ -26,6 +26,9 @@ const (
 	ReasonStopped  = "stopped" // the owner stopped it with `devgpu sessions stop`
 	ReasonLost     = "lost"    // the runtime no longer has it
 	ReasonError    = "error"   // the runtime failed to start it
+	// ReasonRevoked: its owner lost access (disabled, their last token
+	// revoked, or removed from the project); their shells were cut.
+	ReasonRevoked = "revoked"
 )
 
 // Session is a GPU session as the API reports it. Fields are only ever added.
@@ -145,13 +148,30 @@ type Token struct {
 	CreatedAt time.Time  `json:"created_at"`
 	ExpiresAt *time.Time `json:"expires_at"`
 	RevokedAt *time.Time `json:"revoked_at"`
+	// Scope is TokenScopeFull or TokenScopeDeveloper.
+	Scope string `json:"scope"`
+	// ParentID is the token that created this one, if any: revoking it
+	// revokes this one too.
+	ParentID int64 `json:"parent_id,omitempty"`
 }
+
+// Token scopes. A token created with another token never outlives it and
+// is never wider: a developer-scoped token makes only developer-scoped ones.
+const (
+	// TokenScopeFull carries all of its user's rights.
+	TokenScopeFull = "full"
+	// TokenScopeDeveloper never carries organisation-admin rights.
+	TokenScopeDeveloper = "developer"
+)
 
 // TokenCreate asks for a new token, for the caller or (org admins) for User.
 type TokenCreate struct {
 	User      string   `json:"user,omitempty"`
 	Name      string   `json:"name,omitempty"`
-	ExpiresIn Duration `json:"expires_in,omitempty"` // 0: never
+	ExpiresIn Duration `json:"expires_in,omitempty"` // 0: never, or when the creating token expires
+	// Scope is TokenScopeFull (default: as the creating token) or
+	// TokenScopeDeveloper.
+	Scope string `json:"scope,omitempty"`
 }
 
 // TokenCreated is a new token, shown only this once.

@@ -15,16 +15,19 @@ func newAdminTokenCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "token", Short: "Create, list and revoke API tokens"}
 
 	var (
-		user, name string
-		expiresIn  time.Duration
-		createJSON bool
+		user, name, scope string
+		expiresIn         time.Duration
+		createJSON        bool
 	)
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create an API token and print it, shown only this once",
 		Long: `Create an API token for you, or (organisation admins) for --user, and print it.
 The token alone goes to stdout (with --json, its description and the token); it
-is shown only this once.`,
+is shown only this once.
+
+The new token is made with the token you are logged in with: it expires no later
+than that one, has no wider --scope, and is revoked when that one is revoked.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if expiresIn < 0 || (cmd.Flags().Changed("expires-in") && expiresIn == 0) {
@@ -34,7 +37,7 @@ is shown only this once.`,
 			if err != nil {
 				return err
 			}
-			t, err := client.CreateToken(cmd.Context(), sdk.TokenCreate{User: user, Name: name, ExpiresIn: sdk.Duration(expiresIn)})
+			t, err := client.CreateToken(cmd.Context(), sdk.TokenCreate{User: user, Name: name, ExpiresIn: sdk.Duration(expiresIn), Scope: scope})
 			if err != nil {
 				return err
 			}
@@ -52,7 +55,8 @@ is shown only this once.`,
 	}
 	create.Flags().StringVar(&user, "user", "", "the user to create it for (organisation admins; default: you)")
 	create.Flags().StringVar(&name, "name", "", "a name to tell it apart, e.g. laptop or ci")
-	create.Flags().DurationVar(&expiresIn, "expires-in", 0, "how long it is valid, e.g. 720h (default: until revoked)")
+	create.Flags().DurationVar(&expiresIn, "expires-in", 0, "how long it is valid, e.g. 720h (default: until revoked, or until the token you use expires)")
+	create.Flags().StringVar(&scope, "scope", "", "full (all of the user's rights) or developer (no organisation-admin rights); default: as the token you use")
 	jsonFlag(create, &createJSON)
 
 	var listUser string
@@ -74,9 +78,13 @@ is shown only this once.`,
 				return printJSON(tokens)
 			}
 			now := time.Now()
-			tw := table("ID", "USER", "NAME", "PREFIX", "CREATED", "EXPIRES", "REVOKED")
+			tw := table("ID", "USER", "NAME", "PREFIX", "SCOPE", "PARENT", "CREATED", "EXPIRES", "REVOKED")
 			for _, t := range tokens {
-				row(tw, t.ID, t.User, orDash(t.Name), t.Prefix, ago(&t.CreatedAt), expires(t.ExpiresAt, now), ago(t.RevokedAt))
+				parent := "-"
+				if t.ParentID != 0 {
+					parent = strconv.FormatInt(t.ParentID, 10)
+				}
+				row(tw, t.ID, t.User, orDash(t.Name), t.Prefix, orDash(t.Scope), parent, ago(&t.CreatedAt), expires(t.ExpiresAt, now), ago(t.RevokedAt))
 			}
 			return tw.Flush()
 		},
@@ -86,7 +94,7 @@ is shown only this once.`,
 
 	revoke := &cobra.Command{
 		Use:   "revoke ID",
-		Short: "Revoke an API token; it stops working at once",
+		Short: "Revoke an API token and the tokens made with it; they stop working at once",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, err := strconv.ParseInt(args[0], 10, 64)

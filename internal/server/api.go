@@ -71,9 +71,9 @@ func (a *API) routes() http.Handler {
 // authenticated resolves the bearer token to a user before h runs.
 func (a *API) authenticated(h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		user, err := a.authenticate(r)
+		user, tok, err := a.authenticate(r)
 		if err == nil {
-			err = h(w, r, user)
+			err = h(w, r.WithContext(withToken(r.Context(), tok)), user)
 		}
 		if err != nil {
 			httpapi.WriteError(w, r, a.log, err)
@@ -84,29 +84,31 @@ func (a *API) authenticated(h handlerFunc) http.Handler {
 var errUnauthenticated = httpapi.Errorf(http.StatusUnauthorized,
 	"missing or invalid API token; log in with `devgpu login URL --token TOKEN`")
 
-func (a *API) authenticate(r *http.Request) (store.User, error) {
+// authenticate returns the caller, with its token's scope applied, and
+// the token.
+func (a *API) authenticate(r *http.Request) (store.User, store.Token, error) {
 	token, ok := bearerToken(r.Header.Get("Authorization"))
 	if !ok {
-		return store.User{}, errUnauthenticated
+		return store.User{}, store.Token{}, errUnauthenticated
 	}
 	hash := sha256.Sum256([]byte(token))
 	tok, user, err := a.s.store.TokenByHash(r.Context(), hash[:])
 	if errors.Is(err, store.ErrNotFound) {
-		return store.User{}, errUnauthenticated
+		return store.User{}, store.Token{}, errUnauthenticated
 	}
 	if err != nil {
-		return store.User{}, err
+		return store.User{}, store.Token{}, err
 	}
 	now := a.s.now()
 	switch {
 	case !tok.RevokedAt.IsZero():
-		return store.User{}, httpapi.Errorf(http.StatusUnauthorized, "this API token was revoked; ask an administrator for a new one")
+		return store.User{}, store.Token{}, httpapi.Errorf(http.StatusUnauthorized, "this API token was revoked; ask an administrator for a new one")
 	case !tok.ExpiresAt.IsZero() && now.After(tok.ExpiresAt):
-		return store.User{}, httpapi.Errorf(http.StatusUnauthorized, "this API token expired; ask an administrator for a new one")
+		return store.User{}, store.Token{}, httpapi.Errorf(http.StatusUnauthorized, "this API token expired; ask an administrator for a new one")
 	case user.Disabled:
-		return store.User{}, httpapi.Errorf(http.StatusUnauthorized, "user %s is disabled; ask an administrator", user.Name)
+		return store.User{}, store.Token{}, httpapi.Errorf(http.StatusUnauthorized, "user %s is disabled; ask an administrator", user.Name)
 	}
-	return user, nil
+	return scoped(user, tok), tok, nil
 }
 
 func (a *API) whoami(w http.ResponseWriter, r *http.Request, caller store.User) error {

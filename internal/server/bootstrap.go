@@ -20,6 +20,12 @@ const TokenPrefix = "dgp_"
 // NewToken mints a token for the user, stores its hash, and returns the
 // only copy of the token itself. A zero expires never expires.
 func NewToken(ctx context.Context, st store.Store, userID int64, name string, now, expires time.Time) (string, store.Token, error) {
+	return mintToken(ctx, st, store.Token{UserID: userID, Name: name, CreatedAt: now, ExpiresAt: expires})
+}
+
+// mintToken stores t with a new secret's prefix and hash, and returns the
+// only copy of the secret.
+func mintToken(ctx context.Context, st store.Store, t store.Token) (string, store.Token, error) {
 	var b [20]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", store.Token{}, fmt.Errorf("mint token: %w", err)
@@ -27,7 +33,7 @@ func NewToken(ctx context.Context, st store.Store, userID int64, name string, no
 	secret := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
 	token := TokenPrefix + secret
 	hash := sha256.Sum256([]byte(token))
-	t := store.Token{UserID: userID, Name: name, Prefix: token[:len(TokenPrefix)+6], Hash: hash[:], CreatedAt: now, ExpiresAt: expires}
+	t.Prefix, t.Hash = token[:len(TokenPrefix)+6], hash[:]
 	if err := st.CreateToken(ctx, &t); err != nil {
 		return "", store.Token{}, fmt.Errorf("mint token: %w", err)
 	}

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +33,9 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 	if sess.State != sdk.StateRunning {
 		return errSessionNotRunning(sess.ID)
 	}
+	if err := a.s.mayAttach(r.Context(), caller, sess); err != nil {
+		return err
+	}
 	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 		return httpapi.Errorf(http.StatusUpgradeRequired, "this endpoint carries a shell over a WebSocket; connect with `devgpu shell --attach %s`", sess.ID)
 	}
@@ -58,7 +60,13 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 		agentConn.Close()
 		return err
 	}
-	w.Header().Set(sdk.AttachmentHeader, strconv.FormatInt(attachment, 10))
+	ctx, cancel := context.WithCancel(a.s.ctx)
+	defer cancel()
+	// The client names its attachment by this random id, valid only in
+	// this session; cancel cuts the tunnel when its user loses access.
+	public := a.s.openAttachment(attachment, sess, cancel)
+	defer a.s.closeAttachment(public)
+	w.Header().Set(sdk.AttachmentHeader, public)
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
 	if err != nil {
 		// Accept has answered the client already.
@@ -66,8 +74,6 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 		a.s.detach(r.Context(), sess.ID, attachment, false)
 		return nil
 	}
-	ctx, cancel := context.WithCancel(a.s.ctx)
-	defer cancel()
 	go keepalive(ctx, ws, a.s.cfg.PingInterval)
 	first := &firstRead{Conn: agentConn, seen: func() { a.s.firstByte(sess.ID) }}
 	end := pipe(websocket.NetConn(ctx, ws, websocket.MessageBinary), first)

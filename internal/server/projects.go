@@ -4,16 +4,14 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"regexp"
 
 	"github.com/devgpu/devgpu/internal/authz"
 	"github.com/devgpu/devgpu/internal/httpapi"
+	"github.com/devgpu/devgpu/internal/names"
 	"github.com/devgpu/devgpu/internal/policy"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/sdk"
 )
-
-var projectName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
 func (a *API) listProjects(w http.ResponseWriter, r *http.Request, caller store.User) error {
 	all, err := a.s.store.ListProjects(r.Context())
@@ -56,8 +54,8 @@ func (a *API) createProject(w http.ResponseWriter, r *http.Request, caller store
 	if err := httpapi.Read(w, r, &req); err != nil {
 		return err
 	}
-	if !projectName.MatchString(req.Name) {
-		return httpapi.Errorf(http.StatusBadRequest, "project name %q is invalid; use 1 to 63 lower-case letters, digits and dashes, starting with a letter or digit", req.Name)
+	if err := names.Project(req.Name); err != nil {
+		return httpapi.Errorf(http.StatusBadRequest, "%v", err)
 	}
 	if err := policy.Validate(req.Settings); err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "%v", err)

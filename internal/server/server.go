@@ -107,6 +107,8 @@ type Server struct {
 	detached       map[int64]chan struct{}
 	leaving        map[int64]bool // attachments whose shell announced its end
 	nextAttachment int64
+	// shells holds the open attachments by their public id (access.go).
+	shells map[string]*attachment
 	// unrecorded holds the sessions stopped in the runtime whose end the
 	// store has not accepted yet, by id; recordEnds retries them.
 	unrecorded map[string]pendingEnd

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/devgpu/devgpu/internal/authz"
 	"github.com/devgpu/devgpu/internal/httpapi"
+	"github.com/devgpu/devgpu/internal/names"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/sdk"
 )
@@ -107,13 +107,12 @@ func (a *API) getSession(w http.ResponseWriter, r *http.Request, caller store.Us
 		return err
 	}
 	if v := r.URL.Query().Get("detached"); v != "" {
-		attachment, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			return httpapi.Errorf(http.StatusBadRequest, "detached=%q is not an attachment number", v)
+		// An attachment this session does not have open is detached.
+		if attachment, open := a.s.attachmentIn(sess.ID, v); open {
+			ctx, cancel := context.WithTimeout(r.Context(), maxDetachWait)
+			a.s.waitDetached(ctx, attachment)
+			cancel()
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), maxDetachWait)
-		a.s.waitDetached(ctx, attachment)
-		cancel()
 		if sess, err = a.s.store.Session(r.Context(), sess.ID); err != nil {
 			return err
 		}
@@ -172,18 +171,19 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
-// leaveSession: the shell on attachment N is ending on purpose (see
-// sdk.Client.Leave).
+// leaveSession: the shell on the caller's attachment is ending on purpose
+// (see sdk.Client.Leave). The attachment is named by the random id its
+// connect returned, and only within its own session, which only its owner
+// may use: nobody can mark another's shell as leaving.
 func (a *API) leaveSession(w http.ResponseWriter, r *http.Request, caller store.User) error {
-	if _, err := a.sessionFor(r, caller, authz.AttachSession, "only the session's owner can use its shells"); err != nil {
+	sess, err := a.sessionFor(r, caller, authz.AttachSession, "only the session's owner can use its shells")
+	if err != nil {
 		return err
 	}
-	attachment, err := strconv.ParseInt(r.URL.Query().Get("attachment"), 10, 64)
-	if err != nil {
-		return httpapi.Errorf(http.StatusBadRequest, "attachment=%q is not an attachment number", r.URL.Query().Get("attachment"))
-	}
-	if !a.s.markLeaving(attachment) {
-		return httpapi.Errorf(http.StatusNotFound, "attachment %d is not open", attachment)
+	v := r.URL.Query().Get("attachment")
+	attachment, open := a.s.attachmentIn(sess.ID, v)
+	if !open || !a.s.markLeaving(attachment) {
+		return httpapi.Errorf(http.StatusNotFound, "attachment %s is not open in session %s; it has ended already", names.Quote(v), sess.ID)
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil

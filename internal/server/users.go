@@ -1,19 +1,18 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"net/http"
-	"regexp"
 	"strconv"
 	"time"
 
 	"github.com/devgpu/devgpu/internal/authz"
 	"github.com/devgpu/devgpu/internal/httpapi"
+	"github.com/devgpu/devgpu/internal/names"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/sdk"
 )
-
-var userNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_.-]{0,63}$`)
 
 func userToSDK(u store.User) sdk.User {
 	return sdk.User{Name: u.Name, OrgAdmin: u.OrgAdmin, Disabled: u.Disabled, CreatedAt: u.CreatedAt.UTC()}
@@ -34,21 +33,29 @@ func (a *API) createUser(w http.ResponseWriter, r *http.Request, caller store.Us
 	if req.Name == WarmPoolUser {
 		return httpapi.Errorf(http.StatusBadRequest, "the user name %s is reserved for warm pools; choose another", WarmPoolUser)
 	}
-	if !userNameRE.MatchString(req.Name) {
-		return httpapi.Errorf(http.StatusBadRequest, "user name %q is invalid; use lower-case letters, digits, '_', '.' and '-', starting with a letter", req.Name)
+	if err := names.User(req.Name); err != nil {
+		return httpapi.Errorf(http.StatusBadRequest, "%v", err)
 	}
 	if err := a.s.checkSingleUser(r.Context()); err != nil {
 		return err
 	}
 	now := a.s.now()
 	u := store.User{Name: req.Name, OrgAdmin: req.OrgAdmin, CreatedAt: now}
+	// The first token is made with the caller's: it is no wider and
+	// lives no longer, and revoking the caller's token revokes it.
+	parent := callerToken(r)
+	expires, scope, err := childToken(parent, time.Time{}, "")
+	if err != nil {
+		return err
+	}
 	var token string
-	err := a.s.store.InTx(r.Context(), func(tx store.Store) error {
+	err = a.s.store.InTx(r.Context(), func(tx store.Store) error {
 		if err := tx.CreateUser(r.Context(), &u); err != nil {
 			return err
 		}
 		var err error
-		if token, _, err = NewToken(r.Context(), tx, u.ID, "first", now, time.Time{}); err != nil {
+		first := store.Token{UserID: u.ID, Name: "first", CreatedAt: now, ExpiresAt: expires, ParentID: parent.ID, Scope: scope}
+		if token, _, err = mintToken(r.Context(), tx, first); err != nil {
 			return err
 		}
 		return a.s.audit(r.Context(), tx, caller.Name, "user.create", "", u.Name, nil, userToSDK(u))
@@ -89,6 +96,7 @@ func (a *API) updateUser(w http.ResponseWriter, r *http.Request, caller store.Us
 	}
 	name := r.PathValue("name")
 	var u store.User
+	var cut []string // the sessions of a user disabled now
 	err := a.s.store.InTx(r.Context(), func(tx store.Store) error {
 		var err error
 		if u, err = tx.UserByName(r.Context(), name); errors.Is(err, store.ErrNotFound) {
@@ -103,26 +111,44 @@ func (a *API) updateUser(w http.ResponseWriter, r *http.Request, caller store.Us
 			return httpapi.Errorf(http.StatusBadRequest, "you cannot disable yourself; ask another organisation admin")
 		}
 		before := userToSDK(u)
+		disabling := u.Disabled != *req.Disabled && *req.Disabled
 		u.Disabled = *req.Disabled
 		if err := tx.SetUserDisabled(r.Context(), u.ID, u.Disabled); err != nil {
 			return err
 		}
-		return a.s.audit(r.Context(), tx, caller.Name, "user.update", "", u.Name, before, userToSDK(u))
+		if err := a.s.audit(r.Context(), tx, caller.Name, "user.update", "", u.Name, before, userToSDK(u)); err != nil {
+			return err
+		}
+		if !disabling {
+			return nil
+		}
+		if cut, err = cutSessions(r.Context(), tx, u.ID, 0); err != nil {
+			return err
+		}
+		return a.s.audit(r.Context(), tx, caller.Name, "access.cut", "", u.Name, nil, map[string]any{"why": "disabled", "sessions": cut})
 	})
 	if err != nil {
 		return err
+	}
+	if u.Disabled {
+		a.s.revokeAccess(r.Context(), u.ID, 0, cut, caller.Name)
 	}
 	httpapi.Write(w, http.StatusOK, userToSDK(u))
 	return nil
 }
 
 func tokenToSDK(t store.Token, user string) sdk.Token {
+	scope := sdk.TokenScopeFull
+	if t.Scope == store.ScopeDeveloper {
+		scope = sdk.TokenScopeDeveloper
+	}
 	return sdk.Token{ID: t.ID, User: user, Name: t.Name, Prefix: t.Prefix, CreatedAt: t.CreatedAt.UTC(),
-		ExpiresAt: timePtr(t.ExpiresAt), RevokedAt: timePtr(t.RevokedAt)}
+		ExpiresAt: timePtr(t.ExpiresAt), RevokedAt: timePtr(t.RevokedAt), Scope: scope, ParentID: t.ParentID}
 }
 
 // createToken: anyone may mint a token for themselves; organisation admins
-// for anyone.
+// for anyone. The new token is the child of the caller's: it expires no
+// later, is no wider, and is revoked with it.
 func (a *API) createToken(w http.ResponseWriter, r *http.Request, caller store.User) error {
 	var req sdk.TokenCreate
 	if err := httpapi.Read(w, r, &req); err != nil {
@@ -130,6 +156,9 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request, caller store.U
 	}
 	if req.ExpiresIn < 0 {
 		return httpapi.Errorf(http.StatusBadRequest, "expires_in must not be negative; give 0 for a token that never expires")
+	}
+	if err := names.Label("token name", req.Name); err != nil {
+		return httpapi.Errorf(http.StatusBadRequest, "%v", err)
 	}
 	owner := caller
 	now := a.s.now()
@@ -150,7 +179,13 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request, caller store.U
 		if req.ExpiresIn > 0 {
 			expires = now.Add(time.Duration(req.ExpiresIn))
 		}
-		secret, t, err := NewToken(r.Context(), tx, owner.ID, req.Name, now, expires)
+		parent := callerToken(r)
+		expires, scope, err := childToken(parent, expires, req.Scope)
+		if err != nil {
+			return err
+		}
+		secret, t, err := mintToken(r.Context(), tx, store.Token{UserID: owner.ID, Name: req.Name, CreatedAt: now,
+			ExpiresAt: expires, ParentID: parent.ID, Scope: scope})
 		if err != nil {
 			return err
 		}
@@ -218,6 +253,7 @@ func (a *API) revokeToken(w http.ResponseWriter, r *http.Request, caller store.U
 		return notFound
 	}
 	var out sdk.Token
+	var cut map[int64][]string // by user: the sessions of those left without a token
 	err = a.s.store.InTx(r.Context(), func(tx store.Store) error {
 		t, err := tx.TokenByID(r.Context(), id)
 		if errors.Is(err, store.ErrNotFound) || (err == nil && t.UserID != caller.ID && !caller.OrgAdmin) {
@@ -226,6 +262,9 @@ func (a *API) revokeToken(w http.ResponseWriter, r *http.Request, caller store.U
 			return err
 		}
 		if err := tx.RevokeToken(r.Context(), id, a.s.now()); err != nil {
+			return err
+		}
+		if cut, err = a.s.cutTokenless(r.Context(), tx, id, caller.Name); err != nil {
 			return err
 		}
 		if t, err = tx.TokenByID(r.Context(), id); err != nil {
@@ -240,6 +279,9 @@ func (a *API) revokeToken(w http.ResponseWriter, r *http.Request, caller store.U
 	})
 	if err != nil {
 		return err
+	}
+	for userID, sessions := range cut {
+		a.s.revokeAccess(r.Context(), userID, 0, sessions, caller.Name)
 	}
 	httpapi.Write(w, http.StatusOK, out)
 	return nil
@@ -286,16 +328,76 @@ func (a *API) setMember(w http.ResponseWriter, r *http.Request, caller store.Use
 	})
 }
 
+// removeMember also cuts the member's open shells in the project and ends
+// their sessions there, unless they may still use it as an organisation
+// admin.
 func (a *API) removeMember(w http.ResponseWriter, r *http.Request, caller store.User) error {
-	return a.changeMember(w, r, caller, func(tx store.Store, p store.Project, u store.User, before string) (any, error) {
+	var removed store.User
+	var projectID int64
+	var cut []string
+	err := a.changeMember(w, r, caller, func(tx store.Store, p store.Project, u store.User, before string) (any, error) {
 		if before == "" {
 			return nil, httpapi.Errorf(http.StatusNotFound, "user %s is not a member of project %s", u.Name, p.Name)
 		}
 		if err := tx.RemoveMember(r.Context(), p.ID, u.ID); err != nil {
 			return nil, err
 		}
-		return nil, a.s.audit(r.Context(), tx, caller.Name, "member.remove", p.Name, u.Name, roleOrNil(before), nil)
+		if err := a.s.audit(r.Context(), tx, caller.Name, "member.remove", p.Name, u.Name, roleOrNil(before), nil); err != nil {
+			return nil, err
+		}
+		if u.OrgAdmin {
+			return nil, nil
+		}
+		var err error
+		removed, projectID = u, p.ID
+		if cut, err = cutSessions(r.Context(), tx, u.ID, p.ID); err != nil {
+			return nil, err
+		}
+		return nil, a.s.audit(r.Context(), tx, caller.Name, "access.cut", p.Name, u.Name, nil, map[string]any{"why": "removed", "sessions": cut})
 	})
+	if err == nil && projectID != 0 {
+		a.s.revokeAccess(r.Context(), removed.ID, projectID, cut, caller.Name)
+	}
+	return err
+}
+
+// cutTokenless, inside the transaction that revoked token id and what it
+// created, finds the users who hold no working token any more, marks their
+// sessions stopping and audits it; it returns those sessions by user.
+func (s *Server) cutTokenless(ctx context.Context, tx store.Store, id int64, actor string) (map[int64][]string, error) {
+	all, err := tx.ListTokens(ctx, 0)
+	if err != nil {
+		return nil, err
+	}
+	revoked := map[int64]bool{id: true}
+	owners := map[int64]bool{}
+	for _, t := range all { // by id: a parent comes before its children
+		if revoked[t.ID] || revoked[t.ParentID] {
+			revoked[t.ID] = true
+			owners[t.UserID] = true
+		}
+	}
+	cut := map[int64][]string{}
+	for userID := range owners {
+		valid, err := hasValidToken(ctx, tx, userID, s.now())
+		if err != nil || valid {
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		u, err := tx.UserByID(ctx, userID)
+		if err != nil {
+			return nil, err
+		}
+		if cut[userID], err = cutSessions(ctx, tx, userID, 0); err != nil {
+			return nil, err
+		}
+		if err := s.audit(ctx, tx, actor, "access.cut", "", u.Name, nil, map[string]any{"why": "last token revoked", "sessions": cut[userID]}); err != nil {
+			return nil, err
+		}
+	}
+	return cut, nil
 }
 
 func roleOrNil(role string) any {

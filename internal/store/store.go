@@ -39,7 +39,22 @@ type Token struct {
 	CreatedAt time.Time
 	ExpiresAt time.Time // zero: never
 	RevokedAt time.Time // zero: not revoked
+	// ParentID is the token that created this one (0: none, as for the
+	// bootstrap token). Revoking a token revokes every token below it.
+	ParentID int64
+	// Scope limits what the token may do beside its user's rights:
+	// ScopeFull or ScopeDeveloper.
+	Scope string
 }
+
+// Token scopes.
+const (
+	// ScopeFull carries all of its user's rights.
+	ScopeFull = ""
+	// ScopeDeveloper never carries organisation-admin rights, even when
+	// its user is an organisation admin.
+	ScopeDeveloper = "developer"
+)
 
 // Project is a unit of GPU policy. Settings holds only the project's own
 // values (stored as JSON); policy.Resolve adds the inherited ones.
@@ -219,7 +234,9 @@ type Store interface {
 	// ordered by id.
 	ListTokens(ctx context.Context, userID int64) ([]Token, error)
 	TokenByID(ctx context.Context, id int64) (Token, error)
-	// RevokeToken sets RevokedAt (once; revoking again keeps the first time).
+	// RevokeToken sets RevokedAt (once; revoking again keeps the first
+	// time) on the token and, in the same transaction, on every token it
+	// created, directly or not.
 	RevokeToken(ctx context.Context, id int64, at time.Time) error
 	// TokenByHash returns the token with this hash and its user, whatever
 	// their state: the caller checks expiry, revocation and disabled users.

@@ -70,18 +70,42 @@ func (s *Store) CreateToken(ctx context.Context, t *store.Token) error {
 	}
 	t.CreatedAt, t.ExpiresAt, t.RevokedAt = norm(t.CreatedAt), norm(t.ExpiresAt), norm(t.RevokedAt)
 	err := s.write(ctx, func() error {
-		return s.queryRow(ctx, `INSERT INTO tokens (user_id, name, prefix, hash, created_at, expires_at, revoked_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id`,
-			t.UserID, t.Name, t.Prefix, t.Hash, dbTime(t.CreatedAt), dbTime(t.ExpiresAt), dbTime(t.RevokedAt)).Scan(&t.ID)
+		return s.queryRow(ctx, `INSERT INTO tokens (user_id, name, prefix, hash, created_at, expires_at, revoked_at, parent_id, scope)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+			t.UserID, t.Name, t.Prefix, t.Hash, dbTime(t.CreatedAt), dbTime(t.ExpiresAt), dbTime(t.RevokedAt),
+			dbID(t.ParentID), t.Scope).Scan(&t.ID)
 	})
 	return s.wrap(fmt.Sprintf("create token for user %d", t.UserID), err)
 }
 
-const tokenColumns = `t.id, t.user_id, t.name, t.prefix, t.hash, t.created_at, t.expires_at, t.revoked_at`
+const tokenColumns = `t.id, t.user_id, t.name, t.prefix, t.hash, t.created_at, t.expires_at, t.revoked_at, t.parent_id, t.scope`
 
 func scanToken(t *store.Token) []any {
 	return []any{&t.ID, &t.UserID, &t.Name, &t.Prefix, &t.Hash,
-		timeCol{&t.CreatedAt}, timeCol{&t.ExpiresAt}, timeCol{&t.RevokedAt}}
+		timeCol{&t.CreatedAt}, timeCol{&t.ExpiresAt}, timeCol{&t.RevokedAt}, idCol{&t.ParentID}, &t.Scope}
+}
+
+// dbID is an optional reference for the database: NULL for 0.
+func dbID(id int64) any {
+	if id == 0 {
+		return nil
+	}
+	return id
+}
+
+// idCol scans an optional reference, NULL as 0.
+type idCol struct{ id *int64 }
+
+func (c idCol) Scan(v any) error {
+	switch v := v.(type) {
+	case nil:
+		*c.id = 0
+	case int64:
+		*c.id = v
+	default:
+		return fmt.Errorf("scan id: unexpected %T", v)
+	}
+	return nil
 }
 
 // ListTokens returns the user's tokens, or everyone's for userID 0, by ID.
@@ -104,15 +128,20 @@ func (s *Store) TokenByID(ctx context.Context, id int64) (store.Token, error) {
 	return t, s.wrap(fmt.Sprintf("get token %d", id), err)
 }
 
-// RevokeToken revokes the token at at (a zero at means now), unless it
-// was revoked before: then it keeps its first revocation time.
+// RevokeToken revokes the token and every token below it at at (a zero
+// at means now), in one statement; one revoked before keeps its first
+// revocation time.
 func (s *Store) RevokeToken(ctx context.Context, id int64, at time.Time) error {
 	if at.IsZero() {
 		at = time.Now()
 	}
 	err := s.write(ctx, func() error {
-		// Every engine counts the rows the WHERE matched, changed or not.
-		res, err := s.exec(ctx, `UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?`, dbTime(norm(at)), id)
+		// Every engine counts the rows the WHERE matched, changed or not:
+		// none when the token itself does not exist.
+		res, err := s.exec(ctx, `WITH RECURSIVE tree (id) AS (
+				SELECT id FROM tokens WHERE id = ?
+				UNION SELECT t.id FROM tokens t JOIN tree ON t.parent_id = tree.id)
+			UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id IN (SELECT id FROM tree)`, id, dbTime(norm(at)))
 		if err != nil {
 			return err
 		}

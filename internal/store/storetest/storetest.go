@@ -31,6 +31,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"SetUserDisabled", testSetUserDisabled},
 		{"Tokens", testTokens},
 		{"TokenAdmin", testTokenAdmin},
+		{"TokenTree", testTokenTree},
 		{"Projects", testProjects},
 		{"ProjectSettings", testProjectSettings},
 		{"DeleteProject", testDeleteProject},
