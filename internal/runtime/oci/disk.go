@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -350,8 +351,15 @@ func (d *disks) mountWorkspace(dir string, limit int64) error {
 	if mounted != "" {
 		return nil
 	}
-	if err := d.resizeWorkspace(img, limit); err != nil {
-		return err
+	// Resize only a filesystem that nothing holds any more: a mount
+	// namespace made while it was mounted (a container starting) may
+	// keep it alive for a moment, and its loop device with it.
+	if fi.Size() != limit && waitDetached(img) {
+		if err := d.resizeWorkspace(img, limit); err != nil {
+			return err
+		}
+	} else if fi.Size() != limit {
+		d.log.Warn("workspace still held elsewhere; its new limit applies later", "dir", dir, "bytes", limit)
 	}
 	if err := mountImage(img, dir, unix.MS_NODEV|unix.MS_NOSUID, "discard,noinit_itable"); err != nil {
 		return fmt.Errorf("workspace: %w", err)
@@ -508,6 +516,25 @@ func mountImage(img, target string, flags uintptr, data string) error {
 		return fmt.Errorf("mount %s on %s: %w", img, target, err)
 	}
 	return nil
+}
+
+// detachWait bounds how long a resize waits for the kernel to let go of a
+// workspace's loop device after its unmount.
+const detachWait = 5 * time.Second
+
+// waitDetached reports whether no loop device holds img, waiting up to
+// detachWait for one to detach by itself.
+func waitDetached(img string) bool {
+	deadline := time.Now().Add(detachWait)
+	for {
+		if dev, err := loopOf(img); err == nil && dev == "" {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // loopOf is the loop device whose backing file is img, or "".

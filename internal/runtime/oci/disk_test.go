@@ -209,10 +209,14 @@ func TestDiskPool(t *testing.T) {
 
 	// A reboot: nothing mounted. A new runtime mounts the pool and the
 	// workspace again, with their files and limits.
-	for _, target := range []string{ws, d.root} {
-		if err := unix.Unmount(target, 0); err != nil {
-			t.Fatal(err)
-		}
+	if err := unix.Unmount(ws, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !waitDetached(d.workspaceImage(ws)) {
+		t.Fatal("the workspace's loop device stays after its unmount")
+	}
+	if err := unix.Unmount(d.root, 0); err != nil {
+		t.Fatal(err)
 	}
 	d = openTestDisks(t, state)
 	if b, err := os.ReadFile(filepath.Join(ws, "f42")); err != nil || string(b) != "x" {
