@@ -40,7 +40,11 @@
 //	ids/<n>           a link to the session that holds host id range n
 //	sock/<id>.sock    the agent's socket of each session (0700 directory)
 //	s/<id>/           one session: config.json (the bundle), upper/ and
-//	                  work/ (its writable layer) and agent.log
+//	                  work/ (its writable layer) and agent.log; with disk
+//	                  limits these three lie in layer/, the mount point of
+//	                  the session's own filesystem
+//	disk.img, disk/   the disk pool with the sessions' writable layers and
+//	                  the workspaces' filesystems (see disk.go)
 //
 // and under Config.MountDir (/run/devgpu), <tag>/<id>: each session's root
 // filesystem, the overlay, with the agent and the workspace mounted in it.
