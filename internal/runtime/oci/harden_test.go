@@ -254,10 +254,6 @@ func TestUserNamespace(t *testing.T) {
 	// session and host root's keyring.
 	rt := newRuntimeWith(t, func(c *Config) { c.Seccomp = SeccompUnconfined })
 	ws := t.TempDir()
-	secret := filepath.Join(ws, "host-root-only")
-	if err := os.WriteFile(secret, []byte("host secret\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	desc := fmt.Sprintf("devgpu-test-%d", time.Now().UnixNano())
 	key, err := unix.AddKey("user", desc, []byte("host root's key"), unix.KEY_SPEC_USER_KEYRING)
 	if err != nil {
@@ -289,8 +285,11 @@ func TestUserNamespace(t *testing.T) {
 		t.Errorf("two sessions share host ids %v", maps)
 	}
 
-	// Host root's 0600 file, though in the session's workspace, is not the
-	// session root's.
+	// Host root's 0600 file, put into the workspace while sessions use it,
+	// is not the session root's.
+	if err := os.WriteFile(filepath.Join(ws, "host-root-only"), []byte("host secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if out, stderr, err := execErr(t, rt, a, "cat /workspace/host-root-only"); err == nil || strings.Contains(out, "host secret") {
 		t.Errorf("session root read host root's 0600 file: %q %q %v", out, stderr, err)
 	}
@@ -333,5 +332,49 @@ func TestStateDirBelowPrivateDir(t *testing.T) {
 	s := start(t, rt, "private")
 	if got := execOut(t, rt, s, "id -u"); got != "0\n" {
 		t.Errorf("id -u in the session: %q", got)
+	}
+}
+
+// A workspace written by sessions that ran as host root (before user
+// namespaces) is given to the workspace uid on its first use, without
+// following its links out of it, and stays the session root's to change.
+func TestWorkspaceFromBeforeUserNamespaces(t *testing.T) {
+	requireRunc(t)
+	t.Parallel()
+	rt := newRuntime(t, testutil.ShortTempDir(t))
+	ws, outside := t.TempDir(), t.TempDir()
+	hostFile := filepath.Join(outside, "host-file")
+	for path, data := range map[string]string{filepath.Join(ws, "old"): "old\n", hostFile: "host\n", filepath.Join(ws, "other-user"): ""} {
+		if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(ws, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(hostFile, filepath.Join(ws, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(filepath.Join(ws, "other-user"), 1234, 1234); err != nil {
+		t.Fatal(err)
+	}
+	s := runtimetest.StartSpec(t, rt, runtime.Spec{
+		SessionID: fmt.Sprintf("oldws-%d", time.Now().UnixNano()%1e9), AgentSecret: "s3cret", IdleExit: time.Minute, Workspace: ws,
+	})
+	if got := execOut(t, rt, s, "echo more >> /workspace/old && touch /workspace/d/new && stat -c %u /workspace/old /workspace/d/new"); got != "0\n0\n" {
+		t.Errorf("the session's root and the old workspace: %q", got)
+	}
+	w := DefaultIDMap.workspaceID()
+	for path, want := range map[string]uint32{
+		ws: w, filepath.Join(ws, "old"): w, filepath.Join(ws, "d"): w, filepath.Join(ws, "link"): w,
+		filepath.Join(ws, "other-user"): 1234, hostFile: 0,
+	} {
+		var st unix.Stat_t
+		if err := unix.Lstat(path, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Uid != want || st.Gid != want {
+			t.Errorf("%s is owned by %d:%d, want %d", path, st.Uid, st.Gid, want)
+		}
 	}
 }

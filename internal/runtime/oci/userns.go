@@ -3,6 +3,7 @@ package oci
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
@@ -341,8 +342,14 @@ func traversable(path string) error {
 	}
 }
 
-// chownWorkspace makes the workspace's root directory root's in every
-// session (the workspace uid on the host), without following a link.
+// chownWorkspace makes the workspace root's in every session: its files
+// belong to the workspace uid on the host. A workspace that is not yet
+// that uid's (new, or written by sessions of a version without user
+// namespaces, which wrote as host root) has its files of host uid or gid 0
+// given to it first, once; its root directory last, so that an
+// interrupted pass runs again. The pass resolves every path beneath the
+// workspace (os.Root) and changes links, not what they point to: a link
+// in the workspace never makes the host change a file outside it.
 func (r *Runtime) chownWorkspace(dir string) error {
 	w := int(r.cfg.IDMap.workspaceID())
 	var st unix.Stat_t
@@ -351,6 +358,35 @@ func (r *Runtime) chownWorkspace(dir string) error {
 	}
 	if int(st.Uid) == w && int(st.Gid) == w {
 		return nil
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return fmt.Errorf("workspace %s: %w", dir, err)
+	}
+	defer root.Close()
+	err = fs.WalkDir(root.FS(), ".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || path == "." {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		sys, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok || (sys.Uid != 0 && sys.Gid != 0) {
+			return nil
+		}
+		uid, gid := int(sys.Uid), int(sys.Gid)
+		if uid == 0 {
+			uid = w
+		}
+		if gid == 0 {
+			gid = w
+		}
+		return root.Lchown(path, uid, gid)
+	})
+	if err != nil {
+		return fmt.Errorf("workspace %s: give its files to the sessions' root: %w", dir, err)
 	}
 	if err := unix.Fchownat(unix.AT_FDCWD, dir, w, w, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("workspace %s: give it to the sessions' root: %w", dir, err)
