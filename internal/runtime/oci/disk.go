@@ -88,6 +88,12 @@ type disks struct {
 
 // openDisks mounts the pool under stateDir, creating it at first.
 func openDisks(stateDir string, cfg DiskConfig, log *slog.Logger) (*disks, error) {
+	// The kernel names mount points and loop devices' files by their
+	// paths without links: so does the runtime, to recognise its own.
+	stateDir, err := filepath.EvalSymlinks(stateDir)
+	if err != nil {
+		return nil, err
+	}
 	d := &disks{root: filepath.Join(stateDir, "disk"), limits: cfg.LayerLimits, log: log}
 	for _, tool := range []struct {
 		name string
@@ -261,6 +267,10 @@ func (d *disks) release(id, target string) error {
 
 // releaseWorkspace unmounts the workspace at dir if no session uses it.
 func (d *disks) releaseWorkspace(dir string) error {
+	dir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	users, err := d.workspaceUsers(dir)
@@ -299,6 +309,10 @@ func (d *disks) workspaceUsers(dir string) ([]string, error) {
 // if no session uses it, and records that session id uses it. limit 0 is
 // as large as the pool.
 func (d *disks) attachWorkspace(id, dir string, limit int64) error {
+	dir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return fmt.Errorf("workspace: %w", err)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.mountWorkspace(dir, limit); err != nil {
@@ -452,6 +466,10 @@ func (d *disks) resizeWorkspace(img string, limit int64) error {
 // filesystem yet is empty (or holds files from before limits, which is an
 // error).
 func (d *disks) workspaceUsage(dir string) (int64, error) {
+	dir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return 0, err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	img := d.workspaceImage(dir)

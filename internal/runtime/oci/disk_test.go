@@ -496,3 +496,41 @@ func allBelow(s string, max int64) bool {
 	}
 	return true
 }
+
+// A state directory and a workspace reached through symbolic links are
+// recognised as the runtime's own (the kernel names them without links):
+// a restart reuses the mounted pool, and a workspace is mounted once.
+func TestDiskThroughLinks(t *testing.T) {
+	requireDisk(t)
+	t.Parallel()
+	state := testutil.ShortTempDir(t)
+	link := state + "-link"
+	if err := os.Symlink(state, link); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(link) })
+	ws := t.TempDir()
+	unmountAtEnd(t, ws)
+	wsLink := filepath.Join(t.TempDir(), "ws")
+	if err := os.Symlink(ws, wsLink); err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range []string{"s1", "s2"} {
+		d := openTestDisks(t, link)
+		if err := d.attachWorkspace(id, wsLink, testLimit); err != nil {
+			t.Fatalf("start %d: %v", i, err)
+		}
+		if used, err := d.workspaceUsage(wsLink); err != nil || used <= 0 || used >= testLimit {
+			t.Errorf("start %d: usage %d, %v", i, used, err)
+		}
+	}
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for target, want := range map[string]int{filepath.Join(state, "disk"): 1, ws: 1} {
+		if n := strings.Count(string(mounts), " "+target+" "); n != want {
+			t.Errorf("%s is mounted %d times, want %d", target, n, want)
+		}
+	}
+}
