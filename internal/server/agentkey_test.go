@@ -162,10 +162,10 @@ func (r *accessRig) shell(user string) (sdk.Session, *sdk.Tunnel, func()) {
 }
 
 // waitSession polls the store until the session satisfies cond.
-func (r *accessRig) waitSession(id, what string, cond func(store.Session) bool) store.Session {
-	r.t.Helper()
+func (r *accessRig) waitSession(t *testing.T, id, what string, cond func(store.Session) bool) store.Session {
+	t.Helper()
 	var s store.Session
-	testutil.Eventually(r.t, testutil.WaitMedium, "session "+id+" "+what, func() bool {
+	testutil.Eventually(t, testutil.WaitMedium, "session "+id+" "+what, func() bool {
 		var err error
 		s, err = r.st.Session(context.Background(), id)
 		return err == nil && cond(s)
