@@ -29,9 +29,11 @@ func fullSettings() sdk.ProjectSettings {
 		IdleTimeout:    ptr(sdk.Duration(30 * time.Minute)),
 		MaxLifetime:    ptr(sdk.Duration(8*time.Hour + time.Nanosecond)),
 		DetachGrace:    ptr(sdk.Duration(90 * time.Second)),
-		Egress:         &sdk.Egress{Mode: sdk.EgressAllowList, Allow: []string{"10.0.0.0/8", "pypi.org:443", "192.0.2.7"}},
-		Budget:         &sdk.Budget{Amount: 1234.56, Unit: sdk.BudgetCurrency, Thresholds: []int{50, 80, 100}, Action: sdk.BudgetStop},
-		Workspace:      &sdk.Workspace{Enabled: true, LimitBytes: 50 << 30},
+		// HostAccess is the server's copy of the organisation's setting;
+		// the store keeps it like any other field.
+		Egress:    &sdk.Egress{Mode: sdk.EgressAllowList, Allow: []string{"10.0.0.0/8", "pypi.org:443", "192.0.2.7"}, HostAccess: []string{"169.254.169.254:80"}},
+		Budget:    &sdk.Budget{Amount: 1234.56, Unit: sdk.BudgetCurrency, Thresholds: []int{50, 80, 100}, Action: sdk.BudgetStop},
+		Workspace: &sdk.Workspace{Enabled: true, LimitBytes: 50 << 30},
 	}
 }
 
@@ -261,9 +263,10 @@ func testOrgPolicy(t *testing.T, ctx context.Context, s store.Store) {
 	check("never set", sdk.OrgPolicy{})
 
 	full := sdk.OrgPolicy{
-		Defaults:   fullSettings(),
-		Locked:     []string{"egress", "gpu_types", "max_lifetime"},
-		Registries: []string{"ghcr.io/acme", "docker.io"},
+		Defaults:        fullSettings(),
+		Locked:          []string{"egress", "gpu_types", "max_lifetime"},
+		Registries:      []string{"ghcr.io/acme", "docker.io"},
+		AllowHostAccess: []string{"169.254.169.254:80", "10.1.0.0/16"},
 		Quotas: []sdk.Quota{
 			{GPUType: "a100", Max: 4},
 			{GPUType: "t4", Region: "local", Max: 16},
