@@ -39,6 +39,11 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 		return httpapi.Errorf(http.StatusUpgradeRequired, "this endpoint carries a shell over a WebSocket; connect with `devgpu shell --attach %s`", sess.ID)
 	}
+	// Close waits for the tunnel (owned.go), and a closing server takes none.
+	if !a.s.enter() {
+		return httpapi.Errorf(http.StatusServiceUnavailable, "the server is shutting down; connect again in a moment")
+	}
+	defer a.s.leave()
 	release, err := a.s.tunnels.acquire(caller.ID, remoteHost(r.RemoteAddr))
 	if err != nil {
 		return err
@@ -74,7 +79,9 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 		a.s.detach(r.Context(), sess.ID, attachment, false)
 		return nil
 	}
-	go keepalive(ctx, ws, a.s.cfg.PingInterval)
+	pinging := make(chan struct{}) // the handler owns the keepalive
+	go func() { defer close(pinging); keepalive(ctx, ws, a.s.cfg.PingInterval) }()
+	defer func() { cancel(); <-pinging }()
 	first := &firstRead{Conn: agentConn, seen: func() { a.s.firstByte(sess.ID) }}
 	end := pipe(websocket.NetConn(ctx, ws, websocket.MessageBinary), first)
 	a.log.Debug("tunnel ended", "session_id", sess.ID, "attachment", attachment, "end", [...]string{"client closed", "client vanished", "agent closed"}[end])

@@ -110,7 +110,7 @@ func (s *Server) claimWarm(ctx context.Context, caller store.User, req sdk.Creat
 	}
 	s.refreshLimits(ctx, claimedProject)
 	s.log.Info("warm session claimed", "session_id", claimed, "user", caller.Name)
-	go s.refill()
+	s.goOwned(s.refill)
 	sess, err := s.store.Session(ctx, claimed)
 	return sess, err == nil, err
 }
@@ -244,7 +244,7 @@ func (a *API) setPool(w http.ResponseWriter, r *http.Request, caller store.User)
 	if err != nil {
 		return err
 	}
-	go a.s.refill()
+	a.s.goOwned(a.s.refill)
 	httpapi.Write(w, http.StatusOK, req)
 	return nil
 }

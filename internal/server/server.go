@@ -125,9 +125,11 @@ type Server struct {
 	warmUser  store.User
 	refilling sync.Mutex // held while a pool refill runs
 
-	wg     sync.WaitGroup // lifecycle goroutines
-	cancel context.CancelFunc
-	ctx    context.Context
+	wg      sync.WaitGroup // every goroutine Close waits for (owned.go)
+	ownMu   sync.Mutex     // guards closing
+	closing bool           // Close has begun: enter refuses new work
+	cancel  context.CancelFunc
+	ctx     context.Context
 }
 
 // New reconciles the store with the runtime and the GPU inventory, then
@@ -197,7 +199,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.refreshLimits(ctx, 0)
 	s.probeStore(ctx)
-	s.wg.Add(6)
+	s.wg.Add(6) // owned: Close waits for them (owned.go)
 	go s.loop(cfg.StoreRetryInterval, "record session ends", s.recordEnds)
 	go s.loop(cfg.ReapInterval, "reap detached sessions", s.reapDetached)
 	go s.loop(cfg.LivenessInterval, "liveness check", s.checkLiveness)
@@ -218,11 +220,11 @@ func (s *Server) syncInventory(ctx context.Context) error {
 	return nil
 }
 
-// Close stops the lifecycle loops. Sessions keep running; the next server
-// reconciles them.
+// Close stops the lifecycle loops and waits for every goroutine the
+// server started (owned.go), open tunnels included. Sessions keep running;
+// the next server reconciles them.
 func (s *Server) Close() {
-	s.cancel()
-	s.wg.Wait()
+	s.stopOwned()
 	s.lastRecordEnds()
 }
 
@@ -261,6 +263,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(shutdownCtx)
+		<-errc // Serve has returned: its goroutine is done
 		return nil
 	}
 }
