@@ -56,6 +56,7 @@ type server struct {
 	procs map[int]struct{} // sessions whose processes may outlive their channel
 
 	activity activity              // last user activity, for the control plane's idle timeout
+	forwards forwards              // connections direct-tcpip dialed, to refuse loops
 	smu      sync.Mutex            // guards sessions
 	sessions map[*session]struct{} // sessions running a child, of every connection: they get notices
 }
