@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -225,7 +226,9 @@ type term struct {
 	tty  *os.File
 	mu   sync.Mutex
 	buf  bytes.Buffer
-	seen int // offset up to which expect has consumed output
+	seen int           // offset up to which expect has consumed output
+	grew chan struct{} // a value after the output grows
+	eof  chan struct{} // closed when the terminal has no more output
 	done chan struct{}
 	code int
 }
@@ -238,14 +241,19 @@ func (e *env) terminal(args ...string) *term {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	tm := &term{t: e.t, cmd: cmd, tty: tty, done: make(chan struct{})}
+	tm := &term{t: e.t, cmd: cmd, tty: tty, grew: make(chan struct{}, 1), eof: make(chan struct{}), done: make(chan struct{})}
 	go func() {
+		defer close(tm.eof)
 		b := make([]byte, 4096)
 		for {
 			n, err := tty.Read(b)
 			tm.mu.Lock()
 			tm.buf.Write(b[:n])
 			tm.mu.Unlock()
+			select {
+			case tm.grew <- struct{}{}:
+			default: // a wake-up is pending already
+			}
 			if err != nil {
 				return
 			}
@@ -277,23 +285,71 @@ func (tm *term) send(s string) {
 	}
 }
 
-// expect waits for text in the output that follows the last match.
-func (tm *term) expect(text string) {
+// expect waits for text in the output that follows the last match and
+// returns that output, up to the end of text.
+func (tm *term) expect(text string) string {
 	tm.t.Helper()
-	deadline := time.Now().Add(testutil.WaitMedium)
+	out, ok := tm.next(text)
+	if !ok {
+		tm.t.Fatalf("terminal closed without showing %q; it shows:\n%s", text, out)
+	}
+	return out
+}
+
+// next is expect for output that may never come because the terminal
+// closes: ok is false when it did, and out is then all the rest.
+func (tm *term) next(text string) (out string, ok bool) {
+	tm.t.Helper()
+	end := tm.await("terminal to show "+strconv.Quote(text), func(out string) int {
+		if i := strings.Index(out, text); i >= 0 {
+			return i + len(text)
+		}
+		return -1
+	})
+	tm.mu.Lock()
+	defer tm.mu.Unlock()
+	rest := tm.buf.String()[tm.seen:]
+	if end < 0 {
+		tm.seen += len(rest)
+		return rest, false
+	}
+	tm.seen += end
+	return rest[:end], true
+}
+
+// await waits until match finds an end offset (>= 0) in the output that
+// follows the last match, without consuming it, and returns that offset;
+// -1 when the terminal closes first. Each new output wakes it: no polling.
+func (tm *term) await(what string, match func(out string) int) int {
+	tm.t.Helper()
+	deadline := time.NewTimer(testutil.WaitMedium)
+	defer deadline.Stop()
+	closed := false
 	for {
 		tm.mu.Lock()
-		out := tm.buf.String()
+		out := tm.buf.String()[tm.seen:]
 		tm.mu.Unlock()
-		if i := strings.Index(out[tm.seen:], text); i >= 0 {
-			tm.seen += i + len(text)
-			return
+		if end := match(out); end >= 0 {
+			return end
 		}
-		if time.Now().After(deadline) {
-			tm.t.Fatalf("terminal never showed %q; it shows:\n%s", text, out[tm.seen:])
+		if closed {
+			return -1
 		}
-		time.Sleep(testutil.Poll)
+		select {
+		case <-tm.grew:
+		case <-tm.eof:
+			closed = true // look once more at what the last read brought
+		case <-deadline.C:
+			tm.t.Fatalf("timed out after %s waiting for the %s; it shows:\n%s", testutil.WaitMedium, what, out)
+		}
 	}
+}
+
+// output is all the terminal has shown so far.
+func (tm *term) output() string {
+	tm.mu.Lock()
+	defer tm.mu.Unlock()
+	return tm.buf.String()
 }
 
 // ready waits until the shell runs commands. The marker is split in the
@@ -327,18 +383,13 @@ func (tm *term) wait() int {
 func (tm *term) sessionID() string {
 	tm.t.Helper()
 	tm.expect("devgpu: session ")
-	deadline := time.Now().Add(testutil.WaitShort)
-	for time.Now().Before(deadline) {
-		tm.mu.Lock()
-		rest := tm.buf.String()[tm.seen:]
-		tm.mu.Unlock()
-		if id, _, ok := strings.Cut(rest, " "); ok {
-			return id
-		}
-		time.Sleep(testutil.Poll)
+	end := tm.await("session id after \"devgpu: session \"", func(out string) int { return strings.IndexByte(out, ' ') })
+	if end <= 0 {
+		tm.t.Fatal("no session id announced")
 	}
-	tm.t.Fatal("no session id announced")
-	return ""
+	tm.mu.Lock()
+	defer tm.mu.Unlock()
+	return tm.buf.String()[tm.seen : tm.seen+end]
 }
 
 func pidAlive(pid int) bool {
@@ -351,4 +402,20 @@ func pidAlive(pid int) bool {
 	}
 	i := bytes.LastIndexByte(b, ')')
 	return i > 0 && i+2 < len(b) && b[i+2] != 'Z'
+}
+
+// foreground reports whether pid's process group holds its terminal: the
+// group that Ctrl-C on that terminal signals.
+func foreground(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return false
+	}
+	// After the command: state ppid pgrp session tty_nr tpgid ...
+	f := strings.Fields(string(b[i+1:]))
+	return len(f) > 5 && f[2] == f[5]
 }
