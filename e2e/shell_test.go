@@ -32,27 +32,31 @@ func TestShellInteractive(t *testing.T) {
 	tm.send("stty size\r")
 	tm.expect("24 80")
 	tm.resize(40, 132)
-	time.Sleep(100 * time.Millisecond) // SIGWINCH is asynchronous
-	tm.send("stty size\r")
-	tm.expect("40 132")
+	// The new size reaches the session asynchronously (SIGWINCH, then a
+	// window-change request): ask until the shell sees it.
+	testutil.Eventually(t, testutil.WaitMedium, "the shell to see the terminal resized to 40x132", func() bool {
+		tm.send("stty size; echo SI''ZED\r")
+		return strings.Contains(tm.expect("SIZED"), "40 132")
+	})
 
 	// Ctrl-C interrupts the foreground sleep, not the shell: the shell
-	// then reports the sleep's status 130 (128 + SIGINT).
-	tm.send("sleep 100\r")
-	time.Sleep(300 * time.Millisecond)
-	start := time.Now()
+	// then reports the sleep's status 130 (128 + SIGINT). It is typed once
+	// the sleep holds the terminal, not while the shell still reads the line.
+	secs := strconv.FormatInt(1e6+time.Now().UnixNano()%1e6, 10) // unique
+	tm.send("sleep " + secs + "\r")
+	testutil.Eventually(t, testutil.WaitShort, "sleep "+secs+" to be the terminal's foreground job", func() bool {
+		pids := hostProcessesWith("sleep\x00" + secs + "\x00")
+		return len(pids) == 1 && foreground(pids[0])
+	})
 	tm.send("\x03")
 	tm.send("echo status-$?\r")
 	tm.expect("status-130")
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("Ctrl-C took %s", d)
-	}
 
 	tm.send("exit 3\r")
 	if code := tm.wait(); code != 3 {
 		t.Fatalf("devgpu shell exited %d, want 3", code)
 	}
-	s = e.waitSession(id, time.Second, "to end with reason closed within 1s", func(s sdk.Session) bool {
+	s = e.waitSession(id, testutil.WaitShort, "to end", func(s sdk.Session) bool {
 		return s.State == sdk.StateEnded
 	})
 	if s.EndReason != sdk.ReasonClosed || s.EndedAt == nil || s.Attachments != 0 {
@@ -149,19 +153,28 @@ func TestDetachGraceAndAttach(t *testing.T) {
 	again.send("cat here.txt; echo $DEVGPU_SESSION_ID\r")
 	again.expect("marker")
 	again.expect(id)
-	// Past the original grace, the reattached session is still running.
-	time.Sleep(3500 * time.Millisecond)
-	if s := e.session(id); s.State != sdk.StateRunning || s.Attachments != 1 {
-		t.Fatalf("reattached session = %+v", s)
+	// Past the original grace, the reattached session is still running. The
+	// clock to wait on is a witness: a session whose client vanishes after
+	// this one's did, with the same grace, ends as detached first.
+	witness := e.terminal("shell")
+	wid := witness.sessionID()
+	witness.ready()
+	_ = witness.cmd.Process.Kill()
+	witness.wait()
+	if w := e.waitSession(wid, testutil.WaitMedium, "(the witness) to end", func(s sdk.Session) bool { return s.State == sdk.StateEnded }); w.EndReason != sdk.ReasonDetached {
+		t.Fatalf("witness session ended %q, want detached", w.EndReason)
 	}
+	if s := e.session(id); s.State != sdk.StateRunning || s.Attachments != 1 {
+		t.Fatalf("reattached session = %+v, want running past its first grace", s)
+	}
+	vanished := time.Now().Truncate(time.Microsecond) // the store keeps microseconds
 	_ = again.cmd.Process.Kill()
 	again.wait()
-	start := time.Now()
 	s = e.waitSession(id, testutil.WaitMedium, "to end as detached", func(s sdk.Session) bool { return s.State == sdk.StateEnded })
 	if s.EndReason != sdk.ReasonDetached {
 		t.Fatalf("end reason %q, want detached", s.EndReason)
 	}
-	if d := time.Since(start); d < 2*time.Second {
+	if d := s.EndedAt.Sub(vanished); d < 3*time.Second {
 		t.Fatalf("session ended %s after the client vanished, before its 3s grace", d)
 	}
 	if r := e.cli("shell", "--attach", id); r.code != 255 || !strings.Contains(r.stderr, "not running") {
