@@ -45,7 +45,7 @@ type env struct {
 	args   []string // more server flags
 	server *exec.Cmd
 	exited chan struct{}
-	log    *bytes.Buffer
+	log    *logBuffer
 }
 
 func newEnv(t *testing.T, gpus string, serverArgs ...string) *env {
@@ -77,13 +77,39 @@ func (e *env) environ() []string {
 	return append(os.Environ(), "DEVGPU_CONFIG="+filepath.Join(e.dir, "config.json"), "DEVGPU_URL=", "DEVGPU_TOKEN=")
 }
 
+// logBuffer holds a server's output; the server writes it while the test
+// reads it.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 func (e *env) startServer() {
 	e.t.Helper()
-	e.log = &bytes.Buffer{}
-	args := []string{"server", "--dev", "--data", filepath.Join(e.dir, "data"), "--listen", e.addr,
+	args := []string{"--dev", "--data", filepath.Join(e.dir, "data"), "--listen", e.addr,
 		"--gpus", e.gpus, "--liveness-interval", "200ms", "--ping-interval", "1s", "--log-level", "debug",
 		"--insecure-local-runtime"} // tests make several users; e2e/local_test.go tests without it
-	cmd := exec.Command(e.bin, append(args, e.args...)...)
+	e.startServerWith(append(args, e.args...))
+}
+
+// startServerWith starts `devgpu server` with exactly these flags and waits
+// for it to answer.
+func (e *env) startServerWith(args []string) {
+	e.t.Helper()
+	e.log = &logBuffer{}
+	cmd := exec.Command(e.bin, append([]string{"server"}, args...)...)
 	cmd.Env = e.environ()
 	cmd.Stdout, cmd.Stderr = e.log, e.log
 	if err := cmd.Start(); err != nil {
@@ -93,7 +119,7 @@ func (e *env) startServer() {
 	e.exited = make(chan struct{})
 	go func() { _ = cmd.Wait(); close(e.exited) }()
 	probe, scheme := http.DefaultClient, "http"
-	if slices.Contains(e.args, "--tls-cert") {
+	if slices.Contains(args, "--tls-cert") {
 		// Only waiting for it to answer here: tls_test.go checks who trusts it.
 		probe, scheme = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}, "https"
 	}

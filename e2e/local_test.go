@@ -266,24 +266,7 @@ func (e *env) singleUserArgs() []string {
 // --insecure-local-runtime.
 func (e *env) startSingleUserServer() {
 	e.t.Helper()
-	e.log = &bytes.Buffer{}
-	cmd := exec.Command(e.bin, append([]string{"server"}, e.singleUserArgs()...)...)
-	cmd.Env = e.environ()
-	cmd.Stdout, cmd.Stderr = e.log, e.log
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	e.server = cmd
-	e.exited = make(chan struct{})
-	go func() { _ = cmd.Wait(); close(e.exited) }()
-	testutil.Eventually(e.t, testutil.WaitMedium, "the server to answer /healthz", func() bool {
-		resp, err := http.Get("http://" + e.addr + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	e.startServerWith(e.singleUserArgs())
 }
 
 // A server that is not root runs local sessions the same way, as its own
