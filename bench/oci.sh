@@ -53,7 +53,7 @@ for mode in local oci oci-warm; do
 	args=(server --dev --data "$d/data" --listen "127.0.0.1:$port" --gpus t4:4)
 	if [[ $mode != local ]]; then
 		cat >"$d/server.json" <<JSON
-{"runtime": "oci", "oci": {"agent_binary": "$WORK/devgpu-agent", "default_image": "$REF", "bridge": "dgb$port", "subnet": "10.$((port - 18100)).0.0/24"}}
+{"runtime": "oci", "oci": {"agent_binary": "$WORK/devgpu-agent", "default_image": "$REF", "bridge": "dgb$port", "subnet": "10.$((port - 18100)).0.0/24", "disk_pool": "4GB"}}
 JSON
 		args+=(--config "$d/server.json")
 	fi
