@@ -85,9 +85,9 @@ func (s *Server) mayAttach(ctx context.Context, caller store.User, sess store.Se
 }
 
 // cutSessions, inside tx, marks the user's active sessions (in the project;
-// every project for 0) stopping, so that nothing attaches to them any
-// more, and returns their ids.
-func cutSessions(ctx context.Context, tx store.Store, userID, projectID int64) ([]string, error) {
+// every project for 0) stopping, reason revoked, so that nothing attaches
+// to them any more, and returns their ids.
+func (s *Server) cutSessions(ctx context.Context, tx store.Store, userID, projectID int64, actor string) ([]string, error) {
 	active, err := tx.ListSessions(ctx, store.SessionFilter{UserID: userID, ProjectID: projectID, ActiveOnly: true})
 	if err != nil {
 		return nil, err
@@ -96,8 +96,7 @@ func cutSessions(ctx context.Context, tx store.Store, userID, projectID int64) (
 	for _, sess := range active {
 		ids = append(ids, sess.ID)
 		if sess.State == sdk.StateRunning || sess.State == sdk.StateStarting {
-			sess.State = sdk.StateStopping
-			if err := tx.UpdateSession(ctx, &sess); err != nil && !errors.Is(err, store.ErrConflict) {
+			if _, err := s.markStopping(ctx, tx, sess.ID, sdk.ReasonRevoked, actor, s.now()); err != nil && !errors.Is(err, store.ErrConflict) {
 				return nil, err
 			}
 		}

@@ -286,12 +286,15 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	}
 	s.mu.Unlock()
 	s.refreshLimits(context.WithoutCancel(ctx), sess.ProjectID)
-	err = s.updateSession(context.WithoutCancel(ctx), sess.ID, func(ss *store.Session) {
-		ss.State, ss.DetachedAt, ss.LastSeenAt = sdk.StateRunning, now, now
-		// A warm session is metered from when a user claims it.
-		if !warm {
-			ss.StartedAt = now
-		}
+	err = s.store.InTx(context.WithoutCancel(ctx), func(tx store.Store) error {
+		_, err := s.transition(ctx, tx, sess.ID, sdk.StateRunning, func(ss *store.Session) {
+			ss.DetachedAt, ss.LastSeenAt = now, now
+			// A warm session is metered from when a user claims it.
+			if !warm {
+				ss.StartedAt = now
+			}
+		})
+		return err
 	})
 	if err != nil {
 		return store.Session{}, err

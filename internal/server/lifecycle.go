@@ -85,15 +85,14 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 	ctx = context.WithoutCancel(ctx)
 	log := s.log.With("session_id", id, "reason", reason)
 
-	// `stopping` is for listings: a store that cannot write (or answer)
-	// in time must not delay the stop, so only its answers count here.
+	// `stopping`, with the reason and time, is in the store before the
+	// runtime is asked to stop, so that a restart can finish the stop. A
+	// store that cannot write (or answer) in time must not delay the stop,
+	// so only its answers count here.
 	mctx, cancel := context.WithTimeout(ctx, markStoppingTimeout)
-	err := s.updateSession(mctx, id, func(ss *store.Session) {
-		if ss.State == sdk.StateRunning || ss.State == sdk.StateStarting {
-			ss.State = sdk.StateStopping
-		}
-		// Shells still attached are cut off by the stop.
-		ss.Attachments = 0
+	err := s.store.InTx(mctx, func(tx store.Store) error {
+		_, err := s.markStopping(mctx, tx, id, reason, actor, at)
+		return err
 	})
 	cancel()
 	switch {

@@ -122,7 +122,7 @@ func (a *API) updateUser(w http.ResponseWriter, r *http.Request, caller store.Us
 		if !disabling {
 			return nil
 		}
-		if cut, err = cutSessions(r.Context(), tx, u.ID, 0); err != nil {
+		if cut, err = a.s.cutSessions(r.Context(), tx, u.ID, 0, caller.Name); err != nil {
 			return err
 		}
 		return a.s.audit(r.Context(), tx, caller.Name, "access.cut", "", u.Name, nil, map[string]any{"why": "disabled", "sessions": cut})
@@ -350,7 +350,7 @@ func (a *API) removeMember(w http.ResponseWriter, r *http.Request, caller store.
 		}
 		var err error
 		removed, projectID = u, p.ID
-		if cut, err = cutSessions(r.Context(), tx, u.ID, p.ID); err != nil {
+		if cut, err = a.s.cutSessions(r.Context(), tx, u.ID, p.ID, caller.Name); err != nil {
 			return nil, err
 		}
 		return nil, a.s.audit(r.Context(), tx, caller.Name, "access.cut", p.Name, u.Name, nil, map[string]any{"why": "removed", "sessions": cut})
@@ -390,7 +390,7 @@ func (s *Server) cutTokenless(ctx context.Context, tx store.Store, id int64, act
 		if err != nil {
 			return nil, err
 		}
-		if cut[userID], err = cutSessions(ctx, tx, userID, 0); err != nil {
+		if cut[userID], err = s.cutSessions(ctx, tx, userID, 0, actor); err != nil {
 			return nil, err
 		}
 		if err := s.audit(ctx, tx, actor, "access.cut", "", u.Name, nil, map[string]any{"why": "last token revoked", "sessions": cut[userID]}); err != nil {

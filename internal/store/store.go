@@ -132,6 +132,12 @@ type Session struct {
 	DetachedAt time.Time
 	// LastSeenAt is the last time the runtime reported the session alive.
 	LastSeenAt time.Time
+	// EndActor is who decided the end ("system" for the control plane),
+	// and EndState the state a stopping session ends in: ended, or failed
+	// when it never ran. Both are written, with EndReason and EndedAt,
+	// when the session enters stopping, so that a restart can finish it.
+	EndActor string
+	EndState string
 }
 
 // CatalogImage is an entry of the admin image catalog: a friendly name
@@ -312,12 +318,24 @@ type Store interface {
 	CreateSession(ctx context.Context, s *Session) error
 	Session(ctx context.Context, id string) (Session, error)
 	ListSessions(ctx context.Context, f SessionFilter) ([]Session, error)
-	// UpdateSession writes State, StartedAt, Attachments, DetachedAt,
-	// LastSeenAt and Error. It fails with ErrConflict once the session has
-	// ended, and refuses an end state: that is EndSession's to set.
+	// UpdateSession writes StartedAt, Attachments, DetachedAt, LastSeenAt
+	// and Error of a session whose state is s.State; it never changes the
+	// state (TransitionSession does). It fails with ErrConflict when the
+	// session is in another state, ended included.
 	UpdateSession(ctx context.Context, s *Session) error
+	// TransitionSession moves a session to state to, the one way to change
+	// a session's state. Inside the transaction of the Store it is called
+	// on, it reads the session, refuses a move lifecycle.Check refuses
+	// with an error that is both a *lifecycle.IllegalMove and ErrConflict,
+	// applies change (nil: none) to the record and writes what
+	// UpdateSession writes plus EndReason, EndedAt, EndActor and EndState.
+	// Entering stopping or an end state sets a zero EndedAt to now; an end
+	// state frees the session's GPUs and keeps which they were. It returns
+	// the record as written.
+	TransitionSession(ctx context.Context, id, to string, change func(*Session)) (Session, error)
 	// EndSession moves an active session to state (ended or failed) with the
-	// reason and time, and frees its GPUs. A session already ended is left
-	// as it is and ErrConflict is returned.
+	// reason and time, through stopping where the table asks for it, and
+	// frees its GPUs. A session already ended is left as it is and
+	// ErrConflict is returned.
 	EndSession(ctx context.Context, id, state, reason string, at time.Time) error
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/devgpu/devgpu/internal/lifecycle"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/sdk"
 )
@@ -78,14 +79,14 @@ func (s *Store) ReserveGPUs(ctx context.Context, sessionID, gpuType, region stri
 
 const sessionColumns = `s.id, s.project_id, p.name, s.user_id, u.name, s.state, s.gpu_type, s.region,
 	s.attachments, s.detach_grace, s.created_at, s.started_at, s.ended_at,
-	s.end_reason, s.error, s.detached_at, s.last_seen_at, s.image
+	s.end_reason, s.error, s.detached_at, s.last_seen_at, s.image, s.end_actor, s.end_state
 	FROM sessions s JOIN projects p ON p.id = s.project_id JOIN users u ON u.id = s.user_id`
 
 func scanSession(row interface{ Scan(...any) error }) (x store.Session, err error) {
 	var grace int64
 	err = row.Scan(&x.ID, &x.ProjectID, &x.Project, &x.UserID, &x.User, &x.State, &x.GPUType, &x.Region,
 		&x.Attachments, &grace, timeCol{&x.CreatedAt}, timeCol{&x.StartedAt}, timeCol{&x.EndedAt},
-		&x.EndReason, &x.Error, timeCol{&x.DetachedAt}, timeCol{&x.LastSeenAt}, &x.Image)
+		&x.EndReason, &x.Error, timeCol{&x.DetachedAt}, timeCol{&x.LastSeenAt}, &x.Image, &x.EndActor, &x.EndState)
 	x.DetachGrace = time.Duration(grace)
 	return x, err
 }
@@ -103,11 +104,12 @@ func (s *Store) CreateSession(ctx context.Context, x *store.Session) error {
 	x.DetachedAt, x.LastSeenAt = norm(x.DetachedAt), norm(x.LastSeenAt)
 	return s.wrap("create session "+x.ID, s.write(ctx, func() error {
 		_, err := s.exec(ctx, `INSERT INTO sessions (id, project_id, user_id, state, gpu_type, region, attachments,
-			detach_grace, created_at, started_at, ended_at, end_reason, error, detached_at, last_seen_at, image)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			detach_grace, created_at, started_at, ended_at, end_reason, error, detached_at, last_seen_at, image,
+			end_actor, end_state)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			x.ID, x.ProjectID, x.UserID, x.State, x.GPUType, x.Region, x.Attachments,
 			int64(x.DetachGrace), dbTime(x.CreatedAt), dbTime(x.StartedAt), dbTime(x.EndedAt),
-			x.EndReason, x.Error, dbTime(x.DetachedAt), dbTime(x.LastSeenAt), x.Image)
+			x.EndReason, x.Error, dbTime(x.DetachedAt), dbTime(x.LastSeenAt), x.Image, x.EndActor, x.EndState)
 		return err
 	}))
 }
@@ -178,21 +180,18 @@ func (s *Store) sessions(ctx context.Context, where string, args ...any) ([]stor
 	return ss, nil
 }
 
-// UpdateSession writes the fields that change while a session is active.
-// It fails with ErrConflict once the session has ended: an update racing
-// EndSession must not bring it back.
+// UpdateSession writes the fields that change while a session stays in
+// its state; see store.Store. It fails with ErrConflict when the session
+// is in another state: an update racing a transition must not undo it.
 func (s *Store) UpdateSession(ctx context.Context, x *store.Session) error {
 	action := "update session " + x.ID
-	if x.State == sdk.StateEnded || x.State == sdk.StateFailed {
-		return fmt.Errorf("%s: state %s is set by EndSession", action, x.State)
-	}
 	x.StartedAt, x.DetachedAt, x.LastSeenAt = norm(x.StartedAt), norm(x.DetachedAt), norm(x.LastSeenAt)
 	var n int64
 	err := s.write(ctx, func() error {
-		res, err := s.exec(ctx, `UPDATE sessions SET state = ?, started_at = ?, attachments = ?, detached_at = ?,
-			last_seen_at = ?, error = ? WHERE id = ? AND state NOT IN (?, ?)`,
-			x.State, dbTime(x.StartedAt), x.Attachments, dbTime(x.DetachedAt), dbTime(x.LastSeenAt), x.Error,
-			x.ID, sdk.StateEnded, sdk.StateFailed)
+		res, err := s.exec(ctx, `UPDATE sessions SET started_at = ?, attachments = ?, detached_at = ?,
+			last_seen_at = ?, error = ? WHERE id = ? AND state = ? AND state NOT IN (?, ?)`,
+			dbTime(x.StartedAt), x.Attachments, dbTime(x.DetachedAt), dbTime(x.LastSeenAt), x.Error,
+			x.ID, x.State, sdk.StateEnded, sdk.StateFailed)
 		if err != nil {
 			return err
 		}
@@ -202,51 +201,102 @@ func (s *Store) UpdateSession(ctx context.Context, x *store.Session) error {
 	if err != nil || n > 0 {
 		return s.wrap(action, err)
 	}
-	// Outside the write: an ended session never becomes active again.
-	return s.wrap(action, s.ended(ctx, x.ID))
+	// Outside the write: why did it change nothing?
+	var state string
+	if err := s.queryRow(ctx, `SELECT state FROM sessions WHERE id = ?`, x.ID).Scan(&state); err != nil {
+		return s.wrap(action, err)
+	}
+	if lifecycle.Final(state) || lifecycle.Final(x.State) {
+		return s.wrap(action, fmt.Errorf("session is %s: %w", state, store.ErrConflict))
+	}
+	return s.wrap(action, fmt.Errorf("session is %s, not %s (states change by TransitionSession): %w",
+		state, x.State, store.ErrConflict))
 }
 
-// ended explains why an update of an active session changed nothing.
-func (s *Store) ended(ctx context.Context, id string) error {
-	var state string
-	if err := s.queryRow(ctx, `SELECT state FROM sessions WHERE id = ?`, id).Scan(&state); err != nil {
-		return err
+// TransitionSession moves a session to another state; see store.Store.
+func (s *Store) TransitionSession(ctx context.Context, id, to string, change func(*store.Session)) (store.Session, error) {
+	action := fmt.Sprintf("move session %s to %s", id, to)
+	var out store.Session
+	err := s.tx(ctx, func(tx *Store) error {
+		cur, err := tx.Session(ctx, id)
+		if err != nil {
+			return err
+		}
+		if err := lifecycle.Check(cur.State, to); err != nil {
+			return illegalMove{err}
+		}
+		next := cur
+		if change != nil {
+			change(&next)
+		}
+		next.ID, next.State = id, to
+		if (to == sdk.StateStopping || lifecycle.Final(to)) && next.EndedAt.IsZero() {
+			next.EndedAt = now()
+		}
+		next.StartedAt, next.EndedAt = norm(next.StartedAt), norm(next.EndedAt)
+		next.DetachedAt, next.LastSeenAt = norm(next.DetachedAt), norm(next.LastSeenAt)
+		res, err := tx.exec(ctx, `UPDATE sessions SET state = ?, started_at = ?, attachments = ?, detached_at = ?,
+			last_seen_at = ?, error = ?, end_reason = ?, ended_at = ?, end_actor = ?, end_state = ?
+			WHERE id = ? AND state = ?`,
+			to, dbTime(next.StartedAt), next.Attachments, dbTime(next.DetachedAt), dbTime(next.LastSeenAt),
+			next.Error, next.EndReason, dbTime(next.EndedAt), next.EndActor, next.EndState, id, cur.State)
+		if err != nil {
+			return err
+		}
+		if err := affected(res); err != nil {
+			// The transaction serialises writers, so this is a bug.
+			return fmt.Errorf("session changed under its transaction: %w", store.ErrConflict)
+		}
+		if lifecycle.Final(to) {
+			// Keep which GPUs the session had, then give them back:
+			// retired ones leave the inventory, the others become free.
+			for _, q := range []string{
+				`INSERT INTO session_gpus (session_id, gpu_id) SELECT session_id, id FROM gpus WHERE session_id = ?`,
+				`DELETE FROM gpus WHERE session_id = ? AND retired = TRUE`,
+				`UPDATE gpus SET session_id = NULL WHERE session_id = ?`,
+			} {
+				if _, err := tx.exec(ctx, q, id); err != nil {
+					return err
+				}
+			}
+		}
+		out = next
+		return nil
+	})
+	if err != nil {
+		return store.Session{}, s.wrap(action, err)
 	}
-	return fmt.Errorf("session is %s: %w", state, store.ErrConflict)
+	return out, nil
 }
+
+// illegalMove is a *lifecycle.IllegalMove that is also store.ErrConflict.
+type illegalMove struct{ err error }
+
+func (e illegalMove) Error() string   { return e.err.Error() }
+func (e illegalMove) Unwrap() []error { return []error{e.err, store.ErrConflict} }
 
 // EndSession ends an active session and frees its GPUs; see store.Store.
 // A zero at means now.
 func (s *Store) EndSession(ctx context.Context, id, state, reason string, at time.Time) error {
 	action := fmt.Sprintf("end session %s", id)
-	if state != sdk.StateEnded && state != sdk.StateFailed {
+	if !lifecycle.Final(state) {
 		return fmt.Errorf("%s: %s is not an end state", action, state)
 	}
 	if at.IsZero() {
 		at = time.Now()
 	}
 	return s.wrap(action, s.tx(ctx, func(tx *Store) error {
-		res, err := tx.exec(ctx, `UPDATE sessions SET state = ?, end_reason = ?, ended_at = ?
-			WHERE id = ? AND state NOT IN (?, ?)`, state, reason, dbTime(norm(at)), id, sdk.StateEnded, sdk.StateFailed)
+		cur, err := tx.Session(ctx, id)
 		if err != nil {
 			return err
 		}
-		if n, err := res.RowsAffected(); err != nil {
-			return err
-		} else if n == 0 {
-			return tx.ended(ctx, id)
-		}
-		// Keep which GPUs the session had, then give them back: retired
-		// ones leave the inventory, the others become free.
-		for _, q := range []string{
-			`INSERT INTO session_gpus (session_id, gpu_id) SELECT session_id, id FROM gpus WHERE session_id = ?`,
-			`DELETE FROM gpus WHERE session_id = ? AND retired = TRUE`,
-			`UPDATE gpus SET session_id = NULL WHERE session_id = ?`,
-		} {
-			if _, err := tx.exec(ctx, q, id); err != nil {
+		end := func(x *store.Session) { x.EndReason, x.EndedAt, x.EndState = reason, at, state }
+		if lifecycle.Check(cur.State, state) != nil && lifecycle.Check(cur.State, sdk.StateStopping) == nil {
+			if _, err := tx.TransitionSession(ctx, id, sdk.StateStopping, end); err != nil {
 				return err
 			}
 		}
-		return nil
+		_, err = tx.TransitionSession(ctx, id, state, end)
+		return err
 	}))
 }

@@ -43,6 +43,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"SyncGPUsRetires", testSyncGPUsRetires},
 		{"Sessions", testSessions},
 		{"EndSession", testEndSession},
+		{"TransitionTable", testTransitionTable},
+		{"TransitionSession", testTransitionSession},
+		{"TransitionInTx", testTransitionInTx},
 		{"ListSessions", testListSessions},
 		{"Times", testTimes},
 		{"InTx", testInTx},
@@ -399,15 +402,25 @@ func testSessions(t *testing.T, ctx context.Context, s store.Store) {
 
 	// UpdateSession writes its fields and no others.
 	upd := got
-	upd.State, upd.StartedAt, upd.Attachments, upd.DetachedAt = sdk.StateRunning, at.Add(2*time.Second), 0, at.Add(3*time.Second)
+	upd.StartedAt, upd.Attachments, upd.DetachedAt = at.Add(2*time.Second), 0, at.Add(3*time.Second)
 	upd.LastSeenAt, upd.Error = at.Add(4*time.Second), "warning"
 	ignored := upd
 	ignored.GPUType, ignored.Region, ignored.DetachGrace, ignored.EndReason = "a100", "eu", 0, "x"
+	ignored.EndActor, ignored.EndState, ignored.EndedAt = "bob", sdk.StateFailed, at
 	if err := s.UpdateSession(ctx, &ignored); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := s.Session(ctx, "s1"); err != nil || !reflect.DeepEqual(got, upd) {
 		t.Errorf("Session after update =\n%+v, %v; want\n%+v", got, err, upd)
+	}
+	// It never changes the state: that is TransitionSession's.
+	moved := upd
+	moved.State = sdk.StateRunning
+	if err := s.UpdateSession(ctx, &moved); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("UpdateSession(starting session as running) = %v, want ErrConflict", err)
+	}
+	if got := mustGet(t, ctx, s, "s1"); got.State != sdk.StateStarting {
+		t.Errorf("state after a refused update = %s, want starting", got.State)
 	}
 	if err := s.UpdateSession(ctx, &store.Session{ID: "s2", State: sdk.StateRunning}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("UpdateSession(unknown) = %v, want ErrNotFound", err)
