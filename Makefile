@@ -6,14 +6,19 @@ export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
 .PHONY: dev test build bench clean
 
+# The version `devgpu --version`, doctor, the server's log and /healthz
+# report: the tag or commit this tree is at, "-dirty" with local changes.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS := -X github.com/devgpu/devgpu/internal/version.Version=$(VERSION)
+
 # bin/devgpu-agent is the same program linked statically, for the oci
 # runtime to run inside images that have no libc.
 build:
-	go build -o bin/devgpu ./cmd/devgpu
-	CGO_ENABLED=0 go build -o bin/devgpu-agent ./cmd/devgpu
+	go build -ldflags "$(LDFLAGS)" -o bin/devgpu ./cmd/devgpu
+	CGO_ENABLED=0 go build -ldflags "$(LDFLAGS)" -o bin/devgpu-agent ./cmd/devgpu
 
 dev:
-	go build -o bin/devgpu ./cmd/devgpu
+	go build -ldflags "$(LDFLAGS)" -o bin/devgpu ./cmd/devgpu
 	./scripts/dev.sh
 
 test:

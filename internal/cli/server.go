@@ -37,6 +37,7 @@ import (
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/internal/store/postgres"
 	"github.com/devgpu/devgpu/internal/store/sqlite"
+	"github.com/devgpu/devgpu/internal/version"
 )
 
 // DefaultListen is where `devgpu server` answers unless told otherwise.
@@ -229,7 +230,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 		return err
 	}
 	defer srv.Close()
-	log.Info("devgpu server listening", "url", url, "data", dataDir, "gpus", len(devices))
+	log.Info("devgpu server listening", "version", version.String(), "url", url, "data", dataDir, "gpus", len(devices))
 	return srv.Serve(ctx, ln)
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/devgpu/devgpu/internal/httpapi"
 	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/internal/version"
 	"github.com/devgpu/devgpu/sdk"
 )
 
@@ -36,6 +37,8 @@ type storeHealth struct {
 	// UnrecordedEnds counts sessions already stopped whose end waits for
 	// the store.
 	UnrecordedEnds int `json:"unrecorded_ends,omitempty"`
+	// Version is the server's version (internal/version).
+	Version string `json:"version"`
 }
 
 // health reports whether the store accepted the last write. The reason
@@ -70,6 +73,7 @@ func diskFull(err error) bool {
 // It writes nothing itself: the probe runs in recordEnds' loop.
 func (a *API) healthz(w http.ResponseWriter, r *http.Request) {
 	h := a.s.health()
+	h.Version = version.String()
 	code := http.StatusOK
 	if h.Status != "ok" {
 		code = http.StatusServiceUnavailable
