@@ -6,10 +6,14 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/devgpu/devgpu/internal/version"
+	"github.com/devgpu/devgpu/sdk"
 )
 
 // exitStatus is returned by commands whose exit status is the remote
@@ -32,8 +36,14 @@ func Execute(args []string) int {
 		return 0
 	case errors.As(err, &status):
 		return int(status)
+	case printUsageError(os.Stderr, err):
+		return failureExit
 	default:
-		fmt.Fprintf(os.Stderr, "devgpu: %s\n", oneLine(err.Error()))
+		msg := oneLine(err.Error())
+		if sdk.IsStatus(err, http.StatusUnauthorized) && os.Getenv("DEVGPU_TOKEN") != "" {
+			msg += " (the token is DEVGPU_TOKEN's, which overrides your config's: unset DEVGPU_TOKEN to use the config's token)"
+		}
+		fmt.Fprintf(os.Stderr, "devgpu: %s\n", msg)
 		return failureExit
 	}
 }
@@ -51,11 +61,14 @@ Open a shell and a session with its own GPU starts behind it; close it and the
 session ends, the GPU is freed and billing stops.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version.String(),
 	}
+	root.SetVersionTemplate("devgpu {{.Version}}\n")
 	root.AddCommand(
 		newServerCmd(), newAgentCmd(), newLoginCmd(),
 		newShellCmd(), newRunCmd(), newSessionsCmd(), newGPUsCmd(), newUsageCmd(), newAdminCmd(), newIntegrateCmd(), newDoctorCmd(),
 		newCpCmd(), newPortForwardCmd(), newSSHProxyCmd(), newConfigSSHCmd(),
 	)
+	withUsage(root)
 	return root
 }
