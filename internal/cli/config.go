@@ -19,6 +19,8 @@ type config struct {
 	// CAFile is the PEM file of the CA that signed the server's
 	// certificate, when no system CA did (DEVGPU_CA_FILE overrides it).
 	CAFile string `json:"ca_file,omitempty"`
+	// tokenFromEnv: Token came from DEVGPU_TOKEN, not the file.
+	tokenFromEnv bool
 }
 
 // configPath is $DEVGPU_CONFIG, or devgpu/config.json under the user's
@@ -57,6 +59,7 @@ func loadConfig() (config, error) {
 	}
 	if v := os.Getenv("DEVGPU_TOKEN"); v != "" {
 		c.Token = v
+		c.tokenFromEnv = true
 	}
 	if v := os.Getenv("DEVGPU_CA_FILE"); v != "" {
 		c.CAFile = v

@@ -17,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/devgpu/devgpu/internal/version"
 	"github.com/devgpu/devgpu/sdk"
 )
 
@@ -41,7 +42,11 @@ type doctor struct {
 	sshConfigPath string
 	getenv        func(string) string
 	http          *http.Client
+	version       string // this CLI's
 }
+
+// tokenFromEnv is the fix for a token that DEVGPU_TOKEN supplies.
+const tokenFromEnv = "DEVGPU_TOKEN in your environment overrides the token in your config; unset it (`unset DEVGPU_TOKEN`) or set it to a token the server accepts"
 
 func newDoctorCmd() *cobra.Command {
 	var asJSON bool
@@ -54,7 +59,7 @@ has the block ` + "`devgpu config-ssh`" + ` writes. Each failure says what to fi
 Exits 0 when every check passes, 255 otherwise.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			d := doctor{getenv: os.Getenv, http: &http.Client{Timeout: doctorTimeout}}
+			d := doctor{getenv: os.Getenv, http: &http.Client{Timeout: doctorTimeout}, version: version.String()}
 			var err error
 			if d.configPath, err = configPath(); err != nil {
 				return err
@@ -112,12 +117,17 @@ func (d doctor) run(ctx context.Context) []checkResult {
 		}
 	}
 
+	add("version", "ok", "devgpu "+d.version, "")
 	cfg, cr := d.checkConfig()
 	out = append(out, cr)
-	if cr.Status != "ok" {
+	if cr.Status == "FAIL" {
 		skip("server", "login", "projects", "gpus")
 	} else {
-		out = append(out, d.checkAPI(ctx, cfg)...)
+		api, serverVersion := d.checkAPI(ctx, cfg)
+		out = append(out, api...)
+		if serverVersion != "" {
+			out[0].Detail += ", server " + serverVersion
+		}
 	}
 	out = append(out, d.checkSSHConfig())
 	return out
@@ -128,6 +138,7 @@ func (d doctor) run(ctx context.Context) []checkResult {
 func (d doctor) checkConfig() (config, checkResult) {
 	r := checkResult{Check: "config"}
 	var c config
+	var fileToken string
 	b, err := os.ReadFile(d.configPath)
 	var source string
 	switch {
@@ -143,6 +154,7 @@ func (d doctor) checkConfig() (config, checkResult) {
 			return c, r
 		}
 		source = d.configPath
+		fileToken = c.Token
 	}
 	var env []string
 	if v := d.getenv("DEVGPU_URL"); v != "" {
@@ -151,6 +163,7 @@ func (d doctor) checkConfig() (config, checkResult) {
 	}
 	if v := d.getenv("DEVGPU_TOKEN"); v != "" {
 		c.Token = v
+		c.tokenFromEnv = true
 		env = append(env, "DEVGPU_TOKEN")
 	}
 	if v := d.getenv("DEVGPU_CA_FILE"); v != "" {
@@ -179,12 +192,18 @@ func (d doctor) checkConfig() (config, checkResult) {
 			}
 		}
 		r.Status, r.Detail = "ok", source+" (server "+c.URL+")"
+		if c.tokenFromEnv && fileToken != "" && fileToken != c.Token {
+			r.Status = "WARN"
+			r.Detail += "; DEVGPU_TOKEN overrides the token in " + d.configPath
+			r.Fix = "unset DEVGPU_TOKEN to use the config's token"
+		}
 	}
 	return c, r
 }
 
-// checkAPI checks the server, the token, the projects and the GPUs.
-func (d doctor) checkAPI(ctx context.Context, cfg config) []checkResult {
+// checkAPI checks the server, the token, the projects and the GPUs, and
+// returns the server's version when it answered.
+func (d doctor) checkAPI(ctx context.Context, cfg config) ([]checkResult, string) {
 	var out []checkResult
 	add := func(check, status, detail, fix string) {
 		out = append(out, checkResult{Check: check, Status: status, Detail: detail, Fix: fix})
@@ -197,7 +216,8 @@ func (d doctor) checkAPI(ctx context.Context, cfg config) []checkResult {
 
 	ctx2, cancel := context.WithTimeout(ctx, doctorTimeout)
 	defer cancel()
-	if err := d.healthz(ctx2, client); err != nil {
+	serverVersion, err := d.healthz(ctx2, client)
+	if err != nil {
 		fix := "start it (`devgpu server --dev` on this machine) or check the URL with `devgpu login URL`"
 		if sdk.IsUntrusted(err) {
 			fix = "give the server's CA file with `devgpu login " + client.URL.String() + " --ca-file FILE`"
@@ -206,7 +226,7 @@ func (d doctor) checkAPI(ctx context.Context, cfg config) []checkResult {
 		add("login", "skip", "not checked: the server is unreachable", "")
 		add("projects", "skip", "not checked: the server is unreachable", "")
 		add("gpus", "skip", "not checked: the server is unreachable", "")
-		return out
+		return out, ""
 	}
 	if detail, ok := transportSecurity(client); !ok {
 		add("server", "FAIL", client.URL.String()+" is reachable, "+detail, "log in with the server's https:// URL (`devgpu login https://...`)")
@@ -220,11 +240,15 @@ func (d doctor) checkAPI(ctx context.Context, cfg config) []checkResult {
 		if sdk.IsStatus(err, http.StatusUnauthorized) {
 			err = errors.New("the server does not accept your token")
 			fix = "ask an admin for a new token, then run `devgpu login " + client.URL.String() + "`"
+			if cfg.tokenFromEnv {
+				err = errors.New("the server does not accept the token in DEVGPU_TOKEN")
+				fix = tokenFromEnv
+			}
 		}
 		add("login", "FAIL", err.Error(), fix)
 		add("projects", "skip", "not checked: not logged in", "")
 		add("gpus", "skip", "not checked: not logged in", "")
-		return out
+		return out, serverVersion
 	}
 	who := "logged in as " + me.User
 	if me.OrgAdmin {
@@ -267,7 +291,7 @@ func (d doctor) checkAPI(ctx context.Context, cfg config) []checkResult {
 	default:
 		add("gpus", "ok", strings.Join(parts, "; "), "")
 	}
-	return out
+	return out, serverVersion
 }
 
 // transportSecurity says how the CLI's traffic to the server is
@@ -286,26 +310,31 @@ func transportSecurity(client *sdk.Client) (string, bool) {
 	return "but over plain HTTP: your token and shells cross the network unencrypted", false
 }
 
-// healthz asks the server's unauthenticated health endpoint.
-func (d doctor) healthz(ctx context.Context, client *sdk.Client) error {
+// healthz asks the server's unauthenticated health endpoint, and returns
+// the version it reports ("" from a server too old to say).
+func (d doctor) healthz(ctx context.Context, client *sdk.Client) (string, error) {
 	base := client.URL.String()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/healthz", nil)
 	if err != nil {
-		return err
+		return "", err
 	}
 	resp, err := client.HTTP.Do(req)
 	if err != nil {
 		if untrusted := client.ReachError(err); sdk.IsUntrusted(untrusted) {
-			return untrusted
+			return "", untrusted
 		}
-		return fmt.Errorf("cannot reach %s: %w", base, err)
+		return "", fmt.Errorf("cannot reach %s: %w", base, err)
 	}
 	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s/healthz answered %s", base, resp.Status)
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	var health struct {
+		Version string `json:"version"`
 	}
-	return nil
+	_ = json.Unmarshal(body, &health) // an older server answers without it
+	if resp.StatusCode != http.StatusOK {
+		return health.Version, fmt.Errorf("%s/healthz answered %s", base, resp.Status)
+	}
+	return health.Version, nil
 }
 
 // checkSSHConfig looks for the block `devgpu config-ssh` writes.

@@ -28,7 +28,7 @@ func (f doctorAPI) server(t *testing.T) *httptest.Server {
 			http.Error(w, "starting", http.StatusServiceUnavailable)
 			return
 		}
-		w.Write([]byte("ok"))
+		w.Write([]byte(`{"status":"ok","version":"server-version"}`))
 	})
 	authed := func(h func() any) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
@@ -91,6 +91,18 @@ func TestDoctor(t *testing.T) {
 			want: map[string]string{"config": "ok", "server": "ok", "login": "ok", "projects": "ok", "gpus": "ok", "ssh-config": "ok"},
 		},
 		{
+			name: "env token overrides a bad one", api: &goodDoctorAPI, config: `{"url":"URL","token":"old"}`,
+			env: map[string]string{"DEVGPU_TOKEN": "tok"}, ssh: sshBlock,
+			want:    map[string]string{"config": "WARN", "server": "ok", "login": "ok", "projects": "ok"},
+			wantFix: "unset DEVGPU_TOKEN",
+		},
+		{
+			name: "env token refused", api: &goodDoctorAPI, config: `{"url":"URL","token":"tok"}`,
+			env: map[string]string{"DEVGPU_TOKEN": "stale"}, ssh: sshBlock,
+			want:    map[string]string{"config": "WARN", "server": "ok", "login": "FAIL", "projects": "skip"},
+			wantFix: "DEVGPU_TOKEN in your environment overrides the token in your config",
+		},
+		{
 			name: "no config", ssh: "Host x\n",
 			want:    map[string]string{"config": "FAIL", "server": "skip", "login": "skip", "projects": "skip", "gpus": "skip", "ssh-config": "FAIL"},
 			wantFix: "devgpu login",
@@ -136,6 +148,7 @@ func TestDoctor(t *testing.T) {
 				configPath:    filepath.Join(dir, "config.json"),
 				sshConfigPath: filepath.Join(dir, "ssh", "config"),
 				http:          &http.Client{Timeout: doctorTimeout},
+				version:       "test-version",
 				getenv: func(k string) string {
 					return strings.ReplaceAll(tc.env[k], "URL", url)
 				},
@@ -156,8 +169,11 @@ func TestDoctor(t *testing.T) {
 					t.Errorf("%s failed without saying what to fix", r.Check)
 				}
 			}
-			if len(results) != 6 {
-				t.Errorf("got %d checks, want 6:\n%s", len(results), out.String())
+			if len(results) != 7 {
+				t.Errorf("got %d checks, want 7:\n%s", len(results), out.String())
+			}
+			if results[0].Check != "version" || !strings.Contains(results[0].Detail, "devgpu test-version") {
+				t.Errorf("first check is %+v, want this CLI's version", results[0])
 			}
 			allOK := true
 			for check, want := range tc.want {
@@ -166,12 +182,15 @@ func TestDoctor(t *testing.T) {
 				}
 			}
 			for _, r := range results {
-				allOK = allOK && r.Status == "ok"
+				allOK = allOK && r.Status != "FAIL" // a WARN fails nothing
 			}
 			if err := doctorSummary(results); (err == nil) != allOK {
 				t.Errorf("summary %v, all ok %v", err, allOK)
 			} else if err != nil && strings.Contains(err.Error(), "\n") {
 				t.Errorf("summary is not one line: %q", err)
+			}
+			if got["server"] == "ok" && !strings.Contains(results[0].Detail, "server server-version") {
+				t.Errorf("version check %q lacks the server's version", results[0].Detail)
 			}
 			if tc.wantFix != "" && !strings.Contains(out.String(), tc.wantFix) {
 				t.Errorf("output lacks %q:\n%s", tc.wantFix, out.String())
