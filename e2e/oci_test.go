@@ -8,10 +8,12 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
@@ -101,23 +103,49 @@ func TestOCISessions(t *testing.T) {
 		t.Fatalf("bring-your-own from a registry not allowed: %+v", r)
 	}
 
-	// A slow pull shows its progress on a terminal.
+	// A slow pull shows its progress on a terminal. The registry holds the
+	// image's layers (not its manifest or config, read before the pull
+	// counts bytes) back until the terminal has shown the pull.
+	var (
+		gated   atomic.Bool
+		held    = map[string]bool{} // layer digests; written before gated
+		holding atomic.Int32        // layer requests held back
+		release = make(chan struct{})
+		once    sync.Once
+	)
+	letGo := func() { once.Do(func() { close(release) }) }
 	slow := imagetest.Registry(t, imagetest.WithMiddleware(func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if strings.Contains(r.URL.Path, "/blobs/") {
-				time.Sleep(400 * time.Millisecond)
+			if gated.Load() && r.Method == http.MethodGet && held[path.Base(r.URL.Path)] {
+				holding.Add(1)
+				<-release
 			}
 			h.ServeHTTP(w, r)
 		})
 	}))
+	t.Cleanup(letGo) // before the registry's own cleanup, which waits for its requests
 	withFile, err := mutate.AppendLayers(imagetest.BusyboxImage(t), imagetest.Layer(t, imagetest.File("etc/team", "own")))
 	if err != nil {
 		t.Fatal(err)
 	}
 	own := imagetest.Push(t, slow+"/team/own:1", withFile)
 	e.admin("org", "update", "--registries", slow)
+	layers, err := withFile.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range layers {
+		d, err := l.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		held[d.String()] = true
+	}
+	gated.Store(true)
 	tm := e.terminal("run", "--image", own, "--", "echo", "pulled")
 	tm.expect("pulling " + own)
+	testutil.Eventually(t, testutil.WaitMedium, "the pull to ask for a layer", func() bool { return holding.Load() > 0 })
+	letGo()
 	tm.expect("pulled")
 	if code := tm.wait(); code != 0 {
 		t.Fatalf("run with a pulled image exited %d", code)
