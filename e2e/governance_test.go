@@ -274,7 +274,7 @@ func TestWarmPool(t *testing.T) {
 	e.admin("pool", "set", "default", "--gpu", "t4", "--size", "1")
 	var ready []sdk.Session
 	testutil.Eventually(t, testutil.WaitMedium, "a ready session", func() bool {
-		r := e.cli("sessions", "list", "--all", "--json")
+		r := e.cli("sessions", "list", "--all", "--all-users", "--json")
 		var all []sdk.Session
 		_ = json.Unmarshal([]byte(r.stdout), &all)
 		ready = ready[:0]

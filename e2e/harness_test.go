@@ -154,7 +154,7 @@ func (e *env) endSessions() {
 	if e.server == nil {
 		return
 	}
-	r := e.cli("sessions", "list", "--all", "--json")
+	r := e.cli("sessions", "list", "--all", "--all-users", "--json")
 	var all []sdk.Session
 	if json.Unmarshal([]byte(r.stdout), &all) != nil {
 		return
@@ -199,10 +199,11 @@ func (e *env) cli(args ...string) result {
 	return result{stdout.String(), stderr.String(), code}
 }
 
-// sessions lists the caller's sessions through the CLI's --json contract.
+// sessions lists the caller's sessions, ended ones too, through the CLI's
+// --json contract.
 func (e *env) sessions() []sdk.Session {
 	e.t.Helper()
-	r := e.cli("sessions", "list", "--json")
+	r := e.cli("sessions", "list", "--all", "--json")
 	if r.code != 0 {
 		e.t.Fatalf("sessions list: %d %s", r.code, r.stderr)
 	}

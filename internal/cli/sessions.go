@@ -6,26 +6,35 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/devgpu/devgpu/sdk"
 )
 
 func newSessionsCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "sessions", Short: "List and stop your GPU sessions"}
-	var all, asJSON bool
+	var all, allUsers, asJSON bool
 	list := &cobra.Command{
 		Use:   "list",
-		Short: "List your sessions (organisation admins: --all for everyone's)",
-		Args:  cobra.NoArgs,
+		Short: "List your active sessions (--all: ended ones too; --all-users: everyone's)",
+		Long: `List your sessions that have not ended: requested, queued, starting,
+running and stopping. --all adds the ended and failed ones. Organisation
+admins see everyone's sessions with --all-users.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			client, _, err := newClient()
 			if err != nil {
 				return err
 			}
-			sessions, err := client.ListSessions(cmd.Context(), all)
+			sessions, err := client.Sessions(cmd.Context(), sdk.SessionQuery{AllUsers: allUsers, ActiveOnly: !all})
 			if err != nil {
 				return err
 			}
 			if asJSON {
 				return printJSON(sessions)
+			}
+			if len(sessions) == 0 && !all {
+				fmt.Fprintln(os.Stderr, "devgpu: no active sessions; --all lists ended ones too")
+				return nil
 			}
 			tw := table("ID", "PROJECT", "USER", "STATE", "GPU", "DEVICES", "SHELLS", "CREATED", "ENDED")
 			for _, s := range sessions {
@@ -39,7 +48,8 @@ func newSessionsCmd() *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	list.Flags().BoolVar(&all, "all", false, "everyone's sessions (organisation admins)")
+	list.Flags().BoolVar(&all, "all", false, "ended and failed sessions too")
+	list.Flags().BoolVar(&allUsers, "all-users", false, "everyone's sessions, not just yours (organisation admins)")
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 
 	stop := &cobra.Command{
