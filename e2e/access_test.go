@@ -41,7 +41,7 @@ func (e *env) as(token string) *env {
 // anySession finds a session in everyone's list (the admin's view).
 func (e *env) anySession(id string) sdk.Session {
 	e.t.Helper()
-	r := e.cli("sessions", "list", "--all", "--json")
+	r := e.cli("sessions", "list", "--all", "--all-users", "--json")
 	var all []sdk.Session
 	if err := json.Unmarshal([]byte(r.stdout), &all); err != nil {
 		e.t.Fatalf("sessions list --all --json: %v\n%+v", err, r)

@@ -56,7 +56,7 @@ func (a *API) listSessions(w http.ResponseWriter, r *http.Request, caller store.
 	f := store.SessionFilter{UserID: caller.ID}
 	if r.URL.Query().Get("all") == "true" {
 		if authz.OrgAdmin(callerOf(caller)) != authz.Allowed {
-			return httpapi.Errorf(http.StatusForbidden, "only organisation admins can list everyone's sessions; drop --all to see your own")
+			return httpapi.Errorf(http.StatusForbidden, "only organisation admins can list everyone's sessions; drop --all-users to see your own")
 		}
 		f.UserID = 0
 	}
