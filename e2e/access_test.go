@@ -72,13 +72,11 @@ func TestRemovedMemberShellCut(t *testing.T) {
 	id := tm.sessionID()
 	tm.ready()
 
-	start := time.Now()
+	// Nothing else would end the shell: that it exits (within tm.wait's
+	// deadline) is the cut; the audit below says it was the removal's.
 	e.admin("member", "remove", "default", "bob")
 	if code := tm.wait(); code != 255 {
 		t.Errorf("bob's devgpu shell exited %d after his removal, want 255", code)
-	}
-	if d := time.Since(start); d > testutil.WaitShort {
-		t.Errorf("bob's shell was cut %s after his removal", d)
 	}
 	var s sdk.Session
 	testutil.Eventually(t, testutil.WaitMedium, "bob's session to end", func() bool {

