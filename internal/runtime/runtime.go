@@ -78,6 +78,15 @@ type Runtime interface {
 	List(ctx context.Context) ([]Instance, error)
 }
 
+// Imageless is implemented by runtimes that run every session on the
+// host's own filesystem and ignore Spec.Image (local, inproc), so that the
+// control plane can tell a user who asks for an image that none is used.
+type Imageless interface {
+	// IgnoresImages says why images are ignored, as a clause such as
+	// "the local runtime runs sessions on this host's filesystem".
+	IgnoresImages() string
+}
+
 // SessionEnv returns the environment contract of DESIGN.md for a spec.
 func SessionEnv(spec Spec) map[string]string {
 	ids := ""

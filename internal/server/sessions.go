@@ -21,6 +21,10 @@ func (a *API) createSession(w http.ResponseWriter, r *http.Request, caller store
 	var req sdk.CreateSessionRequest
 	if err := httpapi.Read(w, r, &req); err != nil {
 		return err
+	notes, err := a.s.completeRequest(r.Context(), caller, &req) // request.go
+	if err != nil {
+		return err
+	}
 	}
 	if req.Wait <= 0 && !req.Progress {
 		sess, err := a.s.createSession(r.Context(), caller, req, nil)
@@ -28,7 +32,7 @@ func (a *API) createSession(w http.ResponseWriter, r *http.Request, caller store
 			return err
 		}
 		out := toSDK(sess)
-		out.Warnings = a.s.warnings(r.Context(), sess)
+		out.Warnings = append(notes, a.s.warnings(r.Context(), sess)...)
 		httpapi.Write(w, http.StatusCreated, out)
 		return nil
 	}
@@ -45,7 +49,7 @@ func (a *API) createSession(w http.ResponseWriter, r *http.Request, caller store
 		return nil
 	}
 	out := toSDK(sess)
-	out.Warnings = a.s.warnings(r.Context(), sess)
+	out.Warnings = append(notes, a.s.warnings(r.Context(), sess)...)
 	stream.Send(sdk.SessionEvent{Session: &out})
 	return nil
 }

@@ -57,6 +57,11 @@ func New(reg *Registry) *Runtime { return &Runtime{reg: reg} }
 // Name implements runtime.Runtime.
 func (r *Runtime) Name() string { return "inproc" }
 
+// IgnoresImages implements runtime.Imageless.
+func (r *Runtime) IgnoresImages() string {
+	return "the inproc runtime runs agents inside the server process"
+}
+
 func (r *Runtime) socket(id string) string { return filepath.Join(r.reg.dir, id+".sock") }
 
 // Start implements runtime.Runtime.

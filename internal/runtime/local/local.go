@@ -165,6 +165,11 @@ func hostPidLimit() int {
 // Name implements runtime.Runtime.
 func (r *Runtime) Name() string { return "local" }
 
+// IgnoresImages implements runtime.Imageless.
+func (r *Runtime) IgnoresImages() string {
+	return "the local runtime runs sessions on this host's own filesystem"
+}
+
 // Warnings says what the runtime cannot enforce on this host, for the log
 // and `devgpu doctor`.
 func (r *Runtime) Warnings() []string { return r.warnings }
