@@ -57,6 +57,7 @@ type server struct {
 
 	activity activity              // last user activity, for the control plane's idle timeout
 	forwards forwards              // connections direct-tcpip dialed, to refuse loops
+	users    int                   // under mu: connections that have opened a channel (see copyPlace)
 	smu      sync.Mutex            // guards sessions
 	sessions map[*session]struct{} // sessions running a child, of every connection: they get notices
 }
@@ -248,11 +249,15 @@ func (s *server) serveConn(ctx context.Context, c net.Conn) {
 	defer wg.Wait()
 	// Activity and notices for the control plane; "no" to the rest.
 	wg.Go(func() { s.serveGlobal(reqs) })
+	cs := &connState{}
 	for nc := range chans {
 		switch nc.ChannelType() {
 		case "session":
-			wg.Go(func() { s.serveSession(ctx, nc) })
+			s.opened(cs)
+			wg.Go(func() { s.serveSession(ctx, nc, cs) })
 		case "direct-tcpip": // ssh -L, VS Code Remote-SSH, devgpu port-forward
+			s.opened(cs)
+			cs.usedForMore()
 			wg.Go(func() { s.serveDirectTCPIP(ctx, nc) })
 		default:
 			_ = nc.Reject(ssh.UnknownChannelType, "unsupported channel type "+nc.ChannelType())

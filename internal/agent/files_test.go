@@ -32,6 +32,7 @@ func TestSFTP(t *testing.T) {
 	t.Parallel()
 	var dir string
 	a := startAgent(t, func(c *Config) { dir = c.Dir })
+	a.inUse(t)
 	ctl := a.control(t)
 	before := lastActivity(t, ctl)
 	time.Sleep(2 * time.Millisecond)
@@ -85,6 +86,7 @@ func TestSFTP(t *testing.T) {
 func TestSFTPExclusive(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, nil)
+	a.inUse(t)
 	s := newSession(t, a.dial(t))
 	if err := s.RequestSubsystem("sftp"); err != nil {
 		t.Fatal(err)

@@ -31,7 +31,12 @@ type session struct {
 	size *windowChange // nil without "pty-req"
 	proc *process      // nil until "shell" or "exec"
 	sftp bool          // the "sftp" subsystem runs instead of a process
-	wg   sync.WaitGroup
+	conn *connState    // the connection the channel belongs to
+	dir  string        // where a file copy starts instead of the usual place ("": usual)
+	// refused is set when a file copy is refused (see copyPlace): the
+	// channel reports why on stderr and exits 1 instead.
+	refused bool
+	wg      sync.WaitGroup
 
 	// Notices go to the pty's output, else to stderr, a stream that the
 	// child's output shares: outMu serialises the writes to it.
@@ -41,14 +46,14 @@ type session struct {
 	noticeBusy atomic.Bool // a notice is being written
 }
 
-func (s *server) serveSession(ctx context.Context, nc ssh.NewChannel) {
+func (s *server) serveSession(ctx context.Context, nc ssh.NewChannel, cs *connState) {
 	ch, reqs, err := nc.Accept()
 	if err != nil {
 		return
 	}
-	ss := &session{srv: s, ch: ch}
+	ss := &session{srv: s, ch: ch, conn: cs}
 	for req := range reqs {
-		idle := ss.proc == nil && !ss.sftp
+		idle := ss.proc == nil && !ss.sftp && !ss.refused
 		ok := ss.handle(ctx, req)
 		if req.WantReply {
 			_ = req.Reply(ok, nil)
@@ -59,6 +64,9 @@ func (s *server) serveSession(ctx context.Context, nc ssh.NewChannel) {
 		}
 		if idle && ss.sftp {
 			ss.wg.Go(ss.serveSFTP)
+		}
+		if idle && ss.refused {
+			ss.wg.Go(ss.refuseCopy)
 		}
 	}
 	// The peer closed the channel, or the connection is gone.
@@ -104,17 +112,26 @@ func (ss *session) handle(ctx context.Context, req *ssh.Request) bool {
 		sig, ok := parseSignal(m.Name)
 		return ok && ss.proc.signal(sig) == nil
 	case "shell":
+		ss.conn.usedForMore()
 		return ss.start(ctx, nil)
 	case "exec":
 		var m struct{ Command string }
 		if ssh.Unmarshal(req.Payload, &m) != nil {
 			return false
 		}
+		if !isCopyCommand(m.Command) {
+			ss.conn.usedForMore()
+		} else if !ss.placeCopy() {
+			return true
+		}
 		return ss.start(ctx, []string{"-c", m.Command})
 	case "subsystem":
 		var m struct{ Name string }
-		if ss.proc != nil || ss.sftp || ctx.Err() != nil || ssh.Unmarshal(req.Payload, &m) != nil || m.Name != "sftp" {
+		if ss.proc != nil || ss.sftp || ss.refused || ctx.Err() != nil || ssh.Unmarshal(req.Payload, &m) != nil || m.Name != "sftp" {
 			return false
+		}
+		if !ss.placeCopy() {
+			return true
 		}
 		ss.sftp = true
 		return true
@@ -126,12 +143,15 @@ func (ss *session) handle(ctx context.Context, req *ssh.Request) bool {
 // start runs the shell with args, like sshd: `shell -c CMD` for exec, the
 // bare shell (interactive on a pty, not a login shell) for "shell".
 func (ss *session) start(ctx context.Context, args []string) bool {
-	if ss.proc != nil || ss.sftp || ctx.Err() != nil {
+	if ss.proc != nil || ss.sftp || ss.refused || ctx.Err() != nil {
 		return false
 	}
 	s := ss.srv
 	cmd := exec.Command(s.shell, args...)
 	cmd.Dir = s.cfg.Dir
+	if ss.dir != "" {
+		cmd.Dir = ss.dir
+	}
 	cmd.Env = s.environ()
 	if ss.term != "" {
 		cmd.Env = append(slices.Clip(cmd.Env), "TERM="+ss.term)
@@ -177,4 +197,25 @@ func (ss *session) run(ctx context.Context) {
 	_, _ = ss.ch.SendRequest(name, false, payload)
 	_ = ss.ch.Close()
 	ss.srv.linger(ctx, p.pid())
+}
+
+// placeCopy decides where the file copy this channel asks for goes (see
+// copyPlace), and reports false when it is refused.
+func (ss *session) placeCopy() bool {
+	if ss.proc != nil || ss.sftp || ss.refused {
+		return true // start refuses it
+	}
+	dir, ok := ss.srv.copyPlace(ss.conn)
+	ss.dir, ss.refused = dir, !ok
+	if !ok {
+		ss.srv.log.Info("file copy refused: its files would be lost with the session")
+	}
+	return ok
+}
+
+// refuseCopy tells the client why its copy was refused, and fails it.
+func (ss *session) refuseCopy() {
+	_, _ = io.WriteString(ss.ch.Stderr(), ss.srv.copyRefusal())
+	_, _ = ss.ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{1}))
+	_ = ss.ch.Close()
 }

@@ -37,7 +37,11 @@ func (ss *session) serveSFTP() {
 	// open until the exit status is sent.
 	rw := activityRW{noClose{ss.ch}, &s.activity}
 	opts := []sftp.ServerOption{sftp.WithMaxTxPacket(sftpMaxTxPacket)}
-	if dir := s.sftpDir(); dir != "" {
+	dir := ss.dir
+	if dir == "" {
+		dir = s.sftpDir()
+	}
+	if dir != "" {
 		opts = append(opts, sftp.WithServerWorkingDirectory(dir))
 	}
 	status := uint32(0)
