@@ -34,7 +34,7 @@ const defaultWait = "24h"
 
 func (f *sessionFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
-	fl.StringVarP(&f.project, "project", "p", "", "project to run in (default: the config's project, else \"default\")")
+	fl.StringVarP(&f.project, "project", "p", "", "project to run in (default: the config's project, else the only project you may use, else \"default\")")
 	fl.StringVar(&f.gpuType, "gpu", "", "GPU type, e.g. t4 or a100 (default: any the project allows)")
 	fl.StringVar(&f.region, "region", "", "region (default: any)")
 	fl.StringVar(&f.image, "image", "", "image name or reference (default: the project's default image)")
@@ -188,7 +188,7 @@ func findSession(ctx context.Context, client *sdk.Client, cfg config, f sessionF
 	}
 	project := orDefault(f.project, cfg.Project)
 	status := newStatusLine()
-	status.set(fmt.Sprintf("starting a GPU session in project %s", orDefault(project, "default")))
+	status.set(strings.TrimSuffix(fmt.Sprintf("starting a GPU session in project %s", project), " in project "))
 	req := sdk.CreateSessionRequest{Project: project, GPUType: f.gpuType, Region: f.region, Image: f.image,
 		Wait: sdk.Duration(f.wait), Progress: status.tty}
 	sess, err := client.CreateSession(ctx, req, func(ev sdk.SessionEvent) {
