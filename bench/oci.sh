@@ -23,6 +23,9 @@ PIDS=()
 cleanup() {
 	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 	wait 2>/dev/null || true
+	# The oci runtime's disk pool stays mounted after its server stops, so
+	# that workspaces stay readable on the host: unmount what lies under WORK.
+	grep -o " $WORK/[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
 	[[ -n ${BENCH_KEEP:-} ]] || rm -rf "$WORK"
 }
 trap cleanup EXIT
