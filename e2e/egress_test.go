@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/devgpu/devgpu/internal/netpolicy"
+	"github.com/devgpu/devgpu/internal/testutil"
 )
 
 // Egress all on the real server: a session reaches a service outside the
@@ -31,10 +32,12 @@ func TestOCIEgressKeepsHostClosed(t *testing.T) {
 
 	probe := func() string {
 		t.Helper()
-		// busybox: the gateway from the default route, then one nc each.
+		// busybox: the gateway from the default route, then one nc each, at
+		// once. A dropped connection shows only as silence until nc's
+		// deadline (the shared short wait), which the three share.
 		script := fmt.Sprintf(`set -- $(ip route | grep default); gw=$3
-for a in %s:8080 $gw:%d %s:%d; do echo "$a $(nc -w 2 ${a%%:*} ${a##*:} </dev/null)"; done`,
-			outsideIP, hostPort, hostIP, hostPort)
+for a in %s:8080 $gw:%d %s:%d; do (echo "$a $(nc -w %d ${a%%:*} ${a##*:} </dev/null)") & done; wait`,
+			outsideIP, hostPort, hostIP, hostPort, int(testutil.WaitShort.Seconds()))
 		r := e.cli("run", "--", script)
 		if r.code != 0 {
 			t.Fatalf("run: %+v", r)
