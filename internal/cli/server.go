@@ -156,6 +156,7 @@ SQLite under the data directory, the local runtime, this host's NVIDIA GPUs
 	_ = f.MarkHidden("liveness-interval")
 	_ = f.MarkHidden("budget-interval")
 	_ = f.MarkHidden("ping-interval")
+	cmd.AddCommand(newServerStopCmd())
 	return cmd
 }
 
@@ -170,6 +171,12 @@ func runServer(ctx context.Context, o serverOptions) error {
 	if err != nil {
 		return err
 	}
+	// First, so that a second server on the same data changes nothing.
+	removePid, err := writePidFile(dataDir) // server_pid.go: for `devgpu server stop`
+	if err != nil {
+		return err
+	}
+	defer removePid()
 	agentKey, err := server.LoadAgentKey(filepath.Join(dataDir, "agent.key"))
 	if err != nil {
 		return err
