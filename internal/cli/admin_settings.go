@@ -264,3 +264,6 @@ func formatSetting(name string, v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
 }
+		if text, ok := formatObject(name, v); ok { // admin_show.go
+			return text
+		}
