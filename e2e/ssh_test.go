@@ -353,6 +353,7 @@ func TestPortForward(t *testing.T) {
 	tm.ready()
 	port := strings.TrimPrefix(freeAddr(t), "127.0.0.1:")
 	tm.send("echo served > index.html; " + python + " -m http.server " + port + " --bind 127.0.0.1 2>/dev/null &\r")
+	tm.expect("Serving HTTP on") // it listens: port-forward refuses a port nothing serves
 
 	pr, pw := io.Pipe()
 	fwd := e.startBackground(pw, e.bin, "port-forward", id, "0:"+port)
