@@ -14,10 +14,16 @@ import (
 
 // audit appends an event in the caller's transaction, so the change and
 // its record commit or roll back together. before and after are encoded
-// as JSON; nil leaves them empty.
+// as JSON; nil leaves them empty. They are whole values of the same shape
+// (the settings, the member, the pool), not just the fields that changed.
+// A change whose before and after are the same changed nothing and is not
+// recorded.
 func (s *Server) audit(ctx context.Context, tx store.Store, actor, action, project, target string, before, after any) error {
 	e := store.AuditEvent{At: s.now(), Actor: actor, Action: action, Project: project, Target: target,
 		Before: jsonText(before), After: jsonText(after)}
+	if e.Before == e.After {
+		return nil
+	}
 	return tx.AppendAudit(ctx, &e)
 }
 
@@ -73,4 +79,28 @@ func rawJSON(s string) any {
 		return nil
 	}
 	return json.RawMessage(s)
+}
+
+// poolBefore is the warm pool that req changes, as the audit log records
+// it, or nil when there is none yet.
+func poolBefore(ctx context.Context, tx store.Store, p store.Project, req sdk.WarmPool) (any, error) {
+	pools, err := tx.ListWarmPools(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, wp := range pools {
+		if wp.ProjectID == p.ID && wp.GPUType == req.GPUType && wp.Image == req.Image {
+			return poolAudit(p, wp.GPUType, wp.Image, wp.Size), nil
+		}
+	}
+	return nil, nil
+}
+
+// poolAudit is a warm pool for the audit log; nil when its size is 0
+// (removed).
+func poolAudit(p store.Project, gpuType, image string, size int) any {
+	if size == 0 {
+		return nil
+	}
+	return sdk.WarmPool{Project: p.Name, GPUType: gpuType, Image: image, Size: size}
 }

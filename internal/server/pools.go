@@ -239,7 +239,7 @@ func (a *API) setPool(w http.ResponseWriter, r *http.Request, caller store.User)
 		if err := tx.SetWarmPool(r.Context(), store.WarmPool{ProjectID: p.ID, GPUType: req.GPUType, Image: req.Image, Size: req.Size}); err != nil {
 			return err
 		}
-		return a.s.audit(r.Context(), tx, caller.Name, "pool.set", p.Name, req.GPUType, nil, req)
+		return a.s.audit(r.Context(), tx, caller.Name, "pool.set", p.Name, req.GPUType, before, poolAudit(p, req.GPUType, req.Image, req.Size))
 	})
 	if err != nil {
 		return err
@@ -248,3 +248,7 @@ func (a *API) setPool(w http.ResponseWriter, r *http.Request, caller store.User)
 	httpapi.Write(w, http.StatusOK, req)
 	return nil
 }
+		before, err := poolBefore(r.Context(), tx, p, req) // audit.go
+		if err != nil {
+			return err
+		}

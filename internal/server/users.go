@@ -324,7 +324,7 @@ func (a *API) setMember(w http.ResponseWriter, r *http.Request, caller store.Use
 			return nil, err
 		}
 		out := sdk.Member{User: u.Name, Role: req.Role}
-		return out, a.s.audit(r.Context(), tx, caller.Name, "member.set", p.Name, u.Name, roleOrNil(before), out)
+		return out, a.s.audit(r.Context(), tx, caller.Name, "member.set", p.Name, u.Name, memberOrNil(u.Name, before), out)
 	})
 }
 
@@ -342,7 +342,7 @@ func (a *API) removeMember(w http.ResponseWriter, r *http.Request, caller store.
 		if err := tx.RemoveMember(r.Context(), p.ID, u.ID); err != nil {
 			return nil, err
 		}
-		if err := a.s.audit(r.Context(), tx, caller.Name, "member.remove", p.Name, u.Name, roleOrNil(before), nil); err != nil {
+		if err := a.s.audit(r.Context(), tx, caller.Name, "member.remove", p.Name, u.Name, memberOrNil(u.Name, before), nil); err != nil {
 			return nil, err
 		}
 		if u.OrgAdmin {
@@ -400,11 +400,13 @@ func (s *Server) cutTokenless(ctx context.Context, tx store.Store, id int64, act
 	return cut, nil
 }
 
-func roleOrNil(role string) any {
+// memberOrNil is a membership for the audit log: the whole member, or
+// nil when the user is not one.
+func memberOrNil(user, role string) any {
 	if role == "" {
 		return nil
 	}
-	return sdk.Member{Role: role}
+	return sdk.Member{User: user, Role: role}
 }
 
 // changeMember runs change for /projects/{name}/members/{user} in one
