@@ -75,7 +75,13 @@ func (s *Server) claimWarm(ctx context.Context, caller store.User, req sdk.Creat
 		}
 		for _, id := range warm {
 			sess, err := tx.Session(ctx, id)
-			if err != nil || sess.ProjectID != d.project.ID || sess.Image != d.ref ||
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if sess.ProjectID != d.project.ID || sess.Image != d.ref ||
 				(req.GPUType != "" && sess.GPUType != req.GPUType) || (req.Region != "" && sess.Region != req.Region) {
 				continue
 			}
@@ -202,8 +208,11 @@ func (a *API) listPools(w http.ResponseWriter, r *http.Request, caller store.Use
 	}
 	out := []sdk.WarmPool{}
 	for _, p := range pools {
-		_, role, err := a.s.projectFor(r.Context(), a.s.store, caller, p.Project)
-		if err != nil || authz.ManageProject(callerOf(caller), role) != authz.Allowed {
+		role, _, err := a.s.roleIn(r.Context(), a.s.store, caller, p.ProjectID)
+		if err != nil {
+			return err
+		}
+		if authz.ManageProject(callerOf(caller), role) != authz.Allowed {
 			continue
 		}
 		ready := 0

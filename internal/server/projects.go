@@ -24,8 +24,12 @@ func (a *API) listProjects(w http.ResponseWriter, r *http.Request, caller store.
 	}
 	out := []sdk.Project{}
 	for _, p := range all {
-		if _, _, err := a.s.projectFor(r.Context(), a.s.store, caller, p.Name); err != nil {
-			continue // not visible to the caller
+		_, visible, err := a.s.roleIn(r.Context(), a.s.store, caller, p.ID)
+		if err != nil {
+			return err
+		}
+		if !visible {
+			continue
 		}
 		out = append(out, projectToSDK(p, org))
 	}
