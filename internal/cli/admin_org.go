@@ -76,7 +76,7 @@ The setting flags set the defaults of projects that do not set their own;
 		if err != nil {
 			return err
 		}
-		chg.settings = s
+		chg.settings, chg.budgetFields = s, budgetFields(cmd)
 		chg.registriesSet = cmd.Flags().Changed("registries")
 		chg.hostAccessSet = cmd.Flags().Changed("allow-host-access")
 		if chg.empty() {
@@ -86,14 +86,10 @@ The setting flags set the defaults of projects that do not set their own;
 		if err != nil {
 			return err
 		}
-		p, err := client.OrgPolicy(cmd.Context())
+		// Compare-and-set: the change is made to the policy as it is
+		// when written, so another admin's change at the same time stays.
+		p, err := client.UpdateOrgPolicy(cmd.Context(), chg.apply)
 		if err != nil {
-			return err
-		}
-		if p, err = chg.apply(p); err != nil {
-			return err
-		}
-		if p, err = client.SetOrgPolicy(cmd.Context(), p); err != nil {
 			return err
 		}
 		fmt.Fprintln(os.Stderr, "organisation policy updated")
@@ -109,6 +105,7 @@ The setting flags set the defaults of projects that do not set their own;
 // orgChange is what `admin org update` was asked to change.
 type orgChange struct {
 	settings            sdk.ProjectSettings
+	budgetFields        []string // the budget fields settings sets; the others are kept
 	unset, lock, unlock []string
 	quotas, quotaRemove []string // TYPE[@REGION]=N and TYPE[@REGION]
 	registries          []string
@@ -143,6 +140,17 @@ func (c orgChange) apply(p sdk.OrgPolicy) (sdk.OrgPolicy, error) {
 		if slices.Contains(unlock, name) {
 			return p, fmt.Errorf("%s is both locked (--lock) and unlocked (--unlock); give one of the two", name)
 		}
+	}
+	if c.settings.Budget != nil && len(c.budgetFields) > 0 {
+		base := policy.BuiltIn().Budget
+		if p.Defaults.Budget != nil {
+			base = p.Defaults.Budget
+		}
+		b, err := policy.MergeBudget(*base, *c.settings.Budget, c.budgetFields)
+		if err != nil {
+			return p, err
+		}
+		c.settings.Budget = &b
 	}
 	out := sdk.OrgPolicy{Defaults: policy.Merge(p.Defaults, c.settings), Registries: p.Registries, AllowHostAccess: p.AllowHostAccess}
 	if c.registriesSet {

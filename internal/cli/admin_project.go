@@ -173,7 +173,7 @@ func projectUpdate(cmd *cobra.Command, f *settingFlags, unsetFlag []string, stop
 	if len(policy.SetIn(s)) == 0 && len(unset) == 0 {
 		return u, fmt.Errorf("nothing to change; give a setting such as --max-gpus 4, or --unset NAME to inherit one again")
 	}
-	return sdk.ProjectUpdate{Settings: s, Unset: unset, StopRunning: stopRunning}, nil
+	return sdk.ProjectUpdate{Settings: s, Unset: unset, StopRunning: stopRunning, BudgetFields: budgetFields(cmd)}, nil
 }
 
 // printEffective prints a project's effective settings with their sources.

@@ -98,10 +98,9 @@ func (f *settingFlags) settings(cmd *cobra.Command) (sdk.ProjectSettings, error)
 	if changed("detach-grace") {
 		s.DetachGrace = ptrTo(sdk.Duration(f.detachGrace))
 	}
-	if changed("budget") || changed("budget-unit") || changed("budget-thresholds") || changed("budget-action") {
-		if !changed("budget") {
-			return s, fmt.Errorf("--budget-unit, --budget-thresholds and --budget-action go with --budget AMOUNT")
-		}
+	if len(budgetFields(cmd)) > 0 {
+		// The flags not given hold their defaults here: an update sends
+		// budgetFields along, so that only the given ones change.
 		s.Budget = &sdk.Budget{Amount: f.budget, Unit: f.budgetUnit, Thresholds: f.budgetThresholds, Action: f.budgetAction}
 	}
 	if changed("workspace") || changed("workspace-limit") {
@@ -126,6 +125,22 @@ func (f *settingFlags) settings(cmd *cobra.Command) (sdk.ProjectSettings, error)
 		return s, err
 	}
 	return s, nil
+}
+
+// budgetFields names the budget fields whose flags cmd was given, in the
+// spelling of sdk.ProjectUpdate.BudgetFields.
+func budgetFields(cmd *cobra.Command) []string {
+	var out []string
+	for _, name := range []string{"amount", "unit", "thresholds", "action"} {
+		flag := "budget-" + name
+		if name == "amount" {
+			flag = "budget"
+		}
+		if cmd.Flags().Changed(flag) {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 func (f *settingFlags) egressPolicy(modeGiven, allowGiven bool) (sdk.Egress, error) {
@@ -254,6 +269,9 @@ func formatSetting(name string, v any) string {
 		}
 		return strings.Join(parts, ",")
 	case map[string]any:
+		if text, ok := formatObject(name, v); ok { // admin_show.go
+			return text
+		}
 		if mode, ok := v["mode"].(string); ok && name == "egress" {
 			if allow, ok := v["allow"].([]any); ok && len(allow) > 0 {
 				return mode + " " + formatSetting("", allow)
@@ -264,6 +282,3 @@ func formatSetting(name string, v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
 }
-		if text, ok := formatObject(name, v); ok { // admin_show.go
-			return text
-		}
