@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
 )
 
 func newPortForwardCmd() *cobra.Command {
@@ -59,7 +61,18 @@ func portForward(ctx context.Context, sessionID string, local, remote int) error
 		return err
 	}
 	defer conn.Close()
+	target := net.JoinHostPort("127.0.0.1", strconv.Itoa(remote))
+	// Before listening, so that the dial cannot reach our own listener: a
+	// port nothing serves fails now, not at the first connection.
+	probe, err := conn.Client.Dial("tcp", target)
+	if err != nil {
+		return fmt.Errorf("nothing accepts connections on port %d in session %s (%s); start the program that serves it there first, then run port-forward again", remote, sess.ID, channelError(err))
+	}
+	probe.Close()
 	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(local)))
+	if err != nil && local == remote {
+		return fmt.Errorf("local port %d is in use, perhaps by the session itself: a session on the local runtime shares this machine's network, so open 127.0.0.1:%d directly, or forward another local port with `devgpu port-forward %s 0:%d`", local, local, sess.ID, remote)
+	}
 	if err != nil {
 		return fmt.Errorf("listen on local port %d: %w", local, err)
 	}
@@ -78,7 +91,7 @@ func portForward(ctx context.Context, sessionID string, local, remote int) error
 		ln.Close()
 	}()
 
-	target := net.JoinHostPort("127.0.0.1", strconv.Itoa(remote))
+	raddr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: remote}
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
@@ -103,9 +116,11 @@ func portForward(ctx context.Context, sessionID string, local, remote int) error
 		track(c)
 		wg.Go(func() {
 			defer forget(c)
-			ch, err := conn.Client.Dial("tcp", target)
+			// The originator lets the agent refuse a connection it dialed
+			// itself: this forwarding's own local end as its target.
+			ch, err := conn.Client.DialTCP("tcp", c.RemoteAddr().(*net.TCPAddr), raddr)
 			if err != nil {
-				fmt.Fprintf(os.Stderr, "devgpu: connection to port %d in session %s failed: %s\n", remote, sess.ID, oneLine(err.Error()))
+				fmt.Fprintf(os.Stderr, "devgpu: connection to port %d in session %s failed: %s\n", remote, sess.ID, channelError(err))
 				return
 			}
 			track(ch)
@@ -140,4 +155,14 @@ func pipe(local *net.TCPConn, remote net.Conn) {
 	_, _ = io.Copy(local, remote)
 	_ = local.CloseWrite()
 	wg.Wait()
+}
+
+// channelError is the agent's reason for refusing a channel, without the
+// SSH library's framing.
+func channelError(err error) string {
+	var oc *ssh.OpenChannelError
+	if errors.As(err, &oc) {
+		return oneLine(oc.Message)
+	}
+	return oneLine(err.Error())
 }
