@@ -353,6 +353,12 @@ func TestPortForward(t *testing.T) {
 	tm.ready()
 	port := strings.TrimPrefix(freeAddr(t), "127.0.0.1:")
 	tm.send("echo served > index.html; " + python + " -m http.server " + port + " --bind 127.0.0.1 2>/dev/null &\r")
+	// port-forward fails at once when nothing serves the port yet (the
+	// session shares this machine's network: the server is seen here).
+	testutil.Eventually(t, testutil.WaitMedium, "the session's HTTP server to listen", func() bool {
+		_, err := httpGet("http://127.0.0.1:" + port + "/")
+		return err == nil
+	})
 	tm.expect("Serving HTTP on") // it listens: port-forward refuses a port nothing serves
 
 	pr, pw := io.Pipe()
