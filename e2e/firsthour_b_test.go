@@ -16,7 +16,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/devgpu/devgpu/internal/testutil"
 	"github.com/devgpu/devgpu/sdk"
@@ -349,5 +351,37 @@ func TestFirstHourServerStop(t *testing.T) {
 	r = e.cli("server", "stop", "--data", filepath.Join(t.TempDir(), "none"))
 	if r.code != 255 || !strings.Contains(r.stderr, "no devgpu server runs on") {
 		t.Errorf("server stop on a directory without a server: %+v", r)
+	}
+}
+
+// SIGTERM (what systemd and `devgpu server stop` send) stops a server with
+// an open shell cleanly: exit status 0, no error in its log.
+func TestFirstHourSIGTERM(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:1")
+	tm := e.terminal("shell")
+	id := tm.sessionID()
+	tm.ready()
+	server := e.server
+	if err := server.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-e.exited:
+	case <-time.After(testutil.WaitLong):
+		t.Fatal("the server did not exit after SIGTERM")
+	}
+	e.server = nil
+	if code := server.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("the server exited %d after SIGTERM, want 0", code)
+	}
+	for _, line := range strings.Split(e.log.String(), "\n") {
+		if strings.Contains(line, "level=ERROR") {
+			t.Errorf("the server logged an error while stopping: %s", line)
+		}
+	}
+	e.startServer()
+	if s := e.session(id); s.State != sdk.StateRunning {
+		t.Errorf("after SIGTERM and a restart, session %s is %s, want running", id, s.State)
 	}
 }
