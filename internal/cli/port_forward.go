@@ -25,9 +25,11 @@ func newPortForwardCmd() *cobra.Command {
 tunnel to 127.0.0.1:REMOTE inside the session: for Jupyter, TensorBoard and
 the like. SESSION is a session id, or ":" for your only running session;
 PORT alone means LOCAL and REMOTE are the same, and LOCAL 0 picks a free port.
-It runs until Ctrl-C.`,
-		Example: `  devgpu port-forward 3f9c2a 8888:8888
-  devgpu port-forward : 6006`,
+It fails at once when nothing in the session accepts connections on REMOTE,
+and runs until Ctrl-C. A session on the local runtime shares this machine's
+network: open its ports directly rather than forwarding a port to itself.`,
+		Example: `  devgpu port-forward 3f9c2a 8888
+  devgpu port-forward : 0:6006`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			local, remote, err := parsePorts(args[1])
