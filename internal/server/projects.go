@@ -193,46 +193,6 @@ func (a *API) deleteProject(w http.ResponseWriter, r *http.Request, caller store
 	return nil
 }
 
-func (a *API) getOrgPolicy(w http.ResponseWriter, r *http.Request, caller store.User) error {
-	org, err := a.s.store.OrgPolicy(r.Context())
-	if err != nil {
-		return err
-	}
-	httpapi.Write(w, http.StatusOK, org)
-	return nil
-}
-
-// putOrgPolicy replaces the organisation policy. Lowering a quota never
-// ends running sessions; it only holds new ones back.
-func (a *API) putOrgPolicy(w http.ResponseWriter, r *http.Request, caller store.User) error {
-	if err := decide(authz.OrgAdmin(callerOf(caller)), "only organisation admins can change the organisation policy", nil); err != nil {
-		return err
-	}
-	var org sdk.OrgPolicy
-	if err := httpapi.Read(w, r, &org); err != nil {
-		return err
-	}
-	if err := policy.ValidateOrg(org); err != nil {
-		return httpapi.Errorf(http.StatusBadRequest, "%v", err)
-	}
-	err := a.s.store.InTx(r.Context(), func(tx store.Store) error {
-		before, err := tx.OrgPolicy(r.Context())
-		if err != nil {
-			return err
-		}
-		if err := tx.SetOrgPolicy(r.Context(), org); err != nil {
-			return err
-		}
-		return a.s.audit(r.Context(), tx, caller.Name, "org.policy", "", "org", before, org)
-	})
-	if err != nil {
-		return err
-	}
-	a.s.policyChanged(r.Context())
-	httpapi.Write(w, http.StatusOK, org)
-	return nil
-}
-
 func projectToSDK(p store.Project, org sdk.OrgPolicy) sdk.Project {
 	return sdk.Project{
 		Name: p.Name, Settings: p.Settings, Effective: policy.Resolve(org, p.Settings).Describe(org),
