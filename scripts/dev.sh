@@ -16,6 +16,10 @@ if ! curl -fsS "http://$listen/healthz" >/dev/null 2>&1; then
     sleep 0.1
   done
   curl -fsS "http://$listen/healthz" >/dev/null || { echo "devgpu: the server did not start; see $data/server.log" >&2; exit 1; }
+  echo "devgpu: stop it with: $bin server stop --data $data" >&2
+fi
+if [ "$(command -v devgpu || true)" != "$PWD/$bin" ]; then
+  echo "devgpu: to run devgpu by name, put bin/ on your PATH: export PATH=\"$PWD/bin:\$PATH\"" >&2
 fi
 echo "devgpu: opening a GPU shell; type exit to end the session and free its GPU" >&2
 exec "$bin" shell "$@"
