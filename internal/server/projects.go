@@ -184,7 +184,7 @@ func (a *API) deleteProject(w http.ResponseWriter, r *http.Request, caller store
 		return a.s.audit(r.Context(), tx, caller.Name, "project.delete", p.Name, p.Name, p.Settings, nil)
 	})
 	if errors.Is(err, store.ErrConflict) {
-		return httpapi.Errorf(http.StatusConflict, "project %s still has running sessions; stop them first (devgpu sessions list --all)", p.Name)
+		return httpapi.Errorf(http.StatusConflict, "project %s still has running sessions; stop them first (devgpu sessions list --all-users)", p.Name)
 	}
 	if err != nil {
 		return err
