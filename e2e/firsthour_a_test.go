@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -242,8 +243,20 @@ func TestFirstHourEndMessage(t *testing.T) {
 	run.mu.Lock()
 	stderr := run.stderr.String()
 	run.mu.Unlock()
-	if !strings.Contains(stderr, "session "+id+" ended: stopped by administrator") {
-		t.Errorf("carol's run printed %q; want that an administrator stopped session %s", stderr, id)
+	if !regexp.MustCompile(`session ` + id + ` ended: stopped by administrator [a-z0-9._-]+\n`).MatchString(stderr) {
+		t.Errorf("carol's run printed %q; want which administrator stopped session %s", stderr, id)
+	}
+
+	// The same on a real terminal, under a shell.
+	tm := asCarol.terminal("shell")
+	id = tm.sessionID()
+	tm.ready()
+	if r := e.cli("sessions", "stop", id); r.code != 0 {
+		t.Fatalf("sessions stop %s: %+v", id, r)
+	}
+	tm.expect("session " + id + " ended: stopped by administrator")
+	if code := tm.wait(); code != 255 {
+		t.Errorf("carol's shell exited %d after an admin stopped it, want 255", code)
 	}
 
 	// Her own stop says so too.
