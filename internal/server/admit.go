@@ -274,7 +274,16 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 			progress(sdk.SessionEvent{Step: step, Done: done, Total: total})
 		}
 	}
-	if err := s.rt.Start(ctx, spec); err != nil {
+	// A stop while the runtime starts it cancels the start; what the
+	// runtime started all the same is stopped once Start returns.
+	startCtx, cancelStart := context.WithCancel(ctx)
+	s.starts.begin(sess.ID, cancelStart)
+	defer cancelStart()
+	defer s.starts.done(sess.ID)
+	if err := s.startRuntime(startCtx, spec); err != nil {
+		if stopped, stopErr := s.stoppedWhileStarting(ctx, sess.ID); stopped {
+			return store.Session{}, stopErr
+		}
 		return fail(err)
 	}
 	now := s.now()
@@ -286,8 +295,9 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	}
 	s.mu.Unlock()
 	s.refreshLimits(context.WithoutCancel(ctx), sess.ProjectID)
-	err = s.store.InTx(context.WithoutCancel(ctx), func(tx store.Store) error {
-		_, err := s.transition(ctx, tx, sess.ID, sdk.StateRunning, func(ss *store.Session) {
+	tctx := context.WithoutCancel(ctx)
+	err = s.store.InTx(tctx, func(tx store.Store) error {
+		_, err := s.transition(tctx, tx, sess.ID, sdk.StateRunning, func(ss *store.Session) {
 			ss.DetachedAt, ss.LastSeenAt = now, now
 			// A warm session is metered from when a user claims it.
 			if !warm {
@@ -297,7 +307,16 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 		return err
 	})
 	if err != nil {
-		return store.Session{}, err
+		// Stopped meanwhile (the move to running is refused), or the
+		// store failed: either way the runtime's session must not stay.
+		if stopped, stopErr := s.stoppedWhileStarting(ctx, sess.ID); stopped {
+			return store.Session{}, stopErr
+		}
+		s.forget(sess.ID)
+		if stopErr := s.rt.Stop(tctx, sess.ID); stopErr != nil {
+			log.Error("stop a session whose start could not be recorded", "err", stopErr)
+		}
+		return fail(err)
 	}
 	s.kickQueues() // a joinable session may now be running
 	s.metrics.startup.Observe(now.Sub(requested).Seconds())

@@ -90,11 +90,14 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 	// store that cannot write (or answer) in time must not delay the stop,
 	// so only its answers count here.
 	mctx, cancel := context.WithTimeout(ctx, markStoppingTimeout)
+	var stop store.Session
 	err := s.store.InTx(mctx, func(tx store.Store) error {
-		_, err := s.markStopping(mctx, tx, id, reason, actor, at)
+		var err error
+		stop, err = s.markStopping(mctx, tx, id, reason, actor, at)
 		return err
 	})
 	cancel()
+	state := sdk.StateEnded
 	switch {
 	case errors.Is(err, store.ErrConflict):
 		// Ended already, by someone else.
@@ -106,6 +109,18 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 	case err != nil:
 		s.storeWrote(err)
 		log.Warn("mark session stopping; stopping it all the same", "err", err)
+	default:
+		// The stop recorded first stands: it is the one finished and
+		// billed, whoever asks again.
+		state, reason, actor, at = stopOf(stop)
+		if state == sdk.StateFailed && s.starts.stop(id) {
+			// The runtime is starting it: the start's owner stops what
+			// the runtime started once its Start returns, and records
+			// the end (stoppedWhileStarting).
+			log.Info("session stopped while it starts; its start finishes the stop")
+			return nil
+		}
+		afterStoppingHook()
 	}
 	if err := s.rt.Stop(ctx, id); err != nil {
 		// Left in `stopping`; the liveness loop tries again.
@@ -113,12 +128,12 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 		s.clearEnding(id)
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
-	err = s.recordEnd(ctx, id, sdk.StateEnded, reason, actor, at)
+	err = s.recordEnd(ctx, id, state, reason, actor, at)
 	if err != nil && !errors.Is(err, store.ErrConflict) {
 		// Stopped, and ending (so nothing acts on it again), but not yet
 		// recorded: its GPUs stay reserved in the store until it is.
 		s.storeWrote(err)
-		s.deferEnd(id, pendingEnd{state: sdk.StateEnded, reason: reason, actor: actor, at: at})
+		s.deferEnd(id, pendingEnd{state: state, reason: reason, actor: actor, at: at})
 		log.Error("record session end; it is stopped, and recorded once the store can write", "err", err)
 		return nil
 	}
@@ -452,8 +467,9 @@ func (s *Server) endLost(ctx context.Context, id string) {
 // reconcile runs once at start-up, before the API answers: sessions the
 // runtime still has become running-and-detached (their clients' tunnels
 // died with the old server, so they get the detach grace to come back);
-// recorded sessions the runtime lost end as `lost`; runtime sessions with
-// no active record are stopped.
+// recorded sessions the runtime lost end as `lost`; stops cut short by
+// the restart finish with their recorded reason and time; starts cut
+// short end `failed`; runtime sessions with no active record are stopped.
 func (s *Server) reconcile(ctx context.Context) error {
 	instances, err := s.rt.List(ctx)
 	if err != nil {
@@ -490,8 +506,20 @@ func (s *Server) reconcile(ctx context.Context) error {
 			s.log.Info("session kept after restart", "session_id", sess.ID)
 			continue
 		}
-		// Gone, or caught half-way through starting or stopping.
-		s.endLost(ctx, sess.ID)
+		switch sess.State {
+		case sdk.StateStopping:
+			// A stop the old server began and did not finish: finished
+			// with its reason, billed to when it began.
+			if err := s.finishStop(ctx, sess); err != nil {
+				s.log.Error("finish a stop begun before the restart", "session_id", sess.ID, "err", err)
+			}
+		case sdk.StateRequested, sdk.StateStarting:
+			// Its start died with the old server: it never ran.
+			s.failInterruptedStart(ctx, sess, now)
+		default:
+			// Running, but the runtime lost it.
+			s.endLost(ctx, sess.ID)
+		}
 	}
 	for _, in := range instances {
 		if !recorded[in.SessionID] {

@@ -112,6 +112,8 @@ type Server struct {
 	// unrecorded holds the sessions stopped in the runtime whose end the
 	// store has not accepted yet, by id; recordEnds retries them.
 	unrecorded map[string]pendingEnd
+	// starts are the session starts in flight (transition.go).
+	starts startRegistry
 	// storeErr is the store's last failure to write, nil while it writes.
 	storeErr error
 	unsynced bool // the GPU inventory waits for the store to write

@@ -3,9 +3,16 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
 	"time"
 
+	"github.com/devgpu/devgpu/internal/httpapi"
 	"github.com/devgpu/devgpu/internal/lifecycle"
+	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/sdk"
 )
@@ -41,4 +48,199 @@ func (s *Server) markStopping(ctx context.Context, tx store.Store, id, reason, a
 		// Shells still attached are cut off by the stop.
 		x.Attachments = 0
 	})
+}
+
+// stopOf is the stop recorded on a stopping session: the state it ends in,
+// why, who decided and its billing end. A stop recorded before these
+// were kept (migration 0008) ends as the runtime's loss did before it:
+// lost, at the time last seen alive; failed when it never ran.
+func stopOf(sess store.Session) (state, reason, actor string, at time.Time) {
+	state, reason, actor, at = sess.EndState, sess.EndReason, sess.EndActor, sess.EndedAt
+	if reason == "" {
+		reason = sdk.ReasonLost
+	}
+	if actor == "" {
+		actor = "system"
+	}
+	if at.IsZero() {
+		at = sess.LastSeenAt
+	}
+	if at.IsZero() {
+		at = sess.CreatedAt
+	}
+	if state == "" {
+		state = sdk.StateEnded
+	}
+	return state, reason, actor, at
+}
+
+// finishStop completes the stop recorded on a stopping session: the
+// runtime stops it, then its end is recorded in the state, with the
+// reason and actor, and billed to the time written when it entered
+// stopping, however long ago that was (a crash and a restart in between).
+// An end the store refuses waits for recordEnds, as in endSession.
+func (s *Server) finishStop(ctx context.Context, sess store.Session) error {
+	ctx = context.WithoutCancel(ctx)
+	state, reason, actor, at := stopOf(sess)
+	log := s.log.With("session_id", sess.ID, "reason", reason, "state", state)
+	if err := s.rt.Stop(ctx, sess.ID); err != nil {
+		return fmt.Errorf("stop session %s in the runtime: %w", sess.ID, err)
+	}
+	err := s.recordEnd(ctx, sess.ID, state, reason, actor, at)
+	if err != nil && !errors.Is(err, store.ErrConflict) {
+		s.storeWrote(err)
+		s.deferEnd(sess.ID, pendingEnd{state: state, reason: reason, actor: actor, at: at})
+		log.Error("record session end; it is stopped, and recorded once the store can write", "err", err)
+		return nil
+	}
+	s.ended(sess.ID, reason)
+	return nil
+}
+
+// startRegistry holds the starts in flight in this process: a stop that
+// finds its session starting cancels the start, and the start's owner
+// finishes the stop once the runtime's Start has returned, so that what
+// the runtime started is never left behind.
+type startRegistry struct {
+	mu     sync.Mutex
+	cancel map[string]context.CancelFunc
+}
+
+func (r *startRegistry) begin(id string, cancel context.CancelFunc) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cancel == nil {
+		r.cancel = map[string]context.CancelFunc{}
+	}
+	r.cancel[id] = cancel
+}
+
+func (r *startRegistry) done(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.cancel, id)
+}
+
+// stop cancels the session's start and reports whether one was in flight.
+func (r *startRegistry) stop(id string) bool {
+	r.mu.Lock()
+	cancel := r.cancel[id]
+	r.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	return cancel != nil
+}
+
+// stoppedWhileStarting finishes the stop of a session that was stopped
+// while the runtime started it, once that start has returned (started or
+// not), and reports whether it was. The error is for the start's client.
+func (s *Server) stoppedWhileStarting(ctx context.Context, id string) (bool, error) {
+	ctx = context.WithoutCancel(ctx)
+	sess, err := s.store.Session(ctx, id)
+	if err != nil || sess.State != sdk.StateStopping {
+		return false, nil
+	}
+	_, reason, actor, _ := stopOf(sess)
+	s.log.Info("session stopped while it started; stopping what the runtime started", "session_id", id, "reason", reason)
+	if err := s.finishStop(ctx, sess); err != nil {
+		return true, err
+	}
+	by := ""
+	if actor != "system" && actor != sess.User {
+		by = " by " + actor
+	}
+	return true, httpapi.Errorf(http.StatusConflict, "session %s was stopped%s (%s) before it finished starting; start a new one if you still need it", id, by, reason)
+}
+
+// testHooks are faults a test asks of the server through the environment
+// variable DEVGPU_TEST_HOOKS (comma-separated), to put it for real in the
+// states a crash or a slow runtime leaves; never set outside tests.
+//
+//   - exit-after-stopping: the process kills itself (SIGKILL) right after a
+//     stop is recorded in the store, before the runtime is asked to stop.
+//   - start-gate=PATH: a session's start waits until PATH exists, then
+//     asks the runtime to start it regardless of a stop meanwhile, as a
+//     runtime deaf to cancellation would.
+type testHooks struct {
+	exitAfterStopping bool
+	startGate         string
+}
+
+var hooks = sync.OnceValue(func() testHooks {
+	var h testHooks
+	for _, f := range strings.Split(os.Getenv("DEVGPU_TEST_HOOKS"), ",") {
+		k, v, _ := strings.Cut(strings.TrimSpace(f), "=")
+		switch k {
+		case "exit-after-stopping":
+			h.exitAfterStopping = true
+		case "start-gate":
+			h.startGate = v
+		}
+	}
+	return h
+})
+
+// afterStoppingHook runs the exit-after-stopping hook.
+func afterStoppingHook() {
+	if hooks().exitAfterStopping {
+		if p, err := os.FindProcess(os.Getpid()); err == nil {
+			_ = p.Kill() // SIGKILL: nothing runs after it
+		}
+		select {}
+	}
+}
+
+// startRuntime asks the runtime to start the session, through the
+// start-gate hook when a test set it.
+func (s *Server) startRuntime(ctx context.Context, spec runtime.Spec) error {
+	if gate := hooks().startGate; gate != "" {
+		for {
+			if _, err := os.Stat(gate); err == nil {
+				break
+			}
+			select {
+			case <-s.ctx.Done():
+				return s.ctx.Err()
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		ctx = context.WithoutCancel(ctx)
+	}
+	return s.rt.Start(ctx, spec)
+}
+
+// interruptedStart explains a session whose start died with the server.
+const interruptedStart = "the control plane restarted before the session finished starting; start a new one"
+
+// failInterruptedStart ends a session an earlier server was starting when
+// it died: it never ran, so it ends failed (reason error), not lost, and
+// whatever the runtime made of it is stopped first.
+func (s *Server) failInterruptedStart(ctx context.Context, sess store.Session, now time.Time) {
+	log := s.log.With("session_id", sess.ID)
+	log.Warn("session was starting when the control plane stopped; it fails")
+	if sess.State != sdk.StateStarting {
+		// Nothing was asked of the runtime yet.
+		if err := s.recordEnd(ctx, sess.ID, sdk.StateFailed, sdk.ReasonError, "system", now); err != nil && !errors.Is(err, store.ErrConflict) {
+			log.Error("record interrupted start", "err", err)
+		}
+		return
+	}
+	var stop store.Session
+	err := s.store.InTx(ctx, func(tx store.Store) error {
+		var err error
+		stop, err = s.transition(ctx, tx, sess.ID, sdk.StateStopping, func(x *store.Session) {
+			x.EndReason, x.EndedAt, x.EndActor, x.EndState = sdk.ReasonError, now, "system", sdk.StateFailed
+			x.Error, x.Attachments = interruptedStart, 0
+		})
+		return err
+	})
+	if err != nil {
+		s.storeWrote(err)
+		log.Error("record interrupted start", "err", err)
+		return
+	}
+	if err := s.finishStop(ctx, stop); err != nil {
+		log.Error("stop interrupted start", "err", err)
+	}
 }
