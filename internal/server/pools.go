@@ -245,6 +245,10 @@ func (a *API) setPool(w http.ResponseWriter, r *http.Request, caller store.User)
 		if err := decide(authz.ManageProject(callerOf(caller), role), "only the project's admins and organisation admins can change its warm pools", errProjectNotFound(p.Name)); err != nil {
 			return err
 		}
+		before, err := poolBefore(r.Context(), tx, p, req) // audit.go
+		if err != nil {
+			return err
+		}
 		if err := tx.SetWarmPool(r.Context(), store.WarmPool{ProjectID: p.ID, GPUType: req.GPUType, Image: req.Image, Size: req.Size}); err != nil {
 			return err
 		}
@@ -257,7 +261,3 @@ func (a *API) setPool(w http.ResponseWriter, r *http.Request, caller store.User)
 	httpapi.Write(w, http.StatusOK, req)
 	return nil
 }
-		before, err := poolBefore(r.Context(), tx, p, req) // audit.go
-		if err != nil {
-			return err
-		}
