@@ -106,6 +106,17 @@ func (s *Server) usage(ctx context.Context, st store.Store, f store.UsageFilter)
 	if err != nil {
 		return nil, err
 	}
+	accrued, err := s.accrued(ctx, st, f)
+	if err != nil {
+		return nil, err
+	}
+	return append(entries, accrued...), nil
+}
+
+// accrued returns the usage up to now of the active sessions matching f,
+// which the ledger gets when they end.
+func (s *Server) accrued(ctx context.Context, st store.Store, f store.UsageFilter) ([]store.UsageEntry, error) {
+	var entries []store.UsageEntry
 	active, err := st.ListSessions(ctx, store.SessionFilter{UserID: f.UserID, ProjectID: f.ProjectID, ActiveOnly: true})
 	if err != nil {
 		return nil, err
@@ -139,27 +150,44 @@ type budgetState struct {
 	month   string
 }
 
-// budgetUse computes the project's budget use in the current month.
+// budgetUse computes the project's budget use in the current month: the
+// store's running total of the month's ledger (store.MonthUse, one row,
+// never a scan of the ledger inside the admission lock) plus what the
+// project's active sessions have used this month so far.
 func (s *Server) budgetUse(ctx context.Context, st store.Store, p store.Project, eff policy.Effective) (budgetState, error) {
 	b := eff.Budget
 	month := metering.Month(s.now())
 	if b.Amount <= 0 {
 		return budgetState{budget: b, month: month}, nil
 	}
+	cost, seconds, err := s.monthUse(ctx, st, p.ID, month)
+	if err != nil {
+		return budgetState{}, err
+	}
+	return budgetState{budget: b, month: month, percent: metering.BudgetUse(b, cost, seconds)}, nil
+}
+
+// monthUse is the project's use in the month: the ledger's running total
+// and the active sessions' usage within the month.
+func (s *Server) monthUse(ctx context.Context, st store.Store, projectID int64, month string) (costMicros int64, gpuSeconds float64, err error) {
 	from, to, err := metering.MonthBounds(month)
 	if err != nil {
-		return budgetState{}, err
+		return 0, 0, err
 	}
-	entries, err := s.usage(ctx, st, store.UsageFilter{ProjectID: p.ID, From: from, To: to})
+	use, err := st.MonthUse(ctx, projectID, month)
 	if err != nil {
-		return budgetState{}, err
+		return 0, 0, err
 	}
-	rows, err := metering.Aggregate(entries, "project", from, to)
+	entries, err := s.accrued(ctx, st, store.UsageFilter{ProjectID: projectID, From: from, To: to})
 	if err != nil {
-		return budgetState{}, err
+		return 0, 0, err
 	}
-	total := metering.Total(rows)
-	return budgetState{budget: b, month: month, percent: metering.BudgetUse(b, total.CostMicros, total.GPUSeconds)}, nil
+	rows, err := metering.Aggregate(entries, metering.ByProject, from, to)
+	if err != nil {
+		return 0, 0, err
+	}
+	running := metering.Total(rows)
+	return use.CostMicros + running.CostMicros, float64(use.GPUMicros)/1e6 + running.GPUSeconds, nil
 }
 
 // describe is the budget's use in words, for refusals and warnings.

@@ -202,6 +202,12 @@ type RateCard struct {
 	Rates         []Rate
 }
 
+// MonthUse is a project's use in one month; zero when it used nothing.
+type MonthUse struct {
+	CostMicros int64
+	GPUMicros  int64 // GPU time, in microseconds
+}
+
 // BudgetAlert records that a project crossed a budget threshold (percent)
 // in a month ("2026-11"), so that each crossing is reported once.
 type BudgetAlert struct {
@@ -296,6 +302,12 @@ type Store interface {
 	AppendUsage(ctx context.Context, e *UsageEntry) error
 	// ListUsage returns the matching entries ordered by Start, then ID.
 	ListUsage(ctx context.Context, f UsageFilter) ([]UsageEntry, error)
+	// MonthUse returns the project's use in the month ("2006-01"): the
+	// parts within it of the project's ledger entries, as
+	// metering.MonthParts splits them. It is a running total that
+	// AppendUsage keeps in the transaction that appends each entry, so
+	// that admission reads it instead of the month's ledger.
+	MonthUse(ctx context.Context, projectID int64, month string) (MonthUse, error)
 	// AddRateCard appends a rate card and sets its ID.
 	AddRateCard(ctx context.Context, c *RateCard) error
 	// RateCards returns every rate card ordered by EffectiveFrom.

@@ -13,3 +13,7 @@ func TestUpgrade(t *testing.T) {
 		t.Errorf("TRUNCATE usage_ledger: %v, want the ledger to refuse: append-only", err)
 	}
 }
+
+func TestUpgradeBudgetUse(t *testing.T) {
+	storetest.UpgradeBudgetUse(t, "pgx", storetest.PostgresDB(t, storetest.PostgresServer(t)), dialect, migrationFiles())
+}

@@ -10,3 +10,7 @@ import (
 func TestUpgrade(t *testing.T) {
 	storetest.Upgrade(t, "sqlite", dsn(filepath.Join(t.TempDir(), "devgpu.db")), dialect, migrationFiles())
 }
+
+func TestUpgradeBudgetUse(t *testing.T) {
+	storetest.UpgradeBudgetUse(t, "sqlite", dsn(filepath.Join(t.TempDir(), "devgpu.db")), dialect, migrationFiles())
+}

@@ -45,16 +45,25 @@ func (s *Store) AppendUsage(ctx context.Context, e *store.UsageEntry) error {
 	}
 	var id int64
 	var user, project string
-	err := s.write(ctx, func() error {
-		// No row from the SELECT, so none returned: an unknown user or
-		// project, which the scan reports as sql.ErrNoRows.
-		return s.queryRow(ctx, `INSERT INTO usage_ledger (session_id, gpu_id, user_id, user_name, project_id,
-			project_name, gpu_type, region, start_at, end_at, cost_micros, currency)
-			SELECT ?, ?, u.id, u.name, p.id, p.name, ?, ?, ?, ?, ?, ?
-			FROM users u, projects p WHERE u.id = ? AND p.id = ?
-			RETURNING id, user_name, project_name`,
-			e.SessionID, e.GPUID, e.GPUType, e.Region, dbTime(start), dbTime(end), e.CostMicros, e.Currency,
-			e.UserID, e.ProjectID).Scan(&id, &user, &project)
+	// One transaction, and in it one savepoint, for the entry and the
+	// project's running totals (budgetuse.go): both or neither.
+	err := s.tx(ctx, func(tx *Store) error {
+		return tx.write(ctx, func() error {
+			// No row from the SELECT, so none returned: an unknown user or
+			// project, which the scan reports as sql.ErrNoRows.
+			if err := tx.queryRow(ctx, `INSERT INTO usage_ledger (session_id, gpu_id, user_id, user_name, project_id,
+				project_name, gpu_type, region, start_at, end_at, cost_micros, currency)
+				SELECT ?, ?, u.id, u.name, p.id, p.name, ?, ?, ?, ?, ?, ?
+				FROM users u, projects p WHERE u.id = ? AND p.id = ?
+				RETURNING id, user_name, project_name`,
+				e.SessionID, e.GPUID, e.GPUType, e.Region, dbTime(start), dbTime(end), e.CostMicros, e.Currency,
+				e.UserID, e.ProjectID).Scan(&id, &user, &project); err != nil {
+				return err
+			}
+			entry := *e
+			entry.Start, entry.End = start, end
+			return tx.addMonthUse(ctx, entry)
+		})
 	})
 	if errors.Is(err, sql.ErrNoRows) {
 		err = fmt.Errorf("user %d or project %d: %w", e.UserID, e.ProjectID, store.ErrNotFound)

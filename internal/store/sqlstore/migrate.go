@@ -47,6 +47,20 @@ func (d *Dialect) migrations() ([]migration, error) {
 	return ms, nil
 }
 
+// goSteps are the parts of migrations written in Go, by the name of the
+// migration without its number: each runs right after that migration's
+// SQL, in its transaction, on both engines.
+var goSteps = map[string]func(ctx context.Context, tx *Store) error{
+	"budget_use": fillBudgetUse,
+}
+
+// migrationTopic is a migration's name without its number: "budget_use"
+// for 0010_budget_use.
+func migrationTopic(name string) string {
+	_, topic, _ := strings.Cut(name, "_")
+	return topic
+}
+
 // migrate applies the pending migrations in one transaction, which the
 // dialect's TxLock serialises with other processes opening the database.
 func (s *Store) migrate(ctx context.Context) error {
@@ -76,6 +90,11 @@ func (s *Store) migrate(ctx context.Context) error {
 			// No arguments: both drivers then run every statement of the file.
 			if _, err := tx.q.ExecContext(ctx, m.sql); err != nil {
 				return fmt.Errorf("apply %s: %w", m.name, err)
+			}
+			if step := goSteps[migrationTopic(m.name)]; step != nil {
+				if err := step(ctx, tx); err != nil {
+					return fmt.Errorf("apply %s: %w", m.name, err)
+				}
 			}
 			if _, err := tx.exec(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`,
 				m.version, m.name, time.Now().UnixMicro()); err != nil {

@@ -57,6 +57,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"UsageOutlivesProject", testUsageOutlivesProject},
 		{"RateCards", testRateCards},
 		{"BudgetAlerts", testBudgetAlerts},
+		{"MonthUse", testMonthUse},
 		{"Images", testImages},
 		{"WarmPools", testWarmPools},
 		{"ClaimSession", testClaimSession},
