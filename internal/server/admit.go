@@ -324,11 +324,11 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	return s.store.Session(ctx, sess.ID)
 }
 
-// joinable waits until a session chosen to join is running (it may still
-// be starting for another shell) and returns it.
+// joinable waits until a session chosen to join is running and returns
+// it. It may still be starting for another shell: the wait lasts as long
+// as the start does (an image pull may take minutes), until the session
+// runs, fails or ends, or ctx (the joining client's request) is done.
 func (s *Server) joinable(ctx context.Context, id string) (store.Session, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
 	for {
 		sess, err := s.store.Session(ctx, id)
 		if err != nil {
@@ -337,12 +337,12 @@ func (s *Server) joinable(ctx context.Context, id string) (store.Session, error)
 		switch {
 		case sess.State == sdk.StateRunning && s.attachable(id):
 			return sess, nil
-		case sess.State == sdk.StateEnded || sess.State == sdk.StateFailed:
+		case sess.State == sdk.StateEnded || sess.State == sdk.StateFailed || sess.State == sdk.StateStopping:
 			return store.Session{}, errSessionNotRunning(id)
 		}
 		select {
 		case <-ctx.Done():
-			return store.Session{}, errSessionNotRunning(id)
+			return store.Session{}, ctx.Err()
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
