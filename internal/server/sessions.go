@@ -21,10 +21,10 @@ func (a *API) createSession(w http.ResponseWriter, r *http.Request, caller store
 	var req sdk.CreateSessionRequest
 	if err := httpapi.Read(w, r, &req); err != nil {
 		return err
+	}
 	notes, err := a.s.completeRequest(r.Context(), caller, &req) // request.go
 	if err != nil {
 		return err
-	}
 	}
 	if req.Wait <= 0 && !req.Progress {
 		sess, err := a.s.createSession(r.Context(), caller, req, nil)
