@@ -218,7 +218,12 @@ func runServer(ctx context.Context, o serverOptions) error {
 		return err
 	}
 	if o.collectImages != nil {
-		go o.collectImages(ctx)
+		// Owned: the server stops and waits for it before it returns, so
+		// that no trim is cut halfway by the process's exit.
+		gcCtx, stopGC := context.WithCancel(ctx)
+		collected := make(chan struct{})
+		go func() { defer close(collected); o.collectImages(gcCtx) }()
+		defer func() { stopGC(); <-collected }()
 	}
 	url := serverURL(ln.Addr(), tlsConfig != nil)
 
