@@ -124,6 +124,15 @@ func (a *API) updateProject(w http.ResponseWriter, r *http.Request, caller store
 			return errLocked(name)
 		}
 		before := p.Settings
+		if req.Settings.Budget != nil && len(req.BudgetFields) > 0 {
+			// Only the named fields change; the others keep the project's
+			// budget (or the one it inherits).
+			b, err := policy.MergeBudget(policy.Resolve(org, p.Settings).Budget, *req.Settings.Budget, req.BudgetFields)
+			if err != nil {
+				return httpapi.Errorf(http.StatusBadRequest, "%v", err)
+			}
+			req.Settings.Budget = &b
+		}
 		settings, err := policy.Unset(policy.Merge(p.Settings, req.Settings), req.Unset)
 		if err != nil {
 			return httpapi.Errorf(http.StatusBadRequest, "%v", err)
