@@ -42,6 +42,7 @@ var ownedGo = map[string]string{
 	"server.go:New":            "the lifecycle loops, counted in Server.wg before they start",
 	"server.go:Serve":          "Serve waits for http.Server.Serve to return",
 	"broker.go:connectSession": "the handler waits for its keepalive before it returns",
+	"broker.go:serveTunnel":    "serveTunnel waits for its two copies (wg) before it returns",
 	"broker.go:pipe":           "pipe waits for its copy from the agent (agentDone)",
 }
 
