@@ -108,6 +108,17 @@ func TestFirstHourPortForward(t *testing.T) {
 	if n := strings.Count(sshErr.String(), "open failed"); n != 1 {
 		t.Errorf("ssh reported %d failed channels, want the one looped connection:\n%s", n, sshErr.String())
 	}
+
+	// A forwarding whose session is stopped says so, and why.
+	fwd := e.background("port-forward", id, "0:"+served)
+	fwd.waitStderr(t, "forwarding http://127.0.0.1:")
+	if r := e.cli("sessions", "stop", id); r.code != 0 {
+		t.Fatalf("sessions stop %s: %+v", id, r)
+	}
+	if code := fwd.wait(t); code != 255 {
+		t.Errorf("port-forward exited %d when its session was stopped, want 255", code)
+	}
+	fwd.waitStderr(t, "session "+id+" ended: stopped by its owner")
 }
 
 // scp and rsync to devgpu.PROJECT in the default dedicated mode start a

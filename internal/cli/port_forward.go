@@ -137,7 +137,8 @@ func portForward(ctx context.Context, sessionID string, local, remote int) error
 	mu.Unlock()
 	wg.Wait()
 	if ctx.Err() == nil {
-		return fmt.Errorf("session %s ended, or the connection to it was lost", sess.ID)
+		// Why: who or what ended the session, or how to get back to it.
+		return explainEnd(ctx, conn.api, sess.ID, errNoExitStatus)
 	}
 	fmt.Fprintln(os.Stderr, "devgpu: port forwarding stopped")
 	return nil
