@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -231,17 +230,8 @@ func (c *Client) StopSession(ctx context.Context, id string) (Session, error) {
 }
 
 // AttachmentHeader carries, on the connect response, the attachment's
-// number for WaitDetached.
+// random id for WaitDetached.
 const AttachmentHeader = "Devgpu-Attachment"
-
-// Tunnel is the byte stream to a session's agent (SSH inside a WebSocket).
-// Closing it closes the WebSocket normally, which the server takes as the
-// shell closing.
-type Tunnel struct {
-	net.Conn
-	SessionID  string
-	Attachment string
-}
 
 // Connect opens a tunnel to the session's agent.
 func (c *Client) Connect(ctx context.Context, id string) (*Tunnel, error) {
@@ -263,31 +253,20 @@ func (c *Client) Connect(ctx context.Context, id string) (*Tunnel, error) {
 		return nil, fmt.Errorf("connect to session %s: %w", id, err)
 	}
 	// The stream lives until it is closed, not until ctx ends.
-	conn := websocket.NetConn(context.WithoutCancel(ctx), ws, websocket.MessageBinary)
-	return &Tunnel{Conn: conn, SessionID: id, Attachment: resp.Header.Get(AttachmentHeader)}, nil
+	return newTunnel(ws, id, resp.Header.Get(AttachmentHeader)), nil
 }
 
-// Leave tells the server that the shell on this tunnel is ending on
-// purpose, so that however the tunnel's connection then closes, the
-// server counts it as closed, not as a client that vanished.
-func (c *Client) Leave(ctx context.Context, t *Tunnel) error {
-	path := "/api/v1/sessions/" + url.PathEscape(t.SessionID) + "/leave?attachment=" + url.QueryEscape(t.Attachment)
-	return c.do(ctx, http.MethodPost, path, nil, nil)
-}
-
-// CloseTunnel ends a shell cleanly: it announces the end, closes the
-// tunnel, and waits until the server has recorded it (when this was the
-// session's last shell, the session has then ended and its GPU is free).
-// close closes what runs over the tunnel (an SSH client, say), or the
-// tunnel itself when nil.
+// CloseTunnel ends a shell on purpose (Tunnel.Leave): when it returns
+// nil the server has recorded the end, and when this was the session's
+// last shell, the session has ended and its GPU is free. close then closes
+// what runs over the tunnel (an SSH client, say), or the tunnel itself
+// when nil.
 func (c *Client) CloseTunnel(ctx context.Context, t *Tunnel, close func() error) error {
-	_ = c.Leave(ctx, t)
+	err := t.Leave(ctx)
 	if close == nil {
 		close = t.Close
 	}
-	err := close()
-	_, _ = c.WaitDetached(ctx, t)
-	return err
+	return errors.Join(err, close())
 }
 
 // WaitDetached waits until the server has processed the tunnel's close,

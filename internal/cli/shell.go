@@ -99,29 +99,49 @@ type sessionConn struct {
 	*ssh.Client
 	api    *sdk.Client
 	tunnel *sdk.Tunnel
-	gone   chan struct{} // closed when the SSH connection has ended
+	// command: a shell or command ran, and then only its exit status says
+	// that it ended on purpose; exited: it reported one.
+	command, exited bool
 }
 
 // detachWait bounds how long leaving waits for the server to record it.
 const detachWait = 3 * time.Second
 
-// Close leaves the session and waits until the server has recorded it: when
-// this was the last shell, the session has then ended and its GPU is free,
-// so the next `devgpu run` finds it free.
-//
-// Only a connection that is still up announces a clean end: one the agent
-// dropped (its session was lost or stopped) leaves the verdict to the server.
+// Close ends the connection. One that ended on purpose leaves the session
+// (sdk.Tunnel.Leave) and waits until the server has recorded it: when this
+// was the last shell, the session has then ended and its GPU is free, so
+// the next `devgpu run` finds it free. Any other end (an agent that died or
+// was stopped, a broken connection) counts as vanished, and the session
+// waits out its detach grace.
 func (c *sessionConn) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), detachWait)
 	defer cancel()
-	select {
-	case <-c.gone:
-		err := c.Client.Close()
-		_, _ = c.api.WaitDetached(ctx, c.tunnel)
-		return err
-	default:
+	if c.onPurpose() {
 		return c.api.CloseTunnel(ctx, c.tunnel, c.Client.Close)
 	}
+	err := c.Client.Close()
+	_, _ = c.api.WaitDetached(ctx, c.tunnel)
+	return err
+}
+
+// onPurpose reports whether the connection ends on purpose: its command
+// reported an exit status (the agent ended it: a shell that ran exit); or,
+// without a command (cp, port-forward, a failed start), the tunnel is still
+// up, so the end is the CLI's own choice. An agent that dies ends the
+// tunnel before anything over it can fail, so it is never taken for one.
+func (c *sessionConn) onPurpose() bool {
+	if c.command {
+		return c.exited
+	}
+	return !c.tunnel.Ended()
+}
+
+// finished notes how the connection's command ended and maps it onto our
+// exit status.
+func (c *sessionConn) finished(err error) error {
+	var exit *ssh.ExitError
+	c.command, c.exited = true, err == nil || errors.As(err, &exit)
+	return exitFrom(err)
 }
 
 // openSession starts a session (or finds the one to attach to) and opens
@@ -165,12 +185,7 @@ func openSession(ctx context.Context, f sessionFlags, announce bool) (*sessionCo
 		tunnel.Close()
 		return nil, sess, fmt.Errorf("SSH handshake with session %s failed: %w", sess.ID, err)
 	}
-	conn := &sessionConn{Client: ssh.NewClient(sshConn, chans, reqs), api: client, tunnel: tunnel, gone: make(chan struct{})}
-	go func() {
-		_ = conn.Wait()
-		close(conn.gone)
-	}()
-	return conn, sess, nil
+	return &sessionConn{Client: ssh.NewClient(sshConn, chans, reqs), api: client, tunnel: tunnel}, sess, nil
 }
 
 // findSession returns the session to attach to: --attach's, or one the
@@ -249,7 +264,7 @@ func runShell(conn *sessionConn, sess sdk.Session) error {
 	if err := s.Shell(); err != nil {
 		return fmt.Errorf("start a shell in session %s: %w", sess.ID, err)
 	}
-	return exitFrom(s.Wait())
+	return conn.finished(s.Wait())
 }
 
 // commandLine turns run's arguments into the line the session's shell
@@ -295,7 +310,7 @@ func runCommand(conn *sessionConn, command string) error {
 	if err := s.Start(command); err != nil {
 		return fmt.Errorf("start the command: %w", err)
 	}
-	return exitFrom(s.Wait())
+	return conn.finished(s.Wait())
 }
 
 // exitFrom maps the remote end of a command onto our exit status.

@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -66,17 +67,13 @@ func sshProxy(ctx context.Context, project string, in io.Reader, out io.Writer) 
 			return err
 		}
 	}
-	// Either side's EOF (ssh closing its end, or the session's agent
-	// closing ours) ends the connection; which side ended first decides
-	// whether to announce a clean end.
-	done := make(chan bool, 2) // true: ssh's side ended
-	copyTo := func(dst io.Writer, src io.Reader, sshSide bool) {
-		buf := make([]byte, proxyBufSize)
-		_, _ = io.CopyBuffer(dst, src, buf)
-		done <- sshSide
-	}
-	go copyTo(tunnel, in, true)
-	go copyTo(out, tunnel, false)
+	// Either side's end (ssh closing its end, or the session's agent
+	// closing ours) ends the connection; which side ended decides whether
+	// to leave the session (sdk.Tunnel.Leave) or to let the server count
+	// the client as vanished.
+	done := make(chan bool, 2)                      // true: ssh's side ended
+	go func() { done <- proxyCopy(tunnel, in) }()   // stdin ended: ssh's side
+	go func() { done <- !proxyCopy(out, tunnel) }() // stdout failed: ssh's side
 	// ssh sends its ProxyCommand SIGHUP as it exits, which is a normal end
 	// too; a write to an ssh that is gone must fail, not kill us.
 	signal.Ignore(syscall.SIGPIPE)
@@ -89,11 +86,12 @@ func sshProxy(ctx context.Context, project string, in io.Reader, out io.Writer) 
 	case <-sigs:
 		sshEnded = true
 	}
-	// Close, and wait until the server has recorded it, so that the session
-	// has ended when ssh returns. When ssh ended first, that is a clean end
-	// to announce. When the agent's side did, it may have died or it may
-	// have hung up after ssh's disconnect: the server tells which by the
-	// agent's health.
+	if !sshEnded && tunnel.AgentEnded() {
+		sshEnded = sshExits(done, sigs)
+	}
+	// Leave, which returns once the server has recorded it, so that the
+	// session has ended when ssh returns; or close, and wait for the
+	// server to record the detach.
 	wctx, cancel := context.WithTimeout(context.Background(), detachWait)
 	defer cancel()
 	if sshEnded {
@@ -103,4 +101,46 @@ func sshProxy(ctx context.Context, project string, in io.Reader, out io.Writer) 
 		_, _ = client.WaitDetached(wctx, tunnel)
 	}
 	return nil
+}
+
+// sshExitWait bounds how long ssh-proxy waits, after the agent hung up
+// first, for ssh to end on its own.
+const sshExitWait = 2 * time.Second
+
+// sshExits tells, once the agent's side ended first, whether ssh ended the
+// connection. An agent hangs up after OpenSSH's disconnect message, while
+// ssh exits by itself and its end reaches us a moment later; an agent that
+// died leaves ssh waiting on us, so ssh does not end within sshExitWait.
+func sshExits(done <-chan bool, sigs <-chan os.Signal) bool {
+	t := time.NewTimer(sshExitWait)
+	defer t.Stop()
+	for {
+		select {
+		case sshSide := <-done:
+			if sshSide {
+				return true
+			}
+		case <-sigs:
+			return true
+		case <-t.C:
+			return false
+		}
+	}
+}
+
+// proxyCopy copies src to dst until one side ends, and reports whether it
+// was src (its EOF or error) rather than a failed write to dst.
+func proxyCopy(dst io.Writer, src io.Reader) (srcEnded bool) {
+	buf := make([]byte, proxyBufSize)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return false
+			}
+		}
+		if err != nil {
+			return true
+		}
+	}
 }

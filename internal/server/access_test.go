@@ -101,20 +101,30 @@ func TestRevokeCascades(t *testing.T) {
 	}
 }
 
-// User dev2 posts a leave for dev's attachment, in dev2's own session and
-// in dev's: both are not found, and dev's shell, when its connection then
-// breaks, is detached within the grace, not ended as closed.
+// No request names an attachment any more: a shell leaves only by the
+// signal on its own tunnel (tunnelend.go). User dev2 posts the old leave
+// request for dev's attachment, in dev2's own session and in dev's: both
+// are refused, and dev's shell, when its connection then breaks, is
+// detached within the grace, not ended as closed.
 func TestLeaveBoundToOwnAttachment(t *testing.T) {
 	t.Parallel()
 	r := newAccessRig(t)
 	ctx := testutil.Context(t, testutil.WaitLong)
 	victim, tunnel, cut := r.shell("dev")
 	own, _, _ := r.shell("dev2")
-	attacker := r.client(r.tokens["dev2"])
 	for _, sessionID := range []string{own.ID, victim.ID} {
-		err := attacker.Leave(ctx, &sdk.Tunnel{SessionID: sessionID, Attachment: tunnel.Attachment})
-		if statusOf(err) != http.StatusNotFound {
-			t.Errorf("dev2's leave for dev's attachment %s in session %s: %v, want 404", tunnel.Attachment, sessionID, err)
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.url+"/api/v1/sessions/"+sessionID+"/leave?attachment="+tunnel.Attachment, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+r.tokens["dev2"])
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode < 400 {
+			t.Errorf("dev2's leave for dev's attachment %s in session %s: %s, want refused", tunnel.Attachment, sessionID, resp.Status)
 		}
 	}
 	cut()

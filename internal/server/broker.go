@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -83,79 +85,138 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 	go func() { defer close(pinging); keepalive(ctx, ws, a.s.cfg.PingInterval) }()
 	defer func() { cancel(); <-pinging }()
 	first := &firstRead{Conn: agentConn, seen: func() { a.s.firstByte(sess.ID) }}
-	end := pipe(websocket.NetConn(ctx, ws, websocket.MessageBinary), first)
-	a.log.Debug("tunnel ended", "session_id", sess.ID, "attachment", attachment, "end", [...]string{"client closed", "client vanished", "agent closed"}[end])
-	// A shell that announced its end left cleanly whatever the connection
-	// did last: a close frame can be lost when the client exits at once.
-	leaving := a.s.takeLeaving(attachment)
-	switch {
-	case end == clientClosed || leaving:
-		a.s.detach(ctx, sess.ID, attachment, true)
-	case end == clientVanished:
-		a.s.detach(ctx, sess.ID, attachment, false)
-	default: // agentClosed
-		// An agent hangs up after the client's SSH disconnect (OpenSSH sends
-		// one), which is a clean end; or it died. The runtime tells which.
-		alive, err := a.s.stillAlive(ctx, sess.ID)
-		if err != nil {
-			a.log.Error("ask the runtime about a session", "session_id", sess.ID, "err", err)
-		}
-		a.s.detach(ctx, sess.ID, attachment, alive)
-		if !alive {
-			if err := a.s.checkLiveness(ctx); err != nil {
-				a.log.Error("liveness check", "err", err)
-			}
-		}
-	}
+	a.serveTunnel(ctx, ws, first, sess.ID, attachment)
 	return nil
 }
 
-// pipeEnd says which side ended a tunnel, and how.
-type pipeEnd int
+// verdictWait bounds how long a tunnel whose agent's side ended waits for
+// the client's verdict (SignalLeave or a close) before counting the client
+// as lost. Clients answer at once, ssh-proxy within sshExitWait.
+const verdictWait = 10 * time.Second
 
-const (
-	clientClosed   pipeEnd = iota // a WebSocket close frame: the shell closed
-	clientVanished                // the connection broke or pings went unanswered
-	agentClosed                   // the agent's side ended first
-)
+// serveTunnel carries the stream between the client's WebSocket and the
+// agent until the tunnel's verdict is known (tunnelend.go), then records
+// the attachment's end and closes the tunnel. A shell that left is
+// recorded before the WebSocket closes, so that a client waiting for the
+// close (sdk.Tunnel.Leave) knows that its session has ended when this was
+// its last shell. ctx ends when the server shuts down or cuts the tunnel.
+func (a *API) serveTunnel(ctx context.Context, ws *websocket.Conn, agentConn net.Conn, sessionID string, attachment int64) {
+	ws.SetReadLimit(-1)                 // messages are streamed, never held whole
+	events := make(chan tunnelEvent, 3) // each goroutine sends at most what fits
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); fromClient(ws, agentConn, events) }()
+	var decided atomic.Bool // once set, the agent's end is no news for the client
+	go func() { defer wg.Done(); toClient(ws, agentConn, events, &decided) }()
 
-// pipe copies both ways until either side ends.
-func pipe(client, agentConn net.Conn) pipeEnd {
-	agentEnded := make(chan struct{}) // the agent's side ended the stream
-	agentDone := make(chan struct{})  // and the client has been told
-	go func() {
-		defer close(agentDone)
-		if from, _ := copyStream(client, agentConn); from {
-			close(agentEnded)
+	var end tunnelEnd
+	var waitVerdict <-chan time.Time
+	var last tunnelEvent
+	for end.verdict == undecided {
+		select {
+		case last = <-events:
+		case <-ctx.Done():
+			last = serverEnded
+		case <-waitVerdict:
+			last = clientLost
 		}
-		// Tell the client with a normal close, if it is still there.
-		_ = client.Close()
-	}()
-	fromClient, err := copyStream(agentConn, client)
-	select {
-	case <-agentEnded:
-		<-agentDone
-		return agentClosed
-	default:
+		end.observe(last)
+		if last == agentEnded && waitVerdict == nil {
+			t := time.NewTimer(verdictWait)
+			defer t.Stop()
+			waitVerdict = t.C
+		}
 	}
+	decided.Store(true)
 	agentConn.Close()
-	<-agentDone
-	switch {
-	case !fromClient:
-		return agentClosed // writing to the agent failed
-	case err == nil:
-		// NetConn turns a normal close frame into io.EOF: the shell closed.
-		return clientClosed
-	default:
-		return clientVanished
+	a.log.Debug("tunnel ended", "session_id", sessionID, "attachment", attachment, "event", last.String(), "agent_ended", end.agentEnded, "verdict", end.verdict.String())
+	a.s.detach(ctx, sessionID, attachment, end.verdict == shellClosed)
+	switch last {
+	case clientLeft:
+		_ = ws.Close(websocket.StatusNormalClosure, "closed")
+	case serverEnded:
+		_ = ws.Close(websocket.StatusGoingAway, "the server ended the tunnel")
+	default: // the client closed it, or is gone
+		_ = ws.CloseNow()
 	}
+	wg.Wait()
+	if end.verdict == clientVanished && end.agentEnded {
+		// The agent may have died: notice it now rather than at the next
+		// liveness round.
+		if err := a.s.checkLiveness(context.WithoutCancel(ctx)); err != nil {
+			a.log.Error("liveness check", "err", err)
+		}
+	}
+}
+
+// fromClient copies the client's binary messages to the agent and reports
+// the client's SignalLeave and how its WebSocket ended. Once the agent's
+// side is gone, the client's data is discarded, but its signals still
+// count.
+func fromClient(ws *websocket.Conn, agentConn net.Conn, events chan<- tunnelEvent) {
+	buf := make([]byte, copyBufferSize)
+	agentGone, left := false, false
+	for {
+		typ, r, err := ws.Reader(context.Background())
+		if err != nil {
+			if websocket.CloseStatus(err) != -1 {
+				events <- clientClosed
+			} else {
+				events <- clientLost
+			}
+			return
+		}
+		if typ == websocket.MessageText {
+			b, err := io.ReadAll(io.LimitReader(r, maxSignal))
+			if err == nil {
+				_, err = io.Copy(io.Discard, r)
+			}
+			if err == nil && string(b) == sdk.SignalLeave && !left {
+				left = true
+				events <- clientLeft
+			}
+			continue // an error ends the next Reader too
+		}
+		if agentGone {
+			_, _ = io.Copy(io.Discard, r)
+			continue
+		}
+		if srcEnded, _ := copyStream(agentConn, r, buf); !srcEnded {
+			agentGone = true // toClient reports it
+			_, _ = io.Copy(io.Discard, r)
+		}
+	}
+}
+
+// maxSignal bounds the text messages read as signals.
+const maxSignal = 64
+
+// toClient copies the agent's stream to the client until either fails.
+// When the agent's side ended, it tells the client (SignalAgentEnded) and
+// reports agentEnded.
+func toClient(ws *websocket.Conn, agentConn net.Conn, events chan<- tunnelEvent, decided *atomic.Bool) {
+	w := wsWriter{ws}
+	if srcEnded, _ := copyStream(w, agentConn, make([]byte, copyBufferSize)); !srcEnded || decided.Load() {
+		return // the client's side failed (fromClient reports it), or the end is decided
+	}
+	_ = ws.Write(context.Background(), websocket.MessageText, []byte(sdk.SignalAgentEnded))
+	events <- agentEnded
+}
+
+// wsWriter writes each Write as one binary message.
+type wsWriter struct{ ws *websocket.Conn }
+
+func (w wsWriter) Write(p []byte) (int, error) {
+	if err := w.ws.Write(context.Background(), websocket.MessageBinary, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // copyStream copies src to dst until one fails. It reports whether src
 // ended it (with its error, nil for EOF) rather than a failed write to dst:
 // a write to a client that is closing must not count as the agent leaving.
-func copyStream(dst io.Writer, src io.Reader) (srcEnded bool, err error) {
-	buf := make([]byte, copyBufferSize)
+func copyStream(dst io.Writer, src io.Reader, buf []byte) (srcEnded bool, err error) {
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {

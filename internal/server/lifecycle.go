@@ -229,7 +229,6 @@ func (s *Server) detach(ctx context.Context, id string, attachment int64, clean 
 			close(ch)
 			delete(s.detached, attachment)
 		}
-		delete(s.leaving, attachment)
 		s.mu.Unlock()
 	}()
 	now := s.now()
@@ -290,44 +289,6 @@ func (s *Server) alive(ctx context.Context, id string) (bool, error) {
 		}
 	}
 	return false, nil
-}
-
-// dyingWindow is how long an agent that closed a connection is watched
-// before it counts as alive: a killed process closes its sockets a moment
-// before it stops showing as running.
-const dyingWindow = 200 * time.Millisecond
-
-// stillAlive reports whether the session is alive and stays so for
-// dyingWindow.
-func (s *Server) stillAlive(ctx context.Context, id string) (bool, error) {
-	deadline := time.Now().Add(dyingWindow)
-	for {
-		alive, err := s.alive(ctx, id)
-		if err != nil || !alive || time.Now().After(deadline) {
-			return alive, err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// markLeaving records that attachment's shell is ending on purpose.
-func (s *Server) markLeaving(attachment int64) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, open := s.detached[attachment]; !open {
-		return false
-	}
-	s.leaving[attachment] = true
-	return true
-}
-
-// takeLeaving reports (once) whether the attachment announced its end.
-func (s *Server) takeLeaving(attachment int64) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	leaving := s.leaving[attachment]
-	delete(s.leaving, attachment)
-	return leaving
 }
 
 // waitDetached waits until the attachment has been detached and what

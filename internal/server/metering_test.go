@@ -185,8 +185,8 @@ func TestUsageForEveryEndReason(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.clock.advance(4 * time.Second) // t=7
-	tunnel.Close()
-	if _, err := admin.WaitDetached(ctx, tunnel); err != nil {
+	// The shell leaves.
+	if err := admin.CloseTunnel(ctx, tunnel, nil); err != nil {
 		t.Fatal(err)
 	}
 	r.billed(closed.ID, 7*time.Second, sdk.ReasonClosed)
@@ -421,8 +421,10 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
-	tunnel.Close()
-	admin.WaitDetached(ctx, tunnel)
+	// The shell leaves.
+	if err := admin.CloseTunnel(ctx, tunnel, nil); err != nil {
+		t.Fatal(err)
+	}
 	if m := scrape(); !strings.Contains(m, `devgpu_sessions_ended_total{reason="closed"} 1`) || !strings.Contains(m, `devgpu_gpus_in_use{gpu_type="t4",region="local"} 0`) {
 		t.Errorf("after the shell closed:\n%s", m)
 	}

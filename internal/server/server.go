@@ -105,7 +105,6 @@ type Server struct {
 	// detached holds, per open attachment, a channel closed once its
 	// detach has been fully processed.
 	detached       map[int64]chan struct{}
-	leaving        map[int64]bool // attachments whose shell announced its end
 	nextAttachment int64
 	// shells holds the open attachments by their public id (access.go).
 	shells map[string]*attachment
@@ -171,7 +170,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Server{
 		store: cfg.Store, rt: cfg.Runtime, log: cfg.Logger, cfg: cfg, now: cfg.Now,
-		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, leaving: map[int64]bool{}, unrecorded: map[string]pendingEnd{}, queues: map[string]*queue{}, ctx: loopCtx, cancel: cancel,
+		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, unrecorded: map[string]pendingEnd{}, queues: map[string]*queue{}, ctx: loopCtx, cancel: cancel,
 	}
 	s.metrics = newMetrics(s)
 	_, maxTunnels := fdBudget(cfg.OpenFileLimit)

@@ -9,7 +9,6 @@ import (
 
 	"github.com/devgpu/devgpu/internal/authz"
 	"github.com/devgpu/devgpu/internal/httpapi"
-	"github.com/devgpu/devgpu/internal/names"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/sdk"
 )
@@ -173,22 +172,4 @@ func timePtr(t time.Time) *time.Time {
 	}
 	t = t.UTC()
 	return &t
-}
-
-// leaveSession: the shell on the caller's attachment is ending on purpose
-// (see sdk.Client.Leave). The attachment is named by the random id its
-// connect returned, and only within its own session, which only its owner
-// may use: nobody can mark another's shell as leaving.
-func (a *API) leaveSession(w http.ResponseWriter, r *http.Request, caller store.User) error {
-	sess, err := a.sessionFor(r, caller, authz.AttachSession, "only the session's owner can use its shells")
-	if err != nil {
-		return err
-	}
-	v := r.URL.Query().Get("attachment")
-	attachment, open := a.s.attachmentIn(sess.ID, v)
-	if !open || !a.s.markLeaving(attachment) {
-		return httpapi.Errorf(http.StatusNotFound, "attachment %s is not open in session %s; it has ended already", names.Quote(v), sess.ID)
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
 }
