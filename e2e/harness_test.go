@@ -46,6 +46,9 @@ type env struct {
 	server *exec.Cmd
 	exited chan struct{}
 	log    *logBuffer
+
+	// serverEnv is added to the server's environment only (test hooks).
+	serverEnv []string
 }
 
 func newEnv(t *testing.T, gpus string, serverArgs ...string) *env {
@@ -110,7 +113,7 @@ func (e *env) startServerWith(args []string) {
 	e.t.Helper()
 	e.log = &logBuffer{}
 	cmd := exec.Command(e.bin, append([]string{"server"}, args...)...)
-	cmd.Env = e.environ()
+	cmd.Env = append(e.environ(), e.serverEnv...)
 	cmd.Stdout, cmd.Stderr = e.log, e.log
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
