@@ -308,11 +308,12 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	})
 	if err != nil {
 		// Stopped meanwhile (the move to running is refused), or the
-		// store failed: either way the runtime's session must not stay.
+		// store failed: either way the runtime's session must not stay,
+		// nor count as live.
+		s.forget(sess.ID)
 		if stopped, stopErr := s.stoppedWhileStarting(ctx, sess.ID); stopped {
 			return store.Session{}, stopErr
 		}
-		s.forget(sess.ID)
 		if stopErr := s.rt.Stop(tctx, sess.ID); stopErr != nil {
 			log.Error("stop a session whose start could not be recorded", "err", stopErr)
 		}

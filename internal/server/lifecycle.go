@@ -61,9 +61,12 @@ func (s *Server) updateSession(ctx context.Context, id string, change func(*stor
 // frees its GPUs: in that order, so a GPU is never handed on while the last
 // session's processes may still use it, and a store that cannot write never
 // keeps a session running. The billing end is `at`, the moment the end was
-// decided and the session stopped. An end the store refuses is kept for
-// recordEnds, which writes it once the store accepts it; endSession then
-// returns nil, as the session is stopped. Ending twice is harmless.
+// decided, written with the reason when the session enters stopping; a
+// stop recorded before (by an access cut, or a first attempt) stands, and
+// a session still starting is left to its start's owner
+// (stoppedWhileStarting). An end the store refuses is kept for recordEnds,
+// which writes it once the store accepts it; endSession then returns nil,
+// as the session is stopped. Ending twice is harmless.
 func (s *Server) endSession(ctx context.Context, id, reason, actor string, at time.Time) error {
 	s.mu.Lock()
 	if _, stopped := s.unrecorded[id]; stopped {
@@ -404,6 +407,7 @@ func (s *Server) checkLiveness(ctx context.Context) error {
 			s.log.Error("retry stop", "session_id", id, "err", err)
 		}
 	}
+	s.retryStops(ctx)
 	return nil
 }
 

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/internal/testutil"
 	"github.com/devgpu/devgpu/sdk"
 )
@@ -140,5 +143,130 @@ func TestStopWhileStarting(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// failingStop is a runtime whose first Stop fails, as a runtime briefly
+// unreachable does.
+type failingStop struct {
+	*slowRuntime
+	failed bool
+}
+
+func (r *failingStop) Stop(ctx context.Context, id string) error {
+	if !r.failed {
+		r.failed = true
+		return errors.New("runtime unreachable")
+	}
+	return r.slowRuntime.Stop(ctx, id)
+}
+
+// TestStopWhileStartingRetried: the stop of a session stopped while it
+// started fails in the runtime the first time. The session stays stopping
+// in the store, with its stop, and the liveness loop finishes it: nothing
+// is left in the runtime, and it ends failed with the owner's reason.
+func TestStopWhileStartingRetried(t *testing.T) {
+	var rt *failingStop
+	f := newFixture(t, func(c *Config) {
+		rt = &failingStop{slowRuntime: &slowRuntime{Runtime: c.Runtime, deaf: true, entered: make(chan string, 1), release: make(chan struct{})}}
+		c.Runtime = rt
+	})
+	created := make(chan int, 1)
+	go func() {
+		b, _ := json.Marshal(sdk.CreateSessionRequest{Project: "default"})
+		req, _ := http.NewRequest("POST", f.url+"/api/v1/sessions", bytes.NewReader(b))
+		req.Header.Set("Authorization", "Bearer "+f.dev)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			created <- 0
+			return
+		}
+		resp.Body.Close()
+		created <- resp.StatusCode
+	}()
+	id := <-rt.entered
+	if code, body := f.call(f.dev, "DELETE", "/api/v1/sessions/"+id, nil); code >= 300 {
+		t.Fatalf("stop while starting: %d %s", code, body)
+	}
+	close(rt.release)
+	ctx := testutil.Context(t, testutil.WaitMedium)
+	select {
+	case code := <-created:
+		if code < 400 {
+			t.Errorf("create of a session stopped while starting answered %d", code)
+		}
+	case <-ctx.Done():
+		t.Fatal("the create did not return")
+	}
+	if sess, err := f.srv.store.Session(ctx, id); err != nil || sess.State != sdk.StateStopping || sess.EndReason != sdk.ReasonStopped {
+		t.Fatalf("after the failed stop: %+v, %v; want stopping, reason stopped", sess, err)
+	}
+	if err := f.srv.checkLiveness(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sess, err := f.srv.store.Session(ctx, id)
+	if err != nil || sess.State != sdk.StateFailed || sess.EndReason != sdk.ReasonStopped {
+		t.Errorf("after the liveness loop: %+v, %v; want failed, reason stopped", sess, err)
+	}
+	instances, err := rt.Runtime.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(instances) != 0 {
+		t.Errorf("left in the runtime: %+v", instances)
+	}
+}
+
+// TestRestartDuringStartFails: a server died while it started a session
+// (left starting in the store, with its GPU reserved). The next server's
+// reconciliation ends it failed, not lost: it never ran, so nothing is
+// billed, and its GPU is free again.
+func TestRestartDuringStartFails(t *testing.T) {
+	f := newFixture(t)
+	ctx := testutil.Context(t, testutil.WaitMedium)
+	st := f.srv.store
+	dev, err := st.UserByName(ctx, "dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := st.ProjectByName(ctx, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = st.InTx(ctx, func(tx store.Store) error {
+		if _, err := tx.ReserveGPUs(ctx, "interrupted", "t4", "local", 1); err != nil {
+			return err
+		}
+		return tx.CreateSession(ctx, &store.Session{ID: "interrupted", ProjectID: p.ID, UserID: dev.ID,
+			State: sdk.StateStarting, GPUType: "t4", Region: "local", CreatedAt: time.Now()})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.srv.reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sess, err := st.Session(ctx, "interrupted")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sess.State != sdk.StateFailed || sess.EndReason != sdk.ReasonError || !strings.Contains(sess.Error, "restarted") {
+		t.Errorf("interrupted start after reconcile: %s, reason %q, error %q; want failed, error, saying the control plane restarted", sess.State, sess.EndReason, sess.Error)
+	}
+	usage, err := st.ListUsage(ctx, store.UsageFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(usage) != 0 {
+		t.Errorf("a session that never ran was billed: %+v", usage)
+	}
+	gpus, err := st.ListGPUs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range gpus {
+		if g.SessionID != "" {
+			t.Errorf("GPU %s still reserved for %s", g.ID, g.SessionID)
+		}
 	}
 }

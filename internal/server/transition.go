@@ -97,6 +97,37 @@ func (s *Server) finishStop(ctx context.Context, sess store.Session) error {
 	return nil
 }
 
+// retryStops finishes the stops recorded in the store that nothing in
+// this process is finishing: one whose runtime Stop failed for a session
+// that never ran (no live session retries it), or one an access cut
+// recorded whose end then failed. The liveness loop runs it.
+func (s *Server) retryStops(ctx context.Context) {
+	active, err := s.store.ListSessions(ctx, store.SessionFilter{ActiveOnly: true})
+	if err != nil {
+		s.log.Warn("list sessions to retry their stops", "err", err)
+		return
+	}
+	for _, sess := range active {
+		if sess.State != sdk.StateStopping || s.finishing(sess.ID) {
+			continue
+		}
+		if err := s.finishStop(ctx, sess); err != nil {
+			s.log.Error("retry stop", "session_id", sess.ID, "err", err)
+		}
+	}
+}
+
+// finishing reports whether this process is finishing the session's stop
+// already: it is live (endSession retries it), stopped and waiting for the
+// store, or being started.
+func (s *Server) finishing(id string) bool {
+	s.mu.Lock()
+	_, live := s.live[id]
+	_, unrecorded := s.unrecorded[id]
+	s.mu.Unlock()
+	return live || unrecorded || s.starts.has(id)
+}
+
 // startRegistry holds the starts in flight in this process: a stop that
 // finds its session starting cancels the start, and the start's owner
 // finishes the stop once the runtime's Start has returned, so that what
@@ -119,6 +150,13 @@ func (r *startRegistry) done(id string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.cancel, id)
+}
+
+// has reports whether the session's start is in flight.
+func (r *startRegistry) has(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cancel[id] != nil
 }
 
 // stop cancels the session's start and reports whether one was in flight.
