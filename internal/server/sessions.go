@@ -158,7 +158,7 @@ func toSDK(s store.Session) sdk.Session {
 		GPUType: s.GPUType, Region: s.Region, GPUs: s.GPUs, Image: s.Image,
 		Attachments: s.Attachments, CreatedAt: s.CreatedAt.UTC(),
 		StartedAt: timePtr(s.StartedAt), EndedAt: timePtr(s.EndedAt),
-		EndReason: s.EndReason, Error: s.Error,
+		EndReason: s.EndReason, EndedBy: s.EndActor, Error: s.Error,
 	}
 	if out.GPUs == nil {
 		out.GPUs = []string{}
