@@ -33,7 +33,10 @@ spillover shell modes), then carry OpenSSH's byte stream between stdin/stdout
 and the session's agent through the server's authenticated tunnel. It is the
 ProxyCommand that ` + "`devgpu config-ssh`" + ` writes; the agent accepts SSH
 user authentication "none", so no keys need managing. When the SSH connection
-closes the session ends, if it was the session's last connection.`,
+closes the session ends, if it was the session's last connection. A connection
+that only copies files (scp, rsync, sftp) into a session nothing else uses
+lands in the project's persistent workspace, or is refused without one: its
+files would end with the session.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			project, ok := strings.CutPrefix(args[0], sshHostPrefix)
