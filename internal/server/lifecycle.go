@@ -160,6 +160,7 @@ func (s *Server) ended(id, reason string) {
 func (s *Server) recordEnd(ctx context.Context, id, state, reason, actor string, at time.Time) error {
 	return s.store.InTx(ctx, func(tx store.Store) error {
 		if err := tx.EndSession(ctx, id, state, reason, at); err != nil {
+			s.logIllegal(id, err)
 			return err
 		}
 		sess, err := tx.Session(ctx, id)

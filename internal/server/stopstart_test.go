@@ -6,11 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/devgpu/devgpu/internal/lifecycle"
 	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/internal/testutil"
@@ -269,4 +272,78 @@ func TestRestartDuringStartFails(t *testing.T) {
 			t.Errorf("GPU %s still reserved for %s", g.ID, g.SessionID)
 		}
 	}
+}
+
+// TestIllegalMoveLogged: a move the lifecycle table refuses (a queued
+// session cannot become running) changes nothing and is logged with the
+// session and both states; ending an ended session again is only a race,
+// logged at debug level.
+func TestIllegalMoveLogged(t *testing.T) {
+	var logs moveLog
+	f := newFixture(t, func(c *Config) {
+		c.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	ctx := testutil.Context(t, testutil.WaitMedium)
+	st := f.srv.store
+	dev := must(st.UserByName(ctx, "dev"))
+	p := must(st.ProjectByName(ctx, "default"))
+	if err := st.CreateSession(ctx, &store.Session{ID: "q1", ProjectID: p.ID, UserID: dev.ID, State: sdk.StateQueued, GPUType: "t4", Region: "local"}); err != nil {
+		t.Fatal(err)
+	}
+	err := st.InTx(ctx, func(tx store.Store) error {
+		_, err := f.srv.transition(ctx, tx, "q1", sdk.StateRunning, nil)
+		return err
+	})
+	if im := (*lifecycle.IllegalMove)(nil); !errors.As(err, &im) || !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("queued → running = %v, want an IllegalMove that is ErrConflict", err)
+	}
+	if got := must(st.Session(ctx, "q1")).State; got != sdk.StateQueued {
+		t.Errorf("state after the refused move = %s, want queued", got)
+	}
+	if err := f.srv.recordEnd(ctx, "q1", sdk.StateFailed, sdk.ReasonStopped, "dev", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.srv.recordEnd(ctx, "q1", sdk.StateFailed, sdk.ReasonStopped, "dev", time.Now()); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("second end = %v, want ErrConflict", err)
+	}
+	var warn, debug int
+	for _, line := range strings.Split(logs.String(), "\n") {
+		var rec struct {
+			Level     string `json:"level"`
+			Msg       string `json:"msg"`
+			SessionID string `json:"session_id"`
+			From      string `json:"from"`
+			To        string `json:"to"`
+		}
+		if json.Unmarshal([]byte(line), &rec) != nil || rec.Msg != "illegal session move refused" {
+			continue
+		}
+		switch {
+		case rec.Level == "WARN" && rec.SessionID == "q1" && rec.From == sdk.StateQueued && rec.To == sdk.StateRunning:
+			warn++
+		case rec.Level == "DEBUG" && rec.SessionID == "q1" && rec.From == sdk.StateFailed && rec.To == sdk.StateFailed:
+			debug++
+		}
+	}
+	if warn != 1 || debug != 1 {
+		t.Errorf("logged %d warnings for queued → running and %d debug lines for failed → failed, want 1 and 1:\n%s", warn, debug, logs.String())
+	}
+}
+
+// moveLog is a log destination the server writes while a test reads.
+type moveLog struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *moveLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *moveLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"strings"
@@ -23,10 +24,23 @@ import (
 // returned: an *lifecycle.IllegalMove that is also store.ErrConflict.
 func (s *Server) transition(ctx context.Context, tx store.Store, id, to string, change func(*store.Session)) (store.Session, error) {
 	sess, err := tx.TransitionSession(ctx, id, to, change)
-	if im := (*lifecycle.IllegalMove)(nil); errors.As(err, &im) {
-		s.log.Warn("illegal session move refused", "session_id", id, "from", im.From, "to", im.To)
-	}
+	s.logIllegal(id, err)
 	return sess, err
+}
+
+// logIllegal logs a move the lifecycle table refused. Ending a session
+// that another path ended first is an expected race, logged at debug
+// level; any other refused move is a bug somewhere, and a warning.
+func (s *Server) logIllegal(id string, err error) {
+	im := (*lifecycle.IllegalMove)(nil)
+	if !errors.As(err, &im) {
+		return
+	}
+	level := slog.LevelWarn
+	if lifecycle.Final(im.From) && lifecycle.Final(im.To) {
+		level = slog.LevelDebug
+	}
+	s.log.Log(context.Background(), level, "illegal session move refused", "session_id", id, "from", im.From, "to", im.To)
 }
 
 // markStopping, inside tx, moves a starting or running session to
