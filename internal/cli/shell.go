@@ -137,7 +137,9 @@ func (c *sessionConn) onPurpose() bool {
 }
 
 // finished notes how the connection's command ended and maps it onto our
-// exit status.
+// exit status. Without an exit status the tunnel is closed at once (no
+// leave): the server then records the shell as vanished and checks the
+// agent, so that what the CLI next asks about the session's end is known.
 func (c *sessionConn) finished(err error) error {
 	var exit *ssh.ExitError
 	c.command, c.exited = true, err == nil || errors.As(err, &exit)
