@@ -385,3 +385,27 @@ func TestFirstHourSIGTERM(t *testing.T) {
 		t.Errorf("after SIGTERM and a restart, session %s is %s, want running", id, s.State)
 	}
 }
+
+// What the README promises on reattach: after a dropped connection, what
+// was started with nohup still runs in the session; a plain background
+// job ended with the shell that was cut.
+func TestFirstHourReattachKeepsNohup(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:1")
+	tm := e.terminal("shell")
+	id := tm.sessionID()
+	tm.ready()
+	tm.send("sleep 1001 & echo $! > plain.pid; nohup sleep 1002 >/dev/null 2>&1 & echo $! > nohup.pid; echo ST''ARTED\r")
+	tm.expect("STARTED")
+	_ = tm.cmd.Process.Kill() // the connection drops
+	tm.wait()
+
+	again := e.terminal("shell", "--attach", id)
+	again.ready()
+	again.send("while kill -0 $(cat plain.pid) 2>/dev/null; do sleep 0.1; done; echo PLAIN_GO''NE\r")
+	again.expect("PLAIN_GONE")
+	again.send("kill -0 $(cat nohup.pid) && echo NOHUP_AL''IVE\r")
+	again.expect("NOHUP_ALIVE")
+	again.send("exit\r")
+	again.wait()
+}
