@@ -138,6 +138,14 @@ type Session struct {
 	// when the session enters stopping, so that a restart can finish it.
 	EndActor string
 	EndState string
+	// A queued session is a request waiting for GPUs (see QueuePosition):
+	// GPUType, Region and Image are as asked ('' for any) until admission
+	// places it. WaitUntil is when it gives up, QueueReason why it waits
+	// (kept on the head of its project's queue), and ServedBy the session
+	// that served it instead (a ready one claimed, or one joined).
+	WaitUntil   time.Time
+	QueueReason string
+	ServedBy    string
 }
 
 // CatalogImage is an entry of the admin image catalog: a friendly name
@@ -221,7 +229,8 @@ type BudgetAlert struct {
 type SessionFilter struct {
 	UserID     int64
 	ProjectID  int64
-	ActiveOnly bool // not ended and not failed
+	ActiveOnly bool   // not ended and not failed
+	State      string // in this state only, when not empty
 }
 
 // Store is the control plane's state. Every method takes part in the
@@ -345,6 +354,14 @@ type Store interface {
 	// state frees the session's GPUs and keeps which they were. It returns
 	// the record as written.
 	TransitionSession(ctx context.Context, id, to string, change func(*Session)) (Session, error)
+	// UpdateQueued writes GPUType, Region, Image, WaitUntil, QueueReason
+	// and ServedBy of a queued session: admission places it, or records
+	// why it waits or what served it, before moving it on. It fails with
+	// ErrConflict when the session is not queued.
+	UpdateQueued(ctx context.Context, s *Session) error
+	// QueuePosition is a queued session's 1-based place in its project's
+	// queue, FIFO by (CreatedAt, ID); 0 when it is not queued.
+	QueuePosition(ctx context.Context, id string) (int, error)
 	// EndSession moves an active session to state (ended or failed) with the
 	// reason and time, through stopping where the table asks for it, and
 	// frees its GPUs. A session already ended is left as it is and

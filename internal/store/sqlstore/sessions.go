@@ -79,14 +79,16 @@ func (s *Store) ReserveGPUs(ctx context.Context, sessionID, gpuType, region stri
 
 const sessionColumns = `s.id, s.project_id, p.name, s.user_id, u.name, s.state, s.gpu_type, s.region,
 	s.attachments, s.detach_grace, s.created_at, s.started_at, s.ended_at,
-	s.end_reason, s.error, s.detached_at, s.last_seen_at, s.image, s.end_actor, s.end_state
+	s.end_reason, s.error, s.detached_at, s.last_seen_at, s.image, s.end_actor, s.end_state,
+	s.wait_until, s.queue_reason, s.served_by
 	FROM sessions s JOIN projects p ON p.id = s.project_id JOIN users u ON u.id = s.user_id`
 
 func scanSession(row interface{ Scan(...any) error }) (x store.Session, err error) {
 	var grace int64
 	err = row.Scan(&x.ID, &x.ProjectID, &x.Project, &x.UserID, &x.User, &x.State, &x.GPUType, &x.Region,
 		&x.Attachments, &grace, timeCol{&x.CreatedAt}, timeCol{&x.StartedAt}, timeCol{&x.EndedAt},
-		&x.EndReason, &x.Error, timeCol{&x.DetachedAt}, timeCol{&x.LastSeenAt}, &x.Image, &x.EndActor, &x.EndState)
+		&x.EndReason, &x.Error, timeCol{&x.DetachedAt}, timeCol{&x.LastSeenAt}, &x.Image, &x.EndActor, &x.EndState,
+		timeCol{&x.WaitUntil}, &x.QueueReason, &x.ServedBy)
 	x.DetachGrace = time.Duration(grace)
 	return x, err
 }
@@ -102,14 +104,16 @@ func (s *Store) CreateSession(ctx context.Context, x *store.Session) error {
 	}
 	x.CreatedAt, x.StartedAt, x.EndedAt = norm(x.CreatedAt), norm(x.StartedAt), norm(x.EndedAt)
 	x.DetachedAt, x.LastSeenAt = norm(x.DetachedAt), norm(x.LastSeenAt)
+	x.WaitUntil = norm(x.WaitUntil)
 	return s.wrap("create session "+x.ID, s.write(ctx, func() error {
 		_, err := s.exec(ctx, `INSERT INTO sessions (id, project_id, user_id, state, gpu_type, region, attachments,
 			detach_grace, created_at, started_at, ended_at, end_reason, error, detached_at, last_seen_at, image,
-			end_actor, end_state)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			end_actor, end_state, wait_until, queue_reason, served_by)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			x.ID, x.ProjectID, x.UserID, x.State, x.GPUType, x.Region, x.Attachments,
 			int64(x.DetachGrace), dbTime(x.CreatedAt), dbTime(x.StartedAt), dbTime(x.EndedAt),
-			x.EndReason, x.Error, dbTime(x.DetachedAt), dbTime(x.LastSeenAt), x.Image, x.EndActor, x.EndState)
+			x.EndReason, x.Error, dbTime(x.DetachedAt), dbTime(x.LastSeenAt), x.Image, x.EndActor, x.EndState,
+			dbTime(x.WaitUntil), x.QueueReason, x.ServedBy)
 		return err
 	}))
 }
@@ -139,6 +143,13 @@ func (s *Store) ListSessions(ctx context.Context, f store.SessionFilter) ([]stor
 	if f.ActiveOnly {
 		conds = append(conds, activeSession)
 	}
+	switch f.State {
+	case "":
+	case sdk.StateQueued:
+		conds = append(conds, queuedSession) // literally, for its index
+	default:
+		conds, args = append(conds, `s.state = ?`), append(args, f.State)
+	}
 	where := ""
 	if len(conds) > 0 {
 		where = ` WHERE ` + strings.Join(conds, ` AND `)
@@ -158,7 +169,7 @@ func (s *Store) sessions(ctx context.Context, where string, args ...any) ([]stor
 	query, qargs := `SELECT g.session_id, g.id FROM gpus g JOIN sessions s ON s.id = g.session_id`+where+`
 		UNION ALL SELECT g.session_id, g.gpu_id FROM session_gpus g JOIN sessions s ON s.id = g.session_id`+where+`
 		ORDER BY 1, 2`, append(args, args...)
-	if strings.Contains(where, activeSession) {
+	if strings.Contains(where, activeSession) || strings.Contains(where, queuedSession) {
 		// Active sessions hold their GPUs in the inventory; the kept copies
 		// belong to ended ones. Admission runs this on every request, so
 		// it must not scan the history.

@@ -61,6 +61,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Images", testImages},
 		{"WarmPools", testWarmPools},
 		{"ClaimSession", testClaimSession},
+		{"Queue", testQueue},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
