@@ -29,6 +29,15 @@ const (
 	// ReasonRevoked: its owner lost access (disabled, their last token
 	// revoked, or removed from the project); their shells were cut.
 	ReasonRevoked = "revoked"
+	// Reasons of queued requests that never started (state failed):
+	// ReasonGaveUp, its wait ran out or its client went away for longer
+	// than the detach grace; ReasonJoined, another of the user's sessions
+	// served it (a ready one, or one to share, named by its event's
+	// session); ReasonRefused, admission came to refuse it while it waited
+	// (a policy changed; Error says why).
+	ReasonGaveUp  = "gave_up"
+	ReasonJoined  = "joined"
+	ReasonRefused = "refused"
 )
 
 // Session is a GPU session as the API reports it. Fields are only ever added.
@@ -46,6 +55,9 @@ type Session struct {
 	StartedAt   *time.Time `json:"started_at"`
 	EndedAt     *time.Time `json:"ended_at"`
 	EndReason   string     `json:"end_reason,omitempty"`
+	// EndedBy is who ended the session: the user who stopped it, or
+	// "system" for the control plane (idle, lifetime, budget, lost).
+	EndedBy string `json:"ended_by,omitempty"`
 	// Error explains a failed session.
 	Error string `json:"error,omitempty"`
 	// Warnings are shown to the user when the session is created, e.g.
@@ -74,9 +86,13 @@ type CreateSessionRequest struct {
 	Progress bool `json:"progress,omitempty"`
 }
 
-// SessionEvent is one line of a waiting create's response: the queue
-// position and the reason it waits, then the session, or a problem.
+// SessionEvent is one line of a waiting create's response (or of
+// Client.WaitSession's): the queue position and the reason it waits, then
+// the session, or a problem.
 type SessionEvent struct {
+	// ID is the queued session's id, sent with the first queue event: a
+	// client that lost the stream waits on with Client.WaitSession.
+	ID       string `json:"id,omitempty"`
 	Position int    `json:"position,omitempty"`
 	Reason   string `json:"reason,omitempty"`
 	// Step, Done and Total tell how a slow step of the start goes, such
@@ -112,6 +128,10 @@ type ProjectUpdate struct {
 	Settings    ProjectSettings `json:"settings"`
 	Unset       []string        `json:"unset,omitempty"`
 	StopRunning bool            `json:"stop_running,omitempty"`
+	// BudgetFields names the fields of Settings.Budget this update sets
+	// ("amount", "unit", "thresholds", "action"); the project's other
+	// budget fields are kept. Empty: Settings.Budget replaces the budget.
+	BudgetFields []string `json:"budget_fields,omitempty"`
 }
 
 // User is an account.
