@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/coder/websocket"
 )
@@ -179,7 +180,10 @@ func (c *Client) Whoami(ctx context.Context) (Whoami, error) {
 // CreateSession admits and starts a session (or, under the shared and
 // spillover shell modes, finds one of the caller's to join) and returns it
 // running. With req.Wait it may queue first; progress, when not nil, hears
-// each change of queue position and reason.
+// each change of queue position and reason. A request that queued and is
+// given up (ctx is done) removes its queued session before returning; one
+// whose stream breaks (the server restarted) returns a *WaitInterrupted
+// that names the queued session to wait on with WaitSession.
 func (c *Client) CreateSession(ctx context.Context, req CreateSessionRequest, progress func(SessionEvent)) (Session, error) {
 	var s Session
 	if req.Wait <= 0 && !req.Progress {
@@ -189,22 +193,79 @@ func (c *Client) CreateSession(ctx context.Context, req CreateSessionRequest, pr
 	if err != nil {
 		return s, err
 	}
+	return c.readWait(ctx, resp, "", progress)
+}
+
+// WaitSession waits on a queued session (from a SessionEvent's ID) until
+// it runs, as CreateSession does after queueing: a client whose wait was
+// cut reconnects with it and keeps its place.
+func (c *Client) WaitSession(ctx context.Context, id string, progress func(SessionEvent)) (Session, error) {
+	resp, err := c.request(ctx, http.MethodGet, "/api/v1/sessions/"+url.PathEscape(id)+"/wait", nil)
+	if err != nil {
+		var e *Error
+		if !errors.As(err, &e) && ctx.Err() == nil {
+			// Not an answer of the server's: it may be restarting.
+			return Session{}, &WaitInterrupted{SessionID: id, Err: err}
+		}
+		return Session{}, err
+	}
+	return c.readWait(ctx, resp, id, progress)
+}
+
+// WaitInterrupted is the error of a wait whose stream broke before the
+// server answered; the queued session SessionID keeps its place.
+type WaitInterrupted struct {
+	SessionID string
+	Err       error
+}
+
+func (e *WaitInterrupted) Error() string {
+	return fmt.Sprintf("the wait for queued session %s was cut: %v", e.SessionID, e.Err)
+}
+
+func (e *WaitInterrupted) Unwrap() error { return e.Err }
+
+// readWait reads a stream of SessionEvents to its answer.
+func (c *Client) readWait(ctx context.Context, resp *http.Response, id string, progress func(SessionEvent)) (Session, error) {
 	defer resp.Body.Close()
 	dec := json.NewDecoder(resp.Body)
 	for {
 		var ev SessionEvent
 		if err := dec.Decode(&ev); err != nil {
-			return s, fmt.Errorf("the server ended the wait without an answer: %w", err)
+			switch {
+			case id != "" && ctx.Err() != nil:
+				c.giveUp(id)
+				return Session{}, ctx.Err()
+			case id != "":
+				return Session{}, &WaitInterrupted{SessionID: id, Err: err}
+			}
+			return Session{}, fmt.Errorf("the server ended the wait without an answer: %w", err)
+		}
+		if ev.ID != "" {
+			id = ev.ID
 		}
 		switch {
 		case ev.Problem != nil:
-			return s, &Error{Status: ev.Problem.Status, Problem: *ev.Problem}
+			return Session{}, &Error{Status: ev.Problem.Status, Problem: *ev.Problem}
 		case ev.Session != nil:
 			return *ev.Session, nil
 		case progress != nil:
 			progress(ev)
 		}
 	}
+}
+
+// giveUpTimeout bounds how long a request that is given up tries to remove
+// its queued session.
+const giveUpTimeout = 5 * time.Second
+
+// giveUp removes the queued session of a request given up. Should the
+// server not hear it, the session gives up by itself when its client has
+// been gone for the detach grace.
+func (c *Client) giveUp(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), giveUpTimeout)
+	defer cancel()
+	_, _ = c.StopSession(ctx, id)
 }
 
 // Session returns one session.

@@ -24,9 +24,10 @@ import (
 )
 
 // Hundreds of concurrent create/end requests from many users against small
-// project, per-user and org caps: replaying the audit log, which records
-// every start and end in the transaction that made it, shows no moment at
-// which any cap was exceeded. Run on both engines.
+// project, per-user and org caps, a quarter of them waiting in the queue:
+// replaying the audit log, which records every start and end in the
+// transaction that made it (the queue's admissions included), shows no
+// moment at which any cap was exceeded. Run on both engines.
 func TestAdmissionNeverExceedsCaps(t *testing.T) {
 	engines := map[string]func(t *testing.T) store.Store{
 		"sqlite": func(t *testing.T) store.Store {
@@ -61,6 +62,7 @@ const (
 	capProjectP   = 5
 	capProjectQ   = 4
 	capOrgQuotaT4 = 6
+	capQueueWait  = 200 * time.Millisecond
 )
 
 func testCaps(t *testing.T, st store.Store) {
@@ -115,6 +117,10 @@ func testCaps(t *testing.T, st store.Store) {
 			c, _ := sdk.NewClient(hs.URL, tokens[w%capUsers])
 			for r := range capRounds {
 				req := sdk.CreateSessionRequest{Project: []string{"p", "q"}[(w+r)%2], GPUType: "t4"}
+				if w%4 == 0 {
+					// Some wait in the queue: admitted from it, or giving up.
+					req.Wait = sdk.Duration(capQueueWait)
+				}
 				s, err := c.CreateSession(ctx, req, nil)
 				if sdk.IsStatus(err, http.StatusConflict) {
 					refused.Add(1)

@@ -47,10 +47,11 @@ func (s *Server) createSession(ctx context.Context, caller store.User, req sdk.C
 			return sess, nil
 		}
 	}
-	sess, d, err := s.admit(ctx, caller, req, false)
-	if err == nil && d.Outcome == admission.Refuse && d.Queueable && wait > 0 {
+	sess, d, err := s.admit(ctx, caller, req, wait)
+	if err == nil && sess.State == sdk.StateQueued {
 		s.metrics.admissions.WithLabelValues("queued", d.Reason).Inc()
-		sess, d, err = s.waitInQueue(ctx, caller, req, wait, progress)
+		s.kickQueues()
+		return s.awaitQueued(ctx, sess.ID, progress)
 	}
 	switch {
 	case err != nil:
@@ -115,8 +116,8 @@ type decision struct {
 }
 
 // decide reads the snapshot through st and applies admission. Unless
-// asHead, a request whose project has others waiting queues behind them
-// instead of overtaking.
+// asHead (the head of its project's queue), a request whose project has
+// others waiting queues behind them instead of overtaking.
 func (s *Server) decide(ctx context.Context, st store.Store, caller store.User, req sdk.CreateSessionRequest, asHead bool) (decision, error) {
 	p, role, err := s.projectFor(ctx, st, caller, req.Project)
 	if err != nil {
@@ -157,7 +158,11 @@ func (s *Server) decide(ctx context.Context, st store.Store, caller store.User, 
 	}
 	d := admission.Decide(admission.Request{Project: p.Name, User: caller.Name, GPUType: req.GPUType, Region: req.Region, Image: req.Image}, snap)
 	if d.Outcome == admission.Admit && !asHead {
-		if n := s.queueLength(p.Name); n > 0 {
+		n, err := s.queueLength(ctx, st, p.ID)
+		if err != nil {
+			return decision{}, err
+		}
+		if n > 0 {
 			d = admission.Decision{Outcome: admission.Refuse, Reason: admission.ReasonCapacity, Queueable: true,
 				Message: fmt.Sprintf("%d requests are waiting for GPUs in project %s; wait your turn with --wait", n, p.Name)}
 		}
@@ -167,16 +172,25 @@ func (s *Server) decide(ctx context.Context, st store.Store, caller store.User, 
 
 // admit decides and, when admitted, reserves the GPUs and records the
 // session as starting, in one transaction that serialises with every other
-// admission, so that no cap is ever exceeded. (Refusals take the lock too:
+// admission, so that no cap is ever exceeded. A refusal that may queue,
+// of a request that may wait, records it as a queued session in the same
+// transaction, so that nobody overtakes it. (Refusals take the lock too:
 // deciding them outside it measured 8x slower on SQLite under a storm of
 // retried refusals, which then crowd out the admissions.)
-func (s *Server) admit(ctx context.Context, caller store.User, req sdk.CreateSessionRequest, asHead bool) (store.Session, admission.Decision, error) {
+func (s *Server) admit(ctx context.Context, caller store.User, req sdk.CreateSessionRequest, wait time.Duration) (store.Session, admission.Decision, error) {
 	var sess store.Session
 	var d decision
 	err := s.store.InTx(ctx, func(tx store.Store) error {
 		var err error
-		if d, err = s.decide(ctx, tx, caller, req, asHead); err != nil || d.Outcome != admission.Admit {
+		if d, err = s.decide(ctx, tx, caller, req, false); err != nil {
 			return err
+		}
+		if d.Outcome == admission.Refuse && d.Queueable && wait > 0 {
+			sess, err = s.enqueue(ctx, tx, caller, req, d, wait)
+			return err
+		}
+		if d.Outcome != admission.Admit {
+			return nil
 		}
 		p := d.project
 		sess = store.Session{
@@ -193,7 +207,7 @@ func (s *Server) admit(ctx context.Context, caller store.User, req sdk.CreateSes
 		return s.audit(ctx, tx, caller.Name, "session.start", p.Name, sess.ID, nil,
 			map[string]any{"gpu_type": sess.GPUType, "region": sess.Region, "gpus": sess.GPUs, "image": d.ref})
 	})
-	if err == nil && d.Outcome == admission.Refuse {
+	if err == nil && d.Outcome == admission.Refuse && sess.ID == "" {
 		s.log.Debug("session refused", "project", req.Project, "user", caller.Name, "reason", d.Reason)
 	}
 	return sess, d.Decision, err
@@ -354,47 +368,6 @@ func (s *Server) attachable(id string) bool {
 	defer s.mu.Unlock()
 	l := s.live[id]
 	return l != nil && !l.ending
-}
-
-// waitInQueue queues the request FIFO in its project until it is admitted,
-// refused for a reason waiting cannot fix, or gives up. Its place in the
-// queue is all it holds: giving up leaves nothing behind.
-func (s *Server) waitInQueue(ctx context.Context, caller store.User, req sdk.CreateSessionRequest, wait time.Duration, progress progressFunc) (store.Session, admission.Decision, error) {
-	w := s.enqueue(req.Project)
-	defer s.dequeue(w)
-	deadline := time.NewTimer(wait)
-	defer deadline.Stop()
-	lastPos, lastReason := 0, ""
-	reason := ""
-	for {
-		pos := s.position(w)
-		if pos == 1 {
-			// A ready session of a warm pool goes to the head of the queue.
-			if sess, ok, err := s.claimWarm(ctx, caller, req, true); err != nil || ok {
-				return store.Session{}, admission.Decision{Outcome: admission.Join, Session: sess.ID}, err
-			}
-			sess, d, err := s.admit(ctx, caller, req, true)
-			if err != nil || d.Outcome != admission.Refuse || !d.Queueable {
-				return sess, d, err
-			}
-			reason = d.Message
-			s.setQueueReason(req.Project, reason)
-		} else {
-			reason = fmt.Sprintf("%d requests ahead of yours; %s", pos-1, s.queueReason(req.Project))
-		}
-		if progress != nil && (pos != lastPos || reason != lastReason) {
-			progress(sdk.SessionEvent{Position: pos, Reason: reason})
-			lastPos, lastReason = pos, reason
-		}
-		select {
-		case <-w.kick:
-		case <-deadline.C:
-			return store.Session{}, admission.Decision{}, httpapi.Errorf(http.StatusConflict,
-				"gave up after waiting %s: %s", wait, reason)
-		case <-ctx.Done():
-			return store.Session{}, admission.Decision{}, ctx.Err()
-		}
-	}
 }
 
 func refusalStatus(reason string) int {

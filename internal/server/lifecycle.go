@@ -73,7 +73,8 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 		s.mu.Unlock()
 		return nil
 	}
-	if l := s.live[id]; l != nil {
+	l := s.live[id]
+	if l != nil {
 		if l.ending {
 			s.mu.Unlock()
 			return nil
@@ -86,6 +87,12 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 	}
 	s.mu.Unlock()
 	ctx = context.WithoutCancel(ctx)
+	if l == nil {
+		// A queued request leaves the queue; it holds nothing to stop.
+		if done, err := s.endIfQueued(ctx, id, reason, actor); done {
+			return err
+		}
+	}
 	log := s.log.With("session_id", id, "reason", reason)
 
 	// `stopping`, with the reason and time, is in the store before the
@@ -453,6 +460,13 @@ func (s *Server) reconcile(ctx context.Context) error {
 	recorded := map[string]bool{}
 	for _, sess := range active {
 		recorded[sess.ID] = true
+		if sess.State == sdk.StateQueued {
+			// The queue survives: its clients reconnect within the grace.
+			if err := s.updateQueuedClient(ctx, sess.ID, now); err != nil {
+				return fmt.Errorf("reconcile: keep queued session %s: %w", sess.ID, err)
+			}
+			continue
+		}
 		if sess.State == sdk.StateRunning && alive[sess.ID] {
 			s.mu.Lock()
 			s.live[sess.ID] = &liveSession{

@@ -13,6 +13,7 @@ import (
 
 	"github.com/devgpu/devgpu/internal/httpapi"
 	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/sdk"
 )
 
 // metrics are the control plane's Prometheus metrics. Counters and
@@ -122,7 +123,12 @@ func (c *stateCollector) collect(ctx context.Context, ch chan<- prometheus.Metri
 		return err
 	}
 	states := map[string]int{"starting": 0, "running": 0, "stopping": 0}
+	queues := map[string]int{}
 	for _, sess := range active {
+		if sess.State == sdk.StateQueued {
+			queues[sess.Project]++
+			continue
+		}
 		states[sess.State]++
 	}
 	for state, n := range states {
@@ -139,7 +145,7 @@ func (c *stateCollector) collect(ctx context.Context, ch chan<- prometheus.Metri
 	// Project names only reach scrapers that authenticate.
 	named := s.cfg.MetricsToken != ""
 	queued := 0
-	for project, n := range s.QueueLengths() {
+	for project, n := range queues {
 		queued += n
 		if named {
 			ch <- prometheus.MustNewConstMetric(descQueue, prometheus.GaugeValue, float64(n), project)

@@ -42,8 +42,17 @@ func ensureWarmUser(ctx context.Context, st store.Store, now time.Time) (store.U
 // Unless asHead, a request whose project has others waiting claims nothing:
 // the ready sessions go to the queue first.
 func (s *Server) claimWarm(ctx context.Context, caller store.User, req sdk.CreateSessionRequest, asHead bool) (store.Session, bool, error) {
-	if !asHead && s.queueLength(cmp.Or(req.Project, "default")) > 0 {
-		return store.Session{}, false, nil
+	if !asHead {
+		p, err := s.store.ProjectByName(ctx, cmp.Or(req.Project, "default"))
+		if errors.Is(err, store.ErrNotFound) {
+			return store.Session{}, false, nil // the normal path says so
+		}
+		if err != nil {
+			return store.Session{}, false, err
+		}
+		if n, err := s.queueLength(ctx, s.store, p.ID); err != nil || n > 0 {
+			return store.Session{}, false, err
+		}
 	}
 	s.mu.Lock()
 	var warm []string

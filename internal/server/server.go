@@ -39,6 +39,9 @@ type Config struct {
 	WorkspaceDir string
 	// PoolInterval is how often warm pools are refilled.
 	PoolInterval time.Duration
+	// QueueInterval is how often the queues are looked at when no end or
+	// policy change woke them (queue.go): changes made elsewhere.
+	QueueInterval time.Duration
 	// BudgetInterval is how often budgets are checked for thresholds and
 	// the stop action.
 	BudgetInterval time.Duration
@@ -117,8 +120,16 @@ type Server struct {
 	storeErr error
 	unsynced bool // the GPU inventory waits for the store to write
 
-	qmu    sync.Mutex
-	queues map[string]*queue // waiting requests, by project name
+	// The queue lives in the store (queue.go); qmu guards what this
+	// process knows of it: the requests waiting on each queued session,
+	// and the channel closed when a queued session moves.
+	qmu      sync.Mutex
+	qwaiters map[string][]*queueWaiter
+	qchanged chan struct{}
+	qkick    chan struct{} // wakes the queue loop
+	qclosing chan struct{} // closed when the server shuts down
+	qclose   sync.Once
+	qrun     sync.Mutex    // held while the queue loop runs
 
 	metrics *metrics
 	tunnels *tunnelLimiter // caps on open shells
@@ -154,6 +165,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.PoolInterval == 0 {
 		cfg.PoolInterval = DefaultPoolInterval
 	}
+	if cfg.QueueInterval == 0 {
+		cfg.QueueInterval = DefaultQueueInterval
+	}
 	if cfg.BudgetInterval == 0 {
 		cfg.BudgetInterval = DefaultBudgetInterval
 	}
@@ -170,7 +184,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Server{
 		store: cfg.Store, rt: cfg.Runtime, log: cfg.Logger, cfg: cfg, now: cfg.Now,
-		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, unrecorded: map[string]pendingEnd{}, queues: map[string]*queue{}, ctx: loopCtx, cancel: cancel,
+		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, unrecorded: map[string]pendingEnd{},
+		qwaiters: map[string][]*queueWaiter{}, qchanged: make(chan struct{}), qkick: make(chan struct{}, 1), qclosing: make(chan struct{}), ctx: loopCtx, cancel: cancel,
 	}
 	s.metrics = newMetrics(s)
 	_, maxTunnels := fdBudget(cfg.OpenFileLimit)
@@ -200,7 +215,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.refreshLimits(ctx, 0)
 	s.probeStore(ctx)
-	s.wg.Add(6) // owned: Close waits for them (owned.go)
+	s.wg.Add(7) // owned: Close waits for them (owned.go)
+	go s.loopQueue()
 	go s.loop(cfg.StoreRetryInterval, "record session ends", s.recordEnds)
 	go s.loop(cfg.ReapInterval, "reap detached sessions", s.reapDetached)
 	go s.loop(cfg.LivenessInterval, "liveness check", s.checkLiveness)
@@ -255,6 +271,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return s.ctx },
 	}
+	srv.RegisterOnShutdown(s.closeWaits) // queued clients wait on at the next server
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
