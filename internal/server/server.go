@@ -129,7 +129,7 @@ type Server struct {
 	qkick    chan struct{} // wakes the queue loop
 	qclosing chan struct{} // closed when the server shuts down
 	qclose   sync.Once
-	qrun     sync.Mutex    // held while the queue loop runs
+	qrun     sync.Mutex // held while the queue loop runs
 
 	metrics *metrics
 	tunnels *tunnelLimiter // caps on open shells
