@@ -562,12 +562,8 @@ func (m *Manager) resolve(ctx context.Context, allow []string) ([]dest, error) {
 		if err != nil {
 			return nil, err
 		}
-		if p, err := netip.ParsePrefix(host); err == nil {
-			out = append(out, dest{prefix: p.Masked(), port: port})
-			continue
-		}
-		if a, err := netip.ParseAddr(host); err == nil {
-			out = append(out, dest{prefix: netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), port: port})
+		if d, ok := literalDest(host, port); ok {
+			out = append(out, d)
 			continue
 		}
 		addrs, err := m.cfg.LookupHost(ctx, host)
@@ -586,6 +582,18 @@ func (m *Manager) resolve(ctx context.Context, allow []string) ([]dest, error) {
 		}
 	}
 	return out, nil
+}
+
+// literalDest reads host as a CIDR or an IP address, the destination's
+// port being port; ok is false when host is neither (a name).
+func literalDest(host string, port uint16) (d dest, ok bool) {
+	if p, err := netip.ParsePrefix(host); err == nil {
+		return dest{prefix: p.Masked(), port: port}, true
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		return dest{prefix: netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), port: port}, true
+	}
+	return dest{}, false
 }
 
 // splitDest splits "host[:port]", "[v6]:port" or "cidr[:port]".

@@ -313,12 +313,8 @@ func parseHostAccess(entries []string) ([]dest, error) {
 		if err != nil {
 			return nil, err
 		}
-		if p, err := netip.ParsePrefix(host); err == nil {
-			out = append(out, dest{prefix: p.Masked(), port: port})
-			continue
-		}
-		if a, err := netip.ParseAddr(host); err == nil {
-			out = append(out, dest{prefix: netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), port: port})
+		if d, ok := literalDest(host, port); ok {
+			out = append(out, d)
 			continue
 		}
 		return nil, fmt.Errorf("netpolicy: host access entry %q is not a CIDR or IP address (optionally with :port)", entry)
