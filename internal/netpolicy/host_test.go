@@ -13,7 +13,6 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/devgpu/devgpu/sdk"
@@ -32,42 +31,17 @@ func metadata(t *testing.T, dir, bridge string) string {
 	p := freeSubnet(t, func() netip.Prefix {
 		return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(250 + rand.IntN(5)), byte(rand.IntN(256)), 0}), 30)
 	})
-	hostIP, nsIP := p.Addr().Next(), p.Addr().Next().Next()
+	nsIP := p.Addr().Next().Next()
 	suffix := fmt.Sprintf("%04x", rand.IntN(1<<16))
 	path := filepath.Join(dir, "metadata-"+suffix)
-	if err := newNetns(path); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { removeNetns(path) })
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h, host := linkedNetns(t, path, "dgm"+suffix, p)
+	lo, _ := h.LinkByName("lo")
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	name := "dgm" + suffix
-	must(netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: "eth0", PeerNamespace: netlink.NsFd(ns)}))
-	host, err := netlink.LinkByName(name)
-	must(err)
-	t.Cleanup(func() { netlink.LinkDel(host) })
-	must(netlink.AddrAdd(host, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(hostIP, 30))}))
-	must(netlink.LinkSetUp(host))
-	eth, err := h.LinkByName("eth0")
-	must(err)
-	must(h.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(nsIP, 30))}))
-	must(h.LinkSetUp(eth))
-	lo, _ := h.LinkByName("lo")
-	must(h.LinkSetUp(lo))
 	// On a dummy interface where the kernel has the driver, else on the
 	// namespace's loopback: either way a local address of the namespace.
 	meta := lo

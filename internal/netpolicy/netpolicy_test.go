@@ -177,6 +177,19 @@ func internet(t *testing.T, dir, suffix string) (string, netip.Addr, netip.Addr)
 	})
 	hostIP, inetIP := p.Addr().Next(), p.Addr().Next().Next()
 	path := filepath.Join(dir, "internet")
+	linkedNetns(t, path, "dgi"+suffix, p)
+	// No route back to the sessions: only masqueraded traffic can answer.
+	return path, inetIP, hostIP
+}
+
+// linkedNetns makes a network namespace at path, removed when the test
+// ends, linked to the host by a veth: the host end, named name, holds p's
+// first address (p.Addr().Next()) and the namespace's eth0 its second,
+// both up, as is the namespace's loopback. It returns a handle in the
+// namespace, closed when the test ends, and the host end, removed then.
+func linkedNetns(t *testing.T, path, name string, p netip.Prefix) (*netlink.Handle, netlink.Link) {
+	t.Helper()
+	hostIP, nsIP := p.Addr().Next(), p.Addr().Next().Next()
 	if err := newNetns(path); err != nil {
 		t.Fatal(err)
 	}
@@ -190,29 +203,26 @@ func internet(t *testing.T, dir, suffix string) (string, netip.Addr, netip.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer h.Close()
-	name := "dgi" + suffix
-	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: "eth0", PeerNamespace: netlink.NsFd(ns)}); err != nil {
-		t.Fatal(err)
-	}
-	host, _ := netlink.LinkByName(name)
-	t.Cleanup(func() { netlink.LinkDel(host) })
+	t.Cleanup(h.Close)
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	must(netlink.AddrAdd(host, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(hostIP, 30))}))
+	must(netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: "eth0", PeerNamespace: netlink.NsFd(ns)}))
+	host, err := netlink.LinkByName(name)
+	must(err)
+	t.Cleanup(func() { netlink.LinkDel(host) })
+	must(netlink.AddrAdd(host, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(hostIP, p.Bits()))}))
 	must(netlink.LinkSetUp(host))
 	eth, err := h.LinkByName("eth0")
 	must(err)
-	must(h.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(inetIP, 30))}))
+	must(h.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(nsIP, p.Bits()))}))
 	must(h.LinkSetUp(eth))
 	lo, _ := h.LinkByName("lo")
 	must(h.LinkSetUp(lo))
-	// No route back to the sessions: only masqueraded traffic can answer.
-	return path, inetIP, hostIP
+	return h, host
 }
 
 func TestEgressPolicies(t *testing.T) {
