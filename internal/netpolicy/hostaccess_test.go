@@ -1,7 +1,6 @@
 package netpolicy
 
 import (
-	"context"
 	"net/netip"
 	"strconv"
 	"testing"
@@ -59,13 +58,7 @@ func TestHostAccessOpensOnlyWhatItNames(t *testing.T) {
 	check("")
 
 	m.Close()
-	m2, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m2.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	m2 := startManager(t, cfg)
 	defer m2.Close()
 	check("restarted: ")
 }

@@ -64,6 +64,20 @@ func testManager(t *testing.T, cfg Config) *Manager {
 	return m
 }
 
+// startManager makes and starts a Manager for cfg, as a server does when
+// it starts (again) on cfg.
+func startManager(t *testing.T, cfg Config) *Manager {
+	t.Helper()
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
 func mustSetup(t *testing.T, m *Manager, id string, e sdk.Egress) string {
 	t.Helper()
 	p, err := m.Setup(context.Background(), id, e)
@@ -232,13 +246,7 @@ func TestStaleTableIsReplaced(t *testing.T) {
 	// rules from the state file, whatever the table holds by then.
 	m.Close()
 	stale()
-	m2, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m2.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	m2 := startManager(t, cfg)
 	noReach(t, "restarted: earlier session, unlisted", s1, out.unlisted)
 	reach(t, "restarted: earlier session, listed", s2, out.listed)
 	m2.Close()
@@ -356,13 +364,7 @@ func TestLegacyTableOfThisBridgeIsRemoved(t *testing.T) {
 
 	mk("dgother0")
 	m.Close()
-	m2, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m2.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	m2 := startManager(t, cfg)
 	m2.Close()
 	if !exists() {
 		t.Error("legacy table of another bridge removed")
