@@ -35,14 +35,7 @@ func requireDisk(t *testing.T) {
 	if _, err := os.Stat("/dev/loop-control"); err != nil {
 		missing = append(missing, "loop devices (/dev/loop-control)")
 	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := "disk limits need " + strings.Join(missing, ", ")
-	if os.Getenv("CI") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
+	need(t, "disk limits need", missing)
 }
 
 const (
