@@ -35,14 +35,7 @@ func newFullableRig(t *testing.T) (*meterRig, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
-	r := &meterRig{t: t, st: st, reg: inproc.NewRegistry(testutil.ShortTempDir(t)),
-		clock: &clock{t: time.Now().Truncate(time.Second)}}
-	if r.admin, err = Bootstrap(ctx, st, "root", true, true, r.clock.Now()); err != nil {
-		t.Fatal(err)
-	}
-	r.start(perSecond(1))
-	return r, dir
+	return meterRigOn(ctx, t, st), dir
 }
 
 // healthDoc is /healthz's document as clients read it.
@@ -252,13 +245,7 @@ func TestSessionsEndWhilePostgresIsDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
-	r := &meterRig{t: t, st: st, reg: inproc.NewRegistry(testutil.ShortTempDir(t)),
-		clock: &clock{t: time.Now().Truncate(time.Second)}}
-	if r.admin, err = Bootstrap(ctx, st, "root", true, true, r.clock.Now()); err != nil {
-		t.Fatal(err)
-	}
-	r.start(perSecond(1))
+	r := meterRigOn(ctx, t, st)
 	admin := r.client(r.admin)
 	s := r.session("default")
 

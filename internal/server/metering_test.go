@@ -62,9 +62,17 @@ func newMeterRig(t *testing.T) *meterRig {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return meterRigOn(ctx, t, st)
+}
+
+// meterRigOn is a meterRig on st, which it closes when the test ends: its
+// server bills a GPU-second at one currency unit, on the test's clock.
+func meterRigOn(ctx context.Context, t *testing.T, st store.Store) *meterRig {
+	t.Helper()
 	t.Cleanup(func() { st.Close() })
 	r := &meterRig{t: t, st: st, reg: inproc.NewRegistry(testutil.ShortTempDir(t)),
 		clock: &clock{t: time.Now().Truncate(time.Second)}}
+	var err error
 	if r.admin, err = Bootstrap(ctx, st, "root", true, true, r.clock.Now()); err != nil {
 		t.Fatal(err)
 	}
