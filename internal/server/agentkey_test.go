@@ -7,7 +7,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"sync"
@@ -82,15 +81,7 @@ func newAccessRig(t *testing.T) *accessRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(srv.Handler())
-	t.Cleanup(func() {
-		hs.Close()
-		srv.Close()
-		for _, in := range must(rt.List(context.Background())) {
-			_ = rt.Stop(context.Background(), in.SessionID)
-		}
-	})
-	r.url = hs.URL
+	r.url = serveHTTP(t, srv, rt)
 	return r
 }
 

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/devgpu/devgpu/internal/gpu"
+	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/runtime/local"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/internal/store/sqlite"
@@ -88,6 +89,14 @@ func newFixture(t *testing.T, opts ...func(*Config)) *fixture {
 		t.Fatal(err)
 	}
 	f.srv = srv
+	f.url = serveHTTP(t, srv, rt)
+	return f
+}
+
+// serveHTTP serves srv over HTTP until the test ends, then closes both and
+// stops every session left in rt; it returns the server's URL.
+func serveHTTP(t *testing.T, srv *Server, rt runtime.Runtime) string {
+	t.Helper()
 	hs := httptest.NewServer(srv.Handler())
 	t.Cleanup(func() {
 		hs.Close()
@@ -96,8 +105,7 @@ func newFixture(t *testing.T, opts ...func(*Config)) *fixture {
 			_ = rt.Stop(context.Background(), in.SessionID)
 		}
 	})
-	f.url = hs.URL
-	return f
+	return hs.URL
 }
 
 func must[T any](v T, err error) T {
