@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -70,30 +69,12 @@ func TestStopWhileStarting(t *testing.T) {
 			}
 			t.Cleanup(release)
 
-			type answer struct {
-				code int
-				body []byte
-				err  error
-			}
-			created := make(chan answer, 1)
-			go func() {
-				b, _ := json.Marshal(sdk.CreateSessionRequest{Project: "default"})
-				req, _ := http.NewRequest("POST", f.url+"/api/v1/sessions", bytes.NewReader(b))
-				req.Header.Set("Authorization", "Bearer "+f.dev)
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					created <- answer{err: err}
-					return
-				}
-				defer resp.Body.Close()
-				body, err := io.ReadAll(resp.Body)
-				created <- answer{resp.StatusCode, body, err}
-			}()
+			created := f.createAsync(t.Context(), f.dev)
 			var id string
 			select {
 			case id = <-rt.entered:
 			case a := <-created:
-				t.Fatalf("create returned before the runtime started: %d %s %v", a.code, a.body, a.err)
+				t.Fatalf("create returned before the runtime started: %d %s", a.code, a.body)
 			case <-t.Context().Done():
 				t.Fatal(t.Context().Err())
 			}
@@ -117,8 +98,8 @@ func TestStopWhileStarting(t *testing.T) {
 			case <-ctx.Done():
 				t.Fatal("the create did not return once the runtime's start did")
 			}
-			if a.err != nil || a.code != http.StatusConflict || !strings.Contains(string(a.body), "stopped") {
-				t.Errorf("create of a session stopped while starting: %d %s %v; want 409 saying it was stopped", a.code, a.body, a.err)
+			if a.code != http.StatusConflict || !strings.Contains(a.body, "stopped") {
+				t.Errorf("create of a session stopped while starting: %d %s; want 409 saying it was stopped", a.code, a.body)
 			}
 			sess, err = f.srv.store.Session(ctx, id)
 			if err != nil {
@@ -174,19 +155,7 @@ func TestStopWhileStartingRetried(t *testing.T) {
 		rt = &failingStop{slowRuntime: &slowRuntime{Runtime: c.Runtime, deaf: true, entered: make(chan string, 1), release: make(chan struct{})}}
 		c.Runtime = rt
 	})
-	created := make(chan int, 1)
-	go func() {
-		b, _ := json.Marshal(sdk.CreateSessionRequest{Project: "default"})
-		req, _ := http.NewRequest("POST", f.url+"/api/v1/sessions", bytes.NewReader(b))
-		req.Header.Set("Authorization", "Bearer "+f.dev)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			created <- 0
-			return
-		}
-		resp.Body.Close()
-		created <- resp.StatusCode
-	}()
+	created := f.createAsync(t.Context(), f.dev)
 	id := <-rt.entered
 	if code, body := f.call(f.dev, "DELETE", "/api/v1/sessions/"+id, nil); code >= 300 {
 		t.Fatalf("stop while starting: %d %s", code, body)
@@ -194,9 +163,9 @@ func TestStopWhileStartingRetried(t *testing.T) {
 	close(rt.release)
 	ctx := testutil.Context(t, testutil.WaitMedium)
 	select {
-	case code := <-created:
-		if code < 400 {
-			t.Errorf("create of a session stopped while starting answered %d", code)
+	case a := <-created:
+		if a.code < 400 {
+			t.Errorf("create of a session stopped while starting answered %d", a.code)
 		}
 	case <-ctx.Done():
 		t.Fatal("the create did not return")
