@@ -239,6 +239,28 @@ func (e *env) waitSession(id string, d time.Duration, what string, cond func(sdk
 	return s
 }
 
+// wantBilled fails the test unless the usage report bills lived
+// GPU-seconds in all, to the millisecond; why says whose life that is.
+func (e *env) wantBilled(lived float64, why string) {
+	e.t.Helper()
+	var report sdk.UsageReport
+	if err := json.Unmarshal([]byte(e.cli("usage", "--format", "json", "--by", "user").stdout), &report); err != nil {
+		e.t.Fatal(err)
+	}
+	if got := report.Total.GPUSeconds; got < lived-0.001 || got > lived+0.001 {
+		e.t.Fatalf("usage: %.3f GPU-seconds, want %.3f: %s", got, lived, why)
+	}
+}
+
+// wantFree fails the test unless `gpus --json` counts n GPUs free; when
+// says at what point they should be.
+func (e *env) wantFree(n int, when string) {
+	e.t.Helper()
+	if r := e.cli("gpus", "--json"); !strings.Contains(r.stdout, fmt.Sprintf(`"free": %d`, n)) {
+		e.t.Fatalf("want %d GPUs free %s: %s", n, when, r.stdout)
+	}
+}
+
 func (e *env) running() []sdk.Session {
 	var out []sdk.Session
 	for _, s := range e.sessions() {
