@@ -5,15 +5,11 @@ package e2e
 // meets, and how the dev server is stopped.
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -224,26 +220,6 @@ func TestFirstHourDoctorTokenOverride(t *testing.T) {
 	if r.code != 255 || !strings.Contains(r.stderr, "unset DEVGPU_TOKEN") {
 		t.Errorf("gpus with a stale DEVGPU_TOKEN: %+v, want it named as the cause", r)
 	}
-}
-
-// cliEnv runs the CLI to completion with more environment variables.
-func (e *env) cliEnv(env []string, args ...string) result {
-	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), testutil.WaitLong)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, e.bin, args...)
-	cmd.Env = append(e.environ(), env...) // the last value of a name wins
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	var exit *exec.ExitError
-	code := 0
-	if errors.As(err, &exit) {
-		code = exit.ExitCode()
-	} else if err != nil {
-		e.t.Fatalf("devgpu %s: %v", strings.Join(args, " "), err)
-	}
-	return result{stdout.String(), stderr.String(), code}
 }
 
 // project show prints the budget and the workspace in words.

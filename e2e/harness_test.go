@@ -185,10 +185,16 @@ type result struct {
 // cli runs the devgpu CLI to completion.
 func (e *env) cli(args ...string) result {
 	e.t.Helper()
+	return e.cliEnv(nil, args...)
+}
+
+// cliEnv runs the CLI to completion with more environment variables.
+func (e *env) cliEnv(env []string, args ...string) result {
+	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testutil.WaitLong)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, e.bin, args...)
-	cmd.Env = e.environ()
+	cmd.Env = append(e.environ(), env...) // the last value of a name wins
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
