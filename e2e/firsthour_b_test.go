@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -304,14 +305,7 @@ func TestFirstHourServerStop(t *testing.T) {
 	}
 	<-e.exited // server stop returns once it has exited
 	e.server = nil
-	if code := server.ProcessState.ExitCode(); code != 0 {
-		t.Errorf("the server exited %d after SIGTERM, want 0", code)
-	}
-	for _, line := range strings.Split(e.log.String(), "\n") {
-		if strings.Contains(line, "level=ERROR") {
-			t.Errorf("the server logged an error while stopping: %s", line)
-		}
-	}
+	e.wantCleanExit(server)
 	if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
 		t.Errorf("the pid file outlived the server: %v", err)
 	}
@@ -327,6 +321,20 @@ func TestFirstHourServerStop(t *testing.T) {
 	r = e.cli("server", "stop", "--data", filepath.Join(t.TempDir(), "none"))
 	if r.code != 255 || !strings.Contains(r.stderr, "no devgpu server runs on") {
 		t.Errorf("server stop on a directory without a server: %+v", r)
+	}
+}
+
+// wantCleanExit checks that server, stopped by SIGTERM, exited 0 and
+// logged no error while stopping.
+func (e *env) wantCleanExit(server *exec.Cmd) {
+	e.t.Helper()
+	if code := server.ProcessState.ExitCode(); code != 0 {
+		e.t.Errorf("the server exited %d after SIGTERM, want 0", code)
+	}
+	for _, line := range strings.Split(e.log.String(), "\n") {
+		if strings.Contains(line, "level=ERROR") {
+			e.t.Errorf("the server logged an error while stopping: %s", line)
+		}
 	}
 }
 
@@ -348,14 +356,7 @@ func TestFirstHourSIGTERM(t *testing.T) {
 		t.Fatal("the server did not exit after SIGTERM")
 	}
 	e.server = nil
-	if code := server.ProcessState.ExitCode(); code != 0 {
-		t.Errorf("the server exited %d after SIGTERM, want 0", code)
-	}
-	for _, line := range strings.Split(e.log.String(), "\n") {
-		if strings.Contains(line, "level=ERROR") {
-			t.Errorf("the server logged an error while stopping: %s", line)
-		}
-	}
+	e.wantCleanExit(server)
 	e.startServer()
 	if s := e.session(id); s.State != sdk.StateRunning {
 		t.Errorf("after SIGTERM and a restart, session %s is %s, want running", id, s.State)
