@@ -350,11 +350,16 @@ func TestAuthorizationMatrixAllEndpoints(t *testing.T) {
 	}
 }
 
+// withImages hides that the runtime it wraps ignores images
+// (runtime.Imageless), so that the server checks the images sessions ask
+// for as it does for the oci runtime.
+type withImages struct{ runtime.Runtime }
+
 // Sessions ask for catalog names or, from allowed registries, references;
 // the project's allowed images are enforced.
 func TestImageCatalog(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	f := newFixture(t, func(c *Config) { c.Runtime = withImages{c.Runtime} })
 	if code, b := f.call(f.admin, "POST", "/api/v1/images", sdk.CatalogImage{Name: "py", Ref: "ghcr.io/acme/py@sha256:" + strings.Repeat("a", 64)}); code != 201 {
 		t.Fatalf("add image: %d %s", code, b)
 	}
