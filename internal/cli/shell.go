@@ -58,7 +58,7 @@ drops, reattach within the project's detach grace with --attach ID.`,
 				return err
 			}
 			defer conn.Close()
-			return runShell(conn, sess)
+			return explainEnd(cmd.Context(), conn.api, sess.ID, runShell(conn, sess))
 		},
 	}
 	f.register(cmd)
@@ -79,12 +79,12 @@ the session's shell, so devgpu run -- 'echo $CUDA_VISIBLE_DEVICES' expands
 inside the session.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			conn, _, err := openSession(cmd.Context(), f, false)
+			conn, sess, err := openSession(cmd.Context(), f, false)
 			if err != nil {
 				return err
 			}
 			defer conn.Close()
-			return runCommand(conn, commandLine(args))
+			return explainEnd(cmd.Context(), conn.api, sess.ID, runCommand(conn, commandLine(args)))
 		},
 	}
 	// Everything after the command's first word belongs to the command.
@@ -143,6 +143,9 @@ func (c *sessionConn) onPurpose() bool {
 func (c *sessionConn) finished(err error) error {
 	var exit *ssh.ExitError
 	c.command, c.exited = true, err == nil || errors.As(err, &exit)
+	if !c.exited {
+		_ = c.Client.Close()
+	}
 	return exitFrom(err)
 }
 
@@ -208,12 +211,14 @@ func findSession(ctx context.Context, client *sdk.Client, cfg config, f sessionF
 	status.set(strings.TrimSuffix(fmt.Sprintf("starting a GPU session in project %s", project), " in project "))
 	req := sdk.CreateSessionRequest{Project: project, GPUType: f.gpuType, Region: f.region, Image: f.image,
 		Wait: sdk.Duration(f.wait), Progress: status.tty}
-	sess, err := client.CreateSession(ctx, req, func(ev sdk.SessionEvent) {
+	sess, err := createWaiting(ctx, client, req, func(ev sdk.SessionEvent) {
 		if ev.Step != "" {
 			status.set(fmt.Sprintf("%s %d/%d MB", ev.Step, ev.Done>>20, ev.Total>>20))
 			return
 		}
-		status.set(fmt.Sprintf("queued, position %d: %s", ev.Position, ev.Reason))
+		status.set(fmt.Sprintf("queued, position %d: %s", ev.Position, waitReason(ev.Reason)))
+	}, func(id string) {
+		status.set(fmt.Sprintf("queued as %s: the server is unreachable; reconnecting to keep your place", id))
 	})
 	status.done()
 	if err != nil && ctx.Err() != nil {
@@ -325,9 +330,9 @@ func exitFrom(err error) error {
 	case errors.As(err, &exit):
 		return exitStatus(exit.ExitStatus())
 	case errors.As(err, &missing):
-		return errors.New("the session ended before the command reported an exit status (it was stopped, or the connection was lost)")
+		return errNoExitStatus
 	default:
-		return fmt.Errorf("connection to the session lost: %w", err)
+		return fmt.Errorf("%w: %w", errNoExitStatus, err)
 	}
 }
 
@@ -366,7 +371,10 @@ func newStatusLine() *statusLine {
 				return
 			case <-t.C:
 				s.mu.Lock()
-				fmt.Fprintf(os.Stderr, "\r\033[K%c %s…", frames[i%len(frames)], s.msg)
+				// One line, redrawn in place: never wider than the
+				// terminal, or each frame would wrap onto a new line.
+				line := fitWidth(fmt.Sprintf("%c %s…", frames[i%len(frames)], s.msg), stderrWidth())
+				fmt.Fprintf(os.Stderr, "\r\033[K%s", line)
 				s.mu.Unlock()
 				s.shown = true
 			}
