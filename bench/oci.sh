@@ -19,6 +19,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 N=${BENCH_OCI_N:-20}
 WORK=$(mktemp -d /tmp/dgoci.XXXXXX)
 PIDS=()
+BRIDGES=()
 
 cleanup() {
 	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -26,6 +27,12 @@ cleanup() {
 	# The oci runtime's disk pool stays mounted after its server stops, so
 	# that workspaces stay readable on the host: unmount what lies under WORK.
 	grep -o " $WORK/[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+	# A stopped server keeps its bridge (and table) for its next start: these
+	# servers have none, and their subnets must not block a later run's.
+	for b in "${BRIDGES[@]}"; do
+		ip link del "$b" 2>/dev/null || true
+		! command -v nft >/dev/null || nft delete table inet "devgpu_$b" 2>/dev/null || true
+	done
 	[[ -n ${BENCH_KEEP:-} ]] || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -55,6 +62,7 @@ for mode in local oci oci-warm; do
 	mkdir -p "$d"
 	args=(server --dev --data "$d/data" --listen "127.0.0.1:$port" --gpus t4:4)
 	if [[ $mode != local ]]; then
+		BRIDGES+=("dgb$port")
 		cat >"$d/server.json" <<JSON
 {"runtime": "oci", "oci": {"agent_binary": "$WORK/devgpu-agent", "default_image": "$REF", "bridge": "dgb$port", "subnet": "10.$((port - 18100)).0.0/24", "disk_pool": "4GB"}}
 JSON

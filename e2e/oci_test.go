@@ -5,6 +5,7 @@ import (
 	"syscall"
 
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -40,7 +41,7 @@ func newOCIEnv(t *testing.T, extraOCI ...string) (*env, string) {
 		t.Skip("runc is not installed")
 	}
 	ref := imagetest.Push(t, imagetest.Registry(t)+"/test/busybox:1", imagetest.BusyboxImage(t))
-	n := rand.IntN(200)
+	n := freeOCINetwork(t)
 	// Runs after the server's cleanup (cleanups run last-in, first-out):
 	// the bridge and its nftables table are what a stopped server keeps for
 	// its next start.
@@ -59,6 +60,45 @@ func newOCIEnv(t *testing.T, extraOCI ...string) (*env, string) {
 		t.Fatal(err)
 	}
 	return newEnv(t, "t4:2", "--config", cfg), ref
+}
+
+// ociNetworks are the bridge numbers this test process has handed out.
+var ociNetworks struct {
+	sync.Mutex
+	taken map[int]bool
+}
+
+// freeOCINetwork picks a number n for a server's bridge dge<n> and subnet
+// 10.<40+n>.0.0/24 that no other test of this process took and no
+// interface of the host uses: a server refuses a subnet that is in use.
+func freeOCINetwork(t *testing.T) int {
+	t.Helper()
+	ociNetworks.Lock()
+	defer ociNetworks.Unlock()
+	if ociNetworks.taken == nil {
+		ociNetworks.taken = map[int]bool{}
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inUse := map[int]bool{}
+	for _, a := range addrs {
+		if ip, ok := a.(*net.IPNet); ok && ip.IP.To4() != nil && ip.IP.To4()[0] == 10 {
+			inUse[int(ip.IP.To4()[1])-40] = true
+		}
+	}
+	for _, n := range rand.Perm(200) {
+		if !ociNetworks.taken[n] && !inUse[n] {
+			if _, err := net.InterfaceByName(fmt.Sprintf("dge%d", n)); err == nil {
+				continue // an earlier run's bridge
+			}
+			ociNetworks.taken[n] = true
+			return n
+		}
+	}
+	t.Fatal("no free bridge number for an oci test server")
+	return 0
 }
 
 // Sessions on the oci runtime run in their own containers: their own
