@@ -374,6 +374,9 @@ func TestFirstHourReattachKeepsNohup(t *testing.T) {
 	tm.ready()
 	tm.send("sleep 1001 & echo $! > plain.pid; nohup sleep 1002 >/dev/null 2>&1 & echo $! > nohup.pid; echo ST''ARTED\r")
 	tm.expect("STARTED")
+	// nohup ignores SIGHUP only once it runs; it is sleep once it has.
+	tm.send("until [ \"$(cat /proc/$(cat nohup.pid)/comm)\" = sleep ]; do sleep 0.05; done; echo NOHUP_RU''NNING\r")
+	tm.expect("NOHUP_RUNNING")
 	_ = tm.cmd.Process.Kill() // the connection drops
 	tm.wait()
 

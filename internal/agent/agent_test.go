@@ -482,6 +482,23 @@ func TestHangup(t *testing.T) {
 	}
 }
 
+// A hangup reaches a shell's background jobs even when the shell does not
+// pass it on (here it ignores SIGHUP, and is killed after the grace): as
+// a terminal's hangup would through a shell that acts on it.
+func TestHangupReachesBackgroundJobs(t *testing.T) {
+	t.Parallel()
+	skipIfIgnored(t, syscall.SIGHUP)
+	a := startAgent(t, nil)
+	cl := a.dial(t)
+	_, in, out := startShell(t, cl, 24, 80)
+	// The job starts before the trap, so it keeps SIGHUP's default.
+	fmt.Fprint(in, "sleep 1003 & echo job=$!; trap '' HUP; echo shell=$$\n")
+	job, shell := waitPID(t, out, "job"), waitPID(t, out, "shell")
+	cl.Close()
+	eventually(t, "the background job to die of the hangup", func() bool { return gone(job) })
+	eventually(t, "the shell to be killed after the grace", func() bool { return gone(shell) })
+}
+
 func TestIdleExit(t *testing.T) {
 	t.Parallel()
 	const idle = 200 * time.Millisecond

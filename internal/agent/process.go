@@ -228,11 +228,17 @@ func (p *process) close() {
 
 // hangup ends a child whose channel went away, like sshd: SIGHUP to its
 // process group, SIGKILL after a grace, or at once when Serve is stopping.
+// The other processes of its session (a shell's background jobs) get the
+// SIGHUP too, as a shell passes it on to its jobs when its terminal hangs
+// up: a shell that is slow to act on it and is killed after the grace would
+// otherwise leave them running. What was started with nohup ignores it, and
+// what left the session with setsid is not in it.
 func (p *process) hangup(ctx context.Context) {
 	if p.exited() {
 		return
 	}
 	_ = p.signal(syscall.SIGHUP)
+	hangupSession(p.pid())
 	t := time.NewTimer(hangupGrace)
 	defer t.Stop()
 	select {
@@ -320,4 +326,16 @@ func readStat(pid string) (procStat, bool) {
 		return procStat{}, false
 	}
 	return procStat{state: f[0][0], ppid: ppid, sid: sid}, true
+}
+
+// hangupSession sends SIGHUP to every process of session sid but its
+// leader (the agent sees only its own session's processes in a container
+// or sandbox, and all of its own user's elsewhere).
+func hangupSession(sid int) {
+	sessions, _ := liveSessions()
+	for _, pid := range sessions[sid] {
+		if pid != sid {
+			_ = syscall.Kill(pid, syscall.SIGHUP)
+		}
+	}
 }
