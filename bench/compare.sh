@@ -340,7 +340,8 @@ measure_admissions() {
 	esac
 	log "admissions on $label: devgpu server --gpus $ADM_GPUS on 127.0.0.1:$ADM_PORT"
 	DEVGPU_CONFIG=$d/config.json start "devgpu server ($label)" "$d/server.log" "$DEVGPU_EXE" server --dev \
-		--data "$d/data" "${store[@]}" --listen "127.0.0.1:$ADM_PORT" --gpus "$ADM_GPUS" --runtime "$ADM_RUNTIME"
+		--data "$d/data" "${store[@]}" --listen "127.0.0.1:$ADM_PORT" --gpus "$ADM_GPUS" --runtime "$ADM_RUNTIME" \
+		--insecure-local-runtime # the run makes several users; the local runtime serves one person unless told
 	local pid=${PIDS[-1]}
 	wait_for "devgpu server ($label)" 30 curl -fsS "http://127.0.0.1:$ADM_PORT/healthz"
 	wait_for "devgpu CLI config ($label)" 10 test -s "$d/config.json"
