@@ -321,6 +321,12 @@ func (s *Server) waitDetached(ctx context.Context, attachment int64) {
 // loop runs check every interval until the server closes; one of the
 // lifecycle loops started by New.
 func (s *Server) loop(interval time.Duration, what string, check func(context.Context) error) {
+	s.loopKicked(interval, nil, what, check)
+}
+
+// loopKicked is loop that also runs check whenever kick fires (a nil kick
+// never does).
+func (s *Server) loopKicked(interval time.Duration, kick <-chan struct{}, what string, check func(context.Context) error) {
 	defer s.wg.Done()
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -329,6 +335,7 @@ func (s *Server) loop(interval time.Duration, what string, check func(context.Co
 		case <-s.ctx.Done():
 			return
 		case <-t.C:
+		case <-kick:
 		}
 		if err := check(s.ctx); err != nil && s.ctx.Err() == nil {
 			s.log.Error(what, "err", err)

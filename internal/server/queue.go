@@ -67,24 +67,6 @@ func (s *Server) queueWatch() <-chan struct{} {
 	return s.qchanged
 }
 
-// loopQueue runs the queue until the server closes.
-func (s *Server) loopQueue() {
-	defer s.wg.Done()
-	t := time.NewTicker(s.cfg.QueueInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-t.C:
-		case <-s.qkick:
-		}
-		if err := s.runQueue(s.ctx); err != nil && s.ctx.Err() == nil {
-			s.log.Error("run the queue", "err", err)
-		}
-	}
-}
-
 // runQueue ends the queued sessions that gave up, then admits the head of
 // each project's queue, and the next, while they fit.
 func (s *Server) runQueue(ctx context.Context) error {

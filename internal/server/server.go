@@ -216,7 +216,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.refreshLimits(ctx, 0)
 	s.probeStore(ctx)
 	s.wg.Add(7) // owned: Close waits for them (owned.go)
-	go s.loopQueue()
+	go s.loopKicked(cfg.QueueInterval, s.qkick, "run the queue", s.runQueue)
 	go s.loop(cfg.StoreRetryInterval, "record session ends", s.recordEnds)
 	go s.loop(cfg.ReapInterval, "reap detached sessions", s.reapDetached)
 	go s.loop(cfg.LivenessInterval, "liveness check", s.checkLiveness)
