@@ -203,7 +203,12 @@ func (c *Client) WaitSession(ctx context.Context, id string, progress func(Sessi
 	resp, err := c.request(ctx, http.MethodGet, "/api/v1/sessions/"+url.PathEscape(id)+"/wait", nil)
 	if err != nil {
 		var e *Error
-		if !errors.As(err, &e) && ctx.Err() == nil {
+		switch {
+		case ctx.Err() != nil:
+			// Given up while reaching the server: as in readWait.
+			c.GiveUp(id)
+			return Session{}, ctx.Err()
+		case !errors.As(err, &e):
 			// Not an answer of the server's: it may be restarting.
 			return Session{}, &WaitInterrupted{SessionID: id, Err: err}
 		}
@@ -234,7 +239,7 @@ func (c *Client) readWait(ctx context.Context, resp *http.Response, id string, p
 		if err := dec.Decode(&ev); err != nil {
 			switch {
 			case id != "" && ctx.Err() != nil:
-				c.giveUp(id)
+				c.GiveUp(id)
 				return Session{}, ctx.Err()
 			case id != "":
 				return Session{}, &WaitInterrupted{SessionID: id, Err: err}
@@ -259,10 +264,10 @@ func (c *Client) readWait(ctx context.Context, resp *http.Response, id string, p
 // its queued session.
 const giveUpTimeout = 5 * time.Second
 
-// giveUp removes the queued session of a request given up. Should the
-// server not hear it, the session gives up by itself when its client has
-// been gone for the detach grace.
-func (c *Client) giveUp(id string) {
+// GiveUp removes the queued session of a request given up, whatever ctx
+// the request had. Should the server not hear it, the session gives up by
+// itself when its client has been gone for the detach grace.
+func (c *Client) GiveUp(id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), giveUpTimeout)
 	defer cancel()
 	_, _ = c.StopSession(ctx, id)
@@ -276,12 +281,7 @@ func (c *Client) Session(ctx context.Context, id string) (Session, error) {
 
 // ListSessions returns the caller's sessions, or everyone's with all.
 func (c *Client) ListSessions(ctx context.Context, all bool) ([]Session, error) {
-	var s []Session
-	path := "/api/v1/sessions"
-	if all {
-		path += "?all=true"
-	}
-	return s, c.do(ctx, http.MethodGet, path, nil, &s)
+	return c.Sessions(ctx, SessionQuery{AllUsers: all})
 }
 
 // StopSession ends a session and returns its final record.

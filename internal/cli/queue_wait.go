@@ -13,9 +13,6 @@ import (
 const (
 	reconnectMin = 250 * time.Millisecond
 	reconnectMax = 5 * time.Second
-	// giveUpTimeout bounds the stop that removes a queued request the
-	// user gave up while the server was unreachable.
-	giveUpTimeout = 5 * time.Second
 )
 
 // createWaiting asks for a session as CreateSession does. When the stream
@@ -41,9 +38,7 @@ func createWaiting(ctx context.Context, client *sdk.Client, req sdk.CreateSessio
 		}
 		select {
 		case <-ctx.Done():
-			stop, cancel := context.WithTimeout(context.WithoutCancel(ctx), giveUpTimeout)
-			_, _ = client.StopSession(stop, cut.SessionID)
-			cancel()
+			client.GiveUp(cut.SessionID)
 			return sess, ctx.Err()
 		case <-time.After(backoff):
 		}
