@@ -142,7 +142,6 @@ func New(cfg Config) (*Runtime, error) {
 			_, err := os.Stat(r.dir(id))
 			return err == nil
 		})
-		cg.removeParent()
 	}
 	return r, nil
 }
