@@ -172,7 +172,7 @@ func (d *disks) remountWorkspaces() {
 		if _, err := os.Stat(img); err != nil {
 			continue
 		}
-		if err := mountImage(img, dir, unix.MS_NODEV|unix.MS_NOSUID, "discard,noinit_itable"); err != nil {
+		if err := mountWorkspaceImage(img, dir); err != nil {
 			d.log.Warn("mount a workspace again", "dir", dir, "err", err)
 		}
 	}
@@ -375,7 +375,7 @@ func (d *disks) mountWorkspace(dir string, limit int64) error {
 	} else if fi.Size() != limit {
 		d.log.Warn("workspace still held elsewhere; its new limit applies later", "dir", dir, "bytes", limit)
 	}
-	if err := mountImage(img, dir, unix.MS_NODEV|unix.MS_NOSUID, "discard,noinit_itable"); err != nil {
+	if err := mountWorkspaceImage(img, dir); err != nil {
 		return fmt.Errorf("workspace: %w", err)
 	}
 	return nil
@@ -404,7 +404,7 @@ func (d *disks) createWorkspace(dir, img string, limit int64) error {
 	if err := d.makeImage(img, limit, false); err != nil {
 		return fmt.Errorf("workspace: %w", err)
 	}
-	if err := mountImage(img, dir, unix.MS_NODEV|unix.MS_NOSUID, "discard,noinit_itable"); err != nil {
+	if err := mountWorkspaceImage(img, dir); err != nil {
 		os.Remove(img)
 		return fmt.Errorf("workspace: %w", err)
 	}
@@ -488,7 +488,7 @@ func (d *disks) workspaceUsage(dir string) (int64, error) {
 			}
 			return 0, nil
 		}
-		if err := mountImage(img, dir, unix.MS_NODEV|unix.MS_NOSUID, "discard,noinit_itable"); err != nil {
+		if err := mountWorkspaceImage(img, dir); err != nil {
 			return 0, fmt.Errorf("workspace: %w", err)
 		}
 	} else if mounted != img {
@@ -503,6 +503,12 @@ func (d *disks) workspaceUsage(dir string) (int64, error) {
 		return 0, err
 	}
 	return max(fi.Size()-int64(st.Bavail)*st.Bsize, 0), nil
+}
+
+// mountWorkspaceImage mounts the workspace filesystem in img on dir, with
+// the same flags and options wherever a workspace is mounted.
+func mountWorkspaceImage(img, dir string) error {
+	return mountImage(img, dir, unix.MS_NODEV|unix.MS_NOSUID, "discard,noinit_itable")
 }
 
 // mountImage mounts the ext4 filesystem in the image file img at target
