@@ -629,31 +629,6 @@ func (d *disks) mountedImage(target string) (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
-// mountSource is the source of the topmost mount at target, from
-// mountinfo; os.ErrNotExist when target is no mount point.
-func mountSource(target string) (string, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	src := ""
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 || unescapeMountPath(f[4]) != target {
-			continue
-		}
-		for i, field := range f {
-			if field == "-" && i+2 < len(f) {
-				src = unescapeMountPath(f[i+2]) // later lines are mounted on top
-			}
-		}
-	}
-	if src == "" {
-		return "", fmt.Errorf("%s is not a mount point: %w", target, os.ErrNotExist)
-	}
-	return src, nil
-}
-
 // errNoDiskLimits is WorkspaceUsage's answer from a runtime without disk
 // limits.
 var errNoDiskLimits = errors.New("the oci runtime has no disk limits configured")

@@ -45,19 +45,49 @@ func unmount(target string) error {
 	return fmt.Errorf("unmount %s: still mounted", target)
 }
 
-// isMounted reports whether target is a mount point, from mountinfo.
-func isMounted(target string) (bool, error) {
+// notMountPointError is mountSource's answer for a target that is no
+// mount point; it is an os.ErrNotExist. A failure to read mountinfo is
+// not one, so that callers can tell the two apart.
+type notMountPointError struct{ target string }
+
+func (e *notMountPointError) Error() string {
+	return e.target + " is not a mount point: " + os.ErrNotExist.Error()
+}
+
+func (e *notMountPointError) Unwrap() error { return os.ErrNotExist }
+
+// mountSource is the source of the topmost mount at target, from
+// mountinfo; os.ErrNotExist when target is no mount point.
+func mountSource(target string) (string, error) {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
-		return false, err
+		return "", err
 	}
+	src := ""
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) > 4 && unescapeMountPath(f[4]) == target {
-			return true, nil
+		if len(f) < 5 || unescapeMountPath(f[4]) != target {
+			continue
+		}
+		for i, field := range f {
+			if field == "-" && i+2 < len(f) {
+				src = unescapeMountPath(f[i+2]) // later lines are mounted on top
+			}
 		}
 	}
-	return false, nil
+	if src == "" {
+		return "", &notMountPointError{target}
+	}
+	return src, nil
+}
+
+// isMounted reports whether target is a mount point, from mountinfo.
+func isMounted(target string) (bool, error) {
+	_, err := mountSource(target)
+	if nm := (*notMountPointError)(nil); errors.As(err, &nm) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // unescapeMountPath undoes mountinfo's octal escapes of space, tab,
