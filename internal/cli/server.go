@@ -416,19 +416,10 @@ func (o *serverOptions) newRuntime(dataDir string, api net.Addr, log *slog.Logge
 	})
 }
 
+// resolveDataDir is the data directory as dataDirPath finds it, created
+// if it is missing.
 func resolveDataDir(dir string) (string, error) {
-	if dir == "" {
-		base := os.Getenv("XDG_DATA_HOME")
-		if base == "" {
-			home, err := os.UserHomeDir()
-			if err != nil {
-				return "", fmt.Errorf("find a data directory: %w; pass --data DIR", err)
-			}
-			base = filepath.Join(home, ".local", "share")
-		}
-		dir = filepath.Join(base, "devgpu")
-	}
-	dir, err := filepath.Abs(dir)
+	dir, err := dataDirPath(dir)
 	if err != nil {
 		return "", err
 	}
