@@ -11,6 +11,7 @@ import (
 	"github.com/devgpu/devgpu/internal/admission"
 	"github.com/devgpu/devgpu/internal/authz"
 	"github.com/devgpu/devgpu/internal/httpapi"
+	"github.com/devgpu/devgpu/internal/lifecycle"
 	"github.com/devgpu/devgpu/internal/policy"
 	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/store"
@@ -352,7 +353,7 @@ func (s *Server) joinable(ctx context.Context, id string) (store.Session, error)
 		switch {
 		case sess.State == sdk.StateRunning && s.attachable(id):
 			return sess, nil
-		case sess.State == sdk.StateEnded || sess.State == sdk.StateFailed || sess.State == sdk.StateStopping:
+		case lifecycle.Final(sess.State) || sess.State == sdk.StateStopping:
 			return store.Session{}, errSessionNotRunning(id)
 		}
 		select {

@@ -42,6 +42,19 @@ func ensureWarmUser(ctx context.Context, st store.Store, now time.Time) (store.U
 // Unless asHead, a request whose project has others waiting claims nothing:
 // the ready sessions go to the queue first.
 func (s *Server) claimWarm(ctx context.Context, caller store.User, req sdk.CreateSessionRequest, asHead bool) (store.Session, bool, error) {
+	s.mu.Lock()
+	var warm []string
+	for id, l := range s.live {
+		if l.warm && !l.ending {
+			warm = append(warm, id)
+		}
+	}
+	s.mu.Unlock()
+	if len(warm) == 0 {
+		return store.Session{}, false, nil
+	}
+	// Only with a ready session to give is the queue worth asking about:
+	// this runs on every request.
 	if !asHead {
 		p, err := s.store.ProjectByName(ctx, cmp.Or(req.Project, "default"))
 		if errors.Is(err, store.ErrNotFound) {
@@ -53,17 +66,6 @@ func (s *Server) claimWarm(ctx context.Context, caller store.User, req sdk.Creat
 		if n, err := s.queueLength(ctx, s.store, p.ID); err != nil || n > 0 {
 			return store.Session{}, false, err
 		}
-	}
-	s.mu.Lock()
-	var warm []string
-	for id, l := range s.live {
-		if l.warm && !l.ending {
-			warm = append(warm, id)
-		}
-	}
-	s.mu.Unlock()
-	if len(warm) == 0 {
-		return store.Session{}, false, nil
 	}
 	var claimed string
 	var claimedProject int64

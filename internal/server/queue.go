@@ -150,7 +150,13 @@ func (s *Server) admitQueued(ctx context.Context, q store.Session) (left bool, e
 		}
 		if ok {
 			s.metrics.admissions.WithLabelValues("claimed", "").Inc()
-			return true, s.failQueued(ctx, q.ID, sdk.ReasonJoined, caller.Name, "", warm.ID)
+			err := s.failQueued(ctx, q.ID, sdk.ReasonJoined, caller.Name, "", warm.ID)
+			if errors.Is(err, store.ErrConflict) {
+				// Stopped while the claim ran: it has left the queue, and
+				// the rest of the queue must not wait for it.
+				return true, nil
+			}
+			return true, err
 		}
 	}
 	var admitted store.Session
@@ -191,7 +197,7 @@ func (s *Server) admitQueued(ctx context.Context, q store.Session) (left bool, e
 		if cur.GPUs, err = tx.ReserveGPUs(ctx, cur.ID, d.GPUType, d.Region, 1); err != nil {
 			return err
 		}
-		if _, err := tx.TransitionSession(ctx, cur.ID, sdk.StateStarting, nil); err != nil {
+		if _, err := s.transition(ctx, tx, cur.ID, sdk.StateStarting, nil); err != nil {
 			return err
 		}
 		cur.State, admitted = sdk.StateStarting, cur
@@ -257,7 +263,7 @@ func (s *Server) failQueuedTx(ctx context.Context, tx store.Store, cur store.Ses
 		}
 	}
 	at := s.now()
-	_, err := tx.TransitionSession(ctx, cur.ID, sdk.StateFailed, func(x *store.Session) {
+	_, err := s.transition(ctx, tx, cur.ID, sdk.StateFailed, func(x *store.Session) {
 		x.EndReason, x.EndedAt, x.EndActor, x.Error = reason, at, actor, why
 		x.EndState = sdk.StateFailed
 	})

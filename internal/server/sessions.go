@@ -9,6 +9,7 @@ import (
 
 	"github.com/devgpu/devgpu/internal/authz"
 	"github.com/devgpu/devgpu/internal/httpapi"
+	"github.com/devgpu/devgpu/internal/lifecycle"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/sdk"
 )
@@ -131,7 +132,7 @@ func (a *API) stopSession(w http.ResponseWriter, r *http.Request, caller store.U
 	if err != nil {
 		return err
 	}
-	if sess.State == sdk.StateEnded || sess.State == sdk.StateFailed {
+	if lifecycle.Final(sess.State) {
 		httpapi.Write(w, http.StatusOK, toSDK(sess))
 		return nil
 	}

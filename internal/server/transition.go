@@ -116,13 +116,13 @@ func (s *Server) finishStop(ctx context.Context, sess store.Session) error {
 // that never ran (no live session retries it), or one an access cut
 // recorded whose end then failed. The liveness loop runs it.
 func (s *Server) retryStops(ctx context.Context) {
-	active, err := s.store.ListSessions(ctx, store.SessionFilter{ActiveOnly: true})
+	stopping, err := s.store.ListSessions(ctx, store.SessionFilter{State: sdk.StateStopping})
 	if err != nil {
 		s.log.Warn("list sessions to retry their stops", "err", err)
 		return
 	}
-	for _, sess := range active {
-		if sess.State != sdk.StateStopping || s.finishing(sess.ID) {
+	for _, sess := range stopping {
+		if s.finishing(sess.ID) {
 			continue
 		}
 		if err := s.finishStop(ctx, sess); err != nil {
