@@ -125,7 +125,7 @@ func hasValidToken(ctx context.Context, tx store.Store, userID int64, now time.T
 		return false, err
 	}
 	for _, t := range tokens {
-		if t.RevokedAt.IsZero() && (t.ExpiresAt.IsZero() || now.Before(t.ExpiresAt)) {
+		if t.RevokedAt.IsZero() && !tokenExpired(t, now) {
 			return true, nil
 		}
 	}

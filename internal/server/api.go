@@ -103,7 +103,7 @@ func (a *API) authenticate(r *http.Request) (store.User, store.Token, error) {
 	switch {
 	case !tok.RevokedAt.IsZero():
 		return store.User{}, store.Token{}, httpapi.Errorf(http.StatusUnauthorized, "this API token was revoked; ask an administrator for a new one")
-	case !tok.ExpiresAt.IsZero() && now.After(tok.ExpiresAt):
+	case tokenExpired(tok, now):
 		return store.User{}, store.Token{}, httpapi.Errorf(http.StatusUnauthorized, "this API token expired; ask an administrator for a new one")
 	case user.Disabled:
 		return store.User{}, store.Token{}, httpapi.Errorf(http.StatusUnauthorized, "user %s is disabled; ask an administrator", user.Name)

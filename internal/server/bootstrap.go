@@ -44,7 +44,14 @@ func mintToken(ctx context.Context, st store.Store, t store.Token) (string, stor
 func ValidToken(ctx context.Context, st store.Store, token string, now time.Time) bool {
 	hash := sha256.Sum256([]byte(token))
 	t, u, err := st.TokenByHash(ctx, hash[:])
-	return err == nil && t.RevokedAt.IsZero() && (t.ExpiresAt.IsZero() || now.Before(t.ExpiresAt)) && !u.Disabled
+	return err == nil && t.RevokedAt.IsZero() && !tokenExpired(t, now) && !u.Disabled
+}
+
+// tokenExpired reports whether t no longer works at now: from the instant
+// of its expiry on, for authentication and for every check that a user
+// still holds a working token alike.
+func tokenExpired(t store.Token, now time.Time) bool {
+	return !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt)
 }
 
 // Bootstrap makes a new installation usable: an organisation admin named
