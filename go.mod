@@ -17,7 +17,13 @@ require (
 	modernc.org/sqlite v1.62.0
 )
 
-require gotest.tools/v3 v3.5.2 // indirect
+require (
+	github.com/hashicorp/yamux v0.1.2 // indirect
+	gotest.tools/v3 v3.5.2 // indirect
+	k8s.io/api v0.37.2 // indirect
+	k8s.io/apimachinery v0.37.2 // indirect
+	k8s.io/client-go v0.37.2 // indirect
+)
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect

@@ -1,7 +1,13 @@
 // Package runtime defines what the control plane needs from the thing that
 // runs sessions: start one from a Spec, open a byte stream to its agent,
 // stop it, and list what exists. Implementations live in subpackages
-// (local/, later oci/, kube/, aca/) and all pass runtimetest's suite.
+// (local/, oci/, inproc/, kube/) and all pass runtimetest's suite.
+//
+// The control plane asks for GPUs by type, count and region; the runtime
+// (or the engine behind it: a Kubernetes device plugin, a cloud platform)
+// chooses the devices and reports where the session landed. Only the
+// local, oci and inproc runtimes choose devices of their host themselves
+// (hostgpu.Pool).
 package runtime
 
 import (
@@ -10,6 +16,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -19,17 +26,52 @@ import (
 // ErrNotFound is returned for a session the runtime does not have.
 var ErrNotFound = errors.New("session not found in runtime")
 
+// GPURequest is what a session asks of a runtime: Count GPUs of Type in
+// Region.
+type GPURequest struct {
+	Type   string
+	Region string
+	Count  int
+}
+
+// Placement is where a started session landed, as the engine reports it.
+type Placement struct {
+	// Node is the machine the session runs on: this host's name, or the
+	// cluster node the scheduler chose.
+	Node string
+	// Devices are the GPU device ids the engine gave the session (UUIDs,
+	// or GPU-sim-... when simulated), in order. A remote runtime takes them
+	// from what the agent reports it sees.
+	Devices []string
+	// Handle is the runtime's own name for the session (a container id, a
+	// Pod name); opaque to the control plane, kept for operators.
+	Handle string
+}
+
+// Capacity is how many GPUs of one type in one region a runtime offers in
+// all, those in use included.
+type Capacity struct {
+	Type   string
+	Region string
+	Total  int
+}
+
 // Spec is everything a runtime needs to start one session.
 type Spec struct {
 	SessionID string
 	Project   string
 	User      string
-	GPUType   string
-	GPUs      []string // device IDs (UUIDs), in order
+	GPU       GPURequest
 	// Env is added to the environment of every process in the session.
 	Env map[string]string
 	// AgentSecret must be presented by whoever connects to the agent.
 	AgentSecret string
+	// LinkCredential is minted by the control plane for this session
+	// alone: the agent of a remote runtime (kube) presents it when it dials
+	// out to the control plane's link endpoint (internal/link). Runtimes
+	// whose agents listen on a host-owned socket ignore it. It is delivered
+	// to the agent as a mounted secret file, never in env or args.
+	LinkCredential string
 	// Image is the image reference the session runs (runtimes without
 	// images ignore it); empty means the runtime's default.
 	Image string
@@ -59,14 +101,24 @@ type Spec struct {
 type Instance struct {
 	SessionID string
 	StartedAt time.Time
+	Placement Placement
 }
 
 // Runtime runs sessions. Methods are safe for concurrent use.
 type Runtime interface {
 	// Name is a short identifier such as "local".
 	Name() string
-	// Start starts the session and returns once its agent accepts connections.
-	Start(ctx context.Context, spec Spec) error
+	// Capacity reports the GPUs the runtime offers, per type and region.
+	// It answers from what the runtime already knows (its configured
+	// devices, a watch of the cluster's nodes), never by asking the engine
+	// per call, so that the control plane may read it at any time.
+	Capacity(ctx context.Context) ([]Capacity, error)
+	// Start starts the session with the GPUs spec.GPU asks for and returns
+	// where it landed, once its agent accepts connections. A request the
+	// runtime cannot place at all (no such type or region, no node could
+	// ever fit, an image that does not exist) fails with an error that
+	// says why in one sentence.
+	Start(ctx context.Context, spec Spec) (Placement, error)
 	// Connect opens a byte stream to the session's agent. The caller must
 	// present the agent secret first (agent.WritePreamble).
 	Connect(ctx context.Context, sessionID string) (net.Conn, error)
@@ -74,8 +126,18 @@ type Runtime interface {
 	// that does not exist is not an error.
 	Stop(ctx context.Context, sessionID string) error
 	// List returns the sessions that exist, including ones started by an
-	// earlier control plane process.
+	// earlier control plane process, with where they run. It lists only
+	// what this runtime (this backend of this installation) owns, never
+	// another's.
 	List(ctx context.Context) ([]Instance, error)
+}
+
+// CapacityWatcher is implemented by runtimes whose capacity changes while
+// they run (a cluster's nodes come and go, a device plugin re-registers).
+// The channel receives after each change; the control plane then reads
+// Capacity again and records it for admission.
+type CapacityWatcher interface {
+	CapacityChanged() <-chan struct{}
 }
 
 // Imageless is implemented by runtimes that run every session on the
@@ -87,22 +149,22 @@ type Imageless interface {
 	IgnoresImages() string
 }
 
-// SessionEnv returns the environment contract of DESIGN.md for a spec.
-func SessionEnv(spec Spec) map[string]string {
-	ids := ""
-	for i, g := range spec.GPUs {
-		if i > 0 {
-			ids += ","
-		}
-		ids += g
-	}
+// SessionEnv returns the environment contract of DESIGN.md for a spec
+// whose devices the runtime chose itself. Runtimes whose engine chooses
+// the devices pass nil: the agent then sets CUDA_VISIBLE_DEVICES from what
+// it sees (agent.VisibleDevices), and the engine sets
+// NVIDIA_VISIBLE_DEVICES.
+func SessionEnv(spec Spec, devices []string) map[string]string {
 	env := map[string]string{
-		"DEVGPU_SESSION_ID":      spec.SessionID,
-		"DEVGPU_PROJECT":         spec.Project,
-		"DEVGPU_USER":            spec.User,
-		"DEVGPU_GPU_TYPE":        spec.GPUType,
-		"CUDA_VISIBLE_DEVICES":   ids,
-		"NVIDIA_VISIBLE_DEVICES": ids,
+		"DEVGPU_SESSION_ID": spec.SessionID,
+		"DEVGPU_PROJECT":    spec.Project,
+		"DEVGPU_USER":       spec.User,
+		"DEVGPU_GPU_TYPE":   spec.GPU.Type,
+	}
+	if devices != nil {
+		ids := strings.Join(devices, ",")
+		env["CUDA_VISIBLE_DEVICES"] = ids
+		env["NVIDIA_VISIBLE_DEVICES"] = ids
 	}
 	for k, v := range spec.Env {
 		env[k] = v

@@ -100,12 +100,14 @@ type Member struct {
 	Role      string
 }
 
-// GPU is one device of the inventory. SessionID is empty while it is free.
-type GPU struct {
-	ID        string // NVML UUID, or GPU-sim-<type>-<n> when simulated
-	Type      string // lower case short name: t4, a100, h100
-	Region    string
-	SessionID string
+// Capacity is what one backend (a runtime the server drives) offers of one
+// GPU type in one region, in all: the runtime reports it, the server
+// records it, and admission subtracts what active sessions hold.
+type Capacity struct {
+	Backend string
+	Type    string // lower case short name: t4, a100, h100
+	Region  string
+	Total   int
 }
 
 // Session is a GPU session's record. Zero times mean "not yet".
@@ -118,7 +120,18 @@ type Session struct {
 	State       string // sdk.State*
 	GPUType     string
 	Region      string
-	GPUs        []string // filled by reads from the inventory (or kept after the end)
+	// Backend is the runtime the session was placed on ('' for sessions
+	// recorded before backends existed: the server's first backend), and
+	// GPUCount how many GPUs it holds; admission counts active sessions'
+	// GPUCount against each backend's capacity.
+	Backend  string
+	GPUCount int
+	// GPUs are the device ids the engine gave the session, Node the
+	// machine it landed on and Handle the runtime's name for it: all as
+	// the runtime reported at start (empty until then), kept after the end.
+	GPUs   []string
+	Node   string
+	Handle string
 	Image       string   // the resolved image reference; empty: the runtime's default
 	Attachments int
 	DetachGrace time.Duration
@@ -326,21 +339,21 @@ type Store interface {
 	AddBudgetAlert(ctx context.Context, a BudgetAlert) error
 	ListBudgetAlerts(ctx context.Context, projectID int64, month string) ([]BudgetAlert, error)
 
-	// SyncGPUs makes the inventory equal to devices: new ones are added;
-	// free ones missing from devices are removed; reserved ones missing
-	// from devices stay until their session ends, then are removed.
-	SyncGPUs(ctx context.Context, devices []GPU) error
-	ListGPUs(ctx context.Context) ([]GPU, error)
-	// ReserveGPUs gives n free GPUs of the type and region to the session,
-	// lowest IDs first, or fails with ErrNoCapacity and reserves nothing.
-	ReserveGPUs(ctx context.Context, sessionID, gpuType, region string, n int) ([]string, error)
+	// SetCapacity makes what the store records of backend equal to caps
+	// (rows of other backends stay); Backend in caps is ignored.
+	SetCapacity(ctx context.Context, backend string, caps []Capacity) error
+	// ListCapacity returns every backend's capacity ordered by backend,
+	// type, region.
+	ListCapacity(ctx context.Context) ([]Capacity, error)
 
-	// CreateSession inserts s; s.GPUs must already be reserved for s.ID.
+	// CreateSession inserts s, with its Backend and GPUCount (and GPUs,
+	// Node, Handle when already known).
 	CreateSession(ctx context.Context, s *Session) error
 	Session(ctx context.Context, id string) (Session, error)
 	ListSessions(ctx context.Context, f SessionFilter) ([]Session, error)
-	// UpdateSession writes StartedAt, Attachments, DetachedAt, LastSeenAt
-	// and Error of a session whose state is s.State; it never changes the
+	// UpdateSession writes StartedAt, Attachments, DetachedAt, LastSeenAt,
+	// Error and the placement (GPUs, Node, Handle) of a session whose state
+	// is s.State; it never changes the
 	// state (TransitionSession does). It fails with ErrConflict when the
 	// session is in another state, ended included.
 	UpdateSession(ctx context.Context, s *Session) error
@@ -350,12 +363,11 @@ type Store interface {
 	// with an error that is both a *lifecycle.IllegalMove and ErrConflict,
 	// applies change (nil: none) to the record and writes what
 	// UpdateSession writes plus EndReason, EndedAt, EndActor and EndState.
-	// Entering stopping or an end state sets a zero EndedAt to now; an end
-	// state frees the session's GPUs and keeps which they were. It returns
-	// the record as written.
+	// Entering stopping or an end state sets a zero EndedAt to now. It
+	// returns the record as written.
 	TransitionSession(ctx context.Context, id, to string, change func(*Session)) (Session, error)
-	// UpdateQueued writes GPUType, Region, Image, WaitUntil, QueueReason
-	// and ServedBy of a queued session: admission places it, or records
+	// UpdateQueued writes GPUType, Region, Backend, GPUCount, Image,
+	// WaitUntil, QueueReason and ServedBy of a queued session: admission places it, or records
 	// why it waits or what served it, before moving it on. It fails with
 	// ErrConflict when the session is not queued.
 	UpdateQueued(ctx context.Context, s *Session) error
