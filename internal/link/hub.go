@@ -1,0 +1,293 @@
+package link
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+
+	"github.com/coder/websocket"
+	"github.com/hashicorp/yamux"
+
+	"github.com/devgpu/devgpu/internal/runtime"
+)
+
+// Hub is the control plane's end of every agent link: one link per
+// session, the newest winning. Its methods are safe for concurrent use.
+type Hub struct {
+	log     *slog.Logger
+	pending chan struct{} // a slot per agent in its handshake
+
+	mu      sync.Mutex
+	verify  func(sessionID, credential string) bool
+	links   map[string]*agentLink
+	changed chan struct{} // closed and replaced when a link is added
+	closed  bool
+}
+
+// agentLink is one agent's live link.
+type agentLink struct {
+	sessionID string
+	report    Report
+	ws        *websocket.Conn
+	mux       *yamux.Session
+	endOnce   sync.Once
+}
+
+// end closes the link, telling the agent why with a close code.
+func (l *agentLink) end(code websocket.StatusCode, reason string) {
+	l.endOnce.Do(func() {
+		// Close waits for the agent's answer to the close frame, which
+		// yamux's reader receives; the session closes after it.
+		go func() {
+			_ = l.ws.Close(code, reason)
+			_ = l.mux.Close()
+		}()
+	})
+}
+
+// NewHub returns a Hub that refuses every agent until SetVerifier.
+func NewHub(log *slog.Logger) *Hub {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Hub{
+		log:     log,
+		pending: make(chan struct{}, maxPending),
+		links:   map[string]*agentLink{},
+		changed: make(chan struct{}),
+	}
+}
+
+// SetVerifier installs the check of an agent's credential for a session.
+// It is called once per link attempt, before the WebSocket is accepted.
+func (h *Hub) SetVerifier(verify func(sessionID, credential string) bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.verify = verify
+}
+
+// refuse answers an agent that cannot link with one sentence.
+func refuse(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(code)
+	_, _ = fmt.Fprintln(w, msg)
+}
+
+// ServeHTTP accepts an agent's link: a GET with the session's credential,
+// upgraded to a WebSocket that carries the yamux session. It returns when
+// the link ends.
+func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		refuse(w, http.StatusMethodNotAllowed, "the agent link endpoint takes only GET requests that upgrade to a WebSocket.")
+		return
+	}
+	select {
+	case h.pending <- struct{}{}:
+	default:
+		refuse(w, http.StatusServiceUnavailable, "too many agents are linking at once; the agent retries by itself.")
+		return
+	}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			<-h.pending
+		}
+	}
+	defer release()
+
+	sessionID := r.Header.Get(headerSession)
+	credential, hasBearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	log := h.log.With("session_id", sessionID, "remote_addr", r.RemoteAddr)
+	if sessionID == "" || !hasBearer || credential == "" {
+		refuse(w, http.StatusUnauthorized, "an agent link needs the headers 'Authorization: Bearer <credential>' and '"+headerSession+": <session id>'; start the agent with --session and --link-credential-file.")
+		return
+	}
+	h.mu.Lock()
+	verify, closed := h.verify, h.closed
+	h.mu.Unlock()
+	if closed {
+		refuse(w, http.StatusServiceUnavailable, "the control plane is shutting down; the agent retries by itself.")
+		return
+	}
+	if verify == nil || !verify(sessionID, credential) {
+		log.Warn("agent link refused: bad credential")
+		refuse(w, http.StatusUnauthorized, fmt.Sprintf("the link credential is not valid for session %s, or the session is not running: give the agent the credential the control plane minted for this session.", sessionID))
+		return
+	}
+	var report Report
+	if raw := r.Header.Get(headerReport); raw != "" {
+		if len(raw) > maxReportBytes {
+			refuse(w, http.StatusBadRequest, fmt.Sprintf("the agent's %s header is longer than %d bytes; report fewer devices.", headerReport, maxReportBytes))
+			return
+		}
+		if err := json.Unmarshal([]byte(raw), &report); err != nil {
+			refuse(w, http.StatusBadRequest, fmt.Sprintf("the agent's %s header is not valid JSON (%v); use an agent of the same devgpu version as the server.", headerReport, err))
+			return
+		}
+	}
+
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	if err != nil {
+		log.Warn("agent link: websocket handshake failed", "err", err)
+		return // Accept has answered
+	}
+	// The request's context ends when ServeHTTP returns, which is when the
+	// link has ended.
+	mux, err := yamux.Client(websocket.NetConn(r.Context(), ws, websocket.MessageBinary), yamuxConfig())
+	if err != nil {
+		_ = ws.Close(websocket.StatusInternalError, "the control plane could not start the link")
+		log.Error("agent link: start yamux", "err", err)
+		return
+	}
+	release()
+
+	l := &agentLink{sessionID: sessionID, report: report, ws: ws, mux: mux}
+	if !h.add(l) {
+		l.end(websocket.StatusGoingAway, "the control plane is shutting down")
+	} else {
+		log.Info("agent linked", "node", report.Node, "devices", report.Devices)
+	}
+	select {
+	case <-mux.CloseChan():
+	case <-r.Context().Done():
+	}
+	if h.remove(l) {
+		log.Info("agent link lost")
+	}
+	l.end(websocket.StatusGoingAway, "the link ended")
+	<-mux.CloseChan()
+}
+
+// add installs l as its session's link, ending the one it replaces. It
+// reports false when the hub is closed.
+func (h *Hub) add(l *agentLink) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return false
+	}
+	if old := h.links[l.sessionID]; old != nil {
+		h.log.Info("agent link replaced by a newer one", "session_id", l.sessionID)
+		old.end(websocket.StatusGoingAway, "replaced by a newer link of the same session")
+	}
+	h.links[l.sessionID] = l
+	close(h.changed)
+	h.changed = make(chan struct{})
+	return true
+}
+
+// remove drops l if it is still its session's link, and reports whether it was.
+func (h *Hub) remove(l *agentLink) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.links[l.sessionID] != l {
+		return false
+	}
+	delete(h.links, l.sessionID)
+	return true
+}
+
+// current returns the session's live link, or nil.
+func (h *Hub) current(sessionID string) *agentLink {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.links[sessionID]
+	if l != nil && l.mux.IsClosed() {
+		return nil // ServeHTTP removes it in a moment
+	}
+	return l
+}
+
+// WaitLinked blocks until the session's agent has linked, or ctx is done,
+// and returns what the agent reported.
+func (h *Hub) WaitLinked(ctx context.Context, sessionID string) (Report, error) {
+	for {
+		h.mu.Lock()
+		l, changed := h.links[sessionID], h.changed
+		h.mu.Unlock()
+		if l != nil && !l.mux.IsClosed() {
+			return l.report, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return Report{}, fmt.Errorf("wait for the agent of session %s to link: %w", sessionID, context.Cause(ctx))
+		}
+	}
+}
+
+// Linked reports whether the session's agent is linked now.
+func (h *Hub) Linked(sessionID string) bool {
+	return h.current(sessionID) != nil
+}
+
+// Dial opens a new stream to the session's agent. A session without a link
+// is runtime.ErrNotFound.
+func (h *Hub) Dial(ctx context.Context, sessionID string) (net.Conn, error) {
+	l := h.current(sessionID)
+	if l == nil {
+		return nil, fmt.Errorf("connect to session %s: its agent is not linked: %w", sessionID, runtime.ErrNotFound)
+	}
+	type opened struct {
+		conn net.Conn
+		err  error
+	}
+	// OpenStream blocks only while too many streams wait for the agent's
+	// acknowledgement; honour ctx meanwhile.
+	done := make(chan opened, 1)
+	go func() {
+		c, err := l.mux.OpenStream()
+		done <- opened{c, err}
+	}()
+	select {
+	case o := <-done:
+		if o.err != nil {
+			if errors.Is(o.err, yamux.ErrSessionShutdown) || errors.Is(o.err, yamux.ErrRemoteGoAway) {
+				return nil, fmt.Errorf("connect to session %s: its link just ended: %w", sessionID, runtime.ErrNotFound)
+			}
+			return nil, fmt.Errorf("connect to session %s over its link: %w", sessionID, o.err)
+		}
+		return o.conn, nil
+	case <-ctx.Done():
+		go func() {
+			if o := <-done; o.conn != nil {
+				o.conn.Close()
+			}
+		}()
+		return nil, fmt.Errorf("connect to session %s over its link: %w", sessionID, ctx.Err())
+	}
+}
+
+// Forget ends the session's link and tells the agent the session was
+// stopped, so that it does not link again.
+func (h *Hub) Forget(sessionID string) {
+	h.mu.Lock()
+	l := h.links[sessionID]
+	delete(h.links, sessionID)
+	h.mu.Unlock()
+	if l != nil {
+		h.log.Info("agent link ended: session stopped", "session_id", sessionID)
+		l.end(statusStopped, "session stopped")
+	}
+}
+
+// Close ends every link and refuses new ones, for the control plane's
+// shutdown. Agents link again to the next control plane process.
+func (h *Hub) Close() {
+	h.mu.Lock()
+	links := h.links
+	h.links = map[string]*agentLink{}
+	h.closed = true
+	h.mu.Unlock()
+	for _, l := range links {
+		l.end(websocket.StatusGoingAway, "the control plane is shutting down")
+	}
+}

@@ -1,0 +1,357 @@
+package link
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/testutil"
+)
+
+// testHub is a Hub behind a real TLS server on loopback, whose raw
+// connections the test can cut.
+type testHub struct {
+	*Hub
+	srv      *httptest.Server
+	conns    *connTracker
+	verified atomic.Int32 // link attempts the verifier accepted
+}
+
+func newTestHub(t *testing.T) *testHub {
+	t.Helper()
+	th := &testHub{Hub: NewHub(nil)}
+	th.SetVerifier(func(sessionID, credential string) bool {
+		ok := credential == "cred-"+sessionID
+		if ok {
+			th.verified.Add(1)
+		}
+		return ok
+	})
+	th.srv = httptest.NewUnstartedServer(th.Hub)
+	th.conns = &connTracker{Listener: th.srv.Listener}
+	th.srv.Listener = th.conns
+	th.srv.StartTLS()
+	t.Cleanup(func() {
+		th.Close()
+		th.conns.cut()
+		th.srv.Close()
+	})
+	return th
+}
+
+// agentConfig is the config of an agent of session id that trusts the hub.
+func (th *testHub) agentConfig(id string) AgentConfig {
+	roots := x509.NewCertPool()
+	roots.AddCert(th.srv.Certificate())
+	return AgentConfig{
+		URL:        th.srv.URL, // the default path is added
+		SessionID:  id,
+		Credential: "cred-" + id,
+		TLS:        &tls.Config{RootCAs: roots},
+		Report:     Report{Node: "node-a", Devices: []string{"GPU-sim-1", "GPU-sim-3"}},
+	}
+}
+
+// listen starts an agent whose listener the test closes at its end.
+func listen(t *testing.T, cfg AgentConfig) net.Listener {
+	t.Helper()
+	ln := Listen(context.Background(), cfg)
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// connTracker remembers the raw connections a listener accepted.
+type connTracker struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (l *connTracker) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.mu.Lock()
+		l.conns = append(l.conns, c)
+		l.mu.Unlock()
+	}
+	return c, err
+}
+
+// cut closes every connection accepted so far, as a network failure would.
+func (l *connTracker) cut() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.conns {
+		c.Close()
+	}
+	l.conns = nil
+}
+
+// acceptOne accepts one stream on ln within the test's patience.
+func acceptOne(t *testing.T, ln net.Listener) net.Conn {
+	t.Helper()
+	type accepted struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan accepted, 1)
+	go func() {
+		c, err := ln.Accept()
+		ch <- accepted{c, err}
+	}()
+	ctx := testutil.Context(t, testutil.WaitMedium)
+	select {
+	case a := <-ch:
+		if a.err != nil {
+			t.Fatalf("Accept: %v", a.err)
+		}
+		t.Cleanup(func() { a.c.Close() })
+		return a.c
+	case <-ctx.Done():
+		t.Fatal("Accept: no stream arrived")
+		return nil
+	}
+}
+
+// acceptErr waits for ln's Accept to fail and returns the error.
+func acceptErr(t *testing.T, ln net.Listener) error {
+	t.Helper()
+	ch := make(chan error, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				ch <- err
+				return
+			}
+			c.Close()
+		}
+	}()
+	ctx := testutil.Context(t, testutil.WaitMedium)
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		t.Fatal("Accept kept going; want it to fail")
+		return nil
+	}
+}
+
+// roundTrip checks that bytes cross a stream both ways.
+func roundTrip(t *testing.T, th *testHub, ln net.Listener, id string) {
+	t.Helper()
+	ctx := testutil.Context(t, testutil.WaitMedium)
+	c, err := th.Dial(ctx, id)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatalf("write to agent: %v", err)
+	}
+	a := acceptOne(t, ln)
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(a, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("agent read %q, %v; want ping", buf, err)
+	}
+	if _, err := a.Write([]byte("pong")); err != nil {
+		t.Fatalf("write to control plane: %v", err)
+	}
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "pong" {
+		t.Fatalf("control plane read %q, %v; want pong", buf, err)
+	}
+}
+
+func TestStreamsReachAgentBothWays(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t)
+	ln := listen(t, th.agentConfig("s1"))
+	report, err := th.WaitLinked(testutil.Context(t, testutil.WaitMedium), "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if report.Node != "node-a" || strings.Join(report.Devices, ",") != "GPU-sim-1,GPU-sim-3" {
+		t.Errorf("report = %+v; want node-a with GPU-sim-1,GPU-sim-3", report)
+	}
+	if !th.Linked("s1") || th.Linked("s2") {
+		t.Errorf("Linked(s1), Linked(s2) = %v, %v; want true, false", th.Linked("s1"), th.Linked("s2"))
+	}
+	roundTrip(t, th, ln, "s1")
+}
+
+func TestWrongCredentialIsRefusedForGood(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t)
+	cfg := th.agentConfig("s1")
+	cfg.Credential = "stolen"
+	ln := listen(t, cfg)
+	err := acceptErr(t, ln)
+	if !errors.Is(err, ErrRefused) || !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept error = %v; want ErrRefused that is also net.ErrClosed", err)
+	}
+	if !strings.Contains(err.Error(), "HTTP 401") || !strings.Contains(err.Error(), "not valid for session s1") {
+		t.Errorf("Accept error = %q; want the hub's 401 sentence", err)
+	}
+	if th.Linked("s1") {
+		t.Error("a refused agent is linked")
+	}
+}
+
+func TestRefusesRequestsWithoutCredential(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t)
+	resp, err := th.srv.Client().Get(th.srv.URL + Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(body), "Authorization: Bearer") {
+		t.Errorf("GET without credential: %d %q; want 401 naming the headers", resp.StatusCode, body)
+	}
+}
+
+func TestDialUnknownSessionIsNotFound(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t)
+	_, err := th.Dial(testutil.Context(t, testutil.WaitShort), "nobody")
+	if !errors.Is(err, runtime.ErrNotFound) {
+		t.Fatalf("Dial of an unlinked session: %v; want runtime.ErrNotFound", err)
+	}
+}
+
+func TestAgentLinksAgainAfterTheConnectionDrops(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t)
+	ln := listen(t, th.agentConfig("s1"))
+	ctx := testutil.Context(t, testutil.WaitMedium)
+	if _, err := th.WaitLinked(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, th, ln, "s1")
+	first := th.current("s1")
+
+	th.conns.cut()
+	testutil.Eventually(t, testutil.WaitMedium, "the agent to link again", func() bool {
+		l := th.current("s1")
+		return l != nil && l != first
+	})
+	if _, err := th.WaitLinked(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, th, ln, "s1")
+	if n := th.verified.Load(); n != 2 {
+		t.Errorf("verified %d links; want 2", n)
+	}
+}
+
+func TestForgetEndsTheLinkForGood(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t)
+	ln := listen(t, th.agentConfig("s1"))
+	if _, err := th.WaitLinked(testutil.Context(t, testutil.WaitMedium), "s1"); err != nil {
+		t.Fatal(err)
+	}
+	th.Forget("s1")
+	if th.Linked("s1") {
+		t.Error("Linked after Forget")
+	}
+	if _, err := th.Dial(testutil.Context(t, testutil.WaitShort), "s1"); !errors.Is(err, runtime.ErrNotFound) {
+		t.Errorf("Dial after Forget: %v; want runtime.ErrNotFound", err)
+	}
+	err := acceptErr(t, ln)
+	if !errors.Is(err, ErrStopped) || !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("agent's Accept after Forget: %v; want ErrStopped that is also net.ErrClosed", err)
+	}
+	ln.Close() // waits for the agent's loop: it must not have linked again
+	if n := th.verified.Load(); n != 1 {
+		t.Errorf("verified %d links; want 1 (the agent linked again after Forget)", n)
+	}
+}
+
+func TestClosedListenerStopsLinking(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t)
+	ln := Listen(context.Background(), th.agentConfig("s1"))
+	if _, err := th.WaitLinked(testutil.Context(t, testutil.WaitMedium), "s1"); err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Accept after Close: %v; want net.ErrClosed", err)
+	}
+	testutil.Eventually(t, testutil.WaitMedium, "the hub to drop the closed agent's link", func() bool { return !th.Linked("s1") })
+}
+
+func TestWaitLinkedEndsWithContext(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := th.WaitLinked(ctx, "s1"); !errors.Is(err, context.Canceled) {
+		t.Errorf("WaitLinked with a cancelled context: %v; want context.Canceled", err)
+	}
+}
+
+func TestManyConcurrentStreamsOnOneLink(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t)
+	ln := listen(t, th.agentConfig("s1"))
+	ctx := testutil.Context(t, testutil.WaitLong)
+	if _, err := th.WaitLinked(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	go func() { // the agent echoes every stream
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	const streams, size = 32, 64 << 10
+	var wg sync.WaitGroup
+	errs := make(chan error, streams)
+	for range streams {
+		wg.Go(func() {
+			want := make([]byte, size)
+			_, _ = rand.Read(want)
+			c, err := th.Dial(ctx, "s1")
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			go func() { _, _ = c.Write(want) }()
+			got := make([]byte, size)
+			if _, err := io.ReadFull(c, got); err != nil {
+				errs <- err
+				return
+			}
+			if !bytes.Equal(got, want) {
+				errs <- errors.New("echoed bytes differ")
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
