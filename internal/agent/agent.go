@@ -39,6 +39,11 @@ type Config struct {
 	Env      []string      // base environment of child processes (nil = os.Environ())
 	IdleExit time.Duration // Serve returns nil after this long with no open connection (0 = never)
 	Logger   *slog.Logger  // nil = discard
+
+	// Devices are the GPU ids the session may use, when the engine chose
+	// them (VisibleDevices); processes get them as CUDA_VISIBLE_DEVICES
+	// unless Env sets that already.
+	Devices []string
 }
 
 // server is the state of one Serve call.
@@ -138,6 +143,7 @@ func newServer(cfg Config) (*server, error) {
 	if s.env == nil {
 		s.env = os.Environ()
 	}
+	s.env = withDevices(s.env, cfg.Devices)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
