@@ -5,6 +5,10 @@
 // isolation, which tests of admission and lifecycle do not need, while
 // they start hundreds of sessions at almost no cost.
 //
+// The registry holds the host's devices: each runtime lends them from its
+// own hostgpu.Pool, which it fills at construction with what the
+// registry's sessions hold, as a restarted control plane would.
+//
 // A session's persistent workspace (runtime.Spec.Workspace) is neither
 // mounted nor linked: DEVGPU_WORKSPACE names the host directory, and
 // WorkspaceReadOnly is only a hint, DEVGPU_WORKSPACE_READONLY=1.
@@ -18,11 +22,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/devgpu/devgpu/internal/agent"
 	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/runtime/hostgpu"
 )
 
 var _ runtime.Runtime = (*Runtime)(nil)
@@ -32,6 +38,7 @@ var _ runtime.Runtime = (*Runtime)(nil)
 // see the same sessions.
 type Registry struct {
 	dir      string
+	devices  []hostgpu.Device
 	mu       sync.Mutex
 	sessions map[string]*session
 }
@@ -40,22 +47,41 @@ type session struct {
 	cancel    context.CancelFunc
 	done      chan struct{}
 	startedAt time.Time
+	placement runtime.Placement
 }
 
 // NewRegistry keeps sockets in dir, which must be short (unix socket paths
-// are limited to about 100 bytes).
-func NewRegistry(dir string) *Registry {
-	return &Registry{dir: dir, sessions: map[string]*session{}}
+// are limited to about 100 bytes), and lends devices, the host's GPUs
+// (hostgpu.Simulated makes some); a registry without devices offers none.
+func NewRegistry(dir string, devices ...hostgpu.Device) *Registry {
+	return &Registry{dir: dir, devices: slices.Clone(devices), sessions: map[string]*session{}}
 }
 
 // Runtime runs sessions as goroutines.
-type Runtime struct{ reg *Registry }
+type Runtime struct {
+	reg  *Registry
+	pool *hostgpu.Pool
+}
 
-// New returns a runtime over the registry's sessions.
-func New(reg *Registry) *Runtime { return &Runtime{reg: reg} }
+// New returns a runtime over the registry's sessions, holding the devices
+// they hold.
+func New(reg *Registry) *Runtime {
+	r := &Runtime{reg: reg, pool: hostgpu.NewPool(reg.devices)}
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	for id, s := range reg.sessions {
+		r.pool.Hold(id, s.placement.Devices)
+	}
+	return r
+}
 
 // Name implements runtime.Runtime.
 func (r *Runtime) Name() string { return "inproc" }
+
+// Capacity implements runtime.Runtime: the registry's devices.
+func (r *Runtime) Capacity(context.Context) ([]runtime.Capacity, error) {
+	return r.pool.Capacity(), nil
+}
 
 // IgnoresImages implements runtime.Imageless.
 func (r *Runtime) IgnoresImages() string {
@@ -65,23 +91,32 @@ func (r *Runtime) IgnoresImages() string {
 func (r *Runtime) socket(id string) string { return filepath.Join(r.reg.dir, id+".sock") }
 
 // Start implements runtime.Runtime.
-func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) error {
+func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (pl runtime.Placement, err error) {
 	r.reg.mu.Lock()
 	_, exists := r.reg.sessions[spec.SessionID]
 	r.reg.mu.Unlock()
 	if exists {
-		return fmt.Errorf("inproc runtime: session %s exists", spec.SessionID)
+		return pl, fmt.Errorf("inproc runtime: session %s exists", spec.SessionID)
 	}
-	senv := runtime.SessionEnv(spec)
+	devices, err := r.pool.Take(spec.SessionID, spec.GPU)
+	if err != nil {
+		return pl, fmt.Errorf("inproc runtime: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			r.pool.Release(spec.SessionID)
+		}
+	}()
+	senv := runtime.SessionEnv(spec, devices)
 	if spec.Workspace != "" {
 		abs, err := filepath.Abs(spec.Workspace)
 		if err != nil {
-			return fmt.Errorf("inproc runtime: workspace: %w", err)
+			return pl, fmt.Errorf("inproc runtime: workspace: %w", err)
 		}
 		if fi, err := os.Stat(abs); err != nil {
-			return fmt.Errorf("inproc runtime: workspace %s: %w", abs, err)
+			return pl, fmt.Errorf("inproc runtime: workspace %s: %w", abs, err)
 		} else if !fi.IsDir() {
-			return fmt.Errorf("inproc runtime: workspace %s is not a directory", abs)
+			return pl, fmt.Errorf("inproc runtime: workspace %s is not a directory", abs)
 		}
 		senv["DEVGPU_WORKSPACE"] = abs
 		delete(senv, "DEVGPU_WORKSPACE_READONLY")
@@ -91,14 +126,15 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) error {
 	}
 	ln, err := net.Listen("unix", r.socket(spec.SessionID))
 	if err != nil {
-		return fmt.Errorf("inproc runtime: %w", err)
+		return pl, fmt.Errorf("inproc runtime: %w", err)
 	}
+	pl = runtime.Placement{Node: hostname(), Devices: devices, Handle: r.socket(spec.SessionID)}
 	env := os.Environ()
 	for k, v := range senv {
 		env = append(env, k+"="+v)
 	}
 	sctx, cancel := context.WithCancel(context.Background())
-	s := &session{cancel: cancel, done: make(chan struct{}), startedAt: time.Now()}
+	s := &session{cancel: cancel, done: make(chan struct{}), startedAt: time.Now(), placement: pl}
 	r.reg.mu.Lock()
 	r.reg.sessions[spec.SessionID] = s
 	r.reg.mu.Unlock()
@@ -112,7 +148,16 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) error {
 		r.reg.mu.Unlock()
 		_ = os.Remove(r.socket(spec.SessionID))
 	}()
-	return nil
+	return clonePlacement(pl), nil
+}
+
+// hostname is this host's name, the node of every session.
+func hostname() string {
+	name, err := os.Hostname()
+	if err != nil || name == "" {
+		return "localhost"
+	}
+	return name
 }
 
 // Connect implements runtime.Runtime.
@@ -131,17 +176,20 @@ func (r *Runtime) Connect(ctx context.Context, id string) (net.Conn, error) {
 	return conn, nil
 }
 
-// Stop implements runtime.Runtime: the agent kills what it started.
+// Stop implements runtime.Runtime: the agent kills what it started, and
+// the session's devices go back to the pool once it has.
 func (r *Runtime) Stop(ctx context.Context, id string) error {
 	r.reg.mu.Lock()
 	s := r.reg.sessions[id]
 	r.reg.mu.Unlock()
 	if s == nil {
+		r.pool.Release(id)
 		return nil
 	}
 	s.cancel()
 	select {
 	case <-s.done:
+		r.pool.Release(id)
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -155,7 +203,12 @@ func (r *Runtime) List(ctx context.Context) ([]runtime.Instance, error) {
 	r.reg.mu.Unlock()
 	out := make([]runtime.Instance, 0, len(sessions))
 	for id, s := range sessions {
-		out = append(out, runtime.Instance{SessionID: id, StartedAt: s.startedAt})
+		out = append(out, runtime.Instance{SessionID: id, StartedAt: s.startedAt, Placement: clonePlacement(s.placement)})
 	}
 	return out, nil
+}
+
+func clonePlacement(p runtime.Placement) runtime.Placement {
+	p.Devices = slices.Clone(p.Devices)
+	return p
 }

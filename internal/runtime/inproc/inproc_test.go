@@ -11,8 +11,8 @@ import (
 // The same suite as the local runtime's pins this test runtime to the
 // contract the control plane relies on.
 func TestConformance(t *testing.T) {
-	runtimetest.Run(t, func(t *testing.T) runtimetest.Factory {
-		reg := NewRegistry(testutil.ShortTempDir(t))
+	runtimetest.Run(t, runtimetest.HostOptions(), func(t *testing.T) runtimetest.Factory {
+		reg := NewRegistry(testutil.ShortTempDir(t), runtimetest.HostDevices()...)
 		return func() runtime.Runtime { return New(reg) }
 	})
 }
