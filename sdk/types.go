@@ -42,13 +42,17 @@ const (
 
 // Session is a GPU session as the API reports it. Fields are only ever added.
 type Session struct {
-	ID          string     `json:"id"`
-	Project     string     `json:"project"`
-	User        string     `json:"user"`
-	State       string     `json:"state"`
-	GPUType     string     `json:"gpu_type"`
-	Region      string     `json:"region"`
-	GPUs        []string   `json:"gpus"`
+	ID      string   `json:"id"`
+	Project string   `json:"project"`
+	User    string   `json:"user"`
+	State   string   `json:"state"`
+	GPUType string   `json:"gpu_type"`
+	Region  string   `json:"region"`
+	GPUs    []string `json:"gpus"`
+	// Backend is the runtime of the server the session was placed on, and
+	// Node the machine it landed on, as the runtime reported it.
+	Backend     string     `json:"backend,omitempty"`
+	Node        string     `json:"node,omitempty"`
 	Image       string     `json:"image,omitempty"`
 	Attachments int        `json:"attachments"`
 	CreatedAt   time.Time  `json:"created_at"`

@@ -114,6 +114,10 @@ type decision struct {
 	project store.Project
 	eff     policy.Effective
 	ref     string // the resolved image
+	// backend is where an admitted session is placed, and gpus how many
+	// GPUs it holds there.
+	backend string
+	gpus    int
 }
 
 // decide reads the snapshot through st and applies admission. Unless
@@ -136,7 +140,7 @@ func (s *Server) decide(ctx context.Context, st store.Store, caller store.User, 
 	if warm {
 		eff.ShellMode = sdk.ModeDedicated // each ready session is its own
 	}
-	snap, err := s.snapshot(ctx, st, p, caller, eff, org)
+	snap, capView, err := s.snapshot(ctx, st, p, caller, eff, org)
 	if err != nil {
 		return decision{}, err
 	}
@@ -168,8 +172,23 @@ func (s *Server) decide(ctx context.Context, st store.Store, caller store.User, 
 				Message: fmt.Sprintf("%d requests are waiting for GPUs in project %s; wait your turn with --wait", n, p.Name)}
 		}
 	}
-	return decision{Decision: d, project: p, eff: eff, ref: ref}, nil
+	out := decision{Decision: d, project: p, eff: eff, ref: ref}
+	if d.Outcome == admission.Admit {
+		// Admission chose the type and region from the sum of every
+		// backend's; the session goes to the backend with the most free.
+		backend, ok := capView.place(d.GPUType, d.Region, sessionGPUs)
+		if !ok {
+			out.Decision = admission.Decision{Outcome: admission.Refuse, Reason: admission.ReasonCapacity, Queueable: true,
+				Message: fmt.Sprintf("no backend has a free %s GPU in region %s; try again when a session ends, or wait with --wait", d.GPUType, d.Region)}
+			return out, nil
+		}
+		out.backend, out.gpus = backend, sessionGPUs
+	}
+	return out, nil
 }
+
+// sessionGPUs is how many GPUs a session holds: one, for now.
+const sessionGPUs = 1
 
 // admit decides and, when admitted, reserves the GPUs and records the
 // session as starting, in one transaction that serialises with every other
@@ -198,15 +217,13 @@ func (s *Server) admit(ctx context.Context, caller store.User, req sdk.CreateSes
 			ID: newSessionID(), ProjectID: p.ID, Project: p.Name, UserID: caller.ID, User: caller.Name,
 			State: sdk.StateStarting, CreatedAt: s.now(),
 			GPUType: d.GPUType, Region: d.Region, DetachGrace: d.eff.DetachGrace, Image: d.ref,
-		}
-		if sess.GPUs, err = tx.ReserveGPUs(ctx, sess.ID, d.GPUType, d.Region, 1); err != nil {
-			return err
+			Backend: d.backend, GPUCount: d.gpus,
 		}
 		if err := tx.CreateSession(ctx, &sess); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, caller.Name, "session.start", p.Name, sess.ID, nil,
-			map[string]any{"gpu_type": sess.GPUType, "region": sess.Region, "gpus": sess.GPUs, "image": d.ref})
+			map[string]any{"gpu_type": sess.GPUType, "region": sess.Region, "backend": sess.Backend, "gpu_count": sess.GPUCount, "image": d.ref})
 	})
 	if err == nil && d.Outcome == admission.Refuse && sess.ID == "" {
 		s.log.Debug("session refused", "project", req.Project, "user", caller.Name, "reason", d.Reason)
@@ -214,27 +231,24 @@ func (s *Server) admit(ctx context.Context, caller store.User, req sdk.CreateSes
 	return sess, d.Decision, err
 }
 
-// snapshot reads the usage that admission decides on. The transaction
-// serialises with every other admission, so it cannot change underneath.
-func (s *Server) snapshot(ctx context.Context, tx store.Store, p store.Project, caller store.User, eff policy.Effective, org sdk.OrgPolicy) (admission.Snapshot, error) {
-	gpus, err := tx.ListGPUs(ctx)
-	if err != nil {
-		return admission.Snapshot{}, err
-	}
+// snapshot reads the usage that admission decides on, and the capacity
+// view placement chooses a backend from. The transaction serialises with
+// every other admission, so neither can change underneath.
+func (s *Server) snapshot(ctx context.Context, tx store.Store, p store.Project, caller store.User, eff policy.Effective, org sdk.OrgPolicy) (admission.Snapshot, capacityView, error) {
 	active, err := tx.ListSessions(ctx, store.SessionFilter{ActiveOnly: true})
 	if err != nil {
-		return admission.Snapshot{}, err
+		return admission.Snapshot{}, capacityView{}, err
 	}
-	snap := admission.Snapshot{Policy: eff, Quotas: org.Quotas, Pools: pools(gpus), InUse: map[string]map[string]int{}}
+	v, err := s.readCapacity(ctx, tx, active)
+	if err != nil {
+		return admission.Snapshot{}, capacityView{}, err
+	}
+	snap := admission.Snapshot{Policy: eff, Quotas: org.Quotas, Pools: v.pools(), InUse: v.inUse()}
 	for _, a := range active {
-		n := len(a.GPUs)
-		if snap.InUse[a.GPUType] == nil {
-			snap.InUse[a.GPUType] = map[string]int{}
-		}
-		snap.InUse[a.GPUType][a.Region] += n
 		if a.ProjectID != p.ID {
 			continue
 		}
+		n := gpuCount(a)
 		snap.ProjectGPUs += n
 		if a.UserID == caller.ID {
 			snap.UserGPUs += n
@@ -243,7 +257,7 @@ func (s *Server) snapshot(ctx context.Context, tx store.Store, p store.Project, 
 			}
 		}
 	}
-	return snap, nil
+	return snap, v, nil
 }
 
 func (s *Server) attachments(id string) int {
@@ -258,13 +272,15 @@ func (s *Server) attachments(id string) int {
 // start starts an admitted session in the runtime and marks it running.
 func (s *Server) start(ctx context.Context, sess store.Session, requested time.Time, progress progressFunc) (store.Session, error) {
 	log := s.log.With("session_id", sess.ID, "project", sess.Project, "user", sess.User)
-	log.Info("session starting", "gpu_type", sess.GPUType, "gpus", strings.Join(sess.GPUs, ","), "image", sess.Image)
+	backend := s.backendOf(sess)
+	log.Info("session starting", "backend", backend.Name, "gpu_type", sess.GPUType, "region", sess.Region, "gpu_count", sess.GPUCount, "image", sess.Image)
 	// A session that cannot start ends as failed, giving its GPUs back.
 	fail := func(err error) (store.Session, error) {
-		log.Error("session failed to start", "err", err)
+		log.Error("session failed to start", "backend", backend.Name, "err", err)
 		if endErr := s.recordEnd(context.WithoutCancel(ctx), sess.ID, sdk.StateFailed, sdk.ReasonError, "system", s.now()); endErr != nil {
 			log.Error("record failed session", "err", endErr)
 		}
+		s.forget(sess.ID) // its link, if its agent made one
 		return store.Session{}, &httpapi.Error{Status: http.StatusBadGateway,
 			Msg: "the session could not be started; an administrator can find the cause in the server log", Err: err}
 	}
@@ -275,7 +291,8 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	egress := eff.Egress
 	spec := runtime.Spec{
 		SessionID: sess.ID, Project: sess.Project, User: sess.User,
-		GPUType: sess.GPUType, GPUs: sess.GPUs, AgentSecret: s.agentSecret(sess.ID),
+		GPU:         runtime.GPURequest{Type: sess.GPUType, Region: sess.Region, Count: gpuCount(sess)},
+		AgentSecret: s.agentSecret(sess.ID), LinkCredential: s.linkCredential(sess.ID),
 		IdleExit: sess.DetachGrace + agentIdleExitMargin, Image: sess.Image, Egress: egress,
 	}
 	if spec.Workspace, spec.WorkspaceReadOnly, err = s.workspace(sess, eff.Workspace); err != nil {
@@ -295,7 +312,8 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	s.starts.begin(sess.ID, cancelStart)
 	defer cancelStart()
 	defer s.starts.done(sess.ID)
-	if err := s.startRuntime(startCtx, spec); err != nil {
+	placement, err := s.startRuntime(startCtx, backend, spec)
+	if err != nil {
 		if stopped, stopErr := s.stoppedWhileStarting(ctx, sess.ID); stopped {
 			return store.Session{}, stopErr
 		}
@@ -305,7 +323,7 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	s.mu.Lock()
 	warm := sess.UserID == s.warmUser.ID
 	s.live[sess.ID] = &liveSession{
-		projectID: sess.ProjectID, gpus: sess.GPUs, secret: s.agentSecret(sess.ID),
+		projectID: sess.ProjectID, backend: backend.Name, gpus: placement.Devices, secret: s.agentSecret(sess.ID),
 		detachedAt: now, grace: sess.DetachGrace, lastSeen: now, startedAt: now, requested: requested, warm: warm,
 	}
 	s.mu.Unlock()
@@ -314,6 +332,7 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	err = s.store.InTx(tctx, func(tx store.Store) error {
 		_, err := s.transition(tctx, tx, sess.ID, sdk.StateRunning, func(ss *store.Session) {
 			ss.DetachedAt, ss.LastSeenAt = now, now
+			ss.GPUs, ss.Node, ss.Handle = placement.Devices, placement.Node, placement.Handle
 			// A warm session is metered from when a user claims it.
 			if !warm {
 				ss.StartedAt = now
@@ -329,14 +348,15 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 		if stopped, stopErr := s.stoppedWhileStarting(ctx, sess.ID); stopped {
 			return store.Session{}, stopErr
 		}
-		if stopErr := s.rt.Stop(tctx, sess.ID); stopErr != nil {
+		if stopErr := backend.Runtime.Stop(tctx, sess.ID); stopErr != nil {
 			log.Error("stop a session whose start could not be recorded", "err", stopErr)
 		}
 		return fail(err)
 	}
 	s.kickQueues() // a joinable session may now be running
 	s.metrics.startup.Observe(now.Sub(requested).Seconds())
-	log.Info("session running", "start_ms", now.Sub(requested).Milliseconds())
+	log.Info("session running", "backend", backend.Name, "node", placement.Node, "gpus", strings.Join(placement.Devices, ","),
+		"handle", placement.Handle, "start_ms", now.Sub(requested).Milliseconds())
 	return s.store.Session(ctx, sess.ID)
 }
 
@@ -380,23 +400,4 @@ func refusalStatus(reason string) int {
 	default:
 		return http.StatusConflict
 	}
-}
-
-func pools(gpus []store.GPU) []admission.Pool {
-	var out []admission.Pool
-	index := map[[2]string]int{}
-	for _, g := range gpus {
-		k := [2]string{g.Type, g.Region}
-		i, ok := index[k]
-		if !ok {
-			i = len(out)
-			index[k] = i
-			out = append(out, admission.Pool{Type: g.Type, Region: g.Region})
-		}
-		out[i].Total++
-		if g.SessionID == "" {
-			out[i].Free++
-		}
-	}
-	return out
 }

@@ -28,6 +28,18 @@ func agentSecret(key []byte, sessionID string) string {
 
 func (s *Server) agentSecret(sessionID string) string { return agentSecret(s.cfg.AgentKey, sessionID) }
 
+// linkCredential is what the session's agent presents when it links to the
+// control plane (runtime.Spec.LinkCredential): HMAC-SHA256(key,
+// "link:"+session id) in hex, derived like the agent secret but never equal
+// to it, so that neither opens what the other does.
+func linkCredential(key []byte, sessionID string) string {
+	return agentSecret(key, "link:"+sessionID)
+}
+
+func (s *Server) linkCredential(sessionID string) string {
+	return linkCredential(s.cfg.AgentKey, sessionID)
+}
+
 var processKey = sync.OnceValue(func() []byte {
 	b := make([]byte, AgentKeySize)
 	_, _ = rand.Read(b)

@@ -30,6 +30,11 @@ func (a *API) routes() http.Handler {
 	// /metrics needs the metrics token when one is configured; without
 	// one it shows no project or user names.
 	mux.Handle("GET /metrics", a.s.metrics.handler(a.s.cfg.MetricsToken, a.log))
+	if a.s.cfg.Link != nil {
+		// Agents link here with their session's credential, not a user
+		// token (link.go).
+		mux.Handle("GET /api/v1/agent/link", a.s.cfg.Link)
+	}
 	handle := func(pattern string, h handlerFunc) { mux.Handle(pattern, a.authenticated(h)) }
 	handle("GET /api/v1/whoami", a.whoami)
 	handle("GET /api/v1/sessions", a.listSessions)
@@ -113,7 +118,7 @@ func (a *API) authenticate(r *http.Request) (store.User, store.Token, error) {
 
 func (a *API) whoami(w http.ResponseWriter, r *http.Request, caller store.User) error {
 	httpapi.Write(w, http.StatusOK, sdk.Whoami{User: caller.Name, OrgAdmin: caller.OrgAdmin,
-		Runtime: a.s.rt.Name(), RuntimeWarnings: a.s.cfg.RuntimeWarnings})
+		Runtime: a.s.runtimeNames(), RuntimeWarnings: a.s.cfg.RuntimeWarnings})
 	return nil
 }
 

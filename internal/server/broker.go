@@ -51,7 +51,7 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 		return err
 	}
 	defer release()
-	agentConn, err := a.s.rt.Connect(r.Context(), sess.ID)
+	agentConn, err := a.s.backendOf(sess).Runtime.Connect(r.Context(), sess.ID)
 	if errors.Is(err, runtime.ErrNotFound) {
 		return errSessionNotRunning(sess.ID)
 	}

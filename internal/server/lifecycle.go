@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/devgpu/devgpu/internal/agent"
+	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/sdk"
 )
@@ -19,7 +20,9 @@ import (
 // counts change on every connect and disconnect, so the broker and the
 // reaper work on this and mirror it to the store for listings.
 type liveSession struct {
-	projectID   int64
+	projectID int64
+	backend   string // the name of the backend it runs on
+	// gpus are the devices the engine gave it, as it reported them.
 	gpus        []string
 	requested   time.Time // when the request that started it came in
 	warm        bool      // a ready session of a warm pool, not yet claimed
@@ -94,6 +97,13 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 		}
 	}
 	log := s.log.With("session_id", id, "reason", reason)
+	// The backend it runs on: known while it is live or recorded; when
+	// neither (the store cannot answer), every backend is asked to stop it.
+	var where *Backend
+	if l != nil {
+		b := s.backendNamed(l.backend)
+		where = &b
+	}
 
 	// `stopping`, with the reason and time, is in the store before the
 	// runtime is asked to stop, so that a restart can finish the stop. A
@@ -123,6 +133,8 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 		// The stop recorded first stands: it is the one finished and
 		// billed, whoever asks again.
 		state, reason, actor, at = stopOf(stop)
+		b := s.backendOf(stop)
+		where = &b
 		if state == sdk.StateFailed && s.starts.stop(id) {
 			// The runtime is starting it: the start's owner stops what
 			// the runtime started once its Start returns, and records
@@ -132,7 +144,7 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 		}
 		afterStoppingHook()
 	}
-	if err := s.rt.Stop(ctx, id); err != nil {
+	if err := s.stopIn(ctx, id, where); err != nil {
 		// Left in `stopping`; the liveness loop tries again.
 		log.Error("stop session in runtime", "err", err)
 		s.clearEnding(id)
@@ -190,6 +202,9 @@ func (s *Server) forget(id string) {
 	s.mu.Unlock()
 	if l != nil && l.ctl != nil {
 		l.ctl.Close()
+	}
+	if s.cfg.Link != nil {
+		s.cfg.Link.Forget(id)
 	}
 	s.kickQueues()
 }
@@ -288,20 +303,6 @@ func (s *Server) firstByte(id string) {
 	}
 }
 
-// alive reports whether the runtime still has the session.
-func (s *Server) alive(ctx context.Context, id string) (bool, error) {
-	instances, err := s.rt.List(ctx)
-	if err != nil {
-		return false, err
-	}
-	for _, in := range instances {
-		if in.SessionID == id {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
 // waitDetached waits until the attachment has been detached and what
 // that caused (the session's end, when it was the last shell) recorded. The
 // CLI calls it on exit, so that when `devgpu run` returns, its GPU is free.
@@ -363,18 +364,13 @@ func (s *Server) reapDetached(ctx context.Context) error {
 	return nil
 }
 
-// checkLiveness asks the runtime what is alive: sessions it lost are ended
-// as `lost` at the time they were last seen; the others are marked seen.
-// Sessions left `stopping` by a failed stop are retried here.
+// checkLiveness asks each backend what is alive: sessions it lost are
+// ended as `lost` at the time they were last seen; the others are marked
+// seen. A backend that cannot answer is skipped, its sessions neither
+// seen nor lost, until it answers again. Sessions left `stopping` by a
+// failed stop are retried here.
 func (s *Server) checkLiveness(ctx context.Context) error {
-	instances, err := s.rt.List(ctx)
-	if err != nil {
-		return err
-	}
-	alive := map[string]bool{}
-	for _, in := range instances {
-		alive[in.SessionID] = true
-	}
+	listed := s.listBackends(ctx)
 	now := s.now()
 	var lost, seen, failedStops []string
 	s.mu.Lock()
@@ -386,15 +382,20 @@ func (s *Server) checkLiveness(ctx context.Context) error {
 			failedStops = append(failedStops, id)
 			continue
 		}
-		if alive[id] {
+		instances, ok := listed[s.backendNamed(l.backend).Name]
+		_, alive := instances[id]
+		switch {
+		case !ok:
+			// Its backend did not answer: nothing is known.
+		case alive:
 			l.lastSeen = now
 			seen = append(seen, id)
-		} else {
+		default:
 			lost = append(lost, id)
 		}
 	}
 	s.mu.Unlock()
-	err = s.store.InTx(ctx, func(tx store.Store) error {
+	err := s.store.InTx(ctx, func(tx store.Store) error {
 		for _, id := range seen {
 			sess, err := tx.Session(ctx, id)
 			if err != nil {
@@ -451,22 +452,16 @@ func (s *Server) endLost(ctx context.Context, id string) {
 // the restart finish with their recorded reason and time; starts cut
 // short end `failed`; runtime sessions with no active record are stopped.
 func (s *Server) reconcile(ctx context.Context) error {
-	instances, err := s.rt.List(ctx)
-	if err != nil {
-		return fmt.Errorf("reconcile: list runtime sessions: %w", err)
-	}
-	alive := map[string]bool{}
-	for _, in := range instances {
-		alive[in.SessionID] = true
-	}
+	listed := s.listBackends(ctx)
 	active, err := s.store.ListSessions(ctx, store.SessionFilter{ActiveOnly: true})
 	if err != nil {
 		return fmt.Errorf("reconcile: list sessions: %w", err)
 	}
 	now := s.now()
-	recorded := map[string]bool{}
+	recordedOn := map[string]string{} // session id: its backend
 	for _, sess := range active {
-		recorded[sess.ID] = true
+		backend := s.backendNameOf(sess)
+		recordedOn[sess.ID] = backend
 		if sess.State == sdk.StateQueued {
 			// The queue survives: its clients reconnect within the grace.
 			if err := s.updateQueuedClient(ctx, sess.ID, now); err != nil {
@@ -474,15 +469,23 @@ func (s *Server) reconcile(ctx context.Context) error {
 			}
 			continue
 		}
-		if sess.State == sdk.StateRunning && alive[sess.ID] {
+		instances, ok := listed[backend]
+		_, alive := instances[sess.ID]
+		if sess.State == sdk.StateRunning && (alive || !ok) {
+			// Alive, or on a backend that cannot say now: kept, and the
+			// liveness loop ends it as lost once its backend answers
+			// without it.
 			s.mu.Lock()
 			s.live[sess.ID] = &liveSession{
-				projectID: sess.ProjectID, gpus: sess.GPUs, secret: s.agentSecret(sess.ID), startedAt: sess.StartedAt,
+				projectID: sess.ProjectID, backend: backend, gpus: sess.GPUs, secret: s.agentSecret(sess.ID), startedAt: sess.StartedAt,
 				detachedAt: now, grace: sess.DetachGrace, lastSeen: now, warm: sess.UserID == s.warmUser.ID,
 			}
 			s.mu.Unlock()
 			err := s.updateSession(ctx, sess.ID, func(ss *store.Session) {
-				ss.Attachments, ss.DetachedAt, ss.LastSeenAt = 0, now, now
+				ss.Attachments, ss.DetachedAt = 0, now
+				if alive {
+					ss.LastSeenAt = now
+				}
 			})
 			if err != nil {
 				// Kept all the same: a store that cannot write must not
@@ -490,7 +493,7 @@ func (s *Server) reconcile(ctx context.Context) error {
 				s.storeWrote(err)
 				s.log.Warn("record session kept after restart", "session_id", sess.ID, "err", err)
 			}
-			s.log.Info("session kept after restart", "session_id", sess.ID)
+			s.log.Info("session kept after restart", "session_id", sess.ID, "backend", backend, "seen", alive)
 			continue
 		}
 		switch sess.State {
@@ -504,19 +507,46 @@ func (s *Server) reconcile(ctx context.Context) error {
 			// Its start died with the old server: it never ran.
 			s.failInterruptedStart(ctx, sess, now)
 		default:
-			// Running, but the runtime lost it.
+			// Running, but its backend lost it.
 			s.endLost(ctx, sess.ID)
 		}
 	}
-	for _, in := range instances {
-		if !recorded[in.SessionID] {
-			s.log.Warn("stopping runtime session with no record", "session_id", in.SessionID)
-			if err := s.rt.Stop(ctx, in.SessionID); err != nil {
-				return fmt.Errorf("reconcile: stop %s: %w", in.SessionID, err)
+	// What a backend runs with no active record of this backend is stopped
+	// there, and only there.
+	for _, b := range s.backends {
+		for id := range listed[b.Name] {
+			if recordedOn[id] == b.Name {
+				continue
+			}
+			s.log.Warn("stopping runtime session with no record", "session_id", id, "backend", b.Name)
+			if err := b.Runtime.Stop(ctx, id); err != nil {
+				s.log.Error("stop runtime session with no record", "session_id", id, "backend", b.Name, "err", err)
 			}
 		}
 	}
 	return nil
+}
+
+// listBackends asks every backend what it runs: the instances by session
+// id, by backend name. A backend whose List fails is logged and left out,
+// so that nothing takes its silence for its sessions' end.
+func (s *Server) listBackends(ctx context.Context) map[string]map[string]runtime.Instance {
+	out := map[string]map[string]runtime.Instance{}
+	for _, b := range s.backends {
+		instances, err := b.Runtime.List(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Error("list the sessions of a backend; its sessions are checked once it answers", "backend", b.Name, "err", err)
+			}
+			continue
+		}
+		byID := make(map[string]runtime.Instance, len(instances))
+		for _, in := range instances {
+			byID[in.SessionID] = in
+		}
+		out[b.Name] = byID
+	}
+	return out
 }
 
 func newSessionID() string {
@@ -529,4 +559,24 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// stopIn stops the session in backend b's runtime; with b nil (its
+// backend is unknown: the store could not be read), in every backend's,
+// as stopping a session a runtime does not have is no error, and session
+// ids are unique across backends.
+func (s *Server) stopIn(ctx context.Context, id string, b *Backend) error {
+	if b != nil {
+		if err := b.Runtime.Stop(ctx, id); err != nil {
+			return fmt.Errorf("stop in backend %s: %w", b.Name, err)
+		}
+		return nil
+	}
+	var errs []error
+	for _, b := range s.backends {
+		if err := b.Runtime.Stop(ctx, id); err != nil {
+			errs = append(errs, fmt.Errorf("stop in backend %s: %w", b.Name, err))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -189,7 +189,7 @@ func (s *Server) control(ctx context.Context, id string, l *liveSession) (*agent
 	if ctl != nil {
 		return ctl, nil
 	}
-	conn, err := s.rt.Connect(ctx, id)
+	conn, err := s.backendNamed(l.backend).Runtime.Connect(ctx, id)
 	if err != nil {
 		return nil, err
 	}

@@ -85,10 +85,12 @@ func (s *Server) meter(ctx context.Context, tx store.Store, sess store.Session, 
 	return nil
 }
 
-// usageOf is a session's usage from its start to end, one entry per GPU.
+// usageOf is a session's usage from its start to end, one entry per GPU
+// the engine reported. A session that held GPUs but ended before its
+// devices were recorded bills them as gpu0..gpuN-1, so nothing is lost.
 func usageOf(sess store.Session, end time.Time, cards []store.RateCard) []store.UsageEntry {
 	var out []store.UsageEntry
-	for _, g := range sess.GPUs {
+	for _, g := range billedGPUs(sess) {
 		cost, currency := metering.Cost(cards, sess.GPUType, sess.Region, sess.StartedAt, end)
 		out = append(out, store.UsageEntry{
 			SessionID: sess.ID, GPUID: g, UserID: sess.UserID, User: sess.User,
@@ -368,4 +370,17 @@ func (a *API) getUsage(w http.ResponseWriter, r *http.Request, caller store.User
 
 func usageRowToSDK(r metering.Row) sdk.UsageRow {
 	return sdk.UsageRow{Key: r.Key, GPUSeconds: r.GPUSeconds, GPUHours: r.GPUHours, Cost: float64(r.CostMicros) / 1e6, CostMicros: r.CostMicros}
+}
+
+// billedGPUs are the device ids a session's ledger entries are keyed by:
+// those the engine reported, else one placeholder per GPU it held.
+func billedGPUs(sess store.Session) []string {
+	if len(sess.GPUs) > 0 {
+		return sess.GPUs
+	}
+	ids := make([]string, sess.GPUCount)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("gpu%d", i)
+	}
+	return ids
 }

@@ -134,11 +134,11 @@ func (c *stateCollector) collect(ctx context.Context, ch chan<- prometheus.Metri
 	for state, n := range states {
 		ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(n), state)
 	}
-	gpus, err := s.store.ListGPUs(ctx)
+	pools, err := s.gpuPools(ctx, s.store)
 	if err != nil {
 		return err
 	}
-	for _, p := range pools(gpus) {
+	for _, p := range pools {
 		ch <- prometheus.MustNewConstMetric(descGPUs, prometheus.GaugeValue, float64(p.Total), p.Type, p.Region)
 		ch <- prometheus.MustNewConstMetric(descGPUsInUse, prometheus.GaugeValue, float64(p.Total-p.Free), p.Type, p.Region)
 	}

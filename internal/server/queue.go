@@ -191,10 +191,8 @@ func (s *Server) admitQueued(ctx context.Context, q store.Session) (left bool, e
 			return tx.UpdateQueued(ctx, &cur)
 		}
 		cur.GPUType, cur.Region, cur.Image, cur.QueueReason = d.GPUType, d.Region, d.ref, ""
+		cur.Backend, cur.GPUCount = d.backend, d.gpus
 		if err := tx.UpdateQueued(ctx, &cur); err != nil {
-			return err
-		}
-		if cur.GPUs, err = tx.ReserveGPUs(ctx, cur.ID, d.GPUType, d.Region, 1); err != nil {
 			return err
 		}
 		if _, err := s.transition(ctx, tx, cur.ID, sdk.StateStarting, nil); err != nil {
@@ -202,7 +200,7 @@ func (s *Server) admitQueued(ctx context.Context, q store.Session) (left bool, e
 		}
 		cur.State, admitted = sdk.StateStarting, cur
 		return s.audit(ctx, tx, caller.Name, "session.start", cur.Project, cur.ID, nil,
-			map[string]any{"gpu_type": cur.GPUType, "region": cur.Region, "gpus": cur.GPUs, "image": cur.Image, "queued": true})
+			map[string]any{"gpu_type": cur.GPUType, "region": cur.Region, "backend": cur.Backend, "gpu_count": cur.GPUCount, "image": cur.Image, "queued": true})
 	})
 	if err == nil && reasonChanged {
 		s.queueChanged()
@@ -487,7 +485,7 @@ func (a *API) waitSession(w http.ResponseWriter, r *http.Request, caller store.U
 		stream.Send(sdk.SessionEvent{Problem: &p})
 		return nil
 	}
-	out := toSDK(sess)
+	out := a.s.toSDK(sess)
 	out.Warnings = a.s.warnings(r.Context(), sess)
 	stream.Send(sdk.SessionEvent{Session: &out})
 	return nil

@@ -37,13 +37,39 @@ func (s *Server) completeRequest(ctx context.Context, caller store.User, req *sd
 	}
 	var warnings []string
 	if req.Image != "" {
-		if rt, ok := s.rt.(runtime.Imageless); ok {
+		if why, ignored := s.imagesIgnored(ctx, *req); ignored {
 			warnings = append(warnings, fmt.Sprintf("--image %s is ignored: %s, not in an image (images need a server with --runtime oci)",
-				names.Quote(req.Image), rt.IgnoresImages()))
+				names.Quote(req.Image), why))
 			req.Image = ""
 		}
 	}
 	return warnings, nil
+}
+
+// imagesIgnored reports whether every backend the request could be placed
+// on ignores images, and why: the backends offering its GPU type and
+// region, or all of them when none does (admission then says so).
+func (s *Server) imagesIgnored(ctx context.Context, req sdk.CreateSessionRequest) (string, bool) {
+	offering := map[string]bool{}
+	if caps, err := s.store.ListCapacity(ctx); err == nil {
+		for _, c := range caps {
+			if c.Total > 0 && (req.GPUType == "" || c.Type == req.GPUType) && (req.Region == "" || c.Region == req.Region) {
+				offering[c.Backend] = true
+			}
+		}
+	}
+	why := ""
+	for _, b := range s.backends {
+		if len(offering) > 0 && !offering[b.Name] {
+			continue
+		}
+		il, ok := b.Runtime.(runtime.Imageless)
+		if !ok {
+			return "", false
+		}
+		why = il.IgnoresImages()
+	}
+	return why, why != ""
 }
 
 // defaultProject is the project for a caller who named none: the only

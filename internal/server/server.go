@@ -8,24 +8,27 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"sync"
 	"time"
 
-	"github.com/devgpu/devgpu/internal/gpu"
-	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/link"
 	"github.com/devgpu/devgpu/internal/store"
 )
 
 // Config holds what the control plane is built from.
 type Config struct {
-	Store   store.Store
-	Runtime runtime.Runtime
-	// GPUs is the inventory this host lends (discovered or simulated).
-	GPUs   []gpu.Device
+	Store store.Store
+	// Backends are the runtimes sessions run on, each under its own name;
+	// the first is the default (backends.go). Each reports its GPU
+	// capacity, and admission places a session on one of them.
+	Backends []Backend
+	// Link, when set, is where agents that the control plane cannot dial
+	// (Pods in a cluster) link to, at GET /api/v1/agent/link (link.go);
+	// nil when no backend needs it.
+	Link   *link.Hub
 	Logger *slog.Logger
 	// Timing knobs; zero values take the defaults below. Tests shorten them.
 	ReapInterval     time.Duration // how often detach graces are checked
@@ -96,11 +99,11 @@ const (
 
 // Server is the control plane.
 type Server struct {
-	store store.Store
-	rt    runtime.Runtime
-	log   *slog.Logger
-	cfg   Config
-	now   func() time.Time
+	store    store.Store
+	backends []Backend
+	log      *slog.Logger
+	cfg      Config
+	now      func() time.Time
 
 	mu    sync.Mutex
 	live  map[string]*liveSession // running sessions, by id
@@ -118,7 +121,9 @@ type Server struct {
 	starts startRegistry
 	// storeErr is the store's last failure to write, nil while it writes.
 	storeErr error
-	unsynced bool // the GPU inventory waits for the store to write
+	// capStale holds the backends whose capacity could not be read or
+	// recorded yet (capacity.go); recordEnds retries them.
+	capStale map[string]bool
 
 	// The queue lives in the store (queue.go); qmu guards what this
 	// process knows of it: the requests waiting on each queued session,
@@ -144,11 +149,14 @@ type Server struct {
 	ctx     context.Context
 }
 
-// New reconciles the store with the runtime and the GPU inventory, then
-// starts the lifecycle loops. Call Close to stop them.
+// New reconciles the store with the backends' runtimes and records their
+// capacity, then starts the lifecycle loops. Call Close to stop them.
 func New(ctx context.Context, cfg Config) (*Server, error) {
-	if cfg.Store == nil || cfg.Runtime == nil {
-		return nil, errors.New("server: a store and a runtime are required")
+	if cfg.Store == nil {
+		return nil, errors.New("server: a store is required")
+	}
+	if err := validateBackends(cfg.Backends); err != nil {
+		return nil, err
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -183,8 +191,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	cfg.setFrontDoorDefaults()
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Server{
-		store: cfg.Store, rt: cfg.Runtime, log: cfg.Logger, cfg: cfg, now: cfg.Now,
-		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, unrecorded: map[string]pendingEnd{},
+		store: cfg.Store, backends: cfg.Backends, log: cfg.Logger, cfg: cfg, now: cfg.Now,
+		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, unrecorded: map[string]pendingEnd{}, capStale: map[string]bool{},
 		qwaiters: map[string][]*queueWaiter{}, qchanged: make(chan struct{}), qkick: make(chan struct{}, 1), qclosing: make(chan struct{}), ctx: loopCtx, cancel: cancel,
 	}
 	s.metrics = newMetrics(s)
@@ -203,15 +211,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cancel()
 		return nil, err
 	}
-	if err := s.syncInventory(ctx); err != nil {
-		if s.probeStore(ctx) == nil {
-			cancel()
-			return nil, err
-		}
-		// The store cannot write: start all the same, so that sessions
-		// are still ended; recordEnds syncs once it can.
-		s.unsynced = true
-		s.log.Error("sync GPU inventory; retried once the store can write", "err", err)
+	s.syncAllCapacity(ctx)
+	if cfg.Link != nil {
+		cfg.Link.SetVerifier(s.verifyLink)
 	}
 	s.refreshLimits(ctx, 0)
 	s.probeStore(ctx)
@@ -223,18 +225,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	go s.loop(limitCheckInterval, "idle and lifetime check", s.checkLimits)
 	go s.loop(cfg.BudgetInterval, "budget check", s.checkBudgets)
 	go s.loop(cfg.PoolInterval, "warm pools", func(context.Context) error { s.refill(); return nil })
+	s.watchCapacity()
 	return s, nil
-}
-
-func (s *Server) syncInventory(ctx context.Context) error {
-	devs := make([]store.GPU, 0, len(s.cfg.GPUs))
-	for _, d := range s.cfg.GPUs {
-		devs = append(devs, store.GPU{ID: d.ID, Type: d.Type, Region: d.Region})
-	}
-	if err := s.store.SyncGPUs(ctx, devs); err != nil {
-		return fmt.Errorf("server: sync GPU inventory: %w", err)
-	}
-	return nil
 }
 
 // Close stops the lifecycle loops and waits for every goroutine the

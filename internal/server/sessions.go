@@ -31,7 +31,7 @@ func (a *API) createSession(w http.ResponseWriter, r *http.Request, caller store
 		if err != nil {
 			return err
 		}
-		out := toSDK(sess)
+		out := a.s.toSDK(sess)
 		out.Warnings = append(notes, a.s.warnings(r.Context(), sess)...)
 		httpapi.Write(w, http.StatusCreated, out)
 		return nil
@@ -48,7 +48,7 @@ func (a *API) createSession(w http.ResponseWriter, r *http.Request, caller store
 		stream.Send(sdk.SessionEvent{Problem: &p})
 		return nil
 	}
-	out := toSDK(sess)
+	out := a.s.toSDK(sess)
 	out.Warnings = append(notes, a.s.warnings(r.Context(), sess)...)
 	stream.Send(sdk.SessionEvent{Session: &out})
 	return nil
@@ -73,7 +73,7 @@ func (a *API) listSessions(w http.ResponseWriter, r *http.Request, caller store.
 	}
 	out := make([]sdk.Session, 0, len(list))
 	for _, s := range list {
-		out = append(out, toSDK(s))
+		out = append(out, a.s.toSDK(s))
 	}
 	httpapi.Write(w, http.StatusOK, out)
 	return nil
@@ -121,7 +121,7 @@ func (a *API) getSession(w http.ResponseWriter, r *http.Request, caller store.Us
 			return err
 		}
 	}
-	httpapi.Write(w, http.StatusOK, toSDK(sess))
+	httpapi.Write(w, http.StatusOK, a.s.toSDK(sess))
 	return nil
 }
 
@@ -133,7 +133,7 @@ func (a *API) stopSession(w http.ResponseWriter, r *http.Request, caller store.U
 		return err
 	}
 	if lifecycle.Final(sess.State) {
-		httpapi.Write(w, http.StatusOK, toSDK(sess))
+		httpapi.Write(w, http.StatusOK, a.s.toSDK(sess))
 		return nil
 	}
 	reason := sdk.ReasonStopped
@@ -149,12 +149,15 @@ func (a *API) stopSession(w http.ResponseWriter, r *http.Request, caller store.U
 	}
 	// Stopped, but its end not yet recorded (the store cannot write):
 	// stopping, not running.
-	httpapi.Write(w, http.StatusOK, a.s.stoppedState(toSDK(sess)))
+	httpapi.Write(w, http.StatusOK, a.s.stoppedState(a.s.toSDK(sess)))
 	return nil
 }
 
-func toSDK(s store.Session) sdk.Session {
+// toSDK is the session as the API shows it, its backend named even when
+// the record predates backends.
+func (srv *Server) toSDK(s store.Session) sdk.Session {
 	out := sdk.Session{
+		Backend: srv.backendNameOf(s), Node: s.Node,
 		ID: s.ID, Project: s.Project, User: s.User, State: s.State,
 		GPUType: s.GPUType, Region: s.Region, GPUs: s.GPUs, Image: s.Image,
 		Attachments: s.Attachments, CreatedAt: s.CreatedAt.UTC(),

@@ -85,7 +85,7 @@ func (a *API) healthz(w http.ResponseWriter, r *http.Request) {
 // of the store itself counts: its sentinel errors are answers, not faults.
 func (s *Server) storeWrote(err error) {
 	if err != nil && (errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrConflict) ||
-		errors.Is(err, store.ErrNoCapacity) || errors.Is(err, context.Canceled)) {
+		errors.Is(err, context.Canceled)) {
 		return
 	}
 	s.mu.Lock()
@@ -133,19 +133,7 @@ func (s *Server) recordEnds(ctx context.Context) error {
 	if err := s.probeStore(ctx); err != nil {
 		return nil // reported by storeWrote; the ends wait
 	}
-	s.mu.Lock()
-	unsynced := s.unsynced
-	s.mu.Unlock()
-	if unsynced {
-		if err := s.syncInventory(ctx); err != nil {
-			s.storeWrote(err)
-			return nil
-		}
-		s.mu.Lock()
-		s.unsynced = false
-		s.mu.Unlock()
-		s.log.Info("GPU inventory synced")
-	}
+	s.retryCapacity(ctx)
 	s.mu.Lock()
 	pending := maps.Clone(s.unrecorded)
 	s.mu.Unlock()

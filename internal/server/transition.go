@@ -97,8 +97,8 @@ func (s *Server) finishStop(ctx context.Context, sess store.Session) error {
 	ctx = context.WithoutCancel(ctx)
 	state, reason, actor, at := stopOf(sess)
 	log := s.log.With("session_id", sess.ID, "reason", reason, "state", state)
-	if err := s.rt.Stop(ctx, sess.ID); err != nil {
-		return fmt.Errorf("stop session %s in the runtime: %w", sess.ID, err)
+	if err := s.backendOf(sess).Runtime.Stop(ctx, sess.ID); err != nil {
+		return fmt.Errorf("stop session %s in backend %s: %w", sess.ID, s.backendNameOf(sess), err)
 	}
 	err := s.recordEnd(ctx, sess.ID, state, reason, actor, at)
 	if err != nil && !errors.Is(err, store.ErrConflict) {
@@ -243,9 +243,9 @@ func afterStoppingHook() {
 	}
 }
 
-// startRuntime asks the runtime to start the session, through the
-// start-gate hook when a test set it.
-func (s *Server) startRuntime(ctx context.Context, spec runtime.Spec) error {
+// startRuntime asks the backend's runtime to start the session, through
+// the start-gate hook when a test set it, and returns where it landed.
+func (s *Server) startRuntime(ctx context.Context, b Backend, spec runtime.Spec) (runtime.Placement, error) {
 	if gate := hooks().startGate; gate != "" {
 		for {
 			if _, err := os.Stat(gate); err == nil {
@@ -253,13 +253,13 @@ func (s *Server) startRuntime(ctx context.Context, spec runtime.Spec) error {
 			}
 			select {
 			case <-s.ctx.Done():
-				return s.ctx.Err()
+				return runtime.Placement{}, s.ctx.Err()
 			case <-time.After(10 * time.Millisecond):
 			}
 		}
 		ctx = context.WithoutCancel(ctx)
 	}
-	return s.rt.Start(ctx, spec)
+	return b.Runtime.Start(ctx, spec)
 }
 
 // interruptedStart explains a session whose start died with the server.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 
+	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/sdk"
 )
@@ -53,7 +54,7 @@ func (s *Server) workspace(sess store.Session, w sdk.Workspace) (dir string, rea
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", false, fmt.Errorf("create workspace: %w", err)
 	}
-	used, ok, enforced := s.workspaceUse(dir)
+	used, ok, enforced := s.workspaceUse(s.backendOf(sess).Runtime, dir)
 	over := used > w.LimitBytes || !enforced && used == w.LimitBytes
 	return dir, ok && w.LimitBytes > 0 && over, nil
 }
@@ -63,7 +64,7 @@ func (s *Server) workspaceWarning(sess store.Session, w sdk.Workspace) string {
 	if !w.Enabled || w.LimitBytes <= 0 || s.cfg.WorkspaceDir == "" {
 		return ""
 	}
-	used, ok, enforced := s.workspaceUse(s.workspacePath(sess))
+	used, ok, enforced := s.workspaceUse(s.backendOf(sess).Runtime, s.workspacePath(sess))
 	full := used >= w.LimitBytes
 	if enforced {
 		full = used >= w.LimitBytes-workspaceFullSlack
@@ -79,12 +80,12 @@ func (s *Server) workspaceWarning(sess store.Session, w sdk.Workspace) string {
 		sess.Project, humanize.Bytes(uint64(used)), humanize.Bytes(uint64(w.LimitBytes)))
 }
 
-// workspaceUse asks the runtime what the workspace at dir uses (enforced:
+// workspaceUse asks the session's runtime what the workspace at dir uses (enforced:
 // the runtime holds it to its limit), or else adds up the sizes of the
 // files under dir, within workspaceMeasureLimit; ok is false when it could
 // not finish.
-func (s *Server) workspaceUse(dir string) (used int64, ok, enforced bool) {
-	if m, isMeter := s.rt.(workspaceMeter); isMeter {
+func (s *Server) workspaceUse(rt runtime.Runtime, dir string) (used int64, ok, enforced bool) {
+	if m, isMeter := rt.(workspaceMeter); isMeter {
 		used, err := m.WorkspaceUsage(dir)
 		if err == nil {
 			return used, true, true
