@@ -139,7 +139,11 @@ func (l *listener) run(ctx context.Context) {
 		}
 		var ended *endedError
 		if errors.As(err, &ended) {
-			l.cfg.Log.Error("agent link ended for good", "err", err)
+			if errors.Is(err, ErrStopped) {
+				l.cfg.Log.Info("agent link ended: the control plane stopped the session")
+			} else {
+				l.cfg.Log.Error("agent link ended for good", "err", err)
+			}
 			l.stop(err)
 			return
 		}
