@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/hashicorp/yamux"
@@ -22,6 +23,10 @@ import (
 type Hub struct {
 	log     *slog.Logger
 	pending chan struct{} // a slot per agent in its handshake
+	// keepAlive and writeTimeout: how often the hub pings each agent, and
+	// how long it waits for an answer or a write before it drops the link
+	// (tests shorten them).
+	keepAlive, writeTimeout time.Duration
 
 	mu      sync.Mutex
 	verify  func(sessionID, credential string) bool
@@ -57,10 +62,12 @@ func NewHub(log *slog.Logger) *Hub {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Hub{
-		log:     log,
-		pending: make(chan struct{}, maxPending),
-		links:   map[string]*agentLink{},
-		changed: make(chan struct{}),
+		log:          log,
+		pending:      make(chan struct{}, maxPending),
+		keepAlive:    keepAliveInterval,
+		writeTimeout: writeTimeout,
+		links:        map[string]*agentLink{},
+		changed:      make(chan struct{}),
 	}
 }
 
@@ -141,7 +148,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// The request's context ends when ServeHTTP returns, which is when the
 	// link has ended.
-	mux, err := yamux.Client(websocket.NetConn(r.Context(), ws, websocket.MessageBinary), yamuxConfig())
+	mux, err := yamux.Client(websocket.NetConn(r.Context(), ws, websocket.MessageBinary), yamuxConfig(h.keepAlive, h.writeTimeout))
 	if err != nil {
 		_ = ws.Close(websocket.StatusInternalError, "the control plane could not start the link")
 		log.Error("agent link: start yamux", "err", err)

@@ -76,12 +76,13 @@ func (e *endedError) Error() string        { return e.msg }
 func (e *endedError) Unwrap() error        { return e.cause }
 func (e *endedError) Is(target error) bool { return target == net.ErrClosed }
 
-// yamuxConfig is the configuration of both ends.
-func yamuxConfig() *yamux.Config {
+// yamuxConfig is the configuration of both ends: a ping every keepAlive,
+// and a link whose write or ping takes longer than timeout is dead.
+func yamuxConfig(keepAlive, timeout time.Duration) *yamux.Config {
 	cfg := yamux.DefaultConfig()
 	cfg.EnableKeepAlive = true
-	cfg.KeepAliveInterval = keepAliveInterval
-	cfg.ConnectionWriteTimeout = writeTimeout
+	cfg.KeepAliveInterval = keepAlive
+	cfg.ConnectionWriteTimeout = timeout
 	cfg.LogOutput = nil
 	cfg.Logger = discardLogger{}
 	return cfg

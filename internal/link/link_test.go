@@ -15,6 +15,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/hashicorp/yamux"
 
 	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/testutil"
@@ -354,4 +358,129 @@ func TestManyConcurrentStreamsOnOneLink(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+}
+
+// freezingProxy relays TCP to a server until frozen; then it stops
+// relaying without closing anything, as a lost node or a cut network does.
+type freezingProxy struct {
+	ln     net.Listener
+	frozen chan struct{}
+	once   sync.Once
+}
+
+func newFreezingProxy(t *testing.T, target string) *freezingProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &freezingProxy{ln: ln, frozen: make(chan struct{})}
+	var conns []net.Conn
+	var mu sync.Mutex
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	relay := func(dst, src net.Conn) {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			select {
+			case <-p.frozen:
+				return // swallow it, and everything after
+			default:
+			}
+			if n > 0 {
+				if _, err := dst.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, s)
+			mu.Unlock()
+			go relay(s, c)
+			go relay(c, s)
+		}
+	}()
+	return p
+}
+
+func (p *freezingProxy) freeze() { p.once.Do(func() { close(p.frozen) }) }
+
+func TestHubDropsALinkWhoseAgentFellSilent(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t)
+	th.keepAlive, th.writeTimeout = 100*time.Millisecond, 300*time.Millisecond
+	proxy := newFreezingProxy(t, th.srv.Listener.Addr().String())
+	cfg := th.agentConfig("s1")
+	cfg.URL = "https://" + proxy.ln.Addr().String()
+	listen(t, cfg)
+	if _, err := th.WaitLinked(testutil.Context(t, testutil.WaitMedium), "s1"); err != nil {
+		t.Fatal(err)
+	}
+	proxy.freeze()
+	testutil.Eventually(t, testutil.WaitMedium, "the hub to drop the silent agent's link", func() bool { return !th.Linked("s1") })
+	if _, err := th.Dial(testutil.Context(t, testutil.WaitShort), "s1"); !errors.Is(err, runtime.ErrNotFound) {
+		t.Errorf("Dial of a dropped link: %v; want runtime.ErrNotFound", err)
+	}
+}
+
+func TestNewerLinkReplacesTheOlder(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t)
+	cfg := th.agentConfig("s1")
+	ctx := testutil.Context(t, testutil.WaitMedium)
+
+	// The older link: an agent that will not come back once replaced.
+	h := http.Header{}
+	h.Set("Authorization", "Bearer "+cfg.Credential)
+	h.Set(headerSession, "s1")
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg.TLS}}
+	ws, _, err := websocket.Dial(ctx, th.srv.URL+Path, &websocket.DialOptions{HTTPClient: client, HTTPHeader: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := yamux.Server(websocket.NetConn(ctx, ws, websocket.MessageBinary), yamuxConfig(keepAliveInterval, writeTimeout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if _, err := th.WaitLinked(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+
+	ln := listen(t, cfg)
+	select {
+	case <-old.CloseChan():
+	case <-ctx.Done():
+		t.Fatal("the older link stayed up after a newer one came")
+	}
+	report, err := th.WaitLinked(ctx, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if report.Node != "node-a" {
+		t.Errorf("report %+v; want the newer agent's (node-a)", report)
+	}
+	roundTrip(t, th, ln, "s1")
 }

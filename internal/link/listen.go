@@ -208,7 +208,7 @@ func (l *listener) linkOnce(ctx context.Context, client *http.Client, u string) 
 		return false, fmt.Errorf("link to %s: %w", u, err)
 	}
 	conn := &recordingConn{Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary)}
-	mux, err := yamux.Server(conn, yamuxConfig())
+	mux, err := yamux.Server(conn, yamuxConfig(keepAliveInterval, writeTimeout))
 	if err != nil {
 		ws.CloseNow()
 		return false, fmt.Errorf("start the link's yamux session: %w", err)
