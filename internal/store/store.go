@@ -15,8 +15,6 @@ import (
 var (
 	ErrNotFound = errors.New("not found")
 	ErrConflict = errors.New("already exists")
-	// ErrNoCapacity means too few free GPUs matched a reservation.
-	ErrNoCapacity = errors.New("not enough free GPUs")
 )
 
 // User is a person or robot that holds API tokens.
@@ -112,14 +110,14 @@ type Capacity struct {
 
 // Session is a GPU session's record. Zero times mean "not yet".
 type Session struct {
-	ID          string
-	ProjectID   int64
-	Project     string // filled by reads
-	UserID      int64
-	User        string // filled by reads
-	State       string // sdk.State*
-	GPUType     string
-	Region      string
+	ID        string
+	ProjectID int64
+	Project   string // filled by reads
+	UserID    int64
+	User      string // filled by reads
+	State     string // sdk.State*
+	GPUType   string
+	Region    string
 	// Backend is the runtime the session was placed on ('' for sessions
 	// recorded before backends existed: the server's first backend), and
 	// GPUCount how many GPUs it holds; admission counts active sessions'
@@ -129,10 +127,10 @@ type Session struct {
 	// GPUs are the device ids the engine gave the session, Node the
 	// machine it landed on and Handle the runtime's name for it: all as
 	// the runtime reported at start (empty until then), kept after the end.
-	GPUs   []string
-	Node   string
-	Handle string
-	Image       string   // the resolved image reference; empty: the runtime's default
+	GPUs        []string
+	Node        string
+	Handle      string
+	Image       string // the resolved image reference; empty: the runtime's default
 	Attachments int
 	DetachGrace time.Duration
 	CreatedAt   time.Time
@@ -340,22 +338,25 @@ type Store interface {
 	ListBudgetAlerts(ctx context.Context, projectID int64, month string) ([]BudgetAlert, error)
 
 	// SetCapacity makes what the store records of backend equal to caps
-	// (rows of other backends stay); Backend in caps is ignored.
+	// (rows of other backends stay), in one transaction that serialises
+	// with InTx; Backend in caps is ignored. It refuses an entry without a
+	// type, a negative total, and a type and region listed twice.
 	SetCapacity(ctx context.Context, backend string, caps []Capacity) error
 	// ListCapacity returns every backend's capacity ordered by backend,
 	// type, region.
 	ListCapacity(ctx context.Context) ([]Capacity, error)
 
 	// CreateSession inserts s, with its Backend and GPUCount (and GPUs,
-	// Node, Handle when already known).
+	// Node, Handle when already known). GPUs read back in the order
+	// written; a device listed twice is refused.
 	CreateSession(ctx context.Context, s *Session) error
 	Session(ctx context.Context, id string) (Session, error)
 	ListSessions(ctx context.Context, f SessionFilter) ([]Session, error)
 	// UpdateSession writes StartedAt, Attachments, DetachedAt, LastSeenAt,
 	// Error and the placement (GPUs, Node, Handle) of a session whose state
-	// is s.State; it never changes the
-	// state (TransitionSession does). It fails with ErrConflict when the
-	// session is in another state, ended included.
+	// is s.State; empty GPUs leave the recorded devices as they are. It
+	// never changes the state (TransitionSession does). It fails with
+	// ErrConflict when the session is in another state, ended included.
 	UpdateSession(ctx context.Context, s *Session) error
 	// TransitionSession moves a session to state to, the one way to change
 	// a session's state. Inside the transaction of the Store it is called
@@ -367,16 +368,17 @@ type Store interface {
 	// returns the record as written.
 	TransitionSession(ctx context.Context, id, to string, change func(*Session)) (Session, error)
 	// UpdateQueued writes GPUType, Region, Backend, GPUCount, Image,
-	// WaitUntil, QueueReason and ServedBy of a queued session: admission places it, or records
-	// why it waits or what served it, before moving it on. It fails with
+	// WaitUntil, QueueReason and ServedBy of a queued session: admission
+	// places it, or records why it waits or what served it, before moving
+	// it on. It fails with
 	// ErrConflict when the session is not queued.
 	UpdateQueued(ctx context.Context, s *Session) error
 	// QueuePosition is a queued session's 1-based place in its project's
 	// queue, FIFO by (CreatedAt, ID); 0 when it is not queued.
 	QueuePosition(ctx context.Context, id string) (int, error)
 	// EndSession moves an active session to state (ended or failed) with the
-	// reason and time, through stopping where the table asks for it, and
-	// frees its GPUs. A session already ended is left as it is and
+	// reason and time, through stopping where the table asks for it; its
+	// GPUs then no longer count against capacity. A session already ended is left as it is and
 	// ErrConflict is returned.
 	EndSession(ctx context.Context, id, state, reason string, at time.Time) error
 }

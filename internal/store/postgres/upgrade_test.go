@@ -17,3 +17,7 @@ func TestUpgrade(t *testing.T) {
 func TestUpgradeBudgetUse(t *testing.T) {
 	storetest.UpgradeBudgetUse(t, "pgx", storetest.PostgresDB(t, storetest.PostgresServer(t)), dialect, migrationFiles())
 }
+
+func TestUpgradePlacement(t *testing.T) {
+	storetest.UpgradePlacement(t, "pgx", storetest.PostgresDB(t, storetest.PostgresServer(t)), dialect, migrationFiles())
+}

@@ -14,3 +14,7 @@ func TestUpgrade(t *testing.T) {
 func TestUpgradeBudgetUse(t *testing.T) {
 	storetest.UpgradeBudgetUse(t, "sqlite", dsn(filepath.Join(t.TempDir(), "devgpu.db")), dialect, migrationFiles())
 }
+
+func TestUpgradePlacement(t *testing.T) {
+	storetest.UpgradePlacement(t, "sqlite", dsn(filepath.Join(t.TempDir(), "devgpu.db")), dialect, migrationFiles())
+}

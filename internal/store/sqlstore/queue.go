@@ -16,12 +16,16 @@ var queuedSession = fmt.Sprintf(`s.state = '%s'`, sdk.StateQueued)
 // store.Store.
 func (s *Store) UpdateQueued(ctx context.Context, x *store.Session) error {
 	action := "update queued session " + x.ID
+	if x.GPUCount < 0 {
+		return fmt.Errorf("%s: %d GPUs is negative; ask for zero or more", action, x.GPUCount)
+	}
 	x.WaitUntil = norm(x.WaitUntil)
 	var n int64
 	err := s.write(ctx, func() error {
-		res, err := s.exec(ctx, `UPDATE sessions SET gpu_type = ?, region = ?, image = ?, wait_until = ?,
-			queue_reason = ?, served_by = ? WHERE id = ? AND state = ?`,
-			x.GPUType, x.Region, x.Image, dbTime(x.WaitUntil), x.QueueReason, x.ServedBy, x.ID, sdk.StateQueued)
+		res, err := s.exec(ctx, `UPDATE sessions SET gpu_type = ?, region = ?, backend = ?, gpu_count = ?, image = ?,
+			wait_until = ?, queue_reason = ?, served_by = ? WHERE id = ? AND state = ?`,
+			x.GPUType, x.Region, x.Backend, x.GPUCount, x.Image, dbTime(x.WaitUntil), x.QueueReason, x.ServedBy,
+			x.ID, sdk.StateQueued)
 		if err != nil {
 			return err
 		}

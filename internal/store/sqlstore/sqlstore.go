@@ -99,10 +99,24 @@ func (s *Store) tx(ctx context.Context, fn func(*Store) error) error {
 	if s.inTx {
 		return fn(s)
 	}
-	return s.begin(ctx, fn)
+	return s.begin(ctx, true, fn)
 }
 
-func (s *Store) begin(ctx context.Context, fn func(*Store) error) error {
+// atomic runs fn, statements that write, as one. Inside a transaction it
+// is write: a failure undoes fn alone. Outside, fn runs in a transaction
+// of its own that does not take the dialect's TxLock: a method that only
+// records (a session's devices beside its row) need not wait for
+// admissions, nor they for it.
+func (s *Store) atomic(ctx context.Context, fn func(*Store) error) error {
+	if s.inTx {
+		return s.write(ctx, func() error { return fn(s) })
+	}
+	return s.begin(ctx, false, fn)
+}
+
+// begin runs fn in a new transaction, which takes the dialect's TxLock
+// when lock is set.
+func (s *Store) begin(ctx context.Context, lock bool, fn func(*Store) error) error {
 	release, err := s.queue(ctx)
 	if err != nil {
 		return err
@@ -113,7 +127,7 @@ func (s *Store) begin(ctx context.Context, fn func(*Store) error) error {
 		return fmt.Errorf("begin transaction: %w", err)
 	}
 	defer tx.Rollback() // after Commit, a harmless ErrTxDone
-	if s.d.TxLock != "" {
+	if lock && s.d.TxLock != "" {
 		if _, err := tx.ExecContext(ctx, s.d.TxLock); err != nil {
 			return fmt.Errorf("lock transaction: %w", err)
 		}
@@ -227,7 +241,7 @@ func (s *Store) wrap(action string, err error) error {
 		return nil
 	case errors.Is(err, sql.ErrNoRows):
 		return fmt.Errorf("%s: %w", action, store.ErrNotFound)
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrNoCapacity):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrConflict):
 		return fmt.Errorf("%s: %w", action, err)
 	}
 	if sentinel := s.d.Classify(err); sentinel != nil {

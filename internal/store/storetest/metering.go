@@ -223,7 +223,6 @@ func testUsageInTx(t *testing.T, ctx context.Context, s store.Store) {
 // deleted projects and sessions, with names.
 func testUsageOutlivesProject(t *testing.T, ctx context.Context, s store.Store) {
 	u, p := mustUser(t, ctx, s, "alice"), mustProject(t, ctx, s, "ml")
-	mustSync(t, ctx, s, gpus("t4", "local", 1)...)
 	sess := mustSession(t, ctx, s, "s1", p, u, 1)
 	at := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 	if err := s.EndSession(ctx, sess.ID, sdk.StateEnded, sdk.ReasonClosed, at.Add(time.Hour)); err != nil {

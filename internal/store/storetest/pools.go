@@ -43,7 +43,6 @@ func testWarmPools(t *testing.T, ctx context.Context, s store.Store) {
 func testClaimSession(t *testing.T, ctx context.Context, s store.Store) {
 	pool, alice := mustUser(t, ctx, s, "pool"), mustUser(t, ctx, s, "alice")
 	p := mustProject(t, ctx, s, "ml")
-	mustSync(t, ctx, s, gpus("t4", "local", 1)...)
 	sess := mustSession(t, ctx, s, "warm1", p, pool, 1)
 	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	if err := s.ClaimSession(ctx, sess.ID, alice.ID, pool.ID, at); !errors.Is(err, store.ErrConflict) {

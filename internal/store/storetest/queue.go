@@ -16,13 +16,12 @@ import (
 // project on its own. Placing the head and moving it on moves everyone up.
 func testQueue(t *testing.T, ctx context.Context, s store.Store) {
 	u, ml, cv := mustUser(t, ctx, s, "alice"), mustProject(t, ctx, s, "ml"), mustProject(t, ctx, s, "cv")
-	mustSync(t, ctx, s, gpus("t4", "local", 1)...)
 	mustSession(t, ctx, s, "busy", ml, u, 1)
 	at := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 	queued := func(id string, p store.Project, created time.Time) store.Session {
 		t.Helper()
 		x := store.Session{ID: id, ProjectID: p.ID, Project: p.Name, UserID: u.ID, User: u.Name, State: sdk.StateQueued,
-			GPUType: "t4", Image: "python", DetachGrace: time.Minute, CreatedAt: created,
+			GPUType: "t4", GPUCount: 1, Image: "python", DetachGrace: time.Minute, CreatedAt: created,
 			WaitUntil: created.Add(time.Hour), QueueReason: "all 1 t4 GPUs are in use"}
 		if err := s.CreateSession(ctx, &x); err != nil {
 			t.Fatal(err)
@@ -57,16 +56,18 @@ func testQueue(t *testing.T, ctx context.Context, s store.Store) {
 	if ids := queueIDs(list); !reflect.DeepEqual(ids, []string{"q-c", "q-a", "q-b", "q-d"}) {
 		t.Errorf("queued sessions of ml = %v, want FIFO q-c q-a q-b q-d", ids)
 	}
-	if list, _ := s.ListGPUs(ctx); len(list) != 1 || list[0].SessionID != "busy" {
-		t.Errorf("GPUs with a queue = %+v, want only busy's", list)
+	if list, _ := s.ListSessions(ctx, store.SessionFilter{ProjectID: ml.ID, State: sdk.StateQueued}); len(list) != 4 || list[0].GPUs != nil {
+		t.Errorf("queued sessions of ml = %+v, want 4 without devices", list)
 	}
 
 	// UpdateQueued writes the request's fields and no others.
 	placed := got
 	placed.GPUType, placed.Region, placed.Image = "t4", "local", "docker.io/library/python:3"
+	placed.Backend, placed.GPUCount = "west", 2
 	placed.QueueReason, placed.ServedBy, placed.WaitUntil = "", "", at.Add(2*time.Hour)
 	ignored := placed
 	ignored.State, ignored.Attachments, ignored.EndReason, ignored.Error = sdk.StateRunning, 3, "x", "y"
+	ignored.GPUs, ignored.Node, ignored.Handle = []string{"g"}, "n", "h"
 	if err := s.UpdateQueued(ctx, &ignored); err != nil {
 		t.Fatal(err)
 	}
@@ -76,26 +77,23 @@ func testQueue(t *testing.T, ctx context.Context, s store.Store) {
 	if err := s.UpdateQueued(ctx, &store.Session{ID: "busy"}); !errors.Is(err, store.ErrConflict) {
 		t.Errorf("UpdateQueued(running session) = %v, want ErrConflict", err)
 	}
+	if err := s.UpdateQueued(ctx, &store.Session{ID: "q-a", GPUCount: -1}); err == nil {
+		t.Errorf("UpdateQueued(GPUCount -1) succeeded")
+	}
 	if err := s.UpdateQueued(ctx, &store.Session{ID: "nobody"}); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("UpdateQueued(unknown) = %v, want ErrNotFound", err)
 	}
 
-	// The head is admitted (its GPU freed by the end of busy): everyone
-	// behind it moves up, and it leaves the queue.
+	// The head is admitted (its GPUs freed by the end of busy): everyone
+	// behind it moves up, and it leaves the queue, placed as UpdateQueued
+	// wrote; its devices come when the runtime starts it.
 	mustEnd(t, ctx, s, "busy")
-	err = s.InTx(ctx, func(tx store.Store) error {
-		if _, err := tx.ReserveGPUs(ctx, "q-c", "t4", "local", 1); err != nil {
-			return err
-		}
-		_, err := tx.TransitionSession(ctx, "q-c", sdk.StateStarting, nil)
-		return err
-	})
-	if err != nil {
+	if _, err := s.TransitionSession(ctx, "q-c", sdk.StateStarting, nil); err != nil {
 		t.Fatal(err)
 	}
 	positions(map[string]int{"q-c": 0, "q-a": 1, "q-b": 2, "q-d": 3, "q-z": 1})
-	if got := mustGet(t, ctx, s, "q-c"); got.State != sdk.StateStarting || len(got.GPUs) != 1 || got.Region != "local" {
-		t.Errorf("admitted head = %+v, want starting with its GPU", got)
+	if got := mustGet(t, ctx, s, "q-c"); got.State != sdk.StateStarting || got.GPUs != nil || got.Backend != "west" || got.GPUCount != 2 {
+		t.Errorf("admitted head = %+v, want starting on west with 2 GPUs, no devices yet", got)
 	}
 	// One in the middle gives up.
 	if err := s.EndSession(ctx, "q-b", sdk.StateFailed, "gave_up", at.Add(time.Minute)); err != nil {

@@ -39,8 +39,10 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"OrgPolicy", testOrgPolicy},
 		{"Audit", testAudit},
 		{"AuditOrder", testAuditOrder},
-		{"GPUs", testGPUs},
-		{"SyncGPUsRetires", testSyncGPUsRetires},
+		{"Capacity", testCapacity},
+		{"CapacityInTx", testCapacityInTx},
+		{"Placement", testPlacement},
+		{"PlacementOrder", testPlacementOrder},
 		{"Sessions", testSessions},
 		{"EndSession", testEndSession},
 		{"TransitionTable", testTransitionTable},
@@ -72,7 +74,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		})
 	}
 	// Not parallel: each holds many connections at once.
-	t.Run("ConcurrentReserve", func(t *testing.T) { testConcurrentAdmission(t, open(t), false) })
+	t.Run("ConcurrentCapacity", func(t *testing.T) { testConcurrentAdmission(t, open(t), false) })
 	t.Run("ConcurrentCap", func(t *testing.T) { testConcurrentAdmission(t, open(t), true) })
 	t.Run("ConcurrentUsage", func(t *testing.T) { testConcurrentUsage(t, open(t)) })
 }
@@ -196,7 +198,6 @@ func testProjects(t *testing.T, ctx context.Context, s store.Store) {
 func testDeleteProject(t *testing.T, ctx context.Context, s store.Store) {
 	u := mustUser(t, ctx, s, "alice")
 	p := mustProject(t, ctx, s, "ml")
-	mustSync(t, ctx, s, gpus("t4", "local", 1)...)
 	if err := s.SetMember(ctx, store.Member{ProjectID: p.ID, UserID: u.ID, Role: store.RoleDeveloper}); err != nil {
 		t.Fatal(err)
 	}
@@ -268,119 +269,13 @@ func testMembers(t *testing.T, ctx context.Context, s store.Store) {
 	}
 }
 
-func testGPUs(t *testing.T, ctx context.Context, s store.Store) {
-	mustSync(t, ctx, s, append(gpus("t4", "local", 3), gpus("a100", "local", 1)...)...)
-	list, err := s.ListGPUs(ctx)
-	want := []store.GPU{
-		{ID: "GPU-sim-a100-0", Type: "a100", Region: "local"},
-		{ID: "GPU-sim-t4-0", Type: "t4", Region: "local"},
-		{ID: "GPU-sim-t4-1", Type: "t4", Region: "local"},
-		{ID: "GPU-sim-t4-2", Type: "t4", Region: "local"},
-	}
-	if err != nil || !reflect.DeepEqual(list, want) {
-		t.Fatalf("ListGPUs = %+v, %v; want %+v", list, err, want)
-	}
-	ids, err := s.ReserveGPUs(ctx, "s1", "t4", "local", 2)
-	if want := []string{"GPU-sim-t4-0", "GPU-sim-t4-1"}; err != nil || !reflect.DeepEqual(ids, want) {
-		t.Errorf("ReserveGPUs = %v, %v; want %v", ids, err, want)
-	}
-	// Two asked, one free: nothing is reserved.
-	if ids, err := s.ReserveGPUs(ctx, "s2", "t4", "local", 2); !errors.Is(err, store.ErrNoCapacity) || ids != nil {
-		t.Errorf("ReserveGPUs(too many) = %v, %v; want ErrNoCapacity", ids, err)
-	}
-	for _, c := range []struct{ typ, region string }{{"h100", "local"}, {"a100", "eu"}} {
-		if _, err := s.ReserveGPUs(ctx, "s2", c.typ, c.region, 1); !errors.Is(err, store.ErrNoCapacity) {
-			t.Errorf("ReserveGPUs(%s, %s) = %v, want ErrNoCapacity", c.typ, c.region, err)
-		}
-	}
-	ids, err = s.ReserveGPUs(ctx, "s2", "t4", "local", 1)
-	if want := []string{"GPU-sim-t4-2"}; err != nil || !reflect.DeepEqual(ids, want) {
-		t.Errorf("ReserveGPUs(last) = %v, %v; want %v", ids, err, want)
-	}
-	list, _ = s.ListGPUs(ctx)
-	want[1].SessionID, want[2].SessionID, want[3].SessionID = "s1", "s1", "s2"
-	if !reflect.DeepEqual(list, want) {
-		t.Errorf("ListGPUs after reserving = %+v, want %+v", list, want)
-	}
-	// Syncing the same inventory again changes nothing, reservations included.
-	mustSync(t, ctx, s, append(gpus("t4", "local", 3), gpus("a100", "local", 1)...)...)
-	if list, _ = s.ListGPUs(ctx); !reflect.DeepEqual(list, want) {
-		t.Errorf("ListGPUs after a second sync = %+v, want %+v", list, want)
-	}
-}
-
-func testSyncGPUsRetires(t *testing.T, ctx context.Context, s store.Store) {
-	u, p := mustUser(t, ctx, s, "alice"), mustProject(t, ctx, s, "ml")
-	mustSync(t, ctx, s, gpus("t4", "local", 4)...)
-	s1 := mustSession(t, ctx, s, "s1", p, u, 2) // t4-0, t4-1
-	s2 := mustSession(t, ctx, s, "s2", p, u, 1) // t4-2
-
-	// t4-1 (reserved) and t4-3 (free) leave; t4-0 comes back as another
-	// type; a new device arrives.
-	mustSync(t, ctx, s,
-		store.GPU{ID: "GPU-sim-t4-0", Type: "t4", Region: "eu"},
-		store.GPU{ID: "GPU-sim-t4-2", Type: "t4", Region: "local"},
-		store.GPU{ID: "GPU-sim-t4-9", Type: "t4", Region: "local"},
-	)
-	want := []store.GPU{
-		{ID: "GPU-sim-t4-0", Type: "t4", Region: "eu", SessionID: "s1"},
-		{ID: "GPU-sim-t4-1", Type: "t4", Region: "local", SessionID: "s1"},
-		{ID: "GPU-sim-t4-2", Type: "t4", Region: "local", SessionID: "s2"},
-		{ID: "GPU-sim-t4-9", Type: "t4", Region: "local"},
-	}
-	if list, err := s.ListGPUs(ctx); err != nil || !reflect.DeepEqual(list, want) {
-		t.Fatalf("ListGPUs = %+v, %v; want %+v", list, err, want)
-	}
-	// A retired GPU cannot be reserved again, even before its session ends.
-	if _, err := s.ReserveGPUs(ctx, "s3", "t4", "local", 2); !errors.Is(err, store.ErrNoCapacity) {
-		t.Errorf("ReserveGPUs = %v, want ErrNoCapacity", err)
-	}
-	if got := mustGet(t, ctx, s, s1.ID).GPUs; !reflect.DeepEqual(got, s1.GPUs) {
-		t.Errorf("GPUs of s1 = %v, want %v", got, s1.GPUs)
-	}
-	mustEnd(t, ctx, s, s1.ID)
-	want = []store.GPU{
-		{ID: "GPU-sim-t4-0", Type: "t4", Region: "eu"},
-		{ID: "GPU-sim-t4-2", Type: "t4", Region: "local", SessionID: "s2"},
-		{ID: "GPU-sim-t4-9", Type: "t4", Region: "local"},
-	}
-	if list, err := s.ListGPUs(ctx); err != nil || !reflect.DeepEqual(list, want) {
-		t.Errorf("ListGPUs after the end = %+v, %v; want %+v", list, err, want)
-	}
-	if got := mustGet(t, ctx, s, s1.ID).GPUs; !reflect.DeepEqual(got, s1.GPUs) {
-		t.Errorf("GPUs of s1 after the end = %v, want %v", got, s1.GPUs)
-	}
-
-	// A reserved device that left and came back is no longer retired: it
-	// stays when its session ends.
-	mustSync(t, ctx, s, store.GPU{ID: "GPU-sim-t4-9", Type: "t4", Region: "local"})
-	mustSync(t, ctx, s, gpus("t4", "local", 3)...)
-	mustEnd(t, ctx, s, s2.ID)
-	want = []store.GPU{
-		{ID: "GPU-sim-t4-0", Type: "t4", Region: "local"},
-		{ID: "GPU-sim-t4-1", Type: "t4", Region: "local"},
-		{ID: "GPU-sim-t4-2", Type: "t4", Region: "local"},
-	}
-	if list, err := s.ListGPUs(ctx); err != nil || !reflect.DeepEqual(list, want) {
-		t.Errorf("ListGPUs at last = %+v, %v; want %+v", list, err, want)
-	}
-	mustSync(t, ctx, s)
-	if list, err := s.ListGPUs(ctx); err != nil || len(list) != 0 {
-		t.Errorf("ListGPUs after an empty sync = %+v, %v; want none", list, err)
-	}
-}
-
 func testSessions(t *testing.T, ctx context.Context, s store.Store) {
 	u, p := mustUser(t, ctx, s, "alice"), mustProject(t, ctx, s, "ml")
-	mustSync(t, ctx, s, gpus("t4", "local", 2)...)
-	if _, err := s.ReserveGPUs(ctx, "s1", "t4", "local", 2); err != nil {
-		t.Fatal(err)
-	}
 	at := time.Date(2025, 3, 1, 12, 0, 0, 123456000, time.UTC)
 	in := store.Session{
 		ID: "s1", ProjectID: p.ID, UserID: u.ID, State: sdk.StateStarting, GPUType: "t4", Region: "local",
-		GPUs: []string{"GPU-sim-t4-0", "GPU-sim-t4-1"}, Attachments: 1,
-		DetachGrace: 2 * time.Minute, CreatedAt: at, LastSeenAt: at.Add(time.Second),
+		Backend: "local", GPUCount: 2, GPUs: []string{"GPU-sim-t4-1", "GPU-sim-t4-0"}, Node: "host", Handle: "devgpu-s1",
+		Attachments: 1, DetachGrace: 2 * time.Minute, CreatedAt: at, LastSeenAt: at.Add(time.Second),
 	}
 	x := in
 	if err := s.CreateSession(ctx, &x); err != nil {
@@ -406,14 +301,30 @@ func testSessions(t *testing.T, ctx context.Context, s store.Store) {
 	upd := got
 	upd.StartedAt, upd.Attachments, upd.DetachedAt = at.Add(2*time.Second), 0, at.Add(3*time.Second)
 	upd.LastSeenAt, upd.Error = at.Add(4*time.Second), "warning"
+	upd.GPUs, upd.Node, upd.Handle = []string{"GPU-sim-t4-2"}, "node-2", "devgpu-s1-b"
 	ignored := upd
 	ignored.GPUType, ignored.Region, ignored.DetachGrace, ignored.EndReason = "a100", "eu", 0, "x"
+	ignored.Backend, ignored.GPUCount = "west", 8
 	ignored.EndActor, ignored.EndState, ignored.EndedAt = "bob", sdk.StateFailed, at
 	if err := s.UpdateSession(ctx, &ignored); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := s.Session(ctx, "s1"); err != nil || !reflect.DeepEqual(got, upd) {
 		t.Errorf("Session after update =\n%+v, %v; want\n%+v", got, err, upd)
+	}
+	// Empty GPUs leave the devices recorded; a device twice is refused.
+	upd.GPUs = nil
+	if err := s.UpdateSession(ctx, &upd); err != nil {
+		t.Fatal(err)
+	}
+	upd.GPUs = []string{"GPU-sim-t4-2"}
+	twice := upd
+	twice.GPUs, twice.Error = []string{"GPU-sim-t4-3", "GPU-sim-t4-3"}, "twice"
+	if err := s.UpdateSession(ctx, &twice); err == nil {
+		t.Errorf("UpdateSession(a device twice) succeeded")
+	}
+	if got, err := s.Session(ctx, "s1"); err != nil || !reflect.DeepEqual(got, upd) {
+		t.Errorf("Session after updates without GPUs and with one twice =\n%+v, %v; want\n%+v", got, err, upd)
 	}
 	// It never changes the state: that is TransitionSession's.
 	moved := upd
@@ -431,19 +342,30 @@ func testSessions(t *testing.T, ctx context.Context, s store.Store) {
 		t.Errorf("UpdateSession(state ended) = %v, want a refusal", err)
 	}
 
-	// A session may be created before its GPUs are reserved (queued).
-	q := store.Session{ID: "s0", ProjectID: p.ID, UserID: u.ID, State: sdk.StateQueued, GPUType: "t4", Region: "local"}
+	// A session may be created before the engine gave it devices (queued).
+	q := store.Session{ID: "s0", ProjectID: p.ID, UserID: u.ID, State: sdk.StateQueued, GPUType: "t4", Region: "local", GPUCount: 1}
 	if err := s.CreateSession(ctx, &q); err != nil {
 		t.Fatal(err)
 	}
-	if got := mustGet(t, ctx, s, "s0"); got.GPUs != nil || got.CreatedAt.IsZero() {
-		t.Errorf("queued session: GPUs %v, CreatedAt %v; want none, set", got.GPUs, got.CreatedAt)
+	if got := mustGet(t, ctx, s, "s0"); got.GPUs != nil || got.CreatedAt.IsZero() || got.GPUCount != 1 {
+		t.Errorf("queued session: GPUs %v, CreatedAt %v, GPUCount %d; want none, set, 1", got.GPUs, got.CreatedAt, got.GPUCount)
+	}
+	for _, bad := range []store.Session{
+		{ID: "s3", ProjectID: p.ID, UserID: u.ID, State: sdk.StateStarting, GPUCount: -1},
+		{ID: "s3", ProjectID: p.ID, UserID: u.ID, State: sdk.StateStarting, GPUCount: 2, GPUs: []string{"g", "g"}},
+		{ID: "s3", ProjectID: p.ID, UserID: u.ID, State: sdk.StateStarting, GPUCount: 1, GPUs: []string{""}},
+	} {
+		if err := s.CreateSession(ctx, &bad); err == nil {
+			t.Errorf("CreateSession(GPUCount %d, GPUs %q) succeeded", bad.GPUCount, bad.GPUs)
+		}
+	}
+	if _, err := s.Session(ctx, "s3"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Session(refused) = %v, want ErrNotFound", err)
 	}
 }
 
 func testEndSession(t *testing.T, ctx context.Context, s store.Store) {
 	u, p := mustUser(t, ctx, s, "alice"), mustProject(t, ctx, s, "ml")
-	mustSync(t, ctx, s, gpus("t4", "local", 2)...)
 	sess := mustSession(t, ctx, s, "s1", p, u, 2)
 	at := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 	if err := s.EndSession(ctx, "s1", sdk.StateEnded, sdk.ReasonIdle, at); err != nil {
@@ -453,8 +375,8 @@ func testEndSession(t *testing.T, ctx context.Context, s store.Store) {
 	if got.State != sdk.StateEnded || got.EndReason != sdk.ReasonIdle || !got.EndedAt.Equal(at) || !reflect.DeepEqual(got.GPUs, sess.GPUs) {
 		t.Errorf("ended session = %+v", got)
 	}
-	if list, _ := s.ListGPUs(ctx); len(list) != 2 || list[0].SessionID != "" || list[1].SessionID != "" {
-		t.Errorf("GPUs after the end = %+v, want both free", list)
+	if list, err := s.ListSessions(ctx, store.SessionFilter{ActiveOnly: true}); err != nil || len(list) != 0 {
+		t.Errorf("active sessions after the end = %+v, %v; want none", list, err)
 	}
 	// Ending again changes nothing.
 	if err := s.EndSession(ctx, "s1", sdk.StateFailed, sdk.ReasonLost, at.Add(time.Hour)); !errors.Is(err, store.ErrConflict) {
@@ -469,7 +391,7 @@ func testEndSession(t *testing.T, ctx context.Context, s store.Store) {
 	if err := s.EndSession(ctx, "s9", sdk.StateEnded, sdk.ReasonClosed, at); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("EndSession(unknown) = %v, want ErrNotFound", err)
 	}
-	// The GPUs serve the next session, and the ended one still reports them.
+	// The devices serve the next session, and the ended one still reports them.
 	mustSession(t, ctx, s, "s2", p, u, 2)
 	if got := mustGet(t, ctx, s, "s1").GPUs; !reflect.DeepEqual(got, sess.GPUs) {
 		t.Errorf("GPUs of s1 = %v, want %v", got, sess.GPUs)
@@ -488,7 +410,6 @@ func testEndSession(t *testing.T, ctx context.Context, s store.Store) {
 func testListSessions(t *testing.T, ctx context.Context, s store.Store) {
 	alice, bob := mustUser(t, ctx, s, "alice"), mustUser(t, ctx, s, "bob")
 	ml, cv := mustProject(t, ctx, s, "ml"), mustProject(t, ctx, s, "cv")
-	mustSync(t, ctx, s, gpus("t4", "local", 8)...)
 	at := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 	// Created out of order; "b" and "c" at the same time sort by ID.
 	for _, c := range []struct {
@@ -502,10 +423,8 @@ func testListSessions(t *testing.T, ctx context.Context, s store.Store) {
 		{"b", ml, bob, at.Add(time.Second)},
 		{"d", ml, alice, at},
 	} {
-		if _, err := s.ReserveGPUs(ctx, c.id, "t4", "local", 1); err != nil {
-			t.Fatal(err)
-		}
-		x := store.Session{ID: c.id, ProjectID: c.p.ID, UserID: c.u.ID, State: sdk.StateRunning, GPUType: "t4", Region: "local", CreatedAt: c.created}
+		x := store.Session{ID: c.id, ProjectID: c.p.ID, UserID: c.u.ID, State: sdk.StateRunning, GPUType: "t4", Region: "local",
+			GPUCount: 1, GPUs: devices(c.id, 1), CreatedAt: c.created}
 		if err := s.CreateSession(ctx, &x); err != nil {
 			t.Fatal(err)
 		}
@@ -532,7 +451,7 @@ func testListSessions(t *testing.T, ctx context.Context, s store.Store) {
 			if one := mustGet(t, ctx, s, x.ID); !reflect.DeepEqual(one, x) {
 				t.Errorf("ListSessions(%+v) has %+v; Session says %+v", c.f, x, one)
 			}
-			if len(x.GPUs) != 1 || x.Project == "" || x.User == "" {
+			if !reflect.DeepEqual(x.GPUs, devices(x.ID, 1)) || x.Project == "" || x.User == "" {
 				t.Errorf("ListSessions(%+v) has %+v, want GPUs and names filled", c.f, x)
 			}
 		}
@@ -608,17 +527,16 @@ func testInTx(t *testing.T, ctx context.Context, s store.Store) {
 
 func testInTxRollback(t *testing.T, ctx context.Context, s store.Store) {
 	p := mustProject(t, ctx, s, "ml")
-	mustSync(t, ctx, s, gpus("t4", "local", 1)...)
 	boom := errors.New("boom")
 	err := s.InTx(ctx, func(tx store.Store) error {
 		u := store.User{Name: "alice"}
 		if err := tx.CreateUser(ctx, &u); err != nil {
 			return err
 		}
-		if _, err := tx.ReserveGPUs(ctx, "s1", "t4", "local", 1); err != nil {
+		if err := tx.SetCapacity(ctx, "local", []store.Capacity{{Type: "t4", Region: "local", Total: 1}}); err != nil {
 			return err
 		}
-		x := store.Session{ID: "s1", ProjectID: p.ID, UserID: u.ID, State: sdk.StateStarting}
+		x := store.Session{ID: "s1", ProjectID: p.ID, UserID: u.ID, State: sdk.StateStarting, GPUCount: 1, GPUs: devices("s1", 1)}
 		if err := tx.CreateSession(ctx, &x); err != nil {
 			return err
 		}
@@ -643,8 +561,16 @@ func testInTxRollback(t *testing.T, ctx context.Context, s store.Store) {
 	if _, err := s.Session(ctx, "s1"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("session after rollback: %v, want ErrNotFound", err)
 	}
-	if list, _ := s.ListGPUs(ctx); len(list) != 1 || list[0].SessionID != "" {
-		t.Errorf("GPUs after rollback = %+v, want one free", list)
+	if list, err := s.ListCapacity(ctx); err != nil || len(list) != 0 {
+		t.Errorf("capacity after rollback = %+v, %v; want none", list, err)
+	}
+	// Nothing of s1 was kept: created again without devices, it has none.
+	u := mustUser(t, ctx, s, "alice")
+	if err := s.CreateSession(ctx, &store.Session{ID: "s1", ProjectID: p.ID, UserID: u.ID, State: sdk.StateQueued}); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustGet(t, ctx, s, "s1"); got.GPUs != nil || got.GPUCount != 0 {
+		t.Errorf("session created again after rollback = %+v, want no devices", got)
 	}
 	if list, _ := s.ListMembers(ctx, p.ID); len(list) != 0 {
 		t.Errorf("members after rollback = %+v, want none", list)
@@ -705,9 +631,12 @@ func testNestedInTx(t *testing.T, ctx context.Context, s store.Store) {
 	}
 }
 
-// testConcurrentAdmission runs many admissions at once against 4 GPUs,
-// each an InTx that reserves one GPU and creates a session, and checks that
-// no more than 4 sessions are ever active. With countCap, each admission
+// testConcurrentAdmission runs many admissions at once against a capacity
+// of 4 GPUs, each an InTx that, as the server does, reads the capacity and
+// the active sessions, refuses when their GPUCount leaves no room, gives
+// the session a device no active session holds (as a runtime of one host
+// does) and creates it. It checks that no more than 4 sessions are ever
+// active and that no device is given twice. With countCap, each admission
 // also refuses when the count of active sessions reaches 3, a cap that
 // holds only if InTx serialises.
 func testConcurrentAdmission(t *testing.T, s store.Store, countCap bool) {
@@ -715,39 +644,67 @@ func testConcurrentAdmission(t *testing.T, s store.Store, countCap bool) {
 	ctx, cancel := context.WithTimeout(t.Context(), Timeout)
 	defer cancel()
 	u, p := mustUser(t, ctx, s, "alice"), mustProject(t, ctx, s, "ml")
-	mustSync(t, ctx, s, gpus("t4", "local", gpuCount)...)
+	if err := s.SetCapacity(ctx, "local", []store.Capacity{{Type: "t4", Region: "local", Total: gpuCount}}); err != nil {
+		t.Fatal(err)
+	}
 	capacity := gpuCount
 	if countCap {
 		capacity = limit
 	}
-	errCap := errors.New("project cap reached")
+	errCap, errFull := errors.New("project cap reached"), errors.New("no free GPU")
 
 	var admitted, refused atomic.Int64
 	var mu sync.Mutex
-	held := make(map[string]string) // GPU -> the session the test saw it given to
+	held := make(map[string]string) // device -> the session the test saw it given to
 	var wg sync.WaitGroup
 	errs := make(chan error, workers*rounds*3)
 	for w := range workers {
 		wg.Go(func() {
 			for r := range rounds {
 				id := fmt.Sprintf("s-%02d-%d", w, r)
-				var gpu []string
+				var gpu string
 				err := s.InTx(ctx, func(tx store.Store) error {
-					active, err := tx.ListSessions(ctx, store.SessionFilter{ProjectID: p.ID, ActiveOnly: true})
+					caps, err := tx.ListCapacity(ctx)
+					if err != nil {
+						return err
+					}
+					active, err := tx.ListSessions(ctx, store.SessionFilter{ActiveOnly: true})
 					if err != nil {
 						return err
 					}
 					if countCap && len(active) >= limit {
 						return errCap
 					}
-					if gpu, err = tx.ReserveGPUs(ctx, id, "t4", "local", 1); err != nil {
-						return err
+					total, used, busy := 0, 0, make(map[string]bool)
+					for _, c := range caps {
+						if c.Backend == "local" && c.Type == "t4" && c.Region == "local" {
+							total += c.Total
+						}
 					}
-					x := store.Session{ID: id, ProjectID: p.ID, UserID: u.ID, State: sdk.StateRunning, GPUType: "t4", Region: "local"}
+					for _, x := range active {
+						used += x.GPUCount
+						for _, g := range x.GPUs {
+							busy[g] = true
+						}
+					}
+					if used+1 > total {
+						return errFull
+					}
+					for i := range total {
+						if g := fmt.Sprintf("GPU-sim-t4-%d", i); !busy[g] {
+							gpu = g
+							break
+						}
+					}
+					if gpu == "" {
+						return fmt.Errorf("%d of %d GPUs counted, but every device is held: %w", used, total, errBug)
+					}
+					x := store.Session{ID: id, ProjectID: p.ID, UserID: u.ID, State: sdk.StateRunning, GPUType: "t4", Region: "local",
+						Backend: "local", GPUCount: 1, GPUs: []string{gpu}}
 					return tx.CreateSession(ctx, &x)
 				})
 				switch {
-				case errors.Is(err, store.ErrNoCapacity) && !countCap, errors.Is(err, errCap):
+				case errors.Is(err, errFull) && !countCap, errors.Is(err, errCap):
 					refused.Add(1)
 					continue
 				case err != nil:
@@ -761,14 +718,14 @@ func testConcurrentAdmission(t *testing.T, s store.Store, countCap bool) {
 				if len(held) >= capacity {
 					errs <- fmt.Errorf("%d sessions active at once, cap %d", len(held)+1, capacity)
 				}
-				if other, ok := held[gpu[0]]; ok {
-					errs <- fmt.Errorf("%s given to both %s and %s", gpu[0], other, id)
+				if other, ok := held[gpu]; ok {
+					errs <- fmt.Errorf("%s given to both %s and %s", gpu, other, id)
 				}
-				held[gpu[0]] = id
+				held[gpu] = id
 				mu.Unlock()
-				time.Sleep(2 * time.Millisecond)
+				time.Sleep(2 * time.Millisecond) // hold the device a while, so that admissions overlap
 				mu.Lock()
-				delete(held, gpu[0])
+				delete(held, gpu)
 				mu.Unlock()
 				if err := s.EndSession(ctx, id, sdk.StateEnded, sdk.ReasonClosed, time.Now()); err != nil {
 					errs <- err
@@ -790,29 +747,23 @@ func testConcurrentAdmission(t *testing.T, s store.Store, countCap bool) {
 		t.Errorf("ListSessions = %d sessions, %v; want %d", len(list), err, admitted.Load())
 	}
 	for _, x := range list {
-		if x.State != sdk.StateEnded || len(x.GPUs) != 1 {
-			t.Errorf("session %s: state %s, GPUs %v; want ended with one", x.ID, x.State, x.GPUs)
+		if x.State != sdk.StateEnded || len(x.GPUs) != 1 || x.GPUCount != 1 {
+			t.Errorf("session %s: state %s, GPUs %v, GPUCount %d; want ended with one", x.ID, x.State, x.GPUs, x.GPUCount)
 		}
-	}
-	if gs, _ := s.ListGPUs(ctx); len(gs) != gpuCount || gs[0].SessionID != "" || gs[gpuCount-1].SessionID != "" {
-		t.Errorf("GPUs at the end = %+v, want %d free", gs, gpuCount)
 	}
 	t.Logf("%d admitted, %d refused", admitted.Load(), refused.Load())
 }
 
-func gpus(typ, region string, n int) []store.GPU {
-	var gs []store.GPU
-	for i := range n {
-		gs = append(gs, store.GPU{ID: fmt.Sprintf("GPU-sim-%s-%d", typ, i), Type: typ, Region: region})
-	}
-	return gs
-}
+// errBug marks what only a broken store can cause.
+var errBug = errors.New("the store broke an invariant")
 
-func mustSync(t *testing.T, ctx context.Context, s store.Store, devices ...store.GPU) {
-	t.Helper()
-	if err := s.SyncGPUs(ctx, devices); err != nil {
-		t.Fatal(err)
+// devices names n devices of session id, as a runtime might report them.
+func devices(id string, n int) []string {
+	var ds []string
+	for i := range n {
+		ds = append(ds, fmt.Sprintf("GPU-%s-%d", id, i))
 	}
+	return ds
 }
 
 func mustUser(t *testing.T, ctx context.Context, s store.Store, name string) store.User {
@@ -833,20 +784,14 @@ func mustProject(t *testing.T, ctx context.Context, s store.Store, name string) 
 	return p
 }
 
-// mustSession reserves n t4 GPUs in region local and creates a running
-// session with them, as admission does.
+// mustSession creates a running session of n t4 GPUs in region local on
+// backend local, with the devices devices(id, n), as admission and then a
+// runtime's start would record it.
 func mustSession(t *testing.T, ctx context.Context, s store.Store, id string, p store.Project, u store.User, n int) store.Session {
 	t.Helper()
-	var x store.Session
-	err := s.InTx(ctx, func(tx store.Store) error {
-		ids, err := tx.ReserveGPUs(ctx, id, "t4", "local", n)
-		if err != nil {
-			return err
-		}
-		x = store.Session{ID: id, ProjectID: p.ID, UserID: u.ID, State: sdk.StateRunning, GPUType: "t4", Region: "local", GPUs: ids}
-		return tx.CreateSession(ctx, &x)
-	})
-	if err != nil {
+	x := store.Session{ID: id, ProjectID: p.ID, UserID: u.ID, State: sdk.StateRunning, GPUType: "t4", Region: "local",
+		Backend: "local", GPUCount: n, GPUs: devices(id, n)}
+	if err := s.CreateSession(ctx, &x); err != nil {
 		t.Fatal(err)
 	}
 	return x

@@ -19,7 +19,6 @@ import (
 // *lifecycle.IllegalMove and ErrConflict, and changes nothing.
 func testTransitionTable(t *testing.T, ctx context.Context, s store.Store) {
 	u, p := mustUser(t, ctx, s, "alice"), mustProject(t, ctx, s, "ml")
-	mustSync(t, ctx, s, gpus("t4", "local", 1)...)
 	n := 0
 	for _, from := range lifecycle.States {
 		for _, to := range lifecycle.States {
@@ -61,10 +60,10 @@ func testTransitionTable(t *testing.T, ctx context.Context, s store.Store) {
 
 // testTransitionSession walks one session through its life: the stop's
 // reason, time, actor and end state are written when it enters stopping
-// and are still there, unchanged, when it ends; the end frees its GPUs.
+// and are still there, unchanged, when it ends; it holds its GPUs until the
+// end, and its record keeps them after.
 func testTransitionSession(t *testing.T, ctx context.Context, s store.Store) {
 	u, p := mustUser(t, ctx, s, "alice"), mustProject(t, ctx, s, "ml")
-	mustSync(t, ctx, s, gpus("t4", "local", 2)...)
 	sess := mustSession(t, ctx, s, "s1", p, u, 2) // running
 	stopAt := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 	got, err := s.TransitionSession(ctx, "s1", sdk.StateStopping, func(x *store.Session) {
@@ -82,7 +81,7 @@ func testTransitionSession(t *testing.T, ctx context.Context, s store.Store) {
 		t.Errorf("stopping session = %+v", stored)
 	}
 	// Still holding its GPUs while it stops.
-	if list, _ := s.ListSessions(ctx, store.SessionFilter{ActiveOnly: true}); len(list) != 1 || !reflect.DeepEqual(list[0].GPUs, sess.GPUs) {
+	if list, _ := s.ListSessions(ctx, store.SessionFilter{ActiveOnly: true}); len(list) != 1 || !reflect.DeepEqual(list[0].GPUs, sess.GPUs) || list[0].GPUCount != 2 {
 		t.Errorf("active sessions while stopping = %+v", list)
 	}
 	// UpdateSession of a stopping session leaves the stop as it was.
@@ -104,8 +103,8 @@ func testTransitionSession(t *testing.T, ctx context.Context, s store.Store) {
 	if got := mustGet(t, ctx, s, "s1"); got.State != sdk.StateEnded || !reflect.DeepEqual(got.GPUs, sess.GPUs) {
 		t.Errorf("ended session = %+v, want ended with its GPUs kept", got)
 	}
-	if list, _ := s.ListGPUs(ctx); len(list) != 2 || list[0].SessionID != "" || list[1].SessionID != "" {
-		t.Errorf("GPUs after the end = %+v, want both free", list)
+	if list, _ := s.ListSessions(ctx, store.SessionFilter{ActiveOnly: true}); len(list) != 0 {
+		t.Errorf("active sessions after the end = %+v, want none", list)
 	}
 
 	// Entering stopping without a time stamps it now.
@@ -133,7 +132,6 @@ func testTransitionSession(t *testing.T, ctx context.Context, s store.Store) {
 // transaction: rolled back with it, and seen by what follows inside it.
 func testTransitionInTx(t *testing.T, ctx context.Context, s store.Store) {
 	u, p := mustUser(t, ctx, s, "alice"), mustProject(t, ctx, s, "ml")
-	mustSync(t, ctx, s, gpus("t4", "local", 1)...)
 	mustSession(t, ctx, s, "s1", p, u, 1)
 	boom := errors.New("boom")
 	err := s.InTx(ctx, func(tx store.Store) error {
@@ -144,7 +142,7 @@ func testTransitionInTx(t *testing.T, ctx context.Context, s store.Store) {
 		if _, err := tx.TransitionSession(ctx, "s1", sdk.StateStopping, nil); !errors.Is(err, store.ErrConflict) {
 			t.Errorf("second stop in the transaction = %v, want ErrConflict", err)
 		}
-		if _, err := tx.TransitionSession(ctx, "s1", sdk.StateEnded, nil); err != nil {
+		if _, err := tx.TransitionSession(ctx, "s1", sdk.StateEnded, func(x *store.Session) { x.GPUs = []string{"other"} }); err != nil {
 			return err
 		}
 		return boom
@@ -152,10 +150,7 @@ func testTransitionInTx(t *testing.T, ctx context.Context, s store.Store) {
 	if !errors.Is(err, boom) {
 		t.Fatal(err)
 	}
-	if got := mustGet(t, ctx, s, "s1"); got.State != sdk.StateRunning || !got.EndedAt.IsZero() || len(got.GPUs) != 1 {
+	if got := mustGet(t, ctx, s, "s1"); got.State != sdk.StateRunning || !got.EndedAt.IsZero() || !reflect.DeepEqual(got.GPUs, devices("s1", 1)) {
 		t.Errorf("after rollback: %+v, want running with its GPU", got)
-	}
-	if list, _ := s.ListGPUs(ctx); list[0].SessionID != "s1" {
-		t.Errorf("GPU after rollback = %+v, want still s1's", list[0])
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"io/fs"
+	"reflect"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/internal/store/sqlstore"
+	"github.com/devgpu/devgpu/sdk"
 )
 
 // Upgrade checks that a database of the first, released schema migrates to
@@ -96,4 +98,124 @@ func Upgrade(t *testing.T, driver, dsn string, dialect func(fs.FS) sqlstore.Dial
 	}
 	listUsage(t, ctx, s, store.UsageFilter{}, e)
 	return raw
+}
+
+// UpgradePlacement checks the migration that left device choice to the
+// engines: a database an older release wrote, with sessions holding
+// devices of the inventory (running, stopping, one reserved device retired),
+// an ended one with its kept copy, a queued request and a request that gave
+// up, migrates so that every session keeps its devices, in the order the
+// store gave them before (by id), and holds the GPU count it had (a queued
+// one asks for one); the inventory is gone and no capacity is invented.
+// Arguments are as for Upgrade.
+func UpgradePlacement(t *testing.T, driver, dsn string, dialect func(fs.FS) sqlstore.Dialect, migrations fs.FS) {
+	ctx, cancel := context.WithTimeout(t.Context(), Timeout)
+	defer cancel()
+	before := migrationsBefore(t, migrations, "_placement.sql")
+	old, err := sqlstore.New(ctx, mustOpen(t, driver, dsn), dialect(before))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := mustOpen(t, driver, dsn)
+	defer raw.Close()
+	session := func(id, state string) string {
+		return `INSERT INTO sessions (id, project_id, user_id, state, gpu_type, region, attachments, detach_grace,
+			created_at, end_reason, error) VALUES ('` + id + `', (SELECT id FROM projects WHERE name = 'ml'),
+			(SELECT id FROM users WHERE name = 'alice'), '` + state + `', 't4', 'local', 0, 0, 1, '', '')`
+	}
+	// The old schema's terms, as an older release wrote them.
+	for _, q := range []string{
+		`INSERT INTO users (name, org_admin, disabled, created_at) VALUES ('alice', false, false, 1)`,
+		`INSERT INTO projects (name, settings, created_at, updated_at) VALUES ('ml', '{}', 1, 1)`,
+		session("run", sdk.StateRunning),
+		session("stop", sdk.StateStopping),
+		session("done", sdk.StateEnded),
+		session("wait", sdk.StateQueued),
+		session("gave", sdk.StateFailed),
+		// Reserved in the inventory, written out of id order.
+		`INSERT INTO gpus (id, type, region, session_id, retired) VALUES ('GPU-sim-t4-1', 't4', 'local', 'run', false)`,
+		`INSERT INTO gpus (id, type, region, session_id, retired) VALUES ('GPU-sim-t4-0', 't4', 'local', 'run', false)`,
+		`INSERT INTO gpus (id, type, region, session_id, retired) VALUES ('GPU-sim-t4-5', 't4', 'local', 'stop', true)`,
+		`INSERT INTO gpus (id, type, region, session_id, retired) VALUES ('GPU-sim-t4-4', 't4', 'local', NULL, false)`,
+		// The copy an ended session kept.
+		`INSERT INTO session_gpus (session_id, gpu_id) VALUES ('done', 'GPU-sim-t4-3')`,
+		`INSERT INTO session_gpus (session_id, gpu_id) VALUES ('done', 'GPU-sim-t4-2')`,
+	} {
+		if _, err := raw.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	old.Close()
+
+	s, err := sqlstore.New(ctx, mustOpen(t, driver, dsn), dialect(migrations))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, want := range []struct {
+		id    string
+		count int
+		gpus  []string
+	}{
+		{"run", 2, []string{"GPU-sim-t4-0", "GPU-sim-t4-1"}},
+		{"stop", 1, []string{"GPU-sim-t4-5"}},
+		{"done", 2, []string{"GPU-sim-t4-2", "GPU-sim-t4-3"}},
+		{"wait", 1, nil},
+		{"gave", 0, nil},
+	} {
+		got, err := s.Session(ctx, want.id)
+		if err != nil || got.GPUCount != want.count || !reflect.DeepEqual(got.GPUs, want.gpus) || got.Backend != "" {
+			t.Errorf("session %s after the upgrade = %+v, %v; want GPUCount %d, GPUs %v, the first backend",
+				want.id, got, err, want.count, want.gpus)
+		}
+	}
+	active, err := s.ListSessions(ctx, store.SessionFilter{ActiveOnly: true})
+	if err != nil || len(active) != 3 {
+		t.Errorf("active sessions after the upgrade = %+v, %v; want run, stop, wait", active, err)
+	}
+	if list, err := s.ListCapacity(ctx); err != nil || len(list) != 0 {
+		t.Errorf("capacity after the upgrade = %+v, %v; want none until the runtimes report", list, err)
+	}
+	if _, err := raw.ExecContext(ctx, `SELECT COUNT(*) FROM gpus`); err == nil {
+		t.Errorf("the inventory table gpus is still there after the upgrade")
+	}
+	// The migrated devices behave as any: the end keeps them, in order.
+	if err := s.EndSession(ctx, "run", sdk.StateEnded, sdk.ReasonClosed, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Session(ctx, "run"); err != nil || !reflect.DeepEqual(got.GPUs, []string{"GPU-sim-t4-0", "GPU-sim-t4-1"}) {
+		t.Errorf("migrated session after its end = %+v, %v; want its devices kept", got, err)
+	}
+}
+
+// migrationsBefore returns the migrations that come before the one whose
+// file name ends with suffix, failing the test when there is none.
+func migrationsBefore(t *testing.T, migrations fs.FS, suffix string) fs.FS {
+	t.Helper()
+	files, err := fs.Glob(migrations, "*.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := fstest.MapFS{}
+	for _, f := range files {
+		if strings.HasSuffix(f, suffix) {
+			return before
+		}
+		b, err := fs.ReadFile(migrations, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[f] = &fstest.MapFile{Data: b}
+	}
+	t.Fatalf("no NNNN%s migration", suffix)
+	return nil
+}
+
+func mustOpen(t *testing.T, driver, dsn string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open(driver, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db
 }
