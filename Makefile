@@ -4,7 +4,7 @@
 # go-nvml's header marks some calls deprecated; its warnings are noise here.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: dev test build bench clean
+.PHONY: dev test build agent-image bench clean
 
 # The version `devgpu --version`, doctor, the server's log and /healthz
 # report: the tag or commit this tree is at, "-dirty" with local changes.
@@ -12,10 +12,18 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo deve
 LDFLAGS := -X github.com/devgpu/devgpu/internal/version.Version=$(VERSION)
 
 # bin/devgpu-agent is the same program linked statically, for the oci
-# runtime to run inside images that have no libc.
+# runtime to run inside images that have no libc. The agentonly tag leaves
+# out what only the server and the client need (client-go among them).
 build:
 	go build -ldflags "$(LDFLAGS)" -o bin/devgpu ./cmd/devgpu
-	CGO_ENABLED=0 go build -ldflags "$(LDFLAGS)" -o bin/devgpu-agent ./cmd/devgpu
+	CGO_ENABLED=0 go build -tags agentonly -ldflags "$(LDFLAGS)" -o bin/devgpu-agent ./cmd/devgpu
+
+# The image the kube runtime's init container copies the agent from, as a
+# `docker save` tarball (import it with `test/k8s/cluster.sh import` or
+# `docker load`, or push it); prints its digest.
+AGENT_IMAGE ?= devgpu.local/agent:dev
+agent-image: build
+	go run ./scripts/agentimage -agent bin/devgpu-agent -ref $(AGENT_IMAGE) -out bin/agent-image.tar
 
 dev:
 	go build -ldflags "$(LDFLAGS)" -o bin/devgpu ./cmd/devgpu
@@ -26,6 +34,10 @@ test:
 	# The client also runs on developers' Windows and macOS machines.
 	GOOS=windows GOARCH=amd64 go build -o /dev/null ./cmd/devgpu
 	GOOS=darwin GOARCH=arm64 go build -o /dev/null ./cmd/devgpu
+	# client-go stays out of the static agent and of the Windows and macOS clients.
+	! CGO_ENABLED=0 go list -tags agentonly -deps ./cmd/devgpu | grep '^k8s.io/client-go'
+	! GOOS=windows GOARCH=amd64 go list -deps ./cmd/devgpu | grep '^k8s.io/client-go'
+	! GOOS=darwin GOARCH=arm64 go list -deps ./cmd/devgpu | grep '^k8s.io/client-go'
 	go test -race -count=1 -timeout 15m ./...
 
 bench: build
