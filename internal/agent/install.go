@@ -19,7 +19,11 @@ func Install(dest string) error {
 	}
 	exe, err := os.Executable()
 	if err != nil {
-		return fmt.Errorf("install the agent: find the running executable: %w", err)
+		// Without /proc (a bare chroot), an absolute argv[0] is as good.
+		if !filepath.IsAbs(os.Args[0]) {
+			return fmt.Errorf("install the agent: find the running executable: %w; run it by its absolute path", err)
+		}
+		exe = os.Args[0]
 	}
 	src, err := os.Open(exe)
 	if err != nil {
