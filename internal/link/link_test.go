@@ -484,3 +484,32 @@ func TestNewerLinkReplacesTheOlder(t *testing.T) {
 	}
 	roundTrip(t, th, ln, "s1")
 }
+
+func TestLinkURL(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct{ in, want, err string }{
+		{"https://cp.example:8443", "https://cp.example:8443" + Path, ""},
+		{"https://cp.example/", "https://cp.example" + Path, ""},
+		{"wss://10.0.0.5:8443/custom/link", "wss://10.0.0.5:8443/custom/link", ""},
+		{"ftp://cp.example", "", `has scheme "ftp"`},
+		{"cp.example:8443", "", "give --link as https://"},
+	} {
+		u, err := linkURL(tt.in)
+		switch {
+		case tt.err != "":
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("linkURL(%q): %v; want an error with %q", tt.in, err, tt.err)
+			}
+		case err != nil || u.String() != tt.want:
+			t.Errorf("linkURL(%q) = %v, %v; want %s", tt.in, u, err, tt.want)
+		}
+	}
+}
+
+func TestAgentWithABadURLStops(t *testing.T) {
+	t.Parallel()
+	ln := listen(t, AgentConfig{URL: "ftp://cp.example", SessionID: "s1", Credential: "c"})
+	if err := acceptErr(t, ln); !errors.Is(err, net.ErrClosed) || !strings.Contains(err.Error(), "give --link as https://") {
+		t.Errorf("Accept with a bad URL: %v; want a sentence naming the fix", err)
+	}
+}

@@ -96,7 +96,12 @@ func (l *listener) Close() error {
 	return nil
 }
 
-func (l *listener) Addr() net.Addr { return linkAddr(l.cfg.URL) }
+func (l *listener) Addr() net.Addr {
+	if u, err := url.Parse(l.cfg.URL); err == nil {
+		return linkAddr(u.Redacted())
+	}
+	return linkAddr("control-plane")
+}
 
 // stop makes Accept return err from now on.
 func (l *listener) stop(err error) {
@@ -132,7 +137,7 @@ func (l *listener) run(ctx context.Context) {
 	defer client.CloseIdleConnections()
 	backoff := minBackoff
 	for {
-		linked, err := l.linkOnce(ctx, client, u.String())
+		linked, err := l.linkOnce(ctx, client, u)
 		if ctx.Err() != nil {
 			l.stop(net.ErrClosed)
 			return
@@ -182,7 +187,7 @@ func linkURL(raw string) (*url.URL, error) {
 // linkOnce dials the control plane and serves the link until it drops. It
 // reports whether the link was made, and why it ended: an *endedError when
 // the agent must not link again.
-func (l *listener) linkOnce(ctx context.Context, client *http.Client, u string) (linked bool, err error) {
+func (l *listener) linkOnce(ctx context.Context, client *http.Client, u *url.URL) (linked bool, err error) {
 	report, err := json.Marshal(l.cfg.Report)
 	if err != nil {
 		return false, &endedError{msg: fmt.Sprintf("encode the agent's report: %v", err), cause: ErrRefused}
@@ -192,7 +197,7 @@ func (l *listener) linkOnce(ctx context.Context, client *http.Client, u string) 
 	h.Set(headerSession, l.cfg.SessionID)
 	h.Set(headerReport, string(report))
 	dialCtx, cancel := context.WithTimeout(ctx, handshakeTimeout)
-	ws, resp, err := websocket.Dial(dialCtx, u, &websocket.DialOptions{
+	ws, resp, err := websocket.Dial(dialCtx, u.String(), &websocket.DialOptions{
 		HTTPClient:      client,
 		HTTPHeader:      h,
 		CompressionMode: websocket.CompressionDisabled,
@@ -203,9 +208,9 @@ func (l *listener) linkOnce(ctx context.Context, client *http.Client, u string) 
 			return false, &endedError{msg: fmt.Sprintf("%v (HTTP %d): %s", ErrRefused, resp.StatusCode, responseText(resp)), cause: ErrRefused}
 		}
 		if resp != nil {
-			return false, fmt.Errorf("link to %s: HTTP %d: %s", u, resp.StatusCode, responseText(resp))
+			return false, fmt.Errorf("link to %s: HTTP %d: %s", u.Redacted(), resp.StatusCode, responseText(resp))
 		}
-		return false, fmt.Errorf("link to %s: %w", u, err)
+		return false, fmt.Errorf("link to %s: %w", u.Redacted(), err)
 	}
 	conn := &recordingConn{Conn: websocket.NetConn(ctx, ws, websocket.MessageBinary)}
 	mux, err := yamux.Server(conn, yamuxConfig(keepAliveInterval, writeTimeout))
@@ -213,7 +218,7 @@ func (l *listener) linkOnce(ctx context.Context, client *http.Client, u string) 
 		ws.CloseNow()
 		return false, fmt.Errorf("start the link's yamux session: %w", err)
 	}
-	l.cfg.Log.Info("agent linked to the control plane", "url", u)
+	l.cfg.Log.Info("agent linked to the control plane", "url", u.Redacted())
 	defer context.AfterFunc(ctx, func() { mux.Close() })()
 	for {
 		stream, err := mux.AcceptStream()
@@ -237,7 +242,7 @@ func (l *listener) linkOnce(ctx context.Context, client *http.Client, u string) 
 	if why == nil {
 		why = errors.New("link closed")
 	}
-	return true, fmt.Errorf("link to %s lost: %w", u, why)
+	return true, fmt.Errorf("link to %s lost: %w", u.Redacted(), why)
 }
 
 // responseText is the first line of a refused handshake's body: the hub's
