@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/devgpu/devgpu/internal/gpu"
+	"github.com/devgpu/devgpu/internal/runtime/hostgpu"
 	"github.com/devgpu/devgpu/internal/runtime/inproc"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/internal/store/postgres"
@@ -100,8 +100,8 @@ func testCaps(t *testing.T, st store.Store) {
 			t.Fatal(err)
 		}
 	}
-	devs, _ := gpu.ParseSimulated("t4:8,a100:2")
-	srv, err := New(ctx, Config{Store: st, Runtime: inproc.New(inproc.NewRegistry(testutil.ShortTempDir(t))), GPUs: devs})
+	devs, _ := hostgpu.Simulated("t4:8,a100:2")
+	srv, err := New(ctx, Config{Store: st, Backends: []Backend{{Name: "local", Runtime: inproc.New(inproc.NewRegistry(testutil.ShortTempDir(t), devs...))}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,14 +191,8 @@ func testCaps(t *testing.T, st store.Store) {
 		t.Fatalf("audit shows %d starts (%d still open), API admitted %d", starts, len(owners), admitted.Load())
 	}
 	t.Logf("admitted %d, refused %d, peak org t4 use %d of %d", admitted.Load(), refused.Load(), maxOrg, capOrgQuotaT4)
-	gpus, err := st.ListGPUs(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, g := range gpus {
-		if g.SessionID != "" {
-			t.Errorf("GPU %s still reserved by %s", g.ID, g.SessionID)
-		}
+	for _, id := range gpuHolders(context.Background(), t, st) {
+		t.Errorf("session %s still holds a GPU", id)
 	}
 }
 

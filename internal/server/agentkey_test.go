@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/devgpu/devgpu/internal/gpu"
 	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/runtime/hostgpu"
 	"github.com/devgpu/devgpu/internal/runtime/local"
 	"github.com/devgpu/devgpu/internal/runtime/runtimetest"
 	"github.com/devgpu/devgpu/internal/store"
@@ -46,7 +46,8 @@ func newAccessRig(t *testing.T) *accessRig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	rt, err := local.New(local.Config{Dir: filepath.Join(dir, "s"), AgentCommand: []string{testutil.Binary(t), "agent"}})
+	devs, _ := hostgpu.Simulated("t4:4")
+	rt, err := local.New(local.Config{Dir: filepath.Join(dir, "s"), Devices: devs, AgentCommand: []string{testutil.Binary(t), "agent"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,8 +77,7 @@ func newAccessRig(t *testing.T) *accessRig {
 			t.Fatal(err)
 		}
 	}
-	devs, _ := gpu.ParseSimulated("t4:4")
-	srv, err := New(ctx, Config{Store: st, Runtime: rt, GPUs: devs, LivenessInterval: time.Hour})
+	srv, err := New(ctx, Config{Store: st, Backends: []Backend{{Name: "local", Runtime: rt}}, LivenessInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

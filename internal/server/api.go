@@ -9,6 +9,7 @@ import (
 
 	"github.com/devgpu/devgpu/internal/authz"
 	"github.com/devgpu/devgpu/internal/httpapi"
+	"github.com/devgpu/devgpu/internal/link"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/sdk"
 )
@@ -33,7 +34,7 @@ func (a *API) routes() http.Handler {
 	if a.s.cfg.Link != nil {
 		// Agents link here with their session's credential, not a user
 		// token (link.go).
-		mux.Handle("GET /api/v1/agent/link", a.s.cfg.Link)
+		mux.Handle("GET "+link.Path, a.s.cfg.Link)
 	}
 	handle := func(pattern string, h handlerFunc) { mux.Handle(pattern, a.authenticated(h)) }
 	handle("GET /api/v1/whoami", a.whoami)

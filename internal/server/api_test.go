@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/devgpu/devgpu/internal/gpu"
 	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/runtime/hostgpu"
 	"github.com/devgpu/devgpu/internal/runtime/local"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/internal/store/sqlite"
@@ -40,6 +40,13 @@ type fixture struct {
 
 func newFixture(t *testing.T, opts ...func(*Config)) *fixture {
 	t.Helper()
+	return newFixtureWith(t, "t4:2", opts...)
+}
+
+// newFixtureWith is newFixture on a local runtime lending the simulated
+// GPUs gpus (gpu.ParseSimulated).
+func newFixtureWith(t *testing.T, gpus string, opts ...func(*Config)) *fixture {
+	t.Helper()
 	dir := testutil.ShortTempDir(t)
 	ctx := testutil.Context(t, testutil.WaitLong)
 	st, err := sqlite.Open(ctx, filepath.Join(dir, "devgpu.db"))
@@ -47,11 +54,14 @@ func newFixture(t *testing.T, opts ...func(*Config)) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	rt, err := local.New(local.Config{Dir: filepath.Join(dir, "s"), AgentCommand: []string{testutil.Binary(t), "agent"}})
+	devs, err := hostgpu.Simulated(gpus)
 	if err != nil {
 		t.Fatal(err)
 	}
-	devs, _ := gpu.ParseSimulated("t4:2")
+	rt, err := local.New(local.Config{Dir: filepath.Join(dir, "s"), Devices: devs, AgentCommand: []string{testutil.Binary(t), "agent"}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	now := time.Now()
 	adminToken, err := Bootstrap(ctx, st, "root", true, false, now)
 	if err != nil {
@@ -80,7 +90,7 @@ func newFixture(t *testing.T, opts ...func(*Config)) *fixture {
 			}
 		}
 	}
-	cfg := Config{Store: st, Runtime: rt, GPUs: devs, LivenessInterval: time.Hour}
+	cfg := Config{Store: st, Backends: []Backend{{Name: "local", Runtime: rt}}, LivenessInterval: time.Hour}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -359,7 +369,7 @@ type withImages struct{ runtime.Runtime }
 // the project's allowed images are enforced.
 func TestImageCatalog(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t, func(c *Config) { c.Runtime = withImages{c.Runtime} })
+	f := newFixture(t, func(c *Config) { c.Backends[0].Runtime = withImages{c.Backends[0].Runtime} })
 	if code, b := f.call(f.admin, "POST", "/api/v1/images", sdk.CatalogImage{Name: "py", Ref: "ghcr.io/acme/py@sha256:" + strings.Repeat("a", 64)}); code != 201 {
 		t.Fatalf("add image: %d %s", code, b)
 	}

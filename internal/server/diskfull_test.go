@@ -127,16 +127,7 @@ func TestSessionsEndWhileStoreIsFull(t *testing.T) {
 	})
 	r.billed(stopped.ID, 5*time.Second, sdk.ReasonStopped)
 	r.billed(life.ID, 20*time.Second, sdk.ReasonLifetime)
-	gpus, err := r.st.ListGPUs(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var held []string
-	for _, g := range gpus {
-		if g.SessionID != "" {
-			held = append(held, g.SessionID)
-		}
-	}
+	held := gpuHolders(ctx, t, r.st)
 	if !slices.Equal(held, []string{kept.ID}) {
 		t.Fatalf("GPUs held by %v after recovery, want only %s's", held, kept.ID)
 	}

@@ -72,7 +72,7 @@ func TestSharedShellWaitsForTheStart(t *testing.T) {
 	entered := make(chan struct{}, 1)
 	outcome := make(chan error) // what the held start does next
 	f := newFixture(t, func(c *Config) {
-		c.Runtime = &hookRuntime{Runtime: c.Runtime, beforeStart: func(ctx context.Context, spec runtime.Spec) error {
+		c.Backends[0].Runtime = &hookRuntime{Runtime: c.Backends[0].Runtime, beforeStart: func(ctx context.Context, spec runtime.Spec) error {
 			entered <- struct{}{}
 			select {
 			case err := <-outcome:

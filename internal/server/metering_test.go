@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/devgpu/devgpu/internal/gpu"
+	"github.com/devgpu/devgpu/internal/runtime/hostgpu"
 	"github.com/devgpu/devgpu/internal/runtime/inproc"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/internal/store/sqlite"
@@ -70,7 +70,8 @@ func newMeterRig(t *testing.T) *meterRig {
 func meterRigOn(ctx context.Context, t *testing.T, st store.Store) *meterRig {
 	t.Helper()
 	t.Cleanup(func() { st.Close() })
-	r := &meterRig{t: t, st: st, reg: inproc.NewRegistry(testutil.ShortTempDir(t)),
+	devs, _ := hostgpu.Simulated("t4:8")
+	r := &meterRig{t: t, st: st, reg: inproc.NewRegistry(testutil.ShortTempDir(t), devs...),
 		clock: &clock{t: time.Now().Truncate(time.Second)}}
 	var err error
 	if r.admin, err = Bootstrap(ctx, st, "root", true, true, r.clock.Now()); err != nil {
@@ -86,9 +87,8 @@ const rigMetricsToken = "rig-scrape"
 // start starts a server, as after a restart when one ran before.
 func (r *meterRig) start(rates *store.RateCard) {
 	r.t.Helper()
-	devs, _ := gpu.ParseSimulated("t4:8")
 	srv, err := New(context.Background(), Config{
-		Store: r.st, Runtime: inproc.New(r.reg), GPUs: devs, Now: r.clock.Now, Rates: rates,
+		Store: r.st, Backends: []Backend{{Name: "local", Runtime: inproc.New(r.reg)}}, Now: r.clock.Now, Rates: rates,
 		ReapInterval: 20 * time.Millisecond, BudgetInterval: 50 * time.Millisecond, LivenessInterval: time.Hour,
 		PoolInterval: 50 * time.Millisecond, MetricsToken: rigMetricsToken,
 	})

@@ -25,10 +25,10 @@ type hookRuntime struct {
 	beforeStart func(ctx context.Context, spec runtime.Spec) error
 }
 
-func (h *hookRuntime) Start(ctx context.Context, spec runtime.Spec) error {
+func (h *hookRuntime) Start(ctx context.Context, spec runtime.Spec) (runtime.Placement, error) {
 	if h.beforeStart != nil {
 		if err := h.beforeStart(ctx, spec); err != nil {
-			return err
+			return runtime.Placement{}, err
 		}
 	}
 	return h.Runtime.Start(ctx, spec)
@@ -38,12 +38,13 @@ func (h *hookRuntime) Start(ctx context.Context, spec runtime.Spec) error {
 // with who waits for what it starts. Any other go statement fails
 // TestEveryGoroutineHasAnOwner: start background work with goOwned.
 var ownedGo = map[string]string{
-	"owned.go:goOwned":         "counted in Server.wg, which Close waits for",
-	"server.go:New":            "the lifecycle loops, counted in Server.wg before they start",
-	"server.go:Serve":          "Serve waits for http.Server.Serve to return",
-	"broker.go:connectSession": "the handler waits for its keepalive before it returns",
-	"broker.go:serveTunnel":    "serveTunnel waits for its two copies (wg) before it returns",
-	"broker.go:pipe":           "pipe waits for its copy from the agent (agentDone)",
+	"owned.go:goOwned":          "counted in Server.wg, which Close waits for",
+	"server.go:New":             "the lifecycle loops, counted in Server.wg before they start",
+	"capacity.go:watchCapacity": "the capacity watches, counted in Server.wg before they start, like the lifecycle loops",
+	"server.go:Serve":           "Serve waits for http.Server.Serve to return",
+	"broker.go:connectSession":  "the handler waits for its keepalive before it returns",
+	"broker.go:serveTunnel":     "serveTunnel waits for its two copies (wg) before it returns",
+	"broker.go:pipe":            "pipe waits for its copy from the agent (agentDone)",
 }
 
 // TestEveryGoroutineHasAnOwner reads the package's source: a go statement
@@ -93,7 +94,7 @@ func TestCloseWaitsForARefill(t *testing.T) {
 	var startReturned atomic.Bool
 	f := newFixture(t, func(c *Config) {
 		c.PoolInterval = time.Hour // only the pool change refills
-		c.Runtime = &hookRuntime{Runtime: c.Runtime, beforeStart: func(ctx context.Context, spec runtime.Spec) error {
+		c.Backends[0].Runtime = &hookRuntime{Runtime: c.Backends[0].Runtime, beforeStart: func(ctx context.Context, spec runtime.Spec) error {
 			defer startReturned.Store(true)
 			entered <- struct{}{}
 			<-ctx.Done() // Close cancels the refill's start

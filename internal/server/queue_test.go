@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/devgpu/devgpu/internal/gpu"
+	"github.com/devgpu/devgpu/internal/runtime/hostgpu"
 	"github.com/devgpu/devgpu/internal/runtime/inproc"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/internal/store/sqlite"
@@ -29,7 +29,6 @@ type queueFixture struct {
 	ctx          context.Context
 	st           store.Store
 	reg          *inproc.Registry
-	gpus         []gpu.Device
 	opts         func(*Config)
 	srv          *Server
 	hs           *httptest.Server
@@ -46,12 +45,12 @@ func newQueueFixture(t *testing.T, gpus string, opts func(*Config)) *queueFixtur
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	devs, err := gpu.ParseSimulated(gpus)
+	devs, err := hostgpu.Simulated(gpus)
 	if err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	f := &queueFixture{t: t, ctx: ctx, st: st, reg: inproc.NewRegistry(dir), gpus: devs, opts: opts}
+	f := &queueFixture{t: t, ctx: ctx, st: st, reg: inproc.NewRegistry(dir, devs...), opts: opts}
 	if f.admin, err = Bootstrap(ctx, st, "root", true, false, now); err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +88,7 @@ func newQueueFixture(t *testing.T, gpus string, opts func(*Config)) *queueFixtur
 }
 
 func (f *queueFixture) start() {
-	cfg := Config{Store: f.st, Runtime: inproc.New(f.reg), GPUs: f.gpus, LivenessInterval: time.Hour}
+	cfg := Config{Store: f.st, Backends: []Backend{{Name: "local", Runtime: inproc.New(f.reg)}}, LivenessInterval: time.Hour}
 	if f.opts != nil {
 		f.opts(&cfg)
 	}
@@ -381,8 +380,8 @@ func TestQueueGiveUpLeavesNothing(t *testing.T) {
 	if q := f.queued("default"); len(q) != 0 {
 		t.Errorf("queue after every waiter gave up: %+v", q)
 	}
-	if gpus, _ := f.st.ListGPUs(f.ctx); len(gpus) != 1 || gpus[0].SessionID != holder.ID {
-		t.Errorf("GPUs = %+v, want only the holder's", gpus)
+	if held := gpuHolders(f.ctx, t, f.st); len(held) != 1 || held[0] != holder.ID {
+		t.Errorf("sessions holding GPUs: %v, want only the holder %s", held, holder.ID)
 	}
 	f.stopSession(f.alice, holder.ID)
 	if s := f.create(f.bob, sdk.CreateSessionRequest{}); s.State != sdk.StateRunning {

@@ -154,10 +154,14 @@ func (a *API) stopSession(w http.ResponseWriter, r *http.Request, caller store.U
 }
 
 // toSDK is the session as the API shows it, its backend named even when
-// the record predates backends.
+// the record predates backends (a queued session has none yet).
 func (srv *Server) toSDK(s store.Session) sdk.Session {
+	backend := ""
+	if s.Backend != "" || gpuCount(s) > 0 {
+		backend = srv.backendNameOf(s)
+	}
 	out := sdk.Session{
-		Backend: srv.backendNameOf(s), Node: s.Node,
+		Backend: backend, Node: s.Node,
 		ID: s.ID, Project: s.Project, User: s.User, State: s.State,
 		GPUType: s.GPUType, Region: s.Region, GPUs: s.GPUs, Image: s.Image,
 		Attachments: s.Attachments, CreatedAt: s.CreatedAt.UTC(),

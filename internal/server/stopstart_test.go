@@ -31,14 +31,14 @@ type slowRuntime struct {
 	release chan struct{}
 }
 
-func (r *slowRuntime) Start(ctx context.Context, spec runtime.Spec) error {
+func (r *slowRuntime) Start(ctx context.Context, spec runtime.Spec) (runtime.Placement, error) {
 	r.entered <- spec.SessionID
 	<-r.release
 	if r.deaf {
 		return r.Runtime.Start(context.WithoutCancel(ctx), spec)
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return runtime.Placement{}, err
 	}
 	return r.Runtime.Start(ctx, spec)
 }
@@ -57,8 +57,8 @@ func TestStopWhileStarting(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			var rt *slowRuntime
 			f := newFixture(t, func(c *Config) {
-				rt = &slowRuntime{Runtime: c.Runtime, deaf: deaf, entered: make(chan string, 1), release: make(chan struct{})}
-				c.Runtime = rt
+				rt = &slowRuntime{Runtime: c.Backends[0].Runtime, deaf: deaf, entered: make(chan string, 1), release: make(chan struct{})}
+				c.Backends[0].Runtime = rt
 			})
 			released := false
 			release := func() {
@@ -105,7 +105,7 @@ func TestStopWhileStarting(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if sess.State != sdk.StateFailed || sess.EndReason != sdk.ReasonStopped || len(sess.GPUs) != 1 {
+			if sess.State != sdk.StateFailed || sess.EndReason != sdk.ReasonStopped || sess.GPUCount != 1 {
 				t.Errorf("session after the start returned: %+v; want failed, reason stopped", sess)
 			}
 			instances, err := rt.Runtime.List(ctx)
@@ -117,14 +117,8 @@ func TestStopWhileStarting(t *testing.T) {
 					t.Errorf("session %s stopped while starting is still in the runtime: %+v", id, in)
 				}
 			}
-			gpus, err := f.srv.store.ListGPUs(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, g := range gpus {
-				if g.SessionID != "" {
-					t.Errorf("GPU %s still reserved for %s", g.ID, g.SessionID)
-				}
+			for _, held := range gpuHolders(ctx, t, f.srv.store) {
+				t.Errorf("session %s still holds a GPU", held)
 			}
 		})
 	}
@@ -152,8 +146,8 @@ func (r *failingStop) Stop(ctx context.Context, id string) error {
 func TestStopWhileStartingRetried(t *testing.T) {
 	var rt *failingStop
 	f := newFixture(t, func(c *Config) {
-		rt = &failingStop{slowRuntime: &slowRuntime{Runtime: c.Runtime, deaf: true, entered: make(chan string, 1), release: make(chan struct{})}}
-		c.Runtime = rt
+		rt = &failingStop{slowRuntime: &slowRuntime{Runtime: c.Backends[0].Runtime, deaf: true, entered: make(chan string, 1), release: make(chan struct{})}}
+		c.Backends[0].Runtime = rt
 	})
 	created := f.createAsync(t.Context(), f.dev)
 	id := <-rt.entered
@@ -206,11 +200,8 @@ func TestRestartDuringStartFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = st.InTx(ctx, func(tx store.Store) error {
-		if _, err := tx.ReserveGPUs(ctx, "interrupted", "t4", "local", 1); err != nil {
-			return err
-		}
 		return tx.CreateSession(ctx, &store.Session{ID: "interrupted", ProjectID: p.ID, UserID: dev.ID,
-			State: sdk.StateStarting, GPUType: "t4", Region: "local", CreatedAt: time.Now()})
+			State: sdk.StateStarting, GPUType: "t4", Region: "local", GPUCount: 1, CreatedAt: time.Now()})
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -232,14 +223,8 @@ func TestRestartDuringStartFails(t *testing.T) {
 	if len(usage) != 0 {
 		t.Errorf("a session that never ran was billed: %+v", usage)
 	}
-	gpus, err := st.ListGPUs(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, g := range gpus {
-		if g.SessionID != "" {
-			t.Errorf("GPU %s still reserved for %s", g.ID, g.SessionID)
-		}
+	for _, held := range gpuHolders(ctx, t, st) {
+		t.Errorf("session %s still holds a GPU", held)
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/devgpu/devgpu/internal/gpu"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/internal/testutil"
 	"github.com/devgpu/devgpu/sdk"
@@ -24,8 +23,7 @@ type tunnelRig struct {
 }
 
 func newTunnelRig(t *testing.T) *tunnelRig {
-	devs, _ := gpu.ParseSimulated("t4:8")
-	f := newFixture(t, func(c *Config) { c.GPUs = devs })
+	f := newFixtureWith(t, "t4:8")
 	return &tunnelRig{fixture: f, dev: must(sdk.NewClient(f.url, f.dev))}
 }
 
@@ -198,7 +196,7 @@ func TestTunnelAgentDies(t *testing.T) {
 	ctx := testutil.Context(t, testutil.WaitLong)
 	sess, tunnel, _ := r.open(t)
 	client := sshOver(t, tunnel, sess)
-	if err := r.srv.rt.Stop(ctx, sess.ID); err != nil { // the runtime loses it
+	if err := r.srv.backends[0].Runtime.Stop(ctx, sess.ID); err != nil { // the runtime loses it
 		t.Fatal(err)
 	}
 	_ = client.Wait()

@@ -60,7 +60,7 @@ func TestWorkspaceMeasuredByRuntime(t *testing.T) {
 					return c.used, c.err
 				},
 			}
-			s := &Server{rt: rt, log: slog.New(slog.DiscardHandler), cfg: Config{WorkspaceDir: dir}}
+			s := &Server{backends: []Backend{{Name: "local", Runtime: rt}}, log: slog.New(slog.DiscardHandler), cfg: Config{WorkspaceDir: dir}}
 			w := w
 			if c.err != nil {
 				w.LimitBytes = 4000
