@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -50,7 +52,7 @@ type twoBackends struct {
 	st       store.Store
 	regs     map[string]*inproc.Registry
 	wrap     func(name string, rt runtime.Runtime) runtime.Runtime // nil: none
-	link     *link.Hub
+	opts     func(*Config)                                         // nil: none
 	srv      *Server
 	hs       *httptest.Server
 	dev      *sdk.Client
@@ -60,6 +62,12 @@ type twoBackends struct {
 
 func newTwoBackends(t *testing.T, here, west string, wrap func(string, runtime.Runtime) runtime.Runtime) *twoBackends {
 	t.Helper()
+	return newTwoBackendsWith(t, here, west, wrap, nil)
+}
+
+// newTwoBackendsWith is newTwoBackends whose servers' Config opts changes.
+func newTwoBackendsWith(t *testing.T, here, west string, wrap func(string, runtime.Runtime) runtime.Runtime, opts func(*Config)) *twoBackends {
+	t.Helper()
 	dir := testutil.ShortTempDir(t)
 	ctx := testutil.Context(t, testutil.WaitLong)
 	st, err := sqlite.Open(ctx, filepath.Join(dir, "devgpu.db"))
@@ -67,7 +75,7 @@ func newTwoBackends(t *testing.T, here, west string, wrap func(string, runtime.R
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	r := &twoBackends{t: t, ctx: ctx, st: st, regs: map[string]*inproc.Registry{}, wrap: wrap,
+	r := &twoBackends{t: t, ctx: ctx, st: st, regs: map[string]*inproc.Registry{}, wrap: wrap, opts: opts,
 		agentKey: []byte(strings.Repeat("k", AgentKeySize))}
 	for name, spec := range map[string]string{"here": here, "west": west} {
 		devs, err := hostgpu.Simulated(spec)
@@ -134,7 +142,11 @@ func (r *twoBackends) backends() []Backend {
 // ran before.
 func (r *twoBackends) start() {
 	r.t.Helper()
-	srv, err := New(r.ctx, Config{Store: r.st, Backends: r.backends(), Link: r.link, AgentKey: r.agentKey, LivenessInterval: time.Hour})
+	cfg := Config{Store: r.st, Backends: r.backends(), AgentKey: r.agentKey, LivenessInterval: time.Hour}
+	if r.opts != nil {
+		r.opts(&cfg)
+	}
+	srv, err := New(r.ctx, cfg)
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -503,35 +515,8 @@ func TestReconcileTwoBackends(t *testing.T) {
 func TestAgentLinkVerifier(t *testing.T) {
 	t.Parallel()
 	hub := link.NewHub(nil)
-	dir := testutil.ShortTempDir(t)
-	ctx := testutil.Context(t, testutil.WaitLong)
-	st := must(sqlite.Open(ctx, filepath.Join(dir, "devgpu.db")))
-	t.Cleanup(func() { st.Close() })
-	r := &twoBackends{t: t, ctx: ctx, st: st, regs: map[string]*inproc.Registry{}, link: hub, agentKey: []byte(strings.Repeat("k", AgentKeySize))}
-	for name, spec := range map[string]string{"here": "t4:2", "west": "a100:1@westus3"} {
-		sub := filepath.Join(dir, name)
-		if err := mkdir(sub); err != nil {
-			t.Fatal(err)
-		}
-		r.regs[name] = inproc.NewRegistry(sub, must(hostgpu.Simulated(spec))...)
-	}
-	now := time.Now()
-	must(Bootstrap(ctx, st, "root", true, false, now))
-	p := must(st.ProjectByName(ctx, "default"))
-	u := store.User{Name: "dev", CreatedAt: now}
-	if err := st.CreateUser(ctx, &u); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.SetMember(ctx, store.Member{ProjectID: p.ID, UserID: u.ID, Role: store.RoleDeveloper}); err != nil {
-		t.Fatal(err)
-	}
-	token, _, err := NewToken(ctx, st, u.ID, "t", now, time.Time{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.start()
-	t.Cleanup(r.stop)
-	r.dev = must(sdk.NewClient(r.hs.URL, token))
+	r := newTwoBackendsWith(t, "t4:2", "a100:1@westus3", nil, func(c *Config) { c.Link = hub })
+	ctx := r.ctx
 	one := r.create(r.dev, sdk.CreateSessionRequest{GPUType: "t4"})
 	two := r.create(r.dev, sdk.CreateSessionRequest{GPUType: "t4"})
 	cred := linkCredential(r.agentKey, one.ID)
@@ -652,5 +637,73 @@ func TestPlacementMostFreeThenConfigOrder(t *testing.T) {
 	}
 	if _, err := r.dev.CreateSession(r.ctx, sdk.CreateSessionRequest{GPUType: "t4"}, nil); !sdk.IsStatus(err, http.StatusConflict) {
 		t.Errorf("a fourth t4 of three: %v; want 409", err)
+	}
+}
+
+// An agent's link goes through the front door as `devgpu server` serves
+// it, and outlives the read and idle timeouts that bound requests: it is
+// hijacked like a shell's tunnel.
+func TestAgentLinkOutlivesFrontDoorTimeouts(t *testing.T) {
+	t.Parallel()
+	hub := link.NewHub(nil)
+	r := newTwoBackendsWith(t, "t4:1", "a100:1@westus3", nil, func(c *Config) {
+		c.Link = hub
+		shortTimeouts(c)
+	})
+	sess := r.create(r.dev, sdk.CreateSessionRequest{GPUType: "t4"})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveCtx, stopServe := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.srv.Serve(serveCtx, ln) }()
+	defer func() {
+		stopServe()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	agentCtx, cancelAgent := context.WithCancel(r.ctx)
+	defer cancelAgent()
+	agent := link.Listen(agentCtx, link.AgentConfig{URL: "http://" + ln.Addr().String(), SessionID: sess.ID,
+		Credential: linkCredential(r.agentKey, sess.ID)})
+	defer agent.Close()
+	wctx, cancel := context.WithTimeout(r.ctx, testutil.WaitShort)
+	_, err = hub.WaitLinked(wctx, sess.ID)
+	cancel()
+	if err != nil {
+		t.Fatalf("agent link through Serve: %v", err)
+	}
+	// Past every front-door timeout, the same link still carries a stream.
+	<-time.After(3 * frontDoorTimeout)
+	if !hub.Linked(sess.ID) {
+		t.Fatalf("the link was cut within %s", 3*frontDoorTimeout)
+	}
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := agent.Accept()
+		if err == nil {
+			accepted <- c
+		}
+		close(accepted)
+	}()
+	conn, err := hub.Dial(r.ctx, sess.ID)
+	if err != nil {
+		t.Fatalf("open a stream over the link after %s: %v", 3*frontDoorTimeout, err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	c, ok := <-accepted
+	if !ok {
+		t.Fatal("the agent accepted no stream")
+	}
+	defer c.Close()
+	buf := make([]byte, 4)
+	_ = c.SetReadDeadline(time.Now().Add(testutil.WaitShort))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Errorf("the agent read %q, %v; want ping", buf, err)
 	}
 }
