@@ -28,6 +28,12 @@
 //     Elsewhere nothing bounds a session's processes: the runtime says so
 //     once in the log and through Warnings (`devgpu doctor`).
 //
+// The runtime lends the host's GPUs (Config.Devices) from a hostgpu.Pool:
+// Start takes the devices a session asks for and writes its placement
+// into its session directory, where a runtime constructed again over the
+// same directory (a restarted control plane) finds it, so that a held
+// device is never lent twice; Stop gives them back.
+//
 // The session's persistent workspace (runtime.Spec.Workspace) is bound at
 // its own path ($HOME/workspace links to it; DEVGPU_WORKSPACE names it), and
 // read-only when WorkspaceReadOnly. As root, uid 0 without capabilities
@@ -38,6 +44,7 @@ package local
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -53,6 +60,7 @@ import (
 	"time"
 
 	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/runtime/hostgpu"
 )
 
 var _ runtime.Runtime = (*Runtime)(nil)
@@ -62,6 +70,8 @@ type Config struct {
 	// Dir holds one directory per session: the agent's socket, pid file,
 	// log and the session's home. Sessions never see it.
 	Dir string
+	// Devices are the host's GPUs that sessions may be given.
+	Devices []hostgpu.Device
 	// Hide lists more paths, files or directories, that sessions must not
 	// see (they find them empty): the server's data directory, the CLI
 	// config, the server config.
@@ -88,6 +98,10 @@ type Runtime struct {
 	cfg Config
 	log *slog.Logger
 	cg  *cgroups // nil where the pids cgroup is not writable
+	// pool lends Config.Devices; it holds what the sessions in Dir hold.
+	pool *hostgpu.Pool
+	// node is this host's name, where every session runs.
+	node string
 	// warnings are what an admin should know about this runtime.
 	warnings []string
 
@@ -127,7 +141,9 @@ func New(cfg Config) (*Runtime, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	r := &Runtime{cfg: cfg, log: cfg.Logger, exited: map[string]chan struct{}{}}
+	r := &Runtime{cfg: cfg, log: cfg.Logger, exited: map[string]chan struct{}{},
+		pool: hostgpu.NewPool(cfg.Devices), node: hostname()}
+	r.holdExisting()
 	total := hostPidLimit() / 2
 	if cg, err := openCgroups(cfg.Dir, total); err != nil {
 		w := "local sessions' processes are not limited (" + err.Error() + "): a fork bomb in a session can exhaust this host's process table; run the server as root to give each session a pids cgroup"
@@ -144,6 +160,42 @@ func New(cfg Config) (*Runtime, error) {
 		})
 	}
 	return r, nil
+}
+
+// hostname is this host's name, the node of every session.
+func hostname() string {
+	name, err := os.Hostname()
+	if err != nil || name == "" {
+		return "localhost"
+	}
+	return name
+}
+
+// holdExisting gives the pool what the sessions under Dir hold, whether
+// their agents live or not: an orphan's devices come back with its Stop.
+func (r *Runtime) holdExisting() {
+	entries, _ := os.ReadDir(r.cfg.Dir)
+	for _, e := range entries {
+		if !e.IsDir() || !runtime.ValidID(e.Name()) {
+			continue
+		}
+		if pl, err := r.placement(e.Name()); err == nil {
+			r.pool.Hold(e.Name(), pl.Devices)
+		}
+	}
+}
+
+// placement reads where the session runs, as Start recorded it.
+func (r *Runtime) placement(id string) (runtime.Placement, error) {
+	var pl runtime.Placement
+	b, err := os.ReadFile(r.placementPath(id))
+	if err != nil {
+		return pl, err
+	}
+	if err := json.Unmarshal(b, &pl); err != nil {
+		return pl, fmt.Errorf("read placement of session %s: %w", id, err)
+	}
+	return pl, nil
 }
 
 // hostPidLimit is the most processes and threads this host allows.
@@ -164,6 +216,11 @@ func hostPidLimit() int {
 // Name implements runtime.Runtime.
 func (r *Runtime) Name() string { return "local" }
 
+// Capacity implements runtime.Runtime: the configured devices.
+func (r *Runtime) Capacity(context.Context) ([]runtime.Capacity, error) {
+	return r.pool.Capacity(), nil
+}
+
 // IgnoresImages implements runtime.Imageless.
 func (r *Runtime) IgnoresImages() string {
 	return "the local runtime runs sessions on this host's own filesystem"
@@ -177,6 +234,10 @@ func (r *Runtime) dir(id string) string        { return filepath.Join(r.cfg.Dir,
 func (r *Runtime) socketPath(id string) string { return filepath.Join(r.dir(id), "agent.sock") }
 func (r *Runtime) pidPath(id string) string    { return filepath.Join(r.dir(id), "agent.pid") }
 func (r *Runtime) startPath(id string) string  { return filepath.Join(r.dir(id), "agent.start") }
+
+// placementPath holds the session's runtime.Placement as JSON: its devices
+// survive the control plane.
+func (r *Runtime) placementPath(id string) string { return filepath.Join(r.dir(id), "placement.json") }
 
 // HomeDir is the session's working directory and HOME, removed with the
 // session (unlike its persistent workspace, which HomeDir/workspace links
@@ -209,47 +270,68 @@ func workspaceDir(spec runtime.Spec) (string, error) {
 }
 
 // Start implements runtime.Runtime.
-func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
+func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Placement, error) {
+	devices, err := r.start(ctx, spec)
+	if err != nil {
+		return runtime.Placement{}, err
+	}
+	return runtime.Placement{Node: r.node, Devices: devices, Handle: r.dir(spec.SessionID)}, nil
+}
+
+// start starts the session and returns its devices.
+func (r *Runtime) start(ctx context.Context, spec runtime.Spec) (devices []string, err error) {
 	id := spec.SessionID
 	if !runtime.ValidID(id) {
-		return fmt.Errorf("local runtime: invalid session id %q", id)
+		return nil, fmt.Errorf("local runtime: invalid session id %q", id)
 	}
 	if sock := r.socketPath(id); len(sock) > 100 {
-		return fmt.Errorf("local runtime: socket path %s is longer than unix sockets allow; use a shorter data directory", sock)
+		return nil, fmt.Errorf("local runtime: socket path %s is longer than unix sockets allow; use a shorter data directory", sock)
 	}
 	workspace, err := workspaceDir(spec)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := os.Mkdir(r.dir(id), 0o700); err != nil {
-		return fmt.Errorf("local runtime: create session directory: %w", err)
+		return nil, fmt.Errorf("local runtime: create session directory: %w", err)
 	}
+	// From here on, a failure stops the session, which also gives its
+	// devices back.
 	defer func() {
 		if err != nil {
 			_ = r.Stop(context.WithoutCancel(ctx), id)
 		}
 	}()
+	if devices, err = r.pool.Take(id, spec.GPU); err != nil {
+		return nil, fmt.Errorf("local runtime: %w", err)
+	}
+	b, err := json.Marshal(runtime.Placement{Node: r.node, Devices: devices, Handle: r.dir(id)})
+	if err != nil {
+		return nil, fmt.Errorf("local runtime: %w", err)
+	}
+	if err := os.WriteFile(r.placementPath(id), b, 0o600); err != nil {
+		return nil, fmt.Errorf("local runtime: record placement: %w", err)
+	}
 	home := r.HomeDir(id)
 	if err := os.Mkdir(home, 0o700); err != nil {
-		return fmt.Errorf("local runtime: create home: %w", err)
+		return nil, fmt.Errorf("local runtime: create home: %w", err)
 	}
 	// A symlink, not a mount: Stop's os.RemoveAll removes the link and
 	// never follows it into the workspace.
 	if workspace != "" {
 		if err := os.Symlink(workspace, filepath.Join(home, workspaceLink)); err != nil {
-			return fmt.Errorf("local runtime: link workspace: %w", err)
+			return nil, fmt.Errorf("local runtime: link workspace: %w", err)
 		}
 	}
 	logFile, err := os.OpenFile(filepath.Join(r.dir(id), "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return fmt.Errorf("local runtime: %w", err)
+		return nil, fmt.Errorf("local runtime: %w", err)
 	}
 	defer logFile.Close()
 	// The runtime makes the socket, in a directory the session never sees:
 	// nothing in the session can change what Connect dials.
 	lnFile, err := listen(r.socketPath(id))
 	if err != nil {
-		return fmt.Errorf("local runtime: %w", err)
+		return nil, fmt.Errorf("local runtime: %w", err)
 	}
 	defer lnFile.Close()
 
@@ -269,7 +351,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	}
 	cmd := exec.Command(r.cfg.AgentCommand[0], args...)
 	cmd.Dir = home
-	cmd.Env = sessionEnviron(spec, home, workspace)
+	cmd.Env = sessionEnviron(spec, devices, home, workspace)
 	cmd.Stderr = logFile
 	cmd.ExtraFiles = []*os.File{lnFile}
 	// Root maps itself; another user maps itself to 0 in the sandbox's
@@ -291,23 +373,23 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	// only once the agent is in its cgroup.
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return fmt.Errorf("local runtime: %w", err)
+		return nil, fmt.Errorf("local runtime: %w", err)
 	}
 	defer stdin.Close()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return fmt.Errorf("local runtime: %w", err)
+		return nil, fmt.Errorf("local runtime: %w", err)
 	}
 	if r.cg != nil {
 		if err := r.cg.create(id, r.cfg.MaxPids); err != nil {
-			return fmt.Errorf("local runtime: %w", err)
+			return nil, fmt.Errorf("local runtime: %w", err)
 		}
 	}
 	if err := cmd.Start(); err != nil {
 		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EINVAL) {
-			return fmt.Errorf("local runtime: cannot start the session's agent in new user, mount and pid namespaces (%w); allow unprivileged user namespaces on this host (sysctl user.max_user_namespaces, and kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu) or run the server as root", err)
+			return nil, fmt.Errorf("local runtime: cannot start the session's agent in new user, mount and pid namespaces (%w); allow unprivileged user namespaces on this host (sysctl user.max_user_namespaces, and kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu) or run the server as root", err)
 		}
-		return fmt.Errorf("local runtime: start agent: %w", err)
+		return nil, fmt.Errorf("local runtime: start agent: %w", err)
 	}
 	exited := make(chan struct{})
 	r.mu.Lock()
@@ -319,21 +401,21 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	}()
 	if r.cg != nil {
 		if err := r.cg.add(id, cmd.Process.Pid); err != nil {
-			return fmt.Errorf("local runtime: %w", err)
+			return nil, fmt.Errorf("local runtime: %w", err)
 		}
 	}
 	start, err := procStartTime(cmd.Process.Pid)
 	if err != nil {
-		return fmt.Errorf("local runtime: %w", err)
+		return nil, fmt.Errorf("local runtime: %w", err)
 	}
 	if err := os.WriteFile(r.startPath(id), []byte(start), 0o600); err != nil {
-		return fmt.Errorf("local runtime: %w", err)
+		return nil, fmt.Errorf("local runtime: %w", err)
 	}
 	if err := os.WriteFile(r.pidPath(id), []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
-		return fmt.Errorf("local runtime: %w", err)
+		return nil, fmt.Errorf("local runtime: %w", err)
 	}
 	if _, err := io.WriteString(stdin, spec.AgentSecret+"\n"); err != nil {
-		return fmt.Errorf("local runtime: agent did not start (see %s): give it its secret: %w", logFile.Name(), err)
+		return nil, fmt.Errorf("local runtime: agent did not start (see %s): give it its secret: %w", logFile.Name(), err)
 	}
 	stdin.Close()
 
@@ -351,13 +433,13 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	case err := <-ready:
 		if err != nil {
 			// Stop removes the log with the session: say what it says.
-			return fmt.Errorf("local runtime: agent did not start (%s): %w", lastLine(logFile.Name()), err)
+			return nil, fmt.Errorf("local runtime: agent did not start (%s): %w", lastLine(logFile.Name()), err)
 		}
-		return nil
+		return devices, nil
 	case <-timer.C:
-		return fmt.Errorf("local runtime: agent did not listen within %s (see %s)", r.cfg.StartTimeout, logFile.Name())
+		return nil, fmt.Errorf("local runtime: agent did not listen within %s (see %s)", r.cfg.StartTimeout, logFile.Name())
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
 }
 
@@ -407,9 +489,9 @@ var passedEnv = []string{"PATH", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "SHE
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // sessionEnviron is the session's environment: passedEnv from the
-// server's, HOME, the session contract and, with a workspace (the absolute
+// server's, HOME, the session contract for its devices and, with a workspace (the absolute
 // path of spec.Workspace), where it is.
-func sessionEnviron(spec runtime.Spec, home, workspace string) []string {
+func sessionEnviron(spec runtime.Spec, devices []string, home, workspace string) []string {
 	env := []string{"HOME=" + home}
 	for _, name := range passedEnv {
 		v, ok := os.LookupEnv(name)
@@ -420,7 +502,7 @@ func sessionEnviron(spec runtime.Spec, home, workspace string) []string {
 			env = append(env, name+"="+v)
 		}
 	}
-	for k, v := range runtime.SessionEnv(spec) {
+	for k, v := range runtime.SessionEnv(spec, devices) {
 		if workspace != "" && (k == "DEVGPU_WORKSPACE" || k == "DEVGPU_WORKSPACE_READONLY") {
 			continue // the runtime's word on its workspace wins
 		}
@@ -471,6 +553,9 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 	if err := os.RemoveAll(r.dir(id)); err != nil {
 		return fmt.Errorf("stop session %s: remove its directory: %w", id, err)
 	}
+	// Only now that nothing of the session is left may its devices go to
+	// another.
+	r.pool.Release(id)
 	return nil
 }
 
@@ -535,7 +620,13 @@ func (r *Runtime) List(ctx context.Context) ([]runtime.Instance, error) {
 		if err != nil {
 			continue
 		}
-		out = append(out, runtime.Instance{SessionID: e.Name(), StartedAt: info.ModTime()})
+		// A session started by a version without placements ran with no
+		// recorded devices: it lists at this host with none.
+		pl, err := r.placement(e.Name())
+		if err != nil {
+			pl = runtime.Placement{Node: r.node, Handle: r.dir(e.Name())}
+		}
+		out = append(out, runtime.Instance{SessionID: e.Name(), StartedAt: info.ModTime(), Placement: pl})
 	}
 	return out, nil
 }

@@ -23,7 +23,7 @@ func TestMain(m *testing.M) {
 
 func newRuntime(t testing.TB, dir string) *Runtime {
 	t.Helper()
-	return newRuntimeConfig(t, Config{Dir: dir})
+	return newRuntimeConfig(t, Config{Dir: dir, Devices: runtimetest.HostDevices()})
 }
 
 func newRuntimeConfig(t testing.TB, cfg Config) *Runtime {
@@ -42,9 +42,11 @@ func newRuntimeConfig(t testing.TB, cfg Config) *Runtime {
 }
 
 func TestConformance(t *testing.T) {
-	runtimetest.Run(t, func(t *testing.T) runtimetest.Factory {
+	runtimetest.Run(t, runtimetest.HostOptions(), func(t *testing.T) runtimetest.Factory {
 		dir := testutil.ShortTempDir(t)
-		return func() runtime.Runtime { return newRuntime(t, dir) }
+		return func() runtime.Runtime {
+			return newRuntimeConfig(t, Config{Dir: dir, Devices: runtimetest.HostDevices()})
+		}
 	})
 }
 
@@ -55,8 +57,8 @@ func TestStopLeavesNoOrphans(t *testing.T) {
 	t.Parallel()
 	rt := newRuntime(t, testutil.ShortTempDir(t))
 	ctx := testutil.Context(t, testutil.WaitMedium)
-	spec := runtime.Spec{SessionID: "orphans", User: "u", GPUs: []string{"GPU-sim-t4-0"}, AgentSecret: "s3cret", IdleExit: time.Minute}
-	if err := rt.Start(ctx, spec); err != nil {
+	spec := runtime.Spec{SessionID: "orphans", User: "u", GPU: runtime.GPURequest{Type: "t4", Count: 1}, AgentSecret: "s3cret", IdleExit: time.Minute}
+	if _, err := rt.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
 	marker := "devgpu-orphan-" + strconv.Itoa(os.Getpid())
@@ -110,8 +112,8 @@ func TestWorkspaceAndEnvironment(t *testing.T) {
 	t.Setenv("DEVGPU_TOKEN", "dgp_must_not_leak")
 	rt := newRuntime(t, testutil.ShortTempDir(t))
 	ctx := testutil.Context(t, testutil.WaitMedium)
-	spec := runtime.Spec{SessionID: "wsenv", User: "u", GPUs: []string{"GPU-sim-t4-0"}, AgentSecret: "x", IdleExit: time.Minute}
-	if err := rt.Start(ctx, spec); err != nil {
+	spec := runtime.Spec{SessionID: "wsenv", User: "u", GPU: runtime.GPURequest{Type: "t4", Count: 1}, AgentSecret: "x", IdleExit: time.Minute}
+	if _, err := rt.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
 	defer rt.Stop(context.Background(), spec.SessionID)
@@ -127,7 +129,7 @@ func TestRejectsBadIDs(t *testing.T) {
 	rt := newRuntime(t, testutil.ShortTempDir(t))
 	ctx := testutil.Context(t, testutil.WaitShort)
 	for _, id := range []string{"", "../x", "A", strings.Repeat("a", 41)} {
-		if err := rt.Start(ctx, runtime.Spec{SessionID: id}); err == nil {
+		if _, err := rt.Start(ctx, runtime.Spec{SessionID: id}); err == nil {
 			t.Errorf("Start(%q) succeeded", id)
 		}
 	}
@@ -148,7 +150,7 @@ func TestWorkspaceLinkSurvivesStop(t *testing.T) {
 	ctx := testutil.Context(t, testutil.WaitMedium)
 	spec := runtime.Spec{SessionID: "wslink", User: "u", AgentSecret: "x", IdleExit: time.Minute,
 		Workspace: ws, WorkspaceReadOnly: true}
-	if err := rt.Start(ctx, spec); err != nil {
+	if _, err := rt.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
 	defer rt.Stop(context.Background(), spec.SessionID)
@@ -183,7 +185,7 @@ func TestWorkspaceMustExist(t *testing.T) {
 	}
 	ctx := testutil.Context(t, testutil.WaitShort)
 	for _, ws := range []string{filepath.Join(dir, "missing"), file} {
-		err := rt.Start(ctx, runtime.Spec{SessionID: "wsbad", AgentSecret: "x", Workspace: ws})
+		_, err := rt.Start(ctx, runtime.Spec{SessionID: "wsbad", AgentSecret: "x", Workspace: ws})
 		if err == nil || !strings.Contains(err.Error(), ws) {
 			_ = rt.Stop(context.Background(), "wsbad")
 			t.Fatalf("Start with workspace %s: %v, want an error naming it", ws, err)

@@ -50,12 +50,12 @@ func TestSandboxHidesSecrets(t *testing.T) {
 	rt := newRuntimeConfig(t, Config{Dir: filepath.Join(data, "sessions"), Hide: []string{data, cfgDir, lone}})
 	ctx := testutil.Context(t, testutil.WaitMedium)
 	other := runtime.Spec{SessionID: "victim", User: "v", AgentSecret: planted, IdleExit: time.Minute}
-	if err := rt.Start(ctx, other); err != nil {
+	if _, err := rt.Start(ctx, other); err != nil {
 		t.Fatal(err)
 	}
 	defer rt.Stop(context.Background(), other.SessionID)
 	spec := runtime.Spec{SessionID: "attacker", User: "a", AgentSecret: "mine", IdleExit: time.Minute}
-	if err := rt.Start(ctx, spec); err != nil {
+	if _, err := rt.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
 	defer rt.Stop(context.Background(), spec.SessionID)
@@ -102,8 +102,9 @@ func TestSessionEnvironmentIsMinimal(t *testing.T) {
 	t.Parallel()
 	rt := newRuntime(t, testutil.ShortTempDir(t))
 	ctx := testutil.Context(t, testutil.WaitMedium)
-	spec := runtime.Spec{SessionID: "envmin", User: "u", GPUs: []string{"GPU-sim-t4-0"}, AgentSecret: "x", IdleExit: time.Minute}
-	if err := rt.Start(ctx, spec); err != nil {
+	spec := runtime.Spec{SessionID: "envmin", User: "u", GPU: runtime.GPURequest{Type: "t4", Count: 1}, AgentSecret: "x", IdleExit: time.Minute}
+	pl, err := rt.Start(ctx, spec)
+	if err != nil {
 		t.Fatal(err)
 	}
 	defer rt.Stop(context.Background(), spec.SessionID)
@@ -111,7 +112,7 @@ func TestSessionEnvironmentIsMinimal(t *testing.T) {
 	// agent's environment plus the variables the agent sets per request.
 	out := runtimetest.ExecOut(t, rt, spec, `env -0 | tr '\0' '\n' | cut -d= -f1 | sort -u`)
 	allowed := append(slices.Clone(passedEnv), "HOME", "PWD", "SHLVL", "_", "OLDPWD")
-	for k := range runtime.SessionEnv(spec) {
+	for k := range runtime.SessionEnv(spec, pl.Devices) {
 		allowed = append(allowed, k)
 	}
 	for _, name := range strings.Fields(out) {
@@ -130,7 +131,7 @@ func TestReadOnlyWorkspace(t *testing.T) {
 	for _, ro := range []bool{true, false} {
 		spec := runtime.Spec{SessionID: "wsro-" + strconv.FormatBool(ro), User: "u", AgentSecret: "x", IdleExit: time.Minute,
 			Workspace: ws, WorkspaceReadOnly: ro}
-		if err := rt.Start(ctx, spec); err != nil {
+		if _, err := rt.Start(ctx, spec); err != nil {
 			t.Fatal(err)
 		}
 		_, ok := probe(t, rt, spec, `touch "$HOME/workspace/f-`+strconv.FormatBool(ro)+`"`)
@@ -159,7 +160,7 @@ func TestForkBombContained(t *testing.T) {
 	rt.cfg.MaxPids = limit
 	ctx := testutil.Context(t, testutil.WaitLong)
 	spec := runtime.Spec{SessionID: "forkbomb", User: "u", AgentSecret: "x", IdleExit: time.Minute}
-	if err := rt.Start(ctx, spec); err != nil {
+	if _, err := rt.Start(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
 	defer rt.Stop(context.Background(), spec.SessionID)
@@ -177,7 +178,7 @@ func TestForkBombContained(t *testing.T) {
 		t.Fatalf("%d processes of the bomb run, more than the session's limit of %d", live, limit)
 	}
 	second := runtime.Spec{SessionID: "afterbomb", User: "u", AgentSecret: "x", IdleExit: time.Minute}
-	if err := rt.Start(ctx, second); err != nil {
+	if _, err := rt.Start(ctx, second); err != nil {
 		t.Fatalf("start a session beside the bomb: %v", err)
 	}
 	defer rt.Stop(context.Background(), second.SessionID)

@@ -89,7 +89,7 @@ func TestInjectDevices(t *testing.T) {
 	// environment contract.
 	rt := &Runtime{cfg: Config{StateDir: "/x", AgentPath: "/a"}, cdi: devs, limits: DefaultLimits()}
 	uuid := "GPU-2f8a0c3e-aaaa-bbbb-cccc-000000000000"
-	built, err := rt.buildSpec(runtime.Spec{SessionID: "s", GPUs: []string{uuid}}, "", DefaultIDMap.host(1))
+	built, err := rt.buildSpec(runtime.Spec{SessionID: "s"}, []string{uuid}, "", DefaultIDMap.host(1))
 	if err != nil {
 		t.Fatal(err)
 	}

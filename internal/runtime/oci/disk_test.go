@@ -332,7 +332,7 @@ func newDiskRuntimeOf(t *testing.T, stateDir string, disk DiskConfig) *Runtime {
 	t.Helper()
 	rt, err := New(Config{
 		StateDir: stateDir, AgentPath: testutil.StaticBinary(t), Images: &testImages, Image: "busybox",
-		Limits: testLimits(), CDIDirs: []string{}, Disk: &disk,
+		Limits: testLimits(), CDIDirs: []string{}, Disk: &disk, Devices: runtimetest.HostDevices(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -354,7 +354,7 @@ func newDiskRuntimeOf(t *testing.T, stateDir string, disk DiskConfig) *Runtime {
 func TestConformanceDiskLimits(t *testing.T) {
 	requireRunc(t)
 	requireDisk(t)
-	runtimetest.Run(t, func(t *testing.T) runtimetest.Factory {
+	runtimetest.Run(t, runtimetest.HostOptions(), func(t *testing.T) runtimetest.Factory {
 		dir := testutil.ShortTempDir(t)
 		return func() runtime.Runtime {
 			return newDiskRuntimeOf(t, dir, DiskConfig{PoolSize: minPool, LayerLimits: map[string]int64{"": 32 << 20}})
@@ -408,7 +408,7 @@ func TestDiskLimitsInSession(t *testing.T) {
 	unmountAtEnd(t, ws)
 
 	s := runtimetest.StartSpec(t, rt, runtime.Spec{
-		SessionID: fmt.Sprintf("disk-%d", time.Now().UnixNano()%1e9), Project: "p", User: "u", GPUType: "t4",
+		SessionID: fmt.Sprintf("disk-%d", time.Now().UnixNano()%1e9), Project: "p", User: "u", GPU: runtime.GPURequest{Type: "t4"},
 		AgentSecret: "s3cret", IdleExit: time.Minute, Workspace: ws, WorkspaceLimitBytes: testLimit,
 	})
 	hostBefore := hostBytes(t, state)
@@ -465,7 +465,7 @@ func TestDiskLimitsInSession(t *testing.T) {
 	}
 
 	s2 := runtimetest.StartSpec(t, again, runtime.Spec{
-		SessionID: fmt.Sprintf("disk2-%d", time.Now().UnixNano()%1e9), Project: "p", User: "u", GPUType: "t4",
+		SessionID: fmt.Sprintf("disk2-%d", time.Now().UnixNano()%1e9), Project: "p", User: "u", GPU: runtime.GPURequest{Type: "t4"},
 		AgentSecret: "s3cret", IdleExit: time.Minute, Workspace: ws, WorkspaceLimitBytes: testLimit,
 	})
 	s = s2

@@ -28,6 +28,13 @@
 // installation's workspace uid and looks root's in every session. The
 // runtime gives the workspace's root directory to that uid.
 //
+// The runtime lends the host's GPUs (Config.Devices) from a
+// hostgpu.Pool: Start takes the devices a session asks for, injects
+// exactly those through CDI and records the session's placement in
+// s/<id>/placement.json, where a runtime constructed again over the same
+// state (a restarted control plane) finds it, so that a held device is
+// never lent twice; Stop gives them back once the session is gone.
+//
 // The runtime drives runc (Debian's runc 1.1.5 works on hybrid cgroup v1
 // hosts). crun is not an alternative there: crun 1.8.1 refuses to start
 // containers with "cgroups in hybrid mode not supported, drop all controllers
@@ -39,7 +46,7 @@
 //	cdi/              generated CDI specs (simulated GPUs)
 //	ids/<n>           a link to the session that holds host id range n
 //	sock/<id>.sock    the agent's socket of each session (0700 directory)
-//	s/<id>/           one session: config.json (the bundle), upper/ and
+//	s/<id>/           one session: placement.json, config.json (the bundle), upper/ and
 //	                  work/ (its writable layer) and agent.log; with disk
 //	                  limits these three lie in layer/, the mount point of
 //	                  the session's own filesystem
@@ -72,6 +79,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/runtime/hostgpu"
 	"github.com/devgpu/devgpu/sdk"
 )
 
@@ -109,6 +117,8 @@ type Config struct {
 	Images Images
 	// Image is the image of sessions whose Spec names none.
 	Image string
+	// Devices are the host's GPUs that sessions may be given.
+	Devices []hostgpu.Device
 	// Limits per GPU type; a type that is not listed gets the "" entry.
 	// Nil means DefaultLimits. Every limit is capped to the sessions' share
 	// of the host, which leaves the host and the control plane a reserve;
@@ -163,6 +173,10 @@ type Runtime struct {
 	// disk holds the sessions' writable layers and workspaces; nil without
 	// Config.Disk.
 	disk *disks
+	// pool lends Config.Devices; it holds what the sessions in s/ hold.
+	pool *hostgpu.Pool
+	// node is this host's name, where every session runs.
+	node string
 }
 
 // New returns an oci runtime keeping its state under cfg.StateDir.
@@ -244,14 +258,63 @@ func New(cfg Config) (*Runtime, error) {
 			return nil, fmt.Errorf("oci runtime: %w", err)
 		}
 	}
-	return &Runtime{
+	r := &Runtime{
 		cfg: cfg, log: cfg.Logger, limits: limits, cdi: devs, seccomp: sc,
 		tag: tag, disk: disk, mountDir: mountDir,
-	}, nil
+		pool: hostgpu.NewPool(cfg.Devices), node: hostname(),
+	}
+	r.holdExisting()
+	return r, nil
 }
 
 // Name implements runtime.Runtime.
 func (r *Runtime) Name() string { return "oci" }
+
+// Capacity implements runtime.Runtime: the configured devices.
+func (r *Runtime) Capacity(context.Context) ([]runtime.Capacity, error) {
+	return r.pool.Capacity(), nil
+}
+
+// hostname is this host's name, the node of every session.
+func hostname() string {
+	name, err := os.Hostname()
+	if err != nil || name == "" {
+		return "localhost"
+	}
+	return name
+}
+
+// placementPath holds the session's runtime.Placement as JSON, in its
+// host-only state directory: its devices survive the control plane.
+func (r *Runtime) placementPath(id string) string { return filepath.Join(r.dir(id), "placement.json") }
+
+// holdExisting gives the pool what the sessions with state hold, running
+// or not: an orphan's devices come back with its Stop.
+func (r *Runtime) holdExisting() {
+	entries, _ := os.ReadDir(filepath.Join(r.cfg.StateDir, "s"))
+	for _, e := range entries {
+		if !e.IsDir() || !runtime.ValidID(e.Name()) {
+			continue
+		}
+		if pl, err := r.placement(e.Name()); err == nil {
+			r.pool.Hold(e.Name(), pl.Devices)
+		}
+	}
+}
+
+// placement reads where the session runs, as Start recorded it; a session
+// of a version without placements runs here with no recorded devices.
+func (r *Runtime) placement(id string) (runtime.Placement, error) {
+	pl := runtime.Placement{Node: r.node, Handle: id}
+	b, err := os.ReadFile(r.placementPath(id))
+	if err != nil {
+		return pl, err
+	}
+	if err := json.Unmarshal(b, &pl); err != nil {
+		return pl, fmt.Errorf("read placement of session %s: %w", id, err)
+	}
+	return pl, nil
+}
 
 func (r *Runtime) runcRoot() string        { return filepath.Join(r.cfg.StateDir, "runc") }
 func (r *Runtime) dir(id string) string    { return filepath.Join(r.cfg.StateDir, "s", id) }
@@ -277,18 +340,28 @@ const (
 	workspaceInContainer = "/workspace"
 )
 
-// Start implements runtime.Runtime.
-func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
+// Start implements runtime.Runtime. The session's handle is its runc
+// container id.
+func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (runtime.Placement, error) {
+	devices, err := r.start(ctx, spec)
+	if err != nil {
+		return runtime.Placement{}, err
+	}
+	return runtime.Placement{Node: r.node, Devices: devices, Handle: spec.SessionID}, nil
+}
+
+// start starts the session and returns its devices.
+func (r *Runtime) start(ctx context.Context, spec runtime.Spec) (devices []string, err error) {
 	id := spec.SessionID
 	if !runtime.ValidID(id) {
-		return fmt.Errorf("oci runtime: invalid session id %q", id)
+		return nil, fmt.Errorf("oci runtime: invalid session id %q", id)
 	}
 	if sock := r.socketPath(id); len(sock) > 100 {
-		return fmt.Errorf("oci runtime: socket path %s is longer than unix sockets allow; use a shorter state directory", sock)
+		return nil, fmt.Errorf("oci runtime: socket path %s is longer than unix sockets allow; use a shorter state directory", sock)
 	}
 	if spec.Workspace != "" {
 		if spec.Workspace, err = workspaceDir(spec.Workspace); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	img := cmp.Or(spec.Image, r.cfg.Image)
@@ -298,10 +371,10 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	}
 	lower, err := r.cfg.Images.Rootfs(ctx, img, pull)
 	if err != nil {
-		return fmt.Errorf("oci runtime: image %s: %w", img, err)
+		return nil, fmt.Errorf("oci runtime: image %s: %w", img, err)
 	}
 	if err := os.Mkdir(r.dir(id), 0o700); err != nil {
-		return fmt.Errorf("oci runtime: create session directory: %w", err)
+		return nil, fmt.Errorf("oci runtime: create session directory: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -310,15 +383,25 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 			}
 		}
 	}()
-	if err := os.Mkdir(r.rootfs(id), 0o700); err != nil {
-		return fmt.Errorf("oci runtime: %w", err)
+	if devices, err = r.pool.Take(id, spec.GPU); err != nil {
+		return nil, fmt.Errorf("oci runtime: %w", err)
 	}
-	if err := r.prepareLayer(id, spec.GPUType, spec.Workspace, spec.WorkspaceLimitBytes); err != nil {
-		return fmt.Errorf("oci runtime: %w", err)
+	b, err := json.Marshal(runtime.Placement{Node: r.node, Devices: devices, Handle: id})
+	if err != nil {
+		return nil, fmt.Errorf("oci runtime: %w", err)
+	}
+	if err := os.WriteFile(r.placementPath(id), b, 0o600); err != nil {
+		return nil, fmt.Errorf("oci runtime: record placement: %w", err)
+	}
+	if err := os.Mkdir(r.rootfs(id), 0o700); err != nil {
+		return nil, fmt.Errorf("oci runtime: %w", err)
+	}
+	if err := r.prepareLayer(id, spec.GPU.Type, spec.Workspace, spec.WorkspaceLimitBytes); err != nil {
+		return nil, fmt.Errorf("oci runtime: %w", err)
 	}
 	rootID, err := r.idmapImage(id, lower)
 	if err != nil {
-		return fmt.Errorf("oci runtime: %w", err)
+		return nil, fmt.Errorf("oci runtime: %w", err)
 	}
 	err = mountOverlay(r.lowerMount(id), r.upperDir(id), r.workDir(id), r.rootfs(id))
 	// The overlay holds its own reference to its layers.
@@ -326,17 +409,17 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 		err = uerr
 	}
 	if err != nil {
-		return fmt.Errorf("oci runtime: %w", err)
+		return nil, fmt.Errorf("oci runtime: %w", err)
 	}
 	if err := prepareRootfs(r.rootfs(id), id, int(rootID)); err != nil {
-		return fmt.Errorf("oci runtime: prepare rootfs: %w", err)
+		return nil, fmt.Errorf("oci runtime: prepare rootfs: %w", err)
 	}
 	if err := r.mountAgent(id); err != nil {
-		return fmt.Errorf("oci runtime: %w", err)
+		return nil, fmt.Errorf("oci runtime: %w", err)
 	}
 	if spec.Workspace != "" {
 		if err := r.mountWorkspace(id, rootID, spec.Workspace, spec.WorkspaceReadOnly); err != nil {
-			return fmt.Errorf("oci runtime: %w", err)
+			return nil, fmt.Errorf("oci runtime: %w", err)
 		}
 	}
 
@@ -347,24 +430,27 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (err error) {
 			egress = r.cfg.Egress
 		}
 		if netns, err = r.cfg.Network.Setup(ctx, id, egress); err != nil {
-			return fmt.Errorf("oci runtime: network: %w", err)
+			return nil, fmt.Errorf("oci runtime: network: %w", err)
 		}
 		if err := r.mountSysfs(id, netns); err != nil {
-			return fmt.Errorf("oci runtime: %w", err)
+			return nil, fmt.Errorf("oci runtime: %w", err)
 		}
 	}
-	ociSpec, err := r.buildSpec(spec, netns, rootID)
+	ociSpec, err := r.buildSpec(spec, devices, netns, rootID)
 	if err != nil {
-		return fmt.Errorf("oci runtime: %w", err)
+		return nil, fmt.Errorf("oci runtime: %w", err)
 	}
-	b, err := json.MarshalIndent(ociSpec, "", "\t")
+	b, err = json.MarshalIndent(ociSpec, "", "\t")
 	if err != nil {
-		return fmt.Errorf("oci runtime: %w", err)
+		return nil, fmt.Errorf("oci runtime: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(r.dir(id), "config.json"), b, 0o600); err != nil {
-		return fmt.Errorf("oci runtime: %w", err)
+		return nil, fmt.Errorf("oci runtime: %w", err)
 	}
-	return r.run(ctx, id, spec.AgentSecret)
+	if err := r.run(ctx, id, spec.AgentSecret); err != nil {
+		return nil, err
+	}
+	return devices, nil
 }
 
 // workspaceDir returns the absolute path of a session's workspace after
@@ -548,6 +634,9 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 	if err := r.releaseIDs(id); err != nil {
 		return fmt.Errorf("stop session %s: %w", id, err)
 	}
+	// Only now that nothing of the session is left may its devices go to
+	// another.
+	r.pool.Release(id)
 	return nil
 }
 
@@ -585,7 +674,8 @@ func (r *Runtime) List(ctx context.Context) ([]runtime.Instance, error) {
 	var out []runtime.Instance
 	for _, c := range cs {
 		if c.Status == "running" && runtime.ValidID(c.ID) {
-			out = append(out, runtime.Instance{SessionID: c.ID, StartedAt: c.Created})
+			pl, _ := r.placement(c.ID)
+			out = append(out, runtime.Instance{SessionID: c.ID, StartedAt: c.Created, Placement: pl})
 		}
 	}
 	return out, nil

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/runtime/hostgpu"
 	"github.com/devgpu/devgpu/internal/runtime/runtimetest"
 	"github.com/devgpu/devgpu/internal/testutil"
 )
@@ -161,7 +162,7 @@ func newRuntimeWith(t *testing.T, edit func(*Config)) *Runtime {
 	t.Helper()
 	cfg := Config{
 		StateDir: testutil.ShortTempDir(t), AgentPath: testutil.StaticBinary(t), Images: &testImages, Image: "busybox",
-		Limits: testLimits(), CDIDirs: []string{},
+		Limits: testLimits(), CDIDirs: []string{}, Devices: runtimetest.HostDevices(),
 	}
 	edit(&cfg)
 	rt, err := New(cfg)
@@ -174,18 +175,27 @@ func newRuntimeWith(t *testing.T, edit func(*Config)) *Runtime {
 
 func TestConformance(t *testing.T) {
 	requireRunc(t)
-	runtimetest.Run(t, func(t *testing.T) runtimetest.Factory {
+	runtimetest.Run(t, runtimetest.HostOptions(), func(t *testing.T) runtimetest.Factory {
 		dir := testutil.ShortTempDir(t)
 		return func() runtime.Runtime { return newRuntime(t, dir) }
 	})
 }
 
-func start(t *testing.T, rt *Runtime, prefix string, gpus ...string) runtime.Spec {
+// start starts a session without GPUs.
+func start(t *testing.T, rt *Runtime, prefix string) runtime.Spec {
 	t.Helper()
-	return runtimetest.StartSpec(t, rt, runtime.Spec{
-		SessionID: fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e9), Project: "p", User: "u", GPUType: "t4",
-		GPUs: gpus, AgentSecret: "s3cret", IdleExit: time.Minute,
-	})
+	spec, _ := startGPUs(t, rt, prefix, 0)
+	return spec
+}
+
+// startGPUs starts a session with n t4 GPUs and returns where it landed.
+func startGPUs(t *testing.T, rt *Runtime, prefix string, n int) (runtime.Spec, runtime.Placement) {
+	t.Helper()
+	spec := runtime.Spec{
+		SessionID: fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()%1e9), Project: "p", User: "u",
+		GPU: runtime.GPURequest{Type: "t4", Region: "local", Count: n}, AgentSecret: "s3cret", IdleExit: time.Minute,
+	}
+	return spec, runtimetest.Place(t, rt, spec)
 }
 
 func execOut(t *testing.T, rt *Runtime, spec runtime.Spec, cmd string) string {
@@ -272,15 +282,18 @@ func TestCDIDevices(t *testing.T) {
 	requireRunc(t)
 	t.Parallel()
 	rt := newRuntime(t, testutil.ShortTempDir(t))
-	a := start(t, rt, "cdia", "GPU-sim-t4-0", "GPU-sim-t4-2")
-	b := start(t, rt, "cdib", "GPU-sim-t4-1")
+	a, pa := startGPUs(t, rt, "cdia", 2)
+	b, pb := startGPUs(t, rt, "cdib", 1)
 	none := start(t, rt, "cdinone")
+	if !slices.Equal(pa.Devices, []string{"GPU-sim-t4-0", "GPU-sim-t4-1"}) || !slices.Equal(pb.Devices, []string{"GPU-sim-t4-2"}) {
+		t.Fatalf("sessions placed on %v and %v, want the lowest free devices first", pa.Devices, pb.Devices)
+	}
 	for _, c := range []struct {
 		spec runtime.Spec
 		want string
 	}{
-		{a, "/dev/devgpu-GPU-sim-t4-0\n/dev/devgpu-GPU-sim-t4-2\n"},
-		{b, "/dev/devgpu-GPU-sim-t4-1\n"},
+		{a, "/dev/devgpu-GPU-sim-t4-0\n/dev/devgpu-GPU-sim-t4-1\n"},
+		{b, "/dev/devgpu-GPU-sim-t4-2\n"},
 		{none, ""},
 	} {
 		got := execOut(t, rt, c.spec, `for f in /dev/devgpu-*; do [ -c "$f" ] && echo "$f"; done; true`)
@@ -293,14 +306,19 @@ func TestCDIDevices(t *testing.T) {
 		t.Errorf("writing the device: %q", got)
 	}
 
-	// A GPU no CDI spec knows fails the start.
-	err := rt.Start(testutil.Context(t, testutil.WaitMedium), runtime.Spec{SessionID: "cdibad", AgentSecret: "x", GPUs: []string{"GPU-0000-not-here"}})
-	if err == nil {
-		_ = rt.Stop(context.Background(), "cdibad")
-		t.Fatal("a session with an unknown GPU started")
+	// A GPU no CDI spec knows fails the start, which leaves no state and
+	// gives the device back.
+	bad := newRuntimeWith(t, func(c *Config) { c.Devices = []hostgpu.Device{{ID: "GPU-0000-not-here", Type: "x1", Region: "local"}} })
+	_, err := bad.Start(testutil.Context(t, testutil.WaitMedium), runtime.Spec{SessionID: "cdibad", AgentSecret: "x", GPU: runtime.GPURequest{Type: "x1", Count: 1}})
+	if err == nil || !strings.Contains(err.Error(), "GPU-0000-not-here") {
+		_ = bad.Stop(context.Background(), "cdibad")
+		t.Fatalf("a session with an unknown GPU: %v, want an error naming the device", err)
 	}
-	if _, serr := os.Stat(rt.dir("cdibad")); !os.IsNotExist(serr) {
+	if _, serr := os.Stat(bad.dir("cdibad")); !os.IsNotExist(serr) {
 		t.Errorf("failed start left state behind: %v", serr)
+	}
+	if held := bad.pool.Held("cdibad"); held != nil {
+		t.Errorf("failed start still holds devices %v", held)
 	}
 }
 
@@ -372,7 +390,7 @@ func TestRejectsBadIDs(t *testing.T) {
 	rt := newRuntime(t, testutil.ShortTempDir(t))
 	ctx := testutil.Context(t, testutil.WaitShort)
 	for _, id := range []string{"", "../x", "A", strings.Repeat("a", 41)} {
-		if err := rt.Start(ctx, runtime.Spec{SessionID: id}); err == nil {
+		if _, err := rt.Start(ctx, runtime.Spec{SessionID: id}); err == nil {
 			t.Errorf("Start(%q) succeeded", id)
 		}
 	}
@@ -389,7 +407,7 @@ func TestWorkspaceMount(t *testing.T) {
 
 	rw := runtime.Spec{SessionID: fmt.Sprintf("wsrw-%d", time.Now().UnixNano()%1e9), AgentSecret: "s3cret", IdleExit: time.Minute, Workspace: ws}
 	ctx := testutil.Context(t, testutil.WaitMedium)
-	if err := rt.Start(ctx, rw); err != nil {
+	if _, err := rt.Start(ctx, rw); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = rt.Stop(context.Background(), rw.SessionID) })
@@ -407,7 +425,7 @@ func TestWorkspaceMount(t *testing.T) {
 	}
 
 	ro := runtime.Spec{SessionID: fmt.Sprintf("wsro-%d", time.Now().UnixNano()%1e9), AgentSecret: "s3cret", IdleExit: time.Minute, Workspace: ws, WorkspaceReadOnly: true}
-	if err := rt.Start(ctx, ro); err != nil {
+	if _, err := rt.Start(ctx, ro); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = rt.Stop(context.Background(), ro.SessionID) })
@@ -441,7 +459,7 @@ func TestWorkspaceMount(t *testing.T) {
 
 	// A workspace that does not exist fails the start and is not created.
 	missing := filepath.Join(ws, "missing")
-	err = rt.Start(ctx, runtime.Spec{SessionID: "wsmissing", AgentSecret: "x", Workspace: missing})
+	_, err = rt.Start(ctx, runtime.Spec{SessionID: "wsmissing", AgentSecret: "x", Workspace: missing})
 	if err == nil || !strings.Contains(err.Error(), missing) {
 		_ = rt.Stop(context.Background(), "wsmissing")
 		t.Fatalf("Start with a missing workspace: %v, want an error naming it", err)

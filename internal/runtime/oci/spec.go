@@ -41,13 +41,13 @@ func (r *Runtime) limitsFor(gpuType string) Limits {
 	return r.limits[""]
 }
 
-// buildSpec is the session's container spec with its GPUs injected
-// through CDI. CDI edits may set environment variables of the contract
+// buildSpec is the session's container spec with its GPUs, devices,
+// injected through CDI. CDI edits may set environment variables of the contract
 // (nvidia-ctk's specs set NVIDIA_VISIBLE_DEVICES=void, so that the NVIDIA
 // hook does not inject devices a second time); the contract wins.
-func (r *Runtime) buildSpec(spec runtime.Spec, netns string, rootID uint32) (*specs.Spec, error) {
-	s := r.containerSpec(spec, netns, rootID)
-	if err := r.cdi.inject(s, spec.GPUs); err != nil {
+func (r *Runtime) buildSpec(spec runtime.Spec, devices []string, netns string, rootID uint32) (*specs.Spec, error) {
+	s := r.containerSpec(spec, devices, netns, rootID)
+	if err := r.cdi.inject(s, devices); err != nil {
 		return nil, err
 	}
 	sc, err := r.seccomp.filter(s)
@@ -55,7 +55,7 @@ func (r *Runtime) buildSpec(spec runtime.Spec, netns string, rootID uint32) (*sp
 		return nil, fmt.Errorf("seccomp profile: %w", err)
 	}
 	s.Linux.Seccomp = sc
-	env := sessionEnv(spec)
+	env := sessionEnv(spec, devices)
 	s.Process.Env = slices.DeleteFunc(s.Process.Env, func(kv string) bool {
 		k, _, _ := strings.Cut(kv, "=")
 		_, ours := env[k]
@@ -74,7 +74,7 @@ func (r *Runtime) buildSpec(spec runtime.Spec, netns string, rootID uint32) (*sp
 // environment, its hostname and cgroup limits, in a user namespace whose
 // root is host id rootID (see userns.go). netns, when set, is the network
 // namespace to join instead of a new one.
-func (r *Runtime) containerSpec(spec runtime.Spec, netns string, rootID uint32) *specs.Spec {
+func (r *Runtime) containerSpec(spec runtime.Spec, devices []string, netns string, rootID uint32) *specs.Spec {
 	id := spec.SessionID
 	caps := []string{"CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"}
 	env := []string{
@@ -82,11 +82,11 @@ func (r *Runtime) containerSpec(spec runtime.Spec, netns string, rootID uint32) 
 		"HOME=" + homeInContainer,
 		"TERM=xterm",
 	}
-	senv := sessionEnv(spec)
+	senv := sessionEnv(spec, devices)
 	for _, k := range slices.Sorted(maps.Keys(senv)) {
 		env = append(env, k+"="+senv[k])
 	}
-	l := r.limitsFor(spec.GPUType)
+	l := r.limitsFor(spec.GPU.Type)
 	res := &specs.LinuxResources{
 		Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
 	}
@@ -154,11 +154,11 @@ func (r *Runtime) containerSpec(spec runtime.Spec, netns string, rootID uint32) 
 	}
 }
 
-// sessionEnv is the session's environment contract and, with a workspace,
-// where it is mounted; the runtime's word on its workspace wins over
-// spec.Env.
-func sessionEnv(spec runtime.Spec) map[string]string {
-	env := runtime.SessionEnv(spec)
+// sessionEnv is the session's environment contract for its devices and,
+// with a workspace, where it is mounted; the runtime's word on its
+// workspace wins over spec.Env.
+func sessionEnv(spec runtime.Spec, devices []string) map[string]string {
+	env := runtime.SessionEnv(spec, devices)
 	if spec.Workspace != "" {
 		env["DEVGPU_WORKSPACE"] = workspaceInContainer
 		delete(env, "DEVGPU_WORKSPACE_READONLY")
