@@ -28,8 +28,10 @@ import (
 
 	"github.com/devgpu/devgpu/internal/gpu"
 	"github.com/devgpu/devgpu/internal/image"
+	"github.com/devgpu/devgpu/internal/link"
 	"github.com/devgpu/devgpu/internal/netpolicy"
 	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/runtime/hostgpu"
 	"github.com/devgpu/devgpu/internal/runtime/inproc"
 	"github.com/devgpu/devgpu/internal/runtime/local"
 	"github.com/devgpu/devgpu/internal/runtime/oci"
@@ -56,12 +58,14 @@ type serverOptions struct {
 	budgetInterval   time.Duration
 	rates            *store.RateCard
 	runtime          string
-	oci              ociConfig
-	collectImages    func(context.Context) // set by the oci runtime with a disk budget
-	registries       map[string]image.Credential
-	insecureLocal    bool // server_local.go
-	localMaxPids     int
-	front            frontDoorOptions
+	// backends are the config file's; none means one named after runtime.
+	backends      []backendConfig
+	oci           ociConfig
+	collectImages func(context.Context) // set by the oci runtime with a disk budget
+	registries    map[string]image.Credential
+	insecureLocal bool // server_local.go
+	localMaxPids  int
+	front         frontDoorOptions
 }
 
 // frontDoorOptions are how the server meets the network: TLS, plain HTTP
@@ -192,7 +196,8 @@ func runServer(ctx context.Context, o serverOptions) error {
 	} else {
 		log.Debug("open-file limit", "limit", limit)
 	}
-	if err := o.resolveRuntime(log); err != nil {
+	backendConfigs, err := o.resolveBackends(log)
+	if err != nil {
 		return err
 	}
 	st, err := openStore(ctx, o.storeURL, dataDir)
@@ -204,7 +209,18 @@ func runServer(ctx context.Context, o serverOptions) error {
 		return err
 	}
 
-	devices, err := inventory(ctx, o.gpus, log)
+	// Only a runtime of this host lends its GPUs (o.runtime names it).
+	var devices []hostgpu.Device
+	if o.runtime != "" {
+		devs, err := inventory(ctx, o.gpus, log)
+		if err != nil {
+			return err
+		}
+		devices = hostgpu.FromGPU(devs)
+	} else if o.gpus != "" {
+		return errors.New("--gpus (or the config's \"gpus\") simulates this host's GPUs, but no backend runs sessions on this host; drop it, or add a backend with runtime local, oci or inproc")
+	}
+	installation, err := installationID(dataDir)
 	if err != nil {
 		return err
 	}
@@ -213,9 +229,27 @@ func runServer(ctx context.Context, o serverOptions) error {
 		return fmt.Errorf("cannot listen on %s (%v); choose another address with --listen", o.listen, err)
 	}
 	defer ln.Close()
-	rt, err := o.newRuntime(dataDir, ln.Addr(), log)
-	if err != nil {
-		return err
+	var hub *link.Hub
+	var backends []server.Backend
+	var warnings []string
+	for _, b := range backendConfigs {
+		var rt runtime.Runtime
+		if b.Runtime == "kube" {
+			if hub == nil {
+				hub = link.NewHub(log)
+				defer hub.Close()
+			}
+			k, closeKube, err := kubeRuntime(ctx, b.Name, b.Kube, installation, hub, caFile, log)
+			if err != nil {
+				return err
+			}
+			defer closeKube()
+			rt = k
+		} else if rt, err = o.newRuntime(b.Runtime, dataDir, ln.Addr(), devices, log); err != nil {
+			return err
+		}
+		backends = append(backends, server.Backend{Name: b.Name, Runtime: rt})
+		warnings = append(warnings, o.runtimeWarnings(rt)...)
 	}
 	if o.collectImages != nil {
 		// Owned: the server stops and waits for it before it returns, so
@@ -231,30 +265,38 @@ func runServer(ctx context.Context, o serverOptions) error {
 		return err
 	}
 	srv, err := server.New(ctx, server.Config{
-		Store: st, Runtime: rt, GPUs: devices, Logger: log, AgentKey: agentKey,
+		Store: st, Backends: backends, Link: hub, Logger: log, AgentKey: agentKey,
 		LivenessInterval: o.livenessInterval, PingInterval: o.pingInterval,
 		BudgetInterval: o.budgetInterval, Rates: o.rates, WorkspaceDir: filepath.Join(dataDir, "workspaces"),
 		TLS: tlsConfig, MetricsToken: o.front.metricsToken, MaxTunnelsPerUser: o.front.maxTunnelsPerUser,
 		MaxTunnelsPerAddress: o.front.maxTunnelsPerAddress, MaxConnsPerAddress: o.front.maxConnsPerAddress,
-		SingleUser: o.singleUser(), RuntimeWarnings: o.runtimeWarnings(rt),
+		SingleUser: o.singleUser(), RuntimeWarnings: warnings,
 	})
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
-	log.Info("devgpu server listening", "version", version.String(), "url", url, "data", dataDir, "gpus", len(devices))
+	names := make([]string, len(backends))
+	for i, b := range backends {
+		names[i] = b.Name + "=" + b.Runtime.Name()
+	}
+	log.Info("devgpu server listening", "version", version.String(), "url", url, "data", dataDir,
+		"installation", installation, "backends", strings.Join(names, ","), "host_gpus", len(devices))
 	return srv.Serve(ctx, ln)
 }
 
 // serverConfig is the file --config reads.
 type serverConfig struct {
-	Listen  string       `json:"listen"`
-	Data    string       `json:"data"`
-	Store   string       `json:"store"`
-	GPUs    string       `json:"gpus"`
-	Runtime string       `json:"runtime"`
-	OCI     *ociConfig   `json:"oci"`
-	Rates   *ratesConfig `json:"rates"`
+	Listen  string `json:"listen"`
+	Data    string `json:"data"`
+	Store   string `json:"store"`
+	GPUs    string `json:"gpus"`
+	Runtime string `json:"runtime"`
+	// Backends are the runtimes sessions run on, each under its own name
+	// (the first is the default); without them, one named after Runtime.
+	Backends []backendConfig `json:"backends"`
+	OCI      *ociConfig      `json:"oci"`
+	Rates    *ratesConfig    `json:"rates"`
 	// Registries holds credentials per registry host; the docker
 	// config.json ($DOCKER_CONFIG) is read too.
 	Registries map[string]image.Credential `json:"registries"`
@@ -291,7 +333,7 @@ func (o *serverOptions) loadConfig(cmd *cobra.Command) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
-		return fmt.Errorf("server config %s is not valid (%v); it takes listen, data, store, gpus and rates", o.config, err)
+		return fmt.Errorf("server config %s is not valid (%v); it takes listen, data, store, gpus, runtime or backends, oci, rates, registries and the TLS and connection settings", o.config, err)
 	}
 	for flag, v := range map[string]struct {
 		dst *string
@@ -312,6 +354,7 @@ func (o *serverOptions) loadConfig(cmd *cobra.Command) error {
 		}
 	}
 	o.registries = c.Registries
+	o.backends = c.Backends
 	o.front.loadConfig(cmd, c)
 	if c.Rates != nil {
 		card, err := c.Rates.card()
@@ -341,11 +384,12 @@ func (r ratesConfig) card() (*store.RateCard, error) {
 	return card, nil
 }
 
-// newRuntime builds the runtime --runtime names.
-func (o *serverOptions) newRuntime(dataDir string, api net.Addr, log *slog.Logger) (runtime.Runtime, error) {
-	switch o.runtime {
+// newRuntime builds a runtime of this host, kind local, oci or inproc,
+// lending devices.
+func (o *serverOptions) newRuntime(kind, dataDir string, api net.Addr, devices []hostgpu.Device, log *slog.Logger) (runtime.Runtime, error) {
+	switch kind {
 	case "local":
-		return local.New(local.Config{Dir: filepath.Join(dataDir, "sessions"), Logger: log,
+		return local.New(local.Config{Dir: filepath.Join(dataDir, "sessions"), Logger: log, Devices: devices,
 			Hide: o.localHidden(dataDir), MaxPids: o.localMaxPids})
 	case "inproc":
 		// For benchmarks of the control plane alone: agents run inside the
@@ -354,10 +398,10 @@ func (o *serverOptions) newRuntime(dataDir string, api net.Addr, log *slog.Logge
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, err
 		}
-		return inproc.New(inproc.NewRegistry(dir)), nil
+		return inproc.New(inproc.NewRegistry(dir, devices...)), nil
 	case "oci":
 	default:
-		return nil, fmt.Errorf("--runtime %q is not local, oci or inproc", o.runtime)
+		return nil, fmt.Errorf("--runtime %q is not local, oci or inproc; choose one of them", kind)
 	}
 	agentBin := o.oci.AgentBinary
 	if agentBin == "" {
@@ -412,7 +456,7 @@ func (o *serverOptions) newRuntime(dataDir string, api net.Addr, log *slog.Logge
 	return oci.New(oci.Config{
 		Seccomp: o.oci.Seccomp, Limits: limits,
 		StateDir: filepath.Join(dataDir, "oci"), AgentPath: agentBin, Images: imageRootfs{images},
-		Image: o.oci.DefaultImage, Network: network, Logger: log, Disk: disk,
+		Image: o.oci.DefaultImage, Network: network, Logger: log, Disk: disk, Devices: devices,
 	})
 }
 

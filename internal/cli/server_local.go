@@ -62,10 +62,10 @@ func (o *serverOptions) checkLocalUsers(ctx context.Context, st store.Store) err
 	return nil
 }
 
-// runtimeWarnings is what the runtime cannot enforce, for whoami.
+// runtimeWarnings is what a backend's runtime cannot enforce, for whoami.
 func (o *serverOptions) runtimeWarnings(rt runtime.Runtime) []string {
 	var out []string
-	if o.runtime == "local" && o.insecureLocal {
+	if rt.Name() == "local" && o.insecureLocal {
 		out = append(out, insecureLocalWarning)
 	}
 	if w, ok := rt.(interface{ Warnings() []string }); ok {
