@@ -382,7 +382,7 @@ func (s *Server) checkLiveness(ctx context.Context) error {
 			failedStops = append(failedStops, id)
 			continue
 		}
-		instances, ok := listed[s.backendNamed(l.backend).Name]
+		instances, ok := listed[l.backend]
 		_, alive := instances[id]
 		switch {
 		case !ok:
@@ -445,12 +445,15 @@ func (s *Server) endLost(ctx context.Context, id string) {
 	}
 }
 
-// reconcile runs once at start-up, before the API answers: sessions the
-// runtime still has become running-and-detached (their clients' tunnels
+// reconcile runs once at start-up, before the API answers, matching each
+// backend's sessions with the records of that backend only: sessions their
+// backend still has become running-and-detached (their clients' tunnels
 // died with the old server, so they get the detach grace to come back);
-// recorded sessions the runtime lost end as `lost`; stops cut short by
+// recorded sessions their backend lost end as `lost`; stops cut short by
 // the restart finish with their recorded reason and time; starts cut
-// short end `failed`; runtime sessions with no active record are stopped.
+// short end `failed`; a backend's sessions with no active record of that
+// backend are stopped there. A backend that cannot list its sessions
+// keeps its running ones (the liveness loop checks them once it answers).
 func (s *Server) reconcile(ctx context.Context) error {
 	listed := s.listBackends(ctx)
 	active, err := s.store.ListSessions(ctx, store.SessionFilter{ActiveOnly: true})
