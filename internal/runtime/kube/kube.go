@@ -354,41 +354,43 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 	r.mu.Lock()
 	delete(r.reports, id)
 	r.mu.Unlock()
-	uid, err := r.remove(ctx, id, terminationGrace/2)
+	deleted, err := r.remove(ctx, id, terminationGrace/2)
 	if err != nil {
 		return err
 	}
-	if uid == "" {
+	if deleted == nil {
 		return nil
 	}
 	wctx, cancel := context.WithTimeout(ctx, stopWait)
 	defer cancel()
-	if err := r.waitGone(wctx, id, uid); err != nil {
+	if err := r.waitGone(wctx, id, deleted.UID); err != nil {
 		r.log.Warn("session Pod not gone yet after Stop", "session_id", id, "err", err)
 	}
 	return nil
 }
 
 // remove deletes the session's objects that carry this runtime's labels,
-// the Pod with grace seconds to end, and returns the deleted Pod's UID (""
+// the Pod with grace seconds to end, and returns the Pod it deleted (nil
 // when there was none).
-func (r *Runtime) remove(ctx context.Context, id string, grace int64) (types.UID, error) {
+func (r *Runtime) remove(ctx context.Context, id string, grace int64) (*corev1.Pod, error) {
 	name := podName(id)
 	ns := r.cfg.Namespace
 	var errs []error
 	pod, err := r.client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-	var uid types.UID
+	var deleted *corev1.Pod
 	switch {
 	case apierrors.IsNotFound(err):
 	case err != nil:
 		errs = append(errs, fmt.Errorf("get Pod %s/%s: %w", ns, name, err))
 	case r.owned(pod.Labels):
-		uid = pod.UID
 		err := r.client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{
 			GracePeriodSeconds: &grace,
-			Preconditions:      &metav1.Preconditions{UID: &uid},
+			Preconditions:      &metav1.Preconditions{UID: &pod.UID},
 		})
-		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		switch {
+		case err == nil:
+			deleted = pod
+		case !apierrors.IsNotFound(err) && !apierrors.IsConflict(err):
 			errs = append(errs, fmt.Errorf("delete Pod %s/%s: %w", ns, name, err))
 		}
 	}
@@ -417,9 +419,9 @@ func (r *Runtime) remove(ctx context.Context, id string, grace int64) (types.UID
 		}
 	}
 	if len(errs) > 0 {
-		return uid, fmt.Errorf("stop session %s on kube backend %s: %w", id, r.cfg.Backend, errors.Join(errs...))
+		return deleted, fmt.Errorf("stop session %s on kube backend %s: %w", id, r.cfg.Backend, errors.Join(errs...))
 	}
-	return uid, nil
+	return deleted, nil
 }
 
 // waitGone waits until the informer no longer holds the Pod with uid.
