@@ -343,8 +343,15 @@ func (s suite) start(t *testing.T, rt runtime.Runtime, prefix string) (runtime.S
 }
 
 // StartSpec starts the session, fails the test if it does not start, and
-// stops it when the test ends. It returns the spec and where it landed.
-func StartSpec(t *testing.T, rt runtime.Runtime, spec runtime.Spec) runtime.Placement {
+// stops it when the test ends. It returns spec, to be written inline.
+func StartSpec(t *testing.T, rt runtime.Runtime, spec runtime.Spec) runtime.Spec {
+	t.Helper()
+	startSpec(t, rt, spec, testutil.WaitMedium)
+	return spec
+}
+
+// Place is StartSpec that returns where the session landed.
+func Place(t *testing.T, rt runtime.Runtime, spec runtime.Spec) runtime.Placement {
 	t.Helper()
 	return startSpec(t, rt, spec, testutil.WaitMedium)
 }
