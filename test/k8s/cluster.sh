@@ -146,7 +146,11 @@ running() { local f; f=$(pidfile $1); [ -f $f ] && alive $(cat $f); }
 start() { # name cmd...   (own session, so it never gets the caller's signals)
   local n=$1; shift
   mkdir -p $W/logs $W/pids
-  setsid "$@" > $W/logs/$n.log 2>&1 < /dev/null &
+  # close inherited descriptors: a daemon holding the caller's flock of /run/devgpu-k8s.lock would keep it locked
+  (
+    for fd in $(ls /proc/$BASHPID/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done
+    exec setsid "$@"
+  ) > $W/logs/$n.log 2>&1 < /dev/null &
   echo $! > $(pidfile $n)
 }
 stop_one() { # name [timeout]
