@@ -168,6 +168,10 @@ up() {
     --listen-client-urls http://127.0.0.1:$ETCD_CLIENT --advertise-client-urls http://127.0.0.1:$ETCD_CLIENT \
     --listen-peer-urls http://127.0.0.1:$ETCD_PEER --initial-advertise-peer-urls http://127.0.0.1:$ETCD_PEER \
     --initial-cluster kwok=http://127.0.0.1:$ETCD_PEER --logger=zap --log-level warn
+  # --watch-cache=false: the watch cache serves client-go's streaming lists (WatchListClient, on by
+  # default) only on an etcd with RequestWatchProgress, which Debian's 3.4.23 lacks; it failed every
+  # such watch, and kwok's informers fell back to relisting with backoff, which delayed its Pod changes
+  # by seconds. Without the cache, watches go to etcd, which serves them.
   # A fake cluster needs no controller-manager: up creates what it would (the default ServiceAccounts)
   # and nodes removes the not-ready taint it would remove.
   start kube-apiserver "$B/kube-apiserver" --etcd-servers=http://127.0.0.1:$ETCD_CLIENT \
@@ -176,7 +180,7 @@ up() {
     --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$P/sa.pub" \
     --service-account-signing-key-file="$P/sa.key" --token-auth-file="$P/tokens.csv" \
     --authorization-mode=RBAC --service-cluster-ip-range=10.97.0.0/24 --allow-privileged=true \
-    --max-requests-inflight=1000 --max-mutating-requests-inflight=500
+    --max-requests-inflight=1000 --max-mutating-requests-inflight=500 --watch-cache=false
   kubeconfig "$W/admin.kubeconfig" "$(sed -n 's/^\([^,]*\),admin,.*/\1/p' "$P/tokens.csv")"
   kubeconfig "$W/sched.kubeconfig" "$(sed -n 's/^\([^,]*\),system:kube-scheduler,.*/\1/p' "$P/tokens.csv")"
   waitfor 60 kube-apiserver kubectl_ get --raw /readyz || exit 1
