@@ -25,14 +25,13 @@ import (
 	"github.com/creack/pty"
 
 	"github.com/devgpu/devgpu/internal/testutil"
+	"github.com/devgpu/devgpu/internal/testutil/kcluster"
 	"github.com/devgpu/devgpu/sdk"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testutil.Cleanup()
-	os.Exit(code)
-}
+// TestMain stops the Kubernetes test cluster if a kube test started it
+// (kube_test.go), and cleans up what testutil made.
+func TestMain(m *testing.M) { kcluster.Main(m) }
 
 // env is one devgpu installation: a data directory, a CLI config, and the
 // server process serving them.
@@ -122,8 +121,9 @@ func (e *env) startServerWith(args []string) {
 	e.exited = make(chan struct{})
 	go func() { _ = cmd.Wait(); close(e.exited) }()
 	probe, scheme := http.DefaultClient, "http"
-	if slices.Contains(args, "--tls-cert") {
-		// Only waiting for it to answer here: tls_test.go checks who trusts it.
+	if slices.Contains(args, "--tls-cert") || !strings.HasPrefix(e.addr, "127.") {
+		// Only waiting for it to answer here: tls_test.go checks who trusts
+		// it. (--dev beyond loopback serves TLS with a certificate of its own.)
 		probe, scheme = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}, "https"
 	}
 	testutil.Eventually(e.t, testutil.WaitMedium, "the server to answer /healthz", func() bool {
