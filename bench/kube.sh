@@ -36,6 +36,7 @@ LOCK=/run/devgpu-k8s.lock # internal/testutil/kcluster's: one user of the cluste
 WORK=$(mktemp -d /tmp/dgkube.XXXXXX)
 SERVER_PID=
 CLUSTER_UP=
+KUBECTL=
 
 log() { echo "[kube $(date +%H:%M:%S)] $*" >&2; }
 die() { echo "kube.sh: $*" >&2; exit 1; }
@@ -49,6 +50,15 @@ cleanup() {
 		kill "$SERVER_PID" 2>/dev/null
 		wait "$SERVER_PID" 2>/dev/null
 	fi
+	if [[ $rc != 0 && -f $WORK/server.log ]]; then
+		echo "---- last lines of the server log ($WORK/server.log) ----" >&2
+		tail -n 40 "$WORK/server.log" >&2
+	fi
+	if [[ $rc != 0 && -n $CLUSTER_UP && -n $KUBECTL ]]; then
+		echo "---- Pods and events in $NS ----" >&2
+		"$KUBECTL" -n "$NS" get pods -o wide >&2
+		"$KUBECTL" -n "$NS" get events --sort-by=.lastTimestamp 2>&1 | tail -n 20 >&2
+	fi
 	if [[ -n $CLUSTER_UP ]]; then
 		if [[ -n ${BENCH_KEEP_CLUSTER:-} ]]; then
 			log "leaving the cluster up (BENCH_KEEP_CLUSTER); $("$CLUSTER" env 9>&-)"
@@ -56,10 +66,6 @@ cleanup() {
 		else
 			"$CLUSTER" down 9>&- >"$WORK/cluster-down.log" 2>&1 || log "cluster.sh down failed; see $WORK/cluster-down.log"
 		fi
-	fi
-	if [[ $rc != 0 && -f $WORK/server.log ]]; then
-		echo "---- last lines of the server log ($WORK/server.log) ----" >&2
-		tail -n 40 "$WORK/server.log" >&2
 	fi
 	if [[ -n ${BENCH_KEEP:-} || $rc != 0 ]]; then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
 }
@@ -141,42 +147,53 @@ prompt() {
 	"$WORK/benchtool" prompt -name "$name" -n 1 -warmup 0 -timeout 120s -out "$WORK/$name.jsonl" -- "$@" 2>>"$WORK/benchtool.log" >/dev/null
 }
 
-# compare A_NAME A_CMD B_NAME B_CMD [BEFORE]: N+1 rounds, one run of each per
-# round, the first round unrecorded, B first in odd rounds. BEFORE, a
-# function, runs untimed before each run of A.
+# settled PODS: the namespace holds exactly PODS Pods, all running and none
+# being deleted (so no Pod of an earlier run still starts or stops).
+settled() {
+	[[ $("$KUBECTL" -n "$NS" get pods -o json | jq --argjson want "$1" '(.items | length) as $n | $n == $want and ([.items[] | select(.metadata.deletionTimestamp == null and .status.phase == "Running")] | length) == $n') == true ]]
+}
+
+# compare A_NAME A_CMD B_NAME B_CMD SETTLE: N+1 rounds, one run of each per
+# round, the first round unrecorded, B first in odd rounds. SETTLE, a
+# command, runs untimed before every run: it waits until what the last run
+# left behind (a Pod ending, a warm pool refilling) is done, so neither
+# command is timed while the other's aftermath loads the machine.
 compare() {
-	local a=$1 acmd=$2 b=$3 bcmd=$4 before=${5:-true} i
+	local a=$1 acmd=$2 b=$3 bcmd=$4 settle=$5 i
 	for ((i = 0; i <= N; i++)); do
 		local sa=$a sb=$b
 		((i > 0)) || { sa=warmup_$a sb=warmup_$b; }
 		if ((i % 2)); then
-			prompt "$sb" $bcmd
-			$before
-			prompt "$sa" $acmd
+			$settle && prompt "$sb" $bcmd
+			$settle && prompt "$sa" $acmd
 		else
-			$before
-			prompt "$sa" $acmd
-			prompt "$sb" $bcmd
+			$settle && prompt "$sa" $acmd
+			$settle && prompt "$sb" $bcmd
 		fi
 		log "  round $i/$N"
 	done
 }
 
 log "cold: devgpu shell vs kubectl run --rm -it, $N runs each"
-compare cold_devgpu "$DEVGPU shell" cold_kubectl "$WORK/kubectl-run"
+cold_settle() { waitfor 120 "the last run's Pod to go" settled 0; }
+compare cold_devgpu "$DEVGPU shell" cold_kubectl "$WORK/kubectl-run" cold_settle
 
 log "warm: a GPU Pod for kubectl exec, and a warm pool of 1"
 "$KUBECTL" -n "$NS" run bench-target --restart=Never --image "$IMAGE" --image-pull-policy=IfNotPresent \
 	--override-type=strategic --overrides '{"spec":{"containers":[{"name":"bench-target","resources":{"limits":{"nvidia.com/gpu":"1"}}}]}}' \
 	-- sleep 1000000 >/dev/null
 "$KUBECTL" -n "$NS" wait --for=condition=Ready pod/bench-target --timeout=120s >/dev/null
-"$DEVGPU" admin pool set default --gpu t4 --size 1 >/dev/null
+"$DEVGPU" admin pool set default --gpu t4 --size 1 >/dev/null 2>&1
 pool_ready() { [[ $("$DEVGPU" admin pool list --json | jq '[.[] | select(.project == "default" and .gpu_type == "t4")][0].ready') == 1 ]]; }
-# The pool refills after each claim: wait for it, untimed, before each devgpu shell.
-refilled() { waitfor 120 "the warm pool to hold a ready session again" pool_ready; }
+# The pool refills after each claim: wait for the ready session and for the
+# Pods to be only bench-target and the ready one.
+warm_settle() {
+	waitfor 120 "the warm pool to hold a ready session again" pool_ready
+	waitfor 120 "the claimed session's Pod to go" settled 2
+}
 claimed() { curl -fsSk "https://$ADDR/metrics" | awk '/^devgpu_admissions_total\{outcome="claimed"/ {s += $2} END {print s + 0}'; }
 claimed_before=$(claimed)
-compare warm_devgpu "$DEVGPU shell" warm_kubectl "$KUBECTL -n $NS exec -it bench-target -- sh" refilled
+compare warm_devgpu "$DEVGPU shell" warm_kubectl "$KUBECTL -n $NS exec -it bench-target -- sh" warm_settle
 claimed_after=$(claimed)
 
 # stats NAME: "median p99 n failures last_error" over the recorded runs (benchtool's percentiles).
@@ -212,7 +229,8 @@ row "warm pool of 1" warm_devgpu warm_kubectl '`kubectl exec -it`' 1.5
 mem=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
 report=$(
 	echo "Time to a shell prompt on the kube runtime (\`bench/kube.sh\`, BENCH_KUBE_N=$N): spawn on a PTY until a typed"
-	echo "\`echo \$((a+b))\` has run (\`benchtool prompt\`), alternating the two commands of a row, one run each in turn."
+	echo "\`echo \$((a+b))\` has run (\`benchtool prompt\`), alternating the two commands of a row, one run each in turn, each"
+	echo "once the Pods of the last run have gone (and the warm pool has refilled)."
 	echo "Machine: $(nproc) cores, $mem; one-node Kubernetes $("$KUBECTL" version -o json 2>/dev/null | jq -r .serverVersion.gitVersion) from test/k8s/cluster.sh, image $IMAGE, nvidia.com/gpu: 1."
 	echo
 	echo "| runs | \`devgpu shell\` median / p99 (ms) | kubectl | kubectl median / p99 (ms) | median ratio | p99 ratio | target | met | runs ok+failed devgpu / kubectl |"
