@@ -226,6 +226,56 @@ row() { # label devgpu-name kubectl-name kubectl-label target
 row "cold (no pool)" cold_devgpu cold_kubectl '`kubectl run --rm -it`' 1.0
 row "warm pool of 1" warm_devgpu warm_kubectl '`kubectl exec -it`' 1.5
 
+# breakdown: where the cold starts went, from containerd's CRI log (ms
+# timestamps of RunPodSandbox, CreateContainer and StartContainer per Pod)
+# and the server's log (request, Pod created, agent linked): medians over
+# every devgpu session Pod of this run and every `kubectl run` Pod.
+breakdown() {
+	local ctrd=${K[WORK]}/logs/containerd.log
+	[[ -f $ctrd ]] || return 0
+	awk '
+		function ts(s,  a) { split(substr(s, index(s, "T") + 1, 15), a, ":"); return a[1] * 3600 + a[2] * 60 + a[3] }
+		function got(skip) { return substr($0, RSTART + skip, RLENGTH - skip) }
+		FNR == 1 { file++ }
+		file == 1 && /msg="RunPodSandbox for/ {
+			match($0, /Name:[^,]*/); pod = got(5)
+			if (/returns sandbox id/) { match($0, /sandbox id \\"[0-9a-f]*/); sbpod[got(13)] = pod; sbdone[pod] = ts($1) } else sbstart[pod] = ts($1)
+		}
+		file == 1 && /msg="CreateContainer within sandbox/ {
+			match($0, /sandbox \\"[0-9a-f]*/); pod = sbpod[got(10)]
+			if (/returns container id/) { match($0, /container id \\"[0-9a-f]*/); cid = got(15); cpod[cid] = pod; cidx[cid] = n[pod] }
+			else create[pod, ++n[pod]] = ts($1)
+		}
+		file == 1 && /msg="StartContainer for/ && /returns successfully/ { match($0, /for \\"[0-9a-f]*/); cid = got(6); started[cpod[cid], cidx[cid]] = ts($1) }
+		file == 2 && /msg="(session starting|session Pod created|agent linked)"/ {
+			match($0, /session_id=[a-z0-9]*/); pod = "devgpu-" got(11)
+			if (/session starting/) req[pod] = ts($1); else if (/Pod created/) made[pod] = ts($1); else linked[pod] = ts($1)
+		}
+		function add(k, v) { vals[k] = vals[k] " " sprintf("%.0f", 1000 * v) }
+		END {
+			for (pod in sbstart) {
+				k = n[pod]
+				if (pod ~ /^devgpu-/ && k == 2 && (pod in linked)) g = "devgpu"; else if (pod ~ /^bench-[0-9]/ && k == 1) g = "kubectl"; else continue
+				add(g ":sandbox", sbdone[pod] - sbstart[pod])
+				add(g ":main", started[pod, k] - create[pod, k])
+				if (g == "devgpu") {
+					add(g ":api", made[pod] - req[pod])
+					add(g ":sched", sbstart[pod] - made[pod])
+					add(g ":init", started[pod, 1] - create[pod, 1])
+					add(g ":initexit", create[pod, 2] - started[pod, 1])
+					add(g ":link", linked[pod] - started[pod, 2])
+				}
+			}
+			for (k in vals) { m = split(substr(vals[k], 2), x, " "); asort(x); med[k] = x[int((m + 1) / 2)]; cnt[k] = m }
+			split("api=server: admission, Secret, NetworkPolicy and Pod created|sched=Pod created to sandbox requested (scheduler, kubelet)|sandbox=sandbox (pause container, CNI)|init=init container created and started (copies the agent)|initexit=init container started to next container created (the kubelet notices it exited)|main=main container created and started|link=main container started to agent linked (TLS WebSocket)", rows, "|")
+			printf "| phase (median ms) | devgpu Pod (n=%d) | kubectl run Pod (n=%d) |\n| --- | ---: | ---: |\n", cnt["devgpu:sandbox"], cnt["kubectl:sandbox"]
+			for (i = 1; i in rows; i++) {
+				split(rows[i], r, "=")
+				printf "| %s | %s | %s |\n", r[2], (("devgpu:" r[1]) in med) ? med["devgpu:" r[1]] : "—", (("kubectl:" r[1]) in med) ? med["kubectl:" r[1]] : "—"
+			}
+		}' "$ctrd" "$WORK/server.log"
+}
+
 mem=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
 report=$(
 	echo "Time to a shell prompt on the kube runtime (\`bench/kube.sh\`, BENCH_KUBE_N=$N): spawn on a PTY until a typed"
@@ -240,6 +290,12 @@ report=$(
 	echo "Warm-pool shells claimed a ready session: $((claimed_after - claimed_before)) of $((N + 1)) (server metric devgpu_admissions_total{outcome=\"claimed\"})."
 	echo "\`kubectl run\` goes through a wrapper (sh + date for a unique Pod name): a few ms counted against kubectl."
 	[[ ${#notes[@]} == 0 ]] || printf '%s\n' "${notes[@]}"
+	echo
+	echo "Where a cold start goes (containerd's and the server's logs; devgpu includes the warm pool's refills):"
+	echo
+	breakdown
+	echo
+	echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 )
 echo "$report"
 [[ -z $REPORT_FILE ]] || echo "$report" >"$REPORT_FILE"
