@@ -277,13 +277,17 @@ func TestKubeCapacityLossAndInstallations(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.WaitPod(t, ns, "hog", testutil.WaitLong, func(p *corev1.Pod) (bool, error) { return p.Status.Phase == corev1.PodRunning, nil })
-	pending := e.background("run", "--", "echo scheduled")
-	pending.waitStderr(t, "Insufficient nvidia.com/gpu")
+	// The terminal shows the start's progress; wide enough for the
+	// scheduler's whole sentence.
+	pending := e.terminal("run", "--", "echo scheduled")
+	pending.resize(40, 250)
+	pending.expect("waiting for a free t4 in " + kcluster.Region + ": 0/1 nodes are available: 1 Insufficient nvidia.com/gpu")
 	if err := c.Client.CoreV1().Pods(ns).Delete(ctx, "hog", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 		t.Fatal(err)
 	}
-	if code := pending.wait(t); code != 0 || pending.stdout.String() != "scheduled\n" {
-		t.Fatalf("the run that waited on the scheduler: exit %d, stdout %q, stderr %q", code, pending.stdout.String(), pending.stderr.String())
+	pending.expect("scheduled")
+	if code := pending.wait(); code != 0 {
+		t.Fatalf("the run that waited on the scheduler exited %d:\n%s", code, pending.output())
 	}
 
 	// A Pod deleted behind devgpu's back: the session ends lost.

@@ -212,8 +212,12 @@ func findSession(ctx context.Context, client *sdk.Client, cfg config, f sessionF
 	req := sdk.CreateSessionRequest{Project: project, GPUType: f.gpuType, Region: f.region, Image: f.image,
 		Wait: sdk.Duration(f.wait), Progress: status.tty}
 	sess, err := createWaiting(ctx, client, req, func(ev sdk.SessionEvent) {
-		if ev.Step != "" {
+		switch {
+		case ev.Step != "" && ev.Total > 0: // a pull that counts its bytes
 			status.set(fmt.Sprintf("%s %d/%d MB", ev.Step, ev.Done>>20, ev.Total>>20))
+			return
+		case ev.Step != "": // such as a Pod waiting for the scheduler, in its words
+			status.set(ev.Step)
 			return
 		}
 		status.set(fmt.Sprintf("queued, position %d: %s", ev.Position, waitReason(ev.Reason)))
