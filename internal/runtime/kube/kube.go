@@ -320,18 +320,25 @@ func (r *Runtime) watchPod(name string) (<-chan struct{}, func()) {
 	}
 }
 
-// Connect opens a stream to the session's agent over its link. After a
-// control plane restart the agent of a running Pod links again within
-// seconds; Connect waits for it rather than call the session lost.
+// Connect opens a stream to the session's agent over its link, if the
+// session's Pod is this runtime's: the hub may hold the links of other
+// backends' sessions too. After a control plane restart the agent of a
+// running Pod links again within seconds; Connect waits for it rather
+// than call the session lost.
 func (r *Runtime) Connect(ctx context.Context, id string) (net.Conn, error) {
-	if !r.cfg.Link.Linked(id) && runtime.ValidID(id) {
-		if p, err := r.pods.Pods(r.cfg.Namespace).Get(podName(id)); err == nil && live(p) {
-			wctx, cancel := context.WithTimeout(ctx, relinkWait)
-			_, err := r.cfg.Link.WaitLinked(wctx, id)
-			cancel()
-			if err != nil && ctx.Err() != nil {
-				return nil, fmt.Errorf("connect to session %s: %w", id, ctx.Err())
-			}
+	if !runtime.ValidID(id) {
+		return nil, fmt.Errorf("connect to session %q: %w", id, runtime.ErrNotFound)
+	}
+	p, err := r.pods.Pods(r.cfg.Namespace).Get(podName(id))
+	if err != nil || !r.owned(p.Labels) {
+		return nil, fmt.Errorf("connect to session %s: no Pod of kube backend %s holds it: %w", id, r.cfg.Backend, runtime.ErrNotFound)
+	}
+	if !r.cfg.Link.Linked(id) && live(p) {
+		wctx, cancel := context.WithTimeout(ctx, relinkWait)
+		_, err := r.cfg.Link.WaitLinked(wctx, id)
+		cancel()
+		if err != nil && ctx.Err() != nil {
+			return nil, fmt.Errorf("connect to session %s: %w", id, ctx.Err())
 		}
 	}
 	return r.cfg.Link.Dial(ctx, id)
@@ -350,7 +357,6 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 	if !runtime.ValidID(id) {
 		return nil // no such session could have been started
 	}
-	r.cfg.Link.Forget(id)
 	r.mu.Lock()
 	delete(r.reports, id)
 	r.mu.Unlock()
@@ -369,15 +375,19 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 	return nil
 }
 
-// remove deletes the session's objects that carry this runtime's labels,
-// the Pod with grace seconds to end, and returns the Pod it deleted (nil
-// when there was none).
+// remove ends the session's link and deletes its objects that carry this
+// runtime's labels, the Pod with grace seconds to end, and returns the Pod
+// it deleted (nil when there was none). A session whose Pod is another's
+// (another backend or installation sharing the hub) keeps its link.
 func (r *Runtime) remove(ctx context.Context, id string, grace int64) (*corev1.Pod, error) {
 	name := podName(id)
 	ns := r.cfg.Namespace
 	var errs []error
 	pod, err := r.client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 	var deleted *corev1.Pod
+	if apierrors.IsNotFound(err) || (err == nil && r.owned(pod.Labels)) {
+		r.cfg.Link.Forget(id)
+	}
 	switch {
 	case apierrors.IsNotFound(err):
 	case err != nil:

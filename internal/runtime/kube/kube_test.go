@@ -232,6 +232,9 @@ func TestClusterLifecycle(t *testing.T) {
 	if got := ids(list(t, other)); len(got) != 0 {
 		t.Fatalf("another installation lists %v", got)
 	}
+	if _, err := other.Connect(ctx, a.SessionID); !errors.Is(err, runtime.ErrNotFound) {
+		t.Fatalf("another installation's Connect to the first's session: %v, want ErrNotFound", err)
+	}
 	if err := other.Stop(ctx, a.SessionID); err != nil {
 		t.Fatal(err)
 	}

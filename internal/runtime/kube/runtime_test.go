@@ -402,6 +402,17 @@ func TestStartLinksAndStops(t *testing.T) {
 		_, err = io.ReadFull(c, b)
 		accepted <- fmt.Sprintf("%s %v", b, err)
 	}()
+	// Another installation's runtime on the same hub cannot reach it, nor
+	// end its link.
+	otherCfg := testConfig(client, hub)
+	otherCfg.Installation = "inst-b"
+	other := newTestRuntime(t, otherCfg)
+	if _, err := other.Connect(ctx, spec.SessionID); !errors.Is(err, runtime.ErrNotFound) {
+		t.Fatalf("another installation's Connect: %v, want ErrNotFound", err)
+	}
+	if err := other.Stop(ctx, spec.SessionID); err != nil || !hub.Linked(spec.SessionID) {
+		t.Fatalf("another installation's Stop: %v; linked after it: %v", err, hub.Linked(spec.SessionID))
+	}
 	conn, err := r.Connect(ctx, spec.SessionID)
 	if err != nil {
 		t.Fatalf("Connect: %v", err)

@@ -53,7 +53,6 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (_ runtime.Place
 		// ctx may be what ended the start; the cleanup has its own.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupWait)
 		defer cancel()
-		r.cfg.Link.Forget(spec.SessionID)
 		if _, rerr := r.remove(cctx, spec.SessionID, 0); rerr != nil {
 			log.Error("remove the objects of a session whose start failed", "err", rerr)
 		}
