@@ -161,13 +161,26 @@ func start() (*Cluster, error) {
 // tests' status. Call it from TestMain.
 func Main(m *testing.M) {
 	code := m.Run()
+	if err := Stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "kwokcluster: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// Stop stops the cluster if Get started it and releases the host-wide lock;
+// a later Get starts a new one. A test binary whose TestMain belongs to
+// another helper (e2e's is kcluster.Main) registers it with t.Cleanup
+// instead of calling Main.
+func Stop() error {
 	mu.Lock()
+	defer mu.Unlock()
+	var err error
 	if started != nil {
-		if out, err := started.run(upTimeout, "down"); err != nil {
-			fmt.Fprintf(os.Stderr, "kwokcluster: stop the cluster: %v\n%s", err, out)
-			if code == 0 {
-				code = 1
-			}
+		if out, derr := started.run(upTimeout, "down"); derr != nil {
+			err = fmt.Errorf("stop the kwok cluster: %w\n%s", derr, out)
 		}
 		started = nil
 	}
@@ -175,8 +188,7 @@ func Main(m *testing.M) {
 		lockFile.Close() // releases the flock
 		lockFile = nil
 	}
-	mu.Unlock()
-	os.Exit(code)
+	return err
 }
 
 // Nodes makes n fake nodes with gpus nvidia.com/gpu each, spread over the
