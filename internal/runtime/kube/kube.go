@@ -124,6 +124,10 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		if err != nil {
 			return nil, fmt.Errorf("kube backend %s: %w", c.Backend, err)
 		}
+		// client-go's default of 5 requests a second (burst 10) throttles a
+		// burst of starts, three objects each, to minutes; the API server's
+		// own priority and fairness is what protects the cluster.
+		rc.QPS, rc.Burst = clientQPS, clientBurst
 		if client, err = kubernetes.NewForConfig(rc); err != nil {
 			return nil, fmt.Errorf("kube backend %s: make the cluster's client: %w", c.Backend, err)
 		}
@@ -146,6 +150,13 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	}
 	return r, nil
 }
+
+// clientQPS and clientBurst bound the requests a kube backend sends to its
+// cluster.
+const (
+	clientQPS   = 100
+	clientBurst = 200
+)
 
 // restConfig loads the kubeconfig (or the in-cluster configuration when
 // path is "").
