@@ -63,7 +63,7 @@ func TestWithDevices(t *testing.T) {
 func TestServeOverLink(t *testing.T) {
 	t.Parallel()
 	hub := link.NewHub(nil)
-	hub.SetVerifier(func(id, cred string) bool { return id == "s1" && cred == "cred" })
+	hub.SetVerifier(func(id, cred string) (bool, error) { return id == "s1" && cred == "cred", nil })
 	srv := httptest.NewTLSServer(hub)
 	t.Cleanup(srv.Close)
 	t.Cleanup(hub.Close)

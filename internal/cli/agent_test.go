@@ -35,7 +35,7 @@ type linkedAgent struct {
 func startLinkedAgent(t *testing.T, credential string) *linkedAgent {
 	t.Helper()
 	hub := link.NewHub(nil)
-	hub.SetVerifier(func(id, cred string) bool { return id == "s1" && cred == "cred-s1" })
+	hub.SetVerifier(func(id, cred string) (bool, error) { return id == "s1" && cred == "cred-s1", nil })
 	srv := httptest.NewTLSServer(hub)
 	t.Cleanup(srv.Close)
 	t.Cleanup(hub.Close)

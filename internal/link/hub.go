@@ -29,7 +29,7 @@ type Hub struct {
 	keepAlive, writeTimeout time.Duration
 
 	mu      sync.Mutex
-	verify  func(sessionID, credential string) bool
+	verify  Verifier
 	links   map[string]*agentLink
 	changed chan struct{} // closed and replaced when a link is added
 	closed  bool
@@ -56,6 +56,38 @@ func (l *agentLink) end(code websocket.StatusCode, reason string) {
 	})
 }
 
+const (
+	// hubAcceptBacklog is how many streams the agent may have opened that
+	// the hub has not yet closed (yamux resets any beyond it).
+	hubAcceptBacklog = 4
+	// maxAgentStreams is how many streams an agent may open on one link
+	// before the hub ends the link: each closed stream may still hold up to
+	// a window of data the agent sent until the agent closes its end, so an
+	// agent that keeps opening them is cut off rather than served.
+	maxAgentStreams = 8
+)
+
+// refuseStreams closes every stream the agent opens, at once (the control
+// plane never serves them), and ends the link when the agent keeps opening
+// them. It returns when the link ends.
+func (l *agentLink) refuseStreams(log *slog.Logger) {
+	for opened := 0; ; opened++ {
+		stream, err := l.mux.AcceptStream()
+		if err != nil {
+			return
+		}
+		_ = stream.Close()
+		if opened == 0 {
+			log.Warn("agent link: the agent opened a stream, which the control plane does not serve; closed it")
+		}
+		if opened+1 >= maxAgentStreams {
+			log.Warn("agent link ended: the agent keeps opening streams", "streams", opened+1)
+			l.end(websocket.StatusPolicyViolation, "the agent opened streams the control plane does not serve")
+			return
+		}
+	}
+}
+
 // NewHub returns a Hub that refuses every agent until SetVerifier.
 func NewHub(log *slog.Logger) *Hub {
 	if log == nil {
@@ -71,9 +103,17 @@ func NewHub(log *slog.Logger) *Hub {
 	}
 }
 
+// Verifier checks an agent's credential for a session. It returns ok false
+// (and nil) when the credential is wrong or the session may not link (it
+// ended, or never started): the hub answers 401 and the agent stops for
+// good. It returns an error when it cannot tell now (the store did not
+// answer): the hub answers 503 and the agent retries, so that a hiccup of
+// the store does not end running sessions whose agents cannot be restarted.
+type Verifier func(sessionID, credential string) (ok bool, err error)
+
 // SetVerifier installs the check of an agent's credential for a session.
 // It is called once per link attempt, before the WebSocket is accepted.
-func (h *Hub) SetVerifier(verify func(sessionID, credential string) bool) {
+func (h *Hub) SetVerifier(verify Verifier) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.verify = verify
@@ -124,8 +164,17 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusServiceUnavailable, "the control plane is shutting down; the agent retries by itself.")
 		return
 	}
-	if verify == nil || !verify(sessionID, credential) {
-		log.Warn("agent link refused: bad credential")
+	ok := false
+	if verify != nil {
+		var err error
+		if ok, err = verify(sessionID, credential); err != nil {
+			log.Warn("agent link deferred: its credential cannot be checked now", "err", err)
+			refuse(w, http.StatusServiceUnavailable, "the control plane cannot check the link now; the agent retries.")
+			return
+		}
+	}
+	if !ok {
+		// The verifier logged why; one line per refused request.
 		refuse(w, http.StatusUnauthorized, fmt.Sprintf("the link credential is not valid for session %s, or the session is not running: give the agent the credential the control plane minted for this session.", sessionID))
 		return
 	}
@@ -148,7 +197,12 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// The request's context ends when ServeHTTP returns, which is when the
 	// link has ended.
-	mux, err := yamux.Client(websocket.NetConn(r.Context(), ws, websocket.MessageBinary), yamuxConfig(h.keepAlive, h.writeTimeout))
+	cfg := yamuxConfig(h.keepAlive, h.writeTimeout)
+	// The control plane serves no streams the agent opens: a small backlog
+	// bounds what an agent can pin with streams nobody accepted yet, and
+	// refuseStreams closes those it does open.
+	cfg.AcceptBacklog = hubAcceptBacklog
+	mux, err := yamux.Client(websocket.NetConn(r.Context(), ws, websocket.MessageBinary), cfg)
 	if err != nil {
 		_ = ws.Close(websocket.StatusInternalError, "the control plane could not start the link")
 		log.Error("agent link: start yamux", "err", err)
@@ -157,6 +211,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	release()
 
 	l := &agentLink{sessionID: sessionID, report: report, ws: ws, mux: mux}
+	go l.refuseStreams(log)
 	if !h.add(l) {
 		l.end(websocket.StatusGoingAway, "the control plane is shutting down")
 	} else {

@@ -31,17 +31,23 @@ type testHub struct {
 	srv      *httptest.Server
 	conns    *connTracker
 	verified atomic.Int32 // link attempts the verifier accepted
+	// unavailable: how many more link attempts the verifier cannot check
+	// (as when the store does not answer).
+	unavailable atomic.Int32
 }
 
 func newTestHub(t *testing.T) *testHub {
 	t.Helper()
 	th := &testHub{Hub: NewHub(nil)}
-	th.SetVerifier(func(sessionID, credential string) bool {
+	th.SetVerifier(func(sessionID, credential string) (bool, error) {
+		if th.unavailable.Add(-1) >= 0 {
+			return false, errors.New("the store did not answer")
+		}
 		ok := credential == "cred-"+sessionID
 		if ok {
 			th.verified.Add(1)
 		}
-		return ok
+		return ok, nil
 	})
 	th.srv = httptest.NewUnstartedServer(th.Hub)
 	th.conns = &connTracker{Listener: th.srv.Listener}
@@ -210,6 +216,111 @@ func TestWrongCredentialIsRefusedForGood(t *testing.T) {
 	}
 	if th.Linked("s1") {
 		t.Error("a refused agent is linked")
+	}
+}
+
+func TestAgentRetriesWhileTheVerifierCannotCheck(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t)
+	th.unavailable.Store(2)
+	ln := listen(t, th.agentConfig("s1"))
+	if _, err := th.WaitLinked(testutil.Context(t, testutil.WaitMedium), "s1"); err != nil {
+		t.Fatalf("the agent did not link once the verifier answered: %v", err)
+	}
+	if n := th.unavailable.Load(); n >= 0 {
+		t.Errorf("the verifier failed %d fewer times than set; want the agent to have met both failures", n+1)
+	}
+	roundTrip(t, th, ln, "s1")
+}
+
+func TestVerifierErrorAnswers503(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t)
+	th.unavailable.Store(1)
+	req, err := http.NewRequest(http.MethodGet, th.srv.URL+Path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer cred-s1")
+	req.Header.Set(headerSession, "s1")
+	resp, err := th.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "the agent retries") {
+		t.Errorf("link while the verifier fails: %d %q; want 503 saying the agent retries", resp.StatusCode, body)
+	}
+}
+
+// rawAgent links to th as session id with a bare yamux session, so that
+// the test can do what a devgpu agent does not.
+func rawAgent(t *testing.T, th *testHub, id string) *yamux.Session {
+	t.Helper()
+	cfg := th.agentConfig(id)
+	ctx := testutil.Context(t, testutil.WaitMedium)
+	h := http.Header{}
+	h.Set("Authorization", "Bearer "+cfg.Credential)
+	h.Set(headerSession, id)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg.TLS}}
+	ws, _, err := websocket.Dial(ctx, th.srv.URL+Path, &websocket.DialOptions{HTTPClient: client, HTTPHeader: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux, err := yamux.Server(websocket.NetConn(context.Background(), ws, websocket.MessageBinary), yamuxConfig(keepAliveInterval, writeTimeout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mux.Close() })
+	if _, err := th.WaitLinked(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	return mux
+}
+
+func TestHubClosesStreamsTheAgentOpens(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t)
+	mux := rawAgent(t, th, "s1")
+	stream, err := mux.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	_ = stream.SetReadDeadline(time.Now().Add(testutil.WaitMedium))
+	if n, err := stream.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("read of a stream the agent opened: %d bytes, %v; want io.EOF (the hub closed it)", n, err)
+	}
+	if !th.Linked("s1") {
+		t.Error("one stray stream ended the link")
+	}
+}
+
+func TestHubEndsTheLinkOfAnAgentThatKeepsOpeningStreams(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t)
+	mux := rawAgent(t, th, "s1")
+	// One at a time, each after the hub closed the one before: streams
+	// opened faster than the hub closes them are reset by yamux beyond the
+	// backlog, and do not count.
+	for range maxAgentStreams {
+		stream, err := mux.OpenStream()
+		if err != nil {
+			break // the hub already ended the link
+		}
+		_ = stream.SetReadDeadline(time.Now().Add(testutil.WaitMedium))
+		_, err = stream.Read(make([]byte, 1))
+		stream.Close()
+		if !errors.Is(err, io.EOF) {
+			break
+		}
+	}
+	testutil.Eventually(t, testutil.WaitMedium, "the hub to end the link", func() bool { return !th.Linked("s1") })
+	select {
+	case <-mux.CloseChan():
+	case <-testutil.Context(t, testutil.WaitMedium).Done():
+		t.Fatal("the agent's end of the link stayed open")
 	}
 }
 

@@ -533,8 +533,8 @@ func TestAgentLinkVerifier(t *testing.T) {
 		{"empty", one.ID, "", false},
 		{"unknown session", "nosuchsession", linkCredential(r.agentKey, "nosuchsession"), false},
 	} {
-		if got := r.srv.verifyLink(c.id, c.cred); got != c.ok {
-			t.Errorf("%s credential: verified %v, want %v", c.name, got, c.ok)
+		if got, err := r.srv.verifyLink(c.id, c.cred); got != c.ok || err != nil {
+			t.Errorf("%s credential: verified %v, %v; want %v, nil", c.name, got, err, c.ok)
 		}
 	}
 
@@ -565,8 +565,8 @@ func TestAgentLinkVerifier(t *testing.T) {
 		t.Fatal(err)
 	}
 	testutil.Eventually(t, testutil.WaitShort, "the ended session's link to drop", func() bool { return !hub.Linked(one.ID) })
-	if r.srv.verifyLink(one.ID, cred) {
-		t.Error("an ended session's link credential was accepted")
+	if ok, err := r.srv.verifyLink(one.ID, cred); ok || err != nil {
+		t.Errorf("an ended session's link credential: verified %v, %v; want false, nil", ok, err)
 	}
 }
 

@@ -67,7 +67,7 @@ func newClusterEnv(t *testing.T) *clusterEnv {
 	t.Helper()
 	c := kcluster.Get(t)
 	e := &clusterEnv{cluster: c, ns: c.Namespace(t), hub: link.NewHub(testLogger(t))}
-	e.hub.SetVerifier(func(_, cred string) bool { return cred == testCredential })
+	e.hub.SetVerifier(func(_, cred string) (bool, error) { return cred == testCredential, nil })
 	e.linkURL, e.ca = serveLink(t, e.hub, c.NodeIP)
 	e.client = rbacClient(t, c, e.ns)
 	return e

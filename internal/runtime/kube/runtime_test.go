@@ -320,7 +320,7 @@ func TestStartFailsWhenPodEnds(t *testing.T) {
 // the agents' URL and TLS configuration.
 func linkServer(t *testing.T, hub *link.Hub, credential func(id string) string) (string, *tls.Config) {
 	t.Helper()
-	hub.SetVerifier(func(id, cred string) bool { return cred == credential(id) })
+	hub.SetVerifier(func(id, cred string) (bool, error) { return cred == credential(id), nil })
 	srv := httptest.NewTLSServer(hub)
 	t.Cleanup(srv.Close)
 	t.Cleanup(hub.Close)
