@@ -149,6 +149,15 @@ type Imageless interface {
 	IgnoresImages() string
 }
 
+// DeviceHolder is implemented by runtimes that choose their host's devices
+// (hostgpu.Pool) and record each session's devices themselves. A session
+// started by an older release has no such record: after a restart the
+// control plane tells the runtime what the store says such a session
+// holds, so that no device it uses is lent again.
+type DeviceHolder interface {
+	HoldDevices(sessionID string, devices []string)
+}
+
 // SessionEnv returns the environment contract of DESIGN.md for a spec
 // whose devices the runtime chose itself. Runtimes whose engine chooses
 // the devices pass nil: the agent then sets CUDA_VISIBLE_DEVICES from what

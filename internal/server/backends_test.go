@@ -707,3 +707,41 @@ func TestAgentLinkOutlivesFrontDoorTimeouts(t *testing.T) {
 		t.Errorf("the agent read %q, %v; want ping", buf, err)
 	}
 }
+
+// holdRecorder is a runtime that hears which devices the control plane
+// says its sessions hold (runtime.DeviceHolder).
+type holdRecorder struct {
+	runtime.Runtime
+	mu   *sync.Mutex
+	held map[string][]string
+}
+
+func (h holdRecorder) HoldDevices(id string, devices []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.held[id] = slices.Clone(devices)
+}
+
+// A restarted server tells a host runtime which devices each session it
+// keeps holds, from the store: a session an older release started left
+// the runtime no record of them, and they must not be lent again.
+func TestReconcileHoldsRecordedDevices(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	held := map[string][]string{}
+	r := newTwoBackends(t, "t4:2", "a100:2@westus3", func(name string, rt runtime.Runtime) runtime.Runtime {
+		if name == "here" {
+			return holdRecorder{Runtime: rt, mu: &mu, held: held}
+		}
+		return rt
+	})
+	a := r.create(r.dev, sdk.CreateSessionRequest{GPUType: "t4"})
+	r.stop()
+	r.start()
+	want := must(r.st.Session(r.ctx, a.ID)).GPUs
+	mu.Lock()
+	defer mu.Unlock()
+	if len(want) != 1 || !slices.Equal(held[a.ID], want) {
+		t.Fatalf("after a restart the runtime was told session %s holds %v; want %v", a.ID, held[a.ID], want)
+	}
+}

@@ -477,7 +477,12 @@ func (s *Server) reconcile(ctx context.Context) error {
 		if sess.State == sdk.StateRunning && (alive || !ok) {
 			// Alive, or on a backend that cannot say now: kept, and the
 			// liveness loop ends it as lost once its backend answers
-			// without it.
+			// without it. Its devices stay held in the backend's pool,
+			// also when an older release started it and left the
+			// runtime no record of them.
+			if h, holds := s.backendNamed(backend).Runtime.(runtime.DeviceHolder); holds && len(sess.GPUs) > 0 {
+				h.HoldDevices(sess.ID, sess.GPUs)
+			}
 			s.mu.Lock()
 			s.live[sess.ID] = &liveSession{
 				projectID: sess.ProjectID, backend: backend, gpus: sess.GPUs, secret: s.agentSecret(sess.ID), startedAt: sess.StartedAt,

@@ -689,3 +689,10 @@ func procStartTime(pid int) (string, error) {
 	}
 	return f[19], nil
 }
+
+// HoldDevices holds devices for a session the runtime found without a
+// record of its own (see runtime.DeviceHolder); devices another session
+// holds stay with it.
+func (r *Runtime) HoldDevices(sessionID string, devices []string) {
+	r.pool.Hold(sessionID, devices)
+}

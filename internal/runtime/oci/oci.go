@@ -741,3 +741,10 @@ func (r *Runtime) runcOutput(ctx context.Context, args ...string) ([]byte, error
 	}
 	return out, nil
 }
+
+// HoldDevices holds devices for a session the runtime found without a
+// record of its own (see runtime.DeviceHolder); devices another session
+// holds stay with it.
+func (r *Runtime) HoldDevices(sessionID string, devices []string) {
+	r.pool.Hold(sessionID, devices)
+}

@@ -106,7 +106,8 @@ func Upgrade(t *testing.T, driver, dsn string, dialect func(fs.FS) sqlstore.Dial
 // an ended one with its kept copy, a queued request and a request that gave
 // up, migrates so that every session keeps its devices, in the order the
 // store gave them before (by id), and holds the GPU count it had (a queued
-// one asks for one); the inventory is gone and no capacity is invented.
+// one holds none until it is placed); the inventory is gone and no
+// capacity is invented.
 // Arguments are as for Upgrade.
 func UpgradePlacement(t *testing.T, driver, dsn string, dialect func(fs.FS) sqlstore.Dialect, migrations fs.FS) {
 	ctx, cancel := context.WithTimeout(t.Context(), Timeout)
@@ -160,7 +161,7 @@ func UpgradePlacement(t *testing.T, driver, dsn string, dialect func(fs.FS) sqls
 		{"run", 2, []string{"GPU-sim-t4-0", "GPU-sim-t4-1"}},
 		{"stop", 1, []string{"GPU-sim-t4-5"}},
 		{"done", 2, []string{"GPU-sim-t4-2", "GPU-sim-t4-3"}},
-		{"wait", 1, nil},
+		{"wait", 0, nil},
 		{"gave", 0, nil},
 	} {
 		got, err := s.Session(ctx, want.id)

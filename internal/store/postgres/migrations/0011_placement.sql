@@ -22,10 +22,10 @@ INSERT INTO session_gpus (session_id, gpu_id)
 -- Every store read listed devices by id: that order becomes theirs.
 UPDATE session_gpus SET ord = (SELECT COUNT(*) FROM session_gpus o
 	WHERE o.session_id = session_gpus.session_id AND o.gpu_id < session_gpus.gpu_id);
--- A session held what it was given; a queued request asks for one GPU, as
--- every request did before counts.
+-- A session held what it was given. A queued request holds nothing until
+-- admission places it (and writes its count then), so it stays at 0: were
+-- it 1, every waiting request would count against its own caps.
 UPDATE sessions SET gpu_count = (SELECT COUNT(*) FROM session_gpus g WHERE g.session_id = sessions.id);
-UPDATE sessions SET gpu_count = 1 WHERE state = 'queued';
 
 -- What each backend offers of a GPU type in a region, as its runtime last
 -- reported; the server replaces a backend's rows whenever that changes.
