@@ -2,6 +2,7 @@ package agent
 
 import (
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -40,7 +41,10 @@ func splitIDs(list string) []string {
 // device plugin) sets NVIDIA_VISIBLE_DEVICES only, and CUDA programs should
 // see the same ids.
 func withDevices(env []string, devices []string) []string {
-	if len(devices) == 0 {
+	if len(devices) == 0 || slices.ContainsFunc(devices, notDeviceUUID) {
+		// Indices (a device plugin's "index" strategy renumbers the
+		// container's GPUs from 0) or paths would point CUDA at the wrong
+		// GPUs or none: only UUIDs are the same everywhere.
 		return env
 	}
 	for _, kv := range env {
@@ -50,3 +54,11 @@ func withDevices(env []string, devices []string) []string {
 	}
 	return append(env[:len(env):len(env)], "CUDA_VISIBLE_DEVICES="+strings.Join(devices, ","))
 }
+
+// isDeviceUUID reports whether id names one GPU the same way in every
+// process: a GPU or MIG UUID.
+func isDeviceUUID(id string) bool {
+	return strings.HasPrefix(id, "GPU-") || strings.HasPrefix(id, "MIG-")
+}
+
+func notDeviceUUID(id string) bool { return !isDeviceUUID(id) }

@@ -55,6 +55,14 @@ func TestWithDevices(t *testing.T) {
 	if got := withDevices(set, []string{"GPU-a"}); !slices.Equal(got, set) {
 		t.Errorf("CUDA_VISIBLE_DEVICES already set: %q; want it kept", got)
 	}
+	// A device plugin's indices are renumbered inside the container: CUDA
+	// must not be pointed at them.
+	if got := withDevices(base, []string{"3", "5"}); !slices.Equal(got, base) {
+		t.Errorf("indices: %q; want CUDA_VISIBLE_DEVICES left unset", got)
+	}
+	if got := withDevices(base, []string{"MIG-1f2e"}); !slices.Equal(got, []string{"PATH=/bin", "CUDA_VISIBLE_DEVICES=MIG-1f2e"}) {
+		t.Errorf("a MIG device: %q", got)
+	}
 }
 
 // TestServeOverLink serves the agent on a link, as in a Pod: the control

@@ -37,7 +37,12 @@ const terminationGrace = int64(2)
 // default seccomp profile.
 func securityContext(add []corev1.Capability) *corev1.SecurityContext {
 	no := false
+	// Root in the container (not the host's with user_namespaces): the
+	// agent must read its 0400 secret files whatever USER the image names,
+	// and a session is a root shell on every runtime.
+	root := int64(0)
 	return &corev1.SecurityContext{
+		RunAsUser:                &root,
 		AllowPrivilegeEscalation: &no,
 		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: add},
 		SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
@@ -116,6 +121,12 @@ func (r *Runtime) env(spec runtime.Spec, workspace bool) []corev1.EnvVar {
 		}
 	}
 	delete(vars, "DEVGPU_NODE")
+	if spec.GPU.Count == 0 {
+		// A session without GPUs may land on a GPU node; where the NVIDIA
+		// runtime is the default, an image saying NVIDIA_VISIBLE_DEVICES=all
+		// would otherwise see every GPU there, other sessions' too.
+		vars["NVIDIA_VISIBLE_DEVICES"] = "void"
+	}
 	env := make([]corev1.EnvVar, 0, len(vars)+1)
 	for _, k := range slices.Sorted(maps.Keys(vars)) {
 		env = append(env, corev1.EnvVar{Name: k, Value: vars[k]})
@@ -353,10 +364,15 @@ func (r *Runtime) networkPolicy(spec runtime.Spec, allowed []destination) *netwo
 		Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &linkPort}},
 	}}
 	if !r.cfg.linkHostIsIP {
-		// The agent resolves LinkURL's host name: DNS must pass, to any
-		// resolver, since the cluster's may lie anywhere.
+		// The agent resolves LinkURL's host name: DNS must pass, but only to
+		// the cluster's resolver in kube-system. Port 53 to anywhere would
+		// let a session with egress none tunnel anything to a server of its
+		// own on that port.
 		dns := intstr.FromInt32(53)
 		egress = append(egress, networkingv1.NetworkPolicyEgressRule{
+			To: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{
+				MatchLabels: map[string]string{"kubernetes.io/metadata.name": "kube-system"},
+			}}},
 			Ports: []networkingv1.NetworkPolicyPort{{Protocol: &udp, Port: &dns}, {Protocol: &tcp, Port: &dns}},
 		})
 	}
