@@ -78,12 +78,10 @@ func (s *Server) backendNameOf(sess store.Session) string {
 	return sess.Backend
 }
 
-// gpuCount is how many GPUs an active session holds. A record from before
-// GPUCount was kept counts the devices it reserved.
+// gpuCount is how many GPUs an active session holds (a queued request
+// holds none: its GPUCount is 0 until admission places it). A record from
+// before GPUCount was kept counts the devices it reserved.
 func gpuCount(sess store.Session) int {
-	if sess.State == sdk.StateQueued {
-		return 0 // a request holds nothing until admission places it
-	}
 	if sess.GPUCount == 0 && len(sess.GPUs) > 0 {
 		return len(sess.GPUs)
 	}

@@ -198,7 +198,8 @@ func (s *Server) admitQueued(ctx context.Context, q store.Session) (left bool, e
 		if _, err := s.transition(ctx, tx, cur.ID, sdk.StateStarting, nil); err != nil {
 			return err
 		}
-		cur.State, admitted = sdk.StateStarting, cur
+		cur.State = sdk.StateStarting
+		admitted = cur
 		return s.audit(ctx, tx, caller.Name, "session.start", cur.Project, cur.ID, nil,
 			map[string]any{"gpu_type": cur.GPUType, "region": cur.Region, "backend": cur.Backend, "gpu_count": cur.GPUCount, "image": cur.Image, "queued": true})
 	})

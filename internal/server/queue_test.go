@@ -300,8 +300,14 @@ func TestQueueRaisedCapStartsQueued(t *testing.T) {
 	w2 := f.wait("w2", f.alice, sdk.CreateSessionRequest{}, 2)
 
 	f.setProject("default", sdk.ProjectSettings{MaxGPUs: ptr(2)})
-	if s, err := w1.result(t); err != nil || s.State != sdk.StateRunning {
-		t.Fatalf("w1 after the cap was raised = %+v, %v; want running", s, err)
+	s1, err := w1.result(t)
+	if err != nil || s1.State != sdk.StateRunning {
+		t.Fatalf("w1 after the cap was raised = %+v, %v; want running", s1, err)
+	}
+	// A request started from the queue asks its runtime for its GPU like
+	// any other and holds the device it got.
+	if rec := must(f.st.Session(f.ctx, s1.ID)); rec.GPUCount != 1 || len(rec.GPUs) != 1 {
+		t.Fatalf("w1 started from the queue holds %d GPUs, devices %v; want 1 and its device", rec.GPUCount, rec.GPUs)
 	}
 	if w2.finished() {
 		t.Fatal("w2 started past the raised cap of 2")
