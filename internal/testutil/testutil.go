@@ -32,7 +32,7 @@ var (
 func Binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		root, err := moduleRoot()
+		root, err := ModuleRoot()
 		if err != nil {
 			buildErr = err
 			return
@@ -66,7 +66,7 @@ var (
 func StaticBinary(t testing.TB) string {
 	t.Helper()
 	staticOnce.Do(func() {
-		root, err := moduleRoot()
+		root, err := ModuleRoot()
 		if err != nil {
 			staticErr = err
 			return
@@ -97,7 +97,9 @@ func Cleanup() {
 	}
 }
 
-func moduleRoot() (string, error) {
+// ModuleRoot is the directory of the go.mod above the working directory:
+// the repository root when a test runs in one of its packages.
+func ModuleRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err

@@ -133,7 +133,7 @@ func start(t testing.TB) (*Cluster, string, error) {
 	if os.Geteuid() != 0 {
 		return nil, "the Kubernetes test cluster needs root (it runs containerd and the kubelet); run the tests as root to include these", nil
 	}
-	root, err := moduleRoot()
+	root, err := testutil.ModuleRoot()
 	if err != nil {
 		return nil, "", fmt.Errorf("find the module root from %s: %w", mustGetwd(), err)
 	}
@@ -426,23 +426,6 @@ func describe(p *corev1.Pod) string {
 		}
 	}
 	return s
-}
-
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", os.ErrNotExist
-		}
-		dir = parent
-	}
 }
 
 func mustGetwd() string {
