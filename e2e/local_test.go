@@ -144,10 +144,14 @@ func TestLocalForkBombIsContained(t *testing.T) {
 	const limit, bound = 64, 500
 	e := newEnv(t, "t4:1", "--local-max-pids", strconv.Itoa(limit))
 	marker := "devgpu-bomb-" + strconv.Itoa(os.Getpid())
-	// The subshell (dash) gives up at the first fork that fails; the echo
-	// and exec need no fork of their own.
-	id := e.runSession(`(n=0; while [ $n -lt ` + strconv.Itoa(bound) + ` ]; do sh -c 'sleep 1000; :' ` + marker +
-		` & n=$((n+1)); echo $n > "$HOME/n"; done); echo done > "$HOME/done"; exec sleep 1000`)
+	// Each child is one process that never exits (sleep, under a name
+	// carrying the marker), so the count only grows and the subshell (dash)
+	// gives up at the first fork that fails. A child that forked again could
+	// fail at the limit, exit and free its slot, and the loop would go on.
+	// The echo, the test and the exec need no fork of their own.
+	id := e.runSession(`b="$HOME/` + marker + `"; ln -s "$(command -v sleep)" "$b"; ` +
+		`(n=0; while [ $n -lt ` + strconv.Itoa(bound) + ` ]; do "$b" 1000 & n=$((n+1)); echo $n > "$HOME/n"; done); ` +
+		`echo done > "$HOME/done"; exec sleep 1000`)
 	home := filepath.Join(e.dir, "data", "sessions", id, "home")
 	client := &http.Client{Timeout: testutil.WaitShort}
 	healthy := func() bool {

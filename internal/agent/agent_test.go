@@ -494,6 +494,12 @@ func TestHangupReachesBackgroundJobs(t *testing.T) {
 	// The job starts before the trap, so it keeps SIGHUP's default.
 	fmt.Fprint(in, "sleep 1003 & echo job=$!; trap '' HUP; echo shell=$$\n")
 	job, shell := waitPID(t, out, "job"), waitPID(t, out, "shell")
+	// Until the job has become sleep, it is a copy of the shell whose
+	// SIGHUP handler would take the hangup and then lose it at the exec.
+	eventually(t, "the job to exec sleep", func() bool {
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", job))
+		return err == nil && string(comm) == "sleep\n"
+	})
 	cl.Close()
 	eventually(t, "the background job to die of the hangup", func() bool { return gone(job) })
 	eventually(t, "the shell to be killed after the grace", func() bool { return gone(shell) })
