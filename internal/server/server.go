@@ -28,8 +28,11 @@ type Config struct {
 	// Link, when set, is where agents that the control plane cannot dial
 	// (Pods in a cluster) link to, at GET /api/v1/agent/link (link.go);
 	// nil when no backend needs it.
-	Link   *link.Hub
-	Logger *slog.Logger
+	Link *link.Hub
+	// Replica names this process among the servers sharing the store
+	// (replica.go); an empty ID gets a random one.
+	Replica Replica
+	Logger  *slog.Logger
 	// Timing knobs; zero values take the defaults below. Tests shorten them.
 	ReapInterval     time.Duration // how often detach graces are checked
 	LivenessInterval time.Duration // how often the runtime is asked what is alive

@@ -381,4 +381,95 @@ type Store interface {
 	// GPUs then no longer count against capacity. A session already ended is left as it is and
 	// ErrConflict is returned.
 	EndSession(ctx context.Context, id, state, reason string, at time.Time) error
+
+	// Replicas, leases, attachments and links (replicas.go): what several
+	// servers on one store must agree on. Times are the store's own clock
+	// (PostgreSQL's now(); the process clock on SQLite), so that replicas
+	// whose clocks differ still agree on what has expired.
+
+	// RegisterReplica records a server process (insert or replace), with
+	// its heartbeat at the store's now.
+	RegisterReplica(ctx context.Context, r *Replica) error
+	// HeartbeatReplica moves the replica's heartbeat to the store's now.
+	// ErrNotFound: it was declared dead (RemoveReplica) and must register
+	// anew, cutting what it held.
+	HeartbeatReplica(ctx context.Context, id string) error
+	ListReplicas(ctx context.Context) ([]Replica, error)
+	// RemoveReplica forgets a replica (one that stopped, or whose
+	// heartbeat is older than the caller's deadline), with its attachments
+	// (each session left with none gets DetachedAt = at, so the detach
+	// grace applies) and its links. It returns the sessions whose
+	// attachment count changed.
+	RemoveReplica(ctx context.Context, id string, at time.Time) ([]string, error)
+	// StaleReplicas lists the replicas whose heartbeat is older than
+	// maxAge by the store's clock.
+	StaleReplicas(ctx context.Context, maxAge time.Duration) ([]Replica, error)
+
+	// AcquireLease takes or renews the named lease for holder until the
+	// store's now + ttl. It succeeds when the lease is free, expired or
+	// already holder's; the epoch (the fencing token) rises by one each
+	// time the lease changes hands and stays the same on a renewal.
+	// ErrLeaseHeld when another holder's lease has not expired.
+	AcquireLease(ctx context.Context, name, holder string, ttl time.Duration) (Lease, error)
+	// ReleaseLease gives the lease up at once, if holder still holds it.
+	ReleaseLease(ctx context.Context, name, holder string) error
+	Lease(ctx context.Context, name string) (Lease, error)
+	// CheckLease is the fence: inside a transaction, it fails with
+	// ErrFenced unless holder holds the lease with this epoch and it has
+	// not expired, and it keeps the lease from changing hands until the
+	// transaction ends (row lock on PostgreSQL; SQLite has one writer).
+	CheckLease(ctx context.Context, name, holder string, epoch int64) error
+
+	// AddAttachment records an open shell on a session, held by a replica,
+	// and sets the session's Attachments to its count and DetachedAt to
+	// zero; it assigns a.ID. ErrNotFound if the session is not running.
+	AddAttachment(ctx context.Context, a *Attachment) error
+	// RemoveAttachment forgets one; when it was the session's last, the
+	// session's DetachedAt becomes at. It returns the count left; removing
+	// one already gone is not an error (the count is returned).
+	RemoveAttachment(ctx context.Context, id int64, at time.Time) (left int, err error)
+	ListAttachments(ctx context.Context, sessionID string) ([]Attachment, error)
+
+	// SetLink records which replica holds the session's agent link (an
+	// agent in a cluster dials one replica); ClearLink forgets it if that
+	// replica still holds it. LinkOf returns the holder's record, or
+	// ErrNotFound.
+	SetLink(ctx context.Context, sessionID, replica string) error
+	ClearLink(ctx context.Context, sessionID, replica string) error
+	LinkOf(ctx context.Context, sessionID string) (Replica, error)
+}
+
+// ErrLeaseHeld: another holder's lease has not expired. ErrFenced: the
+// caller no longer holds the lease it acts under.
+var (
+	ErrLeaseHeld = errors.New("lease held by another replica")
+	ErrFenced    = errors.New("lease lost: this replica no longer leads")
+)
+
+// Replica is one server process sharing the store.
+type Replica struct {
+	ID string
+	// URL is where the other replicas reach this one (its relay
+	// endpoint), e.g. https://10.0.0.7:8443.
+	URL         string
+	Version     string
+	StartedAt   time.Time
+	HeartbeatAt time.Time
+}
+
+// Lease is a named lock with an expiry; Epoch is its fencing token.
+type Lease struct {
+	Name      string
+	Holder    string
+	Epoch     int64
+	ExpiresAt time.Time
+}
+
+// Attachment is one open shell on a session, held by a replica.
+type Attachment struct {
+	ID        int64
+	SessionID string
+	Replica   string
+	UserID    int64
+	OpenedAt  time.Time
 }
