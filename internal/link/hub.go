@@ -28,8 +28,14 @@ type Hub struct {
 	// (tests shorten them).
 	keepAlive, writeTimeout time.Duration
 
+	// remotePoll is how often WaitLinked asks the remote whether another
+	// replica holds the link (tests shorten it).
+	remotePoll time.Duration
+
 	mu      sync.Mutex
 	verify  Verifier
+	remote  Remote
+	notify  func(sessionID string, linked bool)
 	links   map[string]*agentLink
 	changed chan struct{} // closed and replaced when a link is added
 	closed  bool
@@ -98,6 +104,7 @@ func NewHub(log *slog.Logger) *Hub {
 		pending:      make(chan struct{}, maxPending),
 		keepAlive:    keepAliveInterval,
 		writeTimeout: writeTimeout,
+		remotePoll:   remotePoll,
 		links:        map[string]*agentLink{},
 		changed:      make(chan struct{}),
 	}
@@ -117,6 +124,47 @@ func (h *Hub) SetVerifier(verify Verifier) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.verify = verify
+}
+
+// Remote reaches the agents linked to other replicas of the control plane
+// (several server processes share one store; an agent links to whichever
+// one its connection reached).
+type Remote interface {
+	// Dial opens a stream to the session's agent through the replica that
+	// holds its link. It fails with runtime.ErrNotFound when no other
+	// replica holds one.
+	Dial(ctx context.Context, sessionID string) (net.Conn, error)
+	// Report returns what the session's agent reported to the replica
+	// that holds its link, or runtime.ErrNotFound when none does.
+	Report(ctx context.Context, sessionID string) (Report, error)
+}
+
+// SetRemote installs the way to agents linked elsewhere: Dial and
+// WaitLinked fall back to it when the session has no link in this hub.
+func (h *Hub) SetRemote(r Remote) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.remote = r
+}
+
+// SetNotify installs a function told each time a session's link is
+// established in this hub (linked true, after its verifier accepted it)
+// and each time it ends here (false): ended, replaced by nothing, the
+// session stopped or the hub closed. A link replaced by a newer one of the
+// same session is not reported as ended. It is called in the hub's order
+// with the hub's lock held, so that the last call for a session is its
+// state: it must not block or call the hub.
+func (h *Hub) SetNotify(notify func(sessionID string, linked bool)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.notify = notify
+}
+
+// told tells notify, if set; the caller holds h.mu.
+func (h *Hub) told(sessionID string, linked bool) {
+	if h.notify != nil {
+		h.notify(sessionID, linked)
+	}
 }
 
 // refuse answers an agent that cannot link with one sentence.
@@ -241,6 +289,7 @@ func (h *Hub) add(l *agentLink) bool {
 		old.end(websocket.StatusGoingAway, "replaced by a newer link of the same session")
 	}
 	h.links[l.sessionID] = l
+	h.told(l.sessionID, true)
 	close(h.changed)
 	h.changed = make(chan struct{})
 	return true
@@ -254,6 +303,7 @@ func (h *Hub) remove(l *agentLink) bool {
 		return false
 	}
 	delete(h.links, l.sessionID)
+	h.told(l.sessionID, false)
 	return true
 }
 
@@ -268,22 +318,54 @@ func (h *Hub) current(sessionID string) *agentLink {
 	return l
 }
 
-// WaitLinked blocks until the session's agent has linked, or ctx is done,
-// and returns what the agent reported.
+// WaitLinked blocks until the session's agent has linked, here or (with
+// a Remote) to another replica, or ctx is done, and returns what the agent
+// reported. Another replica's link is looked for at once and then every
+// remotePoll.
 func (h *Hub) WaitLinked(ctx context.Context, sessionID string) (Report, error) {
-	for {
+	var poll *time.Ticker
+	for checkRemote := true; ; {
 		h.mu.Lock()
-		l, changed := h.links[sessionID], h.changed
+		l, changed, remote := h.links[sessionID], h.changed, h.remote
 		h.mu.Unlock()
 		if l != nil && !l.mux.IsClosed() {
 			return l.report, nil
 		}
+		var polled <-chan time.Time
+		if remote != nil {
+			if checkRemote {
+				report, err := remote.Report(ctx, sessionID)
+				if err == nil {
+					return report, nil
+				}
+				if !errors.Is(err, runtime.ErrNotFound) && ctx.Err() == nil {
+					h.log.Debug("agent link: cannot ask the other replicas yet", "session_id", sessionID, "err", err)
+				}
+			}
+			if poll == nil {
+				poll = time.NewTicker(h.remotePoll)
+				defer poll.Stop()
+			}
+			polled = poll.C
+		}
 		select {
 		case <-changed:
+			checkRemote = false
+		case <-polled:
+			checkRemote = true
 		case <-ctx.Done():
 			return Report{}, fmt.Errorf("wait for the agent of session %s to link: %w", sessionID, context.Cause(ctx))
 		}
 	}
+}
+
+// LocalReport returns what the session's agent reported, when it is linked
+// to this hub now.
+func (h *Hub) LocalReport(sessionID string) (Report, bool) {
+	if l := h.current(sessionID); l != nil {
+		return l.report, true
+	}
+	return Report{}, false
 }
 
 // Linked reports whether the session's agent is linked now.
@@ -291,9 +373,24 @@ func (h *Hub) Linked(sessionID string) bool {
 	return h.current(sessionID) != nil
 }
 
-// Dial opens a new stream to the session's agent. A session without a link
-// is runtime.ErrNotFound.
+// Dial opens a new stream to the session's agent: over its link to this
+// hub, or else through the Remote to the replica holding it. A session
+// linked nowhere is runtime.ErrNotFound.
 func (h *Hub) Dial(ctx context.Context, sessionID string) (net.Conn, error) {
+	h.mu.Lock()
+	remote := h.remote
+	h.mu.Unlock()
+	if remote == nil || h.current(sessionID) != nil {
+		return h.DialLocal(ctx, sessionID)
+	}
+	return remote.Dial(ctx, sessionID)
+}
+
+// DialLocal opens a new stream to the session's agent over its link to
+// this hub only, never through another replica (a relay serves with it, so
+// that no stream goes round in a loop). A session not linked here is
+// runtime.ErrNotFound.
+func (h *Hub) DialLocal(ctx context.Context, sessionID string) (net.Conn, error) {
 	l := h.current(sessionID)
 	if l == nil {
 		return nil, fmt.Errorf("connect to session %s: its agent is not linked: %w", sessionID, runtime.ErrNotFound)
@@ -334,6 +431,9 @@ func (h *Hub) Forget(sessionID string) {
 	h.mu.Lock()
 	l := h.links[sessionID]
 	delete(h.links, sessionID)
+	if l != nil {
+		h.told(sessionID, false)
+	}
 	h.mu.Unlock()
 	if l != nil {
 		h.log.Info("agent link ended: session stopped", "session_id", sessionID)
@@ -348,6 +448,9 @@ func (h *Hub) Close() {
 	links := h.links
 	h.links = map[string]*agentLink{}
 	h.closed = true
+	for id := range links {
+		h.told(id, false)
+	}
 	h.mu.Unlock()
 	for _, l := range links {
 		l.end(websocket.StatusGoingAway, "the control plane is shutting down")

@@ -48,6 +48,9 @@ const (
 	handshakeTimeout = 30 * time.Second
 	// maxPending bounds the agents the hub handshakes with at once.
 	maxPending = 64
+	// remotePoll is how often a start waiting for its agent's first link
+	// asks whether another replica holds it: each ask is a store read.
+	remotePoll = 500 * time.Millisecond
 )
 
 // Close codes the hub sends when it ends a link, beside the WebSocket's own.
