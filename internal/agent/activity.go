@@ -85,6 +85,10 @@ func (s *server) notice(msg string) {
 	}
 	n := len(s.sessions)
 	s.smu.Unlock()
+	// Kept shells take notices into their output, which never waits.
+	for _, k := range s.kept.all() {
+		k.notice(msg)
+	}
 	s.log.Debug("notice", "sessions", n, "writing", len(pending))
 	t := time.NewTimer(noticeTimeout)
 	defer t.Stop()

@@ -38,12 +38,18 @@ type Config struct {
 	Shell    string        // login shell for `shell` requests ("" = $SHELL, else /bin/bash, else /bin/sh)
 	Env      []string      // base environment of child processes (nil = os.Environ())
 	IdleExit time.Duration // Serve returns nil after this long with no open connection (0 = never)
-	Logger   *slog.Logger  // nil = discard
+	// KeepLimit is how long a kept shell (one whose client asked to resume
+	// it after a dropped connection, sdk.KeepRequest) may stay detached
+	// before it is hung up (0 = IdleExit; both 0 = until Serve returns).
+	KeepLimit time.Duration
+	Logger    *slog.Logger // nil = discard
 
 	// Devices are the GPU ids the session may use, when the engine chose
 	// them (VisibleDevices); processes get them as CUDA_VISIBLE_DEVICES
 	// unless Env sets that already.
 	Devices []string
+
+	keptOutput int // tests: the output a kept shell keeps (0 = keptOutputSize)
 }
 
 // server is the state of one Serve call.
@@ -65,6 +71,9 @@ type server struct {
 	users    int                   // under mu: connections that have opened a channel (see copyPlace)
 	smu      sync.Mutex            // guards sessions
 	sessions map[*session]struct{} // sessions running a child, of every connection: they get notices
+
+	kept           keptShells // shells that outlive their channel (keep.go)
+	keptOutputSize int        // the output each keeps: keptOutputSize, smaller in tests
 }
 
 // Serve accepts connections on ln until ctx is done or IdleExit passes, serving each
@@ -133,15 +142,19 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 	}
 	cancel()
 	wg.Wait()
+	s.kept.wg.Wait() // hung up as ctx ended
 	s.sweep()
 	return err
 }
 
 func newServer(cfg Config) (*server, error) {
-	s := &server{cfg: cfg, env: cfg.Env, log: cfg.Logger, procs: map[int]struct{}{}, sessions: map[*session]struct{}{}}
+	s := &server{cfg: cfg, env: cfg.Env, log: cfg.Logger, procs: map[int]struct{}{}, sessions: map[*session]struct{}{}, keptOutputSize: keptOutputSize}
 	s.activity.touch()
 	if s.env == nil {
 		s.env = os.Environ()
+	}
+	if cfg.keptOutput > 0 {
+		s.keptOutputSize = cfg.keptOutput
 	}
 	s.env = withDevices(s.env, cfg.Devices)
 	if s.log == nil {

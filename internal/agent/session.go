@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/devgpu/devgpu/sdk"
 )
 
 // Payloads of "session" channel requests (RFC 4254 section 6).
@@ -36,7 +38,10 @@ type session struct {
 	// refused is set when a file copy is refused (see copyPlace): the
 	// channel reports why on stderr and exits 1 instead.
 	refused bool
-	wg      sync.WaitGroup
+	// kept is the kept shell (keep.go) this channel asked for or resumed;
+	// its process outlives the channel.
+	kept *keptShell
+	wg   sync.WaitGroup
 
 	// Notices go to the pty's output, else to stderr, a stream that the
 	// child's output shares: outMu serialises the writes to it.
@@ -53,13 +58,33 @@ func (s *server) serveSession(ctx context.Context, nc ssh.NewChannel, cs *connSt
 	}
 	ss := &session{srv: s, ch: ch, conn: cs}
 	for req := range reqs {
+		switch req.Type {
+		case sdk.KeepRequest:
+			ok := ss.keep()
+			if req.WantReply {
+				_ = req.Reply(ok, nil)
+			}
+			continue
+		case sdk.ResumeRequest:
+			k, _ := ss.resume(req.Payload)
+			if req.WantReply {
+				_ = req.Reply(k != nil, nil)
+			}
+			// Only after the reply, which the replay must not overtake.
+			if k != nil {
+				k.attach(ss)
+			}
+			continue
+		}
 		idle := ss.proc == nil && !ss.sftp && !ss.refused
 		ok := ss.handle(ctx, req)
 		if req.WantReply {
 			_ = req.Reply(ok, nil)
 		}
 		// Only after the reply, which the exit status must not overtake.
-		if idle && ss.proc != nil {
+		if idle && ss.proc != nil && ss.kept != nil {
+			ss.kept.started(ctx, ss)
+		} else if idle && ss.proc != nil {
 			ss.wg.Go(func() { ss.run(ctx) })
 		}
 		if idle && ss.sftp {
@@ -71,7 +96,10 @@ func (s *server) serveSession(ctx context.Context, nc ssh.NewChannel, cs *connSt
 	}
 	// The peer closed the channel, or the connection is gone.
 	_ = ch.Close()
-	if ss.proc != nil {
+	switch {
+	case ss.kept != nil: // the shell runs on, detached
+		ss.kept.detach(ss)
+	case ss.proc != nil:
 		ss.proc.hangup(ctx)
 	}
 	ss.wg.Wait()
@@ -95,14 +123,17 @@ func (ss *session) handle(ctx context.Context, req *ssh.Request) bool {
 		return true
 	case "window-change":
 		var wc windowChange
-		if ss.size == nil || ssh.Unmarshal(req.Payload, &wc) != nil {
+		if ssh.Unmarshal(req.Payload, &wc) != nil {
 			return false
 		}
-		if ss.proc == nil {
-			*ss.size = wc
-			return true
+		if ss.proc != nil { // a resumed channel has a pty without "pty-req"
+			return ss.proc.tty != nil && setWinsize(ss.proc.tty, &wc) == nil
 		}
-		return setWinsize(ss.proc.tty, &wc) == nil
+		if ss.size == nil {
+			return false
+		}
+		*ss.size = wc
+		return true
 	case "signal":
 		var m struct{ Name string }
 		// Once the child is reaped its pid may belong to someone else.
@@ -164,6 +195,9 @@ func (ss *session) start(ctx context.Context, args []string) bool {
 	}
 	s.log.Debug("started", "pid", p.pid(), "pty", p.tty != nil)
 	ss.proc = p
+	if ss.kept != nil {
+		return true // its notices go into its output (keptShell.notice)
+	}
 	ss.notices = ss.ch.Stderr()
 	if p.tty != nil {
 		ss.notices = ss.ch
