@@ -27,6 +27,9 @@ func kubeRuntime(ctx context.Context, name string, c *kubeBackendConfig, install
 			return nil, nil, fmt.Errorf("backend %s: cannot read kube.link_ca_file %s (%v); give the PEM file of the CA that signed this server's certificate", name, caFile, err)
 		}
 	}
+	// The CA that signed this server's certificate signed its replicas'
+	// too: they trust it when they relay streams to one another.
+	hub.AddCA(ca)
 	tolerations := make([]corev1.Toleration, len(c.Tolerations))
 	for i, t := range c.Tolerations {
 		tolerations[i] = corev1.Toleration{Key: t.Key, Operator: corev1.TolerationOperator(t.Operator), Value: t.Value,

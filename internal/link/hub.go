@@ -36,6 +36,7 @@ type Hub struct {
 	verify  Verifier
 	remote  Remote
 	notify  func(sessionID string, linked bool)
+	cas     [][]byte // PEM: CAs that signed the control plane's certificate
 	links   map[string]*agentLink
 	changed chan struct{} // closed and replaced when a link is added
 	closed  bool
@@ -158,6 +159,26 @@ func (h *Hub) SetNotify(notify func(sessionID string, linked bool)) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.notify = notify
+}
+
+// AddCA records the PEM certificate of a CA that signed the control
+// plane's certificate, the one its agents are told to trust (a kube
+// backend's link_ca_file, or the --dev CA). Replicas relaying to one
+// another trust it too (CAs).
+func (h *Hub) AddCA(pem []byte) {
+	if len(pem) == 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.cas = append(h.cas, pem)
+}
+
+// CAs returns the PEM certificates AddCA recorded.
+func (h *Hub) CAs() [][]byte {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([][]byte(nil), h.cas...)
 }
 
 // told tells notify, if set; the caller holds h.mu.

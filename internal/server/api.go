@@ -35,6 +35,9 @@ func (a *API) routes() http.Handler {
 		// Agents link here with their session's credential, not a user
 		// token (link.go).
 		mux.Handle("GET "+link.Path, a.s.cfg.Link)
+		// Other replicas relay streams to the agents linked here, with a
+		// token derived from the agent key, not a user token (relay.go).
+		mux.HandleFunc("GET "+relayPath+"{session}", a.relay)
 	}
 	handle := func(pattern string, h handlerFunc) { mux.Handle(pattern, a.authenticated(h)) }
 	handle("GET /api/v1/whoami", a.whoami)

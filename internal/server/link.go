@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/devgpu/devgpu/internal/runtime"
@@ -49,4 +50,117 @@ func (s *Server) verifyLink(sessionID, credential string) (bool, error) {
 		return false, nil
 	}
 	return true, nil
+}
+
+// Where an agent is linked is recorded in the store, so that the other
+// replicas reach it through this one (relay.go). The hub tells each link
+// established here and each that ended; linkRecorder writes them in the
+// background, the latest state per session winning, and retries writes
+// that failed: a link is never refused or delayed because the store did
+// not answer.
+
+const (
+	// linkWriteTimeout bounds one store write of a link's location.
+	linkWriteTimeout = 5 * time.Second
+	// The first retry of failed writes comes after linkRetryMin, each
+	// further one after twice as long, up to linkRetryMax.
+	linkRetryMin = 250 * time.Millisecond
+	linkRetryMax = 30 * time.Second
+)
+
+// wireLink makes the hub record its links in the store and reach, through
+// the other replicas' relays, the agents linked to them.
+func (s *Server) wireLink() {
+	hub := s.cfg.Link
+	if hub == nil {
+		return
+	}
+	rec := &linkRecorder{s: s, pending: map[string]bool{}, failing: map[string]bool{}, wake: make(chan struct{}, 1)}
+	hub.SetNotify(rec.note)
+	hub.SetRemote(newRelayClient(s))
+	s.goOwned(func() { rec.run(s.ctx) })
+}
+
+// linkRecorder writes the links the hub tells of to the store.
+type linkRecorder struct {
+	s    *Server
+	wake chan struct{}
+
+	mu      sync.Mutex
+	pending map[string]bool // session -> linked here (true) or no longer (false), not yet written
+	failing map[string]bool // sessions whose last write failed (each logged once)
+}
+
+// note records a session's link state to write. The hub calls it with its
+// lock held: it must not block.
+func (r *linkRecorder) note(sessionID string, linked bool) {
+	r.mu.Lock()
+	r.pending[sessionID] = linked
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run writes what note recorded until ctx ends, retrying failed writes
+// with backoff.
+func (r *linkRecorder) run(ctx context.Context) {
+	backoff := linkRetryMin
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.wake:
+		case <-retry:
+		}
+		if r.flush(ctx) {
+			retry, backoff = time.After(backoff), min(2*backoff, linkRetryMax)
+		} else {
+			retry, backoff = nil, linkRetryMin
+		}
+	}
+}
+
+// flush writes every pending state and reports whether any write failed
+// (those stay pending unless a newer state came meanwhile).
+func (r *linkRecorder) flush(ctx context.Context) (failed bool) {
+	r.mu.Lock()
+	batch := r.pending
+	r.pending = map[string]bool{}
+	r.mu.Unlock()
+	replica := r.s.replicaID()
+	for sessionID, linked := range batch {
+		if ctx.Err() != nil {
+			return false
+		}
+		if replica == "" {
+			continue // a server without a replica identity shares its store with no other
+		}
+		wctx, cancel := context.WithTimeout(ctx, linkWriteTimeout)
+		var err error
+		if linked {
+			err = r.s.store.SetLink(wctx, sessionID, replica)
+		} else {
+			err = r.s.store.ClearLink(wctx, sessionID, replica)
+		}
+		cancel()
+		r.mu.Lock()
+		if err != nil {
+			failed = true
+			if _, newer := r.pending[sessionID]; !newer {
+				r.pending[sessionID] = linked
+			}
+			if !r.failing[sessionID] {
+				r.failing[sessionID] = true
+				r.s.log.Warn("cannot record where the agent is linked yet; retrying in the background", "session_id", sessionID, "linked_here", linked, "err", err)
+			}
+		} else if r.failing[sessionID] {
+			delete(r.failing, sessionID)
+			r.s.log.Info("recorded where the agent is linked after retrying", "session_id", sessionID, "linked_here", linked)
+		}
+		r.mu.Unlock()
+	}
+	return failed
 }

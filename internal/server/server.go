@@ -217,6 +217,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.syncAllCapacity(ctx)
 	if cfg.Link != nil {
 		cfg.Link.SetVerifier(s.verifyLink)
+		s.wireLink() // link.go: links recorded in the store, relays to other replicas
 	}
 	s.refreshLimits(ctx, 0)
 	s.probeStore(ctx)
