@@ -399,7 +399,8 @@ type Store interface {
 	// heartbeat is older than the caller's deadline), with its attachments
 	// (each session left with none gets DetachedAt = at, so the detach
 	// grace applies) and its links. It returns the sessions whose
-	// attachment count changed.
+	// attachment count changed. Removing one that is not registered does
+	// nothing: two replicas that both saw it die may both remove it.
 	RemoveReplica(ctx context.Context, id string, at time.Time) ([]string, error)
 	// StaleReplicas lists the replicas whose heartbeat is older than
 	// maxAge by the store's clock.
@@ -409,10 +410,13 @@ type Store interface {
 	// store's now + ttl. It succeeds when the lease is free, expired or
 	// already holder's; the epoch (the fencing token) rises by one each
 	// time the lease changes hands and stays the same on a renewal.
-	// ErrLeaseHeld when another holder's lease has not expired.
+	// ErrLeaseHeld when another holder's lease has not expired (with the
+	// lease as recorded). Several callers at once: exactly one wins.
 	AcquireLease(ctx context.Context, name, holder string, ttl time.Duration) (Lease, error)
 	// ReleaseLease gives the lease up at once, if holder still holds it.
 	ReleaseLease(ctx context.Context, name, holder string) error
+	// Lease returns the lease as recorded: an expired one keeps its last
+	// holder, a released one has Holder "". ErrNotFound: never taken.
 	Lease(ctx context.Context, name string) (Lease, error)
 	// CheckLease is the fence: inside a transaction, it fails with
 	// ErrFenced unless holder holds the lease with this epoch and it has
@@ -422,18 +426,22 @@ type Store interface {
 
 	// AddAttachment records an open shell on a session, held by a replica,
 	// and sets the session's Attachments to its count and DetachedAt to
-	// zero; it assigns a.ID. ErrNotFound if the session is not running.
+	// zero; it assigns a.ID (and OpenedAt when zero). ErrNotFound if the
+	// session is not running or the replica is not registered (it was
+	// declared dead: it must register anew).
 	AddAttachment(ctx context.Context, a *Attachment) error
 	// RemoveAttachment forgets one; when it was the session's last, the
-	// session's DetachedAt becomes at. It returns the count left; removing
-	// one already gone is not an error (the count is returned).
+	// session's DetachedAt becomes at (zero: now). It returns the count
+	// left; removing one already gone is not an error and returns 0, as
+	// its session is no longer known.
 	RemoveAttachment(ctx context.Context, id int64, at time.Time) (left int, err error)
 	ListAttachments(ctx context.Context, sessionID string) ([]Attachment, error)
 
 	// SetLink records which replica holds the session's agent link (an
 	// agent in a cluster dials one replica); ClearLink forgets it if that
 	// replica still holds it. LinkOf returns the holder's record, or
-	// ErrNotFound.
+	// ErrNotFound. SetLink: ErrNotFound when the session or the replica
+	// is unknown.
 	SetLink(ctx context.Context, sessionID, replica string) error
 	ClearLink(ctx context.Context, sessionID, replica string) error
 	LinkOf(ctx context.Context, sessionID string) (Replica, error)

@@ -66,6 +66,12 @@ func dialect(migrations fs.FS) sqlstore.Dialect {
 		FailedStatementAbortsTx: true,
 		Classify:                classify,
 		Migrations:              migrations,
+		// clock_timestamp(), not now(): now() stands still for a whole
+		// transaction, and a fence checked late in a long one must see
+		// that its lease ran out meanwhile.
+		Now:         `CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)`,
+		ForUpdate:   ` FOR UPDATE`,
+		ForKeyShare: ` FOR KEY SHARE`,
 	}
 }
 

@@ -84,6 +84,9 @@ func dialect(migrations fs.FS) sqlstore.Dialect {
 		Serialize:  true,
 		Classify:   classify,
 		Migrations: migrations,
+		// The process clock, which SQLite reads to the millisecond: one
+		// machine, one clock.
+		Now: `CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER) * 1000`,
 	}
 }
 

@@ -44,6 +44,18 @@ type Dialect struct {
 	Classify func(err error) error
 	// Migrations holds the engine's NNNN_name.sql files.
 	Migrations fs.FS
+	// Now is an SQL expression of the store's clock in unix microseconds,
+	// read afresh by each statement (also inside a long transaction):
+	// leases and heartbeats are timed by it, so that replicas whose clocks
+	// differ agree on what has expired.
+	Now string
+	// ForUpdate, appended to a SELECT, locks the rows it reads until the
+	// transaction ends; empty where the engine has one writer at a time.
+	ForUpdate string
+	// ForKeyShare, appended to a SELECT, keeps the rows it reads from
+	// being deleted until the transaction ends, but not from being
+	// updated; empty where the engine has one writer at a time.
+	ForKeyShare string
 }
 
 // querier is what *sql.DB and *sql.Tx have in common.

@@ -64,6 +64,16 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"WarmPools", testWarmPools},
 		{"ClaimSession", testClaimSession},
 		{"Queue", testQueue},
+		{"Replicas", testReplicas},
+		{"StaleReplicas", testStaleReplicas},
+		{"Leases", testLeases},
+		{"LeaseExpiry", testLeaseExpiry},
+		{"LeaseRace", testLeaseRace},
+		{"CheckLease", testCheckLease},
+		{"FenceHoldsTakeover", testFenceHoldsTakeover},
+		{"Attachments", testAttachments},
+		{"Links", testLinks},
+		{"RemoveReplica", testRemoveReplica},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,6 +87,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("ConcurrentCapacity", func(t *testing.T) { testConcurrentAdmission(t, open(t), false) })
 	t.Run("ConcurrentCap", func(t *testing.T) { testConcurrentAdmission(t, open(t), true) })
 	t.Run("ConcurrentUsage", func(t *testing.T) { testConcurrentUsage(t, open(t)) })
+	t.Run("ConcurrentAttachments", func(t *testing.T) { testConcurrentAttachments(t, open(t)) })
 }
 
 func testUsers(t *testing.T, ctx context.Context, s store.Store) {
