@@ -293,8 +293,14 @@ type term struct {
 
 func (e *env) terminal(args ...string) *term {
 	e.t.Helper()
+	return e.terminalEnv(nil, args...)
+}
+
+// terminalEnv is terminal with more environment variables.
+func (e *env) terminalEnv(env []string, args ...string) *term {
+	e.t.Helper()
 	cmd := exec.Command(e.bin, args...)
-	cmd.Env = append(e.environ(), "TERM=xterm")
+	cmd.Env = append(append(e.environ(), "TERM=xterm"), env...) // the last value of a name wins
 	tty, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 24, Cols: 80})
 	if err != nil {
 		e.t.Fatal(err)

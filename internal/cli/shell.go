@@ -243,20 +243,41 @@ func orDefault(s, def string) string {
 
 // runShell runs an interactive shell: a PTY in raw mode when stdin is a
 // terminal (with window changes forwarded), plain pipes otherwise, as ssh does.
+// On a terminal the shell survives a dropped connection (reconnect.go),
+// unless the session's agent cannot keep it.
 func runShell(conn *sessionConn, sess sdk.Session) error {
-	s, err := conn.NewSession()
-	if err != nil {
-		return fmt.Errorf("open a shell in session %s: %w", sess.ID, err)
-	}
-	defer s.Close()
 	fd := int(os.Stdin.Fd())
 	if term.IsTerminal(fd) {
 		w, h, err := term.GetSize(fd)
 		if err != nil {
 			w, h = 80, 24
 		}
-		modes := ssh.TerminalModes{ssh.ECHO: 1, ssh.TTY_OP_ISPEED: 38400, ssh.TTY_OP_OSPEED: 38400}
-		if err := s.RequestPty(orDefault(os.Getenv("TERM"), "xterm-256color"), h, w, modes); err != nil {
+		shell, err := sdk.OpenKeptShell(conn.Client, terminalType(), sdk.TerminalSize{Rows: h, Columns: w}, terminalModes)
+		switch {
+		case err == nil:
+			old, err := term.MakeRaw(fd)
+			if err != nil {
+				shell.Close()
+				return fmt.Errorf("put the terminal in raw mode: %w", err)
+			}
+			defer term.Restore(fd, old)
+			return runKeptShell(conn, sess, shell, fd)
+		case !errors.Is(err, sdk.ErrKeepRefused):
+			return fmt.Errorf("start a shell in session %s: %w", sess.ID, err)
+		}
+		// An agent that does not keep shells: one that ends with its connection.
+	}
+	s, err := conn.NewSession()
+	if err != nil {
+		return fmt.Errorf("open a shell in session %s: %w", sess.ID, err)
+	}
+	defer s.Close()
+	if term.IsTerminal(fd) {
+		w, h, err := term.GetSize(fd)
+		if err != nil {
+			w, h = 80, 24
+		}
+		if err := s.RequestPty(terminalType(), h, w, terminalModes); err != nil {
 			return fmt.Errorf("request a terminal: %w", err)
 		}
 		old, err := term.MakeRaw(fd)
@@ -277,6 +298,12 @@ func runShell(conn *sessionConn, sess sdk.Session) error {
 	}
 	return conn.finished(s.Wait())
 }
+
+// terminalModes are the modes a shell's terminal starts with.
+var terminalModes = ssh.TerminalModes{ssh.ECHO: 1, ssh.TTY_OP_ISPEED: 38400, ssh.TTY_OP_OSPEED: 38400}
+
+// terminalType is the TERM a shell's terminal gets: ours.
+func terminalType() string { return orDefault(os.Getenv("TERM"), "xterm-256color") }
 
 // commandLine turns run's arguments into the line the session's shell
 // runs: one argument is a command line as it is; several are quoted so
@@ -345,7 +372,11 @@ func exitFrom(err error) error {
 // queued request says why it waits even in a log), nothing for a start
 // that needs no explanation.
 type statusLine struct {
-	tty      bool
+	tty bool
+	// ownLine starts the line below the cursor, which may be in the middle
+	// of a shell's output; since, when set, is shown as seconds elapsed.
+	ownLine  bool
+	since    time.Time
 	mu       sync.Mutex
 	msg      string
 	printed  string
@@ -377,7 +408,14 @@ func newStatusLine() *statusLine {
 				s.mu.Lock()
 				// One line, redrawn in place: never wider than the
 				// terminal, or each frame would wrap onto a new line.
-				line := fitWidth(fmt.Sprintf("%c %s…", frames[i%len(frames)], s.msg), stderrWidth())
+				line := fmt.Sprintf("%c %s…", frames[i%len(frames)], s.msg)
+				if !s.since.IsZero() {
+					line += fmt.Sprintf(" (%ds)", int(time.Since(s.since).Seconds()))
+				}
+				line = fitWidth(line, stderrWidth())
+				if s.ownLine && !s.shown {
+					fmt.Fprint(os.Stderr, "\r\n")
+				}
 				fmt.Fprintf(os.Stderr, "\r\033[K%s", line)
 				s.mu.Unlock()
 				s.shown = true
@@ -387,12 +425,13 @@ func newStatusLine() *statusLine {
 	return s
 }
 
-// set changes the message. Off a terminal only queue updates are printed.
+// set changes the message. Off a terminal only queue updates and
+// reconnections are printed.
 func (s *statusLine) set(msg string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.msg = msg
-	if !s.tty && strings.HasPrefix(msg, "queued") && msg != s.printed {
+	if !s.tty && (strings.HasPrefix(msg, "queued") || strings.HasPrefix(msg, "reconnecting")) && msg != s.printed {
 		fmt.Fprintf(os.Stderr, "devgpu: %s\n", msg)
 		s.printed = msg
 	}
