@@ -21,3 +21,7 @@ func TestUpgradeBudgetUse(t *testing.T) {
 func TestUpgradePlacement(t *testing.T) {
 	storetest.UpgradePlacement(t, "pgx", storetest.PostgresDB(t, storetest.PostgresServer(t)), dialect, migrationFiles())
 }
+
+func TestSchemaCompat(t *testing.T) {
+	storetest.SchemaCompat(t, "pgx", storetest.PostgresDB(t, storetest.PostgresServer(t)), dialect, migrationFiles())
+}

@@ -18,3 +18,7 @@ func TestUpgradeBudgetUse(t *testing.T) {
 func TestUpgradePlacement(t *testing.T) {
 	storetest.UpgradePlacement(t, "sqlite", dsn(filepath.Join(t.TempDir(), "devgpu.db")), dialect, migrationFiles())
 }
+
+func TestSchemaCompat(t *testing.T) {
+	storetest.SchemaCompat(t, "sqlite", dsn(filepath.Join(t.TempDir(), "devgpu.db")), dialect, migrationFiles())
+}

@@ -2,8 +2,11 @@ package sqlstore
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"path"
 	"sort"
 	"strconv"
@@ -16,7 +19,17 @@ type migration struct {
 	version int64
 	name    string
 	sql     string
+	// expand: the file's first line is compatibleOlder, so releases that
+	// know only earlier versions keep working on the migrated store. A
+	// migration without it contracts the schema: only releases that know
+	// the version right before it (which no longer use what it removes)
+	// keep working.
+	expand bool
 }
+
+// compatibleOlder, as the first line of a migration file, marks an expand
+// migration.
+const compatibleOlder = "-- compatible: older"
 
 // migrations reads the dialect's migration files in version order. Adding
 // one is dropping the next NNNN_name.sql beside the others.
@@ -36,7 +49,9 @@ func (d *Dialect) migrations() ([]migration, error) {
 		if err != nil {
 			return nil, err
 		}
-		ms = append(ms, migration{version: v, name: strings.TrimSuffix(path.Base(f), ".sql"), sql: string(b)})
+		first, _, _ := strings.Cut(string(b), "\n")
+		ms = append(ms, migration{version: v, name: strings.TrimSuffix(path.Base(f), ".sql"), sql: string(b),
+			expand: strings.TrimSpace(first) == compatibleOlder})
 	}
 	sort.Slice(ms, func(i, j int) bool { return ms[i].version < ms[j].version })
 	for i := 1; i < len(ms); i++ {
@@ -46,6 +61,43 @@ func (d *Dialect) migrations() ([]migration, error) {
 	}
 	return ms, nil
 }
+
+// oldestReader is the oldest schema version a release may know and still
+// use a store that ms brought up to date: the version before the newest
+// contract migration (0 when every migration is an expand one).
+func oldestReader(ms []migration) int64 {
+	for i := len(ms) - 1; i >= 0; i-- {
+		if !ms[i].expand {
+			return ms[i].version - 1
+		}
+	}
+	return 0
+}
+
+// Schema is where a store's schema stands against this release.
+type Schema struct {
+	Version      int64 // the store's newest migration
+	Known        int64 // this release's newest migration
+	OldestReader int64 // the oldest version a release may know to use the store
+}
+
+// Newer reports whether a newer release migrated the store past what this
+// release knows (which it may still use: Known >= OldestReader).
+func (sc Schema) Newer() bool { return sc.Version > sc.Known }
+
+// SchemaTooNewError refuses a store that a newer release migrated past
+// what this release can use.
+type SchemaTooNewError struct{ Schema }
+
+func (e *SchemaTooNewError) Error() string {
+	return fmt.Sprintf("the store's schema is at version %d and serves only releases that know version %d or later, "+
+		"but this release knows only up to version %d: upgrade this replica to the release that ran migration %d, or a newer one",
+		e.Version, e.OldestReader, e.Known, e.Version)
+}
+
+// Schema returns where the store's schema stood against this release when
+// it was opened.
+func (s *Store) Schema() Schema { return s.schema }
 
 // goSteps are the parts of migrations written in Go, by the name of the
 // migration without its number: each runs right after that migration's
@@ -76,12 +128,41 @@ func (s *Store) migrate(ctx context.Context) error {
 		)`); err != nil {
 			return fmt.Errorf("create schema_migrations: %w", err)
 		}
+		// The oldest schema version a release may know and still use the
+		// store, written by the newest release that migrated it: an older
+		// release cannot tell expand from contract in files it lacks.
+		if _, err := tx.exec(ctx, `CREATE TABLE IF NOT EXISTS schema_compat (
+			id            INTEGER PRIMARY KEY CHECK (id = 1),
+			oldest_reader BIGINT NOT NULL
+		)`); err != nil {
+			return fmt.Errorf("create schema_compat: %w", err)
+		}
 		var current int64
 		if err := tx.queryRow(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
 			return fmt.Errorf("read schema version: %w", err)
 		}
-		if n := len(ms); n > 0 && current > ms[n-1].version {
-			return fmt.Errorf("schema version %d is newer than this program's %d", current, ms[n-1].version)
+		var known int64
+		if n := len(ms); n > 0 {
+			known = ms[n-1].version
+		}
+		if current > known {
+			sc := Schema{Version: current, Known: known}
+			err := tx.queryRow(ctx, `SELECT oldest_reader FROM schema_compat WHERE id = 1`).Scan(&sc.OldestReader)
+			if errors.Is(err, sql.ErrNoRows) {
+				// Migrated by a release from before the record: it said
+				// nothing of older ones.
+				sc.OldestReader = current
+			} else if err != nil {
+				return fmt.Errorf("read the oldest schema version this store serves: %w", err)
+			}
+			if known < sc.OldestReader {
+				return &SchemaTooNewError{sc}
+			}
+			// Nothing to apply, and the record is the newer release's.
+			s.schema = sc
+			slog.Warn("a newer release migrated the store; this release still works with it",
+				"store", s.d.Name, "schema_version", sc.Version, "known_version", sc.Known, "oldest_reader", sc.OldestReader)
+			return nil
 		}
 		for _, m := range ms {
 			if m.version <= current {
@@ -100,6 +181,11 @@ func (s *Store) migrate(ctx context.Context) error {
 				m.version, m.name, time.Now().UnixMicro()); err != nil {
 				return fmt.Errorf("record %s: %w", m.name, err)
 			}
+		}
+		s.schema = Schema{Version: known, Known: known, OldestReader: oldestReader(ms)}
+		if _, err := tx.exec(ctx, `INSERT INTO schema_compat (id, oldest_reader) VALUES (1, ?)
+			ON CONFLICT (id) DO UPDATE SET oldest_reader = excluded.oldest_reader`, s.schema.OldestReader); err != nil {
+			return fmt.Errorf("record the oldest schema version this store serves: %w", err)
 		}
 		return nil
 	})

@@ -73,6 +73,8 @@ type Store struct {
 	q    querier // db, or the transaction inside InTx
 	inTx bool
 	sem  chan struct{} // held by the running writer when d.Serialize
+	// schema is where the schema stood when New migrated it.
+	schema Schema
 }
 
 var _ store.Store = (*Store)(nil)

@@ -80,3 +80,30 @@ func TestEncodeSettings(t *testing.T) {
 		t.Errorf("encodePolicy(zero) = %s, %v", got, err)
 	}
 }
+
+// TestOldestReader checks how a migration's first line marks it as an
+// expand one, and which version is then the oldest a release may know.
+func TestOldestReader(t *testing.T) {
+	expand := &fstest.MapFile{Data: []byte(compatibleOlder + "\nCREATE TABLE t (id INTEGER);\n")}
+	expandCRLF := &fstest.MapFile{Data: []byte(compatibleOlder + "  \r\nSELECT 1;")}
+	contract := &fstest.MapFile{Data: []byte("-- drops what the release before stopped using\n" + compatibleOlder + "\nSELECT 1;")}
+	for _, c := range []struct {
+		name  string
+		files fstest.MapFS
+		want  int64
+	}{
+		{"none", fstest.MapFS{}, 0},
+		{"all expand", fstest.MapFS{"0001_a.sql": expand, "0002_b.sql": expandCRLF}, 0},
+		{"contract last", fstest.MapFS{"0001_a.sql": expand, "0002_b.sql": contract}, 1},
+		{"expand after contract", fstest.MapFS{"0001_a.sql": contract, "0002_b.sql": contract, "0003_c.sql": expand, "0004_d.sql": expand}, 1},
+		{"mark not on the first line", fstest.MapFS{"0001_a.sql": expand, "0002_b.sql": contract, "0003_c.sql": expand}, 1},
+	} {
+		ms, err := (&Dialect{Migrations: c.files}).migrations()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := oldestReader(ms); got != c.want {
+			t.Errorf("%s: oldestReader = %d, want %d", c.name, got, c.want)
+		}
+	}
+}

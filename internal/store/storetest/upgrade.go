@@ -3,6 +3,8 @@ package storetest
 import (
 	"context"
 	"database/sql"
+	"errors"
+	"fmt"
 	"io/fs"
 	"reflect"
 	"strings"
@@ -219,4 +221,111 @@ func mustOpen(t *testing.T, driver, dsn string) *sql.DB {
 		t.Fatal(err)
 	}
 	return db
+}
+
+// SchemaCompat checks rolling upgrades: a store that newer releases
+// migrated is used by an older release as long as every migration it lacks
+// is an expand one (or a contract one right after what it knows), and is
+// refused, naming both versions, once a newer release contracted the schema
+// past it. The newer releases are today's migrations plus made-up ones,
+// applied by the same code a newer release would run. Arguments are as for
+// Upgrade.
+func SchemaCompat(t *testing.T, driver, dsn string, dialect func(fs.FS) sqlstore.Dialect, migrations fs.FS) {
+	ctx, cancel := context.WithTimeout(t.Context(), Timeout)
+	defer cancel()
+	files, err := fs.Glob(migrations, "*.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	known := int64(len(files))
+	release := func(extra map[string]string) fs.FS {
+		fsys := fstest.MapFS{}
+		for _, f := range files {
+			b, err := fs.ReadFile(migrations, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fsys[f] = &fstest.MapFile{Data: b}
+		}
+		for name, sql := range extra {
+			fsys[name] = &fstest.MapFile{Data: []byte(sql)}
+		}
+		return fsys
+	}
+	open := func(migrations fs.FS) (*sqlstore.Store, error) {
+		db := mustOpen(t, driver, dsn)
+		s, err := sqlstore.New(ctx, db, dialect(migrations))
+		if err != nil {
+			db.Close()
+			return nil, err
+		}
+		return s, nil
+	}
+	// use opens the store with a release's migrations, checks where its
+	// schema stands and that it serves, and closes it.
+	use := func(what string, migrations fs.FS, want sqlstore.Schema) {
+		t.Helper()
+		s, err := open(migrations)
+		if err != nil {
+			t.Fatalf("%s: open = %v, want it to work", what, err)
+		}
+		defer s.Close()
+		if got := s.Schema(); got != want {
+			t.Errorf("%s: Schema() = %+v, want %+v", what, got, want)
+		}
+		name := fmt.Sprintf("user-%d-%d", want.Version, want.Known)
+		if err := s.CreateUser(ctx, &store.User{Name: name}); err != nil {
+			t.Errorf("%s: the store does not serve: %v", what, err)
+		}
+	}
+
+	// Today's release on a new store: the newest contract migration
+	// before it sets how old a reader may be.
+	ms := release(nil)
+	var lastContract int64
+	for i, f := range files {
+		b, _ := fs.ReadFile(migrations, f)
+		if first, _, _ := strings.Cut(string(b), "\n"); strings.TrimSpace(first) != "-- compatible: older" {
+			lastContract = int64(i + 1)
+		}
+	}
+	if lastContract == known {
+		t.Fatalf("the newest migration, %s, is a contract one; this test wants it to be an expand one", files[len(files)-1])
+	}
+	use("this release", ms, sqlstore.Schema{Version: known, Known: known, OldestReader: lastContract - 1})
+
+	// A newer release adds an expand migration: this release still serves.
+	expand := fmt.Sprintf("%04d_next_expand.sql", known+1)
+	newer := release(map[string]string{expand: "-- compatible: older\nCREATE TABLE next_expand (id BIGINT PRIMARY KEY, note TEXT);\n"})
+	use("the newer release", newer, sqlstore.Schema{Version: known + 1, Known: known + 1, OldestReader: lastContract - 1})
+	use("this release after an expand migration", ms, sqlstore.Schema{Version: known + 1, Known: known, OldestReader: lastContract - 1})
+
+	// A release after it contracts the schema (a contract migration is
+	// written for the release right before it): the release that knows the
+	// expand migration still serves, this one is refused.
+	contract := fmt.Sprintf("%04d_next_contract.sql", known+2)
+	newest := release(map[string]string{expand: "-- compatible: older\nCREATE TABLE next_expand (id BIGINT PRIMARY KEY, note TEXT);\n",
+		contract: "ALTER TABLE next_expand DROP COLUMN note;\n"})
+	use("the newest release", newest, sqlstore.Schema{Version: known + 2, Known: known + 2, OldestReader: known + 1})
+	use("the release before the contract migration", newer, sqlstore.Schema{Version: known + 2, Known: known + 1, OldestReader: known + 1})
+	s, err := open(ms)
+	var tooNew *sqlstore.SchemaTooNewError
+	if !errors.As(err, &tooNew) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("this release after a contract migration past it: open = %v, want a SchemaTooNewError", err)
+	}
+	if want := (sqlstore.Schema{Version: known + 2, Known: known, OldestReader: known + 1}); tooNew.Schema != want {
+		t.Errorf("refused with %+v, want %+v", tooNew.Schema, want)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("schema is at version %d", known+2),
+		fmt.Sprintf("knows only up to version %d", known),
+		fmt.Sprintf("upgrade this replica to the release that ran migration %d", known+2),
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the refusal %q does not say %q", err, want)
+		}
+	}
 }
