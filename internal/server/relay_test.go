@@ -1,0 +1,404 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/devgpu/devgpu/internal/agent"
+	"github.com/devgpu/devgpu/internal/link"
+	"github.com/devgpu/devgpu/internal/runtime"
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/internal/store/postgres"
+	"github.com/devgpu/devgpu/internal/store/storetest"
+	"github.com/devgpu/devgpu/internal/testutil"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// relayRig is two replicas (servers) on one PostgreSQL store, each with
+// its own link hub, and agents that link through a balancer the test
+// points at one replica or the other.
+type relayRig struct {
+	t        *testing.T
+	ctx      context.Context
+	st       store.Store
+	agentKey []byte
+	token    string // the developer's
+	agents   *linkedAgents
+	lb       *testutil.Proxy // what agents dial, standing for the Service in front of the replicas
+}
+
+// relayReplica is one server process of the rig.
+type relayReplica struct {
+	id     string
+	srv    *Server
+	hub    *link.Hub
+	hs     *httptest.Server
+	client *sdk.Client
+	once   sync.Once
+}
+
+func newRelayRig(t *testing.T) *relayRig {
+	t.Helper()
+	ctx := testutil.Context(t, testutil.WaitLong)
+	pg := storetest.PostgresServer(t)
+	st, err := postgres.Open(ctx, storetest.PostgresDB(t, pg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	now := time.Now()
+	if _, err := Bootstrap(ctx, st, "root", true, false, now); err != nil {
+		t.Fatal(err)
+	}
+	p := must(st.ProjectByName(ctx, "default"))
+	u := store.User{Name: "dev", CreatedAt: now}
+	if err := st.CreateUser(ctx, &u); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetMember(ctx, store.Member{ProjectID: p.ID, UserID: u.ID, Role: store.RoleDeveloper}); err != nil {
+		t.Fatal(err)
+	}
+	token, _, err := NewToken(ctx, st, u.ID, "t", now, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &relayRig{t: t, ctx: ctx, st: st, agentKey: []byte(strings.Repeat("r", AgentKeySize)), token: token, lb: testutil.NewProxy(t)}
+	r.agents = &linkedAgents{url: "http://" + r.lb.Addr, dir: testutil.ShortTempDir(t), running: map[string]*linkedAgent{}}
+	t.Cleanup(r.agents.stopAll)
+	return r
+}
+
+// replica starts a server of the rig, named id.
+func (r *relayRig) replica(id string) *relayReplica {
+	r.t.Helper()
+	hub := link.NewHub(nil)
+	hs := httptest.NewUnstartedServer(nil)
+	url := "http://" + hs.Listener.Addr().String()
+	srv, err := New(r.ctx, Config{
+		Store: r.st, Backends: []Backend{{Name: "cluster", Runtime: &linkedRuntime{agents: r.agents, hub: hub}}},
+		Link: hub, Replica: Replica{ID: id, URL: url}, AgentKey: r.agentKey,
+	})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	hs.Config.Handler = srv.Handler()
+	hs.Start()
+	rep := &relayReplica{id: id, srv: srv, hub: hub, hs: hs, client: must(sdk.NewClient(url, r.token))}
+	r.t.Cleanup(rep.close)
+	return rep
+}
+
+// addr is where the balancer reaches the replica.
+func (rep *relayReplica) addr() string { return rep.hs.Listener.Addr().String() }
+
+// close stops the replica as `devgpu server` does: the server, then its
+// hub, whose agents link again elsewhere.
+func (rep *relayReplica) close() {
+	rep.once.Do(func() {
+		rep.srv.Close()
+		rep.hub.Close()
+		rep.hs.Close()
+	})
+}
+
+// run runs cmd over SSH in the session, through a shell opened at the
+// replica, and returns its output.
+func (r *relayRig) run(t *testing.T, via *relayReplica, sess sdk.Session, cmd string) string {
+	t.Helper()
+	ctx := testutil.Context(t, testutil.WaitMedium)
+	tunnel, err := via.client.Connect(ctx, sess.ID)
+	if err != nil {
+		t.Fatalf("open a shell through %s: %v", via.id, err)
+	}
+	defer tunnel.Close()
+	client := sshOver(t, tunnel, sess)
+	defer client.Close()
+	s, err := client.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	out, err := s.CombinedOutput(cmd)
+	if err != nil {
+		t.Fatalf("run %q through %s: %v (output %q)", cmd, via.id, err, out)
+	}
+	return string(out)
+}
+
+// linkedAgents are the sessions' agents: real agents (internal/agent)
+// serving the streams of a link (internal/link) to whichever replica the
+// balancer picks. The runtimes of both replicas share them, as the Pods
+// of one cluster are shared by the replicas in front of it.
+type linkedAgents struct {
+	url, dir string
+	mu       sync.Mutex
+	running  map[string]*linkedAgent
+}
+
+type linkedAgent struct {
+	ln     net.Listener
+	served chan struct{}
+}
+
+// start runs the session's agent, linking as its Pod's would.
+func (a *linkedAgents) start(spec runtime.Spec) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.running[spec.SessionID] != nil {
+		return
+	}
+	ln := link.Listen(context.Background(), link.AgentConfig{
+		URL: a.url, SessionID: spec.SessionID, Credential: spec.LinkCredential,
+		Report: link.Report{Node: "node-linked", Devices: []string{"GPU-linked-" + spec.SessionID}},
+	})
+	ag := &linkedAgent{ln: ln, served: make(chan struct{})}
+	go func() {
+		defer close(ag.served)
+		_ = agent.Serve(context.Background(), ln, agent.Config{Secret: spec.AgentSecret, Dir: a.dir})
+	}()
+	a.running[spec.SessionID] = ag
+}
+
+func (a *linkedAgents) has(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.running[id] != nil
+}
+
+func (a *linkedAgents) stop(id string) {
+	a.mu.Lock()
+	ag := a.running[id]
+	delete(a.running, id)
+	a.mu.Unlock()
+	if ag != nil {
+		ag.ln.Close()
+		<-ag.served
+	}
+}
+
+func (a *linkedAgents) ids() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var ids []string
+	for id := range a.running {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+func (a *linkedAgents) stopAll() {
+	for _, id := range a.ids() {
+		a.stop(id)
+	}
+}
+
+// linkedRuntime is one replica's runtime over the shared agents, reaching
+// them through its own hub as the kube runtime does: Start waits for the
+// agent's link, Connect dials it.
+type linkedRuntime struct {
+	agents *linkedAgents
+	hub    *link.Hub
+}
+
+var _ runtime.Runtime = (*linkedRuntime)(nil)
+
+func (r *linkedRuntime) Name() string { return "linked" }
+
+func (r *linkedRuntime) Capacity(context.Context) ([]runtime.Capacity, error) {
+	return []runtime.Capacity{{Type: "t4", Region: "local", Total: 4}}, nil
+}
+
+func (r *linkedRuntime) Start(ctx context.Context, spec runtime.Spec) (runtime.Placement, error) {
+	r.agents.start(spec)
+	report, err := r.hub.WaitLinked(ctx, spec.SessionID)
+	if err != nil {
+		r.agents.stop(spec.SessionID)
+		return runtime.Placement{}, err
+	}
+	return runtime.Placement{Node: report.Node, Devices: report.Devices, Handle: spec.SessionID}, nil
+}
+
+func (r *linkedRuntime) Connect(ctx context.Context, id string) (net.Conn, error) {
+	if !r.agents.has(id) {
+		return nil, runtime.ErrNotFound
+	}
+	if !r.hub.Linked(id) {
+		wctx, cancel := context.WithTimeout(ctx, testutil.WaitShort)
+		_, _ = r.hub.WaitLinked(wctx, id)
+		cancel()
+	}
+	return r.hub.Dial(ctx, id)
+}
+
+func (r *linkedRuntime) Stop(_ context.Context, id string) error {
+	r.hub.Forget(id)
+	r.agents.stop(id)
+	return nil
+}
+
+func (r *linkedRuntime) List(context.Context) ([]runtime.Instance, error) {
+	var out []runtime.Instance
+	for _, id := range r.agents.ids() {
+		out = append(out, runtime.Instance{SessionID: id, Placement: runtime.Placement{Node: "node-linked", Handle: id}})
+	}
+	return out, nil
+}
+
+// waitLinkOf waits until the store says the session's link is held by the
+// replica.
+func (r *relayRig) waitLinkOf(t *testing.T, sessionID string, holder *relayReplica) {
+	t.Helper()
+	testutil.Eventually(t, testutil.WaitMedium, "the store to record session "+sessionID+"'s link at "+holder.id, func() bool {
+		rep, err := r.st.LinkOf(r.ctx, sessionID)
+		return err == nil && rep.ID == holder.id
+	})
+}
+
+// A session started through replica a whose agent links to replica b:
+// a's start sees the link made to b (and b's report of the agent), a shell
+// opened through a reaches the agent through b's relay, and once b is gone
+// and the agent links to a, the next shell through a is direct.
+func TestShellRelayedBetweenReplicas(t *testing.T) {
+	t.Parallel()
+	r := newRelayRig(t)
+	a, b := r.replica("replica-a"), r.replica("replica-b")
+	r.lb.SetTargets(b.addr())
+
+	sess, err := a.client.CreateSession(r.ctx, sdk.CreateSessionRequest{GPUType: "t4"}, nil)
+	if err != nil {
+		t.Fatalf("start a session through a, its agent linking to b: %v", err)
+	}
+	if !b.hub.Linked(sess.ID) || a.hub.Linked(sess.ID) {
+		t.Fatalf("linked at a %v, at b %v; want the agent linked to b only", a.hub.Linked(sess.ID), b.hub.Linked(sess.ID))
+	}
+	r.waitLinkOf(t, sess.ID, b)
+	if rec := must(r.st.Session(r.ctx, sess.ID)); rec.Node != "node-linked" || !slices.Equal(rec.GPUs, []string{"GPU-linked-" + sess.ID}) {
+		t.Errorf("session placed on %q with %v; want the report the agent gave b (node-linked, GPU-linked-%s)", rec.Node, rec.GPUs, sess.ID)
+	}
+
+	// Real bytes both ways through b's relay, then directly at b.
+	if out := r.run(t, a, sess, "echo relayed $((6*7))"); out != "relayed 42\n" {
+		t.Errorf("command through a's relay to b printed %q; want %q", out, "relayed 42\n")
+	}
+	if out := r.run(t, b, sess, "echo direct at b"); out != "direct at b\n" {
+		t.Errorf("command through b printed %q", out)
+	}
+
+	// b stops; the balancer sends the agent's next link to a.
+	r.lb.SetTargets(a.addr())
+	b.close()
+	testutil.Eventually(t, testutil.WaitMedium, "the agent to link to a", func() bool { return a.hub.Linked(sess.ID) })
+	r.waitLinkOf(t, sess.ID, a)
+	if out := r.run(t, a, sess, "echo direct at a"); out != "direct at a\n" {
+		t.Errorf("command through a after the relink printed %q", out)
+	}
+	if s := must(r.st.Session(r.ctx, sess.ID)); s.State != sdk.StateRunning {
+		t.Errorf("session %s after b stopped; want running", s.State)
+	}
+}
+
+// The relay endpoint answers only requests carrying a fresh token made
+// with the agent key for that session: anything else is a 401 with one
+// sentence, whether or not it asks for a WebSocket.
+func TestRelayRefusesForgedAndStaleTokens(t *testing.T) {
+	t.Parallel()
+	r := newRelayRig(t)
+	b := r.replica("replica-b")
+	r.lb.SetTargets(b.addr())
+	sess, err := b.client.CreateSession(r.ctx, sdk.CreateSessionRequest{GPUType: "t4"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().Unix()
+	otherKey := []byte(strings.Repeat("x", AgentKeySize))
+	header := func(token string, unix int64) http.Header {
+		h := http.Header{}
+		if token != "" {
+			h.Set("Authorization", "Bearer "+token)
+		}
+		h.Set(relayTimeHeader, strconv.FormatInt(unix, 10))
+		return h
+	}
+	refused := []struct {
+		name   string
+		header http.Header
+	}{
+		{"no token", http.Header{}},
+		{"no time", http.Header{"Authorization": {"Bearer " + relayToken(r.agentKey, sess.ID, now)}}},
+		{"another key", header(relayToken(otherKey, sess.ID, now), now)},
+		{"another session's", header(relayToken(r.agentKey, "another-session", now), now)},
+		{"stale", header(relayToken(r.agentKey, sess.ID, now-2*int64(relaySkew.Seconds())), now-2*int64(relaySkew.Seconds()))},
+		{"from the future", header(relayToken(r.agentKey, sess.ID, now+2*int64(relaySkew.Seconds())), now+2*int64(relaySkew.Seconds()))},
+		{"time changed", header(relayToken(r.agentKey, sess.ID, now), now-1)},
+	}
+	endpoint := b.hs.URL + relayPath + sess.ID
+	for _, c := range refused {
+		req := must(http.NewRequestWithContext(r.ctx, http.MethodGet, endpoint, nil))
+		req.Header = c.header
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var problem sdk.Problem
+		_ = json.NewDecoder(resp.Body).Decode(&problem)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(problem.Detail, "same agent key") {
+			t.Errorf("%s: %d %q; want 401 saying to give every replica the same agent key", c.name, resp.StatusCode, problem.Detail)
+		}
+		_, wsResp, err := websocket.Dial(r.ctx, endpoint, &websocket.DialOptions{HTTPHeader: c.header})
+		if err == nil || wsResp == nil || wsResp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("%s, as a WebSocket: %v; want 401", c.name, err)
+		}
+	}
+
+	// A fresh token: the agent's report, and a stream to it.
+	req := must(http.NewRequestWithContext(r.ctx, http.MethodGet, endpoint, nil))
+	req.Header = b.srv.relayHeaders(sess.ID)
+	resp := must(http.DefaultClient.Do(req))
+	var report link.Report
+	err = json.NewDecoder(resp.Body).Decode(&report)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || err != nil || report.Node != "node-linked" {
+		t.Errorf("relay report with a fresh token: %d %+v %v; want 200 from node-linked", resp.StatusCode, report, err)
+	}
+	ws, _, err := websocket.Dial(r.ctx, endpoint, &websocket.DialOptions{HTTPHeader: b.srv.relayHeaders(sess.ID)})
+	if err != nil {
+		t.Fatalf("relay with a fresh token: %v", err)
+	}
+	conn := websocket.NetConn(r.ctx, ws, websocket.MessageBinary)
+	defer conn.Close()
+	// The agent speaks first once given its secret: the SSH banner.
+	if err := agent.WritePreamble(conn, agentSecret(r.agentKey, sess.ID)); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(testutil.WaitShort))
+	banner := make([]byte, 4)
+	if _, err := io.ReadFull(conn, banner); err != nil || string(banner) != "SSH-" {
+		t.Errorf("read %q, %v through the relay; want the agent's SSH banner", banner, err)
+	}
+
+	// A session linked nowhere here is a 404, not a relay elsewhere.
+	req = must(http.NewRequestWithContext(r.ctx, http.MethodGet, b.hs.URL+relayPath+"nosuchsession", nil))
+	req.Header = b.srv.relayHeaders("nosuchsession")
+	resp = must(http.DefaultClient.Do(req))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("relay of a session not linked here: %d; want 404", resp.StatusCode)
+	}
+	_, wsResp, err := websocket.Dial(r.ctx, b.hs.URL+relayPath+"nosuchsession", &websocket.DialOptions{HTTPHeader: b.srv.relayHeaders("nosuchsession")})
+	if err == nil || wsResp == nil || wsResp.StatusCode != http.StatusNotFound {
+		t.Errorf("relay stream of a session not linked here: %v; want 404", err)
+	}
+}
