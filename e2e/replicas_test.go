@@ -359,10 +359,15 @@ func TestReplicasSurvivePostgresRestart(t *testing.T) {
 	rs.pg.Stop(t)
 	token := rs.admin.token()
 	for _, r := range rs.replicas {
-		var code int
 		var body string
+		last := -1
 		testutil.Eventually(t, testutil.WaitMedium, fmt.Sprintf("replica %d to answer 503 while PostgreSQL is down", r.idx), func() bool {
+			var code int
 			code, body = r.getAuth("/api/v1/sessions", token)
+			if code != last {
+				t.Logf("replica %d answers %d with PostgreSQL down: %s", r.idx, code, strings.TrimSpace(body))
+				last = code
+			}
 			return code == http.StatusServiceUnavailable
 		})
 		if !strings.Contains(body, "database") {
@@ -457,10 +462,6 @@ func (e *env) token() string {
 	var cfg struct {
 		Token string `json:"token"`
 	}
-	r := e.cliEnv(nil, "whoami") // proves the token works, too
-	if r.code != 0 {
-		e.t.Fatalf("whoami: %+v", r)
-	}
 	b, err := os.ReadFile(filepath.Join(e.dir, "config.json"))
 	if err != nil {
 		e.t.Fatal(err)
@@ -532,8 +533,11 @@ func checkAfterFaults(rs *replicaSet, runs []runResult, shells []*shell) {
 	reasons := map[string]int{}
 	for _, s := range all {
 		reasons[s.State+"/"+s.EndReason]++
-		switch s.EndReason {
-		case sdk.ReasonClosed, sdk.ReasonDetached, sdk.ReasonGaveUp:
+		switch {
+		case s.EndReason == sdk.ReasonClosed, s.EndReason == sdk.ReasonDetached, s.EndReason == sdk.ReasonGaveUp:
+		case s.State == sdk.StateFailed && s.EndReason == sdk.ReasonError && strings.Contains(s.Error, "restarted before the session finished starting"):
+			// Its start was in flight on a killed replica: never ran, its
+			// client was cut off with an error, its GPU given back.
 		default:
 			t.Errorf("session %s of %s ended %s (%s): %s", s.ID, s.User, s.State, s.EndReason, s.Error)
 		}
