@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -401,4 +402,71 @@ func TestRelayRefusesForgedAndStaleTokens(t *testing.T) {
 	if err == nil || wsResp == nil || wsResp.StatusCode != http.StatusNotFound {
 		t.Errorf("relay stream of a session not linked here: %v; want 404", err)
 	}
+}
+
+// TestMeasureRelayLatency reports what a relay between replicas adds to a
+// shell: the median of a whole `devgpu run -- true` (tunnel, SSH
+// handshake, exec) and of a keystroke's round trip (a byte sent to `cat`
+// and read back), through the replica holding the link and through the
+// other. It asserts nothing about time; run it with DEVGPU_MEASURE=1.
+func TestMeasureRelayLatency(t *testing.T) {
+	if os.Getenv("DEVGPU_MEASURE") == "" {
+		t.Skip("a measurement, not a test: set DEVGPU_MEASURE=1 to run it")
+	}
+	r := newRelayRig(t)
+	a, b := r.replica("replica-a"), r.replica("replica-b")
+	r.lb.SetTargets(b.addr())
+	sess, err := a.client.CreateSession(r.ctx, sdk.CreateSessionRequest{GPUType: "t4"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.waitLinkOf(t, sess.ID, b)
+	const runs, keystrokes = 40, 2000
+	paths := []*relayReplica{b, a}
+	name := map[*relayReplica]string{b: "direct (agent linked to this replica)", a: "relayed (agent linked to the other replica)"}
+	// Whole runs alternate between the paths, so that neither is measured
+	// warmer than the other.
+	whole := map[*relayReplica][]time.Duration{}
+	for i := range 2 * runs {
+		via := paths[i%2]
+		start := time.Now()
+		r.run(t, via, sess, "true")
+		whole[via] = append(whole[via], time.Since(start))
+	}
+	for _, via := range paths {
+		tunnel, err := via.client.Connect(r.ctx, sess.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		client := sshOver(t, tunnel, sess)
+		s := must(client.NewSession())
+		in, out := must(s.StdinPipe()), must(s.StdoutPipe())
+		if err := s.Start("cat"); err != nil {
+			t.Fatal(err)
+		}
+		var keys []time.Duration
+		buf := make([]byte, 1)
+		for range keystrokes {
+			start := time.Now()
+			if _, err := in.Write([]byte("k")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(out, buf); err != nil {
+				t.Fatal(err)
+			}
+			keys = append(keys, time.Since(start))
+		}
+		in.Close()
+		client.Close()
+		tunnel.Close()
+		t.Logf("%s: run -- true median %s (p90 %s) over %d; keystroke round trip median %s (p90 %s) over %d",
+			name[via], percentile(whole[via], 50), percentile(whole[via], 90), runs, percentile(keys, 50), percentile(keys, 90), keystrokes)
+	}
+}
+
+// percentile returns the p-th percentile of ds.
+func percentile(ds []time.Duration, p int) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[(len(s)-1)*p/100].Round(time.Microsecond)
 }
