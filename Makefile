@@ -4,7 +4,7 @@
 # go-nvml's header marks some calls deprecated; its warnings are noise here.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: dev test build agent-image bench clean
+.PHONY: dev test build agent-image images bench clean
 
 # The version `devgpu --version`, doctor, the server's log and /healthz
 # report: the tag or commit this tree is at, "-dirty" with local changes.
@@ -24,6 +24,18 @@ build:
 AGENT_IMAGE ?= devgpu.local/agent:dev
 agent-image: build
 	go run ./scripts/agentimage -agent bin/devgpu-agent -ref $(AGENT_IMAGE) -out bin/agent-image.tar
+
+# The server and agent images (deploy/helm/devgpu runs them), built without
+# Docker from scratch, as `docker save` tarballs under bin/, and
+# bin/RELEASE.md with each image's name, tag and digest. The server image's
+# devgpu is static (CGO_ENABLED=0): the kube runtime and PostgreSQL need no
+# cgo, and NVML only serves a GPU host's own runtimes. IMAGE_REPO/server and
+# IMAGE_REPO/agent, both tagged IMAGE_TAG.
+IMAGE_REPO ?= devgpu.local
+IMAGE_TAG ?= dev
+images: build
+	CGO_ENABLED=0 go build -ldflags "$(LDFLAGS)" -o bin/devgpu-server ./cmd/devgpu
+	go run ./scripts/images -server bin/devgpu-server -agent bin/devgpu-agent -repo $(IMAGE_REPO) -tag $(IMAGE_TAG) -out bin
 
 dev:
 	go build -ldflags "$(LDFLAGS)" -o bin/devgpu ./cmd/devgpu

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
@@ -35,7 +36,7 @@ func staticProgram(t *testing.T) string {
 	return bin
 }
 
-func TestImageHoldsOnlyTheAgent(t *testing.T) {
+func TestAgentImage(t *testing.T) {
 	agent := staticProgram(t)
 	body, err := os.ReadFile(agent)
 	if err != nil {
@@ -49,40 +50,86 @@ func TestImageHoldsOnlyTheAgent(t *testing.T) {
 	if err := img.WriteTarball(out, DefaultRef); err != nil {
 		t.Fatal(err)
 	}
+	cfg, files := readBack(t, img, out, DefaultRef)
+	if got := strings.Join(cfg.Config.Entrypoint, " "); got != AgentPath {
+		t.Errorf("entrypoint = %q, want %q", got, AgentPath)
+	}
+	// The kube runtime runs the init container as root whatever the image
+	// says (it reads 0400 secrets); the image itself is non-root.
+	if cfg.Config.User != "65532:65532" || cfg.OS != "linux" || cfg.Architecture != "amd64" {
+		t.Errorf("config user %q os %q arch %q, want 65532:65532 linux amd64", cfg.Config.User, cfg.OS, cfg.Architecture)
+	}
+	if !cfg.Created.Time.Equal(epoch) {
+		t.Errorf("created = %v, want %v", cfg.Created.Time, epoch)
+	}
+	wantBase(t, files)
+	f, ok := files["devgpu-agent"]
+	if !ok || f.hdr.Mode != 0o755 || f.hdr.Uid != 0 || !bytes.Equal(f.body, body) {
+		t.Errorf("devgpu-agent in the image: present %v, mode %o, owner %d, %d bytes; want the agent's %d bytes, 0755, root", ok, f.hdr.Mode, f.hdr.Uid, len(f.body), len(body))
+	}
+	if len(files) != len(baseEntries())+1 {
+		t.Errorf("the image holds %d entries, want the base's %d and the agent", len(files), len(baseEntries()))
+	}
+}
 
-	// The archive is in `docker save` format: manifest.json names the tag.
+func TestServerImage(t *testing.T) {
+	bin := staticProgram(t)
+	img, err := BuildServer(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "server.tar")
+	if err := img.WriteTarball(out, DefaultServerRef); err != nil {
+		t.Fatal(err)
+	}
+	cfg, files := readBack(t, img, out, DefaultServerRef)
+	if got := strings.Join(cfg.Config.Entrypoint, " "); got != ServerPath+" server" {
+		t.Errorf("entrypoint = %q, want %q", got, ServerPath+" server")
+	}
+	if got := strings.Join(cfg.Config.Cmd, " "); got != "--data "+ServerDataDir {
+		t.Errorf("cmd = %q, want --data %s", got, ServerDataDir)
+	}
+	if cfg.Config.User != "65532:65532" {
+		t.Errorf("user %q, want 65532:65532", cfg.Config.User)
+	}
+	if _, ok := cfg.Config.ExposedPorts["8470/tcp"]; !ok {
+		t.Errorf("exposed ports %v, want 8470/tcp", cfg.Config.ExposedPorts)
+	}
+	wantBase(t, files)
+	if f, ok := files["devgpu"]; !ok || f.hdr.Mode != 0o755 {
+		t.Errorf("devgpu in the image: present %v mode %o, want 0755", ok, f.hdr.Mode)
+	}
+	// The server's data directory is the non-root user's, and private.
+	if d, ok := files["var/lib/devgpu/"]; !ok || d.hdr.Typeflag != tar.TypeDir || d.hdr.Uid != NonRootUID || d.hdr.Gid != NonRootUID || d.hdr.Mode != 0o700 {
+		t.Errorf("var/lib/devgpu in the image: present %v, type %c owner %d:%d mode %o; want a 0700 directory of %d", ok, d.hdr.Typeflag, d.hdr.Uid, d.hdr.Gid, d.hdr.Mode, NonRootUID)
+	}
+	size, err := img.Size()
+	if err != nil || size <= 0 {
+		t.Fatalf("Size = %d, %v", size, err)
+	}
+}
+
+// member is one entry of an image's flattened layers.
+type member struct {
+	hdr  tar.Header
+	body []byte
+}
+
+// readBack reads the tarball as `docker load` would and returns the image's
+// config and every entry of its layers, checking that manifest.json names
+// the tag and the image id.
+func readBack(t *testing.T, img *Image, path, ref string) (*v1.ConfigFile, map[string]member) {
+	t.Helper()
 	var manifest []struct {
 		Config   string
 		RepoTags []string
 		Layers   []string
 	}
-	if err := json.Unmarshal(readMember(t, out, "manifest.json"), &manifest); err != nil {
+	if err := json.Unmarshal(readMember(t, path, "manifest.json"), &manifest); err != nil {
 		t.Fatal(err)
 	}
-	if len(manifest) != 1 || len(manifest[0].RepoTags) != 1 || manifest[0].RepoTags[0] != DefaultRef || len(manifest[0].Layers) != 1 {
-		t.Fatalf("manifest.json = %+v, want one image tagged %s with one layer", manifest, DefaultRef)
-	}
-
-	tag, err := name.NewTag(DefaultRef)
-	if err != nil {
-		t.Fatal(err)
-	}
-	back, err := tarball.ImageFromPath(out, &tag)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := back.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := strings.Join(cfg.Config.Entrypoint, " "); got != AgentPath {
-		t.Errorf("entrypoint = %q, want %q", got, AgentPath)
-	}
-	if cfg.Config.User != "0" || cfg.OS != "linux" || cfg.Architecture != "amd64" {
-		t.Errorf("config user %q os %q arch %q, want 0 linux amd64", cfg.Config.User, cfg.OS, cfg.Architecture)
-	}
-	if !cfg.Created.Time.Equal(epoch) {
-		t.Errorf("created = %v, want %v", cfg.Created.Time, epoch)
+	if len(manifest) != 1 || len(manifest[0].RepoTags) != 1 || manifest[0].RepoTags[0] != ref || len(manifest[0].Layers) != 2 {
+		t.Fatalf("manifest.json = %+v, want one image tagged %s with two layers", manifest, ref)
 	}
 	id, err := img.ID()
 	if err != nil {
@@ -91,34 +138,66 @@ func TestImageHoldsOnlyTheAgent(t *testing.T) {
 	if manifest[0].Config != strings.TrimPrefix(id, "sha256:") && manifest[0].Config != "sha256:"+strings.TrimPrefix(id, "sha256:") {
 		t.Errorf("manifest config %q, want the image id %s", manifest[0].Config, id)
 	}
-
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := tarball.ImageFromPath(path, &tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := back.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
 	layers, err := back.Layers()
-	if err != nil || len(layers) != 1 {
-		t.Fatalf("layers = %d, %v; want 1", len(layers), err)
-	}
-	rc, err := layers[0].Uncompressed()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rc.Close()
-	tr := tar.NewReader(rc)
-	hdr, err := tr.Next()
-	if err != nil {
-		t.Fatal(err)
+	files := map[string]member{}
+	for _, l := range layers {
+		rc, err := l.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := tar.NewReader(rc)
+		for {
+			hdr, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := io.ReadAll(tr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !hdr.ModTime.Equal(epoch) {
+				t.Errorf("%s has mtime %v, want %v", hdr.Name, hdr.ModTime, epoch)
+			}
+			if _, dup := files[hdr.Name]; dup {
+				t.Errorf("%s is in two layers", hdr.Name)
+			}
+			files[hdr.Name] = member{hdr: *hdr, body: b}
+		}
+		rc.Close()
 	}
-	if hdr.Name != "devgpu-agent" || hdr.Typeflag != tar.TypeReg || hdr.Mode != 0o755 || hdr.Uid != 0 || hdr.Gid != 0 || !hdr.ModTime.Equal(epoch) {
-		t.Errorf("layer entry %q type %c mode %o owner %d:%d mtime %v, want devgpu-agent, a 0755 root-owned file from %v",
-			hdr.Name, hdr.Typeflag, hdr.Mode, hdr.Uid, hdr.Gid, hdr.ModTime, epoch)
+	return cfg, files
+}
+
+// wantBase checks what both images share: a passwd and group naming the
+// non-root user, and a sticky world-writable /tmp.
+func wantBase(t *testing.T, files map[string]member) {
+	t.Helper()
+	if p := string(files["etc/passwd"].body); !strings.Contains(p, "nonroot:x:65532:65532:") || !strings.HasPrefix(p, "root:x:0:0:") {
+		t.Errorf("etc/passwd = %q, want root and nonroot (65532)", p)
 	}
-	got, err := io.ReadAll(tr)
-	if err != nil {
-		t.Fatal(err)
+	if g := string(files["etc/group"].body); !strings.Contains(g, "nonroot:x:65532:") {
+		t.Errorf("etc/group = %q, want nonroot (65532)", g)
 	}
-	if !bytes.Equal(got, body) {
-		t.Errorf("the layer's agent differs from the binary (%d bytes, want %d)", len(got), len(body))
-	}
-	if _, err := tr.Next(); err != io.EOF {
-		t.Errorf("the layer holds more than the agent: %v", err)
+	if d, ok := files["tmp/"]; !ok || d.hdr.Typeflag != tar.TypeDir || d.hdr.Mode != 0o1777 {
+		t.Errorf("tmp in the image: present %v mode %o, want a 1777 directory", ok, d.hdr.Mode)
 	}
 }
 

@@ -181,7 +181,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 		return err
 	}
 	defer removePid()
-	agentKey, err := server.LoadAgentKey(filepath.Join(dataDir, "agent.key"))
+	agentKey, err := loadAgentKey(dataDir) // server_agentkey.go: $DEVGPU_AGENT_KEY or DATA/agent.key
 	if err != nil {
 		return err
 	}
