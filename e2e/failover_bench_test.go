@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/devgpu/devgpu/internal/testutil"
 )
 
 // failoverRunsEnv asks for the failover benchmark and says how many kills
@@ -33,16 +35,19 @@ func TestFailoverBenchmark(t *testing.T) {
 	sh := ts.openShell("u0", rs.replicas[0])
 	var took []time.Duration
 	for round := range runs {
-		held := ts.attachedVia(sh.id)
+		// The last round's killed replica holds an attachment until the
+		// leader declares it dead: wait for one live holder.
 		var via *replica
-		for _, r := range rs.replicas {
-			if len(held) == 1 && r.up() && r.id() == held[0] {
-				via = r
+		testutil.Eventually(t, testutil.WaitLong, fmt.Sprintf("round %d: shell %s to be attached through one running replica", round, sh.id), func() bool {
+			held := ts.attachedVia(sh.id)
+			via = nil
+			for _, r := range rs.replicas {
+				if len(held) == 1 && r.up() && r.id() == held[0] {
+					via = r
+				}
 			}
-		}
-		if via == nil {
-			t.Fatalf("round %d: shell %s is attached through %v, not one running replica", round, sh.id, held)
-		}
+			return via != nil
+		})
 		sh.tm.send(fmt.Sprintf("echo TY''PED-BEFORE-%d\r", round))
 		start := time.Now() // timing: the benchmark's clock starts at the kill
 		if err := via.cmd.Process.Signal(syscall.SIGKILL); err != nil {
