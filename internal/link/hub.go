@@ -389,6 +389,20 @@ func (h *Hub) LocalReport(sessionID string) (Report, bool) {
 	return Report{}, false
 }
 
+// LinkedSessions returns the sessions whose agents are linked to this hub
+// now.
+func (h *Hub) LinkedSessions() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ids := make([]string, 0, len(h.links))
+	for id, l := range h.links {
+		if !l.mux.IsClosed() {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
 // Linked reports whether the session's agent is linked now.
 func (h *Hub) Linked(sessionID string) bool {
 	return h.current(sessionID) != nil

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/devgpu/devgpu/internal/link"
 	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/sdk"
@@ -66,6 +67,11 @@ const (
 	// further one after twice as long, up to linkRetryMax.
 	linkRetryMin = 250 * time.Millisecond
 	linkRetryMax = 30 * time.Second
+	// linkAuditRounds: every so many liveness intervals (30 s by
+	// default), each link held here whose record is missing from the store
+	// is recorded again: the leader removed this replica's links while it
+	// was cut off from the store and taken for dead.
+	linkAuditRounds = 6
 )
 
 // wireLink makes the hub record its links in the store and reach, through
@@ -75,7 +81,7 @@ func (s *Server) wireLink() {
 	if hub == nil {
 		return
 	}
-	rec := &linkRecorder{s: s, pending: map[string]bool{}, failing: map[string]bool{}, wake: make(chan struct{}, 1)}
+	rec := &linkRecorder{s: s, hub: hub, pending: map[string]bool{}, failing: map[string]bool{}, wake: make(chan struct{}, 1)}
 	hub.SetNotify(rec.note)
 	hub.SetRemote(newRelayClient(s))
 	s.goOwned(func() { rec.run(s.ctx) })
@@ -84,6 +90,7 @@ func (s *Server) wireLink() {
 // linkRecorder writes the links the hub tells of to the store.
 type linkRecorder struct {
 	s    *Server
+	hub  *link.Hub
 	wake chan struct{}
 
 	mu      sync.Mutex
@@ -108,12 +115,16 @@ func (r *linkRecorder) note(sessionID string, linked bool) {
 func (r *linkRecorder) run(ctx context.Context) {
 	backoff := linkRetryMin
 	var retry <-chan time.Time
+	audit := time.NewTicker(linkAuditRounds * r.s.cfg.LivenessInterval)
+	defer audit.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-r.wake:
 		case <-retry:
+		case <-audit.C:
+			r.audit(ctx)
 		}
 		if r.flush(ctx) {
 			retry, backoff = time.After(backoff), min(2*backoff, linkRetryMax)
@@ -163,4 +174,25 @@ func (r *linkRecorder) flush(ctx context.Context) (failed bool) {
 		r.mu.Unlock()
 	}
 	return failed
+}
+
+// audit records again each link held here that the store has no record
+// of. A record naming another replica is left alone: that link is newer,
+// or this one is about to end.
+func (r *linkRecorder) audit(ctx context.Context) {
+	for _, sessionID := range r.hub.LinkedSessions() {
+		r.mu.Lock()
+		_, pending := r.pending[sessionID]
+		r.mu.Unlock()
+		if pending {
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, linkWriteTimeout)
+		_, err := r.s.store.LinkOf(rctx, sessionID)
+		cancel()
+		if errors.Is(err, store.ErrNotFound) {
+			r.s.log.Info("the store had no record of an agent linked here; recording it again", "session_id", sessionID)
+			r.note(sessionID, true)
+		}
+	}
 }

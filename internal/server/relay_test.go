@@ -3,7 +3,9 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -469,4 +472,105 @@ func percentile(ds []time.Duration, p int) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[(len(s)-1)*p/100].Round(time.Microsecond)
+}
+
+// flakyLinks is a store whose first writes of link locations fail, as
+// when the database does not answer for a moment.
+type flakyLinks struct {
+	store.Store
+	failures atomic.Int32 // SetLink calls left to fail
+	setCalls atomic.Int32
+}
+
+func (f *flakyLinks) SetLink(ctx context.Context, sessionID, replica string) error {
+	f.setCalls.Add(1)
+	if f.failures.Add(-1) >= 0 {
+		return errors.New("the database did not answer")
+	}
+	return f.Store.SetLink(ctx, sessionID, replica)
+}
+
+// lockedBuffer is a log sink the server's goroutines may share.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// An agent links at once while the store refuses to record where; the
+// record is retried in the background until it is written (one warning,
+// not one per try), and cleared when the link ends.
+func TestLinkRecordedDespiteStoreFailures(t *testing.T) {
+	t.Parallel()
+	hub := link.NewHub(nil)
+	var flaky *flakyLinks
+	logs := &lockedBuffer{}
+	r := newTwoBackendsWith(t, "t4:1", "a100:1@westus3", nil, func(c *Config) {
+		c.Link = hub
+		flaky = &flakyLinks{Store: c.Store}
+		flaky.failures.Store(3)
+		c.Store = flaky
+		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	})
+	sess := r.create(r.dev, sdk.CreateSessionRequest{GPUType: "t4"})
+	agentLn := link.Listen(r.ctx, link.AgentConfig{URL: r.hs.URL, SessionID: sess.ID, Credential: linkCredential(r.agentKey, sess.ID)})
+	defer agentLn.Close()
+	wctx, cancel := context.WithTimeout(r.ctx, testutil.WaitShort)
+	_, err := hub.WaitLinked(wctx, sess.ID)
+	cancel()
+	if err != nil {
+		t.Fatalf("the agent did not link while the store refused its record: %v", err)
+	}
+	testutil.Eventually(t, testutil.WaitMedium, "the link's record to be written after the store's failures", func() bool {
+		holder, err := r.st.LinkOf(r.ctx, sess.ID)
+		return err == nil && holder.ID == r.srv.replicaID()
+	})
+	if n := flaky.setCalls.Load(); n != 4 {
+		t.Errorf("SetLink called %d times; want 4 (3 failures, then the write)", n)
+	}
+	if n := strings.Count(logs.String(), "cannot record where the agent is linked"); n != 1 {
+		t.Errorf("%d warnings about the failing record; want 1", n)
+	}
+	agentLn.Close()
+	testutil.Eventually(t, testutil.WaitMedium, "the ended link's record to be cleared", func() bool {
+		_, err := r.st.LinkOf(r.ctx, sess.ID)
+		return errors.Is(err, store.ErrNotFound)
+	})
+}
+
+// A link whose record vanished from the store (the leader removed this
+// replica's links while it was taken for dead) is recorded again.
+func TestLinkRecordRestoredWhenRemoved(t *testing.T) {
+	t.Parallel()
+	hub := link.NewHub(nil)
+	r := newTwoBackendsWith(t, "t4:1", "a100:1@westus3", nil, func(c *Config) {
+		c.Link = hub
+		c.LivenessInterval = 50 * time.Millisecond
+	})
+	sess := r.create(r.dev, sdk.CreateSessionRequest{GPUType: "t4"})
+	agentLn := link.Listen(r.ctx, link.AgentConfig{URL: r.hs.URL, SessionID: sess.ID, Credential: linkCredential(r.agentKey, sess.ID)})
+	defer agentLn.Close()
+	recorded := func() bool {
+		holder, err := r.st.LinkOf(r.ctx, sess.ID)
+		return err == nil && holder.ID == r.srv.replicaID()
+	}
+	testutil.Eventually(t, testutil.WaitMedium, "the link to be recorded", recorded)
+	if err := r.st.ClearLink(r.ctx, sess.ID, r.srv.replicaID()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.st.LinkOf(r.ctx, sess.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("LinkOf after ClearLink: %v; want ErrNotFound", err)
+	}
+	testutil.Eventually(t, testutil.WaitMedium, "the removed record to be written again", recorded)
 }
