@@ -163,11 +163,7 @@ type relayClient struct {
 var _ link.Remote = (*relayClient)(nil)
 
 func newRelayClient(s *Server) *relayClient {
-	return &relayClient{s: s, client: &http.Client{Transport: &http.Transport{
-		TLSClientConfig:   s.peerTLS(),
-		ForceAttemptHTTP2: false, // the relay is a WebSocket over HTTP/1.1
-		Proxy:             nil,   // replicas reach one another directly
-	}}}
+	return &relayClient{s: s, client: &http.Client{Transport: s.peerTransport()}}
 }
 
 // notLinked is the error of a session linked to no replica that can be
@@ -257,13 +253,31 @@ func (c *relayClient) Report(ctx context.Context, sessionID string) (link.Report
 	return report, nil
 }
 
-// peerTLS is how a replica checks another's certificate: one identical to
-// its own (replicas usually share one certificate, which names the
-// Service rather than each replica's address) is accepted as it is;
-// anything else must chain, for the name dialled, to the system's roots,
-// the CAs in this server's own chain, or those the hub was given (a kube
-// backend's link_ca_file, the --dev CA).
-func (s *Server) peerTLS() *tls.Config {
+// peerTransport is how a replica reaches another: directly (no proxy),
+// over HTTP/1.1 (the relay is a WebSocket), checking an https replica's
+// certificate as peerTLS says.
+func (s *Server) peerTransport() *http.Transport {
+	tlsFor := s.peerTLS()
+	dialer := &net.Dialer{Timeout: relayDialTimeout}
+	return &http.Transport{
+		DialContext: dialer.DialContext,
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, err
+			}
+			return (&tls.Dialer{NetDialer: dialer, Config: tlsFor(host)}).DialContext(ctx, network, addr)
+		},
+	}
+}
+
+// peerTLS returns how a replica checks another's certificate when it
+// dials host: one identical to its own (replicas usually share one
+// certificate, which names the Service rather than each replica's address)
+// is accepted as it is; anything else must chain, for host, to the
+// system's roots, the CAs in this server's own chain, or those the hub was
+// given (a kube backend's link_ca_file, the --dev CA).
+func (s *Server) peerTLS() func(host string) *tls.Config {
 	roots, err := x509.SystemCertPool()
 	if err != nil {
 		roots = x509.NewCertPool()
@@ -287,27 +301,33 @@ func (s *Server) peerTLS() *tls.Config {
 			roots.AppendCertsFromPEM(pem)
 		}
 	}
-	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		// Verified in VerifyConnection instead, which also accepts this
-		// server's own certificate whatever address it was dialled at.
-		InsecureSkipVerify: true,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return errors.New("the other replica presented no certificate")
-			}
-			leaf := cs.PeerCertificates[0]
-			for _, der := range own {
-				if bytes.Equal(der, leaf.Raw) {
-					return nil
+	return func(host string) *tls.Config {
+		return &tls.Config{
+			MinVersion: tls.VersionTLS12,
+			ServerName: host,
+			NextProtos: []string{"http/1.1"},
+			// Verified in VerifyConnection instead, which also accepts
+			// this server's own certificate whatever address it was
+			// dialled at. The host is the one dialled: the handshake's
+			// server name is empty for an IP address.
+			InsecureSkipVerify: true,
+			VerifyConnection: func(cs tls.ConnectionState) error {
+				if len(cs.PeerCertificates) == 0 {
+					return errors.New("the other replica presented no certificate")
 				}
-			}
-			intermediates := x509.NewCertPool()
-			for _, c := range cs.PeerCertificates[1:] {
-				intermediates.AddCert(c)
-			}
-			_, err := leaf.Verify(x509.VerifyOptions{DNSName: cs.ServerName, Roots: roots, Intermediates: intermediates})
-			return err
-		},
+				leaf := cs.PeerCertificates[0]
+				for _, der := range own {
+					if bytes.Equal(der, leaf.Raw) {
+						return nil
+					}
+				}
+				intermediates := x509.NewCertPool()
+				for _, c := range cs.PeerCertificates[1:] {
+					intermediates.AddCert(c)
+				}
+				_, err := leaf.Verify(x509.VerifyOptions{DNSName: host, Roots: roots, Intermediates: intermediates})
+				return err
+			},
+		}
 	}
 }

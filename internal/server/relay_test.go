@@ -2,10 +2,18 @@ package server
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -573,4 +581,70 @@ func TestLinkRecordRestoredWhenRemoved(t *testing.T) {
 		t.Fatalf("LinkOf after ClearLink: %v; want ErrNotFound", err)
 	}
 	testutil.Eventually(t, testutil.WaitMedium, "the removed record to be written again", recorded)
+}
+
+// testCert makes a certificate for hosts, signed by parent (self-signed
+// when parent is nil), and returns it with its PEM.
+func testCert(t *testing.T, parent *tls.Certificate, isCA bool, hosts ...string) (tls.Certificate, []byte) {
+	t.Helper()
+	key := must(ecdsa.GenerateKey(elliptic.P256(), rand.Reader))
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: "devgpu relay test"},
+		NotBefore:    time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true, IsCA: isCA,
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	signer, signerKey := tmpl, any(key)
+	if parent != nil {
+		signer, signerKey = must(x509.ParseCertificate(parent.Certificate[0])), parent.PrivateKey
+	}
+	der := must(x509.CreateCertificate(rand.Reader, tmpl, signer, &key.PublicKey, signerKey))
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// A replica dialling another over https accepts the certificate it serves
+// itself whatever address it dials, or one chaining for the dialled host to
+// a CA it was given, and refuses any other.
+func TestRelayTLSTrust(t *testing.T) {
+	t.Parallel()
+	own, _ := testCert(t, nil, false, "devgpu.devgpu.svc")
+	ca, caPEM := testCert(t, nil, true, "devgpu test CA")
+	signedHere, _ := testCert(t, &ca, false, "127.0.0.1")
+	signedElsewhere, _ := testCert(t, &ca, false, "other.example")
+	stranger, _ := testCert(t, nil, false, "127.0.0.1")
+	hub := link.NewHub(nil)
+	hub.AddCA(caPEM)
+	s := &Server{cfg: Config{TLS: &tls.Config{Certificates: []tls.Certificate{own}}, Link: hub}}
+	client := &http.Client{Transport: s.peerTransport()}
+	for _, c := range []struct {
+		name string
+		cert tls.Certificate
+		ok   bool
+	}{
+		{"its own certificate, at an address it does not name", own, true},
+		{"signed by the CA for the dialled address", signedHere, true},
+		{"signed by the CA for another host", signedElsewhere, false},
+		{"self-signed by a stranger", stranger, false},
+	} {
+		hs := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+		hs.TLS = &tls.Config{Certificates: []tls.Certificate{c.cert}}
+		hs.StartTLS()
+		resp, err := client.Get(hs.URL)
+		if err == nil {
+			resp.Body.Close()
+		}
+		if (err == nil) != c.ok {
+			t.Errorf("%s: %v; want accepted %v", c.name, err, c.ok)
+		}
+		hs.Close()
+	}
 }
