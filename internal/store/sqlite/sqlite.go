@@ -33,19 +33,31 @@ func migrationFiles() fs.FS {
 // Open opens (creating it if needed) the database file at path and brings
 // its schema up to date. The file, and the -wal and -shm files SQLite
 // makes beside it with the same mode, are readable by their owner only.
+//
+// One store serves one server: Open holds an exclusive lock on
+// <path>.lock until Close, and fails with ErrInUse while another Open, in
+// this process or another, holds it.
 func Open(ctx context.Context, path string) (*sqlstore.Store, error) {
+	lock, err := lockFile(path)
+	if err != nil {
+		return nil, err
+	}
 	if err := private(path); err != nil {
+		lock.release()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
 	db, err := sql.Open("sqlite", dsn(path))
 	if err != nil {
+		lock.release()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
 	s, err := sqlstore.New(ctx, db, dialect(migrationFiles()))
 	if err != nil {
 		db.Close()
+		lock.release()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
+	s.AfterClose(lock.release)
 	return s, nil
 }
 

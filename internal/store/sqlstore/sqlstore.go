@@ -75,6 +75,9 @@ type Store struct {
 	sem  chan struct{} // held by the running writer when d.Serialize
 	// schema is where the schema stood when New migrated it.
 	schema Schema
+	// afterClose runs once Close has closed the database: the engine lets
+	// go of what it holds beside it.
+	afterClose func() error
 }
 
 var _ store.Store = (*Store)(nil)
@@ -92,13 +95,22 @@ func New(ctx context.Context, db *sql.DB, d Dialect) (*Store, error) {
 	return s, nil
 }
 
-// Close closes the database.
+// Close closes the database, then runs what AfterClose registered.
 func (s *Store) Close() error {
 	if s.inTx {
 		return errors.New("close store: inside InTx")
 	}
-	return s.db.Close()
+	err := s.db.Close()
+	if s.afterClose != nil {
+		err = errors.Join(err, s.afterClose())
+		s.afterClose = nil
+	}
+	return err
 }
+
+// AfterClose makes Close run fn once the database is closed: an engine's
+// hold on its files, say, ends after the last statement.
+func (s *Store) AfterClose(fn func() error) { s.afterClose = fn }
 
 // InTx runs fn in one transaction; see store.Store. The transaction holds
 // the engine's write lock until it ends, so fn must use the Store it is
