@@ -197,3 +197,62 @@ func (s *Server) cutShells(userID, projectID int64) int {
 	}
 	return len(cuts)
 }
+
+// checkShellAccess cuts this replica's open shells whose user may no
+// longer use them: disabled, removed from the session's project, or whose
+// session is no longer running. The replica that records an access change
+// cuts its own shells at once (revokeAccess); the others' are cut here,
+// within accessCheckInterval.
+func (s *Server) checkShellAccess(ctx context.Context) error {
+	s.mu.Lock()
+	open := make([]*attachment, 0, len(s.shells))
+	for _, a := range s.shells {
+		open = append(open, a)
+	}
+	s.mu.Unlock()
+	users := map[int64]store.User{}
+	sessions := map[string]store.Session{}
+	for _, a := range open {
+		u, ok := users[a.userID]
+		if !ok {
+			var err error
+			if u, err = s.store.UserByID(ctx, a.userID); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			users[a.userID] = u
+		}
+		sess, ok := sessions[a.session]
+		if !ok {
+			var err error
+			if sess, err = s.store.Session(ctx, a.session); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			sessions[a.session] = sess
+		}
+		why := ""
+		switch {
+		case u.ID == 0 || u.Disabled:
+			why = "user disabled"
+		case sess.State != sdk.StateRunning:
+			why = "session " + sess.State
+		default:
+			if err := s.mayAttach(ctx, u, sess); err != nil {
+				if !isHTTPStatus(err, http.StatusNotFound) {
+					return err
+				}
+				why = "removed from the project"
+			}
+		}
+		if why != "" {
+			s.log.Info("shell cut: access removed or session over", "session_id", a.session, "user_id", a.userID, "why", why)
+			a.cut()
+		}
+	}
+	return nil
+}
+
+// isHTTPStatus reports whether err is an API error with this status.
+func isHTTPStatus(err error, status int) bool {
+	var he *httpapi.Error
+	return errors.As(err, &he) && he.Status == status
+}

@@ -65,7 +65,9 @@ func (s *Server) createSession(ctx context.Context, caller store.User, req sdk.C
 		return s.joinable(ctx, d.Session)
 	}
 	s.metrics.admissions.WithLabelValues("admitted", "").Inc()
-	return s.start(ctx, sess, requested, progress)
+	// Admitted (under the fence, for a warm pool's refill): the start is
+	// that decision's consequence, finished whoever leads by then.
+	return s.start(withoutFence(ctx), sess, requested, progress)
 }
 
 // effective returns a project's effective policy.
@@ -201,6 +203,9 @@ func (s *Server) admit(ctx context.Context, caller store.User, req sdk.CreateSes
 	var sess store.Session
 	var d decision
 	err := s.store.InTx(ctx, func(tx store.Store) error {
+		if err := s.checkFence(ctx, tx); err != nil {
+			return err // a warm pool's refill by a replica that lost the lease
+		}
 		var err error
 		if d, err = s.decide(ctx, tx, caller, req, false); err != nil {
 			return err
@@ -253,20 +258,11 @@ func (s *Server) snapshot(ctx context.Context, tx store.Store, p store.Project, 
 		if a.UserID == caller.ID {
 			snap.UserGPUs += n
 			if a.State == sdk.StateRunning || a.State == sdk.StateStarting {
-				snap.UserSessions = append(snap.UserSessions, admission.UserSession{ID: a.ID, GPUs: n, Attachments: s.attachments(a.ID)})
+				snap.UserSessions = append(snap.UserSessions, admission.UserSession{ID: a.ID, GPUs: n, Attachments: a.Attachments})
 			}
 		}
 	}
 	return snap, v, nil
-}
-
-func (s *Server) attachments(id string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if l := s.live[id]; l != nil {
-		return l.attachments
-	}
-	return 0
 }
 
 // start starts an admitted session in the runtime and marks it running.
@@ -324,7 +320,7 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	warm := sess.UserID == s.warmUser.ID
 	s.live[sess.ID] = &liveSession{
 		projectID: sess.ProjectID, backend: backend.Name, gpus: placement.Devices, secret: s.agentSecret(sess.ID),
-		detachedAt: now, grace: sess.DetachGrace, lastSeen: now, startedAt: now, requested: requested, warm: warm,
+		lastSeen: now, startedAt: now, requested: requested, warm: warm,
 	}
 	s.mu.Unlock()
 	s.refreshLimits(context.WithoutCancel(ctx), sess.ProjectID)
@@ -384,11 +380,10 @@ func (s *Server) joinable(ctx context.Context, id string) (store.Session, error)
 	}
 }
 
+// attachable reports whether a running session may take a shell: not
+// while this replica ends it.
 func (s *Server) attachable(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	l := s.live[id]
-	return l != nil && !l.ending
+	return !s.endingHere(id)
 }
 
 func refusalStatus(reason string) int {

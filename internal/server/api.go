@@ -28,6 +28,7 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request, caller store.User)
 func (a *API) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", a.healthz) // storehealth.go
+	mux.HandleFunc("GET /readyz", a.readyz)   // readyz.go
 	// /metrics needs the metrics token when one is configured; without
 	// one it shows no project or user names.
 	mux.Handle("GET /metrics", a.s.metrics.handler(a.s.cfg.MetricsToken, a.log))
@@ -83,6 +84,9 @@ func (a *API) authenticated(h handlerFunc) http.Handler {
 		user, tok, err := a.authenticate(r)
 		if err == nil {
 			err = h(w, r.WithContext(withToken(r.Context(), tok)), user)
+		}
+		if err != nil && storeUnreachable(err) && r.Context().Err() == nil {
+			err = errDatabaseUnreachable(err)
 		}
 		if err != nil {
 			httpapi.WriteError(w, r, a.log, err)

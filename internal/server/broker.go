@@ -62,7 +62,7 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 		agentConn.Close()
 		return &httpapi.Error{Status: http.StatusBadGateway, Msg: "cannot reach the session's agent; try again, or start a new session", Err: err}
 	}
-	attachment, err := a.s.attach(r.Context(), sess.ID)
+	attachment, err := a.s.attach(r.Context(), sess)
 	if err != nil {
 		agentConn.Close()
 		return err
@@ -142,8 +142,8 @@ func (a *API) serveTunnel(ctx context.Context, ws *websocket.Conn, agentConn net
 	wg.Wait()
 	if end.verdict == clientVanished && end.agentEnded {
 		// The agent may have died: notice it now rather than at the next
-		// liveness round.
-		if err := a.s.checkLiveness(context.WithoutCancel(ctx)); err != nil {
+		// liveness round (on the leader, which runs that round).
+		if err := a.s.asLeader(a.s.checkLiveness)(context.WithoutCancel(ctx)); err != nil {
 			a.log.Error("liveness check", "err", err)
 		}
 	}

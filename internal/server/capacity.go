@@ -41,7 +41,15 @@ func (s *Server) writeCapacity(ctx context.Context, b Backend) error {
 	for _, c := range caps {
 		rows = append(rows, store.Capacity{Backend: b.Name, Type: c.Type, Region: c.Region, Total: c.Total})
 	}
-	if err := s.store.SetCapacity(ctx, b.Name, rows); err != nil {
+	// Fenced when a leader-only path records it: a replica that lost the
+	// lease cannot overwrite what the new leader read.
+	err = s.store.InTx(ctx, func(tx store.Store) error {
+		if err := s.checkFence(ctx, tx); err != nil {
+			return err
+		}
+		return tx.SetCapacity(ctx, b.Name, rows)
+	})
+	if err != nil {
 		s.storeWrote(err)
 		return fmt.Errorf("record the GPU capacity of backend %s: %w", b.Name, err)
 	}
@@ -70,7 +78,13 @@ func (s *Server) syncAllCapacity(ctx context.Context) {
 		}
 	}
 	for name := range gone {
-		if err := s.store.SetCapacity(ctx, name, nil); err != nil {
+		err := s.store.InTx(ctx, func(tx store.Store) error {
+			if err := s.checkFence(ctx, tx); err != nil {
+				return err
+			}
+			return tx.SetCapacity(ctx, name, nil)
+		})
+		if err != nil {
 			s.storeWrote(err)
 			s.log.Error("forget the capacity of a backend no longer configured", "backend", name, "err", err)
 			continue
@@ -84,8 +98,13 @@ func isUnconfigured(b Backend) bool {
 	return ok
 }
 
-// retryCapacity syncs the backends whose capacity is stale.
+// retryCapacity syncs the backends whose capacity is stale, when this
+// replica leads.
 func (s *Server) retryCapacity(ctx context.Context) {
+	ctx, leads := s.leaderContext(ctx)
+	if !leads {
+		return
+	}
 	s.mu.Lock()
 	var stale []string
 	for name := range s.capStale {
@@ -124,7 +143,13 @@ func (s *Server) watchCapacity() {
 						return
 					}
 				}
-				if err := s.syncCapacity(s.ctx, b); err != nil && s.ctx.Err() == nil {
+				// Only the leader records capacity; a replica that gains
+				// the lease syncs every backend then (becameLeader).
+				ctx, leads := s.leaderContext(s.ctx)
+				if !leads {
+					continue
+				}
+				if err := s.syncCapacity(ctx, b); err != nil && s.ctx.Err() == nil {
 					s.log.Error("sync GPU capacity after a change; retried", "backend", b.Name, "err", err)
 				}
 			}

@@ -16,24 +16,23 @@ import (
 	"github.com/devgpu/devgpu/sdk"
 )
 
-// liveSession is the in-memory state of a running session. Attachment
-// counts change on every connect and disconnect, so the broker and the
-// reaper work on this and mirror it to the store for listings.
+// liveSession is what this replica caches of a running session: its
+// agent secret, its control connection, its limits. Anything that must be
+// agreed on across replicas (attachments, detach times, the state) is in
+// the store; a replica that has no entry builds one from the store
+// (liveFor), and entries of sessions that ended elsewhere are swept.
 type liveSession struct {
 	projectID int64
 	backend   string // the name of the backend it runs on
 	// gpus are the devices the engine gave it, as it reported them.
-	gpus        []string
-	requested   time.Time // when the request that started it came in
-	warm        bool      // a ready session of a warm pool, not yet claimed
-	firstByte   bool      // whether its first shell byte was measured
-	secret      string
-	startedAt   time.Time
-	attachments int
-	detachedAt  time.Time // zero while attached
-	grace       time.Duration
-	lastSeen    time.Time
-	ending      bool
+	gpus      []string
+	requested time.Time // when the request that started it came in
+	warm      bool      // a ready session of a warm pool, not yet claimed
+	firstByte bool      // whether its first shell byte was measured
+	secret    string
+	startedAt time.Time
+	lastSeen  time.Time
+	ending    bool
 	// Limits from the project's effective policy, refreshed when it changes.
 	idleTimeout time.Duration
 	maxLifetime time.Duration
@@ -87,6 +86,19 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 			l.endReason, l.endAt = reason, at
 		}
 		reason, at = l.endReason, l.endAt
+	} else {
+		// Not cached here (running through another replica, or queued):
+		// the store decides between replicas, this set within this one.
+		if s.endings[id] {
+			s.mu.Unlock()
+			return nil
+		}
+		s.endings[id] = true
+		defer func() {
+			s.mu.Lock()
+			delete(s.endings, id)
+			s.mu.Unlock()
+		}()
 	}
 	s.mu.Unlock()
 	ctx = context.WithoutCancel(ctx)
@@ -124,6 +136,10 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 		s.forget(id)
 		return nil
 	case errors.Is(err, store.ErrNotFound):
+		s.clearEnding(id)
+		return fmt.Errorf("end session %s: %w", id, err)
+	case errors.Is(err, store.ErrFenced):
+		// A leader's decision, made after it lost the lease: not taken.
 		s.clearEnding(id)
 		return fmt.Errorf("end session %s: %w", id, err)
 	case err != nil:
@@ -178,6 +194,9 @@ func (s *Server) ended(id, reason string) {
 // audit event in the same transaction.
 func (s *Server) recordEnd(ctx context.Context, id, state, reason, actor string, at time.Time) error {
 	return s.store.InTx(ctx, func(tx store.Store) error {
+		if err := s.checkFence(ctx, tx); err != nil {
+			return err
+		}
 		if err := tx.EndSession(ctx, id, state, reason, at); err != nil {
 			s.logIllegal(id, err)
 			return err
@@ -217,37 +236,41 @@ func (s *Server) clearEnding(id string) {
 	s.mu.Unlock()
 }
 
-// attach counts a new shell on a running session and returns the
-// attachment's id. It fails when the session is no longer running (or is
-// ending).
-func (s *Server) attach(ctx context.Context, id string) (attachment int64, err error) {
-	s.mu.Lock()
-	l := s.live[id]
-	if l == nil || l.ending {
-		s.mu.Unlock()
-		return 0, errSessionNotRunning(id)
+// attach records a new shell on a running session, held by this replica,
+// and returns the attachment's id. It fails when the session is no longer
+// running (or is ending).
+func (s *Server) attach(ctx context.Context, sess store.Session) (attachment int64, err error) {
+	if s.endingHere(sess.ID) {
+		return 0, errSessionNotRunning(sess.ID)
 	}
-	s.nextAttachment++
-	attachment = s.nextAttachment
-	s.detached[attachment] = make(chan struct{})
-	l.attachments++
-	l.detachedAt = time.Time{}
-	n := l.attachments
-	s.mu.Unlock()
-	s.log.Info("session attached", "session_id", id, "attachments", n)
-	err = s.updateSession(ctx, id, func(ss *store.Session) {
-		ss.Attachments, ss.DetachedAt = n, time.Time{}
-	})
-	if err != nil {
-		s.detach(ctx, id, attachment, false)
+	a := store.Attachment{SessionID: sess.ID, Replica: s.replicaID(), UserID: sess.UserID, OpenedAt: s.now()}
+	if err := s.store.AddAttachment(ctx, &a); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return 0, errSessionNotRunning(sess.ID)
+		}
 		return 0, err
 	}
-	return attachment, nil
+	s.mu.Lock()
+	s.detached[a.ID] = make(chan struct{})
+	s.mu.Unlock()
+	s.log.Info("session attached", "session_id", sess.ID, "attachment", a.ID)
+	return a.ID, nil
 }
 
-// detach counts a shell going away. The last one closing cleanly ends the
-// session at once; one that vanished starts the detach grace. When detach
-// returns, all of that is recorded, and waitDetached callers are woken.
+// endingHere reports whether this replica is ending the session.
+func (s *Server) endingHere(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.live[id]
+	_, unrecorded := s.unrecorded[id]
+	return (l != nil && l.ending) || s.endings[id] || unrecorded
+}
+
+// detach records a shell going away. The last one of the session (on any
+// replica) closing cleanly ends the session at once; one that vanished
+// leaves the session's detach grace to the reaper, which reads the
+// attachments from the store. When detach returns, all of that is
+// recorded, and waitDetached callers are woken.
 func (s *Server) detach(ctx context.Context, id string, attachment int64, clean bool) {
 	defer func() {
 		s.mu.Lock()
@@ -257,34 +280,23 @@ func (s *Server) detach(ctx context.Context, id string, attachment int64, clean 
 		}
 		s.mu.Unlock()
 	}()
+	ctx = context.WithoutCancel(ctx)
 	now := s.now()
-	s.mu.Lock()
-	l := s.live[id]
-	if l == nil {
+	left, err := s.store.RemoveAttachment(ctx, attachment, now)
+	if err != nil {
+		// Retried by the heartbeat: until then the session counts as
+		// attached here, and is not reaped.
+		s.mu.Lock()
+		s.undetached[attachment] = pendingDetach{session: id, at: now}
 		s.mu.Unlock()
+		s.log.Error("record detach; retried", "session_id", id, "err", err)
 		return
 	}
-	l.attachments--
-	n := l.attachments
-	if n == 0 {
-		l.detachedAt = now
-	}
-	s.mu.Unlock()
-	s.log.Info("session detached", "session_id", id, "attachments", n, "clean", clean)
-	if n == 0 && clean {
+	s.log.Info("session detached", "session_id", id, "attachments", left, "clean", clean)
+	if left == 0 && clean {
 		if err := s.endSession(ctx, id, sdk.ReasonClosed, "system", now); err != nil {
 			s.log.Error("end closed session", "session_id", id, "err", err)
 		}
-		return
-	}
-	err := s.updateSession(context.WithoutCancel(ctx), id, func(ss *store.Session) {
-		ss.Attachments = n
-		if n == 0 {
-			ss.DetachedAt = now
-		}
-	})
-	if err != nil {
-		s.log.Error("record detach", "session_id", id, "err", err)
 	}
 }
 
@@ -345,23 +357,65 @@ func (s *Server) loopKicked(interval time.Duration, kick <-chan struct{}, what s
 }
 
 // reapDetached ends sessions whose last attachment vanished (or never
-// came) longer than their detach grace ago.
+// came) longer than their detach grace ago, as the store records them: a
+// session attached through another replica is never reaped, and one whose
+// replica died is, once the leader removed that replica's attachments.
 func (s *Server) reapDetached(ctx context.Context) error {
-	now := s.now()
-	var due []string
-	s.mu.Lock()
-	for id, l := range s.live {
-		if l.attachments == 0 && !l.ending && !l.warm && !l.detachedAt.IsZero() && now.Sub(l.detachedAt) >= l.grace {
-			due = append(due, id)
-		}
+	running, err := s.runningSessions(ctx)
+	if err != nil {
+		return err
 	}
-	s.mu.Unlock()
-	for _, id := range due {
-		if err := s.endSession(ctx, id, sdk.ReasonDetached, "system", now); err != nil {
-			s.log.Error("end detached session", "session_id", id, "err", err)
+	now := s.now()
+	for id, sess := range running {
+		if sess.Attachments == 0 && sess.UserID != s.warmUser.ID && !sess.DetachedAt.IsZero() &&
+			now.Sub(sess.DetachedAt) >= sess.DetachGrace && !s.endingHere(id) {
+			if err := s.endSession(ctx, id, sdk.ReasonDetached, "system", now); err != nil {
+				if errors.Is(err, store.ErrFenced) {
+					return err
+				}
+				s.log.Error("end detached session", "session_id", id, "err", err)
+			}
 		}
 	}
 	return nil
+}
+
+// runningSessions returns the running sessions the store holds, by id.
+func (s *Server) runningSessions(ctx context.Context) (map[string]store.Session, error) {
+	list, err := s.store.ListSessions(ctx, store.SessionFilter{State: sdk.StateRunning})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]store.Session, len(list))
+	for _, sess := range list {
+		out[sess.ID] = sess
+	}
+	return out, nil
+}
+
+// liveFor returns this replica's cache entry of a running session,
+// building it from the store when the session started elsewhere.
+func (s *Server) liveFor(ctx context.Context, sess store.Session) *liveSession {
+	s.mu.Lock()
+	l := s.live[sess.ID]
+	s.mu.Unlock()
+	if l != nil {
+		return l
+	}
+	l = &liveSession{
+		projectID: sess.ProjectID, backend: s.backendNameOf(sess), gpus: sess.GPUs, secret: s.agentSecret(sess.ID),
+		startedAt: sess.StartedAt, lastSeen: sess.LastSeenAt, warm: sess.UserID == s.warmUser.ID,
+	}
+	if eff, err := s.effective(ctx, sess.ProjectID); err == nil {
+		l.idleTimeout, l.maxLifetime = eff.IdleTimeout, eff.MaxLifetime
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur := s.live[sess.ID]; cur != nil {
+		return cur
+	}
+	s.live[sess.ID] = l
+	return l
 }
 
 // checkLiveness asks each backend what is alive: sessions it lost are
@@ -370,32 +424,36 @@ func (s *Server) reapDetached(ctx context.Context) error {
 // seen nor lost, until it answers again. Sessions left `stopping` by a
 // failed stop are retried here.
 func (s *Server) checkLiveness(ctx context.Context) error {
+	running, err := s.runningSessions(ctx)
+	if err != nil {
+		return err
+	}
 	listed := s.listBackends(ctx)
 	now := s.now()
 	var lost, seen, failedStops []string
-	s.mu.Lock()
-	for id, l := range s.live {
-		if l.ending {
+	for id, sess := range running {
+		if s.endingHere(id) {
 			continue
 		}
-		if l.endReason != "" {
-			failedStops = append(failedStops, id)
-			continue
-		}
-		instances, ok := listed[l.backend]
+		instances, ok := listed[s.backendNameOf(sess)]
 		_, alive := instances[id]
 		switch {
 		case !ok:
 			// Its backend did not answer: nothing is known.
 		case alive:
-			l.lastSeen = now
 			seen = append(seen, id)
 		default:
 			lost = append(lost, id)
 		}
 	}
+	s.mu.Lock()
+	for id, l := range s.live {
+		if !l.ending && l.endReason != "" {
+			failedStops = append(failedStops, id)
+		}
+	}
 	s.mu.Unlock()
-	err := s.store.InTx(ctx, func(tx store.Store) error {
+	err = s.store.InTx(ctx, func(tx store.Store) error {
 		for _, id := range seen {
 			sess, err := tx.Session(ctx, id)
 			if err != nil {
@@ -479,29 +537,33 @@ func (s *Server) reconcile(ctx context.Context) error {
 			// liveness loop ends it as lost once its backend answers
 			// without it. Its devices stay held in the backend's pool,
 			// also when an older release started it and left the
-			// runtime no record of them.
+			// runtime no record of them. Its attachments are as the
+			// store holds them: those of dead replicas are removed by
+			// the leader (removeDeadReplicas), which starts the grace.
 			if h, holds := s.backendNamed(backend).Runtime.(runtime.DeviceHolder); holds && len(sess.GPUs) > 0 {
 				h.HoldDevices(sess.ID, sess.GPUs)
 			}
-			s.mu.Lock()
-			s.live[sess.ID] = &liveSession{
-				projectID: sess.ProjectID, backend: backend, gpus: sess.GPUs, secret: s.agentSecret(sess.ID), startedAt: sess.StartedAt,
-				detachedAt: now, grace: sess.DetachGrace, lastSeen: now, warm: sess.UserID == s.warmUser.ID,
-			}
-			s.mu.Unlock()
-			err := s.updateSession(ctx, sess.ID, func(ss *store.Session) {
-				ss.Attachments, ss.DetachedAt = 0, now
-				if alive {
-					ss.LastSeenAt = now
+			// On a store that serves this process alone, its shells died
+			// with the last server: they get the grace to come back.
+			regrace := s.cfg.Exclusive && sess.Attachments == 0
+			if alive || regrace {
+				err := s.updateSession(ctx, sess.ID, func(ss *store.Session) {
+					if alive {
+						ss.LastSeenAt = now
+					}
+					if regrace {
+						ss.DetachedAt = now
+					}
+				})
+				if err != nil && !errors.Is(err, store.ErrConflict) {
+					// Kept all the same: a store that cannot write must
+					// not keep the server, which ends sessions, from
+					// starting.
+					s.storeWrote(err)
+					s.log.Warn("record session kept after restart", "session_id", sess.ID, "err", err)
 				}
-			})
-			if err != nil {
-				// Kept all the same: a store that cannot write must not
-				// keep the server, which ends sessions, from starting.
-				s.storeWrote(err)
-				s.log.Warn("record session kept after restart", "session_id", sess.ID, "err", err)
 			}
-			s.log.Info("session kept after restart", "session_id", sess.ID, "backend", backend, "seen", alive)
+			s.log.Info("session kept", "session_id", sess.ID, "backend", backend, "seen", alive, "attachments", sess.Attachments)
 			continue
 		}
 		switch sess.State {

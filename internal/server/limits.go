@@ -63,8 +63,13 @@ func (s *Server) refreshLimits(ctx context.Context, projectID int64) {
 	}
 }
 
-// limitCheckInterval is how often idle and lifetime limits are checked.
-const limitCheckInterval = 500 * time.Millisecond
+// limitCheckInterval is how often idle and lifetime limits are checked,
+// and limitRefreshInterval how often the leader reads every project's
+// limits again (a change made through this replica applies at once).
+const (
+	limitCheckInterval   = 500 * time.Millisecond
+	limitRefreshInterval = 2 * time.Second
+)
 
 type limitCheck struct {
 	id          string
@@ -77,14 +82,28 @@ type limitCheck struct {
 // checkLimits ends sessions past their max lifetime or idle timeout, and
 // warns in their shells before it does.
 func (s *Server) checkLimits(ctx context.Context) error {
-	var checks []limitCheck
-	s.mu.Lock()
-	for id, l := range s.live {
-		if !l.ending && !l.warm && (l.idleTimeout > 0 || l.maxLifetime > 0) {
-			checks = append(checks, limitCheck{id, l, l.idleTimeout, l.maxLifetime, l.startedAt})
-		}
+	running, err := s.runningSessions(ctx)
+	if err != nil {
+		return err
 	}
-	s.mu.Unlock()
+	// A policy changed through another replica reaches the limits cached
+	// here within limitRefreshInterval.
+	if s.now().Sub(s.limitsRead) >= limitRefreshInterval {
+		s.limitsRead = s.now()
+		s.refreshLimits(ctx, 0)
+	}
+	var checks []limitCheck
+	for id, sess := range running {
+		if sess.UserID == s.warmUser.ID || s.endingHere(id) {
+			continue
+		}
+		l := s.liveFor(ctx, sess)
+		s.mu.Lock()
+		if l.idleTimeout > 0 || l.maxLifetime > 0 {
+			checks = append(checks, limitCheck{id, l, l.idleTimeout, l.maxLifetime, sess.StartedAt})
+		}
+		s.mu.Unlock()
+	}
 	for _, c := range checks {
 		now := s.now()
 		if c.maxLifetime > 0 {

@@ -22,26 +22,49 @@ import (
 // the one in force already. Earlier usage keeps the prices it was
 // metered at.
 func (s *Server) setRates(ctx context.Context, card *store.RateCard) error {
-	cards, err := s.store.RateCards(ctx)
-	if err != nil {
-		return fmt.Errorf("read rate cards: %w", err)
-	}
-	if card != nil && (len(cards) == 0 || !sameRates(cards[len(cards)-1], *card)) {
+	var cards []store.RateCard
+	// In one transaction: replicas started together with the same config
+	// add the card once.
+	err := s.store.InTx(ctx, func(tx store.Store) error {
+		var err error
+		if cards, err = tx.RateCards(ctx); err != nil {
+			return fmt.Errorf("read rate cards: %w", err)
+		}
+		if card == nil || (len(cards) > 0 && sameRates(cards[len(cards)-1], *card)) {
+			return nil
+		}
 		card.EffectiveFrom = s.now()
 		next := append(slices.Clone(cards), *card)
 		if err := metering.ValidateCards(next); err != nil {
 			return err
 		}
-		if err := s.store.AddRateCard(ctx, card); err != nil {
+		if err := tx.AddRateCard(ctx, card); err != nil {
 			return fmt.Errorf("add rate card: %w", err)
 		}
 		cards = next
 		s.log.Info("rate card in force", "currency", card.Currency, "rates", len(card.Rates))
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	s.mu.Lock()
 	s.cards = cards
 	s.mu.Unlock()
 	return nil
+}
+
+// refreshRates reads the rate cards again, for a card another replica
+// added (a replica started with a new config). Metering itself reads them
+// in the transaction that ends the session (meter).
+func (s *Server) refreshRates(ctx context.Context) {
+	cards, err := s.store.RateCards(ctx)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	s.cards = cards
+	s.mu.Unlock()
 }
 
 // sameRates compares cards as sets of rates: the store keeps them sorted,
@@ -77,7 +100,13 @@ func (s *Server) meter(ctx context.Context, tx store.Store, sess store.Session, 
 	if sess.StartedAt.IsZero() || !end.After(sess.StartedAt) {
 		return nil // it never ran
 	}
-	for _, e := range usageOf(sess, end, s.rateCards()) {
+	// The cards as the store holds them now, not as cached: another
+	// replica may have added one.
+	cards, err := tx.RateCards(ctx)
+	if err != nil {
+		return err
+	}
+	for _, e := range usageOf(sess, end, cards) {
 		if err := tx.AppendUsage(ctx, &e); err != nil && !errors.Is(err, store.ErrConflict) {
 			return err
 		}
@@ -265,6 +294,9 @@ func (s *Server) checkBudgets(ctx context.Context) error {
 		p, st := pb.project, pb.budgetState
 		for _, threshold := range metering.Crossed(st.budget, st.percent) {
 			err := s.store.InTx(ctx, func(tx store.Store) error {
+				if err := s.checkFence(ctx, tx); err != nil {
+					return err
+				}
 				if err := tx.AddBudgetAlert(ctx, store.BudgetAlert{ProjectID: p.ID, Month: st.month, Threshold: threshold, At: s.now()}); err != nil {
 					return err
 				}
@@ -273,6 +305,9 @@ func (s *Server) checkBudgets(ctx context.Context) error {
 			})
 			if errors.Is(err, store.ErrConflict) {
 				continue // reported already this month
+			}
+			if errors.Is(err, store.ErrFenced) {
+				return err
 			}
 			if err != nil {
 				// Reported once the store writes again; the stop below

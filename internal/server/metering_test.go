@@ -91,6 +91,7 @@ func (r *meterRig) start(rates *store.RateCard) {
 		Store: r.st, Backends: []Backend{{Name: "local", Runtime: inproc.New(r.reg)}}, Now: r.clock.Now, Rates: rates,
 		ReapInterval: 20 * time.Millisecond, BudgetInterval: 50 * time.Millisecond, LivenessInterval: time.Hour,
 		PoolInterval: 50 * time.Millisecond, MetricsToken: rigMetricsToken,
+		Exclusive: true, // SQLite, as the CLI runs it
 	})
 	if err != nil {
 		r.t.Fatal(err)

@@ -97,10 +97,12 @@ var (
 	descAttachments = prometheus.NewDesc("devgpu_attachments", "Shells attached to running sessions.", nil, nil)
 	descBudget      = prometheus.NewDesc("devgpu_budget_used_ratio", "Share of the monthly budget used, by project (1 is all of it; only with a metrics token).", []string{"project"}, nil)
 	descCollectErr  = prometheus.NewDesc("devgpu_metrics_collect_errors", "1 when the last scrape could not read the state.", nil, nil)
+	descLeader      = prometheus.NewDesc("devgpu_leader", "1 while this replica holds the leader lease and runs the background work.", nil, nil)
+	descLeaseEpoch  = prometheus.NewDesc("devgpu_lease_epoch", "The leader lease's fencing epoch this replica last held (0: never).", nil, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessions, descGPUs, descGPUsInUse, descQueue, descQueued, descAttachments, descBudget, descCollectErr} {
+	for _, d := range []*prometheus.Desc{descLeader, descLeaseEpoch, descSessions, descGPUs, descGPUsInUse, descQueue, descQueued, descAttachments, descBudget, descCollectErr} {
 		ch <- d
 	}
 }
@@ -108,6 +110,14 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(c.s.ctx, 5*time.Second)
 	defer cancel()
+	// Leadership is this replica's own, known without the store.
+	lease, leads := c.s.leading()
+	leader := 0.0
+	if leads {
+		leader = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descLeader, prometheus.GaugeValue, leader)
+	ch <- prometheus.MustNewConstMetric(descLeaseEpoch, prometheus.GaugeValue, float64(lease.Epoch))
 	failed := 0.0
 	if err := c.collect(ctx, ch); err != nil {
 		c.s.log.Error("collect metrics", "err", err)
@@ -152,12 +162,13 @@ func (c *stateCollector) collect(ctx context.Context, ch chan<- prometheus.Metri
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(queued))
+	// Open shells on every replica, as the store holds them.
 	attachments := 0
-	s.mu.Lock()
-	for _, l := range s.live {
-		attachments += l.attachments
+	for _, sess := range active {
+		if sess.State == sdk.StateRunning {
+			attachments += sess.Attachments
+		}
 	}
-	s.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(descAttachments, prometheus.GaugeValue, float64(attachments))
 	if !named {
 		return nil

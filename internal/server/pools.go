@@ -42,14 +42,17 @@ func ensureWarmUser(ctx context.Context, st store.Store, now time.Time) (store.U
 // Unless asHead, a request whose project has others waiting claims nothing:
 // the ready sessions go to the queue first.
 func (s *Server) claimWarm(ctx context.Context, caller store.User, req sdk.CreateSessionRequest, asHead bool) (store.Session, bool, error) {
-	s.mu.Lock()
+	// The ready sessions of every replica's pools: the store holds them.
+	ready, err := s.store.ListSessions(ctx, store.SessionFilter{UserID: s.warmUser.ID, State: sdk.StateRunning})
+	if err != nil {
+		return store.Session{}, false, err
+	}
 	var warm []string
-	for id, l := range s.live {
-		if l.warm && !l.ending {
-			warm = append(warm, id)
+	for _, r := range ready {
+		if !s.endingHere(r.ID) {
+			warm = append(warm, r.ID)
 		}
 	}
-	s.mu.Unlock()
 	if len(warm) == 0 {
 		return store.Session{}, false, nil
 	}
@@ -70,7 +73,7 @@ func (s *Server) claimWarm(ctx context.Context, caller store.User, req sdk.Creat
 	var claimed string
 	var claimedProject int64
 	now := s.now()
-	err := s.store.InTx(ctx, func(tx store.Store) error {
+	err = s.store.InTx(ctx, func(tx store.Store) error {
 		d, err := s.decide(ctx, tx, caller, req, true)
 		if err != nil {
 			return nil // the normal path gives the error
@@ -103,6 +106,15 @@ func (s *Server) claimWarm(ctx context.Context, caller store.User, req sdk.Creat
 			if err != nil {
 				return err
 			}
+			// Its detach grace runs from the claim, for the claiming
+			// shell to attach (the reaper reads it from the store).
+			if sess, err = tx.Session(ctx, id); err != nil {
+				return err
+			}
+			sess.DetachedAt = now
+			if err := tx.UpdateSession(ctx, &sess); err != nil {
+				return err
+			}
 			claimed, claimedProject = id, sess.ProjectID
 			return s.audit(ctx, tx, caller.Name, "session.claim", sess.Project, id, nil,
 				map[string]any{"gpu_type": sess.GPUType, "gpus": sess.GPUs, "image": sess.Image})
@@ -112,24 +124,23 @@ func (s *Server) claimWarm(ctx context.Context, caller store.User, req sdk.Creat
 	if err != nil || claimed == "" {
 		return store.Session{}, false, err
 	}
-	s.mu.Lock()
-	l := s.live[claimed]
-	if l != nil {
-		l.warm, l.startedAt, l.detachedAt, l.requested = false, now, now, now
+	sess, err := s.store.Session(ctx, claimed)
+	if err != nil {
+		return store.Session{}, false, err
 	}
+	l := s.liveFor(ctx, sess)
+	s.mu.Lock()
+	l.warm, l.startedAt, l.requested = false, now, now
 	s.mu.Unlock()
-	if l != nil {
-		if ctl, err := s.control(ctx, claimed, l); err == nil {
-			if err := ctl.SetEnv(ctx, "DEVGPU_USER", caller.Name); err != nil {
-				s.log.Warn("set the claimed session's user", "session_id", claimed, "err", err)
-			}
+	if ctl, err := s.control(ctx, claimed, l); err == nil {
+		if err := ctl.SetEnv(ctx, "DEVGPU_USER", caller.Name); err != nil {
+			s.log.Warn("set the claimed session's user", "session_id", claimed, "err", err)
 		}
 	}
 	s.refreshLimits(ctx, claimedProject)
 	s.log.Info("warm session claimed", "session_id", claimed, "user", caller.Name)
 	s.goOwned(s.refill)
-	sess, err := s.store.Session(ctx, claimed)
-	return sess, err == nil, err
+	return sess, true, nil
 }
 
 // fillPools starts ready sessions up to each pool's size, and ends those
@@ -191,13 +202,21 @@ func (s *Server) fillPools(ctx context.Context) error {
 }
 
 // refill starts the ready sessions a claim used up, now rather than at the
-// next round of the pool loop; one refill runs at a time.
+// next round of the pool loop, when this replica leads (the leader's pool
+// loop refills them otherwise); one refill runs at a time.
 func (s *Server) refill() {
+	if ctx, leads := s.leaderContext(s.ctx); leads {
+		s.refillAs(ctx)
+	}
+}
+
+// refillAs is refill under the leader's fence in ctx.
+func (s *Server) refillAs(ctx context.Context) {
 	if !s.refilling.TryLock() {
 		return
 	}
 	defer s.refilling.Unlock()
-	if err := s.fillPools(s.ctx); err != nil && s.ctx.Err() == nil {
+	if err := s.fillPools(ctx); err != nil && s.ctx.Err() == nil {
 		s.log.Error("warm pools", "err", err)
 	}
 }

@@ -30,9 +30,22 @@ type Config struct {
 	// nil when no backend needs it.
 	Link *link.Hub
 	// Replica names this process among the servers sharing the store
-	// (replica.go); an empty ID gets a random one.
+	// (replica.go); an empty ID gets a random one, an empty URL none
+	// (no other replica can relay through this one).
 	Replica Replica
-	Logger  *slog.Logger
+	// Exclusive says that the store serves this process alone (SQLite,
+	// which refuses a second server): every other replica recorded in it
+	// is dead, and is forgotten at start, and this one leads without a
+	// lease, so that a store that cannot write stops no background work.
+	Exclusive bool
+	// HeartbeatInterval is how often this replica tells the store it is
+	// alive; ReplicaTimeout how long without a heartbeat before the leader
+	// declares a replica dead (default three heartbeats); LeaseTTL the
+	// leader lease's term, renewed every third of it (lease.go).
+	HeartbeatInterval time.Duration
+	ReplicaTimeout    time.Duration
+	LeaseTTL          time.Duration
+	Logger            *slog.Logger
 	// Timing knobs; zero values take the defaults below. Tests shorten them.
 	ReapInterval     time.Duration // how often detach graces are checked
 	LivenessInterval time.Duration // how often the runtime is asked what is alive
@@ -127,6 +140,19 @@ type Server struct {
 	// capStale holds the backends whose capacity could not be read or
 	// recorded yet (capacity.go); recordEnds retries them.
 	capStale map[string]bool
+	// endings are the sessions this replica is ending that it holds no
+	// live entry for (endSession), so that it ends each once at a time.
+	endings map[string]bool
+	// undetached are the attachments whose removal the store refused,
+	// retried by the heartbeat (replica.go).
+	undetached map[int64]pendingDetach
+	// lead is this replica's leader lease (lease.go).
+	lead leadership
+	// registered: this replica's record is in the store (replica.go).
+	registered bool
+	// limitsRead is when checkLimits last read every project's limits
+	// (only its loop touches it).
+	limitsRead time.Time
 
 	// The queue lives in the store (queue.go); qmu guards what this
 	// process knows of it: the requests waiting on each queued session,
@@ -191,11 +217,26 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.AgentKey == nil {
 		cfg.AgentKey = processKey()
 	}
+	if cfg.Replica.ID == "" {
+		// Random per process: a restarted server is a new replica, and
+		// the leader forgets the old one with its shells.
+		cfg.Replica.ID = newReplicaID()
+	}
+	if cfg.HeartbeatInterval == 0 {
+		cfg.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if cfg.ReplicaTimeout == 0 {
+		cfg.ReplicaTimeout = defaultReplicaTimeoutBeats * cfg.HeartbeatInterval
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = DefaultLeaseTTL
+	}
 	cfg.setFrontDoorDefaults()
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Server{
 		store: cfg.Store, backends: cfg.Backends, log: cfg.Logger, cfg: cfg, now: cfg.Now,
 		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, unrecorded: map[string]pendingEnd{}, capStale: map[string]bool{},
+		endings: map[string]bool{}, undetached: map[int64]pendingDetach{},
 		qwaiters: map[string][]*queueWaiter{}, qchanged: make(chan struct{}), qkick: make(chan struct{}, 1), qclosing: make(chan struct{}), ctx: loopCtx, cancel: cancel,
 	}
 	s.metrics = newMetrics(s)
@@ -210,35 +251,63 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cancel()
 		return nil, err
 	}
-	if err := s.reconcile(ctx); err != nil {
-		cancel()
-		return nil, err
+	// A store that cannot write must not keep the server, which ends
+	// sessions, from starting: the heartbeat registers it once it can.
+	if err := s.registerReplica(ctx); err != nil {
+		s.storeWrote(err)
+		s.log.Warn("register this server among the replicas; retried at each heartbeat", "err", err)
 	}
-	s.syncAllCapacity(ctx)
+	if err := s.removeOthersAtStart(ctx); err != nil {
+		s.storeWrote(err)
+		s.log.Warn("forget the replicas of an earlier server on this store", "err", err)
+	}
+	// A replica that leads at once (the only one, as on SQLite) reconciles
+	// before the API answers, as a restarted server always did; another
+	// reconciles when it gains the lease (leaseLoop).
+	if _, err := s.renewLeadership(ctx); err != nil {
+		s.log.Warn("take the leader lease; retried", "err", err)
+	}
+	if fctx, leads := s.leaderContext(ctx); leads {
+		s.log.Info("this replica leads", "replica", cfg.Replica.ID, "epoch", s.lead.lease.Epoch)
+		if err := s.reconcile(fctx); err != nil {
+			cancel()
+			return nil, err
+		}
+		s.syncAllCapacity(fctx)
+	}
 	if cfg.Link != nil {
 		cfg.Link.SetVerifier(s.verifyLink)
 		s.wireLink() // link.go: links recorded in the store, relays to other replicas
 	}
 	s.refreshLimits(ctx, 0)
 	s.probeStore(ctx)
-	s.wg.Add(7) // owned: Close waits for them (owned.go)
-	go s.loopKicked(cfg.QueueInterval, s.qkick, "run the queue", s.runQueue)
+	s.wg.Add(11) // owned: Close waits for them (owned.go)
+	// Every replica: its own record, lease, shells and unrecorded ends.
+	go s.leaseLoop() // returns at once on an exclusive store
+	go s.loop(cfg.HeartbeatInterval, "heartbeat", s.heartbeat)
+	go s.loop(accessCheckInterval, "check the access of open shells", s.checkShellAccess)
 	go s.loop(cfg.StoreRetryInterval, "record session ends", s.recordEnds)
-	go s.loop(cfg.ReapInterval, "reap detached sessions", s.reapDetached)
-	go s.loop(cfg.LivenessInterval, "liveness check", s.checkLiveness)
-	go s.loop(limitCheckInterval, "idle and lifetime check", s.checkLimits)
-	go s.loop(cfg.BudgetInterval, "budget check", s.checkBudgets)
-	go s.loop(cfg.PoolInterval, "warm pools", func(context.Context) error { s.refill(); return nil })
+	// The leader only (lease.go).
+	go s.loopKicked(cfg.QueueInterval, s.qkick, "run the queue", s.asLeader(s.runQueue))
+	go s.loop(cfg.ReapInterval, "reap detached sessions", s.asLeader(s.reapDetached))
+	go s.loop(cfg.LivenessInterval, "liveness check", s.asLeader(s.checkLiveness))
+	go s.loop(limitCheckInterval, "idle and lifetime check", s.asLeader(s.checkLimits))
+	go s.loop(cfg.BudgetInterval, "budget check", s.asLeader(s.checkBudgets))
+	go s.loop(cfg.PoolInterval, "warm pools", s.asLeader(func(ctx context.Context) error { s.refillAs(ctx); return nil }))
+	go s.loop(cfg.HeartbeatInterval, "remove dead replicas", s.asLeader(s.removeDeadReplicas))
 	s.watchCapacity()
 	return s, nil
 }
 
 // Close stops the lifecycle loops and waits for every goroutine the
-// server started (owned.go), open tunnels included. Sessions keep running;
-// the next server reconciles them.
+// server started (owned.go), open tunnels included, then removes this
+// replica's attachments and record and gives up the leader lease. Sessions
+// keep running, their shells here counted as vanished (the detach grace
+// applies); the next leader reconciles them.
 func (s *Server) Close() {
 	s.stopOwned()
 	s.lastRecordEnds()
+	s.deregister()
 }
 
 // Handler returns the HTTP handler of the API.

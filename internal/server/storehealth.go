@@ -85,7 +85,7 @@ func (a *API) healthz(w http.ResponseWriter, r *http.Request) {
 // of the store itself counts: its sentinel errors are answers, not faults.
 func (s *Server) storeWrote(err error) {
 	if err != nil && (errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrConflict) ||
-		errors.Is(err, context.Canceled)) {
+		errors.Is(err, store.ErrFenced) || errors.Is(err, context.Canceled)) {
 		return
 	}
 	s.mu.Lock()

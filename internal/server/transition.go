@@ -22,7 +22,13 @@ import (
 // store.Store.TransitionSession), the one road every path takes to change
 // a session's state. A move the lifecycle table refuses is logged here and
 // returned: an *lifecycle.IllegalMove that is also store.ErrConflict.
+//
+// A leader-only loop's move is fenced (lease.go): refused with
+// store.ErrFenced once this replica no longer holds the lease it acts under.
 func (s *Server) transition(ctx context.Context, tx store.Store, id, to string, change func(*store.Session)) (store.Session, error) {
+	if err := s.checkFence(ctx, tx); err != nil {
+		return store.Session{}, err
+	}
 	sess, err := tx.TransitionSession(ctx, id, to, change)
 	s.logIllegal(id, err)
 	return sess, err
@@ -132,14 +138,16 @@ func (s *Server) retryStops(ctx context.Context) {
 }
 
 // finishing reports whether this process is finishing the session's stop
-// already: it is live (endSession retries it), stopped and waiting for the
-// store, or being started.
+// already: it is ending it (or endSession retries it), stopped and waiting
+// for the store, or being started. A cached session (liveFor) that another
+// replica stopped is not.
 func (s *Server) finishing(id string) bool {
 	s.mu.Lock()
-	_, live := s.live[id]
+	l := s.live[id]
+	ending := l != nil && (l.ending || l.endReason != "") || s.endings[id]
 	_, unrecorded := s.unrecorded[id]
 	s.mu.Unlock()
-	return live || unrecorded || s.starts.has(id)
+	return ending || unrecorded || s.starts.has(id)
 }
 
 // startRegistry holds the starts in flight in this process: a stop that
