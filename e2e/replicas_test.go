@@ -698,3 +698,61 @@ func checkLedger(t *testing.T, rs *replicaSet, all []sdk.Session) {
 	}
 	t.Logf("ledger: %d entries, %d session-GPU spans checked", len(entries), metered)
 }
+
+// The replicas' local runtimes lend one host's GPUs: a device held by a
+// session one replica started is never handed out by another, and a
+// device freed by whichever replica ended a session can be handed out by
+// any replica again.
+func TestReplicasShareHostDevices(t *testing.T) {
+	t.Parallel()
+	rs := newReplicaSet(t, 2, "t4:2")
+	ts := setupTenants(rs)
+	r0, r1 := rs.replicas[0], rs.replicas[1]
+	hold := func(user string, via *replica) (*bg, sdk.Session) {
+		t.Helper()
+		e := rs.client(via.addr, ts.tokens[user])
+		b := e.background("run", "--project", "beta", "--", "sh", "-c", `echo "$DEVGPU_SESSION_ID"; exec sleep 600`)
+		var id string
+		testutil.Eventually(t, testutil.WaitLong, fmt.Sprintf("a session of %s through replica %d to run", user, via.idx), func() bool {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			if b.done() {
+				t.Fatalf("run through replica %d exited %d: %s", via.idx, b.code, b.stderr.String())
+			}
+			line, _, ok := strings.Cut(b.stdout.String(), "\n")
+			id = line
+			return ok
+		})
+		return b, rs.admin.sessionAny(id)
+	}
+	a, sa := hold("u0", r0)
+	b, sb := hold("u1", r1)
+	if len(sa.GPUs) != 1 || len(sb.GPUs) != 1 || sa.GPUs[0] == sb.GPUs[0] {
+		t.Fatalf("session %s (started through replica 0) holds %v and session %s (through replica 1) holds %v at the same time", sa.ID, sa.GPUs, sb.ID, sb.GPUs)
+	}
+	// Each ended through the other replica.
+	for _, x := range []struct {
+		run  *bg
+		s    sdk.Session
+		via  *replica
+		user string
+	}{{a, sa, r1, "u0"}, {b, sb, r0, "u1"}} {
+		if r := rs.client(x.via.addr, ts.tokens[x.user]).cli("sessions", "stop", x.s.ID); r.code != 0 {
+			t.Fatalf("stop %s through replica %d: %+v", x.s.ID, x.via.idx, r)
+		}
+		x.run.wait(t)
+	}
+	// Both devices are free again, for either replica to hand out.
+	c, sc := hold("u0", r0)
+	d, sd := hold("u1", r0)
+	if sc.GPUs[0] == sd.GPUs[0] {
+		t.Fatalf("sessions %s and %s both hold %v", sc.ID, sd.ID, sc.GPUs)
+	}
+	for _, s := range []sdk.Session{sc, sd} {
+		if r := rs.admin.cli("sessions", "stop", s.ID); r.code != 0 {
+			t.Fatalf("stop %s: %+v", s.ID, r)
+		}
+	}
+	c.wait(t)
+	d.wait(t)
+}
