@@ -4,6 +4,7 @@ package cli
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -66,6 +67,7 @@ type serverOptions struct {
 	insecureLocal bool // server_local.go
 	localMaxPids  int
 	front         frontDoorOptions
+	replica       replicaOptions // server_store.go
 }
 
 // frontDoorOptions are how the server meets the network: TLS, plain HTTP
@@ -121,6 +123,12 @@ func newServerCmd() *cobra.Command {
 		Short: "Run the control plane",
 		Long: `Run the control plane: the API, the broker for shells, and the session lifecycle.
 
+Several servers ("replicas") may share one PostgreSQL store behind a load
+balancer: each serves any request, one at a time (the leader) runs the
+background work, and each tells the others where to reach it with
+--advertise-url. /readyz says whether this replica is ready and leads.
+SQLite serves one server only.
+
 With --dev it is a complete system on this machine with no configuration:
 SQLite under the data directory, the local runtime, this host's NVIDIA GPUs
 (or a simulated inventory), an organisation admin named after you, a project
@@ -157,6 +165,7 @@ SQLite under the data directory, the local runtime, this host's NVIDIA GPUs
 	f.StringVar(&o.front.tlsCert, "tls-cert", "", "PEM certificate chain to serve HTTPS with (config: tls_cert)")
 	f.StringVar(&o.front.tlsKey, "tls-key", "", "PEM private key of --tls-cert (config: tls_key)")
 	f.BoolVar(&o.front.insecureHTTP, "insecure-http", false, "serve plain HTTP on a non-loopback address, for a TLS proxy in front (config: insecure_http)")
+	f.StringVar(&o.replica.advertiseURL, "advertise-url", "", "URL at which the other replicas sharing this PostgreSQL store reach this one, e.g. https://10.0.0.7:8470 (config: advertise_url; default: the URL of --listen)")
 	_ = f.MarkHidden("liveness-interval")
 	_ = f.MarkHidden("budget-interval")
 	_ = f.MarkHidden("ping-interval")
@@ -265,7 +274,9 @@ func runServer(ctx context.Context, o serverOptions) error {
 		return err
 	}
 	srv, err := server.New(ctx, server.Config{
-		Store: st, Backends: backends, Link: hub, Logger: log, AgentKey: agentKey,
+		Store: st, Exclusive: !isPostgresURL(o.storeURL), Replica: server.Replica{URL: cmp.Or(o.replica.advertiseURL, url)},
+		HeartbeatInterval: o.replica.heartbeat, LeaseTTL: o.replica.leaseTTL,
+		Backends: backends, Link: hub, Logger: log, AgentKey: agentKey,
 		LivenessInterval: o.livenessInterval, PingInterval: o.pingInterval,
 		BudgetInterval: o.budgetInterval, Rates: o.rates, WorkspaceDir: filepath.Join(dataDir, "workspaces"),
 		TLS: tlsConfig, MetricsToken: o.front.metricsToken, MaxTunnelsPerUser: o.front.maxTunnelsPerUser,
@@ -280,7 +291,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 	for i, b := range backends {
 		names[i] = b.Name + "=" + b.Runtime.Name()
 	}
-	log.Info("devgpu server listening", "version", version.String(), "url", url, "data", dataDir,
+	log.Info("devgpu server listening", "version", version.String(), "url", url, "data", dataDir, "replica", srv.ReplicaID(),
 		"installation", installation, "backends", strings.Join(names, ","), "host_gpus", len(devices))
 	return srv.Serve(ctx, ln)
 }
@@ -312,6 +323,10 @@ type serverConfig struct {
 	MaxTunnelsPerUser    int `json:"max_tunnels_per_user"`
 	MaxTunnelsPerAddress int `json:"max_tunnels_per_address"`
 	MaxConnsPerAddress   int `json:"max_conns_per_address"`
+	// AdvertiseURL is where the other replicas reach this one (also
+	// --advertise-url); Replica tunes leadership (server_store.go).
+	AdvertiseURL string         `json:"advertise_url"`
+	Replica      *replicaConfig `json:"replica"`
 }
 
 // ratesConfig prices a GPU-hour per type, or per type@region.
@@ -333,7 +348,7 @@ func (o *serverOptions) loadConfig(cmd *cobra.Command) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
-		return fmt.Errorf("server config %s is not valid (%v); it takes listen, data, store, gpus, runtime or backends, oci, rates, registries and the TLS and connection settings", o.config, err)
+		return fmt.Errorf("server config %s is not valid (%v); it takes listen, data, store, gpus, runtime or backends, oci, rates, registries, advertise_url, replica and the TLS and connection settings", o.config, err)
 	}
 	for flag, v := range map[string]struct {
 		dst *string
@@ -356,6 +371,9 @@ func (o *serverOptions) loadConfig(cmd *cobra.Command) error {
 	o.registries = c.Registries
 	o.backends = c.Backends
 	o.front.loadConfig(cmd, c)
+	if err := o.replica.loadConfig(cmd, c); err != nil {
+		return fmt.Errorf("server config %s: %w", o.config, err)
+	}
 	if c.Rates != nil {
 		card, err := c.Rates.card()
 		if err != nil {
@@ -474,7 +492,7 @@ func resolveDataDir(dir string) (string, error) {
 }
 
 func openStore(ctx context.Context, url, dataDir string) (store.Store, error) {
-	if strings.HasPrefix(url, "postgres://") || strings.HasPrefix(url, "postgresql://") {
+	if isPostgresURL(url) {
 		return postgres.Open(ctx, url)
 	}
 	if url == "" {

@@ -4,9 +4,11 @@ package cli
 
 import (
 	"errors"
+	"fmt"
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -52,4 +54,56 @@ func hasPassword(s string) bool {
 		}
 	}
 	return false
+}
+
+// isPostgresURL reports whether the store is PostgreSQL, which several
+// replicas may share; anything else is a SQLite file, which serves this
+// server alone.
+func isPostgresURL(s string) bool {
+	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
+}
+
+// replicaOptions are this server's place among the replicas sharing a
+// PostgreSQL store: where the others reach it, and how leadership is kept.
+type replicaOptions struct {
+	advertiseURL string
+	heartbeat    time.Duration // 0: server.DefaultHeartbeatInterval
+	leaseTTL     time.Duration // 0: server.DefaultLeaseTTL
+}
+
+// replicaConfig is the config file's "replica" block. Durations are Go
+// durations ("10s"); empty keeps the default.
+type replicaConfig struct {
+	// LeaseTTL is the leader lease's term: a leader that dies is replaced
+	// within it (default 10s).
+	LeaseTTL string `json:"lease_ttl"`
+	// HeartbeatInterval is how often a replica says it is alive; one
+	// silent for three of them is declared dead (default 2s).
+	HeartbeatInterval string `json:"heartbeat_interval"`
+}
+
+func (r *replicaOptions) loadConfig(cmd *cobra.Command, c serverConfig) error {
+	if c.AdvertiseURL != "" && !cmd.Flags().Changed("advertise-url") {
+		r.advertiseURL = c.AdvertiseURL
+	}
+	if c.Replica == nil {
+		return nil
+	}
+	for _, d := range []struct {
+		name, val string
+		dst       *time.Duration
+	}{{"lease_ttl", c.Replica.LeaseTTL, &r.leaseTTL}, {"heartbeat_interval", c.Replica.HeartbeatInterval, &r.heartbeat}} {
+		if d.val == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.val)
+		if err != nil || v <= 0 {
+			return fmt.Errorf("replica.%s %q is not a positive duration; write it as Go does, e.g. \"10s\"", d.name, d.val)
+		}
+		*d.dst = v
+	}
+	if r.leaseTTL != 0 && r.leaseTTL < time.Second {
+		return fmt.Errorf("replica.lease_ttl %s is shorter than a second; leadership would change hands on every hiccup, so give 1s or more (default 10s)", r.leaseTTL)
+	}
+	return nil
 }
