@@ -130,6 +130,7 @@ type keptShell struct {
 	exit     *exitReport
 	limit    *time.Timer // runs while detached
 	gone     bool        // the keep limit passed: no more resumes
+	stopped  bool        // Serve stopped: no more keep limit
 	expire   sync.Once
 	expired  chan struct{} // closed when the keep limit passed: hang up
 
@@ -245,7 +246,7 @@ func (k *keptShell) detach(ss *session) {
 	if k.attached == ss {
 		k.attached = nil
 		k.cond.Broadcast()
-		if limit := k.srv.keepLimit(); limit > 0 {
+		if limit := k.srv.keepLimit(); limit > 0 && !k.stopped {
 			if k.limit == nil {
 				k.limit = time.AfterFunc(limit, k.hangup)
 			} else {
@@ -305,7 +306,13 @@ func (k *keptShell) run(ctx context.Context) {
 	k.exit = &exitReport{name, payload}
 	k.cond.Broadcast()
 	k.mu.Unlock()
-	if ctx.Err() != nil {
+	if ctx.Err() != nil { // Serve stops: nothing resumes the shell any more
+		k.mu.Lock()
+		k.stopped = true
+		if k.limit != nil {
+			k.limit.Stop()
+		}
+		k.mu.Unlock()
 		k.srv.kept.remove(k)
 	}
 	k.srv.linger(ctx, p.pid())
