@@ -15,6 +15,10 @@ import (
 var (
 	ErrNotFound = errors.New("not found")
 	ErrConflict = errors.New("already exists")
+	// ErrUnavailable: the database cannot be reached (a refused or reset
+	// connection, a connect timeout, no connection free in time); the call
+	// may succeed if tried again in a moment.
+	ErrUnavailable = errors.New("the database is unreachable")
 )
 
 // User is a person or robot that holds API tokens.

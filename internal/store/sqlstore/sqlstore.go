@@ -116,7 +116,13 @@ func (s *Store) AfterClose(fn func() error) { s.afterClose = fn }
 // the engine's write lock until it ends, so fn must use the Store it is
 // given: a write through the outer Store may wait for fn forever.
 func (s *Store) InTx(ctx context.Context, fn func(store.Store) error) error {
-	return s.tx(ctx, func(tx *Store) error { return fn(tx) })
+	err := s.tx(ctx, func(tx *Store) error { return fn(tx) })
+	if err != nil && !errors.Is(err, store.ErrUnavailable) && s.d.Classify(err) == store.ErrUnavailable {
+		// Begin, lock and commit fail here, and fn may return a driver's
+		// error as it is: an outage reads the same from every method.
+		return fmt.Errorf("%w: %w", store.ErrUnavailable, err)
+	}
+	return err
 }
 
 // tx runs fn in the current transaction, or in a new one. Methods that
@@ -267,7 +273,7 @@ func (s *Store) wrap(action string, err error) error {
 		return nil
 	case errors.Is(err, sql.ErrNoRows):
 		return fmt.Errorf("%s: %w", action, store.ErrNotFound)
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrConflict):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrUnavailable):
 		return fmt.Errorf("%s: %w", action, err)
 	}
 	if sentinel := s.d.Classify(err); sentinel != nil {
