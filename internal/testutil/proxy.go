@@ -29,7 +29,15 @@ type Proxy struct {
 // stops when the test ends.
 func NewProxy(t testing.TB, targets ...string) *Proxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return NewProxyOn(t, "127.0.0.1:0", targets...)
+}
+
+// NewProxyOn is NewProxy listening on listen (host:port, port 0 for a free
+// one): a node's address, for instance, which Pods of the Kubernetes test
+// cluster reach while the host's loopback is out of their sight.
+func NewProxyOn(t testing.TB, listen string, targets ...string) *Proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		t.Fatalf("proxy: %v", err)
 	}

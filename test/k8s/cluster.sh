@@ -8,6 +8,8 @@
 #         cluster.sh up           # (re)start everything; imports $DEVGPU_AGENT_IMAGE_TAR when set
 #         cluster.sh import TAR   # import a docker-save image tarball into the node's containerd
 #         cluster.sh down         # stop what `up` started and undo its changes to the host
+#         cluster.sh proxy-up     # add kube-proxy (iptables mode), for tests that need Services
+#         cluster.sh proxy-down   # stop kube-proxy and remove its iptables chains (`down` does too)
 #         cluster.sh status | env | paths | cached
 # Env:    DEVGPU_K8S_CACHE (default /var/cache/devgpu/k8s): binaries, in <version>-<hash of the sources>/bin
 #         DEVGPU_K8S_WORK (default /tmp/devgpu-k8s): the running cluster's state, logs, kubeconfig
@@ -83,6 +85,18 @@ build() {
   mv -T $tmp/bin $BIN 2>/dev/null || cached || die "could not move the binaries into $BIN."
   rm -rf "$tmp"; trap - EXIT
   log "built the binaries into $BIN in $((SECONDS - t0)) s"
+}
+
+# kube-proxy came after the cache's other binaries: `proxy-up` builds it into the same directory when missing
+# there, without changing the cache key (that would rebuild everything). Mostly link-only with a warm GOCACHE.
+KUBE_PROXY=$BIN/kube-proxy
+build_proxy() {
+  [ -x $KUBE_PROXY ] && return 0
+  cached || die "build the cluster's binaries first (cluster.sh build)."
+  local s=$SECONDS LDF="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
+  (cd "$HERE/kbuild" && GOWORK=off GOFLAGS=-buildvcs=false go build -trimpath -ldflags="$LDF" -o $KUBE_PROXY.tmp k8s.io/kubernetes/cmd/kube-proxy)
+  mv -f $KUBE_PROXY.tmp $KUBE_PROXY
+  log "built kube-proxy into $BIN in $((SECONDS - s)) s"
 }
 
 # ---------------------------------------------------------------- images (no registry)
@@ -373,6 +387,47 @@ status() {
   running kube-apiserver && $KUBECTL get nodes -o wide 2>/dev/null || true
 }
 
+# ---------------------------------------------------------------- kube-proxy (optional)
+# The cluster runs without kube-proxy: tests reach Pods through the bridge. Tests of Services (the Helm
+# chart's, e2e/helm_test.go) add it. iptables mode; masqueradeAll, because Pods on one bridge without
+# br_netfilter would get a Service's replies from the backend Pod's own address; no sysctl changes
+# (conntrack limits and route_localnet stay as they are), so `proxy-down` only has chains to remove.
+proxy_up() {
+  need_root "cluster.sh proxy-up"
+  running kubelet || die "the cluster is not up; run \`cluster.sh up\` first."
+  build_proxy
+  stop_one kube-proxy
+  mkdir -p $W/state
+  touch $W/state/kube-proxy # `down` removes its chains
+  cat > $W/kube-proxy.yaml <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $W/admin.kubeconfig}
+hostnameOverride: $NODE
+mode: iptables
+clusterCIDR: $POD_CIDR
+iptables: {masqueradeAll: true, localhostNodePorts: false}
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+EOF
+  start kube-proxy $KUBE_PROXY --config=$W/kube-proxy.yaml --v=1
+  waitfor 60 "kube-proxy's first sync" sh -c "curl -sf http://127.0.0.1:10256/healthz"
+  log "kube-proxy running (iptables mode)"
+}
+
+proxy_down() {
+  need_root "cluster.sh proxy-down"
+  stop_one kube-proxy
+  [ -f $W/state/kube-proxy ] || return 0
+  # kube-proxy's own cleanup removes its KUBE-* chains and rules (and only those: not the kubelet's)
+  [ -x $KUBE_PROXY ] && { $KUBE_PROXY --cleanup --v=0 >$W/logs/kube-proxy-cleanup.log 2>&1 || true; }
+  if iptables-save 2>/dev/null | grep -q -e ':KUBE-SERVICES' -e ':KUBE-SVC-' -e ':KUBE-SEP-'; then
+    log "kube-proxy --cleanup left chains behind; see $W/logs/kube-proxy-cleanup.log"; return 1
+  fi
+  rm -f $W/state/kube-proxy
+}
+
 # ---------------------------------------------------------------- down
 down() {
   need_root "cluster.sh down"
@@ -384,6 +439,8 @@ down() {
     $KUBECTL delete pods --all -A --grace-period=1 --timeout=60s --wait=true >/dev/null 2>&1
   fi
   stop_one fakegpu
+  [ $host = 1 ] && proxy_down
+  stop_one kube-proxy
   stop_one kubelet
   # 2. what the kubelet could not clean up: kill tasks, delete containers
   if running containerd; then
@@ -442,7 +499,9 @@ case ${1:-} in
   import) [ $# -eq 2 ] || die "usage: cluster.sh import IMAGE.tar"; import_image "$2" ;;
   down | stop) down ;;
   status) status ;;
+  proxy-up) proxy_up ;;
+  proxy-down) proxy_down ;;
   env) env_ ;;
   paths) paths ;;
-  *) echo "usage: $0 build|up|import TAR|down|status|env|paths|cached" >&2; exit 2 ;;
+  *) echo "usage: $0 build|up|import TAR|down|proxy-up|proxy-down|status|env|paths|cached" >&2; exit 2 ;;
 esac
