@@ -4,11 +4,18 @@ package sqlstore
 // store agree on. Every time here that decides an expiry comes from the
 // store's clock (Dialect.Now), never from the caller's.
 //
+// Attachments change a session's attachments and detached_at columns, which
+// UpdateSession also writes from a record read earlier: AddAttachment,
+// RemoveAttachment and RemoveReplica therefore run as InTx does, under the
+// dialect's TxLock, so that a read-modify-write inside InTx never writes
+// back a count one of them changed meanwhile.
+//
 // Locks, on engines that take row locks, are taken in one order so that
-// no two of these transactions wait for each other: a replica's row, then
-// session rows by id. AddAttachment keeps its replica's row from being
-// deleted (key share); RemoveReplica locks it for update first, so that
-// no attachment or link is added to a replica being removed.
+// no two of these transactions wait for each other: the TxLock, a
+// replica's row, then session rows by id. AddAttachment keeps its
+// replica's row from being deleted (key share); RemoveReplica locks it for
+// update first, so that no attachment or link is added to a replica being
+// removed.
 
 import (
 	"context"
@@ -21,6 +28,16 @@ import (
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/sdk"
 )
+
+// locked runs fn, statements that write, as one, under the dialect's
+// TxLock: in a transaction of its own, or inside the caller's, where a
+// failure undoes fn alone.
+func (s *Store) locked(ctx context.Context, fn func(*Store) error) error {
+	if s.inTx {
+		return s.write(ctx, func() error { return fn(s) })
+	}
+	return s.begin(ctx, true, fn)
+}
 
 // clock replaces {now} in query with the store's clock.
 func (s *Store) clock(query string) string {
@@ -93,7 +110,7 @@ func (s *Store) RemoveReplica(ctx context.Context, id string, at time.Time) ([]s
 	}
 	at = norm(at)
 	var changed []string
-	err := s.atomic(ctx, func(tx *Store) error {
+	err := s.locked(ctx, func(tx *Store) error {
 		changed = nil
 		var found string
 		err := tx.queryRow(ctx, `SELECT id FROM replicas WHERE id = ?`+tx.d.ForUpdate, id).Scan(&found)
@@ -225,7 +242,7 @@ func (s *Store) AddAttachment(ctx context.Context, a *store.Attachment) error {
 		a.OpenedAt = now()
 	}
 	a.OpenedAt = norm(a.OpenedAt)
-	err := s.atomic(ctx, func(tx *Store) error {
+	err := s.locked(ctx, func(tx *Store) error {
 		// Every check before the first write: on SQLite a failure inside
 		// InTx does not undo what the method wrote before it.
 		var found string
@@ -265,7 +282,7 @@ func (s *Store) RemoveAttachment(ctx context.Context, id int64, at time.Time) (i
 	}
 	at = norm(at)
 	left := 0
-	err := s.atomic(ctx, func(tx *Store) error {
+	err := s.locked(ctx, func(tx *Store) error {
 		left = 0
 		var sessionID string
 		err := tx.queryRow(ctx, `SELECT session_id FROM attachments WHERE id = ?`, id).Scan(&sessionID)

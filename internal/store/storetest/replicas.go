@@ -600,7 +600,37 @@ func testConcurrentAttachments(t *testing.T, s store.Store) {
 			t.Errorf("RemoveReplica = %v", err)
 		}
 	})
+	// Meanwhile the server's own read-modify-writes of the sessions (a
+	// liveness mark), which carry the count they read, must not write
+	// back a stale one.
+	stop := make(chan struct{})
+	var marks sync.WaitGroup
+	marks.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for _, id := range sessions {
+				err := s.InTx(ctx, func(tx store.Store) error {
+					x, err := tx.Session(ctx, id)
+					if err != nil {
+						return err
+					}
+					x.LastSeenAt = time.Now()
+					return tx.UpdateSession(ctx, &x)
+				})
+				if err != nil {
+					t.Errorf("mark session %s seen: %v", id, err)
+					return
+				}
+			}
+		}
+	})
 	wg.Wait()
+	close(stop)
+	marks.Wait()
 	total := 0
 	for _, id := range sessions {
 		x := mustGet(t, ctx, s, id)
