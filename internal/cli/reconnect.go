@@ -114,6 +114,7 @@ type reconnectingShell struct {
 	input *inputLog
 	grace atomic.Int64 // the detach grace, as the project says (defaultDetachGrace until known)
 	seen  uint64       // output bytes received: the offset a resume asks for
+	lost  uint64       // output bytes the agent no longer had at the last resume
 
 	mu    sync.Mutex
 	shell *sdk.KeptShell // the channel attached now
@@ -262,6 +263,10 @@ func (r *reconnectingShell) reconnect() (sdk.ResumeAnswer, error) {
 		answer, err := r.resume(attempt)
 		if err == nil {
 			status.done()
+			if r.lost > 0 {
+				fmt.Fprintf(os.Stderr, "devgpu: %d bytes of the shell's output were lost while disconnected\r\n", r.lost)
+				r.lost = 0
+			}
 			return answer, nil
 		}
 		wait := time.Until(deadline)
@@ -308,9 +313,8 @@ func (r *reconnectingShell) resume(deadline time.Time) (sdk.ResumeAnswer, error)
 	}
 	_ = tunnel.SetDeadline(time.Time{})
 	if answer.Oldest > r.seen {
-		lost := answer.Oldest - r.seen
+		r.lost = answer.Oldest - r.seen
 		r.seen = answer.Oldest
-		fmt.Fprintf(os.Stderr, "\r\ndevgpu: %d bytes of the shell's output were lost while disconnected\r\n", lost)
 	}
 	old := r.conn.Client
 	r.conn.Client, r.conn.tunnel = client, tunnel
