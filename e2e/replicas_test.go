@@ -543,6 +543,23 @@ func checkAfterFaults(rs *replicaSet, runs []runResult, shells []*shell) {
 		}
 	}
 	t.Logf("%d runs (%d cut off or failed), %d sessions: %v", len(runs), failed, len(all), reasons)
+	// Nothing done twice: each `devgpu run` made at most one session, so
+	// the sessions no completed run claims are at most the failed runs.
+	claimed := map[string]bool{}
+	for _, r := range runs {
+		if r.code == 0 {
+			claimed[r.session] = true
+		}
+	}
+	var unclaimed []string
+	for _, s := range all {
+		if s.Project == "beta" && !claimed[s.ID] {
+			unclaimed = append(unclaimed, fmt.Sprintf("%s(%s/%s, started %v)", s.ID, s.State, s.EndReason, s.StartedAt != nil))
+		}
+	}
+	if len(unclaimed) > failed {
+		t.Errorf("%d runs failed, but %d sessions of project beta belong to no completed run: some run made more than one session: %v", failed, len(unclaimed), unclaimed)
+	}
 	for _, r := range runs {
 		if r.code != 0 && r.code != 255 {
 			t.Errorf("a run as %s exited %d (want 0, or 255 when cut off): %s", r.user, r.code, r.stderr)
