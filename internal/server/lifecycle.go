@@ -524,7 +524,13 @@ func (s *Server) reconcile(ctx context.Context) error {
 		backend := s.backendNameOf(sess)
 		recordedOn[sess.ID] = backend
 		if sess.State == sdk.StateQueued {
-			// The queue survives: its clients reconnect within the grace.
+			// The queue survives. On a store this process serves alone,
+			// its clients' streams died with the last server: they get
+			// the grace to come back. With replicas, a client waits on
+			// at its replica, which keeps the record of it.
+			if !s.cfg.Exclusive {
+				continue
+			}
 			if err := s.updateQueuedClient(ctx, sess.ID, now); err != nil {
 				return fmt.Errorf("reconcile: keep queued session %s: %w", sess.ID, err)
 			}

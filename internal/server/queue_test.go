@@ -88,7 +88,8 @@ func newQueueFixture(t *testing.T, gpus string, opts func(*Config)) *queueFixtur
 }
 
 func (f *queueFixture) start() {
-	cfg := Config{Store: f.st, Backends: []Backend{{Name: "local", Runtime: inproc.New(f.reg)}}, LivenessInterval: time.Hour}
+	cfg := Config{Store: f.st, Backends: []Backend{{Name: "local", Runtime: inproc.New(f.reg)}}, LivenessInterval: time.Hour,
+		Exclusive: true} // SQLite, as the CLI runs it
 	if f.opts != nil {
 		f.opts(&cfg)
 	}

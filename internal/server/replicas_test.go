@@ -423,6 +423,47 @@ func getJSON(t *testing.T, url string, v any) int {
 	return resp.StatusCode
 }
 
+// A request queued on a follower is admitted by the leader when a GPU
+// frees through the follower, and its client, waiting on the follower,
+// gets the session running.
+func TestQueuedOnFollowerAdmittedByLeader(t *testing.T) {
+	t.Parallel()
+	r := newReplicaRig(t)
+	a, b := r.replica("a"), r.replica("b")
+	c, _ := sdk.NewClient(a.url, r.admin)
+	if _, err := c.CreateProject(r.ctx, sdk.ProjectCreate{Name: "p", Settings: sdk.ProjectSettings{MaxGPUs: ptr(1), DetachGrace: ptr(sdk.Duration(time.Hour))}}); err != nil {
+		t.Fatal(err)
+	}
+	first := r.session(a, "p")
+	type result struct {
+		s   sdk.Session
+		err error
+	}
+	waited := make(chan result, 1)
+	go func() {
+		c, _ := sdk.NewClient(b.url, r.admin)
+		s, err := c.CreateSession(r.ctx, sdk.CreateSessionRequest{Project: "p", Wait: sdk.Duration(testutil.WaitMedium)}, nil)
+		waited <- result{s, err}
+	}()
+	var queued []store.Session
+	testutil.Eventually(t, testutil.WaitMedium, "the request to queue", func() bool {
+		var err error
+		queued, err = a.st.ListSessions(r.ctx, store.SessionFilter{State: sdk.StateQueued})
+		return err == nil && len(queued) == 1
+	})
+	if err := b.srv.endSession(r.ctx, first.ID, sdk.ReasonStopped, "root", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case res := <-waited:
+		if res.err != nil || res.s.ID != queued[0].ID || res.s.State != sdk.StateRunning {
+			t.Fatalf("the queued request got %+v, %v; want its session %s running", res.s, res.err, queued[0].ID)
+		}
+	case <-time.After(testutil.WaitMedium):
+		t.Fatal("the request queued on the follower was not admitted")
+	}
+}
+
 // inRuntime reports whether the shared runtime runs the session.
 func (r *replicaRig) inRuntime(id string) bool {
 	r.t.Helper()
