@@ -223,7 +223,21 @@ func (ts *tenants) startRuns(spec string) *runLoops {
 			}()
 		}
 	}
-	rs.t.Cleanup(l.halt)
+	rs.t.Cleanup(func() {
+		l.halt()
+		if !rs.t.Failed() {
+			return
+		}
+		// Why runs stopped completing, if they did: the last failures.
+		all := l.all()
+		shown := 0
+		for i := len(all) - 1; i >= 0 && shown < 5; i-- {
+			if all[i].code != 0 {
+				rs.t.Logf("run as %s exited %d: %s", all[i].user, all[i].code, strings.TrimSpace(all[i].stderr))
+				shown++
+			}
+		}
+	})
 	return l
 }
 
