@@ -91,3 +91,46 @@ func (tm *term) number(pattern string) int {
 	n, _ := strconv.Atoi(m[1])
 	return n
 }
+
+// A shell whose session is stopped while the connection is cut gives up at
+// its first attempt once the network is back, and says why in one line.
+func TestShellReconnectGivesUpWhenSessionEnded(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:1")
+	proxy := testutil.NewProxy(t, e.addr)
+	tm := e.terminalEnv([]string{"DEVGPU_URL=http://" + proxy.Addr}, "shell")
+	id := tm.sessionID()
+	tm.ready()
+	proxy.Cut()
+	tm.expect("reconnecting to session " + id)
+	if r := e.cli("sessions", "stop", id); r.code != 0 {
+		t.Fatalf("sessions stop: %+v", r)
+	}
+	proxy.Restore()
+	tm.expect("devgpu: session " + id + " ended: stopped by its owner")
+	if code := tm.wait(); code != 255 {
+		t.Fatalf("devgpu shell exited %d, want 255; it shows:\n%s", code, tm.output())
+	}
+}
+
+// Cut for longer than the detach grace, the shell gives up with the
+// session's id, and the session ends as detached.
+func TestShellReconnectGivesUpAfterGrace(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:1")
+	e.admin("project", "update", "default", "--detach-grace", "2s")
+	proxy := testutil.NewProxy(t, e.addr)
+	tm := e.terminalEnv([]string{"DEVGPU_URL=http://" + proxy.Addr}, "shell")
+	id := tm.sessionID()
+	tm.ready()
+	proxy.Cut()
+	tm.expect("reconnecting to session " + id)
+	tm.expect("devgpu: lost the connection to session " + id + " and could not reconnect within 2s; the server does not answer; if the session still runs, reattach with devgpu shell --attach " + id)
+	if code := tm.wait(); code != 255 {
+		t.Fatalf("devgpu shell exited %d, want 255; it shows:\n%s", code, tm.output())
+	}
+	s := e.waitSession(id, testutil.WaitMedium, "to end as detached", func(s sdk.Session) bool { return s.State == sdk.StateEnded })
+	if s.EndReason != sdk.ReasonDetached {
+		t.Fatalf("session ended %q, want detached", s.EndReason)
+	}
+}

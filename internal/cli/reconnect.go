@@ -337,6 +337,10 @@ func (r *reconnectingShell) giveUp(grace time.Duration, last error) error {
 	}
 	s, err := r.conn.api.Session(ctx, id)
 	switch {
+	case err == nil && (!s.Active() || s.State == sdk.StateStopping) && s.EndReason != "" && s.EndReason != sdk.ReasonDetached:
+		// Ended on purpose (stopped, idle, budget...) or lost: say why, as
+		// explainEnd does for a shell that is not kept.
+		return errors.New(endMessage(s))
 	case err == nil && !s.Active():
 		return fmt.Errorf("%s; the session has ended", lost)
 	case err == nil && s.State == sdk.StateRunning:
