@@ -77,7 +77,7 @@ func newAccessRig(t *testing.T) *accessRig {
 			t.Fatal(err)
 		}
 	}
-	srv, err := New(ctx, Config{Store: st, Backends: []Backend{{Name: "local", Runtime: rt}}, LivenessInterval: time.Hour})
+	srv, err := New(ctx, Config{Store: st, Backends: []Backend{{Name: "local", Runtime: rt}}, LivenessInterval: time.Hour, Exclusive: true})
 	if err != nil {
 		t.Fatal(err)
 	}

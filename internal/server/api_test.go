@@ -90,7 +90,8 @@ func newFixtureWith(t *testing.T, gpus string, opts ...func(*Config)) *fixture {
 			}
 		}
 	}
-	cfg := Config{Store: st, Backends: []Backend{{Name: "local", Runtime: rt}}, LivenessInterval: time.Hour}
+	// Exclusive: SQLite, as the CLI runs it (the one server leads).
+	cfg := Config{Store: st, Backends: []Backend{{Name: "local", Runtime: rt}}, LivenessInterval: time.Hour, Exclusive: true}
 	for _, o := range opts {
 		o(&cfg)
 	}

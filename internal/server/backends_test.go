@@ -142,7 +142,7 @@ func (r *twoBackends) backends() []Backend {
 // ran before.
 func (r *twoBackends) start() {
 	r.t.Helper()
-	cfg := Config{Store: r.st, Backends: r.backends(), AgentKey: r.agentKey, LivenessInterval: time.Hour}
+	cfg := Config{Store: r.st, Backends: r.backends(), AgentKey: r.agentKey, LivenessInterval: time.Hour, Exclusive: true} // SQLite
 	if r.opts != nil {
 		r.opts(&cfg)
 	}

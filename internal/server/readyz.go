@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/devgpu/devgpu/internal/httpapi"
+	"github.com/devgpu/devgpu/internal/store"
 )
 
 // readiness is the /readyz document: this replica answers requests.
@@ -60,5 +61,5 @@ func storeUnreachable(err error) bool {
 	if errors.As(err, &he) {
 		return false // an answer for the client already
 	}
-	return errors.Is(err, context.DeadlineExceeded)
+	return errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded)
 }

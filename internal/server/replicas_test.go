@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -145,7 +146,22 @@ type failingStore struct {
 	fail atomic.Bool
 }
 
-var errCutOff = errors.New("test: cut off from the database")
+// errCutOff is what the store answers while the database is unreachable.
+var errCutOff = fmt.Errorf("test: cut off from the database: %w", store.ErrUnavailable)
+
+func (f *failingStore) TokenByHash(ctx context.Context, hash []byte) (store.Token, store.User, error) {
+	if f.fail.Load() {
+		return store.Token{}, store.User{}, errCutOff
+	}
+	return f.Store.TokenByHash(ctx, hash)
+}
+
+func (f *failingStore) ListReplicas(ctx context.Context) ([]store.Replica, error) {
+	if f.fail.Load() {
+		return nil, errCutOff
+	}
+	return f.Store.ListReplicas(ctx)
+}
 
 func (f *failingStore) InTx(ctx context.Context, fn func(store.Store) error) error {
 	if f.fail.Load() {
@@ -276,6 +292,17 @@ func TestLeaderCutOffIsFenced(t *testing.T) {
 	testutil.Eventually(t, testutil.WaitMedium, "b to lead", b.srv.IsLeader)
 	if a.srv.IsLeader() {
 		t.Fatal("a and b both lead")
+	}
+	// Cut off, a answers requests with 503 saying why, and is not ready.
+	ca, _ := sdk.NewClient(a.url, r.admin)
+	_, err = ca.ListSessions(r.ctx, false)
+	var apiErr *sdk.Error
+	if !errors.As(err, &apiErr) || apiErr.Status != http.StatusServiceUnavailable || apiErr.Problem.Detail != "the database is unreachable; try again in a moment" {
+		t.Fatalf("a request to a replica cut off from the database: %v; want 503, the database is unreachable", err)
+	}
+	var doc readiness
+	if code := getJSON(t, a.url+"/readyz", &doc); code != http.StatusServiceUnavailable || doc.Ready {
+		t.Fatalf("/readyz of a replica cut off = %d %+v, want 503", code, doc)
 	}
 
 	// a's connection comes back, but its decisions under the old lease
