@@ -305,9 +305,18 @@ func TestLeaderCutOffIsFenced(t *testing.T) {
 		t.Fatalf("/readyz of a replica cut off = %d %+v, want 503", code, doc)
 	}
 
+	// b, leading, declared a dead meanwhile.
+	testutil.Eventually(t, testutil.WaitMedium, "b to forget the silent replica", func() bool {
+		reps, err := b.st.ListReplicas(r.ctx)
+		return err == nil && len(reps) == 1 && reps[0].ID == "b"
+	})
 	// a's connection comes back, but its decisions under the old lease
 	// are refused, though its own timer were wrong.
 	a.st.fail.Store(false)
+	testutil.Eventually(t, testutil.WaitMedium, "a to register again", func() bool {
+		var doc readiness
+		return getJSON(t, a.url+"/readyz", &doc) == http.StatusOK && doc.Replica == "a" && !doc.Leader
+	})
 	fenced := withFence(r.ctx, old)
 	err = a.srv.endSession(fenced, sess.ID, sdk.ReasonDetached, "system", time.Now())
 	if !errors.Is(err, store.ErrFenced) {
