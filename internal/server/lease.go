@@ -42,6 +42,8 @@ type leadership struct {
 	// until is when this replica stops acting as leader: the monotonic
 	// time its last successful renewal was sent, plus TTL, less a margin.
 	until time.Time
+	// reconciling is held while a new leader reconciles (becameLeader).
+	reconciling sync.Mutex
 }
 
 // leaseMargin is how long before the TTL the holder stops acting: room
@@ -135,7 +137,9 @@ func (s *Server) leaseLoop() {
 			s.log.Warn("renew the leader lease", "err", err)
 		}
 		if gained {
-			s.becameLeader(s.ctx)
+			// On its own goroutine: a long reconciliation (a slow
+			// runtime's List) must not hold up the renewals.
+			s.goOwned(func() { s.becameLeader(s.ctx) })
 		}
 	}
 }
@@ -145,9 +149,10 @@ func (s *Server) leaseLoop() {
 // may be half done), and a capacity sync.
 func (s *Server) becameLeader(ctx context.Context) {
 	lease, ok := s.leading()
-	if !ok {
-		return
+	if !ok || !s.lead.reconciling.TryLock() {
+		return // lost again, or a reconciliation runs already
 	}
+	defer s.lead.reconciling.Unlock()
 	s.log.Info("this replica leads", "epoch", lease.Epoch)
 	fctx := withFence(ctx, lease)
 	if err := s.reconcile(fctx); err != nil && ctx.Err() == nil {
