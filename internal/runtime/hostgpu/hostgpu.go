@@ -13,6 +13,7 @@ package hostgpu
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 
@@ -152,6 +153,28 @@ func (p *Pool) Hold(sessionID string, ids []string) {
 		}
 	}
 	p.held[sessionID] = kept
+}
+
+// Reset replaces what the pool knows to be held with held (session ->
+// its device ids): for a runtime whose sessions other processes on this
+// host start and stop too (replicas sharing one state directory), which
+// re-reads what is held before it takes. A device claimed by two sessions
+// in held goes to the first in session order.
+func (p *Pool) Reset(held map[string][]string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.holder, p.held = map[string]string{}, map[string][]string{}
+	ids := slices.Sorted(maps.Keys(held))
+	for _, id := range ids {
+		var kept []string
+		for _, dev := range held[id] {
+			if _, busy := p.holder[dev]; !busy {
+				p.holder[dev] = id
+				kept = append(kept, dev)
+			}
+		}
+		p.held[id] = kept
+	}
 }
 
 // Held returns the devices the session holds, nil for none.

@@ -149,3 +149,27 @@ func TestConcurrentTakes(t *testing.T) {
 		t.Fatalf("%d devices handed out, want all 8", len(seen))
 	}
 }
+
+// Reset replaces what is held: devices of sessions gone are free again,
+// those another process gave out are taken, and a device claimed twice
+// goes to one session only.
+func TestPoolReset(t *testing.T) {
+	p := pool(t, "t4:3")
+	if _, err := p.Take("a", runtime.GPURequest{Type: "t4", Count: 2}); err != nil {
+		t.Fatal(err)
+	}
+	p.Reset(map[string][]string{"b": {"GPU-sim-t4-1"}, "c": {"GPU-sim-t4-1", "GPU-sim-t4-2"}})
+	if got := p.Held("a"); len(got) != 0 {
+		t.Errorf("a holds %v after a reset without it", got)
+	}
+	if got := p.Held("c"); !slices.Equal(got, []string{"GPU-sim-t4-2"}) {
+		t.Errorf("c holds %v, want only the device b does not hold", got)
+	}
+	got, err := p.Take("d", runtime.GPURequest{Type: "t4", Count: 1})
+	if err != nil || !slices.Equal(got, []string{"GPU-sim-t4-0"}) {
+		t.Fatalf("Take after Reset = %v, %v; want the one free device", got, err)
+	}
+	if _, err := p.Take("e", runtime.GPURequest{Type: "t4", Count: 1}); err == nil {
+		t.Fatal("a fourth device was handed out of three")
+	}
+}

@@ -38,6 +38,11 @@ const cgroupRoot = "/sys/fs/cgroup"
 // cgroup can be made there. It fails where the hierarchy is not writable,
 // which is the case for a server that does not run as root.
 func openCgroups(dir string, total int) (*cgroups, error) {
+	// Servers that reach one directory by different paths (replicas on
+	// one host linking a shared one) must name the same cgroup.
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	}
 	sum := sha256.Sum256([]byte(dir))
 	name := "local-" + hex.EncodeToString(sum[:4])
 	var st unix.Statfs_t

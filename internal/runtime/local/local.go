@@ -59,6 +59,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/runtime/hostgpu"
 )
@@ -185,6 +187,70 @@ func (r *Runtime) holdExisting() {
 	}
 }
 
+// takeDevices chooses the session's devices and records them in its
+// placement file. Servers sharing this runtime's directory (replicas on
+// one host) start and stop sessions too, so under a lock on the directory
+// the pool first re-reads what every session's placement file holds, and
+// the choice is written before the lock is let go.
+func (r *Runtime) takeDevices(id string, req runtime.GPURequest) ([]string, error) {
+	unlock, err := lockFile(filepath.Join(r.cfg.Dir, devicesLockName))
+	if err != nil {
+		return nil, fmt.Errorf("local runtime: lock the devices: %w", err)
+	}
+	defer unlock()
+	r.syncHeld()
+	devices, err := r.pool.Take(id, req)
+	if err != nil {
+		return nil, fmt.Errorf("local runtime: %w", err)
+	}
+	b, err := json.Marshal(runtime.Placement{Node: r.node, Devices: devices, Handle: r.dir(id)})
+	if err != nil {
+		return nil, fmt.Errorf("local runtime: %w", err)
+	}
+	if err := os.WriteFile(r.placementPath(id), b, 0o600); err != nil {
+		return nil, fmt.Errorf("local runtime: record placement: %w", err)
+	}
+	return devices, nil
+}
+
+// devicesLockName is the lock file, in the runtime's directory, that
+// choosing devices holds.
+const devicesLockName = ".devices.lock"
+
+// lockFile takes an exclusive flock on path, waiting for it.
+func lockFile(path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil // closing the file lets the lock go
+}
+
+// syncHeld makes the pool hold what the session directories say: a
+// session's placement file, or, for a session an older release started
+// without one, what the server said it holds (Hold). Sessions whose
+// directory is gone (stopped, maybe by another server) hold nothing.
+func (r *Runtime) syncHeld() {
+	held := map[string][]string{}
+	entries, _ := os.ReadDir(r.cfg.Dir)
+	for _, e := range entries {
+		id := e.Name()
+		if !e.IsDir() || !runtime.ValidID(id) {
+			continue
+		}
+		if pl, err := r.placement(id); err == nil {
+			held[id] = pl.Devices
+		} else if ids := r.pool.Held(id); len(ids) > 0 {
+			held[id] = ids
+		}
+	}
+	r.pool.Reset(held)
+}
+
 // placement reads where the session runs, as Start recorded it.
 func (r *Runtime) placement(id string) (runtime.Placement, error) {
 	var pl runtime.Placement
@@ -301,15 +367,8 @@ func (r *Runtime) start(ctx context.Context, spec runtime.Spec) (devices []strin
 			_ = r.Stop(context.WithoutCancel(ctx), id)
 		}
 	}()
-	if devices, err = r.pool.Take(id, spec.GPU); err != nil {
-		return nil, fmt.Errorf("local runtime: %w", err)
-	}
-	b, err := json.Marshal(runtime.Placement{Node: r.node, Devices: devices, Handle: r.dir(id)})
-	if err != nil {
-		return nil, fmt.Errorf("local runtime: %w", err)
-	}
-	if err := os.WriteFile(r.placementPath(id), b, 0o600); err != nil {
-		return nil, fmt.Errorf("local runtime: record placement: %w", err)
+	if devices, err = r.takeDevices(id, spec.GPU); err != nil {
+		return nil, err
 	}
 	home := r.HomeDir(id)
 	if err := os.Mkdir(home, 0o700); err != nil {
