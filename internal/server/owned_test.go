@@ -44,7 +44,7 @@ var ownedGo = map[string]string{
 	"server.go:Serve":           "Serve waits for http.Server.Serve to return",
 	"broker.go:connectSession":  "the handler waits for its keepalive before it returns",
 	"broker.go:serveTunnel":     "serveTunnel waits for its two copies (wg) before it returns",
-	"broker.go:pipe":            "pipe waits for its copy from the agent (agentDone)",
+	"relay.go:pipe":             "pipe waits for both of its copies (wg) before it returns",
 }
 
 // TestEveryGoroutineHasAnOwner reads the package's source: a go statement
