@@ -57,7 +57,7 @@ func TestAdmissionNeverExceedsCaps(t *testing.T) {
 const (
 	capUsers      = 12
 	capWorkers    = 32
-	capRounds     = 10
+	capRounds     = 6
 	capPerUser    = 2
 	capProjectP   = 5
 	capProjectQ   = 4
