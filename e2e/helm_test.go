@@ -55,12 +55,6 @@ const helmReplicas = 2
 // started before the upgrade still runs, its shell still answering in the
 // same process, ended by nothing.
 func TestHelmChartOnTheCluster(t *testing.T) {
-	if os.Getenv("DEVGPU_HELM_E2E") != "1" {
-		t.Skip("not yet passed on the real cluster: the Kubernetes binaries could not be built on the development " +
-			"machine before this test's deadline (test/k8s/cluster.sh build ran over 50 minutes on 2 shared cores and " +
-			"did not finish), so kube-proxy (cluster.sh proxy-up) and the chart's install, Service path and upgrade " +
-			"are unverified on a cluster; run it with DEVGPU_HELM_E2E=1 as root and remove this skip once it passes")
-	}
 	c := kcluster.Get(t)
 	helm := helmBinary(t)
 	root, err := testutil.ModuleRoot()
@@ -149,25 +143,11 @@ func TestHelmChartOnTheCluster(t *testing.T) {
 	}
 	serviceURL := "https://" + net.JoinHostPort(serviceIP, "8470")
 	client := helmTLSClient(t, ca)
-	leaders := 0
-	testutil.Eventually(t, testutil.WaitLong, "one of the replicas to lead", func() bool {
-		leaders = 0
-		for _, p := range pods {
-			// Each replica by its own address: the chart's certificate
-			// names the Service, so the name checked is the Service's.
-			r := helmReadyz(client, "https://"+net.JoinHostPort(p.Status.PodIP, "8470"), helmRelease+"."+ns+".svc")
-			if !r.Ready {
-				return false
-			}
-			if r.Leader {
-				leaders++
-			}
-		}
-		return leaders == 1
+	helmWaitLeader(t, client, ns, pods)
+	// kube-proxy programs the Service once its endpoints are Ready.
+	testutil.Eventually(t, testutil.WaitMedium, "/readyz through the Service", func() bool {
+		return helmReadyz(client, serviceURL, "").Ready
 	})
-	if r := helmReadyz(client, serviceURL, ""); !r.Ready {
-		t.Fatalf("/readyz through the Service: %+v", r)
-	}
 
 	// The first admin, whom the first replica made at bootstrap: its token
 	// lives in that replica's data directory, so the test mints one in
@@ -222,6 +202,11 @@ func TestHelmChartOnTheCluster(t *testing.T) {
 		}
 	}
 
+	// The new replicas settle on a leader (its first reconcile done)
+	// before the next start; see the report of issue 12's deploy part: a
+	// start in flight while leadership passes could fail.
+	helmWaitLeader(t, client, ns, after)
+
 	// The session is still running, ended by nothing, and its shell
 	// answers in the same process: the CLI reconnected through the
 	// Service when its replica went.
@@ -239,6 +224,27 @@ func TestHelmChartOnTheCluster(t *testing.T) {
 		t.Fatalf("the shell exited %d after `exit`, want 0; it showed:\n%s", code, tm.output())
 	}
 	alice.waitSession(sessionID, testutil.WaitLong, "to end after its shell exited", func(s sdk.Session) bool { return s.State == sdk.StateEnded })
+}
+
+// helmWaitLeader waits until every replica is ready and exactly one
+// leads.
+func helmWaitLeader(t *testing.T, client *http.Client, ns string, pods []corev1.Pod) {
+	t.Helper()
+	testutil.Eventually(t, testutil.WaitLong, "one of the replicas to lead", func() bool {
+		leaders := 0
+		for _, p := range pods {
+			// Each replica by its own address: the chart's certificate
+			// names the Service, so the name checked is the Service's.
+			r := helmReadyz(client, "https://"+net.JoinHostPort(p.Status.PodIP, "8470"), helmRelease+"."+ns+".svc")
+			if !r.Ready {
+				return false
+			}
+			if r.Leader {
+				leaders++
+			}
+		}
+		return leaders == 1
+	})
 }
 
 // helmBinary is helm as test/helm/build.sh caches it; the test skips where
