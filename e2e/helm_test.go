@@ -505,6 +505,17 @@ func TestHelmChartRenders(t *testing.T) {
 		}
 	}
 
+	// An upgrade rendered without the cluster (no Secrets to look up) must
+	// not make a new agent key, installation id or CA.
+	if out, err := h.run("template", helmRelease, chart, "--is-upgrade", "--set", store, "--set", cidrs); err == nil ||
+		!strings.Contains(out, "set agentKey, installationID, tls.secretName") {
+		t.Errorf("helm template --is-upgrade without the keys: %v, want a failure naming agentKey, installationID and tls.secretName:\n%s", err, out)
+	}
+	given := "agentKey=" + base64.StdEncoding.EncodeToString(make([]byte, 32)) + ",installationID=0123456789abcdef01234567,tls.secretName=devgpu-tls"
+	if out, err := h.run("template", helmRelease, chart, "--is-upgrade", "--set", store, "--set", cidrs, "--set", given); err != nil {
+		t.Errorf("helm template --is-upgrade with the keys given: %v\n%s", err, out)
+	}
+
 	if out, err := h.run("template", helmRelease, chart, "--set", store, "--set", "service.clusterIP=10.96.0.9"); err != nil {
 		t.Errorf("helm template with a fixed cluster IP and no CIDRs: %v\n%s", err, out)
 	}
@@ -524,11 +535,15 @@ func TestHelmChartRenders(t *testing.T) {
 	if sc := ctr["securityContext"].(map[string]any); sc["readOnlyRootFilesystem"] != true || sc["allowPrivilegeEscalation"] != false {
 		t.Errorf("container securityContext %v, want a read-only root and no privilege escalation", sc)
 	}
-	probe := func(name string) string {
-		return ctr[name].(map[string]any)["httpGet"].(map[string]any)["path"].(string)
+	// Readiness asks the store; liveness must not, or a database outage
+	// restarts every replica.
+	readiness, _ := ctr["readinessProbe"].(map[string]any)["httpGet"].(map[string]any)
+	liveness := ctr["livenessProbe"].(map[string]any)
+	if readiness["path"] != "/readyz" {
+		t.Errorf("readiness probe %v, want an httpGet of /readyz", ctr["readinessProbe"])
 	}
-	if probe("readinessProbe") != "/readyz" || probe("livenessProbe") != "/healthz" {
-		t.Errorf("probes: readiness %s, liveness %s; want /readyz and /healthz", probe("readinessProbe"), probe("livenessProbe"))
+	if tcp, _ := liveness["tcpSocket"].(map[string]any); tcp == nil || tcp["port"] != "https" || liveness["httpGet"] != nil {
+		t.Errorf("liveness probe %v, want a tcpSocket probe of the https port (nothing that asks the store)", liveness)
 	}
 	if args := fmt.Sprint(ctr["args"]); !strings.Contains(args, "--advertise-url=https://$(POD_IP):8470") {
 		t.Errorf("server args %s, want --advertise-url from the Pod IP", args)

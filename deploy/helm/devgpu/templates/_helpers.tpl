@@ -83,4 +83,21 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if and .Values.installationID (not (regexMatch "^[0-9a-f]{24}$" .Values.installationID)) -}}
 {{- fail "installationID must be 24 lowercase hex digits, as in a server's data directory file \"installation\"" -}}
 {{- end -}}
+{{- /* The agent key, installation id and CA are kept across upgrades by
+     looking up the release's Secrets. An upgrade rendered without cluster
+     access (helm template --is-upgrade, --dry-run, a GitOps renderer) finds
+     nothing and would make new ones, cutting off every running session. */ -}}
+{{- if .Release.IsUpgrade -}}
+{{- $missing := list -}}
+{{- if not (lookup "v1" "Secret" .Release.Namespace (include "devgpu.fullname" .)).data -}}
+{{- if not .Values.agentKey -}}{{- $missing = append $missing "agentKey" -}}{{- end -}}
+{{- if not .Values.installationID -}}{{- $missing = append $missing "installationID" -}}{{- end -}}
+{{- end -}}
+{{- if and (not .Values.tls.secretName) (not (lookup "v1" "Secret" .Release.Namespace (include "devgpu.tlsSecret" .)).data) -}}
+{{- $missing = append $missing "tls.secretName" -}}
+{{- end -}}
+{{- if $missing -}}
+{{- fail (printf "this upgrade cannot read the release's Secrets (rendered without cluster access: helm template, --dry-run or a GitOps renderer) and would replace the agent key, installation id or CA, cutting off every running session: set %s to the installation's values" (join ", " $missing)) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
