@@ -222,7 +222,7 @@ func (s *Server) admit(ctx context.Context, caller store.User, req sdk.CreateSes
 			ID: newSessionID(), ProjectID: p.ID, Project: p.Name, UserID: caller.ID, User: caller.Name,
 			State: sdk.StateStarting, CreatedAt: s.now(),
 			GPUType: d.GPUType, Region: d.Region, DetachGrace: d.eff.DetachGrace, Image: d.ref,
-			Backend: d.backend, GPUCount: d.gpus,
+			Backend: d.backend, GPUCount: d.gpus, Starter: s.replicaID(),
 		}
 		if err := tx.CreateSession(ctx, &sess); err != nil {
 			return err

@@ -142,6 +142,10 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 		// A leader's decision, made after it lost the lease: not taken.
 		s.clearEnding(id)
 		return fmt.Errorf("end session %s: %w", id, err)
+	case errors.Is(err, errReattached):
+		s.clearEnding(id)
+		log.Info("session kept: a shell came back within its detach grace")
+		return nil
 	case err != nil:
 		s.storeWrote(err)
 		log.Warn("mark session stopping; stopping it all the same", "err", err)
@@ -166,7 +170,10 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 		s.clearEnding(id)
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
-	err = s.recordEnd(ctx, id, state, reason, actor, at)
+	// The end was decided (under the lease, when a leader decided it) and
+	// the session is stopped: recording it is no new decision, whoever
+	// leads by now.
+	err = s.recordEnd(withoutFence(ctx), id, state, reason, actor, at)
 	if err != nil && !errors.Is(err, store.ErrConflict) {
 		// Stopped, and ending (so nothing acts on it again), but not yet
 		// recorded: its GPUs stay reserved in the store until it is.
@@ -481,8 +488,63 @@ func (s *Server) checkLiveness(ctx context.Context) error {
 			s.log.Error("retry stop", "session_id", id, "err", err)
 		}
 	}
+	s.failOrphanedStarts(ctx)
 	s.retryStops(ctx)
 	return nil
+}
+
+// liveStarters returns the replicas registered in the store: a session
+// they are starting is theirs to finish or fail. Nil on a store this
+// server has alone, where every start not in flight here died.
+func (s *Server) liveStarters(ctx context.Context) (map[string]bool, error) {
+	if s.cfg.Exclusive {
+		return nil, nil
+	}
+	replicas, err := s.store.ListReplicas(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list replicas: %w", err)
+	}
+	live := make(map[string]bool, len(replicas))
+	for _, r := range replicas {
+		live[r.ID] = true
+	}
+	return live, nil
+}
+
+// startInFlight reports whether a requested or starting session is being
+// started by a live replica, this one included: only that replica may
+// fail or finish its start, since the runtime may be creating it now.
+func (s *Server) startInFlight(sess store.Session, live map[string]bool) bool {
+	if s.starts.has(sess.ID) {
+		return true
+	}
+	return !s.cfg.Exclusive && sess.Starter != "" && (sess.Starter == s.replicaID() || live[sess.Starter])
+}
+
+// failOrphanedStarts, on the leader, fails the starts whose replica is
+// gone (declared dead, or stopped): they never ran, and nothing else
+// would end them. On a store this server has alone, reconcile did that
+// at start.
+func (s *Server) failOrphanedStarts(ctx context.Context) {
+	if s.cfg.Exclusive {
+		return
+	}
+	starters, err := s.liveStarters(ctx)
+	if err != nil {
+		s.log.Warn("look for starts whose replica is gone", "err", err)
+		return
+	}
+	starting, err := s.store.ListSessions(ctx, store.SessionFilter{State: sdk.StateStarting})
+	if err != nil {
+		s.log.Warn("look for starts whose replica is gone", "err", err)
+		return
+	}
+	now := s.now()
+	for _, sess := range starting {
+		if !s.startInFlight(sess, starters) {
+			s.failInterruptedStart(ctx, sess, now)
+		}
+	}
 }
 
 // endLost ends a session the runtime no longer has, billed up to the
@@ -519,6 +581,10 @@ func (s *Server) reconcile(ctx context.Context) error {
 		return fmt.Errorf("reconcile: list sessions: %w", err)
 	}
 	now := s.now()
+	starters, err := s.liveStarters(ctx)
+	if err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
 	recordedOn := map[string]string{} // session id: its backend
 	for _, sess := range active {
 		backend := s.backendNameOf(sess)
@@ -580,8 +646,11 @@ func (s *Server) reconcile(ctx context.Context) error {
 				s.log.Error("finish a stop begun before the restart", "session_id", sess.ID, "err", err)
 			}
 		case sdk.StateRequested, sdk.StateStarting:
-			// Its start died with the old server: it never ran.
-			s.failInterruptedStart(ctx, sess, now)
+			// Its start died with the server that made it (it never
+			// ran), unless a live replica is making it now.
+			if !s.startInFlight(sess, starters) {
+				s.failInterruptedStart(ctx, sess, now)
+			}
 		default:
 			// Running, but its backend lost it.
 			s.endLost(ctx, sess.ID)

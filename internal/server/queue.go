@@ -195,7 +195,8 @@ func (s *Server) admitQueued(ctx context.Context, q store.Session) (left bool, e
 		if err := tx.UpdateQueued(ctx, &cur); err != nil {
 			return err
 		}
-		if _, err := s.transition(ctx, tx, cur.ID, sdk.StateStarting, nil); err != nil {
+		// This replica (the leader) starts it, below.
+		if _, err := s.transition(ctx, tx, cur.ID, sdk.StateStarting, func(ss *store.Session) { ss.Starter = s.replicaID() }); err != nil {
 			return err
 		}
 		cur.State = sdk.StateStarting

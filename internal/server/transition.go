@@ -59,6 +59,11 @@ func (s *Server) markStopping(ctx context.Context, tx store.Store, id, reason, a
 	if err != nil || cur.State == sdk.StateStopping {
 		return cur, err
 	}
+	// The reaper decides from a listing made before this transaction: a
+	// shell that came back since (on any replica) keeps its session.
+	if reason == sdk.ReasonDetached && (cur.Attachments > 0 || cur.DetachedAt.IsZero() || at.Sub(cur.DetachedAt) < cur.DetachGrace) {
+		return cur, errReattached
+	}
 	endState := sdk.StateEnded
 	if cur.State != sdk.StateRunning {
 		endState = sdk.StateFailed
@@ -69,6 +74,10 @@ func (s *Server) markStopping(ctx context.Context, tx store.Store, id, reason, a
 		x.Attachments = 0
 	})
 }
+
+// errReattached: a session the reaper found detached past its grace has a
+// shell again (or its grace began anew) by the time its stop is decided.
+var errReattached = errors.New("session reattached within its detach grace")
 
 // stopOf is the stop recorded on a stopping session: the state it ends in,
 // why, who decided and its billing end. A stop recorded before these
@@ -127,8 +136,18 @@ func (s *Server) retryStops(ctx context.Context) {
 		s.log.Warn("list sessions to retry their stops", "err", err)
 		return
 	}
+	starters, err := s.liveStarters(ctx)
+	if err != nil {
+		s.log.Warn("list replicas to retry stops", "err", err)
+		return
+	}
 	for _, sess := range stopping {
 		if s.finishing(sess.ID) {
+			continue
+		}
+		// Stopped while a live replica was starting it: that replica
+		// finishes the stop once its runtime's Start has returned.
+		if sess.EndState == sdk.StateFailed && s.startInFlight(sess, starters) {
 			continue
 		}
 		if err := s.finishStop(ctx, sess); err != nil {

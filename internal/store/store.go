@@ -161,6 +161,10 @@ type Session struct {
 	WaitUntil   time.Time
 	QueueReason string
 	ServedBy    string
+	// Starter is the replica that starts the session (set when it becomes
+	// starting): a new leader fails an interrupted start only when that
+	// replica is gone.
+	Starter string
 }
 
 // CatalogImage is an entry of the admin image catalog: a friendly name
@@ -436,8 +440,8 @@ type Store interface {
 	AddAttachment(ctx context.Context, a *Attachment) error
 	// RemoveAttachment forgets one; when it was the session's last, the
 	// session's DetachedAt becomes at (zero: now). It returns the count
-	// left; removing one already gone is not an error and returns 0, as
-	// its session is no longer known.
+	// left; ErrNotFound when it is gone already (its replica was declared
+	// dead): nothing to do, and not "the last shell closed".
 	RemoveAttachment(ctx context.Context, id int64, at time.Time) (left int, err error)
 	ListAttachments(ctx context.Context, sessionID string) ([]Attachment, error)
 

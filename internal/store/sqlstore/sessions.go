@@ -21,7 +21,7 @@ const sessionColumns = `s.id, s.project_id, p.name, s.user_id, u.name, s.state, 
 	s.backend, s.gpu_count, s.node, s.handle,
 	s.attachments, s.detach_grace, s.created_at, s.started_at, s.ended_at,
 	s.end_reason, s.error, s.detached_at, s.last_seen_at, s.image, s.end_actor, s.end_state,
-	s.wait_until, s.queue_reason, s.served_by
+	s.wait_until, s.queue_reason, s.served_by, s.starter
 	FROM sessions s JOIN projects p ON p.id = s.project_id JOIN users u ON u.id = s.user_id`
 
 func scanSession(row interface{ Scan(...any) error }) (x store.Session, err error) {
@@ -30,7 +30,7 @@ func scanSession(row interface{ Scan(...any) error }) (x store.Session, err erro
 		&x.Backend, &x.GPUCount, &x.Node, &x.Handle,
 		&x.Attachments, &grace, timeCol{&x.CreatedAt}, timeCol{&x.StartedAt}, timeCol{&x.EndedAt},
 		&x.EndReason, &x.Error, timeCol{&x.DetachedAt}, timeCol{&x.LastSeenAt}, &x.Image, &x.EndActor, &x.EndState,
-		timeCol{&x.WaitUntil}, &x.QueueReason, &x.ServedBy)
+		timeCol{&x.WaitUntil}, &x.QueueReason, &x.ServedBy, &x.Starter)
 	x.DetachGrace = time.Duration(grace)
 	return x, err
 }
@@ -58,13 +58,13 @@ func (s *Store) CreateSession(ctx context.Context, x *store.Session) error {
 		_, err := tx.exec(ctx, `INSERT INTO sessions (id, project_id, user_id, state, gpu_type, region,
 			backend, gpu_count, node, handle, attachments,
 			detach_grace, created_at, started_at, ended_at, end_reason, error, detached_at, last_seen_at, image,
-			end_actor, end_state, wait_until, queue_reason, served_by)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			end_actor, end_state, wait_until, queue_reason, served_by, starter)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			x.ID, x.ProjectID, x.UserID, x.State, x.GPUType, x.Region,
 			x.Backend, x.GPUCount, x.Node, x.Handle, x.Attachments,
 			int64(x.DetachGrace), dbTime(x.CreatedAt), dbTime(x.StartedAt), dbTime(x.EndedAt),
 			x.EndReason, x.Error, dbTime(x.DetachedAt), dbTime(x.LastSeenAt), x.Image, x.EndActor, x.EndState,
-			dbTime(x.WaitUntil), x.QueueReason, x.ServedBy)
+			dbTime(x.WaitUntil), x.QueueReason, x.ServedBy, x.Starter)
 		if err != nil {
 			return err
 		}
@@ -246,11 +246,12 @@ func (s *Store) TransitionSession(ctx context.Context, id, to string, change fun
 		next.StartedAt, next.EndedAt = norm(next.StartedAt), norm(next.EndedAt)
 		next.DetachedAt, next.LastSeenAt = norm(next.DetachedAt), norm(next.LastSeenAt)
 		res, err := tx.exec(ctx, `UPDATE sessions SET state = ?, started_at = ?, attachments = ?, detached_at = ?,
-			last_seen_at = ?, error = ?, node = ?, handle = ?, end_reason = ?, ended_at = ?, end_actor = ?, end_state = ?
+			last_seen_at = ?, error = ?, node = ?, handle = ?, end_reason = ?, ended_at = ?, end_actor = ?, end_state = ?,
+			starter = ?
 			WHERE id = ? AND state = ?`,
 			to, dbTime(next.StartedAt), next.Attachments, dbTime(next.DetachedAt), dbTime(next.LastSeenAt),
 			next.Error, next.Node, next.Handle, next.EndReason, dbTime(next.EndedAt), next.EndActor, next.EndState,
-			id, cur.State)
+			next.Starter, id, cur.State)
 		if err != nil {
 			return err
 		}

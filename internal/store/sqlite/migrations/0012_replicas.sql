@@ -35,3 +35,9 @@ CREATE TABLE links (
 	replica    TEXT NOT NULL REFERENCES replicas (id)
 ) STRICT;
 CREATE INDEX links_replica ON links (replica);
+
+-- The replica that owns a session's start (requested or starting): a new
+-- leader fails only the starts of replicas that are gone, never one a live
+-- replica is making. A column with a default, so older releases' inserts
+-- still work.
+ALTER TABLE sessions ADD COLUMN starter TEXT NOT NULL DEFAULT '';
