@@ -14,6 +14,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/signal"
 	"os/user"
@@ -141,6 +142,9 @@ SQLite under the data directory, the local runtime, this host's NVIDIA GPUs
 			if err := o.storeFromEnv(cmd); err != nil {
 				return err
 			}
+			if err := o.checkAdvertiseURL(); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return runServer(ctx, o)
@@ -171,6 +175,50 @@ SQLite under the data directory, the local runtime, this host's NVIDIA GPUs
 	_ = f.MarkHidden("ping-interval")
 	cmd.AddCommand(newServerStopCmd())
 	return cmd
+}
+
+// checkAdvertiseURL refuses, before anything is opened, an advertised URL
+// that other replicas sharing a PostgreSQL store could not use. With no
+// --advertise-url the URL of --listen is advertised, and an unspecified
+// listen address (0.0.0.0, ::, no host) becomes 127.0.0.1: every other
+// replica relaying to it would dial itself. A relay carries the agent's
+// secret preamble, so plain http is only for loopback (tests, one host).
+// A SQLite store serves this server alone: nothing relays to it.
+func (o *serverOptions) checkAdvertiseURL() error {
+	if !isPostgresURL(o.storeURL) {
+		return nil
+	}
+	if o.replica.advertiseURL == "" {
+		host, _, err := net.SplitHostPort(o.listen)
+		if err != nil {
+			return nil // net.Listen says what is wrong with it
+		}
+		if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+			return fmt.Errorf("--listen %s names no address the other replicas sharing the PostgreSQL store could reach this one at; give --advertise-url with this replica's own address, e.g. https://10.0.0.7:8470", o.listen)
+		}
+		if o.front.insecureHTTP && !isLoopbackHost(host) {
+			return fmt.Errorf("--listen %s with --insecure-http would advertise a plain http:// URL to the other replicas, and their relays carry agents' secrets; give an https:// --advertise-url at which they reach this replica", o.listen)
+		}
+		return nil
+	}
+	u, err := url.Parse(o.replica.advertiseURL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Hostname() == "" {
+		return fmt.Errorf("--advertise-url %q is not an https:// URL with a host; give the URL the other replicas reach this one at, e.g. https://10.0.0.7:8470", o.replica.advertiseURL)
+	}
+	if u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
+		return fmt.Errorf("--advertise-url %s is plain http on a non-loopback host, and relays to it carry agents' secrets; give an https:// URL (plain http is for 127.0.0.1 only)", o.replica.advertiseURL)
+	}
+	return nil
+}
+
+// isLoopbackHost reports whether host (a name or an address) is this
+// machine's loopback.
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func runServer(ctx context.Context, o serverOptions) error {
