@@ -274,8 +274,9 @@ func (s *Store) AddAttachment(ctx context.Context, a *store.Attachment) error {
 	return s.wrap(action, err)
 }
 
-// RemoveAttachment forgets attachment id; see store.Store. It returns 0
-// when the attachment was gone already, as its session is then unknown.
+// RemoveAttachment forgets attachment id; see store.Store. ErrNotFound
+// when the attachment was gone already: 0 left would read as "the last
+// shell closed" though other replicas may hold shells on its session.
 func (s *Store) RemoveAttachment(ctx context.Context, id int64, at time.Time) (int, error) {
 	if at.IsZero() {
 		at = now()
@@ -287,7 +288,7 @@ func (s *Store) RemoveAttachment(ctx context.Context, id int64, at time.Time) (i
 		var sessionID string
 		err := tx.queryRow(ctx, `SELECT session_id FROM attachments WHERE id = ?`, id).Scan(&sessionID)
 		if errors.Is(err, sql.ErrNoRows) {
-			return nil
+			return fmt.Errorf("%w: it was removed already (its replica was declared dead?)", store.ErrNotFound)
 		}
 		if err != nil {
 			return err
