@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"time"
 
 	"github.com/devgpu/devgpu/internal/httpapi"
 	"github.com/devgpu/devgpu/internal/store"
@@ -17,31 +16,18 @@ type readiness struct {
 	Replica string `json:"replica"`
 }
 
-// readyTimeout bounds the store's answer to the readiness probe.
-const readyTimeout = time.Second
-
-// readyz answers 200 while the store answers a trivial query within
-// readyTimeout and this replica is registered in it (a replica declared
-// dead re-registers at its next heartbeat), and says whether it leads;
-// 503 otherwise, so that a load balancer sends requests elsewhere.
-// /healthz (storehealth.go) says whether the store writes.
+// readyz answers 200 while this replica is registered in the store and
+// its last registration or heartbeat is at most two heartbeat intervals
+// old (a replica declared dead re-registers at its next heartbeat), and
+// says whether it leads; 503 otherwise, so that a load balancer sends
+// requests elsewhere. It answers from what the heartbeat loop keeps, with
+// no store call: the probe is unauthenticated and must not load the
+// database. /healthz (storehealth.go) says whether the store writes.
 func (a *API) readyz(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
-	defer cancel()
-	replicas, err := a.s.store.ListReplicas(ctx)
-	if err != nil {
-		a.log.Warn("readiness: the store did not answer", "err", err)
+	if !a.s.readyNow() {
 		httpapi.WriteError(w, r, a.log, httpapi.Errorf(http.StatusServiceUnavailable,
-			"not ready: the database did not answer within %s; this replica is ready again once it does", readyTimeout))
-		return
-	}
-	registered := false
-	for _, rep := range replicas {
-		registered = registered || rep.ID == a.s.replicaID()
-	}
-	if !registered {
-		httpapi.WriteError(w, r, a.log, httpapi.Errorf(http.StatusServiceUnavailable,
-			"not ready: replica %s is not registered in the database (declared dead while cut off); it registers again at its next heartbeat", a.s.replicaID()))
+			"not ready: replica %s has not recorded a heartbeat in the database within %s (cut off, or declared dead); it is ready again once its heartbeat reaches the database",
+			a.s.replicaID(), 2*a.s.cfg.HeartbeatInterval))
 		return
 	}
 	httpapi.Write(w, http.StatusOK, readiness{Ready: true, Leader: a.s.IsLeader(), Replica: a.s.replicaID()})

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"net/http"
 	"strings"
 	"time"
 
+	"github.com/devgpu/devgpu/internal/httpapi"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/internal/version"
 	"github.com/devgpu/devgpu/sdk"
@@ -62,9 +64,61 @@ func (s *Server) registerReplica(ctx context.Context) error {
 	if err == nil {
 		s.mu.Lock()
 		s.registered = true
+		s.lastBeat = time.Now()
 		s.mu.Unlock()
 	}
 	return err
+}
+
+// beatRecorded notes a heartbeat the store took, for /readyz.
+func (s *Server) beatRecorded() {
+	s.mu.Lock()
+	s.lastBeat = time.Now()
+	s.mu.Unlock()
+}
+
+// readyNow reports whether this replica is registered and its last
+// registration or heartbeat is at most two heartbeat intervals old: what
+// /readyz answers, with no store call per request.
+func (s *Server) readyNow() bool {
+	s.mu.Lock()
+	registered, last := s.registered, s.lastBeat
+	s.mu.Unlock()
+	return registered && !last.IsZero() && time.Since(last) <= 2*s.cfg.HeartbeatInterval
+}
+
+// errReplicaReregistering is what an attach answers when the store does
+// not know this replica (declared dead until its next heartbeat, or its
+// registration at start failed): a moment later it is registered again,
+// so the client should retry rather than give up on its session.
+func errReplicaReregistering(err error) error {
+	return &httpapi.Error{Status: http.StatusServiceUnavailable,
+		Msg: "this replica is re-registering with the database; try again in a moment", Err: err}
+}
+
+// attachRefused turns AddAttachment's ErrNotFound into the API's answer:
+// 503 (retry) when it is this replica the store does not know, 409 when
+// the session is no longer running.
+func (s *Server) attachRefused(ctx context.Context, sessionID string, err error) error {
+	if !s.replicaRegistered(ctx) {
+		return errReplicaReregistering(err)
+	}
+	return errSessionNotRunning(sessionID)
+}
+
+// replicaRegistered reports whether the store holds this replica's record;
+// a store that does not answer counts as not (the caller retries).
+func (s *Server) replicaRegistered(ctx context.Context) bool {
+	replicas, err := s.store.ListReplicas(ctx)
+	if err != nil {
+		return false
+	}
+	for _, r := range replicas {
+		if r.ID == s.replicaID() {
+			return true
+		}
+	}
+	return false
 }
 
 // removeOthersAtStart forgets every other replica recorded in a store that
@@ -113,6 +167,7 @@ func (s *Server) heartbeat(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.beatRecorded()
 	s.retryDetaches(ctx)
 	s.refreshRates(ctx)
 	s.sweepCache(ctx)
@@ -132,15 +187,28 @@ func (s *Server) removeDeadReplicas(ctx context.Context) error {
 			continue
 		}
 		var sessions []string
+		fresh := false
 		err := s.store.InTx(ctx, func(tx store.Store) error {
 			if err := s.checkFence(ctx, tx); err != nil {
 				return err
 			}
-			var err error
+			// Read again under the fence: it may have heartbeated since
+			// the list, and a live replica must not lose its shells.
+			still, err := tx.StaleReplicas(ctx, s.cfg.ReplicaTimeout)
+			if err != nil {
+				return err
+			}
+			fresh = true
+			for _, st := range still {
+				fresh = fresh && st.ID != r.ID
+			}
+			if fresh {
+				return nil
+			}
 			sessions, err = tx.RemoveReplica(ctx, r.ID, s.now())
 			return err
 		})
-		if errors.Is(err, store.ErrNotFound) {
+		if fresh || errors.Is(err, store.ErrNotFound) {
 			continue
 		}
 		if err != nil {
@@ -179,7 +247,10 @@ func (s *Server) cutAllShells() int {
 }
 
 // retryDetaches removes the attachments whose removal the store refused
-// (down at the time), so that their sessions' detach grace can run.
+// (down at the time), so that their sessions' detach grace can run; a
+// clean exit that leaves no shell ends its session (closed) at once, as
+// detach does. One gone already (its replica was declared dead meanwhile)
+// is nothing to do.
 func (s *Server) retryDetaches(ctx context.Context) {
 	s.mu.Lock()
 	pending := make(map[int64]pendingDetach, len(s.undetached))
@@ -189,21 +260,33 @@ func (s *Server) retryDetaches(ctx context.Context) {
 	s.mu.Unlock()
 	for id, p := range pending {
 		left, err := s.store.RemoveAttachment(ctx, id, p.at)
-		if err != nil {
+		gone := errors.Is(err, store.ErrNotFound)
+		if err != nil && !gone {
 			return
 		}
 		s.mu.Lock()
 		delete(s.undetached, id)
 		s.mu.Unlock()
-		s.log.Info("detach recorded", "session_id", p.session, "attachments", left)
+		if gone {
+			s.log.Info("detach: the attachment was removed already", "session_id", p.session, "attachment", id)
+			continue
+		}
+		s.log.Info("detach recorded", "session_id", p.session, "attachments", left, "clean", p.clean)
+		if left == 0 && p.clean {
+			if err := s.endSession(ctx, p.session, sdk.ReasonClosed, "system", p.at); err != nil {
+				s.log.Error("end closed session", "session_id", p.session, "err", err)
+			}
+		}
 	}
 }
 
 // pendingDetach is an attachment that ended while the store could not
-// record it.
+// record it; clean: its shell exited (the session ends when it was the
+// last), rather than vanished (the detach grace applies).
 type pendingDetach struct {
 	session string
 	at      time.Time
+	clean   bool
 }
 
 // sweepCache drops the cached sessions that are no longer running (ended

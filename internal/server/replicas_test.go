@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/devgpu/devgpu/internal/httpapi"
 	"github.com/devgpu/devgpu/internal/runtime/hostgpu"
 	"github.com/devgpu/devgpu/internal/runtime/inproc"
 	"github.com/devgpu/devgpu/internal/store"
@@ -144,6 +145,20 @@ func leaders(reps ...*rigReplica) []*rigReplica {
 type failingStore struct {
 	store.Store
 	fail atomic.Bool
+	// listFails fails ListReplicas alone; staleAll makes StaleReplicas
+	// (outside a transaction) list every replica, as a list read just
+	// before they heartbeated would; noBeat fails HeartbeatReplica alone.
+	listFails, staleAll, noBeat atomic.Bool
+}
+
+func (f *failingStore) StaleReplicas(ctx context.Context, maxAge time.Duration) ([]store.Replica, error) {
+	if f.fail.Load() {
+		return nil, errCutOff
+	}
+	if f.staleAll.Load() {
+		return f.Store.ListReplicas(ctx)
+	}
+	return f.Store.StaleReplicas(ctx, maxAge)
 }
 
 // errCutOff is what the store answers while the database is unreachable.
@@ -157,7 +172,7 @@ func (f *failingStore) TokenByHash(ctx context.Context, hash []byte) (store.Toke
 }
 
 func (f *failingStore) ListReplicas(ctx context.Context) ([]store.Replica, error) {
-	if f.fail.Load() {
+	if f.fail.Load() || f.listFails.Load() {
 		return nil, errCutOff
 	}
 	return f.Store.ListReplicas(ctx)
@@ -178,7 +193,7 @@ func (f *failingStore) AcquireLease(ctx context.Context, name, holder string, tt
 }
 
 func (f *failingStore) HeartbeatReplica(ctx context.Context, id string) error {
-	if f.fail.Load() {
+	if f.fail.Load() || f.noBeat.Load() {
 		return errCutOff
 	}
 	return f.Store.HeartbeatReplica(ctx, id)
@@ -513,4 +528,130 @@ func (r *replicaRig) inRuntime(id string) bool {
 		}
 	}
 	return false
+}
+
+// A detach the store refused, retried by the heartbeat: one whose
+// attachment is gone already (its replica was declared dead) is nothing to
+// do, and does not end a session that shells on another replica still
+// hold; a clean exit that leaves no shell ends the session, closed, at
+// once (not detached after its grace).
+func TestRetriedDetaches(t *testing.T) {
+	t.Parallel()
+	r := newReplicaRig(t)
+	a, b := r.replica("a"), r.replica("b")
+	r.project(a, "p", time.Hour)
+	sess := r.session(a, "p")
+	rec, err := a.st.Session(r.ctx, sess.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onA, err := a.srv.attach(r.ctx, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onB, err := b.srv.attach(r.ctx, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// a's attachment was removed meanwhile (as when a is declared dead);
+	// a's detach of it, refused by the store at the time, is retried.
+	if _, err := a.st.RemoveAttachment(r.ctx, onA, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	pend := func(rep *rigReplica, attachment int64) {
+		rep.srv.mu.Lock()
+		rep.srv.undetached[attachment] = pendingDetach{session: sess.ID, at: time.Now(), clean: true}
+		rep.srv.mu.Unlock()
+	}
+	undetached := func(rep *rigReplica) int {
+		rep.srv.mu.Lock()
+		defer rep.srv.mu.Unlock()
+		return len(rep.srv.undetached)
+	}
+	pend(a, onA)
+	a.srv.retryDetaches(r.ctx)
+	if n := undetached(a); n != 0 {
+		t.Fatalf("%d detaches still pending after the retry of one gone already; want none", n)
+	}
+	if s, err := a.st.Session(r.ctx, sess.ID); err != nil || s.State != sdk.StateRunning || s.Attachments != 1 {
+		t.Fatalf("session after the retried detach of a removed attachment: %s (%s), %d attachments (%v); want running, b's shell attached",
+			s.State, s.EndReason, s.Attachments, err)
+	}
+
+	// b's shell exits cleanly while the store is down; the retry leaves
+	// no shell, so the session ends, closed, at once.
+	pend(b, onB)
+	b.srv.retryDetaches(r.ctx)
+	testutil.Eventually(t, testutil.WaitMedium, "the session to end once its last shell's clean exit is recorded", func() bool {
+		s, err := a.st.Session(r.ctx, sess.ID)
+		return err == nil && s.State == sdk.StateEnded
+	})
+	if s, err := a.st.Session(r.ctx, sess.ID); err != nil || s.EndReason != sdk.ReasonClosed {
+		t.Fatalf("session ended %s (%v); want closed", s.EndReason, err)
+	}
+}
+
+// The leader declares dead only a replica still stale under the fence: one
+// that heartbeated after the list of stale replicas was read keeps its
+// record (and its shells).
+func TestDeadReplicaHeartbeatedSinceListIsKept(t *testing.T) {
+	t.Parallel()
+	r := newReplicaRig(t)
+	a, b := r.replica("a"), r.replica("b")
+	testutil.Eventually(t, testutil.WaitMedium, "a leader", func() bool { return len(leaders(a, b)) == 1 })
+	leader := leaders(a, b)[0]
+	leader.st.staleAll.Store(true) // the list reads both as stale
+	if err := leader.srv.removeDeadReplicas(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	reps, err := leader.st.Store.ListReplicas(r.ctx)
+	if err != nil || len(reps) != 2 {
+		t.Fatalf("replicas after removing the dead ones = %+v, %v; want a and b, both heartbeating", reps, err)
+	}
+}
+
+// An attach refused because the store does not know this replica (declared
+// dead until its next heartbeat) is a 503 to retry, not a 409 that makes a
+// reconnecting CLI give up; a session that is not running is a 409.
+func TestAttachToUnregisteredReplicaIsRetryable(t *testing.T) {
+	t.Parallel()
+	r := newReplicaRig(t)
+	a := r.replica("a")
+	a.st.noBeat.Store(true) // a does not notice it was declared dead
+	if _, err := a.st.Store.RemoveReplica(r.ctx, "a", time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	var he *httpapi.Error
+	err := a.srv.attachRefused(r.ctx, "s1", store.ErrNotFound)
+	if !errors.As(err, &he) || he.Status != http.StatusServiceUnavailable || he.Msg != "this replica is re-registering with the database; try again in a moment" {
+		t.Fatalf("attach refused on an unregistered replica: %v; want 503, re-registering", err)
+	}
+	a.st.noBeat.Store(false)
+	testutil.Eventually(t, testutil.WaitMedium, "a to register again", func() bool { return a.srv.replicaRegistered(r.ctx) })
+	if err := a.srv.attachRefused(r.ctx, "s1", store.ErrNotFound); !errors.As(err, &he) || he.Status != http.StatusConflict {
+		t.Fatalf("attach refused on a registered replica: %v; want 409, not running", err)
+	}
+}
+
+// /readyz answers from the heartbeat the replica keeps, with no store call
+// per request: ready while the store refuses every read of the replicas.
+func TestReadyzMakesNoStoreCall(t *testing.T) {
+	t.Parallel()
+	r := newReplicaRig(t)
+	a := r.replica("a")
+	testutil.Eventually(t, testutil.WaitMedium, "a to be ready", func() bool {
+		var doc readiness
+		return getJSON(t, a.url+"/readyz", &doc) == http.StatusOK
+	})
+	a.st.listFails.Store(true)
+	var doc readiness
+	if code := getJSON(t, a.url+"/readyz", &doc); code != http.StatusOK || !doc.Ready || doc.Replica != "a" {
+		t.Fatalf("/readyz while the replicas' list fails = %d %+v; want 200 from the heartbeat's state", code, doc)
+	}
+	// Its heartbeat refused, it is not ready within two heartbeats.
+	a.st.noBeat.Store(true)
+	testutil.Eventually(t, testutil.WaitMedium, "a not to be ready without heartbeats", func() bool {
+		var doc readiness
+		return getJSON(t, a.url+"/readyz", &doc) == http.StatusServiceUnavailable && !doc.Ready
+	})
 }

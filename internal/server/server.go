@@ -150,6 +150,9 @@ type Server struct {
 	lead leadership
 	// registered: this replica's record is in the store (replica.go).
 	registered bool
+	// lastBeat is when this replica last registered or heartbeated
+	// (process clock, monotonic): /readyz answers from it (readyz.go).
+	lastBeat time.Time
 	// limitsRead is when checkLimits last read every project's limits
 	// (only its loop touches it).
 	limitsRead time.Time
