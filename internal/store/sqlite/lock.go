@@ -3,7 +3,9 @@ package sqlite
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,12 +40,29 @@ type storeLock struct{ f *os.File }
 
 // lockFile takes the lock of the store at path, without waiting, and
 // writes this process's pid into the lock file, to be named by the next
-// server that tries.
+// server that tries. The lock is keyed on the database's real path, so
+// that the store reached through a symbolic link and through its target
+// is one lock; the lock file itself is never followed when it is a link
+// (one planted there could point the truncate and pid write anywhere).
 func lockFile(path string) (*storeLock, error) {
-	name := path + ".lock"
-	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
+	real, err := realPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite %s: resolve its path to lock it: %w", path, err)
+	}
+	name := real + ".lock"
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("open sqlite %s: its lock file %s is a symbolic link, which devgpu never follows; remove it", path, name)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: lock it: %w", path, err)
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("open sqlite %s: lock it: %w", path, err)
+		}
+		return nil, fmt.Errorf("open sqlite %s: its lock file %s is not a regular file (%s); remove it, or move the database", path, name, fi.Mode().Type())
 	}
 	// flock, not fcntl locks: an flock belongs to the open file, so a
 	// second Open in this same process is refused as well.
@@ -61,6 +80,23 @@ func lockFile(path string) (*storeLock, error) {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return &storeLock{f: f}, nil
+}
+
+// realPath is path with every symbolic link resolved; a database not
+// created yet resolves through its directory.
+func realPath(path string) (string, error) {
+	real, err := filepath.EvalSymlinks(path)
+	if err == nil {
+		return real, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	dir, err := filepath.EvalSymlinks(filepath.Dir(path))
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, filepath.Base(path)), nil
 }
 
 func readPID(f *os.File) int {

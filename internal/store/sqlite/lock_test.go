@@ -159,3 +159,62 @@ func TestOpenAfterCrash(t *testing.T) {
 	}
 	open(t, path)
 }
+
+// The store reached through a symbolic link and through its target is one
+// store, and one lock: the second Open is refused.
+func TestOpenInUseThroughSymlink(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "devgpu.db")
+	link := filepath.Join(dir, "link.db")
+	if err := os.Symlink(path, link); err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, path)
+	_, err := sqlite.Open(t.Context(), link)
+	wantInUse(t, err, link, os.Getpid())
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The other way round, with the database not yet created: linked
+	// through its directory.
+	dirLink := filepath.Join(t.TempDir(), "d")
+	if err := os.Symlink(dir, dirLink); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dirLink, "new.db")
+	open(t, other)
+	_, err = sqlite.Open(t.Context(), filepath.Join(dir, "new.db"))
+	wantInUse(t, err, filepath.Join(dir, "new.db"), os.Getpid())
+}
+
+// A symbolic link planted as the lock file is never followed: Open refuses
+// the store in one sentence and the link's target is left untouched; a
+// lock file that is not a regular file is refused too.
+func TestOpenRefusesPlantedLockFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "devgpu.db")
+	victim := filepath.Join(dir, "victim")
+	if err := os.WriteFile(victim, []byte("keep me\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, path+".lock"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := sqlite.Open(t.Context(), path)
+	want := fmt.Sprintf("open sqlite %s: its lock file %s.lock is a symbolic link, which devgpu never follows; remove it", path, path)
+	if err == nil || err.Error() != want {
+		t.Fatalf("Open with a symbolic link as its lock file = %v; want %q", err, want)
+	}
+	if b, err := os.ReadFile(victim); err != nil || string(b) != "keep me\n" {
+		t.Fatalf("the link's target after the refused Open: %q, %v; want it untouched", b, err)
+	}
+
+	fifo := filepath.Join(dir, "fifo.db")
+	if err := syscall.Mkfifo(fifo+".lock", 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = sqlite.Open(t.Context(), fifo)
+	if err == nil || !strings.Contains(err.Error(), "is not a regular file") {
+		t.Fatalf("Open with a FIFO as its lock file = %v; want refused, not a regular file", err)
+	}
+}
