@@ -302,19 +302,21 @@ func TestKubeCapacityLossAndInstallations(t *testing.T) {
 	})
 	lost.wait()
 
-	// A server killed and started again keeps its running session.
+	// A server killed and started again keeps its running session, and
+	// the shell whose connection went with the server reconnects to the
+	// new one and goes on in the same PTY.
 	kept := e.terminal("shell")
 	keptID := kept.sessionID()
 	kept.ready()
+	kept.send("export MARK=same-pty-$$\r")
 	e.stopServer(syscall.SIGKILL)
-	kept.wait() // its connection went with the server
+	kept.expect("reconnecting to session " + keptID)
 	e.startServerWith(e.args)
 	if s := e.session(keptID); s.State != sdk.StateRunning {
 		t.Fatalf("after a restart the session is %s, want running", s.State)
 	}
-	again := e.terminal("shell", "--attach", keptID)
-	again.send("echo still-here-$DEVGPU_SESSION_ID\r")
-	again.expect("still-here-" + keptID)
+	kept.send("echo still-here-$DEVGPU_SESSION_ID-$MARK\r")
+	kept.expect("still-here-" + keptID + "-same-pty-")
 
 	// Another installation on the same cluster and namespace: its server
 	// starts, reconciles and runs a session, and the first's Pod stays.
@@ -332,8 +334,8 @@ func TestKubeCapacityLossAndInstallations(t *testing.T) {
 	if s := e.session(keptID); s.State != sdk.StateRunning {
 		t.Fatalf("the first installation's session is %s after the second's reconcile, want running", s.State)
 	}
-	again.send("exit\r")
-	again.wait()
+	kept.send("exit\r")
+	kept.wait()
 }
 
 // One server, two backends: this host's runtime offers a100 in region

@@ -253,7 +253,7 @@ func (s *Server) attach(ctx context.Context, sess store.Session) (attachment int
 	a := store.Attachment{SessionID: sess.ID, Replica: s.replicaID(), UserID: sess.UserID, OpenedAt: s.now()}
 	if err := s.store.AddAttachment(ctx, &a); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			return 0, errSessionNotRunning(sess.ID)
+			return 0, s.attachRefused(ctx, sess.ID, err)
 		}
 		return 0, err
 	}
@@ -290,11 +290,14 @@ func (s *Server) detach(ctx context.Context, id string, attachment int64, clean 
 	ctx = context.WithoutCancel(ctx)
 	now := s.now()
 	left, err := s.store.RemoveAttachment(ctx, attachment, now)
+	if errors.Is(err, store.ErrNotFound) {
+		return // removed already (this replica was declared dead): not "the last shell closed"
+	}
 	if err != nil {
 		// Retried by the heartbeat: until then the session counts as
 		// attached here, and is not reaped.
 		s.mu.Lock()
-		s.undetached[attachment] = pendingDetach{session: id, at: now}
+		s.undetached[attachment] = pendingDetach{session: id, at: now, clean: clean}
 		s.mu.Unlock()
 		s.log.Error("record detach; retried", "session_id", id, "err", err)
 		return
@@ -543,6 +546,27 @@ func (s *Server) failOrphanedStarts(ctx context.Context) {
 	for _, sess := range starting {
 		if !s.startInFlight(sess, starters) {
 			s.failInterruptedStart(ctx, sess, now)
+		}
+	}
+	s.abandonQueued(ctx, starters, now)
+}
+
+// abandonQueued starts the detach grace of queued requests whose client
+// waited on a replica that is gone: nothing else would, and the request
+// would keep its place, be admitted and hold GPUs nobody uses. A client
+// that waits on again through another replica keeps its place.
+func (s *Server) abandonQueued(ctx context.Context, live map[string]bool, now time.Time) {
+	queued, err := s.store.ListSessions(ctx, store.SessionFilter{State: sdk.StateQueued})
+	if err != nil {
+		s.log.Warn("look for queued requests whose replica is gone", "err", err)
+		return
+	}
+	for _, q := range queued {
+		if !q.DetachedAt.IsZero() || q.Starter == "" || q.Starter == s.replicaID() || live[q.Starter] {
+			continue
+		}
+		if err := s.updateQueuedClient(ctx, q.ID, now); err != nil && !errors.Is(err, store.ErrConflict) {
+			s.log.Warn("start the grace of a queued request whose replica is gone", "session_id", q.ID, "err", err)
 		}
 	}
 }

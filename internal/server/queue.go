@@ -298,6 +298,7 @@ func (s *Server) enqueue(ctx context.Context, tx store.Store, caller store.User,
 		ID: newSessionID(), ProjectID: d.project.ID, Project: d.project.Name, UserID: caller.ID, User: caller.Name,
 		State: sdk.StateQueued, CreatedAt: now, GPUType: req.GPUType, Region: req.Region, Image: req.Image,
 		DetachGrace: d.eff.DetachGrace, WaitUntil: now.Add(wait), QueueReason: d.Message,
+		Starter: s.replicaID(), // its client waits here
 	}
 	if err := tx.CreateSession(ctx, &sess); err != nil {
 		return store.Session{}, err
@@ -454,11 +455,21 @@ func (s *Server) removeWaiter(id string, w *queueWaiter) {
 
 // updateQueuedClient records when a queued session's client went away
 // (zero: it has one). A session no longer queued is left as it is.
+//
+// A client waiting (away zero) waits on this replica, which the request
+// records as its Starter: should this replica die, the leader starts the
+// request's grace (abandonQueued).
 func (s *Server) updateQueuedClient(ctx context.Context, id string, away time.Time) error {
 	return s.store.InTx(ctx, func(tx store.Store) error {
 		sess, err := tx.Session(ctx, id)
 		if err != nil || sess.State != sdk.StateQueued {
 			return err
+		}
+		if away.IsZero() && sess.Starter != s.replicaID() {
+			sess.Starter = s.replicaID()
+			if err := tx.UpdateQueued(ctx, &sess); err != nil {
+				return err
+			}
 		}
 		sess.DetachedAt = away
 		return tx.UpdateSession(ctx, &sess)

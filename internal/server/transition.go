@@ -60,7 +60,11 @@ func (s *Server) markStopping(ctx context.Context, tx store.Store, id, reason, a
 		return cur, err
 	}
 	// The reaper decides from a listing made before this transaction: a
-	// shell that came back since (on any replica) keeps its session.
+	// shell that came back since (on any replica) keeps its session. The
+	// fence first: a decision under a lost lease is refused as such.
+	if err := s.checkFence(ctx, tx); err != nil {
+		return cur, err
+	}
 	if reason == sdk.ReasonDetached && (cur.Attachments > 0 || cur.DetachedAt.IsZero() || at.Sub(cur.DetachedAt) < cur.DetachGrace) {
 		return cur, errReattached
 	}

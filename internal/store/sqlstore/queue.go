@@ -23,9 +23,9 @@ func (s *Store) UpdateQueued(ctx context.Context, x *store.Session) error {
 	var n int64
 	err := s.write(ctx, func() error {
 		res, err := s.exec(ctx, `UPDATE sessions SET gpu_type = ?, region = ?, backend = ?, gpu_count = ?, image = ?,
-			wait_until = ?, queue_reason = ?, served_by = ? WHERE id = ? AND state = ?`,
+			wait_until = ?, queue_reason = ?, served_by = ?, starter = ? WHERE id = ? AND state = ?`,
 			x.GPUType, x.Region, x.Backend, x.GPUCount, x.Image, dbTime(x.WaitUntil), x.QueueReason, x.ServedBy,
-			x.ID, sdk.StateQueued)
+			x.Starter, x.ID, sdk.StateQueued)
 		if err != nil {
 			return err
 		}
