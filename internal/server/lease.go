@@ -148,11 +148,15 @@ func (s *Server) leaseLoop() {
 // reconciliation a restarted server runs (what the last leader was doing
 // may be half done), and a capacity sync.
 func (s *Server) becameLeader(ctx context.Context) {
-	lease, ok := s.leading()
-	if !ok || !s.lead.reconciling.TryLock() {
-		return // lost again, or a reconciliation runs already
-	}
+	// One at a time: a term gained while the last one's reconciliation
+	// still runs (its writes now refused by the fence) waits for it, then
+	// reconciles under its own epoch.
+	s.lead.reconciling.Lock()
 	defer s.lead.reconciling.Unlock()
+	lease, ok := s.leading()
+	if !ok {
+		return // lost again meanwhile
+	}
 	s.log.Info("this replica leads", "epoch", lease.Epoch)
 	fctx := withFence(ctx, lease)
 	if err := s.reconcile(fctx); err != nil && ctx.Err() == nil {
