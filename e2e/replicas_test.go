@@ -140,9 +140,9 @@ func (ts *tenants) survivesKill(sh *shell, kill func()) {
 	sh.tm.expect("BEFORE-42")
 	sh.tm.send("echo AF''TER=$$.\r")
 	sh.tm.expect("AFTER=" + sh.pid + ".")
-	if !strings.Contains(sh.tm.output(), "reconnecting") {
-		t.Errorf("shell %s through the killed replica %d never showed that it was reconnecting:\n%s", sh.id, sh.via.idx, sh.tm.output())
-	}
+	// That it went through another replica shows below. (Its status line
+	// says "reconnecting" only when that takes over 100 ms, which a quick
+	// redial beats.)
 	testutil.Eventually(t, testutil.WaitMedium, "shell "+sh.id+" to be attached through one live replica only", func() bool {
 		held := ts.attachedVia(sh.id)
 		return len(held) == 1 && held[0] != sh.viaID
@@ -387,9 +387,12 @@ func TestReplicasSurvivePostgresRestart(t *testing.T) {
 		if !strings.Contains(body, "database") {
 			t.Errorf("replica %d answers 503 without saying the database is unreachable: %s", r.idx, body)
 		}
-		if code, _ := r.get("/readyz"); code != http.StatusServiceUnavailable {
-			t.Errorf("replica %d: /readyz answers %d while PostgreSQL is down, want 503", r.idx, code)
-		}
+		// /readyz answers from the heartbeat: not ready once two beats
+		// have failed.
+		testutil.Eventually(t, testutil.WaitMedium, fmt.Sprintf("replica %d's /readyz to answer 503 while PostgreSQL is down", r.idx), func() bool {
+			code, _ := r.get("/readyz")
+			return code == http.StatusServiceUnavailable
+		})
 	}
 	// The shell's bytes never touch the store: it works on.
 	sh.tm.send("echo DO''WN=$$.\r")

@@ -447,8 +447,37 @@ func (s *Server) removeWaiter(id string, w *queueWaiter) {
 	last := len(ws) == 0
 	s.qmu.Unlock()
 	if last && !s.shuttingDown() {
-		if err := s.updateQueuedClient(s.ctx, id, s.now()); err != nil && !errors.Is(err, store.ErrConflict) {
-			s.log.Warn("record that a queued request's client went away", "session_id", id, "err", err)
+		away := s.now()
+		if err := s.updateQueuedClient(s.ctx, id, away); err != nil && !errors.Is(err, store.ErrConflict) {
+			// Unrecorded, the request would keep its place until its
+			// --wait runs out: retried until the store takes it.
+			s.log.Warn("record that a queued request's client went away; retried", "session_id", id, "err", err)
+			s.goOwned(func() { s.retryQueuedClientAway(id, away) })
+		}
+	}
+}
+
+// retryQueuedClientAway records, once the store can write, that the
+// queued request's client went away at away, unless a client waits on it
+// here again meanwhile.
+func (s *Server) retryQueuedClientAway(id string, away time.Time) {
+	t := time.NewTicker(s.cfg.StoreRetryInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.qmu.Lock()
+		waiting := len(s.qwaiters[id]) > 0
+		s.qmu.Unlock()
+		if waiting {
+			return
+		}
+		err := s.updateQueuedClient(s.ctx, id, away)
+		if err == nil || errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
+			return
 		}
 	}
 }
