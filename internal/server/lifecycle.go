@@ -521,7 +521,12 @@ func (s *Server) startInFlight(sess store.Session, live map[string]bool) bool {
 	if s.starts.has(sess.ID) {
 		return true
 	}
-	return !s.cfg.Exclusive && sess.Starter != "" && (sess.Starter == s.replicaID() || live[sess.Starter])
+	if sess.Starter == s.replicaID() {
+		// Ours: in flight unless its start returned without the store
+		// taking the outcome (or it is about to begin).
+		return !s.starts.returnedHere(sess.ID)
+	}
+	return !s.cfg.Exclusive && sess.Starter != "" && live[sess.Starter]
 }
 
 // failOrphanedStarts, on the leader, fails the starts whose replica is
@@ -543,12 +548,40 @@ func (s *Server) failOrphanedStarts(ctx context.Context) {
 		return
 	}
 	now := s.now()
+	still := map[string]bool{}
 	for _, sess := range starting {
+		still[sess.ID] = true
 		if !s.startInFlight(sess, starters) {
 			s.failInterruptedStart(ctx, sess, now)
 		}
 	}
+	s.starts.forgetReturned(func(id string) bool { return still[id] })
 	s.abandonQueued(ctx, starters, now)
+}
+
+// failReturnedStarts fails this replica's starts that returned while the
+// store could not take their outcome (an outage): recorded as starting,
+// they would hold their GPUs, and nothing else of this replica would
+// finish them. Runs with the heartbeat, on every replica.
+func (s *Server) failReturnedStarts(ctx context.Context) {
+	s.starts.mu.Lock()
+	ids := make([]string, 0, len(s.starts.returned))
+	for id := range s.starts.returned {
+		ids = append(ids, id)
+	}
+	s.starts.mu.Unlock()
+	now := s.now()
+	for _, id := range ids {
+		sess, err := s.store.Session(ctx, id)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return // the store cannot answer yet: next beat
+		}
+		if err == nil && sess.State == sdk.StateStarting && !s.starts.has(id) {
+			s.failInterruptedStart(ctx, sess, now)
+			continue // forgotten once the store says it failed
+		}
+		s.starts.forgetReturned(func(x string) bool { return x != id })
+	}
 }
 
 // abandonQueued starts the detach grace of queued requests whose client

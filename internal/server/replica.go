@@ -169,6 +169,7 @@ func (s *Server) heartbeat(ctx context.Context) error {
 	}
 	s.beatRecorded()
 	s.retryDetaches(ctx)
+	s.failReturnedStarts(ctx)
 	s.refreshRates(ctx)
 	s.sweepCache(ctx)
 	return nil

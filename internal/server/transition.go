@@ -180,6 +180,9 @@ func (s *Server) finishing(id string) bool {
 type startRegistry struct {
 	mu     sync.Mutex
 	cancel map[string]context.CancelFunc
+	// returned holds the starts that have returned, until the store no
+	// longer records them starting (failOrphanedStarts).
+	returned map[string]bool
 }
 
 func (r *startRegistry) begin(id string, cancel context.CancelFunc) {
@@ -195,6 +198,31 @@ func (r *startRegistry) done(id string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.cancel, id)
+	if r.returned == nil {
+		r.returned = map[string]bool{}
+	}
+	r.returned[id] = true
+}
+
+// returnedHere reports whether a start of this process has returned:
+// one the store still records as starting ended without the store taking
+// its outcome (an outage), and nothing of this process will finish it.
+func (r *startRegistry) returnedHere(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.returned[id]
+}
+
+// forgetReturned drops the returned starts that keep is false for (no
+// longer starting in the store).
+func (r *startRegistry) forgetReturned(keep func(id string) bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id := range r.returned {
+		if !keep(id) {
+			delete(r.returned, id)
+		}
+	}
 }
 
 // has reports whether the session's start is in flight.
