@@ -267,6 +267,7 @@ func (s *Server) snapshot(ctx context.Context, tx store.Store, p store.Project, 
 
 // start starts an admitted session in the runtime and marks it running.
 func (s *Server) start(ctx context.Context, sess store.Session, requested time.Time, progress progressFunc) (store.Session, error) {
+	defer s.starts.returnedFrom(sess.ID) // an outcome the store refused is retried (failReturnedStarts)
 	log := s.log.With("session_id", sess.ID, "project", sess.Project, "user", sess.User)
 	backend := s.backendOf(sess)
 	log.Info("session starting", "backend", backend.Name, "gpu_type", sess.GPUType, "region", sess.Region, "gpu_count", sess.GPUCount, "image", sess.Image)

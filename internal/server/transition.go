@@ -198,6 +198,14 @@ func (r *startRegistry) done(id string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.cancel, id)
+}
+
+// returnedFrom records that the session's start (Server.start) has
+// returned, however it ended, failures before the runtime was asked
+// included.
+func (r *startRegistry) returnedFrom(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.returned == nil {
 		r.returned = map[string]bool{}
 	}
