@@ -342,13 +342,7 @@ func (k *keptShell) readOutput(r *os.File) {
 		if err != nil {
 			return
 		}
-		if p.exited() {
-			d := time.Now().Add(drainIdle)
-			if last := p.exitAt.Add(drainMax); d.After(last) {
-				d = last
-			}
-			_ = r.SetReadDeadline(d)
-		}
+		p.drainAfterExit(r)
 	}
 }
 

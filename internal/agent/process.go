@@ -179,14 +179,23 @@ func (p *process) copyOut(w io.Writer, r *os.File, act *activity) {
 		if err != nil {
 			return
 		}
-		if p.exited() {
-			d := time.Now().Add(drainIdle)
-			if last := p.exitAt.Add(drainMax); d.After(last) {
-				d = last
-			}
-			_ = r.SetReadDeadline(d)
-		}
+		p.drainAfterExit(r)
 	}
+}
+
+// drainAfterExit, once the child has exited, lets a read of its output
+// wait only while more keeps coming (drainIdle) and for at most drainMax
+// after the exit, so that a background job holding the output open does
+// not keep the channel.
+func (p *process) drainAfterExit(r *os.File) {
+	if !p.exited() {
+		return
+	}
+	d := time.Now().Add(drainIdle)
+	if last := p.exitAt.Add(drainMax); d.After(last) {
+		d = last
+	}
+	_ = r.SetReadDeadline(d)
 }
 
 // copyIn copies the channel to the child's stdin, every chunk of it
