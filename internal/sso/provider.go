@@ -221,6 +221,14 @@ func (p *Provider) Verify(ctx context.Context, rawIDToken, nonce string) (Identi
 	if err := tok.Claims(&claims); err != nil {
 		return Identity{}, &Error{Err: err, Msg: fmt.Sprintf("the ID token's claims cannot be read (%s); log in again with `devgpu login`", brief(err))}
 	}
+	// A token for several audiences must name devgpu's client as the
+	// party it was issued to (OpenID Connect Core 3.1.3.7).
+	if raw, ok := claims["azp"]; ok && len(tok.Audience) > 1 {
+		var azp string
+		if json.Unmarshal(raw, &azp) != nil || azp != p.cfg.ClientID {
+			return Identity{}, &Error{Msg: fmt.Sprintf("the ID token was issued to client %s, not devgpu's client %q; log in with `devgpu login` (or configure oidc.client_id to the app your users log in to)", raw, p.cfg.ClientID)}
+		}
+	}
 	id, err := p.identity(claims, tok.Subject)
 	if err != nil {
 		return Identity{}, err
@@ -257,7 +265,7 @@ func (p *Provider) verify(ctx context.Context, d *discovery, raw string) (*oidc.
 			"the identity provider's signing keys at %s cannot be fetched (%s); check that this server can reach the provider", d.jwksURL, brief(ks.err))}
 	case ks.called && ks.err != nil:
 		return nil, &Error{Err: err, Msg: fmt.Sprintf(
-			"the ID token's signature does not verify against the provider's keys (%s); it was tampered with or comes from another provider: log in again with `devgpu login`", brief(ks.err))}
+			"the ID token's signature does not verify against the provider's keys, so it was tampered with or comes from another provider (%s); log in again with `devgpu login`", brief(ks.err))}
 	case !ks.called:
 		return nil, &Error{Err: err, Msg: fmt.Sprintf(
 			"the ID token is not a JWT signed with an algorithm the provider announces (%s); send the id_token the provider answered, unchanged", brief(err))}
