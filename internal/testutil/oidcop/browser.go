@@ -19,7 +19,8 @@ import (
 // provider refuses (wrong password, disabled person) is an error naming
 // the provider's message; an error the provider sends back to the client
 // (error=... on the redirect) is returned as the redirect, for the
-// caller to read.
+// caller to read. To hand the code to a CLI listening on that redirect,
+// fetch the URL (http.Get) as a browser would.
 func (p *OP) Browse(ctx context.Context, authURL, user, password string) (*url.URL, error) {
 	au, err := url.Parse(authURL)
 	if err != nil {

@@ -300,6 +300,27 @@ func (p *OP) Login(ctx context.Context, clientID, user, password string) (Tokens
 	return t, nil
 }
 
+// LoginDevice runs the device authorization grant (RFC 8628) for
+// clientID as the person: it asks for a device code, approves it on the
+// provider's device page and polls for the tokens, as a CLI and a person
+// at a browser would together. The tokens carry no nonce (the grant has
+// none).
+func (p *OP) LoginDevice(ctx context.Context, clientID, user, password string) (Tokens, error) {
+	conf := p.OAuth2Config(clientID, "")
+	da, err := conf.DeviceAuth(ctx)
+	if err != nil {
+		return Tokens{}, fmt.Errorf("oidcop: device authorization: %w", err)
+	}
+	if err := p.ApproveDevice(ctx, da.UserCode, user, password); err != nil {
+		return Tokens{}, err
+	}
+	tok, err := conf.DeviceAccessToken(ctx, da)
+	if err != nil {
+		return Tokens{}, fmt.Errorf("oidcop: device access token: %w", err)
+	}
+	return TokensFrom(tok), nil
+}
+
 // Refresh redeems a refresh token for clientID (the refresh_token grant)
 // and answers the new tokens, with a new ID token.
 func (p *OP) Refresh(ctx context.Context, clientID, refreshToken string) (Tokens, error) {

@@ -268,6 +268,38 @@ func TestDeviceFlow(t *testing.T) {
 		}
 	})
 
+	t.Run("LoginDevice", func(t *testing.T) {
+		toks, err := p.LoginDevice(ctx, oidcop.CLIClientID, "carol", "pw")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, c := verify(t, ctx, p, oidcop.CLIClientID, toks.IDToken); c.PreferredUsername != "carol" {
+			t.Errorf("preferred_username %q, want carol", c.PreferredUsername)
+		}
+	})
+
+	t.Run("auto-detected auth style", func(t *testing.T) {
+		// A client that leaves oauth2 to probe (header first, then form)
+		// still gets through: the public client's empty secret in a
+		// header is refused and the form is tried.
+		conf := p.OAuth2Config(oidcop.CLIClientID, "")
+		conf.Endpoint.AuthStyle = oauth2.AuthStyleAutoDetect
+		da, err := conf.DeviceAuth(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.ApproveDevice(ctx, da.UserCode, "carol", "pw"); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := conf.DeviceAccessToken(ctx, da)
+		if err != nil {
+			t.Fatalf("device access token: %v", err)
+		}
+		if _, err := conf.TokenSource(ctx, &oauth2.Token{RefreshToken: tok.RefreshToken}).Token(); err != nil {
+			t.Errorf("refresh: %v", err)
+		}
+	})
+
 	t.Run("denied", func(t *testing.T) {
 		da, err := conf.DeviceAuth(ctx)
 		if err != nil {
