@@ -23,11 +23,22 @@ var (
 
 // User is a person or robot that holds API tokens.
 type User struct {
-	ID        int64
-	Name      string
-	OrgAdmin  bool
-	Disabled  bool
-	CreatedAt time.Time
+	ID       int64
+	Name     string
+	OrgAdmin bool
+	Disabled bool
+	// ServiceAccount marks a robot: it may use API tokens even where the
+	// organisation requires single sign-on for people.
+	ServiceAccount bool
+	// Subject is the identity provider's `sub` for the person this user
+	// was bound to at their first single sign-on ("" until then); a later
+	// login with the same name but another subject is refused.
+	Subject string
+	// OrgAdminFromGroups: OrgAdmin was granted by an identity-provider
+	// group mapping, so leaving the group takes it away again; an admin
+	// made by hand stays one.
+	OrgAdminFromGroups bool
+	CreatedAt          time.Time
 }
 
 // Token is an API token. Only its SHA-256 hash is stored; Prefix is the
@@ -47,6 +58,42 @@ type Token struct {
 	// Scope limits what the token may do beside its user's rights:
 	// ScopeFull or ScopeDeveloper.
 	Scope string
+	// Method is how the token was obtained: TokenMethodAPI or
+	// TokenMethodSSO (the short-lived credential of a single sign-on).
+	Method string
+}
+
+// Token methods.
+const (
+	TokenMethodAPI = ""
+	TokenMethodSSO = "sso"
+)
+
+// SSOLogin is one single sign-on through the organisation's identity
+// provider: the devgpu credential it currently backs, the secret that
+// renews it and the provider's refresh token the control plane re-checks
+// the person's account and groups with.
+type SSOLogin struct {
+	ID     int64
+	UserID int64
+	// TokenID is the devgpu token (Method TokenMethodSSO) issued last;
+	// each renewal issues a new one and revokes the one before.
+	TokenID int64
+	// RefreshHash is the SHA-256 of the devgpu refresh secret the CLI
+	// holds; only the hash is stored.
+	RefreshHash []byte
+	// ProviderRefresh is the provider's refresh token, sealed with a key
+	// derived from the agent key (never stored in the clear).
+	ProviderRefresh []byte
+	// Groups are the person's groups as of the last check.
+	Groups []string
+	// Flow is how the person logged in: "browser" or "device".
+	Flow      string
+	CreatedAt time.Time
+	// CheckedAt is when the provider last confirmed the account.
+	CheckedAt time.Time
+	EndedAt   time.Time // zero: still active
+	EndReason string
 }
 
 // Token scopes.
@@ -97,10 +144,18 @@ const (
 // Member is a user's role in a project.
 type Member struct {
 	ProjectID int64
+	Project   string // filled by reads
 	UserID    int64
 	User      string // filled by reads
 	Role      string
+	// Source is MemberSourceGroup when an identity-provider group mapping
+	// made the membership (every login re-reads it), "" when it was made
+	// by hand (logins never change it).
+	Source string
 }
+
+// MemberSourceGroup marks a membership made by a group mapping.
+const MemberSourceGroup = "group"
 
 // Capacity is what one backend (a runtime the server drives) offers of one
 // GPU type in one region, in all: the runtime reports it, the server
@@ -266,8 +321,10 @@ type Store interface {
 	UserByID(ctx context.Context, id int64) (User, error)
 	ListUsers(ctx context.Context) ([]User, error)
 
-	// SetUserDisabled disables or re-enables a user; ErrNotFound if unknown.
-	SetUserDisabled(ctx context.Context, id int64, disabled bool) error
+	// UpdateUser writes OrgAdmin, Disabled, ServiceAccount, Subject and
+	// OrgAdminFromGroups of user u.ID (name and creation time never
+	// change); ErrNotFound if unknown.
+	UpdateUser(ctx context.Context, u User) error
 
 	CreateToken(ctx context.Context, t *Token) error
 	// ListTokens returns the user's tokens, or everyone's for userID 0,
@@ -290,12 +347,31 @@ type Store interface {
 	// DeleteProject fails with ErrConflict while the project has active sessions.
 	DeleteProject(ctx context.Context, id int64) error
 
-	// SetMember adds the user to the project or changes their role.
+	// SetMember adds the user to the project or changes their role and
+	// source.
 	SetMember(ctx context.Context, m Member) error
 	RemoveMember(ctx context.Context, projectID, userID int64) error
 	// MemberRole returns ErrNotFound when the user is not a member.
 	MemberRole(ctx context.Context, projectID, userID int64) (string, error)
 	ListMembers(ctx context.Context, projectID int64) ([]Member, error)
+	// ListUserMembers returns the user's memberships, Project and User
+	// filled, ordered by project name.
+	ListUserMembers(ctx context.Context, userID int64) ([]Member, error)
+
+	// CreateSSOLogin records a login and sets its ID; a zero CreatedAt
+	// becomes now, a zero CheckedAt CreatedAt. Groups and ProviderRefresh
+	// read back nil when empty.
+	CreateSSOLogin(ctx context.Context, l *SSOLogin) error
+	// SSOLoginByRefreshHash and SSOLoginByToken find a login (ended ones
+	// included); ErrNotFound when none.
+	SSOLoginByRefreshHash(ctx context.Context, hash []byte) (SSOLogin, error)
+	SSOLoginByToken(ctx context.Context, tokenID int64) (SSOLogin, error)
+	// UpdateSSOLogin writes TokenID, RefreshHash, ProviderRefresh, Groups,
+	// CheckedAt, EndedAt and EndReason; ErrNotFound if unknown.
+	UpdateSSOLogin(ctx context.Context, l SSOLogin) error
+	// ListSSOLogins returns logins ordered by id: only those not ended
+	// when activeOnly.
+	ListSSOLogins(ctx context.Context, activeOnly bool) ([]SSOLogin, error)
 
 	// OrgPolicy returns the organisation policy; the zero policy when none
 	// was ever set.

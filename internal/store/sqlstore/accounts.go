@@ -9,10 +9,10 @@ import (
 	"github.com/devgpu/devgpu/internal/store"
 )
 
-const userColumns = `u.id, u.name, u.org_admin, u.disabled, u.created_at`
+const userColumns = `u.id, u.name, u.org_admin, u.disabled, u.service_account, u.subject, u.org_admin_from_groups, u.created_at`
 
 func scanUser(u *store.User) []any {
-	return []any{&u.ID, &u.Name, &u.OrgAdmin, &u.Disabled, timeCol{&u.CreatedAt}}
+	return []any{&u.ID, &u.Name, &u.OrgAdmin, &u.Disabled, &u.ServiceAccount, &u.Subject, &u.OrgAdminFromGroups, timeCol{&u.CreatedAt}}
 }
 
 // CreateUser inserts u and sets its ID (and CreatedAt when zero).
@@ -22,8 +22,9 @@ func (s *Store) CreateUser(ctx context.Context, u *store.User) error {
 	}
 	u.CreatedAt = norm(u.CreatedAt)
 	err := s.write(ctx, func() error {
-		return s.queryRow(ctx, `INSERT INTO users (name, org_admin, disabled, created_at) VALUES (?, ?, ?, ?) RETURNING id`,
-			u.Name, u.OrgAdmin, u.Disabled, dbTime(u.CreatedAt)).Scan(&u.ID)
+		return s.queryRow(ctx, `INSERT INTO users (name, org_admin, disabled, service_account, subject, org_admin_from_groups, created_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+			u.Name, u.OrgAdmin, u.Disabled, u.ServiceAccount, u.Subject, u.OrgAdminFromGroups, dbTime(u.CreatedAt)).Scan(&u.ID)
 	})
 	return s.wrap("create user "+u.Name, err)
 }
@@ -51,16 +52,19 @@ func (s *Store) ListUsers(ctx context.Context) ([]store.User, error) {
 	return us, s.wrap("list users", err)
 }
 
-// SetUserDisabled disables or re-enables the user.
-func (s *Store) SetUserDisabled(ctx context.Context, id int64, disabled bool) error {
+// UpdateUser writes the user's changeable fields: all but the name and
+// the creation time.
+func (s *Store) UpdateUser(ctx context.Context, u store.User) error {
 	err := s.write(ctx, func() error {
-		res, err := s.exec(ctx, `UPDATE users SET disabled = ? WHERE id = ?`, disabled, id)
+		res, err := s.exec(ctx, `UPDATE users SET org_admin = ?, disabled = ?, service_account = ?, subject = ?,
+			org_admin_from_groups = ? WHERE id = ?`,
+			u.OrgAdmin, u.Disabled, u.ServiceAccount, u.Subject, u.OrgAdminFromGroups, u.ID)
 		if err != nil {
 			return err
 		}
 		return affected(res)
 	})
-	return s.wrap(fmt.Sprintf("set user %d disabled %t", id, disabled), err)
+	return s.wrap(fmt.Sprintf("update user %d", u.ID), err)
 }
 
 // CreateToken inserts t and sets its ID (and CreatedAt when zero).
@@ -70,19 +74,19 @@ func (s *Store) CreateToken(ctx context.Context, t *store.Token) error {
 	}
 	t.CreatedAt, t.ExpiresAt, t.RevokedAt = norm(t.CreatedAt), norm(t.ExpiresAt), norm(t.RevokedAt)
 	err := s.write(ctx, func() error {
-		return s.queryRow(ctx, `INSERT INTO tokens (user_id, name, prefix, hash, created_at, expires_at, revoked_at, parent_id, scope)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+		return s.queryRow(ctx, `INSERT INTO tokens (user_id, name, prefix, hash, created_at, expires_at, revoked_at, parent_id, scope, method)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
 			t.UserID, t.Name, t.Prefix, t.Hash, dbTime(t.CreatedAt), dbTime(t.ExpiresAt), dbTime(t.RevokedAt),
-			dbID(t.ParentID), t.Scope).Scan(&t.ID)
+			dbID(t.ParentID), t.Scope, t.Method).Scan(&t.ID)
 	})
 	return s.wrap(fmt.Sprintf("create token for user %d", t.UserID), err)
 }
 
-const tokenColumns = `t.id, t.user_id, t.name, t.prefix, t.hash, t.created_at, t.expires_at, t.revoked_at, t.parent_id, t.scope`
+const tokenColumns = `t.id, t.user_id, t.name, t.prefix, t.hash, t.created_at, t.expires_at, t.revoked_at, t.parent_id, t.scope, t.method`
 
 func scanToken(t *store.Token) []any {
 	return []any{&t.ID, &t.UserID, &t.Name, &t.Prefix, &t.Hash,
-		timeCol{&t.CreatedAt}, timeCol{&t.ExpiresAt}, timeCol{&t.RevokedAt}, idCol{&t.ParentID}, &t.Scope}
+		timeCol{&t.CreatedAt}, timeCol{&t.ExpiresAt}, timeCol{&t.RevokedAt}, idCol{&t.ParentID}, &t.Scope, &t.Method}
 }
 
 // dbID is an optional reference for the database: NULL for 0.

@@ -102,15 +102,20 @@ func (s *Store) DeleteProject(ctx context.Context, id int64) error {
 	}))
 }
 
-// SetMember adds the user to the project or changes their role.
+// SetMember adds the user to the project or changes their role and
+// source.
 func (s *Store) SetMember(ctx context.Context, m store.Member) error {
 	action := fmt.Sprintf("set member %d of project %d", m.UserID, m.ProjectID)
 	if m.Role != store.RoleDeveloper && m.Role != store.RoleAdmin {
 		return fmt.Errorf("%s: unknown role %q", action, m.Role)
 	}
+	if m.Source != "" && m.Source != store.MemberSourceGroup {
+		return fmt.Errorf("%s: unknown source %q", action, m.Source)
+	}
 	return s.wrap(action, s.write(ctx, func() error {
-		_, err := s.exec(ctx, `INSERT INTO members (project_id, user_id, role) VALUES (?, ?, ?)
-			ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role`, m.ProjectID, m.UserID, m.Role)
+		_, err := s.exec(ctx, `INSERT INTO members (project_id, user_id, role, source) VALUES (?, ?, ?, ?)
+			ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role, source = excluded.source`,
+			m.ProjectID, m.UserID, m.Role, m.Source)
 		return err
 	}))
 }
@@ -134,12 +139,29 @@ func (s *Store) MemberRole(ctx context.Context, projectID, userID int64) (string
 	return role, s.wrap(fmt.Sprintf("get role of %d in project %d", userID, projectID), err)
 }
 
+const memberColumns = `m.project_id, p.name, m.user_id, u.name, m.role, m.source`
+
+// memberJoins follows a membership to its project and user, for their names.
+const memberJoins = `members m JOIN projects p ON p.id = m.project_id JOIN users u ON u.id = m.user_id`
+
+func scanMember(m *store.Member) []any {
+	return []any{&m.ProjectID, &m.Project, &m.UserID, &m.User, &m.Role, &m.Source}
+}
+
 // ListMembers returns the project's members by user name.
 func (s *Store) ListMembers(ctx context.Context, projectID int64) ([]store.Member, error) {
-	rows, err := s.query(ctx, `SELECT m.project_id, m.user_id, u.name, m.role
-		FROM members m JOIN users u ON u.id = m.user_id WHERE m.project_id = ? ORDER BY u.name`, projectID)
+	rows, err := s.query(ctx, `SELECT `+memberColumns+` FROM `+memberJoins+` WHERE m.project_id = ? ORDER BY u.name`, projectID)
 	ms, err := collect(rows, err, func(rows *sql.Rows) (m store.Member, err error) {
-		return m, rows.Scan(&m.ProjectID, &m.UserID, &m.User, &m.Role)
+		return m, rows.Scan(scanMember(&m)...)
 	})
 	return ms, s.wrap(fmt.Sprintf("list members of project %d", projectID), err)
+}
+
+// ListUserMembers returns the user's memberships by project name.
+func (s *Store) ListUserMembers(ctx context.Context, userID int64) ([]store.Member, error) {
+	rows, err := s.query(ctx, `SELECT `+memberColumns+` FROM `+memberJoins+` WHERE m.user_id = ? ORDER BY p.name`, userID)
+	ms, err := collect(rows, err, func(rows *sql.Rows) (m store.Member, err error) {
+		return m, rows.Scan(scanMember(&m)...)
+	})
+	return ms, s.wrap(fmt.Sprintf("list memberships of user %d", userID), err)
 }

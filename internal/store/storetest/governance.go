@@ -79,7 +79,7 @@ func testSetUserDisabled(t *testing.T, ctx context.Context, s store.Store) {
 	}
 	// Twice: setting the value it already has is no error.
 	for range 2 {
-		if err := s.SetUserDisabled(ctx, alice.ID, true); err != nil {
+		if err := s.UpdateUser(ctx, store.User{ID: alice.ID, Disabled: true}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -89,14 +89,14 @@ func testSetUserDisabled(t *testing.T, ctx context.Context, s store.Store) {
 	if _, u, err := s.TokenByHash(ctx, []byte("a")); err != nil || !u.Disabled {
 		t.Errorf("TokenByHash of a disabled user = %+v, %v; want Disabled", u, err)
 	}
-	if err := s.SetUserDisabled(ctx, alice.ID, false); err != nil {
+	if err := s.UpdateUser(ctx, store.User{ID: alice.ID}); err != nil {
 		t.Fatal(err)
 	}
 	if disabled(alice.ID) {
 		t.Error("alice still disabled after re-enabling")
 	}
-	if err := s.SetUserDisabled(ctx, alice.ID+bob.ID, true); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("SetUserDisabled(unknown) = %v, want ErrNotFound", err)
+	if err := s.UpdateUser(ctx, store.User{ID: alice.ID + bob.ID, Disabled: true}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("UpdateUser(unknown) = %v, want ErrNotFound", err)
 	}
 }
 

@@ -36,6 +36,10 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ProjectSettings", testProjectSettings},
 		{"DeleteProject", testDeleteProject},
 		{"Members", testMembers},
+		{"UpdateUser", testUpdateUser},
+		{"TokenMethod", testTokenMethod},
+		{"MemberSource", testMemberSource},
+		{"SSOLogins", testSSOLogins},
 		{"OrgPolicy", testOrgPolicy},
 		{"Audit", testAudit},
 		{"AuditOrder", testAuditOrder},
@@ -257,8 +261,8 @@ func testMembers(t *testing.T, ctx context.Context, s store.Store) {
 	}
 	list, err := s.ListMembers(ctx, p.ID)
 	want := []store.Member{
-		{ProjectID: p.ID, UserID: alice.ID, User: "alice", Role: store.RoleAdmin},
-		{ProjectID: p.ID, UserID: bob.ID, User: "bob", Role: store.RoleDeveloper},
+		{ProjectID: p.ID, Project: "ml", UserID: alice.ID, User: "alice", Role: store.RoleAdmin},
+		{ProjectID: p.ID, Project: "ml", UserID: bob.ID, User: "bob", Role: store.RoleDeveloper},
 	}
 	if err != nil || !reflect.DeepEqual(list, want) {
 		t.Errorf("ListMembers = %+v, %v; want %+v", list, err, want)
