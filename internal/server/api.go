@@ -40,7 +40,12 @@ func (a *API) routes() http.Handler {
 		// token derived from the agent key, not a user token (relay.go).
 		mux.HandleFunc("GET "+relayPath+"{session}", a.relay)
 	}
+	// Single sign-on (sso.go): logging in needs no credential.
+	mux.Handle("GET /api/v1/auth/config", a.open(a.authConfig))
+	mux.Handle("POST /api/v1/auth/oidc", a.open(a.loginOIDC))
+	mux.Handle("POST /api/v1/auth/refresh", a.open(a.refreshLogin))
 	handle := func(pattern string, h handlerFunc) { mux.Handle(pattern, a.authenticated(h)) }
+	handle("POST /api/v1/auth/logout", a.logout)
 	handle("GET /api/v1/whoami", a.whoami)
 	handle("GET /api/v1/sessions", a.listSessions)
 	handle("POST /api/v1/sessions", a.createSession)
@@ -114,6 +119,10 @@ func (a *API) authenticate(r *http.Request) (store.User, store.Token, error) {
 	}
 	now := a.s.now()
 	switch {
+	case tok.Method == store.TokenMethodSSO && !tok.RevokedAt.IsZero():
+		return store.User{}, store.Token{}, httpapi.Errorf(http.StatusUnauthorized, "this single sign-on credential was ended (logged out, renewed or revoked); run `devgpu login URL` again")
+	case tok.Method == store.TokenMethodSSO && tokenExpired(tok, now):
+		return store.User{}, store.Token{}, httpapi.Errorf(http.StatusUnauthorized, "this single sign-on credential expired; run `devgpu login URL` again")
 	case !tok.RevokedAt.IsZero():
 		return store.User{}, store.Token{}, httpapi.Errorf(http.StatusUnauthorized, "this API token was revoked; ask an administrator for a new one")
 	case tokenExpired(tok, now):
@@ -121,12 +130,19 @@ func (a *API) authenticate(r *http.Request) (store.User, store.Token, error) {
 	case user.Disabled:
 		return store.User{}, store.Token{}, httpapi.Errorf(http.StatusUnauthorized, "user %s is disabled; ask an administrator", user.Name)
 	}
+	if err := a.s.ssoRefused(user, tok); err != nil {
+		return store.User{}, store.Token{}, err
+	}
 	return scoped(user, tok), tok, nil
 }
 
 func (a *API) whoami(w http.ResponseWriter, r *http.Request, caller store.User) error {
-	httpapi.Write(w, http.StatusOK, sdk.Whoami{User: caller.Name, OrgAdmin: caller.OrgAdmin,
-		Runtime: a.s.runtimeNames(), RuntimeWarnings: a.s.cfg.RuntimeWarnings})
+	out := sdk.Whoami{User: caller.Name, OrgAdmin: caller.OrgAdmin,
+		Runtime: a.s.runtimeNames(), RuntimeWarnings: a.s.cfg.RuntimeWarnings}
+	if err := a.s.whoamiSSO(r.Context(), &out, caller, callerToken(r)); err != nil {
+		return err
+	}
+	httpapi.Write(w, http.StatusOK, out)
 	return nil
 }
 

@@ -69,6 +69,9 @@ func (a *API) putOrgPolicy(w http.ResponseWriter, r *http.Request, caller store.
 	if err := policy.ValidateOrg(org); err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "%v", err)
 	}
+	if org.RequireSSO && a.s.sso == nil {
+		return httpapi.Errorf(http.StatusBadRequest, "single sign-on cannot be required: this server has no identity provider configured (oidc in the server config)")
+	}
 	match := r.Header.Get("If-Match")
 	var stored sdk.OrgPolicy
 	// The check and the write are one transaction, which serialises with
@@ -93,6 +96,7 @@ func (a *API) putOrgPolicy(w http.ResponseWriter, r *http.Request, caller store.
 		return err
 	}
 	a.s.policyChanged(r.Context())
+	a.s.requireSSO.Store(stored.RequireSSO)
 	w.Header().Set("ETag", orgETag(stored))
 	httpapi.Write(w, http.StatusOK, stored)
 	return nil

@@ -171,6 +171,7 @@ func (s *Server) heartbeat(ctx context.Context) error {
 	s.retryDetaches(ctx)
 	s.failReturnedStarts(ctx)
 	s.refreshRates(ctx)
+	s.refreshSSOPolicy(ctx)
 	s.sweepCache(ctx)
 	return nil
 }

@@ -12,9 +12,11 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/devgpu/devgpu/internal/link"
+	"github.com/devgpu/devgpu/internal/sso"
 	"github.com/devgpu/devgpu/internal/store"
 )
 
@@ -96,6 +98,9 @@ type Config struct {
 	// then also shows per-project series. Without it /metrics shows no
 	// project or user names.
 	MetricsToken string
+	// OIDC, when set, lets people log in with the organisation's identity
+	// provider (sso.go); nil: API tokens only.
+	OIDC *sso.Config
 }
 
 // Defaults for Config's timing knobs.
@@ -167,6 +172,14 @@ type Server struct {
 	qclosing chan struct{} // closed when the server shuts down
 	qclose   sync.Once
 	qrun     sync.Mutex // held while the queue loop runs
+
+	// sso is the identity provider of Config.OIDC, nil without one
+	// (sso.go); requireSSO the org policy's RequireSSO as of this
+	// replica's last heartbeat; ssoLocks serialise the re-checks of a
+	// login on this replica.
+	sso        *sso.Provider
+	requireSSO atomic.Bool
+	ssoLocks   loginLocks
 
 	metrics *metrics
 	tunnels *tunnelLimiter // caps on open shells
@@ -242,6 +255,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		endings: map[string]bool{}, undetached: map[int64]pendingDetach{},
 		qwaiters: map[string][]*queueWaiter{}, qchanged: make(chan struct{}), qkick: make(chan struct{}, 1), qclosing: make(chan struct{}), ctx: loopCtx, cancel: cancel,
 	}
+	if err := s.setupSSO(); err != nil {
+		cancel()
+		return nil, err
+	}
 	s.metrics = newMetrics(s)
 	_, maxTunnels := fdBudget(cfg.OpenFileLimit)
 	s.tunnels = newTunnelLimiter(cfg.MaxTunnelsPerUser, cfg.MaxTunnelsPerAddress, maxTunnels)
@@ -283,6 +300,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.wireLink() // link.go: links recorded in the store, relays to other replicas
 	}
 	s.refreshLimits(ctx, 0)
+	s.refreshSSOPolicy(ctx)
 	s.probeStore(ctx)
 	s.wg.Add(11) // owned: Close waits for them (owned.go)
 	// Every replica: its own record, lease, shells and unrecorded ends.
@@ -298,6 +316,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	go s.loop(cfg.BudgetInterval, "budget check", s.asLeader(s.checkBudgets))
 	go s.loop(cfg.PoolInterval, "warm pools", s.asLeader(func(ctx context.Context) error { s.refillAs(ctx); return nil }))
 	go s.loop(cfg.HeartbeatInterval, "remove dead replicas", s.asLeader(s.removeDeadReplicas))
+	if s.sso != nil {
+		s.wg.Add(1)
+		go s.loop(ssoLoopInterval(s.sso.Config().RecheckInterval), "re-check single sign-ons", s.asLeader(s.recheckLogins))
+	}
 	s.watchCapacity()
 	return s, nil
 }

@@ -15,7 +15,8 @@ import (
 )
 
 func userToSDK(u store.User) sdk.User {
-	return sdk.User{Name: u.Name, OrgAdmin: u.OrgAdmin, Disabled: u.Disabled, CreatedAt: u.CreatedAt.UTC()}
+	return sdk.User{Name: u.Name, OrgAdmin: u.OrgAdmin, Disabled: u.Disabled, ServiceAccount: u.ServiceAccount,
+		SSO: u.Subject != "", CreatedAt: u.CreatedAt.UTC()}
 }
 
 func errUserNotFound(name string) error {
@@ -43,7 +44,7 @@ func (a *API) createUser(w http.ResponseWriter, r *http.Request, caller store.Us
 	u := store.User{Name: req.Name, OrgAdmin: req.OrgAdmin, CreatedAt: now}
 	// The first token is made with the caller's: it is no wider and
 	// lives no longer, and revoking the caller's token revokes it.
-	parent := callerToken(r)
+	parent := tokenParent(callerToken(r))
 	expires, scope, err := childToken(parent, time.Time{}, "")
 	if err != nil {
 		return err
@@ -104,16 +105,21 @@ func (a *API) updateUser(w http.ResponseWriter, r *http.Request, caller store.Us
 		} else if err != nil {
 			return err
 		}
-		if req.Disabled == nil {
+		if req.Disabled == nil && req.ServiceAccount == nil {
 			return nil
 		}
-		if u.ID == caller.ID && *req.Disabled {
+		if req.Disabled != nil && u.ID == caller.ID && *req.Disabled {
 			return httpapi.Errorf(http.StatusBadRequest, "you cannot disable yourself; ask another organisation admin")
 		}
 		before := userToSDK(u)
-		disabling := u.Disabled != *req.Disabled && *req.Disabled
-		u.Disabled = *req.Disabled
-		if err := tx.SetUserDisabled(r.Context(), u.ID, u.Disabled); err != nil {
+		disabling := req.Disabled != nil && u.Disabled != *req.Disabled && *req.Disabled
+		if req.Disabled != nil {
+			u.Disabled = *req.Disabled
+		}
+		if req.ServiceAccount != nil {
+			u.ServiceAccount = *req.ServiceAccount
+		}
+		if err := tx.UpdateUser(r.Context(), u); err != nil {
 			return err
 		}
 		if err := a.s.audit(r.Context(), tx, caller.Name, "user.update", "", u.Name, before, userToSDK(u)); err != nil {
@@ -179,7 +185,7 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request, caller store.U
 		if req.ExpiresIn > 0 {
 			expires = now.Add(time.Duration(req.ExpiresIn))
 		}
-		parent := callerToken(r)
+		parent := tokenParent(callerToken(r))
 		expires, scope, err := childToken(parent, expires, req.Scope)
 		if err != nil {
 			return err
@@ -298,7 +304,7 @@ func (a *API) listMembers(w http.ResponseWriter, r *http.Request, caller store.U
 	}
 	out := make([]sdk.Member, 0, len(members))
 	for _, m := range members {
-		out = append(out, sdk.Member{User: m.User, Role: m.Role})
+		out = append(out, sdk.Member{User: m.User, Role: m.Role, Source: m.Source})
 	}
 	httpapi.Write(w, http.StatusOK, out)
 	return nil
@@ -319,7 +325,8 @@ func (a *API) setMember(w http.ResponseWriter, r *http.Request, caller store.Use
 		return httpapi.Errorf(http.StatusBadRequest, "role %q is not developer or admin", req.Role)
 	}
 	return a.changeMember(w, r, caller, func(tx store.Store, p store.Project, u store.User, before string) (any, error) {
-		m := store.Member{ProjectID: p.ID, UserID: u.ID, Role: req.Role}
+		// Set by hand: a group sync never changes it from now on.
+		m := store.Member{ProjectID: p.ID, UserID: u.ID, Role: req.Role, Source: ""}
 		if err := tx.SetMember(r.Context(), m); err != nil {
 			return nil, err
 		}

@@ -1,0 +1,891 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/httpapi"
+	"github.com/devgpu/devgpu/internal/names"
+	"github.com/devgpu/devgpu/internal/sso"
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// Single sign-on (OpenID Connect). The CLI runs the login flow against the
+// identity provider itself and hands the provider's tokens to
+// POST /api/v1/auth/oidc. The server verifies the ID token, creates the
+// user on their first login (just in time), brings the memberships and the
+// organisation-admin right that come from the person's groups up to date,
+// and answers with its own short-lived token (Config.OIDC.SessionTTL) and a
+// refresh secret. POST /api/v1/auth/refresh renews the credential once the
+// provider has accepted the person's refresh token again; the leader
+// re-checks every login with the provider each RecheckInterval, so that a
+// person disabled or removed from a group at the provider loses access
+// within minutes, not when the credential expires.
+//
+// Group sync never touches what an administrator made by hand: a
+// membership with Source "" and an organisation admin whose right did not
+// come from a group (OrgAdminFromGroups) stay as they are.
+
+// ssoActor is the audit log's actor of changes the group mappings make.
+const ssoActor = "sso"
+
+// refreshPrefix starts every devgpu refresh secret, as TokenPrefix starts
+// API tokens.
+const refreshPrefix = "dgr_"
+
+// End reasons of a login (store.SSOLogin.EndReason).
+const (
+	endLoggedOut    = "logged out"
+	endRevoked      = "the identity provider no longer accepts it"
+	endDisabled     = "the user is disabled in devgpu"
+	endNoAccess     = "no longer in any group that grants access to devgpu"
+	endSubject      = "the identity provider names another account"
+	endUnreadable   = "its provider refresh token cannot be opened with this server's agent key"
+	endNotRechecked = "could not be re-checked with the identity provider"
+)
+
+// recheckMissedIntervals is how many re-check intervals a login may go
+// without the provider answering before it is ended.
+const recheckMissedIntervals = 3
+
+// ssoLoopInterval is how often the leader looks for logins due for a
+// re-check: a fifth of RecheckInterval, at most a minute.
+func ssoLoopInterval(recheck time.Duration) time.Duration {
+	return min(max(recheck/5, 10*time.Millisecond), time.Minute)
+}
+
+// setupSSO configures the identity provider of cfg.OIDC, if any.
+func (s *Server) setupSSO() error {
+	if s.cfg.OIDC == nil {
+		return nil
+	}
+	p, err := sso.New(*s.cfg.OIDC, s.now)
+	if err != nil {
+		return fmt.Errorf("oidc: %w", err)
+	}
+	s.sso = p
+	return nil
+}
+
+// refreshSSOPolicy reads whether the organisation requires single sign-on
+// for people; each replica does it at every heartbeat (and at once after a
+// change through it), so that authenticate need not read the policy for
+// every request.
+func (s *Server) refreshSSOPolicy(ctx context.Context) {
+	org, err := s.store.OrgPolicy(ctx)
+	if err != nil {
+		s.log.Warn("read the org policy's single sign-on requirement; kept as it was", "err", err)
+		return
+	}
+	s.requireSSO.Store(org.RequireSSO)
+}
+
+// errSSORequired refuses an API token of a person where the organisation
+// requires single sign-on.
+var errSSORequired = httpapi.Errorf(http.StatusUnauthorized,
+	"this organisation requires single sign-on for people: log in with `devgpu login URL`; API tokens work only for service accounts")
+
+// ssoRefused is the answer to a token that the organisation's single
+// sign-on requirement refuses, or nil.
+func (s *Server) ssoRefused(u store.User, t store.Token) error {
+	if t.Method == store.TokenMethodAPI && !u.ServiceAccount && s.requireSSO.Load() {
+		return errSSORequired
+	}
+	return nil
+}
+
+// errNoOIDC answers the single sign-on endpoints of a server without an
+// identity provider.
+var errNoOIDC = httpapi.Errorf(http.StatusNotFound,
+	"this server has no identity provider configured for single sign-on; log in with `devgpu login URL --token TOKEN`, or ask the administrator to configure oidc in the server config")
+
+// open serves an endpoint that needs no credential, writing its error as
+// authenticated does.
+func (a *API) open(h func(w http.ResponseWriter, r *http.Request) error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		err := h(w, r)
+		if err != nil && storeUnreachable(err) && r.Context().Err() == nil {
+			err = errDatabaseUnreachable(err)
+		}
+		if err != nil {
+			httpapi.WriteError(w, r, a.log, err)
+		}
+	})
+}
+
+// authConfig tells a CLI how to log in (no credential needed).
+func (a *API) authConfig(w http.ResponseWriter, r *http.Request) error {
+	var out sdk.AuthConfig
+	if a.s.sso != nil {
+		c := a.s.sso.Config()
+		out.OIDC = &sdk.OIDCProvider{Issuer: c.Issuer, ClientID: c.ClientID, Scopes: c.Scopes}
+		out.SSORequired = a.s.requireSSO.Load()
+	}
+	httpapi.Write(w, http.StatusOK, out)
+	return nil
+}
+
+// ssoError is the API's answer to a failure of the identity provider's
+// tokens: 503 while the provider does not answer, 401 otherwise, with the
+// sso package's sentence.
+func ssoError(err error) error {
+	var e *sso.Error
+	switch {
+	case errors.As(err, &e) && e.Unreachable:
+		return &httpapi.Error{Status: http.StatusServiceUnavailable, Msg: e.Msg, Err: err}
+	case errors.As(err, &e):
+		return &httpapi.Error{Status: http.StatusUnauthorized, Msg: e.Msg, Err: err}
+	default:
+		return &httpapi.Error{Status: http.StatusUnauthorized, Err: err,
+			Msg: "the identity provider's tokens could not be verified; log in again with `devgpu login URL`"}
+	}
+}
+
+func errNoGroups(c sso.Config) error {
+	return httpapi.Errorf(http.StatusForbidden,
+		"you are in none of the groups that grant access to devgpu (%s); ask your administrator to add you to one",
+		strings.Join(c.GrantingGroups(), ", "))
+}
+
+func errUserDisabled(name string) error {
+	return httpapi.Errorf(http.StatusForbidden, "user %s is disabled in devgpu; ask an administrator to enable them", name)
+}
+
+func errOtherSubject(name string) error {
+	return httpapi.Errorf(http.StatusForbidden,
+		"user %s is bound to another account of the identity provider; log in with your own account, or ask an administrator", name)
+}
+
+func errLoginEnded(reason string) error {
+	return httpapi.Errorf(http.StatusUnauthorized, "your sign-in ended (%s); run `devgpu login URL` again", reason)
+}
+
+var errUnknownRefresh = httpapi.Errorf(http.StatusUnauthorized,
+	"this sign-in is unknown or was renewed already; run `devgpu login URL` again")
+
+// loginOIDC verifies the identity provider's tokens and answers with
+// devgpu's own credential.
+func (a *API) loginOIDC(w http.ResponseWriter, r *http.Request) error {
+	if a.s.sso == nil {
+		return errNoOIDC
+	}
+	var req sdk.OIDCLogin
+	if err := httpapi.Read(w, r, &req); err != nil {
+		return err
+	}
+	switch {
+	case req.Flow != sdk.FlowBrowser && req.Flow != sdk.FlowDevice:
+		return httpapi.Errorf(http.StatusBadRequest, "login flow %q is not %s or %s", req.Flow, sdk.FlowBrowser, sdk.FlowDevice)
+	case req.IDToken == "":
+		return httpapi.Errorf(http.StatusBadRequest, "the login carries no ID token; log in with `devgpu login URL`")
+	case req.Flow == sdk.FlowBrowser && req.Nonce == "":
+		return httpapi.Errorf(http.StatusUnauthorized,
+			"a browser login must carry the nonce of its authorization request, and this one has none; log in with `devgpu login URL`")
+	}
+	id, err := a.s.sso.Verify(r.Context(), req.IDToken, req.Nonce)
+	if err != nil {
+		return ssoError(err)
+	}
+	if req.RefreshToken == "" {
+		return httpapi.Errorf(http.StatusBadRequest,
+			"the identity provider returned no refresh token, which devgpu needs to re-check your account; add offline_access to the scopes (oidc.scopes in the server config) and allow refresh tokens for the client")
+	}
+	if err := names.User(id.Name); err != nil || id.Name == WarmPoolUser {
+		return httpapi.Errorf(http.StatusForbidden,
+			"the identity provider names you %q, which devgpu cannot take as a user name; ask the administrator to set oidc.username_claim to another claim (preferred_username, email, upn, sub)", id.Name)
+	}
+	cred, err := a.s.ssoLogin(r.Context(), id, req.RefreshToken, req.Flow)
+	if err != nil {
+		return err
+	}
+	httpapi.Write(w, http.StatusOK, cred)
+	return nil
+}
+
+// projectCut is what a group sync took away in one project: the sessions
+// to end once the transaction commits (revokeAccess).
+type projectCut struct {
+	projectID int64
+	sessions  []string
+}
+
+// ssoLogin, in one transaction, finds or creates the user, syncs their
+// groups, and mints the credential with its login record.
+func (s *Server) ssoLogin(ctx context.Context, id sso.Identity, providerRefresh, flow string) (sdk.Credential, error) {
+	cfg := s.sso.Config()
+	now := s.now()
+	if _, err := s.store.UserByName(ctx, id.Name); errors.Is(err, store.ErrNotFound) {
+		if !cfg.GrantsFor(id.Groups).Any() {
+			return sdk.Credential{}, errNoGroups(cfg) // refused before anything is created
+		}
+		if err := s.checkSingleUser(ctx); err != nil {
+			return sdk.Credential{}, err
+		}
+	} else if err != nil {
+		return sdk.Credential{}, err
+	}
+	sealed, err := sso.Seal(s.cfg.AgentKey, providerRefresh)
+	if err != nil {
+		return sdk.Credential{}, err
+	}
+	var (
+		cred    sdk.Credential
+		cuts    []projectCut
+		refused error // refused after the sync commits
+		user    store.User
+	)
+	err = s.store.InTx(ctx, func(tx store.Store) error {
+		cred, cuts, refused = sdk.Credential{}, nil, nil
+		u, err := tx.UserByName(ctx, id.Name)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			if !cfg.GrantsFor(id.Groups).Any() {
+				return errNoGroups(cfg)
+			}
+			u = store.User{Name: id.Name, Subject: id.Subject, CreatedAt: now}
+			if err := tx.CreateUser(ctx, &u); err != nil {
+				return err
+			}
+			if err := s.audit(ctx, tx, ssoActor, "user.create", "", u.Name, nil, userToSDK(u)); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		case u.Disabled:
+			return errUserDisabled(u.Name)
+		case u.Subject != "" && u.Subject != id.Subject:
+			return errOtherSubject(u.Name)
+		case u.Subject == "":
+			// A user made by hand logs in with single sign-on for the
+			// first time: bound to this account from now on.
+			before := userToSDK(u)
+			u.Subject = id.Subject
+			if err := tx.UpdateUser(ctx, u); err != nil {
+				return err
+			}
+			if err := s.audit(ctx, tx, ssoActor, "user.update", "", u.Name, before, userToSDK(u)); err != nil {
+				return err
+			}
+		}
+		user = u
+		var access bool
+		if cuts, access, err = s.syncGroups(ctx, tx, &user, id.Groups); err != nil {
+			return err
+		}
+		if !access {
+			refused = errNoGroups(cfg)
+			return nil // the sync's removals stand
+		}
+		token, t, err := mintToken(ctx, tx, store.Token{UserID: user.ID, Name: "sso", CreatedAt: now,
+			ExpiresAt: now.Add(cfg.SessionTTL), Scope: store.ScopeFull, Method: store.TokenMethodSSO})
+		if err != nil {
+			return err
+		}
+		secret, hash, err := newRefreshSecret()
+		if err != nil {
+			return err
+		}
+		l := store.SSOLogin{UserID: user.ID, TokenID: t.ID, RefreshHash: hash, ProviderRefresh: sealed,
+			Groups: id.Groups, Flow: flow, CreatedAt: now, CheckedAt: now}
+		if err := tx.CreateSSOLogin(ctx, &l); err != nil {
+			return err
+		}
+		cred = sdk.Credential{User: user.Name, Token: token, ExpiresAt: t.ExpiresAt.UTC(), RefreshToken: secret}
+		return s.audit(ctx, tx, user.Name, "auth.login", "", user.Name, nil,
+			map[string]any{"method": sdk.AuthSSO, "flow": flow, "groups": groupList(id.Groups)})
+	})
+	if err != nil {
+		return sdk.Credential{}, err
+	}
+	s.applyCuts(ctx, user.ID, cuts)
+	if refused != nil {
+		return sdk.Credential{}, refused
+	}
+	return cred, nil
+}
+
+// groupList is never null in the audit log.
+func groupList(g []string) []string {
+	if g == nil {
+		return []string{}
+	}
+	return g
+}
+
+// applyCuts, after the transaction that took the access away committed,
+// closes the user's shells and ends their sessions in those projects.
+func (s *Server) applyCuts(ctx context.Context, userID int64, cuts []projectCut) {
+	for _, c := range cuts {
+		s.revokeAccess(ctx, userID, c.projectID, c.sessions, ssoActor)
+	}
+}
+
+// newRefreshSecret returns a devgpu refresh secret and its SHA-256.
+func newRefreshSecret() (string, []byte, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", nil, fmt.Errorf("refresh secret: %w", err)
+	}
+	secret := refreshPrefix + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+	hash := sha256.Sum256([]byte(secret))
+	return secret, hash[:], nil
+}
+
+// syncGroups, inside tx, makes the organisation-admin right and the
+// memberships that come from groups what groups grant now, leaving those
+// made by hand alone, and audits each change (actor "sso"). It marks the
+// sessions of projects the user can no longer use stopping (cutSessions)
+// and returns them, and reports whether the user has any access left.
+func (s *Server) syncGroups(ctx context.Context, tx store.Store, u *store.User, groups []string) ([]projectCut, bool, error) {
+	cfg := s.sso.Config()
+	g := cfg.GrantsFor(groups)
+	before := userToSDK(*u)
+	lostAdmin := false
+	switch {
+	case g.OrgAdmin && !u.OrgAdmin:
+		u.OrgAdmin, u.OrgAdminFromGroups = true, true
+	case !g.OrgAdmin && u.OrgAdmin && u.OrgAdminFromGroups:
+		u.OrgAdmin, u.OrgAdminFromGroups, lostAdmin = false, false, true
+	}
+	if before.OrgAdmin != u.OrgAdmin {
+		if err := tx.UpdateUser(ctx, *u); err != nil {
+			return nil, false, err
+		}
+		if err := s.audit(ctx, tx, ssoActor, "user.update", "", u.Name, before, userToSDK(*u)); err != nil {
+			return nil, false, err
+		}
+	}
+	members, err := tx.ListUserMembers(ctx, u.ID)
+	if err != nil {
+		return nil, false, err
+	}
+	have := map[string]store.Member{}
+	for _, m := range members {
+		have[m.Project] = m
+	}
+	projects := make([]string, 0, len(g.Projects))
+	for p := range g.Projects {
+		projects = append(projects, p)
+	}
+	slices.Sort(projects)
+	for _, name := range projects {
+		role := g.Projects[name]
+		m, ok := have[name]
+		if ok && (m.Source != store.MemberSourceGroup || m.Role == role) {
+			continue // made by hand, or already so
+		}
+		p, err := tx.ProjectByName(ctx, name)
+		if errors.Is(err, store.ErrNotFound) {
+			s.log.Warn("an oidc group mapping names a project that does not exist; create it or fix the mapping", "project", name)
+			continue
+		} else if err != nil {
+			return nil, false, err
+		}
+		if err := tx.SetMember(ctx, store.Member{ProjectID: p.ID, UserID: u.ID, Role: role, Source: store.MemberSourceGroup}); err != nil {
+			return nil, false, err
+		}
+		var was any
+		if ok {
+			was = sdk.Member{User: u.Name, Role: m.Role, Source: m.Source}
+		}
+		if err := s.audit(ctx, tx, ssoActor, "member.set", p.Name, u.Name, was,
+			sdk.Member{User: u.Name, Role: role, Source: store.MemberSourceGroup}); err != nil {
+			return nil, false, err
+		}
+	}
+	var cuts []projectCut
+	for _, m := range members {
+		if m.Source != store.MemberSourceGroup {
+			continue
+		}
+		if _, ok := g.Projects[m.Project]; ok {
+			continue
+		}
+		if err := tx.RemoveMember(ctx, m.ProjectID, u.ID); err != nil {
+			return nil, false, err
+		}
+		if err := s.audit(ctx, tx, ssoActor, "member.remove", m.Project, u.Name,
+			sdk.Member{User: u.Name, Role: m.Role, Source: m.Source}, nil); err != nil {
+			return nil, false, err
+		}
+	}
+	// What the user may still use, after the sync.
+	after, err := tx.ListUserMembers(ctx, u.ID)
+	if err != nil {
+		return nil, false, err
+	}
+	if !u.OrgAdmin && (lostAdmin || len(after) < len(members)) {
+		// Cut the sessions of every project the user is no member of now:
+		// those they left by a group and, when they lost the admin
+		// right, those they used as an admin.
+		member := map[int64]bool{}
+		for _, m := range after {
+			member[m.ProjectID] = true
+		}
+		active, err := tx.ListSessions(ctx, store.SessionFilter{UserID: u.ID, ActiveOnly: true})
+		if err != nil {
+			return nil, false, err
+		}
+		done := map[int64]bool{}
+		for _, sess := range active {
+			if member[sess.ProjectID] || done[sess.ProjectID] {
+				continue
+			}
+			done[sess.ProjectID] = true
+			ids, err := s.cutSessions(ctx, tx, u.ID, sess.ProjectID, ssoActor)
+			if err != nil {
+				return nil, false, err
+			}
+			project := ""
+			if p, err := tx.ProjectByID(ctx, sess.ProjectID); err == nil {
+				project = p.Name
+			}
+			if err := s.audit(ctx, tx, ssoActor, "access.cut", project, u.Name, nil,
+				map[string]any{"why": "left the group", "sessions": ids}); err != nil {
+				return nil, false, err
+			}
+			cuts = append(cuts, projectCut{projectID: sess.ProjectID, sessions: ids})
+		}
+	}
+	return cuts, u.OrgAdmin || len(after) > 0, nil
+}
+
+// endLogin, inside tx, ends the login: its token is revoked and, when the
+// user holds no other working token, their sessions are cut
+// (cutTokenless) unless they logged out themselves. It returns the
+// sessions to end after the commit, by user.
+func (s *Server) endLogin(ctx context.Context, tx store.Store, l store.SSOLogin, reason, actor string) (map[int64][]string, error) {
+	now := s.now()
+	l.EndedAt, l.EndReason = now, reason
+	if err := tx.UpdateSSOLogin(ctx, l); err != nil {
+		return nil, err
+	}
+	if err := tx.RevokeToken(ctx, l.TokenID, now); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	u, err := tx.UserByID(ctx, l.UserID)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.audit(ctx, tx, actor, "auth.end", "", u.Name, nil, map[string]any{"reason": reason, "flow": l.Flow}); err != nil {
+		return nil, err
+	}
+	if reason == endLoggedOut {
+		return nil, nil
+	}
+	return s.cutTokenless(ctx, tx, l.TokenID, actor)
+}
+
+// revokeCut ends, after the commit, the sessions endLogin cut.
+func (s *Server) revokeCut(ctx context.Context, cut map[int64][]string) {
+	for userID, sessions := range cut {
+		s.revokeAccess(ctx, userID, 0, sessions, ssoActor)
+	}
+}
+
+// loginLocks serialises the renewals and re-checks of one login on this
+// replica, so that two of them never redeem the same provider refresh
+// token (a provider that rotates them would refuse the second, which
+// would read as a revocation).
+type loginLocks struct {
+	mu sync.Mutex
+	m  map[int64]*sync.Mutex
+}
+
+func (l *loginLocks) lock(id int64) func() {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = map[int64]*sync.Mutex{}
+	}
+	m := l.m[id]
+	if m == nil {
+		m = &sync.Mutex{}
+		l.m[id] = m
+	}
+	l.mu.Unlock()
+	m.Lock()
+	return m.Unlock
+}
+
+// recheck redeems the login's provider refresh token. A refusal read
+// while another replica renewed the login meanwhile (its stored token
+// changed) is tried once more with the new token. It returns the login as
+// it was when redeemed.
+func (s *Server) recheck(ctx context.Context, l store.SSOLogin) (store.SSOLogin, sso.Identity, string, error) {
+	for attempt := 0; ; attempt++ {
+		rt, err := sso.Open(s.cfg.AgentKey, l.ProviderRefresh)
+		if err != nil {
+			return l, sso.Identity{}, "", errUnreadable{err}
+		}
+		id, next, err := s.sso.Refresh(ctx, rt)
+		if err == nil || !sso.IsRevoked(err) || attempt > 0 {
+			return l, id, next, err
+		}
+		cur, rerr := s.store.SSOLoginByRefreshHash(ctx, l.RefreshHash)
+		if rerr != nil || bytes.Equal(cur.ProviderRefresh, l.ProviderRefresh) || !cur.EndedAt.IsZero() {
+			return l, id, next, err
+		}
+		l = cur
+	}
+}
+
+// errUnreadable: the stored provider refresh token does not open with this
+// server's agent key (changed since the login).
+type errUnreadable struct{ err error }
+
+func (e errUnreadable) Error() string { return "open the provider refresh token: " + e.err.Error() }
+
+// refreshLogin renews a credential after the provider accepted the
+// person again.
+func (a *API) refreshLogin(w http.ResponseWriter, r *http.Request) error {
+	if a.s.sso == nil {
+		return errNoOIDC
+	}
+	var req sdk.RefreshRequest
+	if err := httpapi.Read(w, r, &req); err != nil {
+		return err
+	}
+	sum := sha256.Sum256([]byte(req.RefreshToken))
+	cred, err := a.s.renew(r.Context(), sum[:])
+	if err != nil {
+		return err
+	}
+	httpapi.Write(w, http.StatusOK, cred)
+	return nil
+}
+
+// renew is POST /auth/refresh for the login whose refresh secret hashes to
+// hash.
+func (s *Server) renew(ctx context.Context, hash []byte) (sdk.Credential, error) {
+	l, err := s.store.SSOLoginByRefreshHash(ctx, hash)
+	if errors.Is(err, store.ErrNotFound) {
+		return sdk.Credential{}, errUnknownRefresh
+	} else if err != nil {
+		return sdk.Credential{}, err
+	}
+	unlock := s.ssoLocks.lock(l.ID)
+	defer unlock()
+	// Read again under the lock: a renewal that held it may have rotated
+	// the secret meanwhile.
+	if l, err = s.store.SSOLoginByRefreshHash(ctx, hash); errors.Is(err, store.ErrNotFound) {
+		return sdk.Credential{}, errUnknownRefresh
+	} else if err != nil {
+		return sdk.Credential{}, err
+	}
+	if !l.EndedAt.IsZero() {
+		return sdk.Credential{}, errLoginEnded(l.EndReason)
+	}
+	l, id, next, err := s.recheck(ctx, l)
+	if err != nil {
+		answer, _ := s.recheckFailed(ctx, l, err, true)
+		return sdk.Credential{}, answer
+	}
+	sealed, err := sso.Seal(s.cfg.AgentKey, next)
+	if err != nil {
+		return sdk.Credential{}, err
+	}
+	cfg := s.sso.Config()
+	now := s.now()
+	var (
+		cred    sdk.Credential
+		cuts    []projectCut
+		cut     map[int64][]string
+		refused error
+	)
+	err = s.store.InTx(ctx, func(tx store.Store) error {
+		cred, cuts, cut, refused = sdk.Credential{}, nil, nil, nil
+		cur, err := tx.SSOLoginByRefreshHash(ctx, hash)
+		if errors.Is(err, store.ErrNotFound) {
+			return errUnknownRefresh
+		} else if err != nil {
+			return err
+		}
+		if !cur.EndedAt.IsZero() {
+			return errLoginEnded(cur.EndReason)
+		}
+		u, err := tx.UserByID(ctx, cur.UserID)
+		if err != nil {
+			return err
+		}
+		if reason, rerr := s.refuseLogin(u, id); rerr != nil {
+			refused = rerr
+			cut, err = s.endLogin(ctx, tx, cur, reason, ssoActor)
+			return err
+		}
+		var access bool
+		if cuts, access, err = s.syncGroups(ctx, tx, &u, id.Groups); err != nil {
+			return err
+		}
+		if !access {
+			refused = errNoGroups(cfg)
+			cut, err = s.endLogin(ctx, tx, cur, endNoAccess, ssoActor)
+			return err
+		}
+		// The new token first, then the old one revoked: the user is never
+		// without a working token, so nothing is cut.
+		token, t, err := mintToken(ctx, tx, store.Token{UserID: u.ID, Name: "sso", CreatedAt: now,
+			ExpiresAt: now.Add(cfg.SessionTTL), Scope: store.ScopeFull, Method: store.TokenMethodSSO})
+		if err != nil {
+			return err
+		}
+		if err := tx.RevokeToken(ctx, cur.TokenID, now); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		secret, newHash, err := newRefreshSecret()
+		if err != nil {
+			return err
+		}
+		cur.TokenID, cur.RefreshHash, cur.ProviderRefresh, cur.Groups, cur.CheckedAt = t.ID, newHash, sealed, id.Groups, now
+		if err := tx.UpdateSSOLogin(ctx, cur); err != nil {
+			return err
+		}
+		cred = sdk.Credential{User: u.Name, Token: token, ExpiresAt: t.ExpiresAt.UTC(), RefreshToken: secret}
+		return nil
+	})
+	if err != nil {
+		return sdk.Credential{}, err
+	}
+	s.applyCuts(ctx, l.UserID, cuts)
+	s.revokeCut(ctx, cut)
+	if refused != nil {
+		return sdk.Credential{}, refused
+	}
+	return cred, nil
+}
+
+// refuseLogin says why a re-checked login must end, if it must: the user
+// disabled in devgpu, or the provider naming another account.
+func (s *Server) refuseLogin(u store.User, id sso.Identity) (string, error) {
+	switch {
+	case u.Disabled:
+		return endDisabled, errUserDisabled(u.Name)
+	case u.Subject != "" && id.Subject != u.Subject:
+		return endSubject, errOtherSubject(u.Name)
+	}
+	return "", nil
+}
+
+// recheckFailed handles a provider that refused or did not answer a
+// re-check of l: a refusal (or a refresh token that cannot be opened) ends
+// the login; a provider out of reach ends it only once it has gone
+// unchecked for recheckMissedIntervals (the leader's re-check; a renewal
+// just answers 503 and leaves the credential as it is). It returns the
+// API's answer, and a failure to record the end.
+func (s *Server) recheckFailed(ctx context.Context, l store.SSOLogin, err error, renewal bool) (answer, failed error) {
+	reason, answer := "", ssoError(err)
+	var unreadable errUnreadable
+	switch {
+	case errors.As(err, &unreadable):
+		reason = endUnreadable
+		answer = errLoginEnded(reason)
+	case sso.IsRevoked(err):
+		reason = endRevoked
+	case !renewal && s.now().Sub(l.CheckedAt) > recheckMissedIntervals*s.sso.Config().RecheckInterval:
+		reason = endNotRechecked
+	default:
+		return answer, nil
+	}
+	var cut map[int64][]string
+	ended := false
+	failed = s.store.InTx(ctx, func(tx store.Store) error {
+		cut, ended = nil, false
+		if err := s.checkFence(ctx, tx); err != nil {
+			return err
+		}
+		cur, err := tx.SSOLoginByRefreshHash(ctx, l.RefreshHash)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil // renewed meanwhile: that renewal's check stands
+		} else if err != nil {
+			return err
+		}
+		if !cur.EndedAt.IsZero() || !bytes.Equal(cur.ProviderRefresh, l.ProviderRefresh) {
+			return nil
+		}
+		ended = true
+		cut, err = s.endLogin(ctx, tx, cur, reason, ssoActor)
+		return err
+	})
+	if failed != nil {
+		return failed, failed
+	}
+	if ended {
+		s.log.Info("single sign-on ended", "login", l.ID, "user_id", l.UserID, "reason", reason)
+		s.revokeCut(ctx, cut)
+	}
+	return answer, nil
+}
+
+// recheckLogins, on the leader, re-checks with the provider every active
+// login not checked for RecheckInterval: the person's account (a refusal
+// ends the login and cuts their sessions) and their groups (memberships
+// synced, sessions of projects they left cut).
+func (s *Server) recheckLogins(ctx context.Context) error {
+	logins, err := s.store.ListSSOLogins(ctx, true)
+	if err != nil {
+		return err
+	}
+	interval := s.sso.Config().RecheckInterval
+	for _, l := range logins {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if s.now().Sub(l.CheckedAt) < interval {
+			continue
+		}
+		if err := s.recheckLogin(ctx, l); err != nil {
+			if errors.Is(err, store.ErrFenced) {
+				return err
+			}
+			s.log.Warn("re-check a single sign-on with the identity provider", "login", l.ID, "user_id", l.UserID, "err", err)
+		}
+	}
+	return nil
+}
+
+// recheckLogin re-checks one login (recheckLogins).
+func (s *Server) recheckLogin(ctx context.Context, l store.SSOLogin) error {
+	unlock := s.ssoLocks.lock(l.ID)
+	defer unlock()
+	cur, err := s.store.SSOLoginByRefreshHash(ctx, l.RefreshHash)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil // renewed meanwhile
+	} else if err != nil {
+		return err
+	}
+	if !cur.EndedAt.IsZero() || s.now().Sub(cur.CheckedAt) < s.sso.Config().RecheckInterval {
+		return nil
+	}
+	l, id, next, err := s.recheck(ctx, cur)
+	if err != nil {
+		_, failed := s.recheckFailed(ctx, l, err, false)
+		if failed != nil {
+			return failed
+		}
+		if sso.IsUnreachable(err) {
+			return err // not ended yet: logged
+		}
+		return nil
+	}
+	sealed, err := sso.Seal(s.cfg.AgentKey, next)
+	if err != nil {
+		return err
+	}
+	var (
+		cuts []projectCut
+		cut  map[int64][]string
+	)
+	err = s.store.InTx(ctx, func(tx store.Store) error {
+		cuts, cut = nil, nil
+		if err := s.checkFence(ctx, tx); err != nil {
+			return err
+		}
+		cur, err := tx.SSOLoginByRefreshHash(ctx, l.RefreshHash)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil // renewed meanwhile: that renewal's sync stands
+		} else if err != nil {
+			return err
+		}
+		if !cur.EndedAt.IsZero() || !bytes.Equal(cur.ProviderRefresh, l.ProviderRefresh) {
+			return nil
+		}
+		u, err := tx.UserByID(ctx, cur.UserID)
+		if err != nil {
+			return err
+		}
+		if reason, rerr := s.refuseLogin(u, id); rerr != nil {
+			cut, err = s.endLogin(ctx, tx, cur, reason, ssoActor)
+			return err
+		}
+		var access bool
+		if cuts, access, err = s.syncGroups(ctx, tx, &u, id.Groups); err != nil {
+			return err
+		}
+		if !access {
+			cut, err = s.endLogin(ctx, tx, cur, endNoAccess, ssoActor)
+			return err
+		}
+		cur.ProviderRefresh, cur.Groups, cur.CheckedAt = sealed, id.Groups, s.now()
+		return tx.UpdateSSOLogin(ctx, cur)
+	})
+	if err != nil {
+		return err
+	}
+	s.applyCuts(ctx, l.UserID, cuts)
+	s.revokeCut(ctx, cut)
+	return nil
+}
+
+// logout ends the caller's single sign-on; an API token is left as it is.
+func (a *API) logout(w http.ResponseWriter, r *http.Request, caller store.User) error {
+	tok := callerToken(r)
+	if tok.Method != store.TokenMethodSSO {
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+	err := a.s.store.InTx(r.Context(), func(tx store.Store) error {
+		l, err := tx.SSOLoginByToken(r.Context(), tok.ID)
+		if errors.Is(err, store.ErrNotFound) {
+			// No login record (it cannot happen but by hand): the token
+			// alone is ended.
+			return tx.RevokeToken(r.Context(), tok.ID, a.s.now())
+		} else if err != nil {
+			return err
+		}
+		if !l.EndedAt.IsZero() {
+			return nil
+		}
+		_, err = a.s.endLogin(r.Context(), tx, l, endLoggedOut, caller.Name)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// tokenParent is the token a new token is made the child of: the caller's,
+// but not a single sign-on credential, which is replaced at each renewal
+// (revoking it would revoke its children) and expires within hours. A
+// token made with one has no parent; its scope is still capped.
+func tokenParent(t store.Token) store.Token {
+	if t.Method == store.TokenMethodSSO {
+		return store.Token{Scope: t.Scope}
+	}
+	return t
+}
+
+// whoamiSSO fills what whoami says about the caller's credential and
+// memberships.
+func (s *Server) whoamiSSO(ctx context.Context, w *sdk.Whoami, caller store.User, tok store.Token) error {
+	w.Auth = sdk.AuthToken
+	w.ServiceAccount = caller.ServiceAccount
+	w.ExpiresAt = timePtr(tok.ExpiresAt)
+	if tok.Method == store.TokenMethodSSO {
+		w.Auth = sdk.AuthSSO
+		l, err := s.store.SSOLoginByToken(ctx, tok.ID)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		w.Groups = l.Groups
+	}
+	members, err := s.store.ListUserMembers(ctx, caller.ID)
+	if err != nil {
+		return err
+	}
+	for _, m := range members {
+		w.Projects = append(w.Projects, sdk.WhoamiProject{Name: m.Project, Role: m.Role, Source: m.Source})
+	}
+	return nil
+}
