@@ -88,6 +88,9 @@ func (s *Server) refreshSSOPolicy(ctx context.Context) {
 		s.log.Warn("read the org policy's single sign-on requirement; kept as it was", "err", err)
 		return
 	}
+	if org.RequireSSO && s.sso == nil && !s.requireSSO.Load() {
+		s.log.Warn("the org policy requires single sign-on, but this server has no identity provider configured (oidc in the server config): the requirement is not enforced")
+	}
 	s.requireSSO.Store(org.RequireSSO)
 }
 
@@ -98,8 +101,10 @@ var errSSORequired = httpapi.Errorf(http.StatusUnauthorized,
 
 // ssoRefused is the answer to a token that the organisation's single
 // sign-on requirement refuses, or nil.
+// Without an identity provider configured the requirement cannot be met,
+// and is not enforced (New warns).
 func (s *Server) ssoRefused(u store.User, t store.Token) error {
-	if t.Method == store.TokenMethodAPI && !u.ServiceAccount && s.requireSSO.Load() {
+	if t.Method == store.TokenMethodAPI && !u.ServiceAccount && s.sso != nil && s.requireSSO.Load() {
 		return errSSORequired
 	}
 	return nil
@@ -245,7 +250,7 @@ func (s *Server) ssoLogin(ctx context.Context, id sso.Identity, providerRefresh,
 		refused error // refused after the sync commits
 		user    store.User
 	)
-	err = s.store.InTx(ctx, func(tx store.Store) error {
+	login := func(tx store.Store) error {
 		cred, cuts, refused = sdk.Credential{}, nil, nil
 		u, err := tx.UserByName(ctx, id.Name)
 		switch {
@@ -304,7 +309,13 @@ func (s *Server) ssoLogin(ctx context.Context, id sso.Identity, providerRefresh,
 		cred = sdk.Credential{User: user.Name, Token: token, ExpiresAt: t.ExpiresAt.UTC(), RefreshToken: secret}
 		return s.audit(ctx, tx, user.Name, "auth.login", "", user.Name, nil,
 			map[string]any{"method": sdk.AuthSSO, "flow": flow, "groups": groupList(id.Groups)})
-	})
+	}
+	err = s.store.InTx(ctx, login)
+	if errors.Is(err, store.ErrConflict) {
+		// Two first logins of one person at once: the other created the
+		// user; this one finds it.
+		err = s.store.InTx(ctx, login)
+	}
 	if err != nil {
 		return sdk.Credential{}, err
 	}
@@ -351,7 +362,7 @@ func (s *Server) syncGroups(ctx context.Context, tx store.Store, u *store.User, 
 	cfg := s.sso.Config()
 	g := cfg.GrantsFor(groups)
 	before := userToSDK(*u)
-	lostAdmin := false
+	lostAdmin, removed := false, false
 	switch {
 	case g.OrgAdmin && !u.OrgAdmin:
 		u.OrgAdmin, u.OrgAdminFromGroups = true, true
@@ -415,6 +426,7 @@ func (s *Server) syncGroups(ctx context.Context, tx store.Store, u *store.User, 
 		if err := tx.RemoveMember(ctx, m.ProjectID, u.ID); err != nil {
 			return nil, false, err
 		}
+		removed = true
 		if err := s.audit(ctx, tx, ssoActor, "member.remove", m.Project, u.Name,
 			sdk.Member{User: u.Name, Role: m.Role, Source: m.Source}, nil); err != nil {
 			return nil, false, err
@@ -425,7 +437,7 @@ func (s *Server) syncGroups(ctx context.Context, tx store.Store, u *store.User, 
 	if err != nil {
 		return nil, false, err
 	}
-	if !u.OrgAdmin && (lostAdmin || len(after) < len(members)) {
+	if !u.OrgAdmin && (lostAdmin || removed) {
 		// Cut the sessions of every project the user is no member of now:
 		// those they left by a group and, when they lost the admin
 		// right, those they used as an admin.

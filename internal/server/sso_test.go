@@ -459,7 +459,7 @@ func TestSSOGroupRemovalOnRefreshCutsSession(t *testing.T) {
 	t.Parallel()
 	r := newSSORig(t, ssoRigOpts{})
 	ctx := testutil.Context(t, testutil.WaitLong)
-	r.op.AddUser("frank", password, grpGPU, grpMLDevs)
+	r.op.AddUser("frank", password, grpGPU)
 	cred := r.mustLogin("frank")
 	sess, err := r.client(cred.Token).CreateSession(ctx, sdk.CreateSessionRequest{Project: "default"}, nil)
 	if err != nil {
