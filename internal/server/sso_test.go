@@ -297,13 +297,13 @@ func TestSSOJustInTimeUser(t *testing.T) {
 }
 
 // A group makes an organisation admin, and leaving it takes the right
-// away at the next renewal; an admin made by hand stays one whatever the
-// groups say.
+// away at the next renewal, with the sessions of projects used as an
+// admin only; an admin made by hand stays one whatever the groups say.
 func TestSSOGroupOrgAdmin(t *testing.T) {
 	t.Parallel()
 	r := newSSORig(t, ssoRigOpts{})
 	ctx := testutil.Context(t, testutil.WaitLong)
-	r.op.AddUser("bob", password, grpAdmins)
+	r.op.AddUser("bob", password, grpAdmins, grpMLDevs)
 	cred := r.mustLogin("bob")
 	if u := r.user("bob"); !u.OrgAdmin || !u.OrgAdminFromGroups {
 		t.Fatalf("bob = %+v, want an org admin from groups", u)
@@ -311,13 +311,20 @@ func TestSSOGroupOrgAdmin(t *testing.T) {
 	if _, err := r.client(cred.Token).Users(ctx); err != nil {
 		t.Errorf("bob as org admin lists users: %v", err)
 	}
-	r.op.SetGroups("bob", grpGPU)
-	cred, err := r.refresh(cred)
+	// A session in default, which bob uses as an org admin only.
+	sess, err := r.client(cred.Token).CreateSession(ctx, sdk.CreateSessionRequest{Project: "default"}, nil)
 	if err != nil {
+		t.Fatal(err)
+	}
+	r.op.SetGroups("bob", grpMLDevs)
+	if cred, err = r.refresh(cred); err != nil {
 		t.Fatal(err)
 	}
 	if u := r.user("bob"); u.OrgAdmin || u.OrgAdminFromGroups {
 		t.Errorf("bob after leaving the admin group = %+v, want no admin", u)
+	}
+	if s := waitStoreSession(t, r.st, sess.ID, "to end", func(s store.Session) bool { return s.State == sdk.StateEnded }); s.EndReason != sdk.ReasonRevoked {
+		t.Errorf("bob's session in default after he left the admin group ended %q, want revoked", s.EndReason)
 	}
 	if _, err := r.client(cred.Token).Users(ctx); statusOf(err) != http.StatusForbidden {
 		t.Errorf("bob lists users after leaving the admin group: %v, want 403", err)
