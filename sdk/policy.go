@@ -98,6 +98,10 @@ type OrgPolicy struct {
 	// UDP), e.g. "169.254.169.254:80", "10.0.0.1:53" or "0.0.0.0/0:8080"
 	// for one port on every host address. Empty (the default): none.
 	AllowHostAccess []string `json:"allow_host_access,omitempty"`
+	// RequireSSO: people must log in with single sign-on; API tokens then
+	// work only for users marked as service accounts. The server refuses
+	// it when no identity provider is configured.
+	RequireSSO bool `json:"require_sso,omitempty"`
 }
 
 // CatalogImage is an image of the admin catalog: a friendly name for a

@@ -140,9 +140,15 @@ type ProjectUpdate struct {
 
 // User is an account.
 type User struct {
-	Name      string    `json:"name"`
-	OrgAdmin  bool      `json:"org_admin"`
-	Disabled  bool      `json:"disabled"`
+	Name     string `json:"name"`
+	OrgAdmin bool   `json:"org_admin"`
+	Disabled bool   `json:"disabled"`
+	// ServiceAccount: a robot that may use API tokens where the
+	// organisation requires single sign-on for people.
+	ServiceAccount bool `json:"service_account,omitempty"`
+	// SSO: the user is bound to an identity-provider account (they have
+	// logged in with single sign-on at least once).
+	SSO       bool      `json:"sso,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 }
 
@@ -160,7 +166,8 @@ type UserCreated struct {
 
 // UserUpdate changes the fields it sets.
 type UserUpdate struct {
-	Disabled *bool `json:"disabled,omitempty"`
+	Disabled       *bool `json:"disabled,omitempty"`
+	ServiceAccount *bool `json:"service_account,omitempty"`
 }
 
 // Token describes an API token; the secret itself is never listed.
@@ -208,6 +215,9 @@ type TokenCreated struct {
 type Member struct {
 	User string `json:"user"`
 	Role string `json:"role"`
+	// Source is "group" when an identity-provider group mapping made the
+	// membership (each login re-reads it); empty when made by hand.
+	Source string `json:"source,omitempty"`
 }
 
 // AuditEvent is one entry of the audit log. Before and After hold the
@@ -248,6 +258,30 @@ type Whoami struct {
 	// between the users of the local runtime.
 	Runtime         string   `json:"runtime,omitempty"`
 	RuntimeWarnings []string `json:"runtime_warnings,omitempty"`
+	// Auth is how the caller authenticated: AuthToken or AuthSSO.
+	Auth           string `json:"auth,omitempty"`
+	ServiceAccount bool   `json:"service_account,omitempty"`
+	// ExpiresAt is when the credential stops working (nil: an API token
+	// that never expires); an SSO credential is renewed before then.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	// Groups are the identity-provider groups as of the last check of an
+	// SSO login.
+	Groups []string `json:"groups,omitempty"`
+	// Projects are the caller's memberships.
+	Projects []WhoamiProject `json:"projects,omitempty"`
+}
+
+// How a caller authenticated (Whoami.Auth).
+const (
+	AuthToken = "token"
+	AuthSSO   = "sso"
+)
+
+// WhoamiProject is one of the caller's memberships.
+type WhoamiProject struct {
+	Name   string `json:"name"`
+	Role   string `json:"role"`
+	Source string `json:"source,omitempty"` // "group" or "" (by hand)
 }
 
 // UsageRow is one grouping of a usage report.
