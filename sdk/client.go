@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -25,6 +26,40 @@ type Client struct {
 	HTTP  *http.Client
 	// CAFile is the CA file TrustCAFile gave, for messages.
 	CAFile string
+	// Renew, when set, gives a new token after the server refused the
+	// current one (401): a single sign-on credential that expired. The
+	// request is then sent once more with the new token. Renew must not
+	// use this client (it runs while the client's token is locked).
+	Renew func(ctx context.Context) (string, error)
+
+	tokenMu sync.Mutex // guards Token while Renew may change it
+}
+
+// bearer is the token to send.
+func (c *Client) bearer() string {
+	c.tokenMu.Lock()
+	defer c.tokenMu.Unlock()
+	return c.Token
+}
+
+// renewed reports whether a request refused with token used may be sent
+// again: another request renewed the token meanwhile, or Renew gave a
+// new one.
+func (c *Client) renewed(ctx context.Context, used string) bool {
+	if c.Renew == nil {
+		return false
+	}
+	c.tokenMu.Lock()
+	defer c.tokenMu.Unlock()
+	if c.Token != used {
+		return true
+	}
+	token, err := c.Renew(ctx)
+	if err != nil || token == "" || token == used {
+		return false
+	}
+	c.Token = token
+	return true
 }
 
 // NewClient returns a client for the server at rawURL.
@@ -132,34 +167,44 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 // request sends a request and returns a successful response, or the
 // server's problem as an *Error.
 func (c *Client) request(ctx context.Context, method, path string, body any) (*http.Response, error) {
-	var rd io.Reader
+	var b []byte
 	if body != nil {
-		b, err := json.Marshal(body)
+		var err error
+		if b, err = json.Marshal(body); err != nil {
+			return nil, err
+		}
+	}
+	for try := 0; ; try++ {
+		var rd io.Reader
+		if body != nil {
+			rd = bytes.NewReader(b)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, c.URL.String()+path, rd)
 		if err != nil {
 			return nil, err
 		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.URL.String()+path, rd)
-	if err != nil {
-		return nil, err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	resp, err := c.HTTP.Do(req)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+		if body != nil {
+			req.Header.Set("Content-Type", "application/json")
 		}
-		return nil, c.ReachError(err)
+		token := c.bearer()
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := c.HTTP.Do(req)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, c.ReachError(err)
+		}
+		if resp.StatusCode == http.StatusUnauthorized && try == 0 && c.renewed(ctx, token) {
+			resp.Body.Close()
+			continue
+		}
+		if resp.StatusCode >= 300 {
+			defer resp.Body.Close()
+			return nil, readError(resp)
+		}
+		return resp, nil
 	}
-	if resp.StatusCode >= 300 {
-		defer resp.Body.Close()
-		return nil, readError(resp)
-	}
-	return resp, nil
 }
 
 func readError(resp *http.Response) error {
@@ -299,11 +344,19 @@ func (c *Client) Connect(ctx context.Context, id string) (*Tunnel, error) {
 	u := *c.URL
 	u.Scheme = map[string]string{"http": "ws", "https": "wss"}[u.Scheme]
 	u.Path += "/api/v1/sessions/" + url.PathEscape(id) + "/connect"
-	ws, resp, err := websocket.Dial(ctx, u.String(), &websocket.DialOptions{
-		HTTPClient:      c.HTTP,
-		HTTPHeader:      http.Header{"Authorization": {"Bearer " + c.Token}},
-		CompressionMode: websocket.CompressionDisabled,
-	})
+	dial := func() (*websocket.Conn, *http.Response, string, error) {
+		token := c.bearer()
+		ws, resp, err := websocket.Dial(ctx, u.String(), &websocket.DialOptions{
+			HTTPClient:      c.HTTP,
+			HTTPHeader:      http.Header{"Authorization": {"Bearer " + token}},
+			CompressionMode: websocket.CompressionDisabled,
+		})
+		return ws, resp, token, err
+	}
+	ws, resp, token, err := dial()
+	if err != nil && resp != nil && resp.StatusCode == http.StatusUnauthorized && c.renewed(ctx, token) {
+		ws, resp, _, err = dial()
+	}
 	if err != nil {
 		if resp != nil && resp.StatusCode >= 300 {
 			return nil, readError(resp)

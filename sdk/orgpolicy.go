@@ -87,7 +87,7 @@ func (c *Client) orgPolicy(ctx context.Context, method string, body *OrgPolicy, 
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
+	req.Header.Set("Authorization", "Bearer "+c.bearer())
 	if version != "" {
 		req.Header.Set("If-Match", version)
 	}

@@ -76,9 +76,13 @@ admins also change the project's settings and members.`,
 			if asJSON {
 				return printJSON(members)
 			}
-			tw := table("USER", "ROLE")
+			tw := table("USER", "ROLE", "SOURCE")
 			for _, m := range members {
-				row(tw, m.User, m.Role)
+				source := "by hand"
+				if m.Source == "group" {
+					source = "from group"
+				}
+				row(tw, m.User, m.Role, source)
 			}
 			return tw.Flush()
 		},

@@ -71,6 +71,7 @@ The setting flags set the defaults of projects that do not set their own;
 	fl.StringArrayVar(&chg.quotaRemove, "quota-remove", nil, "remove the GPU quota for `TYPE[@REGION]`, repeatable")
 	fl.StringSliceVar(&chg.registries, "registries", nil, "registries bring-your-own images may come from, `LIST` such as ghcr.io,docker.io/acme (\"\": none)")
 	fl.StringSliceVar(&chg.hostAccess, "allow-host-access", nil, "host services sessions may reach, `LIST` of CIDR or IP[:port] such as 169.254.169.254:80,0.0.0.0/0:8080 (\"\": none, the default)")
+	fl.BoolVar(&chg.requireSSO, "require-sso", false, "people must log in with single sign-on; API tokens then work only for service accounts (admin user update NAME --service-account=true); false turns it off")
 	update.RunE = func(cmd *cobra.Command, _ []string) error {
 		s, err := f.settings(cmd)
 		if err != nil {
@@ -79,6 +80,7 @@ The setting flags set the defaults of projects that do not set their own;
 		chg.settings, chg.budgetFields = s, budgetFields(cmd)
 		chg.registriesSet = cmd.Flags().Changed("registries")
 		chg.hostAccessSet = cmd.Flags().Changed("allow-host-access")
+		chg.requireSSOSet = cmd.Flags().Changed("require-sso")
 		if chg.empty() {
 			return fmt.Errorf("nothing to change; give a default such as --max-gpus-per-user 2, --lock NAME, or --quota t4=8")
 		}
@@ -112,11 +114,13 @@ type orgChange struct {
 	registriesSet       bool
 	hostAccess          []string
 	hostAccessSet       bool
+	requireSSO          bool
+	requireSSOSet       bool
 }
 
 func (c orgChange) empty() bool {
 	return len(policy.SetIn(c.settings)) == 0 && len(c.unset) == 0 && len(c.lock) == 0 &&
-		len(c.unlock) == 0 && len(c.quotas) == 0 && len(c.quotaRemove) == 0 && !c.registriesSet && !c.hostAccessSet
+		len(c.unlock) == 0 && len(c.quotas) == 0 && len(c.quotaRemove) == 0 && !c.registriesSet && !c.hostAccessSet && !c.requireSSOSet
 }
 
 // apply returns p with the change made, checked as the server would.
@@ -152,7 +156,10 @@ func (c orgChange) apply(p sdk.OrgPolicy) (sdk.OrgPolicy, error) {
 		}
 		c.settings.Budget = &b
 	}
-	out := sdk.OrgPolicy{Defaults: policy.Merge(p.Defaults, c.settings), Registries: p.Registries, AllowHostAccess: p.AllowHostAccess}
+	out := sdk.OrgPolicy{Defaults: policy.Merge(p.Defaults, c.settings), Registries: p.Registries, AllowHostAccess: p.AllowHostAccess, RequireSSO: p.RequireSSO}
+	if c.requireSSOSet {
+		out.RequireSSO = c.requireSSO
+	}
 	if c.registriesSet {
 		out.Registries = cleanList(c.registries)
 	}
@@ -306,6 +313,11 @@ func printOrgPolicy(p sdk.OrgPolicy) error {
 		hostAccess = strings.Join(p.AllowHostAccess, ", ")
 	}
 	fmt.Printf("host services open to sessions: %s\n", hostAccess)
+	sso := "no (API tokens work for everyone)"
+	if p.RequireSSO {
+		sso = "yes (API tokens work for service accounts only)"
+	}
+	fmt.Printf("single sign-on required: %s\n", sso)
 	return nil
 }
 

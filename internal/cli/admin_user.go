@@ -10,7 +10,7 @@ import (
 )
 
 func newAdminUserCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "user", Short: "Create, list, disable and enable users"}
+	cmd := &cobra.Command{Use: "user", Short: "Create, list, update, disable and enable users"}
 
 	var orgAdmin, createJSON bool
 	create := &cobra.Command{
@@ -61,13 +61,13 @@ to the user, who logs in with ` + "`devgpu login URL --token TOKEN`" + `.`,
 			if listJSON {
 				return printJSON(users)
 			}
-			tw := table("NAME", "ORG-ADMIN", "STATUS", "CREATED")
+			tw := table("NAME", "ORG-ADMIN", "STATUS", "SERVICE-ACCOUNT", "SSO", "CREATED")
 			for _, u := range users {
 				status := "active"
 				if u.Disabled {
 					status = "disabled"
 				}
-				row(tw, u.Name, yesNo(u.OrgAdmin), status, ago(&u.CreatedAt))
+				row(tw, u.Name, yesNo(u.OrgAdmin), status, yesNo(u.ServiceAccount), yesNo(u.SSO), ago(&u.CreatedAt))
 			}
 			return tw.Flush()
 		},
@@ -96,7 +96,38 @@ to the user, who logs in with ` + "`devgpu login URL --token TOKEN`" + `.`,
 	disable := setDisabled(true, "disable", "Disable a user: they cannot use devgpu until enabled again", "disabled")
 	enable := setDisabled(false, "enable", "Enable a disabled user again", "enabled")
 
-	cmd.AddCommand(create, list, disable, enable)
+	var serviceAccount bool
+	update := &cobra.Command{
+		Use:   "update NAME",
+		Short: "Change a user: whether they are a service account",
+		Long: `Change a user. --service-account=true marks a robot that may keep using API
+tokens when the organisation requires single sign-on for people
+(` + "`devgpu admin org update --require-sso=true`" + `).`,
+		Example: `  devgpu admin user update ci-bot --service-account=true`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("service-account") {
+				return fmt.Errorf("nothing to change; give --service-account=true or --service-account=false")
+			}
+			client, _, err := newClient()
+			if err != nil {
+				return err
+			}
+			u, err := client.UpdateUser(cmd.Context(), args[0], sdk.UserUpdate{ServiceAccount: &serviceAccount})
+			if err != nil {
+				return err
+			}
+			if u.ServiceAccount {
+				fmt.Fprintf(os.Stderr, "user %s is a service account\n", u.Name)
+			} else {
+				fmt.Fprintf(os.Stderr, "user %s is not a service account\n", u.Name)
+			}
+			return nil
+		},
+	}
+	update.Flags().BoolVar(&serviceAccount, "service-account", false, "a robot that may use API tokens where single sign-on is required for people")
+
+	cmd.AddCommand(create, list, update, disable, enable)
 	return cmd
 }
 

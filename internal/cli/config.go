@@ -1,24 +1,31 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/devgpu/devgpu/sdk"
 )
 
 // config is the CLI's saved state: which server, and who we are there.
 type config struct {
+	// URL is the current server; Token is its credential's bearer token
+	// (kept at the top for older CLIs and scripts that read it).
 	URL     string `json:"url"`
 	Token   string `json:"token"`
 	Project string `json:"project,omitempty"`
 	// CAFile is the PEM file of the CA that signed the server's
 	// certificate, when no system CA did (DEVGPU_CA_FILE overrides it).
 	CAFile string `json:"ca_file,omitempty"`
+	// Credentials holds the credential of each server logged in to, by
+	// URL (credentials.go).
+	Credentials map[string]credential `json:"credentials,omitempty"`
 	// tokenFromEnv: Token came from DEVGPU_TOKEN, not the file.
 	tokenFromEnv bool
 }
@@ -37,26 +44,18 @@ func configPath() (string, error) {
 }
 
 // loadConfig reads the config file (missing is fine) with DEVGPU_URL and
-// DEVGPU_TOKEN taking precedence.
+// DEVGPU_TOKEN taking precedence; DEVGPU_URL picks that server's saved
+// credential when there is one.
 func loadConfig() (config, error) {
-	var c config
-	path, err := configPath()
+	c, _, err := readConfigFile()
 	if err != nil {
 		return c, err
 	}
-	b, err := os.ReadFile(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
-		return c, fmt.Errorf("read config: %w", err)
-	default:
-		if err := json.Unmarshal(b, &c); err != nil {
-			return c, fmt.Errorf("config %s is not valid JSON (%v); fix it or log in again with `devgpu login`", path, err)
-		}
-	}
+	fileURL := c.URL
 	if v := os.Getenv("DEVGPU_URL"); v != "" {
 		c.URL = v
 	}
+	c.pick(fileURL)
 	if v := os.Getenv("DEVGPU_TOKEN"); v != "" {
 		c.Token = v
 		c.tokenFromEnv = true
@@ -65,6 +64,28 @@ func loadConfig() (config, error) {
 		c.CAFile = v
 	}
 	return c, nil
+}
+
+// readConfigFile reads the config file as it is, without the
+// environment's overrides; missing is fine.
+func readConfigFile() (config, string, error) {
+	var c config
+	path, err := configPath()
+	if err != nil {
+		return c, "", err
+	}
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return c, path, fmt.Errorf("read config: %w", err)
+	default:
+		if err := json.Unmarshal(b, &c); err != nil {
+			return c, path, fmt.Errorf("config %s is not valid JSON (%v); fix it or log in again with `devgpu login`", path, err)
+		}
+		c.pick(c.URL)
+	}
+	return c, path, nil
 }
 
 // saveConfig writes the config readable by its owner only: it holds a token.
@@ -76,6 +97,7 @@ func saveConfig(c config) (string, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return "", fmt.Errorf("save config: %w", err)
 	}
+	c.settle()
 	b, _ := json.MarshalIndent(c, "", "  ")
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
@@ -88,16 +110,24 @@ func saveConfig(c config) (string, error) {
 }
 
 // newClient returns an API client from the config, or says how to get one.
+// A single sign-on credential near its expiry is renewed first, and again
+// whenever the server refuses it (credentials.go).
 func newClient() (*sdk.Client, config, error) {
 	c, err := loadConfig()
 	if err != nil {
 		return nil, c, err
 	}
 	if c.URL == "" || c.Token == "" {
-		return nil, c, errors.New("not logged in; run `devgpu login URL --token TOKEN`, or `devgpu server --dev` on this machine")
+		return nil, c, errors.New("not logged in; run `devgpu login URL` (with --token TOKEN for an API token), or `devgpu server --dev` on this machine")
 	}
 	client, err := newSDKClient(c.URL, c.Token, c.CAFile)
-	return client, c, err
+	if err != nil {
+		return nil, c, err
+	}
+	if err := c.keepFresh(context.Background(), client, time.Now()); err != nil {
+		return nil, c, err
+	}
+	return client, c, nil
 }
 
 // newSDKClient is a client for url that trusts caFile, when given, for the

@@ -154,11 +154,14 @@ func (d doctor) checkConfig() (config, checkResult) {
 			return c, r
 		}
 		source = d.configPath
+		c.pick(c.URL)
 		fileToken = c.Token
 	}
 	var env []string
 	if v := d.getenv("DEVGPU_URL"); v != "" {
+		fileURL := c.URL
 		c.URL = v
+		c.pick(fileURL)
 		env = append(env, "DEVGPU_URL")
 	}
 	if v := d.getenv("DEVGPU_TOKEN"); v != "" {

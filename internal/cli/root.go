@@ -65,7 +65,7 @@ session ends, the GPU is freed and billing stops.`,
 	}
 	root.SetVersionTemplate("devgpu {{.Version}}\n")
 	root.AddCommand(
-		newServerCmd(), newAgentCmd(), newLoginCmd(),
+		newServerCmd(), newAgentCmd(), newLoginCmd(), newLogoutCmd(), newWhoamiCmd(),
 		newShellCmd(), newRunCmd(), newSessionsCmd(), newGPUsCmd(), newUsageCmd(), newAdminCmd(), newIntegrateCmd(), newDoctorCmd(),
 		newCpCmd(), newPortForwardCmd(), newSSHProxyCmd(), newConfigSSHCmd(),
 	)

@@ -38,6 +38,7 @@ import (
 	"github.com/devgpu/devgpu/internal/runtime/local"
 	"github.com/devgpu/devgpu/internal/runtime/oci"
 	"github.com/devgpu/devgpu/internal/server"
+	"github.com/devgpu/devgpu/internal/sso"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/internal/store/postgres"
 	"github.com/devgpu/devgpu/internal/store/sqlite"
@@ -69,6 +70,7 @@ type serverOptions struct {
 	localMaxPids  int
 	front         frontDoorOptions
 	replica       replicaOptions // server_store.go
+	oidc          *sso.Config    // server_oidc.go; nil: API tokens only
 }
 
 // frontDoorOptions are how the server meets the network: TLS, plain HTTP
@@ -329,7 +331,7 @@ func runServer(ctx context.Context, o serverOptions) error {
 		BudgetInterval: o.budgetInterval, Rates: o.rates, WorkspaceDir: filepath.Join(dataDir, "workspaces"),
 		TLS: tlsConfig, MetricsToken: o.front.metricsToken, MaxTunnelsPerUser: o.front.maxTunnelsPerUser,
 		MaxTunnelsPerAddress: o.front.maxTunnelsPerAddress, MaxConnsPerAddress: o.front.maxConnsPerAddress,
-		SingleUser: o.singleUser(), RuntimeWarnings: warnings,
+		SingleUser: o.singleUser(), RuntimeWarnings: warnings, OIDC: o.oidc,
 	})
 	if err != nil {
 		return err
@@ -375,6 +377,8 @@ type serverConfig struct {
 	// --advertise-url); Replica tunes leadership (server_store.go).
 	AdvertiseURL string         `json:"advertise_url"`
 	Replica      *replicaConfig `json:"replica"`
+	// OIDC is the identity provider people log in with (server_oidc.go).
+	OIDC *oidcConfig `json:"oidc"`
 }
 
 // ratesConfig prices a GPU-hour per type, or per type@region.
@@ -396,7 +400,7 @@ func (o *serverOptions) loadConfig(cmd *cobra.Command) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
-		return fmt.Errorf("server config %s is not valid (%v); it takes listen, data, store, gpus, runtime or backends, oci, rates, registries, advertise_url, replica and the TLS and connection settings", o.config, err)
+		return fmt.Errorf("server config %s is not valid (%v); it takes listen, data, store, gpus, runtime or backends, oci, rates, registries, advertise_url, replica, oidc and the TLS and connection settings", o.config, err)
 	}
 	for flag, v := range map[string]struct {
 		dst *string
@@ -421,6 +425,13 @@ func (o *serverOptions) loadConfig(cmd *cobra.Command) error {
 	o.front.loadConfig(cmd, c)
 	if err := o.replica.loadConfig(cmd, c); err != nil {
 		return fmt.Errorf("server config %s: %w", o.config, err)
+	}
+	if c.OIDC != nil {
+		oidc, err := c.OIDC.ssoConfig()
+		if err != nil {
+			return fmt.Errorf("server config %s: %w", o.config, err)
+		}
+		o.oidc = oidc
 	}
 	if c.Rates != nil {
 		card, err := c.Rates.card()
