@@ -44,22 +44,23 @@ func (c *Client) bearer() string {
 
 // renewed reports whether a request refused with token used may be sent
 // again: another request renewed the token meanwhile, or Renew gave a
-// new one.
-func (c *Client) renewed(ctx context.Context, used string) bool {
+// new one. Renew's error, when it fails, explains the refusal better
+// than the server's 401 does.
+func (c *Client) renewed(ctx context.Context, used string) (bool, error) {
 	if c.Renew == nil {
-		return false
+		return false, nil
 	}
 	c.tokenMu.Lock()
 	defer c.tokenMu.Unlock()
 	if c.Token != used {
-		return true
+		return true, nil
 	}
 	token, err := c.Renew(ctx)
 	if err != nil || token == "" || token == used {
-		return false
+		return false, err
 	}
 	c.Token = token
-	return true
+	return true, nil
 }
 
 // NewClient returns a client for the server at rawURL.
@@ -195,9 +196,17 @@ func (c *Client) request(ctx context.Context, method, path string, body any) (*h
 			}
 			return nil, c.ReachError(err)
 		}
-		if resp.StatusCode == http.StatusUnauthorized && try == 0 && c.renewed(ctx, token) {
-			resp.Body.Close()
-			continue
+		if resp.StatusCode == http.StatusUnauthorized && try == 0 {
+			again, err := c.renewed(ctx, token)
+			if again || err != nil {
+				resp.Body.Close()
+			}
+			if err != nil {
+				return nil, err
+			}
+			if again {
+				continue
+			}
 		}
 		if resp.StatusCode >= 300 {
 			defer resp.Body.Close()
@@ -354,8 +363,14 @@ func (c *Client) Connect(ctx context.Context, id string) (*Tunnel, error) {
 		return ws, resp, token, err
 	}
 	ws, resp, token, err := dial()
-	if err != nil && resp != nil && resp.StatusCode == http.StatusUnauthorized && c.renewed(ctx, token) {
-		ws, resp, _, err = dial()
+	if err != nil && resp != nil && resp.StatusCode == http.StatusUnauthorized {
+		again, rerr := c.renewed(ctx, token)
+		if rerr != nil {
+			return nil, rerr
+		}
+		if again {
+			ws, resp, _, err = dial()
+		}
 	}
 	if err != nil {
 		if resp != nil && resp.StatusCode >= 300 {

@@ -112,6 +112,8 @@ func TestOrgChangeApply(t *testing.T) {
 			`{"defaults":{"max_gpus_per_user":2,"shell_mode":"shared"},"quotas":[{"gpu_type":"t4","max":8}]}`},
 		{"quota", orgChange{quotas: []string{"t4=-1", "a100=1"}},
 			`{"defaults":{"max_gpus_per_user":2,"shell_mode":"shared"},"locked":["egress","shell_mode"],"quotas":[{"gpu_type":"a100","max":1}]}`},
+		{"require sso", orgChange{requireSSO: true, requireSSOSet: true},
+			`{"defaults":{"max_gpus_per_user":2,"shell_mode":"shared"},"locked":["egress","shell_mode"],"quotas":[{"gpu_type":"t4","max":8}],"require_sso":true}`},
 		{"lock and unlock one", orgChange{lock: []string{"egress"}, unlock: []string{"egress"}}, "egress is both locked"},
 		{"unknown lock", orgChange{lock: []string{"bogus"}}, `--lock "bogus" names no setting`},
 		{"set and unset", orgChange{settings: sdk.ProjectSettings{MaxGPUs: ptrTo(1)}, unset: []string{"max_gpus"}}, "max_gpus is both set"},
@@ -134,6 +136,15 @@ func TestOrgChangeApply(t *testing.T) {
 	}
 	if len(start.Locked) != 2 || *start.Defaults.ShellMode != sdk.ModeShared {
 		t.Fatalf("apply changed its input: %+v", start)
+	}
+	// Another change keeps require_sso; --require-sso=false turns it off.
+	sso := start
+	sso.RequireSSO = true
+	if got, err := (orgChange{lock: []string{"images"}}).apply(sso); err != nil || !got.RequireSSO {
+		t.Errorf("a lock turned require_sso off: %+v, %v", got, err)
+	}
+	if got, err := (orgChange{requireSSOSet: true}).apply(sso); err != nil || got.RequireSSO {
+		t.Errorf("--require-sso=false: %+v, %v", got, err)
 	}
 }
 

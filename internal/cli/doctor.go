@@ -246,6 +246,9 @@ func (d doctor) checkAPI(ctx context.Context, cfg config) ([]checkResult, string
 			if cfg.tokenFromEnv {
 				err = errors.New("the server does not accept the token in DEVGPU_TOKEN")
 				fix = tokenFromEnv
+			} else if cfg.current().Method == methodSSO {
+				err = errors.New("the server does not accept your single sign-on credential (it expired or the sign-in ended)")
+				fix = "run `devgpu login " + client.URL.String() + "` (any other devgpu command renews a credential that has not ended)"
 			}
 		}
 		add("login", "FAIL", err.Error(), fix)

@@ -31,8 +31,8 @@ func newLoginCmd() *cobra.Command {
 When the server is set up for single sign-on, login opens your browser at
 your organisation's identity provider (or prints the URL to open, on this
 machine, when no browser opens) and waits for it to come back on a loopback
-address. Over SSH without a display, or with --device, it prints a code to
-enter on any device instead. The credential lasts hours and is renewed
+address. Over SSH without a display (unless --no-browser), or with
+--device, it prints a code to enter on any device instead. The credential lasts hours and is renewed
 silently; ` + "`devgpu logout`" + ` ends it.
 
 With --token, or on a server without single sign-on, login saves an API

@@ -37,7 +37,7 @@ type oidcLogin struct {
 	// stderr hears the URL to open or the code to enter.
 	stderr io.Writer
 	// device asks for the device grant; noBrowser prints the URL without
-	// trying to open a browser.
+	// trying to open a browser (and keeps the browser flow over SSH).
 	device, noBrowser bool
 	// open opens a URL in a browser (openBrowser).
 	open func(string) error
@@ -57,7 +57,7 @@ func (l *oidcLogin) run(ctx context.Context) (sdk.OIDCLogin, error) {
 	if l.device {
 		return l.deviceFlow(ctx, cfg)
 	}
-	if sshWithoutDisplay(l.getenv) {
+	if !l.noBrowser && sshWithoutDisplay(l.getenv) {
 		fmt.Fprintln(l.stderr, "This is an SSH session without a display, so a browser here could not finish the login; using a code to enter on another device instead (--device).")
 		return l.deviceFlow(ctx, cfg)
 	}

@@ -441,6 +441,15 @@ func TestSSOSilentRefresh(t *testing.T) {
 		if err == nil || err.Error() != want {
 			t.Fatalf("got %v, want %s", err, want)
 		}
+		// The same when the server ends it before it expires: its 401
+		// is explained by the refused renewal.
+		old := login(time.Hour)
+		api.mu.Lock()
+		delete(api.tokens, old.Token)
+		api.mu.Unlock()
+		if _, err = whoami(); err == nil || err.Error() != want {
+			t.Fatalf("ended early: got %v, want %s", err, want)
+		}
 	})
 }
 
