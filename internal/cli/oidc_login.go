@@ -14,7 +14,9 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
@@ -44,6 +46,8 @@ type oidcLogin struct {
 	// getenv reads the environment (os.Getenv).
 	getenv  func(string) string
 	timeout time.Duration
+	// loopbackHost overrides the redirect URI's host (loopbackHost).
+	loopbackHost string
 }
 
 // run logs in and returns the provider's tokens for the server.
@@ -66,7 +70,27 @@ func (l *oidcLogin) run(ctx context.Context) (sdk.OIDCLogin, error) {
 		fmt.Fprintf(l.stderr, "Cannot listen on 127.0.0.1 for the browser to come back to (%v); using a code to enter on another device instead (--device).\n", err)
 		return l.deviceFlow(ctx, cfg)
 	}
-	return l.browserFlow(ctx, cfg, ln)
+	host := l.loopbackHost
+	if host == "" {
+		host = loopbackHost(l.provider.Issuer)
+	}
+	return l.browserFlow(ctx, cfg, ln, host)
+}
+
+// loopbackHost is the host of the browser flow's redirect URI:
+// 127.0.0.1 (RFC 8252, section 7.3), but localhost for Microsoft Entra
+// ID, which accepts any port on a registered loopback redirect URI only
+// when its host is localhost.
+func loopbackHost(issuer string) string {
+	u, err := url.Parse(issuer)
+	if err == nil {
+		switch h := strings.ToLower(u.Hostname()); {
+		case h == "login.microsoftonline.com", strings.HasPrefix(h, "login.microsoftonline."),
+			h == "login.partner.microsoftonline.cn", h == "sts.windows.net":
+			return "localhost"
+		}
+	}
+	return "127.0.0.1"
 }
 
 // discover reads the provider's discovery document.
@@ -95,8 +119,16 @@ type callbackResult struct {
 	err error
 }
 
-func (l *oidcLogin) browserFlow(ctx context.Context, cfg oauth2.Config, ln net.Listener) (sdk.OIDCLogin, error) {
-	cfg.RedirectURL = fmt.Sprintf("http://127.0.0.1:%d/callback", ln.Addr().(*net.TCPAddr).Port)
+func (l *oidcLogin) browserFlow(ctx context.Context, cfg oauth2.Config, ln net.Listener, host string) (sdk.OIDCLogin, error) {
+	port := ln.Addr().(*net.TCPAddr).Port
+	cfg.RedirectURL = fmt.Sprintf("http://%s/callback", net.JoinHostPort(host, strconv.Itoa(port)))
+	listeners := []net.Listener{ln}
+	if host == "localhost" {
+		// A browser may try localhost's IPv6 address first.
+		if ln6, err := net.Listen("tcp", net.JoinHostPort("::1", strconv.Itoa(port))); err == nil {
+			listeners = append(listeners, ln6)
+		}
+	}
 	verifier, state, nonce := oauth2.GenerateVerifier(), randomString(), randomString()
 	authURL := cfg.AuthCodeURL(state, oauth2.S256ChallengeOption(verifier), oauth2.SetAuthURLParam("nonce", nonce))
 
@@ -130,14 +162,17 @@ func (l *oidcLogin) browserFlow(ctx context.Context, cfg oauth2.Config, ln net.L
 		send(results, callbackResult{tok: tok})
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	served := make(chan struct{})
-	go func() { defer close(served); _ = srv.Serve(ln) }()
+	var served sync.WaitGroup
+	for _, ln := range listeners {
+		served.Add(1)
+		go func() { defer served.Done(); _ = srv.Serve(ln) }()
+	}
 	defer func() {
 		// The page is written before the result is sent: let it finish.
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
-		<-served
+		served.Wait()
 	}()
 
 	if l.noBrowser {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -215,10 +216,19 @@ func (l *lines) wait(t *testing.T, ctx context.Context, re *regexp.Regexp) strin
 func noEnv(string) string { return "" }
 
 func TestSSOBrowserLogin(t *testing.T) {
-	path := useConfig(t)
-	ctx := testutil.Context(t, testutil.WaitLong)
 	op := oidcop.Start(t, oidcop.Options{})
 	op.AddUser("alice", "pw", "ml-devs")
+	// 127.0.0.1 for most providers; localhost for Entra ID.
+	for _, host := range []string{"", "localhost"} {
+		t.Run("host="+cmp.Or(host, "default"), func(t *testing.T) {
+			testBrowserLogin(t, op, host)
+		})
+	}
+}
+
+func testBrowserLogin(t *testing.T, op *oidcop.OP, host string) {
+	path := useConfig(t)
+	ctx := testutil.Context(t, testutil.WaitLong)
 	api := newStandIn(t, op)
 	client, err := sdk.NewClient(api.URL, "")
 	if err != nil {
@@ -227,6 +237,10 @@ func TestSSOBrowserLogin(t *testing.T) {
 	ac, err := client.AuthConfig(ctx)
 	if err != nil || ac.OIDC == nil {
 		t.Fatalf("auth config: %+v, %v", ac, err)
+	}
+	wantHost := host
+	if wantHost == "" {
+		wantHost = "127.0.0.1"
 	}
 
 	// The "browser": follows the URL the CLI gives through the
@@ -239,7 +253,7 @@ func TestSSOBrowserLogin(t *testing.T) {
 				page <- "browse: " + err.Error()
 				return
 			}
-			if redirect.Hostname() != "127.0.0.1" || redirect.Path != "/callback" {
+			if redirect.Hostname() != wantHost || redirect.Path != "/callback" {
 				page <- "redirected to " + redirect.String()
 				return
 			}
@@ -255,9 +269,9 @@ func TestSSOBrowserLogin(t *testing.T) {
 		return nil
 	}
 	stderr := newLines()
-	l := &oidcLogin{provider: *ac.OIDC, http: &http.Client{Timeout: testutil.WaitMedium}, stderr: stderr, open: browse, getenv: noEnv}
+	l := &oidcLogin{provider: *ac.OIDC, http: &http.Client{Timeout: testutil.WaitMedium}, stderr: stderr, open: browse, getenv: noEnv, loopbackHost: host}
 	if err := loginSSO(ctx, client, l, config{}, ""); err != nil {
-		t.Fatalf("login: %v\n%s", err, stderr)
+		t.Fatalf("login: %v\n%s\n%s", err, stderr, <-page)
 	}
 	if got := <-page; !strings.Contains(got, "You are logged in to devgpu") {
 		t.Errorf("the browser shows %q", got)
@@ -269,6 +283,21 @@ func TestSSOBrowserLogin(t *testing.T) {
 		t.Fatalf("the server was given %+v", logins)
 	}
 	checkCached(t, path, api.URL, "alice")
+}
+
+func TestLoopbackHost(t *testing.T) {
+	t.Parallel()
+	for issuer, want := range map[string]string{
+		"https://login.microsoftonline.com/TENANT/v2.0": "localhost",
+		"https://login.microsoftonline.us/TENANT/v2.0":  "localhost",
+		"https://sts.windows.net/TENANT/":               "localhost",
+		"https://keycloak.example.com/realms/acme":      "127.0.0.1",
+		"http://127.0.0.1:5556":                         "127.0.0.1",
+	} {
+		if got := loopbackHost(issuer); got != want {
+			t.Errorf("loopbackHost(%s) = %s, want %s", issuer, got, want)
+		}
+	}
 }
 
 // checkCached checks that the config holds url's single sign-on as the
