@@ -304,3 +304,48 @@ func (e *env) members(project string) []sdk.Member {
 	}
 	return out
 }
+
+// require_sso, with the real binary: an organisation admin who logged in
+// with single sign-on turns it on; a person's API token is then refused
+// with the sentence that names the fix, a service account's keeps
+// working, and so does the single sign-on credential.
+func TestSSORequired(t *testing.T) {
+	t.Parallel()
+	e, op := ssoEnv(t)
+	op.AddUser("carol", "carol-pw", "gpu-admins")
+	dev := e.newUser("dev")
+	bot := e.newUser("bot")
+	e.admin("user", "update", "bot", "--service-account=true")
+
+	carol := e.person()
+	if r := carol.loginDevice(op, "carol", "carol-pw"); r.code != 0 {
+		t.Fatalf("carol's devgpu login --device: %+v", r)
+	}
+	if r := carol.cli("admin", "org", "update", "--require-sso=true"); r.code != 0 {
+		t.Fatalf("carol turning require_sso on: %+v", r)
+	}
+	var r result
+	testutil.Eventually(t, testutil.WaitMedium, "dev's API token to be refused", func() bool {
+		r = dev.cli("whoami")
+		return r.code != 0
+	})
+	if r.code != 255 || !strings.Contains(r.stderr, "requires single sign-on") || !strings.Contains(r.stderr, "devgpu login") {
+		t.Errorf("dev's API token under require_sso: %+v; want it refused, saying to log in with devgpu login", r)
+	}
+	if r := e.cli("whoami"); r.code != 255 || !strings.Contains(r.stderr, "requires single sign-on") {
+		t.Errorf("the bootstrap admin's API token under require_sso: %+v; want it refused (not a service account)", r)
+	}
+	if w := bot.whoami(); w.User != "bot" || !w.ServiceAccount || w.Auth != sdk.AuthToken {
+		t.Errorf("the service account's whoami under require_sso: %+v", w)
+	}
+	if w := carol.whoami(); w.User != "carol" || !w.OrgAdmin || w.Auth != sdk.AuthSSO {
+		t.Errorf("carol's whoami under require_sso: %+v", w)
+	}
+
+	if r := carol.cli("admin", "org", "update", "--require-sso=false"); r.code != 0 {
+		t.Fatalf("carol turning require_sso off: %+v", r)
+	}
+	testutil.Eventually(t, testutil.WaitMedium, "dev's API token to work again", func() bool {
+		return dev.cli("whoami").code == 0
+	})
+}
