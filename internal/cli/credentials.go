@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -150,22 +152,30 @@ func (c *config) keepFresh(ctx context.Context, client *sdk.Client, now time.Tim
 // saves it and returns its token.
 func (c *config) renew(ctx context.Context) (string, error) {
 	cr := c.current()
-	ctx, cancel := context.WithTimeout(ctx, renewTimeout)
+	// Each refresh token is good once: one devgpu at a time renews, and
+	// the others take what it saved. A renewal takes up to renewTimeout,
+	// after which its lock is stale.
+	lockCtx, cancel := context.WithTimeout(ctx, 2*renewTimeout)
 	defer cancel()
+	unlock, err := lockConfig(lockCtx)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	ctx, cancel = context.WithTimeout(ctx, renewTimeout)
+	defer cancel()
+	if saved, _, err := readConfigFile(); err == nil {
+		if s, ok := saved.Credentials[serverKey(c.URL)]; ok && s.Method == methodSSO && s.RefreshToken != "" && s.RefreshToken != cr.RefreshToken {
+			c.setCredential(c.URL, s)
+			return s.Token, nil
+		}
+	}
 	rc, err := newSDKClient(c.URL, "", c.CAFile)
 	if err != nil {
 		return "", err
 	}
 	got, err := rc.Refresh(ctx, cr.RefreshToken)
 	if err != nil {
-		// Another devgpu may have renewed it meanwhile (each refresh
-		// token is good once): take that one.
-		if saved, _, ferr := readConfigFile(); ferr == nil {
-			if s, ok := saved.Credentials[serverKey(c.URL)]; ok && s.Method == methodSSO && s.RefreshToken != cr.RefreshToken {
-				c.setCredential(c.URL, s)
-				return s.Token, nil
-			}
-		}
 		var apiErr *sdk.Error
 		if errors.As(err, &apiErr) && apiErr.Status >= 400 && apiErr.Status < 500 && apiErr.Status != http.StatusTooManyRequests {
 			return "", &ssoEndedError{url: serverKey(c.URL), err: err}
@@ -200,4 +210,40 @@ func saveCredential(url string, cr *credential) error {
 	}
 	_, err = saveConfig(f)
 	return err
+}
+
+// lockPoll is how often a devgpu waiting for another's renewal looks
+// again.
+const lockPoll = 50 * time.Millisecond
+
+// lockConfig takes the config's lock file (one renewal at a time, across
+// processes); a lock older than renewTimeout is stale: its holder died.
+func lockConfig(ctx context.Context) (unlock func(), err error) {
+	path, err := configPath()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("lock the config: %w", err)
+	}
+	lock := path + ".lock"
+	for {
+		f, err := os.OpenFile(lock, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err == nil {
+			f.Close()
+			return func() { os.Remove(lock) }, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("lock the config: %w", err)
+		}
+		if fi, err := os.Stat(lock); err == nil && time.Since(fi.ModTime()) > renewTimeout {
+			os.Remove(lock) // stale
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("another devgpu held %s while renewing your single sign-on for too long; remove the file if no devgpu is running", lock)
+		case <-time.After(lockPoll):
+		}
+	}
 }

@@ -42,6 +42,7 @@ type standIn struct {
 	// with 401.
 	refuseRefresh string
 	loggedOut     []string
+	renewals      int
 }
 
 func newStandIn(t *testing.T, op *oidcop.OP) *standIn {
@@ -103,6 +104,7 @@ func newStandIn(t *testing.T, op *oidcop.OP) *standIn {
 			return
 		}
 		delete(s.refreshes, req.RefreshToken)
+		s.renewals++
 		writeJSON(w, s.mint(user))
 	})
 	mux.HandleFunc("GET /api/v1/whoami", func(w http.ResponseWriter, r *http.Request) {
@@ -445,6 +447,26 @@ func TestSSOSilentRefresh(t *testing.T) {
 		}
 		if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
 			t.Errorf("config after renewal: %v, %v", fi, err)
+		}
+	})
+	t.Run("many at once", func(t *testing.T) {
+		login(time.Minute)
+		api.mu.Lock()
+		before := api.renewals
+		api.mu.Unlock()
+		errs := make(chan error, 4)
+		for range cap(errs) {
+			go func() { _, err := whoami(); errs <- err }()
+		}
+		for range cap(errs) {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
+		}
+		api.mu.Lock()
+		defer api.mu.Unlock()
+		if api.renewals != before+1 {
+			t.Errorf("%d renewals, want one", api.renewals-before)
 		}
 	})
 	t.Run("refused by the server", func(t *testing.T) {
