@@ -57,7 +57,10 @@ func (l *oidcLogin) run(ctx context.Context) (sdk.OIDCLogin, error) {
 	if err != nil {
 		return sdk.OIDCLogin{}, err
 	}
-	cfg := oauth2.Config{ClientID: l.provider.ClientID, Endpoint: p.Endpoint(), Scopes: l.provider.Scopes}
+	// A public client: its id goes in the form, with no secret.
+	endpoint := p.Endpoint()
+	endpoint.AuthStyle = oauth2.AuthStyleInParams
+	cfg := oauth2.Config{ClientID: l.provider.ClientID, Endpoint: endpoint, Scopes: l.provider.Scopes}
 	if l.device {
 		return l.deviceFlow(ctx, cfg)
 	}
