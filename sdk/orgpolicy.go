@@ -71,6 +71,22 @@ func (c *Client) UpdateOrgPolicy(ctx context.Context, change func(OrgPolicy) (Or
 // orgPolicy sends a request for the policy, with If-Match when version is
 // set, decodes the answer into out and returns its ETag.
 func (c *Client) orgPolicy(ctx context.Context, method string, body *OrgPolicy, version string, out *OrgPolicy) (string, error) {
+	token := c.bearer()
+	etag, err := c.orgPolicyAs(ctx, token, method, body, version, out)
+	if IsStatus(err, http.StatusUnauthorized) {
+		again, rerr := c.renewed(ctx, token)
+		if rerr != nil {
+			return "", rerr
+		}
+		if again {
+			return c.orgPolicyAs(ctx, c.bearer(), method, body, version, out)
+		}
+	}
+	return etag, err
+}
+
+// orgPolicyAs is orgPolicy with token.
+func (c *Client) orgPolicyAs(ctx context.Context, token, method string, body *OrgPolicy, version string, out *OrgPolicy) (string, error) {
 	const path = "/api/v1/org/policy"
 	var rd io.Reader
 	if body != nil {
@@ -87,7 +103,7 @@ func (c *Client) orgPolicy(ctx context.Context, method string, body *OrgPolicy, 
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	req.Header.Set("Authorization", "Bearer "+c.bearer())
+	req.Header.Set("Authorization", "Bearer "+token)
 	if version != "" {
 		req.Header.Set("If-Match", version)
 	}
