@@ -24,7 +24,8 @@ import (
 // capped backoff and resumes the shell: the output it missed is replayed,
 // and the keystrokes the agent did not receive (typed before the drop or
 // during it) are sent again. It gives up after the detach grace, or at
-// once when the session or its shell has ended.
+// once when the session or its shell has ended, or when the server
+// refuses the credential (ended, revoked, its user disabled).
 
 const (
 	// inputKept bounds the keystrokes kept for a resume: those typed while
@@ -269,6 +270,10 @@ func (r *reconnectingShell) reconnect() (sdk.ResumeAnswer, error) {
 			}
 			return answer, nil
 		}
+		if refused(err) {
+			status.done()
+			return answer, fmt.Errorf("lost the connection to session %s, and the server refuses to reconnect it: %w", r.sess.ID, err)
+		}
 		wait := time.Until(deadline)
 		if errors.Is(err, errSessionGone) || wait <= 0 {
 			status.done()
@@ -277,6 +282,16 @@ func (r *reconnectingShell) reconnect() (sdk.ResumeAnswer, error) {
 		time.Sleep(min(backoff, wait))
 		backoff = min(2*backoff, resumeMaxWait)
 	}
+}
+
+// refused reports whether err is the server refusing the credential (401)
+// or the access (403), after the client's Renew had its chance to renew
+// an expired single sign-on, or a single sign-on the server will not
+// renew: the credential was ended or revoked, or the user disabled, and
+// no later attempt would be let in.
+func refused(err error) bool {
+	var ended *ssoEndedError
+	return errors.As(err, &ended) || sdk.IsStatus(err, http.StatusUnauthorized) || sdk.IsStatus(err, http.StatusForbidden)
 }
 
 // resume makes one attempt, by deadline.
