@@ -45,6 +45,9 @@ func ifMatch(header, etag string) bool {
 var errOrgPolicyChanged = httpapi.Errorf(http.StatusPreconditionFailed,
 	"the organisation policy changed since it was read; read it again and make the change to the new policy (`devgpu admin org update` does this by itself)")
 
+var errRequireSSOLockout = httpapi.Errorf(http.StatusConflict,
+	"turning on require_sso would refuse your own API token; log in with `devgpu login URL` (single sign-on) first, or mark your user as a service account")
+
 func (a *API) getOrgPolicy(w http.ResponseWriter, r *http.Request, caller store.User) error {
 	org, err := a.s.store.OrgPolicy(r.Context())
 	if err != nil {
@@ -83,6 +86,10 @@ func (a *API) putOrgPolicy(w http.ResponseWriter, r *http.Request, caller store.
 		}
 		if match != "" && !ifMatch(match, orgETag(before)) {
 			return errOrgPolicyChanged
+		}
+		if org.RequireSSO && !before.RequireSSO && callerToken(r).Method == store.TokenMethodAPI && !caller.ServiceAccount {
+			// The caller would lock themselves out with this very request.
+			return errRequireSSOLockout
 		}
 		if err := tx.SetOrgPolicy(r.Context(), org); err != nil {
 			return err

@@ -176,6 +176,10 @@ func errLoginEnded(reason string) error {
 	return httpapi.Errorf(http.StatusUnauthorized, "your sign-in ended (%s); run `devgpu login URL` again", reason)
 }
 
+// errLoginRefreshRefused answers a login whose provider refresh token the
+// provider refuses.
+const errLoginRefreshRefused = "the identity provider does not accept the refresh token that came with this login; log in again with `devgpu login URL`"
+
 var errUnknownRefresh = httpapi.Errorf(http.StatusUnauthorized,
 	"this sign-in is unknown or was renewed already; run `devgpu login URL` again")
 
@@ -210,7 +214,23 @@ func (a *API) loginOIDC(w http.ResponseWriter, r *http.Request) error {
 		return httpapi.Errorf(http.StatusForbidden,
 			"the identity provider names you %q, which devgpu cannot take as a user name; ask the administrator to set oidc.username_claim to another claim (preferred_username, email, upn, sub)", id.Name)
 	}
-	cred, err := a.s.ssoLogin(r.Context(), id, req.RefreshToken, req.Flow)
+	// The ID token's nonce is inside the token itself, so a stolen ID
+	// token alone must not make a login: the refresh token that came with
+	// it is redeemed once, and must name the same person. Its answer
+	// carries the groups as they are now, and the refresh token to keep
+	// (providers rotate them).
+	fresh, providerRefresh, err := a.s.sso.Refresh(r.Context(), req.RefreshToken)
+	switch {
+	case err != nil && sso.IsRevoked(err):
+		return &httpapi.Error{Status: http.StatusUnauthorized, Err: err, Msg: errLoginRefreshRefused}
+	case err != nil:
+		return ssoError(err) // 503 while the provider does not answer
+	case fresh.Subject != id.Subject:
+		return httpapi.Errorf(http.StatusUnauthorized,
+			"the refresh token that came with this login belongs to another account than its ID token; log in again with `devgpu login URL`")
+	}
+	id.Groups, id.NoGroupsClaim = fresh.Groups, fresh.NoGroupsClaim
+	cred, err := a.s.ssoLogin(r.Context(), id, providerRefresh, req.Flow)
 	if err != nil {
 		return err
 	}
@@ -755,6 +775,13 @@ func (s *Server) recheckLogins(ctx context.Context) error {
 		if s.now().Sub(l.CheckedAt) < interval {
 			continue
 		}
+		grants, err := s.loginGrants(ctx, l)
+		if err != nil {
+			return err
+		}
+		if !grants {
+			continue
+		}
 		if err := s.recheckLogin(ctx, l); err != nil {
 			if errors.Is(err, store.ErrFenced) {
 				return err
@@ -763,6 +790,29 @@ func (s *Server) recheckLogins(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// loginGrants reports whether the login still grants something: its
+// token works (not expired, not revoked), or its user has a session that
+// is not over. Only those are re-checked by the leader: redeeming the
+// provider refresh token of a credential that expired long ago, every
+// interval, would keep it alive at the provider for ever. A renewal
+// (POST /auth/refresh) re-checks the provider itself, so a credential
+// that comes back is checked then.
+func (s *Server) loginGrants(ctx context.Context, l store.SSOLogin) (bool, error) {
+	t, err := s.store.TokenByID(ctx, l.TokenID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return false, err
+	case t.RevokedAt.IsZero() && (t.ExpiresAt.IsZero() || s.now().Before(t.ExpiresAt)):
+		return true, nil
+	}
+	active, err := s.store.ListSessions(ctx, store.SessionFilter{UserID: l.UserID, ActiveOnly: true})
+	if err != nil {
+		return false, err
+	}
+	return len(active) > 0, nil
 }
 
 // recheckLogin re-checks one login (recheckLogins).

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -48,6 +49,7 @@ type ssoRig struct {
 type ssoRigOpts struct {
 	recheck time.Duration    // RecheckInterval (default an hour: no re-check)
 	now     func() time.Time // the server's clock
+	ttl     time.Duration    // SessionTTL (default sso's)
 }
 
 func newSSORig(t *testing.T, o ssoRigOpts) *ssoRig {
@@ -106,6 +108,7 @@ func newSSORig(t *testing.T, o ssoRigOpts) *ssoRig {
 				{Group: grpMLLeads, Project: "ml", Role: store.RoleAdmin},
 			},
 			RecheckInterval: recheck,
+			SessionTTL:      o.ttl,
 		}}
 	if r.srv, err = New(ctx, cfg); err != nil {
 		t.Fatal(err)
@@ -666,6 +669,17 @@ func TestSSORequired(t *testing.T) {
 	r := newSSORig(t, ssoRigOpts{})
 	ctx := testutil.Context(t, testutil.WaitLong)
 	admin := r.client(r.admin)
+	// root's API token is a person's: turning require_sso on would lock
+	// root out with this very request.
+	_, err := admin.UpdateOrgPolicy(ctx, func(p sdk.OrgPolicy) (sdk.OrgPolicy, error) {
+		p.RequireSSO = true
+		return p, nil
+	})
+	wantProblem(t, "a person's API token turning require_sso on", err, http.StatusConflict,
+		"turning on require_sso would refuse your own API token", "devgpu login URL", "service account")
+	if org, err := admin.OrgPolicy(ctx); err != nil || org.RequireSSO {
+		t.Fatalf("org policy after the refused change = %+v, %v", org, err)
+	}
 	if _, err := admin.UpdateUser(ctx, "root", sdk.UserUpdate{ServiceAccount: ptr(true)}); err != nil {
 		t.Fatal(err)
 	}
@@ -678,7 +692,7 @@ func TestSSORequired(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := r.client(r.dev).Whoami(ctx)
+	_, err = r.client(r.dev).Whoami(ctx)
 	wantProblem(t, "a person's API token under require_sso", err, http.StatusUnauthorized, "requires single sign-on", "devgpu login", "service accounts")
 	if w, err := admin.Whoami(ctx); err != nil || !w.ServiceAccount {
 		t.Errorf("a service account's token under require_sso: %+v, %v", w, err)
@@ -782,4 +796,111 @@ func TestSSOUncheckableLoginEnds(t *testing.T) {
 	if _, err := r.client(cred.Token).Whoami(ctx); statusOf(err) != http.StatusUnauthorized {
 		t.Errorf("the credential of a login that could not be re-checked: %v, want 401", err)
 	}
+}
+
+// A login proves a live refresh token of the same person: the server
+// redeems the one that came with the ID token. Another person's refresh
+// token, or one used already, is refused; the groups are the ones the
+// redemption answers; the provider out of reach answers 503.
+func TestSSOLoginRedeemsRefreshToken(t *testing.T) {
+	t.Parallel()
+	r := newSSORig(t, ssoRigOpts{})
+	ctx := testutil.Context(t, testutil.WaitLong)
+	r.op.AddUser("sam", password, grpGPU)
+	r.op.AddUser("tess", password, grpGPU)
+	post := func(tk oidcop.Tokens, refresh string) error {
+		_, err := r.client("").LoginOIDC(ctx, sdk.OIDCLogin{IDToken: tk.IDToken, RefreshToken: refresh, Nonce: tk.Nonce, Flow: sdk.FlowBrowser})
+		return err
+	}
+	sam, tess := r.tokens(oidcop.CLIClientID, "sam"), r.tokens(oidcop.CLIClientID, "tess")
+	// sam's (stolen) ID token with tess's own refresh token.
+	wantProblem(t, "an ID token with another person's refresh token", post(sam, tess.RefreshToken), http.StatusUnauthorized,
+		"belongs to another account", "devgpu login URL")
+	if _, err := r.st.UserByName(ctx, "sam"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a refused login created the user: %v", err)
+	}
+	// A refresh token the provider rotated away.
+	if _, err := r.op.Refresh(ctx, oidcop.CLIClientID, sam.RefreshToken); err != nil {
+		t.Fatal(err)
+	}
+	wantProblem(t, "an ID token with a used refresh token", post(sam, sam.RefreshToken), http.StatusUnauthorized,
+		errLoginRefreshRefused)
+	if r.audited("auth.login", "sam", "sam") != 0 {
+		t.Errorf("a refused login is audited as a login")
+	}
+
+	// The groups come from the redemption, not from the ID token.
+	tk := r.tokens(oidcop.CLIClientID, "sam")
+	r.op.SetGroups("sam", grpMLDevs)
+	if err := post(tk, tk.RefreshToken); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.members("sam"); !slices.Equal(got, []string{"ml:developer:group"}) {
+		t.Errorf("sam's memberships = %v, want the groups the redemption answered (ml-devs)", got)
+	}
+	// The refresh token that came with the login was redeemed once: the
+	// provider refuses it now (the server keeps the one it answered).
+	if _, err := r.op.Refresh(ctx, oidcop.CLIClientID, tk.RefreshToken); err == nil {
+		t.Errorf("the login's refresh token still works at the provider: the server did not redeem it")
+	}
+
+	// The provider out of reach after verifying the ID token (keys and
+	// discovery cached): 503.
+	tk = r.tokens(oidcop.CLIClientID, "tess")
+	r.op.Stop()
+	wantProblem(t, "a login while the provider is down", post(tk, tk.RefreshToken), http.StatusServiceUnavailable, "cannot be reached")
+}
+
+// The leader re-checks a login only while it grants something: a login
+// whose credential expired and whose person has no session left is not
+// redeemed (which would keep its provider refresh token alive for ever);
+// one whose person still has a session is; a renewal of the expired one
+// still works and re-checks the provider itself.
+func TestSSORecheckOnlyWhileGranting(t *testing.T) {
+	t.Parallel()
+	const ttl = time.Second
+	r := newSSORig(t, ssoRigOpts{recheck: 100 * time.Millisecond, ttl: ttl})
+	ctx := testutil.Context(t, testutil.WaitLong)
+	r.op.AddUser("uma", password, grpGPU)
+	r.op.AddUser("vic", password, grpGPU)
+	idle := r.mustLogin("uma")
+	busy := r.mustLogin("vic")
+	// vic's session runs on an API token of his (any session counts).
+	apiToken, _, err := NewToken(ctx, r.st, r.user("vic").ID, "test", time.Now(), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.client(apiToken).CreateSession(ctx, sdk.CreateSessionRequest{Project: "default"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	expired := busy.ExpiresAt
+	if idle.ExpiresAt.After(expired) {
+		expired = idle.ExpiresAt
+	}
+	testutil.Eventually(t, testutil.WaitMedium, "both credentials to expire", func() bool { return time.Now().After(expired) })
+	// vic's re-checks go on; they mark the leader's passes, which go over
+	// the logins in turn. Two passes after the expiry, uma's login is left
+	// as it is, and stays so for another pass.
+	checked := func() time.Time { return r.ssoLogin(busy.RefreshToken).CheckedAt }
+	pass := func() {
+		t.Helper()
+		last := checked()
+		testutil.Eventually(t, testutil.WaitMedium, "a re-check of vic's login", func() bool { return checked().After(last) })
+	}
+	pass()
+	pass()
+	before := r.ssoLogin(idle.RefreshToken)
+	pass()
+	pass()
+	if after := r.ssoLogin(idle.RefreshToken); !after.CheckedAt.Equal(before.CheckedAt) || !bytes.Equal(after.ProviderRefresh, before.ProviderRefresh) {
+		t.Errorf("the leader re-checked uma's expired login without a session (checked %v, then %v)", before.CheckedAt, after.CheckedAt)
+	}
+	if !before.EndedAt.IsZero() {
+		t.Errorf("uma's login ended: %+v", before)
+	}
+	// A renewal of the expired credential re-checks the provider: uma
+	// left every group meanwhile, and is refused.
+	r.op.SetGroups("uma")
+	_, err = r.refresh(idle)
+	wantProblem(t, "a renewal of an expired credential whose person left every group", err, http.StatusForbidden, "none of the groups")
 }
