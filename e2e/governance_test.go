@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"os/exec"
 	"strings"
@@ -196,22 +195,11 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	return w.b.Write(p)
 }
 
+// background runs a devgpu command with the test's environment (start
+// adds to it).
 func (e *env) background(args ...string) *bg {
 	e.t.Helper()
-	b := &bg{exited: make(chan struct{})}
-	b.cmd = exec.CommandContext(context.Background(), e.bin, args...)
-	b.cmd.Env = e.environ()
-	b.cmd.Stdout, b.cmd.Stderr = lockedWriter{&b.mu, &b.stdout}, lockedWriter{&b.mu, &b.stderr}
-	if err := b.cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	go func() {
-		_ = b.cmd.Wait()
-		b.code = b.cmd.ProcessState.ExitCode()
-		close(b.exited)
-	}()
-	e.t.Cleanup(func() { _ = b.cmd.Process.Kill(); <-b.exited })
-	return b
+	return e.start(nil, args...)
 }
 
 func (b *bg) waitStderr(t *testing.T, text string) {
