@@ -71,28 +71,32 @@ const httpTimeout = 10 * time.Second
 const clockLeeway = 5 * time.Minute
 
 // Provider is a configured identity provider. Discovery happens on first
-// use (and again after a failure), so that a server starts while the
-// provider is unreachable.
+// use, so that a server starts while the provider is unreachable; a
+// failed discovery is answered for retryAfter (30s) before the provider
+// is asked again, and one discovery at a time asks it.
 type Provider struct {
 	cfg    Config
 	now    func() time.Time
 	client *http.Client
 
-	mu   sync.Mutex
-	disc *discovery // nil until discovery succeeds
+	mu          sync.Mutex
+	disc        *discovery    // nil until discovery succeeds
+	discErr     *Error        // the last discovery's failure, answered until discRetry
+	discRetry   time.Time     // when discovery may ask the provider again
+	discovering chan struct{} // closed when the discovery under way ends; nil when none
 }
 
 // discovery is what the provider's discovery document told.
 type discovery struct {
 	op      *oidc.Provider
-	keys    *oidc.RemoteKeySet
+	keys    *keySet
 	jwksURL string
 	algs    []string
 }
 
 // New checks cfg (Validate) and fills its defaults; now is the clock ID
-// tokens are checked against (nil: time.Now). It does not contact the
-// provider.
+// tokens are checked against and the retry delays are timed by (nil:
+// time.Now). It does not contact the provider.
 func New(cfg Config, now func() time.Time) (*Provider, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -122,15 +126,60 @@ func (p *Provider) Endpoint(ctx context.Context) (oauth2.Endpoint, error) {
 }
 
 // discover returns the cached discovery, or fetches the discovery
-// document. Concurrent first uses may each fetch it; the last success
-// is kept.
+// document: one caller at a time (the others wait for its result), and
+// not again for retryAfter after a failure, whose error is answered
+// meanwhile, so that a flood of logins while the provider is down makes
+// one request to it per 30 seconds.
 func (p *Provider) discover(ctx context.Context) (*discovery, error) {
 	p.mu.Lock()
-	d := p.disc
-	p.mu.Unlock()
-	if d != nil {
+	for p.disc == nil && p.discovering != nil {
+		wait := p.discovering
+		p.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, p.unreachable(ctx.Err())
+		}
+		p.mu.Lock()
+	}
+	if d := p.disc; d != nil {
+		p.mu.Unlock()
 		return d, nil
 	}
+	if p.discErr != nil && p.now().Before(p.discRetry) {
+		err := p.discErr
+		p.mu.Unlock()
+		return nil, err
+	}
+	done := make(chan struct{})
+	p.discovering = done
+	p.mu.Unlock()
+
+	d, err := p.fetchDiscovery(ctx)
+
+	p.mu.Lock()
+	if err != nil {
+		// A failure of this caller's own (its context ended) says
+		// nothing of the provider: not remembered.
+		if ctx.Err() == nil {
+			retry := p.now().Add(retryAfter)
+			err.Msg += fmt.Sprintf(" (devgpu asks the provider again after %s)", stamp(retry))
+			p.discErr, p.discRetry = err, retry
+		}
+	} else {
+		p.disc, p.discErr = d, nil
+	}
+	p.discovering = nil
+	close(done)
+	p.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// fetchDiscovery reads the provider's discovery document.
+func (p *Provider) fetchDiscovery(ctx context.Context) (*discovery, *Error) {
 	op, err := oidc.NewProvider(oidc.ClientContext(ctx, p.client), p.cfg.Issuer)
 	if err != nil {
 		var mismatch *oidc.IssuerMismatchError
@@ -149,9 +198,9 @@ func (p *Provider) discover(ctx context.Context) (*discovery, error) {
 		return nil, &Error{Unreachable: true, Err: err, Msg: fmt.Sprintf(
 			"the identity provider at %s publishes no signing keys (jwks_uri) in its discovery document; check that oidc.issuer names an OpenID Connect provider", p.cfg.Issuer)}
 	}
-	d = &discovery{
+	d := &discovery{
 		op:      op,
-		keys:    oidc.NewRemoteKeySet(oidc.ClientContext(context.Background(), p.client), meta.JWKSURI),
+		keys:    &keySet{url: meta.JWKSURI, client: p.client, now: p.now},
 		jwksURL: meta.JWKSURI,
 	}
 	for _, a := range meta.Algs {
@@ -159,9 +208,6 @@ func (p *Provider) discover(ctx context.Context) (*discovery, error) {
 			d.algs = append(d.algs, a)
 		}
 	}
-	p.mu.Lock()
-	p.disc = d
-	p.mu.Unlock()
 	return d, nil
 }
 
@@ -222,8 +268,13 @@ func (p *Provider) Verify(ctx context.Context, rawIDToken, nonce string) (Identi
 		return Identity{}, &Error{Err: err, Msg: fmt.Sprintf("the ID token's claims cannot be read (%s); log in again with `devgpu login`", brief(err))}
 	}
 	// A token for several audiences must name devgpu's client as the
-	// party it was issued to (OpenID Connect Core 3.1.3.7).
-	if raw, ok := claims["azp"]; ok && len(tok.Audience) > 1 {
+	// party it was issued to (OpenID Connect Core 3.1.3.7): otherwise it
+	// may be another client's token that merely lists devgpu too.
+	if len(tok.Audience) > 1 {
+		raw, ok := claims["azp"]
+		if !ok {
+			return Identity{}, &Error{Msg: fmt.Sprintf("the ID token is for several clients (%s) and does not say which one it was issued to (no azp claim), so it may be another app's; log in with `devgpu login` (or configure the provider to issue devgpu's tokens for client %q alone)", audience(tok.Audience), p.cfg.ClientID)}
+		}
 		var azp string
 		if json.Unmarshal(raw, &azp) != nil || azp != p.cfg.ClientID {
 			return Identity{}, &Error{Msg: fmt.Sprintf("the ID token was issued to client %s, not devgpu's client %q; log in with `devgpu login` (or configure oidc.client_id to the app your users log in to)", raw, p.cfg.ClientID)}
@@ -260,7 +311,7 @@ func (p *Provider) verify(ctx context.Context, d *discovery, raw string) (*oidc.
 		return tok, nil
 	}
 	switch {
-	case ks.called && ks.err != nil && isNetwork(ks.err):
+	case ks.called && ks.err != nil && (isNetwork(ks.err) || errors.As(ks.err, new(*keyFetchError))):
 		return nil, &Error{Unreachable: true, Err: err, Msg: fmt.Sprintf(
 			"the identity provider's signing keys at %s cannot be fetched (%s); check that this server can reach the provider", d.jwksURL, brief(ks.err))}
 	case ks.called && ks.err != nil:
@@ -361,11 +412,13 @@ func (p *Provider) identity(claims map[string]json.RawMessage, subject string) (
 	if err := json.Unmarshal(raw, &value); err != nil {
 		return Identity{}, &Error{Err: err, Msg: fmt.Sprintf("the ID token's %s claim is not a string; set oidc.username_claim to a claim your provider sends as text (preferred_username, email, upn, sub)", uc)}
 	}
-	if uc == "email" {
-		var verified bool
-		if v, ok := claims["email_verified"]; ok && json.Unmarshal(v, &verified) == nil && !verified {
-			return Identity{}, &Error{Msg: fmt.Sprintf("the identity provider says the e-mail address %s is not verified, so it cannot name a devgpu user; verify it with the provider, or set oidc.username_claim to preferred_username", names.Quote(value))}
-		}
+	// An address the provider has not verified may be one the person
+	// typed in (Entra's mail attribute can be changed by users: the
+	// "nOAuth" problem): it would let them take another person's name.
+	// So the email claim names a user only with email_verified true; a
+	// missing claim (Entra sends none) is refused too.
+	if uc == "email" && !emailVerified(claims["email_verified"]) {
+		return Identity{}, &Error{Msg: "the identity provider does not say your email address is verified, so devgpu cannot take it as your user name; ask the administrator to set oidc.username_claim to preferred_username"}
 	}
 	name, err := UserName(uc, value)
 	if err != nil {
@@ -394,6 +447,18 @@ func (p *Provider) identity(claims map[string]json.RawMessage, subject string) (
 	slices.Sort(groups)
 	id.Groups = slices.Compact(groups)
 	return id, nil
+}
+
+// emailVerified reports an email_verified claim that is true: the JSON
+// true, or the string "true" (which some providers, such as Amazon
+// Cognito, send).
+func emailVerified(raw json.RawMessage) bool {
+	var b bool
+	if json.Unmarshal(raw, &b) == nil {
+		return b
+	}
+	var s string
+	return json.Unmarshal(raw, &s) == nil && s == "true"
 }
 
 // overage reports Entra's marker that the groups did not fit in the

@@ -145,12 +145,16 @@ func TestUserName(t *testing.T) {
 		{"Alice", "alice"},
 		{"alice@contoso.com", "alice_contoso.com"},
 		{"Alice.Smith@Contoso.COM", "alice.smith_contoso.com"},
-		{"bob_fabrikam.com#EXT#@contoso.onmicrosoft.com", "bob_fabrikam.com-ext-_contoso.onmicrosoft.com"},
-		{"carol+gpu@x.org", "carol-gpu_x.org"},
 		{"1st.shift@x.org", "_1st.shift_x.org"},
 		{"-dash", "_-dash"},
+		{".dot", "_.dot"},
+		// A value that starts with '_' gets the prefix too, so that it
+		// cannot meet a prefixed one: _1st.shift_x.org is 1st.shift@x.org's.
+		{"_1st.shift_x.org", "__1st.shift_x.org"},
+		{"@x", "__x"},
 		{"AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "aaaaaaaaaaaaaaaaaaaaaikzqfvrsasafhy782bbtaq"},
-		{"émile", "_-mile"},
+		{"-AAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ", "_-aaaaaaaaaaaaaaaaaaaaikzqfvrsasafhy782bbtaq"},
+		{strings.Repeat("a", 52) + "@example.com", strings.Repeat("a", 52) + "_example.com"},
 	} {
 		got, err := UserName("preferred_username", tc.in)
 		if err != nil || got != tc.want {
@@ -160,12 +164,42 @@ func TestUserName(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{"", "claim is empty"},
 		{strings.Repeat("a", 60) + "@example.com", "more than devgpu's 64"},
+		{"_" + strings.Repeat("1", 64), "more than devgpu's 64"},
+		// Characters outside ASCII letters, digits, '.', '_', '-' and '@'
+		// are refused, not replaced: replacing made bob+1@x and bob-1@x,
+		// or ålice and élice, one name.
+		{"bob+1@x.org", `names you "bob+1@x.org", which holds characters devgpu user names cannot (only letters, digits, '.', '_', '-' and '@'); ask the administrator to set oidc.username_claim to another claim`},
+		{"ålice", `names you "\u00e5lice", which holds characters`},
+		{"élice", `names you "\u00e9lice"`},
+		// The Kelvin sign, which strings.ToLower folds to 'k'.
+		{"\u212aevin", `names you "\u212aevin"`},
+		{"\u0130nci", `names you "\u0130nci"`}, // dotted capital I, which ToLower makes "i̇"
+		{"bob_fabrikam.com#EXT#@contoso.onmicrosoft.com", "holds characters devgpu user names cannot"},
+		{"alice smith", "holds characters"},
+		{"alice\x1b[2J", `names you "alice\x1b[2J"`},
+		{"\xff", `names you "\xff"`},
 	} {
 		_, err := UserName("email", tc.in)
 		var e *Error
 		if !errors.As(err, &e) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("UserName(%q) = %v; want an *Error with %q", tc.in, err, tc.want)
 		}
+	}
+	// Two values make one name only when they differ in ASCII case or in
+	// '@' against '_'.
+	seen := map[string]string{}
+	for _, in := range []string{
+		"bob1@x.org", "bob-1@x.org", "bob.1@x.org", "bob_1@x.orgg", "1bob@x.org", "_1bob@x.org", "-1bob@x.org",
+		"k", "_k", "@@k", "kk", "a.b", "a-b", "ab", "_ab",
+	} {
+		name, err := UserName("email", in)
+		if err != nil {
+			t.Fatalf("UserName(%q): %v", in, err)
+		}
+		if other, ok := seen[name]; ok {
+			t.Errorf("UserName(%q) = UserName(%q) = %q", in, other, name)
+		}
+		seen[name] = in
 	}
 }
 
