@@ -195,7 +195,7 @@ func (a *API) loginOIDC(w http.ResponseWriter, r *http.Request) error {
 	}
 	switch {
 	case req.Flow != sdk.FlowBrowser && req.Flow != sdk.FlowDevice:
-		return httpapi.Errorf(http.StatusBadRequest, "login flow %q is not %s or %s", req.Flow, sdk.FlowBrowser, sdk.FlowDevice)
+		return httpapi.Errorf(http.StatusBadRequest, "login flow %q is not %s or %s; log in with `devgpu login URL`", req.Flow, sdk.FlowBrowser, sdk.FlowDevice)
 	case req.IDToken == "":
 		return httpapi.Errorf(http.StatusBadRequest, "the login carries no ID token; log in with `devgpu login URL`")
 	case req.Flow == sdk.FlowBrowser && req.Nonce == "":
@@ -530,9 +530,54 @@ func (s *Server) revokeCut(ctx context.Context, cut map[int64][]string) {
 // replica, so that two of them never redeem the same provider refresh
 // token (a provider that rotates them would refuse the second, which
 // would read as a revocation).
+//
+// It also remembers, for the leader, the first refusal of each login's
+// stored provider refresh token (confirmRefusal).
 type loginLocks struct {
 	mu sync.Mutex
 	m  map[int64]*sync.Mutex
+	// refused is the first refusal the leader's re-check met, by login,
+	// of the provider refresh token stored then.
+	refused map[int64]refusal
+	// confirm is how long after a first refusal a second one of the same
+	// stored token ends the login; zero: one loop interval
+	// (ssoLoopInterval). Tests lengthen it.
+	confirm time.Duration
+}
+
+type refusal struct {
+	sealed []byte
+	at     time.Time
+}
+
+// confirmRefusal reports whether the provider's refusal of the login's
+// stored refresh token (sealed) at now confirms an earlier one, made at
+// least the confirmation delay (or dflt) before; else it remembers this
+// one. A renewal on another replica may have redeemed that token a
+// moment ago and not yet stored the one the provider answered: its
+// commit replaces the stored token, and the next re-check uses that.
+func (l *loginLocks) confirmRefusal(id int64, sealed []byte, now time.Time, dflt time.Duration) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delay := l.confirm
+	if delay == 0 {
+		delay = dflt
+	}
+	if r, ok := l.refused[id]; ok && bytes.Equal(r.sealed, sealed) {
+		return now.Sub(r.at) >= delay
+	}
+	if l.refused == nil {
+		l.refused = map[int64]refusal{}
+	}
+	l.refused[id] = refusal{sealed: sealed, at: now}
+	return false
+}
+
+// forgetRefusal drops what confirmRefusal remembered of the login.
+func (l *loginLocks) forgetRefusal(id int64) {
+	l.mu.Lock()
+	delete(l.refused, id)
+	l.mu.Unlock()
 }
 
 func (l *loginLocks) lock(id int64) func() {
@@ -619,6 +664,12 @@ func (s *Server) renew(ctx context.Context, hash []byte) (sdk.Credential, error)
 		return sdk.Credential{}, errLoginEnded(l.EndReason)
 	}
 	l, id, next, err := s.recheck(ctx, l)
+	if err != nil && sso.IsRevoked(err) && s.leaderMayRecheck(ctx, l) {
+		// The leader, on another replica, may have redeemed the same
+		// token this moment: it stores the provider's new one, or
+		// confirms the refusal and ends the login.
+		return sdk.Credential{}, &httpapi.Error{Status: http.StatusServiceUnavailable, Err: err, Msg: errRenewRaced}
+	}
 	if err != nil {
 		answer, _ := s.recheckFailed(ctx, l, err, true)
 		return sdk.Credential{}, answer
@@ -694,6 +745,26 @@ func (s *Server) renew(ctx context.Context, hash []byte) (sdk.Credential, error)
 		return sdk.Credential{}, refused
 	}
 	return cred, nil
+}
+
+// errRenewRaced answers a renewal that the provider refused while the
+// leader may have been re-checking the login.
+const errRenewRaced = "the identity provider refused to renew this sign-in while devgpu was re-checking it; try again in a minute, and run `devgpu login URL` if it is refused again"
+
+// leaderMayRecheck reports whether the leader, on another replica, may be
+// redeeming the login's provider refresh token right now: this replica
+// does not lead (on the leader, loginLocks serialise the two), and the
+// login is due for a re-check and still grants something
+// (recheckLogins).
+func (s *Server) leaderMayRecheck(ctx context.Context, l store.SSOLogin) bool {
+	if _, leading := s.leading(); leading {
+		return false
+	}
+	if s.now().Sub(l.CheckedAt) < s.sso.Config().RecheckInterval {
+		return false
+	}
+	grants, err := s.loginGrants(ctx, l)
+	return err == nil && grants
 }
 
 // refuseLogin says why a re-checked login must end, if it must: the user
@@ -829,6 +900,15 @@ func (s *Server) recheckLogin(ctx context.Context, l store.SSOLogin) error {
 		return nil
 	}
 	l, id, next, err := s.recheck(ctx, cur)
+	if err != nil && sso.IsRevoked(err) &&
+		!s.ssoLocks.confirmRefusal(l.ID, l.ProviderRefresh, s.now(), ssoLoopInterval(s.sso.Config().RecheckInterval)) {
+		// A first refusal may be another replica's renewal redeeming the
+		// same token this moment: ended only if the next pass is refused
+		// too.
+		s.log.Info("the identity provider refused a single sign-on's refresh token; the next re-check confirms it", "login", l.ID, "user_id", l.UserID)
+		return nil
+	}
+	s.ssoLocks.forgetRefusal(l.ID)
 	if err != nil {
 		_, failed := s.recheckFailed(ctx, l, err, false)
 		if failed != nil {

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/devgpu/devgpu/internal/runtime/hostgpu"
+	"github.com/devgpu/devgpu/internal/runtime/inproc"
 	"github.com/devgpu/devgpu/internal/runtime/local"
 	"github.com/devgpu/devgpu/internal/sso"
 	"github.com/devgpu/devgpu/internal/store"
@@ -141,7 +143,7 @@ func (r *ssoRig) login(user string) (sdk.Credential, error) {
 	r.t.Helper()
 	tk := r.tokens(oidcop.CLIClientID, user)
 	return r.client("").LoginOIDC(testutil.Context(r.t, testutil.WaitMedium), sdk.OIDCLogin{
-		IDToken: tk.IDToken, AccessToken: tk.AccessToken, RefreshToken: tk.RefreshToken, Nonce: tk.Nonce, Flow: sdk.FlowBrowser})
+		IDToken: tk.IDToken, RefreshToken: tk.RefreshToken, Nonce: tk.Nonce, Flow: sdk.FlowBrowser})
 }
 
 func (r *ssoRig) mustLogin(user string) sdk.Credential {
@@ -759,7 +761,7 @@ func TestSSODeviceFlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	tk := oidcop.TokensFrom(tok)
-	cred, err := r.client("").LoginOIDC(ctx, sdk.OIDCLogin{IDToken: tk.IDToken, AccessToken: tk.AccessToken, RefreshToken: tk.RefreshToken, Flow: sdk.FlowDevice})
+	cred, err := r.client("").LoginOIDC(ctx, sdk.OIDCLogin{IDToken: tk.IDToken, RefreshToken: tk.RefreshToken, Flow: sdk.FlowDevice})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -903,4 +905,179 @@ func TestSSORecheckOnlyWhileGranting(t *testing.T) {
 	r.op.SetGroups("uma")
 	_, err = r.refresh(idle)
 	wantProblem(t, "a renewal of an expired credential whose person left every group", err, http.StatusForbidden, "none of the groups")
+}
+
+// A renewal on another replica that redeemed the login's provider
+// refresh token a moment before the leader, and has not stored the one
+// the provider answered yet, makes the leader's re-check refused: that
+// first refusal does not end the login; once the renewal stores its
+// token, the re-checks go on with it.
+func TestSSORecheckRefusalRacingRenewal(t *testing.T) {
+	t.Parallel()
+	r := newSSORig(t, ssoRigOpts{recheck: 100 * time.Millisecond})
+	ctx := testutil.Context(t, testutil.WaitLong)
+	r.srv.ssoLocks.mu.Lock()
+	r.srv.ssoLocks.confirm = time.Hour // the test stores the renewal's token well before
+	r.srv.ssoLocks.mu.Unlock()
+	r.op.AddUser("wes", password, grpGPU)
+	cred := r.mustLogin("wes")
+	key := r.srv.cfg.AgentKey
+
+	// The other replica's renewal redeems the stored token, with the
+	// leader's re-checks of the login held back meanwhile.
+	id := r.ssoLogin(cred.RefreshToken).ID
+	unlock := r.srv.ssoLocks.lock(id)
+	l := r.ssoLogin(cred.RefreshToken)
+	rt, err := sso.Open(key, l.ProviderRefresh)
+	if err != nil {
+		unlock()
+		t.Fatal(err)
+	}
+	renewed, err := r.op.Refresh(ctx, oidcop.CLIClientID, rt)
+	unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := func() bool {
+		r.srv.ssoLocks.mu.Lock()
+		defer r.srv.ssoLocks.mu.Unlock()
+		_, ok := r.srv.ssoLocks.refused[id]
+		return ok
+	}
+	testutil.Eventually(t, testutil.WaitMedium, "the leader's re-check to be refused", func() bool {
+		return refused() || !r.ssoLogin(cred.RefreshToken).EndedAt.IsZero()
+	})
+	if l := r.ssoLogin(cred.RefreshToken); !l.EndedAt.IsZero() {
+		t.Fatalf("the leader ended the login at the first refusal, racing a renewal: %+v", l)
+	}
+	// The renewal commits the provider's new token.
+	sealed, err := sso.Seal(key, renewed.RefreshToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.st.InTx(ctx, func(tx store.Store) error {
+		l, err := tx.SSOLoginByToken(ctx, l.TokenID)
+		if err != nil {
+			return err
+		}
+		l.ProviderRefresh, l.CheckedAt = sealed, time.Now()
+		return tx.UpdateSSOLogin(ctx, l)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed := time.Now()
+	testutil.Eventually(t, testutil.WaitMedium, "a re-check with the renewal's token", func() bool {
+		l := r.ssoLogin(cred.RefreshToken)
+		return l.CheckedAt.After(committed) || !l.EndedAt.IsZero()
+	})
+	if l := r.ssoLogin(cred.RefreshToken); !l.EndedAt.IsZero() {
+		t.Errorf("the login ended: %+v", l)
+	}
+	if refused() {
+		t.Errorf("the leader still remembers the refusal of the replaced token")
+	}
+	if _, err := r.client(cred.Token).Whoami(ctx); err != nil {
+		t.Errorf("the credential after the race: %v", err)
+	}
+}
+
+// On a follower replica, a renewal the provider refuses while the
+// leader may be re-checking the login (due, still granting) does not end
+// the login: the leader may have redeemed the same token a moment before
+// and is about to store the provider's new one. It answers 503 (try
+// again), and the renewal after the leader stored its token works.
+func TestSSORenewalRacingLeaderRecheck(t *testing.T) {
+	t.Parallel()
+	op := oidcop.Start(t, oidcop.Options{})
+	rig := newReplicaRig(t)
+	start := func(id string, recheck time.Duration) (*Server, string) {
+		srv, err := New(rig.ctx, Config{
+			Store: rig.open(), Backends: []Backend{{Name: "local", Runtime: inproc.New(rig.reg)}}, AgentKey: rig.agent,
+			Replica: Replica{ID: id}, HeartbeatInterval: rigHeartbeat, LeaseTTL: rigLeaseTTL, LivenessInterval: time.Hour,
+			OIDC: &sso.Config{Issuer: op.Issuer, ClientID: oidcop.CLIClientID, Scopes: oidcop.Scopes,
+				Projects:        []sso.ProjectMapping{{Group: grpGPU, Project: "default", Role: store.RoleDeveloper}},
+				RecheckInterval: recheck},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs := httptest.NewServer(srv.Handler())
+		t.Cleanup(func() {
+			hs.Close()
+			srv.Close()
+		})
+		return srv, hs.URL
+	}
+	// The leader's re-checks are an hour apart (the test makes its
+	// redemption); the follower calls a login due after a minute.
+	leader, _ := start("a", time.Hour)
+	testutil.Eventually(t, testutil.WaitMedium, "replica a to lead", leader.IsLeader)
+	follower, url := start("b", time.Minute)
+	if follower.IsLeader() {
+		t.Fatal("both replicas lead")
+	}
+	st := rig.open()
+	ctx := rig.ctx
+	client := func(token string) *sdk.Client {
+		c, err := sdk.NewClient(url, token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	op.AddUser("xena", password, grpGPU)
+	tk, err := op.Login(ctx, oidcop.CLIClientID, "xena", password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred, err := client("").LoginOIDC(ctx, sdk.OIDCLogin{IDToken: tk.IDToken, RefreshToken: tk.RefreshToken, Nonce: tk.Nonce, Flow: sdk.FlowBrowser})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte(cred.RefreshToken))
+	// The leader's re-check, due, redeems the stored token and has not
+	// stored the new one yet.
+	var next string
+	err = st.InTx(ctx, func(tx store.Store) error {
+		l, err := tx.SSOLoginByRefreshHash(ctx, sum[:])
+		if err != nil {
+			return err
+		}
+		rt, err := sso.Open(rig.agent, l.ProviderRefresh)
+		if err != nil {
+			return err
+		}
+		renewed, err := op.Refresh(ctx, oidcop.CLIClientID, rt)
+		if err != nil {
+			return err
+		}
+		next = renewed.RefreshToken
+		l.CheckedAt = time.Now().Add(-2 * time.Minute)
+		return tx.UpdateSSOLogin(ctx, l)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = client("").Refresh(ctx, cred.RefreshToken)
+	wantProblem(t, "a renewal refused while the leader re-checks", err, http.StatusServiceUnavailable, "try again", "devgpu login URL")
+	l, err := st.SSOLoginByRefreshHash(ctx, sum[:])
+	if err != nil || !l.EndedAt.IsZero() {
+		t.Fatalf("the login after the raced renewal = %+v, %v; want it going on", l, err)
+	}
+	if _, err := client(cred.Token).Whoami(ctx); err != nil {
+		t.Errorf("the credential after the raced renewal: %v", err)
+	}
+	// The leader stores the provider's new token; the renewal works.
+	sealed, err := sso.Seal(rig.agent, next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.ProviderRefresh = sealed
+	if err := st.UpdateSSOLogin(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client("").Refresh(ctx, cred.RefreshToken); err != nil {
+		t.Errorf("the renewal after the leader stored its token: %v", err)
+	}
 }
