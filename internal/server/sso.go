@@ -53,6 +53,10 @@ const (
 	endSubject      = "the identity provider names another account"
 	endUnreadable   = "its provider refresh token cannot be opened with this server's agent key"
 	endNotRechecked = "could not be re-checked with the identity provider"
+	endTokenRevoked = "its credential was revoked"
+	// refusedNoAccess is why a login is refused (audited) whose person is
+	// in no group that grants access and has no access made by hand.
+	refusedNoAccess = "in none of the groups that grant access to devgpu"
 )
 
 // recheckMissedIntervals is how many re-check intervals a login may go
@@ -226,8 +230,8 @@ func (a *API) loginOIDC(w http.ResponseWriter, r *http.Request) error {
 	case err != nil:
 		return ssoError(err) // 503 while the provider does not answer
 	case fresh.Subject != id.Subject:
-		return httpapi.Errorf(http.StatusUnauthorized,
-			"the refresh token that came with this login belongs to another account than its ID token; log in again with `devgpu login URL`")
+		return a.s.loginRefused(r.Context(), id, req.Flow, "its refresh token belongs to another account", httpapi.Errorf(http.StatusUnauthorized,
+			"the refresh token that came with this login belongs to another account than its ID token; log in again with `devgpu login URL`"))
 	}
 	id.Groups, id.NoGroupsClaim = fresh.Groups, fresh.NoGroupsClaim
 	cred, err := a.s.ssoLogin(r.Context(), id, providerRefresh, req.Flow)
@@ -252,7 +256,7 @@ func (s *Server) ssoLogin(ctx context.Context, id sso.Identity, providerRefresh,
 	now := s.now()
 	if _, err := s.store.UserByName(ctx, id.Name); errors.Is(err, store.ErrNotFound) {
 		if !cfg.GrantsFor(id.Groups).Any() {
-			return sdk.Credential{}, errNoGroups(cfg) // refused before anything is created
+			return sdk.Credential{}, s.loginRefused(ctx, id, flow, refusedNoAccess, errNoGroups(cfg)) // refused before anything is created
 		}
 		if err := s.checkSingleUser(ctx); err != nil {
 			return sdk.Credential{}, err
@@ -267,15 +271,17 @@ func (s *Server) ssoLogin(ctx context.Context, id sso.Identity, providerRefresh,
 	var (
 		cred    sdk.Credential
 		cuts    []projectCut
-		refused error // refused after the sync commits
+		refused error  // refused after the sync commits
+		why     string // why the login was refused (an end reason)
 		user    store.User
 	)
 	login := func(tx store.Store) error {
-		cred, cuts, refused = sdk.Credential{}, nil, nil
+		cred, cuts, refused, why = sdk.Credential{}, nil, nil, ""
 		u, err := tx.UserByName(ctx, id.Name)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			if !cfg.GrantsFor(id.Groups).Any() {
+				why = refusedNoAccess
 				return errNoGroups(cfg)
 			}
 			u = store.User{Name: id.Name, Subject: id.Subject, CreatedAt: now}
@@ -288,8 +294,10 @@ func (s *Server) ssoLogin(ctx context.Context, id sso.Identity, providerRefresh,
 		case err != nil:
 			return err
 		case u.Disabled:
+			why = endDisabled
 			return errUserDisabled(u.Name)
 		case u.Subject != "" && u.Subject != id.Subject:
+			why = endSubject
 			return errOtherSubject(u.Name)
 		case u.Subject == "":
 			// A user made by hand logs in with single sign-on for the
@@ -309,7 +317,7 @@ func (s *Server) ssoLogin(ctx context.Context, id sso.Identity, providerRefresh,
 			return err
 		}
 		if !access {
-			refused = errNoGroups(cfg)
+			refused, why = errNoGroups(cfg), refusedNoAccess
 			return nil // the sync's removals stand
 		}
 		token, t, err := mintToken(ctx, tx, store.Token{UserID: user.ID, Name: "sso", CreatedAt: now,
@@ -336,14 +344,30 @@ func (s *Server) ssoLogin(ctx context.Context, id sso.Identity, providerRefresh,
 		// user; this one finds it.
 		err = s.store.InTx(ctx, login)
 	}
-	if err != nil {
+	if err != nil && why != "" {
+		return sdk.Credential{}, s.loginRefused(ctx, id, flow, why, err)
+	} else if err != nil {
 		return sdk.Credential{}, err
 	}
 	s.applyCuts(ctx, user.ID, cuts)
 	if refused != nil {
-		return sdk.Credential{}, refused
+		return sdk.Credential{}, s.loginRefused(ctx, id, flow, why, refused)
 	}
 	return cred, nil
+}
+
+// loginRefused audits a login refused after the identity provider's
+// tokens were verified ("auth.refused", actor sso: who the tokens name,
+// why, with which groups), and returns answer.
+func (s *Server) loginRefused(ctx context.Context, id sso.Identity, flow, why string, answer error) error {
+	err := s.store.InTx(ctx, func(tx store.Store) error {
+		return s.audit(ctx, tx, ssoActor, "auth.refused", "", id.Name, nil,
+			map[string]any{"reason": why, "flow": flow, "subject": id.Subject, "groups": groupList(id.Groups)})
+	})
+	if err != nil {
+		s.log.Warn("audit a refused single sign-on", "user", id.Name, "err", err)
+	}
+	return answer
 }
 
 // groupList is never null in the audit log.
@@ -663,6 +687,13 @@ func (s *Server) renew(ctx context.Context, hash []byte) (sdk.Credential, error)
 	if !l.EndedAt.IsZero() {
 		return sdk.Credential{}, errLoginEnded(l.EndReason)
 	}
+	if t, err := s.store.TokenByID(ctx, l.TokenID); err == nil && !t.RevokedAt.IsZero() {
+		// Revoked by hand (`devgpu admin token revoke`): a renewal must
+		// not bring it back.
+		return sdk.Credential{}, s.endRevokedLogin(ctx, l)
+	} else if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return sdk.Credential{}, err
+	}
 	l, id, next, err := s.recheck(ctx, l)
 	if err != nil && sso.IsRevoked(err) && s.leaderMayRecheck(ctx, l) {
 		// The leader, on another replica, may have redeemed the same
@@ -745,6 +776,33 @@ func (s *Server) renew(ctx context.Context, hash []byte) (sdk.Credential, error)
 		return sdk.Credential{}, refused
 	}
 	return cred, nil
+}
+
+// endRevokedLogin ends a login whose credential was revoked by hand (a
+// renewal writes the new token and revokes the old one in one
+// transaction, so the stored token of a going login is revoked only so),
+// and answers the renewal that found it.
+func (s *Server) endRevokedLogin(ctx context.Context, l store.SSOLogin) error {
+	var cut map[int64][]string
+	err := s.store.InTx(ctx, func(tx store.Store) error {
+		cut = nil
+		cur, err := tx.SSOLoginByRefreshHash(ctx, l.RefreshHash)
+		if errors.Is(err, store.ErrNotFound) {
+			return errUnknownRefresh
+		} else if err != nil {
+			return err
+		}
+		if !cur.EndedAt.IsZero() {
+			return errLoginEnded(cur.EndReason)
+		}
+		cut, err = s.endLogin(ctx, tx, cur, endTokenRevoked, ssoActor)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	s.revokeCut(ctx, cut)
+	return errLoginEnded(endTokenRevoked)
 }
 
 // errRenewRaced answers a renewal that the provider refused while the

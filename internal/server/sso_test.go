@@ -554,6 +554,9 @@ func TestSSODisabledRefused(t *testing.T) {
 	}
 	_, err = r.login("ivy")
 	wantProblem(t, "a login of a user disabled in devgpu", err, http.StatusForbidden, "user ivy is disabled in devgpu; ask an administrator to enable them")
+	if r.audited("auth.refused", ssoActor, "ivy") != 1 {
+		t.Errorf("the refused login of a disabled user is not audited as auth.refused by sso")
+	}
 	_, err = r.refresh(cred)
 	wantProblem(t, "a renewal of a user disabled in devgpu", err, http.StatusForbidden, "disabled in devgpu")
 }
@@ -613,6 +616,9 @@ func TestSSOBadTokensRefused(t *testing.T) {
 	if _, err := r.st.UserByName(ctx, "kim"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("a person in no mapped group was created: %v", err)
 	}
+	if r.audited("auth.refused", ssoActor, "kim") != 1 {
+		t.Errorf("the refused login of a person in no mapped group is not audited as auth.refused by sso")
+	}
 
 	// A user bound to one account is refused to another that the provider
 	// names the same: lena logs in, her subject is changed as if another
@@ -626,6 +632,9 @@ func TestSSOBadTokensRefused(t *testing.T) {
 	}
 	_, err = r.login("lena")
 	wantProblem(t, "a login of another account with a bound user's name", err, http.StatusForbidden, "another account")
+	if r.audited("auth.refused", ssoActor, "lena") != 1 {
+		t.Errorf("the refused login of another account is not audited as auth.refused by sso")
+	}
 }
 
 // An ID token past its expiry, by the server's clock, is refused with the
@@ -820,6 +829,9 @@ func TestSSOLoginRedeemsRefreshToken(t *testing.T) {
 		"belongs to another account", "devgpu login URL")
 	if _, err := r.st.UserByName(ctx, "sam"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("a refused login created the user: %v", err)
+	}
+	if r.audited("auth.refused", ssoActor, "sam") != 1 {
+		t.Errorf("an ID token with another person's refresh token is not audited as auth.refused by sso")
 	}
 	// A refresh token the provider rotated away.
 	if _, err := r.op.Refresh(ctx, oidcop.CLIClientID, sam.RefreshToken); err != nil {
@@ -1080,4 +1092,29 @@ func TestSSORenewalRacingLeaderRecheck(t *testing.T) {
 	if _, err := client("").Refresh(ctx, cred.RefreshToken); err != nil {
 		t.Errorf("the renewal after the leader stored its token: %v", err)
 	}
+}
+
+// A single sign-on credential an administrator revoked by hand stays
+// revoked: its renewal ends the login (audited) instead of minting a new
+// credential.
+func TestSSORevokedCredentialNotRenewed(t *testing.T) {
+	t.Parallel()
+	r := newSSORig(t, ssoRigOpts{})
+	ctx := testutil.Context(t, testutil.WaitLong)
+	r.op.AddUser("yann", password, grpGPU)
+	cred := r.mustLogin("yann")
+	id := r.ssoLogin(cred.RefreshToken).TokenID
+	if _, err := r.client(r.admin).RevokeToken(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	_, err := r.refresh(cred)
+	wantProblem(t, "the renewal of a revoked credential", err, http.StatusUnauthorized, "your sign-in ended ("+endTokenRevoked+")", "devgpu login")
+	if l := r.ssoLogin(cred.RefreshToken); l.EndedAt.IsZero() || l.EndReason != endTokenRevoked {
+		t.Errorf("login = %+v, want ended %q", l, endTokenRevoked)
+	}
+	if r.audited("auth.end", ssoActor, "yann") != 1 {
+		t.Errorf("the end is not audited as auth.end by sso")
+	}
+	// A new login works.
+	r.mustLogin("yann")
 }
