@@ -597,6 +597,18 @@ func (l *loginLocks) confirmRefusal(id int64, sealed []byte, now time.Time, dflt
 	return false
 }
 
+// keepRefusals forgets the refusals of logins not in active (ended or
+// gone).
+func (l *loginLocks) keepRefusals(active map[int64]bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for id := range l.refused {
+		if !active[id] {
+			delete(l.refused, id)
+		}
+	}
+}
+
 // forgetRefusal drops what confirmRefusal remembered of the login.
 func (l *loginLocks) forgetRefusal(id int64) {
 	l.mu.Lock()
@@ -897,6 +909,11 @@ func (s *Server) recheckLogins(ctx context.Context) error {
 		return err
 	}
 	interval := s.sso.Config().RecheckInterval
+	active := map[int64]bool{}
+	for _, l := range logins {
+		active[l.ID] = true
+	}
+	s.ssoLocks.keepRefusals(active)
 	for _, l := range logins {
 		if ctx.Err() != nil {
 			return nil
