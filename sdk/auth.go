@@ -42,7 +42,6 @@ type OIDCProvider struct {
 // OIDCLogin hands the provider's tokens to the server.
 type OIDCLogin struct {
 	IDToken      string `json:"id_token"`
-	AccessToken  string `json:"access_token,omitempty"`
 	RefreshToken string `json:"refresh_token"`
 	// Nonce is the one the CLI sent in its authorization request
 	// (browser flow; the device grant has none).

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"github.com/devgpu/devgpu/sdk"
@@ -88,25 +89,66 @@ func readConfigFile() (config, string, error) {
 	return c, path, nil
 }
 
-// saveConfig writes the config readable by its owner only: it holds a token.
+// saveConfig writes the config readable by its owner only: it holds
+// tokens and refresh secrets. It is written to a new file in the same
+// directory (mode 0600 before anything is written, synced) that then
+// replaces the config, so that no one ever reads half a config or a copy
+// with looser permissions.
 func saveConfig(c config) (string, error) {
 	path, err := configPath()
 	if err != nil {
 		return "", err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return "", fmt.Errorf("save config: %w", err)
+	dir, err := configDir(path)
+	if err != nil {
+		return "", err
 	}
 	c.settle()
 	b, _ := json.MarshalIndent(c, "", "  ")
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+	f, err := os.CreateTemp(dir, ".config-*.tmp")
+	if err != nil {
 		return "", fmt.Errorf("save config: %w", err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	tmp := f.Name()
+	err = f.Chmod(0o600)
+	if err == nil {
+		_, err = f.Write(append(b, '\n'))
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
 		return "", fmt.Errorf("save config: %w", err)
 	}
 	return path, nil
+}
+
+// configDir creates the config's directory (mode 0700) and refuses one
+// that other users may write to: they could replace the config, and the
+// credentials in it.
+func configDir(path string) (string, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("save config: %w", err)
+	}
+	if runtime.GOOS == "windows" {
+		return dir, nil // no mode bits: the profile's ACLs protect it
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return "", fmt.Errorf("save config: %w", err)
+	}
+	if m := fi.Mode(); m.Perm()&0o022 != 0 && m&os.ModeSticky == 0 {
+		return "", fmt.Errorf("the config directory %s can be written by other users (mode %04o), who could replace your credentials; run `chmod go-w %s` or set DEVGPU_CONFIG to a file in a private directory", dir, m.Perm(), dir)
+	}
+	return dir, nil
 }
 
 // newClient returns an API client from the config, or says how to get one.

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -153,26 +151,35 @@ func (c *config) keepFresh(ctx context.Context, client *sdk.Client, now time.Tim
 func (c *config) renew(ctx context.Context) (string, error) {
 	cr := c.current()
 	// Each refresh token is good once: one devgpu at a time renews, and
-	// the others take what it saved. A renewal takes up to renewTimeout,
-	// after which its lock is stale.
-	lockCtx, cancel := context.WithTimeout(ctx, 2*renewTimeout)
-	defer cancel()
-	unlock, err := lockConfig(lockCtx)
+	// the others take what it saved. A renewal takes up to renewTimeout.
+	unlock, err := lockConfig(ctx, 2*renewTimeout)
 	if err != nil {
 		return "", err
 	}
 	defer unlock()
-	ctx, cancel = context.WithTimeout(ctx, renewTimeout)
+	ctx, cancel := context.WithTimeout(ctx, renewTimeout)
 	defer cancel()
-	if saved, _, err := readConfigFile(); err == nil {
-		if s, ok := saved.Credentials[serverKey(c.URL)]; ok && s.Method == methodSSO && s.RefreshToken != "" && s.RefreshToken != cr.RefreshToken {
-			c.setCredential(c.URL, s)
-			return s.Token, nil
-		}
+	// What is saved now is the latest: another devgpu may have renewed
+	// (or logged in or out) since this one read the config. Its refresh
+	// secret is then spent, and sending it would end the sign-in.
+	saved, path, err := readConfigFile()
+	if err != nil {
+		return "", err
+	}
+	s, ok := saved.Credentials[serverKey(c.URL)]
+	switch {
+	case !ok:
+		return "", fmt.Errorf("you logged out of %s in another devgpu (config: %s); run `devgpu login %s`", serverKey(c.URL), path, serverKey(c.URL))
+	case s.Token != cr.Token || s.RefreshToken != cr.RefreshToken:
+		c.setCredential(c.URL, s)
+		return s.Token, nil
 	}
 	rc, err := newSDKClient(c.URL, "", c.CAFile)
 	if err != nil {
 		return "", err
+	}
+	if err := checkSSOServerURL(rc.URL); err != nil {
+		return "", err // a login saved by an older devgpu
 	}
 	got, err := rc.Refresh(ctx, cr.RefreshToken)
 	if err != nil {
@@ -189,16 +196,30 @@ func (c *config) renew(ctx context.Context) (string, error) {
 	exp := got.ExpiresAt
 	cr.ExpiresAt = &exp
 	c.setCredential(c.URL, cr)
-	if err := saveCredential(c.URL, &cr); err != nil {
+	if err := saveCredentialLocked(c.URL, &cr); err != nil {
 		return "", err
 	}
 	return cr.Token, nil
 }
 
+// saveTimeout bounds the wait for the config's lock to save a login or a
+// logout.
+const saveTimeout = 2 * renewTimeout
+
 // saveCredential updates url's credential in the config file (nil removes
 // it), leaving the rest of the file as it is: the environment's overrides
 // are not written.
 func saveCredential(url string, cr *credential) error {
+	unlock, err := lockConfig(context.Background(), saveTimeout)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return saveCredentialLocked(url, cr)
+}
+
+// saveCredentialLocked is saveCredential with the config's lock held.
+func saveCredentialLocked(url string, cr *credential) error {
 	f, _, err := readConfigFile()
 	if err != nil {
 		return err
@@ -216,33 +237,39 @@ func saveCredential(url string, cr *credential) error {
 // again.
 const lockPoll = 50 * time.Millisecond
 
-// lockConfig takes the config's lock file (one renewal at a time, across
-// processes); a lock older than renewTimeout is stale: its holder died.
-func lockConfig(ctx context.Context) (unlock func(), err error) {
+// lockConfig takes the config's lock (one renewal, or one change of the
+// saved credentials, at a time across processes): an exclusive file lock
+// on a lock file beside the config, which is never removed. The system
+// releases the lock of a holder that dies, so there is no stale lock to
+// break, and no two waiters ever hold it together.
+func lockConfig(ctx context.Context, wait time.Duration) (unlock func(), err error) {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
 	path, err := configPath()
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("lock the config: %w", err)
+	if _, err := configDir(path); err != nil {
+		return nil, err
 	}
 	lock := path + ".lock"
+	f, err := os.OpenFile(lock, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock the config: %w", err)
+	}
 	for {
-		f, err := os.OpenFile(lock, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-		if err == nil {
+		busy, err := tryLockFile(f)
+		if err != nil {
 			f.Close()
-			return func() { os.Remove(lock) }, nil
+			return nil, fmt.Errorf("lock the config (%s): %w", lock, err)
 		}
-		if !errors.Is(err, fs.ErrExist) {
-			return nil, fmt.Errorf("lock the config: %w", err)
-		}
-		if fi, err := os.Stat(lock); err == nil && time.Since(fi.ModTime()) > renewTimeout {
-			os.Remove(lock) // stale
-			continue
+		if !busy {
+			return func() { _ = unlockFile(f); f.Close() }, nil
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("another devgpu held %s while renewing your single sign-on for too long; remove the file if no devgpu is running", lock)
+			f.Close()
+			return nil, fmt.Errorf("another devgpu held the lock on %s for too long while renewing your single sign-on; try again, or end that devgpu", lock)
 		case <-time.After(lockPoll):
 		}
 	}

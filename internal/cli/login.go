@@ -116,6 +116,9 @@ func loginToken(ctx context.Context, client *sdk.Client, file config, caFile str
 // loginSSO runs the single sign-on flow l, hands the provider's tokens to
 // the server and saves the credential it answers.
 func loginSSO(ctx context.Context, client *sdk.Client, l *oidcLogin, file config, caFile string) error {
+	if err := checkSSOServerURL(client.URL); err != nil {
+		return err
+	}
 	req, err := l.run(ctx)
 	if err != nil {
 		return err
@@ -137,8 +140,19 @@ func loginSSO(ctx context.Context, client *sdk.Client, l *oidcLogin, file config
 	return nil
 }
 
-// saveLogin makes url the current server with cr as its credential.
+// saveLogin makes url the current server with cr as its credential. The
+// config is read again under its lock, so that a renewal another devgpu
+// saved meanwhile is kept; file (what login read) is used when the file
+// cannot be read: a broken file is replaced.
 func saveLogin(file config, url string, cr credential) (string, error) {
+	unlock, err := lockConfig(context.Background(), saveTimeout)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if fresh, _, err := readConfigFile(); err == nil {
+		file = fresh
+	}
 	file.URL, file.CAFile = url, cr.CAFile
 	file.setCredential(url, cr)
 	return saveConfig(file)

@@ -52,6 +52,9 @@ type oidcLogin struct {
 
 // run logs in and returns the provider's tokens for the server.
 func (l *oidcLogin) run(ctx context.Context) (sdk.OIDCLogin, error) {
+	if err := checkProviderURL("the identity provider's issuer", l.provider.Issuer); err != nil {
+		return sdk.OIDCLogin{}, err
+	}
 	ctx = oidc.ClientContext(ctx, l.http)
 	p, err := l.discover(ctx)
 	if err != nil {
@@ -59,6 +62,17 @@ func (l *oidcLogin) run(ctx context.Context) (sdk.OIDCLogin, error) {
 	}
 	// A public client: its id goes in the form, with no secret.
 	endpoint := p.Endpoint()
+	for _, e := range []struct{ what, url string }{
+		{"authorization endpoint", endpoint.AuthURL}, {"token endpoint", endpoint.TokenURL},
+		{"device authorization endpoint", endpoint.DeviceAuthURL},
+	} {
+		if e.url == "" {
+			continue
+		}
+		if err := checkProviderURL("the identity provider's "+e.what, e.url); err != nil {
+			return sdk.OIDCLogin{}, err
+		}
+	}
 	endpoint.AuthStyle = oauth2.AuthStyleInParams
 	cfg := oauth2.Config{ClientID: l.provider.ClientID, Endpoint: endpoint, Scopes: l.provider.Scopes}
 	if l.device {
@@ -228,6 +242,12 @@ func (l *oidcLogin) deviceFlow(ctx context.Context, cfg oauth2.Config) (sdk.OIDC
 	if err != nil {
 		return sdk.OIDCLogin{}, providerError(l.provider.Issuer, "start a device login", err)
 	}
+	if err := checkProviderURL("the identity provider's device verification URI", da.VerificationURI); err != nil {
+		return sdk.OIDCLogin{}, err
+	}
+	if err := checkProviderURL("the identity provider's device verification URI", da.VerificationURIComplete); da.VerificationURIComplete != "" && err != nil {
+		return sdk.OIDCLogin{}, err
+	}
 	fmt.Fprintf(l.stderr, "To log in, open %s and enter the code %s\n", da.VerificationURI, da.UserCode)
 	if da.VerificationURIComplete != "" {
 		fmt.Fprintf(l.stderr, "  (or open %s)\n", da.VerificationURIComplete)
@@ -255,7 +275,9 @@ func tokensFor(tok *oauth2.Token, nonce, flow, issuer string) (sdk.OIDCLogin, er
 	if id == "" {
 		return sdk.OIDCLogin{}, fmt.Errorf("the identity provider at %s answered without an ID token; ask your devgpu administrator to include the openid scope", issuer)
 	}
-	return sdk.OIDCLogin{IDToken: id, AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, Nonce: nonce, Flow: flow}, nil
+	// The provider's access token stays here: the server has no use for
+	// it.
+	return sdk.OIDCLogin{IDToken: id, RefreshToken: tok.RefreshToken, Nonce: nonce, Flow: flow}, nil
 }
 
 // providerError explains a failure of a request to the provider.
@@ -284,30 +306,99 @@ func randomString() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
+// secureURL: an https URL, or an http one to a loopback host (a provider
+// or server on this machine, as in development and tests).
+func secureURL(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || u.User != nil {
+		return false
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "https":
+		return true
+	case "http":
+		return isLoopback(u.Hostname())
+	}
+	return false
+}
+
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// checkProviderURL refuses a URL from the server or the provider that
+// the CLI would send secrets to, open or print as a link, unless it is
+// https (or http on loopback).
+func checkProviderURL(what, raw string) error {
+	if secureURL(raw) {
+		return nil
+	}
+	return fmt.Errorf("%s %q is not an https URL, so devgpu will not use it for single sign-on; ask your devgpu administrator to fix the server's oidc.issuer or the provider's configuration", what, raw)
+}
+
+// checkSSOServerURL refuses single sign-on to a server reached without
+// TLS: the provider's tokens and devgpu's credential would travel in the
+// clear.
+func checkSSOServerURL(u *url.URL) error {
+	if secureURL(u.String()) {
+		return nil
+	}
+	return fmt.Errorf("single sign-on needs an https server URL (or http on loopback); log in to https://%s", u.Host+strings.TrimSuffix(u.Path, "/"))
+}
+
 // openBrowser opens u in $BROWSER, else the system's browser.
 func openBrowser(u string) error {
-	var cmd *exec.Cmd
-	if b := strings.Split(os.Getenv("BROWSER"), string(os.PathListSeparator))[0]; b != "" {
-		if strings.Contains(b, "%s") {
-			f := strings.Fields(strings.ReplaceAll(b, "%s", u))
-			cmd = exec.Command(f[0], f[1:]...)
-		} else {
-			cmd = exec.Command(b, u)
-		}
-	} else {
-		switch runtime.GOOS {
-		case "darwin":
-			cmd = exec.Command("open", u)
-		case "windows":
-			cmd = exec.Command("rundll32", "url.dll,FileProtocolHandler", u)
-		default:
-			cmd = exec.Command("xdg-open", u)
-		}
+	argv, err := browserCommand(os.Getenv("BROWSER"), runtime.GOOS, u)
+	if err != nil {
+		return err
 	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {
 		return err
 	}
 	go func() { _ = cmd.Wait() }()
 	return nil
+}
+
+// browserCommand is the command that opens u: the first entry of
+// $BROWSER (browser), split into fields before "%s" in each is replaced
+// by u (or u appended when none has it), so u is always one argument
+// whatever it holds; else the system's opener. Only an https URL (or http
+// on loopback) is opened.
+func browserCommand(browser, goos, u string) ([]string, error) {
+	if !secureURL(u) {
+		return nil, fmt.Errorf("devgpu opens only https URLs (or http on loopback), not %q", u)
+	}
+	if b := strings.Split(browser, string(os.PathListSeparator))[0]; strings.TrimSpace(b) != "" {
+		fields := strings.Fields(b)
+		if strings.Contains(fields[0], "%s") {
+			return nil, fmt.Errorf("$BROWSER %q puts the URL in place of the program; set it to a browser's command, such as \"firefox %%s\"", b)
+		}
+		argv := make([]string, 0, len(fields)+1)
+		substituted := false
+		for _, f := range fields {
+			if strings.Contains(f, "%s") {
+				f = strings.ReplaceAll(f, "%s", u)
+				substituted = true
+			}
+			argv = append(argv, f)
+		}
+		if !substituted {
+			argv = append(argv, u)
+		}
+		return argv, nil
+	}
+	switch goos {
+	case "darwin":
+		return []string{"open", u}, nil
+	case "windows":
+		return []string{"rundll32", "url.dll,FileProtocolHandler", u}, nil
+	default:
+		return []string{"xdg-open", u}, nil
+	}
 }

@@ -43,6 +43,10 @@ type standIn struct {
 	refuseRefresh string
 	loggedOut     []string
 	renewals      int
+	// bodies are the raw /auth/oidc requests; sent the refresh tokens
+	// /auth/refresh was given.
+	bodies []string
+	sent   []string
 }
 
 func newStandIn(t *testing.T, op *oidcop.OP) *standIn {
@@ -57,7 +61,11 @@ func newStandIn(t *testing.T, op *oidcop.OP) *standIn {
 	})
 	mux.HandleFunc("POST /api/v1/auth/oidc", func(w http.ResponseWriter, r *http.Request) {
 		var req sdk.OIDCLogin
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		body, _ := io.ReadAll(r.Body)
+		s.mu.Lock()
+		s.bodies = append(s.bodies, string(body))
+		s.mu.Unlock()
+		if err := json.Unmarshal(body, &req); err != nil {
 			problem(w, http.StatusBadRequest, err.Error())
 			return
 		}
@@ -94,6 +102,7 @@ func newStandIn(t *testing.T, op *oidcop.OP) *standIn {
 		_ = json.NewDecoder(r.Body).Decode(&req)
 		s.mu.Lock()
 		defer s.mu.Unlock()
+		s.sent = append(s.sent, req.RefreshToken)
 		user, ok := s.refreshes[req.RefreshToken]
 		switch {
 		case s.refuseRefresh != "":
@@ -145,6 +154,23 @@ func (s *standIn) user(r *http.Request) (string, bool) {
 }
 
 // given is what /auth/oidc was given, and which tokens /auth/logout ended.
+// noAccessToken fails t when the CLI handed the server the provider's
+// access token, which the server has no use for.
+func (s *standIn) noAccessToken(t *testing.T) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, b := range s.bodies {
+		var raw map[string]any
+		if err := json.Unmarshal([]byte(b), &raw); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := raw["access_token"]; ok {
+			t.Errorf("the server was given the provider's access token: %s", b)
+		}
+	}
+}
+
 func (s *standIn) given() ([]sdk.OIDCLogin, []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -284,6 +310,7 @@ func testBrowserLogin(t *testing.T, op *oidcop.OP, host string) {
 	if logins, _ := api.given(); len(logins) != 1 || logins[0].Flow != sdk.FlowBrowser || logins[0].Nonce == "" || logins[0].RefreshToken == "" {
 		t.Fatalf("the server was given %+v", logins)
 	}
+	api.noAccessToken(t)
 	checkCached(t, path, api.URL, "alice")
 }
 
@@ -362,6 +389,7 @@ func TestSSODeviceLoginOverSSH(t *testing.T) {
 	if logins, _ := api.given(); len(logins) != 1 || logins[0].Flow != sdk.FlowDevice || logins[0].Nonce != "" {
 		t.Fatalf("the server was given %+v", logins)
 	}
+	api.noAccessToken(t)
 	checkCached(t, path, api.URL, "bob")
 }
 
