@@ -148,8 +148,12 @@ type User struct {
 	ServiceAccount bool `json:"service_account,omitempty"`
 	// SSO: the user is bound to an identity-provider account (they have
 	// logged in with single sign-on at least once).
-	SSO       bool      `json:"sso,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
+	SSO bool `json:"sso,omitempty"`
+	// SSOBindAllowed: an administrator allowed the next single sign-on
+	// under this name to bind the user (`devgpu admin user update NAME
+	// --bind-sso`); it has not happened yet.
+	SSOBindAllowed bool      `json:"sso_bind_allowed,omitempty"`
+	CreatedAt      time.Time `json:"created_at"`
 }
 
 // UserCreate creates a user.
@@ -168,6 +172,10 @@ type UserCreated struct {
 type UserUpdate struct {
 	Disabled       *bool `json:"disabled,omitempty"`
 	ServiceAccount *bool `json:"service_account,omitempty"`
+	// BindSSO true lets the next single sign-on under the user's name
+	// bind them to that account (a user made by hand is never bound
+	// otherwise); false withdraws a permission not yet used.
+	BindSSO *bool `json:"bind_sso,omitempty"`
 }
 
 // Token describes an API token; the secret itself is never listed.

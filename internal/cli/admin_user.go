@@ -96,36 +96,61 @@ to the user, who logs in with ` + "`devgpu login URL --token TOKEN`" + `.`,
 	disable := setDisabled(true, "disable", "Disable a user: they cannot use devgpu until enabled again", "disabled")
 	enable := setDisabled(false, "enable", "Enable a disabled user again", "enabled")
 
-	var serviceAccount bool
+	var serviceAccount, bindSSO bool
 	update := &cobra.Command{
 		Use:   "update NAME",
-		Short: "Change a user: whether they are a service account",
+		Short: "Change a user: whether they are a service account, whether single sign-on may bind them",
 		Long: `Change a user. --service-account=true marks a robot that may keep using API
 tokens when the organisation requires single sign-on for people
-(` + "`devgpu admin org update --require-sso=true`" + `).`,
-		Example: `  devgpu admin user update ci-bot --service-account=true`,
-		Args:    cobra.ExactArgs(1),
+(` + "`devgpu admin org update --require-sso=true`" + `).
+
+--bind-sso lets the next single sign-on under the user's name bind this user
+(made by hand, e.g. the bootstrap admin) to that identity-provider account, with
+the rights it has; without it such a login is refused, so that nobody takes over
+a user by getting the provider to give their name. --bind-sso=false withdraws it
+before it is used. A service account cannot log in with single sign-on.`,
+		Example: `  devgpu admin user update ci-bot --service-account=true
+  devgpu admin user update alice --bind-sso`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if !cmd.Flags().Changed("service-account") {
-				return fmt.Errorf("nothing to change; give --service-account=true or --service-account=false")
+			var req sdk.UserUpdate
+			if cmd.Flags().Changed("service-account") {
+				req.ServiceAccount = &serviceAccount
+			}
+			if cmd.Flags().Changed("bind-sso") {
+				req.BindSSO = &bindSSO
+			}
+			if req.ServiceAccount == nil && req.BindSSO == nil {
+				return fmt.Errorf("nothing to change; give --service-account=true|false or --bind-sso")
 			}
 			client, _, err := newClient()
 			if err != nil {
 				return err
 			}
-			u, err := client.UpdateUser(cmd.Context(), args[0], sdk.UserUpdate{ServiceAccount: &serviceAccount})
+			u, err := client.UpdateUser(cmd.Context(), args[0], req)
 			if err != nil {
 				return err
 			}
-			if u.ServiceAccount {
-				fmt.Fprintf(os.Stderr, "user %s is a service account\n", u.Name)
-			} else {
-				fmt.Fprintf(os.Stderr, "user %s is not a service account\n", u.Name)
+			if req.ServiceAccount != nil {
+				if u.ServiceAccount {
+					fmt.Fprintf(os.Stderr, "user %s is a service account\n", u.Name)
+				} else {
+					fmt.Fprintf(os.Stderr, "user %s is not a service account\n", u.Name)
+				}
+			}
+			if req.BindSSO != nil {
+				switch {
+				case u.SSOBindAllowed:
+					fmt.Fprintf(os.Stderr, "the next single sign-on as %s binds the user to that account\n", u.Name)
+				default:
+					fmt.Fprintf(os.Stderr, "single sign-on as %s is refused until allowed with --bind-sso\n", u.Name)
+				}
 			}
 			return nil
 		},
 	}
 	update.Flags().BoolVar(&serviceAccount, "service-account", false, "a robot that may use API tokens where single sign-on is required for people")
+	update.Flags().BoolVar(&bindSSO, "bind-sso", false, "let the next single sign-on under this name bind the user to that account")
 
 	cmd.AddCommand(create, list, update, disable, enable)
 	return cmd

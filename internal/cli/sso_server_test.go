@@ -50,6 +50,7 @@ func TestSSOWithRealServer(t *testing.T) {
 	devs, _ := hostgpu.Simulated("t4:1")
 	srv, err := server.New(ctx, server.Config{
 		Store: st, Exclusive: true, LivenessInterval: time.Hour,
+		AgentKey: []byte(strings.Repeat("k", server.AgentKeySize)), // single sign-on needs a persistent one
 		Backends: []server.Backend{{Name: "inproc", Runtime: inproc.New(inproc.NewRegistry(filepath.Join(dir, "s"), devs...))}},
 		OIDC: &sso.Config{Issuer: op.Issuer, ClientID: oidcop.CLIClientID, Scopes: oidcop.Scopes, RecheckInterval: time.Hour,
 			Projects: []sso.ProjectMapping{{Group: "ml-devs", Project: "ml", Role: store.RoleDeveloper}}},

@@ -230,7 +230,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.AgentKey == nil {
+	if cfg.AgentKey == nil && cfg.OIDC == nil { // single sign-on needs a persistent one (setupSSO)
 		cfg.AgentKey = processKey()
 	}
 	if cfg.Replica.ID == "" {

@@ -37,8 +37,17 @@ import (
 // membership with Source "" and an organisation admin whose right did not
 // come from a group (OrgAdminFromGroups) stay as they are.
 
-// ssoActor is the audit log's actor of changes the group mappings make.
-const ssoActor = "sso"
+// ssoActor is the audit log's actor of changes the group mappings make,
+// and systemActor of those the server makes itself; neither can be a
+// user's name (reservedUser).
+const (
+	ssoActor    = "sso"
+	systemActor = "system"
+)
+
+// unverified is the target in the audit log of a login refused before
+// the identity provider's tokens were verified: who it names is unknown.
+const unverified = "unknown"
 
 // refreshPrefix starts every devgpu refresh secret, as TokenPrefix starts
 // API tokens.
@@ -54,9 +63,14 @@ const (
 	endUnreadable   = "its provider refresh token cannot be opened with this server's agent key"
 	endNotRechecked = "could not be re-checked with the identity provider"
 	endTokenRevoked = "its credential was revoked"
+	// endServiceAccount: a service account never logs in with single
+	// sign-on.
+	endServiceAccount = "the user is a service account"
 	// refusedNoAccess is why a login is refused (audited) whose person is
 	// in no group that grants access and has no access made by hand.
 	refusedNoAccess = "in none of the groups that grant access to devgpu"
+	// refusedUnbound: a user made by hand, not allowed to be bound.
+	refusedUnbound = "a user of that name exists and is not bound to a single sign-on account"
 )
 
 // recheckMissedIntervals is how many re-check intervals a login may go
@@ -70,16 +84,43 @@ func ssoLoopInterval(recheck time.Duration) time.Duration {
 }
 
 // setupSSO configures the identity provider of cfg.OIDC, if any.
+// It refuses to start without a persistent agent key (Config.AgentKey):
+// the provider refresh tokens are sealed with it, and a key made for this
+// process alone would leave every one unreadable after a restart.
 func (s *Server) setupSSO() error {
 	if s.cfg.OIDC == nil {
 		return nil
+	}
+	if s.cfg.AgentKey == nil {
+		return errors.New("single sign-on needs a persistent agent key (DATA/agent.key or $DEVGPU_AGENT_KEY) to seal the identity provider's refresh tokens; start the server with its data directory, or set DEVGPU_AGENT_KEY")
 	}
 	p, err := sso.New(*s.cfg.OIDC, s.now)
 	if err != nil {
 		return fmt.Errorf("oidc: %w", err)
 	}
 	s.sso = p
+	s.warnUnknownProjects()
 	return nil
+}
+
+// warnUnknownProjects logs, at start, the group mappings that name a
+// project devgpu does not have (nobody gets it until it is created).
+func (s *Server) warnUnknownProjects() {
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	seen := map[string]bool{}
+	for _, m := range s.sso.Config().Projects {
+		if seen[m.Project] {
+			continue
+		}
+		seen[m.Project] = true
+		if _, err := s.store.ProjectByName(ctx, m.Project); errors.Is(err, store.ErrNotFound) {
+			s.log.Warn("an oidc group mapping names a project that does not exist; create it or fix oidc.projects",
+				"group", m.Group, "project", m.Project)
+		} else if err != nil {
+			return // the store is not reachable yet: nothing to tell
+		}
+	}
 }
 
 // refreshSSOPolicy reads whether the organisation requires single sign-on
@@ -176,6 +217,45 @@ func errOtherSubject(name string) error {
 		"user %s is bound to another account of the identity provider; log in with your own account, or ask an administrator", name)
 }
 
+func errUnbound(name string) error {
+	return httpapi.Errorf(http.StatusForbidden,
+		"user %s already exists in devgpu and is not bound to a single sign-on account; an administrator can allow it with `devgpu admin user update %s --bind-sso`", name, name)
+}
+
+func errServiceAccountSSO(name string) error {
+	return httpapi.Errorf(http.StatusForbidden,
+		"user %s is a service account, and a service account cannot log in with single sign-on; log in as the person with your own account, or use the service account's API token", name)
+}
+
+// errMissingProjects refuses a first login whose groups grant only
+// projects that do not exist, naming them.
+func errMissingProjects(ctx context.Context, tx store.Store, c sso.Config, groups []string) error {
+	var parts []string
+	for _, m := range c.Projects {
+		if !slices.Contains(groups, m.Group) {
+			continue
+		}
+		if _, err := tx.ProjectByName(ctx, m.Project); errors.Is(err, store.ErrNotFound) {
+			parts = append(parts, fmt.Sprintf("the group %s grants project %s, which does not exist in devgpu", m.Group, m.Project))
+		} else if err != nil {
+			return err
+		}
+	}
+	if len(parts) == 0 {
+		return errNoGroups(c)
+	}
+	return httpapi.Errorf(http.StatusForbidden, "%s; ask an administrator to create it or fix oidc.projects", strings.Join(parts, ", and "))
+}
+
+// problemText is the sentence an API error answers.
+func problemText(err error) string {
+	var e *httpapi.Error
+	if errors.As(err, &e) {
+		return e.Msg
+	}
+	return err.Error()
+}
+
 func errLoginEnded(reason string) error {
 	return httpapi.Errorf(http.StatusUnauthorized, "your sign-in ended (%s); run `devgpu login URL` again", reason)
 }
@@ -208,15 +288,19 @@ func (a *API) loginOIDC(w http.ResponseWriter, r *http.Request) error {
 	}
 	id, err := a.s.sso.Verify(r.Context(), req.IDToken, req.Nonce)
 	if err != nil {
-		return ssoError(err)
+		answer := ssoError(err)
+		if sso.IsUnreachable(err) {
+			return answer // the provider is down: nothing was refused
+		}
+		return a.s.loginRefused(r.Context(), sso.Identity{Name: unverified}, req.Flow, problemText(answer), answer)
 	}
 	if req.RefreshToken == "" {
 		return httpapi.Errorf(http.StatusBadRequest,
 			"the identity provider returned no refresh token, which devgpu needs to re-check your account; add offline_access to the scopes (oidc.scopes in the server config) and allow refresh tokens for the client")
 	}
-	if err := names.User(id.Name); err != nil || id.Name == WarmPoolUser {
-		return httpapi.Errorf(http.StatusForbidden,
-			"the identity provider names you %q, which devgpu cannot take as a user name; ask the administrator to set oidc.username_claim to another claim (preferred_username, email, upn, sub)", id.Name)
+	if err := names.User(id.Name); err != nil || reservedUser(id.Name) != "" || id.Subject == store.SubjectPendingBind {
+		return a.s.loginRefused(r.Context(), id, req.Flow, "a user name devgpu cannot take", httpapi.Errorf(http.StatusForbidden,
+			"the identity provider names you %q, which devgpu cannot take as a user name; ask the administrator to set oidc.username_claim to another claim (preferred_username, email, upn, sub)", id.Name))
 	}
 	// The ID token's nonce is inside the token itself, so a stolen ID
 	// token alone must not make a login: the refresh token that came with
@@ -226,7 +310,8 @@ func (a *API) loginOIDC(w http.ResponseWriter, r *http.Request) error {
 	fresh, providerRefresh, err := a.s.sso.Refresh(r.Context(), req.RefreshToken)
 	switch {
 	case err != nil && sso.IsRevoked(err):
-		return &httpapi.Error{Status: http.StatusUnauthorized, Err: err, Msg: errLoginRefreshRefused}
+		return a.s.loginRefused(r.Context(), id, req.Flow, "the identity provider refused its refresh token",
+			&httpapi.Error{Status: http.StatusUnauthorized, Err: err, Msg: errLoginRefreshRefused})
 	case err != nil:
 		return ssoError(err) // 503 while the provider does not answer
 	case fresh.Subject != id.Subject:
@@ -277,6 +362,7 @@ func (s *Server) ssoLogin(ctx context.Context, id sso.Identity, providerRefresh,
 	)
 	login := func(tx store.Store) error {
 		cred, cuts, refused, why = sdk.Credential{}, nil, nil, ""
+		created := false
 		u, err := tx.UserByName(ctx, id.Name)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
@@ -288,6 +374,7 @@ func (s *Server) ssoLogin(ctx context.Context, id sso.Identity, providerRefresh,
 			if err := tx.CreateUser(ctx, &u); err != nil {
 				return err
 			}
+			created = true
 			if err := s.audit(ctx, tx, ssoActor, "user.create", "", u.Name, nil, userToSDK(u)); err != nil {
 				return err
 			}
@@ -296,25 +383,40 @@ func (s *Server) ssoLogin(ctx context.Context, id sso.Identity, providerRefresh,
 		case u.Disabled:
 			why = endDisabled
 			return errUserDisabled(u.Name)
-		case u.Subject != "" && u.Subject != id.Subject:
-			why = endSubject
-			return errOtherSubject(u.Name)
+		case u.ServiceAccount:
+			why = endServiceAccount
+			return errServiceAccountSSO(u.Name)
 		case u.Subject == "":
-			// A user made by hand logs in with single sign-on for the
-			// first time: bound to this account from now on.
+			// A user made by hand (the bootstrap admin, anyone with rights
+			// given by hand) is never taken over by whoever the provider
+			// names so: an administrator allows it (--bind-sso).
+			why = refusedUnbound
+			return errUnbound(u.Name)
+		case u.Subject == store.SubjectPendingBind:
+			// Allowed by an administrator: bound to this account from now
+			// on.
 			before := userToSDK(u)
 			u.Subject = id.Subject
 			if err := tx.UpdateUser(ctx, u); err != nil {
 				return err
 			}
-			if err := s.audit(ctx, tx, ssoActor, "user.update", "", u.Name, before, userToSDK(u)); err != nil {
+			if err := s.audit(ctx, tx, ssoActor, "user.bind", "", u.Name, before,
+				map[string]any{"user": userToSDK(u), "subject": id.Subject}); err != nil {
 				return err
 			}
+		case u.Subject != id.Subject:
+			why = endSubject
+			return errOtherSubject(u.Name)
 		}
 		user = u
 		var access bool
 		if cuts, access, err = s.syncGroups(ctx, tx, &user, id.Groups); err != nil {
 			return err
+		}
+		if !access && created {
+			// Refused at once: the user is not made at all.
+			why = refusedNoAccess
+			return errMissingProjects(ctx, tx, cfg, id.Groups)
 		}
 		if !access {
 			refused, why = errNoGroups(cfg), refusedNoAccess
@@ -522,25 +624,124 @@ func (s *Server) syncGroups(ctx context.Context, tx store.Store, u *store.User, 
 // (cutTokenless) unless they logged out themselves. It returns the
 // sessions to end after the commit, by user.
 func (s *Server) endLogin(ctx context.Context, tx store.Store, l store.SSOLogin, reason, actor string) (map[int64][]string, error) {
-	now := s.now()
-	l.EndedAt, l.EndReason = now, reason
-	if err := tx.UpdateSSOLogin(ctx, l); err != nil {
-		return nil, err
-	}
-	if err := tx.RevokeToken(ctx, l.TokenID, now); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return nil, err
-	}
-	u, err := tx.UserByID(ctx, l.UserID)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.audit(ctx, tx, actor, "auth.end", "", u.Name, nil, map[string]any{"reason": reason, "flow": l.Flow}); err != nil {
+	if err := s.recordLoginEnd(ctx, tx, l, reason, actor); err != nil {
 		return nil, err
 	}
 	if reason == endLoggedOut {
 		return nil, nil
 	}
 	return s.cutTokenless(ctx, tx, l.TokenID, actor)
+}
+
+// recordLoginEnd, inside tx, marks the login ended, revokes its token and
+// audits it (auth.end).
+func (s *Server) recordLoginEnd(ctx context.Context, tx store.Store, l store.SSOLogin, reason, actor string) error {
+	now := s.now()
+	l.EndedAt, l.EndReason = now, reason
+	if err := tx.UpdateSSOLogin(ctx, l); err != nil {
+		return err
+	}
+	if err := tx.RevokeToken(ctx, l.TokenID, now); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	u, err := tx.UserByID(ctx, l.UserID)
+	if err != nil {
+		return err
+	}
+	return s.audit(ctx, tx, actor, "auth.end", "", u.Name, nil, map[string]any{"reason": reason, "flow": l.Flow})
+}
+
+// cutAfter is what to end once the transaction that cut access commits:
+// sessions in projects a group sync took away, and all sessions by user.
+type cutAfter struct {
+	projects []projectCut
+	users    map[int64][]string
+}
+
+// applyAfter closes the shells and ends the sessions a committed
+// transaction cut (userID: the user of projects).
+func (s *Server) applyAfter(ctx context.Context, userID int64, c cutAfter) {
+	s.applyCuts(ctx, userID, c.projects)
+	s.revokeCut(ctx, c.users)
+}
+
+// providerRefused reports whether a login ending for reason means the
+// identity provider no longer lets its person in.
+func providerRefused(reason string) bool {
+	return reason == endRevoked || reason == endNoAccess || reason == endSubject
+}
+
+// endLoginFor, inside tx, ends a login for reason: as endLogin does, and,
+// when the identity provider no longer lets the person in (refused them,
+// no granting group left, another account), cuts the person (cutPerson).
+func (s *Server) endLoginFor(ctx context.Context, tx store.Store, l store.SSOLogin, reason string) (cutAfter, error) {
+	if providerRefused(reason) {
+		return s.cutPerson(ctx, tx, l, reason)
+	}
+	users, err := s.endLogin(ctx, tx, l, reason, ssoActor)
+	return cutAfter{users: users}, err
+}
+
+// cutPerson, inside tx, ends login l because the identity provider no
+// longer lets its person in (reason). The provider is the source of truth
+// for people: the memberships and the organisation-admin right that came
+// from groups go (a sync with no groups) and, unless the user is a
+// service account, every token of theirs (API tokens too) is revoked,
+// every other login of theirs ended and all their sessions cut, audited
+// as access.cut by sso with why.
+func (s *Server) cutPerson(ctx context.Context, tx store.Store, l store.SSOLogin, reason string) (cutAfter, error) {
+	if err := s.recordLoginEnd(ctx, tx, l, reason, ssoActor); err != nil {
+		return cutAfter{}, err
+	}
+	u, err := tx.UserByID(ctx, l.UserID)
+	if err != nil {
+		return cutAfter{}, err
+	}
+	projects, _, err := s.syncGroups(ctx, tx, &u, nil)
+	if err != nil {
+		return cutAfter{}, err
+	}
+	if u.ServiceAccount {
+		return cutAfter{projects: projects}, nil
+	}
+	logins, err := tx.ListSSOLogins(ctx, true)
+	if err != nil {
+		return cutAfter{}, err
+	}
+	ended := 0
+	for _, o := range logins {
+		if o.UserID != u.ID || o.ID == l.ID {
+			continue
+		}
+		if err := s.recordLoginEnd(ctx, tx, o, reason, ssoActor); err != nil {
+			return cutAfter{}, err
+		}
+		ended++
+	}
+	tokens, err := tx.ListTokens(ctx, u.ID)
+	if err != nil {
+		return cutAfter{}, err
+	}
+	revoked := 0
+	for _, t := range tokens {
+		if !t.RevokedAt.IsZero() {
+			continue
+		}
+		if err := tx.RevokeToken(ctx, t.ID, s.now()); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return cutAfter{}, err
+		}
+		revoked++
+	}
+	// Every session: those of the projects the sync took away among them.
+	sessions, err := s.cutSessions(ctx, tx, u.ID, 0, ssoActor)
+	if err != nil {
+		return cutAfter{}, err
+	}
+	if err := s.audit(ctx, tx, ssoActor, "access.cut", "", u.Name, nil, map[string]any{
+		"why": reason, "sessions": sessions, "tokens_revoked": revoked, "logins_ended": ended}); err != nil {
+		return cutAfter{}, err
+	}
+	return cutAfter{users: map[int64][]string{u.ID: sessions}}, nil
 }
 
 // revokeCut ends, after the commit, the sessions endLogin cut.
@@ -717,50 +918,30 @@ func (s *Server) renew(ctx context.Context, hash []byte) (sdk.Credential, error)
 		answer, _ := s.recheckFailed(ctx, l, err, true)
 		return sdk.Credential{}, answer
 	}
-	sealed, err := sso.Seal(s.cfg.AgentKey, next)
-	if err != nil {
+	if l, err = s.keepProviderRefresh(ctx, l, next); err != nil {
 		return sdk.Credential{}, err
 	}
 	cfg := s.sso.Config()
 	now := s.now()
 	var (
-		cred    sdk.Credential
-		cuts    []projectCut
-		cut     map[int64][]string
-		refused error
+		cred sdk.Credential
+		res  resynced
 	)
 	err = s.store.InTx(ctx, func(tx store.Store) error {
-		cred, cuts, cut, refused = sdk.Credential{}, nil, nil, nil
-		cur, err := tx.SSOLoginByRefreshHash(ctx, hash)
-		if errors.Is(err, store.ErrNotFound) {
-			return errUnknownRefresh
-		} else if err != nil {
-			return err
-		}
-		if !cur.EndedAt.IsZero() {
-			return errLoginEnded(cur.EndReason)
-		}
-		u, err := tx.UserByID(ctx, cur.UserID)
+		cred, res = sdk.Credential{}, resynced{}
+		cur, ok, err := s.currentLogin(ctx, tx, l)
 		if err != nil {
 			return err
 		}
-		if reason, rerr := s.refuseLogin(u, id); rerr != nil {
-			refused = rerr
-			cut, err = s.endLogin(ctx, tx, cur, reason, ssoActor)
-			return err
+		if !ok {
+			return loginGone(cur)
 		}
-		var access bool
-		if cuts, access, err = s.syncGroups(ctx, tx, &u, id.Groups); err != nil {
-			return err
-		}
-		if !access {
-			refused = errNoGroups(cfg)
-			cut, err = s.endLogin(ctx, tx, cur, endNoAccess, ssoActor)
+		if res, err = s.resync(ctx, tx, cur, id); err != nil || res.refused != nil {
 			return err
 		}
 		// The new token first, then the old one revoked: the user is never
 		// without a working token, so nothing is cut.
-		token, t, err := mintToken(ctx, tx, store.Token{UserID: u.ID, Name: "sso", CreatedAt: now,
+		token, t, err := mintToken(ctx, tx, store.Token{UserID: res.user.ID, Name: "sso", CreatedAt: now,
 			ExpiresAt: now.Add(cfg.SessionTTL), Scope: store.ScopeFull, Method: store.TokenMethodSSO})
 		if err != nil {
 			return err
@@ -772,22 +953,130 @@ func (s *Server) renew(ctx context.Context, hash []byte) (sdk.Credential, error)
 		if err != nil {
 			return err
 		}
-		cur.TokenID, cur.RefreshHash, cur.ProviderRefresh, cur.Groups, cur.CheckedAt = t.ID, newHash, sealed, id.Groups, now
+		cur.TokenID, cur.RefreshHash, cur.Groups, cur.CheckedAt = t.ID, newHash, id.Groups, now
 		if err := tx.UpdateSSOLogin(ctx, cur); err != nil {
 			return err
 		}
-		cred = sdk.Credential{User: u.Name, Token: token, ExpiresAt: t.ExpiresAt.UTC(), RefreshToken: secret}
+		cred = sdk.Credential{User: res.user.Name, Token: token, ExpiresAt: t.ExpiresAt.UTC(), RefreshToken: secret}
 		return nil
 	})
 	if err != nil {
 		return sdk.Credential{}, err
 	}
-	s.applyCuts(ctx, l.UserID, cuts)
-	s.revokeCut(ctx, cut)
-	if refused != nil {
-		return sdk.Credential{}, refused
+	s.applyAfter(ctx, l.UserID, res.after)
+	if res.refused != nil {
+		return sdk.Credential{}, res.refused
 	}
 	return cred, nil
+}
+
+// loginGone answers a renewal whose login, re-read in its transaction
+// (currentLogin), was renewed, ended or re-checked meanwhile.
+func loginGone(cur store.SSOLogin) error {
+	switch {
+	case cur.ID == 0:
+		return errUnknownRefresh
+	case !cur.EndedAt.IsZero():
+		return errLoginEnded(cur.EndReason)
+	default:
+		// Another replica redeemed the provider refresh token meanwhile.
+		return httpapi.Errorf(http.StatusServiceUnavailable, "%s", errRenewRaced)
+	}
+}
+
+// currentLogin, inside tx and under the leader's fence when ctx carries
+// it, re-reads l by its refresh secret's hash. ok is false when the login
+// was renewed (its secret rotated: cur is zero), ended, or its provider
+// refresh token is no longer the one l holds (another replica redeemed
+// it): what that did stands.
+func (s *Server) currentLogin(ctx context.Context, tx store.Store, l store.SSOLogin) (cur store.SSOLogin, ok bool, err error) {
+	if err := s.checkFence(ctx, tx); err != nil {
+		return store.SSOLogin{}, false, err
+	}
+	cur, err = tx.SSOLoginByRefreshHash(ctx, l.RefreshHash)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.SSOLogin{}, false, nil
+	} else if err != nil {
+		return store.SSOLogin{}, false, err
+	}
+	return cur, cur.EndedAt.IsZero() && bytes.Equal(cur.ProviderRefresh, l.ProviderRefresh), nil
+}
+
+// keepProviderRefresh stores, at once and in a transaction of its own, the
+// provider refresh token that redeeming l's answered, if l's is still the
+// one stored; it returns l with it. Providers rotate refresh tokens: the
+// one l held is spent now, and the transaction that follows (the group
+// sync) may fail (a database blip, a lost lease), which must not lose the
+// new one, or the next re-check would read the spent one's refusal as a
+// revocation. It is not fenced: the token is the provider's truth
+// whichever replica leads.
+func (s *Server) keepProviderRefresh(ctx context.Context, l store.SSOLogin, next string) (store.SSOLogin, error) {
+	sealed, err := sso.Seal(s.cfg.AgentKey, next)
+	if err != nil {
+		return l, err
+	}
+	ctx = context.WithoutCancel(ctx) // a client gone must not drop it
+	kept := false
+	err = s.store.InTx(ctx, func(tx store.Store) error {
+		kept = false
+		cur, err := tx.SSOLoginByRefreshHash(ctx, l.RefreshHash)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if !cur.EndedAt.IsZero() || !bytes.Equal(cur.ProviderRefresh, l.ProviderRefresh) {
+			return nil
+		}
+		cur.ProviderRefresh = sealed
+		if err := tx.UpdateSSOLogin(ctx, cur); err != nil {
+			return err
+		}
+		kept = true
+		return nil
+	})
+	if err != nil {
+		return l, err
+	}
+	if kept {
+		l.ProviderRefresh = sealed
+	}
+	return l, nil
+}
+
+// resynced is what resync did.
+type resynced struct {
+	user    store.User
+	after   cutAfter
+	refused error // the login was ended: the answer to a renewal
+}
+
+// resync, inside tx, brings the login's user up to date with what the
+// provider answered of them (id): a user disabled in devgpu, a service
+// account or another account than theirs ends the login, and so does no
+// access left after the group sync (endLoginFor).
+func (s *Server) resync(ctx context.Context, tx store.Store, cur store.SSOLogin, id sso.Identity) (resynced, error) {
+	u, err := tx.UserByID(ctx, cur.UserID)
+	if err != nil {
+		return resynced{}, err
+	}
+	res := resynced{user: u}
+	if reason, rerr := s.refuseLogin(u, id); rerr != nil {
+		res.refused = rerr
+		res.after, err = s.endLoginFor(ctx, tx, cur, reason)
+		return res, err
+	}
+	var access bool
+	if res.after.projects, access, err = s.syncGroups(ctx, tx, &res.user, id.Groups); err != nil {
+		return res, err
+	}
+	if !access {
+		res.refused = errNoGroups(s.sso.Config())
+		after, err := s.endLoginFor(ctx, tx, cur, endNoAccess)
+		res.after.users = after.users
+		return res, err
+	}
+	return res, nil
 }
 
 // endRevokedLogin ends a login whose credential was revoked by hand (a
@@ -843,6 +1132,8 @@ func (s *Server) refuseLogin(u store.User, id sso.Identity) (string, error) {
 	switch {
 	case u.Disabled:
 		return endDisabled, errUserDisabled(u.Name)
+	case u.ServiceAccount:
+		return endServiceAccount, errServiceAccountSSO(u.Name)
 	case u.Subject != "" && id.Subject != u.Subject:
 		return endSubject, errOtherSubject(u.Name)
 	}
@@ -869,24 +1160,16 @@ func (s *Server) recheckFailed(ctx context.Context, l store.SSOLogin, err error,
 	default:
 		return answer, nil
 	}
-	var cut map[int64][]string
+	var after cutAfter
 	ended := false
 	failed = s.store.InTx(ctx, func(tx store.Store) error {
-		cut, ended = nil, false
-		if err := s.checkFence(ctx, tx); err != nil {
-			return err
-		}
-		cur, err := tx.SSOLoginByRefreshHash(ctx, l.RefreshHash)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil // renewed meanwhile: that renewal's check stands
-		} else if err != nil {
-			return err
-		}
-		if !cur.EndedAt.IsZero() || !bytes.Equal(cur.ProviderRefresh, l.ProviderRefresh) {
-			return nil
+		after, ended = cutAfter{}, false
+		cur, ok, err := s.currentLogin(ctx, tx, l)
+		if err != nil || !ok {
+			return err // renewed or re-checked meanwhile: that check stands
 		}
 		ended = true
-		cut, err = s.endLogin(ctx, tx, cur, reason, ssoActor)
+		after, err = s.endLoginFor(ctx, tx, cur, reason)
 		return err
 	})
 	if failed != nil {
@@ -894,7 +1177,7 @@ func (s *Server) recheckFailed(ctx context.Context, l store.SSOLogin, err error,
 	}
 	if ended {
 		s.log.Info("single sign-on ended", "login", l.ID, "user_id", l.UserID, "reason", reason)
-		s.revokeCut(ctx, cut)
+		s.applyAfter(ctx, l.UserID, after)
 	}
 	return answer, nil
 }
@@ -994,52 +1277,26 @@ func (s *Server) recheckLogin(ctx context.Context, l store.SSOLogin) error {
 		}
 		return nil
 	}
-	sealed, err := sso.Seal(s.cfg.AgentKey, next)
-	if err != nil {
+	if l, err = s.keepProviderRefresh(ctx, l, next); err != nil {
 		return err
 	}
-	var (
-		cuts []projectCut
-		cut  map[int64][]string
-	)
+	var res resynced
 	err = s.store.InTx(ctx, func(tx store.Store) error {
-		cuts, cut = nil, nil
-		if err := s.checkFence(ctx, tx); err != nil {
+		res = resynced{}
+		cur, ok, err := s.currentLogin(ctx, tx, l)
+		if err != nil || !ok {
+			return err // renewed meanwhile: that renewal's sync stands
+		}
+		if res, err = s.resync(ctx, tx, cur, id); err != nil || res.refused != nil {
 			return err
 		}
-		cur, err := tx.SSOLoginByRefreshHash(ctx, l.RefreshHash)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil // renewed meanwhile: that renewal's sync stands
-		} else if err != nil {
-			return err
-		}
-		if !cur.EndedAt.IsZero() || !bytes.Equal(cur.ProviderRefresh, l.ProviderRefresh) {
-			return nil
-		}
-		u, err := tx.UserByID(ctx, cur.UserID)
-		if err != nil {
-			return err
-		}
-		if reason, rerr := s.refuseLogin(u, id); rerr != nil {
-			cut, err = s.endLogin(ctx, tx, cur, reason, ssoActor)
-			return err
-		}
-		var access bool
-		if cuts, access, err = s.syncGroups(ctx, tx, &u, id.Groups); err != nil {
-			return err
-		}
-		if !access {
-			cut, err = s.endLogin(ctx, tx, cur, endNoAccess, ssoActor)
-			return err
-		}
-		cur.ProviderRefresh, cur.Groups, cur.CheckedAt = sealed, id.Groups, s.now()
+		cur.Groups, cur.CheckedAt = id.Groups, s.now()
 		return tx.UpdateSSOLogin(ctx, cur)
 	})
 	if err != nil {
 		return err
 	}
-	s.applyCuts(ctx, l.UserID, cuts)
-	s.revokeCut(ctx, cut)
+	s.applyAfter(ctx, l.UserID, res.after)
 	return nil
 }
 

@@ -52,6 +52,10 @@ type ssoRigOpts struct {
 	recheck time.Duration    // RecheckInterval (default an hour: no re-check)
 	now     func() time.Time // the server's clock
 	ttl     time.Duration    // SessionTTL (default sso's)
+	// wrap, if set, is the store the server uses around the rig's.
+	wrap func(store.Store) store.Store
+	// mappings are group mappings besides the rig's.
+	mappings []sso.ProjectMapping
 }
 
 func newSSORig(t *testing.T, o ssoRigOpts) *ssoRig {
@@ -100,15 +104,20 @@ func newSSORig(t *testing.T, o ssoRigOpts) *ssoRig {
 	if recheck == 0 {
 		recheck = time.Hour
 	}
-	cfg := Config{Store: st, Backends: []Backend{{Name: "local", Runtime: rt}}, LivenessInterval: time.Hour, Exclusive: true, Now: o.now,
+	srvStore := store.Store(st)
+	if o.wrap != nil {
+		srvStore = o.wrap(st)
+	}
+	cfg := Config{Store: srvStore, Backends: []Backend{{Name: "local", Runtime: rt}}, LivenessInterval: time.Hour, Exclusive: true, Now: o.now,
+		AgentKey: processKey(), // single sign-on needs one given
 		OIDC: &sso.Config{
 			Issuer: op.Issuer, ClientID: oidcop.CLIClientID, Scopes: oidcop.Scopes,
 			AdminGroups: []string{grpAdmins},
-			Projects: []sso.ProjectMapping{
+			Projects: append([]sso.ProjectMapping{
 				{Group: grpGPU, Project: "default", Role: store.RoleDeveloper},
 				{Group: grpMLDevs, Project: "ml", Role: store.RoleDeveloper},
 				{Group: grpMLLeads, Project: "ml", Role: store.RoleAdmin},
-			},
+			}, o.mappings...),
 			RecheckInterval: recheck,
 			SessionTTL:      o.ttl,
 		}}
@@ -339,13 +348,20 @@ func TestSSOGroupOrgAdmin(t *testing.T) {
 	}
 
 	// carol is an admin made by hand; she logs in with SSO for the first
-	// time (bound to her subject), joins and leaves the admin group.
+	// time once an administrator allowed it (bound to her subject), joins
+	// and leaves the admin group.
 	carol := store.User{Name: "carol", OrgAdmin: true, CreatedAt: time.Now()}
 	if err := r.st.CreateUser(ctx, &carol); err != nil {
 		t.Fatal(err)
 	}
 	r.op.AddUser("carol", password, grpGPU)
+	if _, err := r.client(r.admin).UpdateUser(ctx, "carol", sdk.UserUpdate{BindSSO: ptr(true)}); err != nil {
+		t.Fatal(err)
+	}
 	cred = r.mustLogin("carol")
+	if r.audited("user.bind", ssoActor, "carol") != 1 {
+		t.Errorf("carol's binding is not audited as user.bind by sso")
+	}
 	if u := r.user("carol"); !u.OrgAdmin || u.OrgAdminFromGroups || u.Subject == "" {
 		t.Fatalf("carol = %+v, want a hand-made admin bound to her subject", u)
 	}
@@ -580,12 +596,18 @@ func TestSSOBadTokensRefused(t *testing.T) {
 	tampered := good
 	parts := strings.Split(tk.IDToken, ".")
 	sig := []byte(parts[2])
-	sig[len(sig)/2] ^= 'A' ^ 'B'
-	if sig[len(sig)/2] == parts[2][len(sig)/2] {
-		t.Fatal("signature unchanged")
+	// Another base64url character: the token still decodes, and its
+	// signature no longer matches.
+	if sig[len(sig)/2] == 'A' {
+		sig[len(sig)/2] = 'B'
+	} else {
+		sig[len(sig)/2] = 'A'
 	}
 	tampered.IDToken = parts[0] + "." + parts[1] + "." + string(sig)
 	wantProblem(t, "a tampered ID token", post(tampered), http.StatusUnauthorized, "signature")
+	if r.audited("auth.refused", ssoActor, unverified) != 1 {
+		t.Errorf("the tampered ID token is not audited as auth.refused by sso of %s", unverified)
+	}
 
 	noNonce := good
 	noNonce.Nonce = ""
@@ -655,9 +677,12 @@ func TestSSOProviderUnreachable(t *testing.T) {
 	ctx := testutil.Context(t, testutil.WaitLong)
 	r.op.AddUser("nina", password, grpGPU)
 	cred := r.mustLogin("nina")
+	tk := r.tokens(oidcop.CLIClientID, "nina") // for a login while it is down
 	r.op.Stop()
 	_, err := r.refresh(cred)
 	wantProblem(t, "a renewal while the provider is down", err, http.StatusServiceUnavailable, "cannot be reached")
+	_, err = r.client("").LoginOIDC(ctx, sdk.OIDCLogin{IDToken: tk.IDToken, RefreshToken: tk.RefreshToken, Nonce: tk.Nonce, Flow: sdk.FlowBrowser})
+	wantProblem(t, "a login while the provider is down", err, http.StatusServiceUnavailable)
 	if _, err := r.client(cred.Token).Whoami(ctx); err != nil {
 		t.Errorf("the credential while the provider is down: %v", err)
 	}
@@ -801,7 +826,7 @@ func TestSSOUncheckableLoginEnds(t *testing.T) {
 	testutil.Eventually(t, testutil.WaitMedium, "rita's login to end", func() bool {
 		return !r.ssoLogin(cred.RefreshToken).EndedAt.IsZero()
 	})
-	if l := r.ssoLogin(cred.RefreshToken); l.EndReason != endNotRechecked || time.Since(l.CheckedAt) < recheckMissedIntervals*200*time.Millisecond {
+	if l := r.ssoLogin(cred.RefreshToken); l.EndReason != endNotRechecked || l.EndedAt.Sub(l.CheckedAt) < recheckMissedIntervals*200*time.Millisecond {
 		t.Errorf("login = %+v, want ended %q after 3 intervals", l, endNotRechecked)
 	}
 	if _, err := r.client(cred.Token).Whoami(ctx); statusOf(err) != http.StatusUnauthorized {

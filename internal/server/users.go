@@ -16,7 +16,23 @@ import (
 
 func userToSDK(u store.User) sdk.User {
 	return sdk.User{Name: u.Name, OrgAdmin: u.OrgAdmin, Disabled: u.Disabled, ServiceAccount: u.ServiceAccount,
-		SSO: u.Subject != "", CreatedAt: u.CreatedAt.UTC()}
+		SSO: u.Subject != "" && u.Subject != store.SubjectPendingBind, SSOBindAllowed: u.Subject == store.SubjectPendingBind,
+		CreatedAt: u.CreatedAt.UTC()}
+}
+
+// reservedUser says why a user name cannot be taken, or "": the warm
+// pools' owner, and the actors of the audit log that are not users (sso,
+// system), which must not be confusable with one.
+func reservedUser(name string) string {
+	switch name {
+	case WarmPoolUser:
+		return "warm pools"
+	case ssoActor:
+		return "single sign-on in the audit log"
+	case systemActor:
+		return "the server itself in the audit log"
+	}
+	return ""
 }
 
 func errUserNotFound(name string) error {
@@ -31,8 +47,8 @@ func (a *API) createUser(w http.ResponseWriter, r *http.Request, caller store.Us
 	if err := httpapi.Read(w, r, &req); err != nil {
 		return err
 	}
-	if req.Name == WarmPoolUser {
-		return httpapi.Errorf(http.StatusBadRequest, "the user name %s is reserved for warm pools; choose another", WarmPoolUser)
+	if why := reservedUser(req.Name); why != "" {
+		return httpapi.Errorf(http.StatusBadRequest, "the user name %s is reserved for %s; choose another", req.Name, why)
 	}
 	if err := names.User(req.Name); err != nil {
 		return httpapi.Errorf(http.StatusBadRequest, "%v", err)
@@ -105,7 +121,7 @@ func (a *API) updateUser(w http.ResponseWriter, r *http.Request, caller store.Us
 		} else if err != nil {
 			return err
 		}
-		if req.Disabled == nil && req.ServiceAccount == nil {
+		if req.Disabled == nil && req.ServiceAccount == nil && req.BindSSO == nil {
 			return nil
 		}
 		if req.Disabled != nil && u.ID == caller.ID && *req.Disabled {
@@ -118,6 +134,13 @@ func (a *API) updateUser(w http.ResponseWriter, r *http.Request, caller store.Us
 		}
 		if req.ServiceAccount != nil {
 			u.ServiceAccount = *req.ServiceAccount
+		}
+		if err := bindSSO(&u, req.BindSSO); err != nil {
+			return err
+		}
+		if u.ServiceAccount && u.Subject != "" {
+			return httpapi.Errorf(http.StatusBadRequest,
+				"user %s logs in with single sign-on, and a service account cannot log in with single sign-on; make a separate user for the robot", u.Name)
 		}
 		if err := tx.UpdateUser(r.Context(), u); err != nil {
 			return err
@@ -451,5 +474,24 @@ func (a *API) changeMember(w http.ResponseWriter, r *http.Request, caller store.
 		return nil
 	}
 	httpapi.Write(w, http.StatusOK, out)
+	return nil
+}
+
+// bindSSO applies UserUpdate.BindSSO: true lets the user's next single
+// sign-on bind them (store.SubjectPendingBind), false withdraws that.
+func bindSSO(u *store.User, bind *bool) error {
+	switch {
+	case bind == nil:
+	case *bind && u.ServiceAccount:
+		return httpapi.Errorf(http.StatusBadRequest,
+			"user %s is a service account, and a service account cannot log in with single sign-on; make a separate user for the person", u.Name)
+	case *bind && u.Subject != "" && u.Subject != store.SubjectPendingBind:
+		return httpapi.Errorf(http.StatusConflict,
+			"user %s is bound to a single sign-on account already; nothing to allow", u.Name)
+	case *bind:
+		u.Subject = store.SubjectPendingBind
+	case u.Subject == store.SubjectPendingBind:
+		u.Subject = ""
+	}
 	return nil
 }

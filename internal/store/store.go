@@ -33,6 +33,9 @@ type User struct {
 	// Subject is the identity provider's `sub` for the person this user
 	// was bound to at their first single sign-on ("" until then); a later
 	// login with the same name but another subject is refused.
+	// SubjectPendingBind marks a user an administrator allowed to be bound
+	// by their next single sign-on (`devgpu admin user update NAME
+	// --bind-sso`); a user made by hand is never bound otherwise.
 	Subject string
 	// OrgAdminFromGroups: OrgAdmin was granted by an identity-provider
 	// group mapping, so leaving the group takes it away again; an admin
@@ -40,6 +43,12 @@ type User struct {
 	OrgAdminFromGroups bool
 	CreatedAt          time.Time
 }
+
+// SubjectPendingBind is the User.Subject of a user whose next single
+// sign-on under their name binds them to that account. It can never be a
+// provider's `sub` (which is ASCII; the server refuses a subject equal to
+// it all the same). A plain text value, so no migration is needed.
+const SubjectPendingBind = "\u2063pending-sso-bind"
 
 // Token is an API token. Only its SHA-256 hash is stored; Prefix is the
 // short public part shown in listings.
