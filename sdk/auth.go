@@ -88,6 +88,13 @@ func (c *Client) Refresh(ctx context.Context, refreshToken string) (Credential, 
 
 // Logout ends the single sign-on the client's credential belongs to (an
 // API token is left as it is: revoke it with `devgpu admin token revoke`).
-func (c *Client) Logout(ctx context.Context) error {
-	return c.do(ctx, http.MethodPost, "/api/v1/auth/logout", nil, nil)
+// refreshToken, if not empty, is the sign-in's devgpu refresh secret: the
+// server ends that sign-in by it when the credential no longer works
+// (expired), so that a CLI can always end its sign-in.
+func (c *Client) Logout(ctx context.Context, refreshToken string) error {
+	var body any
+	if refreshToken != "" {
+		body = RefreshRequest{RefreshToken: refreshToken}
+	}
+	return c.do(ctx, http.MethodPost, "/api/v1/auth/logout", body, nil)
 }

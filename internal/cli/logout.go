@@ -71,7 +71,7 @@ func endSSO(ctx context.Context, url string, cr credential) {
 	if err == nil {
 		ctx, cancel := context.WithTimeout(ctx, logoutTimeout)
 		defer cancel()
-		err = client.Logout(ctx)
+		err = client.Logout(ctx, cr.RefreshToken)
 	}
 	if err == nil || sdk.IsStatus(err, http.StatusUnauthorized) { // already ended
 		return

@@ -180,6 +180,9 @@ type Server struct {
 	sso        *sso.Provider
 	requireSSO atomic.Bool
 	ssoLocks   loginLocks
+	// authLimit limits the sign-in endpoints per client address
+	// (authlimit.go); nil without an identity provider.
+	authLimit *authLimiter
 
 	metrics *metrics
 	tunnels *tunnelLimiter // caps on open shells

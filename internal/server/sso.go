@@ -99,6 +99,7 @@ func (s *Server) setupSSO() error {
 		return fmt.Errorf("oidc: %w", err)
 	}
 	s.sso = p
+	s.authLimit = newAuthLimiter(s.now)
 	s.warnUnknownProjects()
 	return nil
 }
@@ -1073,7 +1074,11 @@ func (s *Server) resync(ctx context.Context, tx store.Store, cur store.SSOLogin,
 	if !access {
 		res.refused = errNoGroups(s.sso.Config())
 		after, err := s.endLoginFor(ctx, tx, cur, endNoAccess)
-		res.after.users = after.users
+		if after.users != nil {
+			res.after = after // every session of the user: the sync's among them
+		} else {
+			res.after.projects = append(res.after.projects, after.projects...)
+		}
 		return res, err
 	}
 	return res, nil
@@ -1297,6 +1302,48 @@ func (s *Server) recheckLogin(ctx context.Context, l store.SSOLogin) error {
 		return err
 	}
 	s.applyAfter(ctx, l.UserID, res.after)
+	return nil
+}
+
+// logoutAny is POST /auth/logout: it ends the caller's single sign-on or,
+// without a working credential (a CLI whose credential expired), the one
+// whose devgpu refresh secret the body carries ({"refresh_token": ...}).
+func (a *API) logoutAny(w http.ResponseWriter, r *http.Request) error {
+	var req sdk.RefreshRequest
+	if r.ContentLength != 0 {
+		if err := httpapi.Read(w, r, &req); err != nil {
+			return err
+		}
+	}
+	caller, tok, err := a.authenticate(r)
+	if err == nil {
+		return a.logout(w, r.WithContext(withToken(r.Context(), tok)), caller)
+	}
+	if req.RefreshToken == "" || storeUnreachable(err) {
+		return err
+	}
+	sum := sha256.Sum256([]byte(req.RefreshToken))
+	err = a.s.store.InTx(r.Context(), func(tx store.Store) error {
+		l, err := tx.SSOLoginByRefreshHash(r.Context(), sum[:])
+		if errors.Is(err, store.ErrNotFound) {
+			return errUnknownRefresh
+		} else if err != nil {
+			return err
+		}
+		if !l.EndedAt.IsZero() {
+			return nil
+		}
+		u, err := tx.UserByID(r.Context(), l.UserID)
+		if err != nil {
+			return err
+		}
+		_, err = a.s.endLogin(r.Context(), tx, l, endLoggedOut, u.Name)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 

@@ -234,3 +234,104 @@ func TestSSONeedsAgentKey(t *testing.T) {
 		t.Fatalf("New with single sign-on and no agent key: %v, want refused", err)
 	}
 }
+
+// A CLI whose credential no longer works ends its sign-in with the
+// sign-in's refresh secret.
+func TestSSOLogoutByRefreshSecret(t *testing.T) {
+	t.Parallel()
+	r := newSSORig(t, ssoRigOpts{})
+	ctx := testutil.Context(t, testutil.WaitLong)
+	r.op.AddUser("lou", password, grpGPU)
+	cred := r.mustLogin("lou")
+	if err := r.client("").Logout(ctx, cred.RefreshToken); err != nil {
+		t.Fatalf("logout by refresh secret: %v", err)
+	}
+	if l := r.ssoLogin(cred.RefreshToken); l.EndReason != endLoggedOut {
+		t.Errorf("login after logout by refresh secret = %+v, want ended %q", l, endLoggedOut)
+	}
+	if _, err := r.client(cred.Token).Whoami(ctx); statusOf(err) != http.StatusUnauthorized {
+		t.Errorf("the credential after logout: %v, want 401", err)
+	}
+	if r.audited("auth.end", "lou", "lou") != 1 {
+		t.Errorf("logout by refresh secret is not audited as auth.end")
+	}
+	// Its ended credential as bearer, and the secret again: nothing to do.
+	if err := r.client(cred.Token).Logout(ctx, cred.RefreshToken); err != nil {
+		t.Errorf("a second logout: %v", err)
+	}
+	err := r.client("").Logout(ctx, "dgr_unknown")
+	wantProblem(t, "logout with an unknown refresh secret", err, http.StatusUnauthorized, "devgpu login")
+	err = r.client("").Logout(ctx, "")
+	wantProblem(t, "logout with neither credential nor secret", err, http.StatusUnauthorized)
+}
+
+// The sign-in endpoints that need no credential answer 429 with
+// Retry-After once an address used its burst.
+func TestSSOAuthRateLimit(t *testing.T) {
+	t.Parallel()
+	r := newSSORig(t, ssoRigOpts{limited: true})
+	post := func(path string) *http.Response {
+		t.Helper()
+		resp, err := http.Post(r.url+path, "application/json", strings.NewReader(`{"refresh_token":"dgr_guess"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	for i := range authBurst {
+		path := "/api/v1/auth/refresh"
+		if i%2 == 1 {
+			path = "/api/v1/auth/logout"
+		}
+		if resp := post(path); resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("request %d of the burst: %d, want 401", i, resp.StatusCode)
+		}
+	}
+	for _, path := range []string{"/api/v1/auth/refresh", "/api/v1/auth/oidc", "/api/v1/auth/logout"} {
+		resp := post(path)
+		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("%s past the burst: %d, Retry-After %q; want 429 with Retry-After", path, resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+	}
+	// Not the others.
+	resp, err := http.Get(r.url + "/api/v1/auth/config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("auth config past the burst: %d", resp.StatusCode)
+	}
+}
+
+// The limiter remembers a bounded number of addresses: idle ones go
+// first (their bucket is full again), then the least recently seen.
+func TestAuthLimiterBounded(t *testing.T) {
+	now := time.Unix(1e9, 0)
+	l := newAuthLimiter(func() time.Time { return now })
+	l.max = 3
+	for i := range authBurst {
+		if ok, _ := l.allow("a"); !ok {
+			t.Fatalf("request %d of a's burst refused", i)
+		}
+	}
+	ok, wait := l.allow("a")
+	if ok || wait <= 0 || wait > time.Minute {
+		t.Fatalf("a past its burst: %v %v, want refused for up to a minute", ok, wait)
+	}
+	now = now.Add(time.Second)
+	l.allow("b")
+	now = now.Add(time.Second)
+	l.allow("c")
+	now = now.Add(time.Second)
+	l.allow("d") // full: a, the least recently seen, goes
+	if len(l.addrs) != 3 || l.addrs["a"] != nil {
+		t.Errorf("addresses = %v, want b, c, d", len(l.addrs))
+	}
+	now = now.Add(time.Hour)
+	l.allow("e") // all idle: they all go
+	if len(l.addrs) != 1 {
+		t.Errorf("after an hour, %d addresses remembered, want 1", len(l.addrs))
+	}
+}

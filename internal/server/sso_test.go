@@ -54,6 +54,8 @@ type ssoRigOpts struct {
 	ttl     time.Duration    // SessionTTL (default sso's)
 	// wrap, if set, is the store the server uses around the rig's.
 	wrap func(store.Store) store.Store
+	// limited keeps the sign-in endpoints' per-address limit.
+	limited bool
 	// mappings are group mappings besides the rig's.
 	mappings []sso.ProjectMapping
 }
@@ -123,6 +125,9 @@ func newSSORig(t *testing.T, o ssoRigOpts) *ssoRig {
 		}}
 	if r.srv, err = New(ctx, cfg); err != nil {
 		t.Fatal(err)
+	}
+	if !o.limited {
+		r.srv.authLimit = nil // tests log in more often than people
 	}
 	r.url = serveHTTP(t, r.srv, rt)
 	return r
@@ -462,7 +467,7 @@ func TestSSORefreshAndLogout(t *testing.T) {
 	}
 	_, err = r.refresh(first)
 	wantProblem(t, "a refresh secret used already", err, http.StatusUnauthorized, "devgpu login")
-	if err := r.client(second.Token).Logout(ctx); err != nil {
+	if err := r.client(second.Token).Logout(ctx, ""); err != nil {
 		t.Fatal(err)
 	}
 	_, err = r.client(second.Token).Whoami(ctx)
@@ -473,7 +478,7 @@ func TestSSORefreshAndLogout(t *testing.T) {
 		t.Errorf("logout is not audited as auth.end")
 	}
 	// An API token's logout does nothing.
-	if err := r.client(r.dev).Logout(ctx); err != nil {
+	if err := r.client(r.dev).Logout(ctx, ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.client(r.dev).Whoami(ctx); err != nil {
