@@ -335,3 +335,44 @@ func TestAuthLimiterBounded(t *testing.T) {
 		t.Errorf("after an hour, %d addresses remembered, want 1", len(l.addrs))
 	}
 }
+
+// failCheckStore fails, once fail is set, the next write of a login that
+// moves its CheckedAt: the group-sync transaction of the leader's
+// re-check (keeping the provider's new refresh token does not move it).
+type failCheckStore struct {
+	store.Store
+	fail *atomic.Bool
+}
+
+func (f failCheckStore) InTx(ctx context.Context, fn func(store.Store) error) error {
+	return f.Store.InTx(ctx, func(tx store.Store) error { return fn(failCheckStore{tx, f.fail}) })
+}
+
+func (f failCheckStore) UpdateSSOLogin(ctx context.Context, l store.SSOLogin) error {
+	if cur, err := f.Store.SSOLoginByRefreshHash(ctx, l.RefreshHash); err == nil && !cur.CheckedAt.Equal(l.CheckedAt) &&
+		l.EndedAt.IsZero() && f.fail.CompareAndSwap(true, false) {
+		return errors.New("injected: the database went away")
+	}
+	return f.Store.UpdateSSOLogin(ctx, l)
+}
+
+// The leader's re-check keeps the provider's new refresh token even when
+// its sync transaction fails: the login survives the next re-check.
+func TestSSORecheckKeepsProviderRefreshWhenSyncFails(t *testing.T) {
+	t.Parallel()
+	var fail atomic.Bool
+	const interval = 200 * time.Millisecond
+	r := newSSORig(t, ssoRigOpts{recheck: interval, wrap: func(st store.Store) store.Store { return failCheckStore{st, &fail} }})
+	r.op.AddUser("ned", password, grpGPU)
+	fail.Store(true)
+	cred := r.mustLogin("ned")
+	testutil.Eventually(t, testutil.WaitMedium, "a re-check's sync to fail", func() bool { return !fail.Load() })
+	failedAt := time.Now()
+	testutil.Eventually(t, testutil.WaitMedium, "a later re-check to succeed", func() bool {
+		l := r.ssoLogin(cred.RefreshToken)
+		return !l.EndedAt.IsZero() || l.CheckedAt.After(failedAt)
+	})
+	if l := r.ssoLogin(cred.RefreshToken); !l.EndedAt.IsZero() {
+		t.Errorf("the login after a re-check whose sync failed = %+v, want it kept", l)
+	}
+}
