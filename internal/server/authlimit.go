@@ -19,10 +19,15 @@ import (
 // door's own caps use (remoteHost): a forwarded-for header is not
 // trusted.
 const (
-	// authRate and authBurst: authBurst requests at once, then one every
-	// six seconds (ten a minute), per address.
-	authRate  = rate.Limit(10.0 / 60)
-	authBurst = 20
+	// authRate and authBurst: authBurst requests at once, then one a
+	// second, per address. Behind a reverse proxy or a NAT every person
+	// shares one address, and a login, a renewal (every session_ttl per
+	// person) and a logout each take one, so the limit stops a flood, not
+	// an organisation logging in at nine; the provider calls a request
+	// can cause are limited in internal/sso besides (cached discovery and
+	// keys).
+	authRate  = rate.Limit(1)
+	authBurst = 60
 	// authAddrs caps the addresses remembered; beyond it the idle ones
 	// (whose bucket is full again, so forgetting them changes nothing)
 	// go first, then the least recently seen.

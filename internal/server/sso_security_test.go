@@ -270,6 +270,10 @@ func TestSSOLogoutByRefreshSecret(t *testing.T) {
 func TestSSOAuthRateLimit(t *testing.T) {
 	t.Parallel()
 	r := newSSORig(t, ssoRigOpts{limited: true})
+	// The limiter's clock stands still: under load the burst would
+	// otherwise refill while it is spent.
+	frozen := time.Now()
+	r.srv.authLimit.now = func() time.Time { return frozen }
 	post := func(path string) *http.Response {
 		t.Helper()
 		resp, err := http.Post(r.url+path, "application/json", strings.NewReader(`{"refresh_token":"dgr_guess"}`))
