@@ -67,7 +67,11 @@ to the user, who logs in with ` + "`devgpu login URL --token TOKEN`" + `.`,
 				if u.Disabled {
 					status = "disabled"
 				}
-				row(tw, u.Name, yesNo(u.OrgAdmin), status, yesNo(u.ServiceAccount), yesNo(u.SSO), ago(&u.CreatedAt))
+				sso := yesNo(u.SSO)
+				if u.SSOBindAllowed {
+					sso = "next login binds"
+				}
+				row(tw, u.Name, yesNo(u.OrgAdmin), status, yesNo(u.ServiceAccount), sso, ago(&u.CreatedAt))
 			}
 			return tw.Flush()
 		},
