@@ -121,7 +121,11 @@ func (e *env) loginDevice(op *oidcop.OP, user, password string) result {
 	if err := op.ApproveDevice(ctx, code, user, password); err != nil {
 		e.t.Fatalf("approve the device code %s as %s: %v", code, user, err)
 	}
+	approved := time.Now()
 	exit := b.wait(e.t)
+	// The CLI polls the provider (every second here) and then hands the
+	// tokens to the server, which redeems the refresh token once.
+	e.t.Logf("devgpu login --device as %s ended %s after the code was approved", user, time.Since(approved).Round(time.Millisecond))
 	stdout, stderr := b.output()
 	return result{stdout, stderr, exit}
 }
@@ -212,8 +216,12 @@ func TestSSODeviceLogin(t *testing.T) {
 	// Leaving ml-devs at the provider takes ml away at the next re-check:
 	// her open shell there is cut; cv stays.
 	op.SetGroups("alice", "cv-devs")
+	left := time.Now()
 	select {
 	case <-tm.done:
+		// recheck_interval is 1s here: the cut takes a re-check and the
+		// shell's end.
+		t.Logf("alice's shell in ml was cut %s after she left ml-devs (recheck_interval 1s)", time.Since(left).Round(time.Millisecond))
 		if tm.code != 255 {
 			t.Errorf("alice's shell in ml exited %d after she left ml-devs, want 255 (cut)", tm.code)
 		}
@@ -232,6 +240,7 @@ func TestSSODeviceLogin(t *testing.T) {
 
 	// Leaving every group ends her sign-in at the next re-check.
 	op.SetGroups("alice")
+	left = time.Now()
 	var last result
 	testutil.Eventually(t, testutil.WaitMedium, "alice's sign-in to end", func() bool {
 		last = alice.cli("whoami")
@@ -240,6 +249,7 @@ func TestSSODeviceLogin(t *testing.T) {
 	if last.code != 255 || !strings.Contains(last.stderr, "devgpu login") {
 		t.Errorf("alice's whoami after she left every group: %+v; want it refused, saying to log in again", last)
 	}
+	t.Logf("alice's sign-in was refused %s after she left every group (recheck_interval 1s)", time.Since(left).Round(time.Millisecond))
 
 	// logout forgets the credential.
 	if r := carol.cli("logout"); r.code != 0 {
