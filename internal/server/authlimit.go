@@ -2,6 +2,7 @@ package server
 
 import (
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -11,19 +12,17 @@ import (
 	"github.com/devgpu/devgpu/internal/httpapi"
 )
 
-// The endpoints that start, renew or end a single sign-on without a
-// credential (POST /api/v1/auth/oidc, /auth/refresh, /auth/logout) are
-// limited per client address, so that nobody can use the server to try
-// stolen or guessed tokens at speed, nor flood the identity provider and
-// the audit log through it. The address is the TCP peer, as the front
+// A single sign-on login (POST /api/v1/auth/oidc, which needs no
+// credential) is limited per client address, so that nobody can use the
+// server to try stolen tokens at speed, nor flood the identity provider
+// and the audit log through it. The address is the TCP peer, as the front
 // door's own caps use (remoteHost): a forwarded-for header is not
 // trusted.
 const (
 	// authRate and authBurst: authBurst requests at once, then one a
 	// second, per address. Behind a reverse proxy or a NAT every person
-	// shares one address, and a login, a renewal (every session_ttl per
-	// person) and a logout each take one, so the limit stops a flood, not
-	// an organisation logging in at nine; the provider calls a request
+	// shares one address, so the limit stops a flood, not an
+	// organisation logging in at nine; the provider calls a request
 	// can cause are limited in internal/sso besides (cached discovery and
 	// keys).
 	authRate  = rate.Limit(1)
@@ -106,7 +105,7 @@ func (l *authLimiter) evict(now time.Time) {
 func (a *API) limited(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if l := a.s.authLimit; l != nil {
-			if ok, wait := l.allow(remoteHost(r.RemoteAddr)); !ok {
+			if ok, wait := l.allow(limitKey(remoteHost(r.RemoteAddr))); !ok {
 				secs := int((wait + time.Second - 1) / time.Second)
 				w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
 				httpapi.WriteError(w, r, a.log, httpapi.Errorf(http.StatusTooManyRequests, "%s", errTooManyLogins))
@@ -115,4 +114,19 @@ func (a *API) limited(h http.Handler) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// limitKey is the address a limit counts against: an IPv4 address, or an
+// IPv6 address's /64, since one host commonly holds a whole /64 and would
+// otherwise get a burst per address.
+func limitKey(host string) string {
+	ip, err := netip.ParseAddr(host)
+	if err != nil || ip.Is4() || ip.Is4In6() {
+		return host
+	}
+	p, err := ip.Prefix(64)
+	if err != nil {
+		return host
+	}
+	return p.String()
 }

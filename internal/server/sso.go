@@ -393,6 +393,12 @@ func (s *Server) ssoLogin(ctx context.Context, id sso.Identity, providerRefresh,
 			// names so: an administrator allows it (--bind-sso).
 			why = refusedUnbound
 			return errUnbound(u.Name)
+		case u.Subject == store.SubjectPendingBind && !cfg.GrantsFor(id.Groups).Any():
+			// The binding login must come from someone the groups let in:
+			// the pending user's hand-made rights (an organisation admin's,
+			// say) must not go to anyone the provider happens to name so.
+			why = refusedNoAccess
+			return errNoGroups(cfg)
 		case u.Subject == store.SubjectPendingBind:
 			// Allowed by an administrator: bound to this account from now
 			// on.
@@ -667,9 +673,13 @@ func (s *Server) applyAfter(ctx context.Context, userID int64, c cutAfter) {
 }
 
 // providerRefused reports whether a login ending for reason means the
-// identity provider no longer lets its person in.
+// identity provider no longer lets its person in: it answered, and names
+// another account or grants nothing. A refused refresh token (endRevoked)
+// is not such evidence: it ends that one login (a password change, an
+// expired or reused refresh token, a session revoked at the provider), and
+// the person's other logins answer for themselves at their own re-checks.
 func providerRefused(reason string) bool {
-	return reason == endRevoked || reason == endNoAccess || reason == endSubject
+	return reason == endNoAccess || reason == endSubject
 }
 
 // endLoginFor, inside tx, ends a login for reason: as endLogin does, and,

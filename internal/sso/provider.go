@@ -563,12 +563,17 @@ func (p *Provider) refreshError(err error) error {
 	case status >= 500 || status == http.StatusTooManyRequests:
 		return &Error{Unreachable: true, Err: err, Msg: fmt.Sprintf(
 			"the identity provider at %s failed to answer the refresh (%s); try again later", p.cfg.Issuer, brief(errors.New(detail)))}
-	case re.ErrorCode == "invalid_client" || re.ErrorCode == "unauthorized_client":
-		return &Error{Revoked: true, Err: err, Msg: fmt.Sprintf(
-			"the identity provider refuses devgpu's client %q (%s); check oidc.client_id and that the app registration allows public-client (native) refresh tokens, then log in again with `devgpu login`",
-			p.cfg.ClientID, brief(errors.New(detail)))}
-	default:
+	case re.ErrorCode == "invalid_grant":
 		return &Error{Revoked: true, Err: err, Msg: fmt.Sprintf(
 			"the identity provider no longer accepts this sign-in (%s); log in again with `devgpu login`", brief(errors.New(detail)))}
+	default:
+		// invalid_client, unauthorized_client, or a 4xx that is no OAuth
+		// answer (a proxy's 403, a wrong token endpoint's 404): devgpu's
+		// configuration or the provider's is wrong, which says nothing
+		// about the person. It is handled as a provider that does not
+		// answer, so that a misconfiguration never cuts anyone.
+		return &Error{Unreachable: true, Err: err, Msg: fmt.Sprintf(
+			"the identity provider at %s refuses devgpu's refresh with client %q (%s); check oidc.client_id and oidc.issuer, and that the app registration allows public-client (native) refresh tokens",
+			p.cfg.Issuer, p.cfg.ClientID, brief(errors.New(detail)))}
 	}
 }

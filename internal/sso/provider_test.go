@@ -473,16 +473,23 @@ func TestRefreshWithoutIDTokenAsksUserinfo(t *testing.T) {
 }
 
 // failTokens is a transport under which the provider's token endpoint
-// answers 503, as a provider in trouble does.
-type failTokens struct{ next http.RoundTripper }
+// answers 503, as a provider in trouble does, or status with body.
+type failTokens struct {
+	next   http.RoundTripper
+	status int
+	body   string
+}
 
 func (f failTokens) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.URL.Path != oidcop.TokenPath {
 		return f.next.RoundTrip(r)
 	}
-	body := `{"error":"temporarily_unavailable"}`
+	status, body := http.StatusServiceUnavailable, `{"error":"temporarily_unavailable"}`
+	if f.status != 0 {
+		status, body = f.status, f.body
+	}
 	return &http.Response{
-		StatusCode: http.StatusServiceUnavailable, Status: "503 Service Unavailable", Request: r,
+		StatusCode: status, Status: http.StatusText(status), Request: r,
 		Header:        http.Header{"Content-Type": {"application/json"}},
 		Body:          io.NopCloser(strings.NewReader(body)),
 		ContentLength: int64(len(body)),
@@ -494,9 +501,23 @@ func TestRefreshFailures(t *testing.T) {
 	op, _, ctx := setup(t, oidcop.Options{}, nil)
 	toks := login(t, ctx, op, oidcop.CLIClientID)
 
-	failing := newProvider(t, op, sso.Config{HTTPClient: &http.Client{Transport: failTokens{http.DefaultTransport}, Timeout: testutil.WaitShort}}, nil)
+	failing := newProvider(t, op, sso.Config{HTTPClient: &http.Client{Transport: failTokens{next: http.DefaultTransport}, Timeout: testutil.WaitShort}}, nil)
 	_, _, err := failing.Refresh(ctx, toks.RefreshToken)
 	wantErr(t, err, true, false, "failed to answer the refresh", "temporarily_unavailable", "try again later")
+
+	// A client the provider does not know (oidc.client_id wrong, or the
+	// app no longer a public client) says nothing about the person: it is
+	// never a revocation, which would end their sign-in.
+	wrongClient := newProvider(t, op, sso.Config{ClientID: "no-such-client"}, nil)
+	_, _, err = wrongClient.Refresh(ctx, toks.RefreshToken)
+	wantErr(t, err, true, false, "no-such-client")
+	// RFC 6749 section 5.2: a client the provider will not serve is 401
+	// invalid_client (unauthorized_client: 400); neither is the person's
+	// fault.
+	refusing := newProvider(t, op, sso.Config{HTTPClient: &http.Client{Timeout: testutil.WaitShort,
+		Transport: failTokens{next: http.DefaultTransport, status: http.StatusUnauthorized, body: `{"error":"invalid_client"}`}}}, nil)
+	_, _, err = refusing.Refresh(ctx, toks.RefreshToken)
+	wantErr(t, err, true, false, "refuses devgpu's refresh", "invalid_client", "oidc.client_id")
 
 	// The failure left the sign-in intact.
 	p := newProvider(t, op, sso.Config{}, nil)
