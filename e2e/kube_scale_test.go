@@ -645,16 +645,22 @@ func startSampler(t *testing.T, admin *sdk.Client, c *kwokcluster.Cluster, proje
 				return
 			case <-tick.C:
 			}
-			// The limits before the sample: a change allowed during it
-			// only raises them.
-			s.mu.Lock()
-			regionMax, nodeMax := maps.Clone(s.regionMax), maps.Clone(s.nodeMax)
-			s.mu.Unlock()
+			// Each observation is held to the limits read after it: a
+			// change is allowed before it happens and only raises them,
+			// so limits read before an observation could be lower than
+			// what was in force when it was made (a capacity growth
+			// during the sample).
+			limits := func() (regionMax, nodeMax map[string]int) {
+				s.mu.Lock()
+				defer s.mu.Unlock()
+				return maps.Clone(s.regionMax), maps.Clone(s.nodeMax)
+			}
 			var problems []string
 			all, err := admin.Sessions(context.Background(), sdk.SessionQuery{AllUsers: true, ActiveOnly: true})
 			if err != nil {
 				problems = append(problems, "list sessions: "+err.Error())
 			}
+			regionMax, _ := limits()
 			h := count(all)
 			for r, n := range h.region {
 				if n > regionMax[r] {
@@ -676,6 +682,7 @@ func startSampler(t *testing.T, admin *sdk.Client, c *kwokcluster.Cluster, proje
 			if err != nil {
 				problems = append(problems, "list Pods: "+err.Error())
 			} else {
+				_, nodeMax := limits()
 				perNode := map[string]int{}
 				for _, p := range pods.Items {
 					if p.Spec.NodeName != "" && p.DeletionTimestamp == nil {
