@@ -51,10 +51,14 @@ type Session struct {
 	GPUs    []string `json:"gpus"`
 	// Backend is the runtime of the server the session was placed on, and
 	// Node the machine it landed on, as the runtime reported it.
-	Backend     string     `json:"backend,omitempty"`
-	Node        string     `json:"node,omitempty"`
-	Image       string     `json:"image,omitempty"`
-	Attachments int        `json:"attachments"`
+	Backend     string `json:"backend,omitempty"`
+	Node        string `json:"node,omitempty"`
+	Image       string `json:"image,omitempty"`
+	Attachments int    `json:"attachments"`
+	// DetachGrace is how long the session waits for a client once its
+	// last shell has closed, as fixed when it was created (a shell that
+	// lost its connection reconnects within it).
+	DetachGrace Duration   `json:"detach_grace,omitempty"`
 	CreatedAt   time.Time  `json:"created_at"`
 	StartedAt   *time.Time `json:"started_at"`
 	EndedAt     *time.Time `json:"ended_at"`

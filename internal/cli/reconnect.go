@@ -125,8 +125,16 @@ type reconnectingShell struct {
 // connection cannot be had back. The terminal is in raw mode.
 func runKeptShell(conn *sessionConn, sess sdk.Session, shell *sdk.KeptShell, fd int) error {
 	r := &reconnectingShell{conn: conn, sess: sess, fd: fd, input: newInputLog(), shell: shell}
-	r.grace.Store(int64(defaultDetachGrace))
-	go r.learnGrace()
+	// The session's own grace, fixed when it was created, is what the
+	// server waits; a server that does not say it is asked for the
+	// project's, in the background (a reconnect before that answer waits
+	// the default).
+	if g := time.Duration(sess.DetachGrace); g > 0 {
+		r.grace.Store(int64(g))
+	} else {
+		r.grace.Store(int64(defaultDetachGrace))
+		go r.learnGrace()
+	}
 	go r.input.readFrom(os.Stdin) // blocks in Read past the end; the process exits
 	stop := watchResize(r.resize)
 	defer stop()

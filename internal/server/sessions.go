@@ -164,7 +164,7 @@ func (srv *Server) toSDK(s store.Session) sdk.Session {
 		Backend: backend, Node: s.Node,
 		ID: s.ID, Project: s.Project, User: s.User, State: s.State,
 		GPUType: s.GPUType, Region: s.Region, GPUs: s.GPUs, Image: s.Image,
-		Attachments: s.Attachments, CreatedAt: s.CreatedAt.UTC(),
+		Attachments: s.Attachments, DetachGrace: sdk.Duration(s.DetachGrace), CreatedAt: s.CreatedAt.UTC(),
 		StartedAt: timePtr(s.StartedAt), EndedAt: timePtr(s.EndedAt),
 		EndReason: s.EndReason, EndedBy: s.EndActor, Error: s.Error,
 	}
