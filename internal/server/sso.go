@@ -340,8 +340,9 @@ type projectCut struct {
 func (s *Server) ssoLogin(ctx context.Context, id sso.Identity, providerRefresh, flow string) (sdk.Credential, error) {
 	cfg := s.sso.Config()
 	now := s.now()
+	granted := cfg.GrantsFor(id.Groups).Any() // the groups let the person in
 	if _, err := s.store.UserByName(ctx, id.Name); errors.Is(err, store.ErrNotFound) {
-		if !cfg.GrantsFor(id.Groups).Any() {
+		if !granted {
 			return sdk.Credential{}, s.loginRefused(ctx, id, flow, refusedNoAccess, errNoGroups(cfg)) // refused before anything is created
 		}
 		if err := s.checkSingleUser(ctx); err != nil {
@@ -367,7 +368,7 @@ func (s *Server) ssoLogin(ctx context.Context, id sso.Identity, providerRefresh,
 		u, err := tx.UserByName(ctx, id.Name)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
-			if !cfg.GrantsFor(id.Groups).Any() {
+			if !granted {
 				why = refusedNoAccess
 				return errNoGroups(cfg)
 			}
@@ -393,7 +394,7 @@ func (s *Server) ssoLogin(ctx context.Context, id sso.Identity, providerRefresh,
 			// names so: an administrator allows it (--bind-sso).
 			why = refusedUnbound
 			return errUnbound(u.Name)
-		case u.Subject == store.SubjectPendingBind && !cfg.GrantsFor(id.Groups).Any():
+		case u.Subject == store.SubjectPendingBind && !granted:
 			// The binding login must come from someone the groups let in:
 			// the pending user's hand-made rights (an organisation admin's,
 			// say) must not go to anyone the provider happens to name so.
