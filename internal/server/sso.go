@@ -96,7 +96,7 @@ func (s *Server) setupSSO() error {
 	}
 	p, err := sso.New(*s.cfg.OIDC, s.now)
 	if err != nil {
-		return fmt.Errorf("oidc: %w", err)
+		return err // it names the oidc key at fault
 	}
 	s.sso = p
 	s.authLimit = newAuthLimiter(s.now)
