@@ -11,6 +11,7 @@ import (
 	"github.com/devgpu/devgpu/internal/httpapi"
 	"github.com/devgpu/devgpu/internal/link"
 	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/internal/web"
 	"github.com/devgpu/devgpu/sdk"
 )
 
@@ -83,6 +84,17 @@ func (a *API) routes() http.Handler {
 	handle("GET /api/v1/images", a.listImages)
 	handle("POST /api/v1/images", a.addImage)
 	handle("DELETE /api/v1/images/{name}", a.removeImage)
+	// The web console (console.go, terminal.go, live.go, standing.go;
+	// its pages are internal/web's).
+	mux.Handle("POST /api/v1/console/login", a.open(a.consoleLogin))
+	mux.Handle("POST /api/v1/console/logout", a.open(a.consoleLogout))
+	handle("GET /api/v1/console/session", a.consoleSession)
+	mux.Handle("GET /console/sso/start", a.open(a.consoleSSOStart))
+	mux.Handle("GET /console/sso/callback", a.open(a.consoleSSOCallback))
+	handle("GET /api/v1/sessions/{id}/terminal", a.terminal)
+	handle("GET /api/v1/sessions/live", a.liveSessions)
+	handle("GET /api/v1/standing", a.standing)
+	mux.Handle("GET /", web.Handler())
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, r, a.log, httpapi.Errorf(http.StatusNotFound, "no API endpoint %s %s; this server speaks /api/v1", r.Method, r.URL.Path))
 	})
