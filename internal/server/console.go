@@ -16,5 +16,7 @@ func (a *API) consoleLogout(w http.ResponseWriter, r *http.Request) error { retu
 func (a *API) consoleSession(w http.ResponseWriter, r *http.Request, caller store.User) error {
 	return errConsolePending
 }
-func (a *API) consoleSSOStart(w http.ResponseWriter, r *http.Request) error    { return errConsolePending }
-func (a *API) consoleSSOCallback(w http.ResponseWriter, r *http.Request) error { return errConsolePending }
+func (a *API) consoleSSOStart(w http.ResponseWriter, r *http.Request) error { return errConsolePending }
+func (a *API) consoleSSOCallback(w http.ResponseWriter, r *http.Request) error {
+	return errConsolePending
+}
