@@ -14,7 +14,17 @@ export function setCSRF(token: string) { csrfToken = token; }
 // api calls the API and returns its JSON answer; a problem answer throws
 // ApiError with the server's one-sentence detail.
 export async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
-  const headers: Record<string, string> = { Accept: "application/json" };
+  const resp = await apiFetch(method, path, body);
+  if (resp.status === 204) return undefined as T;
+  const text = await resp.text();
+  return (text ? JSON.parse(text) : undefined) as T;
+}
+
+// apiFetch is api's request, for callers that need the response itself
+// (its headers, such as an ETag, or a streamed body): headers are added to
+// the request's, and a problem answer throws ApiError as api does.
+export async function apiFetch(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<Response> {
+  headers = { Accept: "application/json", ...headers };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (method !== "GET" && method !== "HEAD") headers["X-CSRF-Token"] = csrfToken;
   let resp: Response;
@@ -27,9 +37,7 @@ export async function api<T>(method: string, path: string, body?: unknown): Prom
     throw new ApiError(0, "The devgpu server cannot be reached; check your connection and try again.");
   }
   if (!resp.ok) throw await problem(resp);
-  if (resp.status === 204) return undefined as T;
-  const text = await resp.text();
-  return (text ? JSON.parse(text) : undefined) as T;
+  return resp;
 }
 
 async function problem(resp: Response): Promise<ApiError> {
