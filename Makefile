@@ -4,7 +4,7 @@
 # go-nvml's header marks some calls deprecated; its warnings are noise here.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: dev test build agent-image images bench clean
+.PHONY: dev test build agent-image images bench clean web-deps
 
 # The version `devgpu --version`, doctor, the server's log and /healthz
 # report: the tag or commit this tree is at, "-dirty" with local changes.
@@ -43,7 +43,20 @@ dev:
 	go build -ldflags "$(LDFLAGS)" -o bin/devgpu ./cmd/devgpu
 	./scripts/dev.sh
 
-test:
+# The web console's browser tests (e2e/console_test.go) drive Chromium with
+# playwright-core and check pages with axe-core, from web/node_modules:
+# installed when missing or older than web/package-lock.json, else nothing
+# to do. Without npm the tests skip (CI fails them instead). `go build`
+# needs none of this: the built console is committed in internal/web/dist.
+web-deps: web/node_modules/.package-lock.json
+web/node_modules/.package-lock.json: web/package-lock.json
+	@if command -v npm >/dev/null; then \
+		cd web && npm ci --no-audit --no-fund && touch node_modules/.package-lock.json; \
+	else \
+		echo "npm is not installed: the web console's browser tests will skip (install Node.js 20 or newer with npm to run them)" >&2; \
+	fi
+
+test: web-deps
 	go vet ./...
 	# The client also runs on developers' Windows and macOS machines.
 	GOOS=windows GOARCH=amd64 go build -o /dev/null ./cmd/devgpu
