@@ -165,7 +165,7 @@ func TestReportAdmissions(t *testing.T) {
 		admissionsPG: {Name: admissionsPG, Kind: kindAdmissions, Engine: "PostgreSQL", N: 20000, AdmissionsPerSec: 2000, Violations: &two,
 			ViolationExamples: []string{"audit #7: project p holds 9 GPUs, max_gpus 8"}},
 	}
-	out := renderReport(results)
+	out := renderReport(results, false)
 	for _, want := range []string{
 		"| admissions (create+end), 64 clients, SQLite (admissions/s) | 50.0 /s | — |  | ≥ 1000 /s | no |",
 		"| cap violations, SQLite (replayed from the audit log) | 0 violations | — |  | 0 violations | yes |",

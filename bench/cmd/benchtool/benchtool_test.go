@@ -67,7 +67,7 @@ func TestReportRatios(t *testing.T) {
 		devgpuConcurrent: {Name: devgpuConcurrent, Kind: kindConcurrent, N: 200, JobsPerSec: 300},
 		srunConcurrent:   {Name: srunConcurrent, Kind: kindConcurrent, N: 200, JobsPerSec: 50, Failures: 1, LastError: "boom"},
 	}
-	out := renderReport(results)
+	out := renderReport(results, false)
 	for _, want := range []string{
 		"| 0.50× | ≤ 0.8× | yes |", // 20/40 against srun
 		"| 0.33× | ≤ 0.25× | no |", // 20/60 against ssh
@@ -78,6 +78,30 @@ func TestReportRatios(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+func TestReportConsoleBesideShell(t *testing.T) {
+	t.Parallel()
+	results := map[string]Result{
+		devgpuKeystroke:  {Name: devgpuKeystroke, Kind: kindKeystroke, N: 300, MedianMS: 0.5, P99MS: 1.2},
+		consoleKeystroke: {Name: consoleKeystroke, Kind: kindKeystroke, N: 300, MedianMS: 1.5, P99MS: 3.6},
+	}
+	out := renderReport(results, true)
+	for _, want := range []string{
+		"| keystroke echo, browser terminal vs `devgpu shell` (p99) | 3.60 ms | 1.20 ms | 3.00× | — | — |",
+		"| keystroke echo round trip (OpenSSH beside it) (p99) | 1.20 ms | not measured |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	// -measured leaves out the targets of which nothing ran.
+	if strings.Contains(out, "srun") || strings.Contains(out, "admissions (create+end)") {
+		t.Errorf("report with measuredOnly shows targets nothing measured:\n%s", out)
+	}
+	if all := renderReport(results, false); !strings.Contains(all, "`devgpu run -- true` vs `srun --gres=gpu:t4:1 true` (median) | not measured") {
+		t.Errorf("report without measuredOnly lacks the unmeasured targets:\n%s", all)
 	}
 }
 

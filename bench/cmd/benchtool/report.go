@@ -30,11 +30,18 @@ const (
 	admissionsPG      = "devgpu_admissions_postgres"
 )
 
+// The web console's terminal (bench/console/echo.mjs writes these): a key
+// to its echo parsed by xterm.js, and to the frame that painted it.
+const (
+	consoleKeystroke        = "console_terminal_keystroke"
+	consoleKeystrokePainted = "console_terminal_keystroke_painted"
+)
+
 // order is how the measurements table lists what it knows; others follow by name.
 var order = []string{
 	devgpuRunTrue, srunTrue, sshTrue,
 	devgpuShellPrompt, srunPtyPrompt, sshPtyPrompt,
-	devgpuKeystroke, sshKeystroke, srunKeystroke,
+	devgpuKeystroke, sshKeystroke, srunKeystroke, consoleKeystroke, consoleKeystrokePainted,
 	devgpuConcurrent, srunConcurrent,
 	devgpuBulk, sshBulk,
 	admissionsSQLite, admissionsPG,
@@ -65,7 +72,8 @@ var (
 // target is one row of the DESIGN.md performance targets: subject's metric
 // divided by peer's must be at most (or, when the metric is higher-better,
 // at least) limit. An absolute target bounds subject's metric itself; its
-// peer, if any, is shown for comparison.
+// peer, if any, is shown for comparison. A row with noLimit has no target:
+// it shows the ratio alone.
 type target struct {
 	what     string
 	subject  string
@@ -73,6 +81,7 @@ type target struct {
 	metric   metric
 	limit    float64
 	absolute bool
+	noLimit  bool
 }
 
 // targets are the rows of "Performance targets" in DESIGN.md that a
@@ -84,6 +93,7 @@ var targets = []target{
 	{what: "200 × `run --wait -- true`, 16 submitters, vs srun", subject: devgpuConcurrent, peer: srunConcurrent, metric: jobsPerSec, limit: 5},
 	{what: "bulk output, 1 GiB, vs OpenSSH", subject: devgpuBulk, peer: sshBulk, metric: streamMBps, limit: 1.0},
 	{what: "keystroke echo round trip (OpenSSH beside it)", subject: devgpuKeystroke, peer: sshKeystroke, metric: p99MS, limit: 2, absolute: true},
+	{what: "keystroke echo, browser terminal vs `devgpu shell`", subject: consoleKeystroke, peer: devgpuKeystroke, metric: p99MS, noLimit: true},
 	{what: "admissions (create+end), 64 clients, SQLite", subject: admissionsSQLite, metric: admPerSec, limit: 1000, absolute: true},
 	{what: "cap violations, SQLite", subject: admissionsSQLite, metric: violations, limit: 0, absolute: true},
 	{what: "admissions (create+end), 64 clients, PostgreSQL", subject: admissionsPG, metric: admPerSec, limit: 1000, absolute: true},
@@ -93,6 +103,7 @@ var targets = []target{
 func runReport(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("report", stderr)
 	in := fs.String("in", "", "results `file` (JSON lines); default stdin")
+	measured := fs.Bool("measured", false, "leave out the targets of which nothing was measured")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -108,13 +119,13 @@ func runReport(_ context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return fmt.Errorf("report: %w", err)
 	}
-	_, err = io.WriteString(stdout, renderReport(results))
+	_, err = io.WriteString(stdout, renderReport(results, *measured))
 	return err
 }
 
 // renderReport returns the markdown: every measurement, then each target
-// with its ratio.
-func renderReport(results map[string]Result) string {
+// with its ratio (with measuredOnly, those of which something was measured).
+func renderReport(results map[string]Result, measuredOnly bool) string {
 	var b strings.Builder
 	b.WriteString("### Measurements\n\n")
 	b.WriteString("| measurement | command | n | failed | median | p95 | p99 | rate |\n")
@@ -139,13 +150,18 @@ func renderReport(results map[string]Result) string {
 			ms(r.MedianMS), ms(r.P95MS), ms(r.P99MS), rate)
 	}
 	b.WriteString("\nTimes are in milliseconds, end to end (prompt: spawn until a typed command has run; " +
-		"keystroke: one key to its echo; concurrent: each job; admissions: each admitted create). MB/s is the stream rate, first byte to EOF.\n")
+		"keystroke: one key to its echo (browser terminal: to the echo parsed by xterm.js, or painted; bench/console/echo.mjs); concurrent: each job; admissions: each admitted create). MB/s is the stream rate, first byte to EOF.\n")
 	b.WriteString(admissionsSection(results))
 
 	b.WriteString("\n### Against the targets in DESIGN.md\n\n")
 	b.WriteString("| target | devgpu | peer | ratio | wanted | met |\n")
 	b.WriteString("| --- | ---: | ---: | ---: | ---: | :---: |\n")
 	for _, t := range targets {
+		_, subj := results[t.subject]
+		_, peer := results[t.peer]
+		if measuredOnly && !subj && !peer {
+			continue
+		}
 		b.WriteString(targetRow(t, results))
 	}
 	var failed []string
@@ -171,6 +187,9 @@ func targetRow(t target, results map[string]Result) string {
 		if t.limit == 0 && !t.metric.higher {
 			wanted = "0 " + t.metric.unit
 		}
+	}
+	if t.noLimit {
+		wanted = "—"
 	}
 	what := fmt.Sprintf("%s (%s)", t.what, t.metric.label)
 	// cell shows a result's number; ok says there is one to compare.
@@ -200,6 +219,8 @@ func targetRow(t target, results map[string]Result) string {
 		ratio = fmt.Sprintf("%.2f×", sv/pv)
 	}
 	switch {
+	case t.noLimit:
+		met = "—"
 	case t.absolute && sok:
 		met = verdict(sv, t, results[t.subject])
 	case !t.absolute && sok && pok && pv != 0 && sv != 0:
