@@ -6,6 +6,7 @@ package store
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/devgpu/devgpu/sdk"
@@ -140,8 +141,24 @@ type AuditEvent struct {
 // AuditFilter selects audit events; zero fields match everything.
 type AuditFilter struct {
 	Project string
-	Since   time.Time // events at or after
-	Limit   int       // 0: no limit; newest are kept when limited
+	// Actor matches the actor exactly.
+	Actor string
+	// Action matches the action exactly, or, when it ends in "." or "*",
+	// every action that begins with it: "session." (or "session*", the
+	// star dropped) matches session.start and session.end.
+	Action string
+	Since  time.Time // events at or after
+	Until  time.Time // events before
+	Limit  int       // 0: no limit; newest are kept when limited
+}
+
+// ActionPrefix reports the prefix an Action filter matches by, and whether
+// it is one ("session." and "session*" are; "session.end" is not).
+func (f AuditFilter) ActionPrefix() (string, bool) {
+	if p, ok := strings.CutSuffix(f.Action, "*"); ok {
+		return p, true
+	}
+	return f.Action, strings.HasSuffix(f.Action, ".")
 }
 
 // Member roles.

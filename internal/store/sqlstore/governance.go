@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/sdk"
@@ -69,14 +70,25 @@ func (s *Store) ListAudit(ctx context.Context, f store.AuditFilter) ([]store.Aud
 	if f.Project != "" {
 		conds, args = append(conds, `project = ?`), append(args, f.Project)
 	}
+	if f.Actor != "" {
+		conds, args = append(conds, `actor = ?`), append(args, f.Actor)
+	}
+	switch prefix, isPrefix := f.ActionPrefix(); {
+	case isPrefix && prefix == "": // "*": every action
+	case isPrefix:
+		// substr, not LIKE: SQLite's LIKE ignores case, and both engines
+		// take _ and % as wildcards. Both count characters.
+		conds, args = append(conds, `substr(action, 1, ?) = ?`), append(args, utf8.RuneCountInString(prefix), prefix)
+	case f.Action != "":
+		conds, args = append(conds, `action = ?`), append(args, f.Action)
+	}
+	// Stored to the microsecond: a bound between two microseconds keeps
+	// the events of the later one on its side, and only those.
 	if !f.Since.IsZero() {
-		// Stored to the microsecond: a Since between two microseconds
-		// keeps the events of the later one, and only those.
-		since := f.Since.UnixMicro()
-		if norm(f.Since).Before(f.Since) {
-			since++
-		}
-		conds, args = append(conds, `at >= ?`), append(args, since)
+		conds, args = append(conds, `at >= ?`), append(args, ceilMicro(f.Since))
+	}
+	if !f.Until.IsZero() {
+		conds, args = append(conds, `at < ?`), append(args, ceilMicro(f.Until))
 	}
 	q := `SELECT ` + auditColumns + ` FROM audit`
 	if len(conds) > 0 {

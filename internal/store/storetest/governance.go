@@ -379,6 +379,63 @@ func testAudit(t *testing.T, ctx context.Context, s store.Store) {
 	}
 }
 
+// testAuditFilters checks the actor, action (exact and prefix) and until
+// filters, alone, together and with the others. A prefix is matched as
+// text: the case counts, and _ and % are no wildcards.
+func testAuditFilters(t *testing.T, ctx context.Context, s store.Store) {
+	at := time.Date(2025, 4, 1, 9, 0, 0, 0, time.UTC)
+	events := []store.AuditEvent{
+		{At: at, Actor: "alice", Action: "session.start", Project: "ml", Target: "s-1"},
+		{At: at.Add(time.Second), Actor: "system", Action: "session.end", Project: "ml", Target: "s-1"},
+		{At: at.Add(2 * time.Second), Actor: "alice", Action: "sessions_purge", Project: "cv"},
+		{At: at.Add(3 * time.Second), Actor: "bob", Action: "Session.start", Project: "cv", Target: "s-2"},
+		{At: at.Add(4*time.Second + 500*time.Nanosecond), Actor: "alice", Action: "project.update", Project: "ml"},
+		{At: at.Add(5 * time.Second), Actor: "Alice", Action: "session.stop", Project: "ml", Target: "s-3"},
+		{At: at.Add(6 * time.Second), Actor: "bob", Action: "séance.fin", Project: "cv"},
+	}
+	for i := range events {
+		if err := s.AppendAudit(ctx, &events[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := events
+	for _, c := range []struct {
+		f    store.AuditFilter
+		want []store.AuditEvent
+	}{
+		{store.AuditFilter{Actor: "alice"}, []store.AuditEvent{e[0], e[2], e[4]}},
+		{store.AuditFilter{Actor: "Alice"}, []store.AuditEvent{e[5]}},
+		{store.AuditFilter{Actor: "ali"}, nil},
+		{store.AuditFilter{Action: "session.end"}, []store.AuditEvent{e[1]}},
+		{store.AuditFilter{Action: "session"}, nil},
+		{store.AuditFilter{Action: "session."}, []store.AuditEvent{e[0], e[1], e[5]}},
+		{store.AuditFilter{Action: "session*"}, []store.AuditEvent{e[0], e[1], e[2], e[5]}},
+		{store.AuditFilter{Action: "session_*"}, nil},
+		{store.AuditFilter{Action: "sessions_*"}, []store.AuditEvent{e[2]}},
+		{store.AuditFilter{Action: "%*"}, nil},
+		{store.AuditFilter{Action: "séance.*"}, []store.AuditEvent{e[6]}},
+		{store.AuditFilter{Action: "séance."}, []store.AuditEvent{e[6]}},
+		{store.AuditFilter{Action: "*"}, events},
+		{store.AuditFilter{Until: at}, nil},
+		{store.AuditFilter{Until: at.Add(time.Nanosecond)}, []store.AuditEvent{e[0]}},
+		{store.AuditFilter{Until: at.Add(2 * time.Second)}, []store.AuditEvent{e[0], e[1]}},
+		// e[4] is stored at 4 s and 0 µs (500 ns is below the microsecond).
+		{store.AuditFilter{Until: e[4].At}, []store.AuditEvent{e[0], e[1], e[2], e[3]}},
+		{store.AuditFilter{Until: e[4].At.Add(time.Nanosecond)}, []store.AuditEvent{e[0], e[1], e[2], e[3], e[4]}},
+		{store.AuditFilter{Since: at.Add(time.Second), Until: at.Add(3 * time.Second)}, []store.AuditEvent{e[1], e[2]}},
+		{store.AuditFilter{Since: at.Add(3 * time.Second), Until: at.Add(3 * time.Second)}, nil},
+		{store.AuditFilter{Actor: "alice", Action: "session."}, []store.AuditEvent{e[0]}},
+		{store.AuditFilter{Project: "cv", Actor: "bob"}, []store.AuditEvent{e[3], e[6]}},
+		{store.AuditFilter{Project: "ml", Action: "session.", Until: at.Add(5 * time.Second), Limit: 1}, []store.AuditEvent{e[1]}},
+		{store.AuditFilter{Action: "session.", Limit: 2}, []store.AuditEvent{e[1], e[5]}},
+	} {
+		got, err := s.ListAudit(ctx, c.f)
+		if err != nil || len(got) != len(c.want) || (len(got) > 0 && !reflect.DeepEqual(got, c.want)) {
+			t.Errorf("ListAudit(%+v) =\n%+v, %v; want\n%+v", c.f, got, err, c.want)
+		}
+	}
+}
+
 // testAuditOrder checks that events list by time, whatever order they
 // were appended in, that the limit keeps the latest by time, and that a
 // failed transaction leaves no event.

@@ -43,6 +43,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"OrgPolicy", testOrgPolicy},
 		{"Audit", testAudit},
 		{"AuditOrder", testAuditOrder},
+		{"AuditFilters", testAuditFilters},
 		{"Capacity", testCapacity},
 		{"CapacityInTx", testCapacityInTx},
 		{"Placement", testPlacement},
