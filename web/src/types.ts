@@ -84,3 +84,9 @@ export interface TerminalMessage {
   input_received?: number; oldest?: number;
   status?: number; signal?: string; message?: string;
 }
+
+// How to log in (sdk/auth.go, GET /api/v1/auth/config).
+export interface AuthConfig {
+  oidc?: { issuer: string; client_id: string; scopes: string[] };
+  sso_required?: boolean;
+}

@@ -1,6 +1,203 @@
+// "My GPUs": what I can still start in each of my projects, and my
+// sessions, as the live stream pushes them.
+import { useEffect, useState } from "preact/hooks";
 import type { PageProps } from "../routes";
+import type { GPUPool, LiveSession, LiveSnapshot, ProjectStanding } from "../types";
+import { api, ApiError } from "../api";
+import { navigate } from "../router";
+import { age, goDuration, hours, money } from "../components/format";
+import "../terminal/developer.css";
 
-// Placeholder until this page's part lands.
 export function HomePage(_: PageProps) {
-  return <h1>HomePage</h1>;
+  const [standing, setStanding] = useState<ProjectStanding[] | null>(null);
+  const [err, setErr] = useState("");
+  useEffect(() => {
+    api<ProjectStanding[]>("GET", "/api/v1/standing").then(setStanding, (e) => setErr(message(e)));
+  }, []);
+  return (
+    <>
+      <h1>My GPUs</h1>
+      {err && <p role="alert" class="error">{err}</p>}
+      {standing === null && !err && <p aria-busy="true">Loading your projects…</p>}
+      {standing && standing.length === 0 && (
+        <p>You belong to no project yet; ask a project admin to add you to one.</p>
+      )}
+      <div class="projects">
+        {standing?.map((p) => <ProjectCard key={p.project} p={p} />)}
+      </div>
+      <MySessions />
+      <p class="muted">Your usage and cost: <a href="#/usage">Usage</a>.</p>
+    </>
+  );
+}
+
+function message(e: unknown): string {
+  return e instanceof ApiError || e instanceof Error ? e.message : String(e);
+}
+
+// pools sums each GPU type's free and total GPUs over its regions.
+function pools(list: GPUPool[]): { type: string; free: number; total: number }[] {
+  const by = new Map<string, { type: string; free: number; total: number }>();
+  for (const g of list || []) {
+    const t = by.get(g.type) || { type: g.type, free: 0, total: 0 };
+    t.free += g.free; t.total += g.total;
+    by.set(g.type, t);
+  }
+  return [...by.values()];
+}
+
+const gpus = (n: number) => `${n} GPU${n === 1 ? "" : "s"}`;
+
+// cannotStart says why nothing can start in p now, or "".
+function cannotStart(p: ProjectStanding, free: number | undefined, type: string): string {
+  if (!p.gpu_enabled) return `GPU sessions are disabled in project ${p.project}; a project admin can enable them.`;
+  if (!p.gpu_types || p.gpu_types.length === 0) return `No GPU type that project ${p.project} allows is offered now; ask a project admin which types it should allow.`;
+  if (p.budget && p.budget.amount > 0 && p.remaining <= 0 && (p.budget.action === "refuse" || p.budget.action === "stop")) {
+    return `Project ${p.project} has spent its monthly budget; ask a project admin to raise it.`;
+  }
+  if (p.can_start === 0) {
+    if (p.max_gpus_per_user > 0 && p.my_gpus_in_use >= p.max_gpus_per_user) {
+      return `You use ${p.my_gpus_in_use} of your ${gpus(p.max_gpus_per_user)} in project ${p.project}; stop one of your sessions to start another.`;
+    }
+    if (p.max_gpus > 0 && p.gpus_in_use >= p.max_gpus) {
+      return `Project ${p.project} uses ${p.gpus_in_use} of its ${gpus(p.max_gpus)}; try again when one is freed.`;
+    }
+    if (p.gpu_types.every((t) => t.free === 0)) return `No GPU of the types project ${p.project} allows is free now; try again when one is freed.`;
+    return `Nothing can start in project ${p.project} now: the organisation's GPU quota is used up, or others wait in the project's queue; try again when a GPU is freed.`;
+  }
+  if (free === 0) return `No ${type} GPU is free now; pick another type or try again when one is freed.`;
+  return "";
+}
+
+function budgetWords(p: ProjectStanding): string {
+  const b = p.budget;
+  if (!b || b.amount <= 0) return "No monthly budget";
+  if (b.unit === "gpu-hours") return `${hours(p.remaining)} of ${hours(b.amount)} left this month`;
+  return `${money(p.remaining, p.currency)} of ${money(b.amount, p.currency)} left this month`;
+}
+
+function ProjectCard({ p }: { p: ProjectStanding }) {
+  const types = pools(p.gpu_types);
+  const [type, setType] = useState(types.find((t) => t.free > 0)?.type || types[0]?.type || "");
+  const chosen = types.find((t) => t.type === type);
+  const why = cannotStart(p, chosen?.free, type);
+  const slug = p.project.replace(/[^A-Za-z0-9_-]/g, "_");
+  const open = () => {
+    const q = new URLSearchParams({ project: p.project });
+    if (type) q.set("gpu_type", type);
+    navigate(`/terminal?${q}`);
+  };
+  return (
+    <section class="project-card" data-project={p.project} aria-labelledby={`project-${slug}`}>
+      <h2 id={`project-${slug}`}>{p.project}</h2>
+      <dl class="facts">
+        <dt>My GPUs in use</dt>
+        <dd>{p.max_gpus_per_user > 0 ? `${p.my_gpus_in_use} of ${p.max_gpus_per_user} (my cap)` : `${p.my_gpus_in_use} (no per-user cap)`}</dd>
+        <dt>Project GPUs in use</dt>
+        <dd>{p.max_gpus > 0 ? `${p.gpus_in_use} of ${p.max_gpus}` : `${p.gpus_in_use} (no project cap)`}</dd>
+        <dt>I can still start</dt>
+        <dd>{!p.gpu_enabled ? "nothing: GPU sessions are disabled" : gpus(Math.max(0, p.can_start))}</dd>
+        <dt>Budget</dt>
+        <dd>{budgetWords(p)}</dd>
+      </dl>
+      {p.gpu_enabled && types.length > 0 && (
+        <p>
+          <label for={`gpu-${slug}`}>GPU type</label>{" "}
+          <select id={`gpu-${slug}`} value={type} onChange={(e) => setType((e.target as HTMLSelectElement).value)}>
+            {types.map((t) => <option value={t.type}>{`${t.type} (${t.free} of ${t.total} free)`}</option>)}
+          </select>
+        </p>
+      )}
+      <p>
+        <button type="button" class="primary" disabled={!!why} aria-describedby={why ? `why-${slug}` : undefined} onClick={open}>Open GPU terminal</button>
+      </p>
+      {why && <p id={`why-${slug}`} class="why">{why}</p>}
+    </section>
+  );
+}
+
+function MySessions() {
+  const [snap, setSnap] = useState<LiveSnapshot | null>(null);
+  const [live, setLive] = useState("Connecting to the live view of your sessions…");
+  const [err, setErr] = useState("");
+  useEffect(() => {
+    const es = new EventSource("/api/v1/sessions/live");
+    es.onmessage = (ev) => {
+      try { setSnap(JSON.parse(ev.data) as LiveSnapshot); setLive(""); } catch { /* not a snapshot */ }
+    };
+    es.onerror = () => {
+      if (es.readyState === EventSource.CLOSED) {
+        setLive("");
+        setErr("The live view of your sessions stopped (the server refused it or went away); reload the page to see them again.");
+      } else {
+        setLive("The live view of your sessions was cut; reconnecting…");
+      }
+    };
+    return () => es.close();
+  }, []);
+  const stop = async (id: string) => {
+    setErr("");
+    try {
+      await api("DELETE", `/api/v1/sessions/${encodeURIComponent(id)}`);
+    } catch (e) {
+      setErr(message(e));
+    }
+  };
+  const at = snap ? new Date(snap.at).getTime() : Date.now();
+  const rows = snap?.sessions || [];
+  return (
+    <section aria-labelledby="my-sessions">
+      <h2 id="my-sessions">My sessions</h2>
+      {live && <p role="status" class="muted">{live}</p>}
+      {err && <p role="alert" class="error">{err}</p>}
+      {snap && rows.length === 0 && <p>You have no active sessions.</p>}
+      {rows.length > 0 && (
+        <table>
+          <thead>
+            <tr>
+              <th scope="col">Session</th><th scope="col">Project</th><th scope="col">GPU type</th>
+              <th scope="col">State</th><th scope="col">Age</th><th scope="col">Shells</th>
+              <th scope="col">Why it is alive</th><th scope="col"><span class="sr-only">Actions</span></th>
+            </tr>
+          </thead>
+          <tbody>
+            {rows.map((s) => <SessionRow key={s.id} s={s} at={at} stop={stop} />)}
+          </tbody>
+        </table>
+      )}
+    </section>
+  );
+}
+
+function shells(s: LiveSession): string {
+  const list = s.shells || [];
+  if (list.length === 0) return String(s.attachments || 0);
+  const terminals = list.filter((a) => a.kind === "terminal").length;
+  const parts = [];
+  if (terminals) parts.push(`${terminals} in the browser`);
+  if (list.length - terminals) parts.push(`${list.length - terminals} other`);
+  return `${list.length} (${parts.join(", ")})`;
+}
+
+function SessionRow({ s, at, stop }: { s: LiveSession; at: number; stop: (id: string) => Promise<void> }) {
+  const [busy, setBusy] = useState(false);
+  const running = s.state === "running";
+  return (
+    <tr data-session-id={s.id}>
+      <td><code>{s.id}</code></td>
+      <td>{s.project}</td>
+      <td>{s.gpu_type}{s.gpus?.length ? ` (${s.gpus.join(", ")})` : ""}</td>
+      <td>{s.state}</td>
+      <td>{age(at - new Date(s.started_at || s.created_at).getTime())}</td>
+      <td>{shells(s)}</td>
+      <td>{s.alive_because || (s.detach_grace ? `detach grace ${goDuration(s.detach_grace)}` : "")}</td>
+      <td class="actions">
+        {running && <a href={`#/terminal/${encodeURIComponent(s.id)}`} aria-label={`Open terminal in session ${s.id}`}>Open terminal</a>}{" "}
+        {s.state !== "stopping" && (
+          <button type="button" aria-label={`Stop session ${s.id}`} disabled={busy}
+            onClick={async () => { setBusy(true); await stop(s.id); setBusy(false); }}>Stop</button>
+        )}
+      </td>
+    </tr>
+  );
 }
