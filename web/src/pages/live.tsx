@@ -73,10 +73,10 @@ function StopDialog({ session, onDone }: { session: LiveSession | null; onDone: 
   const stop = async (e: Event) => {
     e.preventDefault();
     if (!session) return;
+    if (!reason.trim()) { setError(new Error("Give a reason: the user is told it and the audit log keeps it.")); return; }
     setBusy(true); setError(null);
     try {
-      const q = reason.trim() ? `?reason=${encodeURIComponent(reason.trim())}` : "";
-      await api("DELETE", `/api/v1/sessions/${encodeURIComponent(session.id)}${q}`);
+      await api("DELETE", `/api/v1/sessions/${encodeURIComponent(session.id)}?reason=${encodeURIComponent(reason.trim())}`);
       onDone(`Session ${session.id} is stopping.`);
     } catch (err) {
       setError(err);
@@ -89,7 +89,7 @@ function StopDialog({ session, onDone }: { session: LiveSession | null; onDone: 
       {session && (
         <form onSubmit={stop}>
           <p>{session.user}'s session in {session.project} ends now; its shells are cut.</p>
-          <Field id={id + "-reason"} label="Reason" hint="Recorded in the audit log and shown to the user.">
+          <Field id={id + "-reason"} label="Reason" hint="Shown to the user and kept in the audit log.">
             <input id={id + "-reason"} type="text" value={reason} maxLength={200} onInput={(e) => setReason(e.currentTarget.value)} aria-describedby={id + "-reason-hint"} />
           </Field>
           <ErrorText error={error} />
