@@ -11,9 +11,11 @@ import "../terminal/developer.css";
 export function HomePage(_: PageProps) {
   const [standing, setStanding] = useState<ProjectStanding[] | null>(null);
   const [err, setErr] = useState("");
+  // Read again whenever my sessions change: they are what it counts.
+  const [changes, setChanges] = useState(0);
   useEffect(() => {
-    api<ProjectStanding[]>("GET", "/api/v1/standing").then(setStanding, (e) => setErr(message(e)));
-  }, []);
+    api<ProjectStanding[]>("GET", "/api/v1/standing").then((s) => { setStanding(s); setErr(""); }, (e) => setErr(message(e)));
+  }, [changes]);
   return (
     <>
       <h1>My GPUs</h1>
@@ -25,7 +27,7 @@ export function HomePage(_: PageProps) {
       <div class="projects">
         {standing?.map((p) => <ProjectCard key={p.project} p={p} />)}
       </div>
-      <MySessions />
+      <MySessions changed={() => setChanges((n) => n + 1)} />
       <p class="muted">Your usage and cost: <a href="#/usage">Usage</a>.</p>
     </>
   );
@@ -116,14 +118,24 @@ function ProjectCard({ p }: { p: ProjectStanding }) {
   );
 }
 
-function MySessions() {
+function MySessions({ changed }: { changed: () => void }) {
   const [snap, setSnap] = useState<LiveSnapshot | null>(null);
   const [live, setLive] = useState("Connecting to the live view of your sessions…");
   const [err, setErr] = useState("");
+  // skew is the server's clock less ours; a snapshot comes only when
+  // something shown changed, so ages are counted on from it here.
+  const [skew, setSkew] = useState(0);
+  const [, setTick] = useState(0);
   useEffect(() => {
     const es = new EventSource("/api/v1/sessions/live");
     es.onmessage = (ev) => {
-      try { setSnap(JSON.parse(ev.data) as LiveSnapshot); setLive(""); } catch { /* not a snapshot */ }
+      try {
+        const s = JSON.parse(ev.data) as LiveSnapshot;
+        setSkew(new Date(s.at).getTime() - Date.now());
+        setSnap(s);
+        setLive("");
+        changed();
+      } catch { /* not a snapshot */ }
     };
     es.onerror = () => {
       if (es.readyState === EventSource.CLOSED) {
@@ -133,7 +145,8 @@ function MySessions() {
         setLive("The live view of your sessions was cut; reconnecting…");
       }
     };
-    return () => es.close();
+    const tick = setInterval(() => setTick((n) => n + 1), 1000);
+    return () => { es.close(); clearInterval(tick); };
   }, []);
   const stop = async (id: string) => {
     setErr("");
@@ -143,7 +156,7 @@ function MySessions() {
       setErr(message(e));
     }
   };
-  const at = snap ? new Date(snap.at).getTime() : Date.now();
+  const at = Date.now() + skew;
   const rows = snap?.sessions || [];
   return (
     <section aria-labelledby="my-sessions">
