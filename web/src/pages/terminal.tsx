@@ -199,9 +199,9 @@ function TerminalView({ params, query }: PageProps) {
       </div>
       <p class="status" role="status">{status}</p>
       {error && <p class="error" role="alert">{error}</p>}
-      <div ref={box} class="gpu-terminal" role="region" aria-label={`GPU terminal for session ${id || "being started"}`} />
-      <p class="hint muted">Ctrl+Shift+C copies the selection; Ctrl+Shift+V or Ctrl+V pastes. Closing this tab ends the shell.</p>
       {ending && <Ended ending={ending} project={project || session?.project || ""} gpuType={gpuType || session?.gpu_type || ""} />}
+      <div ref={box} class="gpu-terminal" role="region" aria-label={`GPU terminal for session ${id || "being started"}`} />
+      {!ending && <p class="hint muted">Ctrl+Shift+C copies the selection; Ctrl+Shift+V or Ctrl+V pastes. Closing this tab ends the shell.</p>}
     </div>
   );
 }
