@@ -340,8 +340,22 @@ func (c *Client) ListSessions(ctx context.Context, all bool) ([]Session, error) 
 
 // StopSession ends a session and returns its final record.
 func (c *Client) StopSession(ctx context.Context, id string) (Session, error) {
+	return c.StopSessionWithReason(ctx, id, "")
+}
+
+// MaxStopReason is the most characters a stop's reason may have.
+const MaxStopReason = 200
+
+// StopSessionWithReason ends a session, saying why (up to MaxStopReason
+// characters; empty: no reason): the audit log records it and the
+// session's open shells are told. It returns the session's final record.
+func (c *Client) StopSessionWithReason(ctx context.Context, id, reason string) (Session, error) {
 	var s Session
-	return s, c.do(ctx, http.MethodDelete, "/api/v1/sessions/"+url.PathEscape(id), nil, &s)
+	path := "/api/v1/sessions/" + url.PathEscape(id)
+	if reason != "" {
+		path += "?" + url.Values{"reason": {reason}}.Encode()
+	}
+	return s, c.do(ctx, http.MethodDelete, path, nil, &s)
 }
 
 // AttachmentHeader carries, on the connect response, the attachment's

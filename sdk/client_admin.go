@@ -86,7 +86,13 @@ func memberPath(project, user string) string {
 // AuditFilter narrows the audit log; zero fields do not filter.
 type AuditFilter struct {
 	Project string
-	Since   time.Time
+	// Actor is who acted, exactly (a user name, or "system").
+	Actor string
+	// Action is an action exactly ("session.end"), or, ending in "." or
+	// "*", every action beginning with it ("session." or "session*").
+	Action string
+	Since  time.Time // at or after
+	Until  time.Time // before
 }
 
 // Audit returns the audit log entries that match f.
@@ -96,8 +102,17 @@ func (c *Client) Audit(ctx context.Context, f AuditFilter) ([]AuditEvent, error)
 	if f.Project != "" {
 		q.Set("project", f.Project)
 	}
+	if f.Actor != "" {
+		q.Set("actor", f.Actor)
+	}
+	if f.Action != "" {
+		q.Set("action", f.Action)
+	}
 	if !f.Since.IsZero() {
 		q.Set("since", f.Since.UTC().Format(time.RFC3339))
+	}
+	if !f.Until.IsZero() {
+		q.Set("until", f.Until.UTC().Format(time.RFC3339))
 	}
 	path := "/api/v1/audit"
 	if len(q) > 0 {

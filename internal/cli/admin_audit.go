@@ -18,15 +18,20 @@ const changeWidth = 60
 
 func newAdminAuditCmd() *cobra.Command {
 	var (
-		asJSON         bool
-		project, since string
+		asJSON                               bool
+		project, actor, action, since, until string
 	)
 	cmd := &cobra.Command{
 		Use:   "audit",
 		Short: "Show the audit log: policy changes and session starts and stops, who and when",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			from, err := parseSince(since, time.Now())
+			now := time.Now()
+			from, err := parseSince(since, now)
+			if err != nil {
+				return err
+			}
+			to, err := parseWhen("until", until, now)
 			if err != nil {
 				return err
 			}
@@ -34,7 +39,7 @@ func newAdminAuditCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			events, err := client.Audit(cmd.Context(), sdk.AuditFilter{Project: project, Since: from})
+			events, err := client.Audit(cmd.Context(), sdk.AuditFilter{Project: project, Actor: actor, Action: action, Since: from, Until: to})
 			if err != nil {
 				return err
 			}
@@ -50,7 +55,10 @@ func newAdminAuditCmd() *cobra.Command {
 	}
 	jsonFlag(cmd, &asJSON)
 	cmd.Flags().StringVar(&project, "project", "", "only the entries about this project")
+	cmd.Flags().StringVar(&actor, "actor", "", "only the entries of this actor: a user name, or system for the control plane")
+	cmd.Flags().StringVar(&action, "action", "", "only the entries of this action (session.end), or of every action beginning with it when it ends in . or * (session.)")
 	cmd.Flags().StringVar(&since, "since", "", "only the entries from this time on (RFC 3339, e.g. 2024-05-01T09:00:00Z, or a date) or this long ago (e.g. 90m, 24h, 7d)")
+	cmd.Flags().StringVar(&until, "until", "", "only the entries before this time, given as --since is")
 	return cmd
 }
 

@@ -52,16 +52,19 @@ admins see everyone's sessions with --all-users.`,
 	list.Flags().BoolVar(&allUsers, "all-users", false, "everyone's sessions, not just yours (organisation admins)")
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 
+	var reason string
 	stop := &cobra.Command{
 		Use:   "stop ID",
 		Short: "End a session now and free its GPU",
-		Args:  cobra.ExactArgs(1),
+		Long: `End a session now and free its GPU. --reason (up to 200 characters) is
+recorded in the audit log and shown in the session's open shells.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			client, _, err := newClient()
 			if err != nil {
 				return err
 			}
-			s, err := client.StopSession(cmd.Context(), args[0])
+			s, err := client.StopSessionWithReason(cmd.Context(), args[0], reason)
 			if err != nil {
 				return err
 			}
@@ -69,6 +72,7 @@ admins see everyone's sessions with --all-users.`,
 			return nil
 		},
 	}
+	stop.Flags().StringVar(&reason, "reason", "", "why it is stopped: recorded in the audit log and shown in its shells")
 	cmd.AddCommand(list, stop)
 	return cmd
 }

@@ -39,15 +39,21 @@ func jsonText(v any) string {
 }
 
 // listAudit: organisation admins read everything; a project's admins read
-// their project's events (and must name it).
+// their project's events (and must name it). Filters: project=, actor=
+// (exact), action= (exact, or every action beginning with it when it ends
+// in "." or "*": session. or session*), since= (at or after) and until=
+// (before), both RFC 3339.
 func (a *API) listAudit(w http.ResponseWriter, r *http.Request, caller store.User) error {
-	f := store.AuditFilter{Project: r.URL.Query().Get("project"), Limit: 10000}
-	if v := r.URL.Query().Get("since"); v != "" {
-		t, err := time.Parse(time.RFC3339, v)
-		if err != nil {
-			return httpapi.Errorf(http.StatusBadRequest, "since=%q is not an RFC 3339 time such as 2026-11-26T09:00:00Z", v)
+	q := r.URL.Query()
+	f := store.AuditFilter{Project: q.Get("project"), Actor: q.Get("actor"), Action: q.Get("action"), Limit: 10000}
+	for name, t := range map[string]*time.Time{"since": &f.Since, "until": &f.Until} {
+		if v := q.Get(name); v != "" {
+			parsed, err := time.Parse(time.RFC3339, v)
+			if err != nil {
+				return httpapi.Errorf(http.StatusBadRequest, "%s=%q is not an RFC 3339 time such as 2026-11-26T09:00:00Z", name, v)
+			}
+			*t = parsed
 		}
-		f.Since = t
 	}
 	if !caller.OrgAdmin {
 		if f.Project == "" {

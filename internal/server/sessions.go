@@ -3,9 +3,13 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/devgpu/devgpu/internal/authz"
 	"github.com/devgpu/devgpu/internal/httpapi"
@@ -126,9 +130,15 @@ func (a *API) getSession(w http.ResponseWriter, r *http.Request, caller store.Us
 }
 
 // stopSession ends a session: `stopped` when its owner asks, `admin` when
-// an administrator stops someone else's.
+// an administrator stops someone else's. A reason (?reason=TEXT, or a JSON
+// body {"reason": TEXT}) is recorded in the audit log as session.stop and
+// shown in the session's open shells before it ends.
 func (a *API) stopSession(w http.ResponseWriter, r *http.Request, caller store.User) error {
 	sess, err := a.sessionFor(r, caller, authz.StopSession, "")
+	if err != nil {
+		return err
+	}
+	why, err := stopReason(w, r)
 	if err != nil {
 		return err
 	}
@@ -139,6 +149,9 @@ func (a *API) stopSession(w http.ResponseWriter, r *http.Request, caller store.U
 	reason := sdk.ReasonStopped
 	if sess.UserID != caller.ID {
 		reason = sdk.ReasonAdmin
+	}
+	if why != "" {
+		a.s.tellStop(r.Context(), sess, caller, reason, why)
 	}
 	if err := a.s.endSession(r.Context(), sess.ID, reason, caller.Name, a.s.now()); err != nil {
 		return err
@@ -152,6 +165,60 @@ func (a *API) stopSession(w http.ResponseWriter, r *http.Request, caller store.U
 	httpapi.Write(w, http.StatusOK, a.s.stoppedState(a.s.toSDK(sess)))
 	return nil
 }
+
+// stopReason reads a stop's reason: ?reason=, or else a JSON body
+// {"reason"}; trimmed, at most sdk.MaxStopReason characters of one line
+// (it is written into terminals, where a control character would be a
+// command to the terminal).
+func stopReason(w http.ResponseWriter, r *http.Request) (string, error) {
+	why := r.URL.Query().Get("reason")
+	if why == "" && r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+		var body struct {
+			Reason string `json:"reason"`
+		}
+		if err := httpapi.Read(w, r, &body); err != nil {
+			return "", err
+		}
+		why = body.Reason
+	}
+	why = strings.TrimSpace(why)
+	switch {
+	case !utf8.ValidString(why):
+		return "", httpapi.Errorf(http.StatusBadRequest, "the stop reason is not valid UTF-8; send it as text")
+	case strings.IndexFunc(why, unicode.IsControl) >= 0:
+		return "", httpapi.Errorf(http.StatusBadRequest, "the stop reason holds a control character (a line break, tab or escape); give it as one line of plain text")
+	case utf8.RuneCountInString(why) > sdk.MaxStopReason:
+		return "", httpapi.Errorf(http.StatusBadRequest, "the stop reason has %d characters; shorten it to %d", utf8.RuneCountInString(why), sdk.MaxStopReason)
+	}
+	return why, nil
+}
+
+// tellStop records why the caller stops the session (audit session.stop,
+// before its session.end) and tells its open shells. Neither may keep the
+// session running: a store that cannot write or an agent that cannot be
+// reached is logged, and the stop goes on.
+func (s *Server) tellStop(ctx context.Context, sess store.Session, caller store.User, reason, why string) {
+	err := s.store.InTx(ctx, func(tx store.Store) error {
+		return s.audit(ctx, tx, caller.Name, "session.stop", sess.Project, sess.ID, nil, map[string]any{"reason": reason, "message": why})
+	})
+	if err != nil {
+		s.storeWrote(err)
+		s.log.Error("record the reason of a stop; stopping all the same", "session_id", sess.ID, "err", err)
+	}
+	if sess.State != sdk.StateRunning {
+		return
+	}
+	by := caller.Name
+	if reason == sdk.ReasonStopped {
+		by = "you"
+	}
+	nctx, cancel := context.WithTimeout(ctx, stopNoticeTimeout)
+	defer cancel()
+	s.notice(nctx, sess.ID, s.liveFor(nctx, sess), fmt.Sprintf("this session is being stopped by %s: %s", by, why))
+}
+
+// stopNoticeTimeout bounds how long a stop waits to tell the shells.
+const stopNoticeTimeout = 3 * time.Second
 
 // toSDK is the session as the API shows it, its backend named even when
 // the record predates backends (a queued session has none yet).
