@@ -137,8 +137,7 @@ export class TerminalConnection {
     this.h.phase("starting", `Connecting to session ${this.id}…`);
     for (;;) {
       const started = Date.now();
-      const deadline = droppedAt ? droppedAt + this.graceMs : started + this.graceMs;
-      const closed = await this.open(Math.min(started + ATTEMPT_TIMEOUT, deadline));
+      const closed = await this.open(Math.min(started + ATTEMPT_TIMEOUT, droppedAt ? droppedAt + this.window() : Infinity));
       if (this.done) return;
       if (closed.code === CLOSE_GONE) {
         return this.giveUp(`Lost the connection to session ${this.id}, and ${closed.reason || "the session's agent no longer has this shell; open a new terminal"}.`);
@@ -157,15 +156,22 @@ export class TerminalConnection {
       else this.h.phase("starting", `Connecting to session ${this.id}… the first attempt failed${because}; trying again.`);
       // The upgrade's refusal reaches no script: the session's state says
       // whether another attempt could succeed.
-      const verdict = await this.check(Math.min(Date.now() + ATTEMPT_TIMEOUT, droppedAt + this.graceMs));
+      const verdict = await this.check(Math.min(Date.now() + ATTEMPT_TIMEOUT, droppedAt + this.window()));
       if (this.done) return;
       if (verdict) return this.giveUp(verdict);
-      const left = droppedAt + this.graceMs - Date.now();
+      const left = droppedAt + this.window() - Date.now();
       if (left <= 0) return this.giveUp(await this.lostWords());
       await this.sleep(Math.min(backoff, left));
       if (this.done) return;
       backoff = Math.min(2 * backoff, RESUME_MAX_WAIT);
     }
+  }
+
+  // window is how long attempts go on after a drop: the detach grace (the
+  // session waits no longer for its shell); before the first connection,
+  // at least one attempt's time, even with no grace.
+  private window(): number {
+    return this.connected ? this.graceMs : Math.max(this.graceMs, ATTEMPT_TIMEOUT);
   }
 
   // open makes one attempt, by deadline, and resolves when its socket
