@@ -8,6 +8,12 @@
 # bench/cmd/benchtool, prints a markdown report (to stdout, and to the file
 # given as the only argument), and stops everything it started.
 #
+# The console section times keystroke echo through the web console's
+# terminal (headless Chromium, bench/console/echo.mjs) against the same
+# devgpu server, beside `devgpu shell`'s; it needs node, web/node_modules
+# (`npm ci` in web/) and Debian's chromium, and is skipped with a note
+# without them. bench/console.sh runs it alone, without root.
+#
 # The admissions section (API only, no peer) then starts one more devgpu
 # server per store engine, with 16 simulated t4s: on SQLite, and on a fresh
 # PostgreSQL database it creates and drops (psql, 127.0.0.1, trust auth).
@@ -15,7 +21,10 @@
 # usage: bench/compare.sh [REPORT.md]
 #
 # Environment (all optional):
-#   BENCH_ONLY=devgpu,ssh,slurm,admissions  which sections to run
+#   BENCH_ONLY=devgpu,ssh,slurm,console,admissions  which sections to run
+#   BENCH_CONSOLE_MODE=keys      the console's keys: real key presses (keys) or
+#                                xterm's term.input (input); see bench/console/echo.mjs
+#   CHROMIUM=/usr/bin/chromium   the browser the console section drives
 #   BENCH_ADM_ENGINES=sqlite,postgres  the admissions section's store engines
 #   BENCH_ADM_CLIENTS=64 BENCH_ADM_USERS=8 BENCH_ADM_PROJECTS=2
 #   BENCH_ADM_DURATION=10s BENCH_ADM_GPUS=t4:16
@@ -44,7 +53,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib/sshd.sh
 . "$REPO/bench/lib/sshd.sh"
 
-ONLY=${BENCH_ONLY:-devgpu,ssh,slurm,admissions}
+ONLY=${BENCH_ONLY:-devgpu,ssh,slurm,console,admissions}
 N=${BENCH_N:-50}
 PROMPT_N=${BENCH_PROMPT_N:-20}
 KEYS=${BENCH_KEYS:-200}
@@ -69,6 +78,8 @@ ADM_QUOTA=${BENCH_ADM_QUOTA:-12}
 ADM_PORT=${BENCH_ADM_PORT:-18081}
 ADM_RUNTIME=${BENCH_ADM_RUNTIME:-local}
 PG_URL=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
+CONSOLE_MODE=${BENCH_CONSOLE_MODE:-keys}
+CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 
 log() { printf '[compare %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -295,6 +306,36 @@ setup_devgpu() {
 	fi
 }
 
+# ---------------------------------------------------------------- console
+
+# console_missing: why the console section cannot run here, or nothing.
+console_missing() {
+	if ! command -v node >/dev/null; then
+		echo "node is not on PATH (install Node.js 20 or later)"
+	elif [[ ! -x $CHROMIUM ]]; then
+		echo "no Chromium at $CHROMIUM (apt-get install chromium, or set CHROMIUM)"
+	elif [[ ! -d $REPO/web/node_modules/playwright-core ]]; then
+		echo "web/node_modules has no playwright-core (run npm ci in web/)"
+	fi
+}
+
+# measure_console: keystroke echo through the browser terminal, against the
+# devgpu server setup_devgpu started, logged in with its admin token (passed
+# in the environment, never in argv).
+measure_console() {
+	local why token
+	why=$(console_missing)
+	if [[ -n $why ]]; then
+		log "console section skipped: $why"
+		return
+	fi
+	token=$(node -e 'process.stdout.write(JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).token)' "$DEVGPU_CONFIG")
+	log "measuring console_terminal_keystroke: browser terminal ($CONSOLE_MODE), $KEYS keys"
+	DEVGPU_TOKEN=$token node "$REPO/bench/console/echo.mjs" --url "http://127.0.0.1:$DEVGPU_PORT" \
+		--project default --gpu-type t4 -n "$KEYS" --mode "$CONSOLE_MODE" --chromium "$CHROMIUM" --out "$RESULTS" ||
+		log "console_terminal_keystroke: echo.mjs failed ($?)"
+}
+
 # ---------------------------------------------------------------- admissions
 
 drop_pg_db() {
@@ -386,7 +427,7 @@ main() {
 
 	want ssh && setup_ssh
 	want slurm && setup_slurm
-	want devgpu && setup_devgpu
+	if want devgpu || want console; then setup_devgpu; fi
 	local load_start
 	load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -401,7 +442,8 @@ main() {
 	want slurm && measure prompt srun_pty_prompt "$srun --pty bash" -n "$PROMPT_N" -- "${SRUN[@]}" --pty bash
 	want ssh && measure prompt ssh_pty_prompt "$ssh_to -tt" -n "$PROMPT_N" -- "${SSH[@]}" -tt bench
 
-	want devgpu && measure keystroke devgpu_shell_keystroke "$shell" -n "$KEYS" -- "${DEVGPU[@]}" shell "${SHELL_WAIT[@]}"
+	if want devgpu || want console; then measure keystroke devgpu_shell_keystroke "$shell" -n "$KEYS" -- "${DEVGPU[@]}" shell "${SHELL_WAIT[@]}"; fi
+	want console && measure_console
 	want ssh && measure keystroke ssh_keystroke "$ssh_to -tt" -n "$KEYS" -- "${SSH[@]}" -tt bench
 	want slurm && measure keystroke srun_keystroke "$srun --pty bash" -n "$KEYS" -- "${SRUN[@]}" --pty bash
 
@@ -433,6 +475,9 @@ main() {
 		echo "Host: $(hostname -s), $(nproc) cores, $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")." \
 			"Peers: $(ssh -V 2>&1 | cut -d, -f1), Slurm $(srun --version 2>/dev/null | awk '{print $2}')." \
 			"devgpu at $(revision)."
+		if want console && [[ -z $(console_missing) ]]; then
+			echo "Browser terminal: $("$CHROMIUM" --version 2>/dev/null | head -1) headless, driven by playwright-core from Node $(node --version), keys in $CONSOLE_MODE mode."
+		fi
 		echo "Runs: latency $N, prompt $PROMPT_N, keystrokes $KEYS, $JOBS jobs from $WORKERS submitters, $BULK_N × $BYTES;" \
 			"admissions: $ADM_CLIENTS clients for $ADM_DURATION on --gpus $ADM_GPUS ($ADM_ENGINES)." \
 			"Load average at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg)."

@@ -1,0 +1,282 @@
+#!/usr/bin/env node
+// echo.mjs — keystroke echo through the web console's terminal, the browser
+// half of bench/console.sh (and of compare.sh's "console" section); the
+// other half is `benchtool keystroke` on `devgpu shell`, against the same
+// server, in the same run.
+//
+// It drives Debian's Chromium with playwright-core (from web/node_modules:
+// `cd web && npm ci`), headless, with a fresh profile: logs in with an API
+// token on the console's login page at #/terminal?project=P&gpu_type=T
+// (where the page then starts a session and its shell, as "Open GPU
+// terminal" does),
+// waits for document.body.dataset.terminal to be "connected" and for a
+// typed `echo BENCH…_$((a+b))_OK` to be answered, then types -n keys (after
+// -warmup unrecorded ones), one at a time:
+//
+//   keys mode (default): each `x` is a real key press, sent with
+//     page.keyboard.press (CDP Input.dispatchKeyEvent), so it goes through
+//     the browser's input pipeline and xterm.js's keyboard handling like a
+//     person's key. The clock starts at the keydown event's timeStamp (when
+//     the browser made the event, before the page handled it); the CDP call
+//     that asks for the key is not counted.
+//   input mode: each `x` goes in through window.devgpuTerminal.input("x"),
+//     the xterm.js API that fires onData as typing does, and the clock
+//     starts just before that call (no keyboard event at all).
+//
+// In both, the sample ends when xterm.js has parsed the echo into its
+// buffer: the first onWriteParsed after which the cursor's line ends in one
+// more `x` than before the key. That is the counterpart of what benchtool
+// times for `devgpu shell` (the echo read from the PTY, before any terminal
+// paints it): key → WebSocket → server → SSH → agent's PTY → echo back →
+// WebSocket message → xterm.js parse. A second result, NAME_painted, times
+// the same keys until the first onRender after that parse that covers the
+// cursor's row (the next animation frame: what a person would see). Every
+// 40 keys the line is cleared with ^U, untimed, so it never wraps.
+//
+// Each result is one JSON line in benchtool's format (bench/cmd/benchtool,
+// result.go: name, kind "keystroke", samples and their median/p95/p99), so
+// `benchtool report` puts it beside the shell's.
+//
+// usage: node bench/console/echo.mjs --url http://127.0.0.1:18080 --token TOKEN
+//          [--project default] [--gpu-type t4] [-n 300] [--warmup 20]
+//          [--mode keys|input] [--name console_terminal_keystroke] [--out results.jsonl]
+//          [--chromium /usr/bin/chromium] [--timeout 60] [--screenshot FILE.png]
+import { createRequire } from "node:module";
+import { appendFileSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const args = parseArgs(process.argv.slice(2));
+const requireWeb = createRequire(new URL("../../web/package.json", import.meta.url));
+let chromium;
+try {
+  ({ chromium } = requireWeb("playwright-core"));
+} catch {
+  fail("playwright-core is not installed in web/node_modules; run `npm ci` in web/ first");
+}
+
+const label = `browser terminal (${args.mode === "keys" ? "key presses" : "term.input"})`;
+const result = {
+  name: args.name,
+  kind: "keystroke",
+  cmd: [args.chromium, `${args.url}/#/terminal?project=${args.project}&gpu_type=${args.gpuType}`],
+  label,
+  time: new Date().toISOString(),
+  n: 0,
+  failures: 0,
+};
+const painted = { ...result, name: args.name + "_painted", label: label + ", until painted" };
+// Where the figures came from: the browser's version, once it has started.
+let version = "";
+
+const profile = mkdtempSync(join(tmpdir(), "devgpu-echo-"));
+let context;
+try {
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: args.chromium,
+    headless: true,
+    viewport: { width: 1280, height: 800 },
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+  version = context.browser()?.version() || "";
+  const page = context.pages()[0] || (await context.newPage());
+  page.setDefaultTimeout(args.timeout * 1000);
+  const samples = await measure(page);
+  setSamples(result, samples.parsed);
+  setSamples(painted, samples.painted);
+} catch (e) {
+  const msg = String(e?.message || e).split("\n")[0];
+  for (const r of [result, painted]) {
+    r.failures++;
+    r.last_error = msg;
+  }
+} finally {
+  await context?.close().catch(() => {});
+  rmSync(profile, { recursive: true, force: true });
+}
+if (version) process.stderr.write(`echo.mjs: headless Chromium ${version}, ${args.mode} mode\n`);
+for (const r of [result, painted]) {
+  const line = JSON.stringify(r) + "\n";
+  if (args.out) appendFileSync(args.out, line);
+  else process.stdout.write(line);
+  process.stderr.write(summary(r) + "\n");
+}
+process.exit(result.failures ? 1 : 0);
+
+// measure logs in, opens the terminal and times the keystrokes.
+async function measure(page) {
+  // The login page shows at the terminal's address, and after the login
+  // the page reloads there, which starts the session.
+  const q = new URLSearchParams({ project: args.project, gpu_type: args.gpuType });
+  await page.goto(`${args.url}/#/terminal?${q}`);
+  await page.getByLabel("API token").fill(args.token);
+  await page.getByRole("button", { name: "Log in with token" }).click();
+  await page.waitForFunction(() => document.body.dataset.terminal === "connected" && !!window.devgpuTerminal);
+  await page.evaluate(installProbe);
+
+  // The shell runs what it is given: its answer, never the echo of the typing.
+  const a = 1 + Math.floor(Math.random() * 1000), b = 1 + Math.floor(Math.random() * 1000);
+  const tag = Math.floor(Math.random() * 2 ** 32).toString(16).padStart(8, "0");
+  await page.evaluate((line) => window.devgpuTerminal.input(line), `echo BENCH${tag}_$((${a}+${b}))_OK\r`);
+  await page.waitForFunction((want) => window.__echoBench.screen().includes(want), `BENCH${tag}_${a + b}_OK`);
+  await page.evaluate(() => window.__echoBench.settle(100, 2000));
+  if (args.screenshot) await page.screenshot({ path: args.screenshot });
+
+  const parsed = [], shown = [];
+  await page.evaluate(() => window.devgpuTerminal.focus());
+  for (let i = 0; i < args.warmup + args.n; i++) {
+    if (i > 0 && i % 40 === 0) {
+      await page.evaluate(() => { window.devgpuTerminal.input("\x15"); return window.__echoBench.settle(30, 1000); });
+    }
+    let s;
+    if (args.mode === "keys") {
+      await page.evaluate(() => window.__echoBench.arm(true));
+      await page.keyboard.press("x");
+      s = await page.evaluate(() => window.__echoBench.done());
+    } else {
+      s = await page.evaluate(() => { window.__echoBench.arm(false); return window.__echoBench.done(); });
+    }
+    if (s.error) throw new Error(`keystroke ${i}: ${s.error}`);
+    if (i >= args.warmup) {
+      parsed.push(s.parsed);
+      shown.push(s.painted);
+    }
+  }
+  // End the shell as a person would; closing the page then ends the tab.
+  await page.evaluate(() => window.devgpuTerminal.input("\x15exit\r"));
+  await page.waitForFunction(() => document.body.dataset.terminal !== "connected", null, { timeout: 10000 }).catch(() => {});
+  return { parsed, painted: shown };
+}
+
+// installProbe runs in the page: it watches the terminal for the echo of
+// one key at a time.
+function installProbe() {
+  const term = window.devgpuTerminal;
+  const cursorLine = () => {
+    const b = term.buffer.active;
+    const line = b.getLine(b.baseY + b.cursorY);
+    return line ? line.translateToString(true) : "";
+  };
+  const trailingX = () => /x*$/.exec(cursorLine())[0].length;
+  let w = null; // the key in flight
+  let lastWrite = performance.now();
+  term.onWriteParsed(() => {
+    lastWrite = performance.now();
+    if (w && w.parsedAt === undefined && trailingX() > w.before) w.parsedAt = performance.now();
+  });
+  term.onRender(({ start, end }) => {
+    const y = term.buffer.active.cursorY;
+    if (w && w.parsedAt !== undefined && w.paintedAt === undefined && start <= y && y <= end) {
+      w.paintedAt = performance.now();
+      w.finish();
+    }
+  });
+  // In keys mode the clock starts when the browser made the keydown event.
+  document.addEventListener("keydown", (e) => {
+    if (w && w.fromKey && e.key === "x" && w.start === undefined) w.start = e.timeStamp;
+  }, true);
+  window.__echoBench = {
+    screen() {
+      const b = term.buffer.active;
+      let s = "";
+      for (let i = 0; i < b.length; i++) s += b.getLine(i).translateToString(true) + "\n";
+      return s;
+    },
+    // settle waits until no output has been parsed for quietMs (at most maxMs).
+    async settle(quietMs, maxMs) {
+      const end = performance.now() + maxMs;
+      while (performance.now() < end && performance.now() - lastWrite < quietMs) {
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    },
+    // arm expects the echo of one x; without a key event, it types it.
+    arm(fromKey) {
+      w = { before: trailingX(), fromKey };
+      w.promise = new Promise((resolve) => { w.finish = resolve; });
+      if (!fromKey) {
+        w.start = performance.now();
+        term.input("x");
+      }
+    },
+    async done() {
+      const cur = w;
+      const timer = new Promise((r) => setTimeout(r, 5000, "timeout"));
+      const how = await Promise.race([cur.promise.then(() => "ok"), timer]);
+      w = null;
+      if (how !== "ok") {
+        return { error: cur.parsedAt === undefined ? `no echo within 5 s; the line reads ${JSON.stringify(cursorLine())}` : "echo parsed but never painted within 5 s" };
+      }
+      if (cur.start === undefined) return { error: "the key press never reached the page as a keydown event" };
+      return { parsed: cur.parsedAt - cur.start, painted: cur.paintedAt - cur.start };
+    },
+  };
+}
+
+// setSamples fills the distribution as benchtool's Result.setSamples does.
+function setSamples(r, ms) {
+  r.n = ms.length;
+  r.samples_ms = ms;
+  if (!ms.length) return;
+  const s = [...ms].sort((x, y) => x - y);
+  r.median_ms = percentile(s, 0.5);
+  r.p95_ms = percentile(s, 0.95);
+  r.p99_ms = percentile(s, 0.99);
+  r.min_ms = s[0];
+  r.max_ms = s[s.length - 1];
+  r.mean_ms = s.reduce((a, b) => a + b, 0) / s.length;
+}
+
+// percentile interpolates linearly between the closest ranks (benchtool's,
+// numpy's and R's default).
+function percentile(sorted, q) {
+  if (sorted.length === 1) return sorted[0];
+  const pos = q * (sorted.length - 1), lo = Math.floor(pos), hi = Math.ceil(pos);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
+}
+
+function summary(r) {
+  let s = `${r.name.padEnd(28)} n=${r.n} failed=${r.failures}`;
+  if (r.n) s += ` median=${r.median_ms.toFixed(2)} ms p95=${r.p95_ms.toFixed(2)} ms p99=${r.p99_ms.toFixed(2)} ms`;
+  if (r.last_error) s += `\n  last error: ${r.last_error}`;
+  return s;
+}
+
+function parseArgs(argv) {
+  const a = {
+    url: "", token: process.env.DEVGPU_TOKEN || "", project: "default", gpuType: "t4",
+    n: 300, warmup: 20, mode: "keys", name: "console_terminal_keystroke", out: "",
+    chromium: "/usr/bin/chromium", timeout: 60, screenshot: "",
+  };
+  const keys = {
+    "--url": "url", "--token": "token", "--project": "project", "--gpu-type": "gpuType", "-n": "n",
+    "--warmup": "warmup", "--mode": "mode", "--name": "name", "--out": "out", "--chromium": "chromium",
+    "--timeout": "timeout", "--screenshot": "screenshot",
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const k = keys[argv[i]];
+    if (!k || i + 1 >= argv.length) fail(`unknown or incomplete argument ${argv[i]}; see the usage at the top of bench/console/echo.mjs`);
+    a[k] = argv[++i];
+  }
+  for (const k of ["n", "warmup", "timeout"]) {
+    a[k] = Number(a[k]);
+    if (!Number.isInteger(a[k]) || a[k] < 0) fail(`--${k} must be a whole number, not ${a[k]}`);
+  }
+  a.url = a.url.replace(/\/+$/, "");
+  if (!a.url) fail("--url is required: the devgpu server's address, such as http://127.0.0.1:18080");
+  if (!a.token) fail("--token (or $DEVGPU_TOKEN) is required: an API token of a member of the project");
+  if (a.mode !== "keys" && a.mode !== "input") fail(`--mode is keys or input, not ${a.mode}`);
+  return a;
+}
+
+function fail(msg) {
+  process.stderr.write(`echo.mjs: ${msg}\n`);
+  process.exit(2);
+}
