@@ -1,5 +1,5 @@
 // Live sessions (#/admin/sessions): every active session the caller may
-// see, pushed by the server (GET /api/v1/sessions/live?all=1, server-sent
+// see, pushed by the server (GET /api/v1/sessions/live, server-sent
 // events, each a whole LiveSnapshot), with what keeps each one alive.
 // Stop asks for a reason; the row leaves by itself when the stream says
 // the session ended.
@@ -15,8 +15,11 @@ import { useNow } from "../components/useApi";
 import { clock, since } from "../components/format";
 import { useLive } from "../components/live";
 
-export function LivePage(_: PageProps) {
-  const live = useLive("/api/v1/sessions/live?all=1");
+export function LivePage({ me }: PageProps) {
+  // Admins watch everything they administer (all=1, which the server
+  // refuses to a developer); a developer watches their own sessions.
+  const admin = me.org_admin || (me.projects || []).some((p) => p.role === "admin");
+  const live = useLive(admin ? "/api/v1/sessions/live?all=1" : "/api/v1/sessions/live");
   const now = useNow(5000);
   const [stopping, setStopping] = useState<LiveSession | null>(null);
   const [notice, setNotice] = useState("");
@@ -24,6 +27,7 @@ export function LivePage(_: PageProps) {
   return (
     <>
       <h1>Live sessions</h1>
+      <p class="muted">{me.org_admin ? "Every active session in the organisation." : admin ? "Active sessions in the projects you administer." : "Your active sessions."} The list updates by itself.</p>
       <Status>{live.state === "live" ? `Live: updated ${live.snapshot ? clock(live.snapshot.at) : ""}.` : live.state === "connecting" ? "Connecting to the live stream…" : live.state === "reconnecting" ? "Reconnecting to the live stream…" : "The live stream stopped."}{notice ? " " + notice : ""}</Status>
       <ErrorText error={live.error} />
       {live.snapshot && (
@@ -44,24 +48,30 @@ export function LivePage(_: PageProps) {
               <td>{s.last_activity ? `${since(s.last_activity, now)} ago` : "unknown"}</td>
               <td>{s.gpu_utilization === undefined || s.gpu_utilization === null ? "unknown" : `${Math.round(s.gpu_utilization)}%`}</td>
               <td class="why">{s.alive_because || ""}</td>
-              <td><button type="button" aria-label={`Stop session ${s.id}`} disabled={s.state === "stopping"} onClick={() => { setNotice(""); setStopping(s); }}>Stop</button></td>
+              <td><button type="button" aria-label={`Stop session ${s.id}`} onClick={() => { setNotice(""); setStopping(s); }}>Stop</button></td>
             </tr>
           ))}
         </Table>
       )}
-      <StopDialog session={stopping} onDone={(msg) => { setStopping(null); if (msg) setNotice(msg); }} />
+      <StopDialog session={stopping} onDone={(msg) => {
+        setStopping(null);
+        if (!msg) return;
+        setNotice(msg);
+        // The row goes when the stream says so: keep focus in the page.
+        requestAnimationFrame(() => document.getElementById("main")?.focus());
+      }} />
     </>
   );
 }
 
-// shells: "2 (1 terminal, 1 shell)", or "none".
+// shells: "1 shell", "2 (1 terminal, 1 shell)", or "none".
 function shells(s: LiveSession): string {
   const list = s.shells || [];
   if (!list.length) return "none";
   const count = (k: string) => list.filter((a) => a.kind === k).length;
   const parts = [["terminal", count("terminal")], ["shell", count("shell")]]
     .filter(([, n]) => n).map(([k, n]) => `${n} ${k}${n === 1 ? "" : "s"}`);
-  return `${list.length} (${parts.join(", ")})`;
+  return parts.length === 1 ? parts[0] : `${list.length} (${parts.join(", ")})`;
 }
 
 function StopDialog({ session, onDone }: { session: LiveSession | null; onDone: (msg: string) => void }) {
@@ -72,7 +82,7 @@ function StopDialog({ session, onDone }: { session: LiveSession | null; onDone: 
   useEffect(() => { setReason(""); setError(null); }, [session?.id]);
   const stop = async (e: Event) => {
     e.preventDefault();
-    if (!session) return;
+    if (!session || busy) return;
     if (!reason.trim()) { setError(new Error("Give a reason: the user is told it and the audit log keeps it.")); return; }
     setBusy(true); setError(null);
     try {
@@ -94,7 +104,7 @@ function StopDialog({ session, onDone }: { session: LiveSession | null; onDone: 
           </Field>
           <ErrorText error={error} />
           <div class="bar">
-            <button type="submit" class="danger" disabled={busy}>Stop session</button>
+            <button type="submit" class="danger">Stop session</button>
             <button type="button" onClick={() => onDone("")}>Cancel</button>
           </div>
         </form>

@@ -88,7 +88,7 @@ export function OrgPage(_: PageProps) {
 
   const save = async (e: Event) => {
     e.preventDefault();
-    if (!policy || !form) return;
+    if (!policy || !form || busy) return;
     setError(null); setStatus("");
     let next: OrgPolicy;
     try { next = fromForm(policy, form); } catch (err) { setError(err); return; }
@@ -167,8 +167,8 @@ export function OrgPage(_: PageProps) {
           </div>
 
           <div class="bar">
-            <button type="submit" class="primary" disabled={busy}>Save policy</button>
-            <button type="button" onClick={reload} disabled={busy}>Discard changes</button>
+            <button type="submit" class="primary">Save policy</button>
+            <button type="button" onClick={reload}>Discard changes</button>
           </div>
           <ErrorText error={error} />
           <Status>{status}</Status>

@@ -65,7 +65,10 @@ function SettingRow({ setting, value, own, path, onSaved }: {
   const shown = JSON.stringify(value.value);
   useEffect(() => { setDraft(toDraft(setting, value.value)); }, [shown]);
 
+  // Buttons stay enabled while a change is sent (disabling the focused
+  // one would drop keyboard focus); busy ignores a second press.
   const send = async (u: ProjectUpdate, done: string) => {
+    if (busy) return;
     setBusy(true); setError(null); setStatus("");
     try {
       const p = await api<Project>("PATCH", path, u);
@@ -102,7 +105,7 @@ function SettingRow({ setting, value, own, path, onSaved }: {
           : <span class={"badge " + value.source}>{sourceText(value)}</span>}
       </td>
       <td class="editor">
-        <SettingEditor setting={setting} draft={draft} onChange={setDraft} label={`New value for ${setting}`} disabled={locked || busy} describedBy={describedBy} />
+        <SettingEditor setting={setting} draft={draft} onChange={setDraft} label={`New value for ${setting}`} disabled={locked} describedBy={describedBy} />
         {setting === "gpu_enabled" && !draft.on && !locked && (
           <div class="sub">
             <input type="checkbox" id={id + "-stop"} checked={stopRunning} onChange={(e) => setStopRunning(e.currentTarget.checked)} />
@@ -115,8 +118,8 @@ function SettingRow({ setting, value, own, path, onSaved }: {
         <Status>{status}</Status>
       </td>
       <td class="actions">
-        <button type="button" class="primary" aria-label={`Save ${setting}`} disabled={locked || busy} aria-describedby={locked ? id + "-locked" : undefined} onClick={save}>Save</button>
-        <button type="button" aria-label={`Inherit ${setting}`} disabled={locked || busy || value.source !== "project"} aria-describedby={locked ? id + "-locked" : undefined} onClick={inherit}>Inherit</button>
+        <button type="button" class="primary" aria-label={`Save ${setting}`} disabled={locked} aria-describedby={locked ? id + "-locked" : undefined} onClick={save}>Save</button>
+        <button type="button" aria-label={`Inherit ${setting}`} disabled={locked} aria-describedby={locked ? id + "-locked" : undefined} onClick={inherit}>Inherit</button>
       </td>
     </tr>
   );
@@ -190,7 +193,7 @@ function MemberRow({ m, change, project }: {
       <th scope="row">{m.user}</th>
       <td>
         <RoleSelect label={`Role of ${m.user}`} value={role} onChange={setRole} />{" "}
-        <button type="button" aria-label={`Save role of ${m.user}`} disabled={role === m.role} onClick={() => change("PUT", m.user, role, `${m.user} is now a ${role} of ${project}.`)}>Save role</button>
+        <button type="button" aria-label={`Save role of ${m.user}`} onClick={() => change("PUT", m.user, role, `${m.user} is now a ${role} of ${project}.`)}>Save role</button>
       </td>
       <td>{m.source === "group" ? "from identity-provider group" : "added by hand"}</td>
       <td><button type="button" aria-label={`Remove ${m.user}`} onClick={() => change("DELETE", m.user, undefined, `${m.user} is no longer a member of ${project}.`)}>Remove</button></td>

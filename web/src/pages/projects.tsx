@@ -50,6 +50,7 @@ function CreateProject() {
   const submit = async (e: Event) => {
     e.preventDefault();
     const n = name.trim();
+    if (busy) return;
     if (!n) { setError(new Error("Type a name for the new project, such as ml-research.")); return; }
     setBusy(true); setError(null);
     try {
@@ -68,7 +69,7 @@ function CreateProject() {
         <Field id={id + "-name"} label="Project name" hint="Lower-case letters, digits and dashes; its settings inherit the organisation's until changed.">
           <input id={id + "-name"} type="text" value={name} onInput={(e) => setName(e.currentTarget.value)} aria-describedby={id + "-name-hint"} autoComplete="off" spellcheck={false} />
         </Field>
-        <button type="submit" class="primary" disabled={busy}>Create project</button>
+        <button type="submit" class="primary">Create project</button>
       </form>
       <ErrorText error={error} />
     </section>
