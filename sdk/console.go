@@ -87,15 +87,21 @@ type ProjectStanding struct {
 	// (0: none).
 	MyGPUsInUse    int `json:"my_gpus_in_use"`
 	MaxGPUsPerUser int `json:"max_gpus_per_user"`
-	// CanStart is how many more GPUs the caller may start now under the
-	// caps above and the organisation's quotas (-1: no cap applies).
+	// CanStart is how many more GPUs the caller may start now, as
+	// admission would grant them one session after another: the least of
+	// what the caps above, the organisation's quotas and the free GPUs of
+	// the allowed types leave. The free GPUs always bound it (never
+	// unbounded, never -1); 0 while admission refuses outright (GPUs
+	// disabled, the budget spent) or others wait in the project's queue.
 	CanStart int `json:"can_start"`
 	// GPUTypes are the types the project allows that some backend offers,
 	// with what is free of each now.
 	GPUTypes []GPUPool `json:"gpu_types"`
 	// Budget is the project's monthly budget (nil: none), Spent what this
-	// calendar month (UTC) used of it, in the budget's unit, and
-	// Remaining what is left (never below 0).
+	// calendar month (UTC) used of it, in the budget's unit (Currency, or
+	// GPU-hours; in Currency without a budget), running sessions counted
+	// up to now, and Remaining what is left (never below 0; 0 without a
+	// budget).
 	Budget    *Budget `json:"budget,omitempty"`
 	Spent     float64 `json:"spent"`
 	Remaining float64 `json:"remaining"`

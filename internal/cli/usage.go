@@ -46,11 +46,7 @@ The CSV has one row per group and reconciles exactly with the usage ledger.`,
 			case "json":
 				return printJSON(r)
 			case "csv":
-				rows := make([]metering.Row, 0, len(r.Rows))
-				for _, u := range r.Rows {
-					rows = append(rows, metering.Row{Key: u.Key, GPUSeconds: u.GPUSeconds, GPUHours: u.GPUHours, CostMicros: u.CostMicros, Currency: r.Currency})
-				}
-				return metering.WriteCSV(os.Stdout, rows, r.By)
+				return metering.WriteCSV(os.Stdout, metering.ReportRows(r), r.By)
 			}
 			tw := table(usageHeader(r.By), "GPU-HOURS", "COST "+r.Currency)
 			for _, u := range append(r.Rows, sdk.UsageRow{Key: "total", GPUHours: r.Total.GPUHours, CostMicros: r.Total.CostMicros}) {

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/sdk"
 )
 
 // nanosPerHour is the divisor that turns micros per hour × nanoseconds
@@ -374,6 +375,17 @@ func WriteCSV(w io.Writer, rows []Row, by string) error {
 	}
 	cw.Flush()
 	return cw.Error()
+}
+
+// ReportRows are the rows of a usage report as WriteCSV takes them, each
+// in the report's currency: what `devgpu usage --format csv` and the API's
+// format=csv write, so that both give the same numbers.
+func ReportRows(r sdk.UsageReport) []Row {
+	rows := make([]Row, 0, len(r.Rows))
+	for _, u := range r.Rows {
+		rows = append(rows, Row{Key: u.Key, GPUSeconds: u.GPUSeconds, GPUHours: u.GPUHours, CostMicros: u.CostMicros, Currency: r.Currency})
+	}
+	return rows
 }
 
 // FormatMicros writes micros as currency units with 6 decimals:

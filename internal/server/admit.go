@@ -248,6 +248,13 @@ func (s *Server) snapshot(ctx context.Context, tx store.Store, p store.Project, 
 	if err != nil {
 		return admission.Snapshot{}, capacityView{}, err
 	}
+	return projectSnapshot(active, v, p, caller, eff, org), v, nil
+}
+
+// projectSnapshot is admission's snapshot for the caller in project p, of
+// the active sessions and the capacity view read (also where projects
+// stand, standing.go).
+func projectSnapshot(active []store.Session, v capacityView, p store.Project, caller store.User, eff policy.Effective, org sdk.OrgPolicy) admission.Snapshot {
 	snap := admission.Snapshot{Policy: eff, Quotas: org.Quotas, Pools: v.pools(), InUse: v.inUse()}
 	for _, a := range active {
 		if a.ProjectID != p.ID {
@@ -262,7 +269,7 @@ func (s *Server) snapshot(ctx context.Context, tx store.Store, p store.Project, 
 			}
 		}
 	}
-	return snap, v, nil
+	return snap
 }
 
 // start starts an admitted session in the runtime and marks it running.

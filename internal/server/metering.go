@@ -1,11 +1,13 @@
 package server
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"math"
+	"mime"
 	"net/http"
 	"slices"
 	"time"
@@ -347,6 +349,10 @@ func (a *API) getUsage(w http.ResponseWriter, r *http.Request, caller store.User
 	if !slices.Contains(usageGroupings, by) {
 		return httpapi.Errorf(http.StatusBadRequest, "by=%q is not one of day, user, project, gpu-type", by)
 	}
+	format := q.Get("format")
+	if format != "" && format != "json" && format != "csv" {
+		return httpapi.Errorf(http.StatusBadRequest, "format=%q is not json or csv; leave it out for JSON", format)
+	}
 	now := a.s.now()
 	from, to := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC), now
 	for name, t := range map[string]*time.Time{"since": &from, "until": &to} {
@@ -399,8 +405,36 @@ func (a *API) getUsage(w http.ResponseWriter, r *http.Request, caller store.User
 		out.Rows = append(out.Rows, usageRowToSDK(row))
 	}
 	out.Total = usageRowToSDK(metering.Total(rows))
+	if format == "csv" {
+		return writeUsageCSV(w, out)
+	}
 	httpapi.Write(w, http.StatusOK, out)
 	return nil
+}
+
+// writeUsageCSV answers the report as a CSV download, written as `devgpu
+// usage --format csv` writes it (metering.ReportRows, metering.WriteCSV).
+func writeUsageCSV(w http.ResponseWriter, r sdk.UsageReport) error {
+	var b bytes.Buffer
+	if err := metering.WriteCSV(&b, metering.ReportRows(r), r.By); err != nil {
+		return err
+	}
+	name := fmt.Sprintf("devgpu-usage-%s-%s-%s.csv", r.By, fileTime(r.From), fileTime(r.To))
+	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+	w.Header().Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": name}))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b.Bytes())
+	return nil
+}
+
+// fileTime is t for a file name: the UTC date at midnight, else the date
+// and time to the second (2026-11-26T093000Z).
+func fileTime(t time.Time) string {
+	t = t.UTC()
+	if t.Equal(t.Truncate(24 * time.Hour)) {
+		return t.Format(time.DateOnly)
+	}
+	return t.Format("2006-01-02T150405Z")
 }
 
 func usageRowToSDK(r metering.Row) sdk.UsageRow {
