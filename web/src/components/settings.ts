@@ -49,7 +49,7 @@ export function describe(key: string, v: unknown): string {
     case "bool": return v ? "yes" : "no";
     case "count": return v ? String(v) : "no limit";
     case "list": return list(v as string[], "any");
-    case "text": return (v as string) || "the server's default";
+    case "text": return typeof v === "string" ? v || "the server's default" : JSON.stringify(v);
     case "mode": return String(v ?? "");
     case "duration": {
       const d = goDuration(String(v ?? "0s"));

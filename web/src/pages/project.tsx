@@ -23,8 +23,8 @@ export function ProjectPage({ params }: PageProps) {
       <h1>Project {name}</h1>
       <p><a href="#/admin/projects">All projects</a></p>
       <ErrorText error={project.error} />
-      {project.data && <SettingsTable project={project.data} path={path} onSaved={project.set} />}
-      {project.data && <Members project={name} />}
+      {project.data && <SettingsTable key={name} project={project.data} path={path} onSaved={project.set} />}
+      {project.data && <Members key={name} project={name} />}
     </>
   );
 }
