@@ -334,6 +334,9 @@ measure_console() {
 	DEVGPU_TOKEN=$token node "$REPO/bench/console/echo.mjs" --url "http://127.0.0.1:$DEVGPU_PORT" \
 		--project default --gpu-type t4 -n "$KEYS" --mode "$CONSOLE_MODE" --chromium "$CHROMIUM" --out "$RESULTS" ||
 		log "console_terminal_keystroke: echo.mjs failed ($?)"
+	log "measuring console_terminal_keystroke_floor: the same keys into xterm.js alone"
+	node "$REPO/bench/console/echo.mjs" --floor -n "$KEYS" --mode "$CONSOLE_MODE" --chromium "$CHROMIUM" --out "$RESULTS" ||
+		log "console_terminal_keystroke_floor: echo.mjs failed ($?)"
 }
 
 # ---------------------------------------------------------------- admissions

@@ -14,6 +14,9 @@
 #                      and times one key press at a time from the keydown
 #                      event until xterm.js has parsed the echo (and, as a
 #                      second figure, until the next frame painted it)
+#   floor              echo.mjs --floor: the same keys against xterm.js alone
+#                      on a blank page that echoes them itself (no network,
+#                      server or shell): what the browser's part costs here
 #
 # and prints benchtool's report of the two with the ratio of the p99s. The
 # order alternates with BENCH_CONSOLE_ROUNDS > 1 (each round a new session
@@ -113,6 +116,9 @@ browser_side() {
 	log "browser terminal: $KEYS keystrokes ($MODE)"
 	DEVGPU_TOKEN=$TOKEN node bench/console/echo.mjs --url "http://127.0.0.1:$PORT" --project default --gpu-type t4 \
 		-n "$KEYS" --mode "$MODE" --chromium "$CHROMIUM" --out "$RESULTS" || log "browser terminal: echo.mjs failed ($?)"
+	log "floor: $KEYS keystrokes ($MODE) into xterm.js alone"
+	node bench/console/echo.mjs --floor -n "$KEYS" --mode "$MODE" --chromium "$CHROMIUM" --out "$RESULTS" ||
+		log "floor: echo.mjs failed ($?)"
 }
 for ((r = 1; r <= ROUNDS; r++)); do
 	if ((r % 2)); then shell_side; browser_side; else browser_side; shell_side; fi

@@ -33,6 +33,11 @@
 // cursor's row (the next animation frame: what a person would see). Every
 // 40 keys the line is cleared with ^U, untimed, so it never wraps.
 //
+// With --floor it needs no server: the same keys, timed the same way,
+// against xterm.js alone on a blank page whose terminal echoes what it is
+// typed itself (NAME_floor, NAME_floor_painted): what the browser and
+// xterm.js take of the figures above on this machine.
+//
 // Each result is one JSON line in benchtool's format (bench/cmd/benchtool,
 // result.go: name, kind "keystroke", samples and their median/p95/p99), so
 // `benchtool report` puts it beside the shell's.
@@ -41,10 +46,11 @@
 //          [--project default] [--gpu-type t4] [-n 300] [--warmup 20]
 //          [--mode keys|input] [--name console_terminal_keystroke] [--out results.jsonl]
 //          [--chromium /usr/bin/chromium] [--timeout 60] [--screenshot FILE.png]
+//        node bench/console/echo.mjs --floor [-n 300] [--mode keys|input] [--out results.jsonl]
 import { createRequire } from "node:module";
 import { appendFileSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 
 const args = parseArgs(process.argv.slice(2));
 const requireWeb = createRequire(new URL("../../web/package.json", import.meta.url));
@@ -55,11 +61,12 @@ try {
   fail("playwright-core is not installed in web/node_modules; run `npm ci` in web/ first");
 }
 
-const label = `browser terminal (${args.mode === "keys" ? "key presses" : "term.input"})`;
+const how = args.mode === "keys" ? "key presses" : "term.input";
+const label = args.floor ? `xterm.js alone, echoing in the page (${how})` : `browser terminal (${how})`;
 const result = {
   name: args.name,
   kind: "keystroke",
-  cmd: [args.chromium, `${args.url}/#/terminal?project=${args.project}&gpu_type=${args.gpuType}`],
+  cmd: [args.chromium, args.floor ? "about:blank" : `${args.url}/#/terminal?project=${args.project}&gpu_type=${args.gpuType}`],
   label,
   time: new Date().toISOString(),
   n: 0,
@@ -89,7 +96,7 @@ try {
   version = context.browser()?.version() || "";
   const page = context.pages()[0] || (await context.newPage());
   page.setDefaultTimeout(args.timeout * 1000);
-  const samples = await measure(page);
+  const samples = args.floor ? await measureFloor(page) : await measure(page);
   setSamples(result, samples.parsed);
   setSamples(painted, samples.painted);
 } catch (e) {
@@ -130,6 +137,38 @@ async function measure(page) {
   await page.evaluate(() => window.__echoBench.settle(100, 2000));
   if (args.screenshot) await page.screenshot({ path: args.screenshot });
 
+  const times = await typeKeys(page);
+  // End the shell as a person would; closing the page then ends the tab.
+  await page.evaluate(() => window.devgpuTerminal.input("\x15exit\r"));
+  await page.waitForFunction(() => document.body.dataset.terminal !== "connected", null, { timeout: 10000 }).catch(() => {});
+  return times;
+}
+
+// measureFloor times the same keys against xterm.js alone: a blank page
+// whose terminal echoes what it is typed itself (the console's xterm.js,
+// DOM renderer, no WebSocket, server or shell). What the browser and
+// xterm.js take of a key's echo on this machine: the floor of the
+// browser terminal's figures.
+async function measureFloor(page) {
+  const lib = requireWeb.resolve("@xterm/xterm");
+  await page.setContent('<!doctype html><div id="t" style="width:1200px;height:700px"></div>');
+  await page.addStyleTag({ path: join(dirname(lib), "../css/xterm.css") });
+  await page.addScriptTag({ path: lib });
+  await page.evaluate(() => {
+    const term = new window.Terminal({ cols: 120, rows: 30 });
+    term.open(document.getElementById("t"));
+    term.write("$ ");
+    // As a shell's line editor: ^U clears the line, anything else echoes.
+    term.onData((d) => term.write(d === "\x15" ? "\r\x1b[K$ " : d));
+    window.devgpuTerminal = term;
+  });
+  await page.evaluate(installProbe);
+  return typeKeys(page);
+}
+
+// typeKeys types warmup + n keys, one at a time, and returns the last n's
+// times to the echo parsed and painted.
+async function typeKeys(page) {
   const parsed = [], shown = [];
   await page.evaluate(() => window.devgpuTerminal.focus());
   for (let i = 0; i < args.warmup + args.n; i++) {
@@ -150,9 +189,6 @@ async function measure(page) {
       shown.push(s.painted);
     }
   }
-  // End the shell as a person would; closing the page then ends the tab.
-  await page.evaluate(() => window.devgpuTerminal.input("\x15exit\r"));
-  await page.waitForFunction(() => document.body.dataset.terminal !== "connected", null, { timeout: 10000 }).catch(() => {});
   return { parsed, painted: shown };
 }
 
@@ -253,7 +289,7 @@ function parseArgs(argv) {
   const a = {
     url: "", token: process.env.DEVGPU_TOKEN || "", project: "default", gpuType: "t4",
     n: 300, warmup: 20, mode: "keys", name: "console_terminal_keystroke", out: "",
-    chromium: "/usr/bin/chromium", timeout: 60, screenshot: "",
+    chromium: "/usr/bin/chromium", timeout: 60, screenshot: "", floor: false,
   };
   const keys = {
     "--url": "url", "--token": "token", "--project": "project", "--gpu-type": "gpuType", "-n": "n",
@@ -261,6 +297,10 @@ function parseArgs(argv) {
     "--timeout": "timeout", "--screenshot": "screenshot",
   };
   for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--floor") {
+      a.floor = true;
+      continue;
+    }
     const k = keys[argv[i]];
     if (!k || i + 1 >= argv.length) fail(`unknown or incomplete argument ${argv[i]}; see the usage at the top of bench/console/echo.mjs`);
     a[k] = argv[++i];
@@ -270,9 +310,13 @@ function parseArgs(argv) {
     if (!Number.isInteger(a[k]) || a[k] < 0) fail(`--${k} must be a whole number, not ${a[k]}`);
   }
   a.url = a.url.replace(/\/+$/, "");
+  if (a.mode !== "keys" && a.mode !== "input") fail(`--mode is keys or input, not ${a.mode}`);
+  if (a.floor) {
+    if (a.name === "console_terminal_keystroke") a.name = "console_terminal_keystroke_floor";
+    return a;
+  }
   if (!a.url) fail("--url is required: the devgpu server's address, such as http://127.0.0.1:18080");
   if (!a.token) fail("--token (or $DEVGPU_TOKEN) is required: an API token of a member of the project");
-  if (a.mode !== "keys" && a.mode !== "input") fail(`--mode is keys or input, not ${a.mode}`);
   return a;
 }
 
