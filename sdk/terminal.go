@@ -11,7 +11,23 @@ package sdk
 // the browser has shown).
 //
 // Binary messages carry the terminal's bytes both ways. Text messages are
-// JSON TerminalMessages.
+// JSON TerminalMessages, at most 4 KiB (a larger one closes the WebSocket
+// with 1008, policy violation); one the server does not understand (bad
+// JSON, an unknown type) is ignored.
+//
+// How the WebSocket ends decides what happens to the session, as for a
+// `devgpu shell`: the shell exiting (TerminalExit), TerminalLeave, and a
+// close frame with 1001, going away (what a browser sends when its tab
+// closes or navigates away), count as the terminal closed, and the
+// session ends (reason closed) when it was its last shell. Any other end
+// (another close code, a network drop, unanswered pings) leaves the
+// session to its detach grace, and the agent keeps the shell for a
+// resume. The server closes with 1000 after an exit or a leave; 1011,
+// internal error, when the agent's connection ended without the shell
+// exiting or the shell could not start; 1001 when it shuts down or cut
+// the terminal (the session ended, or access to it was removed); and
+// TerminalCloseGone or TerminalCloseTakenOver, below. Each reason is a
+// sentence to show.
 const (
 	// From the browser.
 	TerminalResize = "resize" // Cols, Rows
@@ -31,6 +47,18 @@ const (
 	// TerminalExit: the shell ended with Status or Signal; the server
 	// closes the WebSocket after it.
 	TerminalExit = "exit"
+)
+
+// WebSocket close codes of the terminal's own, after which reconnecting
+// with the same token is no use.
+const (
+	// TerminalCloseGone: the shell to resume is no longer the agent's (it
+	// was detached longer than the agent keeps shells, or the agent
+	// restarted): a new terminal is the only way on.
+	TerminalCloseGone = 4404
+	// TerminalCloseTakenOver: another terminal resumed this one's shell
+	// (a second tab with the same token); the shell is that one's now.
+	TerminalCloseTakenOver = 4409
 )
 
 // TerminalMessage is a text message of the terminal's WebSocket.

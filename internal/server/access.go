@@ -140,6 +140,7 @@ type attachment struct {
 	session   string
 	userID    int64
 	projectID int64
+	kind      string             // shellKind.name: "shell" or "terminal"
 	cut       context.CancelFunc // closes the tunnel
 }
 
@@ -149,16 +150,16 @@ func newAttachmentID() string {
 	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
 }
 
-// openAttachment registers attachment n of the session and returns its
-// public id; cut closes its tunnel.
-func (s *Server) openAttachment(n int64, sess store.Session, cut context.CancelFunc) string {
+// openAttachment registers attachment n of the session, of the kind named
+// (shellKind.name), and returns its public id; cut closes its tunnel.
+func (s *Server) openAttachment(n int64, sess store.Session, kind string, cut context.CancelFunc) string {
 	id := newAttachmentID()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.shells == nil {
 		s.shells = map[string]*attachment{}
 	}
-	s.shells[id] = &attachment{n: n, session: sess.ID, userID: sess.UserID, projectID: sess.ProjectID, cut: cut}
+	s.shells[id] = &attachment{n: n, session: sess.ID, userID: sess.UserID, projectID: sess.ProjectID, kind: kind, cut: cut}
 	return id
 }
 
@@ -167,6 +168,21 @@ func (s *Server) closeAttachment(id string) {
 	s.mu.Lock()
 	delete(s.shells, id)
 	s.mu.Unlock()
+}
+
+// shellKinds returns the kinds ("shell", "terminal") of the session's
+// attachments open on this replica, by the store's attachment id; those
+// open on other replicas are not in it.
+func (s *Server) shellKinds(sessionID string) map[int64]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	kinds := map[int64]string{}
+	for _, a := range s.shells {
+		if a.session == sessionID {
+			kinds[a.n] = a.kind
+		}
+	}
+	return kinds
 }
 
 // attachmentIn returns the broker's number of the open attachment id of

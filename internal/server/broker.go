@@ -28,6 +28,45 @@ const copyBufferSize = 64 << 10
 // connectSession upgrades to a WebSocket and pipes it to the session's
 // agent. The connection counts as one attachment for as long as it lasts.
 func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller store.User) error {
+	return a.openShell(w, r, caller, tunnelShell, func(sh *openedShell) {
+		a.serveTunnel(sh.ctx, sh.ws, sh.agent, sh.sess.ID, sh.attachment)
+	})
+}
+
+// shellKind is a kind of attachment: the live view names it (sdk.LiveAttachment).
+type shellKind struct {
+	name string
+	// notUpgrade tells a request that is no WebSocket upgrade how to
+	// connect; %s is the session's id.
+	notUpgrade string
+}
+
+var (
+	// tunnelShell: /connect, the tunnel of devgpu shell, ssh and the IDEs.
+	tunnelShell = shellKind{"shell", "this endpoint carries a shell over a WebSocket; connect with `devgpu shell --attach %s`"}
+	// terminalShell: /terminal, the web console's terminal (terminal.go).
+	terminalShell = shellKind{"terminal", "this endpoint carries a terminal over a WebSocket; open session %s's terminal from the web console"}
+)
+
+// openedShell is an attachment admitted and connected: the client's
+// WebSocket and the stream to the session's agent.
+type openedShell struct {
+	sess       store.Session
+	attachment int64 // the store's attachment id; serve records its detach
+	ws         *websocket.Conn
+	agent      net.Conn // notes the session's first byte (firstRead)
+	// ctx ends when the server shuts down or cuts the shell (its user
+	// lost access, or the session ended).
+	ctx context.Context
+}
+
+// openShell admits an attachment to the session as every shell is
+// admitted (the caller's right to attach, a running session, membership,
+// the server's and the caller's shell limits), connects to the session's
+// agent, records the attachment, upgrades to a WebSocket and keeps it
+// pinged. serve owns the shell while it runs and must record its detach;
+// when it returns, everything is released.
+func (a *API) openShell(w http.ResponseWriter, r *http.Request, caller store.User, kind shellKind, serve func(*openedShell)) error {
 	sess, err := a.sessionFor(r, caller, authz.AttachSession, "only the session's owner can open a shell in it")
 	if err != nil {
 		return err
@@ -39,9 +78,9 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 		return err
 	}
 	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
-		return httpapi.Errorf(http.StatusUpgradeRequired, "this endpoint carries a shell over a WebSocket; connect with `devgpu shell --attach %s`", sess.ID)
+		return httpapi.Errorf(http.StatusUpgradeRequired, kind.notUpgrade, sess.ID)
 	}
-	// Close waits for the tunnel (owned.go), and a closing server takes none.
+	// Close waits for the shell (owned.go), and a closing server takes none.
 	if !a.s.enter() {
 		return httpapi.Errorf(http.StatusServiceUnavailable, "the server is shutting down; connect again in a moment")
 	}
@@ -70,8 +109,8 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 	ctx, cancel := context.WithCancel(a.s.ctx)
 	defer cancel()
 	// The client names its attachment by this random id, valid only in
-	// this session; cancel cuts the tunnel when its user loses access.
-	public := a.s.openAttachment(attachment, sess, cancel)
+	// this session; cancel cuts the shell when its user loses access.
+	public := a.s.openAttachment(attachment, sess, kind.name, cancel)
 	defer a.s.closeAttachment(public)
 	w.Header().Set(sdk.AttachmentHeader, public)
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
@@ -85,7 +124,7 @@ func (a *API) connectSession(w http.ResponseWriter, r *http.Request, caller stor
 	go func() { defer close(pinging); keepalive(ctx, ws, a.s.cfg.PingInterval) }()
 	defer func() { cancel(); <-pinging }()
 	first := &firstRead{Conn: agentConn, seen: func() { a.s.firstByte(sess.ID) }}
-	a.serveTunnel(ctx, ws, first, sess.ID, attachment)
+	serve(&openedShell{sess: sess, attachment: attachment, ws: ws, agent: first, ctx: ctx})
 	return nil
 }
 

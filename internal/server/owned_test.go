@@ -42,8 +42,10 @@ var ownedGo = map[string]string{
 	"server.go:New":             "the lifecycle loops, counted in Server.wg before they start",
 	"capacity.go:watchCapacity": "the capacity watches, counted in Server.wg before they start, like the lifecycle loops",
 	"server.go:Serve":           "Serve waits for http.Server.Serve to return",
-	"broker.go:connectSession":  "the handler waits for its keepalive before it returns",
+	"broker.go:openShell":       "the handler waits for its keepalive before it returns",
 	"broker.go:serveTunnel":     "serveTunnel waits for its two copies (wg) before it returns",
+	"terminal.go:serveTerminal": "serveTerminal waits for its input, output and agent pings (wg) before it returns",
+	"terminal.go:agentAnswers":  "agentAnswers waits for its request to be answered or the connection closed before it returns",
 	"relay.go:pipe":             "pipe waits for both of its copies (wg) before it returns",
 }
 
