@@ -19,6 +19,10 @@ import (
 const (
 	FlowBrowser = "browser" // authorization code with PKCE on a loopback redirect
 	FlowDevice  = "device"  // device authorization grant (RFC 8628)
+	// FlowWeb is the web console's sign-in: the server runs the
+	// authorization code flow with PKCE itself (GET /console/sso/start),
+	// as the configured client with oidc.client_secret when one is set.
+	FlowWeb = "web"
 )
 
 // AuthConfig says how to log in to a server.

@@ -490,6 +490,116 @@ func overage(claims map[string]json.RawMessage, groupsClaim string) bool {
 // A provider that answers without an ID token is asked its userinfo
 // endpoint, with the new access token, for the same claims.
 func (p *Provider) Refresh(ctx context.Context, refreshToken string) (Identity, string, error) {
+	return p.refresh(ctx, refreshToken, false)
+}
+
+// RefreshWeb is Refresh for a login made by the web console's sign-in
+// (Exchange): its refresh token was issued to the web client, which
+// redeems it with ClientSecret when one is configured.
+func (p *Provider) RefreshWeb(ctx context.Context, refreshToken string) (Identity, string, error) {
+	return p.refresh(ctx, refreshToken, true)
+}
+
+// oauth2Config is the client devgpu speaks to the provider as: the public
+// (native) client, whose id goes in the form, or, for the web console
+// with a ClientSecret configured, the confidential web client, which
+// authenticates with HTTP Basic (RFC 6749 2.3.1: every provider takes
+// it).
+func (p *Provider) oauth2Config(d *discovery, web bool) oauth2.Config {
+	ep := d.op.Endpoint()
+	conf := oauth2.Config{ClientID: p.cfg.ClientID, Scopes: p.cfg.Scopes}
+	if web && p.cfg.ClientSecret != "" {
+		ep.AuthStyle = oauth2.AuthStyleInHeader
+		conf.ClientSecret = p.cfg.ClientSecret
+	} else {
+		ep.AuthStyle = oauth2.AuthStyleInParams // a public client: client_id in the body, no secret
+	}
+	conf.Endpoint = ep
+	return conf
+}
+
+// AuthCodeURL is where the web console sends a browser to sign in: the
+// provider's authorization endpoint for ClientID with the configured
+// scopes, redirectURI, state, nonce and the PKCE (S256) challenge of
+// verifier.
+func (p *Provider) AuthCodeURL(ctx context.Context, redirectURI, state, nonce, verifier string) (string, error) {
+	d, err := p.discover(ctx)
+	if err != nil {
+		return "", err
+	}
+	conf := p.oauth2Config(d, true)
+	conf.RedirectURL = redirectURI
+	return conf.AuthCodeURL(state, oauth2.S256ChallengeOption(verifier), oauth2.SetAuthURLParam("nonce", nonce)), nil
+}
+
+// Exchange redeems the authorization code of a web console sign-in
+// (AuthCodeURL) with its PKCE verifier, as the web client (with
+// ClientSecret when configured), verifies the ID token it answers
+// against nonce, and returns who it names and the provider's refresh
+// token ("" when it answered none). A refusal is an *Error; the provider
+// not answering is one with Unreachable set.
+func (p *Provider) Exchange(ctx context.Context, code, verifier, redirectURI, nonce string) (Identity, string, error) {
+	if nonce == "" {
+		return Identity{}, "", &Error{Msg: "a web sign-in needs the nonce of its authorization request; sign in again"}
+	}
+	d, err := p.discover(ctx)
+	if err != nil {
+		return Identity{}, "", err
+	}
+	conf := p.oauth2Config(d, true)
+	conf.RedirectURL = redirectURI
+	t, err := conf.Exchange(oidc.ClientContext(ctx, p.client), code, oauth2.VerifierOption(verifier))
+	if err != nil {
+		return Identity{}, "", p.exchangeError(err)
+	}
+	rawID, _ := t.Extra("id_token").(string)
+	if rawID == "" {
+		return Identity{}, "", &Error{Msg: fmt.Sprintf("the identity provider at %s answered the sign-in without an ID token; keep openid in oidc.scopes", p.cfg.Issuer)}
+	}
+	id, err := p.Verify(ctx, rawID, nonce)
+	if err != nil {
+		return Identity{}, "", err
+	}
+	return id, t.RefreshToken, nil
+}
+
+// exchangeError classifies a failed code redemption: the provider not
+// answering, or failing (5xx), is Unreachable; a refused code or client
+// is a refusal naming the fix.
+func (p *Provider) exchangeError(err error) error {
+	var re *oauth2.RetrieveError
+	if !errors.As(err, &re) {
+		if isNetwork(err) {
+			return p.unreachable(err)
+		}
+		return &Error{Err: err, Msg: fmt.Sprintf("the identity provider's answer to the sign-in cannot be read (%s); sign in again", brief(err))}
+	}
+	status := 0
+	if re.Response != nil {
+		status = re.Response.StatusCode
+	}
+	detail := re.ErrorCode
+	if re.ErrorDescription != "" {
+		detail += ": " + re.ErrorDescription
+	}
+	if detail == "" {
+		detail = fmt.Sprintf("HTTP %d", status)
+	}
+	switch {
+	case status >= 500 || status == http.StatusTooManyRequests:
+		return &Error{Unreachable: true, Err: err, Msg: fmt.Sprintf(
+			"the identity provider at %s failed to answer the sign-in (%s); try again later", p.cfg.Issuer, brief(errors.New(detail)))}
+	case re.ErrorCode == "invalid_grant":
+		return &Error{Err: err, Msg: fmt.Sprintf(
+			"the identity provider refused the sign-in's authorization code (%s), which may have been used already or expired; sign in again", brief(errors.New(detail)))}
+	default:
+		return &Error{Err: err, Msg: fmt.Sprintf(
+			"the identity provider at %s refuses devgpu's web sign-in with client %q (%s); check oidc.client_id and oidc.client_secret, and that the app registration lists this server's /console/sso/callback as a web redirect URI",
+			p.cfg.Issuer, p.cfg.ClientID, brief(errors.New(detail)))}
+	}
+}
+
+func (p *Provider) refresh(ctx context.Context, refreshToken string, web bool) (Identity, string, error) {
 	if refreshToken == "" {
 		return Identity{}, "", &Error{Revoked: true, Msg: "this sign-in holds no refresh token from the identity provider, so it cannot be re-checked; log in again with `devgpu login`"}
 	}
@@ -497,9 +607,7 @@ func (p *Provider) Refresh(ctx context.Context, refreshToken string) (Identity, 
 	if err != nil {
 		return Identity{}, "", err
 	}
-	ep := d.op.Endpoint()
-	ep.AuthStyle = oauth2.AuthStyleInParams // a public client: client_id in the body, no secret
-	conf := oauth2.Config{ClientID: p.cfg.ClientID, Endpoint: ep, Scopes: p.cfg.Scopes}
+	conf := p.oauth2Config(d, web)
 	cctx := oidc.ClientContext(ctx, p.client)
 	t, err := conf.TokenSource(cctx, &oauth2.Token{RefreshToken: refreshToken, Expiry: time.Unix(1, 0)}).Token()
 	if err != nil {
