@@ -86,27 +86,37 @@ func (a *API) routes() http.Handler {
 	handle("DELETE /api/v1/images/{name}", a.removeImage)
 	// The web console (console.go, terminal.go, live.go, standing.go;
 	// its pages are internal/web's).
-	mux.Handle("POST /api/v1/console/login", a.open(a.consoleLogin))
+	// The console's logins are limited as POST /auth/oidc is.
+	mux.Handle("POST /api/v1/console/login", a.limited(a.open(a.consoleLogin)))
 	mux.Handle("POST /api/v1/console/logout", a.open(a.consoleLogout))
 	handle("GET /api/v1/console/session", a.consoleSession)
 	mux.Handle("GET /console/sso/start", a.open(a.consoleSSOStart))
-	mux.Handle("GET /console/sso/callback", a.open(a.consoleSSOCallback))
+	mux.Handle("GET /console/sso/callback", a.limited(a.open(a.consoleSSOCallback)))
 	handle("GET /api/v1/sessions/{id}/terminal", a.terminal)
 	handle("GET /api/v1/sessions/live", a.liveSessions)
 	handle("GET /api/v1/standing", a.standing)
-	mux.Handle("GET /", web.Handler())
+	// Every method, so that "/api/" below stays the more specific pattern
+	// (with "GET /" the two conflict and the mux panics); the console's
+	// handler answers 405 to anything but GET and HEAD.
+	mux.Handle("/", web.Handler())
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, r, a.log, httpapi.Errorf(http.StatusNotFound, "no API endpoint %s %s; this server speaks /api/v1", r.Method, r.URL.Path))
 	})
 	return mux
 }
 
-// authenticated resolves the bearer token to a user before h runs.
+// authenticated resolves the caller's credential to a user before h runs:
+// the bearer token, or the web console's cookie, whose requests must also
+// pass the console's CSRF and origin checks (console.go).
 func (a *API) authenticated(h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		user, tok, err := a.authenticate(r)
 		if err == nil {
-			err = h(w, r.WithContext(withToken(r.Context(), tok)), user)
+			ctx := withToken(r.Context(), tok)
+			if _, cookie, _ := credential(r); cookie {
+				ctx = withConsoleCookie(ctx)
+			}
+			err = h(w, r.WithContext(ctx), user)
 		}
 		if err != nil && storeUnreachable(err) && r.Context().Err() == nil {
 			err = errDatabaseUnreachable(err)
@@ -120,48 +130,122 @@ func (a *API) authenticated(h handlerFunc) http.Handler {
 var errUnauthenticated = httpapi.Errorf(http.StatusUnauthorized,
 	"missing or invalid API token; log in with `devgpu login URL --token TOKEN`")
 
+// credential is the request's token: the Authorization header's when it
+// has one (then the console's cookie is not read, so that a request
+// cannot mix the two), else the web console's cookie (cookie set). ok is
+// false when there is neither, or the header is not a bearer token.
+func credential(r *http.Request) (secret string, cookie, ok bool) {
+	if _, has := r.Header["Authorization"]; has {
+		secret, ok = bearerToken(r.Header.Get("Authorization"))
+		return secret, false, ok
+	}
+	c, err := r.Cookie(sdk.ConsoleCookie)
+	if err != nil || c.Value == "" {
+		return "", false, false
+	}
+	return c.Value, true, true
+}
+
 // authenticate returns the caller, with its token's scope applied, and
-// the token.
+// the token. A request the console's cookie authenticates must pass
+// checkConsoleRequest (a state change carries the CSRF token, a
+// WebSocket comes from the console's own origin): here, so that every
+// caller of authenticate has the check.
 func (a *API) authenticate(r *http.Request) (store.User, store.Token, error) {
-	token, ok := bearerToken(r.Header.Get("Authorization"))
+	secret, cookie, ok := credential(r)
 	if !ok {
 		return store.User{}, store.Token{}, errUnauthenticated
 	}
-	hash := sha256.Sum256([]byte(token))
-	tok, user, err := a.s.store.TokenByHash(r.Context(), hash[:])
-	if errors.Is(err, store.ErrNotFound) {
-		return store.User{}, store.Token{}, errUnauthenticated
+	use := useBearer
+	if cookie {
+		use = useCookie
 	}
+	user, tok, err := a.s.tokenCaller(r.Context(), secret, use)
 	if err != nil {
 		return store.User{}, store.Token{}, err
 	}
-	now := a.s.now()
+	if cookie {
+		if err := a.s.checkConsoleRequest(r, tok); err != nil {
+			return store.User{}, store.Token{}, err
+		}
+	}
+	return user, tok, nil
+}
+
+// credentialUse is where a token came from, for the wording of its
+// refusals.
+type credentialUse int
+
+const (
+	useBearer       credentialUse = iota // Authorization: Bearer (the CLI, the SDK)
+	useCookie                            // the web console's cookie
+	useConsoleLogin                      // pasted on the web console's login page
+)
+
+// tokenCaller resolves a token to its user, with the token's scope
+// applied, refusing one that is unknown, revoked or expired, a disabled
+// user, and a person's API token where the organisation requires single
+// sign-on; the refusal's fix fits where the token came from (use).
+func (s *Server) tokenCaller(ctx context.Context, secret string, use credentialUse) (store.User, store.Token, error) {
+	hash := sha256.Sum256([]byte(secret))
+	tok, user, err := s.store.TokenByHash(ctx, hash[:])
 	switch {
-	case tok.Method == store.TokenMethodSSO && !tok.RevokedAt.IsZero():
+	case errors.Is(err, store.ErrNotFound) && use == useCookie:
+		return store.User{}, store.Token{}, errConsoleSignedOut
+	case errors.Is(err, store.ErrNotFound) && use == useConsoleLogin:
+		return store.User{}, store.Token{}, errConsoleBadToken
+	case errors.Is(err, store.ErrNotFound):
+		return store.User{}, store.Token{}, errUnauthenticated
+	case err != nil:
+		return store.User{}, store.Token{}, err
+	case use == useConsoleLogin && tok.Method == store.TokenMethodSSO:
+		return store.User{}, store.Token{}, errConsoleSSOToken
+	}
+	now := s.now()
+	ended := !tok.RevokedAt.IsZero()
+	expired := tokenExpired(tok, now)
+	switch {
+	case use == useCookie && ended:
+		return store.User{}, store.Token{}, errConsoleEnded
+	case use == useCookie && expired:
+		return store.User{}, store.Token{}, errConsoleExpired
+	case tok.Method == store.TokenMethodSSO && ended:
 		return store.User{}, store.Token{}, httpapi.Errorf(http.StatusUnauthorized, "this single sign-on credential was ended (logged out, renewed or revoked); run `devgpu login URL` again")
-	case tok.Method == store.TokenMethodSSO && tokenExpired(tok, now):
+	case tok.Method == store.TokenMethodSSO && expired:
 		return store.User{}, store.Token{}, httpapi.Errorf(http.StatusUnauthorized, "this single sign-on credential expired; run `devgpu login URL` again")
-	case !tok.RevokedAt.IsZero():
+	case ended:
 		return store.User{}, store.Token{}, httpapi.Errorf(http.StatusUnauthorized, "this API token was revoked; ask an administrator for a new one")
-	case tokenExpired(tok, now):
+	case expired:
 		return store.User{}, store.Token{}, httpapi.Errorf(http.StatusUnauthorized, "this API token expired; ask an administrator for a new one")
 	case user.Disabled:
 		return store.User{}, store.Token{}, httpapi.Errorf(http.StatusUnauthorized, "user %s is disabled; ask an administrator", user.Name)
 	}
-	if err := a.s.ssoRefused(user, tok); err != nil {
+	if err := s.ssoRefused(user, tok); err != nil {
+		if use != useBearer {
+			return store.User{}, store.Token{}, errConsoleSSORequired
+		}
 		return store.User{}, store.Token{}, err
 	}
 	return scoped(user, tok), tok, nil
 }
 
 func (a *API) whoami(w http.ResponseWriter, r *http.Request, caller store.User) error {
-	out := sdk.Whoami{User: caller.Name, OrgAdmin: caller.OrgAdmin,
-		Runtime: a.s.runtimeNames(), RuntimeWarnings: a.s.cfg.RuntimeWarnings}
-	if err := a.s.whoamiSSO(r.Context(), &out, caller, callerToken(r)); err != nil {
+	out, err := a.whoamiOf(r, caller)
+	if err != nil {
 		return err
 	}
 	httpapi.Write(w, http.StatusOK, out)
 	return nil
+}
+
+// whoamiOf is what GET /api/v1/whoami answers the caller.
+func (a *API) whoamiOf(r *http.Request, caller store.User) (sdk.Whoami, error) {
+	out := sdk.Whoami{User: caller.Name, OrgAdmin: caller.OrgAdmin,
+		Runtime: a.s.runtimeNames(), RuntimeWarnings: a.s.cfg.RuntimeWarnings}
+	if err := a.s.whoamiSSO(r.Context(), &out, caller, callerToken(r)); err != nil {
+		return sdk.Whoami{}, err
+	}
+	return out, nil
 }
 
 func callerOf(u store.User) authz.Caller {

@@ -47,6 +47,7 @@ func newFixture(t *testing.T, opts ...func(*Config)) *fixture {
 // GPUs gpus (gpu.ParseSimulated).
 func newFixtureWith(t *testing.T, gpus string, opts ...func(*Config)) *fixture {
 	t.Helper()
+	bin := testutil.Binary(t) // built before the deadline: on a loaded machine the link alone takes half a minute
 	dir := testutil.ShortTempDir(t)
 	ctx := testutil.Context(t, testutil.WaitLong)
 	st, err := sqlite.Open(ctx, filepath.Join(dir, "devgpu.db"))
@@ -58,7 +59,7 @@ func newFixtureWith(t *testing.T, gpus string, opts ...func(*Config)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := local.New(local.Config{Dir: filepath.Join(dir, "s"), Devices: devs, AgentCommand: []string{testutil.Binary(t), "agent"}})
+	rt, err := local.New(local.Config{Dir: filepath.Join(dir, "s"), Devices: devs, AgentCommand: []string{bin, "agent"}})
 	if err != nil {
 		t.Fatal(err)
 	}

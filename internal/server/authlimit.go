@@ -12,7 +12,8 @@ import (
 	"github.com/devgpu/devgpu/internal/httpapi"
 )
 
-// A single sign-on login (POST /api/v1/auth/oidc, which needs no
+// A login (POST /api/v1/auth/oidc, the web console's
+// POST /api/v1/console/login and /console/sso/callback, which need no
 // credential) is limited per client address, so that nobody can use the
 // server to try stolen tokens at speed, nor flood the identity provider
 // and the audit log through it. The address is the TCP peer, as the front
@@ -100,8 +101,7 @@ func (l *authLimiter) evict(now time.Time) {
 }
 
 // limited serves h only within the client address's limit (429 with
-// Retry-After beyond it). A nil limiter (no identity provider, or tests)
-// limits nothing.
+// Retry-After beyond it). A nil limiter (tests) limits nothing.
 func (a *API) limited(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if l := a.s.authLimit; l != nil {

@@ -88,6 +88,7 @@ func ssoLoopInterval(recheck time.Duration) time.Duration {
 // the provider refresh tokens are sealed with it, and a key made for this
 // process alone would leave every one unreadable after a restart.
 func (s *Server) setupSSO() error {
+	s.authLimit = newAuthLimiter(s.now) // the web console's token login has it too
 	if s.cfg.OIDC == nil {
 		return nil
 	}
@@ -99,7 +100,6 @@ func (s *Server) setupSSO() error {
 		return err // it names the oidc key at fault
 	}
 	s.sso = p
-	s.authLimit = newAuthLimiter(s.now)
 	s.warnUnknownProjects()
 	return nil
 }
@@ -299,9 +299,8 @@ func (a *API) loginOIDC(w http.ResponseWriter, r *http.Request) error {
 		return httpapi.Errorf(http.StatusBadRequest,
 			"the identity provider returned no refresh token, which devgpu needs to re-check your account; add offline_access to the scopes (oidc.scopes in the server config) and allow refresh tokens for the client")
 	}
-	if err := names.User(id.Name); err != nil || reservedUser(id.Name) != "" || id.Subject == store.SubjectPendingBind {
-		return a.s.loginRefused(r.Context(), id, req.Flow, "a user name devgpu cannot take", httpapi.Errorf(http.StatusForbidden,
-			"the identity provider names you %q, which devgpu cannot take as a user name; ask the administrator to set oidc.username_claim to another claim (preferred_username, email, upn, sub)", id.Name))
+	if err := errUnusableName(id); err != nil {
+		return a.s.loginRefused(r.Context(), id, req.Flow, refusedName, err)
 	}
 	// The ID token's nonce is inside the token itself, so a stolen ID
 	// token alone must not make a login: the refresh token that came with
@@ -325,6 +324,21 @@ func (a *API) loginOIDC(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	httpapi.Write(w, http.StatusOK, cred)
+	return nil
+}
+
+// refusedName is why a login is refused (audited) whose person the
+// provider names with a name devgpu cannot take (errUnusableName).
+const refusedName = "a user name devgpu cannot take"
+
+// errUnusableName refuses an identity whose name devgpu cannot take as a
+// user name (names.User, a reserved name, the pending-binding marker), or
+// is nil.
+func errUnusableName(id sso.Identity) error {
+	if err := names.User(id.Name); err != nil || reservedUser(id.Name) != "" || id.Subject == store.SubjectPendingBind {
+		return httpapi.Errorf(http.StatusForbidden,
+			"the identity provider names you %q, which devgpu cannot take as a user name; ask the administrator to set oidc.username_claim to another claim (preferred_username, email, upn, sub)", id.Name)
+	}
 	return nil
 }
 
@@ -854,7 +868,11 @@ func (s *Server) recheck(ctx context.Context, l store.SSOLogin) (store.SSOLogin,
 		if err != nil {
 			return l, sso.Identity{}, "", errUnreadable{err}
 		}
-		id, next, err := s.sso.Refresh(ctx, rt)
+		refresh := s.sso.Refresh
+		if l.Flow == sdk.FlowWeb {
+			refresh = s.sso.RefreshWeb // issued to the web client
+		}
+		id, next, err := refresh(ctx, rt)
 		if err == nil || !sso.IsRevoked(err) || attempt > 0 {
 			return l, id, next, err
 		}
@@ -1365,26 +1383,31 @@ func (a *API) logout(w http.ResponseWriter, r *http.Request, caller store.User) 
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
-	err := a.s.store.InTx(r.Context(), func(tx store.Store) error {
-		l, err := tx.SSOLoginByToken(r.Context(), tok.ID)
+	if err := a.s.logOutSSO(r.Context(), tok, caller.Name); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// logOutSSO ends the single sign-on whose credential is tok, as its user
+// (actor) logging out.
+func (s *Server) logOutSSO(ctx context.Context, tok store.Token, actor string) error {
+	return s.store.InTx(ctx, func(tx store.Store) error {
+		l, err := tx.SSOLoginByToken(ctx, tok.ID)
 		if errors.Is(err, store.ErrNotFound) {
 			// No login record (it cannot happen but by hand): the token
 			// alone is ended.
-			return tx.RevokeToken(r.Context(), tok.ID, a.s.now())
+			return tx.RevokeToken(ctx, tok.ID, s.now())
 		} else if err != nil {
 			return err
 		}
 		if !l.EndedAt.IsZero() {
 			return nil
 		}
-		_, err = a.s.endLogin(r.Context(), tx, l, endLoggedOut, caller.Name)
+		_, err = s.endLogin(ctx, tx, l, endLoggedOut, actor)
 		return err
 	})
-	if err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
 }
 
 // tokenParent is the token a new token is made the child of: the caller's,

@@ -58,11 +58,15 @@ type ssoRigOpts struct {
 	limited bool
 	// mappings are group mappings besides the rig's.
 	mappings []sso.ProjectMapping
+	// web makes the server's client the provider's confidential web
+	// client (with its secret), as the web console's sign-in uses it.
+	web bool
 }
 
 func newSSORig(t *testing.T, o ssoRigOpts) *ssoRig {
 	t.Helper()
 	op := oidcop.Start(t, oidcop.Options{})
+	bin := testutil.Binary(t) // built before the deadline: on a loaded machine the link alone takes half a minute
 	dir := testutil.ShortTempDir(t)
 	ctx := testutil.Context(t, testutil.WaitLong)
 	st, err := sqlite.Open(ctx, filepath.Join(dir, "devgpu.db"))
@@ -71,7 +75,7 @@ func newSSORig(t *testing.T, o ssoRigOpts) *ssoRig {
 	}
 	t.Cleanup(func() { st.Close() })
 	devs, _ := hostgpu.Simulated("t4:4")
-	rt, err := local.New(local.Config{Dir: filepath.Join(dir, "s"), Devices: devs, AgentCommand: []string{testutil.Binary(t), "agent"}})
+	rt, err := local.New(local.Config{Dir: filepath.Join(dir, "s"), Devices: devs, AgentCommand: []string{bin, "agent"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,6 +127,9 @@ func newSSORig(t *testing.T, o ssoRigOpts) *ssoRig {
 			RecheckInterval: recheck,
 			SessionTTL:      o.ttl,
 		}}
+	if o.web {
+		cfg.OIDC.ClientID, cfg.OIDC.ClientSecret = oidcop.WebClientID, oidcop.WebClientSecret
+	}
 	if r.srv, err = New(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
