@@ -4,7 +4,7 @@ import { render } from "preact";
 import { useEffect, useState } from "preact/hooks";
 import "./style.css";
 import { session, api } from "./api";
-import { match, useLocation } from "./router";
+import { match, navigate, useLocation } from "./router";
 import { routes, type Route } from "./routes";
 import { LoginPage } from "./pages/login";
 import type { ConsoleSession } from "./types";
@@ -28,6 +28,9 @@ function visible(r: Route, me: ConsoleSession): boolean {
 
 function Shell({ me }: { me: ConsoleSession }) {
   const loc = useLocation();
+  // A login page address (a sign-in that failed in another tab, a
+  // bookmark) means nothing once logged in: go home.
+  useEffect(() => { if (loc.path === "/login") navigate("/"); }, [loc.path]);
   let page = null;
   for (const r of routes) {
     const params = match(r.pattern, loc.path);

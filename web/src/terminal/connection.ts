@@ -45,6 +45,10 @@ interface Closed { ready: boolean; code: number; reason: string }
 
 // CLOSE_GONE is sdk.TerminalCloseGone: the shell to resume is gone.
 const CLOSE_GONE = 4404;
+// CLOSE_TAKEN_OVER is sdk.TerminalCloseTakenOver: another page resumed
+// this shell. Reconnecting would take it back, and the two pages would
+// take it from each other for ever.
+const CLOSE_TAKEN_OVER = 4409;
 // CLOSE_POLICY: the server refused what the page sent.
 const CLOSE_POLICY = 1008;
 
@@ -141,6 +145,9 @@ export class TerminalConnection {
       if (this.done) return;
       if (closed.code === CLOSE_GONE) {
         return this.giveUp(`Lost the connection to session ${this.id}, and ${closed.reason || "the session's agent no longer has this shell; open a new terminal"}.`);
+      }
+      if (closed.code === CLOSE_TAKEN_OVER) {
+        return this.giveUp(`This shell of session ${this.id} is now open in another tab or window; use that one.`);
       }
       if (closed.code === CLOSE_POLICY) return this.giveUp(`The server closed the terminal of session ${this.id}: ${closed.reason || "it refused what this page sent"}.`);
       if (closed.ready && !this.token) {
