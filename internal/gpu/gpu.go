@@ -143,6 +143,21 @@ func TypeOf(product string) string {
 // Simulated reports whether the device id is one of the simulated inventory.
 func Simulated(id string) bool { return strings.HasPrefix(id, "GPU-sim-") }
 
+// Utilization is the busiest of the devices' current GPU utilisation, in
+// percent, read through NVML; ok is false when none could be read
+// (simulated devices, or devices NVML on this host does not hold).
+func Utilization(ids []string) (percent int, ok bool) {
+	for _, id := range ids {
+		if Simulated(id) {
+			continue
+		}
+		if u, err := utilization(id); err == nil && (!ok || u > percent) {
+			percent, ok = u, true
+		}
+	}
+	return percent, ok
+}
+
 // Busy reports whether any of the devices is doing work now, read through
 // NVML. Simulated devices are never busy; a device NVML cannot read counts
 // as idle, and the error says why.

@@ -91,3 +91,25 @@ func TestDiscover(t *testing.T) {
 		}
 	}
 }
+
+// Utilization reads nothing of simulated or unknown devices; on a host
+// with GPUs (and NVML) it reads a percentage of each of them.
+func TestUtilization(t *testing.T) {
+	t.Parallel()
+	if u, ok := Utilization([]string{"GPU-sim-t4-0", "GPU-00000000-0000-0000-0000-000000000000"}); ok {
+		t.Errorf("Utilization(simulated, unknown) = %d, true; want not known", u)
+	}
+	if _, ok := Utilization(nil); ok {
+		t.Error("Utilization(none) is known")
+	}
+	devs, err := discoverNVML()
+	if err != nil || len(devs) == 0 {
+		t.Skipf("no GPU NVML can read here (%v): only the unknown cases ran", err)
+	}
+	for _, d := range devs {
+		u, ok := Utilization([]string{"GPU-sim-t4-0", d.ID})
+		if !ok || u < 0 || u > 100 {
+			t.Errorf("Utilization(%s) = %d, %v; want a percentage", d.ID, u, ok)
+		}
+	}
+}

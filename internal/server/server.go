@@ -69,6 +69,9 @@ type Config struct {
 	// StoreRetryInterval is how often the store's health is probed and
 	// the ends of sessions it refused to record are retried.
 	StoreRetryInterval time.Duration
+	// LiveInterval is how often the console's live view is computed
+	// again (live.go; default DefaultLiveInterval).
+	LiveInterval time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// AgentKey (AgentKeySize bytes, see LoadAgentKey) derives each
@@ -186,6 +189,8 @@ type Server struct {
 
 	metrics *metrics
 	tunnels *tunnelLimiter // caps on open shells
+	// liveAnswers are the agents' recent answers to the live view (live.go).
+	liveAnswers liveAnswers
 	// warmUser owns the ready sessions of warm pools until they are claimed.
 	warmUser  store.User
 	refilling sync.Mutex // held while a pool refill runs
