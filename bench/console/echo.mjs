@@ -30,8 +30,12 @@
 // paints it): key → WebSocket → server → SSH → agent's PTY → echo back →
 // WebSocket message → xterm.js parse. A second result, NAME_painted, times
 // the same keys until the first onRender after that parse that covers the
-// cursor's row (the next animation frame: what a person would see). Every
-// 40 keys the line is cleared with ^U, untimed, so it never wraps.
+// cursor's row (the next animation frame: what a person would see). A
+// third, NAME_websocket, is the part of it on the wire as the page sees
+// it: from the page's WebSocket send of the key to the arrival of the
+// message with its echo (a wrapper of WebSocket, installed before the
+// page's scripts, stamps both). Every 40 keys the line is cleared with ^U,
+// untimed, so it never wraps.
 //
 // With --floor it needs no server: the same keys, timed the same way,
 // against xterm.js alone on a blank page whose terminal echoes what it is
@@ -73,6 +77,9 @@ const result = {
   failures: 0,
 };
 const painted = { ...result, name: args.name + "_painted", label: label + ", until painted" };
+// The terminal's own WebSocket, as the page sees it: from sending the key
+// to the message that brought its echo (not with --floor).
+const wsRound = { ...result, name: args.name + "_websocket", label: "browser terminal, WebSocket send to echo message" };
 // Where the figures came from: the browser's version, once it has started.
 let version = "";
 
@@ -99,9 +106,10 @@ try {
   const samples = args.floor ? await measureFloor(page) : await measure(page);
   setSamples(result, samples.parsed);
   setSamples(painted, samples.painted);
+  setSamples(wsRound, samples.ws);
 } catch (e) {
   const msg = String(e?.message || e).split("\n")[0];
-  for (const r of [result, painted]) {
+  for (const r of [result, painted, wsRound]) {
     r.failures++;
     r.last_error = msg;
   }
@@ -110,7 +118,7 @@ try {
   rmSync(profile, { recursive: true, force: true });
 }
 if (version) process.stderr.write(`echo.mjs: headless Chromium ${version}, ${args.mode} mode\n`);
-for (const r of [result, painted]) {
+for (const r of args.floor ? [result, painted] : [result, painted, wsRound]) {
   const line = JSON.stringify(r) + "\n";
   if (args.out) appendFileSync(args.out, line);
   else process.stdout.write(line);
@@ -123,6 +131,7 @@ async function measure(page) {
   // The login page shows at the terminal's address, and after the login
   // the page reloads there, which starts the session.
   const q = new URLSearchParams({ project: args.project, gpu_type: args.gpuType });
+  await page.addInitScript(tapWebSocket);
   await page.goto(`${args.url}/#/terminal?${q}`);
   await page.getByLabel("API token").fill(args.token);
   await page.getByRole("button", { name: "Log in with token" }).click();
@@ -166,14 +175,33 @@ async function measureFloor(page) {
   return typeKeys(page);
 }
 
+// tapWebSocket runs in the page before its scripts: it notes when the
+// page last sent binary data (keys) on a WebSocket and when a message last
+// arrived (stamped before the page's own handler runs).
+function tapWebSocket() {
+  const Base = window.WebSocket;
+  const tap = (window.__wsTap = { sentAt: undefined, msgAt: undefined });
+  window.WebSocket = class extends Base {
+    constructor(...a) {
+      super(...a);
+      this.addEventListener("message", () => { tap.msgAt = performance.now(); });
+    }
+    send(data) {
+      if (typeof data !== "string") tap.sentAt = performance.now();
+      return super.send(data);
+    }
+  };
+}
+
 // typeKeys types warmup + n keys, one at a time, and returns the last n's
-// times to the echo parsed and painted.
+// times to the echo parsed and painted (and, through the page's WebSocket,
+// from its send to the echo's message).
 async function typeKeys(page) {
-  const parsed = [], shown = [];
+  const parsed = [], shown = [], ws = [];
   await page.evaluate(() => window.devgpuTerminal.focus());
   for (let i = 0; i < args.warmup + args.n; i++) {
     if (i > 0 && i % 40 === 0) {
-      await page.evaluate(() => { window.devgpuTerminal.input("\x15"); return window.__echoBench.settle(30, 1000); });
+      await page.evaluate(() => { window.devgpuTerminal.input("\x15"); return window.__echoBench.cleared(); });
     }
     let s;
     if (args.mode === "keys") {
@@ -187,9 +215,10 @@ async function typeKeys(page) {
     if (i >= args.warmup) {
       parsed.push(s.parsed);
       shown.push(s.painted);
+      if (s.ws !== undefined) ws.push(s.ws);
     }
   }
-  return { parsed, painted: shown };
+  return { parsed, painted: shown, ws };
 }
 
 // installProbe runs in the page: it watches the terminal for the echo of
@@ -206,7 +235,13 @@ function installProbe() {
   let lastWrite = performance.now();
   term.onWriteParsed(() => {
     lastWrite = performance.now();
-    if (w && w.parsedAt === undefined && trailingX() > w.before) w.parsedAt = performance.now();
+    if (w && w.parsedAt === undefined && trailingX() > w.before) {
+      w.parsedAt = performance.now();
+      const tap = window.__wsTap;
+      if (tap && tap.sentAt !== undefined && tap.msgAt !== undefined && tap.sentAt >= w.start && tap.msgAt >= tap.sentAt) {
+        w.ws = tap.msgAt - tap.sentAt;
+      }
+    }
   });
   term.onRender(({ start, end }) => {
     const y = term.buffer.active.cursorY;
@@ -225,6 +260,13 @@ function installProbe() {
       let s = "";
       for (let i = 0; i < b.length; i++) s += b.getLine(i).translateToString(true) + "\n";
       return s;
+    },
+    // cleared waits until the ^U has emptied the line (at most 5 s), then
+    // for the terminal to settle.
+    async cleared() {
+      const end = performance.now() + 5000;
+      while (performance.now() < end && trailingX() > 0) await new Promise((r) => setTimeout(r, 5));
+      await this.settle(30, 1000);
     },
     // settle waits until no output has been parsed for quietMs (at most maxMs).
     async settle(quietMs, maxMs) {
@@ -251,7 +293,7 @@ function installProbe() {
         return { error: cur.parsedAt === undefined ? `no echo within 5 s; the line reads ${JSON.stringify(cursorLine())}` : "echo parsed but never painted within 5 s" };
       }
       if (cur.start === undefined) return { error: "the key press never reached the page as a keydown event" };
-      return { parsed: cur.parsedAt - cur.start, painted: cur.paintedAt - cur.start };
+      return { parsed: cur.parsedAt - cur.start, painted: cur.paintedAt - cur.start, ws: cur.ws };
     },
   };
 }

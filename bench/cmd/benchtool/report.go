@@ -32,10 +32,12 @@ const (
 
 // The web console's terminal (bench/console/echo.mjs writes these): a key
 // to its echo parsed by xterm.js, and to the frame that painted it; the
-// same against xterm.js alone, echoing in the page (the floor).
+// page's WebSocket send of the key to the message with its echo; the same
+// keys against xterm.js alone, echoing in the page (the floor).
 const (
 	consoleKeystroke             = "console_terminal_keystroke"
 	consoleKeystrokePainted      = "console_terminal_keystroke_painted"
+	consoleKeystrokeWebSocket    = "console_terminal_keystroke_websocket"
 	consoleKeystrokeFloor        = "console_terminal_keystroke_floor"
 	consoleKeystrokeFloorPainted = "console_terminal_keystroke_floor_painted"
 )
@@ -45,7 +47,7 @@ var order = []string{
 	devgpuRunTrue, srunTrue, sshTrue,
 	devgpuShellPrompt, srunPtyPrompt, sshPtyPrompt,
 	devgpuKeystroke, sshKeystroke, srunKeystroke,
-	consoleKeystroke, consoleKeystrokePainted, consoleKeystrokeFloor, consoleKeystrokeFloorPainted,
+	consoleKeystroke, consoleKeystrokePainted, consoleKeystrokeWebSocket, consoleKeystrokeFloor, consoleKeystrokeFloorPainted,
 	devgpuConcurrent, srunConcurrent,
 	devgpuBulk, sshBulk,
 	admissionsSQLite, admissionsPG,
@@ -154,7 +156,7 @@ func renderReport(results map[string]Result, measuredOnly bool) string {
 			ms(r.MedianMS), ms(r.P95MS), ms(r.P99MS), rate)
 	}
 	b.WriteString("\nTimes are in milliseconds, end to end (prompt: spawn until a typed command has run; " +
-		"keystroke: one key to its echo (browser terminal: to the echo parsed by xterm.js, or painted; floor: the same against xterm.js echoing by itself; bench/console/echo.mjs); concurrent: each job; admissions: each admitted create). MB/s is the stream rate, first byte to EOF.\n")
+		"keystroke: one key to its echo (browser terminal: to the echo parsed by xterm.js, or painted, or from the page's WebSocket send to the echo's message; floor: the same keys into xterm.js echoing by itself; bench/console/echo.mjs); concurrent: each job; admissions: each admitted create). MB/s is the stream rate, first byte to EOF.\n")
 	b.WriteString(admissionsSection(results))
 
 	b.WriteString("\n### Against the targets in DESIGN.md\n\n")
