@@ -67,7 +67,8 @@ test: web-deps
 	! GOOS=darwin GOARCH=arm64 go list -deps ./cmd/devgpu | grep '^k8s.io/client-go'
 	go test -race -count=1 -timeout 15m ./...
 
-bench: build
+# web-deps: the console section times the browser terminal with playwright-core.
+bench: build web-deps
 	./bench/compare.sh
 
 clean:
