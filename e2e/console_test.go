@@ -5,7 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -176,12 +179,186 @@ func consoleArtifacts(t *testing.T) string {
 	return dir
 }
 
+// cutProxy is a TCP proxy on a loopback port of its own in front of the
+// server: a network between the browser and the server that the browser
+// test can take down and bring back (POST /cut and /resume on control),
+// as a laptop's Wi-Fi drops. Cut closes every connection through it, both
+// ends; while down it accepts connections and closes them at once. The
+// page's origin is the proxy's, and it keeps the Host header the browser
+// sent, so the server sees a page of its own origin, as it would behind
+// a TCP load balancer.
+type cutProxy struct {
+	t       *testing.T
+	target  string
+	ln      net.Listener
+	control *httptest.Server
+	wg      sync.WaitGroup
+
+	mu    sync.Mutex
+	down  bool
+	conns map[net.Conn]net.Conn // browser's end → server's end
+	cuts  int                   // connections cut, in all
+}
+
+func newCutProxy(t *testing.T, target string) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{t: t, target: target, ln: ln, conns: map[net.Conn]net.Conn{}}
+	p.wg.Add(1)
+	go p.serve()
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /cut", func(w http.ResponseWriter, r *http.Request) {
+		n := p.cut()
+		t.Logf("proxy: the network is down (%d connections cut)", n)
+		fmt.Fprintf(w, `{"cut":%d}`, n)
+	})
+	mux.HandleFunc("POST /resume", func(w http.ResponseWriter, r *http.Request) {
+		p.resume()
+		t.Logf("proxy: the network is back")
+		fmt.Fprint(w, `{}`)
+	})
+	p.control = httptest.NewServer(mux)
+	t.Cleanup(func() {
+		p.control.Close()
+		ln.Close()
+		p.cut()
+		p.wg.Wait()
+	})
+	return p
+}
+
+// url is the console's address through the proxy.
+func (p *cutProxy) url() string { return "http://" + p.ln.Addr().String() }
+
+func (p *cutProxy) serve() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.wg.Add(1)
+		go p.pipe(c)
+	}
+}
+
+// pipe carries one connection to the server and back until either end
+// closes it or the network is cut.
+func (p *cutProxy) pipe(browser net.Conn) {
+	defer p.wg.Done()
+	defer browser.Close()
+	if p.isDown() {
+		return
+	}
+	server, err := net.DialTimeout("tcp", p.target, testutil.WaitShort)
+	if err != nil {
+		return
+	}
+	defer server.Close()
+	if !p.track(browser, server) {
+		return
+	}
+	defer p.untrack(browser)
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(server, browser); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(browser, server); done <- struct{}{} }()
+	<-done
+	browser.Close()
+	server.Close()
+	<-done
+}
+
+func (p *cutProxy) isDown() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.down
+}
+
+// track records a connection, unless the network went down meanwhile.
+func (p *cutProxy) track(browser, server net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.down {
+		return false
+	}
+	p.conns[browser] = server
+	return true
+}
+
+func (p *cutProxy) untrack(browser net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.conns, browser)
+}
+
+// cut takes the network down and closes every connection through it; it
+// returns how many it closed.
+func (p *cutProxy) cut() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	n := len(p.conns)
+	for b, s := range p.conns {
+		b.Close()
+		s.Close()
+		delete(p.conns, b)
+	}
+	p.cuts += n
+	return n
+}
+
+func (p *cutProxy) resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = false
+}
+
+func (p *cutProxy) cutCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cuts
+}
+
+// startDetached starts a session through the API with a bearer token, as
+// a script would, and returns its id once it runs: a session with no
+// shell open.
+func (e *env) startDetached(token, project, gpuType string) string {
+	e.t.Helper()
+	b, err := json.Marshal(sdk.CreateSessionRequest{Project: project, GPUType: gpuType})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req, err := http.NewRequestWithContext(testutil.Context(e.t, testutil.WaitMedium), "POST", e.url()+"/api/v1/sessions", bytes.NewReader(b))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var s sdk.Session
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil || resp.StatusCode >= 300 || s.ID == "" {
+		e.t.Fatalf("POST /api/v1/sessions: %d %+v %v", resp.StatusCode, s, err)
+	}
+	e.as(token).waitSession(s.ID, testutil.WaitLong, "to run", func(s sdk.Session) bool { return s.State == sdk.StateRunning })
+	return s.ID
+}
+
 // An admin and two developers use the console in Chromium: the admin
 // changes a project's cap and meets a locked setting; a developer opens a
-// GPU terminal (the GPU, resize, Ctrl-C, closing the tab), cannot see the
-// other developer's session, and CSRF and cross-origin WebSocket attempts
-// from their browser are refused; every page passes axe-core and is
-// screenshotted. See web/test/console.mjs for the browser's side.
+// GPU terminal (the GPU, resize, Ctrl-C, copy and paste, closing the tab),
+// cannot see the other developer's session, and CSRF, cross-origin
+// WebSocket, token minting and terminal-starting links from other sites
+// are refused; through a proxy whose connections are cut the terminal
+// reconnects to the same shell, and "End session" ends it; every page
+// passes axe-core and is screenshotted. See web/test/console.mjs for the
+// browser's side.
 func TestConsole(t *testing.T) {
 	t.Parallel()
 	node, chromium, webDir := consoleTools(t)
@@ -192,8 +369,10 @@ func TestConsole(t *testing.T) {
 		newCap  = 3
 	)
 	// The project inherits max_gpus (4) from the organisation; the
-	// organisation fixes max_gpus_per_user for every project.
-	e.admin("org", "update", "--max-gpus", "4", "--max-gpus-per-user", "2", "--lock", locked)
+	// organisation fixes max_gpus_per_user for every project. Sessions
+	// wait 10 minutes for a shell: dana's detached session outlives the
+	// test, and a cut connection has all the time it needs to resume.
+	e.admin("org", "update", "--max-gpus", "4", "--max-gpus-per-user", "2", "--lock", locked, "--detach-grace", "10m")
 	e.admin("project", "create", project)
 	adminToken := e.token()
 	devToken := e.userWithToken("dana")
@@ -201,6 +380,10 @@ func TestConsole(t *testing.T) {
 	erin := e.as(e.userWithToken("erin"))
 	e.admin("member", "add", project, "erin")
 	other := erin.runSession("sleep 3600")
+	// dana's session with no shell open, which a link from another site
+	// must not attach to.
+	detached := e.startDetached(devToken, project, "t4")
+	proxy := newCutProxy(t, e.addr)
 	if s := e.projectShow(project); s.Effective["max_gpus"].Source != "org" {
 		t.Fatalf("before the test max_gpus comes from %q, want org: %+v", s.Effective["max_gpus"].Source, s.Effective["max_gpus"])
 	}
@@ -237,6 +420,9 @@ func TestConsole(t *testing.T) {
 		"DEVGPU_LOCKED_SETTING="+locked,
 		"DEVGPU_LOCKED_REFUSAL="+refusal,
 		"DEVGPU_OTHER_SESSION="+other,
+		"DEVGPU_DETACHED_SESSION="+detached,
+		"DEVGPU_PROXY_URL="+proxy.url(),
+		"DEVGPU_PROXY_CONTROL="+proxy.control.URL,
 		"DEVGPU_CHROMIUM="+chromium,
 		"TMPDIR="+t.TempDir(), // Chromium's fresh profile (--user-data-dir) goes there
 		"DEVGPU_TEST_ARTIFACTS="+artifacts,
@@ -259,7 +445,8 @@ func TestConsole(t *testing.T) {
 
 	// What the pages did, seen from the server.
 	var res struct {
-		Session string `json:"session"`
+		Session   string `json:"session"`
+		Reconnect string `json:"reconnect"`
 	}
 	if b, err := os.ReadFile(result); err != nil || json.Unmarshal(b, &res) != nil {
 		t.Fatalf("web/test/console.mjs wrote no result: %v", err)
@@ -291,8 +478,25 @@ func TestConsole(t *testing.T) {
 	if s.User != "dana" || s.Project != project || s.State != sdk.StateEnded || s.EndReason != sdk.ReasonClosed {
 		t.Errorf("the terminal's session is %s's in %s, %s (%s), want dana's in %s, ended closed", s.User, s.Project, s.State, s.EndReason, project)
 	}
-	if mine := e.as(devToken).sessions(); len(mine) != 1 {
-		t.Errorf("dana has %d sessions, want the terminal's alone (a cross-origin POST started none): %+v", len(mine), mine)
+	if res.Reconnect == "" {
+		t.Error("the console opened no terminal through the proxy")
+	} else if r := e.anySession(res.Reconnect); r.User != "dana" || r.State != sdk.StateEnded || r.EndReason != sdk.ReasonClosed {
+		t.Errorf("the reconnected terminal's session is %s's, %s (%s), want dana's, ended closed by End session", r.User, r.State, r.EndReason)
+	}
+	if proxy.cutCount() == 0 {
+		t.Error("the proxy cut no connection: the reconnect was not tested")
+	}
+	// The terminal's sessions and the detached one: no cross-origin POST
+	// or link from another site started one.
+	want := map[string]bool{res.Session: true, res.Reconnect: true, detached: true}
+	mine := e.as(devToken).sessions()
+	for _, s := range mine {
+		if !want[s.ID] {
+			t.Errorf("dana has a session %s (%s) that the console's terminals did not start: started by another site's POST or link?", s.ID, s.State)
+		}
+	}
+	if len(mine) != len(want) {
+		t.Errorf("dana has %d sessions, want %d (the two terminals' and the detached one): %+v", len(mine), len(want), mine)
 	}
 	if o := e.anySession(other); o.State != sdk.StateRunning {
 		t.Errorf("erin's session %s is %s (%s) after the console, want running: no page of dana's may stop it", other, o.State, o.EndReason)

@@ -13,6 +13,12 @@
 //   DEVGPU_LOCKED_SETTING     a setting the organisation locks
 //   DEVGPU_LOCKED_REFUSAL     the server's sentence refusing a change of it
 //   DEVGPU_OTHER_SESSION      another developer's running session
+//   DEVGPU_DETACHED_SESSION   the developer's running session with no shell
+//   DEVGPU_PROXY_URL          the server through a TCP proxy of the Go
+//                             test's (another origin, the same server)
+//   DEVGPU_PROXY_CONTROL      that proxy's control: POST /cut closes every
+//                             connection through it and refuses new ones,
+//                             POST /resume lets them through again
 //   DEVGPU_CHROMIUM           the browser (default /usr/bin/chromium)
 //   TMPDIR                    where Chromium's fresh profile goes
 //   DEVGPU_TEST_ARTIFACTS     where screenshots (and failures') go
@@ -56,6 +62,9 @@ const newCap = need("DEVGPU_NEW_CAP");
 const lockedSetting = need("DEVGPU_LOCKED_SETTING");
 const lockedRefusal = need("DEVGPU_LOCKED_REFUSAL");
 const otherSession = need("DEVGPU_OTHER_SESSION");
+const detachedSession = need("DEVGPU_DETACHED_SESSION");
+const proxyURL = need("DEVGPU_PROXY_URL");
+const proxyControl = need("DEVGPU_PROXY_CONTROL");
 const artifacts = need("DEVGPU_TEST_ARTIFACTS");
 // Playwright gives each launch a fresh profile (--user-data-dir) in the
 // temporary directory: the Go test points TMPDIR at one of its own.
@@ -70,7 +79,7 @@ const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 // The accessibility rules every page must pass: WCAG 2.0 and 2.1, A and AA.
 const AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"];
 
-const result = { session: "", scenarios: {} };
+const result = { session: "", reconnect: "", scenarios: {} };
 const failures = [];
 
 function log(...args) { console.log(...args); }
@@ -97,6 +106,14 @@ async function scenario(name, pages, fn) {
   }
 }
 
+// evidence keeps a screenshot of a page and logs what it shows.
+async function evidence(p, name) {
+  const file = join(artifacts, `failed-${name}.png`);
+  await p.screenshot({ path: file, fullPage: true }).catch(() => {});
+  const text = await p.evaluate(() => document.body.innerText).catch(() => "(unreadable)");
+  log(`    page at ${p.url()} (screenshot ${file}) shows:\n${indent(text)}`);
+}
+
 function indent(s) { return String(s).split("\n").map((l) => "      " + l).join("\n"); }
 
 function check(cond, msg) { if (!cond) throw new Error(msg); }
@@ -119,12 +136,12 @@ async function eventually(what, ms, fn) {
 }
 
 // shot saves a screenshot of a page as a test artefact, and into the
-// README's tour when asked.
+// README's tour when asked (inTour false: an artefact only).
 const shots = new Set();
-async function shot(page, name) {
+async function shot(page, name, inTour = true) {
   const file = `${name}.png`;
   await page.screenshot({ path: join(artifacts, file), fullPage: true });
-  if (tour) await page.screenshot({ path: join(tour, file), fullPage: true });
+  if (tour && inTour) await page.screenshot({ path: join(tour, file), fullPage: true });
   shots.add(name);
   log(`    screenshot ${join(artifacts, file)}`);
 }
@@ -303,12 +320,21 @@ function processAlive(pid) {
   } catch { return false; }
 }
 
-// attacker serves, on its own origin, a page that opens the console's
-// terminal WebSocket for a session and reports how that went.
+// attacker serves pages of its own origin: / opens the console's
+// terminal WebSocket for a session (?target=) and sends a simple
+// cross-origin POST, and reports how that went; /go?to=URL sends the tab
+// on to URL, as a link or a redirect on any site can.
 function attacker() {
   const server = createServer((req, res) => {
-    const target = new URL(req.url, "http://x").searchParams.get("target") || "";
+    const u = new URL(req.url, "http://x");
     res.writeHead(200, { "Content-Type": "text/html; charset=utf-8" });
+    if (u.pathname === "/go") {
+      res.end(`<!doctype html><html lang="en"><title>elsewhere</title><h1>elsewhere</h1><script>
+        location.assign(${JSON.stringify(u.searchParams.get("to") || "")});
+      </script></html>`);
+      return;
+    }
+    const target = u.searchParams.get("target") || "";
     res.end(`<!doctype html><html lang="en"><title>elsewhere</title><h1>elsewhere</h1><script>
       window.attack = { events: [] };
       const ws = new WebSocket(${JSON.stringify(target)});
@@ -328,6 +354,43 @@ function attacker() {
   return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
 }
 
+// network asks the Go test's proxy to cut its connections ("cut") or to
+// let them through again ("resume"), and returns its answer.
+async function network(what) {
+  const r = await fetch(`${proxyControl}/${what}`, { method: "POST", signal: AbortSignal.timeout(WAIT.short) });
+  check(r.ok, `the proxy's ${what} answered ${r.status}`);
+  return r.json();
+}
+
+// openTerminal presses "Open GPU terminal" in the project's card on My
+// GPUs (page), and returns the terminal's page (this tab or a new one)
+// once its shell is connected, with its session's id.
+async function openTerminal(page, who) {
+  const section = page.locator(`section[data-project="${project}"]`);
+  const opened = page.context().waitForEvent("page", { timeout: WAIT.medium }).catch(() => null);
+  await section.getByRole("button", { name: "Open GPU terminal", exact: true }).click();
+  const which = await Promise.race([
+    page.waitForFunction(() => document.body.dataset.terminal, null, { timeout: WAIT.medium }).then(() => "same"),
+    opened.then((p) => (p ? "new" : null)),
+  ]);
+  check(which, "pressing Open GPU terminal opened no terminal, in this tab or another");
+  const t = which === "new" ? watch(await opened, who) : page;
+  await t.waitForFunction(() => document.body.dataset.terminal === "connected" || document.body.dataset.terminal === "ended", null, { timeout: WAIT.long });
+  const phase = await t.evaluate(() => document.body.dataset.terminal);
+  check(phase === "connected", `the terminal is "${phase}", not connected: ${await t.locator("[role=alert]").allInnerTexts()}`);
+  const id = await t.locator("[data-session-id]").first().getAttribute("data-session-id");
+  check(/^\S+$/.test(id || ""), `no session id on the terminal page ([data-session-id] is ${JSON.stringify(id)})`);
+  return { page: t, id };
+}
+
+// phase is the terminal page's connection state (body[data-terminal]).
+const phase = (page) => page.evaluate(() => document.body.dataset.terminal);
+
+// count counts the whole lines of text that are exactly line.
+function count(text, line) {
+  return text.split("\n").filter((l) => l.trimEnd() === line).length;
+}
+
 const browser = await chromium.launch({
   executablePath: env.DEVGPU_CHROMIUM || "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -339,9 +402,13 @@ const viewport = { width: 1280, height: 800 };
 const adminCtx = await browser.newContext({ viewport });
 const devCtx = await browser.newContext({ viewport });
 for (const c of [adminCtx, devCtx]) c.setDefaultTimeout(WAIT.medium);
+// Ctrl+Shift+C and Ctrl+Shift+V use the clipboard API, as a person's
+// browser lets them once asked.
+await devCtx.grantPermissions(["clipboard-read", "clipboard-write"], { origin: base });
 const admin = watch(await adminCtx.newPage(), "admin");
-let dev = null, term = null, devLive = null;
-const all = () => [admin, dev, term, devLive];
+let dev = null, term = null, devLive = null, viaProxy = null;
+const more = []; // other pages a scenario opened
+const all = () => [admin, dev, term, devLive, viaProxy, ...more];
 const projectPath = `/api/v1/projects/${encodeURIComponent(project)}`;
 const row = (s) => admin.locator(`tr[data-setting="${s}"]`);
 
@@ -419,15 +486,21 @@ await scenario("CSRF: an admin's change without the CSRF header is refused", all
 });
 
 await scenario("admin pages: organisation, usage, audit", all, async () => {
+  // Each page is screenshotted and checked once its data is there.
   await admin.getByRole("link", { name: "Organisation", exact: true }).click();
-  await admin.getByRole("heading", { level: 1 }).waitFor();
-  await admin.waitForLoadState("networkidle").catch(() => {});
+  await admin.getByRole("table", { name: "Defaults for every project", exact: true }).waitFor();
+  await admin.getByRole("table", { name: "Quotas per GPU type and region", exact: true }).waitFor();
   await admin.locator("main").getByText(lockedSetting).first().waitFor();
   await shot(admin, "organisation");
   await a11y(admin, "organisation");
   await admin.getByRole("link", { name: "Usage", exact: true }).click();
-  await admin.getByRole("heading", { level: 1 }).waitFor();
-  await admin.waitForLoadState("networkidle").catch(() => {});
+  const table = admin.getByRole("table", { name: "Usage by day", exact: true });
+  await table.waitFor();
+  // The chart beside the table, unless nothing was used; and the budgets.
+  await eventually("the usage chart, or the table saying there was no use", WAIT.medium, async () =>
+    (await admin.locator("main svg.chart[role=img]").count()) > 0 || (await table.getByText("No GPU use in this period.").count()) > 0);
+  await eventually("the budgets, read", WAIT.medium, async () =>
+    (await admin.locator("main li[data-budget]").count()) > 0 || (await admin.locator("main").getByText("None of your projects has a budget.").count()) > 0);
   await shot(admin, "usage");
   await a11y(admin, "usage");
 });
@@ -444,19 +517,7 @@ await scenario("developer opens a GPU terminal from My GPUs", all, async () => {
   await shot(dev, "my-gpus");
   await a11y(dev, "my-gpus");
   // The terminal may open in this tab or in a new one.
-  const opened = devCtx.waitForEvent("page", { timeout: WAIT.medium }).catch(() => null);
-  await section.getByRole("button", { name: "Open GPU terminal", exact: true }).click();
-  const which = await Promise.race([
-    dev.waitForFunction(() => document.body.dataset.terminal, null, { timeout: WAIT.medium }).then(() => "same"),
-    opened.then((p) => (p ? "new" : null)),
-  ]);
-  check(which, "pressing Open GPU terminal opened no terminal, in this tab or another");
-  term = which === "new" ? watch(await opened, "developer terminal") : dev;
-  await term.waitForFunction(() => document.body.dataset.terminal === "connected" || document.body.dataset.terminal === "ended", null, { timeout: WAIT.long });
-  const phase = await term.evaluate(() => document.body.dataset.terminal);
-  check(phase === "connected", `the terminal is "${phase}", not connected: ${await term.locator("[role=alert]").allInnerTexts()}`);
-  sessionID = await term.locator("[data-session-id]").first().getAttribute("data-session-id");
-  check(/^\S+$/.test(sessionID || ""), `no session id on the terminal page ([data-session-id] is ${JSON.stringify(sessionID)})`);
+  ({ page: term, id: sessionID } = await openTerminal(dev, "developer terminal"));
   result.session = sessionID;
   log(`    session ${sessionID}`);
 });
@@ -514,6 +575,40 @@ await scenario("Ctrl-C interrupts sleep 100", all, async () => {
   await a11y(term, "terminal");
 });
 
+await scenario("Ctrl+Shift+C copies the terminal's selection and Ctrl+Shift+V pastes it", all, async () => {
+  check(sessionID, "no terminal is open");
+  const word = `copy-me-${process.pid}-${Date.now() % 100000}`;
+  await typeLine(term, `echo ${word.slice(0, 4)}''${word.slice(4)}`);
+  await expectScreen(term, new RegExp(`^${word}$`, "m"), `the terminal to show ${word}`);
+  // The clipboard holds something else first.
+  await term.evaluate(() => navigator.clipboard.writeText("not the selection"));
+  // The word is selected as a person selects it: a double-click on it.
+  const row = await term.evaluate((word) => {
+    const b = window.devgpuTerminal.buffer.active;
+    for (let y = b.length - 1; y >= 0; y--) if (b.getLine(y)?.translateToString(true) === word) return y - b.viewportY;
+    return -1;
+  }, word);
+  const { cols, rows } = await termSize(term);
+  check(row >= 0 && row < rows, `${word} is not on the terminal's screen (row ${row})`);
+  const box = await term.locator(".xterm-screen").boundingBox();
+  await term.mouse.dblclick(box.x + 2.5 * (box.width / cols), box.y + (row + 0.5) * (box.height / rows));
+  await eventually(`a double-click to select ${word}`, WAIT.short, async () => (await term.evaluate(() => window.devgpuTerminal.getSelection())) === word);
+  await term.keyboard.press("Control+Shift+C");
+  let clip = "";
+  await eventually(`Ctrl+Shift+C to put ${word} on the clipboard`, WAIT.short, async () => (clip = await term.evaluate(() => navigator.clipboard.readText())) === word)
+    .catch((e) => { throw new Error(`${e.message}; the clipboard holds ${JSON.stringify(clip)}`); });
+  await term.evaluate(() => window.devgpuTerminal.focus());
+  await term.keyboard.type("echo pasted:");
+  await term.keyboard.press("Control+Shift+V");
+  await expectScreen(term, new RegExp(`echo pasted:${word}\\s*$`), `Ctrl+Shift+V to paste ${word} onto the command line`);
+  await term.keyboard.press("Enter");
+  await expectScreen(term, new RegExp(`^pasted:${word}$`, "m"), `the shell to echo the pasted ${word}`);
+  // Ctrl+Shift+C reached no shell as Ctrl-C: the command line was not
+  // interrupted, and the session still runs.
+  const s = await apiAs(devToken, "GET", `/api/v1/sessions/${sessionID}`);
+  check(s.status === 200 && s.json.state === "running", `after copy and paste the session is ${s.text}, want running`);
+});
+
 await scenario("a developer cannot see another user's session", all, async () => {
   check(sessionID, "no terminal is open");
   devLive = watch(await devCtx.newPage(), "developer live");
@@ -534,6 +629,7 @@ await scenario("a developer cannot see another user's session", all, async () =>
 await scenario("a cross-origin WebSocket to the terminal, and a cross-origin POST, are refused", all, async () => {
   check(sessionID, "no terminal is open");
   const before = await apiAs(devToken, "GET", `/api/v1/sessions/${sessionID}`);
+  const mineBefore = await apiAs(devToken, "GET", "/api/v1/sessions");
   const server = await attacker();
   const port = server.address().port;
   const target = `${base.replace(/^http/, "ws")}/api/v1/sessions/${encodeURIComponent(sessionID)}/terminal?cols=80&rows=24`;
@@ -541,13 +637,28 @@ await scenario("a cross-origin WebSocket to the terminal, and a cross-origin POS
     // Another port on the same host is the same site (the console's
     // SameSite=Lax cookie goes along) but another origin: only the
     // server's Origin check stands in the way. localhost is another site.
-    for (const origin of [`http://127.0.0.1:${port}`, `http://localhost:${port}`]) {
+    //
+    // The refusal must be the server's answer to the handshake, which only
+    // Chromium's console tells (a page sees close 1006 for any failure):
+    // 403 from the same site, whose request carries the cookie; from
+    // another site the SameSite cookie stays home, and the server answers
+    // 401 ("HTTP Authentication failed" in Chromium's words).
+    const refusals = {
+      [`http://127.0.0.1:${port}`]: [/Unexpected response code: 403/, "403"],
+      [`http://localhost:${port}`]: [/Unexpected response code: 401|HTTP Authentication failed/, "401"],
+    };
+    for (const [origin, [refused, status]] of Object.entries(refusals)) {
       const p = watch(await devCtx.newPage(), "attacker");
+      const said = [];
+      p.on("console", (m) => said.push(m.text()));
       await p.goto(`${origin}/?target=${encodeURIComponent(target)}`);
       const events = await p.waitForFunction(() => window.attack && window.attack.wsDone && window.attack.postDone && window.attack.events, null, { timeout: WAIT.medium }).then((h) => h.jsonValue());
-      await p.close();
       check(!events.includes("open") && !events.includes("message"), `a page at ${origin} opened the terminal's WebSocket: ${events.join(", ")}`);
-      log(`    from ${origin}: ${events.join(", ")}`);
+      const why = await eventually(`Chromium to say why the WebSocket from ${origin} failed`, WAIT.short, async () => said.find((t) => t.includes("WebSocket connection to")))
+        .catch(() => `(nothing; the page's console said ${JSON.stringify(said)})`);
+      await p.close();
+      check(refused.test(why), `from ${origin} the terminal's WebSocket failed with "${why}", want the server's ${status}`);
+      log(`    from ${origin}: ${events.join(", ")}: the server answered ${status}`);
     }
   } finally {
     server.close();
@@ -555,9 +666,10 @@ await scenario("a cross-origin WebSocket to the terminal, and a cross-origin POS
   const after = await apiAs(devToken, "GET", `/api/v1/sessions/${sessionID}`);
   check(after.json.attachments === before.json.attachments,
     `the session's attachments went from ${before.json.attachments} to ${after.json.attachments} after the cross-origin attempts`);
+  const ids = (r) => (r.json || []).map((s) => s.id).sort().join(" ");
   const mine = await apiAs(devToken, "GET", "/api/v1/sessions");
-  check(mine.status === 200 && mine.json.length === 1 && mine.json[0].id === sessionID,
-    `after the cross-origin POSTs the developer has sessions ${mine.text}, want only ${sessionID}`);
+  check(mine.status === 200 && ids(mine) === ids(mineBefore) && ids(mine).includes(sessionID),
+    `after the cross-origin POSTs the developer has sessions ${ids(mine)}, want ${ids(mineBefore)} as before`);
 });
 
 await scenario("CSRF: a developer's stop without the CSRF header is refused", all, async () => {
@@ -570,6 +682,15 @@ await scenario("CSRF: a developer's stop without the CSRF header is refused", al
   const s = await apiAs(devToken, "GET", `/api/v1/sessions/${sessionID}`);
   check(s.status === 200 && s.json.state === "running", `after the refused DELETE the session is ${s.json && s.json.state}, want running`);
   check((await term.evaluate(() => document.body.dataset.terminal)) === "connected", "the terminal is no longer connected after a refused DELETE");
+});
+
+await scenario("the console's cookie cannot mint an API token", all, async () => {
+  const name = "from-the-browser";
+  const got = await call(devLive, "POST", "/api/v1/tokens", { name }, true);
+  check(got.status === 403 && got.detail, `POST /api/v1/tokens with the console's cookie and its CSRF token answered ${got.status} ${got.text}, want 403 with a sentence`);
+  log(`    refused: ${got.detail}`);
+  const tokens = await apiAs(devToken, "GET", "/api/v1/tokens");
+  check(tokens.status === 200 && !tokens.text.includes(name), `after the refused POST the developer's tokens are ${tokens.status} ${tokens.text}, want none named ${name}`);
 });
 
 await scenario("admin live sessions and audit log", all, async () => {
@@ -595,6 +716,162 @@ await scenario("closing the tab ends the session closed", all, async () => {
     return r.status === 200 && r.json.state === "ended" ? r.json : null;
   });
   check(s.end_reason === "closed", `the session ended ${s.end_reason}, want closed`);
+});
+
+await scenario("a link from another site starts no session and opens no shell", all, async () => {
+  // The attack must be able to succeed but for the console: the developer
+  // can still start a session, and has a running session with no shell.
+  const standing = await apiAs(devToken, "GET", "/api/v1/standing");
+  const card = (standing.json || []).find((p) => p.project === project);
+  check(card && card.can_start >= 1, `the developer can start nothing in ${project} (${standing.text}), so the attack could start nothing either way`);
+  const sessions = async () => {
+    const r = await apiAs(devToken, "GET", "/api/v1/sessions");
+    check(r.status === 200, `the developer's sessions: ${r.status} ${r.text}`);
+    return r.json.map((s) => s.id).sort();
+  };
+  const detached = async () => (await apiAs(devToken, "GET", `/api/v1/sessions/${detachedSession}`)).json;
+  const before = await sessions();
+  const d = await detached();
+  check(d && d.state === "running" && d.attachments === 0, `the developer's detached session ${detachedSession} is ${JSON.stringify(d)}, want running with no shell`);
+
+  const server = await attacker();
+  const port = server.address().port;
+  const start = `${base}/#/terminal?${new URLSearchParams({ project, gpu_type: gpuType })}`;
+  const open = `${base}/#/terminal/${encodeURIComponent(detachedSession)}`;
+  // localhost is another site (the console's SameSite=Lax cookie goes
+  // along with a top-level navigation all the same); another port of
+  // 127.0.0.1 is the same site but another origin.
+  const attacks = [
+    [`http://localhost:${port}`, start, "Start session"],
+    [`http://127.0.0.1:${port}`, start, "Start session"],
+    [`http://localhost:${port}`, open, "Open shell"],
+  ];
+  const problems = [];
+  let shown = false;
+  try {
+    for (const [i, [origin, url, button]] of attacks.entries()) {
+      const p = watch(await devCtx.newPage(), "sent by another site");
+      more.push(p);
+      // What the console did on its own: a start, or a terminal's socket.
+      const did = [];
+      p.on("request", (r) => { if (r.method() === "POST" && r.url().startsWith(base) && new URL(r.url()).pathname === "/api/v1/sessions") did.push(`POST ${r.url()}`); });
+      p.on("websocket", (ws) => did.push(`WebSocket ${ws.url()}`));
+      await p.goto(`${origin}/go?${new URLSearchParams({ to: url })}`, { waitUntil: "commit" });
+      let outcome;
+      try {
+        outcome = await eventually(`the console, sent from ${origin} to ${url}, to ask first ("${button}")`, WAIT.medium, async () => {
+          if (did.length) return "acted";
+          if (!p.url().startsWith(base + "/")) return null;
+          return (await p.getByRole("button", { name: button, exact: true }).isVisible()) ? "asked" : null;
+        });
+      } catch (e) {
+        problems.push(e.message);
+      }
+      if (outcome !== "asked" || did.length) {
+        if (outcome) problems.push(`sent from ${origin} to ${url}, the console did not ask first: ${did.join("; ")}`);
+        await evidence(p, `link-from-another-site-${i}`);
+        continue;
+      }
+      log(`    from ${origin} to ${url}: the console asks ("${button}") and does nothing`);
+      if (!shown) {
+        shown = true;
+        await shot(p, "terminal-confirm", false);
+        await a11y(p, "terminal-confirm");
+      }
+    }
+  } finally {
+    server.close();
+    for (const p of more.splice(0)) if (!p.isClosed()) await p.close({ runBeforeUnload: true });
+  }
+  // Seen from the server: no session started, no shell opened.
+  const after = await sessions();
+  const d2 = await detached();
+  if (after.join(" ") !== before.join(" ")) problems.push(`the developer's sessions went from ${before.join(" ")} to ${after.join(" ")}`);
+  if (!d2 || d2.attachments !== 0 || d2.state !== "running") problems.push(`the detached session ${detachedSession} is now ${JSON.stringify(d2)}, want running with no shell`);
+  // Sessions another site started must not hold GPUs the next scenarios need.
+  for (const id of after.filter((id) => !before.includes(id))) await apiAs(devToken, "DELETE", `/api/v1/sessions/${encodeURIComponent(id)}`);
+  check(problems.length === 0, problems.join("\n"));
+});
+
+// The developer's browser reaches the server through the Go test's proxy:
+// a terminal opened there loses its connection (the proxy cuts it) and
+// gets it back (the proxy lets connections through again).
+let reconnectID = "";
+
+await scenario("after a network cut the terminal reconnects to the same shell", all, async () => {
+  viaProxy = watch(await devCtx.newPage(), "developer via the proxy");
+  await viaProxy.goto(proxyURL + "/#/");
+  await viaProxy.getByRole("heading", { name: "My GPUs", level: 1 }).waitFor();
+  await viaProxy.locator(`section[data-project="${project}"]`).getByLabel("GPU type", { exact: true }).selectOption(gpuType);
+  const opened = await openTerminal(viaProxy, "developer terminal via the proxy");
+  viaProxy = opened.page;
+  reconnectID = result.reconnect = opened.id;
+  const t = viaProxy;
+  log(`    session ${reconnectID} through ${proxyURL}`);
+  const shellPid = async (n) => {
+    await typeLine(t, `echo sh''ell${n}=$$`);
+    return (await expectScreen(t, new RegExp(`^shell${n}=(\\d+)$`, "m"), `the shell's pid (#${n})`))[1];
+  };
+  const pid = await shellPid(1);
+  await typeLine(t, "echo be''fore");
+  await expectScreen(t, /^before$/m, "the shell to echo before");
+
+  // A command that prints once the network is down: a sleep (ended by
+  // this script meanwhile), an echo, then awk reading one line.
+  const u = `${process.pid}${Date.now() % 1000}`;
+  const secs = `100.${u}`;
+  const awk = `NR == 1 { print "typed:" $0; exit } # ${u}`;
+  await typeLine(t, `sleep ${secs}; echo af''ter-the-cut; awk '${awk}'`);
+  const sleeper = await eventually(`sleep ${secs} to be the terminal's foreground job`, WAIT.medium, async () => foregroundProcess(["sleep", secs]));
+
+  const cut = await network("cut");
+  check(cut.cut >= 1, "the proxy had no connection to cut: the terminal's socket does not go through it");
+  await t.waitForFunction(() => document.body.dataset.terminal === "reconnecting", null, { timeout: WAIT.medium });
+  await eventually("the status line to say reconnecting", WAIT.short, async () => /reconnecting/i.test(await t.getByRole("status").innerText()));
+  await shot(t, "terminal-reconnecting", false);
+  // While it is down the command goes on and prints.
+  process.kill(sleeper, "SIGTERM");
+  await eventually("awk to wait for its line, after the echo", WAIT.medium, async () => foregroundProcess(["awk", awk]));
+  // Keys typed while it is down.
+  await t.evaluate(() => window.devgpuTerminal.focus());
+  await t.keyboard.type("typed-while-cut");
+  await t.keyboard.press("Enter");
+  const during = await screenText(t);
+  check((await phase(t)) === "reconnecting", `the terminal is "${await phase(t)}" while the network is down, want reconnecting`);
+  check(count(during, "after-the-cut") === 0, "the terminal shows output printed while the network was down before it is back");
+
+  await network("resume");
+  await t.waitForFunction(() => document.body.dataset.terminal === "connected", null, { timeout: WAIT.long });
+  await eventually("the status line to say connected", WAIT.short, async () => /connected/i.test(await t.getByRole("status").innerText()));
+  await expectScreen(t, /^typed:typed-while-cut$/m, "awk to print the line typed while the network was down");
+  const again = await shellPid(2);
+  check(again === pid, `the shell after the cut is pid ${again}, before it ${pid}: not the same shell`);
+  const text = await screenText(t);
+  for (const line of ["before", "after-the-cut", "typed:typed-while-cut"]) {
+    const n = count(text, line);
+    check(n === 1, `the terminal shows "${line}" ${n} times, want once:\n${indent(text.trimEnd())}`);
+  }
+  // One shell, the same session all along.
+  const s = await eventually(`session ${reconnectID} to count one shell`, WAIT.medium, async () => {
+    const r = await apiAs(devToken, "GET", `/api/v1/sessions/${reconnectID}`);
+    return r.status === 200 && r.json.attachments === 1 ? r.json : null;
+  });
+  check(s.state === "running" && !s.ended_at, `after the reconnect session ${reconnectID} is ${s.state}, ended ${s.ended_at}, want running`);
+});
+
+await scenario("End session closes the terminal and ends the session closed", all, async () => {
+  check(reconnectID && viaProxy && !viaProxy.isClosed(), "no terminal is open through the proxy");
+  await viaProxy.getByRole("button", { name: "End session", exact: true }).click();
+  await viaProxy.waitForFunction(() => document.body.dataset.terminal === "ended", null, { timeout: WAIT.medium });
+  const s = await eventually(`session ${reconnectID} to end`, WAIT.long, async () => {
+    const r = await apiAs(devToken, "GET", `/api/v1/sessions/${reconnectID}`);
+    return r.status === 200 && r.json.state === "ended" ? r.json : null;
+  });
+  check(s.end_reason === "closed", `the session ended ${s.end_reason}, want closed`);
+  await eventually("the page to say the session ended closed", WAIT.medium, async () =>
+    /ended \(closed\)/.test(await viaProxy.locator("[data-session-state]").innerText()));
+  await shot(viaProxy, "terminal-ended", false);
+  await a11y(viaProxy, "terminal-ended");
 });
 
 await scenario("no page error or Content-Security-Policy violation", all, async () => {
