@@ -688,6 +688,8 @@ await scenario("the console's cookie cannot mint an API token", all, async () =>
   const name = "from-the-browser";
   const got = await call(devLive, "POST", "/api/v1/tokens", { name }, true);
   check(got.status === 403 && got.detail, `POST /api/v1/tokens with the console's cookie and its CSRF token answered ${got.status} ${got.text}, want 403 with a sentence`);
+  // Refused for what it is, not for a CSRF token this page lacked.
+  check(!/CSRF/i.test(got.detail), `POST /api/v1/tokens was refused for its CSRF token ("${got.detail}"), not for coming from the console's cookie`);
   log(`    refused: ${got.detail}`);
   const tokens = await apiAs(devToken, "GET", "/api/v1/tokens");
   check(tokens.status === 200 && !tokens.text.includes(name), `after the refused POST the developer's tokens are ${tokens.status} ${tokens.text}, want none named ${name}`);
@@ -791,6 +793,32 @@ await scenario("a link from another site starts no session and opens no shell", 
   // Sessions another site started must not hold GPUs the next scenarios need.
   for (const id of after.filter((id) => !before.includes(id))) await apiAs(devToken, "DELETE", `/api/v1/sessions/${encodeURIComponent(id)}`);
   check(problems.length === 0, problems.join("\n"));
+});
+
+await scenario("from a bare address the terminal opens once the person asks", all, async () => {
+  // The address typed or pasted, as a person may: the console asks, and
+  // its button opens the shell.
+  const p = watch(await devCtx.newPage(), "developer at a bare address");
+  more.push(p);
+  await p.goto(`${base}/#/terminal/${encodeURIComponent(detachedSession)}`);
+  await p.getByRole("button", { name: "Open shell", exact: true }).click();
+  await p.waitForFunction(() => document.body.dataset.terminal === "connected" || document.body.dataset.terminal === "ended", null, { timeout: WAIT.long });
+  check((await phase(p)) === "connected", `after "Open shell" the terminal is "${await phase(p)}", not connected: ${await p.locator("[role=alert]").allInnerTexts()}`);
+  const d = await eventually(`session ${detachedSession} to count the shell`, WAIT.medium, async () => {
+    const r = await apiAs(devToken, "GET", `/api/v1/sessions/${detachedSession}`);
+    return r.status === 200 && r.json.attachments === 1 ? r.json : null;
+  });
+  check(d.state === "running", `session ${detachedSession} is ${d.state}, want running`);
+  await typeLine(p, "echo op''ened");
+  await expectScreen(p, /^opened$/m, "the shell to echo opened");
+  // Its only shell closes with the tab: the session ends closed.
+  await p.close({ runBeforeUnload: true });
+  more.splice(more.indexOf(p), 1);
+  const s = await eventually(`session ${detachedSession} to end`, WAIT.long, async () => {
+    const r = await apiAs(devToken, "GET", `/api/v1/sessions/${detachedSession}`);
+    return r.status === 200 && r.json.state === "ended" ? r.json : null;
+  });
+  check(s.end_reason === "closed", `session ${detachedSession} ended ${s.end_reason}, want closed`);
 });
 
 // The developer's browser reaches the server through the Go test's proxy:
