@@ -11,6 +11,15 @@ const (
 	// ConsoleCookie holds the console's credential: a devgpu token minted
 	// for the browser at login, revoked at logout.
 	ConsoleCookie = "devgpu_console"
+	// ConsoleCookieSecure is ConsoleCookie's name where the console is
+	// served over https (TLS, or a public URL that is https): the __Host-
+	// prefix makes the browser keep it only when Secure, with Path=/ and
+	// no Domain, so that no other host (a sibling subdomain) can set it.
+	ConsoleCookieSecure = "__Host-" + ConsoleCookie
+	// LoginErrorCookie carries a failed single sign-on's sentence to the
+	// login page, URL-encoded as encodeURIComponent does: readable by the
+	// page's script (not httpOnly), for 60 seconds.
+	LoginErrorCookie = "devgpu_login_error"
 	// CSRFHeader carries ConsoleSession.CSRF on state-changing requests.
 	CSRFHeader = "X-CSRF-Token"
 )
@@ -26,8 +35,9 @@ type ConsoleLogin struct {
 type ConsoleSession struct {
 	Whoami
 	CSRF string `json:"csrf"`
-	// SSO says that single sign-on is configured: the login page offers
-	// it (GET /console/sso/start).
+	// SSO says that single sign-on in the browser is configured (an
+	// identity provider, and the server's public URL that its redirect
+	// URI is under): the login page offers it (GET /console/sso/start).
 	SSO bool `json:"sso,omitempty"`
 }
 

@@ -52,17 +52,20 @@ func Read(w http.ResponseWriter, r *http.Request, v any) error {
 	return nil
 }
 
-// Write sends v as JSON with the status.
+// Write sends v as JSON with the status (nosniff: a browser never takes
+// it for another type).
 func Write(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// WriteError sends err as problem details.
+// WriteError sends err as problem details (nosniff, as Write).
 func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
 	p := ProblemFor(r, log, err)
 	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(p.Status)
 	_ = json.NewEncoder(w).Encode(p)
 }

@@ -71,10 +71,11 @@ func (a *API) routes() http.Handler {
 	handle("GET /api/v1/org/policy", a.getOrgPolicy)
 	handle("PUT /api/v1/org/policy", a.putOrgPolicy)
 	handle("GET /api/v1/users", a.listUsers)
-	handle("POST /api/v1/users", a.createUser)
+	// The web console's cookie makes no API tokens (console.go).
+	handle("POST /api/v1/users", a.notByConsoleCookie(errUserFromConsole, a.createUser))
 	handle("PATCH /api/v1/users/{name}", a.updateUser)
 	handle("GET /api/v1/tokens", a.listTokens)
-	handle("POST /api/v1/tokens", a.createToken)
+	handle("POST /api/v1/tokens", a.notByConsoleCookie(errTokenFromConsole, a.createToken))
 	handle("DELETE /api/v1/tokens/{id}", a.revokeToken)
 	handle("GET /api/v1/audit", a.listAudit)
 	handle("GET /api/v1/gpus", a.listGPUs)
@@ -86,12 +87,13 @@ func (a *API) routes() http.Handler {
 	handle("DELETE /api/v1/images/{name}", a.removeImage)
 	// The web console (console.go, terminal.go, live.go, standing.go;
 	// its pages are internal/web's).
-	// The console's logins are limited as POST /auth/oidc is.
+	// The console's logins are limited as POST /auth/oidc is; the
+	// single sign-on's callback counts once its state checked out.
 	mux.Handle("POST /api/v1/console/login", a.limited(a.open(a.consoleLogin)))
 	mux.Handle("POST /api/v1/console/logout", a.open(a.consoleLogout))
 	handle("GET /api/v1/console/session", a.consoleSession)
 	mux.Handle("GET /console/sso/start", a.open(a.consoleSSOStart))
-	mux.Handle("GET /console/sso/callback", a.limited(a.open(a.consoleSSOCallback)))
+	mux.Handle("GET /console/sso/callback", a.open(a.consoleSSOCallback))
 	handle("GET /api/v1/sessions/{id}/terminal", a.terminal)
 	handle("GET /api/v1/sessions/live", a.liveSessions)
 	handle("GET /api/v1/standing", a.standing)
@@ -113,7 +115,7 @@ func (a *API) authenticated(h handlerFunc) http.Handler {
 		user, tok, err := a.authenticate(r)
 		if err == nil {
 			ctx := withToken(r.Context(), tok)
-			if _, cookie, _ := credential(r); cookie {
+			if _, cookie, _ := a.s.credential(r); cookie {
 				ctx = withConsoleCookie(ctx)
 			}
 			err = h(w, r.WithContext(ctx), user)
@@ -127,19 +129,32 @@ func (a *API) authenticated(h handlerFunc) http.Handler {
 	})
 }
 
+// notByConsoleCookie refuses h to a request the web console's cookie
+// authenticated, with refusal: what it answers (an API token) would
+// outlive the browser's login and be made by whoever rides it.
+func (a *API) notByConsoleCookie(refusal error, h handlerFunc) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request, caller store.User) error {
+		if viaConsoleCookie(r) {
+			return refusal
+		}
+		return h(w, r, caller)
+	}
+}
+
 var errUnauthenticated = httpapi.Errorf(http.StatusUnauthorized,
 	"missing or invalid API token; log in with `devgpu login URL --token TOKEN`")
 
 // credential is the request's token: the Authorization header's when it
 // has one (then the console's cookie is not read, so that a request
-// cannot mix the two), else the web console's cookie (cookie set). ok is
-// false when there is neither, or the header is not a bearer token.
-func credential(r *http.Request) (secret string, cookie, ok bool) {
+// cannot mix the two), else the web console's cookie under its name for
+// the request's scheme (cookie set). ok is false when there is neither,
+// or the header is not a bearer token.
+func (s *Server) credential(r *http.Request) (secret string, cookie, ok bool) {
 	if _, has := r.Header["Authorization"]; has {
 		secret, ok = bearerToken(r.Header.Get("Authorization"))
 		return secret, false, ok
 	}
-	c, err := r.Cookie(sdk.ConsoleCookie)
+	c, err := r.Cookie(s.consoleCookieName(r))
 	if err != nil || c.Value == "" {
 		return "", false, false
 	}
@@ -152,7 +167,7 @@ func credential(r *http.Request) (secret string, cookie, ok bool) {
 // WebSocket comes from the console's own origin): here, so that every
 // caller of authenticate has the check.
 func (a *API) authenticate(r *http.Request) (store.User, store.Token, error) {
-	secret, cookie, ok := credential(r)
+	secret, cookie, ok := a.s.credential(r)
 	if !ok {
 		return store.User{}, store.Token{}, errUnauthenticated
 	}

@@ -8,7 +8,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -23,8 +25,9 @@ import (
 )
 
 // The web console's sign-in (its pages are internal/web's). The browser
-// holds a devgpu token in an httpOnly cookie (sdk.ConsoleCookie), which
-// authenticates like a bearer token (authenticate):
+// holds a devgpu token in an httpOnly cookie (sdk.ConsoleCookie, or
+// sdk.ConsoleCookieSecure over https), which authenticates like a bearer
+// token (authenticate):
 //
 //   - POST /api/v1/console/login takes an API token and mints a child of
 //     it for the browser ("web console": same scope, expires with it and
@@ -33,17 +36,22 @@ import (
 //     authorization code flow with PKCE against the identity provider,
 //     server side, and log the person in as POST /api/v1/auth/oidc does
 //     (ssoLogin, flow sdk.FlowWeb); the cookie holds that login's
-//     credential and expires with it;
+//     credential and expires with it. Its redirect URI is under the
+//     configured public URL (Config.PublicURL), never a request's Host,
+//     which anyone can forge: without a public URL there is no single
+//     sign-on in the browser;
 //   - POST /api/v1/console/logout revokes the cookie's token.
 //
 // A request the cookie authenticates is held to checkConsoleRequest: a
 // state change (any method but GET and HEAD) carries the login's CSRF
 // token (csrfToken: stateless, the same on every replica) and, when the
-// browser names its Origin, comes from the server's own; a WebSocket
-// comes from the server's own origin. The server's origin is the
-// request's scheme (https when it came over TLS) and Host: behind a
-// reverse proxy, keep the Host header and terminate TLS at devgpu, or
-// the console's state changes are refused.
+// browser names its Origin, comes from the console's origin; a WebSocket
+// comes from the console's origin. consoleOrigin alone decides that
+// origin: the public URL's when one is configured (so that a reverse
+// proxy may terminate TLS, as long as it passes the Host header on),
+// otherwise the request's scheme (https when it came over TLS) and Host.
+// The cookie never makes API tokens (notByConsoleCookie): a stolen or
+// ridden browser login must not become a credential that outlives it.
 
 const (
 	// consoleTokenTTL is the longest a token login of the console lasts.
@@ -52,14 +60,20 @@ const (
 	consoleTokenName = "web console"
 
 	// ssoCallbackPath is the web sign-in's redirect URI, under the
-	// server's own origin: register it with the identity provider.
+	// public URL: register it with the identity provider.
 	ssoCallbackPath = "/console/sso/callback"
 	// ssoStateCookie keeps a web sign-in's state, nonce and PKCE verifier
-	// (sealed) between its start and its callback, under ssoStatePath.
-	ssoStateCookie = "devgpu_sso"
-	ssoStatePath   = "/console/sso"
+	// (sealed) between its start and its callback, under ssoStatePath;
+	// over https it is ssoStateCookieSecure, which the __Host- prefix
+	// binds to Path=/.
+	ssoStateCookie       = "devgpu_sso"
+	ssoStateCookieSecure = "__Host-" + ssoStateCookie
+	ssoStatePath         = "/console/sso"
 	// ssoStateTTL is how long a web sign-in may take at the provider.
 	ssoStateTTL = 10 * time.Minute
+	// loginErrorTTL is how long a failed sign-in's sentence waits in
+	// sdk.LoginErrorCookie for the login page to show it.
+	loginErrorTTL = 60 * time.Second
 
 	// Labels of the keys derived from the agent key (consoleKey): one per
 	// use, so that neither can stand for the other nor for the agent
@@ -67,9 +81,6 @@ const (
 	csrfLabel     = "devgpu console csrf v1"
 	ssoStateLabel = "devgpu console sso state v1"
 )
-
-// errConsolePending answers the console's endpoints still to be built.
-var errConsolePending = httpapi.Errorf(http.StatusNotImplemented, "the web console is not built yet")
 
 var (
 	errConsoleSignedOut = httpapi.Errorf(http.StatusUnauthorized,
@@ -90,20 +101,26 @@ var (
 		"this request came from the web console without its CSRF token; reload the page and try again")
 	errNoWebSSO = httpapi.Errorf(http.StatusNotFound,
 		"this server has no identity provider configured for single sign-on; sign in to the web console with an API token, or ask the administrator to configure oidc in the server config")
+	errNoPublicURL = httpapi.Errorf(http.StatusNotFound,
+		"single sign-on in the web console needs the server's public URL, which is not configured; sign in with an API token, or ask the administrator to set public_url in the server config (or --public-url) to the https:// URL people open the console at")
+	errTokenFromConsole = httpapi.Errorf(http.StatusForbidden,
+		"API tokens are made with the CLI (`devgpu admin token create` / `devgpu login`), not from the web console's login")
+	errUserFromConsole = httpapi.Errorf(http.StatusForbidden,
+		"users are made with the CLI (`devgpu admin user create`, which answers their first API token), not from the web console's login")
 )
 
-func errForeignOrigin(r *http.Request) error {
+func (s *Server) errForeignOrigin(r *http.Request) error {
 	return httpapi.Errorf(http.StatusForbidden,
-		"this request came from the page of another site (%q), not from this server's web console; open the console at %s", r.Header.Get("Origin"), consoleOrigin(r))
+		"this request came from the page of another site (%q), not from this server's web console; open the console at %s", r.Header.Get("Origin"), s.consoleOrigin(r))
 }
 
-func errForeignWebSocket(r *http.Request) error {
+func (s *Server) errForeignWebSocket(r *http.Request) error {
 	from := r.Header.Get("Origin")
 	if from == "" {
 		from = "no page"
 	}
 	return httpapi.Errorf(http.StatusForbidden,
-		"a WebSocket signed in with the web console's cookie opens only from the console's own pages, and this one came from %q; open it from the console at %s", from, consoleOrigin(r))
+		"a WebSocket signed in with the web console's cookie opens only from the console's own pages, and this one came from %q; open it from the console at %s", from, s.consoleOrigin(r))
 }
 
 // consoleCookieKey marks a request authenticated by the console's cookie.
@@ -120,9 +137,58 @@ func viaConsoleCookie(r *http.Request) bool {
 	return v
 }
 
-// consoleOrigin is the server's own origin as the request reached it:
-// its scheme (https over TLS) and Host.
-func consoleOrigin(r *http.Request) string {
+// ParsePublicURL checks the URL people open the web console at (the
+// server config's public_url, --public-url): an http:// or https:// URL
+// with a host and nothing after it, plain http only on this machine's
+// loopback. It answers the URL as consoleOrigin uses it: scheme and
+// host in lower case, without a default port.
+func ParsePublicURL(raw string) (*url.URL, error) {
+	const example = "such as https://devgpu.example.com"
+	u, err := url.Parse(strings.TrimSpace(raw))
+	switch {
+	case err != nil || !u.IsAbs() || u.Opaque != "" || (u.Scheme != "https" && u.Scheme != "http"):
+		return nil, fmt.Errorf("the public URL %q (public_url, --public-url) is not an https:// URL; give the URL people open the web console at, %s", raw, example)
+	case u.Hostname() == "":
+		return nil, fmt.Errorf("the public URL %q (public_url, --public-url) names no host; give the URL people open the web console at, %s", raw, example)
+	case u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return nil, fmt.Errorf("the public URL %q (public_url, --public-url) has more than a scheme and a host, but the web console is served at the root of its host; give the URL without a user, path, query or fragment, %s", raw, example)
+	case u.Scheme == "http" && !loopbackHost(u.Hostname()):
+		return nil, fmt.Errorf("the public URL %q (public_url, --public-url) is plain http on a host other than this machine's loopback, so the console's cookie would cross the network unencrypted; give its https:// URL (plain http is for localhost and 127.0.0.1 only)", raw)
+	}
+	return &url.URL{Scheme: u.Scheme, Host: withoutDefaultPort(strings.ToLower(u.Host), u.Scheme)}, nil
+}
+
+// loopbackHost reports whether host (a name or an address) is this
+// machine's loopback.
+func loopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// withoutDefaultPort is host (host or host:port) without scheme's default
+// port, as a browser writes it in an Origin header.
+func withoutDefaultPort(host, scheme string) string {
+	switch {
+	case scheme == "https" && strings.HasSuffix(host, ":443"):
+		return strings.TrimSuffix(host, ":443")
+	case scheme == "http" && strings.HasSuffix(host, ":80"):
+		return strings.TrimSuffix(host, ":80")
+	}
+	return host
+}
+
+// consoleOrigin is the origin of the web console's pages, which their
+// requests name in their Origin header: the public URL's when one is
+// configured, otherwise as the request reached the server (https when it
+// came over TLS, and its Host). It alone decides the console's origin:
+// the CSRF, login and WebSocket checks (the terminal's too) ask it.
+func (s *Server) consoleOrigin(r *http.Request) string {
+	if u := s.cfg.PublicURL; u != nil {
+		return u.Scheme + "://" + u.Host
+	}
 	scheme := "http"
 	if r.TLS != nil {
 		scheme = "https"
@@ -130,10 +196,33 @@ func consoleOrigin(r *http.Request) string {
 	return scheme + "://" + r.Host
 }
 
-// fromConsoleOrigin reports whether the request's Origin is the server's
-// own ("null", another scheme, host or port is not).
-func fromConsoleOrigin(r *http.Request) bool {
-	return strings.EqualFold(r.Header.Get("Origin"), consoleOrigin(r))
+// fromConsoleOrigin reports whether the request's Origin is the
+// console's ("null", another scheme, host or port is not; nor is a
+// request that names none).
+func (s *Server) fromConsoleOrigin(r *http.Request) bool {
+	return strings.EqualFold(r.Header.Get("Origin"), s.consoleOrigin(r))
+}
+
+// consoleSecure reports whether the console's pages are served over
+// https: the public URL's scheme when one is configured (TLS may end at a
+// proxy), otherwise whether the request came over TLS. Its cookies are
+// then Secure and their names __Host- prefixed.
+func (s *Server) consoleSecure(r *http.Request) bool {
+	if u := s.cfg.PublicURL; u != nil {
+		return u.Scheme == "https"
+	}
+	return r.TLS != nil
+}
+
+// consoleCookieName is the console cookie's name for the request's
+// scheme: only that one is set and read, so that over https no cookie
+// without the __Host- prefix (which a sibling host could have set) is
+// taken.
+func (s *Server) consoleCookieName(r *http.Request) string {
+	if s.consoleSecure(r) {
+		return sdk.ConsoleCookieSecure
+	}
+	return sdk.ConsoleCookie
 }
 
 // checkConsoleRequest holds a request that the console's cookie
@@ -143,16 +232,16 @@ func fromConsoleOrigin(r *http.Request) bool {
 // the browser names an Origin, comes from the server's own.
 func (s *Server) checkConsoleRequest(r *http.Request, tok store.Token) error {
 	if r.Header.Get("Upgrade") != "" {
-		if !fromConsoleOrigin(r) {
-			return errForeignWebSocket(r)
+		if !s.fromConsoleOrigin(r) {
+			return s.errForeignWebSocket(r)
 		}
 		return nil
 	}
 	if r.Method == http.MethodGet || r.Method == http.MethodHead {
 		return nil
 	}
-	if r.Header.Get("Origin") != "" && !fromConsoleOrigin(r) {
-		return errForeignOrigin(r)
+	if r.Header.Get("Origin") != "" && !s.fromConsoleOrigin(r) {
+		return s.errForeignOrigin(r)
 	}
 	want := s.csrfToken(tok)
 	if want == "" || !hmac.Equal([]byte(r.Header.Get(sdk.CSRFHeader)), []byte(want)) {
@@ -182,10 +271,11 @@ func (s *Server) csrfToken(tok store.Token) string {
 }
 
 // setConsoleCookie gives the browser its credential until expires, or
-// clears it (token ""): httpOnly, SameSite=Lax, Secure over TLS.
+// clears it (token ""): httpOnly, SameSite=Lax, Path=/, Secure and
+// __Host- named over https (consoleSecure).
 func (s *Server) setConsoleCookie(w http.ResponseWriter, r *http.Request, token string, expires time.Time) {
-	c := &http.Cookie{Name: sdk.ConsoleCookie, Value: token, Path: "/",
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode}
+	c := &http.Cookie{Name: s.consoleCookieName(r), Value: token, Path: "/",
+		HttpOnly: true, Secure: s.consoleSecure(r), SameSite: http.SameSiteLaxMode}
 	if token == "" {
 		c.MaxAge = -1
 	} else {
@@ -203,7 +293,7 @@ func (a *API) consoleSessionOf(r *http.Request, caller store.User, tok store.Tok
 	if err != nil {
 		return sdk.ConsoleSession{}, err
 	}
-	return sdk.ConsoleSession{Whoami: who, CSRF: a.s.csrfToken(tok), SSO: a.s.sso != nil}, nil
+	return sdk.ConsoleSession{Whoami: who, CSRF: a.s.csrfToken(tok), SSO: a.s.sso != nil && a.s.cfg.PublicURL != nil}, nil
 }
 
 // consoleSession is GET /api/v1/console/session: who the browser is
@@ -223,10 +313,10 @@ func (a *API) consoleSession(w http.ResponseWriter, r *http.Request, caller stor
 // authenticate checks it, makes a child token for the browser, set in the
 // console's cookie.
 func (a *API) consoleLogin(w http.ResponseWriter, r *http.Request) error {
-	if r.Header.Get("Origin") != "" && !fromConsoleOrigin(r) {
+	if r.Header.Get("Origin") != "" && !a.s.fromConsoleOrigin(r) {
 		// Another site's page must not sign the browser in to an
 		// account of its choosing.
-		return errForeignOrigin(r)
+		return a.s.errForeignOrigin(r)
 	}
 	var req sdk.ConsoleLogin
 	if err := httpapi.Read(w, r, &req); err != nil {
@@ -284,7 +374,7 @@ func (a *API) consoleLogin(w http.ResponseWriter, r *http.Request) error {
 // `devgpu logout` ends one) and clears the cookie. A cookie that no
 // longer works is only cleared.
 func (a *API) consoleLogout(w http.ResponseWriter, r *http.Request) error {
-	c, err := r.Cookie(sdk.ConsoleCookie)
+	c, err := r.Cookie(a.s.consoleCookieName(r))
 	if err != nil || c.Value == "" {
 		a.s.setConsoleCookie(w, r, "", time.Time{})
 		w.WriteHeader(http.StatusNoContent)
@@ -340,13 +430,49 @@ func randomString() (string, error) {
 	return base64.RawURLEncoding.EncodeToString(b[:]), nil
 }
 
+// checkWebSSO refuses the web console's single sign-on where it cannot
+// run safely: without an identity provider; without a public URL, the
+// only place its redirect URI may come from; and at a Host other than
+// the public URL's (its cookies would not come back to the callback, and
+// a forged Host is how an attacker would try to reroute the code).
+func (s *Server) checkWebSSO(r *http.Request) error {
+	if s.sso == nil {
+		return errNoWebSSO
+	}
+	u := s.cfg.PublicURL
+	if u == nil {
+		return errNoPublicURL
+	}
+	if !strings.EqualFold(withoutDefaultPort(r.Host, u.Scheme), u.Host) {
+		return httpapi.Errorf(http.StatusForbidden,
+			"this request reached the server as host %q, not as the public URL's %q, and single sign-on runs only there; open the console at %s (behind a reverse proxy, pass the Host header on)",
+			r.Host, u.Host, s.consoleOrigin(r))
+	}
+	return nil
+}
+
+// ssoRedirectURI is the web sign-in's redirect URI: the callback under
+// the public URL (checkWebSSO passed).
+func (s *Server) ssoRedirectURI() string {
+	return s.cfg.PublicURL.Scheme + "://" + s.cfg.PublicURL.Host + ssoCallbackPath
+}
+
+// ssoStateCookieFor is the state cookie's name and path for the
+// request's scheme (a __Host- cookie must have Path=/).
+func (s *Server) ssoStateCookieFor(r *http.Request) (name, path string) {
+	if s.consoleSecure(r) {
+		return ssoStateCookieSecure, "/"
+	}
+	return ssoStateCookie, ssoStatePath
+}
+
 // consoleSSOStart is GET /console/sso/start: it sends the browser to the
 // identity provider's authorization endpoint (code flow with PKCE S256, a
 // random state and nonce, kept sealed in a short-lived cookie for the
-// callback).
+// callback), with the callback under the public URL as redirect URI.
 func (a *API) consoleSSOStart(w http.ResponseWriter, r *http.Request) error {
-	if a.s.sso == nil {
-		return errNoWebSSO
+	if err := a.s.checkWebSSO(r); err != nil {
+		return err
 	}
 	st := ssoState{Verifier: oauth2.GenerateVerifier(), Expires: a.s.now().Add(ssoStateTTL)}
 	var err error
@@ -356,7 +482,7 @@ func (a *API) consoleSSOStart(w http.ResponseWriter, r *http.Request) error {
 	if st.Nonce, err = randomString(); err != nil {
 		return err
 	}
-	authURL, err := a.s.sso.AuthCodeURL(r.Context(), consoleOrigin(r)+ssoCallbackPath, st.State, st.Nonce, st.Verifier)
+	authURL, err := a.s.sso.AuthCodeURL(r.Context(), a.s.ssoRedirectURI(), st.State, st.Nonce, st.Verifier)
 	if err != nil {
 		a.signInFailed(w, r, problemText(ssoError(err)))
 		return nil
@@ -369,16 +495,19 @@ func (a *API) consoleSSOStart(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	http.SetCookie(w, &http.Cookie{Name: ssoStateCookie, Value: base64.RawURLEncoding.EncodeToString(sealed), Path: ssoStatePath,
-		Expires: st.Expires.UTC(), MaxAge: int(ssoStateTTL / time.Second), HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode})
+	name, path := a.s.ssoStateCookieFor(r)
+	http.SetCookie(w, &http.Cookie{Name: name, Value: base64.RawURLEncoding.EncodeToString(sealed), Path: path,
+		Expires: st.Expires.UTC(), MaxAge: int(ssoStateTTL / time.Second), HttpOnly: true, Secure: a.s.consoleSecure(r), SameSite: http.SameSiteLaxMode})
 	redirect(w, authURL)
 	return nil
 }
 
-// openSSOState reads the web sign-in's cookie; false when there is none,
-// it does not open with this server's key, or it is too old.
+// openSSOState reads the web sign-in's cookie (the name for the
+// request's scheme); false when there is none, it does not open with this
+// server's key, or it is too old.
 func (s *Server) openSSOState(r *http.Request) (ssoState, bool) {
-	c, err := r.Cookie(ssoStateCookie)
+	name, _ := s.ssoStateCookieFor(r)
+	c, err := r.Cookie(name)
 	if err != nil {
 		return ssoState{}, false
 	}
@@ -403,25 +532,36 @@ const errSSOStateMismatch = "this sign-in did not start in this browser, or took
 
 // consoleSSOCallback is GET /console/sso/callback, where the identity
 // provider sends the browser back: the state must be this browser's
-// sign-in's; the code is redeemed (with the PKCE verifier, and the
-// client secret when configured) and its ID token verified with the
-// nonce. The redemption is the proof of a live sign-in, so the groups
-// are the ID token's and the refresh token the one it answered. The
-// person is logged in as POST /api/v1/auth/oidc logs them in (flow web),
-// and the cookie holds the credential. Every failure sends the browser to
-// the login page with one sentence.
+// sign-in's; the code is redeemed (with the PKCE verifier, the public
+// URL's redirect URI, and the client secret when configured) and its ID
+// token verified with the nonce. The redemption is the proof of a live
+// sign-in, so the groups are the ID token's and the refresh token the one
+// it answered. The person is logged in as POST /api/v1/auth/oidc logs
+// them in (flow web), and the cookie holds the credential. Every failure
+// sends the browser to the login page with one sentence (signInFailed).
+//
+// Only a callback whose state checked out counts against the address's
+// login limit: any page can make its visitors' browsers request this URL
+// (an <img>), and those must not lock out everyone behind the address.
 func (a *API) consoleSSOCallback(w http.ResponseWriter, r *http.Request) error {
-	if a.s.sso == nil {
-		return errNoWebSSO
+	if err := a.s.checkWebSSO(r); err != nil {
+		return err
 	}
 	// The state is for one callback.
-	http.SetCookie(w, &http.Cookie{Name: ssoStateCookie, Path: ssoStatePath, MaxAge: -1,
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode})
+	name, path := a.s.ssoStateCookieFor(r)
+	http.SetCookie(w, &http.Cookie{Name: name, Path: path, MaxAge: -1,
+		HttpOnly: true, Secure: a.s.consoleSecure(r), SameSite: http.SameSiteLaxMode})
 	q := r.URL.Query()
 	st, ok := a.s.openSSOState(r)
 	if !ok || !hmac.Equal([]byte(q.Get("state")), []byte(st.State)) {
 		a.signInFailed(w, r, errSSOStateMismatch)
 		return nil
+	}
+	if l := a.s.authLimit; l != nil {
+		if ok, _ := l.allow(limitKey(remoteHost(r.RemoteAddr))); !ok {
+			a.signInFailed(w, r, errTooManyLogins)
+			return nil
+		}
 	}
 	if e := q.Get("error"); e != "" {
 		detail := e
@@ -437,7 +577,7 @@ func (a *API) consoleSSOCallback(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	ctx := r.Context()
-	id, providerRefresh, err := a.s.sso.Exchange(ctx, code, st.Verifier, consoleOrigin(r)+ssoCallbackPath, st.Nonce)
+	id, providerRefresh, err := a.s.sso.Exchange(ctx, code, st.Verifier, a.s.ssoRedirectURI(), st.Nonce)
 	if err != nil {
 		answer := ssoError(err)
 		if !sso.IsUnreachable(err) {
@@ -468,15 +608,31 @@ func (a *API) consoleSSOCallback(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	a.s.setConsoleCookie(w, r, cred.Token, cred.ExpiresAt)
+	a.s.setLoginError(w, r, "") // an earlier failure's sentence is stale now
 	redirect(w, "/#/")
 	return nil
 }
 
 // signInFailed sends the browser to the console's login page, which shows
-// msg.
+// msg. The sentence travels in a short-lived cookie the page reads
+// (setLoginError), never in the URL: a link anyone can make must not put
+// their words on this server's login page.
 func (a *API) signInFailed(w http.ResponseWriter, r *http.Request, msg string) {
-	w.Header().Set("Cache-Control", "no-store")
-	redirect(w, "/#/login?error="+url.QueryEscape(forBrowser(msg)))
+	a.s.setLoginError(w, r, forBrowser(msg))
+	redirect(w, "/#/login")
+}
+
+// setLoginError gives the login page msg in sdk.LoginErrorCookie for
+// loginErrorTTL, or clears it (msg ""): readable by the page's script,
+// SameSite=Lax, Path=/, Secure over https, URL-encoded as
+// encodeURIComponent does (decodeURIComponent reads it).
+func (s *Server) setLoginError(w http.ResponseWriter, r *http.Request, msg string) {
+	c := &http.Cookie{Name: sdk.LoginErrorCookie, Value: strings.ReplaceAll(url.QueryEscape(msg), "+", "%20"), Path: "/",
+		Secure: s.consoleSecure(r), SameSite: http.SameSiteLaxMode, MaxAge: int(loginErrorTTL / time.Second)}
+	if msg == "" {
+		c.MaxAge = -1
+	}
+	http.SetCookie(w, c)
 }
 
 // redirect answers 302 to target, as given (http.Redirect would clean a

@@ -10,15 +10,18 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 
+	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/internal/testutil"
 	"github.com/devgpu/devgpu/internal/testutil/oidcop"
@@ -69,6 +72,9 @@ func (b *browser) do(method, path string, body any, header http.Header) (*http.R
 	for k, v := range header {
 		req.Header[k] = v
 	}
+	if h := header.Get("Host"); h != "" {
+		req.Host = h // a forged Host, as curl -H sends it
+	}
 	resp, err := b.c.Do(req)
 	if err != nil {
 		b.t.Fatal(err)
@@ -116,11 +122,12 @@ func (b *browser) whoami() (int, sdk.Whoami, string) {
 	return resp.StatusCode, w, problemDetail(body)
 }
 
-// cookie is the console cookie the jar holds ("" when none).
+// cookie is the console cookie the jar holds, under either name ("" when
+// none).
 func (b *browser) cookie() string {
 	u := must(url.Parse(b.base))
 	for _, c := range b.c.Jar.Cookies(u) {
-		if c.Name == sdk.ConsoleCookie {
+		if c.Name == sdk.ConsoleCookie || c.Name == sdk.ConsoleCookieSecure {
 			return c.Value
 		}
 	}
@@ -138,15 +145,25 @@ func problemDetail(body []byte) string {
 	return p.Detail
 }
 
-// consoleCookieOf is the console cookie a response sets.
+// consoleCookieOf is the console cookie a response sets, under either
+// name.
 func consoleCookieOf(t *testing.T, resp *http.Response) *http.Cookie {
 	t.Helper()
+	if c := cookieOf(resp, sdk.ConsoleCookie, sdk.ConsoleCookieSecure); c != nil {
+		return c
+	}
+	t.Fatalf("the response sets no %s cookie (Set-Cookie %q)", sdk.ConsoleCookie, resp.Header.Values("Set-Cookie"))
+	return nil
+}
+
+// cookieOf is the first cookie resp sets under one of names; nil when
+// none.
+func cookieOf(resp *http.Response, names ...string) *http.Cookie {
 	for _, c := range resp.Cookies() {
-		if c.Name == sdk.ConsoleCookie {
+		if slices.Contains(names, c.Name) {
 			return c
 		}
 	}
-	t.Fatalf("the response sets no %s cookie (Set-Cookie %q)", sdk.ConsoleCookie, resp.Header.Values("Set-Cookie"))
 	return nil
 }
 
@@ -164,7 +181,8 @@ func TestConsoleTokenLogin(t *testing.T) {
 		base   string
 		client *http.Client
 		secure bool
-	}{{"http", f.url, nil, false}, {"https", tls.URL, tls.Client(), true}} {
+		cookie string
+	}{{"http", f.url, nil, false, sdk.ConsoleCookie}, {"https", tls.URL, tls.Client(), true, sdk.ConsoleCookieSecure}} {
 		b := newBrowser(t, c.base, c.client)
 		before := time.Now()
 		resp, body := b.login(f.dev)
@@ -172,9 +190,9 @@ func TestConsoleTokenLogin(t *testing.T) {
 			t.Fatalf("%s: login: %d %s", c.name, resp.StatusCode, body)
 		}
 		ck := consoleCookieOf(t, resp)
-		if !ck.HttpOnly || ck.SameSite != http.SameSiteLaxMode || ck.Path != "/" || ck.Secure != c.secure {
-			t.Errorf("%s: cookie HttpOnly=%v SameSite=%v Path=%q Secure=%v; want httpOnly, Lax, /, Secure=%v",
-				c.name, ck.HttpOnly, ck.SameSite, ck.Path, ck.Secure, c.secure)
+		if ck.Name != c.cookie || !ck.HttpOnly || ck.SameSite != http.SameSiteLaxMode || ck.Path != "/" || ck.Domain != "" || ck.Secure != c.secure {
+			t.Errorf("%s: cookie %s HttpOnly=%v SameSite=%v Path=%q Domain=%q Secure=%v; want %s, httpOnly, Lax, /, no domain, Secure=%v",
+				c.name, ck.Name, ck.HttpOnly, ck.SameSite, ck.Path, ck.Domain, ck.Secure, c.cookie, c.secure)
 		}
 		if ck.MaxAge <= 0 || time.Duration(ck.MaxAge)*time.Second > consoleTokenTTL || ck.Expires.After(before.Add(consoleTokenTTL+time.Minute)) {
 			t.Errorf("%s: cookie Max-Age %d, Expires %s; want at most %s", c.name, ck.MaxAge, ck.Expires, consoleTokenTTL)
@@ -195,6 +213,18 @@ func TestConsoleTokenLogin(t *testing.T) {
 		_ = json.Unmarshal(body, &again)
 		if resp.StatusCode != http.StatusOK || again.CSRF != s.CSRF || again.User != "dev" {
 			t.Errorf("%s: console session: %d %s; want the login's CSRF token", c.name, resp.StatusCode, body)
+		}
+		// Only the name of the request's scheme is read: over https a
+		// cookie without the __Host- prefix (a sibling host can set one)
+		// is not, nor is the prefixed one over http.
+		other := sdk.ConsoleCookieSecure
+		if c.secure {
+			other = sdk.ConsoleCookie
+		}
+		tossed := newBrowser(t, c.base, c.client)
+		tossed.c.Jar.SetCookies(must(url.Parse(c.base)), []*http.Cookie{{Name: other, Value: ck.Value, Path: "/"}})
+		if code, _, detail := tossed.whoami(); code != http.StatusUnauthorized {
+			t.Errorf("%s: the login's token in a cookie named %s authenticates: %d %q; want 401", c.name, other, code, detail)
 		}
 	}
 
@@ -609,7 +639,8 @@ func (r *ssoRig) startSignIn(b *browser, user string) *url.URL {
 }
 
 // finishSignIn follows the callback in browser b and returns the
-// response and where it sends the browser.
+// response and where it sends the browser (signInError reads a
+// failure's sentence).
 func finishSignIn(t *testing.T, b *browser, callback *url.URL) (*http.Response, string) {
 	t.Helper()
 	resp, body := b.do(http.MethodGet, callback.String(), nil, nil)
@@ -625,18 +656,31 @@ func (r *ssoRig) webSignIn(b *browser, user string) (*http.Response, string) {
 	return finishSignIn(r.t, b, r.startSignIn(b, user))
 }
 
-// signInError is the sentence a redirect to the login page carries.
-func signInError(t *testing.T, location string) string {
+// signInError is the sentence a failed sign-in's redirect to the login
+// page gives it: in the login error cookie (scripts read it, 60 s), never
+// in the URL, which anyone could make with words of their own.
+func signInError(t *testing.T, resp *http.Response) string {
 	t.Helper()
-	route, ok := strings.CutPrefix(location, "/#/login?")
-	if !ok {
-		t.Fatalf("the sign-in went to %q, not the login page", location)
+	if location := resp.Header.Get("Location"); location != "/#/login" {
+		t.Fatalf("the sign-in went to %q, not the login page (/#/login)", location)
 	}
-	q, err := url.ParseQuery(route)
-	if err != nil {
-		t.Fatal(err)
+	c := cookieOf(resp, sdk.LoginErrorCookie)
+	if c == nil {
+		t.Fatalf("the failed sign-in sets no %s cookie (Set-Cookie %q)", sdk.LoginErrorCookie, resp.Header.Values("Set-Cookie"))
 	}
-	return q.Get("error")
+	secure := resp.Request.URL.Scheme == "https"
+	if c.HttpOnly || c.SameSite != http.SameSiteLaxMode || c.Path != "/" || c.MaxAge != 60 || c.Secure != secure {
+		t.Errorf("the login error cookie: HttpOnly=%v SameSite=%v Path=%q Max-Age=%d Secure=%v; want readable by the page, Lax, /, 60, Secure=%v",
+			c.HttpOnly, c.SameSite, c.Path, c.MaxAge, c.Secure, secure)
+	}
+	if strings.ContainsAny(c.Value, " +") {
+		t.Errorf("the login error cookie %q is not encoded as encodeURIComponent encodes", c.Value)
+	}
+	msg, err := url.PathUnescape(c.Value)
+	if err != nil || msg == "" {
+		t.Fatalf("the login error cookie %q does not decode to a sentence: %v", c.Value, err)
+	}
+	return msg
 }
 
 // The web sign-in end to end against a real provider: the person is made
@@ -650,7 +694,7 @@ func TestConsoleSSOWebSignIn(t *testing.T) {
 	b := newBrowser(t, r.url, nil)
 	resp, location := r.webSignIn(b, "wendy")
 	if location != "/#/" {
-		t.Fatalf("the sign-in went to %q (%q), not the console", location, signInError(t, location))
+		t.Fatalf("the sign-in went to %q (%q), not the console", location, signInError(t, resp))
 	}
 	ck := consoleCookieOf(t, resp)
 	if !ck.HttpOnly || ck.SameSite != http.SameSiteLaxMode || ck.Path != "/" || ck.Secure || ck.MaxAge <= 0 {
@@ -747,9 +791,9 @@ func TestConsoleSSOWebSignInRefused(t *testing.T) {
 			// attacker's: it holds no state of that sign-in.
 			b = newBrowser(t, r.url, nil)
 		}
-		_, location := finishSignIn(t, b, callback)
-		if msg := signInError(t, location); !strings.Contains(msg, "did not start in this browser") {
-			t.Errorf("%s: the sign-in went to %q", c.name, location)
+		resp, _ := finishSignIn(t, b, callback)
+		if msg := signInError(t, resp); !strings.Contains(msg, "did not start in this browser") {
+			t.Errorf("%s: the sign-in failed with %q", c.name, msg)
 		}
 		if b.cookie() != "" {
 			t.Errorf("%s: a refused callback set the console cookie", c.name)
@@ -760,8 +804,8 @@ func TestConsoleSSOWebSignInRefused(t *testing.T) {
 	}
 
 	b := newBrowser(t, r.url, nil)
-	_, location := r.webSignIn(b, "nobody")
-	if msg := signInError(t, location); !strings.Contains(msg, "none of the groups") || strings.Contains(msg, "devgpu login") {
+	resp, _ := r.webSignIn(b, "nobody")
+	if msg := signInError(t, resp); !strings.Contains(msg, "none of the groups") || strings.Contains(msg, "devgpu login") {
 		t.Errorf("a person no group lets in: %q", msg)
 	}
 	if b.cookie() != "" {
@@ -772,5 +816,442 @@ func TestConsoleSSOWebSignInRefused(t *testing.T) {
 	}
 	if r.audited("auth.refused", ssoActor, "nobody") != 1 {
 		t.Errorf("the refused web sign-in is not audited as auth.refused")
+	}
+}
+
+// listenerURL is the URL hs (not started) will serve at: https when tls.
+func listenerURL(hs *httptest.Server, tls bool) *url.URL {
+	scheme := "http"
+	if tls {
+		scheme = "https"
+	}
+	return &url.URL{Scheme: scheme, Host: hs.Listener.Addr().String()}
+}
+
+// serveAt serves srv on hs (made with httptest.NewUnstartedServer, over
+// TLS when tls) as serveHTTP does; it returns its URL and its client.
+func serveAt(t *testing.T, hs *httptest.Server, tls bool, srv *Server, rt runtime.Runtime) (string, *http.Client) {
+	t.Helper()
+	hs.Config.Handler = srv.Handler()
+	if tls {
+		hs.StartTLS()
+	} else {
+		hs.Start()
+	}
+	t.Cleanup(func() {
+		hs.Close()
+		srv.Close()
+		for _, in := range must(rt.List(context.Background())) {
+			_ = rt.Stop(context.Background(), in.SessionID)
+		}
+	})
+	return hs.URL, hs.Client()
+}
+
+func TestParsePublicURL(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ in, want, err string }{
+		{"https://devgpu.example.com", "https://devgpu.example.com", ""},
+		{"https://devgpu.example.com/", "https://devgpu.example.com", ""},
+		{" HTTPS://DevGPU.Example.com:443/ ", "https://devgpu.example.com", ""},
+		{"https://devgpu.example.com:8443", "https://devgpu.example.com:8443", ""},
+		{"http://127.0.0.1:8470", "http://127.0.0.1:8470", ""},
+		{"http://localhost:80", "http://localhost", ""},
+		{"http://[::1]:8470/", "http://[::1]:8470", ""},
+		{"http://devgpu.example.com", "", "plain http on a host other than this machine's loopback"},
+		{"http://10.0.0.7:8470", "", "plain http"},
+		{"devgpu.example.com", "", "is not an https:// URL"},
+		{"ftp://devgpu.example.com", "", "is not an https:// URL"},
+		{"", "", "is not an https:// URL"},
+		{"https://", "", "names no host"},
+		{"https://devgpu.example.com/console", "", "without a user, path, query or fragment"},
+		{"https://devgpu.example.com/?x=1", "", "without a user, path, query or fragment"},
+		{"https://devgpu.example.com/#/", "", "without a user, path, query or fragment"},
+		{"https://me:pw@devgpu.example.com", "", "without a user, path, query or fragment"},
+		{"https://devgpu.example.com:port", "", "is not an https:// URL"},
+	} {
+		u, err := ParsePublicURL(c.in)
+		switch {
+		case c.err == "" && err != nil:
+			t.Errorf("ParsePublicURL(%q): %v", c.in, err)
+		case c.err == "" && u.String() != c.want:
+			t.Errorf("ParsePublicURL(%q) = %s, want %s", c.in, u, c.want)
+		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err) || !strings.Contains(err.Error(), "public_url")):
+			t.Errorf("ParsePublicURL(%q) = %v, %v; want an error naming public_url and saying %q", c.in, u, err, c.err)
+		}
+	}
+}
+
+// The attack the security review performed, which a request's Host once
+// made work: the attacker gets an authorization request whose redirect
+// URI is a host of theirs, lures the victim through it, and replays the
+// victim's code at the callback with the forged Host and their own
+// sign-in's state. A forged Host is refused at the start and at the
+// callback, the redirect URI is always the public URL's, and the code
+// sent elsewhere redeems nothing: no user, login or cookie is made.
+func TestConsoleSSOForgedHost(t *testing.T) {
+	t.Parallel()
+	r := newSSORig(t, ssoRigOpts{web: true})
+	r.op.AddUser("victim", password, grpGPU)
+	// The attacker's host: one the provider's web client would accept
+	// as a redirect (any loopback port), which a forged Host once put in
+	// the authorization request.
+	evil := must(url.Parse(otherPort(r.url))).Host
+	attacker := newBrowser(t, r.url, nil)
+
+	for _, host := range []string{"evil.example", evil} {
+		resp, body := attacker.do(http.MethodGet, "/console/sso/start", nil, http.Header{"Host": {host}})
+		if resp.StatusCode != http.StatusForbidden || !strings.Contains(problemDetail(body), "not as the public URL's") || resp.Header.Get("Location") != "" {
+			t.Errorf("start with Host %s: %d %s (Location %q); want 403 and no authorization request", host, resp.StatusCode, body, resp.Header.Get("Location"))
+		}
+		if c := cookieOf(resp, ssoStateCookie, ssoStateCookieSecure); c != nil {
+			t.Errorf("start with Host %s set the state cookie", host)
+		}
+	}
+
+	// The attacker starts a sign-in of their own and rewrites its
+	// redirect URI to their host; the victim signs in through it, and
+	// the provider sends the victim's code to the attacker.
+	resp, body := attacker.do(http.MethodGet, "/console/sso/start", nil, nil)
+	if resp.StatusCode != http.StatusFound {
+		t.Fatalf("start: %d %s", resp.StatusCode, body)
+	}
+	authURL := must(url.Parse(resp.Header.Get("Location")))
+	q := authURL.Query()
+	if q.Get("redirect_uri") != r.url+ssoCallbackPath {
+		t.Fatalf("the redirect URI is %q, not the public URL's callback", q.Get("redirect_uri"))
+	}
+	q.Set("redirect_uri", "http://"+evil+ssoCallbackPath)
+	authURL.RawQuery = q.Encode()
+	stolen, err := r.op.Browse(testutil.Context(t, testutil.WaitMedium), authURL.String(), "victim", password)
+	if err != nil {
+		t.Fatalf("the victim signs in through the attacker's request: %v", err)
+	}
+	if stolen.Host != evil || stolen.Query().Get("code") == "" {
+		t.Fatalf("the provider sent the victim to %s, not to the attacker's host with a code", stolen)
+	}
+	// The replay at the real server, with the attacker's state cookie:
+	// with the forged Host, then with the right one.
+	replay := must(url.Parse(r.url + ssoCallbackPath))
+	replay.RawQuery = stolen.RawQuery
+	resp, body = attacker.do(http.MethodGet, replay.String(), nil, http.Header{"Host": {evil}})
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(problemDetail(body), "not as the public URL's") {
+		t.Errorf("the replay with Host %s: %d %s; want 403", evil, resp.StatusCode, body)
+	}
+	resp, _ = attacker.do(http.MethodGet, replay.String(), nil, nil)
+	if msg := signInError(t, resp); !strings.Contains(msg, "authorization code") {
+		t.Errorf("the replay with the right Host: %q; want the provider's refusal of the code (its redirect URI was another)", msg)
+	}
+	if attacker.cookie() != "" {
+		t.Errorf("the attacker's browser holds a console cookie")
+	}
+	if _, err := r.st.UserByName(context.Background(), "victim"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the attack made the victim's user: %v", err)
+	}
+	if logins, err := r.st.ListSSOLogins(context.Background(), true); err != nil || len(logins) != 0 {
+		t.Errorf("the attack left single sign-on logins: %v %v", logins, err)
+	}
+
+	// The victim's own sign-in still works.
+	victim := newBrowser(t, r.url, nil)
+	if resp, location := r.webSignIn(victim, "victim"); location != "/#/" {
+		t.Errorf("the victim's own sign-in: %q", signInError(t, resp))
+	}
+}
+
+// Without a public URL the web sign-in does not run (its redirect URI
+// would come from the request), and says what to configure; the API's
+// single sign-on and token logins are unaffected.
+func TestConsoleSSONeedsPublicURL(t *testing.T) {
+	t.Parallel()
+	r := newSSORig(t, ssoRigOpts{})
+	b := newBrowser(t, r.url, nil)
+	for _, path := range []string{"/console/sso/start", ssoCallbackPath + "?state=s&code=c"} {
+		resp, body := b.do(http.MethodGet, path, nil, nil)
+		if resp.StatusCode != http.StatusNotFound || !strings.Contains(problemDetail(body), "public_url") {
+			t.Errorf("%s without a public URL: %d %s; want 404 naming public_url", path, resp.StatusCode, body)
+		}
+	}
+	b.mustLogin(r.dev)
+	resp, body := b.do(http.MethodGet, "/api/v1/console/session", nil, nil)
+	var s sdk.ConsoleSession
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &s) != nil || s.SSO {
+		t.Errorf("console session without a public URL: %d %s; want sso false", resp.StatusCode, body)
+	}
+}
+
+// An ID token whose nonce is not the sign-in's is refused: the person's
+// browser went through an authorization request whose nonce was swapped
+// (the code, its PKCE verifier and state are right), and nothing is made.
+func TestConsoleSSOWrongNonce(t *testing.T) {
+	t.Parallel()
+	r := newSSORig(t, ssoRigOpts{web: true})
+	r.op.AddUser("wendy", password, grpGPU)
+	b := newBrowser(t, r.url, nil)
+	resp, body := b.do(http.MethodGet, "/console/sso/start", nil, nil)
+	if resp.StatusCode != http.StatusFound {
+		t.Fatalf("start: %d %s", resp.StatusCode, body)
+	}
+	authURL := must(url.Parse(resp.Header.Get("Location")))
+	q := authURL.Query()
+	q.Set("nonce", "another-sign-ins-nonce")
+	authURL.RawQuery = q.Encode()
+	callback, err := r.op.Browse(testutil.Context(t, testutil.WaitMedium), authURL.String(), "wendy", password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, _ = finishSignIn(t, b, callback)
+	if msg := signInError(t, resp); !strings.Contains(msg, "nonce") {
+		t.Errorf("an ID token with another nonce: %q; want it refused for its nonce", msg)
+	}
+	if b.cookie() != "" {
+		t.Errorf("an ID token with another nonce set the console cookie")
+	}
+	if _, err := r.st.UserByName(context.Background(), "wendy"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("an ID token with another nonce made the user: %v", err)
+	}
+	if r.audited("auth.refused", ssoActor, unverified) != 1 {
+		t.Errorf("the refused sign-in is not audited as auth.refused")
+	}
+}
+
+// The sign-in's state lasts 10 minutes by the server's clock, whatever
+// the browser keeps: a callback within them signs in, one after them is
+// refused.
+func TestConsoleSSOStateExpires(t *testing.T) {
+	t.Parallel()
+	var ahead atomic.Int64
+	r := newSSORig(t, ssoRigOpts{web: true, now: func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }})
+	r.op.AddUser("wendy", password, grpGPU)
+	r.op.AddUser("slow", password, grpGPU)
+
+	b := newBrowser(t, r.url, nil)
+	callback := r.startSignIn(b, "wendy")
+	ahead.Store(int64(ssoStateTTL - 10*time.Second))
+	if resp, location := finishSignIn(t, b, callback); location != "/#/" {
+		t.Fatalf("a callback within the 10 minutes: %q", signInError(t, resp))
+	}
+
+	ahead.Store(0)
+	b = newBrowser(t, r.url, nil)
+	callback = r.startSignIn(b, "slow")
+	ahead.Store(int64(ssoStateTTL + time.Second))
+	resp, _ := finishSignIn(t, b, callback)
+	if msg := signInError(t, resp); !strings.Contains(msg, "more than 10 minutes") {
+		t.Errorf("a callback after 10 minutes: %q", msg)
+	}
+	if b.cookie() != "" {
+		t.Errorf("a callback after 10 minutes set the console cookie")
+	}
+	if _, err := r.st.UserByName(context.Background(), "slow"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a callback after 10 minutes made the user: %v", err)
+	}
+}
+
+// Over https the sign-in's state cookie is __Host- named with Path=/ (the
+// prefix requires it), Secure and httpOnly; over http it is plain, under
+// /console/sso. Each is read under its own scheme's name alone.
+func TestConsoleSSOStateCookie(t *testing.T) {
+	t.Parallel()
+	for _, tls := range []bool{false, true} {
+		r := newSSORig(t, ssoRigOpts{web: true, tls: tls})
+		b := newBrowser(t, r.url, r.https)
+		resp, body := b.do(http.MethodGet, "/console/sso/start", nil, nil)
+		if resp.StatusCode != http.StatusFound {
+			t.Fatalf("tls=%v: start: %d %s", tls, resp.StatusCode, body)
+		}
+		name, path, other := ssoStateCookie, ssoStatePath, ssoStateCookieSecure
+		if tls {
+			name, path, other = ssoStateCookieSecure, "/", ssoStateCookie
+		}
+		c := cookieOf(resp, ssoStateCookie, ssoStateCookieSecure)
+		if c == nil || c.Name != name || c.Path != path || c.Domain != "" || c.Secure != tls || !c.HttpOnly || c.SameSite != http.SameSiteLaxMode {
+			t.Fatalf("tls=%v: the state cookie %+v; want %s, Path=%s, Secure=%v, httpOnly, Lax", tls, c, name, path, tls)
+		}
+		state := must(url.Parse(resp.Header.Get("Location"))).Query().Get("state")
+		callback := r.url + ssoCallbackPath + "?" + url.Values{"state": {state}, "code": {"not-a-code"}}.Encode()
+
+		// Under the other scheme's name the state is not read.
+		tossed := newBrowser(t, r.url, r.https)
+		tossed.c.Jar.SetCookies(must(url.Parse(r.url+ssoStatePath)), []*http.Cookie{{Name: other, Value: c.Value, Path: "/"}})
+		resp, _ = tossed.do(http.MethodGet, callback, nil, nil)
+		if msg := signInError(t, resp); !strings.Contains(msg, "did not start in this browser") {
+			t.Errorf("tls=%v: the state under %s: %q; want it not read", tls, other, msg)
+		}
+		// Under its own it is: the code is then what fails.
+		resp, _ = b.do(http.MethodGet, callback, nil, nil)
+		if msg := signInError(t, resp); !strings.Contains(msg, "authorization code") {
+			t.Errorf("tls=%v: the state under %s: %q; want the provider's refusal of the code", tls, name, msg)
+		}
+		if cleared := cookieOf(resp, name); cleared == nil || cleared.MaxAge >= 0 || cleared.Path != path {
+			t.Errorf("tls=%v: the callback does not clear the state cookie: %+v", tls, cleared)
+		}
+	}
+}
+
+// The callback counts against the address's login limit only once its
+// state checked out: a page that makes its visitors' browsers fetch the
+// callback (an <img>) locks nobody out, while real sign-ins count.
+func TestConsoleSSOCallbackRateLimit(t *testing.T) {
+	t.Parallel()
+	r := newSSORig(t, ssoRigOpts{web: true, limited: true})
+	frozen := time.Now()
+	r.srv.authLimit.now = func() time.Time { return frozen }
+	r.op.AddUser("wendy", password, grpGPU)
+	r.op.AddUser("late", password, grpGPU)
+
+	img := newBrowser(t, r.url, nil)
+	for i := range authBurst + 5 {
+		resp, body := img.do(http.MethodGet, ssoCallbackPath+"?state=x&code=y", nil, nil)
+		if resp.StatusCode != http.StatusFound {
+			t.Fatalf("callback %d without this browser's state: %d %s; want the login page, not a limit", i, resp.StatusCode, body)
+		}
+		if msg := signInError(t, resp); !strings.Contains(msg, "did not start in this browser") {
+			t.Fatalf("callback %d without this browser's state: %q", i, msg)
+		}
+	}
+	b := newBrowser(t, r.url, nil)
+	if resp, location := r.webSignIn(b, "wendy"); location != "/#/" {
+		t.Fatalf("a sign-in after a flood of stateless callbacks: %q", signInError(t, resp))
+	}
+	// The sign-in counted: the rest of the burst, then the limit.
+	guesser := newBrowser(t, r.url, nil)
+	limited := false
+	for range authBurst {
+		if resp, _ := guesser.login("dgp_guess"); resp.StatusCode == http.StatusTooManyRequests {
+			limited = true
+			break
+		}
+	}
+	if !limited {
+		t.Fatalf("%d token logins after the sign-in were not limited", authBurst)
+	}
+	late := newBrowser(t, r.url, nil)
+	resp, _ := r.webSignIn(late, "late")
+	if msg := signInError(t, resp); !strings.Contains(msg, "too many login attempts") {
+		t.Errorf("a sign-in past the limit: %q", msg)
+	}
+	if late.cookie() != "" {
+		t.Errorf("a sign-in past the limit set the console cookie")
+	}
+}
+
+// The console's cookie makes no API tokens, directly or as a new user's
+// first: whoever rides or steals a browser's login must not turn it into
+// a credential that outlives it. The CLI's bearer token still does.
+func TestConsoleCookieMakesNoTokens(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	b := newBrowser(t, f.url, nil)
+	b.mustLogin(f.admin)
+	tokensOf := func(user string) int {
+		t.Helper()
+		code, body := f.call(f.admin, http.MethodGet, "/api/v1/tokens?user="+user, nil)
+		var tokens []sdk.Token
+		if code != http.StatusOK || json.Unmarshal(body, &tokens) != nil {
+			t.Fatalf("list %s's tokens: %d %s", user, code, body)
+		}
+		return len(tokens)
+	}
+	before := tokensOf("root")
+
+	resp, body := b.do(http.MethodPost, "/api/v1/tokens", sdk.TokenCreate{Name: "stolen"}, b.own())
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(problemDetail(body), "made with the CLI") {
+		t.Errorf("a token made with the console's cookie: %d %s; want 403", resp.StatusCode, body)
+	}
+	if resp.Header.Get("X-Content-Type-Options") != "nosniff" {
+		t.Errorf("an API error without X-Content-Type-Options: nosniff")
+	}
+	resp, body = b.do(http.MethodPost, "/api/v1/tokens", sdk.TokenCreate{Name: "for-dev", User: "dev"}, b.own())
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("a token for another user made with the console's cookie: %d %s; want 403", resp.StatusCode, body)
+	}
+	resp, body = b.do(http.MethodPost, "/api/v1/users", sdk.UserCreate{Name: "sockpuppet"}, b.own())
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(problemDetail(body), "made with the CLI") {
+		t.Errorf("a user (and its first token) made with the console's cookie: %d %s; want 403", resp.StatusCode, body)
+	}
+	if got := tokensOf("root"); got != before {
+		t.Errorf("root has %d tokens, %d before the refused requests", got, before)
+	}
+	if _, err := f.srv.store.UserByName(context.Background(), "sockpuppet"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the refused request made the user: %v", err)
+	}
+	// Other changes by the cookie still go through; the CLI makes tokens.
+	if resp, body := b.do(http.MethodPatch, "/api/v1/users/dev2", sdk.UserUpdate{Disabled: ptr(false)}, b.own()); resp.StatusCode != http.StatusOK {
+		t.Errorf("a user update with the console's cookie: %d %s", resp.StatusCode, body)
+	}
+	code, body := f.call(f.admin, http.MethodPost, "/api/v1/tokens", sdk.TokenCreate{Name: "cli"})
+	if code != http.StatusCreated {
+		t.Errorf("a token made with the CLI's bearer token: %d %s", code, body)
+	}
+	resp, _ = b.do(http.MethodGet, "/api/v1/whoami", nil, nil)
+	if resp.Header.Get("X-Content-Type-Options") != "nosniff" {
+		t.Errorf("an API answer without X-Content-Type-Options: nosniff")
+	}
+}
+
+// With a public URL, the console's origin and its cookies' security are
+// the public URL's, not the request's: behind a reverse proxy that ends
+// TLS and passes the Host on, the console works over https (__Host-
+// cookie, Secure), and a page at the server's own plain address is
+// another origin.
+func TestConsolePublicURLBehindProxy(t *testing.T) {
+	t.Parallel()
+	proxy := httptest.NewUnstartedServer(nil)
+	public := listenerURL(proxy, true)
+	f := newFixture(t, func(c *Config) { c.PublicURL = public })
+	proxy.Config.Handler = httputil.NewSingleHostReverseProxy(must(url.Parse(f.url))) // keeps the Host
+	proxy.StartTLS()
+	t.Cleanup(proxy.Close)
+	base := public.String()
+
+	b := newBrowser(t, base, proxy.Client())
+	resp, body := b.login(f.admin)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("login through the proxy: %d %s", resp.StatusCode, body)
+	}
+	if ck := consoleCookieOf(t, resp); ck.Name != sdk.ConsoleCookieSecure || !ck.Secure || ck.Path != "/" {
+		t.Errorf("the cookie behind a TLS proxy: %s Secure=%v Path=%q; want %s, Secure, /", ck.Name, ck.Secure, ck.Path, sdk.ConsoleCookieSecure)
+	}
+	change := func(origin string) (*http.Response, []byte) {
+		return b.do(http.MethodPatch, "/api/v1/users/dev2", sdk.UserUpdate{Disabled: ptr(false)}, http.Header{"Origin": {origin}, sdk.CSRFHeader: {b.csrf}})
+	}
+	if resp, body := change(base); resp.StatusCode != http.StatusOK {
+		t.Errorf("a change from the public URL's page: %d %s", resp.StatusCode, body)
+	}
+	if resp, body := change(f.url); resp.StatusCode != http.StatusForbidden || !strings.Contains(problemDetail(body), "open the console at "+base) {
+		t.Errorf("a change from the server's plain address: %d %s; want 403 naming the public URL", resp.StatusCode, body)
+	}
+	// A login from a page at the plain address is another site's.
+	direct := newBrowser(t, f.url, nil)
+	resp, body = direct.do(http.MethodPost, "/api/v1/console/login", sdk.ConsoleLogin{Token: f.dev}, http.Header{"Origin": {f.url}})
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("a login from the plain address's page: %d %s; want 403", resp.StatusCode, body)
+	}
+
+	// WebSockets through the proxy: from the public URL's page only.
+	ctx := testutil.Context(t, testutil.WaitLong)
+	sess, err := must(sdk.NewClient(f.url, f.admin)).CreateSession(ctx, sdk.CreateSessionRequest{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoint := strings.Replace(base, "https://", "wss://", 1) + "/api/v1/sessions/" + sess.ID + "/connect"
+	cookie := sdk.ConsoleCookieSecure + "=" + b.cookie()
+	for _, c := range []struct {
+		origin string
+		ok     bool
+	}{{f.url, false}, {base, true}} {
+		conn, resp, err := websocket.Dial(ctx, endpoint, &websocket.DialOptions{HTTPClient: proxy.Client(),
+			HTTPHeader: http.Header{"Cookie": {cookie}, "Origin": {c.origin}}})
+		if err == nil {
+			conn.Close(websocket.StatusNormalClosure, "")
+		}
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		if (err == nil) != c.ok || (!c.ok && status != http.StatusForbidden) {
+			t.Errorf("a WebSocket through the proxy from %s: %d %v; want ok=%v", c.origin, status, err, c.ok)
+		}
 	}
 }

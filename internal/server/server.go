@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -104,6 +105,14 @@ type Config struct {
 	// OIDC, when set, lets people log in with the organisation's identity
 	// provider (sso.go); nil: API tokens only.
 	OIDC *sso.Config
+	// PublicURL is the URL people open the web console at, such as
+	// https://devgpu.example.com (ParsePublicURL checks it). The web
+	// console's single sign-on needs it (its redirect URI is under it),
+	// and when it is set the console's origin checks and cookies follow
+	// it instead of each request's Host and TLS, so that a reverse proxy
+	// may terminate TLS (console.go). Nil: no single sign-on in the
+	// browser.
+	PublicURL *url.URL
 }
 
 // Defaults for Config's timing knobs.

@@ -83,12 +83,21 @@ func ssoLoopInterval(recheck time.Duration) time.Duration {
 	return min(max(recheck/5, 10*time.Millisecond), time.Minute)
 }
 
-// setupSSO configures the identity provider of cfg.OIDC, if any.
+// setupSSO configures the identity provider of cfg.OIDC, if any, and
+// checks the public URL the web console's sign-in redirects to.
 // It refuses to start without a persistent agent key (Config.AgentKey):
 // the provider refresh tokens are sealed with it, and a key made for this
 // process alone would leave every one unreadable after a restart.
 func (s *Server) setupSSO() error {
 	s.authLimit = newAuthLimiter(s.now) // the web console's token login has it too
+	if u := s.cfg.PublicURL; u != nil {
+		// As consoleOrigin compares it: checked, without a default port.
+		p, err := ParsePublicURL(u.String())
+		if err != nil {
+			return err
+		}
+		s.cfg.PublicURL = p
+	}
 	if s.cfg.OIDC == nil {
 		return nil
 	}

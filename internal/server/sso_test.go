@@ -44,8 +44,9 @@ type ssoRig struct {
 	st    store.Store
 	srv   *Server
 	url   string
-	admin string // root's API token
-	dev   string // dev's API token
+	https *http.Client // the client of url when it is https (ssoRigOpts.tls)
+	admin string       // root's API token
+	dev   string       // dev's API token
 }
 
 type ssoRigOpts struct {
@@ -59,8 +60,9 @@ type ssoRigOpts struct {
 	// mappings are group mappings besides the rig's.
 	mappings []sso.ProjectMapping
 	// web makes the server's client the provider's confidential web
-	// client (with its secret), as the web console's sign-in uses it.
-	web bool
+	// client (with its secret), as the web console's sign-in uses it,
+	// and the server's own URL its public URL; tls serves it over https.
+	web, tls bool
 }
 
 func newSSORig(t *testing.T, o ssoRigOpts) *ssoRig {
@@ -127,8 +129,13 @@ func newSSORig(t *testing.T, o ssoRigOpts) *ssoRig {
 			RecheckInterval: recheck,
 			SessionTTL:      o.ttl,
 		}}
+	var hs *httptest.Server
 	if o.web {
 		cfg.OIDC.ClientID, cfg.OIDC.ClientSecret = oidcop.WebClientID, oidcop.WebClientSecret
+		// The web sign-in's redirect URI is under the public URL: the
+		// listener's, known before the server is made.
+		hs = httptest.NewUnstartedServer(nil)
+		cfg.PublicURL = listenerURL(hs, o.tls)
 	}
 	if r.srv, err = New(ctx, cfg); err != nil {
 		t.Fatal(err)
@@ -136,7 +143,11 @@ func newSSORig(t *testing.T, o ssoRigOpts) *ssoRig {
 	if !o.limited {
 		r.srv.authLimit = nil // tests log in more often than people
 	}
-	r.url = serveHTTP(t, r.srv, rt)
+	if hs != nil {
+		r.url, r.https = serveAt(t, hs, o.tls, r.srv, rt)
+	} else {
+		r.url = serveHTTP(t, r.srv, rt)
+	}
 	return r
 }
 
