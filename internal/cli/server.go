@@ -71,6 +71,10 @@ type serverOptions struct {
 	front         frontDoorOptions
 	replica       replicaOptions // server_store.go
 	oidc          *sso.Config    // server_oidc.go; nil: API tokens only
+	// publicURL is --public-url (config: public_url), public the URL it
+	// names once checked (server.ParsePublicURL); nil when not given.
+	publicURL string
+	public    *url.URL
 }
 
 // frontDoorOptions are how the server meets the network: TLS, plain HTTP
@@ -147,6 +151,13 @@ SQLite under the data directory, the local runtime, this host's NVIDIA GPUs
 			if err := o.checkAdvertiseURL(); err != nil {
 				return err
 			}
+			if o.publicURL != "" {
+				u, err := server.ParsePublicURL(o.publicURL)
+				if err != nil {
+					return err
+				}
+				o.public = u
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return runServer(ctx, o)
@@ -171,6 +182,7 @@ SQLite under the data directory, the local runtime, this host's NVIDIA GPUs
 	f.StringVar(&o.front.tlsCert, "tls-cert", "", "PEM certificate chain to serve HTTPS with (config: tls_cert)")
 	f.StringVar(&o.front.tlsKey, "tls-key", "", "PEM private key of --tls-cert (config: tls_key)")
 	f.BoolVar(&o.front.insecureHTTP, "insecure-http", false, "serve plain HTTP on a non-loopback address, for a TLS proxy in front (config: insecure_http)")
+	f.StringVar(&o.publicURL, "public-url", "", "URL people open the web console at, e.g. https://devgpu.example.com: single sign-on in the browser needs it, and the console's origin checks and cookies follow it, so a reverse proxy may end TLS (config: public_url)")
 	f.StringVar(&o.replica.advertiseURL, "advertise-url", "", "URL at which the other replicas sharing this PostgreSQL store reach this one, e.g. https://10.0.0.7:8470 (config: advertise_url; default: the URL of --listen)")
 	_ = f.MarkHidden("liveness-interval")
 	_ = f.MarkHidden("budget-interval")
@@ -331,12 +343,15 @@ func runServer(ctx context.Context, o serverOptions) error {
 		BudgetInterval: o.budgetInterval, Rates: o.rates, WorkspaceDir: filepath.Join(dataDir, "workspaces"),
 		TLS: tlsConfig, MetricsToken: o.front.metricsToken, MaxTunnelsPerUser: o.front.maxTunnelsPerUser,
 		MaxTunnelsPerAddress: o.front.maxTunnelsPerAddress, MaxConnsPerAddress: o.front.maxConnsPerAddress,
-		SingleUser: o.singleUser(), RuntimeWarnings: warnings, OIDC: o.oidc,
+		SingleUser: o.singleUser(), RuntimeWarnings: warnings, OIDC: o.oidc, PublicURL: o.public,
 	})
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
+	if o.oidc != nil && o.public == nil {
+		log.Warn("the web console offers no single sign-on without the URL people open it at; set public_url in the server config (or --public-url)")
+	}
 	names := make([]string, len(backends))
 	for i, b := range backends {
 		names[i] = b.Name + "=" + b.Runtime.Name()
@@ -377,6 +392,9 @@ type serverConfig struct {
 	// --advertise-url); Replica tunes leadership (server_store.go).
 	AdvertiseURL string         `json:"advertise_url"`
 	Replica      *replicaConfig `json:"replica"`
+	// PublicURL is the URL people open the web console at (also
+	// --public-url).
+	PublicURL string `json:"public_url"`
 	// OIDC is the identity provider people log in with (server_oidc.go).
 	OIDC *oidcConfig `json:"oidc"`
 }
@@ -400,12 +418,13 @@ func (o *serverOptions) loadConfig(cmd *cobra.Command) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
-		return fmt.Errorf("server config %s is not valid (%v); it takes listen, data, store, gpus, runtime or backends, oci, rates, registries, advertise_url, replica, oidc and the TLS and connection settings", o.config, err)
+		return fmt.Errorf("server config %s is not valid (%v); it takes listen, data, store, gpus, runtime or backends, oci, rates, registries, advertise_url, public_url, replica, oidc and the TLS and connection settings", o.config, err)
 	}
 	for flag, v := range map[string]struct {
 		dst *string
 		val string
-	}{"listen": {&o.listen, c.Listen}, "data": {&o.data, c.Data}, "store": {&o.storeURL, c.Store}, "gpus": {&o.gpus, c.GPUs}, "runtime": {&o.runtime, c.Runtime}} {
+	}{"listen": {&o.listen, c.Listen}, "data": {&o.data, c.Data}, "store": {&o.storeURL, c.Store}, "gpus": {&o.gpus, c.GPUs}, "runtime": {&o.runtime, c.Runtime},
+		"public-url": {&o.publicURL, c.PublicURL}} {
 		if v.val != "" && !cmd.Flags().Changed(flag) {
 			*v.dst = v.val
 		}
