@@ -193,7 +193,7 @@ type Server struct {
 	requireSSO atomic.Bool
 	ssoLocks   loginLocks
 	// authLimit limits the sign-in endpoints per client address
-	// (authlimit.go); nil without an identity provider.
+	// (authlimit.go).
 	authLimit *authLimiter
 
 	metrics *metrics
