@@ -209,6 +209,17 @@ func (k *KeptShell) Wait() *ShellExit {
 	return k.exit
 }
 
+// Signal sends the shell's process group the signal, as RFC 4254 6.9's
+// "signal" request, and waits for the agent's answer: an error when it
+// did not deliver it (the shell has exited, or the name is unknown).
+func (k *KeptShell) Signal(sig ssh.Signal) error {
+	ok, err := k.ch.SendRequest("signal", true, ssh.Marshal(struct{ Name string }{string(sig)}))
+	if err == nil && !ok {
+		err = fmt.Errorf("the agent did not deliver SIG%s to the shell", sig)
+	}
+	return err
+}
+
 // Close closes the channel; the agent keeps the shell.
 func (k *KeptShell) Close() error { return k.ch.Close() }
 

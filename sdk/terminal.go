@@ -28,13 +28,40 @@ package sdk
 // the terminal (the session ended, or access to it was removed); and
 // TerminalCloseGone or TerminalCloseTakenOver, below. Each reason is a
 // sentence to show.
+//
+// Refusals. A request the server refuses before it knows that a WebSocket
+// is asked for (no credential 401, another origin 403, a session that is
+// not the caller's 404, not running 409, a bad query 400) is an HTTP
+// answer with problem details; so is 426 for a request without Upgrade.
+// A browser cannot read the HTTP answer to its WebSocket, so a page whose
+// WebSocket failed before it opened fetches the same URL without Upgrade:
+// any answer but 426 is the refusal, and its detail the sentence. Once the
+// request is known to ask for a WebSocket, a refusal (the caller's shells
+// at their cap 429, the agent unreachable 502, the server shutting down
+// 503, the session stopped running meanwhile 409...) accepts the WebSocket
+// and closes it at once with TerminalCloseRefused plus the HTTP status
+// (4429, 4502, 4503, 4409...), the reason the sentence (at most 123 bytes,
+// still a whole sentence). Every close code from 4000 on means the same
+// request will not do better at once: show its reason. 45xx are the
+// server's or the agent's trouble and may pass (a new attempt later can
+// succeed); 44xx need the user, or a new terminal.
+//
+// Keepalive. Browsers send no WebSocket pings, so the page could not tell
+// a connection that died silently (a NAT that forgot it, a laptop that
+// slept) from a quiet shell. The server sends TerminalKeepalive every
+// KeepaliveMS milliseconds (TerminalReady says how many); a page that has
+// received nothing (no output, no message) for about 2.5 intervals counts
+// the connection lost, closes it and resumes as after a drop.
 const (
 	// From the browser.
 	TerminalResize = "resize" // Cols, Rows
 	// TerminalLeave: the user closed the terminal (the tab closed, or they
-	// ended it): the attachment counts as closed, and the session ends
-	// when it was its last. A WebSocket that ends without it (a network
-	// drop) leaves the session to its detach grace.
+	// ended it): the server hangs up the shell (SIGHUP, as a terminal
+	// that closes does, so that what ran in it stops rather than goes on
+	// counting as activity), the attachment counts as closed, and the
+	// session ends when it was its last. A close frame with 1001 does the
+	// same. A WebSocket that ends without either (a network drop) leaves
+	// the shell running and the session to its detach grace.
 	TerminalLeave = "leave"
 
 	// From the server.
@@ -42,16 +69,28 @@ const (
 	// InputReceived (on a resume) counts the input bytes the shell has
 	// had, so the browser sends again what followed; Oldest is the oldest
 	// output offset the agent still had (bytes between the browser's
-	// offset and it were lost).
+	// offset and it were lost); KeepaliveMS is the interval of
+	// TerminalKeepalive.
 	TerminalReady = "ready"
+	// TerminalKeepalive: sent every KeepaliveMS milliseconds after
+	// TerminalReady, whatever the shell does, so that the page sees the
+	// connection is alive; it carries nothing else.
+	TerminalKeepalive = "keepalive"
 	// TerminalExit: the shell ended with Status or Signal; the server
 	// closes the WebSocket after it.
 	TerminalExit = "exit"
 )
 
 // WebSocket close codes of the terminal's own, after which reconnecting
-// with the same token is no use.
+// with the same token is no use. They follow the refusals' rule
+// (TerminalCloseRefused plus an HTTP status), so a page that shows the
+// reason of any code from 4000 on shows the right sentence: a 4409 may
+// also be a session that stopped running as the terminal connected.
 const (
+	// TerminalCloseRefused plus an HTTP status is the close of a refusal
+	// once the WebSocket was asked for (4429, 4502...; see Refusals
+	// above).
+	TerminalCloseRefused = 4000
 	// TerminalCloseGone: the shell to resume is no longer the agent's (it
 	// was detached longer than the agent keeps shells, or the agent
 	// restarted): a new terminal is the only way on.
@@ -72,4 +111,6 @@ type TerminalMessage struct {
 	Status        *int   `json:"status,omitempty"`
 	Signal        string `json:"signal,omitempty"`
 	Message       string `json:"message,omitempty"`
+	// KeepaliveMS, in TerminalReady: the interval of TerminalKeepalive.
+	KeepaliveMS int64 `json:"keepalive_ms,omitempty"`
 }

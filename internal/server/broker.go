@@ -39,13 +39,18 @@ type shellKind struct {
 	// notUpgrade tells a request that is no WebSocket upgrade how to
 	// connect; %s is the session's id.
 	notUpgrade string
+	// page: a web page's WebSocket, whose Origin the handler checked
+	// against the console's (consoleOrigin) before openShell, and which
+	// cannot read an HTTP answer to its upgrade: refusals once the
+	// upgrade is known to be asked for are closes (refuseInWebSocket).
+	page bool
 }
 
 var (
 	// tunnelShell: /connect, the tunnel of devgpu shell, ssh and the IDEs.
-	tunnelShell = shellKind{"shell", "this endpoint carries a shell over a WebSocket; connect with `devgpu shell --attach %s`"}
+	tunnelShell = shellKind{"shell", "this endpoint carries a shell over a WebSocket; connect with `devgpu shell --attach %s`", false}
 	// terminalShell: /terminal, the web console's terminal (terminal.go).
-	terminalShell = shellKind{"terminal", "this endpoint carries a terminal over a WebSocket; open session %s's terminal from the web console"}
+	terminalShell = shellKind{"terminal", "this endpoint carries a terminal over a WebSocket; open session %s's terminal from the web console", true}
 )
 
 // openedShell is an attachment admitted and connected: the client's
@@ -66,7 +71,7 @@ type openedShell struct {
 // agent, records the attachment, upgrades to a WebSocket and keeps it
 // pinged. serve owns the shell while it runs and must record its detach;
 // when it returns, everything is released.
-func (a *API) openShell(w http.ResponseWriter, r *http.Request, caller store.User, kind shellKind, serve func(*openedShell)) error {
+func (a *API) openShell(w http.ResponseWriter, r *http.Request, caller store.User, kind shellKind, serve func(*openedShell)) (err error) {
 	sess, err := a.sessionFor(r, caller, authz.AttachSession, "only the session's owner can open a shell in it")
 	if err != nil {
 		return err
@@ -79,6 +84,13 @@ func (a *API) openShell(w http.ResponseWriter, r *http.Request, caller store.Use
 	}
 	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 		return httpapi.Errorf(http.StatusUpgradeRequired, kind.notUpgrade, sess.ID)
+	}
+	if kind.page {
+		defer func() {
+			if err != nil {
+				err = a.refuseInWebSocket(w, r, err)
+			}
+		}()
 	}
 	// Close waits for the shell (owned.go), and a closing server takes none.
 	if !a.s.enter() {
@@ -113,7 +125,9 @@ func (a *API) openShell(w http.ResponseWriter, r *http.Request, caller store.Use
 	public := a.s.openAttachment(attachment, sess, kind.name, cancel)
 	defer a.s.closeAttachment(public)
 	w.Header().Set(sdk.AttachmentHeader, public)
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	// Accept's own Origin check compares hosts with the request's Host,
+	// which a proxy may rewrite: a page's was checked already.
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled, InsecureSkipVerify: kind.page})
 	if err != nil {
 		// Accept has answered the client already.
 		agentConn.Close()

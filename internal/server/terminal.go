@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -30,7 +31,15 @@ import (
 // close frame saying that the tab went away close it; anything else
 // (a broken connection, unanswered pings, an agent that hung up without
 // an exit, a server that shuts down or cuts the terminal) vanishes, and
-// the agent keeps the shell for a resume within the detach grace.
+// the agent keeps the shell for a resume within the detach grace. A
+// terminal closed on purpose also hangs up its shell (SIGHUP), as closing
+// a terminal window does: what ran in it stops, rather than going on
+// producing output that counts as the session's activity.
+//
+// The page cannot see WebSocket pings, nor read an HTTP answer to its
+// upgrade: the server sends it keepalive messages, and refuses a request
+// known to ask for a WebSocket by accepting it and closing it at once
+// with TerminalCloseRefused plus the status (refuseInWebSocket).
 
 const (
 	// terminalType is the TERM of the browser's terminal, xterm.js.
@@ -46,6 +55,9 @@ const (
 	// shellSetupWait bounds the SSH handshake with the agent and the
 	// shell's start.
 	shellSetupWait = 30 * time.Second
+	// maxCloseReason is the most bytes a WebSocket close reason holds
+	// (RFC 6455 5.5: a control frame's 125, less the code's 2).
+	maxCloseReason = 123
 )
 
 // terminalModes are the modes the terminal starts with, as the CLI's
@@ -65,11 +77,12 @@ func (a *API) terminal(w http.ResponseWriter, r *http.Request, caller store.User
 	if err != nil {
 		return err
 	}
-	// websocket.Accept checks the Origin too, but only once the
-	// attachment is recorded: a page of another origin is refused here,
-	// before it touches the session.
-	if err := sameOrigin(r); err != nil {
-		return err
+	// A page of another origin is refused here, before it touches the
+	// session, by the rule the console's own requests follow
+	// (consoleOrigin), which openShell then leaves to stand
+	// (shellKind.page).
+	if origin := r.Header.Get("Origin"); origin != "" && !strings.EqualFold(origin, a.s.consoleOrigin(r)) {
+		return httpapi.Errorf(http.StatusForbidden, "a terminal opens only from this server's own pages, not from %s; open it from the web console at %s", origin, a.s.consoleOrigin(r))
 	}
 	return a.openShell(w, r, caller, terminalShell, func(sh *openedShell) { a.serveTerminal(sh, req) })
 }
@@ -101,18 +114,52 @@ func parseTerminalRequest(q url.Values) (terminalRequest, error) {
 	return req, nil
 }
 
-// sameOrigin refuses a request whose Origin (a browser's page) is not the
-// server's own, as websocket.Accept does: a request without one comes
-// from no page (the CLI, a test).
-func sameOrigin(r *http.Request) error {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return nil
+// refuseInWebSocket delivers err, a refusal of a terminal that came once
+// the request was known to ask for a WebSocket (openShell), where the page
+// can read it: it accepts the WebSocket and closes it at once with
+// sdk.TerminalCloseRefused plus the HTTP status, the reason the refusal's
+// sentence. The terminal's Origin was checked already (terminal).
+func (a *API) refuseInWebSocket(w http.ResponseWriter, r *http.Request, err error) error {
+	p := httpapi.ProblemFor(r, a.log, err)
+	ws, aerr := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled, InsecureSkipVerify: true})
+	if aerr != nil {
+		return nil // Accept has answered the client already
 	}
-	if u, err := url.Parse(origin); err == nil && u.Host != "" && strings.EqualFold(u.Host, r.Host) {
-		return nil
+	_ = ws.Close(websocket.StatusCode(sdk.TerminalCloseRefused+p.Status), closeReason(p.Status, p.Detail))
+	return nil
+}
+
+// closeReason fits a refusal's sentence ("cause; what to do", the
+// API's) into a close frame's reason, shortening it where it must while
+// it stays a sentence: the cause loses its trailing clauses (", the most
+// one user may have at once"), then the remedy its parentheses, then its
+// alternatives (", or ask an administrator..."), then the remedy goes;
+// failing all that, a sentence of the status alone.
+func closeReason(status int, s string) string {
+	if len(s) <= maxCloseReason {
+		return s
 	}
-	return httpapi.Errorf(http.StatusForbidden, "a terminal opens only from this server's own pages, not from %s; open it from the web console at %s", origin, r.Host)
+	cause, remedy, _ := strings.Cut(s, "; ")
+	join := func() string {
+		if remedy == "" {
+			return cause
+		}
+		return cause + "; " + remedy
+	}
+	for len(join()) > maxCloseReason {
+		if i := strings.LastIndex(cause, ", "); i > 0 {
+			cause = cause[:i]
+		} else if i, j := strings.LastIndex(remedy, " ("), strings.LastIndex(remedy, ")"); i > 0 && j > i {
+			remedy = remedy[:i] + remedy[j+1:]
+		} else if i := strings.LastIndex(remedy, ", or "); i > 0 {
+			remedy = remedy[:i]
+		} else if remedy != "" {
+			remedy = ""
+		} else {
+			return fmt.Sprintf("the server refused the terminal (%d %s); try again, and ask an administrator if it goes on", status, http.StatusText(status))
+		}
+	}
+	return join()
 }
 
 // terminalSize is a resize's size within bounds; false for one that
@@ -129,6 +176,8 @@ func terminalSize(cols, rows int) (sdk.TerminalSize, bool) {
 type ptyShell interface {
 	io.ReadWriter
 	WindowChange(sdk.TerminalSize) error
+	// Signal sends the shell's process group sig.
+	Signal(sig ssh.Signal) error
 	// Wait returns the shell's exit once its channel has closed; nil when
 	// it closed without one.
 	Wait() *sdk.ShellExit
@@ -189,6 +238,7 @@ func (a *API) serveTerminal(sh *openedShell, req terminalRequest) {
 		}
 		return
 	}
+	ready.KeepaliveMS = a.s.cfg.PingInterval.Milliseconds()
 	if err := writeTerminalMessage(ws, ready); err != nil {
 		_ = client.Close()
 		a.s.detach(sh.ctx, id, sh.attachment, false)
@@ -197,12 +247,14 @@ func (a *API) serveTerminal(sh *openedShell, req terminalRequest) {
 	}
 
 	events := make(chan terminalEvent, 4) // input sends at most two, output one
-	stop := make(chan struct{})           // ends the agent's keepalive
+	stop := make(chan struct{})           // ends the agent's and the page's keepalives
 	var wg sync.WaitGroup
 	wg.Add(3)
 	go func() { defer wg.Done(); terminalInput(ws, shell, events) }()
 	go func() { defer wg.Done(); terminalOutput(ws, shell, events) }()
 	go func() { defer wg.Done(); pingAgent(client, a.s.cfg.PingInterval, stop) }()
+	pageKept := make(chan struct{}) // closed once the page's keepalive has stopped
+	go func() { defer close(pageKept); keepPage(ws, a.s.cfg.PingInterval, stop) }()
 
 	var ev terminalEvent
 	select {
@@ -210,10 +262,16 @@ func (a *API) serveTerminal(sh *openedShell, req terminalRequest) {
 	case <-sh.ctx.Done():
 		ev = terminalEvent{end: terminalServerEnded}
 	}
+	if ev.end == terminalLeft || ev.end == terminalTabClosed {
+		// Closed on purpose: hang up the shell, as closing a terminal
+		// does. One that vanished runs on, kept for a resume.
+		hangUp(client, shell, a.s.cfg.PingInterval)
+	}
 	// A shell's channel that closed without an exit on a connection that
 	// still stands was taken over: another terminal resumed the shell.
 	takenOver := ev.end == terminalShellEnded && ev.exit == nil && agentAnswers(client, a.s.cfg.PingInterval, nil)
 	close(stop)
+	<-pageKept         // nothing follows the exit or the close
 	_ = client.Close() // a kept shell stays with the agent
 	v := ev.verdict()
 	a.log.Debug("terminal ended", "session_id", id, "attachment", sh.attachment, "event", ev.end.String(), "taken_over", takenOver, "verdict", v.String())
@@ -317,6 +375,40 @@ func startTerminal(sh *openedShell, req terminalRequest) (*ssh.Client, ptyShell,
 		return nil, nil, ready, errors.Join(err, setup.Err())
 	}
 	return client, shell, ready, nil
+}
+
+// hangUp sends the shell SIGHUP and waits for the agent's answer, so that
+// the request is handled before the connection closes; an agent that does
+// not answer within timeout has its connection closed, which ends the
+// wait (the caller closes it next anyway).
+func hangUp(client *ssh.Client, shell ptyShell, timeout time.Duration) {
+	t := time.AfterFunc(timeout, func() { _ = client.Close() })
+	defer t.Stop()
+	_ = shell.Signal(ssh.SIGHUP)
+}
+
+// keepPage sends the page TerminalKeepalive every interval until stop
+// closes: the page cannot see the WebSocket's pings, and counts a
+// connection that stays silent lost (sdk/terminal.go). A write that
+// cannot go within the interval is given up: the page has output to read,
+// or the pings find the connection dead.
+func keepPage(ws *websocket.Conn, interval time.Duration, stop <-chan struct{}) {
+	msg, _ := json.Marshal(sdk.TerminalMessage{Type: sdk.TerminalKeepalive})
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), interval)
+		err := ws.Write(ctx, websocket.MessageText, msg)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			return // the WebSocket has ended
+		}
+	}
 }
 
 // writeTerminalMessage sends m as a text message.
@@ -475,6 +567,8 @@ func (p *plainShell) Write(b []byte) (int, error) { return p.in.Write(b) }
 func (p *plainShell) WindowChange(size sdk.TerminalSize) error {
 	return p.s.WindowChange(size.Rows, size.Columns)
 }
+
+func (p *plainShell) Signal(sig ssh.Signal) error { return p.s.Signal(sig) }
 
 func (p *plainShell) Wait() *sdk.ShellExit {
 	err := p.s.Wait()

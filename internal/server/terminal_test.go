@@ -494,7 +494,9 @@ func TestTerminalForeignOrigin(t *testing.T) {
 	before := r.session(t, sess.ID)
 	host := strings.TrimPrefix(r.url, "http://")
 	port := host[strings.LastIndexByte(host, ':')+1:]
-	for _, origin := range []string{"https://evil.example", "http://localhost:" + port, "http://127.0.0.1:1", "null"} {
+	// The same host and port over https is another origin too, as the
+	// console's own checks have it (consoleOrigin).
+	for _, origin := range []string{"https://evil.example", "http://localhost:" + port, "http://127.0.0.1:1", "null", "https://" + host, "ws://" + host} {
 		_, resp, err := r.dialTerminal(ctx, t, sess.ID, "", http.Header{"Origin": {origin}})
 		if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
 			t.Fatalf("terminal from origin %s: %v (%v), want 403", origin, err, resp)
@@ -505,6 +507,28 @@ func TestTerminalForeignOrigin(t *testing.T) {
 		t.Fatalf("session after refused cross-origin terminals: %d attachments, detached at %v (was %v), %s; want untouched",
 			after.Attachments, after.DetachedAt, before.DetachedAt, after.State)
 	}
+}
+
+// Behind a proxy that ends TLS, the console's origin is its public URL,
+// whatever Host the request reaches the server with: a page there opens
+// its terminal, and a page at the server's own address does not.
+func TestTerminalPublicURL(t *testing.T) {
+	t.Parallel()
+	public := must(ParsePublicURL("https://devgpu.example.com"))
+	f := newFixtureWith(t, "t4:2", func(c *Config) { c.PublicURL = public })
+	r := &tunnelRig{fixture: f, dev: must(sdk.NewClient(f.url, f.dev))}
+	ctx := testutil.Context(t, testutil.WaitLong)
+	sess := r.startSession(t, "")
+	if _, resp, err := r.dialTerminal(ctx, t, sess.ID, "", http.Header{"Origin": {r.url}}); err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("terminal from the server's own address (%s) under a public URL: %v (%v), want 403", r.url, err, resp)
+	}
+	c, _, err := r.dialTerminal(ctx, t, sess.ID, "", http.Header{"Origin": {"https://devgpu.example.com"}})
+	if err != nil {
+		t.Fatalf("terminal from the public URL's page: %v", err)
+	}
+	c.message(sdk.TerminalReady)
+	c.send("echo proxied-$((2*2))\r")
+	c.expect("proxied-4")
 }
 
 // A request that is no terminal is refused with what to do.
@@ -652,4 +676,194 @@ func inForeground(pid int) bool {
 	// After the command: state ppid pgrp session tty_nr tpgid ...
 	f := strings.Fields(string(b[i+1:]))
 	return len(f) > 5 && f[2] == f[5]
+}
+
+// A quiet shell's terminal still hears from the server every
+// PingInterval, as the interval the ready message announces: the page
+// counts a connection that stays silent dead, and pings it cannot see.
+func TestTerminalKeepalive(t *testing.T) {
+	t.Parallel()
+	const interval = 500 * time.Millisecond
+	f := newFixtureWith(t, "t4:2", func(c *Config) { c.PingInterval = interval })
+	r := &tunnelRig{fixture: f, dev: must(sdk.NewClient(f.url, f.dev))}
+	sess := r.startSession(t, "")
+	c, ready := r.openTerminal(t, sess.ID, "")
+	if ready.KeepaliveMS != interval.Milliseconds() {
+		t.Fatalf("ready = %+v, want keepalive_ms %d", ready, interval.Milliseconds())
+	}
+	const want = 3
+	testutil.Eventually(t, testutil.WaitMedium, fmt.Sprintf("%d keepalives from the server to a quiet terminal", want), func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		n := 0
+		for _, m := range c.msgs {
+			if m.Type == sdk.TerminalKeepalive {
+				if m != (sdk.TerminalMessage{Type: sdk.TerminalKeepalive}) {
+					t.Fatalf("keepalive %+v carries more than its type", m)
+				}
+				n++
+			}
+		}
+		if c.end != nil {
+			t.Fatalf("the terminal ended (%v) after %d keepalives", c.end, n)
+		}
+		return n >= want
+	})
+	// The keepalives do not disturb the shell nor end with the exit.
+	c.send("echo alive-$((2*21))\r")
+	c.expect("alive-42")
+	c.send("exit 0\r")
+	if exit := c.message(sdk.TerminalExit); exit.Status == nil || *exit.Status != 0 {
+		t.Fatalf("exit message = %+v, want status 0", exit)
+	}
+	if ce := c.closed(); ce.Code != websocket.StatusNormalClosure {
+		t.Fatalf("closed with %d %q, want 1000", ce.Code, ce.Reason)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if last := c.msgs[len(c.msgs)-1]; last.Type != sdk.TerminalExit {
+		t.Fatalf("the last message before the close is %+v, want the exit", last)
+	}
+}
+
+// A terminal closed on purpose (leave, or the tab going away) hangs up
+// its shell and what runs in its foreground, as closing a terminal window
+// does, so that a `watch nvidia-smi` left in it stops counting as
+// activity; the session's other shell goes on, and so does the session.
+func TestTerminalLeaveHangsUp(t *testing.T) {
+	t.Parallel()
+	r := newTunnelRig(t)
+	for _, c := range []struct {
+		name  string
+		leave func(c *termClient)
+	}{
+		{"leave", func(c *termClient) { c.sendMessage(sdk.TerminalMessage{Type: sdk.TerminalLeave}) }},
+		{"the tab closes", func(c *termClient) { _ = c.ws.Close(websocket.StatusGoingAway, "") }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			sess := r.startSession(t, "")
+			left, _ := r.openTerminal(t, sess.ID, "")
+			other, _ := r.openTerminal(t, sess.ID, "")
+			// The foreground job that would go on: a sleep of its own,
+			// found among the host's processes, as is its parent, the
+			// shell (the shell's $$ may be another PID namespace's).
+			secs := strconv.FormatInt(2e6+time.Now().UnixNano()%1e6, 10)
+			left.send("sleep " + secs + "\r")
+			var sleepPID int
+			testutil.Eventually(t, testutil.WaitShort, "sleep "+secs+" to run in the terminal", func() bool {
+				pids := processesWith("sleep\x00" + secs + "\x00")
+				if len(pids) == 1 && inForeground(pids[0]) {
+					sleepPID = pids[0]
+					return true
+				}
+				return false
+			})
+			shellPID := parentOf(sleepPID)
+			if shellPID <= 1 {
+				t.Fatalf("the parent of sleep %d is %d, want its shell", sleepPID, shellPID)
+			}
+
+			c.leave(left)
+			testutil.Eventually(t, testutil.WaitMedium, "the left terminal's shell and its job to be hung up", func() bool {
+				return !processAlive(shellPID) && !processAlive(sleepPID)
+			})
+			other.send("echo still-$((6*7))\r")
+			other.expect("still-42")
+			testutil.Eventually(t, testutil.WaitMedium, "the left terminal's attachment to go", func() bool {
+				return r.session(t, sess.ID).Attachments == 1
+			})
+			if s := r.session(t, sess.ID); s.State != sdk.StateRunning {
+				t.Fatalf("session with one of its two terminals left = %s (%s), want running", s.State, s.EndReason)
+			}
+		})
+	}
+}
+
+// A refusal that comes once the terminal is known to ask for a WebSocket
+// (here the caller's shells at their cap) reaches the page, which cannot
+// read an HTTP answer to its upgrade, as a close with 4000 plus the
+// status, the reason a sentence that names the cause and the way out;
+// the /connect tunnel's clients, which read HTTP, still get the 429.
+func TestTerminalRefusedAfterUpgrade(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, func(c *Config) { c.MaxTunnelsPerUser = 1 })
+	r := &tunnelRig{fixture: f, dev: must(sdk.NewClient(f.url, f.dev))}
+	ctx := testutil.Context(t, testutil.WaitLong)
+	sess := r.startSession(t, "")
+	first, _ := r.openTerminal(t, sess.ID, "")
+
+	c, _, err := r.dialTerminal(ctx, t, sess.ID, "", nil)
+	if err != nil {
+		t.Fatalf("a terminal over the cap: %v; want the WebSocket accepted, then closed with %d", err, sdk.TerminalCloseRefused+http.StatusTooManyRequests)
+	}
+	ce := c.closed()
+	if ce.Code != sdk.TerminalCloseRefused+http.StatusTooManyRequests || !strings.Contains(ce.Reason, "max_tunnels_per_user") {
+		t.Fatalf("a terminal over the cap closed with %d %q, want 4429 naming max_tunnels_per_user", ce.Code, ce.Reason)
+	}
+	if len(ce.Reason) > maxCloseReason || !strings.HasPrefix(ce.Reason, "you already have 1 shells open") {
+		t.Fatalf("close reason %q (%d bytes): want the cause, within %d bytes", ce.Reason, len(ce.Reason), maxCloseReason)
+	}
+	c.mu.Lock()
+	got := len(c.msgs) + len(c.out)
+	c.mu.Unlock()
+	if got != 0 {
+		t.Fatalf("a refused terminal was sent %d messages and %d bytes before its close", len(c.msgs), len(c.out))
+	}
+	if _, err := r.dev.Connect(ctx, sess.ID); !sdk.IsStatus(err, http.StatusTooManyRequests) {
+		t.Fatalf("a tunnel over the cap: %v, want the HTTP 429 the CLI reads", err)
+	}
+	if s := r.session(t, sess.ID); s.Attachments != 1 || s.State != sdk.StateRunning {
+		t.Fatalf("session after refused terminals = %s, %d attachments; want running, the first terminal's", s.State, s.Attachments)
+	}
+	first.send("echo first-$((7*6))\r")
+	first.expect("first-42")
+}
+
+// The API's longest sentences fit a close frame's reason as sentences.
+func TestTerminalCloseReason(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"short; as it is", "short; as it is"},
+		{"you already have 4 shells open, the most one user may have at once; close one, or ask an administrator to raise max_tunnels_per_user",
+			"you already have 4 shells open; close one, or ask an administrator to raise max_tunnels_per_user"},
+		{"4 shells are already open from your address 2001:db8:85a3:1234:5678:8a2e:370:7334, the most one address may have at once; close one, or ask an administrator to raise max_tunnels_per_address",
+			"4 shells are already open from your address 2001:db8:85a3:1234:5678:8a2e:370:7334; close one"},
+		{"the server has 10000 shells open, as many as its open-file limit leaves room for; try again later, or ask an administrator to raise the server's open-file limit (LimitNOFILE)",
+			"the server has 10000 shells open; try again later, or ask an administrator to raise the server's open-file limit"},
+		{strings.Repeat("cause ", 20) + "; " + strings.Repeat("remedy ", 20), strings.Repeat("cause ", 20)},
+		{strings.Repeat("x", 200), "the server refused the terminal (429 Too Many Requests); try again, and ask an administrator if it goes on"},
+	} {
+		got := closeReason(http.StatusTooManyRequests, c.in)
+		if got != c.want || len(got) > maxCloseReason {
+			t.Errorf("closeReason(%q) = %q (%d bytes), want %q", c.in, got, len(got), c.want)
+		}
+	}
+}
+
+// parentOf is the host's process's parent; 0 when it cannot be read.
+func parentOf(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	// After the command: state ppid ...
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
+// processAlive reports whether the host's process runs (a zombie does not).
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] != 'Z'
 }
