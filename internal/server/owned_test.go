@@ -44,7 +44,8 @@ var ownedGo = map[string]string{
 	"server.go:Serve":           "Serve waits for http.Server.Serve to return",
 	"broker.go:openShell":       "the handler waits for its keepalive before it returns",
 	"broker.go:serveTunnel":     "serveTunnel waits for its two copies (wg) before it returns",
-	"terminal.go:serveTerminal": "serveTerminal waits for its input, output and agent pings (wg) before it returns",
+	"terminal.go:serveTerminal": "serveTerminal waits for its input, output, agent pings and page keepalives (wg) before it returns",
+	"live.go:askAgents":         "askAgents waits for every agent it asked (wg) before it returns",
 	"terminal.go:agentAnswers":  "agentAnswers waits for its request to be answered or the connection closed before it returns",
 	"relay.go:pipe":             "pipe waits for both of its copies (wg) before it returns",
 }
