@@ -33,6 +33,10 @@ type AuthConfig struct {
 	// SSORequired: people must use single sign-on; API tokens work only
 	// for service accounts.
 	SSORequired bool `json:"sso_required,omitempty"`
+	// WebLogin: the web console can log in with single sign-on
+	// (GET /console/sso/start): an identity provider and the server's
+	// public_url are both configured.
+	WebLogin bool `json:"web_login,omitempty"`
 }
 
 // OIDCProvider is what a CLI needs to run a login flow.

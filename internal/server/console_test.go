@@ -734,6 +734,11 @@ func TestConsoleSSOWebSignIn(t *testing.T) {
 		t.Fatalf("console session: %d %s", resp.StatusCode, body)
 	}
 	b.csrf = s.CSRF
+	resp, body = b.do(http.MethodGet, "/api/v1/auth/config", nil, nil)
+	var ac sdk.AuthConfig
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &ac) != nil || !ac.WebLogin {
+		t.Errorf("auth config with a public URL: %d %s; want web_login", resp.StatusCode, body)
+	}
 
 	// The server redeems the login's refresh token as the web client (a
 	// confidential client's token needs its secret), and syncs what the
@@ -977,6 +982,12 @@ func TestConsoleSSONeedsPublicURL(t *testing.T) {
 	var s sdk.ConsoleSession
 	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &s) != nil || s.SSO {
 		t.Errorf("console session without a public URL: %d %s; want sso false", resp.StatusCode, body)
+	}
+	// The login page reads, before anyone logs in, whether to offer it.
+	resp, body = b.do(http.MethodGet, "/api/v1/auth/config", nil, nil)
+	var ac sdk.AuthConfig
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &ac) != nil || ac.OIDC == nil || ac.WebLogin {
+		t.Errorf("auth config without a public URL: %d %s; want oidc without web_login", resp.StatusCode, body)
 	}
 }
 

@@ -191,6 +191,7 @@ func (a *API) authConfig(w http.ResponseWriter, r *http.Request) error {
 		c := a.s.sso.Config()
 		out.OIDC = &sdk.OIDCProvider{Issuer: c.Issuer, ClientID: c.ClientID, Scopes: c.Scopes}
 		out.SSORequired = a.s.requireSSO.Load()
+		out.WebLogin = a.s.cfg.PublicURL != nil
 	}
 	httpapi.Write(w, http.StatusOK, out)
 	return nil
