@@ -3,8 +3,9 @@
 // source it was built from; internal/web's test recomputes it and fails
 // when the sources changed without a rebuild (`make test` runs it).
 //
-//   node build.mjs          build
-//   node build.mjs --check  exit 1 when dist/ is stale
+//   npm run build           type-check (tsc), then build: use this one;
+//                           esbuild alone (node build.mjs) checks no types
+//   npm run check           exit 1 when dist/ is stale (node build.mjs --check)
 import { build } from "esbuild";
 import { createHash } from "node:crypto";
 import { readFileSync, readdirSync, writeFileSync, mkdirSync, rmSync, copyFileSync } from "node:fs";

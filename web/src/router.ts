@@ -1,5 +1,12 @@
 // Hash routes (#/admin/projects/ml): the server serves one page, and a
 // reload or a shared link lands on the same view.
+//
+// One location is shown at a time; every way of changing it passes here:
+// a link or the address bar (hashchange), back and forward (hashchange),
+// and the page's own navigate, which may carry history state that only
+// this page can set (the terminal's start intent, terminal/intent.ts). A
+// page may guard leaving it (guardLeaving): the terminal asks before its
+// shell ends.
 import { useEffect, useState } from "preact/hooks";
 
 export interface Location { path: string; query: URLSearchParams }
@@ -10,13 +17,72 @@ export function currentLocation(): Location {
   return { path: path || "/", query: new URLSearchParams(q || "") };
 }
 
-// useLocation re-renders on every hash change.
+// A guard hears each in-app navigation away from the page before it
+// happens. It returns true to let it go on, or false to hold it; go
+// makes a held navigation happen later (once the user agreed), without
+// asking the guard again.
+export type Guard = (go: () => void) => boolean;
+
+let guard: Guard | null = null;
+let shown = location.href; // the address the page shows
+let shownState: unknown = history.state;
+const watchers = new Set<(l: Location) => void>();
+
+// guardLeaving sets the guard until the returned function is called.
+export function guardLeaving(g: Guard): () => void {
+  guard = g;
+  return () => { if (guard === g) guard = null; };
+}
+
+// show makes the current address the one shown: every useLocation hears
+// a new Location (a new query object per visit, even to the same address).
+function show() {
+  shown = location.href;
+  shownState = history.state;
+  const l = currentLocation();
+  for (const w of watchers) w(l);
+}
+
+// push shows to as a new history entry with state.
+function push(to: string, state: unknown) {
+  history.pushState(state, "", "#" + to);
+  show();
+}
+
+// ask lets the guard hold a navigation; go is how to make it later.
+function ask(go: () => void): boolean {
+  const g = guard;
+  if (!g) return true;
+  return g(() => { if (guard === g) guard = null; go(); });
+}
+
+addEventListener("hashchange", () => {
+  if (location.href === shown) return;
+  const to = location.hash.replace(/^#/, "");
+  if (!ask(() => push(to, null))) {
+    // Held: show the address of the page that stays.
+    history.replaceState(shownState, "", shown);
+    return;
+  }
+  show();
+});
+
+// A guarded page's links go through navigate, so that a held one leaves
+// no history entry behind.
+addEventListener("click", (ev) => {
+  if (!guard || ev.defaultPrevented || ev.button !== 0 || ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.altKey) return;
+  const a = (ev.target as Element | null)?.closest?.("a[href^='#/']") as HTMLAnchorElement | null;
+  if (!a || (a.target && a.target !== "_self") || a.hasAttribute("download")) return;
+  ev.preventDefault();
+  navigate(a.getAttribute("href")!.slice(1));
+}, true);
+
+// useLocation re-renders on every change of the location shown.
 export function useLocation(): Location {
-  const [loc, setLoc] = useState(currentLocation());
+  const [loc, setLoc] = useState(currentLocation);
   useEffect(() => {
-    const on = () => setLoc(currentLocation());
-    addEventListener("hashchange", on);
-    return () => removeEventListener("hashchange", on);
+    watchers.add(setLoc);
+    return () => { watchers.delete(setLoc); };
   }, []);
   return loc;
 }
@@ -34,4 +100,22 @@ export function match(pattern: string, path: string): Record<string, string> | n
   return out;
 }
 
-export function navigate(to: string) { location.hash = to; }
+// navigate shows to ("/usage?by=day") as a new history entry, with state
+// when given (history.state there), unless the page's guard holds it.
+export function navigate(to: string, state: unknown = null) {
+  if (ask(() => push(to, state))) push(to, state);
+}
+
+// leaveThen runs go (logging out, say) once the page may be left: at
+// once, or when its guard's user agreed.
+export function leaveThen(go: () => void) {
+  if (ask(go)) go();
+}
+
+// replaceAddress changes the address shown without a visit (the
+// terminal's start names its session), dropping any state.
+export function replaceAddress(to: string) {
+  history.replaceState(null, "", "#" + to);
+  shown = location.href;
+  shownState = null;
+}

@@ -20,16 +20,18 @@ export interface Route {
   nav?: string;
   // admin: shown to org admins (org) or to admins of any project (project).
   admin?: "org" | "project";
+  // title names the page in the window's title ("Project ml").
+  title: (params: Record<string, string>) => string;
 }
 
 export const routes: Route[] = [
-  { pattern: "/", page: HomePage, nav: "My GPUs" },
-  { pattern: "/terminal", page: TerminalPage },
-  { pattern: "/terminal/:session", page: TerminalPage },
-  { pattern: "/usage", page: UsagePage, nav: "Usage" },
-  { pattern: "/admin/sessions", page: LivePage, nav: "Live sessions", admin: "project" },
-  { pattern: "/admin/projects", page: ProjectsPage, nav: "Projects", admin: "project" },
-  { pattern: "/admin/projects/:name", page: ProjectPage },
-  { pattern: "/admin/org", page: OrgPage, nav: "Organisation", admin: "org" },
-  { pattern: "/admin/audit", page: AuditPage, nav: "Audit log", admin: "project" },
+  { pattern: "/", page: HomePage, nav: "My GPUs", title: () => "My GPUs" },
+  { pattern: "/terminal", page: TerminalPage, title: () => "GPU terminal" },
+  { pattern: "/terminal/:session", page: TerminalPage, title: (p) => `Terminal ${p.session}` },
+  { pattern: "/usage", page: UsagePage, nav: "Usage", title: () => "Usage" },
+  { pattern: "/admin/sessions", page: LivePage, nav: "Live sessions", admin: "project", title: () => "Live sessions" },
+  { pattern: "/admin/projects", page: ProjectsPage, nav: "Projects", admin: "project", title: () => "Projects" },
+  { pattern: "/admin/projects/:name", page: ProjectPage, title: (p) => `Project ${p.name}` },
+  { pattern: "/admin/org", page: OrgPage, nav: "Organisation", admin: "org", title: () => "Organisation" },
+  { pattern: "/admin/audit", page: AuditPage, nav: "Audit log", admin: "project", title: () => "Audit log" },
 ];

@@ -79,9 +79,12 @@ export interface User { name: string; org_admin: boolean; disabled: boolean; ser
 
 // The terminal's text messages (sdk/terminal.go).
 export interface TerminalMessage {
-  type: "resize" | "leave" | "ready" | "exit";
+  // Types this page does not know (from a newer server) are ignored.
+  type: "resize" | "leave" | "ready" | "exit" | "keepalive" | (string & {});
   cols?: number; rows?: number; token?: string;
   input_received?: number; oldest?: number;
+  // ready: the interval of the server's keepalive messages (ms).
+  keepalive_ms?: number;
   status?: number; signal?: string; message?: string;
 }
 
@@ -89,4 +92,6 @@ export interface TerminalMessage {
 export interface AuthConfig {
   oidc?: { issuer: string; client_id: string; scopes: string[] };
   sso_required?: boolean;
+  // web_login: the console can log in with single sign-on (/console/sso/start).
+  web_login?: boolean;
 }

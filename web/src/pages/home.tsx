@@ -1,11 +1,13 @@
 // "My GPUs": what I can still start in each of my projects, and my
 // sessions, as the live stream pushes them.
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import type { PageProps } from "../routes";
-import type { GPUPool, LiveSession, LiveSnapshot, ProjectStanding } from "../types";
+import type { GPUPool, LiveSession, ProjectStanding } from "../types";
 import { api, ApiError } from "../api";
-import { navigate } from "../router";
+import { openTerminal } from "../terminal/intent";
 import { age, goDuration, hours, money } from "../components/format";
+import { useLive } from "../components/live";
+import { ErrorText } from "../components/messages";
 import "../terminal/developer.css";
 
 export function HomePage(_: PageProps) {
@@ -84,11 +86,8 @@ function ProjectCard({ p }: { p: ProjectStanding }) {
   const chosen = types.find((t) => t.type === type);
   const why = cannotStart(p, chosen?.free, type);
   const slug = p.project.replace(/[^A-Za-z0-9_-]/g, "_");
-  const open = () => {
-    const q = new URLSearchParams({ project: p.project });
-    if (type) q.set("gpu_type", type);
-    navigate(`/terminal?${q}`);
-  };
+  // The button, not an address, starts the session (terminal/intent.ts).
+  const open = () => openTerminal({ project: p.project, gpu_type: type || undefined });
   return (
     <section class="project-card" data-project={p.project} aria-labelledby={`project-${slug}`}>
       <h2 id={`project-${slug}`}>{p.project}</h2>
@@ -119,49 +118,45 @@ function ProjectCard({ p }: { p: ProjectStanding }) {
 }
 
 function MySessions({ changed }: { changed: () => void }) {
-  const [snap, setSnap] = useState<LiveSnapshot | null>(null);
-  const [live, setLive] = useState("Connecting to the live view of your sessions…");
+  const live = useLive("/api/v1/sessions/live");
   const [err, setErr] = useState("");
+  const [notice, setNotice] = useState("");
+  const heading = useRef<HTMLHeadingElement>(null);
   // skew is the server's clock less ours; a snapshot comes only when
   // something shown changed, so ages are counted on from it here.
   const [skew, setSkew] = useState(0);
   const [, setTick] = useState(0);
+  const snap = live.snapshot;
   useEffect(() => {
-    const es = new EventSource("/api/v1/sessions/live");
-    es.onmessage = (ev) => {
-      try {
-        const s = JSON.parse(ev.data) as LiveSnapshot;
-        setSkew(new Date(s.at).getTime() - Date.now());
-        setSnap(s);
-        setLive("");
-        changed();
-      } catch { /* not a snapshot */ }
-    };
-    es.onerror = () => {
-      if (es.readyState === EventSource.CLOSED) {
-        setLive("");
-        setErr("The live view of your sessions stopped (the server refused it or went away); reload the page to see them again.");
-      } else {
-        setLive("The live view of your sessions was cut; reconnecting…");
-      }
-    };
+    if (!snap) return;
+    setSkew(new Date(snap.at).getTime() - Date.now());
+    changed();
+  }, [snap]);
+  useEffect(() => {
     const tick = setInterval(() => setTick((n) => n + 1), 1000);
-    return () => { es.close(); clearInterval(tick); };
+    return () => clearInterval(tick);
   }, []);
   const stop = async (id: string) => {
-    setErr("");
+    setErr(""); setNotice("");
     try {
       await api("DELETE", `/api/v1/sessions/${encodeURIComponent(id)}`);
     } catch (e) {
       setErr(message(e));
+      return;
     }
+    setNotice(`Session ${id} is stopping.`);
+    // Its row goes when the stream says so: keep the focus in the list.
+    heading.current?.focus();
   };
   const at = Date.now() + skew;
   const rows = snap?.sessions || [];
+  const state = live.state === "connecting" ? "Connecting to the live view of your sessions…"
+    : live.state === "reconnecting" ? "The live view of your sessions was cut; reconnecting…" : "";
   return (
     <section aria-labelledby="my-sessions">
-      <h2 id="my-sessions">My sessions</h2>
-      {live && <p role="status" class="muted">{live}</p>}
+      <h2 id="my-sessions" ref={heading} tabIndex={-1}>My sessions</h2>
+      <p role="status" class="status">{[state, notice].filter(Boolean).join(" ")}</p>
+      <ErrorText error={live.state === "stopped" ? live.error : null} />
       {err && <p role="alert" class="error">{err}</p>}
       {snap && rows.length === 0 && <p>You have no active sessions.</p>}
       {rows.length > 0 && (
@@ -205,10 +200,20 @@ function SessionRow({ s, at, stop }: { s: LiveSession; at: number; stop: (id: st
       <td>{shells(s)}</td>
       <td>{s.alive_because || (s.detach_grace ? `detach grace ${goDuration(s.detach_grace)}` : "")}</td>
       <td class="actions">
-        {running && <a href={`#/terminal/${encodeURIComponent(s.id)}`} aria-label={`Open terminal in session ${s.id}`}>Open terminal</a>}{" "}
+        {running && (
+          <a href={`#/terminal/${encodeURIComponent(s.id)}`} aria-label={`Open terminal in session ${s.id}`}
+            onClick={(e) => {
+              // A plain click opens the shell at once; a new tab or window
+              // (a modified click) gets the address only, and asks first.
+              if (e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey) return;
+              e.preventDefault();
+              openTerminal({ session: s.id });
+            }}>Open terminal</a>
+        )}{" "}
         {s.state !== "stopping" && (
-          <button type="button" aria-label={`Stop session ${s.id}`} disabled={busy}
-            onClick={async () => { setBusy(true); await stop(s.id); setBusy(false); }}>Stop</button>
+          // Not disabled while it is sent: a disabled button loses the focus.
+          <button type="button" aria-label={`Stop session ${s.id}`} aria-disabled={busy}
+            onClick={async () => { if (busy) return; setBusy(true); await stop(s.id); setBusy(false); }}>Stop</button>
         )}
       </td>
     </tr>

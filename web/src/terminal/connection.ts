@@ -7,7 +7,15 @@
 // output it missed is replayed (offset counts what it has shown), and the
 // keystrokes the shell did not receive are sent again. It gives up once
 // the session's detach grace has passed since the drop, or at once when
-// the server says the session has ended or the login is gone.
+// the server says the session has ended or the login is gone, or refuses
+// the terminal (in its own words: a close code of 4000 and the HTTP
+// status, or the answer to the same request without the upgrade).
+//
+// A connection can die without a close (a laptop's lid, a NAT that forgot
+// it): the server sends a keepalive every interval that "ready" names,
+// and a socket quiet for KEEPALIVE_MISSES intervals is dropped and
+// resumed, checked on a timer and again when the network comes back or
+// the tab is shown (a hidden tab's timers are slowed).
 import type { Session, TerminalMessage } from "../types";
 import { InputLog } from "./inputlog";
 import { active, endMessage } from "./ending";
@@ -22,6 +30,9 @@ export const DEFAULT_GRACE = 60_000;
 // record the leave (it closes the socket once it has), as the CLI's
 // detachWait does.
 export const DETACH_WAIT = 3000;
+// KEEPALIVE_MISSES: a socket with no message for this many keepalive
+// intervals is dead.
+export const KEEPALIVE_MISSES = 2.5;
 
 export type Phase = "starting" | "connected" | "reconnecting" | "ended";
 
@@ -39,18 +50,26 @@ export interface Handlers {
 
 interface Size { cols: number; rows: number }
 
-// How one socket ended: whether its shell was ready, and the close's code
-// and reason (the server's sentence, sdk/terminal.go).
-interface Closed { ready: boolean; code: number; reason: string }
+// How one socket ended: whether its shell was ready, the close's code and
+// reason (the server's sentence, sdk/terminal.go), and its address.
+interface Closed { ready: boolean; code: number; reason: string; url: string }
 
 // CLOSE_GONE is sdk.TerminalCloseGone: the shell to resume is gone.
 const CLOSE_GONE = 4404;
 // CLOSE_TAKEN_OVER is sdk.TerminalCloseTakenOver: another page resumed
-// this shell. Reconnecting would take it back, and the two pages would
-// take it from each other for ever.
+// this shell (or the session stopped running as it connected).
+// Reconnecting would take it back, and the two pages would take it from
+// each other for ever.
 const CLOSE_TAKEN_OVER = 4409;
 // CLOSE_POLICY: the server refused what the page sent.
 const CLOSE_POLICY = 1008;
+// CLOSE_REFUSED and up (sdk.TerminalCloseRefused): the server refused
+// the terminal after the upgrade (4000 + the HTTP status, such as 4429 or
+// 4502), its reason the sentence.
+const CLOSE_REFUSED = 4000;
+// CLOSE_ABANDONED: the code of the close this page gives a socket it
+// found dead (no close frame came: 1006, closed abnormally).
+const CLOSE_ABANDONED = 1006;
 
 export class TerminalConnection {
   private ws: WebSocket | null = null;
@@ -63,7 +82,10 @@ export class TerminalConnection {
   private done = false; // the shell exited, the user left, or we gave up
   private wake: (() => void) | null = null; // ends a backoff wait early
   private socketClosed: Promise<void> = Promise.resolve(); // the current socket's close
-  private onOnline = () => this.wake?.();
+  private keepaliveMs = 0; // the server's keepalive interval; 0: none said
+  private checkAlive: (() => void) | null = null; // the current socket's dead check
+  private onOnline = () => { this.checkAlive?.(); this.wake?.(); };
+  private onVisible = () => { if (document.visibilityState === "visible") this.checkAlive?.(); };
 
   constructor(
     readonly id: string,
@@ -75,6 +97,7 @@ export class TerminalConnection {
   // start connects and keeps the terminal connected until it ends.
   start() {
     addEventListener("online", this.onOnline);
+    document.addEventListener("visibilitychange", this.onVisible);
     void this.run();
   }
 
@@ -122,6 +145,7 @@ export class TerminalConnection {
     this.done = true;
     this.ready = false;
     removeEventListener("online", this.onOnline);
+    document.removeEventListener("visibilitychange", this.onVisible);
     this.wake?.();
   }
 
@@ -143,13 +167,24 @@ export class TerminalConnection {
       const started = Date.now();
       const closed = await this.open(Math.min(started + ATTEMPT_TIMEOUT, droppedAt ? droppedAt + this.window() : Infinity));
       if (this.done) return;
-      if (closed.code === CLOSE_GONE) {
-        return this.giveUp(`Lost the connection to session ${this.id}, and ${closed.reason || "the session's agent no longer has this shell; open a new terminal"}.`);
-      }
-      if (closed.code === CLOSE_TAKEN_OVER) {
-        return this.giveUp(`This shell of session ${this.id} is now open in another tab or window; use that one.`);
+      // From 4000 on (sdk.TerminalCloseRefused plus an HTTP status) the
+      // same request will not do better: the reason is the server's
+      // sentence. 4404 and 4409 are the commonest.
+      if (closed.code >= CLOSE_REFUSED && closed.code < 5000) {
+        if (closed.code === CLOSE_GONE) {
+          return this.giveUp(`Lost the connection to session ${this.id}, and ${(closed.reason || "the session's agent no longer has this shell; open a new terminal").replace(/[.]$/, "")}.`);
+        }
+        if (closed.reason) return this.giveUp(sentence(closed.reason));
+        if (closed.code === CLOSE_TAKEN_OVER) return this.giveUp(`This shell of session ${this.id} is now open in another tab or window; use that one.`);
+        return this.giveUp(`The server refused the terminal of session ${this.id} (HTTP ${closed.code - CLOSE_REFUSED}); open it again from My GPUs.`);
       }
       if (closed.code === CLOSE_POLICY) return this.giveUp(`The server closed the terminal of session ${this.id}: ${closed.reason || "it refused what this page sent"}.`);
+      if (!closed.ready && !this.connected) {
+        // The upgrade's refusal reaches no script: ask again without it.
+        const refusal = await this.refusal(closed.url);
+        if (this.done) return;
+        if (refusal) return this.giveUp(refusal);
+      }
       if (closed.ready && !this.token) {
         // The agent keeps no shells: this one ended with its connection.
         return this.giveUp(`Lost the connection to session ${this.id}, whose agent keeps no shells to resume, so this shell has ended; open a new terminal from My GPUs.`);
@@ -161,8 +196,7 @@ export class TerminalConnection {
       const because = closed.reason ? ` (${closed.reason})` : "";
       if (this.connected) this.h.phase("reconnecting", `reconnecting… session ${this.id} keeps the shell until ${clock(new Date(droppedAt + this.graceMs))}${because}.`);
       else this.h.phase("starting", `Connecting to session ${this.id}… the first attempt failed${because}; trying again.`);
-      // The upgrade's refusal reaches no script: the session's state says
-      // whether another attempt could succeed.
+      // The session's state says whether another attempt could succeed.
       const verdict = await this.check(Math.min(Date.now() + ATTEMPT_TIMEOUT, droppedAt + this.window()));
       if (this.done) return;
       if (verdict) return this.giveUp(verdict);
@@ -187,7 +221,8 @@ export class TerminalConnection {
     const q = new URLSearchParams({ cols: String(this.size.cols), rows: String(this.size.rows) });
     const resuming = this.connected && this.token !== "";
     if (resuming) { q.set("resume", this.token); q.set("offset", String(this.seen)); }
-    const url = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/api/v1/sessions/${encodeURIComponent(this.id)}/terminal?${q}`;
+    const path = `/api/v1/sessions/${encodeURIComponent(this.id)}/terminal?${q}`;
+    const url = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}${path}`;
     let closed = () => {};
     this.socketClosed = new Promise((ok) => { closed = ok; });
     return new Promise((resolve) => {
@@ -197,13 +232,41 @@ export class TerminalConnection {
         ws = new WebSocket(url);
       } catch (e) {
         closed();
-        resolve({ ready: false, code: CLOSE_POLICY, reason: `the browser refused to open the connection (${(e as Error).message})` });
+        resolve({ ready: false, code: CLOSE_POLICY, reason: `the browser refused to open the connection (${(e as Error).message})`, url: path });
         return;
       }
       ws.binaryType = "arraybuffer";
       this.ws = ws;
+      let last = Date.now(); // the last message's arrival
+      let over = false;
       const timer = setTimeout(() => { if (!ready) ws.close(); }, Math.max(0, deadline - Date.now()));
+      const watchdog = setInterval(() => this.checkAlive?.(), 1000);
+      const end = (c: Omit<Closed, "url">) => {
+        if (over) return;
+        over = true;
+        clearTimeout(timer);
+        clearInterval(watchdog);
+        if (this.checkAlive === alive) this.checkAlive = null;
+        if (this.ws === ws) { this.ws = null; this.ready = false; }
+        closed();
+        resolve({ ...c, url: path });
+      };
+      // alive drops a socket that has been quiet too long: no close frame
+      // will come from a dead connection, so it is abandoned, not awaited
+      // (its close still tells the server, should it hear, that this is a
+      // drop and not the terminal closing).
+      const alive = () => {
+        if (!ready || this.done || this.keepaliveMs <= 0) return;
+        const quiet = Date.now() - last;
+        if (quiet <= KEEPALIVE_MISSES * this.keepaliveMs) return;
+        ws.onmessage = null;
+        ws.onclose = null;
+        try { ws.close(1000, "no keepalive"); } catch { /* already closing */ }
+        end({ ready, code: CLOSE_ABANDONED, reason: `nothing from the server for ${Math.round(quiet / 1000)} s` });
+      };
+      this.checkAlive = alive;
       ws.onmessage = (ev) => {
+        last = Date.now();
         if (ev.data instanceof ArrayBuffer) {
           this.seen += ev.data.byteLength;
           this.h.output(new Uint8Array(ev.data));
@@ -218,18 +281,16 @@ export class TerminalConnection {
         } else if (m.type === "exit") {
           void this.onExit(m);
         }
+        // Keepalives, and types this page does not know, only count as
+        // word from the server.
       };
-      ws.onclose = (ev) => {
-        clearTimeout(timer);
-        if (this.ws === ws) { this.ws = null; this.ready = false; }
-        closed();
-        resolve({ ready, code: ev.code, reason: ev.reason });
-      };
+      ws.onclose = (ev) => end({ ready, code: ev.code, reason: ev.reason });
     });
   }
 
   private onReady(m: TerminalMessage, resuming: boolean) {
     this.token = m.token || "";
+    this.keepaliveMs = m.keepalive_ms && m.keepalive_ms > 0 ? m.keepalive_ms : 0;
     this.ready = this.connected = true;
     if (resuming) {
       const oldest = m.oldest || 0;
@@ -238,12 +299,13 @@ export class TerminalConnection {
         this.seen = oldest;
       }
       this.sent = m.input_received || 0;
-      // The terminal may have changed size meanwhile.
-      this.send({ type: "resize", cols: this.size.cols, rows: this.size.rows });
     } else {
       // A new shell: everything typed so far is its input.
       this.sent = 0;
     }
+    // The terminal may have changed size since the request said it, and a
+    // resize before "ready" was not sent.
+    this.send({ type: "resize", cols: this.size.cols, rows: this.size.rows });
     this.flush();
     this.h.phase("connected", `Connected to session ${this.id}.`);
   }
@@ -313,6 +375,27 @@ export class TerminalConnection {
     this.h.ended(r.session ?? null, why);
   }
 
+  // refusal asks the server for the terminal at path (a failed first
+  // connection's) without the upgrade: a server that would accept it
+  // answers 426, Upgrade Required; any other refusal is its sentence,
+  // which ends the attempts. "" when it would accept, or does not answer.
+  private async refusal(path: string): Promise<string> {
+    let resp: Response;
+    try {
+      resp = await fetch(path, {
+        credentials: "same-origin", headers: { Accept: "application/json" },
+        signal: AbortSignal.timeout(ATTEMPT_TIMEOUT),
+      });
+    } catch {
+      return "";
+    }
+    if (resp.status === 426 || resp.status < 400) {
+      await resp.body?.cancel().catch(() => {});
+      return "";
+    }
+    return await problemDetail(resp, `The server refused the terminal of session ${this.id} (HTTP ${resp.status}); open it again from My GPUs.`);
+  }
+
   private sleep(ms: number): Promise<void> {
     return new Promise((ok) => {
       const t = setTimeout(() => { this.wake = null; ok(); }, ms);
@@ -330,10 +413,26 @@ async function readSession(id: string, deadline: number): Promise<{ session?: Se
       signal: AbortSignal.timeout(Math.max(1, deadline - Date.now())),
     });
     if (resp.ok) return { session: (await resp.json()) as Session, status: resp.status, detail: "" };
-    let detail = `the server answered ${resp.status}.`;
-    try { const p = await resp.json(); detail = p.detail || p.title || detail; } catch { /* not a problem body */ }
-    return { status: resp.status, detail };
+    return { status: resp.status, detail: await problemDetail(resp, `the server answered ${resp.status}.`) };
   } catch {
     return { status: 0, detail: "" };
+  }
+}
+
+// sentence makes a close reason (a clause, at times) a sentence.
+function sentence(s: string): string {
+  s = s.trim();
+  s = s.charAt(0).toUpperCase() + s.slice(1);
+  return /[.!?]$/.test(s) ? s : s + ".";
+}
+
+// problemDetail is a refusal's sentence: its problem's detail, else
+// fallback.
+async function problemDetail(resp: Response, fallback: string): Promise<string> {
+  try {
+    const p = (await resp.json()) as { detail?: string; title?: string };
+    return p.detail || p.title || fallback;
+  } catch {
+    return fallback;
   }
 }

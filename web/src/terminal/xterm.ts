@@ -14,12 +14,24 @@ export interface Screen {
 
 const isMac = /Mac|iPhone|iPad/.test(navigator.platform);
 
-// openScreen opens a terminal in el, labelled for assistive technology;
-// onResize hears every new size (the element or the window changed);
-// notice shows a sentence of ours, such as a clipboard the browser refused.
-export function openScreen(el: HTMLElement, label: string, onResize: (cols: number, rows: number) => void, notice: (s: string) => void): Screen {
+export interface ScreenOptions {
+  // resize hears every new size (the element or the window changed).
+  resize(cols: number, rows: number): void;
+  // notice shows a sentence of ours, such as a clipboard the browser refused.
+  notice(s: string): void;
+  // escape moves the focus out of the terminal (Ctrl+Shift+E), which
+  // otherwise keeps every key, Tab included.
+  escape(): void;
+  // describedBy: the id of the words that say the terminal's keys.
+  describedBy?: string;
+  screenReaderMode?: boolean;
+}
+
+// openScreen opens a terminal in el, labelled for assistive technology.
+export function openScreen(el: HTMLElement, label: string, o: ScreenOptions): Screen {
   const term = new Terminal({
     cursorBlink: true,
+    screenReaderMode: !!o.screenReaderMode,
     fontFamily: 'ui-monospace, "DejaVu Sans Mono", "Cascadia Mono", Menlo, Consolas, monospace',
     fontSize: 14,
     scrollback: 10_000,
@@ -28,6 +40,7 @@ export function openScreen(el: HTMLElement, label: string, onResize: (cols: numb
   term.loadAddon(fit);
   term.open(el);
   term.textarea?.setAttribute("aria-label", label);
+  if (o.describedBy) term.textarea?.setAttribute("aria-describedby", o.describedBy);
   try {
     const gl = new WebglAddon();
     // A lost context falls back to the DOM renderer.
@@ -36,8 +49,8 @@ export function openScreen(el: HTMLElement, label: string, onResize: (cols: numb
   } catch {
     // No WebGL: the DOM renderer draws it.
   }
-  term.onResize(({ cols, rows }) => onResize(cols, rows));
-  term.attachCustomKeyEventHandler((ev) => clipboardKeys(term, ev, notice));
+  term.onResize(({ cols, rows }) => o.resize(cols, rows));
+  term.attachCustomKeyEventHandler((ev) => escapeKey(ev, o.escape) && clipboardKeys(term, ev, o.notice));
 
   let frame = 0;
   const refit = () => {
@@ -60,6 +73,17 @@ export function openScreen(el: HTMLElement, label: string, onResize: (cols: numb
       term.dispose();
     },
   };
+}
+
+// escapeKey: Ctrl+Shift+E leaves the terminal, whose own keys include
+// Tab and Escape; it reaches no shell. False keeps a key from xterm.
+function escapeKey(ev: KeyboardEvent, escape: () => void): boolean {
+  if (!ev.ctrlKey || !ev.shiftKey || ev.altKey || ev.metaKey || ev.key.toLowerCase() !== "e") return true;
+  if (ev.type === "keydown") {
+    ev.preventDefault();
+    escape();
+  }
+  return false;
 }
 
 // clipboardKeys: Ctrl+Shift+C copies the selection and Ctrl+Shift+V
