@@ -43,9 +43,12 @@ function show() {
   for (const w of watchers) w(l);
 }
 
-// push shows to as a new history entry with state.
+// push shows to as a new history entry with state (the same address
+// again, without state, replaces its entry: a visit, not a step back).
 function push(to: string, state: unknown) {
-  history.pushState(state, "", "#" + to);
+  const url = new URL("#" + to, location.href).href;
+  if (url === location.href && state === null) history.replaceState(null, "", url);
+  else history.pushState(state, "", url);
   show();
 }
 
