@@ -574,17 +574,7 @@ func (p *Provider) exchangeError(err error) error {
 		}
 		return &Error{Err: err, Msg: fmt.Sprintf("the identity provider's answer to the sign-in cannot be read (%s); sign in again", brief(err))}
 	}
-	status := 0
-	if re.Response != nil {
-		status = re.Response.StatusCode
-	}
-	detail := re.ErrorCode
-	if re.ErrorDescription != "" {
-		detail += ": " + re.ErrorDescription
-	}
-	if detail == "" {
-		detail = fmt.Sprintf("HTTP %d", status)
-	}
+	status, detail := retrieveDetail(re)
 	switch {
 	case status >= 500 || status == http.StatusTooManyRequests:
 		return &Error{Unreachable: true, Err: err, Msg: fmt.Sprintf(
@@ -645,6 +635,23 @@ func (p *Provider) refresh(ctx context.Context, refreshToken string, web bool) (
 	return id, next, nil
 }
 
+// retrieveDetail is a token endpoint's refusal as its HTTP status and
+// the words that describe it: the OAuth error code and description, or
+// the status alone where the answer carried neither.
+func retrieveDetail(re *oauth2.RetrieveError) (status int, detail string) {
+	if re.Response != nil {
+		status = re.Response.StatusCode
+	}
+	detail = re.ErrorCode
+	if re.ErrorDescription != "" {
+		detail += ": " + re.ErrorDescription
+	}
+	if detail == "" {
+		detail = fmt.Sprintf("HTTP %d", status)
+	}
+	return status, detail
+}
+
 // refreshError classifies a failed refresh: the provider refusing (4xx,
 // invalid_grant above all) is Revoked; not answering, or failing (5xx),
 // is Unreachable.
@@ -656,17 +663,7 @@ func (p *Provider) refreshError(err error) error {
 		}
 		return &Error{Err: err, Msg: fmt.Sprintf("the identity provider's answer to the refresh cannot be read (%s); log in again with `devgpu login`", brief(err))}
 	}
-	status := 0
-	if re.Response != nil {
-		status = re.Response.StatusCode
-	}
-	detail := re.ErrorCode
-	if re.ErrorDescription != "" {
-		detail += ": " + re.ErrorDescription
-	}
-	if detail == "" {
-		detail = fmt.Sprintf("HTTP %d", status)
-	}
+	status, detail := retrieveDetail(re)
 	switch {
 	case status >= 500 || status == http.StatusTooManyRequests:
 		return &Error{Unreachable: true, Err: err, Msg: fmt.Sprintf(
