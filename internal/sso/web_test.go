@@ -30,6 +30,15 @@ func webProvider(t *testing.T, op *oidcop.OP, cfg sso.Config) *sso.Provider {
 	return newProvider(t, op, cfg, nil)
 }
 
+// aliceOnTheWeb is an identity provider that knows alice (in ml and
+// gpu-admins), the person signInAt signs in as, and a web Provider for it.
+func aliceOnTheWeb(t *testing.T) (*oidcop.OP, *sso.Provider) {
+	t.Helper()
+	op := oidcop.Start(t, oidcop.Options{})
+	op.AddUser("alice", "alice-pw", "ml", "gpu-admins")
+	return op, webProvider(t, op, sso.Config{})
+}
+
 // webRedirect is a redirect URI the web client accepts (any loopback
 // port), where nothing listens: the provider's redirect is read, not
 // followed.
@@ -111,9 +120,7 @@ func TestAuthCodeURL(t *testing.T) {
 // provider in trouble is told apart from a refusal.
 func TestExchange(t *testing.T) {
 	t.Parallel()
-	op := oidcop.Start(t, oidcop.Options{})
-	op.AddUser("alice", "alice-pw", "ml", "gpu-admins")
-	p := webProvider(t, op, sso.Config{})
+	op, p := aliceOnTheWeb(t)
 	ctx := testutil.Context(t, testutil.WaitLong)
 
 	s := signInAt(t, ctx, op, p)
@@ -165,9 +172,7 @@ func TestExchange(t *testing.T) {
 // configuration's fault, never a revocation that would end the sign-in.
 func TestRefreshWeb(t *testing.T) {
 	t.Parallel()
-	op := oidcop.Start(t, oidcop.Options{})
-	op.AddUser("alice", "alice-pw", "ml", "gpu-admins")
-	p := webProvider(t, op, sso.Config{})
+	op, p := aliceOnTheWeb(t)
 	ctx := testutil.Context(t, testutil.WaitLong)
 	s := signInAt(t, ctx, op, p)
 	_, refresh, err := p.Exchange(ctx, s.code, s.verifier, s.redirect, s.nonce)
