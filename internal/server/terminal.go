@@ -394,6 +394,17 @@ func hangUp(client *ssh.Client, shell ptyShell, timeout time.Duration) {
 // or the pings find the connection dead.
 func keepPage(ws *websocket.Conn, interval time.Duration, stop <-chan struct{}) {
 	msg, _ := json.Marshal(sdk.TerminalMessage{Type: sdk.TerminalKeepalive})
+	onEachTick(interval, stop, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), interval)
+		err := ws.Write(ctx, websocket.MessageText, msg)
+		cancel()
+		return err == nil || ctx.Err() != nil // else the WebSocket has ended
+	})
+}
+
+// onEachTick calls tick every interval until stop closes or tick returns
+// false.
+func onEachTick(interval time.Duration, stop <-chan struct{}, tick func() bool) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -402,11 +413,8 @@ func keepPage(ws *websocket.Conn, interval time.Duration, stop <-chan struct{}) 
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), interval)
-		err := ws.Write(ctx, websocket.MessageText, msg)
-		cancel()
-		if err != nil && ctx.Err() == nil {
-			return // the WebSocket has ended
+		if !tick() {
+			return
 		}
 	}
 }
@@ -494,18 +502,7 @@ func terminalOutput(ws *websocket.Conn, shell ptyShell, events chan<- terminalEv
 // died silently ends the terminal. It returns once stop has closed and
 // its request has been answered or the connection closed.
 func pingAgent(client *ssh.Client, interval time.Duration, stop <-chan struct{}) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
-		if !agentAnswers(client, interval, stop) {
-			return
-		}
-	}
+	onEachTick(interval, stop, func() bool { return agentAnswers(client, interval, stop) })
 }
 
 // agentAnswers reports whether the agent answers a request on the
