@@ -201,6 +201,38 @@ func (c *termClient) closed() websocket.CloseError {
 	return ce
 }
 
+// sttySize has the shell print its terminal's size, as stty size does
+// ("rows cols"), and returns what it printed.
+func (c *termClient) sttySize() string {
+	c.t.Helper()
+	c.send("stty size; echo SI''ZED\r")
+	return c.expect(`(?s)(.*)SIZED`)[1]
+}
+
+// waitForSize waits until the shell sees its terminal at cols x rows: a
+// new size reaches it asynchronously (a window-change request, then
+// SIGWINCH), so it asks until it does.
+func (c *termClient) waitForSize(cols, rows int) {
+	c.t.Helper()
+	want := fmt.Sprintf("%d %d", rows, cols)
+	testutil.Eventually(c.t, testutil.WaitMedium, fmt.Sprintf("the shell to see its terminal at %dx%d", cols, rows), func() bool {
+		return strings.Contains(c.sttySize(), want)
+	})
+}
+
+// exit has the shell exit with status, and wants the server's exit
+// message with that status, then its normal close.
+func (c *termClient) exit(status int) {
+	c.t.Helper()
+	c.send(fmt.Sprintf("exit %d\r", status))
+	if exit := c.message(sdk.TerminalExit); exit.Status == nil || *exit.Status != status || exit.Signal != "" {
+		c.t.Fatalf("exit message = %+v, want status %d", exit, status)
+	}
+	if ce := c.closed(); ce.Code != websocket.StatusNormalClosure {
+		c.t.Fatalf("the terminal of a shell that exited closed with %d %q, want 1000", ce.Code, ce.Reason)
+	}
+}
+
 // The whole interactive contract, as `devgpu shell` has it on a real PTY
 // (e2e/shell_test.go): the session's GPU in the environment, the size and
 // a resize, Ctrl-C, the exit status and the session's end.
@@ -222,20 +254,14 @@ func TestTerminalShell(t *testing.T) {
 	c.send("echo gpu=[$CUDA_VISIBLE_DEVICES]\r")
 	c.expect(regexp.QuoteMeta("gpu=[" + strings.Join(sess.GPUs, ",") + "]"))
 
-	c.send("stty size; echo SI''ZED\r")
-	if got := c.expect(`(?s)(.*)SIZED`)[1]; !strings.Contains(got, "30 100") {
+	if got := c.sttySize(); !strings.Contains(got, "30 100") {
 		t.Fatalf("stty size in a terminal opened at 100x30 printed %q", got)
 	}
 	// Messages this server does not know are ignored (a newer browser's).
 	c.sendText("not json")
 	c.sendText(`{"type":"from-the-future","cols":1,"rows":1}`)
 	c.sendMessage(sdk.TerminalMessage{Type: sdk.TerminalResize, Cols: 132, Rows: 40})
-	// The new size reaches the shell asynchronously (a window-change
-	// request, then SIGWINCH): ask until it sees it.
-	testutil.Eventually(t, testutil.WaitMedium, "the shell to see the terminal resized to 132x40", func() bool {
-		c.send("stty size; echo SI''ZED\r")
-		return strings.Contains(c.expect(`(?s)(.*)SIZED`)[1], "40 132")
-	})
+	c.waitForSize(132, 40)
 
 	// Ctrl-C interrupts the foreground sleep, not the shell, which then
 	// reports the sleep's status 130 (128 + SIGINT). It is typed once the
@@ -250,13 +276,7 @@ func TestTerminalShell(t *testing.T) {
 	c.send("echo status-$?\r")
 	c.expect("status-130")
 
-	c.send("exit 3\r")
-	if exit := c.message(sdk.TerminalExit); exit.Status == nil || *exit.Status != 3 || exit.Signal != "" {
-		t.Fatalf("exit message = %+v, want status 3", exit)
-	}
-	if ce := c.closed(); ce.Code != websocket.StatusNormalClosure {
-		t.Fatalf("the terminal of a shell that exited closed with %d %q, want 1000", ce.Code, ce.Reason)
-	}
+	c.exit(3)
 	// Recorded before the close: its last shell exited, the session ended.
 	if got := r.session(t, sess.ID); got.State != sdk.StateEnded || got.EndReason != sdk.ReasonClosed {
 		t.Fatalf("session after its only terminal's shell exited = %s (%s), want ended (closed)", got.State, got.EndReason)
@@ -367,10 +387,7 @@ func TestTerminalResume(t *testing.T) {
 		t.Fatalf("resumed shell has pid %s, want %s (the same shell)", got, pid)
 	}
 	// The size the reconnecting browser gave reaches the shell.
-	testutil.Eventually(t, testutil.WaitMedium, "the resumed shell to see its terminal at 90x20", func() bool {
-		c2.send("stty size; echo SI''ZED\r")
-		return strings.Contains(c2.expect(`(?s)(.*)SIZED`)[1], "20 90")
-	})
+	c2.waitForSize(90, 20)
 	if got := r.session(t, sess.ID); got.Attachments != 1 || got.State != sdk.StateRunning {
 		t.Fatalf("session after the resume = %s, %d attachments; want running, 1", got.State, got.Attachments)
 	}
@@ -627,13 +644,7 @@ func TestTerminalAgentKeepsNoMore(t *testing.T) {
 	}
 	c.send("echo plain-$((5*5))\r")
 	c.expect("plain-25")
-	c.send("exit 5\r")
-	if exit := c.message(sdk.TerminalExit); exit.Status == nil || *exit.Status != 5 {
-		t.Fatalf("exit message = %+v, want status 5", exit)
-	}
-	if ce := c.closed(); ce.Code != websocket.StatusNormalClosure {
-		t.Fatalf("closed with %d %q, want 1000", ce.Code, ce.Reason)
-	}
+	c.exit(5)
 }
 
 func containsValue(m map[int64]string, v string) bool {
@@ -712,13 +723,7 @@ func TestTerminalKeepalive(t *testing.T) {
 	// The keepalives do not disturb the shell nor end with the exit.
 	c.send("echo alive-$((2*21))\r")
 	c.expect("alive-42")
-	c.send("exit 0\r")
-	if exit := c.message(sdk.TerminalExit); exit.Status == nil || *exit.Status != 0 {
-		t.Fatalf("exit message = %+v, want status 0", exit)
-	}
-	if ce := c.closed(); ce.Code != websocket.StatusNormalClosure {
-		t.Fatalf("closed with %d %q, want 1000", ce.Code, ce.Reason)
-	}
+	c.exit(0)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if last := c.msgs[len(c.msgs)-1]; last.Type != sdk.TerminalExit {
