@@ -52,6 +52,8 @@ REPORT_FILE=${1:-}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib/sshd.sh
 . "$REPO/bench/lib/sshd.sh"
+# shellcheck source=bench/lib/wait.sh
+. "$REPO/bench/lib/wait.sh"
 
 ONLY=${BENCH_ONLY:-devgpu,ssh,slurm,console,admissions}
 N=${BENCH_N:-50}
@@ -124,20 +126,6 @@ start() {
 	PIDS+=($!)
 	log "started $name (pid $!)"
 }
-
-# wait_for WHAT SECONDS CMD...: poll CMD until it succeeds, at most SECONDS.
-wait_for() {
-	local what=$1 secs=$2
-	shift 2
-	local deadline=$((SECONDS + secs))
-	until "$@" >/dev/null 2>&1; do
-		((SECONDS < deadline)) || die "$what not ready after ${secs}s"
-		sleep 0.1
-	done
-}
-
-# port_free PORT: nothing listens on 127.0.0.1:PORT.
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # ---------------------------------------------------------------- packages
 

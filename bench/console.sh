@@ -33,6 +33,8 @@ set -euo pipefail
 
 REPORT_FILE=${1:-}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib/wait.sh
+. "$REPO/bench/lib/wait.sh"
 KEYS=${BENCH_KEYS:-300}
 MODE=${BENCH_CONSOLE_MODE:-keys}
 PORT=${BENCH_CONSOLE_PORT:-18090}
@@ -61,23 +63,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# wait_for WHAT SECONDS CMD...: poll CMD until it succeeds, at most SECONDS.
-wait_for() {
-	local what=$1 secs=$2
-	shift 2
-	local deadline=$((SECONDS + secs))
-	until "$@" >/dev/null 2>&1; do
-		((SECONDS < deadline)) || die "$what not ready after ${secs}s"
-		sleep 0.1
-	done
-}
-
 command -v go >/dev/null || die "go is not on PATH"
 command -v node >/dev/null || die "node is not on PATH: install Node.js 20 or later (playwright-core needs it)"
 command -v curl >/dev/null || die "curl is not on PATH: apt-get install curl"
 [[ -x $CHROMIUM ]] || die "no Chromium at $CHROMIUM: apt-get install chromium, or set CHROMIUM"
 [[ -d $REPO/web/node_modules/playwright-core ]] || die "web/node_modules has no playwright-core: run \`npm ci\` in web/"
-! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null || die "127.0.0.1:$PORT is taken (set BENCH_CONSOLE_PORT)"
+port_free "$PORT" || die "127.0.0.1:$PORT is taken (set BENCH_CONSOLE_PORT)"
 
 cd "$REPO"
 DEVGPU=${DEVGPU_BIN:-$WORK/devgpu}

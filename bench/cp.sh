@@ -25,6 +25,8 @@ REPORT_FILE=${1:-}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib/sshd.sh
 . "$REPO/bench/lib/sshd.sh"
+# shellcheck source=bench/lib/wait.sh
+. "$REPO/bench/lib/wait.sh"
 BYTES=${BENCH_CP_BYTES:-1G}
 N=${BENCH_CP_N:-3}
 SSH_PORT=${BENCH_SSH_PORT:-2223}
@@ -67,16 +69,6 @@ start() {
 	"$@" >"$logf" 2>&1 &
 	PIDS+=($!)
 	log "started $name (pid $!)"
-}
-
-wait_for() {
-	local what=$1 secs=$2
-	shift 2
-	local deadline=$((SECONDS + secs))
-	until "$@" >/dev/null 2>&1; do
-		((SECONDS < deadline)) || die "$what not ready after ${secs}s"
-		sleep 0.1
-	done
 }
 
 # ---------------------------------------------------------------- OpenSSH

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # sshd.sh — the loopback OpenSSH peer the benchmarks compare devgpu with,
-# sourced by compare.sh and cp.sh. The sourcing script defines log, start
-# (run a daemon in the background, logging to a file) and wait_for.
+# sourced by compare.sh and cp.sh. The sourcing script defines log and
+# start (run a daemon in the background, logging to a file), and sources
+# wait.sh (wait_for).
 #
 # setup_sshd DIR PORT USER starts Debian's sshd on 127.0.0.1:PORT with a
 # throwaway host key, for a plain account USER whose shell is /bin/sh and
