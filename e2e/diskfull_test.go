@@ -63,7 +63,7 @@ func hostProcess(cmdline string) int {
 		if err != nil {
 			continue
 		}
-		if b, err := os.ReadFile("/proc/" + d.Name() + "/cmdline"); err == nil && string(b) == cmdline && pidAlive(pid) {
+		if b, err := os.ReadFile("/proc/" + d.Name() + "/cmdline"); err == nil && string(b) == cmdline && testutil.ProcessAlive(pid) {
 			return pid
 		}
 	}
@@ -97,12 +97,12 @@ func TestStoreDiskFull(t *testing.T) {
 		t.Fatalf("sessions stop with the store's disk full: %+v", r)
 	}
 	// Stopped by the time stop answered; init reaps the orphan a moment later.
-	testutil.Eventually(t, testutil.WaitShort, "the stopped session's process to be gone", func() bool { return !pidAlive(pidA) })
+	testutil.Eventually(t, testutil.WaitShort, "the stopped session's process to be gone", func() bool { return !testutil.ProcessAlive(pidA) })
 	if h := e.healthz(); h.code != http.StatusServiceUnavailable || h.Status != "unhealthy" || !strings.Contains(h.Reason, "the store's disk is full") {
 		t.Fatalf("/healthz with the store's disk full = %+v", h)
 	}
 	// B reaches its lifetime while the store still cannot write.
-	testutil.Eventually(t, testutil.WaitMedium, "the session past its lifetime to be stopped", func() bool { return !pidAlive(pidB) })
+	testutil.Eventually(t, testutil.WaitMedium, "the session past its lifetime to be stopped", func() bool { return !testutil.ProcessAlive(pidB) })
 	testutil.Eventually(t, testutil.WaitShort, "/healthz to count two unrecorded ends", func() bool {
 		h := e.healthz()
 		return h.code == http.StatusServiceUnavailable && h.UnrecordedEnds == 2

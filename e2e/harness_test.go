@@ -455,31 +455,3 @@ func (tm *term) sessionID() string {
 	defer tm.mu.Unlock()
 	return tm.buf.String()[tm.seen : tm.seen+end]
 }
-
-func pidAlive(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
-		return false
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i > 0 && i+2 < len(b) && b[i+2] != 'Z'
-}
-
-// foreground reports whether pid's process group holds its terminal: the
-// group that Ctrl-C on that terminal signals.
-func foreground(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return false
-	}
-	// After the command: state ppid pgrp session tty_nr tpgid ...
-	f := strings.Fields(string(b[i+1:]))
-	return len(f) > 5 && f[2] == f[5]
-}

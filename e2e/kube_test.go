@@ -133,8 +133,8 @@ func TestKubeShellAndRun(t *testing.T) {
 	secs := strconv.FormatInt(1e6+time.Now().UnixNano()%1e6, 10)
 	tm.send("sleep " + secs + "\r")
 	testutil.Eventually(t, testutil.WaitShort, "sleep "+secs+" to be the terminal's foreground job", func() bool {
-		pids := hostProcessesWith("sleep\x00" + secs + "\x00")
-		return len(pids) == 1 && foreground(pids[0])
+		pids := testutil.ProcessesWith("sleep\x00" + secs + "\x00")
+		return len(pids) == 1 && testutil.InForeground(pids[0])
 	})
 	tm.send("\x03")
 	tm.send("echo status-$?\r")

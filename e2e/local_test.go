@@ -41,24 +41,6 @@ func (e *env) runSession(cmd string) string {
 	return id
 }
 
-// hostProcessesWith scans this host's /proc for live processes whose
-// command line holds marker.
-func hostProcessesWith(marker string) []int {
-	entries, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, d := range entries {
-		pid, err := strconv.Atoi(d.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + d.Name() + "/cmdline")
-		if err == nil && bytes.Contains(b, []byte(marker)) && pidAlive(pid) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
 // From inside a local session, a hostile user tries to read the store, the
 // CLI config with the admin's token, another session's agent directory and
 // the server's environment, and looks for the server's planted secret in
@@ -131,7 +113,7 @@ func TestLocalSessionSetsidDoesNotOutliveIt(t *testing.T) {
 	}
 	testutil.Eventually(t, testutil.WaitMedium, "the session to end", func() bool { return len(e.running()) == 0 })
 	testutil.Eventually(t, testutil.WaitShort, "the escaped processes to be gone", func() bool {
-		return len(hostProcessesWith(marker)) == 0
+		return len(testutil.ProcessesWith(marker)) == 0
 	})
 }
 
@@ -171,7 +153,7 @@ func TestLocalForkBombIsContained(t *testing.T) {
 	if n, _ := strconv.Atoi(strings.TrimSpace(string(b))); n >= bound || n == 0 {
 		t.Fatalf("the session forked %q times, want it stopped by its limit of %d processes", b, limit)
 	}
-	if live := len(hostProcessesWith(marker)); live > limit {
+	if live := len(testutil.ProcessesWith(marker)); live > limit {
 		t.Fatalf("%d processes of the bomb run, more than the session's limit of %d", live, limit)
 	}
 	if !healthy() {
@@ -181,7 +163,7 @@ func TestLocalForkBombIsContained(t *testing.T) {
 		t.Fatalf("sessions stop: %+v", r)
 	}
 	e.waitSession(id, testutil.WaitMedium, "to end", func(s sdk.Session) bool { return s.State == sdk.StateEnded })
-	testutil.Eventually(t, testutil.WaitShort, "the bomb's processes to be gone", func() bool { return len(hostProcessesWith(marker)) == 0 })
+	testutil.Eventually(t, testutil.WaitShort, "the bomb's processes to be gone", func() bool { return len(testutil.ProcessesWith(marker)) == 0 })
 }
 
 // serverRefusal runs `devgpu server` with args and returns its output once

@@ -32,13 +32,13 @@ func TestShellSurvivesDroppedConnection(t *testing.T) {
 	tm.send("sleep " + secs + "; echo before-cut-$((6*7))\r")
 	tm.expect("before-cut-$((6*7))") // its echo: the shell has it
 	testutil.Eventually(t, testutil.WaitShort, "sleep "+secs+" to run", func() bool {
-		return len(hostProcessesWith("sleep\x00"+secs+"\x00")) == 1
+		return len(testutil.ProcessesWith("sleep\x00"+secs+"\x00")) == 1
 	})
 	proxy.Cut()
 	tm.expect("reconnecting to session " + id)
 	tm.send("echo during-cut=$$\r")
 	testutil.Eventually(t, testutil.WaitShort, "sleep "+secs+" to end during the cut", func() bool {
-		return len(hostProcessesWith("sleep\x00"+secs+"\x00")) == 0
+		return len(testutil.ProcessesWith("sleep\x00"+secs+"\x00")) == 0
 	})
 	if s := e.session(id); s.State != sdk.StateRunning || s.EndedAt != nil {
 		t.Fatalf("session during the cut = %+v, want running within its grace", s)

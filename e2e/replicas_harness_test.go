@@ -154,7 +154,7 @@ func (rs *replicaSet) cleanup() {
 	for _, p := range pids {
 		b, _ := os.ReadFile(p)
 		if f := strings.Fields(string(b)); len(f) > 0 {
-			if pid, err := strconv.Atoi(f[0]); err == nil && pid > 1 && pidAlive(pid) {
+			if pid, err := strconv.Atoi(f[0]); err == nil && pid > 1 && testutil.ProcessAlive(pid) {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}

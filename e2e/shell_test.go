@@ -44,8 +44,8 @@ func TestShellInteractive(t *testing.T) {
 	secs := strconv.FormatInt(1e6+time.Now().UnixNano()%1e6, 10) // unique
 	tm.send("sleep " + secs + "\r")
 	testutil.Eventually(t, testutil.WaitShort, "sleep "+secs+" to be the terminal's foreground job", func() bool {
-		pids := hostProcessesWith("sleep\x00" + secs + "\x00")
-		return len(pids) == 1 && foreground(pids[0])
+		pids := testutil.ProcessesWith("sleep\x00" + secs + "\x00")
+		return len(pids) == 1 && testutil.InForeground(pids[0])
 	})
 	tm.send("\x03")
 	tm.send("echo status-$?\r")
@@ -196,7 +196,7 @@ func TestServerKillAndRestart(t *testing.T) {
 	tm.expect("started")
 	var bg int
 	testutil.Eventually(t, testutil.WaitShort, "the background process to run", func() bool {
-		pids := hostProcessesWith(marker)
+		pids := testutil.ProcessesWith(marker)
 		if len(pids) == 1 {
 			bg = pids[0]
 		}
@@ -217,7 +217,7 @@ func TestServerKillAndRestart(t *testing.T) {
 	if s.EndReason != sdk.ReasonDetached {
 		t.Fatalf("end reason %q, want detached", s.EndReason)
 	}
-	testutil.Eventually(t, testutil.WaitShort, "the session's setsid process to be gone", func() bool { return !pidAlive(bg) })
+	testutil.Eventually(t, testutil.WaitShort, "the session's setsid process to be gone", func() bool { return !testutil.ProcessAlive(bg) })
 	// Its usage survived the kill once: one entry, from start to end.
 	e.wantBilled(s.EndedAt.Sub(*s.StartedAt).Seconds(), "the session's life, once, after a server kill")
 	e.wantFree(4, "after the session ended")

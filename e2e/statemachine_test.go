@@ -63,7 +63,7 @@ func TestCrashDuringStopping(t *testing.T) {
 		t.Fatalf("the server did not die after recording the stop; sessions stop: %+v", r)
 	}
 	e.server = nil
-	if !pidAlive(agent) {
+	if !testutil.ProcessAlive(agent) {
 		t.Fatal("the session's agent is gone: the server stopped it before it died, so nothing was left to finish")
 	}
 
@@ -88,7 +88,7 @@ func TestCrashDuringStopping(t *testing.T) {
 	if s.State != sdk.StateEnded || s.EndReason != sdk.ReasonStopped || s.EndedAt == nil || !s.EndedAt.Equal(left.EndedAt) {
 		t.Fatalf("after the restart: %s (reason %q, ended %v); want ended, stopped, at %v", s.State, s.EndReason, s.EndedAt, left.EndedAt)
 	}
-	testutil.Eventually(t, testutil.WaitShort, "the session's agent to be stopped", func() bool { return !pidAlive(agent) })
+	testutil.Eventually(t, testutil.WaitShort, "the session's agent to be stopped", func() bool { return !testutil.ProcessAlive(agent) })
 	e.wantBilled(s.EndedAt.Sub(*s.StartedAt).Seconds(), "from the start to the recorded stop, once")
 	e.wantFree(1, "after the stop finished")
 }
@@ -139,7 +139,7 @@ func TestStopWhileStartingLeavesNothing(t *testing.T) {
 		t.Errorf("session stopped while starting: %s (reason %q, started %v); want failed, stopped, never started", s.State, s.EndReason, s.StartedAt)
 	}
 	// The create answered after the runtime's session was stopped.
-	if pids := hostProcessesWith(id); len(pids) > 0 {
+	if pids := testutil.ProcessesWith(id); len(pids) > 0 {
 		t.Fatalf("processes of session %s left running: %v", id, pids)
 	}
 	e.wantFree(1, "once the create answered")

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -269,8 +268,8 @@ func TestTerminalShell(t *testing.T) {
 	secs := strconv.FormatInt(1e6+time.Now().UnixNano()%1e6, 10) // unique
 	c.send("sleep " + secs + "\r")
 	testutil.Eventually(t, testutil.WaitShort, "sleep "+secs+" to be the terminal's foreground job", func() bool {
-		pids := processesWith("sleep\x00" + secs + "\x00")
-		return len(pids) == 1 && inForeground(pids[0])
+		pids := testutil.ProcessesWith("sleep\x00" + secs + "\x00")
+		return len(pids) == 1 && testutil.InForeground(pids[0])
 	})
 	c.send("\x03")
 	c.send("echo status-$?\r")
@@ -656,39 +655,6 @@ func containsValue(m map[int64]string, v string) bool {
 	return false
 }
 
-// processesWith returns the host's processes whose command line holds
-// marker (the local runtime's shells are host processes).
-func processesWith(marker string) []int {
-	entries, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, d := range entries {
-		pid, err := strconv.Atoi(d.Name())
-		if err != nil {
-			continue
-		}
-		if b, err := os.ReadFile("/proc/" + d.Name() + "/cmdline"); err == nil && bytes.Contains(b, []byte(marker)) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
-// inForeground reports whether the process is its terminal's foreground
-// job: its process group is the terminal's.
-func inForeground(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return false
-	}
-	// After the command: state ppid pgrp session tty_nr tpgid ...
-	f := strings.Fields(string(b[i+1:]))
-	return len(f) > 5 && f[2] == f[5]
-}
-
 // A quiet shell's terminal still hears from the server every
 // PingInterval, as the interval the ready message announces: the page
 // counts a connection that stays silent dead, and pings it cannot see.
@@ -756,21 +722,21 @@ func TestTerminalLeaveHangsUp(t *testing.T) {
 			left.send("sleep " + secs + "\r")
 			var sleepPID int
 			testutil.Eventually(t, testutil.WaitShort, "sleep "+secs+" to run in the terminal", func() bool {
-				pids := processesWith("sleep\x00" + secs + "\x00")
-				if len(pids) == 1 && inForeground(pids[0]) {
+				pids := testutil.ProcessesWith("sleep\x00" + secs + "\x00")
+				if len(pids) == 1 && testutil.InForeground(pids[0]) {
 					sleepPID = pids[0]
 					return true
 				}
 				return false
 			})
-			shellPID := parentOf(sleepPID)
+			shellPID := testutil.ParentOf(sleepPID)
 			if shellPID <= 1 {
 				t.Fatalf("the parent of sleep %d is %d, want its shell", sleepPID, shellPID)
 			}
 
 			c.leave(left)
 			testutil.Eventually(t, testutil.WaitMedium, "the left terminal's shell and its job to be hung up", func() bool {
-				return !processAlive(shellPID) && !processAlive(sleepPID)
+				return !testutil.ProcessAlive(shellPID) && !testutil.ProcessAlive(sleepPID)
 			})
 			other.send("echo still-$((6*7))\r")
 			other.expect("still-42")
@@ -842,33 +808,4 @@ func TestTerminalCloseReason(t *testing.T) {
 			t.Errorf("closeReason(%q) = %q (%d bytes), want %q", c.in, got, len(got), c.want)
 		}
 	}
-}
-
-// parentOf is the host's process's parent; 0 when it cannot be read.
-func parentOf(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0
-	}
-	// After the command: state ppid ...
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 2 {
-		return 0
-	}
-	ppid, _ := strconv.Atoi(f[1])
-	return ppid
-}
-
-// processAlive reports whether the host's process runs (a zombie does not).
-func processAlive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i >= 0 && i+2 < len(b) && b[i+2] != 'Z'
 }
