@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -188,133 +186,37 @@ func consoleArtifacts(t *testing.T) string {
 // sent, so the server sees a page of its own origin, as it would behind
 // a TCP load balancer.
 type cutProxy struct {
-	t       *testing.T
-	target  string
-	ln      net.Listener
+	*testutil.Proxy
 	control *httptest.Server
-	wg      sync.WaitGroup
 
-	mu    sync.Mutex
-	down  bool
-	conns map[net.Conn]net.Conn // browser's end → server's end
-	cuts  int                   // connections cut, in all
+	mu   sync.Mutex
+	cuts int // connections cut, in all
 }
 
 func newCutProxy(t *testing.T, target string) *cutProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{t: t, target: target, ln: ln, conns: map[net.Conn]net.Conn{}}
-	p.wg.Add(1)
-	go p.serve()
+	p := &cutProxy{Proxy: testutil.NewProxy(t, target)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /cut", func(w http.ResponseWriter, r *http.Request) {
-		n := p.cut()
+		n := p.Cut()
+		p.mu.Lock()
+		p.cuts += n
+		p.mu.Unlock()
 		t.Logf("proxy: the network is down (%d connections cut)", n)
 		fmt.Fprintf(w, `{"cut":%d}`, n)
 	})
 	mux.HandleFunc("POST /resume", func(w http.ResponseWriter, r *http.Request) {
-		p.resume()
+		p.Restore()
 		t.Logf("proxy: the network is back")
 		fmt.Fprint(w, `{}`)
 	})
 	p.control = httptest.NewServer(mux)
-	t.Cleanup(func() {
-		p.control.Close()
-		ln.Close()
-		p.cut()
-		p.wg.Wait()
-	})
+	t.Cleanup(p.control.Close)
 	return p
 }
 
 // url is the console's address through the proxy.
-func (p *cutProxy) url() string { return "http://" + p.ln.Addr().String() }
-
-func (p *cutProxy) serve() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.wg.Add(1)
-		go p.pipe(c)
-	}
-}
-
-// pipe carries one connection to the server and back until either end
-// closes it or the network is cut.
-func (p *cutProxy) pipe(browser net.Conn) {
-	defer p.wg.Done()
-	defer browser.Close()
-	if p.isDown() {
-		return
-	}
-	server, err := net.DialTimeout("tcp", p.target, testutil.WaitShort)
-	if err != nil {
-		return
-	}
-	defer server.Close()
-	if !p.track(browser, server) {
-		return
-	}
-	defer p.untrack(browser)
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(server, browser); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(browser, server); done <- struct{}{} }()
-	<-done
-	browser.Close()
-	server.Close()
-	<-done
-}
-
-func (p *cutProxy) isDown() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.down
-}
-
-// track records a connection, unless the network went down meanwhile.
-func (p *cutProxy) track(browser, server net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.down {
-		return false
-	}
-	p.conns[browser] = server
-	return true
-}
-
-func (p *cutProxy) untrack(browser net.Conn) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.conns, browser)
-}
-
-// cut takes the network down and closes every connection through it; it
-// returns how many it closed.
-func (p *cutProxy) cut() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	n := len(p.conns)
-	for b, s := range p.conns {
-		b.Close()
-		s.Close()
-		delete(p.conns, b)
-	}
-	p.cuts += n
-	return n
-}
-
-func (p *cutProxy) resume() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = false
-}
+func (p *cutProxy) url() string { return "http://" + p.Addr }
 
 func (p *cutProxy) cutCount() int {
 	p.mu.Lock()

@@ -21,7 +21,7 @@ type Proxy struct {
 	targets []string
 	next    int
 	cut     bool
-	conns   map[net.Conn]struct{}
+	conns   map[net.Conn]bool // open ends; true: a client's
 	wg      sync.WaitGroup
 }
 
@@ -41,7 +41,7 @@ func NewProxyOn(t testing.TB, listen string, targets ...string) *Proxy {
 	if err != nil {
 		t.Fatalf("proxy: %v", err)
 	}
-	p := &Proxy{Addr: ln.Addr().String(), ln: ln, targets: targets, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{Addr: ln.Addr().String(), ln: ln, targets: targets, conns: map[net.Conn]bool{}}
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(p.Close)
@@ -56,14 +56,21 @@ func (p *Proxy) SetTargets(targets ...string) {
 }
 
 // Cut closes every open connection and refuses new ones (they are
-// accepted and closed at once) until Restore.
-func (p *Proxy) Cut() {
+// accepted and closed at once) until Restore. It returns how many
+// connections through the proxy it cut.
+func (p *Proxy) Cut() int {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.cut = true
-	for c := range p.conns {
+	n := 0
+	for c, client := range p.conns {
 		c.Close()
+		delete(p.conns, c)
+		if client {
+			n++
+		}
 	}
-	p.mu.Unlock()
+	return n
 }
 
 // Restore lets connections through again.
@@ -92,15 +99,16 @@ func (p *Proxy) accept() {
 	}
 }
 
-// track registers c unless the proxy is cut; false means c was closed.
-func (p *Proxy) track(c net.Conn) bool {
+// track registers c, a client's end or a target's, unless the proxy is
+// cut; false means c was closed.
+func (p *Proxy) track(c net.Conn, client bool) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.cut {
 		c.Close()
 		return false
 	}
-	p.conns[c] = struct{}{}
+	p.conns[c] = client
 	return true
 }
 
@@ -128,7 +136,7 @@ func (p *Proxy) dial() (net.Conn, error) {
 }
 
 func (p *Proxy) serve(client net.Conn) {
-	if !p.track(client) {
+	if !p.track(client, true) {
 		return
 	}
 	defer p.untrack(client)
@@ -136,7 +144,7 @@ func (p *Proxy) serve(client net.Conn) {
 	if err != nil {
 		return
 	}
-	if !p.track(server) {
+	if !p.track(server, false) {
 		return
 	}
 	defer p.untrack(server)

@@ -53,7 +53,9 @@ func TestProxyCutAndRestore(t *testing.T) {
 	if err := roundTrip(c); err != nil {
 		t.Fatalf("through the proxy: %v", err)
 	}
-	p.Cut()
+	if n := p.Cut(); n != 1 {
+		t.Fatalf("Cut cut %d connections, want the 1 open", n)
+	}
 	if err := roundTrip(c); err == nil {
 		t.Fatal("a connection open before Cut still works after it")
 	}
