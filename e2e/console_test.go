@@ -78,9 +78,9 @@ func (e *env) userWithToken(name string) string {
 	return created.Token
 }
 
-// apiProblem sends a request to the API with a bearer token and returns
-// its status and, for a problem, its one-sentence detail.
-func (e *env) apiProblem(token, method, path string, body any) (int, string) {
+// apiCall sends body as JSON to the API with a bearer token and returns
+// the answer, whose body the caller closes.
+func (e *env) apiCall(token, method, path string, body any) *http.Response {
 	e.t.Helper()
 	b, err := json.Marshal(body)
 	if err != nil {
@@ -96,6 +96,14 @@ func (e *env) apiProblem(token, method, path string, body any) (int, string) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	return resp
+}
+
+// apiProblem sends a request to the API with a bearer token and returns
+// its status and, for a problem, its one-sentence detail.
+func (e *env) apiProblem(token, method, path string, body any) (int, string) {
+	e.t.Helper()
+	resp := e.apiCall(token, method, path, body)
 	defer resp.Body.Close()
 	var p sdk.Problem
 	_ = json.NewDecoder(resp.Body).Decode(&p)
@@ -229,20 +237,7 @@ func (p *cutProxy) cutCount() int {
 // shell open.
 func (e *env) startDetached(token, project, gpuType string) string {
 	e.t.Helper()
-	b, err := json.Marshal(sdk.CreateSessionRequest{Project: project, GPUType: gpuType})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	req, err := http.NewRequestWithContext(testutil.Context(e.t, testutil.WaitMedium), "POST", e.url()+"/api/v1/sessions", bytes.NewReader(b))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	resp := e.apiCall(token, "POST", "/api/v1/sessions", sdk.CreateSessionRequest{Project: project, GPUType: gpuType})
 	defer resp.Body.Close()
 	var s sdk.Session
 	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil || resp.StatusCode >= 300 || s.ID == "" {
