@@ -777,7 +777,7 @@ await scenario("a link from another site starts no session and opens no shell", 
       log(`    from ${origin} to ${url}: the console asks ("${button}") and does nothing`);
       if (!shown) {
         shown = true;
-        await shot(p, "terminal-confirm", false);
+        await shot(p, "terminal-confirm");
         await a11y(p, "terminal-confirm");
       }
     }
