@@ -309,7 +309,10 @@ console_missing() {
 
 # measure_console: keystroke echo through the browser terminal, against the
 # devgpu server setup_devgpu started, logged in with its admin token (passed
-# in the environment, never in argv).
+# in the environment, never in argv). echo.mjs presses My GPUs' "Open GPU
+# terminal"; a run of it that fails is named in CONSOLE_FAILED, which the
+# report shows and which makes the script exit 1 after it.
+CONSOLE_FAILED=()
 measure_console() {
 	local why token
 	why=$(console_missing)
@@ -321,10 +324,22 @@ measure_console() {
 	log "measuring console_terminal_keystroke: browser terminal ($CONSOLE_MODE), $KEYS keys"
 	DEVGPU_TOKEN=$token node "$REPO/bench/console/echo.mjs" --url "http://127.0.0.1:$DEVGPU_PORT" \
 		--project default --gpu-type t4 -n "$KEYS" --mode "$CONSOLE_MODE" --chromium "$CHROMIUM" --out "$RESULTS" ||
-		log "console_terminal_keystroke: echo.mjs failed ($?)"
+		console_failed console_terminal_keystroke $?
 	log "measuring console_terminal_keystroke_floor: the same keys into xterm.js alone"
 	node "$REPO/bench/console/echo.mjs" --floor -n "$KEYS" --mode "$CONSOLE_MODE" --chromium "$CHROMIUM" --out "$RESULTS" ||
-		log "console_terminal_keystroke_floor: echo.mjs failed ($?)"
+		console_failed console_terminal_keystroke_floor $?
+}
+
+# joined prints its arguments separated by "; ".
+joined() {
+	local IFS=';'
+	local s="$*"
+	echo "${s//;/; }"
+}
+
+console_failed() {
+	log "$1: echo.mjs failed (exit $2)"
+	CONSOLE_FAILED+=("$1 (echo.mjs exit $2)")
 }
 
 # ---------------------------------------------------------------- admissions
@@ -474,12 +489,17 @@ main() {
 			"Load average at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 		echo
 		"${BT[@]}" report -in "$RESULTS"
+		if ((${#CONSOLE_FAILED[@]})); then
+			echo
+			echo "**Console section failed:** $(joined "${CONSOLE_FAILED[@]}"); the log above the report says why."
+		fi
 	} >"$report"
 	cat "$report"
 	if [[ -n $REPORT_FILE ]]; then
 		cp "$report" "$REPORT_FILE"
 		log "report written to $REPORT_FILE"
 	fi
+	((${#CONSOLE_FAILED[@]} == 0)) || die "the console section failed: $(joined "${CONSOLE_FAILED[@]}")"
 }
 
 main

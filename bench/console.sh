@@ -10,15 +10,20 @@
 #                      from the write to the PTY until its echo is read back
 #   browser terminal   bench/console/echo.mjs: headless Chromium driven by
 #                      playwright-core logs in with the server's admin
-#                      token, opens #/terminal?project=default&gpu_type=t4,
-#                      and times one key press at a time from the keydown
+#                      token on My GPUs (#/), picks t4 on project
+#                      default's card and presses "Open GPU terminal"
+#                      (which starts the session and its shell; an address
+#                      alone would stop at the "Start session" confirm
+#                      step), and times one key press at a time from the keydown
 #                      event until xterm.js has parsed the echo (and, as a
 #                      second figure, until the next frame painted it)
 #   floor              echo.mjs --floor: the same keys against xterm.js alone
 #                      on a blank page that echoes them itself (no network,
 #                      server or shell): what the browser's part costs here
 #
-# and prints benchtool's report of the two with the ratio of the p99s. The
+# and prints benchtool's report of the two with the ratio of the p99s. If
+# any side failed (benchtool or echo.mjs exiting non-zero) the report is
+# still printed, with the failures listed, and the script exits 1. The
 # order alternates with BENCH_CONSOLE_ROUNDS > 1 (each round a new session
 # for each side; the report keeps the last round, the log shows every one).
 #
@@ -97,19 +102,33 @@ TOKEN=$(node -e 'process.stdout.write(JSON.parse(require("fs").readFileSync(proc
 [[ -n $TOKEN ]] || die "no token in $DEVGPU_CONFIG"
 
 RESULTS=$WORK/results.jsonl
+FAILED=()
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+# failed notes a side that failed (its own lines above say why): the report
+# lists it and the script exits 1.
+# joined prints its arguments separated by "; ".
+joined() {
+	local IFS=';'
+	local s="$*"
+	echo "${s//;/; }"
+}
+
+failed() {
+	log "$1 failed (exit $2)"
+	FAILED+=("$1 (exit $2)")
+}
 shell_side() {
 	log "devgpu shell: $KEYS keystrokes"
 	"$WORK/benchtool" keystroke -name devgpu_shell_keystroke -label "devgpu shell -p default --gpu t4" \
-		-n "$KEYS" -out "$RESULTS" -- "$DEVGPU" shell -p default --gpu t4 || log "devgpu shell: benchtool failed ($?)"
+		-n "$KEYS" -out "$RESULTS" -- "$DEVGPU" shell -p default --gpu t4 || failed "devgpu shell: benchtool" $?
 }
 browser_side() {
 	log "browser terminal: $KEYS keystrokes ($MODE)"
 	DEVGPU_TOKEN=$TOKEN node bench/console/echo.mjs --url "http://127.0.0.1:$PORT" --project default --gpu-type t4 \
-		-n "$KEYS" --mode "$MODE" --chromium "$CHROMIUM" --out "$RESULTS" || log "browser terminal: echo.mjs failed ($?)"
+		-n "$KEYS" --mode "$MODE" --chromium "$CHROMIUM" --out "$RESULTS" || failed "browser terminal: echo.mjs" $?
 	log "floor: $KEYS keystrokes ($MODE) into xterm.js alone"
 	node bench/console/echo.mjs --floor -n "$KEYS" --mode "$MODE" --chromium "$CHROMIUM" --out "$RESULTS" ||
-		log "floor: echo.mjs failed ($?)"
+		failed "floor: echo.mjs" $?
 }
 for ((r = 1; r <= ROUNDS; r++)); do
 	if ((r % 2)); then shell_side; browser_side; else browser_side; shell_side; fi
@@ -126,10 +145,15 @@ report=$WORK/report.md
 	echo "Command: \`bench/console.sh\` (BENCH_KEYS=$KEYS, BENCH_CONSOLE_MODE=$MODE, BENCH_CONSOLE_ROUNDS=$ROUNDS)." \
 		"Load average at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 	echo
-	"$WORK/benchtool" report -in "$RESULTS" -measured
+	"$WORK/benchtool" report -in "$RESULTS" -measured || echo "(benchtool report failed: exit $?)"
+	if ((${#FAILED[@]})); then
+		echo
+		echo "**Failed:** $(joined "${FAILED[@]}"); their figures are missing or marked \`*\` above, and the log above the report says why."
+	fi
 } >"$report"
 cat "$report"
 if [[ -n $REPORT_FILE ]]; then
 	cp "$report" "$REPORT_FILE"
 	log "report written to $REPORT_FILE"
 fi
+((${#FAILED[@]} == 0)) || die "${#FAILED[@]} of the measurements failed: $(joined "${FAILED[@]}")"

@@ -6,11 +6,13 @@
 //
 // It drives Debian's Chromium with playwright-core (from web/node_modules:
 // `cd web && npm ci`), headless, with a fresh profile: logs in with an API
-// token on the console's login page at #/terminal?project=P&gpu_type=T
-// (where the page then starts a session and its shell, as "Open GPU
-// terminal" does),
-// waits for document.body.dataset.terminal to be "connected" and for a
-// typed `echo BENCH…_$((a+b))_OK` to be answered, then types -n keys (after
+// token on the console's login page at #/ (My GPUs), picks -gpu-type in
+// the "GPU type" list of project P's card (section[data-project=P]) and
+// presses its "Open GPU terminal", which starts a session and opens its
+// shell at once (an address such as #/terminal?project=P alone would
+// stop at the confirm step, "Start session"), waits for
+// document.body.dataset.terminal to be "connected" and for a typed
+// `echo BENCH…_$((a+b))_OK` to be answered, then types -n keys (after
 // -warmup unrecorded ones), one at a time:
 //
 //   keys mode (default): each `x` is a real key press, sent with
@@ -70,7 +72,7 @@ const label = args.floor ? `xterm.js alone, echoing in the page (${how})` : `bro
 const result = {
   name: args.name,
   kind: "keystroke",
-  cmd: [args.chromium, args.floor ? "about:blank" : `${args.url}/#/terminal?project=${args.project}&gpu_type=${args.gpuType}`],
+  cmd: [args.chromium, args.floor ? "about:blank" : `${args.url}/#/ (My GPUs: ${args.project}, ${args.gpuType}, Open GPU terminal)`],
   label,
   time: new Date().toISOString(),
   n: 0,
@@ -128,13 +130,17 @@ process.exit(result.failures ? 1 : 0);
 
 // measure logs in, opens the terminal and times the keystrokes.
 async function measure(page) {
-  // The login page shows at the terminal's address, and after the login
-  // the page reloads there, which starts the session.
-  const q = new URLSearchParams({ project: args.project, gpu_type: args.gpuType });
+  // As a person does: log in on My GPUs, pick the GPU type on the
+  // project's card and press "Open GPU terminal", which starts a session
+  // and opens its shell without the confirm step that an address alone
+  // gets (web/src/terminal/intent.ts).
   await page.addInitScript(tapWebSocket);
-  await page.goto(`${args.url}/#/terminal?${q}`);
+  await page.goto(`${args.url}/#/`);
   await page.getByLabel("API token").fill(args.token);
   await page.getByRole("button", { name: "Log in with token" }).click();
+  const card = page.locator(`section[data-project="${args.project}"]`);
+  await card.getByLabel("GPU type").selectOption(args.gpuType);
+  await card.getByRole("button", { name: "Open GPU terminal" }).click();
   await page.waitForFunction(() => document.body.dataset.terminal === "connected" && !!window.devgpuTerminal);
   await page.evaluate(installProbe);
 
