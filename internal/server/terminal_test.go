@@ -17,7 +17,6 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/internal/testutil"
 	"github.com/devgpu/devgpu/sdk"
 )
@@ -320,12 +319,7 @@ func TestTerminalEnds(t *testing.T) {
 			if c.closed {
 				// A browser's close frame is answered before the server
 				// records the end: wait for it.
-				var s store.Session
-				testutil.Eventually(t, testutil.WaitMedium, "the session to end", func() bool {
-					s = r.session(t, sess.ID)
-					return s.State == sdk.StateEnded
-				})
-				if s.EndReason != sdk.ReasonClosed {
+				if s := r.waitEnded(t, sess.ID); s.EndReason != sdk.ReasonClosed {
 					t.Fatalf("session ended %q, want closed", s.EndReason)
 				}
 				return
@@ -463,12 +457,7 @@ func TestTerminalAccessCut(t *testing.T) {
 	if ce := c.closed(); ce.Code != websocket.StatusGoingAway || !strings.Contains(ce.Reason, "your access to it was removed") {
 		t.Fatalf("terminal of a removed member closed with %d %q, want 1001 saying why", ce.Code, ce.Reason)
 	}
-	var s store.Session
-	testutil.Eventually(t, testutil.WaitMedium, "the session to end", func() bool {
-		s = r.session(t, sess.ID)
-		return s.State == sdk.StateEnded
-	})
-	if s.EndReason != sdk.ReasonRevoked {
+	if s := r.waitEnded(t, sess.ID); s.EndReason != sdk.ReasonRevoked {
 		t.Fatalf("session of a removed member ended %q, want revoked", s.EndReason)
 	}
 }

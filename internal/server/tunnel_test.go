@@ -97,6 +97,17 @@ func (r *tunnelRig) waitDetached(t *testing.T, id string) store.Session {
 	return s
 }
 
+// waitEnded waits until the session has ended.
+func (r *tunnelRig) waitEnded(t *testing.T, id string) store.Session {
+	t.Helper()
+	var s store.Session
+	testutil.Eventually(t, testutil.WaitMedium, "session "+id+" to end", func() bool {
+		s = r.session(t, id)
+		return s.State == sdk.StateEnded
+	})
+	return s
+}
+
 // A shell that leaves while its agent floods it with output is recorded
 // as closed by the time Leave returns, every time: the close the server
 // answers with comes after the end is in the store, and the client reads
@@ -204,12 +215,7 @@ func TestTunnelAgentDies(t *testing.T) {
 		t.Fatal("the SSH connection ended but the tunnel did not")
 	}
 	_ = client.Close() // closes the tunnel: no leave signal
-	var s store.Session
-	testutil.Eventually(t, testutil.WaitMedium, "the session to end", func() bool {
-		s = r.session(t, sess.ID)
-		return s.State == sdk.StateEnded
-	})
-	if s.EndReason != sdk.ReasonLost {
+	if s := r.waitEnded(t, sess.ID); s.EndReason != sdk.ReasonLost {
 		t.Fatalf("session whose agent died ended %q, want lost", s.EndReason)
 	}
 }
