@@ -432,5 +432,15 @@ func rbacClient(t *testing.T, c *kcluster.Cluster, ns string) kubernetes.Interfa
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The API server's authorizer learns of new bindings through its
+	// informers, a moment after they are created: until then the runtime
+	// would be refused what rbac.yaml grants (CI saw "nodes is forbidden").
+	// Wait until the ServiceAccount holds both the cluster-wide and the
+	// namespaced grants.
+	testutil.Eventually(t, testutil.WaitLong, "rbac.yaml's grants take effect for ServiceAccount "+sa, func() bool {
+		_, nodesErr := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{Limit: 1})
+		_, podsErr := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{Limit: 1})
+		return nodesErr == nil && podsErr == nil
+	})
 	return client
 }
