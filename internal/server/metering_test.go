@@ -434,6 +434,9 @@ func TestMetrics(t *testing.T) {
 	if err := admin.CloseTunnel(ctx, tunnel, nil); err != nil {
 		t.Fatal(err)
 	}
+	// The server processes the close after the tunnel is gone: wait for
+	// the session's end before the scrape that must show it.
+	r.waitEnded(s.ID)
 	if m := scrape(); !strings.Contains(m, `devgpu_sessions_ended_total{reason="closed"} 1`) || !strings.Contains(m, `devgpu_gpus_in_use{gpu_type="t4",region="local"} 0`) {
 		t.Errorf("after the shell closed:\n%s", m)
 	}
