@@ -78,6 +78,27 @@ func Build(agentPath string) (*Image, error) {
 	}, nil)
 }
 
+// AgentLayer is one layer holding the static agent binary at agentPath as
+// AgentPath (mode 0755, epoch's time, root-owned), and nothing else: the
+// layer that runtimes whose engine cannot copy the agent into a session
+// (the aca runtime) append to any session image (mutate.Append), so that
+// the image's own files, /etc/passwd included, stay as its owner made them.
+// The same binary always gives the same layer digest.
+func AgentLayer(agentPath string) (v1.Layer, error) {
+	body, err := os.ReadFile(agentPath)
+	if err != nil {
+		return nil, fmt.Errorf("read the agent binary: %w", err)
+	}
+	if err := checkStatic("agent", agentPath); err != nil {
+		return nil, err
+	}
+	l, err := layer([]tarEntry{{hdr: tar.Header{Typeflag: tar.TypeReg, Name: AgentPath[1:], Mode: 0o755}, body: body}})
+	if err != nil {
+		return nil, fmt.Errorf("make the agent layer: %w", err)
+	}
+	return l, nil
+}
+
 // BuildServer makes the server image from the static devgpu binary at
 // devgpuPath (CGO_ENABLED=0: the kube runtime and PostgreSQL need no cgo,
 // and NVML is only for a GPU host's own runtimes).
