@@ -1,0 +1,105 @@
+//go:build linux && !agentonly
+
+package aca
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	azruntime "github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+)
+
+// azureError is an Azure refusal said in one sentence, keeping the
+// *azcore.ResponseError (its status and ARM code) for errors.As.
+type azureError struct {
+	msg string
+	err *azcore.ResponseError
+}
+
+func (e *azureError) Error() string { return e.msg }
+func (e *azureError) Unwrap() error { return e.err }
+
+// armMessage is the message of an ARM error body
+// ({"error":{"code","message"}}: the ARM RPC's error response,
+// https://github.com/cloud-and-ai-microsoft/resource-provider-contract/blob/master/v1.0/common-api-details.md#error-response-content),
+// on one line. azcore keeps the raw response; its Error() is many lines.
+func armMessage(re *azcore.ResponseError) string {
+	msg := ""
+	if re.RawResponse != nil {
+		// Payload caches the body azcore read for the error.
+		if b, err := azruntime.Payload(re.RawResponse); err == nil {
+			var body struct {
+				Error struct {
+					Code    string `json:"code"`
+					Message string `json:"message"`
+				} `json:"error"`
+			}
+			if json.Unmarshal(b, &body) == nil {
+				msg = body.Error.Message
+			}
+		}
+	}
+	return strings.Join(strings.Fields(msg), " ")
+}
+
+// isQuota reports whether an ARM error is a quota refusal. Container Apps
+// answers a replica beyond the environment's GPU quota with a message
+// naming the quota (such as "Managed Environment Consumption T4 Gpus");
+// the code varies by API, so both are looked at.
+func isQuota(code, msg string) bool {
+	l := strings.ToLower(code + " " + msg)
+	return strings.Contains(l, "quota") || strings.Contains(l, "maximum allowed") && strings.Contains(l, "exceeded")
+}
+
+// azureErr turns err from an ARM call into one sentence: what failed
+// (doing, such as "create job dg-1 for session s1"), why, and the fix. A
+// quota refusal names the quota; 403 the role to assign; 404 and 409 say
+// what they mean here. Other errors are wrapped as they are.
+func (r *Runtime) azureErr(doing string, err error) error {
+	var re *azcore.ResponseError
+	if !errors.As(err, &re) {
+		return fmt.Errorf("aca backend %s: %s: %w", r.cfg.Backend, doing, err)
+	}
+	b := "aca backend " + r.cfg.Backend
+	code := re.ErrorCode
+	msg := armMessage(re)
+	detail := code
+	if msg != "" {
+		detail = code + ": " + msg
+	}
+	var s string
+	switch {
+	case isQuota(code, msg):
+		s = fmt.Sprintf("%s: %s: Azure refused for quota (%s); free some of it, ask Azure for more (the environment's Quota page, or az containerapp env list-usages shows it), or lower aca.quota", b, doing, detail)
+	case re.StatusCode == http.StatusForbidden || code == "AuthorizationFailed" || code == "LinkedAuthorizationFailed":
+		s = fmt.Sprintf("%s: %s: the control plane's Azure identity is not allowed (%s); assign it Contributor (or a role with Microsoft.App/jobs/* and Microsoft.App/managedEnvironments/join/action) on resource group %s, and Managed Identity Operator on the registry identity", b, doing, detail, r.cfg.ResourceGroup)
+	case re.StatusCode == http.StatusUnauthorized:
+		s = fmt.Sprintf("%s: %s: Azure did not accept the control plane's credential (%s); check aca.credential", b, doing, detail)
+	case re.StatusCode == http.StatusConflict:
+		s = fmt.Sprintf("%s: %s: Azure reports a conflict (%s); another operation on it is in progress, try again when it ends", b, doing, detail)
+	case re.StatusCode == http.StatusTooManyRequests:
+		s = fmt.Sprintf("%s: %s: Azure throttled the request and retries did not get through (%s); try again later", b, doing, detail)
+	default:
+		s = fmt.Sprintf("%s: %s: Azure answered %d (%s)", b, doing, re.StatusCode, detail)
+	}
+	return &azureError{msg: s, err: re}
+}
+
+// notFound reports whether err is ARM's 404.
+func notFound(err error) bool {
+	var re *azcore.ResponseError
+	return errors.As(err, &re) && re.StatusCode == http.StatusNotFound
+}
+
+// statusOf is err's HTTP status, 0 when it is not an ARM answer.
+func statusOf(err error) int {
+	var re *azcore.ResponseError
+	if errors.As(err, &re) {
+		return re.StatusCode
+	}
+	return 0
+}

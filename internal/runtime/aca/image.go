@@ -1,0 +1,283 @@
+//go:build linux && !agentonly
+
+package aca
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/devgpu/devgpu/internal/agentimage"
+)
+
+// images makes session images: a base image with the agent layer
+// appended, in the customer's registry under a tag derived from the base's
+// digest and the agent layer's, so that a second session of one base
+// pushes nothing (and a restarted control plane finds it there with a
+// HEAD).
+type images struct {
+	cfg       *checked
+	transport http.RoundTripper
+
+	layerOnce sync.Once
+	layer     v1.Layer
+	layerHash v1.Hash
+	layerErr  error
+
+	mu   sync.Mutex
+	made map[string]string // base digest -> session image reference
+}
+
+func newImages(c *checked) *images {
+	t := c.RegistryTransport
+	if t == nil {
+		t = http.DefaultTransport
+	}
+	return &images{cfg: c, transport: t, made: map[string]string{}}
+}
+
+// agentLayer is the agent's layer, built once.
+func (im *images) agentLayer() (v1.Layer, v1.Hash, error) {
+	im.layerOnce.Do(func() {
+		im.layer, im.layerErr = agentimage.AgentLayer(im.cfg.AgentBinary)
+		if im.layerErr != nil {
+			im.layerErr = fmt.Errorf("aca backend %s: aca.agent_binary %s: %w", im.cfg.Backend, im.cfg.AgentBinary, im.layerErr)
+			return
+		}
+		im.layerHash, im.layerErr = im.layer.Digest()
+	})
+	return im.layer, im.layerHash, im.layerErr
+}
+
+// platform is what Container Apps runs: linux/amd64 containers only
+// (https://learn.microsoft.com/azure/container-apps/containers: "Linux-based
+// x86-64 (linux/amd64) container images are supported").
+var platform = v1.Platform{OS: "linux", Architecture: "amd64"}
+
+// prepare returns the reference of the session image for base, pushing it
+// to the registry first unless it is there already.
+func (im *images) prepare(ctx context.Context, base string, progress func(string, int64, int64)) (string, error) {
+	b := "aca backend " + im.cfg.Backend
+	say := func(done, total int64) {
+		if progress != nil {
+			progress("preparing the session image", done, total)
+		}
+	}
+	say(0, 0)
+	layer, layerHash, err := im.agentLayer()
+	if err != nil {
+		return "", err
+	}
+	ref, err := name.ParseReference(base)
+	if err != nil {
+		return "", fmt.Errorf("%s: image %q is not an image reference (%v); give one like registry.example.com/team/image:tag", b, base, err)
+	}
+	img, err := remote.Image(ref, im.options(ctx, ref.Context().RegistryStr())...)
+	if err != nil {
+		return "", im.registryErr("read image "+base, err)
+	}
+	baseHash, err := img.Digest()
+	if err != nil {
+		return "", im.registryErr("read image "+base, err)
+	}
+	im.mu.Lock()
+	done, ok := im.made[baseHash.String()]
+	im.mu.Unlock()
+	if ok {
+		return done, nil
+	}
+	mt, err := img.MediaType()
+	if err != nil {
+		return "", im.registryErr("read image "+base, err)
+	}
+	layerType := types.DockerLayer
+	if mt == types.OCIManifestSchema1 {
+		layerType = types.OCILayer
+	}
+	withAgent, err := mutate.Append(img, mutate.Addendum{
+		Layer:     layer,
+		MediaType: layerType,
+		History:   v1.History{CreatedBy: "devgpu aca runtime", Comment: "the devgpu agent at " + agentimage.AgentPath},
+	})
+	if err != nil {
+		return "", fmt.Errorf("%s: add the agent to image %s: %w", b, base, err)
+	}
+	want, err := withAgent.Digest()
+	if err != nil {
+		return "", im.registryErr("read image "+base, err)
+	}
+	target, err := name.NewTag(fmt.Sprintf("%s/%s:%s", im.cfg.Registry, im.cfg.Repository, sessionTag(baseHash, layerHash)), name.StrictValidation)
+	if err != nil {
+		return "", fmt.Errorf("%s: the session image's name: %w; fix aca.registry or aca.repository", b, err)
+	}
+	opts := im.options(ctx, im.cfg.Registry)
+	if d, err := remote.Head(target, opts...); err == nil && d.Digest == want {
+		im.remember(baseHash, target.String())
+		return target.String(), nil
+	} else if err != nil && !notInRegistry(err) {
+		return "", im.registryErr("look for the session image "+target.String(), err)
+	}
+	updates := make(chan v1.Update, 16)
+	reported := make(chan struct{})
+	go func() {
+		defer close(reported)
+		for u := range updates {
+			say(u.Complete, u.Total)
+		}
+	}()
+	err = remote.Write(target, withAgent, append(opts, remote.WithProgress(updates))...)
+	<-reported // remote.Write closes updates
+	if err != nil {
+		return "", im.registryErr("push the session image "+target.String(), err)
+	}
+	im.cfg.Logger.Info("session image pushed", "backend", im.cfg.Backend, "base", base, "image", target.String(), "digest", want.String())
+	im.remember(baseHash, target.String())
+	return target.String(), nil
+}
+
+func (im *images) remember(base v1.Hash, ref string) {
+	im.mu.Lock()
+	im.made[base.String()] = ref
+	im.mu.Unlock()
+}
+
+// sessionTag is the tag of the session image of a base and an agent
+// layer: 16 hex digits of each digest.
+func sessionTag(base, layer v1.Hash) string {
+	return "b" + base.Hex[:16] + "-a" + layer.Hex[:16]
+}
+
+// options are ggcr's remote options for a registry: the customer's ACR
+// with the control plane's Azure identity, any other with the keychain of
+// the user the server runs as (anonymous when it has nothing for it).
+func (im *images) options(ctx context.Context, registry string) []remote.Option {
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(im.transport), remote.WithPlatform(platform)}
+	if strings.EqualFold(registry, im.cfg.Registry) {
+		return append(opts, remote.WithAuth(&acrAuth{im: im, ctx: ctx}))
+	}
+	return append(opts, remote.WithAuthFromKeychain(authn.DefaultKeychain))
+}
+
+// notInRegistry reports whether a registry answered that a manifest or
+// repository does not exist.
+func notInRegistry(err error) bool {
+	var te *transport.Error
+	if !errors.As(err, &te) {
+		return false
+	}
+	if te.StatusCode == http.StatusNotFound {
+		return true
+	}
+	for _, d := range te.Errors {
+		if d.Code == transport.ManifestUnknownErrorCode || d.Code == transport.NameUnknownErrorCode {
+			return true
+		}
+	}
+	return false
+}
+
+// registryErr says in one sentence why a registry step failed.
+func (im *images) registryErr(doing string, err error) error {
+	b := "aca backend " + im.cfg.Backend
+	var te *transport.Error
+	if errors.As(err, &te) {
+		switch {
+		case notInRegistry(err):
+			return fmt.Errorf("%s: %s: it does not exist in its registry; check the image's name and tag", b, doing)
+		case te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden:
+			return fmt.Errorf("%s: %s: the registry refused the control plane (%d); for %s assign the control plane's identity AcrPush, for other registries log the server's user in (docker login)", b, doing, te.StatusCode, im.cfg.Registry)
+		}
+	}
+	var ae *acrExchangeError
+	if errors.As(err, &ae) {
+		return fmt.Errorf("%s: %s: %s", b, doing, ae.msg)
+	}
+	return fmt.Errorf("%s: %s: %w", b, doing, err)
+}
+
+// acrAuth authenticates to the customer's ACR with the control plane's
+// Azure identity, by ACR's token exchange
+// (https://github.com/Azure/acr/blob/main/docs/AAD-OAuth.md): an Entra ID
+// access token is exchanged at POST https://<registry>/oauth2/exchange
+// (grant_type=access_token, service, access_token) for an ACR refresh
+// token, which ggcr then trades for access tokens at /oauth2/token
+// (authn.AuthConfig.IdentityToken is exactly that refresh token).
+type acrAuth struct {
+	im  *images
+	ctx context.Context
+}
+
+// acrExchangeError is a failed token exchange, said in one sentence.
+type acrExchangeError struct{ msg string }
+
+func (e *acrExchangeError) Error() string { return e.msg }
+
+func (a *acrAuth) Authorization() (*authn.AuthConfig, error) {
+	return a.AuthorizationContext(a.ctx)
+}
+
+func (a *acrAuth) AuthorizationContext(ctx context.Context) (*authn.AuthConfig, error) {
+	cfg := a.im.cfg
+	tok, err := cfg.Credential.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{armAudience(cfg) + "/.default"}})
+	if err != nil {
+		return nil, &acrExchangeError{fmt.Sprintf("get an Entra ID token for registry %s: %v; check aca.credential", cfg.Registry, err)}
+	}
+	form := url.Values{
+		"grant_type":   {"access_token"},
+		"service":      {cfg.Registry},
+		"access_token": {tok.Token},
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+cfg.Registry+"/oauth2/exchange", strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := (&http.Client{Transport: a.im.transport}).Do(req)
+	if err != nil {
+		return nil, &acrExchangeError{fmt.Sprintf("reach registry %s for its token exchange: %v", cfg.Registry, err)}
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return nil, &acrExchangeError{fmt.Sprintf("registry %s refused the control plane's Azure token (%s: %s); assign the control plane's identity AcrPush on it, and allow Entra ID authentication (az acr config authentication-as-arm)", cfg.Registry, resp.Status, strings.Join(strings.Fields(string(body)), " "))}
+	}
+	var out struct {
+		RefreshToken string `json:"refresh_token"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil || out.RefreshToken == "" {
+		return nil, &acrExchangeError{fmt.Sprintf("registry %s answered its token exchange without a refresh token", cfg.Registry)}
+	}
+	return &authn.AuthConfig{IdentityToken: out.RefreshToken}, nil
+}
+
+// armAudience is the audience of the ARM tokens the runtime asks for: the
+// cloud's ResourceManager audience (Azure public by default), with
+// "/.default" appended as azcore's ARM pipeline does. ACR accepts
+// ARM-audience tokens in its exchange unless the registry disallows them
+// (az acr config authentication-as-arm).
+func armAudience(c *checked) string {
+	var cc cloud.Configuration
+	if c.ClientOptions != nil {
+		cc = c.ClientOptions.Cloud
+	}
+	if s, ok := cc.Services[cloud.ResourceManager]; ok && s.Audience != "" {
+		return s.Audience
+	}
+	return cloud.AzurePublic.Services[cloud.ResourceManager].Audience
+}

@@ -1,0 +1,163 @@
+//go:build linux && !agentonly
+
+package aca
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	azruntime "github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/appcontainers/armappcontainers/v3"
+
+	"github.com/devgpu/devgpu/internal/link"
+	"github.com/devgpu/devgpu/internal/runtime"
+)
+
+// pollOpts is how the runtime waits for Azure's long-running operations:
+// every pollEvery unless Azure says otherwise with Retry-After (ARM's
+// asynchronous operations,
+// https://learn.microsoft.com/azure/azure-resource-manager/management/async-operations).
+func pollOpts() *azruntime.PollUntilDoneOptions {
+	return &azruntime.PollUntilDoneOptions{Frequency: pollEvery}
+}
+
+// Start refuses what the backend can never run (more than one GPU, a type
+// or region it does not offer, an egress policy its environment cannot
+// honour), prepares the session image, creates the session's job, starts
+// one execution and returns once the agent inside has linked. It fails at
+// once when the execution ends first. A failed or cancelled start deletes
+// the job.
+func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (_ runtime.Placement, err error) {
+	c := r.cfg
+	if !runtime.ValidID(spec.SessionID) {
+		return runtime.Placement{}, fmt.Errorf("start session: invalid session id %q", spec.SessionID)
+	}
+	if err := c.checkRequest(spec.GPU); err != nil {
+		return runtime.Placement{}, fmt.Errorf("start session %s: %w", spec.SessionID, err)
+	}
+	if err := c.checkEgress(spec.Egress); err != nil {
+		return runtime.Placement{}, fmt.Errorf("start session %s: %w", spec.SessionID, err)
+	}
+	base := spec.Image
+	if base == "" {
+		base = c.DefaultImage
+	}
+	image, err := r.images.prepare(ctx, base, spec.Progress)
+	if err != nil {
+		return runtime.Placement{}, fmt.Errorf("start session %s: %w", spec.SessionID, err)
+	}
+	name := c.jobName(spec.SessionID)
+	log := r.log.With("session_id", spec.SessionID, "job", name)
+	defer func() {
+		if err == nil {
+			return
+		}
+		// ctx may be what ended the start; the cleanup has its own.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupWait)
+		defer cancel()
+		if rerr := r.remove(cctx, spec.SessionID); rerr != nil {
+			log.Error("remove the job of a session whose start failed", "err", rerr)
+		}
+	}()
+	progress := func(step string) {
+		if spec.Progress != nil {
+			spec.Progress(step, 0, 0)
+		}
+	}
+
+	progress("creating the session's job")
+	poller, err := r.jobs.BeginCreateOrUpdate(ctx, c.ResourceGroup, name, c.job(spec, image), nil)
+	if err == nil {
+		_, err = poller.PollUntilDone(ctx, pollOpts())
+	}
+	if err != nil {
+		return runtime.Placement{}, fmt.Errorf("start session %s: %w", spec.SessionID, r.azureErr("create job "+name, err))
+	}
+	log.Info("session job created", "gpu_type", spec.GPU.Type, "gpus", spec.GPU.Count, "region", c.region, "profile", c.profile(spec.GPU.Type, spec.GPU.Count), "image", image)
+
+	progress("starting the session's job execution")
+	started, err := r.jobs.BeginStart(ctx, c.ResourceGroup, name, nil)
+	var exec armappcontainers.JobsClientStartResponse
+	if err == nil {
+		exec, err = started.PollUntilDone(ctx, pollOpts())
+	}
+	if err != nil {
+		return runtime.Placement{}, fmt.Errorf("start session %s: %w", spec.SessionID, r.azureErr("start an execution of job "+name, err))
+	}
+	if exec.Name == nil {
+		return runtime.Placement{}, fmt.Errorf("start session %s: aca backend %s: Azure started an execution of job %s without naming it", spec.SessionID, c.Backend, name)
+	}
+	log.Info("session job execution started", "execution", *exec.Name)
+	return r.await(ctx, spec, name, *exec.Name)
+}
+
+// linkResult is what WaitLinked returned.
+type linkResult struct {
+	report link.Report
+	err    error
+}
+
+// await waits for the agent to link while it polls the execution, and
+// fails as soon as the execution ends before the agent linked.
+func (r *Runtime) await(ctx context.Context, spec runtime.Spec, job, execName string) (runtime.Placement, error) {
+	c := r.cfg
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	linked := make(chan linkResult, 1)
+	go func() {
+		rep, err := c.Link.WaitLinked(lctx, spec.SessionID)
+		linked <- linkResult{rep, err}
+	}()
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
+	last := "the execution's status was not read yet"
+	said := ""
+	for {
+		select {
+		case res := <-linked:
+			if res.err != nil {
+				return runtime.Placement{}, fmt.Errorf("start session %s on aca backend %s: %w (last: %s)", spec.SessionID, c.Backend, res.err, last)
+			}
+			rep := reportAt{node: c.node(), devices: res.report.Devices}
+			if res.report.Node != "" {
+				rep.node = res.report.Node
+			}
+			r.mu.Lock()
+			r.reports[spec.SessionID] = rep
+			r.known[spec.SessionID] = job
+			r.mu.Unlock()
+			return runtime.Placement{Node: rep.node, Devices: rep.devices, Handle: r.handle(job, execName)}, nil
+		case <-tick.C:
+			resp, err := r.api.JobExecution(ctx, c.ResourceGroup, job, execName, nil)
+			if err != nil {
+				if ctx.Err() == nil {
+					r.log.Debug("read a starting session's job execution", "session_id", spec.SessionID, "err", err)
+				}
+				continue
+			}
+			x, _ := toExecution(&resp.JobExecution)
+			switch x.status {
+			case armappcontainers.JobExecutionRunningStateFailed, armappcontainers.JobExecutionRunningStateStopped, armappcontainers.JobExecutionRunningStateSucceeded:
+				return runtime.Placement{}, fmt.Errorf("start session %s: its job execution %s/%s ended %s before its agent linked; the execution's console log (Log Analytics, ContainerAppConsoleLogs_CL) says why", spec.SessionID, job, execName, x.status)
+			case armappcontainers.JobExecutionRunningStateRunning:
+				last = "the execution is running; waiting for the session's agent to connect"
+			default:
+				last = fmt.Sprintf("the execution is %s", orUnknown(string(x.status)))
+			}
+			if last != said && spec.Progress != nil {
+				spec.Progress(last, 0, 0)
+			}
+			said = last
+		case <-ctx.Done():
+			return runtime.Placement{}, fmt.Errorf("start session %s on aca backend %s: %w (last: %s)", spec.SessionID, c.Backend, context.Cause(ctx), last)
+		}
+	}
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "in an unknown state"
+	}
+	return s
+}
