@@ -1,3 +1,5 @@
+//go:build linux && !agentonly
+
 // Package acafake is a contract fake of the parts of Azure that the aca
 // runtime calls, for tests on a machine that cannot reach Azure:
 //
@@ -28,13 +30,80 @@
 // each replica one GPU. The process's exit ends the execution: Succeeded
 // with status 0, Failed otherwise; jobs are never restarted
 // (replicaRetryLimit 0 is what the runtime sets).
+//
+// # Using the fake from a test
+//
+//	f, err := acafake.New(acafake.Options{
+//		SubscriptionID: "sub", ResourceGroup: "rg", Environment: "env",
+//		Profiles: map[string]string{"gpu-t4": "Consumption-GPU-NC8as-T4"},
+//		GPUQuota: map[string]int{"Consumption-GPU-NC8as-T4": 1},
+//		Dir:      t.TempDir(),
+//	})
+//	defer f.Close()
+//	endpoint, header := f.IdentityEndpoint()
+//	t.Setenv("IDENTITY_ENDPOINT", endpoint)
+//	t.Setenv("IDENTITY_HEADER", header)
+//	cred, _ := azidentity.NewManagedIdentityCredential(nil)
+//	opts := &arm.ClientOptions{ClientOptions: f.ClientOptions()}
+//	jobs, _ := armappcontainers.NewJobsClient("sub", cred, opts)
+//
+// ClientOptions (an addition to the contract) is the
+// policy.ClientOptions whose cloud sends ARM requests to ARMEndpoint with
+// the audience https://management.core.windows.net/ and whose transport
+// trusts CAPEM, with retries shortened for tests (azcore's retry policy
+// still honours Retry-After). The identity endpoint is plain http on
+// loopback: msal-go's App Service source takes IDENTITY_ENDPOINT as given
+// (apps/managedidentity createAppServiceAuthRequest, msal-go v1.10.1).
+//
+// The fake sends no Retry-After on its long-running operations' responses,
+// so PollUntilDone waits PollUntilDoneOptions.Frequency between polls (30s
+// by default; under go test a shorter one is allowed, such as 10ms). An
+// operation is InProgress when it starts and at its first poll, and
+// reaches its end at the second: a caller that never polls never sees a
+// job's provisioningState reach Succeeded.
+//
+// The registry (Registry) answers with ACR's bearer challenge; a client
+// gets in with authn.AuthConfig{IdentityToken: refresh} where refresh
+// comes from POST https://<Registry>/oauth2/exchange with an access token
+// the identity endpoint issued. Push seeds images without that.
+//
+// Requests keys: for paths under the resource group, "METHOD " and the
+// path after /resourceGroups/<rg> (such as "PUT
+// /providers/Microsoft.App/jobs/x"); for long-running operation polls,
+// "GET " and the path after /subscriptions/<sub>.
+//
+// Executions: the first is named <job>-<5 random letters>, as the
+// platform names them. Additions to the contract, beside ClientOptions:
+// Execution (the state of a job's latest execution), PID (its process),
+// Output (its captured stdout and stderr).
 package acafake
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
 	"errors"
+	"fmt"
+	"io"
+	"log"
 	"log/slog"
+	"math/big"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"sort"
+	"strings"
+	"sync"
+	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -77,53 +146,331 @@ type Fault struct {
 
 // Fake is a running fake. Its servers use TLS with a CA of its own
 // (CAPEM).
-type Fake struct{}
+type Fake struct {
+	opts Options
+	log  *slog.Logger
+
+	caPEM     []byte
+	pool      *x509.CertPool
+	transport *http.Transport
+
+	armSrv, regSrv, idSrv *httptest.Server
+	idHeader              string
+	internal              string // header value that lets the fake's own registry calls in
+	reg                   http.Handler
+
+	mu         sync.Mutex
+	closed     bool
+	tokens     map[string]string // access token -> resource it was issued for
+	acrRefresh map[string]bool
+	acrAccess  map[string]bool
+	jobs       map[string]*job
+	ops        map[string]*operation
+	faults     []Fault
+	requests   map[string]int
+	wg         sync.WaitGroup
+}
 
 // New starts the fake's servers.
-func New(opts Options) (*Fake, error) { return nil, errors.New("acafake: not built yet") }
+func New(opts Options) (*Fake, error) {
+	if opts.SubscriptionID == "" || opts.ResourceGroup == "" || opts.Environment == "" {
+		return nil, errors.New("acafake: Options need SubscriptionID, ResourceGroup and Environment")
+	}
+	if opts.Dir == "" {
+		return nil, errors.New("acafake: Options need Dir (a test's t.TempDir())")
+	}
+	if opts.Location == "" {
+		opts.Location = "swedencentral"
+	}
+	f := &Fake{
+		opts:       opts,
+		log:        opts.Logger,
+		idHeader:   randomHex(16),
+		internal:   randomHex(16),
+		acrRefresh: map[string]bool{},
+		acrAccess:  map[string]bool{},
+		jobs:       map[string]*job{},
+		ops:        map[string]*operation{},
+		requests:   map[string]int{},
+	}
+	if f.log == nil {
+		f.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	cert, err := f.makeCerts()
+	if err != nil {
+		return nil, err
+	}
+	f.transport = &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: f.pool},
+		MaxIdleConnsPerHost: 16,
+	}
+	f.reg = registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+
+	tlsServer := func(h http.Handler) *httptest.Server {
+		s := httptest.NewUnstartedServer(h)
+		s.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+		s.StartTLS()
+		return s
+	}
+	f.armSrv = tlsServer(http.HandlerFunc(f.serveARM))
+	f.regSrv = tlsServer(http.HandlerFunc(f.serveRegistry))
+	f.idSrv = httptest.NewServer(http.HandlerFunc(f.serveIdentity))
+	return f, nil
+}
+
+// makeCerts makes the fake's CA and a certificate it signs for 127.0.0.1
+// and localhost.
+func (f *Fake) makeCerts() (tls.Certificate, error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "acafake CA"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		IsCA:                  true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "acafake"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames:     []string{"localhost"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	f.caPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	f.pool = x509.NewCertPool()
+	f.pool.AddCert(ca)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
 
 // Close stops the servers and every process the fake started, and waits
 // for them.
-func (f *Fake) Close() {}
+func (f *Fake) Close() {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return
+	}
+	f.closed = true
+	var running []*execution
+	for _, j := range f.jobs {
+		for _, e := range j.executions {
+			if e.running() {
+				running = append(running, e)
+			}
+		}
+	}
+	f.mu.Unlock()
+	for _, e := range running {
+		e.terminate()
+	}
+	f.wg.Wait()
+	f.armSrv.Close()
+	f.regSrv.Close()
+	f.idSrv.Close()
+	f.transport.CloseIdleConnections()
+}
 
 // ARMEndpoint is the https:// URL to use as the ARM endpoint (the
 // cloud.ResourceManager service's Endpoint).
-func (f *Fake) ARMEndpoint() string { return "" }
+func (f *Fake) ARMEndpoint() string { return f.armSrv.URL }
 
 // CAPEM is the PEM of the CA that signed the fake's certificates.
-func (f *Fake) CAPEM() []byte { return nil }
+func (f *Fake) CAPEM() []byte { return append([]byte(nil), f.caPEM...) }
 
 // HTTPClient trusts the fake's CA.
-func (f *Fake) HTTPClient() *http.Client { return nil }
+func (f *Fake) HTTPClient() *http.Client { return &http.Client{Transport: f.transport} }
+
+// ClientOptions are azcore client options that send ARM requests to the
+// fake (cloud.ResourceManager's Endpoint is ARMEndpoint, its Audience
+// https://management.core.windows.net/) over a transport that trusts the
+// fake's CA, with retries that wait milliseconds where Azure gives no
+// Retry-After and honour a Retry-After of up to 5 seconds. Use them as arm.ClientOptions{ClientOptions: ...}.
+func (f *Fake) ClientOptions() policy.ClientOptions {
+	return policy.ClientOptions{
+		Cloud: cloud.Configuration{
+			ActiveDirectoryAuthorityHost: f.idSrv.URL + "/",
+			Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
+				cloud.ResourceManager: {Endpoint: f.ARMEndpoint(), Audience: armAudience},
+			},
+		},
+		Transport: f.HTTPClient(),
+		// azcore waits a Retry-After up to MaxRetryDelay and gives up on a
+		// longer one (runtime/policy_retry.go).
+		Retry: policy.RetryOptions{MaxRetries: 3, RetryDelay: 10 * time.Millisecond, MaxRetryDelay: 5 * time.Second},
+	}
+}
 
 // IdentityEndpoint returns the values of IDENTITY_ENDPOINT and
 // IDENTITY_HEADER under which azidentity's ManagedIdentityCredential gets
 // tokens from the fake.
-func (f *Fake) IdentityEndpoint() (endpoint, header string) { return "", "" }
+func (f *Fake) IdentityEndpoint() (endpoint, header string) {
+	return f.idSrv.URL + "/msi/token", f.idHeader
+}
 
 // Registry is the fake registry's login server (host:port), served over
 // TLS with the fake's CA.
-func (f *Fake) Registry() string { return "" }
-
-// Push stores img in the fake registry as ref (host:port/repo:tag), with
-// no authentication: for seeding base images in tests.
-func (f *Fake) Push(ref string, img v1.Image) error { return errors.New("acafake: not built yet") }
+func (f *Fake) Registry() string { return strings.TrimPrefix(f.regSrv.URL, "https://") }
 
 // Inject makes the next request that matches fail as fault says.
-func (f *Fake) Inject(fault Fault) {}
+func (f *Fake) Inject(fault Fault) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.faults = append(f.faults, fault)
+}
+
+// takeFault removes and returns the first fault that matches r.
+func (f *Fake) takeFault(r *http.Request) (Fault, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, ft := range f.faults {
+		if (ft.Method == "" || strings.EqualFold(ft.Method, r.Method)) && strings.HasSuffix(strings.ToLower(r.URL.Path), strings.ToLower(ft.PathSuffix)) {
+			f.faults = append(f.faults[:i], f.faults[i+1:]...)
+			return ft, true
+		}
+	}
+	return Fault{}, false
+}
 
 // Requests counts the requests the fake answered, by "METHOD suffix"
 // where suffix is the path after the resource group (such as
 // "PUT /providers/Microsoft.App/jobs/x"): tests check what was called.
-func (f *Fake) Requests() map[string]int { return nil }
+func (f *Fake) Requests() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[string]int, len(f.requests))
+	for k, v := range f.requests {
+		out[k] = v
+	}
+	return out
+}
 
 // Running lists the jobs that have an execution running now.
-func (f *Fake) Running() []string { return nil }
+func (f *Fake) Running() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var names []string
+	for name, j := range f.jobs {
+		for _, e := range j.executions {
+			if e.running() {
+				names = append(names, name)
+				break
+			}
+		}
+	}
+	sort.Strings(names)
+	return names
+}
 
 // Crash kills the running execution's process of job, as a replica lost
 // with its node: the execution ends Failed.
-func (f *Fake) Crash(job string) error { return errors.New("acafake: not built yet") }
+func (f *Fake) Crash(job string) error {
+	e := f.runningExecution(job)
+	if e == nil {
+		return fmt.Errorf("acafake: job %s has no running execution", job)
+	}
+	e.kill()
+	<-e.done
+	return nil
+}
 
 // Env returns the environment the execution of job was started with, for
 // tests of what the runtime passes.
-func (f *Fake) Env(job string) map[string]string { return nil }
+func (f *Fake) Env(job string) map[string]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	j := f.jobs[strings.ToLower(job)]
+	if j == nil || len(j.executions) == 0 {
+		return nil
+	}
+	e := j.executions[len(j.executions)-1]
+	out := make(map[string]string, len(e.env))
+	for k, v := range e.env {
+		out[k] = v
+	}
+	return out
+}
+
+// ExecutionState is what Execution reports of a job's latest execution.
+type ExecutionState struct {
+	Name   string
+	Status string // Running, Succeeded, Failed, Stopped
+	Reason string // why it failed before its process ran, if it did
+	PID    int    // 0 if no process ran
+}
+
+// Execution reports the latest execution of job; ok is false when the job
+// has none.
+func (f *Fake) Execution(job string) (ExecutionState, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	j := f.jobs[strings.ToLower(job)]
+	if j == nil || len(j.executions) == 0 {
+		return ExecutionState{}, false
+	}
+	e := j.executions[len(j.executions)-1]
+	return ExecutionState{Name: e.name, Status: e.status, Reason: e.reason, PID: e.pid}, true
+}
+
+// Output is what the latest execution of job wrote to stdout and stderr
+// (the last 64 KiB).
+func (f *Fake) Output(job string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	j := f.jobs[strings.ToLower(job)]
+	if j == nil || len(j.executions) == 0 {
+		return ""
+	}
+	return j.executions[len(j.executions)-1].out.String()
+}
+
+func (f *Fake) runningExecution(job string) *execution {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	j := f.jobs[strings.ToLower(job)]
+	if j == nil {
+		return nil
+	}
+	for _, e := range j.executions {
+		if e.running() {
+			return e
+		}
+	}
+	return nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// Push stores img in the fake registry as ref (host:port/repo:tag), with
+// no authentication: for seeding base images in tests.
+var _ = v1.Hash{}

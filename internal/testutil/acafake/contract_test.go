@@ -1,0 +1,740 @@
+//go:build linux && !agentonly
+
+package acafake_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	armappcontainers "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/appcontainers/armappcontainers/v3"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/devgpu/devgpu/internal/testutil"
+	"github.com/devgpu/devgpu/internal/testutil/acafake"
+)
+
+const (
+	sub = "00000000-0000-0000-0000-000000000001"
+	rg  = "rg-devgpu"
+	env = "env-gpu"
+	t4  = "Consumption-GPU-NC8as-T4"
+)
+
+// poll is how often the tests poll long-running operations (azcore allows
+// less than a second under go test: runtime/poller.go).
+var poll = &runtime.PollUntilDoneOptions{Frequency: 10 * time.Millisecond}
+
+type rig struct {
+	f       *acafake.Fake
+	cred    azcore.TokenCredential
+	clients *armappcontainers.ClientFactory
+	ctx     context.Context
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	f, err := acafake.New(acafake.Options{
+		SubscriptionID: sub,
+		ResourceGroup:  rg,
+		Environment:    env,
+		Profiles:       map[string]string{"gpu-t4": t4},
+		GPUQuota:       map[string]int{t4: 1},
+		Dir:            t.TempDir(),
+		Logger:         testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.Close)
+	endpoint, header := f.IdentityEndpoint()
+	t.Setenv("IDENTITY_ENDPOINT", endpoint)
+	t.Setenv("IDENTITY_HEADER", header)
+	cred, err := azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{ClientOptions: f.ClientOptions()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clients, err := armappcontainers.NewClientFactory(sub, cred, &arm.ClientOptions{ClientOptions: f.ClientOptions()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &rig{f: f, cred: cred, clients: clients, ctx: testutil.Context(t, testutil.WaitLong)}
+}
+
+var (
+	probeOnce sync.Once
+	probeBin  []byte
+	probeErr  error
+)
+
+// probeSource is the program the executions run: it prints the secret
+// file it is given and its env, then exits with the status it is told, or
+// waits for SIGTERM.
+const probeSource = `package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+)
+
+func main() {
+	b, err := os.ReadFile(os.Args[2])
+	fmt.Printf("secret=%s err=%v\n", b, err)
+	fmt.Printf("FOO=%s TOKEN=%s GPU=%s\n", os.Getenv("FOO"), os.Getenv("TOKEN"), os.Getenv("NVIDIA_VISIBLE_DEVICES"))
+	if os.Args[1] == "wait" {
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, syscall.SIGTERM)
+		<-c
+		fmt.Println("terminated")
+		return
+	}
+	n, _ := strconv.Atoi(os.Args[1])
+	os.Exit(n)
+}
+`
+
+// probe builds probeSource once, statically (CGO_ENABLED=0), as a
+// session image's agent is.
+func probe(t *testing.T) []byte {
+	t.Helper()
+	probeOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "acafake-probe-")
+		if err != nil {
+			probeErr = err
+			return
+		}
+		defer os.RemoveAll(dir)
+		if probeErr = os.WriteFile(filepath.Join(dir, "main.go"), []byte(probeSource), 0o644); probeErr != nil {
+			return
+		}
+		if probeErr = os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module probe\n\ngo 1.22\n"), 0o644); probeErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", "probe", ".")
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			probeErr = errors.New(err.Error() + ": " + string(out))
+			return
+		}
+		probeBin, probeErr = os.ReadFile(filepath.Join(dir, "probe"))
+	})
+	if probeErr != nil {
+		t.Fatalf("build probe: %v", probeErr)
+	}
+	return probeBin
+}
+
+// layer is a layer holding files (path -> content).
+func layer(t *testing.T, files map[string][]byte) v1.Layer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for p, b := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: p, Mode: 0o755, Size: int64(len(b)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data := buf.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(data)), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// testLogger sends the fake's log to the test's log, so a failure shows
+// what the executions printed.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, nil))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// pushProbe pushes an image whose second layer holds the probe at
+// /devgpu-agent (its first has another file there, which the second
+// must override) and returns its reference.
+func (r *rig) pushProbe(t *testing.T) string {
+	t.Helper()
+	img, err := mutate.AppendLayers(empty.Image,
+		layer(t, map[string][]byte{"devgpu-agent": []byte("#!/bin/false\n"), "etc/os-release": []byte("ID=fake\n")}),
+		layer(t, map[string][]byte{"devgpu-agent": probe(t)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := r.f.Registry() + "/base:1"
+	if err := r.f.Push(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+// jobSpec is a job as the aca runtime creates one: Manual trigger, a
+// Secret volume at /var/run/devgpu, env from a value and a secret, the
+// registry pulled with the system identity.
+func (r *rig) jobSpec(image, profile string, args ...string) armappcontainers.Job {
+	envID := "/subscriptions/" + sub + "/resourceGroups/" + rg + "/providers/Microsoft.App/managedEnvironments/" + env
+	command := []*string{to.Ptr("/devgpu-agent")}
+	for _, a := range args {
+		command = append(command, to.Ptr(a))
+	}
+	return armappcontainers.Job{
+		Location: to.Ptr("swedencentral"),
+		Tags:     map[string]*string{"devgpu-installation": to.Ptr("i1")},
+		Properties: &armappcontainers.JobProperties{
+			EnvironmentID:       to.Ptr(envID),
+			WorkloadProfileName: to.Ptr(profile),
+			Configuration: &armappcontainers.JobConfiguration{
+				TriggerType:         to.Ptr(armappcontainers.TriggerTypeManual),
+				ReplicaTimeout:      to.Ptr[int32](3600),
+				ReplicaRetryLimit:   to.Ptr[int32](0),
+				ManualTriggerConfig: &armappcontainers.JobConfigurationManualTriggerConfig{Parallelism: to.Ptr[int32](1), ReplicaCompletionCount: to.Ptr[int32](1)},
+				Secrets: []*armappcontainers.Secret{
+					{Name: to.Ptr("agent-secret"), Value: to.Ptr("s3cret")},
+					{Name: to.Ptr("token"), Value: to.Ptr("tok")},
+				},
+				Registries: []*armappcontainers.RegistryCredentials{{Server: to.Ptr(r.f.Registry()), Identity: to.Ptr("system")}},
+			},
+			Template: &armappcontainers.JobTemplate{
+				Containers: []*armappcontainers.Container{{
+					Name:         to.Ptr("session"),
+					Image:        to.Ptr(image),
+					Command:      command,
+					Env:          []*armappcontainers.EnvironmentVar{{Name: to.Ptr("FOO"), Value: to.Ptr("bar")}, {Name: to.Ptr("TOKEN"), SecretRef: to.Ptr("token")}},
+					VolumeMounts: []*armappcontainers.VolumeMount{{VolumeName: to.Ptr("devgpu"), MountPath: to.Ptr("/var/run/devgpu")}},
+				}},
+				Volumes: []*armappcontainers.Volume{{
+					Name:        to.Ptr("devgpu"),
+					StorageType: to.Ptr(armappcontainers.StorageTypeSecret),
+					Secrets:     []*armappcontainers.SecretVolumeItem{{SecretRef: to.Ptr("agent-secret"), Path: to.Ptr("agent-secret")}},
+				}},
+			},
+		},
+	}
+}
+
+func (r *rig) create(t *testing.T, name string, spec armappcontainers.Job) armappcontainers.Job {
+	t.Helper()
+	p, err := r.clients.NewJobsClient().BeginCreateOrUpdate(r.ctx, rg, name, spec, nil)
+	if err != nil {
+		t.Fatalf("create %s: %v", name, err)
+	}
+	res, err := p.PollUntilDone(r.ctx, poll)
+	if err != nil {
+		t.Fatalf("create %s: %v", name, err)
+	}
+	return res.Job
+}
+
+func (r *rig) start(t *testing.T, name string) string {
+	t.Helper()
+	p, err := r.clients.NewJobsClient().BeginStart(r.ctx, rg, name, nil)
+	if err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	res, err := p.PollUntilDone(r.ctx, poll)
+	if err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	return *res.Name
+}
+
+func (r *rig) execution(t *testing.T, job, execName string) armappcontainers.JobExecution {
+	t.Helper()
+	res, err := r.clients.NewContainerAppsAPIClient().JobExecution(r.ctx, rg, job, execName, nil)
+	if err != nil {
+		t.Fatalf("get execution %s: %v", execName, err)
+	}
+	return res.JobExecution
+}
+
+func (r *rig) waitStatus(t *testing.T, job, execName string, want armappcontainers.JobExecutionRunningState) armappcontainers.JobExecution {
+	t.Helper()
+	var x armappcontainers.JobExecution
+	testutil.Eventually(t, testutil.WaitMedium, "execution "+execName+" "+string(want), func() bool {
+		x = r.execution(t, job, execName)
+		return *x.Properties.Status == want
+	})
+	return x
+}
+
+func responseError(t *testing.T, err error) *azcore.ResponseError {
+	t.Helper()
+	var re *azcore.ResponseError
+	if !errors.As(err, &re) {
+		t.Fatalf("want an azcore.ResponseError, got %v", err)
+	}
+	return re
+}
+
+// The environment's GET shows its location and workload profiles; its
+// usages show the GPU quota (ManagedEnvironmentsClient.Get,
+// ManagedEnvironmentUsagesClient.NewListPager).
+func TestEnvironmentAndUsages(t *testing.T) {
+	r := newRig(t)
+	e, err := r.clients.NewManagedEnvironmentsClient().Get(r.ctx, rg, env, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *e.Location != "swedencentral" || *e.Properties.ProvisioningState != armappcontainers.EnvironmentProvisioningStateSucceeded {
+		t.Fatalf("environment: location %s state %s", *e.Location, *e.Properties.ProvisioningState)
+	}
+	types := map[string]string{}
+	for _, p := range e.Properties.WorkloadProfiles {
+		types[*p.Name] = *p.WorkloadProfileType
+	}
+	if types["gpu-t4"] != t4 || types["Consumption"] != "Consumption" {
+		t.Fatalf("workload profiles %v", types)
+	}
+	var found *armappcontainers.Usage
+	pager := r.clients.NewManagedEnvironmentUsagesClient().NewListPager(rg, env, nil)
+	for pager.More() {
+		page, err := pager.NextPage(r.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range page.Value {
+			if *u.Name.LocalizedValue == "Managed Environment Consumption T4 Gpus" {
+				found = u
+			}
+		}
+	}
+	if found == nil || *found.Limit != 1 || *found.CurrentValue != 0 || *found.Name.Value != "ManagedEnvironmentConsumptionT4Gpus" {
+		t.Fatalf("T4 usage %+v", found)
+	}
+	if _, err := r.clients.NewManagedEnvironmentsClient().Get(r.ctx, rg, "other", nil); responseError(t, err).ErrorCode != "ResourceNotFound" {
+		t.Fatalf("get other environment: %v", err)
+	}
+}
+
+// A job goes through create (Azure-AsyncOperation), get (no secret
+// values), start (Location, JobExecutionBase), an execution that runs the
+// image's command with its secret file and env and succeeds, and delete
+// (Location, then 404 ResourceNotFound).
+func TestJobLifecycle(t *testing.T) {
+	r := newRig(t)
+	image := r.pushProbe(t)
+	created := r.create(t, "job-ok", r.jobSpec(image, "gpu-t4", "0", "/var/run/devgpu/agent-secret"))
+	if *created.Properties.ProvisioningState != armappcontainers.JobProvisioningStateSucceeded {
+		t.Fatalf("after create: %s", *created.Properties.ProvisioningState)
+	}
+	if n := r.f.Requests()["GET /providers/Microsoft.App/locations/swedencentral/containerappsjobOperationStatuses/"]; n != 0 {
+		t.Fatalf("requests keyed oddly: %v", r.f.Requests())
+	}
+	polls := 0
+	for k, n := range r.f.Requests() {
+		if strings.Contains(k, "containerappsjobOperationStatuses") {
+			polls += n
+		}
+	}
+	if polls < 2 {
+		t.Fatalf("create succeeded after %d polls; the fake ends an operation at its second: %v", polls, r.f.Requests())
+	}
+	got, err := r.clients.NewJobsClient().Get(r.ctx, rg, "job-ok", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range got.Properties.Configuration.Secrets {
+		if s.Value != nil {
+			t.Fatalf("GET returned secret %s's value", *s.Name)
+		}
+	}
+	if *got.ID != "/subscriptions/"+sub+"/resourceGroups/"+rg+"/providers/Microsoft.App/jobs/job-ok" || *got.Tags["devgpu-installation"] != "i1" {
+		t.Fatalf("job %s tags %v", *got.ID, got.Tags)
+	}
+
+	execName := r.start(t, "job-ok")
+	if !strings.HasPrefix(execName, "job-ok-") {
+		t.Fatalf("execution name %s", execName)
+	}
+	x := r.waitStatus(t, "job-ok", execName, armappcontainers.JobExecutionRunningStateSucceeded)
+	if x.Properties.StartTime == nil || x.Properties.EndTime == nil {
+		t.Fatalf("times %+v", x.Properties)
+	}
+	out := r.f.Output("job-ok")
+	if !strings.Contains(out, "secret=s3cret err=<nil>") || !strings.Contains(out, "FOO=bar TOKEN=tok GPU=GPU-sim-t4-0") {
+		t.Fatalf("the probe printed %q", out)
+	}
+	if e := r.f.Env("job-ok"); e["TOKEN"] != "tok" || e["NVIDIA_VISIBLE_DEVICES"] != "GPU-sim-t4-0" {
+		t.Fatalf("env %v", e)
+	}
+	list := r.clients.NewJobsExecutionsClient().NewListPager(rg, "job-ok", nil)
+	page, err := list.NextPage(r.ctx)
+	if err != nil || len(page.Value) != 1 || *page.Value[0].Name != execName {
+		t.Fatalf("executions %v %v", page.Value, err)
+	}
+
+	dp, err := r.clients.NewJobsClient().BeginDelete(r.ctx, rg, "job-ok", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dp.PollUntilDone(r.ctx, poll); err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.clients.NewJobsClient().Get(r.ctx, rg, "job-ok", nil)
+	if re := responseError(t, err); re.StatusCode != http.StatusNotFound || re.ErrorCode != "ResourceNotFound" {
+		t.Fatalf("get after delete: %v", err)
+	}
+	// Deleting a job that is not there is 204 (async-api-reference.md).
+	dp, err = r.clients.NewJobsClient().BeginDelete(r.ctx, rg, "job-ok", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dp.PollUntilDone(r.ctx, poll); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A non-zero exit fails the execution; a command the image lacks fails it
+// with a reason; neither is restarted.
+func TestExecutionFails(t *testing.T) {
+	r := newRig(t)
+	image := r.pushProbe(t)
+	r.create(t, "job-bad", r.jobSpec(image, "Consumption", "3", "/var/run/devgpu/agent-secret"))
+	x := r.waitStatus(t, "job-bad", r.start(t, "job-bad"), armappcontainers.JobExecutionRunningStateFailed)
+	if x.Properties.EndTime == nil {
+		t.Fatal("a failed execution has no end time")
+	}
+	if e := r.f.Env("job-bad"); e["NVIDIA_VISIBLE_DEVICES"] != "" {
+		t.Fatalf("a Consumption replica got a GPU: %v", e)
+	}
+
+	spec := r.jobSpec(image, "Consumption", "0", "/var/run/devgpu/agent-secret")
+	spec.Properties.Template.Containers[0].Command[0] = to.Ptr("/missing")
+	r.create(t, "job-missing", spec)
+	r.waitStatus(t, "job-missing", r.start(t, "job-missing"), armappcontainers.JobExecutionRunningStateFailed)
+	if st, _ := r.f.Execution("job-missing"); !strings.Contains(st.Reason, "/missing is not a file in image") {
+		t.Fatalf("reason %q", st.Reason)
+	}
+
+	// Without a registries entry the pull is refused, as Container Apps
+	// refuses a private registry it has no credentials for.
+	spec = r.jobSpec(image, "Consumption", "0", "/var/run/devgpu/agent-secret")
+	spec.Properties.Configuration.Registries = nil
+	r.create(t, "job-noauth", spec)
+	r.waitStatus(t, "job-noauth", r.start(t, "job-noauth"), armappcontainers.JobExecutionRunningStateFailed)
+	if st, _ := r.f.Execution("job-noauth"); !strings.Contains(st.Reason, "unauthorized") {
+		t.Fatalf("reason %q", st.Reason)
+	}
+}
+
+// Stopping an execution SIGTERMs its process; the execution is Stopped
+// and the process gone. A crash fails it. Deleting a job stops its
+// execution.
+func TestStopCrashDelete(t *testing.T) {
+	r := newRig(t)
+	image := r.pushProbe(t)
+	r.create(t, "job-wait", r.jobSpec(image, "gpu-t4", "wait", "/var/run/devgpu/agent-secret"))
+	execName := r.start(t, "job-wait")
+	var pid int
+	testutil.Eventually(t, testutil.WaitMedium, "the process", func() bool {
+		st, _ := r.f.Execution("job-wait")
+		pid = st.PID
+		return pid != 0 && strings.Contains(r.f.Output("job-wait"), "GPU=")
+	})
+	if got := r.f.Running(); len(got) != 1 || got[0] != "job-wait" {
+		t.Fatalf("running %v", got)
+	}
+	if *r.execution(t, "job-wait", execName).Properties.Status != armappcontainers.JobExecutionRunningStateRunning {
+		t.Fatal("not running")
+	}
+	sp, err := r.clients.NewJobsClient().BeginStopExecution(r.ctx, rg, "job-wait", execName, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sp.PollUntilDone(r.ctx, poll); err != nil {
+		t.Fatal(err)
+	}
+	if st := *r.execution(t, "job-wait", execName).Properties.Status; st != armappcontainers.JobExecutionRunningStateStopped {
+		t.Fatalf("after stop: %s", st)
+	}
+	if testutil.ProcessAlive(pid) {
+		t.Fatalf("process %d outlived the stop", pid)
+	}
+	if !strings.Contains(r.f.Output("job-wait"), "terminated") {
+		t.Fatalf("the process did not see SIGTERM: %q", r.f.Output("job-wait"))
+	}
+
+	execName = r.start(t, "job-wait")
+	testutil.Eventually(t, testutil.WaitMedium, "the process", func() bool {
+		st, _ := r.f.Execution("job-wait")
+		pid = st.PID
+		return pid != 0
+	})
+	if err := r.f.Crash("job-wait"); err != nil {
+		t.Fatal(err)
+	}
+	r.waitStatus(t, "job-wait", execName, armappcontainers.JobExecutionRunningStateFailed)
+	if testutil.ProcessAlive(pid) {
+		t.Fatalf("process %d outlived the crash", pid)
+	}
+
+	r.start(t, "job-wait")
+	testutil.Eventually(t, testutil.WaitMedium, "the process", func() bool {
+		st, _ := r.f.Execution("job-wait")
+		pid = st.PID
+		return pid != 0
+	})
+	dp, err := r.clients.NewJobsClient().BeginDelete(r.ctx, rg, "job-wait", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dp.PollUntilDone(r.ctx, poll); err != nil {
+		t.Fatal(err)
+	}
+	if testutil.ProcessAlive(pid) || len(r.f.Running()) != 0 {
+		t.Fatalf("process %d outlived its job's delete (running %v)", pid, r.f.Running())
+	}
+}
+
+// Lists page with nextLink (JobsClient.NewListByResourceGroupPager).
+func TestListPaging(t *testing.T) {
+	r := newRig(t)
+	names := []string{"job-a", "job-b", "job-c", "job-d", "job-e"}
+	for _, n := range names {
+		r.create(t, n, r.jobSpec(r.f.Registry()+"/x:1", "Consumption", "0", "/var/run/devgpu/agent-secret"))
+	}
+	var got []string
+	pages := 0
+	pager := r.clients.NewJobsClient().NewListByResourceGroupPager(rg, nil)
+	for pager.More() {
+		page, err := pager.NextPage(r.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		for _, j := range page.Value {
+			got = append(got, *j.Name)
+		}
+	}
+	if strings.Join(got, ",") != strings.Join(names, ",") || pages != 3 {
+		t.Fatalf("%d pages: %v", pages, got)
+	}
+}
+
+// A PUT while the job's create runs, and a start while its delete runs,
+// are 409 Conflict; a bad PUT is 400 with a sentence.
+func TestConflictsAndValidation(t *testing.T) {
+	r := newRig(t)
+	image := r.pushProbe(t)
+	spec := r.jobSpec(image, "Consumption", "wait", "/var/run/devgpu/agent-secret")
+	jobs := r.clients.NewJobsClient()
+	if _, err := jobs.BeginCreateOrUpdate(r.ctx, rg, "job-c", spec, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err := jobs.BeginCreateOrUpdate(r.ctx, rg, "job-c", spec, nil)
+	if re := responseError(t, err); re.StatusCode != http.StatusConflict || re.ErrorCode != "Conflict" {
+		t.Fatalf("second PUT: %v", err)
+	}
+	if _, err := jobs.BeginStart(r.ctx, rg, "job-c", nil); responseError(t, err).StatusCode != http.StatusConflict {
+		t.Fatalf("start while creating: %v", err)
+	}
+
+	r.create(t, "job-d", spec)
+	r.start(t, "job-d")
+	if _, err := jobs.BeginDelete(r.ctx, rg, "job-d", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := jobs.BeginStart(r.ctx, rg, "job-d", nil); responseError(t, err).StatusCode != http.StatusConflict {
+		t.Fatalf("start while deleting: %v", err)
+	}
+
+	bad := r.jobSpec(image, "gpu-a100", "0")
+	_, err = jobs.BeginCreateOrUpdate(r.ctx, rg, "job-e", bad, nil)
+	if re := responseError(t, err); re.StatusCode != http.StatusBadRequest || !strings.Contains(err.Error(), "workload profile 'gpu-a100' does not exist") {
+		t.Fatalf("PUT with a missing profile: %v", err)
+	}
+	bad = r.jobSpec(image, "Consumption", "0")
+	bad.Properties.Template.Volumes[0].Secrets[0].SecretRef = to.Ptr("nope")
+	if _, err = jobs.BeginCreateOrUpdate(r.ctx, rg, "job-e", bad, nil); err == nil || !strings.Contains(err.Error(), "secret 'nope'") {
+		t.Fatalf("PUT with a missing secret: %v", err)
+	}
+	if _, err = jobs.BeginCreateOrUpdate(r.ctx, rg, "Job_E", spec, nil); err == nil || !strings.Contains(err.Error(), "Invalid job name") {
+		t.Fatalf("PUT with a bad name: %v", err)
+	}
+}
+
+// A 429 with Retry-After is retried by azcore's retry policy after the
+// time it says (runtime/policy_retry.go honours Retry-After).
+func TestThrottleRetryAfter(t *testing.T) {
+	r := newRig(t)
+	r.create(t, "job-t", r.jobSpec(r.f.Registry()+"/x:1", "Consumption", "0"))
+	r.f.Inject(acafake.Fault{Method: "GET", PathSuffix: "/jobs/job-t", Status: http.StatusTooManyRequests, Code: "TooManyRequests", RetryAfter: 1})
+	before := r.f.Requests()["GET /providers/Microsoft.App/jobs/job-t"]
+	began := time.Now()
+	if _, err := r.clients.NewJobsClient().Get(r.ctx, rg, "job-t", nil); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(began); d < time.Second {
+		t.Fatalf("the retry came after %s, before Retry-After's 1s", d)
+	}
+	if n := r.f.Requests()["GET /providers/Microsoft.App/jobs/job-t"] - before; n != 2 {
+		t.Fatalf("%d GETs, want the throttled one and its retry", n)
+	}
+	// An injected error without retry is the caller's.
+	r.f.Inject(acafake.Fault{Method: "GET", PathSuffix: "/jobs/job-t", Status: http.StatusForbidden, Code: "AuthorizationFailed"})
+	_, err := r.clients.NewJobsClient().Get(r.ctx, rg, "job-t", nil)
+	if re := responseError(t, err); re.StatusCode != http.StatusForbidden || re.ErrorCode != "AuthorizationFailed" {
+		t.Fatalf("injected 403: %v", err)
+	}
+}
+
+// Starting beyond the environment's GPU quota fails with the quota's name
+// and limit; the usages API counts the running one.
+func TestQuota(t *testing.T) {
+	r := newRig(t)
+	image := r.pushProbe(t)
+	spec := r.jobSpec(image, "gpu-t4", "wait", "/var/run/devgpu/agent-secret")
+	r.create(t, "job-1", spec)
+	r.create(t, "job-2", spec)
+	r.start(t, "job-1")
+	_, err := r.clients.NewJobsClient().BeginStart(r.ctx, rg, "job-2", nil)
+	re := responseError(t, err)
+	if re.StatusCode != http.StatusBadRequest || re.ErrorCode != "QuotaExceeded" || !strings.Contains(err.Error(), "Managed Environment Consumption T4 Gpus") || !strings.Contains(err.Error(), "limit 1") {
+		t.Fatalf("start beyond quota: %v", err)
+	}
+	pager := r.clients.NewManagedEnvironmentUsagesClient().NewListPager(rg, env, nil)
+	page, err := pager.NextPage(r.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range page.Value {
+		if *u.Name.Value == "ManagedEnvironmentConsumptionT4Gpus" && *u.CurrentValue != 1 {
+			t.Fatalf("T4 usage %v with one running", *u.CurrentValue)
+		}
+	}
+}
+
+// ARM refuses a request without a token (401 AuthenticationFailed) and
+// one with a token it did not issue (401 InvalidAuthenticationToken).
+func TestUnauthenticated(t *testing.T) {
+	r := newRig(t)
+	u := r.f.ARMEndpoint() + "/subscriptions/" + sub + "/resourceGroups/" + rg + "/providers/Microsoft.App/jobs?api-version=2025-01-01"
+	resp, err := r.f.HTTPClient().Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("x-ms-error-code") != "AuthenticationFailed" {
+		t.Fatalf("no token: %d %s", resp.StatusCode, resp.Header.Get("x-ms-error-code"))
+	}
+	clients, err := armappcontainers.NewClientFactory(sub, staticToken("forged"), &arm.ClientOptions{ClientOptions: r.f.ClientOptions()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = clients.NewJobsClient().Get(r.ctx, rg, "x", nil)
+	if re := responseError(t, err); re.StatusCode != http.StatusUnauthorized || re.ErrorCode != "InvalidAuthenticationToken" {
+		t.Fatalf("forged token: %v", err)
+	}
+}
+
+type staticToken string
+
+func (s staticToken) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	return azcore.AccessToken{Token: string(s), ExpiresOn: time.Now().Add(time.Hour)}, nil
+}
+
+// The registry wants ACR's token exchange: an anonymous push is refused;
+// an AAD token from the identity endpoint exchanged at /oauth2/exchange
+// is a refresh token that ggcr uses as an IdentityToken
+// (https://github.com/Azure/acr/blob/main/docs/AAD-OAuth.md).
+func TestRegistryExchange(t *testing.T) {
+	r := newRig(t)
+	img, err := random.Image(512, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(r.f.Registry() + "/devgpu/sessions:t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := r.f.HTTPClient().Transport
+	if err := remote.Write(ref, img, remote.WithTransport(tr), remote.WithContext(r.ctx)); err == nil {
+		t.Fatal("an anonymous push was accepted")
+	}
+	tok, err := r.cred.GetToken(r.ctx, policy.TokenRequestOptions{Scopes: []string{"https://management.core.windows.net//.default"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := r.f.HTTPClient().PostForm("https://"+r.f.Registry()+"/oauth2/exchange", url.Values{
+		"grant_type": {"access_token"}, "service": {r.f.Registry()}, "access_token": {tok.Token},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ex struct {
+		RefreshToken string `json:"refresh_token"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&ex)
+	resp.Body.Close()
+	if err != nil || ex.RefreshToken == "" {
+		t.Fatalf("exchange: %d %v", resp.StatusCode, err)
+	}
+	auth := authn.FromConfig(authn.AuthConfig{IdentityToken: ex.RefreshToken})
+	if err := remote.Write(ref, img, remote.WithTransport(tr), remote.WithAuth(auth), remote.WithContext(r.ctx)); err != nil {
+		t.Fatal(err)
+	}
+	pulled, err := remote.Image(ref, remote.WithTransport(tr), remote.WithAuth(auth), remote.WithContext(r.ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := img.Digest()
+	got, _ := pulled.Digest()
+	if got != want {
+		t.Fatalf("pulled %s, pushed %s", got, want)
+	}
+	// A token the identity endpoint did not issue is no good.
+	resp, err = r.f.HTTPClient().PostForm("https://"+r.f.Registry()+"/oauth2/exchange", url.Values{
+		"grant_type": {"access_token"}, "service": {r.f.Registry()}, "access_token": {"forged"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("exchange of a forged token: %d", resp.StatusCode)
+	}
+}

@@ -1,0 +1,410 @@
+//go:build linux && !agentonly
+
+package acafake
+
+import (
+	"archive/tar"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
+	armappcontainers "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/appcontainers/armappcontainers/v3"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+)
+
+// stopGrace is how long a stopped execution's process has between
+// SIGTERM and SIGKILL. Container Apps gives a replica
+// terminationGracePeriodSeconds (30s by default) before it kills it
+// (https://learn.microsoft.com/azure/container-apps/containers); the fake
+// keeps it short for tests.
+const stopGrace = time.Second
+
+// execution is one job execution: a local process standing for the
+// replica.
+type execution struct {
+	f         *Fake
+	job       string
+	name, id  string
+	spec      armappcontainers.Job // the job as it was at start, secrets included
+	container *armappcontainers.JobExecutionContainer
+	gpu       string // NVIDIA_VISIBLE_DEVICES, "" off GPU profiles
+	ptype     string
+	start     time.Time
+	done      chan struct{}
+	out       *tail
+
+	// Under f.mu.
+	status, reason string
+	end            time.Time
+	pid            int
+	proc           *os.Process
+	env            map[string]string
+	stopReq        bool
+	crashReq       bool
+}
+
+// running reports whether the execution has not ended (under f.mu).
+func (e *execution) running() bool {
+	return e.status == string(armappcontainers.JobExecutionRunningStateRunning)
+}
+
+// ended reports whether the execution has ended and its process is gone
+// (under f.mu).
+func (e *execution) ended() bool { return !e.running() }
+
+// newExecution adds a Running execution to j, with a simulated GPU that
+// no running execution of the same profile type holds. Under f.mu.
+func (f *Fake) newExecution(j *job, ptype string) *execution {
+	var spec armappcontainers.Job
+	b, _ := json.Marshal(j.spec)
+	_ = json.Unmarshal(b, &spec)
+	c := spec.Properties.Template.Containers[0]
+	e := &execution{
+		f:     f,
+		job:   j.name,
+		name:  j.name + "-" + strings.ToLower(randomHex(3))[:5],
+		spec:  spec,
+		ptype: ptype,
+		start: time.Now().UTC(),
+		done:  make(chan struct{}),
+		out:   &tail{max: 64 << 10},
+		container: &armappcontainers.JobExecutionContainer{
+			Name: c.Name, Image: c.Image, Command: c.Command, Args: c.Args, Env: c.Env, Resources: c.Resources,
+		},
+		status: string(armappcontainers.JobExecutionRunningStateRunning),
+	}
+	e.id = f.jobID(j.name) + "/executions/" + e.name
+	if m := gpuModel(ptype); m != "" {
+		used := map[string]bool{}
+		for _, oj := range f.jobs {
+			for _, oe := range oj.executions {
+				if oe.running() && oe.ptype == ptype {
+					used[oe.gpu] = true
+				}
+			}
+		}
+		for n := 0; ; n++ {
+			id := fmt.Sprintf("GPU-sim-%s-%d", strings.ToLower(m), n)
+			if !used[id] {
+				e.gpu = id
+				break
+			}
+		}
+	}
+	j.executions = append(j.executions, e)
+	f.log.Info("acafake: execution started", "job", j.name, "execution", e.name, "gpu", e.gpu)
+	return e
+}
+
+// launch prepares and runs the execution's process, then waits for it.
+func (e *execution) launch() {
+	f := e.f
+	defer f.wg.Done()
+	dir := filepath.Join(f.opts.Dir, "exec-"+e.name)
+	argv, env, err := e.prepare(dir)
+
+	f.mu.Lock()
+	if err == nil && !e.stopReq && !e.crashReq {
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Dir = dir
+		cmd.Env = make([]string, 0, len(env))
+		for k, v := range env {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+		cmd.Stdout, cmd.Stderr = e.out, e.out
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		e.env = env
+		if err = cmd.Start(); err == nil {
+			e.proc, e.pid = cmd.Process, cmd.Process.Pid
+			f.mu.Unlock()
+			e.wait(cmd)
+			return
+		}
+		err = fmt.Errorf("starting %s: %w", argv[0], err)
+	}
+	e.status = string(armappcontainers.JobExecutionRunningStateFailed)
+	if e.stopReq && !e.crashReq && err == nil {
+		e.status = string(armappcontainers.JobExecutionRunningStateStopped)
+	}
+	if e.crashReq && err == nil {
+		err = errors.New("the replica was lost before its process started")
+	}
+	if err != nil {
+		e.reason = err.Error()
+		f.log.Warn("acafake: execution failed before its process ran", "job", e.job, "execution", e.name, "reason", e.reason)
+	}
+	e.end = time.Now().UTC()
+	f.mu.Unlock()
+	close(e.done)
+}
+
+// wait waits for the process, enforcing the job's replicaTimeout, and
+// records how the execution ended: Stopped when it was stopped,
+// Succeeded on status 0, Failed otherwise. Jobs are never restarted here
+// (the runtime sets replicaRetryLimit 0).
+func (e *execution) wait(cmd *exec.Cmd) {
+	f := e.f
+	timeout := time.Duration(*e.spec.Properties.Configuration.ReplicaTimeout) * time.Second
+	timedOut := false
+	timer := time.AfterFunc(timeout, func() {
+		f.mu.Lock()
+		timedOut = true
+		f.mu.Unlock()
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	})
+	err := cmd.Wait()
+	timer.Stop()
+	f.mu.Lock()
+	switch {
+	case e.stopReq:
+		e.status = string(armappcontainers.JobExecutionRunningStateStopped)
+	case err == nil:
+		e.status = string(armappcontainers.JobExecutionRunningStateSucceeded)
+	default:
+		e.status = string(armappcontainers.JobExecutionRunningStateFailed)
+		e.reason = err.Error()
+		if timedOut {
+			e.reason = "the replica ran past the job's replicaTimeout"
+		}
+	}
+	e.end = time.Now().UTC()
+	status := e.status
+	f.mu.Unlock()
+	f.log.Info("acafake: execution ended", "job", e.job, "execution", e.name, "status", status, "exit", fmt.Sprint(err), "output", e.out.String())
+	close(e.done)
+}
+
+// stop ends the execution as the platform stops a replica: SIGTERM to
+// its process group, SIGKILL after stopGrace; it returns when the
+// process is gone.
+func (e *execution) stop() {
+	f := e.f
+	f.mu.Lock()
+	if e.ended() {
+		f.mu.Unlock()
+		return
+	}
+	e.stopReq = true
+	p := e.proc
+	f.mu.Unlock()
+	if p != nil {
+		_ = syscall.Kill(-p.Pid, syscall.SIGTERM)
+		select {
+		case <-e.done:
+		case <-time.After(stopGrace):
+			_ = syscall.Kill(-p.Pid, syscall.SIGKILL)
+		}
+	}
+	<-e.done
+}
+
+// terminate is stop, for Close and deletes.
+func (e *execution) terminate() { e.stop() }
+
+// kill SIGKILLs the process group, as a replica lost with its node.
+func (e *execution) kill() {
+	f := e.f
+	f.mu.Lock()
+	p := e.proc
+	// Not started yet: launch gives up, and the execution fails.
+	e.crashReq = true
+	f.mu.Unlock()
+	if p != nil {
+		_ = syscall.Kill(-p.Pid, syscall.SIGKILL)
+	}
+}
+
+// prepare pulls the image, extracts the command's file, writes the
+// secret volumes and works out the command line and environment.
+func (e *execution) prepare(dir string) (argv []string, env map[string]string, err error) {
+	f := e.f
+	props := e.spec.Properties
+	c := props.Template.Containers[0]
+	image := str(c.Image)
+	if err := f.checkPullCredentials(image, props.Configuration); err != nil {
+		return nil, nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "home"), 0o755); err != nil {
+		return nil, nil, err
+	}
+	command := make([]string, 0, len(c.Command)+len(c.Args))
+	for _, s := range append(append([]*string(nil), c.Command...), c.Args...) {
+		command = append(command, str(s))
+	}
+	bin, err := f.extract(image, command[0], dir)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	secrets := map[string]string{}
+	for _, s := range props.Configuration.Secrets {
+		secrets[str(s.Name)] = str(s.Value)
+	}
+	mounts := map[string]string{} // mountPath -> local directory
+	volumes := map[string]*armappcontainers.Volume{}
+	for _, v := range props.Template.Volumes {
+		volumes[str(v.Name)] = v
+	}
+	for _, m := range c.VolumeMounts {
+		v := volumes[str(m.VolumeName)]
+		if v == nil || v.StorageType == nil || *v.StorageType != armappcontainers.StorageTypeSecret {
+			// EmptyDir and others: an empty directory.
+			local := filepath.Join(dir, "volumes", str(m.VolumeName))
+			if err := os.MkdirAll(local, 0o755); err != nil {
+				return nil, nil, err
+			}
+			mounts[str(m.MountPath)] = local
+			continue
+		}
+		local := filepath.Join(dir, "volumes", str(v.Name))
+		if err := os.MkdirAll(local, 0o700); err != nil {
+			return nil, nil, err
+		}
+		// A Secret volume holds the secrets it lists, at their paths (by
+		// default the secret's name), or every secret of the job when it
+		// lists none (models.go Volume.Secrets, SecretVolumeItem.Path).
+		items := v.Secrets
+		if len(items) == 0 {
+			for n := range secrets {
+				items = append(items, &armappcontainers.SecretVolumeItem{SecretRef: to.Ptr(n)})
+			}
+		}
+		for _, it := range items {
+			p := str(it.Path)
+			if p == "" {
+				p = str(it.SecretRef)
+			}
+			file := filepath.Join(local, filepath.Clean("/"+p))
+			if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+				return nil, nil, err
+			}
+			if err := os.WriteFile(file, []byte(secrets[str(it.SecretRef)]), 0o400); err != nil {
+				return nil, nil, err
+			}
+		}
+		if sp := str(m.SubPath); sp != "" {
+			local = filepath.Join(local, filepath.Clean("/"+sp))
+		}
+		mounts[str(m.MountPath)] = local
+	}
+
+	argv = []string{bin}
+	for _, a := range command[1:] {
+		for mp, local := range mounts {
+			if a == mp || strings.HasPrefix(a, strings.TrimSuffix(mp, "/")+"/") {
+				a = local + strings.TrimPrefix(a, strings.TrimSuffix(mp, "/"))
+			} else if i := strings.Index(a, "="+mp); i >= 0 {
+				a = a[:i+1] + local + a[i+1+len(mp):]
+			}
+		}
+		argv = append(argv, a)
+	}
+
+	env = map[string]string{
+		"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME": filepath.Join(dir, "home"),
+	}
+	for _, v := range c.Env {
+		if v.SecretRef != nil {
+			env[str(v.Name)] = secrets[*v.SecretRef]
+		} else {
+			env[str(v.Name)] = str(v.Value)
+		}
+	}
+	if e.gpu != "" {
+		env["NVIDIA_VISIBLE_DEVICES"] = e.gpu
+	}
+	return argv, env, nil
+}
+
+// checkPullCredentials refuses an image of the fake registry that the
+// job has no credentials for: Container Apps pulls from a private
+// registry with the job's configuration.registries entry for its server
+// (a managed identity, or a username and password secret)
+// (https://learn.microsoft.com/azure/container-apps/managed-identity-image-pull).
+func (f *Fake) checkPullCredentials(image string, cfg *armappcontainers.JobConfiguration) error {
+	ref, err := name.ParseReference(image)
+	if err != nil {
+		return fmt.Errorf("image %q is not a valid reference: %w", image, err)
+	}
+	host := ref.Context().RegistryStr()
+	if host != f.Registry() {
+		return fmt.Errorf("pulling image %s failed: the fake can pull only from its registry %s", image, f.Registry())
+	}
+	for _, r := range cfg.Registries {
+		if str(r.Server) == host && (str(r.Identity) != "" || str(r.PasswordSecretRef) != "") {
+			return nil
+		}
+	}
+	return fmt.Errorf("pulling image %s failed: unauthorized: the job has no registries entry with an identity or password for %s", image, host)
+}
+
+// extract writes the file at file (an absolute path in the image) out of
+// image's filesystem into dir, mode 0755, and returns where. Layers are
+// applied in order, so the last layer that has the file wins.
+func (f *Fake) extract(image, file, dir string) (string, error) {
+	img, err := f.pull(image)
+	if err != nil {
+		return "", fmt.Errorf("pulling image %s failed: %w", image, err)
+	}
+	want := strings.TrimPrefix(path.Clean("/"+file), "/")
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return "", fmt.Errorf("the command %s is not a file in image %s", file, image)
+		}
+		if err != nil {
+			return "", fmt.Errorf("reading image %s: %w", image, err)
+		}
+		if strings.TrimPrefix(path.Clean("/"+h.Name), "/") != want || h.Typeflag != tar.TypeReg {
+			continue
+		}
+		out := filepath.Join(dir, path.Base(want))
+		w, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+		if err != nil {
+			return "", err
+		}
+		_, err = io.Copy(w, tr)
+		if cerr := w.Close(); err == nil {
+			err = cerr
+		}
+		return out, err
+	}
+}
+
+// tail keeps the last max bytes written to it.
+type tail struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > t.max {
+		t.b = append([]byte(nil), t.b[len(t.b)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.b)
+}
