@@ -115,8 +115,15 @@ func (f *Fake) serveARM(w http.ResponseWriter, r *http.Request) {
 	}
 	// ARM refuses a request without api-version
 	// (common-api-details.md: "MissingApiVersionParameter").
-	if r.URL.Query().Get("api-version") == "" {
+	// One it does not serve is InvalidApiVersionParameter (same
+	// document); the fake serves only the one armappcontainers sends.
+	switch v := r.URL.Query().Get("api-version"); v {
+	case "":
 		armError(w, http.StatusBadRequest, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) is required for all requests.")
+		return
+	case apiVersion:
+	default:
+		armError(w, http.StatusBadRequest, "InvalidApiVersionParameter", fmt.Sprintf("The api-version '%s' is invalid. The supported versions are '%s'.", v, apiVersion))
 		return
 	}
 	if len(segs) < 2 || lower[0] != "subscriptions" || segs[1] != f.opts.SubscriptionID {
