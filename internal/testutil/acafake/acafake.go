@@ -47,6 +47,10 @@
 //	opts := &arm.ClientOptions{ClientOptions: f.ClientOptions()}
 //	jobs, _ := armappcontainers.NewJobsClient("sub", cred, opts)
 //
+// Instead of the environment variables, f.Credential() (an addition to
+// the contract) is a credential that asks the identity endpoint
+// directly, for tests that run in parallel.
+//
 // ClientOptions (an addition to the contract) is the
 // policy.ClientOptions whose cloud sends ARM requests to ARMEndpoint with
 // the audience https://management.core.windows.net/ and whose transport
@@ -74,8 +78,19 @@
 //
 // Executions: the first is named <job>-<5 random letters>, as the
 // platform names them. Additions to the contract, beside ClientOptions:
-// Execution (the state of a job's latest execution), PID (its process),
-// Output (its captured stdout and stderr).
+// Credential, Execution (the state of a job's latest execution: status,
+// the reason it failed before its process ran, its process's pid) and
+// Output (what that process wrote to stdout and stderr).
+//
+// The fake checks a job's PUT as Container Apps does where it knows how
+// (name rules, environmentId, workload profile, Manual trigger,
+// replicaTimeout, secrets that volumes and env reference, a registry
+// pulled with an identity the job has) and answers 400 InvalidParameter
+// with a sentence. Secret volume files are mode 0400 under
+// Dir/exec-<execution>/volumes/<volume>/; the command's file is written
+// to Dir/exec-<execution>/; the process's env is PATH, HOME
+// (Dir/exec-<execution>/home), the container's env and, on a GPU profile,
+// NVIDIA_VISIBLE_DEVICES; Env returns all of it.
 package acafake
 
 import (

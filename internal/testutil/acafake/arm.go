@@ -373,6 +373,35 @@ func (f *Fake) validate(name string, j *armappcontainers.Job) string {
 	if c.ReplicaTimeout == nil || *c.ReplicaTimeout <= 0 {
 		return "The configuration's replicaTimeout is required and must be positive."
 	}
+	// A registry pulled with a managed identity needs that identity on
+	// the job: "system" the system-assigned one, a resource id a
+	// user-assigned one the job lists
+	// (https://learn.microsoft.com/azure/container-apps/managed-identity-image-pull).
+	for _, reg := range c.Registries {
+		id := str(reg.Identity)
+		if id == "" {
+			continue
+		}
+		var typ string
+		if j.Identity != nil && j.Identity.Type != nil {
+			typ = string(*j.Identity.Type)
+		}
+		if strings.EqualFold(id, "system") {
+			if !strings.Contains(typ, "SystemAssigned") {
+				return fmt.Sprintf("Registry '%s' is pulled with the system-assigned identity, but the job has none (identity.type is '%s').", str(reg.Server), typ)
+			}
+			continue
+		}
+		found := false
+		if j.Identity != nil {
+			for k := range j.Identity.UserAssignedIdentities {
+				found = found || strings.EqualFold(k, id)
+			}
+		}
+		if !found {
+			return fmt.Sprintf("Registry '%s' is pulled with the user-assigned identity '%s', which is not among the job's identity.userAssignedIdentities.", str(reg.Server), id)
+		}
+	}
 	secrets := map[string]bool{}
 	for _, s := range c.Secrets {
 		n := str(s.Name)

@@ -53,6 +53,7 @@ var poll = &runtime.PollUntilDoneOptions{Frequency: 10 * time.Millisecond}
 
 type rig struct {
 	f       *acafake.Fake
+	dir     string
 	cred    azcore.TokenCredential
 	clients *armappcontainers.ClientFactory
 	ctx     context.Context
@@ -60,13 +61,14 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
+	dir := t.TempDir()
 	f, err := acafake.New(acafake.Options{
 		SubscriptionID: sub,
 		ResourceGroup:  rg,
 		Environment:    env,
 		Profiles:       map[string]string{"gpu-t4": t4},
 		GPUQuota:       map[string]int{t4: 1},
-		Dir:            t.TempDir(),
+		Dir:            dir,
 		Logger:         testLogger(t),
 	})
 	if err != nil {
@@ -84,7 +86,7 @@ func newRig(t *testing.T) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &rig{f: f, cred: cred, clients: clients, ctx: testutil.Context(t, testutil.WaitLong)}
+	return &rig{f: f, dir: dir, cred: cred, clients: clients, ctx: testutil.Context(t, testutil.WaitLong)}
 }
 
 var (
@@ -224,6 +226,7 @@ func (r *rig) jobSpec(image, profile string, args ...string) armappcontainers.Jo
 	return armappcontainers.Job{
 		Location: to.Ptr("swedencentral"),
 		Tags:     map[string]*string{"devgpu-installation": to.Ptr("i1")},
+		Identity: &armappcontainers.ManagedServiceIdentity{Type: to.Ptr(armappcontainers.ManagedServiceIdentityTypeSystemAssigned)},
 		Properties: &armappcontainers.JobProperties{
 			EnvironmentID:       to.Ptr(envID),
 			WorkloadProfileName: to.Ptr(profile),
@@ -397,6 +400,19 @@ func TestJobLifecycle(t *testing.T) {
 	}
 	if e := r.f.Env("job-ok"); e["TOKEN"] != "tok" || e["NVIDIA_VISIBLE_DEVICES"] != "GPU-sim-t4-0" {
 		t.Fatalf("env %v", e)
+	}
+	// The secret volume's file is the secret's value, mode 0400, under Dir.
+	var secretFiles []string
+	_ = filepath.WalkDir(r.dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.Name() == "agent-secret" {
+			if fi, err := d.Info(); err == nil && fi.Mode().Perm() == 0o400 {
+				secretFiles = append(secretFiles, p)
+			}
+		}
+		return nil
+	})
+	if len(secretFiles) != 1 {
+		t.Fatalf("secret files with mode 0400 under Dir: %v", secretFiles)
 	}
 	list := r.clients.NewJobsExecutionsClient().NewListPager(rg, "job-ok", nil)
 	page, err := list.NextPage(r.ctx)
@@ -604,6 +620,11 @@ func TestConflictsAndValidation(t *testing.T) {
 	if _, err = jobs.BeginCreateOrUpdate(r.ctx, rg, "job-e", bad, nil); err == nil || !strings.Contains(err.Error(), "secret 'nope'") {
 		t.Fatalf("PUT with a missing secret: %v", err)
 	}
+	bad = r.jobSpec(image, "Consumption", "0")
+	bad.Identity = nil
+	if _, err = jobs.BeginCreateOrUpdate(r.ctx, rg, "job-e", bad, nil); err == nil || !strings.Contains(err.Error(), "system-assigned identity") {
+		t.Fatalf("PUT pulling with an identity the job lacks: %v", err)
+	}
 	if _, err = jobs.BeginCreateOrUpdate(r.ctx, rg, "Job_E", spec, nil); err == nil || !strings.Contains(err.Error(), "Invalid job name") {
 		t.Fatalf("PUT with a bad name: %v", err)
 	}
@@ -695,6 +716,19 @@ func TestUnauthenticated(t *testing.T) {
 	_, err = clients.NewJobsClient().Get(r.ctx, rg, "x", nil)
 	if re := responseError(t, err); re.StatusCode != http.StatusUnauthorized || re.ErrorCode != "InvalidAuthenticationToken" {
 		t.Fatalf("forged token: %v", err)
+	}
+}
+
+// Credential gets tokens from the identity endpoint without the
+// process's environment, and ARM takes them.
+func TestCredential(t *testing.T) {
+	r := newRig(t)
+	clients, err := armappcontainers.NewClientFactory(sub, r.f.Credential(), &arm.ClientOptions{ClientOptions: r.f.ClientOptions()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := clients.NewManagedEnvironmentsClient().Get(r.ctx, rg, env, nil); err != nil {
+		t.Fatal(err)
 	}
 }
 

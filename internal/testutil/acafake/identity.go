@@ -3,12 +3,18 @@
 package acafake
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 )
 
 // The audiences the fake issues tokens for. azidentity asks for the scope
@@ -84,6 +90,41 @@ func (f *Fake) tokenFor(token string, audiences ...string) bool {
 		}
 	}
 	return false
+}
+
+// Credential is an azcore.TokenCredential that gets tokens from the
+// fake's identity endpoint directly, as ManagedIdentityCredential does,
+// without IDENTITY_ENDPOINT in the process's environment (so tests that
+// use it may run in parallel).
+func (f *Fake) Credential() azcore.TokenCredential { return credential{f} }
+
+type credential struct{ f *Fake }
+
+func (c credential) GetToken(ctx context.Context, opts policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	if len(opts.Scopes) != 1 {
+		return azcore.AccessToken{}, fmt.Errorf("acafake: a token is for one scope, not %d", len(opts.Scopes))
+	}
+	endpoint, header := c.f.IdentityEndpoint()
+	q := url.Values{"api-version": {"2019-08-01"}, "resource": {strings.TrimSuffix(opts.Scopes[0], "/.default")}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, endpoint+"?"+q.Encode(), nil)
+	if err != nil {
+		return azcore.AccessToken{}, err
+	}
+	req.Header.Set("X-IDENTITY-HEADER", header)
+	resp, err := c.f.HTTPClient().Do(req)
+	if err != nil {
+		return azcore.AccessToken{}, err
+	}
+	defer resp.Body.Close()
+	var body struct {
+		AccessToken string `json:"access_token"`
+		ExpiresOn   string `json:"expires_on"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || resp.StatusCode != http.StatusOK {
+		return azcore.AccessToken{}, fmt.Errorf("acafake: identity endpoint answered %d (%v)", resp.StatusCode, err)
+	}
+	secs, _ := strconv.ParseInt(body.ExpiresOn, 10, 64)
+	return azcore.AccessToken{Token: body.AccessToken, ExpiresOn: time.Unix(secs, 0)}, nil
 }
 
 func (f *Fake) count(key string) {
