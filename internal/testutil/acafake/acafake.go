@@ -76,8 +76,9 @@
 // /providers/Microsoft.App/jobs/x"); for long-running operation polls,
 // "GET " and the path after /subscriptions/<sub>.
 //
-// Executions: the first is named <job>-<5 random letters>, as the
-// platform names them. Additions to the contract, beside ClientOptions:
+// Executions are named <job>-<5 random hex digits> (the job's name and a
+// random suffix, like the platform's; the suffix's length is not
+// confirmed) and are Running from the start call on. Additions to the contract, beside ClientOptions:
 // Credential, Execution (the state of a job's latest execution: status,
 // the reason it failed before its process ran, its process's pid) and
 // Output (what that process wrote to stdout and stderr).
@@ -90,7 +91,19 @@
 // Dir/exec-<execution>/volumes/<volume>/; the command's file is written
 // to Dir/exec-<execution>/; the process's env is PATH, HOME
 // (Dir/exec-<execution>/home), the container's env and, on a GPU profile,
-// NVIDIA_VISIBLE_DEVICES; Env returns all of it.
+// NVIDIA_VISIBLE_DEVICES; Env returns all of it. An execution whose
+// image is not in the fake's registry, or whose job has no registries
+// entry (with an identity or a password secret) for it, fails before its
+// process runs, as a pull would.
+//
+// Choices the fake makes where Azure's behaviour was not confirmed (each
+// is marked where it is made): the GPU quota usages' names ("Managed
+// Environment Consumption T4 Gpus", value
+// "ManagedEnvironmentConsumptionT4Gpus"); quota is enforced at start (400
+// QuotaExceeded naming the quota and its limit), not at create; a
+// conflicting operation is 409 with code "Conflict"; validation errors are
+// 400 "InvalidParameter"; the operation URLs' path
+// (.../locations/<loc>/containerappsjobOperationStatuses|Results/<id>).
 package acafake
 
 import (
