@@ -480,9 +480,12 @@ func (f *Fake) opURL(kind, id string) string {
 // ARM's asynchronous PUT does
 // (https://github.com/Azure/azure-resource-manager-rpc/blob/master/v1.0/async-api-reference.md#creatingupdating-using-put);
 // armappcontainers polls it with FinalStateViaAzureAsyncOp and then GETs
-// the job. A PUT while another operation on the job runs is 409 Conflict
-// (async-api-reference.md: a resource busy with an operation answers 409
-// to a conflicting one; the code "Conflict" is the fake's choice).
+// the job. A PUT while another operation on the job runs is 409 Conflict:
+// 409 is HTTP's status for a request that conflicts with the resource's
+// state (RFC 9110 section 15.5.10); that ARM and Container Apps answer
+// exactly so, and with the code "Conflict", was NOT confirmed (the
+// resource provider contract's async-api-reference.md leaves concurrent
+// operations to the provider).
 func (f *Fake) putJob(w http.ResponseWriter, r *http.Request, name string) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
