@@ -483,9 +483,7 @@ func (f *Fake) opURL(kind, id string) string {
 // the job. A PUT while another operation on the job runs is 409 Conflict:
 // 409 is HTTP's status for a request that conflicts with the resource's
 // state (RFC 9110 section 15.5.10); that ARM and Container Apps answer
-// exactly so, and with the code "Conflict", was NOT confirmed (the
-// resource provider contract's async-api-reference.md leaves concurrent
-// operations to the provider).
+// exactly so, and with the code "Conflict", was NOT confirmed.
 func (f *Fake) putJob(w http.ResponseWriter, r *http.Request, name string) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
@@ -617,7 +615,7 @@ func (f *Fake) deleteJob(w http.ResponseWriter, name string) {
 // startJob starts one execution of a job: 202 with Location, whose final
 // answer is the JobExecutionBase {name, id}
 // (jobs_client.go BeginStart: FinalStateViaLocation). A start while the
-// job is being created or deleted is 409 Conflict. Starting beyond the
+// job is being created or deleted is 409 Conflict (as for putJob). Starting beyond the
 // environment's GPU quota fails with the quota's name and limit: the
 // fake checks quota at start, because an execution's replica is what
 // takes a GPU (a job definition takes none); which call Azure refuses,
