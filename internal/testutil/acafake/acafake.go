@@ -74,7 +74,10 @@
 // Requests keys: for paths under the resource group, "METHOD " and the
 // path after /resourceGroups/<rg> (such as "PUT
 // /providers/Microsoft.App/jobs/x"); for long-running operation polls,
-// "GET " and the path after /subscriptions/<sub>.
+// "GET " and the path after /subscriptions/<sub>; for the registry,
+// "METHOD registry " and the path (such as "PUT registry
+// /v2/devgpu/sessions/manifests/t1"); for the identity endpoint, "GET
+// identity".
 //
 // Executions are named <job>-<5 random hex digits> (the job's name and a
 // random suffix, like the platform's; the suffix's length is not
