@@ -88,17 +88,26 @@ func (f *Fake) serveARM(w http.ResponseWriter, r *http.Request) {
 	}
 	f.count(key)
 
-	// Every ARM request carries a bearer token for ARM's audience;
-	// without one ARM answers 401 AuthenticationFailed, with one it did
-	// not issue 401 InvalidAuthenticationToken (the codes ARM uses; the
-	// messages' wording here is the fake's).
+	// Every ARM request carries a bearer token for ARM's audience. ARM's
+	// 401 answers, as seen in the wild: no token, AuthenticationFailed
+	// "Authentication failed." (MicrosoftDocs/azure-docs#103987); a token
+	// it cannot validate, InvalidAuthenticationToken "The access token is
+	// invalid." (Azure/azure-powershell#27882,
+	// Azure/azure-sdk-for-java#1714); a token for another audience,
+	// InvalidAuthenticationTokenAudience naming the allowed ones
+	// (JetBrains/azure-tools-for-intellij#16).
+	armAudiences := []string{armAudience, "https://management.azure.com/"}
 	auth := r.Header.Get("Authorization")
 	token, ok := strings.CutPrefix(auth, "Bearer ")
-	if auth == "" {
+	switch {
+	case auth == "":
 		armError(w, http.StatusUnauthorized, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
 		return
-	}
-	if !ok || !f.tokenFor(token, armAudience, "https://management.azure.com/") {
+	case ok && f.tokenFor(token, armAudiences...):
+	case ok && f.issuedToken(token):
+		armError(w, http.StatusUnauthorized, "InvalidAuthenticationTokenAudience", "The access token has been obtained for wrong audience or resource. It should exactly match with one of the allowed audiences 'https://management.core.windows.net/','https://management.core.windows.net','https://management.azure.com/','https://management.azure.com'.")
+		return
+	default:
 		armError(w, http.StatusUnauthorized, "InvalidAuthenticationToken", "The access token is invalid.")
 		return
 	}

@@ -732,6 +732,24 @@ func TestCredential(t *testing.T) {
 	}
 }
 
+// A token the identity endpoint issued for another audience (ACR's) is
+// refused by ARM with InvalidAuthenticationTokenAudience.
+func TestWrongAudience(t *testing.T) {
+	r := newRig(t)
+	tok, err := r.f.Credential().GetToken(r.ctx, policy.TokenRequestOptions{Scopes: []string{"https://containerregistry.azure.net/.default"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clients, err := armappcontainers.NewClientFactory(sub, staticToken(tok.Token), &arm.ClientOptions{ClientOptions: r.f.ClientOptions()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = clients.NewJobsClient().Get(r.ctx, rg, "x", nil)
+	if re := responseError(t, err); re.StatusCode != http.StatusUnauthorized || re.ErrorCode != "InvalidAuthenticationTokenAudience" {
+		t.Fatalf("a token for ACR at ARM: %v", err)
+	}
+}
+
 type staticToken string
 
 func (s staticToken) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {

@@ -76,6 +76,12 @@ func (f *Fake) serveIdentity(w http.ResponseWriter, r *http.Request) {
 // test's credential may present a token an earlier test's fake issued.
 var issued sync.Map
 
+// issuedToken reports whether token is one an identity endpoint issued.
+func (f *Fake) issuedToken(token string) bool {
+	_, ok := issued.Load(token)
+	return ok
+}
+
 // tokenFor reports whether token was issued by the identity endpoint for
 // one of the audiences (compared without a trailing slash).
 func (f *Fake) tokenFor(token string, audiences ...string) bool {
