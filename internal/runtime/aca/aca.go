@@ -140,6 +140,12 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		known:   map[string]string{},
 		reports: map[string]reportAt{},
 	}
+	// The agent's layer is compressed once now (tens of megabytes): a
+	// missing or unusable agent binary fails here, and the first session
+	// does not wait for it.
+	if _, _, err := r.images.agentLayer(); err != nil {
+		return nil, err
+	}
 	if err := r.preflight(ctx); err != nil {
 		return nil, err
 	}
@@ -419,15 +425,19 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 		return nil // no such session could have been started
 	}
 	r.mu.Lock()
+	_, known := r.known[id]
 	delete(r.known, id)
 	delete(r.reports, id)
 	r.mu.Unlock()
-	return r.remove(ctx, id)
+	return r.remove(ctx, id, known)
 }
 
 // remove ends the session's link and deletes its job if this runtime owns
-// it. A session whose job is another's keeps its link.
-func (r *Runtime) remove(ctx context.Context, id string) error {
+// it. A session whose job is another's keeps its link: job names differ
+// by installation and backend, so a job missing under this runtime's name
+// says nothing of a link on a shared hub; that link is ended only when
+// this runtime knew the session (started or listed it).
+func (r *Runtime) remove(ctx context.Context, id string, known bool) error {
 	name := r.cfg.jobName(id)
 	rg := r.cfg.ResourceGroup
 	job, err := r.ownedJob(ctx, id)
@@ -435,10 +445,8 @@ func (r *Runtime) remove(ctx context.Context, id string) error {
 		return fmt.Errorf("stop session %s: %w", id, err)
 	}
 	if job == nil {
-		// Gone already, or never made, or another's: then only a link of
-		// a session this runtime started and lost can be here.
-		resp, gerr := r.jobs.Get(ctx, rg, name, nil)
-		if notFound(gerr) || (gerr == nil && r.cfg.owned(resp.Tags)) {
+		// Gone already, or never made, or another's.
+		if known {
 			r.cfg.Link.Forget(id)
 		}
 		return nil

@@ -3,6 +3,7 @@
 package aca
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,8 +11,10 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
@@ -21,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/devgpu/devgpu/internal/agentimage"
@@ -52,17 +56,71 @@ func newImages(c *checked) *images {
 	return &images{cfg: c, transport: t, made: map[string]string{}}
 }
 
-// agentLayer is the agent's layer, built once.
+// agentLayer is the agent's layer, built once per runtime from the
+// process-wide cache.
 func (im *images) agentLayer() (v1.Layer, v1.Hash, error) {
 	im.layerOnce.Do(func() {
-		im.layer, im.layerErr = agentimage.AgentLayer(im.cfg.AgentBinary)
+		im.layer, im.layerHash, im.layerErr = cachedAgentLayer(im.cfg.AgentBinary)
 		if im.layerErr != nil {
 			im.layerErr = fmt.Errorf("aca backend %s: aca.agent_binary %s: %w", im.cfg.Backend, im.cfg.AgentBinary, im.layerErr)
-			return
 		}
-		im.layerHash, im.layerErr = im.layer.Digest()
 	})
 	return im.layer, im.layerHash, im.layerErr
+}
+
+// agentLayers caches agent layers by the binary's path, size and
+// modification time: compressing the agent (tens of megabytes) is the
+// slowest step of preparing an image, and every backend of a server adds
+// the same one.
+var agentLayers sync.Map // layerKey -> *layerEntry
+
+type layerKey struct {
+	path  string
+	size  int64
+	mtime time.Time
+}
+
+type layerEntry struct {
+	once sync.Once
+	l    v1.Layer
+	h    v1.Hash
+	err  error
+}
+
+// cachedAgentLayer is agentimage.AgentLayer compressed once and kept in
+// memory, so that its digest, its upload and every later session image
+// reuse the same bytes.
+func cachedAgentLayer(path string) (v1.Layer, v1.Hash, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, v1.Hash{}, fmt.Errorf("read the agent binary: %w", err)
+	}
+	v, _ := agentLayers.LoadOrStore(layerKey{path, fi.Size(), fi.ModTime()}, &layerEntry{})
+	e := v.(*layerEntry)
+	e.once.Do(func() {
+		l, err := agentimage.AgentLayer(path)
+		if err != nil {
+			e.err = err
+			return
+		}
+		rc, err := l.Compressed()
+		if err != nil {
+			e.err = fmt.Errorf("compress the agent layer: %w", err)
+			return
+		}
+		gz, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			e.err = fmt.Errorf("compress the agent layer: %w", err)
+			return
+		}
+		// LayerFromOpener takes gzip input as the compressed form as is.
+		e.l, e.err = tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(gz)), nil })
+		if e.err == nil {
+			e.h, e.err = e.l.Digest()
+		}
+	})
+	return e.l, e.h, e.err
 }
 
 // platform is what Container Apps runs: linux/amd64 containers only

@@ -56,7 +56,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (_ runtime.Place
 		// ctx may be what ended the start; the cleanup has its own.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupWait)
 		defer cancel()
-		if rerr := r.remove(cctx, spec.SessionID); rerr != nil {
+		if rerr := r.remove(cctx, spec.SessionID, true); rerr != nil {
 			log.Error("remove the job of a session whose start failed", "err", rerr)
 		}
 	}()
