@@ -65,6 +65,10 @@ test: web-deps
 	! CGO_ENABLED=0 go list -tags agentonly -deps ./cmd/devgpu | grep '^k8s.io/client-go'
 	! GOOS=windows GOARCH=amd64 go list -deps ./cmd/devgpu | grep '^k8s.io/client-go'
 	! GOOS=darwin GOARCH=arm64 go list -deps ./cmd/devgpu | grep '^k8s.io/client-go'
+	# So does the Azure SDK (the aca runtime's).
+	! CGO_ENABLED=0 go list -tags agentonly -deps ./cmd/devgpu | grep '^github.com/Azure/azure-sdk-for-go'
+	! GOOS=windows GOARCH=amd64 go list -deps ./cmd/devgpu | grep '^github.com/Azure/azure-sdk-for-go'
+	! GOOS=darwin GOARCH=arm64 go list -deps ./cmd/devgpu | grep '^github.com/Azure/azure-sdk-for-go'
 	go test -race -count=1 -timeout 15m ./...
 
 # web-deps: the console section times the browser terminal with playwright-core.

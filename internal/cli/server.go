@@ -305,19 +305,30 @@ func runServer(ctx context.Context, o serverOptions) error {
 	var warnings []string
 	for _, b := range backendConfigs {
 		var rt runtime.Runtime
-		if b.Runtime == "kube" {
-			if hub == nil {
-				hub = link.NewHub(log)
-				defer hub.Close()
-			}
+		if (b.Runtime == "kube" || b.Runtime == "aca") && hub == nil {
+			// Their agents dial out to this server's link endpoint.
+			hub = link.NewHub(log)
+			defer hub.Close()
+		}
+		switch b.Runtime {
+		case "kube":
 			k, closeKube, err := kubeRuntime(ctx, b.Name, b.Kube, installation, hub, caFile, log)
 			if err != nil {
 				return err
 			}
 			defer closeKube()
 			rt = k
-		} else if rt, err = o.newRuntime(b.Runtime, dataDir, ln.Addr(), devices, log); err != nil {
-			return err
+		case "aca":
+			a, closeACA, err := acaRuntime(ctx, b.Name, b.Aca, installation, hub, caFile, log) // server_aca_azure.go
+			if err != nil {
+				return err
+			}
+			defer closeACA()
+			rt = a
+		default:
+			if rt, err = o.newRuntime(b.Runtime, dataDir, ln.Addr(), devices, log); err != nil {
+				return err
+			}
 		}
 		backends = append(backends, server.Backend{Name: b.Name, Runtime: rt})
 		warnings = append(warnings, o.runtimeWarnings(rt)...)
@@ -499,13 +510,9 @@ func (o *serverOptions) newRuntime(kind, dataDir string, api net.Addr, devices [
 	default:
 		return nil, fmt.Errorf("--runtime %q is not local, oci or inproc; choose one of them", kind)
 	}
-	agentBin := o.oci.AgentBinary
-	if agentBin == "" {
-		self, err := os.Executable()
-		if err != nil {
-			return nil, err
-		}
-		agentBin = filepath.Join(filepath.Dir(self), "devgpu-agent")
+	agentBin, err := staticAgentPath(o.oci.AgentBinary)
+	if err != nil {
+		return nil, err
 	}
 	if _, err := os.Stat(agentBin); err != nil {
 		return nil, fmt.Errorf("the oci runtime needs a static agent binary at %s (build it with `make build`, or pass --agent-binary): %w", agentBin, err)
@@ -554,6 +561,20 @@ func (o *serverOptions) newRuntime(kind, dataDir string, api net.Addr, devices [
 		StateDir: filepath.Join(dataDir, "oci"), AgentPath: agentBin, Images: imageRootfs{images},
 		Image: o.oci.DefaultImage, Network: network, Logger: log, Disk: disk, Devices: devices,
 	})
+}
+
+// staticAgentPath is the static agent (devgpu built with -tags agentonly,
+// CGO_ENABLED=0) that a runtime puts inside its sessions: configured, or
+// devgpu-agent beside this executable, where `make build` puts it.
+func staticAgentPath(configured string) (string, error) {
+	if configured != "" {
+		return configured, nil
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find this executable, beside which the static agent devgpu-agent is looked for: %w", err)
+	}
+	return filepath.Join(filepath.Dir(self), "devgpu-agent"), nil
 }
 
 // resolveDataDir is the data directory as dataDirPath finds it, created

@@ -22,6 +22,9 @@ type backendConfig struct {
 	Name    string             `json:"name"`
 	Runtime string             `json:"runtime"`
 	Kube    *kubeBackendConfig `json:"kube"`
+	// Aca is an aca backend's block: Azure Container Apps jobs on GPU
+	// workload profiles (server_aca.go).
+	Aca *acaBackendConfig `json:"aca"`
 }
 
 // kubeBackendConfig is a kube backend's "kube" block: a cluster, where its
@@ -84,8 +87,8 @@ var backendNamePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
 // validateBackends checks the config's "backends": valid, unique names;
 // known runtimes; at most one runtime that lends this host's GPUs, which
-// two would lend twice; and a kube block, with link_url and agent_image,
-// exactly for kube backends.
+// two would lend twice; a kube block, with link_url and agent_image,
+// exactly for kube backends; and an aca block exactly for aca backends.
 func validateBackends(bs []backendConfig) error {
 	seen := map[string]bool{}
 	host := ""
@@ -103,17 +106,24 @@ func validateBackends(bs []backendConfig) error {
 				return fmt.Errorf("backends %s and %s both lend this host's GPUs (runtimes local, oci and inproc); keep one of them", host, b.Name)
 			}
 			host = b.Name
-			if b.Kube != nil {
-				return fmt.Errorf("backend %s: a \"kube\" block belongs only to runtime kube; remove it, or set the runtime to kube", b.Name)
-			}
 		case b.Runtime == "kube":
 			if err := b.Kube.validate(b.Name); err != nil {
 				return err
 			}
+		case b.Runtime == "aca":
+			if err := b.Aca.validate(b.Name); err != nil {
+				return err
+			}
 		case b.Runtime == "":
-			return fmt.Errorf("backend %s has no runtime; set \"runtime\" to local, oci, inproc or kube", b.Name)
+			return fmt.Errorf("backend %s has no runtime; set \"runtime\" to local, oci, inproc, kube or aca", b.Name)
 		default:
-			return fmt.Errorf("backend %s: runtime %q is not local, oci, inproc or kube; set \"runtime\" to one of them", b.Name, b.Runtime)
+			return fmt.Errorf("backend %s: runtime %q is not local, oci, inproc, kube or aca; set \"runtime\" to one of them", b.Name, b.Runtime)
+		}
+		if b.Kube != nil && b.Runtime != "kube" {
+			return fmt.Errorf("backend %s: a \"kube\" block belongs only to runtime kube; remove it, or set the runtime to kube", b.Name)
+		}
+		if b.Aca != nil && b.Runtime != "aca" {
+			return fmt.Errorf("backend %s: an \"aca\" block belongs only to runtime aca; remove it, or set the runtime to aca", b.Name)
 		}
 	}
 	return nil
@@ -125,12 +135,8 @@ func (k *kubeBackendConfig) validate(name string) error {
 	if k == nil {
 		return fmt.Errorf("backend %s: runtime kube needs a \"kube\" block; give one with at least link_url and agent_image", name)
 	}
-	if k.LinkURL == "" {
-		return fmt.Errorf("backend %s: kube.link_url is missing; give the https:// URL at which the cluster's Pods reach this server, such as https://10.0.0.5:8443", name)
-	}
-	u, err := url.Parse(k.LinkURL)
-	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
-		return fmt.Errorf("backend %s: kube.link_url %q is not an https:// URL of this server without a path; give one such as https://10.0.0.5:8443", name, k.LinkURL)
+	if err := checkLinkURL(name, "kube.link_url", k.LinkURL, "the cluster's Pods", "https://10.0.0.5:8443"); err != nil {
+		return err
 	}
 	if k.AgentImage == "" {
 		return fmt.Errorf("backend %s: kube.agent_image is missing; give the image with the static agent at /devgpu-agent (make agent-image builds one)", name)
@@ -146,6 +152,19 @@ func (k *kubeBackendConfig) validate(name string) error {
 		default:
 			return fmt.Errorf("backend %s: kube.tolerations[%d].effect %q is not NoSchedule, PreferNoSchedule or NoExecute; use one of them", name, i, t.Effect)
 		}
+	}
+	return nil
+}
+
+// checkLinkURL checks a backend's link_url (field), the https:// URL of
+// this server, without a path, at which who (its sessions) reach it.
+func checkLinkURL(name, field, link, who, example string) error {
+	if link == "" {
+		return fmt.Errorf("backend %s: %s is missing; give the https:// URL at which %s reach this server, such as %s", name, field, who, example)
+	}
+	u, err := url.Parse(link)
+	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return fmt.Errorf("backend %s: %s %q is not an https:// URL of this server without a path; give one such as %s", name, field, link, example)
 	}
 	return nil
 }

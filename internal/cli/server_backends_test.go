@@ -87,7 +87,7 @@ func TestValidateBackends(t *testing.T) {
 		{"bad name", []backendConfig{{Name: "West Coast", Runtime: "oci"}}, `backends[0].name "West Coast"`},
 		{"empty name", []backendConfig{{Runtime: "oci"}}, `backends[0].name ""`},
 		{"duplicate name", []backendConfig{{Name: "a", Runtime: "oci"}, {Name: "a", Runtime: "kube", Kube: kube(nil)}}, `the name "a" is given twice`},
-		{"unknown runtime", []backendConfig{{Name: "a", Runtime: "docker"}}, `runtime "docker" is not local, oci, inproc or kube`},
+		{"unknown runtime", []backendConfig{{Name: "a", Runtime: "docker"}}, `runtime "docker" is not local, oci, inproc, kube or aca`},
 		{"no runtime", []backendConfig{{Name: "a"}}, `backend a has no runtime`},
 		{"two host runtimes", []backendConfig{{Name: "a", Runtime: "oci"}, {Name: "b", Runtime: "local"}}, "backends a and b both lend this host's GPUs"},
 		{"kube block on oci", []backendConfig{{Name: "a", Runtime: "oci", Kube: kube(nil)}}, `a "kube" block belongs only to runtime kube`},

@@ -1,0 +1,379 @@
+//go:build linux && !agentonly
+
+package cli
+
+import (
+	"context"
+	"encoding/pem"
+	"fmt"
+	"io"
+	stdlog "log"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+
+	"github.com/devgpu/devgpu/internal/link"
+	"github.com/devgpu/devgpu/internal/testutil"
+)
+
+// exampleACA is the documentation's config with an aca backend beside
+// this host's oci runtime.
+const exampleACA = `{
+  "backends": [
+    {"name": "host", "runtime": "oci"},
+    {"name": "sweden", "runtime": "aca", "aca": {
+       "subscription_id": "0b1f6471-1bf0-4dda-aec3-cb9272f09590", "resource_group": "devgpu", "environment": "gpu-env",
+       "region": "", "gpu_types": {"t4": "gpu-t4", "a100": "gpu-a100"}, "quota": {"t4": 4}, "quota_from_azure": true,
+       "registry": "contoso.azurecr.io", "repository": "devgpu/sessions",
+       "registry_identity": "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/devgpu/providers/Microsoft.ManagedIdentity/userAssignedIdentities/devgpu-pull",
+       "agent_binary": "/usr/lib/devgpu/devgpu-agent", "image": "mcr.microsoft.com/azurelinux/base/core:3.0",
+       "link_url": "https://devgpu.contoso.com:8443", "link_ca_file": "",
+       "egress": "allow-list", "egress_allow": ["10.0.0.0/8", "pypi.org"],
+       "resources": {"t4": {"cpu": 8, "memory": "56Gi"}}, "replica_timeout": "12h",
+       "credential": {"kind": "managed-identity", "client_id": "5e1c2a6b-8f00-4c3a-9d63-1a2b3c4d5e6f"},
+       "cloud": {"resource_manager": "", "authority_host": "", "ca_file": ""}}}
+  ]
+}`
+
+func TestAcaBackendConfig(t *testing.T) {
+	t.Parallel()
+	o, err := loadServerConfig(t, exampleACA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.backends) != 2 || o.backends[1].Name != "sweden" || o.backends[1].Runtime != "aca" {
+		t.Fatalf("backends = %+v", o.backends)
+	}
+	a := o.backends[1].Aca
+	if a == nil || a.SubscriptionID != "0b1f6471-1bf0-4dda-aec3-cb9272f09590" || a.ResourceGroup != "devgpu" || a.Environment != "gpu-env" ||
+		a.GPUTypes["a100"] != "gpu-a100" || a.Quota["t4"] != 4 || !a.QuotaFromAzure || a.Registry != "contoso.azurecr.io" ||
+		!strings.HasSuffix(a.RegistryIdentity, "/devgpu-pull") || a.AgentBinary != "/usr/lib/devgpu/devgpu-agent" ||
+		a.LinkURL != "https://devgpu.contoso.com:8443" || a.Egress != "allow-list" || len(a.EgressAllow) != 2 ||
+		a.Resources["t4"] != (acaResources{CPU: 8, Memory: "56Gi"}) || a.ReplicaTimeout != "12h" ||
+		a.Credential != (acaCredentialConfig{Kind: "managed-identity", ClientID: "5e1c2a6b-8f00-4c3a-9d63-1a2b3c4d5e6f"}) {
+		t.Fatalf("aca block = %+v", a)
+	}
+	if d, err := a.replicaTimeout(); err != nil || d != 12*time.Hour {
+		t.Fatalf("replica_timeout 12h read as %s, %v", d, err)
+	}
+	got, err := o.resolveBackends(slog.New(slog.DiscardHandler))
+	if err != nil || len(got) != 2 || o.runtime != "oci" {
+		t.Fatalf("resolved %+v (%v) with the host's runtime %q, want both backends and oci", got, err, o.runtime)
+	}
+	// A misspelt field of the aca block is refused, not ignored, and so is
+	// a secret written into the config rather than a file.
+	for _, bad := range []string{`"subscriptionid"`, `"client_secret"`} {
+		text := strings.Replace(exampleACA, `"subscription_id"`, bad, 1)
+		if bad == `"client_secret"` {
+			text = strings.Replace(exampleACA, `"client_id": "5e1c`, `"client_secret": "hunter2", "client_id": "5e1c`, 1)
+		}
+		if _, err := loadServerConfig(t, text); err == nil || !strings.Contains(err.Error(), strings.Trim(bad, `"`)) {
+			t.Errorf("config with %s: %v, want an error naming it", bad, err)
+		}
+	}
+}
+
+// validACA is the smallest aca block validate accepts; edit changes it.
+func validACA(edit func(*acaBackendConfig)) *acaBackendConfig {
+	a := &acaBackendConfig{
+		SubscriptionID: "0b1f6471-1bf0-4dda-aec3-cb9272f09590", ResourceGroup: "rg", Environment: "env",
+		GPUTypes: map[string]string{"t4": "gpu-t4"}, Quota: map[string]int{"t4": 2},
+		Registry: "contoso.azurecr.io", RegistryIdentity: "system", LinkURL: "https://10.0.0.5:8443",
+	}
+	if edit != nil {
+		edit(a)
+	}
+	return a
+}
+
+func TestValidateAcaBackend(t *testing.T) {
+	t.Parallel()
+	uami := "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/pull"
+	for _, c := range []struct {
+		name     string
+		backends []backendConfig
+		want     string // in the error; "" for none
+	}{
+		{"smallest", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(nil)}}, ""},
+		{"beside host and cluster", []backendConfig{{Name: "host", Runtime: "oci"}, {Name: "k", Runtime: "kube", Kube: &kubeBackendConfig{LinkURL: "https://h:1", AgentImage: "a"}},
+			{Name: "a", Runtime: "aca", Aca: validACA(nil)}}, ""},
+		{"every field", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) {
+			a.Quota, a.QuotaFromAzure, a.Repository, a.RegistryIdentity = nil, true, "devgpu/sessions", uami
+			a.Egress, a.EgressAllow = "allow-list", []string{"10.0.0.0/8"}
+			a.Resources = map[string]acaResources{"t4": {CPU: 4, Memory: "0.5Gi"}}
+			a.ReplicaTimeout = "90m"
+			a.Credential = acaCredentialConfig{Kind: "client-secret", TenantID: "t", ClientID: "c", ClientSecretFile: "/etc/devgpu/secret"}
+			a.Cloud = acaCloudConfig{ResourceManager: "https://management.usgovcloudapi.net", Audience: "https://management.core.usgovcloudapi.net", AuthorityHost: "https://login.microsoftonline.us/"}
+		})}}, ""},
+		{"no block", []backendConfig{{Name: "a", Runtime: "aca"}}, `runtime aca needs an "aca" block`},
+		{"aca block on kube", []backendConfig{{Name: "a", Runtime: "kube", Kube: &kubeBackendConfig{LinkURL: "https://h:1", AgentImage: "a"}, Aca: validACA(nil)}}, `an "aca" block belongs only to runtime aca`},
+		{"aca block on oci", []backendConfig{{Name: "a", Runtime: "oci", Aca: validACA(nil)}}, `an "aca" block belongs only to runtime aca`},
+		{"kube block on aca", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(nil), Kube: &kubeBackendConfig{}}}, `a "kube" block belongs only to runtime kube`},
+		{"no subscription", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.SubscriptionID = "" })}}, "aca.subscription_id is missing"},
+		{"bad subscription", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.SubscriptionID = "my-sub" })}}, `aca.subscription_id "my-sub" is not a subscription id`},
+		{"no resource group", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.ResourceGroup = "" })}}, "aca.resource_group is missing"},
+		{"no environment", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Environment = "" })}}, "aca.environment is missing"},
+		{"no gpu types", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.GPUTypes = nil })}}, "aca.gpu_types is empty"},
+		{"empty profile", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.GPUTypes["a100"] = "" })}}, `aca.gpu_types maps "a100" to ""`},
+		{"quota of an unmapped type", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Quota["a100"] = 1 })}}, "aca.quota names GPU type a100"},
+		{"negative quota", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Quota["t4"] = -1 })}}, "aca.quota of t4 is -1"},
+		{"no quota", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Quota = nil })}}, "aca.quota has no entry for GPU type t4"},
+		{"no registry", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Registry = "" })}}, "aca.registry is missing"},
+		{"registry URL", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Registry = "https://contoso.azurecr.io/" })}}, `aca.registry "https://contoso.azurecr.io/" is not a registry's login server`},
+		{"bad repository", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Repository = "DevGPU/Sessions" })}}, `aca.repository "DevGPU/Sessions" is not a repository name`},
+		{"no registry identity", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.RegistryIdentity = "" })}}, `aca.registry_identity "" is neither "system" nor`},
+		{"identity by name", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.RegistryIdentity = "devgpu-pull" })}}, `aca.registry_identity "devgpu-pull"`},
+		{"no link_url", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.LinkURL = "" })}}, "aca.link_url is missing"},
+		{"http link_url", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.LinkURL = "http://10.0.0.5:8470" })}}, `aca.link_url "http://10.0.0.5:8470" is not an https:// URL`},
+		{"bad egress", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Egress = "vnet" })}}, `aca.egress "vnet" is not all, none or allow-list`},
+		{"allow-list without entries", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Egress = "allow-list" })}}, `aca.egress is "allow-list" with an empty aca.egress_allow`},
+		{"entries without allow-list", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Egress, a.EgressAllow = "none", []string{"pypi.org"} })}}, `aca.egress_allow is given but aca.egress is "none"`},
+		{"resources of an unmapped type", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Resources = map[string]acaResources{"a100": {CPU: 1, Memory: "1Gi"}} })}}, "aca.resources names GPU type a100"},
+		{"no cpu", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Resources = map[string]acaResources{"t4": {Memory: "1Gi"}} })}}, "aca.resources.t4.cpu is 0"},
+		{"memory in GB", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Resources = map[string]acaResources{"t4": {CPU: 1, Memory: "56GB"}} })}}, `aca.resources.t4.memory "56GB" is not a size in Gi`},
+		{"bad replica timeout", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.ReplicaTimeout = "1 day" })}}, `aca.replica_timeout "1 day"`},
+		{"sub-second replica timeout", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.ReplicaTimeout = "1.5s" })}}, `aca.replica_timeout "1.5s" is not a whole number of seconds`},
+		{"unknown credential", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Credential.Kind = "cli" })}}, `aca.credential.kind "cli" is not default, managed-identity`},
+		{"secret without file", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) {
+			a.Credential = acaCredentialConfig{Kind: "client-secret", TenantID: "t", ClientID: "c"}
+		})}}, "aca.credential.client_secret_file is missing"},
+		{"secret file for managed identity", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) {
+			a.Credential = acaCredentialConfig{Kind: "managed-identity", ClientSecretFile: "/s"}
+		})}}, "aca.credential.client_secret_file has no meaning for a managed-identity credential"},
+		{"client id for default", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Credential.ClientID = "c" })}}, "aca.credential.client_id has no meaning for a default credential"},
+		{"http resource manager", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Cloud.ResourceManager = "http://127.0.0.1:1" })}}, `aca.cloud.resource_manager "http://127.0.0.1:1" is not an https:// URL`},
+		{"audience alone", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Cloud.Audience = "https://x" })}}, "aca.cloud.audience is given without aca.cloud.resource_manager"},
+	} {
+		err := validateBackends(c.backends)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s: %v", c.name, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: %v, want an error with %q", c.name, err, c.want)
+		case err != nil && strings.Count(err.Error(), ";") != 1:
+			t.Errorf("%s: %q is not one sentence of cause; fix", c.name, err)
+		}
+	}
+}
+
+// writeCA writes the PEM of srv's certificate, which httptest signs
+// itself, and returns the file.
+func writeCA(t *testing.T, srv *httptest.Server) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "ca.pem")
+	block := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	if err := os.WriteFile(path, block, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// The runtime's Config carries the block through: the cloud's endpoints,
+// a transport that trusts ca_file besides the system's roots (for ARM and
+// the registry alike), the link CA (by default the --dev one) given to the
+// hub, and the agent beside this executable unless named.
+func TestAcaRuntimeConfig(t *testing.T) {
+	t.Parallel()
+	private := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "private endpoint") }))
+	private.Config.ErrorLog = stdlog.New(io.Discard, "", 0) // the handshake refused below on purpose
+	private.StartTLS()
+	t.Cleanup(private.Close)
+	caFile := writeCA(t, private)
+	agent := filepath.Join(t.TempDir(), "devgpu-agent")
+	if err := os.WriteFile(agent, []byte("agent"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	devCA := filepath.Join(t.TempDir(), "dev-ca.pem")
+	if err := os.WriteFile(devCA, []byte("-----BEGIN CERTIFICATE-----\ndev\n-----END CERTIFICATE-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	hub := link.NewHub(log)
+	t.Cleanup(hub.Close)
+
+	a := validACA(func(a *acaBackendConfig) {
+		a.AgentBinary, a.Image, a.ReplicaTimeout = agent, "busybox:1", "2h"
+		a.Resources = map[string]acaResources{"t4": {CPU: 8, Memory: "56Gi"}}
+		a.Credential = acaCredentialConfig{Kind: "managed-identity"}
+		a.Cloud = acaCloudConfig{ResourceManager: private.URL, AuthorityHost: "https://login.microsoftonline.us/", CAFile: caFile}
+	})
+	cfg, err := a.runtimeConfig("west", "inst0001", hub, devCA, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Backend != "west" || cfg.Installation != "inst0001" || cfg.SubscriptionID != a.SubscriptionID || cfg.AgentBinary != agent ||
+		cfg.DefaultImage != "busybox:1" || cfg.ReplicaTimeout != 2*time.Hour || cfg.Resources["t4"].Memory != "56Gi" || cfg.Link != hub ||
+		cfg.Credential == nil || cfg.Logger == nil {
+		t.Fatalf("config = %+v", cfg)
+	}
+	if _, ok := cfg.Credential.(*azidentity.ManagedIdentityCredential); !ok {
+		t.Fatalf("credential %T, want a managed identity's", cfg.Credential)
+	}
+	if string(cfg.LinkCA) != "-----BEGIN CERTIFICATE-----\ndev\n-----END CERTIFICATE-----\n" || len(hub.CAs()) != 1 {
+		t.Fatalf("link CA %q, hub CAs %d: want the --dev CA, given to the hub", cfg.LinkCA, len(hub.CAs()))
+	}
+	got := cfg.ClientOptions.Cloud
+	if rm := got.Services[cloud.ResourceManager]; rm.Endpoint != private.URL || rm.Audience != acaPublicAudience || got.ActiveDirectoryAuthorityHost != "https://login.microsoftonline.us/" {
+		t.Fatalf("cloud = %+v", got)
+	}
+	// ARM's transport and the registry's trust the private endpoint's CA.
+	arm, ok := cfg.ClientOptions.Transport.(*http.Client)
+	if !ok {
+		t.Fatalf("ARM transport %T", cfg.ClientOptions.Transport)
+	}
+	for what, c := range map[string]*http.Client{"ARM": arm, "registry": {Transport: cfg.RegistryTransport}} {
+		resp, err := c.Get(private.URL)
+		if err != nil {
+			t.Fatalf("%s through the configured transport: %v", what, err)
+		}
+		resp.Body.Close()
+	}
+	// Without ca_file, the same endpoint is not trusted.
+	plain, err := validACA(func(a *acaBackendConfig) { a.AgentBinary = agent }).runtimeConfig("west", "inst0001", hub, "", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := (&http.Client{Transport: plain.RegistryTransport}).Get(private.URL); err == nil {
+		resp.Body.Close()
+		t.Fatal("a transport without ca_file trusted the private endpoint's CA")
+	}
+	if rm := plain.ClientOptions.Cloud.Services[cloud.ResourceManager]; rm.Endpoint != acaPublicResourceManager || plain.ClientOptions.Cloud.ActiveDirectoryAuthorityHost != cloud.AzurePublic.ActiveDirectoryAuthorityHost {
+		t.Fatalf("default cloud = %+v, want Azure public", plain.ClientOptions.Cloud)
+	}
+	if _, ok := plain.Credential.(*azidentity.DefaultAzureCredential); !ok {
+		t.Fatalf("credential %T for no kind, want DefaultAzureCredential", plain.Credential)
+	}
+}
+
+// What runtimeConfig refuses, each in one sentence naming the field.
+func TestAcaRuntimeConfigErrors(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	agent := filepath.Join(dir, "devgpu-agent")
+	empty := filepath.Join(dir, "empty")
+	notPEM := filepath.Join(dir, "not.pem")
+	for path, body := range map[string]string{agent: "agent", empty: "\n", notPEM: "hello"} {
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log := slog.New(slog.DiscardHandler)
+	hub := link.NewHub(log)
+	t.Cleanup(hub.Close)
+	for _, c := range []struct {
+		name string
+		edit func(*acaBackendConfig)
+		want string
+	}{
+		{"agent missing", func(a *acaBackendConfig) { a.AgentBinary = filepath.Join(dir, "nope") }, "the static agent " + filepath.Join(dir, "nope") + " cannot be read"},
+		{"link CA missing", func(a *acaBackendConfig) { a.LinkCAFile = filepath.Join(dir, "nope.pem") }, "cannot read aca.link_ca_file"},
+		{"cloud CA missing", func(a *acaBackendConfig) { a.Cloud.CAFile = filepath.Join(dir, "nope.pem") }, "cannot read aca.cloud.ca_file"},
+		{"cloud CA not PEM", func(a *acaBackendConfig) { a.Cloud.CAFile = notPEM }, "holds no PEM certificate"},
+		{"secret file missing", func(a *acaBackendConfig) {
+			a.Credential = acaCredentialConfig{Kind: "client-secret", TenantID: "t", ClientID: "c", ClientSecretFile: filepath.Join(dir, "nope")}
+		}, "cannot read aca.credential.client_secret_file"},
+		{"secret file empty", func(a *acaBackendConfig) {
+			a.Credential = acaCredentialConfig{Kind: "client-secret", TenantID: "t", ClientID: "c", ClientSecretFile: empty}
+		}, "aca.credential.client_secret_file " + empty + " is empty"},
+	} {
+		_, err := validACA(func(a *acaBackendConfig) { a.AgentBinary = agent; c.edit(a) }).runtimeConfig("west", "inst0001", hub, "", log)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), "backend west: ") {
+			t.Errorf("%s: %v, want an error of backend west with %q", c.name, err, c.want)
+		} else if strings.Count(err.Error(), ";") != 1 {
+			t.Errorf("%s: %q is not one sentence of cause; fix", c.name, err)
+		}
+	}
+}
+
+// Each kind of credential gets tokens the way it says: a service
+// principal's secret is read from its file and sent to the authority
+// named by cloud.authority_host; a managed identity asks the endpoint of
+// IDENTITY_ENDPOINT (as in Container Apps and App Service) through the
+// transport that trusts cloud.ca_file.
+func TestAcaCredentials(t *testing.T) {
+	// t.Setenv: not parallel.
+	var (
+		mu                        sync.Mutex
+		identityCalls, secretSeen []string
+	)
+	seen := func() ([]string, []string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(identityCalls), slices.Clone(secretSeen)
+	}
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case r.URL.Path == "/msi/token":
+			// App Service's managed identity protocol, which Container Apps
+			// serves: https://learn.microsoft.com/azure/container-apps/managed-identity#rest-endpoint-reference
+			identityCalls = append(identityCalls, r.Header.Get("X-IDENTITY-HEADER")+" "+r.URL.Query().Get("resource")+" "+r.URL.Query().Get("client_id"))
+			fmt.Fprintf(w, `{"access_token":"mi-token","expires_on":"%d","resource":%q,"token_type":"Bearer"}`, time.Now().Add(time.Hour).Unix(), r.URL.Query().Get("resource"))
+		case strings.HasSuffix(r.URL.Path, "/oauth2/v2.0/token"):
+			if err := r.ParseForm(); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			secretSeen = append(secretSeen, r.PostForm.Get("client_id")+" "+r.PostForm.Get("client_secret")+" "+r.PostForm.Get("scope"))
+			fmt.Fprint(w, `{"token_type":"Bearer","expires_in":3600,"ext_expires_in":3600,"access_token":"sp-token"}`)
+		case strings.HasSuffix(r.URL.Path, "/v2.0/.well-known/openid-configuration"):
+			tenant := strings.Split(strings.TrimPrefix(r.URL.Path, "/"), "/")[0]
+			base := "https://" + r.Host + "/" + tenant
+			fmt.Fprintf(w, `{"token_endpoint":%q,"authorization_endpoint":%q,"issuer":%q}`, base+"/oauth2/v2.0/token", base+"/oauth2/v2.0/authorize", base+"/v2.0")
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	caFile := writeCA(t, srv)
+	secretFile := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secretFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	agent := filepath.Join(t.TempDir(), "devgpu-agent")
+	if err := os.WriteFile(agent, []byte("agent"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("IDENTITY_ENDPOINT", srv.URL+"/msi/token")
+	t.Setenv("IDENTITY_HEADER", "header-of-the-test")
+	log := slog.New(slog.DiscardHandler)
+	hub := link.NewHub(log)
+	t.Cleanup(hub.Close)
+	token := func(cred acaCredentialConfig) string {
+		t.Helper()
+		cfg, err := validACA(func(a *acaBackendConfig) {
+			a.AgentBinary, a.Credential = agent, cred
+			a.Cloud = acaCloudConfig{ResourceManager: "https://arm.example", Audience: "https://arm.example/", AuthorityHost: srv.URL + "/", CAFile: caFile}
+		}).runtimeConfig("west", "inst0001", hub, "", log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), testutil.WaitMedium)
+		defer cancel()
+		tok, err := cfg.Credential.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{"https://arm.example/.default"}})
+		if err != nil {
+			t.Fatalf("%s credential: %v", cred.Kind, err)
+		}
+		return tok.Token
+	}
+	got := token(acaCredentialConfig{Kind: "managed-identity", ClientID: "uami-client"})
+	if calls, _ := seen(); got != "mi-token" || len(calls) != 1 || calls[0] != "header-of-the-test https://arm.example uami-client" {
+		t.Fatalf("managed identity: token %q after calls %q", got, calls)
+	}
+	got = token(acaCredentialConfig{Kind: "client-secret", TenantID: "tenant1", ClientID: "sp-client", ClientSecretFile: secretFile})
+	if _, reqs := seen(); got != "sp-token" || len(reqs) != 1 || !strings.HasPrefix(reqs[0], "sp-client s3cret https://arm.example/.default") {
+		t.Fatalf("client secret: token %q after token requests %q", got, reqs)
+	}
+}
