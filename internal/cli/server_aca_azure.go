@@ -40,11 +40,11 @@ func acaRuntime(ctx context.Context, name string, c *acaBackendConfig, installat
 	if err != nil {
 		return nil, nil, err
 	}
-	r, closeRuntime, err := newACA(ctx, cfg) // server_aca_pending.go until internal/runtime/aca lands
+	r, err := aca.New(ctx, cfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("backend %s: %w", name, err)
+		return nil, nil, err // it names the backend ("aca backend west: ...")
 	}
-	return r, closeRuntime, nil
+	return r, r.Close, nil
 }
 
 // runtimeConfig turns the aca block into the runtime's Config: files read,
@@ -94,7 +94,7 @@ func (c *acaBackendConfig) runtimeConfig(name, installation string, hub *link.Hu
 		LinkURL: c.LinkURL, LinkCA: linkCA, Link: hub,
 		Egress: c.Egress, EgressAllow: c.EgressAllow, Resources: resources, ReplicaTimeout: timeout,
 		Credential: cred, ClientOptions: &arm.ClientOptions{ClientOptions: client}, RegistryTransport: transport,
-		Logger: log.With("backend", name),
+		Logger: log, // the runtime adds the backend's name
 	}, nil
 }
 

@@ -214,7 +214,7 @@ func TestAcaRuntimeConfig(t *testing.T) {
 	}
 	if cfg.Backend != "west" || cfg.Installation != "inst0001" || cfg.SubscriptionID != a.SubscriptionID || cfg.AgentBinary != agent ||
 		cfg.DefaultImage != "busybox:1" || cfg.ReplicaTimeout != 2*time.Hour || cfg.Resources["t4"].Memory != "56Gi" || cfg.Link != hub ||
-		cfg.Credential == nil || cfg.Logger == nil {
+		cfg.Credential == nil || cfg.Logger != log {
 		t.Fatalf("config = %+v", cfg)
 	}
 	if _, ok := cfg.Credential.(*azidentity.ManagedIdentityCredential); !ok {
