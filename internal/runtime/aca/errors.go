@@ -79,6 +79,8 @@ func (r *Runtime) azureErr(doing string, err error) error {
 		s = fmt.Sprintf("%s: %s: the control plane's Azure identity is not allowed (%s); assign it Contributor (or a role with Microsoft.App/jobs/* and Microsoft.App/managedEnvironments/join/action) on resource group %s, and Managed Identity Operator on the registry identity", b, doing, detail, r.cfg.ResourceGroup)
 	case re.StatusCode == http.StatusUnauthorized:
 		s = fmt.Sprintf("%s: %s: Azure did not accept the control plane's credential (%s); check aca.credential", b, doing, detail)
+	case re.StatusCode == http.StatusNotFound:
+		s = fmt.Sprintf("%s: %s: Azure found no such resource (%s); check aca.subscription_id, aca.resource_group and aca.environment", b, doing, detail)
 	case re.StatusCode == http.StatusConflict:
 		s = fmt.Sprintf("%s: %s: Azure reports a conflict (%s); another operation on it is in progress, try again when it ends", b, doing, detail)
 	case re.StatusCode == http.StatusTooManyRequests:

@@ -261,8 +261,13 @@ func TestConformance(t *testing.T) {
 	opts := runtimetest.Options{
 		GPU:      runtime.GPURequest{Type: "t4", Region: testRegion, Count: 1},
 		Capacity: []runtime.Capacity{{Type: "t4", Region: testRegion, Total: 2}},
-		// Preparing an image compresses and pushes the agent (tens of
-		// megabytes), slow under the race detector on a small machine.
+		// Each check has a fake of its own, which pulls the session image
+		// and unpacks the agent (tens of megabytes) for every execution:
+		// slow under the race detector on a small machine, and slower
+		// when the checks compete for its cores. runtimetest's IdleExit
+		// check starts within testutil.WaitMedium whatever StartTimeout
+		// says.
+		Serial:       true,
 		StartTimeout: testutil.WaitLong,
 	}
 	runtimetest.Run(t, opts, func(t *testing.T) runtimetest.Factory {

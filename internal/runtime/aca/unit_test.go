@@ -361,6 +361,7 @@ func TestAzureErrors(t *testing.T) {
 		{armError(403, "AuthorizationFailed", "The client does not have authorization to perform action Microsoft.App/jobs/write."),
 			[]string{"is not allowed", "AuthorizationFailed", "resource group rg", "Contributor"}},
 		{armError(409, "Conflict", "Another operation is in progress."), []string{"conflict", "Conflict: Another operation is in progress."}},
+		{armError(404, "ResourceGroupNotFound", "Resource group 'rg' could not be found."), []string{"Azure found no such resource", "ResourceGroupNotFound", "aca.resource_group"}},
 		{armError(500, "InternalServerError", "boom"), []string{"Azure answered 500 (InternalServerError: boom)"}},
 	} {
 		err := r.azureErr("create job dg-1", tc.err)
