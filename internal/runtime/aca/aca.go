@@ -149,6 +149,12 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	if err := r.preflight(ctx); err != nil {
 		return nil, err
 	}
+	// The agent's layer goes to the registry now, so that the first
+	// session does not wait for it; if the registry cannot take it now,
+	// the first start pushes it.
+	if err := r.images.pushLayer(ctx); err != nil {
+		r.log.Warn("push the agent's layer to the registry ahead of the first session", "err", err)
+	}
 	if c.RegistryIdentity == "system" {
 		// Each session's job is new, and so is its system-assigned
 		// identity: it holds no AcrPull when the job first pulls.

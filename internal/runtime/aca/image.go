@@ -123,6 +123,24 @@ func cachedAgentLayer(path string) (v1.Layer, v1.Hash, error) {
 	return e.l, e.h, e.err
 }
 
+// pushLayer uploads the agent's layer to the session repository unless
+// it is there already, so that the first session's start uploads only a
+// manifest and a config (remote.WriteLayer asks the registry first).
+func (im *images) pushLayer(ctx context.Context) error {
+	layer, _, err := im.agentLayer()
+	if err != nil {
+		return err
+	}
+	repo, err := name.NewRepository(im.cfg.Registry+"/"+im.cfg.Repository, name.StrictValidation)
+	if err != nil {
+		return fmt.Errorf("aca backend %s: the session repository's name: %w; fix aca.registry or aca.repository", im.cfg.Backend, err)
+	}
+	if err := remote.WriteLayer(repo, layer, im.options(ctx, im.cfg.Registry)...); err != nil {
+		return im.registryErr("push the agent's layer to "+repo.String(), err)
+	}
+	return nil
+}
+
 // platform is what Container Apps runs: linux/amd64 containers only
 // (https://learn.microsoft.com/azure/container-apps/containers: "Linux-based
 // x86-64 (linux/amd64) container images are supported").

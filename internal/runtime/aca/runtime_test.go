@@ -373,6 +373,12 @@ func TestOwnership(t *testing.T) {
 	if err != nil {
 		t.Fatalf("create the forged job: %v", err)
 	}
+	if _, err := mine.Start(ctx, forged); err == nil || !strings.Contains(err.Error(), "exists and is not aca backend") {
+		t.Fatalf("Start over a job with another installation's tags: %v, want a refusal", err)
+	}
+	if got := e.fake.Requests()["PUT /providers/Microsoft.App/jobs/"+name]; got != 1 {
+		t.Fatalf("the job with another installation's tags was PUT %d times, want once (its creation)", got)
+	}
 	if err := mine.Stop(ctx, forged.SessionID); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}

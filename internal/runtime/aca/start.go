@@ -43,12 +43,24 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (_ runtime.Place
 	if base == "" {
 		base = c.DefaultImage
 	}
+	r.log.Debug("session starting", "session_id", spec.SessionID, "image", base)
 	image, err := r.images.prepare(ctx, base, spec.Progress)
 	if err != nil {
 		return runtime.Placement{}, fmt.Errorf("start session %s: %w", spec.SessionID, err)
 	}
 	name := c.jobName(spec.SessionID)
 	log := r.log.With("session_id", spec.SessionID, "job", name)
+	// ARM's PUT creates or replaces: look first, so that a job that is
+	// there already (another's, or this session's from a reused id) is
+	// never overwritten.
+	switch existing, err := r.jobs.Get(ctx, c.ResourceGroup, name, nil); {
+	case err == nil && !c.owned(existing.Tags):
+		return runtime.Placement{}, fmt.Errorf("start session %s: job %s in resource group %s exists and is not aca backend %s's; remove it or use another resource group", spec.SessionID, name, c.ResourceGroup, c.Backend)
+	case err == nil:
+		return runtime.Placement{}, fmt.Errorf("start session %s: its job %s already exists on aca backend %s; a session id was reused", spec.SessionID, name, c.Backend)
+	case !notFound(err):
+		return runtime.Placement{}, fmt.Errorf("start session %s: %w", spec.SessionID, r.azureErr("look for job "+name, err))
+	}
 	defer func() {
 		if err == nil {
 			return
