@@ -257,6 +257,15 @@ func TestJobObject(t *testing.T) {
 	if len(job.Properties.Configuration.Secrets) != 2 || slices.Contains(argStrings(ctr.Command), "--link-ca-file") {
 		t.Error("a link CA secret without Config.LinkCA")
 	}
+
+	// A session without a GPU runs on the Consumption profile, with its
+	// replica's most.
+	spec.GPU.Count = 0
+	job = c.job(spec, "img")
+	ctr = job.Properties.Template.Containers[0]
+	if *job.Properties.WorkloadProfileName != "Consumption" || *ctr.Resources.CPU != 4 || *ctr.Resources.Memory != "8Gi" {
+		t.Errorf("a session without a GPU: profile %s, resources %v %v", *job.Properties.WorkloadProfileName, *ctr.Resources.CPU, *ctr.Resources.Memory)
+	}
 }
 
 func argStrings(ps []*string) []string {
