@@ -301,8 +301,8 @@ func TestQuotaRefusal(t *testing.T) {
 	if listed(t, r, second.SessionID) {
 		t.Fatal("the refused session is listed")
 	}
-	if got := e.fake.Requests()["GET /providers/Microsoft.App/jobs/"+r.cfg.jobName(second.SessionID)]; got == 0 {
-		t.Fatal("the refused start did not look for its job to remove it")
+	if got := e.fake.Requests()["DELETE /providers/Microsoft.App/jobs/"+r.cfg.jobName(second.SessionID)]; got != 1 {
+		t.Fatalf("the refused start sent %d DELETEs of its job, want 1", got)
 	}
 	if _, err := r.jobs.Get(testutil.Context(t, testutil.WaitShort), testRG, r.cfg.jobName(second.SessionID), nil); !notFound(err) {
 		t.Fatalf("the refused session's job is still there: %v", err)
