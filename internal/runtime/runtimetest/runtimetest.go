@@ -313,7 +313,7 @@ func Run(t *testing.T, opts Options, newFactory func(t *testing.T) Factory) {
 		rt := newFactory(t)()
 		spec := s.newSpec(t, "idle")
 		spec.IdleExit = 300 * time.Millisecond
-		StartSpec(t, rt, spec)
+		startSpec(t, rt, spec, opts.timeout())
 		testutil.Eventually(t, opts.timeout(), "the idle agent to exit", func() bool {
 			return !listed(t, rt, spec.SessionID)
 		})
