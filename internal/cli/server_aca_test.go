@@ -377,3 +377,34 @@ func TestAcaCredentials(t *testing.T) {
 		t.Fatalf("client secret: token %q after token requests %q", got, reqs)
 	}
 }
+
+// The README's example of an aca backend is a config the server takes.
+func TestAcaReadmeExample(t *testing.T) {
+	t.Parallel()
+	root, err := testutil.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var example string
+	for _, block := range strings.Split(string(readme), "```json\n")[1:] {
+		block, _, _ = strings.Cut(block, "```")
+		if strings.Contains(block, `"runtime": "aca"`) {
+			example = block
+			break
+		}
+	}
+	if example == "" {
+		t.Fatal("README.md has no json example with an aca backend")
+	}
+	o, err := loadServerConfig(t, example)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := validateBackends(o.backends); err != nil {
+		t.Fatalf("the README's aca example: %v", err)
+	}
+}
