@@ -63,8 +63,10 @@
 // so PollUntilDone waits PollUntilDoneOptions.Frequency between polls (30s
 // by default; under go test a shorter one is allowed, such as 10ms). An
 // operation is InProgress when it starts and at its first poll, and
-// reaches its end at the second: a caller that never polls never sees a
-// job's provisioningState reach Succeeded.
+// reaches its end at the second. A GET or list of a job counts as a poll
+// of its create or delete (clients may follow a job's provisioningState
+// instead of the operation), so a job whose creator never polled still
+// reaches Succeeded once it is read.
 //
 // The registry (Registry) answers with ACR's bearer challenge; a client
 // gets in with authn.AuthConfig{IdentityToken: refresh} where refresh
@@ -79,18 +81,29 @@
 // /v2/devgpu/sessions/manifests/t1"); for the identity endpoint, "GET
 // identity".
 //
-// Executions are named <job>-<5 random hex digits> (the job's name and a
-// random suffix, like the platform's; the suffix's length is not
-// confirmed) and are Running from the start call on. Additions to the contract, beside ClientOptions:
-// Credential, Execution (the state of a job's latest execution: status,
-// the reason it failed before its process ran, its process's pid) and
-// Output (what that process wrote to stdout and stderr).
+// Executions are named <job>-<7 random lower-case letters and digits>
+// (as the REST spec's example Job_Start.json names one,
+// "testcontainerappsjob0-pjxhsye"); they are Processing from the start
+// call on while the image is pulled, and Running once their process has
+// started. A stop, delete, Crash, replicaTimeout or Close ends the
+// process and every process it started (found through /proc, whatever
+// session or group they are in), as everything in a replica's container
+// ends with it; so does the process's own exit. Additions to the
+// contract, beside ClientOptions: Credential, Execution (the state of a
+// job's latest execution: status, the reason it failed before its
+// process ran, its process's pid), Output (what that process wrote to
+// stdout and stderr), Options.SystemIdentityHasAcrPull and
+// Fault.FailOperation.
 //
 // The fake checks a job's PUT as Container Apps does where it knows how
 // (name rules, environmentId, workload profile, Manual trigger,
 // replicaTimeout, secrets that volumes and env reference, a registry
 // pulled with an identity the job has) and answers 400 InvalidParameter
-// with a sentence. Secret volume files are mode 0400 under
+// with a sentence (a bad job name is 400 ContainerAppInvalidName). A job
+// whose registry is pulled with "system", its system-assigned identity,
+// fails its first pull, as in Azure (that identity is new with the job
+// and has no AcrPull yet), unless Options.SystemIdentityHasAcrPull.
+// Secret volume files are mode 0400 under
 // Dir/exec-<execution>/volumes/<volume>/; the command's file is written
 // to Dir/exec-<execution>/; the process's env is PATH, HOME
 // (Dir/exec-<execution>/home), the container's env and, on a GPU profile,
@@ -99,14 +112,20 @@
 // entry (with an identity or a password secret) for it, fails before its
 // process runs, as a pull would.
 //
+// An operation on a job while another runs is 409
+// ContainerAppsJobOperationInProgress. A start with a template (the
+// containers for one execution) is refused with 400 InvalidParameter:
+// the fake does not apply it, and the aca runtime sends none.
+//
 // Choices the fake makes where Azure's behaviour was not confirmed (each
-// is marked where it is made): the GPU quota usages' names ("Managed
-// Environment Consumption T4 Gpus", value
-// "ManagedEnvironmentConsumptionT4Gpus"); quota is enforced at start (400
-// QuotaExceeded naming the quota and its limit), not at create; a
-// conflicting operation is 409 with code "Conflict"; validation errors are
-// 400 "InvalidParameter"; the operation URLs' path
-// (.../locations/<loc>/containerappsjobOperationStatuses|Results/<id>).
+// is marked where it is made): the GPU quota usages' value strings
+// ("ManagedEnvironmentConsumptionT4Gpus"; the display names, "Managed
+// Environment Consumption T4 Gpus" and "Managed Environment Consumption
+// NCA100 Gpus", are Azure's); quota is enforced at start (400
+// QuotaExceeded naming the quota and its limit), not at create; other
+// validation errors are 400 "InvalidParameter"; a stop SIGTERMs the main
+// process and kills the rest after a grace period; the operation URLs'
+// path (.../locations/<loc>/containerappsjobOperationStatuses|Results/<id>).
 package acafake
 
 import (
@@ -160,6 +179,12 @@ type Options struct {
 	Dir string
 	// Logger hears what the fake does; nil discards.
 	Logger *slog.Logger
+	// SystemIdentityHasAcrPull lets an execution pull with its job's
+	// system-assigned identity ("system" in configuration.registries).
+	// By default such a pull fails, as Azure's does: the identity is new
+	// with the job, so nothing gave it AcrPull before the job's first pull
+	// (https://learn.microsoft.com/azure/container-apps/managed-identity-image-pull).
+	SystemIdentityHasAcrPull bool
 }
 
 // Fault is a failure the fake gives the next request that matches, once.
@@ -173,6 +198,17 @@ type Fault struct {
 	Code       string
 	Message    string
 	RetryAfter int
+	// FailOperation makes the fault match only requests that begin a
+	// long-running operation (PUT or DELETE of a job, start, stop of an
+	// execution): the request is accepted as usual, and the operation
+	// fails at its end instead of taking effect. An Azure-AsyncOperation
+	// poll then answers 200 {"status":"Failed","error":{"code":Code,
+	// "message":Message}}; a Location poll answers Status (400 when
+	// Status is 0) with that body
+	// (https://github.com/Azure/azure-resource-manager-rpc/blob/master/v1.0/async-api-reference.md:
+	// "Azure-AsyncOperation resource format" and "202 Accepted and
+	// Location Headers").
+	FailOperation bool
 }
 
 // Fake is a running fake. Its servers use TLS with a CA of its own
@@ -315,9 +351,13 @@ func (f *Fake) Close() {
 			}
 		}
 	}
+	f.wg.Add(len(running))
 	f.mu.Unlock()
 	for _, e := range running {
-		e.terminate()
+		go func() {
+			defer f.wg.Done()
+			e.terminate()
+		}()
 	}
 	f.wg.Wait()
 	f.armSrv.Close()
@@ -374,11 +414,14 @@ func (f *Fake) Inject(fault Fault) {
 	f.faults = append(f.faults, fault)
 }
 
-// takeFault removes and returns the first fault that matches r.
-func (f *Fake) takeFault(r *http.Request) (Fault, bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+// takeFault removes and returns the first fault that matches r: one
+// with FailOperation when lro (r begins a long-running operation), one
+// without otherwise. Under f.mu.
+func (f *Fake) takeFault(r *http.Request, lro bool) (Fault, bool) {
 	for i, ft := range f.faults {
+		if ft.FailOperation != lro {
+			continue
+		}
 		if (ft.Method == "" || strings.EqualFold(ft.Method, r.Method)) && strings.HasSuffix(strings.ToLower(r.URL.Path), strings.ToLower(ft.PathSuffix)) {
 			f.faults = append(f.faults[:i], f.faults[i+1:]...)
 			return ft, true
@@ -449,7 +492,7 @@ func (f *Fake) Env(job string) map[string]string {
 // ExecutionState is what Execution reports of a job's latest execution.
 type ExecutionState struct {
 	Name   string
-	Status string // Running, Succeeded, Failed, Stopped
+	Status string // Processing (until its process starts), Running, Succeeded, Failed, Stopped
 	Reason string // why it failed before its process ran, if it did
 	PID    int    // 0 if no process ran
 }

@@ -35,7 +35,10 @@ type job struct {
 	state string
 	// busy names the operation in progress on the job ("create",
 	// "delete"), "" when none.
-	busy       string
+	busy string
+	// op is the job's latest create or delete operation; a GET or list
+	// of the job advances it as a poll does.
+	op         *operation
 	executions []*execution
 }
 
@@ -51,9 +54,12 @@ type operation struct {
 	// ready reports whether the operation may end at this poll (deletes
 	// and stops wait for their processes).
 	ready func() bool
-	// finish applies the operation's end, under f.mu.
+	// finish applies the operation's end, under f.mu; it checks fail.
 	finish func()
 	result any
+	// fail, when set, is the injected failure (Fault.FailOperation) the
+	// operation ends with instead of taking effect.
+	fail *Fault
 }
 
 // armError writes ARM's error body, {"error":{"code","message"}}
@@ -111,7 +117,12 @@ func (f *Fake) serveARM(w http.ResponseWriter, r *http.Request) {
 		armError(w, http.StatusUnauthorized, "InvalidAuthenticationToken", "The access token is invalid.")
 		return
 	}
-	if ft, ok := f.takeFault(r); ok {
+	f.mu.Lock()
+	ft, ok := f.takeFault(r, false)
+	f.mu.Unlock()
+	if ok {
+		// 429 comes with Retry-After, the seconds to wait
+		// (https://learn.microsoft.com/azure/azure-resource-manager/management/request-limits-and-throttling).
 		if ft.Status == http.StatusTooManyRequests || ft.RetryAfter > 0 {
 			w.Header().Set("Retry-After", strconv.Itoa(ft.RetryAfter))
 		}
@@ -122,17 +133,27 @@ func (f *Fake) serveARM(w http.ResponseWriter, r *http.Request) {
 		armError(w, ft.Status, ft.Code, msg)
 		return
 	}
-	// ARM refuses a request without api-version
-	// (common-api-details.md: "MissingApiVersionParameter").
-	// One it does not serve is InvalidApiVersionParameter (same
-	// document); the fake serves only the one armappcontainers sends.
+	// ARM refuses a request without api-version with 400
+	// MissingApiVersionParameter, as seen in the wild
+	// (MicrosoftDocs/feedback#2279, Azure/azure-sdk-for-go#22571). One the
+	// resource provider does not serve is 400 NoRegisteredProviderFound
+	// naming the location, the version and the type, and listing the
+	// versions it serves (Azure/azure-cli#28496); the fake serves only the
+	// one armappcontainers sends, and lists only that one.
 	switch v := r.URL.Query().Get("api-version"); v {
 	case "":
 		armError(w, http.StatusBadRequest, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) is required for all requests.")
 		return
 	case apiVersion:
 	default:
-		armError(w, http.StatusBadRequest, "InvalidApiVersionParameter", fmt.Sprintf("The api-version '%s' is invalid. The supported versions are '%s'.", v, apiVersion))
+		typ := "jobs"
+		for i := len(lower) - 1; i >= 0; i-- {
+			if lower[i] == "managedenvironments" || lower[i] == "locations" {
+				typ = segs[i]
+				break
+			}
+		}
+		armError(w, http.StatusBadRequest, "NoRegisteredProviderFound", fmt.Sprintf("No registered resource provider found for location '%s' and API version '%s' for type '%s'. The supported api-versions are '%s'.", f.opts.Location, v, typ, apiVersion))
 		return
 	}
 	if len(segs) < 2 || lower[0] != "subscriptions" || segs[1] != f.opts.SubscriptionID {
@@ -173,18 +194,18 @@ func (f *Fake) serveARM(w http.ResponseWriter, r *http.Request) {
 		case http.MethodGet:
 			f.getJob(w, rest[1])
 		case http.MethodDelete:
-			f.deleteJob(w, rest[1])
+			f.deleteJob(w, r, rest[1])
 		default:
 			armError(w, http.StatusMethodNotAllowed, "MethodNotAllowed", "The method is not allowed here.")
 		}
 	case len(rest) == 3 && lrest[0] == "jobs" && lrest[2] == "start" && r.Method == http.MethodPost:
-		f.startJob(w, rest[1])
+		f.startJob(w, r, rest[1])
 	case len(rest) == 3 && lrest[0] == "jobs" && lrest[2] == "executions" && r.Method == http.MethodGet:
 		f.listExecutions(w, rest[1])
 	case len(rest) == 4 && lrest[0] == "jobs" && lrest[2] == "executions" && r.Method == http.MethodGet:
 		f.getExecution(w, rest[1], rest[3])
 	case len(rest) == 5 && lrest[0] == "jobs" && lrest[2] == "executions" && lrest[4] == "stop" && r.Method == http.MethodPost:
-		f.stopExecution(w, rest[1], rest[3])
+		f.stopExecution(w, r, rest[1], rest[3])
 	default:
 		armError(w, http.StatusNotFound, "InvalidResourceType", "The fake does not serve "+r.Method+" "+r.URL.Path+".")
 	}
@@ -268,18 +289,26 @@ func gpuModel(profileType string) string {
 }
 
 // usageName is the quota usage's name for a GPU profile type. The
-// pattern is that of the REST spec's example of the usages API
-// (azure-rest-api-specs specification/app/resource-manager/Microsoft.App/
-// stable/2025-01-01/examples/ManagedEnvironmentUsages_List.json:
+// serverless GPU quotas' display names are "Managed Environment
+// Consumption T4 Gpus" and "Managed Environment Consumption NCA100 Gpus"
+// (https://learn.microsoft.com/azure/container-apps/gpu-serverless-overview#request-serverless-gpu-quota).
+// The value strings ("ManagedEnvironmentConsumptionT4Gpus",
+// "ManagedEnvironmentConsumptionNCA100Gpus") are the display name without
+// spaces, the pattern of the REST spec's example of the usages API
+// (specification/app/resource-manager/Microsoft.App/stable/2025-01-01/
+// examples/ManagedEnvironmentUsages_List.json:
 // "ManagedEnvironmentConsumptionCores", "Managed Environment Consumption
-// Cores"); the GPU names, "Managed Environment Consumption T4 Gpus", are
-// that pattern applied to GPUs and were NOT confirmed against Azure.
+// Cores"), and were NOT confirmed; nor were the names for other GPUs or
+// for dedicated profiles, which follow the same pattern.
 func usageName(profileType string) (value, localized string) {
 	plan := "Consumption"
 	if !strings.HasPrefix(strings.ToLower(profileType), "consumption") {
 		plan = "Dedicated"
 	}
 	m := gpuModel(profileType)
+	if m == "A100" {
+		m = "NCA100"
+	}
 	return "ManagedEnvironment" + plan + m + "Gpus", "Managed Environment " + plan + " " + m + " Gpus"
 }
 
@@ -335,13 +364,16 @@ func (f *Fake) listUsages(w http.ResponseWriter, name string) {
 	writeJSON(w, http.StatusOK, res)
 }
 
-// jobNameRE is Container Apps' rule for names: lower case letters,
+// jobNameRE is Container Apps' rule for job names: lower case letters,
 // digits and '-', starting with a letter, ending with a letter or digit,
-// no "--", 2 to 32 characters
-// (https://learn.microsoft.com/azure/azure-resource-manager/management/resource-name-rules#microsoftapp
-// gives it for containerApps; that jobs share it is assumed, not
-// confirmed).
+// 2 to 32 characters; and no "--" (checked beside it). A name that breaks
+// it is 400 ContainerAppInvalidName with the sentence of
+// invalidJobName (DefangLabs/pulumi-defang#543 quotes Azure's answer).
 var jobNameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,30}[a-z0-9]$`)
+
+func invalidJobName(name string) string {
+	return fmt.Sprintf("Invalid ContainerAppsJob name '%s'. A name must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character and cannot have '--'. The length must be between 2 and 32 characters inclusive.", name)
+}
 
 func badRequest(w http.ResponseWriter, format string, args ...any) {
 	armError(w, http.StatusBadRequest, "InvalidParameter", fmt.Sprintf(format, args...))
@@ -350,9 +382,6 @@ func badRequest(w http.ResponseWriter, format string, args ...any) {
 // validate checks a job's PUT body as Container Apps does where the fake
 // knows how; the first problem is returned as a sentence.
 func (f *Fake) validate(name string, j *armappcontainers.Job) string {
-	if !jobNameRE.MatchString(name) || strings.Contains(name, "--") {
-		return fmt.Sprintf("Invalid job name '%s': a name must consist of lower case alphanumeric characters or '-', start with a letter, end with an alphanumeric character, have no '--', and be 2 to 32 characters long.", name)
-	}
 	if str(j.Location) == "" {
 		return "The location property is required."
 	}
@@ -373,6 +402,8 @@ func (f *Fake) validate(name string, j *armappcontainers.Job) string {
 	if c == nil {
 		return "The configuration of the job is required."
 	}
+	// JobConfiguration's required properties are replicaTimeout and
+	// triggerType (the REST spec's Jobs.json, JobConfiguration.required).
 	if c.TriggerType == nil {
 		return "The configuration's triggerType is required."
 	}
@@ -458,9 +489,10 @@ func (f *Fake) validate(name string, j *armappcontainers.Job) string {
 	return ""
 }
 
-// view is the job as GET shows it: secrets without their values (ARM
-// never returns them; they come only from listSecrets), its id, name,
-// type and provisioningState.
+// view is the job as GET shows it: secrets without their values (the
+// REST spec's CommonDefinitions.json marks Secret.value "x-ms-secret":
+// true, which ARM never returns; the values come only from
+// Jobs_ListSecrets), its id, name, type and provisioningState.
 func (f *Fake) view(j *job) armappcontainers.Job {
 	var out armappcontainers.Job
 	b, _ := json.Marshal(j.spec)
@@ -484,16 +516,50 @@ func (f *Fake) opURL(kind, id string) string {
 	return fmt.Sprintf("%s/subscriptions/%s/providers/Microsoft.App/locations/%s/%s/%s?api-version=%s", f.ARMEndpoint(), f.opts.SubscriptionID, f.opts.Location, kind, id, apiVersion)
 }
 
+// conflict is the answer to a request on a job that has an operation in
+// progress: 409 ContainerAppsJobOperationInProgress naming the job and
+// the operation (the sentence Azure answers, quoted in
+// hashicorp/terraform-provider-azurerm#31796). Under f.mu.
+func conflict(w http.ResponseWriter, j *job) {
+	id := ""
+	if j.op != nil {
+		id = j.op.id
+	}
+	armError(w, http.StatusConflict, "ContainerAppsJobOperationInProgress", fmt.Sprintf("Cannot modify a container apps job '%s' because there is an active provisioning operation in progress. OperationId: '%s'.", j.name, id))
+}
+
+// advanceJob advances the job's create or delete as a poll of it would:
+// ARM's clients may follow an operation by reading the resource's
+// provisioningState instead of polling the operation
+// (async-api-reference.md, "ProvisioningState property"), so a job whose
+// creator never polled (a control plane restarted between the PUT and
+// its polls) still gets to Succeeded. It reports whether the job is
+// still there. Under f.mu.
+func (f *Fake) advanceJob(key string) bool {
+	j := f.jobs[key]
+	if j == nil {
+		return false
+	}
+	if j.op != nil && !j.op.done {
+		j.op.advance()
+	}
+	return f.jobs[key] == j
+}
+
 // putJob creates or updates a job: 201 (200 for an update) with
 // provisioningState InProgress and an Azure-AsyncOperation header, as
 // ARM's asynchronous PUT does
 // (https://github.com/Azure/azure-resource-manager-rpc/blob/master/v1.0/async-api-reference.md#creatingupdating-using-put);
 // armappcontainers polls it with FinalStateViaAzureAsyncOp and then GETs
-// the job. A PUT while another operation on the job runs is 409 Conflict:
-// 409 is HTTP's status for a request that conflicts with the resource's
-// state (RFC 9110 section 15.5.10); that ARM and Container Apps answer
-// exactly so, and with the code "Conflict", was NOT confirmed.
+// the job. A PUT while another operation on the job runs is 409 (see
+// conflict). A create whose operation fails (Fault.FailOperation) leaves
+// the job with provisioningState Failed.
 func (f *Fake) putJob(w http.ResponseWriter, r *http.Request, name string) {
+	// The name is checked first, with a code of its own.
+	if !jobNameRE.MatchString(name) || strings.Contains(name, "--") {
+		armError(w, http.StatusBadRequest, "ContainerAppInvalidName", invalidJobName(name))
+		return
+	}
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		badRequest(w, "The request body could not be read.")
@@ -515,7 +581,7 @@ func (f *Fake) putJob(w http.ResponseWriter, r *http.Request, name string) {
 	status := http.StatusCreated
 	if j != nil {
 		if j.busy != "" {
-			armError(w, http.StatusConflict, "Conflict", fmt.Sprintf("Job '%s' has an operation in progress (%s); retry when it ends.", name, j.busy))
+			conflict(w, j)
 			return
 		}
 		status = http.StatusOK
@@ -527,31 +593,40 @@ func (f *Fake) putJob(w http.ResponseWriter, r *http.Request, name string) {
 	j.state = string(armappcontainers.JobProvisioningStateInProgress)
 	j.busy = "create"
 	op := &operation{id: randomHex(16), kind: "create", job: key, ready: func() bool { return true }}
+	if ft, ok := f.takeFault(r, true); ok {
+		op.fail = &ft
+	}
 	op.finish = func() {
 		j.state = string(armappcontainers.JobProvisioningStateSucceeded)
+		if op.fail != nil {
+			j.state = string(armappcontainers.JobProvisioningStateFailed)
+		}
 		j.busy = ""
 	}
 	f.ops[op.id] = op
+	j.op = op
 	f.log.Info("acafake: job put", "job", name, "status", status)
 	w.Header().Set("Azure-AsyncOperation", f.opURL("containerappsjobOperationStatuses", op.id))
 	writeJSON(w, status, f.view(j))
 }
 
+// getJob answers the job; reading it advances its create or delete as a
+// poll would (advanceJob).
 func (f *Fake) getJob(w http.ResponseWriter, name string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	j := f.jobs[strings.ToLower(name)]
-	if j == nil {
+	key := strings.ToLower(name)
+	if !f.advanceJob(key) {
 		f.notFound(w, "Microsoft.App/jobs", name)
 		return
 	}
-	writeJSON(w, http.StatusOK, f.view(j))
+	writeJSON(w, http.StatusOK, f.view(f.jobs[key]))
 }
 
 // listJobs answers a JobsCollection of pageSize jobs with a nextLink to
 // the rest, as ARM pages lists
 // (https://github.com/Azure/azure-resource-manager-rpc/blob/master/v1.0/resource-api-reference.md#get-resource:
-// "nextLink").
+// "nextLink"). Listing advances each job's create or delete as GET does.
 func (f *Fake) listJobs(w http.ResponseWriter, r *http.Request) {
 	skip, _ := strconv.Atoi(r.URL.Query().Get("$skiptoken"))
 	f.mu.Lock()
@@ -563,6 +638,11 @@ func (f *Fake) listJobs(w http.ResponseWriter, r *http.Request) {
 	sort.Strings(names)
 	res := armappcontainers.JobsCollection{Value: []*armappcontainers.Job{}}
 	for i := skip; i < len(names) && i < skip+pageSize; i++ {
+		// A job whose delete ends now leaves a page one short: the
+		// skiptoken counts the jobs as they were.
+		if !f.advanceJob(names[i]) {
+			continue
+		}
 		v := f.view(f.jobs[names[i]])
 		res.Value = append(res.Value, &v)
 	}
@@ -572,32 +652,53 @@ func (f *Fake) listJobs(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
+// goTerminate stops e in a goroutine that Close waits for; after Close
+// began, Close's own terminate does it. Under f.mu.
+func (f *Fake) goTerminate(e *execution) {
+	if f.closed {
+		return
+	}
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		e.terminate()
+	}()
+}
+
 // deleteJob deletes a job: 202 with Location, whose polls answer 202
-// until the job and its executions' processes are gone, then 204; a job
-// that does not exist is 204 at once (async-api-reference.md#delete-resource-asynchronously).
-// Its running executions are stopped as the platform does when it
-// deletes a job.
-func (f *Fake) deleteJob(w http.ResponseWriter, name string) {
+// until the job and its executions' processes are gone, then 204
+// (async-api-reference.md#delete-resource-asynchronously); a job that
+// does not exist is 204 at once (the REST spec's Jobs.json, Jobs_Delete:
+// "204": "Container Apps Job does not exist."). Its running executions
+// are stopped as the platform does when it deletes a job. A delete whose
+// operation fails (Fault.FailOperation) stops nothing and leaves the job,
+// with provisioningState Failed (that state after a failed delete is the
+// fake's choice, NOT confirmed).
+func (f *Fake) deleteJob(w http.ResponseWriter, r *http.Request, name string) {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	key := strings.ToLower(name)
 	j := f.jobs[key]
 	if j == nil {
-		f.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
 	if j.busy == "create" {
-		f.mu.Unlock()
-		armError(w, http.StatusConflict, "Conflict", fmt.Sprintf("Job '%s' has an operation in progress (create); retry when it ends.", name))
+		conflict(w, j)
 		return
 	}
-	if j.busy == "delete" {
-		// A second delete joins the first: a new operation on the same end.
-	}
+	// A second delete while one runs starts another operation on the same
+	// end.
 	j.busy = "delete"
 	j.state = string(armappcontainers.JobProvisioningStateDeleting)
-	execs := append([]*execution(nil), j.executions...)
 	op := &operation{id: randomHex(16), kind: "delete", job: key}
+	if ft, ok := f.takeFault(r, true); ok {
+		op.fail = &ft
+	}
+	var execs []*execution
+	if op.fail == nil {
+		execs = append(execs, j.executions...)
+	}
 	op.ready = func() bool {
 		for _, e := range execs {
 			if !e.ended() {
@@ -607,30 +708,58 @@ func (f *Fake) deleteJob(w http.ResponseWriter, name string) {
 		return true
 	}
 	op.finish = func() {
+		if op.fail != nil {
+			j.state = string(armappcontainers.JobProvisioningStateFailed)
+			j.busy = ""
+			return
+		}
 		if f.jobs[key] == j {
 			delete(f.jobs, key)
 		}
 	}
 	f.ops[op.id] = op
-	f.mu.Unlock()
+	j.op = op
 	for _, e := range execs {
-		go e.terminate()
+		f.goTerminate(e)
 	}
 	f.log.Info("acafake: job delete", "job", name)
 	w.Header().Set("Location", f.opURL("containerappsjobOperationResults", op.id))
 	w.WriteHeader(http.StatusAccepted)
 }
 
-// startJob starts one execution of a job: 202 with Location, whose final
-// answer is the JobExecutionBase {name, id}
-// (jobs_client.go BeginStart: FinalStateViaLocation). A start while the
-// job is being created or deleted is 409 Conflict (as for putJob). Starting beyond the
-// environment's GPU quota fails with the quota's name and limit: the
+// startJob starts one execution of a job: 202 with Location and no body;
+// the JobExecutionBase {name, id} is the final poll's 200
+// (async-api-reference.md, "202 Accepted and Location Headers";
+// jobs_client.go BeginStart: FinalStateViaLocation). A start while the
+// job is being created or deleted is 409 (see conflict). Starting beyond
+// the environment's GPU quota fails with the quota's name and limit: the
 // fake checks quota at start, because an execution's replica is what
 // takes a GPU (a job definition takes none); which call Azure refuses,
-// and with which code, was NOT confirmed: "QuotaExceeded" with 400 is
-// the fake's choice.
-func (f *Fake) startJob(w http.ResponseWriter, name string) {
+// and with which code, was NOT confirmed: "QuotaExceeded" with 400 is the
+// fake's choice. A start whose operation fails (Fault.FailOperation)
+// makes no execution.
+//
+// The start's body, a JobExecutionTemplate that overrides the job's
+// containers for this execution (Jobs.json, Jobs_Start), is not applied:
+// one with containers or init containers is refused with 400
+// InvalidParameter, as the fake's own choice; the aca runtime sends none.
+func (f *Fake) startJob(w http.ResponseWriter, r *http.Request, name string) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		badRequest(w, "The request body could not be read.")
+		return
+	}
+	if len(strings.TrimSpace(string(body))) > 0 {
+		var tmpl armappcontainers.JobExecutionTemplate
+		if err := json.Unmarshal(body, &tmpl); err != nil {
+			armError(w, http.StatusBadRequest, "InvalidRequestContent", "The request content was invalid and could not be deserialized: "+err.Error())
+			return
+		}
+		if len(tmpl.Containers) > 0 || len(tmpl.InitContainers) > 0 {
+			badRequest(w, "The fake does not apply a start's template (containers for this execution only); start job '%s' without one.", name)
+			return
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	key := strings.ToLower(name)
@@ -640,7 +769,7 @@ func (f *Fake) startJob(w http.ResponseWriter, name string) {
 		return
 	}
 	if j.busy != "" {
-		armError(w, http.StatusConflict, "Conflict", fmt.Sprintf("Job '%s' has an operation in progress (%s); it cannot start now.", name, j.busy))
+		conflict(w, j)
 		return
 	}
 	if f.closed {
@@ -655,14 +784,19 @@ func (f *Fake) startJob(w http.ResponseWriter, name string) {
 			return
 		}
 	}
-	e := f.newExecution(j, ptype)
-	op := &operation{id: randomHex(16), kind: "start", job: key, exec: e, ready: func() bool { return true }, finish: func() {}}
-	op.result = armappcontainers.JobExecutionBase{Name: to.Ptr(e.name), ID: to.Ptr(e.id)}
+	op := &operation{id: randomHex(16), kind: "start", job: key, ready: func() bool { return true }, finish: func() {}}
+	if ft, ok := f.takeFault(r, true); ok {
+		op.fail = &ft
+	} else {
+		e := f.newExecution(j, ptype)
+		op.exec = e
+		op.result = armappcontainers.JobExecutionBase{Name: to.Ptr(e.name), ID: to.Ptr(e.id)}
+		f.wg.Add(1)
+		go e.launch()
+	}
 	f.ops[op.id] = op
-	f.wg.Add(1)
-	go e.launch()
 	w.Header().Set("Location", f.opURL("containerappsjobOperationResults", op.id))
-	writeJSON(w, http.StatusAccepted, op.result)
+	w.WriteHeader(http.StatusAccepted)
 }
 
 func (f *Fake) executionJSON(e *execution) armappcontainers.JobExecution {
@@ -729,18 +863,23 @@ func (f *Fake) getExecution(w http.ResponseWriter, name, exec string) {
 // stopExecution stops an execution (jobs_client.go BeginStopExecution:
 // POST .../executions/{name}/stop, 202 with Location); the operation ends
 // when the process has: the execution is then Stopped (one that had
-// already ended keeps its status).
-func (f *Fake) stopExecution(w http.ResponseWriter, name, exec string) {
+// already ended keeps its status). A stop whose operation fails
+// (Fault.FailOperation) stops nothing.
+func (f *Fake) stopExecution(w http.ResponseWriter, r *http.Request, name, exec string) {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	j, e := f.findExecution(w, name, exec)
 	if e == nil {
-		f.mu.Unlock()
 		return
 	}
 	op := &operation{id: randomHex(16), kind: "stop", job: strings.ToLower(j.name), exec: e, ready: e.ended, finish: func() {}}
+	if ft, ok := f.takeFault(r, true); ok {
+		op.fail = &ft
+		op.ready = func() bool { return true }
+	} else {
+		f.goTerminate(e)
+	}
 	f.ops[op.id] = op
-	f.mu.Unlock()
-	go e.stop()
 	w.Header().Set("Location", f.opURL("containerappsjobOperationResults", op.id))
 	w.WriteHeader(http.StatusAccepted)
 }
@@ -760,8 +899,18 @@ func (op *operation) advance() bool {
 	return op.done
 }
 
+// failure is the error object of a failed operation.
+func (op *operation) failure() map[string]string {
+	msg := op.fail.Message
+	if msg == "" {
+		msg = "Injected failure " + op.fail.Code + " of the " + op.kind + " operation."
+	}
+	return map[string]string{"code": op.fail.Code, "message": msg}
+}
+
 // pollAsync answers GET on an Azure-AsyncOperation URL: {"status":
-// "InProgress"} until the operation ends, then "Succeeded"
+// "InProgress"} until the operation ends, then "Succeeded", or "Failed"
+// with an error object
 // (async-api-reference.md#azure-asyncoperation-resource-format).
 func (f *Fake) pollAsync(w http.ResponseWriter, id string) {
 	f.mu.Lock()
@@ -771,21 +920,27 @@ func (f *Fake) pollAsync(w http.ResponseWriter, id string) {
 		armError(w, http.StatusNotFound, "OperationNotFound", "The operation "+id+" was not found.")
 		return
 	}
-	status := "InProgress"
-	if op.advance() {
-		status = "Succeeded"
-	}
-	writeJSON(w, http.StatusOK, map[string]any{
+	body := map[string]any{
 		"id":        strings.TrimPrefix(f.opURL("containerappsjobOperationStatuses", id), f.ARMEndpoint()),
 		"name":      id,
-		"status":    status,
+		"status":    "InProgress",
 		"startTime": time.Now().UTC().Format(time.RFC3339),
-	})
+	}
+	if op.advance() {
+		body["status"] = "Succeeded"
+		if op.fail != nil {
+			body["status"] = "Failed"
+			body["error"] = op.failure()
+		}
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
 // pollLocation answers GET on a Location URL: 202 with the same Location
 // until the operation ends, then 204 for a delete and 200 with the result
-// for the others (async-api-reference.md#202-accepted-and-location-headers).
+// for the others; a failed operation answers its error status with
+// {"status":"Failed","error":{...}}
+// (async-api-reference.md#202-accepted-and-location-headers).
 func (f *Fake) pollLocation(w http.ResponseWriter, r *http.Request, id string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -800,6 +955,13 @@ func (f *Fake) pollLocation(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 	switch {
+	case op.fail != nil:
+		status := op.fail.Status
+		if status == 0 {
+			status = http.StatusBadRequest
+		}
+		w.Header().Set("x-ms-error-code", op.fail.Code)
+		writeJSON(w, status, map[string]any{"status": "Failed", "error": op.failure()})
 	case op.kind == "delete":
 		w.WriteHeader(http.StatusNoContent)
 	case op.result != nil:

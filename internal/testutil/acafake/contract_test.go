@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -59,10 +61,16 @@ type rig struct {
 	ctx     context.Context
 }
 
-func newRig(t *testing.T) *rig {
+// pullIdentity is the user-assigned identity the tests' jobs pull with.
+const pullIdentity = "/subscriptions/" + sub + "/resourceGroups/" + rg + "/providers/Microsoft.ManagedIdentity/userAssignedIdentities/pull"
+
+func newRig(t *testing.T) *rig { return newRigWith(t, nil) }
+
+// newRigWith is newRig with options that change sets.
+func newRigWith(t *testing.T, change func(*acafake.Options)) *rig {
 	t.Helper()
 	dir := t.TempDir()
-	f, err := acafake.New(acafake.Options{
+	opts := acafake.Options{
 		SubscriptionID: sub,
 		ResourceGroup:  rg,
 		Environment:    env,
@@ -70,7 +78,11 @@ func newRig(t *testing.T) *rig {
 		GPUQuota:       map[string]int{t4: 1},
 		Dir:            dir,
 		Logger:         testLogger(t),
-	})
+	}
+	if change != nil {
+		change(&opts)
+	}
+	f, err := acafake.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,16 +115,42 @@ const probeSource = `package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"syscall"
+	"time"
 )
 
 func main() {
+	if os.Args[1] == "child" {
+		time.Sleep(time.Hour)
+		return
+	}
 	b, err := os.ReadFile(os.Args[2])
 	fmt.Printf("secret=%s err=%v\n", b, err)
 	fmt.Printf("FOO=%s TOKEN=%s GPU=%s\n", os.Getenv("FOO"), os.Getenv("TOKEN"), os.Getenv("NVIDIA_VISIBLE_DEVICES"))
-	if os.Args[1] == "wait" {
+	if os.Args[1] == "spawn" || os.Args[1] == "spawn-exit" {
+		// A child in a session of its own, as the agent starts shells.
+		c := exec.Command(os.Args[0], "child")
+		c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := c.Start(); err != nil {
+			fmt.Println("spawn:", err)
+			os.Exit(2)
+		}
+		fmt.Printf("child=%d\n", c.Process.Pid)
+		if os.Args[1] == "spawn-exit" {
+			// Exit once the test has made $HOME/go.
+			for {
+				if _, err := os.Stat(filepath.Join(os.Getenv("HOME"), "go")); err == nil {
+					os.Exit(0)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+	}
+	if os.Args[1] == "wait" || os.Args[1] == "spawn" {
 		c := make(chan os.Signal, 1)
 		signal.Notify(c, syscall.SIGTERM)
 		<-c
@@ -216,7 +254,7 @@ func (r *rig) pushProbe(t *testing.T) string {
 
 // jobSpec is a job as the aca runtime creates one: Manual trigger, a
 // Secret volume at /var/run/devgpu, env from a value and a secret, the
-// registry pulled with the system identity.
+// registry pulled with a user-assigned identity.
 func (r *rig) jobSpec(image, profile string, args ...string) armappcontainers.Job {
 	envID := "/subscriptions/" + sub + "/resourceGroups/" + rg + "/providers/Microsoft.App/managedEnvironments/" + env
 	command := []*string{to.Ptr("/devgpu-agent")}
@@ -226,7 +264,10 @@ func (r *rig) jobSpec(image, profile string, args ...string) armappcontainers.Jo
 	return armappcontainers.Job{
 		Location: to.Ptr("swedencentral"),
 		Tags:     map[string]*string{"devgpu-installation": to.Ptr("i1")},
-		Identity: &armappcontainers.ManagedServiceIdentity{Type: to.Ptr(armappcontainers.ManagedServiceIdentityTypeSystemAssigned)},
+		Identity: &armappcontainers.ManagedServiceIdentity{
+			Type:                   to.Ptr(armappcontainers.ManagedServiceIdentityTypeUserAssigned),
+			UserAssignedIdentities: map[string]*armappcontainers.UserAssignedIdentity{pullIdentity: {}},
+		},
 		Properties: &armappcontainers.JobProperties{
 			EnvironmentID:       to.Ptr(envID),
 			WorkloadProfileName: to.Ptr(profile),
@@ -239,7 +280,7 @@ func (r *rig) jobSpec(image, profile string, args ...string) armappcontainers.Jo
 					{Name: to.Ptr("agent-secret"), Value: to.Ptr("s3cret")},
 					{Name: to.Ptr("token"), Value: to.Ptr("tok")},
 				},
-				Registries: []*armappcontainers.RegistryCredentials{{Server: to.Ptr(r.f.Registry()), Identity: to.Ptr("system")}},
+				Registries: []*armappcontainers.RegistryCredentials{{Server: to.Ptr(r.f.Registry()), Identity: to.Ptr(pullIdentity)}},
 			},
 			Template: &armappcontainers.JobTemplate{
 				Containers: []*armappcontainers.Container{{
@@ -431,14 +472,34 @@ func TestJobLifecycle(t *testing.T) {
 	if re := responseError(t, err); re.StatusCode != http.StatusNotFound || re.ErrorCode != "ResourceNotFound" {
 		t.Fatalf("get after delete: %v", err)
 	}
-	// Deleting a job that is not there is 204 (async-api-reference.md).
-	dp, err = r.clients.NewJobsClient().BeginDelete(r.ctx, rg, "job-ok", nil)
+	// Deleting a job that is not there is 204 at once, with nothing to
+	// poll (Jobs.json, Jobs_Delete: "Container Apps Job does not exist.").
+	var resp *http.Response
+	pollsBefore := locationPolls(r.f)
+	dp, err = r.clients.NewJobsClient().BeginDelete(runtime.WithCaptureResponse(r.ctx, &resp), rg, "job-ok", nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if resp == nil || resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("delete of a missing job answered %v, want 204", resp)
 	}
 	if _, err := dp.PollUntilDone(r.ctx, poll); err != nil {
 		t.Fatal(err)
 	}
+	if n := locationPolls(r.f) - pollsBefore; n != 0 {
+		t.Fatalf("delete of a missing job made %d polls", n)
+	}
+}
+
+// locationPolls counts the polls of Location URLs the fake answered.
+func locationPolls(f *acafake.Fake) int {
+	n := 0
+	for k, v := range f.Requests() {
+		if strings.Contains(k, "/containerappsjobOperationResults/") {
+			n += v
+		}
+	}
+	return n
 }
 
 // A non-zero exit fails the execution; a command the image lacks fails it
@@ -447,9 +508,21 @@ func TestExecutionFails(t *testing.T) {
 	r := newRig(t)
 	image := r.pushProbe(t)
 	r.create(t, "job-bad", r.jobSpec(image, "Consumption", "3", "/var/run/devgpu/agent-secret"))
-	x := r.waitStatus(t, "job-bad", r.start(t, "job-bad"), armappcontainers.JobExecutionRunningStateFailed)
+	badExec := r.start(t, "job-bad")
+	x := r.waitStatus(t, "job-bad", badExec, armappcontainers.JobExecutionRunningStateFailed)
 	if x.Properties.EndTime == nil {
 		t.Fatal("a failed execution has no end time")
+	}
+	// A stop after the process ended records nothing.
+	sp, err := r.clients.NewJobsClient().BeginStopExecution(r.ctx, rg, "job-bad", badExec, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sp.PollUntilDone(r.ctx, poll); err != nil {
+		t.Fatal(err)
+	}
+	if st := *r.execution(t, "job-bad", badExec).Properties.Status; st != armappcontainers.JobExecutionRunningStateFailed {
+		t.Fatalf("a stop after the exit made the execution %s", st)
 	}
 	if e := r.f.Env("job-bad"); e["NVIDIA_VISIBLE_DEVICES"] != "" {
 		t.Fatalf("a Consumption replica got a GPU: %v", e)
@@ -472,6 +545,29 @@ func TestExecutionFails(t *testing.T) {
 	if st, _ := r.f.Execution("job-noauth"); !strings.Contains(st.Reason, "unauthorized") {
 		t.Fatalf("reason %q", st.Reason)
 	}
+
+	// A job's new system-assigned identity has no AcrPull at its first
+	// pull.
+	r.create(t, "job-system", systemSpec(r.jobSpec(image, "Consumption", "0", "/var/run/devgpu/agent-secret")))
+	r.waitStatus(t, "job-system", r.start(t, "job-system"), armappcontainers.JobExecutionRunningStateFailed)
+	if st, _ := r.f.Execution("job-system"); !strings.Contains(st.Reason, "system-assigned identity") || !strings.Contains(st.Reason, "AcrPull") || st.PID != 0 {
+		t.Fatalf("a pull with the system identity: %+v", st)
+	}
+}
+
+// systemSpec makes spec pull with the job's system-assigned identity.
+func systemSpec(spec armappcontainers.Job) armappcontainers.Job {
+	spec.Identity = &armappcontainers.ManagedServiceIdentity{Type: to.Ptr(armappcontainers.ManagedServiceIdentityTypeSystemAssigned)}
+	spec.Properties.Configuration.Registries[0].Identity = to.Ptr("system")
+	return spec
+}
+
+// With Options.SystemIdentityHasAcrPull, the system identity pulls.
+func TestSystemIdentityHasAcrPull(t *testing.T) {
+	r := newRigWith(t, func(o *acafake.Options) { o.SystemIdentityHasAcrPull = true })
+	image := r.pushProbe(t)
+	r.create(t, "job-system", systemSpec(r.jobSpec(image, "Consumption", "0", "/var/run/devgpu/agent-secret")))
+	r.waitStatus(t, "job-system", r.start(t, "job-system"), armappcontainers.JobExecutionRunningStateSucceeded)
 }
 
 // Stopping an execution SIGTERMs its process; the execution is Stopped
@@ -594,10 +690,11 @@ func TestConflictsAndValidation(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := jobs.BeginCreateOrUpdate(r.ctx, rg, "job-c", spec, nil)
-	if re := responseError(t, err); re.StatusCode != http.StatusConflict || re.ErrorCode != "Conflict" {
+	if re := responseError(t, err); re.StatusCode != http.StatusConflict || re.ErrorCode != "ContainerAppsJobOperationInProgress" ||
+		!strings.Contains(err.Error(), "Cannot modify a container apps job 'job-c' because there is an active provisioning operation in progress. OperationId: '") {
 		t.Fatalf("second PUT: %v", err)
 	}
-	if _, err := jobs.BeginStart(r.ctx, rg, "job-c", nil); responseError(t, err).StatusCode != http.StatusConflict {
+	if _, err := jobs.BeginStart(r.ctx, rg, "job-c", nil); responseError(t, err).ErrorCode != "ContainerAppsJobOperationInProgress" {
 		t.Fatalf("start while creating: %v", err)
 	}
 
@@ -606,7 +703,7 @@ func TestConflictsAndValidation(t *testing.T) {
 	if _, err := jobs.BeginDelete(r.ctx, rg, "job-d", nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := jobs.BeginStart(r.ctx, rg, "job-d", nil); responseError(t, err).StatusCode != http.StatusConflict {
+	if _, err := jobs.BeginStart(r.ctx, rg, "job-d", nil); responseError(t, err).ErrorCode != "ContainerAppsJobOperationInProgress" {
 		t.Fatalf("start while deleting: %v", err)
 	}
 
@@ -620,13 +717,30 @@ func TestConflictsAndValidation(t *testing.T) {
 	if _, err = jobs.BeginCreateOrUpdate(r.ctx, rg, "job-e", bad, nil); err == nil || !strings.Contains(err.Error(), "secret 'nope'") {
 		t.Fatalf("PUT with a missing secret: %v", err)
 	}
-	bad = r.jobSpec(image, "Consumption", "0")
+	bad = systemSpec(r.jobSpec(image, "Consumption", "0"))
 	bad.Identity = nil
 	if _, err = jobs.BeginCreateOrUpdate(r.ctx, rg, "job-e", bad, nil); err == nil || !strings.Contains(err.Error(), "system-assigned identity") {
 		t.Fatalf("PUT pulling with an identity the job lacks: %v", err)
 	}
-	if _, err = jobs.BeginCreateOrUpdate(r.ctx, rg, "Job_E", spec, nil); err == nil || !strings.Contains(err.Error(), "Invalid job name") {
-		t.Fatalf("PUT with a bad name: %v", err)
+	bad = r.jobSpec(image, "Consumption", "0")
+	bad.Identity = nil
+	if _, err = jobs.BeginCreateOrUpdate(r.ctx, rg, "job-e", bad, nil); err == nil || !strings.Contains(err.Error(), "user-assigned identity") {
+		t.Fatalf("PUT pulling with a user-assigned identity the job lacks: %v", err)
+	}
+	for _, name := range []string{"Job_E", "job--e", "e", "job-", "1job", "a23456789012345678901234567890123"} {
+		_, err = jobs.BeginCreateOrUpdate(r.ctx, rg, name, spec, nil)
+		if re := responseError(t, err); re.StatusCode != http.StatusBadRequest || re.ErrorCode != "ContainerAppInvalidName" ||
+			!strings.Contains(err.Error(), "Invalid ContainerAppsJob name '"+name+"'. A name must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character and cannot have '--'. The length must be between 2 and 32 characters inclusive.") {
+			t.Fatalf("PUT with the bad name %q: %v", name, err)
+		}
+	}
+	r.create(t, "a2345678901234567890123456789012", spec)
+
+	// A start with a template is refused: the fake does not apply one.
+	tmpl := &armappcontainers.JobExecutionTemplate{Containers: []*armappcontainers.JobExecutionContainer{{Name: to.Ptr("x"), Image: to.Ptr(image)}}}
+	_, err = jobs.BeginStart(r.ctx, rg, "a2345678901234567890123456789012", &armappcontainers.JobsClientBeginStartOptions{Template: tmpl})
+	if re := responseError(t, err); re.StatusCode != http.StatusBadRequest || re.ErrorCode != "InvalidParameter" || !strings.Contains(err.Error(), "template") {
+		t.Fatalf("start with a template: %v", err)
 	}
 }
 
@@ -658,9 +772,15 @@ func TestThrottleRetryAfter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("x-ms-error-code") != "InvalidApiVersionParameter" {
-		t.Fatalf("an old api-version: %d %s", resp.StatusCode, resp.Header.Get("x-ms-error-code"))
+	var body struct {
+		Error struct{ Code, Message string }
+	}
+	_ = json.Unmarshal(b, &body)
+	if resp.StatusCode != http.StatusBadRequest || body.Error.Code != "NoRegisteredProviderFound" ||
+		body.Error.Message != "No registered resource provider found for location 'swedencentral' and API version '2023-05-01' for type 'jobs'. The supported api-versions are '2025-01-01'." {
+		t.Fatalf("an old api-version: %d %s", resp.StatusCode, b)
 	}
 	// An injected error without retry is the caller's.
 	r.f.Inject(acafake.Fault{Method: "GET", PathSuffix: "/jobs/job-t", Status: http.StatusForbidden, Code: "AuthorizationFailed"})
@@ -689,10 +809,14 @@ func TestQuota(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var t4Usage *armappcontainers.Usage
 	for _, u := range page.Value {
-		if *u.Name.Value == "ManagedEnvironmentConsumptionT4Gpus" && *u.CurrentValue != 1 {
-			t.Fatalf("T4 usage %v with one running", *u.CurrentValue)
+		if *u.Name.LocalizedValue == "Managed Environment Consumption T4 Gpus" {
+			t4Usage = u
 		}
+	}
+	if t4Usage == nil || *t4Usage.CurrentValue != 1 || *t4Usage.Limit != 1 {
+		t.Fatalf("T4 usage %+v with one running (usages %v)", t4Usage, page.Value)
 	}
 }
 
@@ -816,4 +940,201 @@ func TestRegistryExchange(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("exchange of a forged token: %d", resp.StatusCode)
 	}
+}
+
+// A create that nobody polls (a control plane restarted between its PUT
+// and its polls) still ends: reading the job advances it, as clients may
+// follow a job's provisioningState instead of the operation.
+func TestUnpolledCreate(t *testing.T) {
+	r := newRig(t)
+	jobs := r.clients.NewJobsClient()
+	if _, err := jobs.BeginCreateOrUpdate(r.ctx, rg, "job-u", r.jobSpec(r.f.Registry()+"/x:1", "Consumption", "0"), nil); err != nil {
+		t.Fatal(err)
+	}
+	// The poller is dropped.
+	testutil.Eventually(t, testutil.WaitShort, "job-u Succeeded", func() bool {
+		j, err := jobs.Get(r.ctx, rg, "job-u", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return *j.Properties.ProvisioningState == armappcontainers.JobProvisioningStateSucceeded
+	})
+	for k := range r.f.Requests() {
+		if strings.Contains(k, "/containerappsjobOperationStatuses/") {
+			t.Fatalf("the operation was polled: %s", k)
+		}
+	}
+	dp, err := jobs.BeginDelete(r.ctx, rg, "job-u", nil)
+	if err != nil {
+		t.Fatalf("delete after an unpolled create: %v", err)
+	}
+	if _, err := dp.PollUntilDone(r.ctx, poll); err != nil {
+		t.Fatal(err)
+	}
+	// A list advances a create the same way.
+	if _, err := jobs.BeginCreateOrUpdate(r.ctx, rg, "job-l", r.jobSpec(r.f.Registry()+"/x:1", "Consumption", "0"), nil); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, testutil.WaitShort, "job-l Succeeded in the list", func() bool {
+		page, err := jobs.NewListByResourceGroupPager(rg, nil).NextPage(r.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(page.Value) == 1 && *page.Value[0].Properties.ProvisioningState == armappcontainers.JobProvisioningStateSucceeded
+	})
+}
+
+// The 202 of a start has no body; the JobExecutionBase comes with the
+// final poll's 200. A new execution is Processing or Running, Running once
+// its process runs.
+func TestStartAnswers(t *testing.T) {
+	r := newRig(t)
+	image := r.pushProbe(t)
+	r.create(t, "job-s", r.jobSpec(image, "Consumption", "wait", "/var/run/devgpu/agent-secret"))
+	var resp *http.Response
+	p, err := r.clients.NewJobsClient().BeginStart(runtime.WithCaptureResponse(r.ctx, &resp), rg, "job-s", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp == nil || resp.StatusCode != http.StatusAccepted || resp.Header.Get("Location") == "" {
+		t.Fatalf("start answered %v", resp)
+	}
+	if b, _ := io.ReadAll(resp.Body); len(b) != 0 {
+		t.Fatalf("the start's 202 has a body: %s", b)
+	}
+	var final *http.Response
+	res, err := p.PollUntilDone(runtime.WithCaptureResponse(r.ctx, &final), poll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if final.StatusCode != http.StatusOK || res.Name == nil || !strings.HasPrefix(*res.Name, "job-s-") || *res.ID != "/subscriptions/"+sub+"/resourceGroups/"+rg+"/providers/Microsoft.App/jobs/job-s/executions/"+*res.Name {
+		t.Fatalf("final poll %d: %+v", final.StatusCode, res)
+	}
+	// 7 lower-case letters and digits after the job's name (Job_Start.json).
+	suffix := strings.TrimPrefix(*res.Name, "job-s-")
+	if len(suffix) != 7 || strings.Trim(suffix, "abcdefghijklmnopqrstuvwxyz0123456789") != "" {
+		t.Fatalf("execution name %s", *res.Name)
+	}
+	st := *r.execution(t, "job-s", *res.Name).Properties.Status
+	if st != armappcontainers.JobExecutionRunningStateProcessing && st != armappcontainers.JobExecutionRunningStateRunning {
+		t.Fatalf("a new execution is %s", st)
+	}
+	testutil.Eventually(t, testutil.WaitMedium, "the process", func() bool {
+		s, _ := r.f.Execution("job-s")
+		return s.PID != 0
+	})
+	if st := *r.execution(t, "job-s", *res.Name).Properties.Status; st != armappcontainers.JobExecutionRunningStateRunning {
+		t.Fatalf("with its process started, the execution is %s", st)
+	}
+}
+
+// Fault.FailOperation fails the operation the request begins: its poll
+// answers Failed with the error, and the operation takes no effect.
+func TestFailOperation(t *testing.T) {
+	r := newRig(t)
+	image := r.pushProbe(t)
+	jobs := r.clients.NewJobsClient()
+	spec := r.jobSpec(image, "Consumption", "wait", "/var/run/devgpu/agent-secret")
+
+	r.f.Inject(acafake.Fault{Method: "PUT", PathSuffix: "/jobs/job-f", FailOperation: true, Code: "InternalServerError", Message: "Creating failed."})
+	p, err := jobs.BeginCreateOrUpdate(r.ctx, rg, "job-f", spec, nil)
+	if err != nil {
+		t.Fatalf("the PUT itself is accepted: %v", err)
+	}
+	_, err = p.PollUntilDone(r.ctx, poll)
+	if re := responseError(t, err); re.ErrorCode != "InternalServerError" || !strings.Contains(err.Error(), "Creating failed.") {
+		t.Fatalf("failed create: %v", err)
+	}
+	j, err := jobs.Get(r.ctx, rg, "job-f", nil)
+	if err != nil || *j.Properties.ProvisioningState != armappcontainers.JobProvisioningStateFailed {
+		t.Fatalf("job after a failed create: %v %v", err, j.Properties)
+	}
+
+	r.create(t, "job-f", spec)
+	r.f.Inject(acafake.Fault{Method: "POST", PathSuffix: "/jobs/job-f/start", FailOperation: true, Code: "ContainerAppOperationError", Message: "Starting failed."})
+	sp, err := jobs.BeginStart(r.ctx, rg, "job-f", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = sp.PollUntilDone(r.ctx, poll)
+	if re := responseError(t, err); re.StatusCode != http.StatusBadRequest || re.ErrorCode != "ContainerAppOperationError" || !strings.Contains(err.Error(), "Starting failed.") {
+		t.Fatalf("failed start: %v", err)
+	}
+	if _, ok := r.f.Execution("job-f"); ok {
+		t.Fatal("a failed start made an execution")
+	}
+
+	execName := r.start(t, "job-f")
+	r.f.Inject(acafake.Fault{Method: "DELETE", PathSuffix: "/jobs/job-f", FailOperation: true, Status: http.StatusConflict, Code: "Conflict", Message: "Deleting failed."})
+	dp, err := jobs.BeginDelete(r.ctx, rg, "job-f", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = dp.PollUntilDone(r.ctx, poll)
+	if re := responseError(t, err); re.StatusCode != http.StatusConflict || !strings.Contains(err.Error(), "Deleting failed.") {
+		t.Fatalf("failed delete: %v", err)
+	}
+	if _, err := jobs.Get(r.ctx, rg, "job-f", nil); err != nil {
+		t.Fatalf("the job is gone after a failed delete: %v", err)
+	}
+	if st := *r.execution(t, "job-f", execName).Properties.Status; st != armappcontainers.JobExecutionRunningStateRunning && st != armappcontainers.JobExecutionRunningStateProcessing {
+		t.Fatalf("a failed delete ended the execution: %s", st)
+	}
+}
+
+// Everything an execution's process started ends with the replica, even
+// in a session of its own: at a stop, a crash, and the process's own
+// exit.
+func TestDescendantsEnd(t *testing.T) {
+	r := newRig(t)
+	image := r.pushProbe(t)
+	child := func(job string) int {
+		t.Helper()
+		var pid int
+		testutil.Eventually(t, testutil.WaitMedium, job+"'s child", func() bool {
+			out := r.f.Output(job)
+			i := strings.Index(out, "child=")
+			if i < 0 {
+				return false
+			}
+			line, _, _ := strings.Cut(out[i+len("child="):], "\n")
+			_, err := fmt.Sscan(line, &pid)
+			return err == nil && testutil.ProcessAlive(pid)
+		})
+		return pid
+	}
+	gone := func(what string, pid int) {
+		t.Helper()
+		testutil.Eventually(t, testutil.WaitShort, what+": child "+strconv.Itoa(pid)+" ends", func() bool { return !testutil.ProcessAlive(pid) })
+	}
+
+	r.create(t, "job-stop", r.jobSpec(image, "Consumption", "spawn", "/var/run/devgpu/agent-secret"))
+	execName := r.start(t, "job-stop")
+	pid := child("job-stop")
+	sp, err := r.clients.NewJobsClient().BeginStopExecution(r.ctx, rg, "job-stop", execName, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sp.PollUntilDone(r.ctx, poll); err != nil {
+		t.Fatal(err)
+	}
+	gone("stop", pid)
+
+	r.create(t, "job-crash", r.jobSpec(image, "Consumption", "spawn", "/var/run/devgpu/agent-secret"))
+	r.start(t, "job-crash")
+	pid = child("job-crash")
+	if err := r.f.Crash("job-crash"); err != nil {
+		t.Fatal(err)
+	}
+	gone("crash", pid)
+
+	r.create(t, "job-exit", r.jobSpec(image, "Consumption", "spawn-exit", "/var/run/devgpu/agent-secret"))
+	execName = r.start(t, "job-exit")
+	pid = child("job-exit")
+	testutil.Eventually(t, testutil.WaitShort, "the fake tracks the child", func() bool { return r.f.Tracked("job-exit", pid) })
+	if err := os.WriteFile(filepath.Join(r.f.Env("job-exit")["HOME"], "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.waitStatus(t, "job-exit", execName, armappcontainers.JobExecutionRunningStateSucceeded)
+	gone("exit", pid)
 }

@@ -4,6 +4,7 @@ package acafake
 
 import (
 	"archive/tar"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,19 +53,48 @@ type execution struct {
 	env            map[string]string
 	stopReq        bool
 	crashReq       bool
+	// exited is set once cmd.Wait has reaped the process: from then on
+	// nothing signals its pid.
+	exited bool
+
+	// tracked are the descendants of the process seen so far (pid ->
+	// start time), under treeMu: they are killed when the process ends,
+	// though by then the kernel has given them to another parent.
+	treeMu  sync.Mutex
+	tracked map[int]uint64
 }
 
-// running reports whether the execution has not ended (under f.mu).
+// running reports whether the execution has not ended: Processing while
+// its replica is being set up (the image pulled), Running once its
+// process started (under f.mu).
 func (e *execution) running() bool {
-	return e.status == string(armappcontainers.JobExecutionRunningStateRunning)
+	return e.status == string(armappcontainers.JobExecutionRunningStateRunning) ||
+		e.status == string(armappcontainers.JobExecutionRunningStateProcessing)
 }
 
 // ended reports whether the execution has ended and its process is gone
 // (under f.mu).
 func (e *execution) ended() bool { return !e.running() }
 
-// newExecution adds a Running execution to j, with a simulated GPU that
-// no running execution of the same profile type holds. Under f.mu.
+// executionSuffix is the random part of an execution's name: 7 lower-case
+// letters and digits, as in the REST spec's example
+// (specification/app/resource-manager/Microsoft.App/stable/2025-01-01/
+// examples/Job_Start.json: "testcontainerappsjob0-pjxhsye"); the alphabet
+// beyond that example is assumed.
+func executionSuffix() string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	b := make([]byte, 7)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b)
+}
+
+// newExecution adds a Processing execution to j, with a simulated GPU
+// that no running execution of the same profile type holds. Under f.mu.
 func (f *Fake) newExecution(j *job, ptype string) *execution {
 	var spec armappcontainers.Job
 	b, _ := json.Marshal(j.spec)
@@ -73,7 +103,7 @@ func (f *Fake) newExecution(j *job, ptype string) *execution {
 	e := &execution{
 		f:     f,
 		job:   j.name,
-		name:  j.name + "-" + strings.ToLower(randomHex(3))[:5],
+		name:  j.name + "-" + executionSuffix(),
 		spec:  spec,
 		ptype: ptype,
 		start: time.Now().UTC(),
@@ -82,7 +112,10 @@ func (f *Fake) newExecution(j *job, ptype string) *execution {
 		container: &armappcontainers.JobExecutionContainer{
 			Name: c.Name, Image: c.Image, Command: c.Command, Args: c.Args, Env: c.Env, Resources: c.Resources,
 		},
-		status: string(armappcontainers.JobExecutionRunningStateRunning),
+		// Processing until the process has started (JobExecutionRunningState:
+		// Processing, Running, ...).
+		status:  string(armappcontainers.JobExecutionRunningStateProcessing),
+		tracked: map[int]uint64{},
 	}
 	e.id = f.jobID(j.name) + "/executions/" + e.name
 	if m := gpuModel(ptype); m != "" {
@@ -123,10 +156,14 @@ func (e *execution) launch() {
 			cmd.Env = append(cmd.Env, k+"="+v)
 		}
 		cmd.Stdout, cmd.Stderr = e.out, e.out
+		// A descendant the kill missed could hold the output pipe open;
+		// Wait gives up on it after this long.
+		cmd.WaitDelay = stopGrace
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		e.env = env
 		if err = cmd.Start(); err == nil {
 			e.proc, e.pid = cmd.Process, cmd.Process.Pid
+			e.status = string(armappcontainers.JobExecutionRunningStateRunning)
 			f.mu.Unlock()
 			e.wait(cmd)
 			return
@@ -149,23 +186,90 @@ func (e *execution) launch() {
 	close(e.done)
 }
 
+// trackEvery is how often the fake records the process's descendants.
+// One started and orphaned within this time of the process's own end can
+// escape the kill that ends the replica: a limit of the fake, which has
+// no container (cgroup) to end.
+const trackEvery = 20 * time.Millisecond
+
+// track records the descendants of the process (pid, started at start)
+// until stop is closed.
+func (e *execution) track(pid int, start uint64, stop <-chan struct{}) {
+	t := time.NewTicker(trackEvery)
+	defer t.Stop()
+	for {
+		if same(pid, start) {
+			e.treeMu.Lock()
+			descendants(procTable(), []int{pid}, e.tracked)
+			e.treeMu.Unlock()
+		}
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// killTree ends the replica: SIGKILL to the process, if it has not been
+// reaped, and to every descendant of it, including those that left its
+// process group or session. It reports whether the process was
+// signalled. Under f.mu.
+func (e *execution) killTree() bool {
+	signalled := false
+	var extra []int
+	if e.proc != nil && !e.exited {
+		// os.Process signals through a pidfd: a process Wait has reaped
+		// answers ErrProcessDone, and no other process with its pid is
+		// touched.
+		if e.proc.Signal(syscall.SIGSTOP) == nil {
+			signalled = true
+			extra = append(extra, e.proc.Pid)
+		}
+	}
+	e.treeMu.Lock()
+	killAll(e.tracked, extra...)
+	e.treeMu.Unlock()
+	if signalled {
+		_ = e.proc.Signal(syscall.SIGKILL)
+	}
+	return signalled
+}
+
 // wait waits for the process, enforcing the job's replicaTimeout, and
 // records how the execution ended: Stopped when it was stopped,
-// Succeeded on status 0, Failed otherwise. Jobs are never restarted here
-// (the runtime sets replicaRetryLimit 0).
+// Succeeded on status 0, Failed otherwise. Whatever the process started
+// ends with it, as everything in a replica's container does. Jobs are
+// never restarted here (the runtime sets replicaRetryLimit 0).
 func (e *execution) wait(cmd *exec.Cmd) {
 	f := e.f
+	stopTracking := make(chan struct{})
+	tracking := make(chan struct{})
+	if p, ok := readProc(cmd.Process.Pid); ok {
+		go func() {
+			defer close(tracking)
+			e.track(p.pid, p.start, stopTracking)
+		}()
+	} else {
+		close(tracking)
+	}
 	timeout := time.Duration(*e.spec.Properties.Configuration.ReplicaTimeout) * time.Second
 	timedOut := false
 	timer := time.AfterFunc(timeout, func() {
 		f.mu.Lock()
-		timedOut = true
-		f.mu.Unlock()
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		defer f.mu.Unlock()
+		// A process Wait reaped already ended by itself.
+		if !e.exited && e.killTree() {
+			timedOut = true
+		}
 	})
 	err := cmd.Wait()
 	timer.Stop()
+	close(stopTracking)
+	<-tracking
 	f.mu.Lock()
+	e.exited = true
+	e.killTree()
 	switch {
 	case e.stopReq:
 		e.status = string(armappcontainers.JobExecutionRunningStateStopped)
@@ -176,6 +280,8 @@ func (e *execution) wait(cmd *exec.Cmd) {
 		e.reason = err.Error()
 		if timedOut {
 			e.reason = "the replica ran past the job's replicaTimeout"
+		} else if e.crashReq {
+			e.reason = "the replica was lost (" + err.Error() + ")"
 		}
 	}
 	e.end = time.Now().UTC()
@@ -185,26 +291,39 @@ func (e *execution) wait(cmd *exec.Cmd) {
 	close(e.done)
 }
 
-// stop ends the execution as the platform stops a replica: SIGTERM to
-// its process group, SIGKILL after stopGrace; it returns when the
-// process is gone.
+// stop ends the execution as the platform stops a replica: SIGTERM to its
+// main process, then, after stopGrace, SIGKILL to it and everything it
+// started; it returns when the process is gone. Kubernetes, on which
+// Container Apps runs, sends SIGTERM to each container's main process
+// and kills what is left after the grace period
+// (https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#pod-termination);
+// that Container Apps' stop of an execution does exactly this was NOT
+// confirmed. A stop that finds the process already reaped records
+// nothing: the execution keeps the status its exit gave it.
 func (e *execution) stop() {
 	f := e.f
 	f.mu.Lock()
-	if e.ended() {
-		f.mu.Unlock()
-		return
-	}
-	e.stopReq = true
-	p := e.proc
-	f.mu.Unlock()
-	if p != nil {
-		_ = syscall.Kill(-p.Pid, syscall.SIGTERM)
-		select {
-		case <-e.done:
-		case <-time.After(stopGrace):
-			_ = syscall.Kill(-p.Pid, syscall.SIGKILL)
+	switch {
+	case e.ended() || e.exited:
+	case e.proc == nil:
+		// Not started yet: launch gives up, and the execution is Stopped.
+		e.stopReq = true
+	default:
+		e.stopReq = true
+		if err := e.proc.Signal(syscall.SIGTERM); err != nil {
+			// Reaped (ErrProcessDone): it ended by itself.
+			e.stopReq = false
 		}
+	}
+	f.mu.Unlock()
+	select {
+	case <-e.done:
+	case <-time.After(stopGrace):
+		f.mu.Lock()
+		if !e.exited {
+			e.killTree()
+		}
+		f.mu.Unlock()
 	}
 	<-e.done
 }
@@ -212,16 +331,19 @@ func (e *execution) stop() {
 // terminate is stop, for Close and deletes.
 func (e *execution) terminate() { e.stop() }
 
-// kill SIGKILLs the process group, as a replica lost with its node.
+// kill ends the replica at once, as one lost with its node: SIGKILL to
+// the process and everything it started.
 func (e *execution) kill() {
 	f := e.f
 	f.mu.Lock()
-	p := e.proc
-	// Not started yet: launch gives up, and the execution fails.
-	e.crashReq = true
-	f.mu.Unlock()
-	if p != nil {
-		_ = syscall.Kill(-p.Pid, syscall.SIGKILL)
+	defer f.mu.Unlock()
+	switch {
+	case e.exited:
+	case e.proc == nil:
+		// Not started yet: launch gives up, and the execution fails.
+		e.crashReq = true
+	default:
+		e.crashReq = e.killTree()
 	}
 }
 
@@ -343,7 +465,18 @@ func (f *Fake) checkPullCredentials(image string, cfg *armappcontainers.JobConfi
 		return fmt.Errorf("pulling image %s failed: the fake can pull only from its registry %s", image, f.Registry())
 	}
 	for _, r := range cfg.Registries {
-		if str(r.Server) == host && (str(r.Identity) != "" || str(r.PasswordSecretRef) != "") {
+		if str(r.Server) != host {
+			continue
+		}
+		if strings.EqualFold(str(r.Identity), "system") && !f.opts.SystemIdentityHasAcrPull {
+			// The system-assigned identity is made with the job, so no
+			// role assignment can give it AcrPull before the job's first
+			// pull (https://learn.microsoft.com/azure/container-apps/managed-identity-image-pull:
+			// a user-assigned identity is recommended because it can be
+			// given AcrPull before the app or job exists).
+			return fmt.Errorf("pulling image %s failed: unauthorized: the job pulls from %s with its system-assigned identity, which is new with the job and has no AcrPull role on the registry at its first pull; pull with a user-assigned identity that has AcrPull", image, host)
+		}
+		if str(r.Identity) != "" || str(r.PasswordSecretRef) != "" {
 			return nil
 		}
 	}

@@ -66,6 +66,12 @@ func (f *Fake) acrExchange(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "service must be " + f.Registry()})
 		return
 	}
+	// ACR takes an AAD token for ARM's audience unless the registry
+	// disabled authentication-as-arm
+	// (https://learn.microsoft.com/azure/container-registry/container-registry-disable-authentication-as-arm),
+	// which is how Container Apps pulls with a managed identity
+	// (https://learn.microsoft.com/azure/container-apps/managed-identity-image-pull);
+	// and one for ACR's own audience.
 	if !f.tokenFor(r.PostForm.Get("access_token"), armAudience, "https://management.azure.com/", acrAudience) {
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "the access_token is not a valid AAD token for this registry"})
 		return
