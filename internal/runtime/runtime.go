@@ -26,6 +26,20 @@ import (
 // ErrNotFound is returned for a session the runtime does not have.
 var ErrNotFound = errors.New("session not found in runtime")
 
+// RefusedError is a start error that the platform behind a runtime gave
+// for a reason the user can act on or wait out, such as a cloud quota that
+// is used up. Message is one sentence for the user, free of the runtime's
+// internals (no URLs, ids or credentials); Err is the whole error, for the
+// server's log. Other start errors reach users only as "see the server
+// log".
+type RefusedError struct {
+	Message string
+	Err     error
+}
+
+func (e *RefusedError) Error() string { return e.Err.Error() }
+func (e *RefusedError) Unwrap() error { return e.Err }
+
 // GPURequest is what a session asks of a runtime: Count GPUs of Type in
 // Region.
 type GPURequest struct {

@@ -3,6 +3,7 @@ package server
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -285,6 +286,12 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 			log.Error("record failed session", "err", endErr)
 		}
 		s.forget(sess.ID) // its link, if its agent made one
+		// A refusal the platform gave for the user to act on (a cloud
+		// quota) is told; anything else may hold the backend's internals.
+		if refused, ok := errors.AsType[*runtime.RefusedError](err); ok {
+			return store.Session{}, &httpapi.Error{Status: http.StatusServiceUnavailable,
+				Msg: "the session could not be started: " + refused.Message, Err: err}
+		}
 		return store.Session{}, &httpapi.Error{Status: http.StatusBadGateway,
 			Msg: "the session could not be started; an administrator can find the cause in the server log", Err: err}
 	}
