@@ -29,6 +29,9 @@ type checked struct {
 	Config
 	// region is Region, or the environment's location.
 	region string
+	// location is the environment's location as ARM names it
+	// ("swedencentral"), where the subscription's usages are read.
+	location string
 	// environmentID is the environment's ARM resource id.
 	environmentID string
 	// profileTypes maps each of GPUTypes' profiles to its workload profile
@@ -83,8 +86,15 @@ func check(cfg Config) (*checked, error) {
 	if !repositoryName.MatchString(c.Repository) {
 		return nil, fmt.Errorf("%s: aca.repository %q is not a repository name; use lower-case letters, digits, '.', '_', '-' and '/', such as %s", b, c.Repository, DefaultRepository)
 	}
-	if c.RegistryIdentity != "system" && !strings.HasPrefix(strings.ToLower(c.RegistryIdentity), "/subscriptions/") {
-		return nil, fmt.Errorf("%s: aca.registry_identity %q is neither \"system\" nor a user-assigned identity's resource id (/subscriptions/.../providers/Microsoft.ManagedIdentity/userAssignedIdentities/NAME)", b, c.RegistryIdentity)
+	if c.RegistryIdentity == "system" {
+		// Each session is a new job, whose new system-assigned identity
+		// holds no AcrPull on the registry when it first pulls
+		// (https://learn.microsoft.com/azure/container-apps/managed-identity-image-pull
+		// recommends a user-assigned identity for this reason).
+		return nil, fmt.Errorf("%s: aca.registry_identity \"system\" cannot pull: every session is a new job whose system-assigned identity has no AcrPull on the registry at its first pull; give the resource id of a user-assigned identity with AcrPull on %s (https://learn.microsoft.com/azure/container-apps/managed-identity-image-pull)", b, c.Registry)
+	}
+	if !strings.HasPrefix(strings.ToLower(c.RegistryIdentity), "/subscriptions/") {
+		return nil, fmt.Errorf("%s: aca.registry_identity %q is not a user-assigned identity's resource id; give one like /subscriptions/.../providers/Microsoft.ManagedIdentity/userAssignedIdentities/NAME with AcrPull on the registry", b, c.RegistryIdentity)
 	}
 	if c.Credential == nil {
 		return nil, fmt.Errorf("%s: no Azure credential; set aca.credential (managed identity, workload identity or a service principal)", b)
@@ -208,4 +218,9 @@ func (c *checked) checkRequest(req runtime.GPURequest) error {
 		return fmt.Errorf("%s runs sessions in region %s only, not %s; ask for %s or use another backend", b, c.region, req.Region, c.region)
 	}
 	return nil
+}
+
+// sortedKeys are m's keys in order.
+func sortedKeys[V any](m map[string]V) []string {
+	return slices.Sorted(maps.Keys(m))
 }

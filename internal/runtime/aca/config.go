@@ -52,8 +52,10 @@ type Config struct {
 	// Repository is the repository in Registry that holds session images
 	// (default "devgpu/sessions").
 	Repository string
-	// RegistryIdentity is the identity the jobs pull with: "system" or the
-	// resource id of a user-assigned managed identity with AcrPull.
+	// RegistryIdentity is the identity the jobs pull with: the resource id
+	// of a user-assigned managed identity with AcrPull. "system" is
+	// refused: each session's job is new, and its system-assigned
+	// identity holds no AcrPull at its first pull.
 	RegistryIdentity string
 	// AgentBinary is the static agent (devgpu built with -tags agentonly,
 	// CGO_ENABLED=0) that is added to every session image at

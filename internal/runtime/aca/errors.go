@@ -46,10 +46,13 @@ func armMessage(re *azcore.ResponseError) string {
 	return strings.Join(strings.Fields(msg), " ")
 }
 
-// isQuota reports whether an ARM error is a quota refusal. Container Apps
-// answers a replica beyond the environment's GPU quota with a message
-// naming the quota (such as "Managed Environment Consumption T4 Gpus");
-// the code varies by API, so both are looked at.
+// isQuota reports whether an ARM error looks like a quota refusal. This is
+// a heuristic, not a documented contract: the quotas page
+// (https://learn.microsoft.com/azure/container-apps/quotas) shows a
+// refusal worded "Maximum Allowed Cores exceeded for the Managed
+// Environment", and quota names contain "quota" or the quota's name; the
+// code and wording of a GPU quota refusal were not confirmed, so both the
+// code and the message are looked at.
 func isQuota(code, msg string) bool {
 	l := strings.ToLower(code + " " + msg)
 	return strings.Contains(l, "quota") || strings.Contains(l, "maximum allowed") && strings.Contains(l, "exceeded")
@@ -59,6 +62,17 @@ func isQuota(code, msg string) bool {
 // (doing, such as "create job dg-1 for session s1"), why, and the fix. A
 // quota refusal names the quota; 403 the role to assign; 404 and 409 say
 // what they mean here. Other errors are wrapped as they are.
+//
+// 409: ARM's resource provider contract answers 409 Conflict to a request
+// that conflicts with the resource's state, such as an operation while
+// another is in progress
+// (https://github.com/cloud-and-ai-microsoft/resource-provider-contract/blob/master/v1.0/async-api-reference.md);
+// what Container Apps answers with 409 was not confirmed, so the sentence
+// says what it most likely means. The roles: Contributor, and Managed
+// Identity Operator ("Read and Assign User Assigned Identity"), which
+// assigning a user-assigned identity to a job needs
+// (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles#managed-identity-operator;
+// not confirmed against a stored copy of that page).
 func (r *Runtime) azureErr(doing string, err error) error {
 	var re *azcore.ResponseError
 	if !errors.As(err, &re) {
@@ -82,7 +96,7 @@ func (r *Runtime) azureErr(doing string, err error) error {
 	case re.StatusCode == http.StatusNotFound:
 		s = fmt.Sprintf("%s: %s: Azure found no such resource (%s); check aca.subscription_id, aca.resource_group and aca.environment", b, doing, detail)
 	case re.StatusCode == http.StatusConflict:
-		s = fmt.Sprintf("%s: %s: Azure reports a conflict (%s); another operation on it is in progress, try again when it ends", b, doing, detail)
+		s = fmt.Sprintf("%s: %s: Azure reports a conflict (%s), most likely another operation on it in progress; try again when it ends", b, doing, detail)
 	case re.StatusCode == http.StatusTooManyRequests:
 		s = fmt.Sprintf("%s: %s: Azure throttled the request and retries did not get through (%s); try again later", b, doing, detail)
 	default:
@@ -95,13 +109,4 @@ func (r *Runtime) azureErr(doing string, err error) error {
 func notFound(err error) bool {
 	var re *azcore.ResponseError
 	return errors.As(err, &re) && re.StatusCode == http.StatusNotFound
-}
-
-// statusOf is err's HTTP status, 0 when it is not an ARM answer.
-func statusOf(err error) int {
-	var re *azcore.ResponseError
-	if errors.As(err, &re) {
-		return re.StatusCode
-	}
-	return 0
 }

@@ -5,6 +5,7 @@ package aca
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -46,7 +47,21 @@ type images struct {
 
 	mu   sync.Mutex
 	made map[string]string // base digest -> session image reference
+
+	// The ACR refresh token of the last exchange, kept until
+	// refreshMargin before it expires.
+	tokMu      sync.Mutex
+	refresh    string
+	refreshEnd time.Time
 }
+
+// refreshMargin is how long before its expiry a cached ACR refresh token
+// is exchanged anew; exchangeBodyMax bounds how much of a refused
+// exchange's body an error quotes.
+const (
+	refreshMargin   = 5 * time.Minute
+	exchangeBodyMax = 300
+)
 
 func newImages(c *checked) *images {
 	t := c.RegistryTransport
@@ -309,10 +324,29 @@ func (a *acrAuth) Authorization() (*authn.AuthConfig, error) {
 }
 
 func (a *acrAuth) AuthorizationContext(ctx context.Context) (*authn.AuthConfig, error) {
+	im := a.im
+	im.tokMu.Lock()
+	defer im.tokMu.Unlock()
+	if im.refresh != "" && time.Until(im.refreshEnd) > refreshMargin {
+		return &authn.AuthConfig{IdentityToken: im.refresh}, nil
+	}
+	refresh, end, err := a.exchange(ctx)
+	if err != nil {
+		return nil, err
+	}
+	im.refresh, im.refreshEnd = refresh, end
+	return &authn.AuthConfig{IdentityToken: refresh}, nil
+}
+
+// exchange trades an Entra ID token for an ACR refresh token, and says
+// until when it may be used: the refresh token's own exp claim (ACR's
+// refresh tokens are JWTs), or, when it has none that can be read, the
+// Entra ID token's expiry.
+func (a *acrAuth) exchange(ctx context.Context) (string, time.Time, error) {
 	cfg := a.im.cfg
 	tok, err := cfg.Credential.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{armAudience(cfg) + "/.default"}})
 	if err != nil {
-		return nil, &acrExchangeError{fmt.Sprintf("get an Entra ID token for registry %s: %v; check aca.credential", cfg.Registry, err)}
+		return "", time.Time{}, &acrExchangeError{fmt.Sprintf("get an Entra ID token for registry %s: %v; check aca.credential", cfg.Registry, err)}
 	}
 	form := url.Values{
 		"grant_type":   {"access_token"},
@@ -321,25 +355,53 @@ func (a *acrAuth) AuthorizationContext(ctx context.Context) (*authn.AuthConfig, 
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+cfg.Registry+"/oauth2/exchange", strings.NewReader(form.Encode()))
 	if err != nil {
-		return nil, err
+		return "", time.Time{}, err
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	resp, err := (&http.Client{Transport: a.im.transport}).Do(req)
 	if err != nil {
-		return nil, &acrExchangeError{fmt.Sprintf("reach registry %s for its token exchange: %v", cfg.Registry, err)}
+		return "", time.Time{}, &acrExchangeError{fmt.Sprintf("reach registry %s for its token exchange: %v", cfg.Registry, err)}
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode != http.StatusOK {
-		return nil, &acrExchangeError{fmt.Sprintf("registry %s refused the control plane's Azure token (%s: %s); assign the control plane's identity AcrPush on it, and allow Entra ID authentication (az acr config authentication-as-arm)", cfg.Registry, resp.Status, strings.Join(strings.Fields(string(body)), " "))}
+		said := strings.Join(strings.Fields(string(body)), " ")
+		if len(said) > exchangeBodyMax {
+			said = said[:exchangeBodyMax] + "..."
+		}
+		return "", time.Time{}, &acrExchangeError{fmt.Sprintf("registry %s refused the control plane's Azure token (%s: %s); assign the control plane's identity AcrPush on it, and allow Entra ID authentication (az acr config authentication-as-arm)", cfg.Registry, resp.Status, said)}
 	}
 	var out struct {
 		RefreshToken string `json:"refresh_token"`
 	}
 	if err := json.Unmarshal(body, &out); err != nil || out.RefreshToken == "" {
-		return nil, &acrExchangeError{fmt.Sprintf("registry %s answered its token exchange without a refresh token", cfg.Registry)}
+		return "", time.Time{}, &acrExchangeError{fmt.Sprintf("registry %s answered its token exchange without a refresh token", cfg.Registry)}
 	}
-	return &authn.AuthConfig{IdentityToken: out.RefreshToken}, nil
+	end := tok.ExpiresOn
+	if exp, ok := jwtExpiry(out.RefreshToken); ok {
+		end = exp
+	}
+	return out.RefreshToken, end, nil
+}
+
+// jwtExpiry reads a JWT's exp claim without verifying it: the registry
+// verifies it; the runtime only needs to know when to ask for another.
+func jwtExpiry(tok string) (time.Time, bool) {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return time.Time{}, false
+	}
+	b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return time.Time{}, false
+	}
+	var claims struct {
+		Exp int64 `json:"exp"`
+	}
+	if json.Unmarshal(b, &claims) != nil || claims.Exp == 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(claims.Exp, 0), true
 }
 
 // armAudience is the audience of the ARM tokens the runtime asks for: the

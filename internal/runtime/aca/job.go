@@ -14,19 +14,9 @@ import (
 // agentArgs is the session container's command: the agent the session
 // image's last layer holds, linking out to the control plane with the
 // credentials in the Secret volume's files (never in env or args, which
-// anyone who may read the job can read).
+// anyone who may read the job can read), as kube's agents do.
 func (c *checked) agentArgs(spec runtime.Spec) []string {
-	args := []string{
-		agentPath, "agent",
-		"--session", spec.SessionID,
-		"--link", c.LinkURL,
-		"--secret-file", secretDir + "/" + secretAgent,
-		"--link-credential-file", secretDir + "/" + secretLink,
-	}
-	if len(c.LinkCA) > 0 {
-		args = append(args, "--link-ca-file", secretDir+"/"+secretCA)
-	}
-	return append(args, "--idle-exit", spec.IdleExit.String())
+	return append([]string{agentPath}, runtime.AgentArgs(spec.SessionID, c.LinkURL, secretDir, spec.IdleExit, len(c.LinkCA) > 0)...)
 }
 
 // node is where every session of the backend runs, as far as devgpu can
@@ -73,12 +63,11 @@ func (c *checked) job(spec runtime.Spec, image string) armappcontainers.Job {
 	for i := range cmd {
 		command[i] = &cmd[i]
 	}
-	identity := &armappcontainers.ManagedServiceIdentity{Type: ptr(armappcontainers.ManagedServiceIdentityTypeSystemAssigned)}
-	if c.RegistryIdentity != "system" {
-		identity = &armappcontainers.ManagedServiceIdentity{
-			Type:                   ptr(armappcontainers.ManagedServiceIdentityTypeUserAssigned),
-			UserAssignedIdentities: map[string]*armappcontainers.UserAssignedIdentity{c.RegistryIdentity: {}},
-		}
+	// check refuses "system": the job pulls with the user-assigned
+	// identity RegistryIdentity names.
+	identity := &armappcontainers.ManagedServiceIdentity{
+		Type:                   ptr(armappcontainers.ManagedServiceIdentityTypeUserAssigned),
+		UserAssignedIdentities: map[string]*armappcontainers.UserAssignedIdentity{c.RegistryIdentity: {}},
 	}
 	return armappcontainers.Job{
 		Location: ptr(c.region),

@@ -5,6 +5,8 @@ package aca
 import (
 	"crypto/sha256"
 	"encoding/hex"
+
+	"github.com/devgpu/devgpu/internal/runtime"
 )
 
 // The tags on every job the runtime creates. Installation and backend
@@ -29,9 +31,9 @@ const (
 // names take lower-case letters, digits, '-' and '.' (the Container Apps
 // secret name rule, as `az containerapp job secret set` enforces it).
 const (
-	secretAgent = "agent-secret"
-	secretLink  = "link-credential"
-	secretCA    = "link-ca"
+	secretAgent = runtime.AgentSecretFile
+	secretLink  = runtime.AgentCredentialFile
+	secretCA    = runtime.AgentCAFile
 )
 
 // maxJobName is the longest Container Apps job name: 2 to 32 lower-case

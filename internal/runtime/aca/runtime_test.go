@@ -45,6 +45,7 @@ func TestMain(m *testing.M) {
 	// Under go test azcore allows polling faster than once a second; the
 	// fake answers its operations at the second poll.
 	pollEvery = 20 * time.Millisecond
+	awaitEvery = 50 * time.Millisecond
 	code := func() int {
 		dir, err := os.MkdirTemp("", "aca-agent-")
 		if err != nil {
@@ -95,22 +96,24 @@ type fakeEnv struct {
 	linkCA  []byte
 	cred    azcore.TokenCredential
 	base    string
+	dir     string // the fake's Dir
 }
 
 func newFakeEnv(t *testing.T, t4Quota int) *fakeEnv {
 	t.Helper()
+	dir := t.TempDir()
 	f, err := acafake.New(acafake.Options{
 		SubscriptionID: testSub, ResourceGroup: testRG, Environment: testEnv, Location: testRegion,
 		Profiles: map[string]string{"gpu-t4": t4Profile},
 		GPUQuota: map[string]int{t4Profile: t4Quota},
-		Dir:      t.TempDir(),
+		Dir:      dir,
 		Logger:   testLogger(t),
 	})
 	if err != nil {
 		t.Fatalf("start the fake: %v", err)
 	}
 	t.Cleanup(f.Close)
-	e := &fakeEnv{fake: f, hub: link.NewHub(testLogger(t))}
+	e := &fakeEnv{fake: f, hub: link.NewHub(testLogger(t)), dir: dir}
 	e.hub.SetVerifier(func(_, cred string) (bool, error) { return cred == testCredential, nil })
 	srv := httptest.NewTLSServer(e.hub)
 	t.Cleanup(srv.Close)
@@ -436,6 +439,11 @@ func TestImagePushedOnce(t *testing.T) {
 	if got := sessionManifestPuts(e.fake); got != 1 {
 		t.Fatalf("three sessions of one base pushed %d manifests, want 1", got)
 	}
+	// Each runtime exchanged its Azure token for an ACR refresh token
+	// once, and used it for every push and pull since.
+	if got := e.fake.Requests()["POST registry /oauth2/exchange"]; got != 2 {
+		t.Fatalf("two runtimes made %d token exchanges, want 2", got)
+	}
 
 	missing := spec("nobase")
 	missing.Image = e.fake.Registry() + "/base/missing:1"
@@ -500,9 +508,11 @@ func TestCrashedSessionLeavesList(t *testing.T) {
 	if err := e.fake.Crash(job); err != nil {
 		t.Fatal(err)
 	}
-	if listed(t, r, s.SessionID) {
-		t.Fatal("a session whose replica crashed is still listed")
-	}
+	// Its link ends with its process; until then the link is proof the
+	// execution lives.
+	testutil.Eventually(t, testutil.WaitMedium, "the crashed session leaves List", func() bool {
+		return !listed(t, r, s.SessionID)
+	})
 	if err := r.Stop(testutil.Context(t, testutil.WaitMedium), s.SessionID); err != nil {
 		t.Fatalf("Stop after the crash: %v", err)
 	}
@@ -565,6 +575,22 @@ func TestSessionEnvironment(t *testing.T) {
 	if want := testRG + "/" + r.cfg.jobName(s.SessionID) + "/"; !strings.HasPrefix(pl.Handle, want) || len(pl.Handle) == len(want) {
 		t.Fatalf("handle %q, want %s<execution>", pl.Handle, want)
 	}
+	// The agent trusts the link's CA from the job's link-ca secret, the
+	// file the platform (the fake) wrote from it for the execution.
+	x, ok := e.fake.Execution(r.cfg.jobName(s.SessionID))
+	if !ok {
+		t.Fatal("the session's job has no execution")
+	}
+	ca, err := os.ReadFile(filepath.Join(e.dir, "exec-"+x.Name, "volumes", volumeSecret, secretCA))
+	if err != nil {
+		t.Fatalf("the execution's link-ca file: %v", err)
+	}
+	if string(ca) != string(e.linkCA) {
+		t.Fatalf("the execution's link-ca file holds %q, want the link's CA", ca)
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(ca) {
+		t.Fatal("the execution's link-ca file is not PEM")
+	}
 }
 
 // TestNewErrors: a missing environment or a profile without GPUs is one
@@ -592,9 +618,178 @@ func TestNewErrors(t *testing.T) {
 	if r.cfg.region != testRegion {
 		t.Errorf("region %q, want the environment's location %q", r.cfg.region, testRegion)
 	}
-	// The link CA is what the agents trust.
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(r.cfg.LinkCA) {
-		t.Error("the test's link CA is not PEM")
+	cfg = e.config(t, installation(t))
+	cfg.RegistryIdentity = "system"
+	if _, err := New(ctx, cfg); err == nil || !strings.Contains(err.Error(), "has no AcrPull on the registry at its first pull") {
+		t.Errorf("New with registry_identity system: %v", err)
+	}
+}
+
+// blockLinks makes the hub hold every agent's link in verification until
+// the test ends: a start then waits for an agent that never links.
+func (e *fakeEnv) blockLinks(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	e.hub.SetVerifier(func(_, _ string) (bool, error) { <-release; return false, nil })
+}
+
+// gone fails the test unless the session's job is deleted and nothing of
+// it runs.
+func gone(t *testing.T, e *fakeEnv, r *Runtime, id string) {
+	t.Helper()
+	job := r.cfg.jobName(id)
+	if _, err := r.jobs.Get(testutil.Context(t, testutil.WaitShort), testRG, job, nil); !notFound(err) {
+		t.Fatalf("the session's job is still there: %v", err)
+	}
+	if slices.Contains(e.fake.Running(), job) {
+		t.Fatalf("the session's job %s still runs an execution", job)
+	}
+}
+
+// TestCancelledStartLeavesNoJob: a start cancelled after its job was
+// created, or while it waits for its agent, deletes the job and stops its
+// execution; a second start of the same id while one is in flight is
+// refused and creates nothing.
+func TestCancelledStartLeavesNoJob(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, at string }{
+		{"before its execution", "starting the session's job execution"},
+		{"awaiting its agent", "the execution is running; waiting for the session's agent to connect"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newFakeEnv(t, 2)
+			e.blockLinks(t)
+			r := e.runtime(t, e.config(t, installation(t)))
+			s := spec("cancel")
+			ctx, cancel := context.WithCancel(testutil.Context(t, testutil.WaitLong))
+			defer cancel()
+			var again error
+			s.Progress = func(step string, _, _ int64) {
+				if step != tc.at {
+					return
+				}
+				twice := s
+				twice.Progress = nil
+				_, again = r.Start(testutil.Context(t, testutil.WaitShort), twice)
+				cancel()
+			}
+			_, err := r.Start(ctx, s)
+			if err == nil {
+				_ = r.Stop(context.Background(), s.SessionID)
+				t.Fatal("a cancelled start started")
+			}
+			if !errors.Is(err, context.Canceled) && !strings.Contains(err.Error(), "context canceled") {
+				t.Fatalf("Start = %v, want it cancelled", err)
+			}
+			if again == nil || !strings.Contains(again.Error(), "a start of it is in progress") {
+				t.Fatalf("a second Start of the same id in flight: %v, want it refused", again)
+			}
+			gone(t, e, r, s.SessionID)
+			if got := e.fake.Requests()["PUT /providers/Microsoft.App/jobs/"+r.cfg.jobName(s.SessionID)]; got != 1 {
+				t.Fatalf("the job was PUT %d times, want 1", got)
+			}
+		})
+	}
+}
+
+// TestStartFailsWhenTheJobIsDeleted: a start whose job is deleted behind
+// it fails at once, in one sentence, rather than wait for its agent.
+func TestStartFailsWhenTheJobIsDeleted(t *testing.T) {
+	t.Parallel()
+	e := newFakeEnv(t, 2)
+	e.blockLinks(t)
+	r := e.runtime(t, e.config(t, installation(t)))
+	s := spec("deleted")
+	ctx := testutil.Context(t, testutil.WaitLong)
+	deleted := false
+	s.Progress = func(step string, _, _ int64) {
+		if deleted || !strings.HasPrefix(step, "the execution is running") {
+			return
+		}
+		deleted = true
+		p, err := r.jobs.BeginDelete(ctx, testRG, r.cfg.jobName(s.SessionID), nil)
+		if err == nil {
+			_, err = p.PollUntilDone(ctx, pollOpts())
+		}
+		if err != nil {
+			t.Errorf("delete the job behind the start: %v", err)
+		}
+	}
+	_, err := r.Start(ctx, s)
+	if err == nil {
+		_ = r.Stop(context.Background(), s.SessionID)
+		t.Fatal("a session whose job was deleted started")
+	}
+	if !strings.Contains(err.Error(), "was deleted while it started") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("Start = %v, want one sentence that the job was deleted", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("Start waited for its deadline")
+	}
+	gone(t, e, r, s.SessionID)
+}
+
+// TestSweepDeletesEndedJobs: a job whose execution ended and that no
+// session of the runtime holds (a restarted control plane's) is deleted
+// once endedGrace has passed since its end, and not before; a runtime
+// that knows the session leaves it to the control plane's Stop.
+func TestSweepDeletesEndedJobs(t *testing.T) {
+	t.Parallel()
+	e := newFakeEnv(t, 2)
+	cfg := e.config(t, installation(t))
+	r := e.runtime(t, cfg)
+	s := spec("sweep")
+	start(t, r, s)
+	job := r.cfg.jobName(s.SessionID)
+	if err := e.fake.Crash(job); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testutil.Context(t, testutil.WaitLong)
+	later := time.Now().Add(endedGrace + time.Minute)
+	exists := func() bool {
+		_, err := r.jobs.Get(testutil.Context(t, testutil.WaitShort), testRG, job, nil)
+		if err != nil && !notFound(err) {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
+	r.sweep(ctx, later)
+	if !exists() {
+		t.Fatal("the sweep deleted the job of a session its runtime knows")
+	}
+	restarted := e.runtime(t, cfg)
+	restarted.sweep(ctx, time.Now())
+	if !exists() {
+		t.Fatal("the sweep deleted a job that ended within the grace")
+	}
+	restarted.sweep(ctx, later)
+	if exists() {
+		t.Fatal("the sweep left a job that ended longer than the grace ago")
+	}
+}
+
+// TestListedStartedAt: a session listed by a restarted runtime has the
+// time it started, never zero.
+func TestListedStartedAt(t *testing.T) {
+	t.Parallel()
+	e := newFakeEnv(t, 2)
+	cfg := e.config(t, installation(t))
+	r := e.runtime(t, cfg)
+	s := spec("startedat")
+	before := time.Now().Add(-time.Minute)
+	start(t, r, s)
+	for _, rt := range []*Runtime{r, e.runtime(t, cfg)} {
+		list, err := rt.List(testutil.Context(t, testutil.WaitShort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(list, func(in runtime.Instance) bool { return in.SessionID == s.SessionID })
+		if i < 0 {
+			t.Fatal("the session is not listed")
+		}
+		if got := list[i].StartedAt; got.Before(before) || got.After(time.Now().Add(time.Minute)) {
+			t.Fatalf("StartedAt %v, want about now", got)
+		}
 	}
 }

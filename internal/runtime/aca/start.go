@@ -4,9 +4,12 @@ package aca
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	azruntime "github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/appcontainers/armappcontainers/v3"
 
@@ -39,11 +42,28 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (_ runtime.Place
 	if err := c.checkEgress(spec.Egress); err != nil {
 		return runtime.Placement{}, fmt.Errorf("start session %s: %w", spec.SessionID, err)
 	}
+	// Two Starts of one id never both create its job: the second is
+	// refused while the first is in flight.
+	r.mu.Lock()
+	if r.starting[spec.SessionID] {
+		r.mu.Unlock()
+		return runtime.Placement{}, fmt.Errorf("start session %s: a start of it is in progress on aca backend %s; wait for it", spec.SessionID, c.Backend)
+	}
+	r.starting[spec.SessionID] = true
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.starting, spec.SessionID)
+		r.mu.Unlock()
+	}()
 	base := spec.Image
 	if base == "" {
 		base = c.DefaultImage
 	}
 	r.log.Debug("session starting", "session_id", spec.SessionID, "image", base)
+	if spec.Workspace != "" {
+		r.log.Debug("aca mounts no workspace: the session runs without it (Azure Files is not built)", "session_id", spec.SessionID, "workspace", spec.Workspace)
+	}
 	image, err := r.images.prepare(ctx, base, spec.Progress)
 	if err != nil {
 		return runtime.Placement{}, fmt.Errorf("start session %s: %w", spec.SessionID, err)
@@ -110,8 +130,10 @@ type linkResult struct {
 	err    error
 }
 
-// await waits for the agent to link while it polls the execution, and
-// fails as soon as the execution ends before the agent linked.
+// await waits for the agent to link while it polls the execution (first
+// after pollEvery, then every awaitEvery, each read bounded by readWait),
+// and fails as soon as the execution ends before the agent linked, or
+// reading it says the job is gone (404) or access was lost (401, 403).
 func (r *Runtime) await(ctx context.Context, spec runtime.Spec, job, execName string) (runtime.Placement, error) {
 	c := r.cfg
 	lctx, cancel := context.WithCancel(ctx)
@@ -121,10 +143,11 @@ func (r *Runtime) await(ctx context.Context, spec runtime.Spec, job, execName st
 		rep, err := c.Link.WaitLinked(lctx, spec.SessionID)
 		linked <- linkResult{rep, err}
 	}()
-	tick := time.NewTicker(pollEvery)
+	tick := time.NewTimer(pollEvery)
 	defer tick.Stop()
 	last := "the execution's status was not read yet"
 	said := ""
+	var started time.Time
 	for {
 		select {
 		case res := <-linked:
@@ -135,20 +158,37 @@ func (r *Runtime) await(ctx context.Context, spec runtime.Spec, job, execName st
 			if res.report.Node != "" {
 				rep.node = res.report.Node
 			}
+			if started.IsZero() {
+				started = time.Now()
+			}
 			r.mu.Lock()
-			r.reports[spec.SessionID] = rep
-			r.known[spec.SessionID] = job
+			r.known[spec.SessionID] = &session{job: job, execution: execName, started: started, report: &rep}
 			r.mu.Unlock()
 			return runtime.Placement{Node: rep.node, Devices: rep.devices, Handle: r.handle(job, execName)}, nil
 		case <-tick.C:
-			resp, err := r.api.JobExecution(ctx, c.ResourceGroup, job, execName, nil)
+			tick.Reset(awaitEvery)
+			rctx, rcancel := context.WithTimeout(ctx, readWait)
+			resp, err := r.api.JobExecution(rctx, c.ResourceGroup, job, execName, nil)
+			rcancel()
 			if err != nil {
+				var re *azcore.ResponseError
+				if errors.As(err, &re) {
+					switch re.StatusCode {
+					case http.StatusNotFound:
+						return runtime.Placement{}, fmt.Errorf("start session %s: its job %s or execution %s was deleted while it started (Azure answers 404); start it again", spec.SessionID, job, execName)
+					case http.StatusUnauthorized, http.StatusForbidden:
+						return runtime.Placement{}, fmt.Errorf("start session %s: %w", spec.SessionID, r.azureErr("read execution "+execName+" of job "+job, err))
+					}
+				}
 				if ctx.Err() == nil {
 					r.log.Debug("read a starting session's job execution", "session_id", spec.SessionID, "err", err)
 				}
 				continue
 			}
 			x, _ := toExecution(&resp.JobExecution)
+			if !x.started.IsZero() {
+				started = x.started
+			}
 			switch x.status {
 			case armappcontainers.JobExecutionRunningStateFailed, armappcontainers.JobExecutionRunningStateStopped, armappcontainers.JobExecutionRunningStateSucceeded:
 				return runtime.Placement{}, fmt.Errorf("start session %s: its job execution %s/%s ended %s before its agent linked; the execution's console log (Log Analytics, ContainerAppConsoleLogs_CL) says why", spec.SessionID, job, execName, x.status)
@@ -162,7 +202,11 @@ func (r *Runtime) await(ctx context.Context, spec runtime.Spec, job, execName st
 			}
 			said = last
 		case <-ctx.Done():
-			return runtime.Placement{}, fmt.Errorf("start session %s on aca backend %s: %w (last: %s)", spec.SessionID, c.Backend, context.Cause(ctx), last)
+			err := context.Cause(ctx)
+			if errors.Is(err, context.DeadlineExceeded) {
+				return runtime.Placement{}, fmt.Errorf("start session %s on aca backend %s: its agent did not connect in time (last: %s); check that the environment's subnet reaches aca.link_url %s (NSG, firewall, user-defined routes) and that the agent trusts its CA (aca.link_ca_file)", spec.SessionID, c.Backend, last, c.LinkURL)
+			}
+			return runtime.Placement{}, fmt.Errorf("start session %s on aca backend %s: %w (last: %s)", spec.SessionID, c.Backend, err, last)
 		}
 	}
 }

@@ -4,6 +4,7 @@ package aca
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"io"
 	"net/http"
@@ -82,7 +83,8 @@ func TestCheckErrors(t *testing.T) {
 		{"no registry", func(c *Config) { c.Registry = "" }, "aca.registry is not set"},
 		{"registry URL", func(c *Config) { c.Registry = "https://contoso.azurecr.io" }, "is not a registry login server"},
 		{"bad repository", func(c *Config) { c.Repository = "Dev/Sessions" }, "aca.repository \"Dev/Sessions\" is not a repository name"},
-		{"bad identity", func(c *Config) { c.RegistryIdentity = "pull" }, "aca.registry_identity \"pull\" is neither"},
+		{"bad identity", func(c *Config) { c.RegistryIdentity = "pull" }, "aca.registry_identity \"pull\" is not a user-assigned identity's resource id"},
+		{"system identity", func(c *Config) { c.RegistryIdentity = "system" }, "aca.registry_identity \"system\" cannot pull: every session is a new job"},
 		{"no agent", func(c *Config) { c.AgentBinary = "" }, "aca.agent_binary is not set"},
 		{"no image", func(c *Config) { c.DefaultImage = "" }, "aca.image is not set"},
 		{"no credential", func(c *Config) { c.Credential = nil }, "no Azure credential"},
@@ -241,9 +243,8 @@ func TestJobObject(t *testing.T) {
 		t.Fatalf("volume %+v", v)
 	}
 
-	// Resources from the config; system identity.
+	// Resources from the config; the user-assigned identity pulls.
 	cfg.Resources = map[string]Resources{"t4": {CPU: 4, Memory: "28Gi"}}
-	cfg.RegistryIdentity = "system"
 	cfg.LinkCA = nil
 	c = checkedUnit(t, cfg)
 	job = c.job(spec, "img")
@@ -251,8 +252,11 @@ func TestJobObject(t *testing.T) {
 	if *ctr.Resources.CPU != 4 || *ctr.Resources.Memory != "28Gi" {
 		t.Errorf("resources %v %v, want aca.resources'", *ctr.Resources.CPU, *ctr.Resources.Memory)
 	}
-	if *job.Identity.Type != armappcontainers.ManagedServiceIdentityTypeSystemAssigned {
-		t.Errorf("identity %v, want SystemAssigned", *job.Identity.Type)
+	if *job.Identity.Type != armappcontainers.ManagedServiceIdentityTypeUserAssigned || job.Identity.UserAssignedIdentities[cfg.RegistryIdentity] == nil {
+		t.Errorf("identity %v %v, want UserAssigned %s", *job.Identity.Type, job.Identity.UserAssignedIdentities, cfg.RegistryIdentity)
+	}
+	if reg := job.Properties.Configuration.Registries[0]; *reg.Identity != cfg.RegistryIdentity {
+		t.Errorf("the registry is pulled with %s, want %s", *reg.Identity, cfg.RegistryIdentity)
 	}
 	if len(job.Properties.Configuration.Secrets) != 2 || slices.Contains(argStrings(ctr.Command), "--link-ca-file") {
 		t.Error("a link CA secret without Config.LinkCA")
@@ -395,4 +399,44 @@ func mustURL(s string) *url.URL {
 		panic(err)
 	}
 	return u
+}
+
+// TestExecutionLive: an execution ends a session only when it Succeeded,
+// Failed or was Stopped; every other state (Running, Processing,
+// Degraded, Unknown, one not read) keeps it listed.
+func TestExecutionLive(t *testing.T) {
+	for _, st := range []armappcontainers.JobExecutionRunningState{
+		armappcontainers.JobExecutionRunningStateRunning,
+		armappcontainers.JobExecutionRunningStateProcessing,
+		armappcontainers.JobExecutionRunningStateDegraded,
+		armappcontainers.JobExecutionRunningStateUnknown,
+		"",
+	} {
+		if !(execution{status: st}).live() {
+			t.Errorf("an execution %q does not count as live", st)
+		}
+	}
+	for _, st := range []armappcontainers.JobExecutionRunningState{
+		armappcontainers.JobExecutionRunningStateSucceeded,
+		armappcontainers.JobExecutionRunningStateFailed,
+		armappcontainers.JobExecutionRunningStateStopped,
+	} {
+		if (execution{status: st}).live() {
+			t.Errorf("an execution %q counts as live", st)
+		}
+	}
+}
+
+// TestJWTExpiry: the ACR refresh token's exp claim says until when it is
+// cached; a token that is no JWT has none.
+func TestJWTExpiry(t *testing.T) {
+	payload := base64.RawURLEncoding.EncodeToString([]byte(`{"exp":1900000000,"aud":"contoso.azurecr.io"}`))
+	if got, ok := jwtExpiry("e30." + payload + ".sig"); !ok || !got.Equal(time.Unix(1900000000, 0)) {
+		t.Errorf("jwtExpiry = %v %v, want 1900000000", got, ok)
+	}
+	for _, tok := range []string{"opaque", "a.b.c", "e30.e30.sig"} {
+		if _, ok := jwtExpiry(tok); ok {
+			t.Errorf("jwtExpiry(%q) found an expiry", tok)
+		}
+	}
 }

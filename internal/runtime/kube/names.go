@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/devgpu/devgpu/internal/runtime"
 )
 
 // The labels on everything the runtime creates. Installation and backend
@@ -51,9 +53,9 @@ const (
 // The keys of a session's Secret, which are also the file names under
 // secretDir.
 const (
-	secretAgentKey = "agent-secret"
-	secretLinkKey  = "link-credential"
-	secretCAKey    = "ca.crt"
+	secretAgentKey = runtime.AgentSecretFile
+	secretLinkKey  = runtime.AgentCredentialFile
+	secretCAKey    = runtime.AgentCAFile
 )
 
 // podName is the name of the session's Pod, Secret and NetworkPolicy.

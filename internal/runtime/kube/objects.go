@@ -93,17 +93,7 @@ func (r *Runtime) image(spec runtime.Spec) string {
 // init container, linking out to the control plane with the credentials
 // in the Secret's files.
 func (r *Runtime) agentArgs(spec runtime.Spec) []string {
-	args := []string{
-		agentPath, "agent",
-		"--session", spec.SessionID,
-		"--link", r.cfg.LinkURL,
-		"--secret-file", secretDir + "/" + secretAgentKey,
-		"--link-credential-file", secretDir + "/" + secretLinkKey,
-	}
-	if len(r.cfg.LinkCA) > 0 {
-		args = append(args, "--link-ca-file", secretDir+"/"+secretCAKey)
-	}
-	return append(args, "--idle-exit", spec.IdleExit.String())
+	return append([]string{agentPath}, runtime.AgentArgs(spec.SessionID, r.cfg.LinkURL, secretDir, spec.IdleExit, len(r.cfg.LinkCA) > 0)...)
 }
 
 // env is the session's environment contract: devices nil, since the

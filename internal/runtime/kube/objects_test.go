@@ -127,7 +127,7 @@ func TestPodObject(t *testing.T) {
 	}
 	wantCmd := []string{"/devgpu/devgpu-agent", "agent", "--session", "s-1", "--link", "https://10.0.0.5:8443",
 		"--secret-file", "/var/run/devgpu/agent-secret", "--link-credential-file", "/var/run/devgpu/link-credential",
-		"--link-ca-file", "/var/run/devgpu/ca.crt", "--idle-exit", "1m30s"}
+		"--link-ca-file", "/var/run/devgpu/link-ca", "--idle-exit", "1m30s"}
 	if !slices.Equal(c.Command, wantCmd) {
 		t.Errorf("session command\n%v, want\n%v", c.Command, wantCmd)
 	}
@@ -301,7 +301,7 @@ func TestSecretObject(t *testing.T) {
 	if s.Name != "devgpu-s-3" || s.Labels[labelInstallation] != "inst-a" || s.Labels[labelSession] != "s-3" {
 		t.Errorf("secret %s labels %v", s.Name, s.Labels)
 	}
-	if string(s.Data["agent-secret"]) != spec.AgentSecret || string(s.Data["link-credential"]) != spec.LinkCredential || len(s.Data["ca.crt"]) == 0 {
+	if string(s.Data["agent-secret"]) != spec.AgentSecret || string(s.Data["link-credential"]) != spec.LinkCredential || len(s.Data["link-ca"]) == 0 {
 		t.Errorf("secret data keys %v", slices.Sorted(maps.Keys(s.Data)))
 	}
 	if s.Immutable == nil || !*s.Immutable {
