@@ -827,9 +827,9 @@ func (r *Runtime) remove(ctx context.Context, id string, known bool) error {
 }
 
 // List returns the sessions whose jobs carry this runtime's tags and have
-// an execution that has not ended. A session whose agent is linked is
-// listed without reading its executions: the link is proof its execution
-// lives.
+// an execution that has not ended. A session whose agent is linked and
+// whose execution the runtime knows is listed without reading its
+// executions: the link is proof its execution lives.
 func (r *Runtime) List(ctx context.Context) ([]runtime.Instance, error) {
 	var out []runtime.Instance
 	r.mu.Lock()
@@ -847,7 +847,7 @@ func (r *Runtime) List(ctx context.Context) ([]runtime.Instance, error) {
 				continue
 			}
 			var e execution
-			if !r.cfg.Link.Linked(id) {
+			if !r.cfg.Link.Linked(id) || r.executionOf(id) == "" {
 				execs, err := r.executions(ctx, *j.Name)
 				if notFound(err) {
 					continue // deleted meanwhile
@@ -873,6 +873,17 @@ func (r *Runtime) List(ctx context.Context) ([]runtime.Instance, error) {
 		}
 	}
 	return out, nil
+}
+
+// executionOf is the name of the session's execution, if the runtime
+// knows it.
+func (r *Runtime) executionOf(id string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s := r.known[id]; s != nil {
+		return s.execution
+	}
+	return ""
 }
 
 // handle is a session's Placement.Handle: where an operator finds it.
