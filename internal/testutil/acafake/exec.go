@@ -62,6 +62,9 @@ type execution struct {
 	// though by then the kernel has given them to another parent.
 	treeMu  sync.Mutex
 	tracked map[int]uint64
+	// mainStart is the process's start time (/proc), 0 until wait read
+	// it; under treeMu.
+	mainStart uint64
 }
 
 // running reports whether the execution has not ended: Processing while
@@ -198,16 +201,22 @@ func (e *execution) track(pid int, start uint64, stop <-chan struct{}) {
 	t := time.NewTicker(trackEvery)
 	defer t.Stop()
 	for {
-		if same(pid, start) {
-			e.treeMu.Lock()
-			descendants(procTable(), []int{pid}, e.tracked)
-			e.treeMu.Unlock()
-		}
+		e.snapshot()
 		select {
 		case <-stop:
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// snapshot records the process's descendants now, if the process is
+// still the one that started.
+func (e *execution) snapshot() {
+	e.treeMu.Lock()
+	defer e.treeMu.Unlock()
+	if e.mainStart != 0 && same(e.pid, e.mainStart) {
+		descendants(procTable(), []int{e.pid}, e.tracked)
 	}
 }
 
@@ -246,6 +255,9 @@ func (e *execution) wait(cmd *exec.Cmd) {
 	stopTracking := make(chan struct{})
 	tracking := make(chan struct{})
 	if p, ok := readProc(cmd.Process.Pid); ok {
+		e.treeMu.Lock()
+		e.mainStart = p.start
+		e.treeMu.Unlock()
 		go func() {
 			defer close(tracking)
 			e.track(p.pid, p.start, stopTracking)
@@ -309,6 +321,9 @@ func (e *execution) stop() {
 		// Not started yet: launch gives up, and the execution is Stopped.
 		e.stopReq = true
 	default:
+		// What the process started so far ends with it, even when it
+		// exits at the SIGTERM before the next look at its descendants.
+		e.snapshot()
 		e.stopReq = true
 		if err := e.proc.Signal(syscall.SIGTERM); err != nil {
 			// Reaped (ErrProcessDone): it ended by itself.
