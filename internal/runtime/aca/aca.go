@@ -374,13 +374,16 @@ func (r *Runtime) subscriptionUsages(ctx context.Context) ([]*armappcontainers.U
 	pager := r.subUsages.NewListPager(c.location, nil)
 	for pager.More() {
 		page, err := pager.NextPage(ctx)
-		if notFound(err) {
+		// Not served there, or not readable by an identity with rights on
+		// the resource group only: the environment's quota still bounds
+		// the capacity, so neither stops the backend.
+		if notFound(err) || forbidden(err) {
 			r.mu.Lock()
 			logged := r.noSub
 			r.noSub = true
 			r.mu.Unlock()
 			if !logged {
-				r.log.Info("the subscription's Container Apps usages were not found in the environment's location; only the environment's GPU quota bounds the capacity", "location", c.location)
+				r.log.Info("the subscription's Container Apps usages could not be read in the environment's location; only the environment's GPU quota bounds the capacity (give the control plane's identity Reader on the subscription to use both)", "location", c.location, "err", err)
 			}
 			return nil, nil
 		}

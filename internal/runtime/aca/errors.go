@@ -8,9 +8,12 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	azruntime "github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+
+	"github.com/devgpu/devgpu/internal/runtime"
 )
 
 // azureError is an Azure refusal said in one sentence, keeping the
@@ -102,11 +105,34 @@ func (r *Runtime) azureErr(doing string, err error) error {
 	default:
 		s = fmt.Sprintf("%s: %s: Azure answered %d (%s)", b, doing, re.StatusCode, detail)
 	}
-	return &azureError{msg: s, err: re}
+	ae := &azureError{msg: s, err: re}
+	if isQuota(code, msg) {
+		// The user may read why: the quota's name and numbers, not the
+		// backend's resource ids.
+		return &runtime.RefusedError{Err: ae, Message: fmt.Sprintf("Azure's GPU quota is used up (%s); wait for a session to end, or ask an administrator to raise the quota", truncate(msg, 300))}
+	}
+	return ae
+}
+
+// forbidden reports whether err is ARM's 403.
+func forbidden(err error) bool {
+	var re *azcore.ResponseError
+	return errors.As(err, &re) && re.StatusCode == http.StatusForbidden
 }
 
 // notFound reports whether err is ARM's 404.
 func notFound(err error) bool {
 	var re *azcore.ResponseError
 	return errors.As(err, &re) && re.StatusCode == http.StatusNotFound
+}
+
+// truncate cuts s to at most n bytes, on a rune boundary, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
 }

@@ -365,10 +365,7 @@ func (a *acrAuth) exchange(ctx context.Context) (string, time.Time, error) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode != http.StatusOK {
-		said := strings.Join(strings.Fields(string(body)), " ")
-		if len(said) > exchangeBodyMax {
-			said = said[:exchangeBodyMax] + "..."
-		}
+		said := truncate(strings.Join(strings.Fields(string(body)), " "), exchangeBodyMax)
 		return "", time.Time{}, &acrExchangeError{fmt.Sprintf("registry %s refused the control plane's Azure token (%s: %s); assign the control plane's identity AcrPush on it, and allow Entra ID authentication (az acr config authentication-as-arm)", cfg.Registry, resp.Status, said)}
 	}
 	var out struct {

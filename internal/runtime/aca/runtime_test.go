@@ -301,6 +301,11 @@ func TestQuotaRefusal(t *testing.T) {
 	if strings.Contains(err.Error(), "\n") {
 		t.Fatalf("the refusal %q is not one line", err)
 	}
+	// What the user is told: the quota, not the backend's resource ids.
+	refused, ok := errors.AsType[*runtime.RefusedError](err)
+	if !ok || !strings.Contains(refused.Message, t4QuotaName) || strings.Contains(refused.Message, testRG) || strings.Contains(refused.Message, "/subscriptions/") {
+		t.Fatalf("Start beyond the quota: %#v, want a runtime.RefusedError whose message names the quota %q and no resource", err, t4QuotaName)
+	}
 	if listed(t, r, second.SessionID) {
 		t.Fatal("the refused session is listed")
 	}
