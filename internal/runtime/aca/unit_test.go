@@ -338,7 +338,8 @@ func TestUsageFor(t *testing.T) {
 	usages := []*armappcontainers.Usage{
 		{Name: &armappcontainers.UsageName{Value: s("ManagedEnvironmentCores"), LocalizedValue: s("Managed Environment Cores")}, Limit: f(100)},
 		{Name: &armappcontainers.UsageName{Value: s("ManagedEnvironmentConsumptionT4Gpus"), LocalizedValue: s("Managed Environment Consumption T4 Gpus")}, Limit: f(3)},
-		{Name: &armappcontainers.UsageName{Value: s("ManagedEnvironmentConsumptionA100Gpus"), LocalizedValue: s("Managed Environment Consumption A100 Gpus")}, Limit: f(1)},
+		// The documented name (gpu-serverless-overview#request-serverless-gpu-quota); the value is a guess.
+		{Name: &armappcontainers.UsageName{Value: s("ManagedEnvironmentConsumptionNCA100Gpus"), LocalizedValue: s("Managed Environment Consumption NCA100 Gpus")}, Limit: f(1)},
 	}
 	if u := usageFor(usages, "Consumption-GPU-NC8as-T4"); u == nil || *u.Limit != 3 {
 		t.Errorf("T4 usage: %+v", u)
