@@ -19,6 +19,7 @@ import (
 	"github.com/devgpu/devgpu/internal/link"
 	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/runtime/runtimetest"
+	"github.com/devgpu/devgpu/internal/testutil"
 )
 
 // TestLive runs one session on a real Azure subscription: it starts a
@@ -91,7 +92,7 @@ func TestLive(t *testing.T) {
 		DefaultImage:     orDefault("DEVGPU_ACA_IMAGE", "mcr.microsoft.com/azurelinux/base/core:3.0"),
 		LinkURL:          need("DEVGPU_ACA_LINK_URL"),
 		ReplicaTimeout:   time.Hour,
-		Logger:           testLogger(t),
+		Logger:           testutil.Logger(t),
 	}
 	if caFile := os.Getenv("DEVGPU_ACA_LINK_CA"); caFile != "" {
 		if cfg.LinkCA, err = os.ReadFile(caFile); err != nil {
@@ -106,7 +107,7 @@ func TestLive(t *testing.T) {
 		t.Fatalf("the Azure credential: %v", err)
 	}
 
-	hub := link.NewHub(testLogger(t))
+	hub := link.NewHub(testutil.Logger(t))
 	hub.SetVerifier(func(_, cred string) (bool, error) { return cred == testCredential, nil })
 	ln, err := net.Listen("tcp", need("DEVGPU_ACA_LINK_LISTEN"))
 	if err != nil {

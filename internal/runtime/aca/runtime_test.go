@@ -10,7 +10,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -107,13 +106,13 @@ func newFakeEnv(t *testing.T, t4Quota int) *fakeEnv {
 		Profiles: map[string]string{"gpu-t4": t4Profile},
 		GPUQuota: map[string]int{t4Profile: t4Quota},
 		Dir:      dir,
-		Logger:   testLogger(t),
+		Logger:   testutil.Logger(t),
 	})
 	if err != nil {
 		t.Fatalf("start the fake: %v", err)
 	}
 	t.Cleanup(f.Close)
-	e := &fakeEnv{fake: f, hub: link.NewHub(testLogger(t)), dir: dir}
+	e := &fakeEnv{fake: f, hub: link.NewHub(testutil.Logger(t)), dir: dir}
 	e.hub.SetVerifier(func(_, cred string) (bool, error) { return cred == testCredential, nil })
 	srv := httptest.NewTLSServer(e.hub)
 	t.Cleanup(srv.Close)
@@ -147,7 +146,7 @@ func (e *fakeEnv) config(t *testing.T, inst string) Config {
 		Credential:        e.cred,
 		ClientOptions:     &arm.ClientOptions{ClientOptions: opts},
 		RegistryTransport: e.fake.HTTPClient().Transport,
-		Logger:            testLogger(t),
+		Logger:            testutil.Logger(t),
 	}
 }
 
@@ -205,13 +204,6 @@ func (c *identityCredential) GetToken(ctx context.Context, o policy.TokenRequest
 	c.tokens[resource] = tok
 	c.mu.Unlock()
 	return tok, nil
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
 }
 
 func installation(t *testing.T) string {

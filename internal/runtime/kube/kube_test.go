@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/big"
 	"net"
 	"net/http/httptest"
@@ -66,7 +65,7 @@ type clusterEnv struct {
 func newClusterEnv(t *testing.T) *clusterEnv {
 	t.Helper()
 	c := kcluster.Get(t)
-	e := &clusterEnv{cluster: c, ns: c.Namespace(t), hub: link.NewHub(testLogger(t))}
+	e := &clusterEnv{cluster: c, ns: c.Namespace(t), hub: link.NewHub(testutil.Logger(t))}
 	e.hub.SetVerifier(func(_, cred string) (bool, error) { return cred == testCredential, nil })
 	e.linkURL, e.ca = serveLink(t, e.hub, c.NodeIP)
 	e.client = rbacClient(t, c, e.ns)
@@ -86,7 +85,7 @@ func (e *clusterEnv) config(t *testing.T, inst string) Config {
 		LinkURL:      e.linkURL,
 		LinkCA:       e.ca,
 		Link:         e.hub,
-		Logger:       testLogger(t),
+		Logger:       testutil.Logger(t),
 		Client:       e.client,
 	}
 }
@@ -99,13 +98,6 @@ func (e *clusterEnv) runtime(t *testing.T, cfg Config) *Runtime {
 	}
 	t.Cleanup(r.Close)
 	return r
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
 }
 
 func installation(t *testing.T) string {
