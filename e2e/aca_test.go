@@ -30,6 +30,10 @@ const (
 	acaEnvironment  = "gpu-env"
 	acaT4Profile    = "Consumption-GPU-NC8as-T4"
 	acaRegion       = "swedencentral" // acafake's default location
+	// acaPullIdentity is the user-assigned identity the jobs pull with
+	// ("system" is refused: a new job's system-assigned identity has no
+	// AcrPull at its first pull).
+	acaPullIdentity = "/subscriptions/" + acaSubscription + "/resourceGroups/" + acaGroup + "/providers/Microsoft.ManagedIdentity/userAssignedIdentities/devgpu-pull"
 )
 
 // acaEnv is a devgpu installation whose one backend is Azure Container
@@ -93,7 +97,7 @@ func newACAEnv(t *testing.T, f *acafake.Fake, base string, quota int, installati
 		"quota":             map[string]int{"t4": quota},
 		"registry":          f.Registry(),
 		"repository":        "devgpu/sessions",
-		"registry_identity": "system",
+		"registry_identity": acaPullIdentity,
 		"agent_binary":      testutil.StaticBinary(t),
 		"image":             base,
 		"link_url":          "https://" + e.addr,

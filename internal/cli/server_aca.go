@@ -4,19 +4,16 @@ package cli
 
 import (
 	"fmt"
-	"maps"
 	"net/url"
-	"regexp"
 	"slices"
-	"strings"
 	"time"
 )
 
 // acaBackendConfig is an aca backend's "aca" block: Azure Container Apps
 // jobs on the GPU workload profiles of a managed environment in the
 // customer's subscription, their images in the customer's registry, and
-// how their agents reach this server (see aca.Config). It is read here and
-// checked by validate; server_aca_azure.go builds the runtime from it.
+// how their agents reach this server (see aca.Config). It is read here;
+// server_aca_azure.go builds the runtime from it, and aca.New judges it.
 type acaBackendConfig struct {
 	// SubscriptionID (a GUID) and ResourceGroup are where the sessions'
 	// jobs are created; Environment is the managed environment, in
@@ -42,9 +39,10 @@ type acaBackendConfig struct {
 	// repository there (default "devgpu/sessions").
 	Registry   string `json:"registry"`
 	Repository string `json:"repository"`
-	// RegistryIdentity is the identity the jobs pull with: "system", or
-	// the resource id of a user-assigned managed identity with AcrPull on
-	// Registry.
+	// RegistryIdentity is the identity the jobs pull with: the resource id
+	// of a user-assigned managed identity with AcrPull on Registry
+	// ("system" is refused: each session's job is new, and its
+	// system-assigned identity has no AcrPull at its first pull).
 	RegistryIdentity string `json:"registry_identity"`
 	// AgentBinary is the static agent added to every session image at
 	// /devgpu-agent (default: devgpu-agent beside this executable, as for
@@ -88,9 +86,14 @@ type acaResources struct {
 
 // acaCredentialConfig is the Azure identity the server calls ARM and the
 // registry with. Kind is one of:
-//   - "default" (or empty): azidentity's DefaultAzureCredential, which
-//     tries the environment's variables, workload identity, managed
-//     identity and the Azure CLI, in that order; TenantID is optional;
+//   - "default" (or empty): the identity the environment gives this
+//     server, tried in this order: a service principal in the
+//     environment's AZURE_* variables (azidentity's EnvironmentCredential),
+//     workload identity when $AZURE_FEDERATED_TOKEN_FILE is set (TenantID
+//     optional), then the managed identity (the user-assigned one of
+//     $AZURE_CLIENT_ID if set). Never a person's login: unlike
+//     azidentity's DefaultAzureCredential it does not fall back to the
+//     Azure CLI, azd or PowerShell;
 //   - "managed-identity": the managed identity of the machine or container
 //     the server runs on, the user-assigned one with ClientID if given;
 //   - "workload-identity": Kubernetes workload identity federation;
@@ -118,103 +121,25 @@ type acaCloudConfig struct {
 	// https://login.microsoftonline.us/.
 	AuthorityHost string `json:"authority_host"`
 	// CAFile is a PEM of CAs trusted, in addition to the system's roots,
-	// by the calls to ARM, the identity endpoint and the registry: for
-	// private endpoints with an internal CA.
+	// by the calls to ResourceManager's host, Registry's host, the
+	// identity endpoint's host ($IDENTITY_ENDPOINT, when set) and a custom
+	// AuthorityHost's host (ResourceManager's default, Azure public
+	// cloud's, counts as configured; Microsoft Entra's public authorities
+	// do not): for private endpoints with an internal CA.
+	// Every other host (Microsoft Entra's public authorities, the
+	// registries of base images) is trusted by the system's roots alone.
 	CAFile string `json:"ca_file"`
 }
 
-// The patterns of Azure names that the aca block takes.
-var (
-	// A subscription id is a GUID.
-	acaSubscriptionPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
-	// A registry's login server is a host name with an optional port.
-	acaRegistryPattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$`)
-	// A repository is lower-case path components (the OCI distribution
-	// spec's grammar).
-	acaRepositoryPattern = regexp.MustCompile(`^[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*$`)
-	// Container Apps memory is a number of gibibytes, such as "0.5Gi".
-	acaMemoryPattern = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?Gi$`)
-)
-
-// validate checks what the aca block must say before anything reaches
-// Azure; aca.New checks the rest against the environment itself.
+// validate checks what the CLI itself needs to build the runtime's Config:
+// the block, its durations, and which credential to make. Every rule of
+// the rest (names, registry, quota, resources, egress, the link URL) is
+// aca.New's to judge, which names the field in its error
+// ("aca backend NAME: aca.FIELD ..."), as kube's validate leaves its rules
+// to kube.New.
 func (a *acaBackendConfig) validate(name string) error {
 	if a == nil {
-		return fmt.Errorf("backend %s: runtime aca needs an \"aca\" block; give one with at least subscription_id, resource_group, environment, gpu_types, quota, registry, registry_identity and link_url", name)
-	}
-	if a.SubscriptionID == "" {
-		return fmt.Errorf("backend %s: aca.subscription_id is missing; give the id (a GUID) of the subscription the sessions run in", name)
-	}
-	if !acaSubscriptionPattern.MatchString(a.SubscriptionID) {
-		return fmt.Errorf("backend %s: aca.subscription_id %q is not a subscription id; give the GUID that `az account show --query id` prints", name, a.SubscriptionID)
-	}
-	if a.ResourceGroup == "" {
-		return fmt.Errorf("backend %s: aca.resource_group is missing; give the resource group that holds the managed environment and the sessions' jobs", name)
-	}
-	if a.Environment == "" {
-		return fmt.Errorf("backend %s: aca.environment is missing; give the name of the Container Apps managed environment that has the GPU workload profiles", name)
-	}
-	if len(a.GPUTypes) == 0 {
-		return fmt.Errorf("backend %s: aca.gpu_types is empty; map each GPU type to the environment's workload profile that gives it, such as {\"t4\": \"gpu-t4\"}", name)
-	}
-	for _, typ := range slices.Sorted(maps.Keys(a.GPUTypes)) {
-		if typ == "" || a.GPUTypes[typ] == "" {
-			return fmt.Errorf("backend %s: aca.gpu_types maps %q to %q; give a GPU type and the name of a workload profile, such as \"t4\": \"gpu-t4\"", name, typ, a.GPUTypes[typ])
-		}
-	}
-	for _, typ := range slices.Sorted(maps.Keys(a.Quota)) {
-		if _, ok := a.GPUTypes[typ]; !ok {
-			return fmt.Errorf("backend %s: aca.quota names GPU type %s, which aca.gpu_types does not map to a workload profile; add it there or remove it here", name, typ)
-		}
-		if a.Quota[typ] < 0 {
-			return fmt.Errorf("backend %s: aca.quota of %s is %d; give how many of its GPUs the backend may run at once, 0 or more", name, typ, a.Quota[typ])
-		}
-	}
-	if !a.QuotaFromAzure {
-		for _, typ := range slices.Sorted(maps.Keys(a.GPUTypes)) {
-			if _, ok := a.Quota[typ]; !ok {
-				return fmt.Errorf("backend %s: aca.quota has no entry for GPU type %s; give how many of its GPUs the backend may run at once, or set aca.quota_from_azure to take the environment's quota", name, typ)
-			}
-		}
-	}
-	if a.Registry == "" {
-		return fmt.Errorf("backend %s: aca.registry is missing; give the login server of the Azure Container Registry for session images, such as contoso.azurecr.io", name)
-	}
-	if !acaRegistryPattern.MatchString(a.Registry) {
-		return fmt.Errorf("backend %s: aca.registry %q is not a registry's login server; give its host name without a scheme or path, such as contoso.azurecr.io", name, a.Registry)
-	}
-	if a.Repository != "" && !acaRepositoryPattern.MatchString(a.Repository) {
-		return fmt.Errorf("backend %s: aca.repository %q is not a repository name; give lower-case letters, digits and separators, such as devgpu/sessions", name, a.Repository)
-	}
-	if id := a.RegistryIdentity; id != "system" && !isUserAssignedIdentity(id) {
-		return fmt.Errorf("backend %s: aca.registry_identity %q is neither \"system\" nor a user-assigned identity's resource id; give the resource id (/subscriptions/.../providers/Microsoft.ManagedIdentity/userAssignedIdentities/NAME) of an identity with AcrPull on the registry", name, id)
-	}
-	if err := checkLinkURL(name, "aca.link_url", a.LinkURL, "the environment's containers", "https://devgpu.example.com:8443"); err != nil {
-		return err
-	}
-	switch a.Egress {
-	case "", "all", "none":
-		if len(a.EgressAllow) > 0 {
-			return fmt.Errorf("backend %s: aca.egress_allow is given but aca.egress is %q; set aca.egress to \"allow-list\", or remove aca.egress_allow", name, a.Egress)
-		}
-	case "allow-list":
-		if len(a.EgressAllow) == 0 {
-			return fmt.Errorf("backend %s: aca.egress is \"allow-list\" with an empty aca.egress_allow; list the CIDRs and hosts the environment's network lets containers reach", name)
-		}
-	default:
-		return fmt.Errorf("backend %s: aca.egress %q is not all, none or allow-list; give what the environment's network enforces", name, a.Egress)
-	}
-	for _, typ := range slices.Sorted(maps.Keys(a.Resources)) {
-		r := a.Resources[typ]
-		if _, ok := a.GPUTypes[typ]; !ok {
-			return fmt.Errorf("backend %s: aca.resources names GPU type %s, which aca.gpu_types does not map to a workload profile; add it there or remove it here", name, typ)
-		}
-		if r.CPU <= 0 {
-			return fmt.Errorf("backend %s: aca.resources.%s.cpu is %g; give the container's CPU cores, more than 0, such as 8", name, typ, r.CPU)
-		}
-		if !acaMemoryPattern.MatchString(r.Memory) {
-			return fmt.Errorf("backend %s: aca.resources.%s.memory %q is not a size in Gi; give one such as \"56Gi\"", name, typ, r.Memory)
-		}
+		return fmt.Errorf("backend %s: runtime aca needs an \"aca\" block; give one with at least subscription_id, resource_group, environment, gpu_types, quota, registry, registry_identity, image and link_url", name)
 	}
 	if _, err := a.replicaTimeout(); err != nil {
 		return fmt.Errorf("backend %s: %w", name, err)
@@ -226,26 +151,16 @@ func (a *acaBackendConfig) validate(name string) error {
 }
 
 // replicaTimeout is ReplicaTimeout parsed; 0 when not given (the runtime's
-// default). Container Apps counts it in whole seconds.
+// default). aca.New judges its range.
 func (a *acaBackendConfig) replicaTimeout() (time.Duration, error) {
 	if a.ReplicaTimeout == "" {
 		return 0, nil
 	}
 	d, err := time.ParseDuration(a.ReplicaTimeout)
-	if err != nil || d < time.Second || d%time.Second != 0 {
-		return 0, fmt.Errorf("aca.replica_timeout %q is not a whole number of seconds of 1s or more; give a duration such as \"24h\"", a.ReplicaTimeout)
+	if err != nil {
+		return 0, fmt.Errorf("aca.replica_timeout %q is not a duration; give one such as \"24h\"", a.ReplicaTimeout)
 	}
 	return d, nil
-}
-
-// isUserAssignedIdentity reports whether id is the resource id of a
-// user-assigned managed identity.
-func isUserAssignedIdentity(id string) bool {
-	parts := strings.Split(strings.ToLower(id), "/")
-	// "", subscriptions, SUB, resourcegroups, RG, providers,
-	// microsoft.managedidentity, userassignedidentities, NAME
-	return len(parts) == 9 && parts[0] == "" && parts[1] == "subscriptions" && parts[2] != "" && parts[3] == "resourcegroups" && parts[4] != "" &&
-		parts[5] == "providers" && parts[6] == "microsoft.managedidentity" && parts[7] == "userassignedidentities" && parts[8] != ""
 }
 
 // validate checks that the credential's kind is known and that it is given

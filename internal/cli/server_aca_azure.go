@@ -9,8 +9,11 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -51,16 +54,10 @@ func acaRuntime(ctx context.Context, name string, c *acaBackendConfig, installat
 // the credential made, the ARM clients and the registry pointed at the
 // block's cloud.
 func (c *acaBackendConfig) runtimeConfig(name, installation string, hub *link.Hub, devCA string, log *slog.Logger) (aca.Config, error) {
-	var linkCA []byte
-	if caFile := cmp.Or(c.LinkCAFile, devCA); caFile != "" {
-		var err error
-		if linkCA, err = os.ReadFile(caFile); err != nil {
-			return aca.Config{}, fmt.Errorf("backend %s: cannot read aca.link_ca_file %s (%v); give the PEM file of the CA that signed this server's certificate", name, caFile, err)
-		}
+	linkCA, err := readLinkCA(name, "aca.link_ca_file", c.LinkCAFile, devCA, hub)
+	if err != nil {
+		return aca.Config{}, err
 	}
-	// The CA that signed this server's certificate signed its replicas'
-	// too: they trust it when they relay streams to one another.
-	hub.AddCA(linkCA)
 	agent, err := staticAgentPath(c.AgentBinary)
 	if err != nil {
 		return aca.Config{}, fmt.Errorf("backend %s: %w", name, err)
@@ -72,7 +69,7 @@ func (c *acaBackendConfig) runtimeConfig(name, installation string, hub *link.Hu
 	if err != nil {
 		return aca.Config{}, fmt.Errorf("backend %s: %w", name, err)
 	}
-	transport, err := acaTransport(c.Cloud.CAFile)
+	transport, err := c.transport()
 	if err != nil {
 		return aca.Config{}, fmt.Errorf("backend %s: %w", name, err)
 	}
@@ -98,27 +95,91 @@ func (c *acaBackendConfig) runtimeConfig(name, installation string, hub *link.Hu
 	}, nil
 }
 
-// acaTransport is the transport of the backend's calls to ARM, the
-// identity endpoint and the registry: Go's default, trusting the CAs of
-// caFile in addition to the system's roots.
-func acaTransport(caFile string) (*http.Transport, error) {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	if caFile == "" {
-		return t, nil
+// transport is the transport of the backend's calls to ARM, the
+// identity endpoint and the registries: Go's default, with cloud.ca_file's
+// CAs trusted, besides the system's roots, only by the hosts of
+// trustedHosts.
+func (c *acaBackendConfig) transport() (http.RoundTripper, error) {
+	public := http.DefaultTransport.(*http.Transport).Clone()
+	if c.Cloud.CAFile == "" {
+		return public, nil
 	}
-	pem, err := os.ReadFile(caFile)
+	pem, err := os.ReadFile(c.Cloud.CAFile)
 	if err != nil {
-		return nil, fmt.Errorf("cannot read aca.cloud.ca_file %s (%v); give the PEM file of the CA that signed Azure's private endpoints, or remove it", caFile, err)
+		return nil, fmt.Errorf("cannot read aca.cloud.ca_file %s (%v); give the PEM file of the CA that signed Azure's private endpoints, or remove it", c.Cloud.CAFile, err)
 	}
 	roots, err := x509.SystemCertPool()
 	if err != nil {
 		roots = x509.NewCertPool() // no system roots here: the file's alone
 	}
 	if !roots.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("aca.cloud.ca_file %s holds no PEM certificate; give the PEM file of the CA that signed Azure's private endpoints", caFile)
+		return nil, fmt.Errorf("aca.cloud.ca_file %s holds no PEM certificate; give the PEM file of the CA that signed Azure's private endpoints", c.Cloud.CAFile)
 	}
-	t.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
-	return t, nil
+	private := http.DefaultTransport.(*http.Transport).Clone()
+	private.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	trusted := map[string]bool{}
+	for _, h := range c.trustedHosts() {
+		trusted[h] = true
+	}
+	return &hostTLS{trusted: trusted, private: private, public: public}, nil
+}
+
+// trustedHosts are the hosts (host:port) that trust cloud.ca_file: the
+// ARM endpoint's, the registry's, the identity endpoint's
+// ($IDENTITY_ENDPOINT, where azidentity's managed identity asks in
+// Container Apps and App Service) and a custom authority_host's. Microsoft
+// Entra's public authorities are left out: a private CA has no business
+// signing them.
+func (c *acaBackendConfig) trustedHosts() []string {
+	hosts := []string{urlHostPort(cmp.Or(c.Cloud.ResourceManager, acaPublicResourceManager)), hostPort("https", c.Registry)}
+	if e := os.Getenv("IDENTITY_ENDPOINT"); e != "" {
+		hosts = append(hosts, urlHostPort(e))
+	}
+	if a := c.Cloud.AuthorityHost; a != "" && !knownAuthority(a) {
+		hosts = append(hosts, urlHostPort(a))
+	}
+	return slices.DeleteFunc(hosts, func(h string) bool { return h == "" })
+}
+
+// urlHostPort is the host:port of a URL; "" if it is none.
+func urlHostPort(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return ""
+	}
+	return hostPort(u.Scheme, u.Host)
+}
+
+// hostPort is host (which may carry a port) as lower-case host:port, the
+// scheme's port where it has none.
+func hostPort(scheme, host string) string {
+	if host == "" {
+		return ""
+	}
+	h, p, err := net.SplitHostPort(host)
+	if err != nil { // no port
+		h, p = strings.Trim(host, "[]"), "443"
+		if scheme == "http" {
+			p = "80"
+		}
+	}
+	return net.JoinHostPort(strings.ToLower(h), p)
+}
+
+// hostTLS sends requests to the trusted hosts through private (which
+// trusts cloud.ca_file) and every other request through public (the
+// system's roots alone). It is chosen per request, so per hop of a
+// redirect too.
+type hostTLS struct {
+	trusted         map[string]bool
+	private, public *http.Transport
+}
+
+func (t *hostTLS) RoundTrip(r *http.Request) (*http.Response, error) {
+	if t.trusted[hostPort(r.URL.Scheme, r.URL.Host)] {
+		return t.private.RoundTrip(r)
+	}
+	return t.public.RoundTrip(r)
 }
 
 // configuration is the azcore cloud the block names: Azure public cloud
@@ -136,24 +197,26 @@ func (c acaCloudConfig) configuration() cloud.Configuration {
 // clouds, which answer azidentity's instance discovery.
 var knownAuthorities = []string{cloud.AzurePublic.ActiveDirectoryAuthorityHost, cloud.AzureGovernment.ActiveDirectoryAuthorityHost, cloud.AzureChina.ActiveDirectoryAuthorityHost}
 
+// knownAuthority reports whether host is one of knownAuthorities.
+func knownAuthority(host string) bool {
+	return slices.ContainsFunc(knownAuthorities, func(h string) bool {
+		return strings.EqualFold(strings.TrimSuffix(host, "/"), strings.TrimSuffix(h, "/"))
+	})
+}
+
 // credential makes the azidentity credential the block names, its
 // requests going through client (the block's cloud and transport).
 func (c acaCredentialConfig) credential(client azcore.ClientOptions) (azcore.TokenCredential, error) {
 	// A private cloud's authority (Azure Stack) answers no instance
 	// discovery, which azidentity's docs say to disable there.
-	private := true
-	for _, h := range knownAuthorities {
-		if strings.TrimSuffix(client.Cloud.ActiveDirectoryAuthorityHost, "/") == strings.TrimSuffix(h, "/") {
-			private = false
-		}
-	}
+	private := !knownAuthority(client.Cloud.ActiveDirectoryAuthorityHost)
 	var (
 		cred azcore.TokenCredential
 		err  error
 	)
 	switch c.Kind {
 	case "", "default":
-		cred, err = azidentity.NewDefaultAzureCredential(&azidentity.DefaultAzureCredentialOptions{ClientOptions: client, TenantID: c.TenantID, DisableInstanceDiscovery: private})
+		cred, err = c.serviceCredential(client, private)
 	case "managed-identity":
 		o := &azidentity.ManagedIdentityCredentialOptions{ClientOptions: client}
 		if c.ClientID != "" {
@@ -181,4 +244,39 @@ func (c acaCredentialConfig) credential(client azcore.ClientOptions) (azcore.Tok
 		return nil, fmt.Errorf("cannot make the %s credential of aca.credential (%v); check its fields and the environment's AZURE_* variables", cmp.Or(c.Kind, "default"), err)
 	}
 	return cred, nil
+}
+
+// serviceCredential is the "default" credential: the identity the
+// environment gives this server, never a person's login. It chains, as
+// azidentity's DefaultAzureCredential begins (azidentity v1.15
+// default_azure_credential.go), a service principal of the environment's
+// AZURE_* variables where they name one, workload identity where
+// $AZURE_FEDERATED_TOKEN_FILE is set, and the managed identity (the
+// user-assigned one of $AZURE_CLIENT_ID, if set); it leaves out what
+// DefaultAzureCredential tries next, the logins of the Azure CLI, azd and
+// Azure PowerShell.
+func (c acaCredentialConfig) serviceCredential(client azcore.ClientOptions, private bool) (azcore.TokenCredential, error) {
+	var chain []azcore.TokenCredential
+	// NewEnvironmentCredential fails when the variables name no service
+	// principal, which only means there is none to try.
+	if env, err := azidentity.NewEnvironmentCredential(&azidentity.EnvironmentCredentialOptions{ClientOptions: client, DisableInstanceDiscovery: private}); err == nil {
+		chain = append(chain, env)
+	}
+	if os.Getenv("AZURE_FEDERATED_TOKEN_FILE") != "" {
+		wi, err := azidentity.NewWorkloadIdentityCredential(&azidentity.WorkloadIdentityCredentialOptions{ClientOptions: client,
+			TenantID: c.TenantID, DisableInstanceDiscovery: private})
+		if err != nil {
+			return nil, err
+		}
+		chain = append(chain, wi)
+	}
+	o := &azidentity.ManagedIdentityCredentialOptions{ClientOptions: client}
+	if id := os.Getenv("AZURE_CLIENT_ID"); id != "" {
+		o.ID = azidentity.ClientID(id)
+	}
+	mi, err := azidentity.NewManagedIdentityCredential(o)
+	if err != nil {
+		return nil, err
+	}
+	return azidentity.NewChainedTokenCredential(append(chain, mi), nil)
 }

@@ -84,12 +84,18 @@ func TestAcaBackendConfig(t *testing.T) {
 	}
 }
 
-// validACA is the smallest aca block validate accepts; edit changes it.
+// acaPullIdentity is a user-assigned identity's resource id, what
+// registry_identity takes ("system" is refused: a new job's system
+// identity has no AcrPull at its first pull).
+const acaPullIdentity = "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/pull"
+
+// validACA is the smallest aca block aca.New's check accepts; edit changes
+// it.
 func validACA(edit func(*acaBackendConfig)) *acaBackendConfig {
 	a := &acaBackendConfig{
 		SubscriptionID: "0b1f6471-1bf0-4dda-aec3-cb9272f09590", ResourceGroup: "rg", Environment: "env",
 		GPUTypes: map[string]string{"t4": "gpu-t4"}, Quota: map[string]int{"t4": 2},
-		Registry: "contoso.azurecr.io", RegistryIdentity: "system", LinkURL: "https://10.0.0.5:8443",
+		Registry: "contoso.azurecr.io", RegistryIdentity: acaPullIdentity, Image: "busybox:1", LinkURL: "https://10.0.0.5:8443",
 	}
 	if edit != nil {
 		edit(a)
@@ -99,7 +105,6 @@ func validACA(edit func(*acaBackendConfig)) *acaBackendConfig {
 
 func TestValidateAcaBackend(t *testing.T) {
 	t.Parallel()
-	uami := "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/pull"
 	for _, c := range []struct {
 		name     string
 		backends []backendConfig
@@ -109,7 +114,7 @@ func TestValidateAcaBackend(t *testing.T) {
 		{"beside host and cluster", []backendConfig{{Name: "host", Runtime: "oci"}, {Name: "k", Runtime: "kube", Kube: &kubeBackendConfig{LinkURL: "https://h:1", AgentImage: "a"}},
 			{Name: "a", Runtime: "aca", Aca: validACA(nil)}}, ""},
 		{"every field", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) {
-			a.Quota, a.QuotaFromAzure, a.Repository, a.RegistryIdentity = nil, true, "devgpu/sessions", uami
+			a.Quota, a.QuotaFromAzure, a.Repository = nil, true, "devgpu/sessions"
 			a.Egress, a.EgressAllow = "allow-list", []string{"10.0.0.0/8"}
 			a.Resources = map[string]acaResources{"t4": {CPU: 4, Memory: "0.5Gi"}}
 			a.ReplicaTimeout = "90m"
@@ -120,30 +125,7 @@ func TestValidateAcaBackend(t *testing.T) {
 		{"aca block on kube", []backendConfig{{Name: "a", Runtime: "kube", Kube: &kubeBackendConfig{LinkURL: "https://h:1", AgentImage: "a"}, Aca: validACA(nil)}}, `an "aca" block belongs only to runtime aca`},
 		{"aca block on oci", []backendConfig{{Name: "a", Runtime: "oci", Aca: validACA(nil)}}, `an "aca" block belongs only to runtime aca`},
 		{"kube block on aca", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(nil), Kube: &kubeBackendConfig{}}}, `a "kube" block belongs only to runtime kube`},
-		{"no subscription", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.SubscriptionID = "" })}}, "aca.subscription_id is missing"},
-		{"bad subscription", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.SubscriptionID = "my-sub" })}}, `aca.subscription_id "my-sub" is not a subscription id`},
-		{"no resource group", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.ResourceGroup = "" })}}, "aca.resource_group is missing"},
-		{"no environment", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Environment = "" })}}, "aca.environment is missing"},
-		{"no gpu types", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.GPUTypes = nil })}}, "aca.gpu_types is empty"},
-		{"empty profile", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.GPUTypes["a100"] = "" })}}, `aca.gpu_types maps "a100" to ""`},
-		{"quota of an unmapped type", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Quota["a100"] = 1 })}}, "aca.quota names GPU type a100"},
-		{"negative quota", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Quota["t4"] = -1 })}}, "aca.quota of t4 is -1"},
-		{"no quota", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Quota = nil })}}, "aca.quota has no entry for GPU type t4"},
-		{"no registry", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Registry = "" })}}, "aca.registry is missing"},
-		{"registry URL", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Registry = "https://contoso.azurecr.io/" })}}, `aca.registry "https://contoso.azurecr.io/" is not a registry's login server`},
-		{"bad repository", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Repository = "DevGPU/Sessions" })}}, `aca.repository "DevGPU/Sessions" is not a repository name`},
-		{"no registry identity", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.RegistryIdentity = "" })}}, `aca.registry_identity "" is neither "system" nor`},
-		{"identity by name", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.RegistryIdentity = "devgpu-pull" })}}, `aca.registry_identity "devgpu-pull"`},
-		{"no link_url", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.LinkURL = "" })}}, "aca.link_url is missing"},
-		{"http link_url", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.LinkURL = "http://10.0.0.5:8470" })}}, `aca.link_url "http://10.0.0.5:8470" is not an https:// URL`},
-		{"bad egress", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Egress = "vnet" })}}, `aca.egress "vnet" is not all, none or allow-list`},
-		{"allow-list without entries", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Egress = "allow-list" })}}, `aca.egress is "allow-list" with an empty aca.egress_allow`},
-		{"entries without allow-list", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Egress, a.EgressAllow = "none", []string{"pypi.org"} })}}, `aca.egress_allow is given but aca.egress is "none"`},
-		{"resources of an unmapped type", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Resources = map[string]acaResources{"a100": {CPU: 1, Memory: "1Gi"}} })}}, "aca.resources names GPU type a100"},
-		{"no cpu", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Resources = map[string]acaResources{"t4": {Memory: "1Gi"}} })}}, "aca.resources.t4.cpu is 0"},
-		{"memory in GB", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Resources = map[string]acaResources{"t4": {CPU: 1, Memory: "56GB"}} })}}, `aca.resources.t4.memory "56GB" is not a size in Gi`},
-		{"bad replica timeout", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.ReplicaTimeout = "1 day" })}}, `aca.replica_timeout "1 day"`},
-		{"sub-second replica timeout", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.ReplicaTimeout = "1.5s" })}}, `aca.replica_timeout "1.5s" is not a whole number of seconds`},
+		{"bad replica timeout", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.ReplicaTimeout = "1 day" })}}, `aca.replica_timeout "1 day" is not a duration`},
 		{"unknown credential", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) { a.Credential.Kind = "cli" })}}, `aca.credential.kind "cli" is not default, managed-identity`},
 		{"secret without file", []backendConfig{{Name: "a", Runtime: "aca", Aca: validACA(func(a *acaBackendConfig) {
 			a.Credential = acaCredentialConfig{Kind: "client-secret", TenantID: "t", ClientID: "c"}
@@ -167,6 +149,52 @@ func TestValidateAcaBackend(t *testing.T) {
 	}
 }
 
+// aca.New's check is the one judge of the block's rules: what validate
+// leaves to it is refused when the server builds the backend, before any
+// call to Azure, in one sentence that names the backend and the field.
+func TestAcaCheckErrorsNameTheField(t *testing.T) {
+	t.Parallel()
+	agent := filepath.Join(t.TempDir(), "devgpu-agent")
+	if err := os.WriteFile(agent, []byte("agent"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	hub := link.NewHub(log)
+	t.Cleanup(hub.Close)
+	for _, c := range []struct {
+		name string
+		edit func(*acaBackendConfig)
+		want string
+	}{
+		{"no subscription", func(a *acaBackendConfig) { a.SubscriptionID = "" }, "aca.subscription_id"},
+		{"no environment", func(a *acaBackendConfig) { a.Environment = "" }, "aca.environment"},
+		{"no image", func(a *acaBackendConfig) { a.Image = "" }, "aca.image"},
+		{"registry URL", func(a *acaBackendConfig) { a.Registry = "https://contoso.azurecr.io/" }, "aca.registry"},
+		{"bad repository", func(a *acaBackendConfig) { a.Repository = "DevGPU/Sessions" }, "aca.repository"},
+		{"system identity", func(a *acaBackendConfig) { a.RegistryIdentity = "system" }, "aca.registry_identity"},
+		{"identity by name", func(a *acaBackendConfig) { a.RegistryIdentity = "devgpu-pull" }, "aca.registry_identity"},
+		{"http link_url", func(a *acaBackendConfig) { a.LinkURL = "http://10.0.0.5:8470" }, "aca.link_url"},
+		{"replica timeout under a minute", func(a *acaBackendConfig) { a.ReplicaTimeout = "30s" }, "aca.replica_timeout"},
+		{"no gpu types", func(a *acaBackendConfig) { a.GPUTypes = nil }, "aca.gpu_types"},
+		{"no quota", func(a *acaBackendConfig) { a.Quota = nil }, "aca.quota"},
+		{"memory in GB", func(a *acaBackendConfig) { a.Resources = map[string]acaResources{"t4": {CPU: 1, Memory: "56GB"}} }, "aca.resources"},
+		{"bad egress", func(a *acaBackendConfig) { a.Egress = "vnet" }, "aca.egress"},
+	} {
+		a := validACA(func(a *acaBackendConfig) { a.AgentBinary = agent; c.edit(a) })
+		// validate lets it through: the check is aca.New's alone.
+		if err := validateBackends([]backendConfig{{Name: "west", Runtime: "aca", Aca: a}}); err != nil {
+			t.Errorf("%s: validate refused it (%v); aca.New is its judge", c.name, err)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), testutil.WaitShort)
+		_, _, err := acaRuntime(ctx, "west", a, "inst0001", hub, "", log)
+		cancel()
+		if err == nil || !strings.HasPrefix(err.Error(), "aca backend west") || !strings.Contains(err.Error(), c.want) || strings.Count(err.Error(), ";") != 1 {
+			t.Errorf("%s: %v, want one sentence of aca backend west naming %s", c.name, err, c.want)
+		}
+	}
+}
+
 // writeCA writes the PEM of srv's certificate, which httptest signs
 // itself, and returns the file.
 func writeCA(t *testing.T, srv *httptest.Server) string {
@@ -180,8 +208,8 @@ func writeCA(t *testing.T, srv *httptest.Server) string {
 }
 
 // The runtime's Config carries the block through: the cloud's endpoints,
-// a transport that trusts ca_file besides the system's roots (for ARM and
-// the registry alike), the link CA (by default the --dev one) given to the
+// a transport that trusts ca_file besides the system's roots for the ARM
+// endpoint's and the registry's hosts only, the link CA (by default the --dev one) given to the
 // hub, and the agent beside this executable unless named.
 func TestAcaRuntimeConfig(t *testing.T) {
 	t.Parallel()
@@ -227,7 +255,14 @@ func TestAcaRuntimeConfig(t *testing.T) {
 	if rm := got.Services[cloud.ResourceManager]; rm.Endpoint != private.URL || rm.Audience != acaPublicAudience || got.ActiveDirectoryAuthorityHost != "https://login.microsoftonline.us/" {
 		t.Fatalf("cloud = %+v", got)
 	}
-	// ARM's transport and the registry's trust the private endpoint's CA.
+	// ARM's transport and the registry's trust the private endpoint's CA
+	// for the ARM endpoint's host; a host outside the list, whose
+	// certificate the same CA signed (httptest gives every server one
+	// certificate), is refused: there the system's roots alone are trusted.
+	other := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "another host") }))
+	other.Config.ErrorLog = stdlog.New(io.Discard, "", 0)
+	other.StartTLS()
+	t.Cleanup(other.Close)
 	arm, ok := cfg.ClientOptions.Transport.(*http.Client)
 	if !ok {
 		t.Fatalf("ARM transport %T", cfg.ClientOptions.Transport)
@@ -238,7 +273,23 @@ func TestAcaRuntimeConfig(t *testing.T) {
 			t.Fatalf("%s through the configured transport: %v", what, err)
 		}
 		resp.Body.Close()
+		if resp, err := c.Get(other.URL); err == nil {
+			resp.Body.Close()
+			t.Fatalf("%s: a host outside the list (%s) trusted cloud.ca_file", what, other.URL)
+		}
 	}
+	// The registry's host is on the list.
+	reg, err := validACA(func(a *acaBackendConfig) {
+		a.AgentBinary, a.Registry, a.Cloud.CAFile = agent, strings.TrimPrefix(other.URL, "https://"), caFile
+	}).runtimeConfig("west", "inst0001", hub, "", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := (&http.Client{Transport: reg.RegistryTransport}).Get(other.URL)
+	if err != nil {
+		t.Fatalf("the registry's host through the configured transport: %v", err)
+	}
+	resp.Body.Close()
 	// Without ca_file, the same endpoint is not trusted.
 	plain, err := validACA(func(a *acaBackendConfig) { a.AgentBinary = agent }).runtimeConfig("west", "inst0001", hub, "", log)
 	if err != nil {
@@ -251,8 +302,8 @@ func TestAcaRuntimeConfig(t *testing.T) {
 	if rm := plain.ClientOptions.Cloud.Services[cloud.ResourceManager]; rm.Endpoint != acaPublicResourceManager || plain.ClientOptions.Cloud.ActiveDirectoryAuthorityHost != cloud.AzurePublic.ActiveDirectoryAuthorityHost {
 		t.Fatalf("default cloud = %+v, want Azure public", plain.ClientOptions.Cloud)
 	}
-	if _, ok := plain.Credential.(*azidentity.DefaultAzureCredential); !ok {
-		t.Fatalf("credential %T for no kind, want DefaultAzureCredential", plain.Credential)
+	if _, ok := plain.Credential.(*azidentity.ChainedTokenCredential); !ok {
+		t.Fatalf("credential %T for no kind, want the chain of the server's own identities", plain.Credential)
 	}
 }
 
@@ -300,7 +351,8 @@ func TestAcaRuntimeConfigErrors(t *testing.T) {
 // principal's secret is read from its file and sent to the authority
 // named by cloud.authority_host; a managed identity asks the endpoint of
 // IDENTITY_ENDPOINT (as in Container Apps and App Service) through the
-// transport that trusts cloud.ca_file.
+// transport that trusts cloud.ca_file; the default is the environment's
+// service principal or the managed identity, never the Azure CLI.
 func TestAcaCredentials(t *testing.T) {
 	// t.Setenv: not parallel.
 	var (
@@ -351,22 +403,36 @@ func TestAcaCredentials(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	hub := link.NewHub(log)
 	t.Cleanup(hub.Close)
-	token := func(cred acaCredentialConfig) string {
+	// The server's own environment: no service principal, no workload
+	// identity, no user-assigned identity named.
+	unset := func(vars ...string) {
+		for _, v := range vars {
+			t.Setenv(v, "") // restored at the test's end
+			os.Unsetenv(v)
+		}
+	}
+	unset("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_USERNAME", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_TOKEN_CREDENTIALS")
+	getToken := func(cred acaCredentialConfig, scope string) (string, error) {
 		t.Helper()
 		cfg, err := validACA(func(a *acaBackendConfig) {
 			a.AgentBinary, a.Credential = agent, cred
 			a.Cloud = acaCloudConfig{ResourceManager: "https://arm.example", Audience: "https://arm.example/", AuthorityHost: srv.URL + "/", CAFile: caFile}
 		}).runtimeConfig("west", "inst0001", hub, "", log)
 		if err != nil {
-			t.Fatal(err)
+			return "", err
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), testutil.WaitMedium)
 		defer cancel()
-		tok, err := cfg.Credential.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{"https://arm.example/.default"}})
+		tok, err := cfg.Credential.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{scope}})
+		return tok.Token, err
+	}
+	token := func(cred acaCredentialConfig) string {
+		t.Helper()
+		tok, err := getToken(cred, "https://arm.example/.default")
 		if err != nil {
-			t.Fatalf("%s credential: %v", cred.Kind, err)
+			t.Fatalf("%q credential: %v", cred.Kind, err)
 		}
-		return tok.Token
+		return tok
 	}
 	got := token(acaCredentialConfig{Kind: "managed-identity", ClientID: "uami-client"})
 	if calls, _ := seen(); got != "mi-token" || len(calls) != 1 || calls[0] != "header-of-the-test https://arm.example uami-client" {
@@ -375,6 +441,42 @@ func TestAcaCredentials(t *testing.T) {
 	got = token(acaCredentialConfig{Kind: "client-secret", TenantID: "tenant1", ClientID: "sp-client", ClientSecretFile: secretFile})
 	if _, reqs := seen(); got != "sp-token" || len(reqs) != 1 || !strings.HasPrefix(reqs[0], "sp-client s3cret https://arm.example/.default") {
 		t.Fatalf("client secret: token %q after token requests %q", got, reqs)
+	}
+
+	// The default credential is the server's own identity: its managed
+	// identity here,
+	got = token(acaCredentialConfig{})
+	if calls, _ := seen(); got != "mi-token" || len(calls) != 2 || calls[1] != "header-of-the-test https://arm.example " {
+		t.Fatalf("default credential: token %q after calls %q, want the managed identity's", got, calls)
+	}
+	// a service principal where the environment's variables name one,
+	t.Setenv("AZURE_TENANT_ID", "tenant2")
+	t.Setenv("AZURE_CLIENT_ID", "env-client")
+	t.Setenv("AZURE_CLIENT_SECRET", "env-secret")
+	got = token(acaCredentialConfig{Kind: "default"})
+	if _, reqs := seen(); got != "sp-token" || len(reqs) != 2 || !strings.HasPrefix(reqs[1], "env-client env-secret https://arm.example/.default") {
+		t.Fatalf("default credential with a service principal's variables: token %q after token requests %q", got, reqs)
+	}
+	unset("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET")
+	// and never a person's login: where the managed identity has no token,
+	// an Azure CLI on PATH is not run, even where the environment asks
+	// azidentity's DefaultAzureCredential for it (AZURE_TOKEN_CREDENTIALS).
+	bin := t.TempDir()
+	ran := filepath.Join(t.TempDir(), "az-ran")
+	az := "#!/bin/sh\ntouch " + ran + "\necho '{\"accessToken\":\"cli-token\",\"expiresOn\":\"2099-01-01 00:00:00.000000\",\"expires_on\":4070908800,\"tokenType\":\"Bearer\"}'\n"
+	if err := os.WriteFile(filepath.Join(bin, "az"), []byte(az), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	t.Setenv("IDENTITY_ENDPOINT", srv.URL+"/msi/none")
+	t.Setenv("AZURE_TOKEN_CREDENTIALS", "AzureCLICredential")
+	// (Another scope: azidentity's managed identity caches tokens across
+	// credentials.)
+	if got, err := getToken(acaCredentialConfig{}, "https://other.example/.default"); err == nil {
+		t.Fatalf("default credential without an identity got token %q", got)
+	}
+	if _, err := os.Stat(ran); err == nil {
+		t.Fatal("the default credential ran the Azure CLI, a person's login")
 	}
 }
 
@@ -406,5 +508,26 @@ func TestAcaReadmeExample(t *testing.T) {
 	}
 	if err := validateBackends(o.backends); err != nil {
 		t.Fatalf("the README's aca example: %v", err)
+	}
+}
+
+// cloud.ca_file is trusted by the hosts the block configures, never by
+// Microsoft Entra's public authority.
+func TestAcaTrustedHosts(t *testing.T) {
+	t.Setenv("IDENTITY_ENDPOINT", "http://localhost:42356/msi/token")
+	for _, c := range []struct {
+		cloud acaCloudConfig
+		want  []string
+	}{
+		{acaCloudConfig{}, []string{"management.azure.com:443", "contoso.azurecr.io:443", "localhost:42356"}},
+		{acaCloudConfig{ResourceManager: "https://ARM.example:8443/", AuthorityHost: "https://login.microsoftonline.com/"},
+			[]string{"arm.example:8443", "contoso.azurecr.io:443", "localhost:42356"}},
+		{acaCloudConfig{ResourceManager: "https://management.local.azurestack.external", AuthorityHost: "https://adfs.local.azurestack.external/adfs/"},
+			[]string{"management.local.azurestack.external:443", "contoso.azurecr.io:443", "localhost:42356", "adfs.local.azurestack.external:443"}},
+	} {
+		got := validACA(func(a *acaBackendConfig) { a.Cloud = c.cloud }).trustedHosts()
+		if !slices.Equal(got, c.want) {
+			t.Errorf("cloud %+v: ca_file trusted by %q, want %q", c.cloud, got, c.want)
+		}
 	}
 }

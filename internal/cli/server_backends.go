@@ -3,6 +3,7 @@
 package cli
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -14,6 +15,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"github.com/devgpu/devgpu/internal/link"
 )
 
 // backendConfig is one entry of the server config's "backends": a runtime
@@ -167,6 +170,24 @@ func checkLinkURL(name, field, link, who, example string) error {
 		return fmt.Errorf("backend %s: %s %q is not an https:// URL of this server without a path; give one such as %s", name, field, link, example)
 	}
 	return nil
+}
+
+// readLinkCA reads the PEM of the CA that a backend's agents trust for
+// this server's link endpoint: the file of field (kube.link_ca_file,
+// aca.link_ca_file), or devCA, the CA of the --dev certificate, when the
+// backend names none; nil for neither (the system's roots). It gives the
+// CA to hub: the CA that signed this server's certificate signed its
+// replicas' too, which they trust when they relay streams to one another.
+func readLinkCA(name, field, file, devCA string, hub *link.Hub) ([]byte, error) {
+	var ca []byte
+	if path := cmp.Or(file, devCA); path != "" {
+		var err error
+		if ca, err = os.ReadFile(path); err != nil {
+			return nil, fmt.Errorf("backend %s: cannot read %s %s (%v); give the PEM file of the CA that signed this server's certificate", name, field, path, err)
+		}
+	}
+	hub.AddCA(ca)
+	return ca, nil
 }
 
 // resolveBackends is the backends the server runs: those of the config

@@ -3,11 +3,9 @@
 package cli
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -21,15 +19,10 @@ import (
 // certificate, if it made one: the agents trust it when the backend names
 // no link_ca_file. close ends the runtime's watches.
 func kubeRuntime(ctx context.Context, name string, c *kubeBackendConfig, installation string, hub *link.Hub, devCA string, log *slog.Logger) (rt runtime.Runtime, close func(), err error) {
-	var ca []byte
-	if caFile := cmp.Or(c.LinkCAFile, devCA); caFile != "" {
-		if ca, err = os.ReadFile(caFile); err != nil {
-			return nil, nil, fmt.Errorf("backend %s: cannot read kube.link_ca_file %s (%v); give the PEM file of the CA that signed this server's certificate", name, caFile, err)
-		}
+	ca, err := readLinkCA(name, "kube.link_ca_file", c.LinkCAFile, devCA, hub)
+	if err != nil {
+		return nil, nil, err
 	}
-	// The CA that signed this server's certificate signed its replicas'
-	// too: they trust it when they relay streams to one another.
-	hub.AddCA(ca)
 	tolerations := make([]corev1.Toleration, len(c.Tolerations))
 	for i, t := range c.Tolerations {
 		tolerations[i] = corev1.Toleration{Key: t.Key, Operator: corev1.TolerationOperator(t.Operator), Value: t.Value,
