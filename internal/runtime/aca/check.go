@@ -109,6 +109,10 @@ func check(cfg Config) (*checked, error) {
 	if c.ReplicaTimeout < time.Minute || c.ReplicaTimeout.Seconds() > math.MaxInt32 {
 		return nil, fmt.Errorf("%s: aca.replica_timeout %s is out of range; give a duration of at least a minute, such as 24h", b, c.ReplicaTimeout)
 	}
+	if c.ReplicaTimeout%time.Second != 0 {
+		// The job's replicaTimeout is a whole number of seconds.
+		return nil, fmt.Errorf("%s: aca.replica_timeout %s is not a whole number of seconds, which is all Azure takes; give one such as 24h or 90s", b, c.ReplicaTimeout)
+	}
 	if len(c.GPUTypes) == 0 {
 		return nil, fmt.Errorf("%s offers no GPU type; map devgpu GPU types to the environment's workload profiles in aca.gpu_types, such as \"t4\": \"gpu-t4\"", b)
 	}

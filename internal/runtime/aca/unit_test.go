@@ -91,6 +91,7 @@ func TestCheckErrors(t *testing.T) {
 		{"no hub", func(c *Config) { c.Link = nil }, "no link hub"},
 		{"http link", func(c *Config) { c.LinkURL = "http://cp:80" }, "aca.link_url \"http://cp:80\" is not an https:// URL"},
 		{"short timeout", func(c *Config) { c.ReplicaTimeout = time.Second }, "aca.replica_timeout 1s is out of range"},
+		{"fractional timeout", func(c *Config) { c.ReplicaTimeout = 90*time.Second + 500*time.Millisecond }, "aca.replica_timeout 1m30.5s is not a whole number of seconds"},
 		{"no types", func(c *Config) { c.GPUTypes = nil }, "offers no GPU type"},
 		{"empty profile", func(c *Config) { c.GPUTypes = map[string]string{"t4": ""} }, "maps \"t4\" to workload profile \"\""},
 		{"no quota", func(c *Config) { delete(c.Quota, "a100") }, "GPU type a100 has no quota; set aca.quota.a100"},
