@@ -30,6 +30,7 @@ import (
 
 	"github.com/devgpu/devgpu/internal/agent"
 	"github.com/devgpu/devgpu/internal/link"
+	"github.com/devgpu/devgpu/internal/runtime"
 	"github.com/devgpu/devgpu/internal/testutil"
 	"github.com/devgpu/devgpu/internal/testutil/kwokcluster"
 	"github.com/devgpu/devgpu/sdk"
@@ -852,9 +853,9 @@ func serveAgent(ctx context.Context, c *kwokcluster.Cluster, p *corev1.Pod) erro
 	if err != nil {
 		return fmt.Errorf("read its Secret: %w", err)
 	}
-	cred, agentSecret, ca := secret.Data["link-credential"], secret.Data["agent-secret"], secret.Data["ca.crt"]
+	cred, agentSecret, ca := secret.Data[runtime.AgentCredentialFile], secret.Data[runtime.AgentSecretFile], secret.Data[runtime.AgentCAFile]
 	if len(cred) == 0 || len(agentSecret) == 0 || len(ca) == 0 {
-		return fmt.Errorf("its Secret lacks link-credential, agent-secret or ca.crt (keys: %v)", keys(secret.Data))
+		return fmt.Errorf("its Secret lacks %s, %s or %s (keys: %v)", runtime.AgentCredentialFile, runtime.AgentSecretFile, runtime.AgentCAFile, keys(secret.Data))
 	}
 	for _, ctr := range p.Spec.Containers {
 		for _, v := range ctr.Env {
@@ -865,7 +866,7 @@ func serveAgent(ctx context.Context, c *kwokcluster.Cluster, p *corev1.Pod) erro
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(ca) {
-		return errors.New("its Secret's ca.crt holds no certificate")
+		return errors.New("its Secret's " + runtime.AgentCAFile + " holds no certificate")
 	}
 	ln := link.Listen(ctx, link.AgentConfig{
 		URL: linkURL, SessionID: session, Credential: strings.TrimSpace(string(cred)),
