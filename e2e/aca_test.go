@@ -304,6 +304,13 @@ func TestACAReconcileAndWarmPool(t *testing.T) {
 	// store of its own leaves a running session behind: its job carries
 	// this installation's tags, and no store of ours knows it.
 	other := newACAEnv(t, f, base, 2, installation)
+	// A first session pushes the session image (the agent's 47 MB layer
+	// onto the base) into the fake registry, which a loaded machine takes
+	// longer for than a terminal's wait: run it where the CLI's longer
+	// wait applies, so the shell below only finds the image there.
+	if r := other.cli("run", "--", "true"); r.code != 0 {
+		t.Fatalf("a first run on the aca backend: %+v", r)
+	}
 	orphan := other.terminal("shell")
 	orphanID := orphan.sessionID()
 	orphan.ready()
