@@ -236,6 +236,12 @@ type Fake struct {
 	faults     []Fault
 	requests   map[string]int
 	wg         sync.WaitGroup
+
+	// extracted caches the files executions run, by image digest and
+	// path: an image's file never changes, and unpacking the agent's
+	// layer for every execution is most of a start's time under -race.
+	extractMu sync.Mutex
+	extracted map[string]string
 }
 
 // New starts the fake's servers.

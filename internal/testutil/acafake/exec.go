@@ -21,6 +21,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	armappcontainers "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/appcontainers/armappcontainers/v3"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 )
 
@@ -507,6 +508,32 @@ func (f *Fake) extract(image, file, dir string) (string, error) {
 		return "", fmt.Errorf("pulling image %s failed: %w", image, err)
 	}
 	want := strings.TrimPrefix(path.Clean("/"+file), "/")
+	digest, err := img.Digest()
+	if err != nil {
+		return "", fmt.Errorf("reading image %s: %w", image, err)
+	}
+	key := digest.String() + " /" + want
+	f.extractMu.Lock()
+	cached, ok := f.extracted[key]
+	f.extractMu.Unlock()
+	if ok {
+		return cached, nil
+	}
+	out, err := extractFile(img, image, file, want, dir)
+	if err != nil {
+		return "", err
+	}
+	f.extractMu.Lock()
+	if f.extracted == nil {
+		f.extracted = map[string]string{}
+	}
+	f.extracted[key] = out
+	f.extractMu.Unlock()
+	return out, nil
+}
+
+// extractFile writes the regular file want of img's filesystem into dir.
+func extractFile(img v1.Image, image, file, want, dir string) (string, error) {
 	rc := mutate.Extract(img)
 	defer rc.Close()
 	tr := tar.NewReader(rc)
