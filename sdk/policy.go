@@ -45,6 +45,9 @@ type ProjectSettings struct {
 	Egress         *Egress    `json:"egress,omitempty"`
 	Budget         *Budget    `json:"budget,omitempty"`
 	Workspace      *Workspace `json:"workspace,omitempty"`
+	// LogLimitBytes bounds the output each detached run of the project
+	// keeps in the server's log: past it, the oldest output is dropped.
+	LogLimitBytes *int64 `json:"log_limit_bytes,omitempty"`
 }
 
 // Workspace is the persistent directory each user of a project gets,
@@ -102,7 +105,14 @@ type OrgPolicy struct {
 	// work only for users marked as service accounts. The server refuses
 	// it when no identity provider is configured.
 	RequireSSO bool `json:"require_sso,omitempty"`
+	// LogRetention is how long detached runs' logs are kept after the run
+	// ends (0: the default, DefaultLogRetention).
+	LogRetention Duration `json:"log_retention,omitempty"`
 }
+
+// DefaultLogRetention is how long detached runs' logs are kept after they
+// end when the organisation sets no LogRetention.
+const DefaultLogRetention = 7 * 24 * time.Hour
 
 // CatalogImage is an image of the admin catalog: a friendly name for a
 // reference.

@@ -26,6 +26,9 @@ const (
 	ReasonStopped  = "stopped" // the owner stopped it with `devgpu sessions stop`
 	ReasonLost     = "lost"    // the runtime no longer has it
 	ReasonError    = "error"   // the runtime failed to start it
+	// ReasonCompleted: a detached run's command exited (Session.ExitStatus
+	// says how).
+	ReasonCompleted = "completed"
 	// ReasonRevoked: its owner lost access (disabled, their last token
 	// revoked, or removed from the project); their shells were cut.
 	ReasonRevoked = "revoked"
@@ -71,7 +74,21 @@ type Session struct {
 	// Warnings are shown to the user when the session is created, e.g.
 	// that the project is near its budget.
 	Warnings []string `json:"warnings,omitempty"`
+	// Name and Command are a detached run's (`devgpu run --detach`):
+	// Command is the command line its shell runs, empty for interactive
+	// sessions. ExitStatus is its exit status once it exited (128+n when
+	// signal n killed it, ExitSignal naming the signal, e.g. "KILL"); nil
+	// while it runs, and for a run that ended (lifetime, stop) first.
+	Name       string `json:"name,omitempty"`
+	Command    string `json:"command,omitempty"`
+	ExitStatus *int   `json:"exit_status,omitempty"`
+	ExitSignal string `json:"exit_signal,omitempty"`
+	// LogBytes is how much of a detached run's output its log keeps now.
+	LogBytes int64 `json:"log_bytes,omitempty"`
 }
+
+// Detached reports whether the session is a detached run.
+func (s Session) Detached() bool { return s.Command != "" }
 
 // Active reports whether the session still holds its GPUs.
 func (s Session) Active() bool {
@@ -92,6 +109,14 @@ type CreateSessionRequest struct {
 	// Progress asks for the stream of SessionEvents even without Wait, to
 	// show a slow start (an image pull) as it goes.
 	Progress bool `json:"progress,omitempty"`
+	// Command makes the session a detached run: the session's shell runs
+	// this command line with no client attached, its output is kept in
+	// the server's log, and the session ends (reason completed) when it
+	// exits. Name labels it. A detached run never joins another session;
+	// queued (Wait), it keeps its place with no client waiting, and the
+	// response is the queued session at once.
+	Command string `json:"command,omitempty"`
+	Name    string `json:"name,omitempty"`
 }
 
 // SessionEvent is one line of a waiting create's response (or of

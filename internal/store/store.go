@@ -246,6 +246,37 @@ type Session struct {
 	// starting): a new leader fails an interrupted start only when that
 	// replica is gone.
 	Starter string
+	// Name and Command are a detached run's, written at creation and never
+	// changed; Command is empty for interactive sessions. ExitStatus (nil
+	// until its command exited) and ExitSignal are written by SetExit.
+	Name       string
+	Command    string
+	ExitStatus *int
+	ExitSignal string
+	// LogOffset is how far into the run's output its log reaches (the end
+	// of the last record appended, gaps included), LogBytes how many bytes
+	// of output the log keeps: both kept by AppendLogs.
+	LogOffset int64
+	LogBytes  int64
+}
+
+// LogChunk is a piece of a detached run's output as the agent read it:
+// Offset places Data in the run's output (both streams counted together),
+// Stream is sdk.StreamStdout or sdk.StreamStderr, At when it was read.
+type LogChunk struct {
+	Offset int64
+	Stream string
+	At     time.Time
+	Data   []byte
+}
+
+// LogFilter selects a session's log chunks: those with Offset >= After,
+// oldest first, at most Limit (0: no limit). Stream and Since are left to
+// the caller, which must see every chunk to tell gaps from filtering.
+type LogFilter struct {
+	SessionID string
+	After     int64
+	Limit     int
 }
 
 // CatalogImage is an entry of the admin image catalog: a friendly name
@@ -491,6 +522,26 @@ type Store interface {
 	// GPUs then no longer count against capacity. A session already ended is left as it is and
 	// ErrConflict is returned.
 	EndSession(ctx context.Context, id, state, reason string, at time.Time) error
+
+	// Detached runs' logs (logs.go).
+
+	// AppendLogs appends chunks of a running or stopping session's output
+	// that continue its log from offset from exactly, and moves its
+	// LogOffset to to (>= the end of the last chunk; a gap between chunks
+	// or before to is output not kept). It then drops the oldest chunks
+	// until the log keeps at most limit bytes, and updates LogBytes. It
+	// fails with ErrConflict when the session's LogOffset is not from
+	// (another writer got there first) or the session has ended.
+	AppendLogs(ctx context.Context, sessionID string, from, to int64, chunks []LogChunk, limit int64) error
+	// Logs returns the chunks f selects; ErrNotFound for an unknown session.
+	Logs(ctx context.Context, f LogFilter) ([]LogChunk, error)
+	// SetExit records the exit of a session's detached command (status as
+	// a shell reports it, signal "" unless one killed it) while it is
+	// running or stopping; ErrConflict once it has ended.
+	SetExit(ctx context.Context, id string, status int, signal string) error
+	// DeleteLogs deletes the logs of sessions that ended before t, setting
+	// their LogBytes to 0, and returns how many sessions had some.
+	DeleteLogs(ctx context.Context, endedBefore time.Time) (int, error)
 
 	// Replicas, leases, attachments and links (replicas.go): what several
 	// servers on one store must agree on. Times are the store's own clock
