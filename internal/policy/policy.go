@@ -22,7 +22,7 @@ import (
 var Names = []string{
 	"gpu_enabled", "max_gpus", "max_gpus_per_user", "gpu_types", "regions",
 	"default_image", "images", "shell_mode", "idle_timeout", "max_lifetime",
-	"detach_grace", "egress", "budget", "workspace",
+	"detach_grace", "egress", "budget", "workspace", "log_limit_bytes",
 }
 
 // BuiltIn is what applies where neither the organisation nor the project
@@ -43,8 +43,17 @@ func BuiltIn() sdk.ProjectSettings {
 		Egress:         &sdk.Egress{Mode: sdk.EgressAll},
 		Budget:         &sdk.Budget{Unit: sdk.BudgetCurrency, Action: sdk.BudgetRefuse},
 		Workspace:      &sdk.Workspace{},
+		LogLimitBytes:  ptr(DefaultLogLimit),
 	}
 }
+
+// The bounds of a project's log_limit_bytes: the output each detached run
+// keeps in the server's store.
+const (
+	DefaultLogLimit int64 = 64 << 20
+	MinLogLimit     int64 = 64 << 10
+	MaxLogLimit     int64 = 4 << 30
+)
 
 func ptr[T any](v T) *T { return &v }
 
@@ -64,6 +73,7 @@ type Effective struct {
 	Egress         sdk.Egress
 	Budget         sdk.Budget // Amount 0: none
 	Workspace      sdk.Workspace
+	LogLimitBytes  int64
 	// Settings is the same as settings that are all set, for display.
 	Settings sdk.ProjectSettings
 	// Source says, per setting name, where its value comes from:
@@ -95,6 +105,7 @@ func fields(own, org, base *sdk.ProjectSettings, out *sdk.ProjectSettings) []fie
 		{"egress", own.Egress, org.Egress, base.Egress, func(v any) { out.Egress = v.(*sdk.Egress) }},
 		{"budget", own.Budget, org.Budget, base.Budget, func(v any) { out.Budget = v.(*sdk.Budget) }},
 		{"workspace", own.Workspace, org.Workspace, base.Workspace, func(v any) { out.Workspace = v.(*sdk.Workspace) }},
+		{"log_limit_bytes", own.LogLimitBytes, org.LogLimitBytes, base.LogLimitBytes, func(v any) { out.LogLimitBytes = v.(*int64) }},
 	}
 }
 
@@ -127,7 +138,7 @@ func Resolve(org sdk.OrgPolicy, own sdk.ProjectSettings) Effective {
 		GPUTypes: *s.GPUTypes, Regions: *s.Regions, DefaultImage: *s.DefaultImage, Images: *s.Images,
 		ShellMode: *s.ShellMode, IdleTimeout: time.Duration(*s.IdleTimeout),
 		MaxLifetime: time.Duration(*s.MaxLifetime), DetachGrace: time.Duration(*s.DetachGrace),
-		Egress: egress, Budget: *s.Budget, Workspace: *s.Workspace, Settings: s, Source: src,
+		Egress: egress, Budget: *s.Budget, Workspace: *s.Workspace, LogLimitBytes: *s.LogLimitBytes, Settings: s, Source: src,
 	}
 }
 
@@ -147,6 +158,8 @@ func isNil(v any) bool {
 	case *bool:
 		return p == nil
 	case *int:
+		return p == nil
+	case *int64:
 		return p == nil
 	case *string:
 		return p == nil
@@ -270,6 +283,9 @@ func Validate(s sdk.ProjectSettings) error {
 			return err
 		}
 	}
+	if s.LogLimitBytes != nil && (*s.LogLimitBytes < MinLogLimit || *s.LogLimitBytes > MaxLogLimit) {
+		return fmt.Errorf("log_limit_bytes %d is out of range; give a size from 64KiB to 4GiB", *s.LogLimitBytes)
+	}
 	if s.Workspace != nil && s.Workspace.LimitBytes < 0 {
 		return fmt.Errorf("workspace limit %d is negative; give 0 (no limit) or a size", s.Workspace.LimitBytes)
 	}
@@ -375,6 +391,21 @@ func validateDestination(dest string) error {
 	return fmt.Errorf("egress destination %q is not a CIDR, IP address or host name (optionally with :port)", dest)
 }
 
+// The bounds of the organisation's log_retention.
+const (
+	MinLogRetention = time.Minute
+	MaxLogRetention = 365 * 24 * time.Hour
+)
+
+// LogRetention is how long the organisation keeps detached runs' logs
+// after they end.
+func LogRetention(o sdk.OrgPolicy) time.Duration {
+	if o.LogRetention == 0 {
+		return sdk.DefaultLogRetention
+	}
+	return time.Duration(o.LogRetention)
+}
+
 // ValidateOrg checks an organisation policy.
 func ValidateOrg(o sdk.OrgPolicy) error {
 	if err := Validate(o.Defaults); err != nil {
@@ -387,6 +418,9 @@ func ValidateOrg(o sdk.OrgPolicy) error {
 	}
 	if err := ValidateHostAccess(o.AllowHostAccess); err != nil {
 		return err
+	}
+	if r := time.Duration(o.LogRetention); r != 0 && (r < MinLogRetention || r > MaxLogRetention) {
+		return fmt.Errorf("log_retention %s is out of range; give 0 (the default, %s) or a duration from 1m to 8760h", r, sdk.DefaultLogRetention)
 	}
 	for _, r := range o.Registries {
 		if r == "" || strings.ContainsAny(r, " \t\n@") {

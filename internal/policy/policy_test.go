@@ -155,3 +155,43 @@ func TestHostAccess(t *testing.T) {
 		t.Errorf("ValidateEgress(effective): %v", err)
 	}
 }
+
+// A project's log limit is a setting like the others (default 64 MiB, org
+// default and lock apply, 64 KiB to 4 GiB); the organisation's log
+// retention is 0 (the default) or 1m to 8760h.
+func TestLogLimitAndRetention(t *testing.T) {
+	t.Parallel()
+	if e := Resolve(sdk.OrgPolicy{}, sdk.ProjectSettings{}); e.LogLimitBytes != DefaultLogLimit || e.Source["log_limit_bytes"] != "default" {
+		t.Errorf("built-in log limit %d from %s, want %d", e.LogLimitBytes, e.Source["log_limit_bytes"], DefaultLogLimit)
+	}
+	org := sdk.OrgPolicy{Defaults: sdk.ProjectSettings{LogLimitBytes: ptr(int64(1 << 20))}, Locked: []string{"log_limit_bytes"}}
+	if e := Resolve(org, sdk.ProjectSettings{LogLimitBytes: ptr(int64(2 << 20))}); e.LogLimitBytes != 1<<20 || e.Source["log_limit_bytes"] != "org" {
+		t.Errorf("locked log limit %d from %s, want the org's 1MiB", e.LogLimitBytes, e.Source["log_limit_bytes"])
+	}
+	if e := Resolve(sdk.OrgPolicy{}, sdk.ProjectSettings{LogLimitBytes: ptr(int64(2 << 20))}); e.LogLimitBytes != 2<<20 {
+		t.Errorf("project log limit %d, want 2MiB", e.LogLimitBytes)
+	}
+	for _, n := range []int64{MinLogLimit, MaxLogLimit} {
+		if err := Validate(sdk.ProjectSettings{LogLimitBytes: ptr(n)}); err != nil {
+			t.Errorf("log limit %d: %v", n, err)
+		}
+	}
+	for _, n := range []int64{0, MinLogLimit - 1, MaxLogLimit + 1} {
+		if err := Validate(sdk.ProjectSettings{LogLimitBytes: ptr(n)}); err == nil || !strings.Contains(err.Error(), "log_limit_bytes") {
+			t.Errorf("log limit %d: %v, want an error naming log_limit_bytes", n, err)
+		}
+	}
+	for _, d := range []time.Duration{0, time.Minute, 8760 * time.Hour} {
+		if err := ValidateOrg(sdk.OrgPolicy{LogRetention: sdk.Duration(d)}); err != nil {
+			t.Errorf("log retention %s: %v", d, err)
+		}
+	}
+	for _, d := range []time.Duration{-time.Hour, time.Second, 8761 * time.Hour} {
+		if err := ValidateOrg(sdk.OrgPolicy{LogRetention: sdk.Duration(d)}); err == nil || !strings.Contains(err.Error(), "log_retention") {
+			t.Errorf("log retention %s: %v, want an error naming log_retention", d, err)
+		}
+	}
+	if LogRetention(sdk.OrgPolicy{}) != sdk.DefaultLogRetention || LogRetention(sdk.OrgPolicy{LogRetention: sdk.Duration(time.Hour)}) != time.Hour {
+		t.Error("LogRetention does not default to sdk.DefaultLogRetention")
+	}
+}
