@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"context"
+	"encoding/json"
 	"io"
 	"strings"
 	"sync"
@@ -44,11 +46,11 @@ type activity struct{ last atomic.Int64 }
 func (a *activity) touch()          { a.last.Store(time.Now().UnixNano()) }
 func (a *activity) load() time.Time { return time.Unix(0, a.last.Load()) }
 
-// serveGlobal answers one connection's global requests: activity and
-// notices, and "no" to everything else: keepalives, and "tcpip-forward"
-// (ssh -R), because nothing outside the session may reach into it except
-// through the control plane's tunnel.
-func (s *server) serveGlobal(reqs <-chan *ssh.Request) {
+// serveGlobal answers one connection's global requests: activity,
+// notices, the environment and the job, and "no" to everything else:
+// keepalives, and "tcpip-forward" (ssh -R), because nothing outside the
+// session may reach into it except through the control plane's tunnel.
+func (s *server) serveGlobal(ctx context.Context, reqs <-chan *ssh.Request) {
 	for req := range reqs {
 		ok, payload := false, []byte(nil)
 		switch req.Type {
@@ -65,6 +67,14 @@ func (s *server) serveGlobal(reqs <-chan *ssh.Request) {
 			if ssh.Unmarshal(req.Payload, &m) == nil && m.Name != "" && !strings.Contains(m.Name, "=") {
 				s.setEnv(m.Name, m.Value)
 				ok = true
+			}
+		case jobStartRequest:
+			var m jobStartMsg
+			if ssh.Unmarshal(req.Payload, &m) == nil && m.Command != "" {
+				if st, err := s.startJob(ctx, m.Command); err == nil {
+					ok = true
+					payload, _ = json.Marshal(st)
+				}
 			}
 		}
 		if req.WantReply {

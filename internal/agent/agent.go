@@ -50,6 +50,7 @@ type Config struct {
 	Devices []string
 
 	keptOutput int // tests: the output a kept shell keeps (0 = keptOutputSize)
+	jobOutput  int // tests: the output the job's queue holds (0 = jobQueueSize)
 }
 
 // server is the state of one Serve call.
@@ -74,6 +75,12 @@ type server struct {
 
 	kept           keptShells // shells that outlive their channel (keep.go)
 	keptOutputSize int        // the output each keeps: keptOutputSize, smaller in tests
+
+	jobMu        sync.Mutex     // guards job, and serialises StartJobs
+	job          *job           // the session's job (job.go), nil until StartJob
+	jobRunning   bool           // under mu: the job's command runs, for IdleExit
+	jobs         sync.WaitGroup // the job's run goroutine
+	jobQueueSize int            // the output the job's queue holds: jobQueueSize, smaller in tests
 }
 
 // Serve accepts connections on ln until ctx is done or IdleExit passes, serving each
@@ -102,7 +109,7 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 	if cfg.IdleExit > 0 {
 		s.idle = time.AfterFunc(cfg.IdleExit, func() {
 			s.mu.Lock()
-			idle := s.conns == 0
+			idle := s.conns == 0 && !s.jobRunning
 			s.mu.Unlock()
 			if idle {
 				s.log.Info("idle, exiting", "idle_exit", cfg.IdleExit)
@@ -143,18 +150,22 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 	cancel()
 	wg.Wait()
 	s.kept.wg.Wait() // hung up as ctx ended
+	s.jobs.Wait()    // killed as ctx ended; no connection is left to start one
 	s.sweep()
 	return err
 }
 
 func newServer(cfg Config) (*server, error) {
-	s := &server{cfg: cfg, env: cfg.Env, log: cfg.Logger, procs: map[int]struct{}{}, sessions: map[*session]struct{}{}, keptOutputSize: keptOutputSize}
+	s := &server{cfg: cfg, env: cfg.Env, log: cfg.Logger, procs: map[int]struct{}{}, sessions: map[*session]struct{}{}, keptOutputSize: keptOutputSize, jobQueueSize: jobQueueSize}
 	s.activity.touch()
 	if s.env == nil {
 		s.env = os.Environ()
 	}
 	if cfg.keptOutput > 0 {
 		s.keptOutputSize = cfg.keptOutput
+	}
+	if cfg.jobOutput > 0 {
+		s.jobQueueSize = cfg.jobOutput
 	}
 	s.env = withDevices(s.env, cfg.Devices)
 	if s.log == nil {
@@ -266,8 +277,8 @@ func (s *server) serveConn(ctx context.Context, c net.Conn) {
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	// Activity and notices for the control plane; "no" to the rest.
-	wg.Go(func() { s.serveGlobal(reqs) })
+	// Activity, notices and the job for the control plane; "no" to the rest.
+	wg.Go(func() { s.serveGlobal(ctx, reqs) })
 	cs := &connState{}
 	for nc := range chans {
 		switch nc.ChannelType() {
@@ -278,6 +289,8 @@ func (s *server) serveConn(ctx context.Context, c net.Conn) {
 			s.opened(cs)
 			cs.usedForMore()
 			wg.Go(func() { s.serveDirectTCPIP(ctx, nc) })
+		case jobOutputChannel: // the control plane's, not a user's
+			wg.Go(func() { s.serveJobOutput(ctx, nc) })
 		default:
 			_ = nc.Reject(ssh.UnknownChannelType, "unsupported channel type "+nc.ChannelType())
 		}

@@ -54,7 +54,7 @@ func (s *server) copyPlace(c *connState) (dir string, ok bool) {
 	s.mu.Lock()
 	alone := s.users == 1
 	s.mu.Unlock()
-	if other || !alone {
+	if other || !alone || s.currentJob() != nil {
 		return "", true
 	}
 	env := s.environ()

@@ -47,12 +47,22 @@ type process struct {
 // size is nil.
 func startProcess(cmd *exec.Cmd, size *windowChange) (*process, error) {
 	p := &process{cmd: cmd, done: make(chan struct{})}
+	var err error
 	if size != nil {
-		if err := p.startPTY(size); err != nil {
-			return nil, err
-		}
-		return p, nil
+		err = p.startPTY(size)
+	} else {
+		err = p.startPipes(true)
 	}
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// startPipes starts the command with stdout and stderr on pipes, and stdin
+// on a pipe too when withStdin, else on /dev/null.
+func (p *process) startPipes(withStdin bool) error {
+	cmd := p.cmd
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	var err error
 	pipe := func() (r, w *os.File) {
@@ -61,25 +71,35 @@ func startProcess(cmd *exec.Cmd, size *windowChange) (*process, error) {
 		}
 		return r, w
 	}
-	inR, inW := pipe()
+	var inR, inW *os.File
+	if withStdin {
+		inR, inW = pipe()
+	}
 	outR, outW := pipe()
 	errR, errW := pipe()
 	if err == nil {
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
+		if withStdin {
+			cmd.Stdin = inR
+		}
+		cmd.Stdout, cmd.Stderr = outW, errW
 		err = orphans.start(cmd)
 	}
 	// The child holds its own copies of its ends; ours would hide EOF.
 	for _, f := range []*os.File{inR, outW, errW} {
-		f.Close()
+		if f != nil {
+			f.Close()
+		}
 	}
 	if err != nil {
 		for _, f := range []*os.File{inW, outR, errR} {
-			f.Close()
+			if f != nil {
+				f.Close()
+			}
 		}
-		return nil, err
+		return err
 	}
 	p.stdin, p.outputs = inW, []*os.File{outR, errR}
-	return p, nil
+	return nil
 }
 
 func (p *process) startPTY(size *windowChange) error {
@@ -161,7 +181,7 @@ func (p *process) wait() *os.ProcessState {
 
 // copyOut copies one of the child's outputs to w until EOF (a pty gives EIO
 // instead) or, after the child exited, until the output pauses. Every chunk
-// is activity.
+// is activity, unless act is nil (a job's output, which no user watches).
 func (p *process) copyOut(w io.Writer, r *os.File, act *activity) {
 	b := bufPool.Get().(*[copyBufSize]byte)
 	defer bufPool.Put(b)
@@ -169,7 +189,9 @@ func (p *process) copyOut(w io.Writer, r *os.File, act *activity) {
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
-			act.touch()
+			if act != nil {
+				act.touch()
+			}
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				// Nobody listens: let the child see EPIPE or a hung-up terminal.
 				r.Close()

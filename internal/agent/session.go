@@ -178,12 +178,10 @@ func (ss *session) start(ctx context.Context, args []string) bool {
 		return false
 	}
 	s := ss.srv
-	cmd := exec.Command(s.shell, args...)
-	cmd.Dir = s.cfg.Dir
+	cmd := s.command(args)
 	if ss.dir != "" {
 		cmd.Dir = ss.dir
 	}
-	cmd.Env = s.environ()
 	if ss.term != "" {
 		cmd.Env = append(slices.Clip(cmd.Env), "TERM="+ss.term)
 	}
@@ -204,6 +202,15 @@ func (ss *session) start(ctx context.Context, args []string) bool {
 	}
 	s.register(ss)
 	return true
+}
+
+// command runs the session's shell with args, in the session's directory
+// and environment (shared: append to a clipped Env).
+func (s *server) command(args []string) *exec.Cmd {
+	cmd := exec.Command(s.shell, args...)
+	cmd.Dir = s.cfg.Dir
+	cmd.Env = s.environ()
+	return cmd
 }
 
 // run pumps the child's I/O, then reports its exit like sshd: all output
