@@ -1,0 +1,502 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/testutil"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// Detached runs (issue 16): `devgpu run --detach` starts a command that
+// needs no client, `devgpu logs` prints or follows what it printed, kept
+// in the server's store, and `devgpu wait` passes its exit status on.
+
+// runDetached runs `devgpu run --detach` with args (flags, then -- and the
+// command), checks that it returned at once with the new session's id on
+// stdout, and returns that id.
+func (e *env) runDetached(args ...string) string {
+	e.t.Helper()
+	before := map[string]bool{}
+	for _, s := range e.sessions() {
+		before[s.ID] = true
+	}
+	r := e.cli(append([]string{"run", "--detach"}, args...)...)
+	if r.code != 0 {
+		e.t.Fatalf("devgpu run --detach %s: %+v", strings.Join(args, " "), r)
+	}
+	var id string
+	for _, s := range e.sessions() {
+		if !before[s.ID] {
+			if id != "" {
+				e.t.Fatalf("devgpu run --detach made two sessions, %s and %s", id, s.ID)
+			}
+			id = s.ID
+		}
+	}
+	if id == "" || !strings.Contains(r.stdout, id) {
+		e.t.Fatalf("devgpu run --detach printed %+v; want the id of the session it made (%q)", r, id)
+	}
+	if s := e.session(id); !s.Detached() {
+		e.t.Fatalf("session %s made by run --detach has no command: %+v", id, s)
+	}
+	return id
+}
+
+// waitEnded waits until a session has ended and returns it.
+func (e *env) waitEnded(id string) sdk.Session {
+	e.t.Helper()
+	return e.waitSession(id, testutil.WaitLong, "to end", func(s sdk.Session) bool { return !s.Active() })
+}
+
+// wantCompleted fails the test unless the detached run s ended because its
+// command exited with status code.
+func wantCompleted(t *testing.T, s sdk.Session, code int) {
+	t.Helper()
+	if s.State != sdk.StateEnded || s.EndReason != sdk.ReasonCompleted || s.ExitStatus == nil || *s.ExitStatus != code {
+		t.Fatalf("session %s: state %s, end reason %q, exit status %v; want ended, completed, exit status %d", s.ID, s.State, s.EndReason, exitText(s), code)
+	}
+}
+
+func exitText(s sdk.Session) string {
+	if s.ExitStatus == nil {
+		return "none"
+	}
+	return strconv.Itoa(*s.ExitStatus) + " " + s.ExitSignal
+}
+
+// localHome is where a session of the local runtime has its HOME, on the
+// host: the tests open gates there that a job waits for.
+func (e *env) localHome(id string) string {
+	return filepath.Join(e.dir, "data", "sessions", id, "home")
+}
+
+// openGate creates the file a job waits for (see gated).
+func (e *env) openGate(id, name string) {
+	e.t.Helper()
+	if err := os.WriteFile(filepath.Join(e.localHome(id), name), nil, 0o644); err != nil {
+		e.t.Fatalf("open the job's gate: %v", err)
+	}
+}
+
+// gated is a shell command that waits until the file $HOME/name exists.
+func gated(name string) string {
+	return `while [ ! -e "$HOME/` + name + `" ]; do sleep 0.1; done`
+}
+
+// counter is a job that prints line-1 to line-n, one every 100 ms, and
+// stops after line-pause until the file $HOME/go exists.
+func counter(n, pause int) string {
+	return fmt.Sprintf(`i=1; while [ $i -le %d ]; do echo line-$i; if [ $i -eq %d ]; then %s; fi; i=$((i+1)); sleep 0.1; done`, n, pause, gated("go"))
+}
+
+// counted is what counter(n, _) prints.
+func counted(n int) string {
+	var b strings.Builder
+	for i := 1; i <= n; i++ {
+		fmt.Fprintf(&b, "line-%d\n", i)
+	}
+	return b.String()
+}
+
+// awaitStdout waits until a background command has printed text.
+func (b *bg) awaitStdout(t *testing.T, text string) {
+	t.Helper()
+	testutil.Eventually(t, testutil.WaitMedium, "stdout to show "+strconv.Quote(text), func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return strings.Contains(b.stdout.String(), text)
+	})
+}
+
+// succeeded waits until a background command exits, fails the test
+// unless it exited 0, and returns what it printed.
+func (b *bg) succeeded(t *testing.T) (stdout, stderr string) {
+	t.Helper()
+	code := b.wait(t)
+	stdout, stderr = b.output()
+	if code != 0 {
+		t.Fatalf("devgpu %s: exit %d, stdout %q, stderr %q", strings.Join(b.cmd.Args[1:], " "), code, stdout, stderr)
+	}
+	return stdout, stderr
+}
+
+// wantEndedWithout fails the test unless `devgpu wait` on a run that ended
+// for reason (not by its command's exit) exits 255 with one sentence
+// naming why.
+func (e *env) wantEndedWithout(id, reason, words string) {
+	e.t.Helper()
+	s := e.waitEnded(id)
+	if s.EndReason != reason || s.ExitStatus != nil {
+		e.t.Fatalf("session %s ended %q with exit status %s; want %s and no exit status", id, s.EndReason, exitText(s), reason)
+	}
+	r := e.cli("wait", id)
+	if r.code != 255 || r.stdout != "" || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || !strings.Contains(r.stderr, words) {
+		e.t.Fatalf("devgpu wait on a run that ended %s: %+v; want exit 255 and one line saying %q", reason, r, words)
+	}
+}
+
+func TestDetachedRunLocal(t *testing.T) {
+	t.Parallel()
+	testDetachedRun(t, newEnv(t, "t4:1"), 1)
+}
+
+func TestDetachedRunOCI(t *testing.T) {
+	t.Parallel()
+	e, _ := newOCIEnv(t)
+	testDetachedRun(t, e, 2)
+}
+
+// A detached run starts, its CLI returns at once, and nothing is attached
+// while it runs; a later `logs -f` (by name) prints both streams on their
+// own file descriptors and ends with the run, `wait` exits with the run's
+// status, the session lists as completed with that status, the usage is
+// its running seconds exactly, and its GPU is free again.
+func testDetachedRun(t *testing.T, e *env, gpus int) {
+	id := e.runDetached("--name", "t1", "--", "sh", "-c", "echo out; echo err >&2; sleep 2; echo done; exit 7")
+	returned := time.Now()
+	if s := e.session(id); s.Name != "t1" || s.Attachments != 0 {
+		t.Fatalf("the detached run lists as %+v; want name t1 and no attachment", s)
+	}
+
+	follow := e.background("logs", "t1", "-f")
+	stdout, stderr := follow.succeeded(t)
+	if stdout != "out\ndone\n" || stderr != "err\n" {
+		t.Fatalf("logs -f: stdout %q, stderr %q; want out and done on stdout, err on stderr", stdout, stderr)
+	}
+	s := e.session(id)
+	if s.Active() {
+		t.Fatalf("logs -f returned while the run is %s; want it to follow until the run ends", s.State)
+	}
+	if r := e.cli("wait", id); r.code != 7 {
+		t.Fatalf("devgpu wait: %+v; want exit 7, the run's", r)
+	}
+	wantCompleted(t, s, 7)
+	if s.StartedAt == nil || s.EndedAt == nil || !s.EndedAt.After(returned) {
+		t.Fatalf("session %s started %v and ended %v; want it to end after `run --detach` returned at %v", id, s.StartedAt, s.EndedAt, returned)
+	}
+	e.wantBilled(s.EndedAt.Sub(*s.StartedAt).Seconds(), "the detached run's running seconds")
+	e.wantFree(gpus, "after the detached run completed")
+
+	if r := e.cli("sessions", "list", "--all"); !strings.Contains(r.stdout, "NAME") || !strings.Contains(r.stdout, "EXIT") || !rowHas(r.stdout, id, "t1", "7") {
+		t.Fatalf("sessions list --all: %+v; want the run's row with its name and exit status", r)
+	}
+	// With timestamps: each line at the time the agent read it, within the
+	// run; the last line (printed 2 s after the others) last.
+	r := e.cli("logs", "--timestamps", id)
+	at := map[string]time.Time{}
+	for _, line := range strings.Split(strings.TrimSpace(r.stdout+r.stderr), "\n") {
+		stamp, text, _ := strings.Cut(line, " ")
+		ts, err := time.Parse(time.RFC3339Nano, stamp)
+		if err != nil || ts.Before(*s.StartedAt) {
+			t.Fatalf("logs --timestamps: line %q has no time since the run started (%v): %v", line, s.StartedAt, err)
+		}
+		at[text] = ts
+	}
+	if len(at) != 3 || !at["out"].Before(at["done"]) || !at["err"].Before(at["done"]) {
+		t.Fatalf("logs --timestamps: %+v; want out, err and then done", r)
+	}
+	if r := e.cli("logs", "--stderr", "t1"); r.code != 0 || r.stdout+r.stderr != "err\n" {
+		t.Fatalf("logs --stderr: %+v; want err alone", r)
+	}
+}
+
+// rowHas reports whether a line of a table has all of the words.
+func rowHas(table string, words ...string) bool {
+	for _, line := range strings.Split(table, "\n") {
+		fields := strings.Fields(line)
+		all := true
+		for _, w := range words {
+			found := false
+			for _, f := range fields {
+				found = found || f == w
+			}
+			all = all && found
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+// A `logs -f` killed mid-follow loses nothing: a new one prints the whole
+// output, once. One whose network drops mid-follow resumes where it was,
+// without a gap or a repeated line.
+func TestDetachedLogsFollowResumes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:1")
+	const n, pause = 30, 15
+	id := e.runDetached("--", counter(n, pause))
+	killed := e.background("logs", "-f", id)
+	proxy := testutil.NewProxy(t, e.addr)
+	dropped := e.start([]string{"DEVGPU_URL=http://" + proxy.Addr}, "logs", "-f", id)
+	// The job waits after line 15 until the gate opens: both follow a run
+	// that is still printing.
+	killed.awaitStdout(t, fmt.Sprintf("line-%d\n", pause))
+	dropped.awaitStdout(t, fmt.Sprintf("line-%d\n", pause))
+	if err := killed.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed.wait(t)
+	if cut := proxy.Cut(); cut == 0 {
+		t.Fatal("the proxy cut no connection: the follower is not following through it")
+	}
+	proxy.Restore()
+	e.openGate(id, "go")
+
+	again := e.background("logs", "-f", id)
+	if stdout, _ := again.succeeded(t); stdout != counted(n) {
+		t.Errorf("a new logs -f after one was killed printed:\n%s\nwant line-1 to line-%d, once each", stdout, n)
+	}
+	if stdout, _ := dropped.succeeded(t); stdout != counted(n) {
+		t.Errorf("logs -f through a dropped network printed:\n%s\nwant line-1 to line-%d, once each", stdout, n)
+	}
+	wantCompleted(t, e.session(id), 0)
+}
+
+// `run --detach --wait` behind a full project queues and returns at once;
+// with no client anywhere, the server starts the run when the GPU frees
+// and it completes, its output kept.
+func TestDetachedRunQueued(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:2")
+	e.admin("project", "update", "default", "--max-gpus", "1")
+	holder := e.terminal("shell")
+	holder.sessionID()
+	holder.ready()
+
+	r := e.cli("run", "--detach", "--wait", "--", `echo "ran in $DEVGPU_SESSION_ID"`)
+	if r.code != 0 || !strings.Contains(r.stdout+r.stderr, "queued") {
+		t.Fatalf("run --detach --wait behind a full project: %+v; want exit 0 at once, saying it is queued", r)
+	}
+	var id string
+	for _, s := range e.sessions() {
+		if s.State == sdk.StateQueued {
+			id = s.ID
+		}
+	}
+	if id == "" || !strings.Contains(r.stdout, id) {
+		t.Fatalf("run --detach --wait printed %+v; want the queued session's id (%q)", r, id)
+	}
+
+	holder.send("exit\r")
+	if code := holder.wait(); code != 0 {
+		t.Fatalf("the holder's shell exited %d", code)
+	}
+	wantCompleted(t, e.waitEnded(id), 0)
+	if r := e.cli("logs", id); r.code != 0 || r.stdout != "ran in "+id+"\n" || r.stderr != "" {
+		t.Fatalf("logs of the run that waited in the queue: %+v", r)
+	}
+}
+
+// A control plane killed (SIGKILL) while a run prints, and started again,
+// follows it on from where its store says: every line once, the exit
+// status right, and the usage the run's seconds, billed once.
+func TestDetachedRunSurvivesServerKill(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:1")
+	const n, pause = 30, 15
+	id := e.runDetached("--", counter(n, pause)+"; exit 3")
+	testutil.Eventually(t, testutil.WaitMedium, "the server to keep the run's first lines", func() bool {
+		return strings.Contains(e.cli("logs", id).stdout, fmt.Sprintf("line-%d\n", pause))
+	})
+	e.stopServer(syscall.SIGKILL)
+	e.openGate(id, "go") // the run prints on with no server
+	e.startServer()
+
+	s := e.waitEnded(id)
+	wantCompleted(t, s, 3)
+	if r := e.cli("wait", id); r.code != 3 {
+		t.Fatalf("devgpu wait after the restart: %+v; want exit 3", r)
+	}
+	if r := e.cli("logs", id); r.code != 0 || r.stdout != counted(n) || r.stderr != "" {
+		t.Fatalf("logs after the server's restart: code %d, stderr %q, stdout:\n%s\nwant line-1 to line-%d, once each", r.code, r.stderr, r.stdout, n)
+	}
+	e.wantBilled(s.EndedAt.Sub(*s.StartedAt).Seconds(), "the run's running seconds, across the restart")
+}
+
+// A run that prints far more than its project's log limit: the log keeps
+// the last 1 MiB, a marker says what was dropped, the store stays small,
+// and a shell in another session answers meanwhile.
+func TestDetachedRunLogLimit(t *testing.T) {
+	t.Parallel()
+	const limit, storeBound = 1 << 20, 16 << 20
+	e := newEnv(t, "t4:2")
+	e.admin("project", "update", "default", "--log-limit", "1MiB")
+	if got := e.projectShow("default").Settings.LogLimitBytes; got == nil || *got != limit {
+		t.Fatalf("project default's log limit is %v after --log-limit 1MiB; want %d bytes", got, limit)
+	}
+	shell := e.terminal("shell")
+	shell.sessionID()
+	shell.ready()
+	storeSize := func() int64 {
+		var size int64
+		for _, name := range []string{"devgpu.db", "devgpu.db-wal"} {
+			if fi, err := os.Stat(filepath.Join(e.dir, "data", name)); err == nil {
+				size += fi.Size()
+			}
+		}
+		return size
+	}
+
+	// 1 GiB of x in 64 MiB pieces, and on until the gate opens, so that the
+	// shell is tried while the run prints; then THE END.
+	id := e.runDetached("--", `n=0; while [ $n -lt 16 ] || [ ! -e "$HOME/stop" ]; do head -c 67108864 /dev/zero | tr '\0' x; n=$((n+1)); done; echo; echo THE END`)
+	testutil.Eventually(t, testutil.WaitMedium, "the server to keep the run's output", func() bool { return e.session(id).LogBytes > 0 })
+	shell.send("echo RO''UND-TRIP\r")
+	shell.expect("ROUND-TRIP")
+	if s := e.session(id); s.State != sdk.StateRunning {
+		t.Fatalf("the printing run is %s after the shell's round trip; want it running (it waits for its gate)", s.State)
+	}
+	if size := storeSize(); size > storeBound {
+		t.Fatalf("the store is %d bytes while the run prints; want at most %d", size, storeBound)
+	}
+	e.openGate(id, "stop")
+
+	s := e.waitEnded(id)
+	wantCompleted(t, s, 0)
+	r := e.cli("logs", id)
+	body := strings.TrimSuffix(r.stdout, "\nTHE END\n")
+	if r.code != 0 || body == r.stdout || strings.Trim(body, "x") != "" {
+		t.Fatalf("logs of a run over its limit: exit %d, stderr %q, stdout of %d bytes ending %q; want x... then THE END", r.code, r.stderr, len(r.stdout), tail(r.stdout, 64))
+	}
+	if strings.TrimSpace(r.stderr) == "" {
+		t.Fatal("logs of a run over its limit says nothing on stderr of what was dropped")
+	}
+	t.Logf("the marker: %s", strings.TrimSpace(r.stderr))
+	if s.LogBytes > limit || int64(len(r.stdout)) != s.LogBytes || len(r.stdout) < limit/2 {
+		t.Fatalf("the log keeps %d bytes (logs printed %d); want the last output, at most %d and at least half of it", s.LogBytes, len(r.stdout), limit)
+	}
+	if size := storeSize(); size > storeBound {
+		t.Fatalf("the store is %d bytes after a run printed 1 GiB with a 1 MiB log limit; want at most %d", size, storeBound)
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[len(s)-n:]
+}
+
+// The idle timeout does not end a run whose command still runs (an idle
+// shell beside it is ended, so the timeout is at work); the maximum
+// lifetime does, and `wait` then says so and exits 255.
+func TestDetachedRunIdleAndLifetime(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:2")
+	e.admin("project", "update", "default", "--idle-timeout", "3s")
+	id := e.runDetached("--", gated("go")+"; echo awake")
+	shell := e.terminal("shell")
+	shellID := shell.sessionID()
+	shell.ready()
+	e.waitSession(shellID, testutil.WaitMedium, "the idle shell to end", func(s sdk.Session) bool { return !s.Active() })
+	if s := e.session(shellID); s.EndReason != sdk.ReasonIdle {
+		t.Fatalf("the idle shell's session ended %q; want idle", s.EndReason)
+	}
+	// The run started before the shell: it has been idle for longer.
+	if s := e.session(id); s.State != sdk.StateRunning {
+		t.Fatalf("the run is %s (%s) after an idle timeout; want running, its command still runs", s.State, s.EndReason)
+	}
+	e.openGate(id, "go")
+	wantCompleted(t, e.waitEnded(id), 0)
+	if r := e.cli("logs", id); r.stdout != "awake\n" {
+		t.Fatalf("logs: %+v", r)
+	}
+
+	e.admin("project", "update", "default", "--idle-timeout", "0s", "--max-lifetime", "4s")
+	id = e.runDetached("--name", "forever", "--", "sleep 1000")
+	e.wantEndedWithout(id, sdk.ReasonLifetime, "lifetime")
+}
+
+// `shell --attach NAME` opens a shell beside a running job: the same
+// files, the same GPU; closing it leaves the job running.
+func TestDetachedRunAttach(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:1")
+	id := e.runDetached("--name", "beside", "--", `echo "$CUDA_VISIBLE_DEVICES" > "$HOME/job-gpus"; echo from-job > "$HOME/job-file"; `+gated("go")+"; echo bye")
+	testutil.Eventually(t, testutil.WaitMedium, "the job to write its file", func() bool {
+		_, err := os.Stat(filepath.Join(e.localHome(id), "job-file"))
+		return err == nil
+	})
+	tm := e.terminal("shell", "--attach", "beside")
+	tm.ready()
+	tm.send(`echo "SE""SSION=$DEVGPU_SESSION_ID GPUS=$CUDA_VISIBLE_DEVICES JOB=$(cat ~/job-gpus) FILE=$(cat ~/job-file) E""ND"` + "\r")
+	tm.expect("SESSION=")
+	got := strings.Fields(strings.TrimSuffix(tm.expect(" END"), " END"))
+	want := []string{id, "GPUS=" + strings.Join(e.session(id).GPUs, ","), "JOB=" + strings.Join(e.session(id).GPUs, ","), "FILE=from-job"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("the attached shell sees %q; want %q (the job's session, GPU and files)", got, want)
+	}
+	tm.send("exit\r")
+	if code := tm.wait(); code != 0 {
+		t.Fatalf("the attached shell exited %d", code)
+	}
+	// The CLI returns once the server has recorded the shell's leaving.
+	if s := e.session(id); s.State != sdk.StateRunning || s.Attachments != 0 {
+		t.Fatalf("after its attached shell closed the job is %s (%s) with %d attachments; want running with none", s.State, s.EndReason, s.Attachments)
+	}
+	e.openGate(id, "go")
+	wantCompleted(t, e.waitEnded(id), 0)
+	if r := e.cli("logs", "beside"); r.stdout != "bye\n" {
+		t.Fatalf("logs: %+v", r)
+	}
+}
+
+// `cp` copies into a running job's session (the job waits for the file),
+// and, with a workspace, what the job left there comes back after it ended
+// through a later session.
+func TestDetachedRunCopy(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:1")
+	e.admin("project", "update", "default", "--workspace")
+	id := e.runDetached("--", gated("in.txt")+`; cat "$HOME/in.txt"; tr a-z A-Z < "$HOME/in.txt" > "$DEVGPU_WORKSPACE/out.txt"`)
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in.txt")
+	if err := os.WriteFile(in, []byte("copied in\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.cli("cp", in, id+":in.txt"); r.code != 0 {
+		t.Fatalf("cp into the running job's session: %+v", r)
+	}
+	wantCompleted(t, e.waitEnded(id), 0)
+	if r := e.cli("logs", id); r.stdout != "copied in\n" {
+		t.Fatalf("logs: %+v; want the file the job read", r)
+	}
+
+	later := e.terminal("shell")
+	laterID := later.sessionID()
+	later.ready()
+	out := filepath.Join(dir, "out.txt")
+	if r := e.cli("cp", laterID+":workspace/out.txt", out); r.code != 0 {
+		t.Fatalf("cp from the workspace after the job ended: %+v", r)
+	}
+	if b, err := os.ReadFile(out); err != nil || string(b) != "COPIED IN\n" {
+		t.Fatalf("the job's result from its workspace: %q, %v", b, err)
+	}
+}
+
+// `sessions stop` ends a running job: reason stopped, no exit status, and
+// `wait`, waiting already or asked after, exits 255 with a sentence.
+func TestDetachedRunStop(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:1")
+	id := e.runDetached("--name", "stopme", "--", "sleep 1000")
+	e.waitSession(id, testutil.WaitMedium, "to run", func(s sdk.Session) bool { return s.State == sdk.StateRunning })
+	waiting := e.background("wait", "stopme")
+	if r := e.cli("sessions", "stop", id); r.code != 0 {
+		t.Fatalf("sessions stop: %+v", r)
+	}
+	e.wantEndedWithout(id, sdk.ReasonStopped, "stopped")
+	if code := waiting.wait(t); code != 255 {
+		t.Fatalf("a wait started before the stop exited %d; want 255", code)
+	}
+	e.wantFree(1, "after the job was stopped")
+}
