@@ -38,8 +38,14 @@ func (s *Server) createSession(ctx context.Context, caller store.User, req sdk.C
 	if wait < 0 || wait > maxWait {
 		return store.Session{}, httpapi.Errorf(http.StatusBadRequest, "wait %s is out of range; give a duration up to %s", wait, maxWait)
 	}
+	if err := validateRun(req); err != nil {
+		return store.Session{}, err
+	}
+	job := req.Command != ""
 	requested := s.now()
-	if caller.ID != s.warmUser.ID {
+	// A detached run never takes a ready session: it ends with its
+	// command, which a warm pool's session never ran.
+	if caller.ID != s.warmUser.ID && !job {
 		sess, ok, err := s.claimWarm(ctx, caller, req, false)
 		if err != nil {
 			return store.Session{}, err
@@ -53,6 +59,11 @@ func (s *Server) createSession(ctx context.Context, caller store.User, req sdk.C
 	if err == nil && sess.State == sdk.StateQueued {
 		s.metrics.admissions.WithLabelValues("queued", d.Reason).Inc()
 		s.kickQueues()
+		if job {
+			// Its place is kept with no client waiting: the queue loop
+			// starts it. The client hears where it stands, once.
+			return sess, s.reportQueued(ctx, sess, progress)
+		}
 		return s.awaitQueued(ctx, sess.ID, progress)
 	}
 	switch {
@@ -67,8 +78,13 @@ func (s *Server) createSession(ctx context.Context, caller store.User, req sdk.C
 	}
 	s.metrics.admissions.WithLabelValues("admitted", "").Inc()
 	// Admitted (under the fence, for a warm pool's refill): the start is
-	// that decision's consequence, finished whoever leads by then.
-	return s.start(withoutFence(ctx), sess, requested, progress)
+	// that decision's consequence, finished whoever leads by then. A
+	// detached run's start is not its client's to cancel.
+	startCtx := withoutFence(ctx)
+	if job {
+		startCtx = context.WithoutCancel(startCtx)
+	}
+	return s.start(startCtx, sess, requested, progress)
 }
 
 // effective returns a project's effective policy.
@@ -140,8 +156,9 @@ func (s *Server) decide(ctx context.Context, st store.Store, caller store.User, 
 	}
 	eff := policy.Resolve(org, p.Settings)
 	warm := caller.ID == s.warmUser.ID
-	if warm {
-		eff.ShellMode = sdk.ModeDedicated // each ready session is its own
+	if warm || req.Command != "" {
+		// Each ready session is its own, and a detached run never joins.
+		eff.ShellMode = sdk.ModeDedicated
 	}
 	snap, capView, err := s.snapshot(ctx, st, p, caller, eff, org)
 	if err != nil {
@@ -224,6 +241,7 @@ func (s *Server) admit(ctx context.Context, caller store.User, req sdk.CreateSes
 			State: sdk.StateStarting, CreatedAt: s.now(),
 			GPUType: d.GPUType, Region: d.Region, DetachGrace: d.eff.DetachGrace, Image: d.ref,
 			Backend: d.backend, GPUCount: d.gpus, Starter: s.replicaID(),
+			Name: req.Name, Command: req.Command,
 		}
 		if err := tx.CreateSession(ctx, &sess); err != nil {
 			return err
@@ -265,7 +283,8 @@ func projectSnapshot(active []store.Session, v capacityView, p store.Project, ca
 		snap.ProjectGPUs += n
 		if a.UserID == caller.ID {
 			snap.UserGPUs += n
-			if a.State == sdk.StateRunning || a.State == sdk.StateStarting {
+			// A detached run is no shell's to join: it ends with its command.
+			if (a.State == sdk.StateRunning || a.State == sdk.StateStarting) && a.Command == "" {
 				snap.UserSessions = append(snap.UserSessions, admission.UserSession{ID: a.ID, GPUs: n, Attachments: a.Attachments})
 			}
 		}
@@ -365,6 +384,9 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 		return fail(err)
 	}
 	s.kickQueues() // a joinable session may now be running
+	if sess.Command != "" {
+		s.kickJobs() // its command starts, and its output is kept
+	}
 	s.metrics.startup.Observe(now.Sub(requested).Seconds())
 	log.Info("session running", "backend", backend.Name, "node", placement.Node, "gpus", strings.Join(placement.Devices, ","),
 		"handle", placement.Handle, "start_ms", now.Sub(requested).Milliseconds())

@@ -60,6 +60,8 @@ func (a *API) routes() http.Handler {
 	handle("DELETE /api/v1/sessions/{id}", a.stopSession)
 	handle("GET /api/v1/sessions/{id}/connect", a.connectSession)
 	handle("GET /api/v1/sessions/{id}/wait", a.waitSession)
+	handle("GET /api/v1/sessions/{id}/logs", a.sessionLogs) // logs.go
+	handle("GET /api/v1/sessions/{id}/exit", a.sessionExit)
 	handle("GET /api/v1/projects", a.listProjects)
 	handle("POST /api/v1/projects", a.createProject)
 	handle("GET /api/v1/projects/{name}", a.getProject)

@@ -193,6 +193,7 @@ const markStoppingTimeout = 5 * time.Second
 // ended drops a session whose end is recorded, and counts it.
 func (s *Server) ended(id, reason string) {
 	s.forget(id)
+	s.logsChanged() // a detached run's log streams end
 	s.metrics.ended.WithLabelValues(reason).Inc()
 	s.log.Info("session ended", "session_id", id, "reason", reason)
 }
@@ -303,11 +304,19 @@ func (s *Server) detach(ctx context.Context, id string, attachment int64, clean 
 		return
 	}
 	s.log.Info("session detached", "session_id", id, "attachments", left, "clean", clean)
-	if left == 0 && clean {
+	if left == 0 && clean && !s.isJob(ctx, id) {
 		if err := s.endSession(ctx, id, sdk.ReasonClosed, "system", now); err != nil {
 			s.log.Error("end closed session", "session_id", id, "err", err)
 		}
 	}
+}
+
+// isJob reports whether the session is a detached run, which the last
+// shell closing does not end. A store that cannot answer says no: the
+// session then ends as any other would.
+func (s *Server) isJob(ctx context.Context, id string) bool {
+	sess, err := s.store.Session(ctx, id)
+	return err == nil && sess.Command != ""
 }
 
 // firstByte measures the time from the session's request to the first
@@ -377,7 +386,8 @@ func (s *Server) reapDetached(ctx context.Context) error {
 	}
 	now := s.now()
 	for id, sess := range running {
-		if sess.Attachments == 0 && sess.UserID != s.warmUser.ID && !sess.DetachedAt.IsZero() &&
+		// A detached run needs no client: its command's exit ends it.
+		if sess.Attachments == 0 && sess.UserID != s.warmUser.ID && sess.Command == "" && !sess.DetachedAt.IsZero() &&
 			now.Sub(sess.DetachedAt) >= sess.DetachGrace && !s.endingHere(id) {
 			if err := s.endSession(ctx, id, sdk.ReasonDetached, "system", now); err != nil {
 				if errors.Is(err, store.ErrFenced) {
@@ -595,7 +605,7 @@ func (s *Server) abandonQueued(ctx context.Context, live map[string]bool, now ti
 		return
 	}
 	for _, q := range queued {
-		if !q.DetachedAt.IsZero() || q.Starter == "" || q.Starter == s.replicaID() || live[q.Starter] {
+		if q.Command != "" || !q.DetachedAt.IsZero() || q.Starter == "" || q.Starter == s.replicaID() || live[q.Starter] {
 			continue
 		}
 		if err := s.updateQueuedClient(ctx, q.ID, now); err != nil && !errors.Is(err, store.ErrConflict) {
@@ -650,8 +660,9 @@ func (s *Server) reconcile(ctx context.Context) error {
 			// The queue survives. On a store this process serves alone,
 			// its clients' streams died with the last server: they get
 			// the grace to come back. With replicas, a client waits on
-			// at its replica, which keeps the record of it.
-			if !s.cfg.Exclusive {
+			// at its replica, which keeps the record of it. A detached
+			// run waits for no client.
+			if !s.cfg.Exclusive || sess.Command != "" {
 				continue
 			}
 			if err := s.updateQueuedClient(ctx, sess.ID, now); err != nil {
@@ -693,6 +704,9 @@ func (s *Server) reconcile(ctx context.Context) error {
 				}
 			}
 			s.log.Info("session kept", "session_id", sess.ID, "backend", backend, "seen", alive, "attachments", sess.Attachments)
+			if sess.Command != "" {
+				s.kickJobs() // its follower resumes from the stored offset
+			}
 			continue
 		}
 		switch sess.State {

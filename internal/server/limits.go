@@ -99,8 +99,12 @@ func (s *Server) checkLimits(ctx context.Context) error {
 		}
 		l := s.liveFor(ctx, sess)
 		s.mu.Lock()
-		if l.idleTimeout > 0 || l.maxLifetime > 0 {
-			checks = append(checks, limitCheck{id, l, l.idleTimeout, l.maxLifetime, sess.StartedAt})
+		idle := l.idleTimeout
+		if sess.Command != "" {
+			idle = 0 // a detached run is busy while its command runs, and ends when it exits
+		}
+		if idle > 0 || l.maxLifetime > 0 {
+			checks = append(checks, limitCheck{id, l, idle, l.maxLifetime, sess.StartedAt})
 		}
 		s.mu.Unlock()
 	}

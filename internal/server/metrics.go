@@ -28,6 +28,9 @@ type metrics struct {
 	firstByte  prometheus.Histogram
 	// connsRefused counts connections closed at accept, over a cap.
 	connsRefused prometheus.Counter
+	// logBytes and logDropped count detached runs' output written to the
+	// store's logs, and dropped (over a log's limit, or the write rate).
+	logBytes, logDropped prometheus.Counter
 }
 
 // startBuckets cover a local start (milliseconds) to a cold image pull.
@@ -58,8 +61,16 @@ func newMetrics(s *Server) *metrics {
 			Name: "devgpu_connections_refused_total",
 			Help: "Connections closed as soon as accepted: over the cap per address or in all.",
 		}),
+		logBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "devgpu_run_log_bytes_total",
+			Help: "Bytes of detached runs' output written to the log.",
+		}),
+		logDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "devgpu_run_log_dropped_bytes_total",
+			Help: "Bytes of detached runs' output not kept: over a project's log limit, or printed faster than the log is written.",
+		}),
 	}
-	m.registry.MustRegister(m.admissions, m.ended, m.startup, m.firstByte, m.connsRefused, &stateCollector{s: s},
+	m.registry.MustRegister(m.admissions, m.ended, m.startup, m.firstByte, m.connsRefused, m.logBytes, m.logDropped, &stateCollector{s: s},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -48,6 +48,7 @@ var ownedGo = map[string]string{
 	"live.go:askAgents":         "askAgents waits for every agent it asked (wg) before it returns",
 	"terminal.go:agentAnswers":  "agentAnswers waits for its request to be answered or the connection closed before it returns",
 	"relay.go:pipe":             "pipe waits for both of its copies (wg) before it returns",
+	"jobs.go:readJob":           "readJob's stop, which its caller defers, waits for the reader before it returns",
 }
 
 // TestEveryGoroutineHasAnOwner reads the package's source: a go statement

@@ -120,6 +120,9 @@ func (s *Server) gaveUp(q store.Session, now time.Time) string {
 		cause, _, _ := strings.Cut(cmp.Or(q.QueueReason, "waiting for a GPU"), "; ")
 		return fmt.Sprintf("gave up after waiting %s: %s; ask again with a longer --wait", q.WaitUntil.Sub(q.CreatedAt).Round(time.Millisecond), cause)
 	}
+	if q.Command != "" {
+		return "" // a detached run keeps its place with no client
+	}
 	s.qmu.Lock()
 	waiting := len(s.qwaiters[q.ID]) > 0
 	s.qmu.Unlock()
@@ -137,13 +140,14 @@ func (s *Server) admitQueued(ctx context.Context, q store.Session) (left bool, e
 	if err != nil {
 		return false, err
 	}
-	req := sdk.CreateSessionRequest{Project: q.Project, GPUType: q.GPUType, Region: q.Region, Image: q.Image}
+	req := sdk.CreateSessionRequest{Project: q.Project, GPUType: q.GPUType, Region: q.Region, Image: q.Image, Command: q.Command, Name: q.Name}
 	if caller.Disabled {
 		return true, s.failQueued(ctx, q.ID, sdk.ReasonRefused, "system",
 			fmt.Sprintf("user %s was disabled while the request waited; ask an organisation admin", caller.Name), "")
 	}
-	// A ready session of a warm pool goes to the head of the queue.
-	if caller.ID != s.warmUser.ID {
+	// A ready session of a warm pool goes to the head of the queue (never
+	// to a detached run).
+	if caller.ID != s.warmUser.ID && q.Command == "" {
 		warm, ok, err := s.claimWarm(ctx, caller, req, true)
 		if err != nil {
 			return false, err
@@ -299,6 +303,7 @@ func (s *Server) enqueue(ctx context.Context, tx store.Store, caller store.User,
 		State: sdk.StateQueued, CreatedAt: now, GPUType: req.GPUType, Region: req.Region, Image: req.Image,
 		DetachGrace: d.eff.DetachGrace, WaitUntil: now.Add(wait), QueueReason: d.Message,
 		Starter: s.replicaID(), // its client waits here
+		Name:    req.Name, Command: req.Command,
 	}
 	if err := tx.CreateSession(ctx, &sess); err != nil {
 		return store.Session{}, err
@@ -388,6 +393,20 @@ func (s *Server) queueEvent(ctx context.Context, sess store.Session) (sdk.Sessio
 		ev.Reason = fmt.Sprintf("%d requests ahead of yours; %s", pos-1, head)
 	}
 	return ev, nil
+}
+
+// reportQueued tells a detached run's client where its queued session
+// stands, once: it does not wait.
+func (s *Server) reportQueued(ctx context.Context, sess store.Session, progress progressFunc) error {
+	if progress == nil {
+		return nil
+	}
+	ev, err := s.queueEvent(ctx, sess)
+	if err != nil {
+		return err
+	}
+	progress(ev)
+	return nil
 }
 
 // leftQueue answers a waiting request whose queued session did not start

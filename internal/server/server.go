@@ -73,6 +73,10 @@ type Config struct {
 	// LiveInterval is how often the console's live view is computed
 	// again (live.go; default DefaultLiveInterval).
 	LiveInterval time.Duration
+	// LogRetentionInterval is how often the leader deletes the logs of
+	// detached runs that ended longer ago than the organisation's
+	// log_retention (default DefaultLogRetentionInterval).
+	LogRetentionInterval time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// AgentKey (AgentKeySize bytes, see LoadAgentKey) derives each
@@ -123,6 +127,9 @@ const (
 	DefaultBudgetInterval   = 10 * time.Second
 	DefaultPoolInterval     = 2 * time.Second
 	DefaultStoreRetry       = time.Second
+	// DefaultLogRetentionInterval: logs are kept for days, so deleting
+	// them an hour late matters little.
+	DefaultLogRetentionInterval = time.Hour
 	// agentIdleExitMargin is how much longer than the detach grace an agent
 	// waits without connections before it stops itself: the control plane
 	// normally ends the session first, so this only matters when the
@@ -200,6 +207,8 @@ type Server struct {
 	tunnels *tunnelLimiter // caps on open shells
 	// liveAnswers are the agents' recent answers to the live view (live.go).
 	liveAnswers liveAnswers
+	// jobs are the followers of detached runs (jobs.go).
+	jobs *jobFollowers
 	// warmUser owns the ready sessions of warm pools until they are claimed.
 	warmUser  store.User
 	refilling sync.Mutex // held while a pool refill runs
@@ -244,6 +253,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.StoreRetryInterval == 0 {
 		cfg.StoreRetryInterval = DefaultStoreRetry
 	}
+	if cfg.LogRetentionInterval == 0 {
+		cfg.LogRetentionInterval = DefaultLogRetentionInterval
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -271,6 +283,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		live: map[string]*liveSession{}, detached: map[int64]chan struct{}{}, unrecorded: map[string]pendingEnd{}, capStale: map[string]bool{},
 		endings: map[string]bool{}, undetached: map[int64]pendingDetach{},
 		qwaiters: map[string][]*queueWaiter{}, qchanged: make(chan struct{}), qkick: make(chan struct{}, 1), qclosing: make(chan struct{}), ctx: loopCtx, cancel: cancel,
+		jobs: newJobFollowers(),
 	}
 	if err := s.setupSSO(); err != nil {
 		cancel()
@@ -319,7 +332,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.refreshLimits(ctx, 0)
 	s.refreshSSOPolicy(ctx)
 	s.probeStore(ctx)
-	s.wg.Add(11) // owned: Close waits for them (owned.go)
+	s.wg.Add(13) // owned: Close waits for them (owned.go)
 	// Every replica: its own record, lease, shells and unrecorded ends.
 	go s.leaseLoop() // returns at once on an exclusive store
 	go s.loop(cfg.HeartbeatInterval, "heartbeat", s.heartbeat)
@@ -333,6 +346,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	go s.loop(cfg.BudgetInterval, "budget check", s.asLeader(s.checkBudgets))
 	go s.loop(cfg.PoolInterval, "warm pools", s.asLeader(func(ctx context.Context) error { s.refillAs(ctx); return nil }))
 	go s.loop(cfg.HeartbeatInterval, "remove dead replicas", s.asLeader(s.removeDeadReplicas))
+	go s.loop(cfg.LogRetentionInterval, "delete expired logs", s.asLeader(s.deleteExpiredLogs))
+	// Every replica: it follows detached runs while it leads, and stops
+	// following when it no longer does.
+	go s.loopKicked(cfg.LivenessInterval, s.jobs.kick, "follow detached runs", s.followJobs)
 	if s.sso != nil {
 		s.wg.Add(1)
 		go s.loop(ssoLoopInterval(s.sso.Config().RecheckInterval), "re-check single sign-ons", s.asLeader(s.recheckLogins))

@@ -83,10 +83,14 @@ func (a *API) listSessions(w http.ResponseWriter, r *http.Request, caller store.
 	return nil
 }
 
-// sessionFor reads a session and checks the caller's right to it.
+// sessionFor reads a session, by id or by the name of one of the
+// caller's detached runs, and checks the caller's right to it.
 func (a *API) sessionFor(r *http.Request, caller store.User, check func(authz.Caller, int64, authz.ProjectRole) authz.Decision, forbidden string) (store.Session, error) {
 	id := r.PathValue("id")
 	sess, err := a.s.store.Session(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) && validRunName(id) == nil {
+		sess, err = a.s.namedRun(r.Context(), caller, id)
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		return store.Session{}, errSessionNotFound(id)
 	}
@@ -234,6 +238,7 @@ func (srv *Server) toSDK(s store.Session) sdk.Session {
 		Attachments: s.Attachments, DetachGrace: sdk.Duration(s.DetachGrace), CreatedAt: s.CreatedAt.UTC(),
 		StartedAt: timePtr(s.StartedAt), EndedAt: timePtr(s.EndedAt),
 		EndReason: s.EndReason, EndedBy: s.EndActor, Error: s.Error,
+		Name: s.Name, Command: s.Command, ExitStatus: s.ExitStatus, ExitSignal: s.ExitSignal, LogBytes: s.LogBytes,
 	}
 	if out.GPUs == nil {
 		out.GPUs = []string{}
