@@ -15,8 +15,9 @@ import (
 const controlUser = "devgpu-control"
 
 // Control is the control plane's own connection to an agent: not a shell,
-// not an attachment. It asks for the session's last activity and sends
-// notices to its shells. Like any connection, it keeps an agent with
+// not an attachment. It asks for the session's last activity, sends
+// notices to its shells, and starts the session's job (a detached run)
+// and collects its output. Like any connection, it keeps an agent with
 // IdleExit from exiting while it is open.
 //
 // A Control is safe for concurrent use; its requests go one at a time.

@@ -14,7 +14,8 @@ import (
 // workspace when the session has one, and is refused with what to do
 // otherwise. A copy on a connection that also runs something (VS Code,
 // ssh with ControlMaster), or into a session that another connection uses
-// or used (a shell, `devgpu cp` beside it, a run), goes where it asks.
+// or used (a shell, `devgpu cp` beside it, a run) or that runs a job (a
+// detached run), goes where it asks.
 
 // connState is what the agent knows of one SSH connection.
 type connState struct {
@@ -44,7 +45,7 @@ func (c *connState) usedForMore() {
 }
 
 // copyPlace says where a file copy on c goes: ok with dir "" for where it
-// asks, ok with the persistent workspace's dir when the copy would
+// asks (also in a session with a job, whose files the copy is for), ok with the persistent workspace's dir when the copy would
 // otherwise be lost with its session, or !ok when it must be refused
 // (with no workspace to land in).
 func (s *server) copyPlace(c *connState) (dir string, ok bool) {

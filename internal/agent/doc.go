@@ -11,6 +11,8 @@
 // tunnel that reaches the socket is already authenticated and authorised.
 //
 // The control plane also keeps a connection of its own (DialControl), which
-// asks for the time of the last user activity, for idle timeouts, and shows
-// notices on the session's terminals, to warn users before they happen.
+// asks for the time of the last user activity, for idle timeouts, shows
+// notices on the session's terminals, to warn users before they happen,
+// and runs a detached run's command as the session's job, whose output the
+// agent holds until the control plane has collected it (job.go).
 package agent

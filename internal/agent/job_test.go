@@ -325,3 +325,22 @@ func TestJobOutputRefused(t *testing.T) {
 		t.Fatal("JobOutput without a job was accepted")
 	}
 }
+
+// A file copy on a connection of its own goes where it asks in a session
+// with a job: the job's files are what it is for.
+func TestJobSessionTakesCopies(t *testing.T) {
+	t.Parallel()
+	a, dir := keptAgent(t, nil)
+	ctl := a.control(t)
+	startJob(t, ctl, "true")
+	s := newSession(t, a.dial(t))
+	s.Stdin = strings.NewReader("C0644 3 up.bin\nhi\n\x00")
+	var stderr bytes.Buffer
+	s.Stderr = &stderr
+	if err := s.Run("scp -t -- ."); err != nil {
+		t.Fatalf("scp -t: %v: %s", err, stderr.String())
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "up.bin")); err != nil || string(got) != "hi\n" {
+		t.Errorf("up.bin: %q, %v", got, err)
+	}
+}
