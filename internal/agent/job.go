@@ -123,13 +123,14 @@ func (c *Control) JobOutput(ctx context.Context, from int64) (*JobOutput, error)
 		return nil, fmt.Errorf("agent: job output: %w", err)
 	}
 	go ssh.DiscardRequests(reqs)
-	o := &JobOutput{ch: ch, r: bufio.NewReaderSize(ch, frameHeaderSize+jobRecordMax)}
+	o := &JobOutput{ctx: ctx, ch: ch, r: bufio.NewReaderSize(ch, frameHeaderSize+jobRecordMax)}
 	o.stop = context.AfterFunc(ctx, func() { ch.Close() })
 	return o, nil
 }
 
 // JobOutput is an open stream of the job's output.
 type JobOutput struct {
+	ctx  context.Context
 	ch   ssh.Channel
 	r    *bufio.Reader
 	stop func() bool
@@ -146,7 +147,7 @@ func (o *JobOutput) Next() (JobRecord, error) {
 		return JobRecord{}, io.EOF
 	}
 	if _, err := io.ReadFull(o.r, o.hdr[:]); err != nil {
-		return JobRecord{}, broken(err)
+		return JobRecord{}, o.broken(err)
 	}
 	kind := o.hdr[0]
 	offset := int64(binary.BigEndian.Uint64(o.hdr[1:]))
@@ -157,7 +158,7 @@ func (o *JobOutput) Next() (JobRecord, error) {
 	}
 	data := make([]byte, n)
 	if _, err := io.ReadFull(o.r, data); err != nil {
-		return JobRecord{}, broken(err)
+		return JobRecord{}, o.broken(err)
 	}
 	switch kind {
 	case frameStdout, frameStderr:
@@ -174,10 +175,13 @@ func (o *JobOutput) Next() (JobRecord, error) {
 	}
 }
 
-// broken wraps the error of a stream that ended before its end frame, and
-// never as io.EOF, which would pass for the job's end.
-func broken(err error) error {
-	if errors.Is(err, io.EOF) {
+// broken wraps the error of a stream that ended before its end frame:
+// the context's, when it ended it, and never io.EOF, which would pass for
+// the job's end.
+func (o *JobOutput) broken(err error) error {
+	if o.ctx.Err() != nil {
+		err = context.Cause(o.ctx)
+	} else if errors.Is(err, io.EOF) {
 		err = io.ErrUnexpectedEOF
 	}
 	return fmt.Errorf("agent: job output: the stream ended before the job's end: %w", err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -342,5 +343,79 @@ func TestJobSessionTakesCopies(t *testing.T) {
 	}
 	if got, err := os.ReadFile(filepath.Join(dir, "up.bin")); err != nil || string(got) != "hi\n" {
 		t.Errorf("up.bin: %q, %v", got, err)
+	}
+}
+
+// A stream whose context ends fails with the context's error, and a
+// stream that breaks never passes for the job's end.
+func TestJobOutputContext(t *testing.T) {
+	t.Parallel()
+	a := startAgent(t, nil)
+	ctl := a.control(t)
+	startJob(t, ctl, "echo up; exec sleep 1000")
+	ctx, cancel := context.WithCancel(context.Background())
+	o, err := ctl.JobOutput(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	if r, err := o.Next(); err != nil || string(r.Data) != "up\n" {
+		t.Fatalf("first record %q, %v", r.Data, err)
+	}
+	cancel()
+	if _, err := o.Next(); !errors.Is(err, context.Canceled) {
+		t.Errorf("Next after the context ended: %v", err)
+	}
+
+	ctl2 := a.control(t)
+	cut := jobOutput(t, ctl2, 0)
+	if _, err := cut.Next(); err != nil {
+		t.Fatal(err)
+	}
+	ctl2.Close()
+	if _, err := cut.Next(); err == nil || errors.Is(err, io.EOF) {
+		t.Errorf("Next on a closed connection: %v, want an error that is not io.EOF", err)
+	}
+}
+
+// BenchmarkJobOutput measures a job's output through the agent's queue
+// and the output channel to the control plane.
+func BenchmarkJobOutput(b *testing.B) {
+	const size = 64 << 20
+	for b.Loop() {
+		a := startAgent(b, nil)
+		c, err := net.DialTimeout("unix", a.sock, testTimeout)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctl, err := DialControl(c, testSecret)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		if _, err := ctl.StartJob(ctx, fmt.Sprintf("head -c %d /dev/zero", size)); err != nil {
+			b.Fatal(err)
+		}
+		o, err := ctl.JobOutput(ctx, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var got int64
+		for {
+			r, err := o.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			got += int64(len(r.Data))
+		}
+		b.ReportMetric(float64(got)/size, "kept/op")
+		o.Close()
+		ctl.Close()
+		cancel()
+		b.SetBytes(size)
+		a.stop(b)
 	}
 }
