@@ -21,22 +21,30 @@ const sessionColumns = `s.id, s.project_id, p.name, s.user_id, u.name, s.state, 
 	s.backend, s.gpu_count, s.node, s.handle,
 	s.attachments, s.detach_grace, s.created_at, s.started_at, s.ended_at,
 	s.end_reason, s.error, s.detached_at, s.last_seen_at, s.image, s.end_actor, s.end_state,
-	s.wait_until, s.queue_reason, s.served_by, s.starter
+	s.wait_until, s.queue_reason, s.served_by, s.starter,
+	s.name, s.command, s.exit_status, s.exit_signal, s.log_offset, s.log_bytes
 	FROM sessions s JOIN projects p ON p.id = s.project_id JOIN users u ON u.id = s.user_id`
 
 func scanSession(row interface{ Scan(...any) error }) (x store.Session, err error) {
 	var grace int64
+	var exit sql.NullInt64
 	err = row.Scan(&x.ID, &x.ProjectID, &x.Project, &x.UserID, &x.User, &x.State, &x.GPUType, &x.Region,
 		&x.Backend, &x.GPUCount, &x.Node, &x.Handle,
 		&x.Attachments, &grace, timeCol{&x.CreatedAt}, timeCol{&x.StartedAt}, timeCol{&x.EndedAt},
 		&x.EndReason, &x.Error, timeCol{&x.DetachedAt}, timeCol{&x.LastSeenAt}, &x.Image, &x.EndActor, &x.EndState,
-		timeCol{&x.WaitUntil}, &x.QueueReason, &x.ServedBy, &x.Starter)
+		timeCol{&x.WaitUntil}, &x.QueueReason, &x.ServedBy, &x.Starter,
+		&x.Name, &x.Command, &exit, &x.ExitSignal, &x.LogOffset, &x.LogBytes)
 	x.DetachGrace = time.Duration(grace)
+	if exit.Valid {
+		status := int(exit.Int64)
+		x.ExitStatus = &status
+	}
 	return x, err
 }
 
 // CreateSession inserts s (and sets CreatedAt when zero), with its devices
-// when s.GPUs lists them.
+// when s.GPUs lists them. Its exit and log fields start empty whatever s
+// holds: SetExit and AppendLogs write them.
 func (s *Store) CreateSession(ctx context.Context, x *store.Session) error {
 	action := "create session " + x.ID
 	if x.ID == "" {
@@ -58,13 +66,13 @@ func (s *Store) CreateSession(ctx context.Context, x *store.Session) error {
 		_, err := tx.exec(ctx, `INSERT INTO sessions (id, project_id, user_id, state, gpu_type, region,
 			backend, gpu_count, node, handle, attachments,
 			detach_grace, created_at, started_at, ended_at, end_reason, error, detached_at, last_seen_at, image,
-			end_actor, end_state, wait_until, queue_reason, served_by, starter)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			end_actor, end_state, wait_until, queue_reason, served_by, starter, name, command)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			x.ID, x.ProjectID, x.UserID, x.State, x.GPUType, x.Region,
 			x.Backend, x.GPUCount, x.Node, x.Handle, x.Attachments,
 			int64(x.DetachGrace), dbTime(x.CreatedAt), dbTime(x.StartedAt), dbTime(x.EndedAt),
 			x.EndReason, x.Error, dbTime(x.DetachedAt), dbTime(x.LastSeenAt), x.Image, x.EndActor, x.EndState,
-			dbTime(x.WaitUntil), x.QueueReason, x.ServedBy, x.Starter)
+			dbTime(x.WaitUntil), x.QueueReason, x.ServedBy, x.Starter, x.Name, x.Command)
 		if err != nil {
 			return err
 		}

@@ -31,9 +31,10 @@ func fullSettings() sdk.ProjectSettings {
 		DetachGrace:    ptr(sdk.Duration(90 * time.Second)),
 		// HostAccess is the server's copy of the organisation's setting;
 		// the store keeps it like any other field.
-		Egress:    &sdk.Egress{Mode: sdk.EgressAllowList, Allow: []string{"10.0.0.0/8", "pypi.org:443", "192.0.2.7"}, HostAccess: []string{"169.254.169.254:80"}},
-		Budget:    &sdk.Budget{Amount: 1234.56, Unit: sdk.BudgetCurrency, Thresholds: []int{50, 80, 100}, Action: sdk.BudgetStop},
-		Workspace: &sdk.Workspace{Enabled: true, LimitBytes: 50 << 30},
+		Egress:        &sdk.Egress{Mode: sdk.EgressAllowList, Allow: []string{"10.0.0.0/8", "pypi.org:443", "192.0.2.7"}, HostAccess: []string{"169.254.169.254:80"}},
+		Budget:        &sdk.Budget{Amount: 1234.56, Unit: sdk.BudgetCurrency, Thresholds: []int{50, 80, 100}, Action: sdk.BudgetStop},
+		Workspace:     &sdk.Workspace{Enabled: true, LimitBytes: 50 << 30},
+		LogLimitBytes: ptr(int64(64 << 20)),
 	}
 }
 
@@ -272,6 +273,7 @@ func testOrgPolicy(t *testing.T, ctx context.Context, s store.Store) {
 			{GPUType: "t4", Region: "local", Max: 16},
 			{GPUType: "h100", Region: "eu-west", Max: 0},
 		},
+		LogRetention: sdk.Duration(30 * 24 * time.Hour),
 	}
 	allSet(t, "OrgPolicy", full) // Defaults included
 	if err := s.SetOrgPolicy(ctx, full); err != nil {

@@ -79,6 +79,12 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Attachments", testAttachments},
 		{"Links", testLinks},
 		{"RemoveReplica", testRemoveReplica},
+		{"Logs", testLogs},
+		{"LogLimit", testLogLimit},
+		{"ConcurrentAppend", testConcurrentAppend},
+		{"SetExit", testSetExit},
+		{"DeleteLogs", testDeleteLogs},
+		{"LogsGoWithSession", testLogsGoWithSession},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
