@@ -271,8 +271,11 @@ type LogChunk struct {
 }
 
 // LogFilter selects a session's log chunks: those with Offset >= After,
-// oldest first, at most Limit (0: no limit). Stream and Since are left to
-// the caller, which must see every chunk to tell gaps from filtering.
+// oldest first, at most Limit (0: no limit). After is matched against the
+// chunks' starts, so a reader goes on with After set to the end of the last
+// chunk it got (Offset + len(Data)); a chunk that starts before After and
+// ends past it is not returned. Stream and Since are left to the caller,
+// which must see every chunk to tell gaps from filtering.
 type LogFilter struct {
 	SessionID string
 	After     int64
@@ -529,9 +532,12 @@ type Store interface {
 	// that continue its log from offset from exactly, and moves its
 	// LogOffset to to (>= the end of the last chunk; a gap between chunks
 	// or before to is output not kept). It then drops the oldest chunks
-	// until the log keeps at most limit bytes, and updates LogBytes. It
-	// fails with ErrConflict when the session's LogOffset is not from
-	// (another writer got there first) or the session has ended.
+	// until the log keeps at most limit bytes (limit <= 0: no bound), and
+	// updates LogBytes; when the newest chunk alone holds more than limit,
+	// its newest limit bytes stay, its Offset moved to where they start.
+	// Chunks must be in order, apart, non-empty, of a known stream and
+	// timed. It fails with ErrConflict when the session's LogOffset is not
+	// from (another writer got there first) or the session has ended.
 	AppendLogs(ctx context.Context, sessionID string, from, to int64, chunks []LogChunk, limit int64) error
 	// Logs returns the chunks f selects; ErrNotFound for an unknown session.
 	Logs(ctx context.Context, f LogFilter) ([]LogChunk, error)
@@ -539,8 +545,9 @@ type Store interface {
 	// a shell reports it, signal "" unless one killed it) while it is
 	// running or stopping; ErrConflict once it has ended.
 	SetExit(ctx context.Context, id string, status int, signal string) error
-	// DeleteLogs deletes the logs of sessions that ended before t, setting
-	// their LogBytes to 0, and returns how many sessions had some.
+	// DeleteLogs deletes the logs of sessions that ended (or failed)
+	// before t, setting their LogBytes to 0, and returns how many sessions
+	// had some. A stopping session's log stays, whatever its EndedAt.
 	DeleteLogs(ctx context.Context, endedBefore time.Time) (int, error)
 
 	// Replicas, leases, attachments and links (replicas.go): what several
