@@ -81,12 +81,7 @@ func parseWhen(flag, s string, now time.Time) (time.Time, error) {
 	if t, err := time.ParseInLocation(time.DateOnly, s, now.Location()); err == nil {
 		return t, nil
 	}
-	d, err := time.ParseDuration(s)
-	if days, ok := strings.CutSuffix(s, "d"); ok && err != nil {
-		if n, aerr := strconv.Atoi(days); aerr == nil {
-			d, err = time.Duration(n)*24*time.Hour, nil
-		}
-	}
+	d, err := parseDays(s)
 	switch {
 	case err != nil:
 		return time.Time{}, fmt.Errorf("--%s %q is neither a time nor a duration; give one such as 2024-05-01T09:00:00Z, 2024-05-01, 1h or 7d", flag, s)
@@ -94,6 +89,18 @@ func parseWhen(flag, s string, now time.Time) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("--%s %q is a negative duration; give how long ago, such as 1h", flag, s)
 	}
 	return now.Add(-d), nil
+}
+
+// parseDays reads a duration as time.ParseDuration does, or a whole
+// number of days such as 7d.
+func parseDays(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if days, ok := strings.CutSuffix(s, "d"); ok && err != nil {
+		if n, aerr := strconv.Atoi(days); aerr == nil {
+			d, err = time.Duration(n)*24*time.Hour, nil
+		}
+	}
+	return d, err
 }
 
 // auditChange summarises an audit entry's change in at most width runes:

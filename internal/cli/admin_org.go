@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -55,6 +56,7 @@ The setting flags set the defaults of projects that do not set their own;
 --quota caps the GPUs of a type (and region) in use at once across projects.`,
 		Example: `  devgpu admin org update --max-gpus-per-user 2 --lock max_gpus_per_user
   devgpu admin org update --quota t4=8 --quota a100@eu-west=2
+  devgpu admin org update --log-limit 256MiB --log-retention 30d
   devgpu admin org update --quota-remove t4 --unlock shell_mode`,
 		Args: cobra.NoArgs,
 	}
@@ -71,6 +73,7 @@ The setting flags set the defaults of projects that do not set their own;
 	fl.StringArrayVar(&chg.quotaRemove, "quota-remove", nil, "remove the GPU quota for `TYPE[@REGION]`, repeatable")
 	fl.StringSliceVar(&chg.registries, "registries", nil, "registries bring-your-own images may come from, `LIST` such as ghcr.io,docker.io/acme (\"\": none)")
 	fl.StringSliceVar(&chg.hostAccess, "allow-host-access", nil, "host services sessions may reach, `LIST` of CIDR or IP[:port] such as 169.254.169.254:80,0.0.0.0/0:8080 (\"\": none, the default)")
+	fl.StringVar(&chg.logRetention, "log-retention", "", "how long detached runs' logs are kept after the run ends, `DUR` such as 72h or 30d (0: the default, "+defaultRetention+")")
 	fl.BoolVar(&chg.requireSSO, "require-sso", false, "people must log in with single sign-on; API tokens then work only for service accounts (admin user update NAME --service-account=true); false turns it off")
 	update.RunE = func(cmd *cobra.Command, _ []string) error {
 		s, err := f.settings(cmd)
@@ -81,6 +84,7 @@ The setting flags set the defaults of projects that do not set their own;
 		chg.registriesSet = cmd.Flags().Changed("registries")
 		chg.hostAccessSet = cmd.Flags().Changed("allow-host-access")
 		chg.requireSSOSet = cmd.Flags().Changed("require-sso")
+		chg.logRetentionSet = cmd.Flags().Changed("log-retention")
 		if chg.empty() {
 			return fmt.Errorf("nothing to change; give a default such as --max-gpus-per-user 2, --lock NAME, or --quota t4=8")
 		}
@@ -116,11 +120,28 @@ type orgChange struct {
 	hostAccessSet       bool
 	requireSSO          bool
 	requireSSOSet       bool
+	logRetention        string
+	logRetentionSet     bool
+}
+
+// defaultRetention is sdk.DefaultLogRetention in words.
+var defaultRetention = inDays(sdk.DefaultLogRetention)
+
+// inDays writes d in days when it is whole days ("7 days"), else as Go does.
+func inDays(d time.Duration) string {
+	const day = 24 * time.Hour
+	switch {
+	case d == day:
+		return "1 day"
+	case d > 0 && d%day == 0:
+		return fmt.Sprintf("%d days", d/day)
+	}
+	return d.String()
 }
 
 func (c orgChange) empty() bool {
 	return len(policy.SetIn(c.settings)) == 0 && len(c.unset) == 0 && len(c.lock) == 0 &&
-		len(c.unlock) == 0 && len(c.quotas) == 0 && len(c.quotaRemove) == 0 && !c.registriesSet && !c.hostAccessSet && !c.requireSSOSet
+		len(c.unlock) == 0 && len(c.quotas) == 0 && len(c.quotaRemove) == 0 && !c.registriesSet && !c.hostAccessSet && !c.requireSSOSet && !c.logRetentionSet
 }
 
 // apply returns p with the change made, checked as the server would.
@@ -156,9 +177,16 @@ func (c orgChange) apply(p sdk.OrgPolicy) (sdk.OrgPolicy, error) {
 		}
 		c.settings.Budget = &b
 	}
-	out := sdk.OrgPolicy{Defaults: policy.Merge(p.Defaults, c.settings), Registries: p.Registries, AllowHostAccess: p.AllowHostAccess, RequireSSO: p.RequireSSO}
+	out := sdk.OrgPolicy{Defaults: policy.Merge(p.Defaults, c.settings), Registries: p.Registries, AllowHostAccess: p.AllowHostAccess, RequireSSO: p.RequireSSO, LogRetention: p.LogRetention}
 	if c.requireSSOSet {
 		out.RequireSSO = c.requireSSO
+	}
+	if c.logRetentionSet {
+		d, err := parseDays(strings.TrimSpace(c.logRetention))
+		if err != nil || d < 0 {
+			return p, fmt.Errorf("--log-retention %q is not a duration such as 72h or 30d (0: the default, %s)", c.logRetention, defaultRetention)
+		}
+		out.LogRetention = sdk.Duration(d)
 	}
 	if c.registriesSet {
 		out.Registries = cleanList(c.registries)
@@ -318,6 +346,11 @@ func printOrgPolicy(p sdk.OrgPolicy) error {
 		sso = "yes (API tokens work for service accounts only)"
 	}
 	fmt.Printf("single sign-on required: %s\n", sso)
+	retention := defaultRetention + " (default)"
+	if p.LogRetention > 0 {
+		retention = inDays(time.Duration(p.LogRetention))
+	}
+	fmt.Printf("detached runs' logs kept after they end: %s\n", retention)
 	return nil
 }
 

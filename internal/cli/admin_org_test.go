@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/devgpu/devgpu/sdk"
 )
@@ -180,5 +181,33 @@ func TestOrgChangeHostAccess(t *testing.T) {
 	}
 	if _, err := (orgChange{hostAccess: []string{"metadata.internal"}, hostAccessSet: true}).apply(p); err == nil || !strings.Contains(err.Error(), "allow_host_access") {
 		t.Fatalf("a host name: %v, want an error naming allow_host_access", err)
+	}
+}
+
+// --log-retention sets how long logs are kept, in Go's units or days;
+// other changes keep it.
+func TestOrgChangeLogRetention(t *testing.T) {
+	t.Parallel()
+	p := sdk.OrgPolicy{LogRetention: sdk.Duration(72 * time.Hour)}
+	got, err := orgChange{lock: []string{"egress"}}.apply(p)
+	if err != nil || got.LogRetention != p.LogRetention {
+		t.Fatalf("unrelated change: retention %v, %v; want it kept", time.Duration(got.LogRetention), err)
+	}
+	for in, want := range map[string]time.Duration{"30d": 30 * 24 * time.Hour, "36h": 36 * time.Hour, "0": 0} {
+		got, err := orgChange{logRetention: in, logRetentionSet: true}.apply(p)
+		if err != nil || time.Duration(got.LogRetention) != want {
+			t.Errorf("--log-retention %s: %v, %v; want %v", in, time.Duration(got.LogRetention), err, want)
+		}
+	}
+	for _, in := range []string{"a week", "-1h", ""} {
+		if _, err := (orgChange{logRetention: in, logRetentionSet: true}).apply(p); err == nil || !strings.HasPrefix(err.Error(), "--log-retention") {
+			t.Errorf("--log-retention %q: %v; want an error naming the flag", in, err)
+		}
+	}
+	if (orgChange{logRetentionSet: true}).empty() {
+		t.Error("a retention change is empty")
+	}
+	if got := inDays(sdk.DefaultLogRetention); got != "7 days" {
+		t.Errorf("the default retention reads %q", got)
 	}
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"slices"
 	"sort"
 	"strconv"
@@ -31,7 +32,7 @@ type settingFlags struct {
 	budgetUnit, budgetAction               string
 	budgetThresholds                       []int
 	workspace                              bool
-	workspaceLimit                         string
+	workspaceLimit, logLimit               string
 }
 
 func (f *settingFlags) register(cmd *cobra.Command) {
@@ -55,6 +56,7 @@ func (f *settingFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.budgetAction, "budget-action", sdk.BudgetRefuse, "at 100%: refuse new sessions, or stop running ones too")
 	fl.BoolVar(&f.workspace, "workspace", false, "give each user a persistent workspace, mounted into their sessions at $DEVGPU_WORKSPACE")
 	fl.StringVar(&f.workspaceLimit, "workspace-limit", "", `size limit of each user's workspace, e.g. 50GB ("0": none); over it, it is mounted read-only`)
+	fl.StringVar(&f.logLimit, "log-limit", "", "output each detached run keeps in the server's log, e.g. 64MiB; past it, the oldest output is dropped")
 }
 
 // settings returns the settings whose flags cmd was given.
@@ -106,13 +108,20 @@ func (f *settingFlags) settings(cmd *cobra.Command) (sdk.ProjectSettings, error)
 	if changed("workspace") || changed("workspace-limit") {
 		w := sdk.Workspace{Enabled: f.workspace || !changed("workspace")}
 		if changed("workspace-limit") {
-			n, err := humanize.ParseBytes(f.workspaceLimit)
+			n, err := parseSize("workspace-limit", f.workspaceLimit, "50GB")
 			if err != nil {
-				return s, fmt.Errorf("--workspace-limit %q is not a size such as 50GB", f.workspaceLimit)
+				return s, err
 			}
-			w.LimitBytes = int64(n)
+			w.LimitBytes = n
 		}
 		s.Workspace = &w
+	}
+	if changed("log-limit") {
+		n, err := parseSize("log-limit", f.logLimit, "64MiB")
+		if err != nil {
+			return s, err
+		}
+		s.LogLimitBytes = &n
 	}
 	if changed("egress") || changed("egress-allow") {
 		e, err := f.egressPolicy(changed("egress"), changed("egress-allow"))
@@ -206,6 +215,16 @@ func cleanList(in []string) []string {
 
 func ptrTo[T any](v T) *T { return &v }
 
+// parseSize reads a size flag: bytes, or a number with a unit such as
+// 512KiB, 64MiB, 1GiB (powers of 1024) or 50GB (powers of 1000).
+func parseSize(flag, v, example string) (int64, error) {
+	n, err := humanize.ParseBytes(strings.TrimSpace(v))
+	if err != nil || n > math.MaxInt64 {
+		return 0, fmt.Errorf("--%s %q is not a size such as %s", flag, v, example)
+	}
+	return int64(n), nil
+}
+
 // settingValues returns the settings s sets by name, as decoded JSON
 // values, the form in which sdk.Setting carries them.
 func settingValues(s sdk.ProjectSettings) map[string]any {
@@ -249,6 +268,9 @@ func formatSetting(name string, v any) string {
 	case float64:
 		if v == 0 && (name == "max_gpus" || name == "max_gpus_per_user") {
 			return "no limit"
+		}
+		if name == "log_limit_bytes" {
+			return humanize.IBytes(uint64(v)) + " per run"
 		}
 		return strconv.FormatFloat(v, 'f', -1, 64)
 	case string:

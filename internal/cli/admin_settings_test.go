@@ -83,6 +83,7 @@ func TestSettingFlags(t *testing.T) {
 		{"stop running without disable", []string{"--stop-running"}, "--stop-running ends sessions only"},
 		{"stop running while enabling", []string{"--stop-running", "--gpu-enabled"}, "--stop-running ends sessions only"},
 		{"bad duration", []string{"--idle-timeout", "soon"}, `invalid argument "soon"`},
+		{"bad log limit", []string{"--log-limit", "lots"}, `--log-limit "lots" is not a size such as 64MiB`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -177,4 +178,20 @@ func TestAdminJSONFlags(t *testing.T) {
 		}
 	}
 	walk(newAdminCmd())
+}
+
+func TestParseSize(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]int64{
+		"64MiB": 64 << 20, "1GiB": 1 << 30, "512KiB": 512 << 10, "4096": 4096, " 50GB ": 50e9, "0": 0, "1.5KiB": 1536,
+	} {
+		if got, err := parseSize("log-limit", in, "64MiB"); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "lots", "-1MiB", "64 parsecs", "99999999999999999999"} {
+		if _, err := parseSize("log-limit", in, "64MiB"); err == nil || !strings.HasPrefix(err.Error(), "--log-limit ") {
+			t.Errorf("parseSize(%q): %v; want an error naming --log-limit", in, err)
+		}
+	}
 }

@@ -66,7 +66,7 @@ session ends, the GPU is freed and billing stops.`,
 	root.SetVersionTemplate("devgpu {{.Version}}\n")
 	root.AddCommand(
 		newServerCmd(), newAgentCmd(), newLoginCmd(), newLogoutCmd(), newWhoamiCmd(),
-		newShellCmd(), newRunCmd(), newSessionsCmd(), newGPUsCmd(), newUsageCmd(), newAdminCmd(), newIntegrateCmd(), newDoctorCmd(),
+		newShellCmd(), newRunCmd(), newLogsCmd(), newWaitCmd(), newSessionsCmd(), newGPUsCmd(), newUsageCmd(), newAdminCmd(), newIntegrateCmd(), newDoctorCmd(),
 		newCpCmd(), newPortForwardCmd(), newSSHProxyCmd(), newConfigSSHCmd(),
 	)
 	withUsage(root)

@@ -93,6 +93,8 @@ func endMessage(s sdk.Session) string {
 		why = "its client was away longer than the project's detach grace"
 	case sdk.ReasonClosed:
 		why = "its last shell closed"
+	case sdk.ReasonCompleted:
+		why = "its command exited"
 	case "":
 		why = "no reason recorded"
 	default:

@@ -1,12 +1,16 @@
 package cli
 
 import (
+	"context"
 	"fmt"
+	"net/http"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/devgpu/devgpu/internal/names"
 	"github.com/devgpu/devgpu/sdk"
 )
 
@@ -36,13 +40,13 @@ admins see everyone's sessions with --all-users.`,
 				fmt.Fprintln(os.Stderr, "devgpu: no active sessions; --all lists ended ones too")
 				return nil
 			}
-			tw := table("ID", "PROJECT", "USER", "STATE", "GPU", "DEVICES", "SHELLS", "CREATED", "ENDED")
+			tw := table("ID", "NAME", "PROJECT", "USER", "STATE", "EXIT", "GPU", "DEVICES", "SHELLS", "CREATED", "ENDED")
 			for _, s := range sessions {
 				state := s.State
 				if s.EndReason != "" {
 					state += " (" + s.EndReason + ")"
 				}
-				row(tw, s.ID, s.Project, s.User, state, s.GPUType+"@"+s.Region, strings.Join(s.GPUs, ","),
+				row(tw, s.ID, orDefault(s.Name, "-"), s.Project, s.User, state, exitColumn(s), s.GPUType+"@"+s.Region, strings.Join(s.GPUs, ","),
 					s.Attachments, ago(&s.CreatedAt), ago(s.EndedAt))
 			}
 			return tw.Flush()
@@ -54,7 +58,7 @@ admins see everyone's sessions with --all-users.`,
 
 	var reason string
 	stop := &cobra.Command{
-		Use:   "stop ID",
+		Use:   "stop ID|NAME",
 		Short: "End a session now and free its GPU",
 		Long: `End a session now and free its GPU. --reason (up to 200 characters) is
 recorded in the audit log and shown in the session's open shells.`,
@@ -65,6 +69,13 @@ recorded in the audit log and shown in the session's open shells.`,
 				return err
 			}
 			s, err := client.StopSessionWithReason(cmd.Context(), args[0], reason)
+			if sdk.IsStatus(err, http.StatusNotFound) {
+				named, nerr := sessionNamed(cmd.Context(), client, args[0])
+				if nerr != nil {
+					return nerr
+				}
+				s, err = client.StopSessionWithReason(cmd.Context(), named.ID, reason)
+			}
 			if err != nil {
 				return err
 			}
@@ -75,4 +86,46 @@ recorded in the audit log and shown in the session's open shells.`,
 	stop.Flags().StringVar(&reason, "reason", "", "why it is stopped: recorded in the audit log and shown in its shells")
 	cmd.AddCommand(list, stop)
 	return cmd
+}
+
+// exitColumn is a session's EXIT in a table: the signal that killed its
+// command (such as KILL), else its exit status, else "-" (not a detached
+// run, or one without an exit status yet).
+func exitColumn(s sdk.Session) string {
+	switch {
+	case s.ExitSignal != "":
+		return s.ExitSignal
+	case s.ExitStatus != nil:
+		return strconv.Itoa(*s.ExitStatus)
+	}
+	return "-"
+}
+
+// sessionByRef returns the session ref names: the session with that id,
+// else the caller's most recent session with that name (a detached run's
+// --name).
+func sessionByRef(ctx context.Context, client *sdk.Client, ref string) (sdk.Session, error) {
+	s, err := client.Session(ctx, ref)
+	if !sdk.IsStatus(err, http.StatusNotFound) {
+		return s, err
+	}
+	return sessionNamed(ctx, client, ref)
+}
+
+// sessionNamed returns the caller's most recent session named name.
+func sessionNamed(ctx context.Context, client *sdk.Client, name string) (sdk.Session, error) {
+	mine, err := client.Sessions(ctx, sdk.SessionQuery{})
+	if err != nil {
+		return sdk.Session{}, err
+	}
+	var found *sdk.Session
+	for i, m := range mine {
+		if m.Name == name && (found == nil || m.CreatedAt.After(found.CreatedAt)) {
+			found = &mine[i]
+		}
+	}
+	if found == nil {
+		return sdk.Session{}, fmt.Errorf("no session or run named %s; `devgpu sessions list --all` shows yours", names.Escape(name))
+	}
+	return *found, nil
 }

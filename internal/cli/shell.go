@@ -38,7 +38,7 @@ func (f *sessionFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.gpuType, "gpu", "", "GPU type, e.g. t4 or a100 (default: any the project allows)")
 	fl.StringVar(&f.region, "region", "", "region (default: any)")
 	fl.StringVar(&f.image, "image", "", "image name or reference (default: the project's default image)")
-	fl.StringVar(&f.attach, "attach", "", "attach to your running session ID instead of starting one")
+	fl.StringVar(&f.attach, "attach", "", "attach to your running session (its ID, or a detached run's name) instead of starting one")
 	fl.DurationVar(&f.wait, "wait", 0, "when no GPU may be had now, queue for up to this long (bare --wait: "+defaultWait+")")
 	fl.Lookup("wait").NoOptDefVal = defaultWait
 }
@@ -67,6 +67,7 @@ drops, reattach within the project's detach grace with --attach ID.`,
 
 func newRunCmd() *cobra.Command {
 	var f sessionFlags
+	var d detachFlags
 	cmd := &cobra.Command{
 		Use:   "run [flags] -- CMD [ARG...]",
 		Short: "Run a command in a new GPU session and pass its exit status through",
@@ -76,9 +77,24 @@ Standard output and error stay apart and the command's exit status is devgpu's.
 Several words run as that command and its arguments, exactly as given
 (devgpu run -- sh -c 'exit 3' exits 3). A single word is a command line for
 the session's shell, so devgpu run -- 'echo $CUDA_VISIBLE_DEVICES' expands
-inside the session.`,
+inside the session.
+
+--detach starts the command and returns at once, printing the run's id: it
+runs with no client attached, its output is kept by the server (devgpu logs
+ID -f), and the session ends when it exits (devgpu wait ID exits with its
+status). With --wait, a run that cannot start now queues on the server and
+starts by itself when it may.`,
+		Example: `  devgpu run -- nvidia-smi
+  devgpu run --detach --name train-1 -- python train.py --epochs 10
+  devgpu logs train-1 -f`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := d.check(cmd, f); err != nil {
+				return err
+			}
+			if d.detach {
+				return runDetached(cmd.Context(), f, d.name, commandLine(args))
+			}
 			conn, sess, err := openSession(cmd.Context(), f, false)
 			if err != nil {
 				return err
@@ -90,6 +106,7 @@ inside the session.`,
 	// Everything after the command's first word belongs to the command.
 	cmd.Flags().SetInterspersed(false)
 	f.register(cmd)
+	d.register(cmd)
 	return cmd
 }
 
@@ -197,7 +214,7 @@ func openSession(ctx context.Context, f sessionFlags, announce bool) (*sessionCo
 // server starts (or picks to join) for us, queueing with --wait.
 func findSession(ctx context.Context, client *sdk.Client, cfg config, f sessionFlags) (sdk.Session, error) {
 	if f.attach != "" {
-		sess, err := client.Session(ctx, f.attach)
+		sess, err := sessionByRef(ctx, client, f.attach)
 		if err != nil {
 			return sess, err
 		}
@@ -206,22 +223,9 @@ func findSession(ctx context.Context, client *sdk.Client, cfg config, f sessionF
 		}
 		return sess, nil
 	}
-	project := orDefault(f.project, cfg.Project)
 	status := newStatusLine()
-	status.set(strings.TrimSuffix(fmt.Sprintf("starting a GPU session in project %s", project), " in project "))
-	req := sdk.CreateSessionRequest{Project: project, GPUType: f.gpuType, Region: f.region, Image: f.image,
-		Wait: sdk.Duration(f.wait), Progress: status.tty}
-	sess, err := createWaiting(ctx, client, req, func(ev sdk.SessionEvent) {
-		switch {
-		case ev.Step != "" && ev.Total > 0: // a pull that counts its bytes
-			status.set(fmt.Sprintf("%s %d/%d MB", ev.Step, ev.Done>>20, ev.Total>>20))
-			return
-		case ev.Step != "": // such as a Pod waiting for the scheduler, in its words
-			status.set(ev.Step)
-			return
-		}
-		status.set(fmt.Sprintf("queued, position %d: %s", ev.Position, waitReason(ev.Reason)))
-	}, func(id string) {
+	req := f.request(cfg, status, "a GPU session")
+	sess, err := createWaiting(ctx, client, req, status.showStart, func(id string) {
 		status.set(fmt.Sprintf("queued as %s: the server is unreachable; reconnecting to keep your place", id))
 	})
 	status.done()
@@ -232,6 +236,28 @@ func findSession(ctx context.Context, client *sdk.Client, cfg config, f sessionF
 		fmt.Fprintf(os.Stderr, "devgpu: warning: %s\n", w)
 	}
 	return sess, err
+}
+
+// request is the request for a new session that f asks for, in cfg's
+// project by default; status says that what starts (such as "a GPU
+// session") is starting.
+func (f sessionFlags) request(cfg config, status *statusLine, what string) sdk.CreateSessionRequest {
+	project := orDefault(f.project, cfg.Project)
+	status.set(strings.TrimSuffix(fmt.Sprintf("starting %s in project %s", what, project), " in project "))
+	return sdk.CreateSessionRequest{Project: project, GPUType: f.gpuType, Region: f.region, Image: f.image,
+		Wait: sdk.Duration(f.wait), Progress: status.tty}
+}
+
+// showStart shows an event of a starting or queued session.
+func (s *statusLine) showStart(ev sdk.SessionEvent) {
+	switch {
+	case ev.Step != "" && ev.Total > 0: // a pull that counts its bytes
+		s.set(fmt.Sprintf("%s %d/%d MB", ev.Step, ev.Done>>20, ev.Total>>20))
+	case ev.Step != "": // such as a Pod waiting for the scheduler, in its words
+		s.set(ev.Step)
+	default:
+		s.set(fmt.Sprintf("queued, position %d: %s", ev.Position, waitReason(ev.Reason)))
+	}
 }
 
 func orDefault(s, def string) string {

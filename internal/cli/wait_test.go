@@ -1,0 +1,131 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/testutil"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+func TestRunExit(t *testing.T) {
+	t.Parallel()
+	status := func(n int) *int { return &n }
+	for _, tc := range []struct {
+		name string
+		s    sdk.Session
+		code int    // the exit status devgpu passes on
+		err  string // or its sentence
+	}{
+		{"success", sdk.Session{ID: "r1", State: sdk.StateEnded, ExitStatus: status(0)}, 0, ""},
+		{"failure", sdk.Session{ID: "r1", State: sdk.StateEnded, ExitStatus: status(7)}, 7, ""},
+		{"killed", sdk.Session{ID: "r1", State: sdk.StateEnded, ExitStatus: status(137), ExitSignal: "KILL"}, 137, ""},
+		{"lifetime", sdk.Session{ID: "r1", State: sdk.StateEnded, EndReason: sdk.ReasonLifetime},
+			0, "session r1 ended: it reached the project's maximum lifetime, before its command exited, so it has no exit status"},
+		{"stopped", sdk.Session{ID: "r1", State: sdk.StateEnded, EndReason: sdk.ReasonStopped, EndedBy: "ann"},
+			0, "session r1 ended: stopped by its owner ann with `devgpu sessions stop`, before its command exited"},
+	} {
+		err := runExit(tc.s)
+		var code exitStatus
+		switch {
+		case tc.err != "":
+			if err == nil || errors.As(err, &code) || !strings.HasPrefix(err.Error(), tc.err) {
+				t.Errorf("%s: %v; want the sentence %q", tc.name, err, tc.err)
+			}
+		case tc.code == 0 && err != nil:
+			t.Errorf("%s: %v; want success", tc.name, err)
+		case tc.code != 0 && (!errors.As(err, &code) || int(code) != tc.code):
+			t.Errorf("%s: %v; want exit status %d", tc.name, err, tc.code)
+		}
+	}
+}
+
+// A run is found by its id, else by its name among the caller's
+// sessions, the most recent first.
+func TestSessionByRef(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	mine := []sdk.Session{
+		{ID: "a1", Name: "train", CreatedAt: now.Add(-2 * time.Hour)},
+		{ID: "a2", Name: "train", CreatedAt: now.Add(-time.Hour)},
+		{ID: "a3", Name: "eval", CreatedAt: now},
+	}
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/api/v1/sessions":
+			if r.URL.RawQuery != "" {
+				t.Errorf("names looked up with %q; want the caller's own sessions, ended ones too", r.URL.RawQuery)
+			}
+			_ = json.NewEncoder(w).Encode(mine)
+		case "/api/v1/sessions/a3":
+			_ = json.NewEncoder(w).Encode(mine[2])
+		default:
+			w.WriteHeader(http.StatusNotFound)
+			_ = json.NewEncoder(w).Encode(sdk.Problem{Status: 404, Detail: "session not found"})
+		}
+	}))
+	t.Cleanup(hs.Close)
+	client, err := sdk.NewClient(hs.URL, "token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testutil.Context(t, testutil.WaitShort)
+	for ref, want := range map[string]string{"a3": "a3", "train": "a2", "eval": "a3"} {
+		if s, err := sessionByRef(ctx, client, ref); err != nil || s.ID != want {
+			t.Errorf("sessionByRef(%q) = %s, %v; want %s", ref, s.ID, err, want)
+		}
+	}
+	_, err = sessionByRef(ctx, client, "nope")
+	if want := "no session or run named nope; `devgpu sessions list --all` shows yours"; err == nil || err.Error() != want {
+		t.Errorf("unknown name: %v; want %q", err, want)
+	}
+}
+
+func TestDetachedNote(t *testing.T) {
+	t.Parallel()
+	queued := detachedNote(sdk.Session{ID: "r9", Name: "train-1", State: sdk.StateQueued},
+		sdk.SessionEvent{ID: "r9", Position: 3, Reason: "project ml uses 4 of its 4 GPUs; wait or ask for more"})
+	if !strings.Contains(queued, "r9 queued at position 3: project ml uses 4 of its 4 GPUs;") || !strings.Contains(queued, "devgpu logs train-1 -f") {
+		t.Errorf("queued note %q", queued)
+	}
+	started := detachedNote(sdk.Session{ID: "r9", State: sdk.StateRunning, GPUType: "t4", GPUs: []string{"GPU-sim-t4-0"}, Project: "ml"}, sdk.SessionEvent{})
+	if !strings.Contains(started, "run r9 started (t4 GPU-sim-t4-0, project ml)") || !strings.Contains(started, "devgpu wait r9") {
+		t.Errorf("started note %q", started)
+	}
+}
+
+func TestExitColumn(t *testing.T) {
+	t.Parallel()
+	seven := 7
+	for want, s := range map[string]sdk.Session{"-": {}, "7": {ExitStatus: &seven}, "KILL": {ExitStatus: &seven, ExitSignal: "KILL"}} {
+		if got := exitColumn(s); got != want {
+			t.Errorf("exitColumn(%+v) = %q; want %q", s, got, want)
+		}
+	}
+}
+
+// run's detach flags that do not go together are refused before
+// anything is asked of a server, in one sentence with the usage.
+func TestRunDetachFlags(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", "--name", "train-1", "--", "true"}, "--name names a detached run; add --detach"},
+		{[]string{"run", "--detach", "--attach", "s1", "--", "true"}, "--detach starts a new session for the run and --attach runs in an existing one"},
+	} {
+		root := newRoot()
+		root.SetArgs(tc.args)
+		err := root.Execute()
+		var u *usageError
+		if !errors.As(err, &u) || !strings.HasPrefix(u.msg, tc.want) || !strings.HasPrefix(u.usage, "devgpu run") {
+			t.Errorf("%v: %v; want the usage error %q", tc.args, err, tc.want)
+		}
+	}
+}
