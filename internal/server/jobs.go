@@ -212,6 +212,9 @@ func (s *Server) follow(ctx context.Context, id string) {
 			if progressed {
 				wait = jobRetryMin
 			}
+			if cur, rerr := s.store.Session(ctx, id); rerr == nil && cur.State != sdk.StateRunning {
+				return // stopped meanwhile, which cut the stream: nothing amiss
+			}
 			if errors.Is(err, store.ErrConflict) {
 				log.Info("a detached run's log moved on elsewhere; following from the stored offset", "err", err)
 			} else {

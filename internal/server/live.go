@@ -226,13 +226,16 @@ func (s *Server) liveSessionOf(ctx context.Context, sess store.Session, eff poli
 			slices.SortFunc(ls.Shells, func(a, b sdk.LiveAttachment) int { return a.OpenedAt.Compare(b.OpenedAt) })
 		}
 		ls.LastActivity, ls.GPUUtilization = ag.lastActivity, ag.utilization
-		if eff.IdleTimeout > 0 && ag.lastActivity != nil {
+		// A detached run's end is its command's exit: neither idleness nor
+		// the detach grace ends it.
+		job := sess.Command != ""
+		if eff.IdleTimeout > 0 && ag.lastActivity != nil && !job {
 			ls.IdleEndsAt = timePtr(ag.lastActivity.Add(eff.IdleTimeout))
 		}
 		if eff.MaxLifetime > 0 && !sess.StartedAt.IsZero() {
 			ls.LifetimeEndsAt = timePtr(sess.StartedAt.Add(eff.MaxLifetime))
 		}
-		if len(ls.Shells) == 0 && sess.Attachments == 0 && !sess.DetachedAt.IsZero() && !s.isWarm(sess) {
+		if len(ls.Shells) == 0 && sess.Attachments == 0 && !sess.DetachedAt.IsZero() && !s.isWarm(sess) && !job {
 			ls.GraceEndsAt = timePtr(sess.DetachedAt.Add(sess.DetachGrace))
 		}
 	}
@@ -272,15 +275,19 @@ func (s *Server) aliveBecause(sess store.Session, ls sdk.LiveSession, eff policy
 		return fmt.Sprintf("ready in project %s's warm pool, kept for the next shell that asks", sess.Project)
 	}
 	var parts []string
+	job := sess.Command != ""
+	if job {
+		parts = append(parts, "a detached run: it ends when its command exits")
+	}
 	switch {
 	case len(ls.Shells) > 0:
 		parts = append(parts, shellsOpen(ls.Shells, now))
 	case ls.GraceEndsAt != nil:
 		parts = append(parts, "no shell open: ends at "+clockTime(*ls.GraceEndsAt, now)+" unless a shell reconnects (detach grace)")
-	default:
+	case !job:
 		parts = append(parts, "no shell open")
 	}
-	if eff.IdleTimeout > 0 {
+	if eff.IdleTimeout > 0 && !job {
 		switch {
 		case ls.LastActivity == nil:
 			parts = append(parts, fmt.Sprintf("idle timeout %s, its activity unknown", shortDuration(eff.IdleTimeout)))

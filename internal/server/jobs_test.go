@@ -1,0 +1,381 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/devgpu/devgpu/internal/store"
+	"github.com/devgpu/devgpu/internal/testutil"
+	"github.com/devgpu/devgpu/sdk"
+)
+
+// run creates a detached run as token's user.
+func (f *fixture) run(token string, req sdk.CreateSessionRequest) sdk.Session {
+	f.t.Helper()
+	code, body := f.call(token, "POST", "/api/v1/sessions", req)
+	if code != http.StatusCreated {
+		f.t.Fatalf("create a detached run: %d %s", code, body)
+	}
+	var sess sdk.Session
+	if err := json.Unmarshal(body, &sess); err != nil {
+		f.t.Fatal(err)
+	}
+	if sess.Command != req.Command || sess.Name != req.Name || sess.State != sdk.StateRunning {
+		f.t.Fatalf("detached run created as %+v", sess)
+	}
+	return sess
+}
+
+// exited waits with the exit long-poll until the session ended.
+func (f *fixture) exited(token, id string) sdk.Session {
+	f.t.Helper()
+	deadline := time.Now().Add(testutil.WaitLong)
+	for {
+		code, body := f.call(token, "GET", "/api/v1/sessions/"+id+"/exit?timeout=5s", nil)
+		var sess sdk.Session
+		if code != http.StatusOK || json.Unmarshal(body, &sess) != nil {
+			f.t.Fatalf("exit of %s: %d %s", id, code, body)
+		}
+		if !sess.Active() {
+			return sess
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("session %s still %s after %s", id, sess.State, testutil.WaitLong)
+		}
+	}
+}
+
+// logs reads a detached run's log with the query q, to its end (or the
+// deadline, following).
+func (f *fixture) logs(ctx context.Context, token, id, q string) []sdk.LogRecord {
+	f.t.Helper()
+	recs, err := f.readLogs(ctx, token, id, q)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return recs
+}
+
+func (f *fixture) readLogs(ctx context.Context, token, id, q string) ([]sdk.LogRecord, error) {
+	req, _ := http.NewRequestWithContext(ctx, "GET", f.url+"/api/v1/sessions/"+id+"/logs?"+q, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("logs of %s: status %d", id, resp.StatusCode)
+	}
+	var out []sdk.LogRecord
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 4<<20)
+	for sc.Scan() {
+		var rec sdk.LogRecord
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			return nil, fmt.Errorf("log line %q: %w", sc.Bytes(), err)
+		}
+		out = append(out, rec)
+	}
+	return out, sc.Err()
+}
+
+// text is what records of stream hold, in order.
+func text(recs []sdk.LogRecord, stream string) string {
+	var b strings.Builder
+	for _, r := range recs {
+		if r.Stream == stream {
+			b.Write(r.Data)
+		}
+	}
+	return b.String()
+}
+
+// A detached run needs no client: it ends `completed` when its command
+// exits, with the exit status, billed to its exit; its output is kept
+// apart by stream, and read again by stream, or from an offset.
+func TestDetachedRunCompletes(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, func(c *Config) { c.Logger = testutil.Logger(t) })
+	ctx := testutil.Context(t, testutil.WaitLong)
+	sess := f.run(f.dev, sdk.CreateSessionRequest{Name: "train-1", Command: `echo out-one; echo err-one >&2; echo "$DEVGPU_SESSION_ID"; exit 3`})
+	got := f.exited(f.dev, "train-1") // by name
+	if got.ID != sess.ID || got.EndReason != sdk.ReasonCompleted || got.ExitStatus == nil || *got.ExitStatus != 3 || got.ExitSignal != "" {
+		t.Fatalf("ended run: %+v, want completed with exit status 3", got)
+	}
+	if got.EndedAt.Before(*got.StartedAt) || got.EndedAt.After(time.Now()) {
+		t.Errorf("billed from %s to %s", got.StartedAt, got.EndedAt)
+	}
+	recs := f.logs(ctx, f.dev, sess.ID, "")
+	if out := text(recs, sdk.StreamStdout); out != "out-one\n"+sess.ID+"\n" {
+		t.Errorf("stdout %q", out)
+	}
+	if errs := text(recs, sdk.StreamStderr); errs != "err-one\n" {
+		t.Errorf("stderr %q", errs)
+	}
+	last := recs[len(recs)-1]
+	if last.End == nil || last.End.ExitStatus == nil || *last.End.ExitStatus != 3 || got.LogBytes != int64(len("out-one\nerr-one\n"+sess.ID+"\n")) {
+		t.Errorf("log ends with %+v, session keeps %d bytes", last, got.LogBytes)
+	}
+	for _, r := range recs[:len(recs)-1] {
+		if r.At.IsZero() || r.Dropped != 0 || r.End != nil {
+			t.Errorf("record %+v: want output with its time", r)
+		}
+	}
+	errOnly := f.logs(ctx, f.dev, sess.ID, "stream=stderr")
+	if len(errOnly) != 2 || string(errOnly[0].Data) != "err-one\n" || errOnly[1].End == nil {
+		t.Errorf("stderr only: %+v", errOnly)
+	}
+	first := recs[0]
+	rest := f.logs(ctx, f.dev, sess.ID, "after="+itoa(first.Offset+int64(len(first.Data))))
+	if len(rest) != len(recs)-1 {
+		t.Errorf("after the first record: %d records, want %d", len(rest), len(recs)-1)
+	}
+	// Someone else's run is not there; a shell's session keeps no log.
+	if code, _ := f.call(f.dev2, "GET", "/api/v1/sessions/"+sess.ID+"/logs", nil); code != http.StatusNotFound {
+		t.Errorf("another developer reading the log: %d, want 404", code)
+	}
+	code, body := f.call(f.dev, "POST", "/api/v1/sessions", sdk.CreateSessionRequest{})
+	var shell sdk.Session
+	if code != http.StatusCreated || json.Unmarshal(body, &shell) != nil {
+		t.Fatalf("create a shell's session: %d %s", code, body)
+	}
+	if code, body := f.call(f.dev, "GET", "/api/v1/sessions/"+shell.ID+"/logs", nil); code != http.StatusConflict || !strings.Contains(string(body), "not a detached run") {
+		t.Errorf("logs of a shell's session: %d %s", code, body)
+	}
+	if code, body := f.call(f.dev, "POST", "/api/v1/sessions", sdk.CreateSessionRequest{Command: "true", Name: "Bad Name"}); code != http.StatusBadRequest || !strings.Contains(string(body), "run name") {
+		t.Errorf("a bad name: %d %s", code, body)
+	}
+}
+
+func itoa(n int64) string { return strings.TrimSpace(string(must(json.Marshal(n)))) }
+
+// A followed log streams output as it comes and ends with the End record;
+// the exit long-poll answers a running session at its timeout, and an
+// ended one at once.
+func TestDetachedRunFollow(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := testutil.Context(t, testutil.WaitLong)
+	// It waits for a file the test writes through a shell beside it: the
+	// same session, the same files.
+	sess := f.run(f.dev, sdk.CreateSessionRequest{Command: `echo started; while [ ! -e go ]; do sleep 0.05; done; echo done >&2`})
+	code, body := f.call(f.dev, "GET", "/api/v1/sessions/"+sess.ID+"/exit?timeout=10ms", nil)
+	var running sdk.Session
+	if code != http.StatusOK || json.Unmarshal(body, &running) != nil || running.State != sdk.StateRunning {
+		t.Fatalf("exit of a running run: %d %s", code, body)
+	}
+	follow := make(chan []sdk.LogRecord, 1)
+	go func() {
+		recs, err := f.readLogs(ctx, f.dev, sess.ID, "follow=true")
+		if err != nil {
+			t.Error(err)
+		}
+		follow <- recs
+	}()
+	testutil.Eventually(t, testutil.WaitMedium, "the run's first line in its log", func() bool {
+		s, err := f.srv.store.Session(ctx, sess.ID)
+		return err == nil && s.LogOffset > 0
+	})
+
+	dev := must(sdk.NewClient(f.url, f.dev))
+	tunnel, err := dev.Connect(ctx, sess.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := sshOver(t, tunnel, sess)
+	sh, err := client.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := sh.CombinedOutput("touch go"); err != nil {
+		t.Fatalf("touch go beside the run: %v %s", err, out)
+	}
+	_ = client.Close()
+	var recs []sdk.LogRecord
+	select {
+	case recs = <-follow:
+	case <-ctx.Done():
+		t.Fatal("the followed log did not end")
+	}
+	if len(recs) == 0 || text(recs, sdk.StreamStdout) != "started\n" || text(recs, sdk.StreamStderr) != "done\n" {
+		t.Errorf("followed log: %+v", recs)
+	}
+	if end := recs[len(recs)-1].End; end == nil || end.EndReason != sdk.ReasonCompleted || *end.ExitStatus != 0 {
+		t.Errorf("followed log ends with %+v", recs[len(recs)-1])
+	}
+}
+
+// A job's session is not ended by what ends a shell's for want of use: its
+// last shell leaving, the idle timeout, the detach grace. Its max lifetime
+// ends it, with no exit status.
+func TestDetachedRunLimits(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, func(c *Config) { c.Logger = testutil.Logger(t) })
+	ctx := testutil.Context(t, testutil.WaitLong)
+	code, body := f.call(f.admin, "PATCH", "/api/v1/projects/default", sdk.ProjectUpdate{Settings: sdk.ProjectSettings{
+		IdleTimeout: ptr(sdk.Duration(time.Second)), DetachGrace: ptr(sdk.Duration(0)),
+	}})
+	if code != http.StatusOK {
+		t.Fatalf("set the idle timeout: %d %s", code, body)
+	}
+	job := f.run(f.dev, sdk.CreateSessionRequest{Command: "sleep 120"})
+
+	// A shell opened and closed on purpose: a shell's session ends then.
+	dev := must(sdk.NewClient(f.url, f.dev))
+	tunnel, err := dev.Connect(ctx, job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tunnel.Leave(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := f.srv.store.Session(ctx, job.ID); s.State != sdk.StateRunning {
+		t.Fatalf("job after its last shell left: %s (%s), want running", s.State, s.EndReason)
+	}
+
+	// A shell's session started after it (attached, or its detach grace
+	// of 0 would end it first) ends idle; the job, detached with the same
+	// grace, runs on.
+	var idle sdk.Session
+	code, body = f.call(f.dev, "POST", "/api/v1/sessions", sdk.CreateSessionRequest{})
+	if code != http.StatusCreated || json.Unmarshal(body, &idle) != nil {
+		t.Fatalf("create a shell's session: %d %s", code, body)
+	}
+	idleTunnel, err := dev.Connect(ctx, idle.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idleTunnel.Close()
+	if got := f.exited(f.dev, idle.ID); got.EndReason != sdk.ReasonIdle {
+		t.Fatalf("idle shell's session ended %s, want idle", got.EndReason)
+	}
+	if s, _ := f.srv.store.Session(ctx, job.ID); s.State != sdk.StateRunning {
+		t.Fatalf("job after an idle timeout and a detach grace: %s (%s), want running", s.State, s.EndReason)
+	}
+
+	code, body = f.call(f.admin, "PATCH", "/api/v1/projects/default", sdk.ProjectUpdate{Settings: sdk.ProjectSettings{MaxLifetime: ptr(sdk.Duration(time.Second))}})
+	if code != http.StatusOK {
+		t.Fatalf("set the max lifetime: %d %s", code, body)
+	}
+	got := f.exited(f.dev, job.ID)
+	if got.EndReason != sdk.ReasonLifetime || got.ExitStatus != nil {
+		t.Fatalf("job past its lifetime: %+v, want ended (lifetime) without an exit status", got)
+	}
+	recs := f.logs(ctx, f.dev, job.ID, "follow=true")
+	if len(recs) != 1 || recs[0].End == nil {
+		t.Errorf("log of a silent job: %+v, want only its end", recs)
+	}
+}
+
+// A run that prints more than its project's log limit keeps the newest
+// output; the log says what it dropped, as a gap before what it kept, and
+// a reader asking from before the gap hears of it. With since, no gap is
+// told before the first record shown.
+func TestDetachedRunLogLimit(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := testutil.Context(t, testutil.WaitLong)
+	const limit = 64 << 10
+	code, body := f.call(f.admin, "PATCH", "/api/v1/projects/default", sdk.ProjectUpdate{Settings: sdk.ProjectSettings{LogLimitBytes: ptr(int64(limit))}})
+	if code != http.StatusOK {
+		t.Fatalf("set the log limit: %d %s", code, body)
+	}
+	// 200 lines of 1000 bytes, then the last line on stderr.
+	sess := f.run(f.dev, sdk.CreateSessionRequest{Command: `i=0; while [ $i -lt 200 ]; do printf '%0999d\n' $i; i=$((i+1)); done; echo last >&2`})
+	got := f.exited(f.dev, sess.ID)
+	if got.EndReason != sdk.ReasonCompleted || got.LogBytes > limit || got.LogBytes == 0 {
+		t.Fatalf("run: %+v, want completed keeping at most %d bytes", got, limit)
+	}
+	const total = int64(200*1000 + len("last\n"))
+	recs := f.logs(ctx, f.dev, sess.ID, "")
+	if len(recs) < 3 || recs[0].Dropped == 0 || recs[0].Offset != 0 {
+		t.Fatalf("log starts with %+v, want a gap from 0", recs[0])
+	}
+	next, kept := int64(0), int64(0)
+	for _, r := range recs[:len(recs)-1] {
+		if r.Offset != next {
+			t.Fatalf("record at %d, want %d: offsets must run on", r.Offset, next)
+		}
+		next += int64(len(r.Data)) + r.Dropped
+		kept += int64(len(r.Data))
+	}
+	if next != total || kept != got.LogBytes || !strings.HasSuffix(text(recs, sdk.StreamStdout), "0199\n") || text(recs, sdk.StreamStderr) != "last\n" {
+		t.Errorf("log reaches %d keeping %d bytes (session says %d), want %d; stderr %q", next, kept, got.LogBytes, total, text(recs, sdk.StreamStderr))
+	}
+	since := url.QueryEscape(time.Now().Add(-time.Hour).Format(time.RFC3339))
+	if recs := f.logs(ctx, f.dev, sess.ID, "since="+since); recs[0].Dropped != 0 || len(recs[0].Data) == 0 {
+		t.Errorf("with since, the log starts with %+v, want output", recs[0])
+	}
+	if recs := f.logs(ctx, f.dev, sess.ID, "stream=stderr"); len(recs) != 3 || recs[0].Dropped == 0 || string(recs[1].Data) != "last\n" {
+		t.Errorf("stderr only: %+v, want the gap, last, the end", recs)
+	}
+	if n, err := f.srv.store.Logs(ctx, store.LogFilter{SessionID: sess.ID}); err != nil || len(n) == 0 || bytes.Contains(n[0].Data, []byte("0000\n")) {
+		t.Errorf("stored chunks: %d, %v; the oldest output must be gone", len(n), err)
+	}
+}
+
+// A detached run that cannot be admitted now queues with --wait and the
+// answer comes at once, queued, with its place; it keeps its place with
+// no client and starts when a GPU is free.
+func TestDetachedRunQueues(t *testing.T) {
+	t.Parallel()
+	f := newFixtureWith(t, "t4:1")
+	ctx := testutil.Context(t, testutil.WaitLong)
+	blocker := f.run(f.dev, sdk.CreateSessionRequest{Command: "sleep 120"})
+	dev := must(sdk.NewClient(f.url, f.dev))
+	var events []sdk.SessionEvent
+	queued, err := dev.CreateSession(ctx, sdk.CreateSessionRequest{Command: "echo queued-ran", Wait: sdk.Duration(time.Hour)}, func(ev sdk.SessionEvent) { events = append(events, ev) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if queued.State != sdk.StateQueued || len(events) != 1 || events[0].Position != 1 || events[0].ID != queued.ID {
+		t.Fatalf("queued run: %+v after %+v, want queued at once at position 1", queued, events)
+	}
+	if code, body := f.call(f.dev, "DELETE", "/api/v1/sessions/"+blocker.ID, nil); code != http.StatusOK {
+		t.Fatalf("stop the blocker: %d %s", code, body)
+	}
+	got := f.exited(f.dev, queued.ID)
+	if got.EndReason != sdk.ReasonCompleted || text(f.logs(ctx, f.dev, queued.ID, ""), sdk.StreamStdout) != "queued-ran\n" {
+		t.Fatalf("queued run: %+v", got)
+	}
+}
+
+// A batch over the log limit keeps its newest bytes, the oldest chunk
+// kept cut at its start.
+func TestTrimChunks(t *testing.T) {
+	t.Parallel()
+	chunk := func(off int64, s string) store.LogChunk { return store.LogChunk{Offset: off, Data: []byte(s)} }
+	in := []store.LogChunk{chunk(0, "aaaa"), chunk(4, "bbbb"), chunk(10, "cc")}
+	for _, c := range []struct {
+		limit   int64
+		want    string // the chunks kept, as offset:data
+		dropped int64
+	}{
+		{100, "0:aaaa 4:bbbb 10:cc", 0},
+		{6, "4:bbbb 10:cc", 4},
+		{5, "5:bbb 10:cc", 5},
+		{2, "10:cc", 8},
+		{1, "11:c", 9},
+	} {
+		out, dropped := trimChunks(in, c.limit)
+		var got []string
+		for _, k := range out {
+			got = append(got, fmt.Sprintf("%d:%s", k.Offset, k.Data))
+		}
+		if strings.Join(got, " ") != c.want || dropped != c.dropped {
+			t.Errorf("limit %d: kept %v, dropped %d; want %s, %d", c.limit, got, dropped, c.want, c.dropped)
+		}
+	}
+	if string(in[0].Data) != "aaaa" || in[0].Offset != 0 {
+		t.Errorf("trimChunks changed its input: %+v", in[0])
+	}
+}
