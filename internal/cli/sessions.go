@@ -69,13 +69,6 @@ recorded in the audit log and shown in the session's open shells.`,
 				return err
 			}
 			s, err := client.StopSessionWithReason(cmd.Context(), args[0], reason)
-			if sdk.IsStatus(err, http.StatusNotFound) {
-				named, nerr := sessionNamed(cmd.Context(), client, args[0])
-				if nerr != nil {
-					return nerr
-				}
-				s, err = client.StopSessionWithReason(cmd.Context(), named.ID, reason)
-			}
 			if err != nil {
 				return err
 			}
@@ -101,31 +94,13 @@ func exitColumn(s sdk.Session) string {
 	return "-"
 }
 
-// sessionByRef returns the session ref names: the session with that id,
-// else the caller's most recent session with that name (a detached run's
-// --name).
+// sessionByRef returns the session ref names: its id, or the name of a
+// detached run of the caller's (the server takes either, a name meaning
+// the caller's most recent run of that name).
 func sessionByRef(ctx context.Context, client *sdk.Client, ref string) (sdk.Session, error) {
 	s, err := client.Session(ctx, ref)
-	if !sdk.IsStatus(err, http.StatusNotFound) {
-		return s, err
+	if sdk.IsStatus(err, http.StatusNotFound) {
+		return s, fmt.Errorf("no session or run named %s; `devgpu sessions list --all` shows yours", names.Escape(ref))
 	}
-	return sessionNamed(ctx, client, ref)
-}
-
-// sessionNamed returns the caller's most recent session named name.
-func sessionNamed(ctx context.Context, client *sdk.Client, name string) (sdk.Session, error) {
-	mine, err := client.Sessions(ctx, sdk.SessionQuery{})
-	if err != nil {
-		return sdk.Session{}, err
-	}
-	var found *sdk.Session
-	for i, m := range mine {
-		if m.Name == name && (found == nil || m.CreatedAt.After(found.CreatedAt)) {
-			found = &mine[i]
-		}
-	}
-	if found == nil {
-		return sdk.Session{}, fmt.Errorf("no session or run named %s; `devgpu sessions list --all` shows yours", names.Escape(name))
-	}
-	return *found, nil
+	return s, err
 }
