@@ -83,7 +83,9 @@ func TestSettingFlags(t *testing.T) {
 		{"stop running without disable", []string{"--stop-running"}, "--stop-running ends sessions only"},
 		{"stop running while enabling", []string{"--stop-running", "--gpu-enabled"}, "--stop-running ends sessions only"},
 		{"bad duration", []string{"--idle-timeout", "soon"}, `invalid argument "soon"`},
+		{"log limit", []string{"--log-limit", "256MiB"}, `{"settings":{"log_limit_bytes":268435456}}`},
 		{"bad log limit", []string{"--log-limit", "lots"}, `--log-limit "lots" is not a size such as 64MiB`},
+		{"log limit out of range", []string{"--log-limit", "1KiB"}, "log_limit_bytes 1024 is out of range"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -123,7 +125,8 @@ func TestFormatSetting(t *testing.T) {
 		GPUEnabled: ptrTo(false), MaxGPUs: ptrTo(0), MaxGPUsPerUser: ptrTo(3),
 		GPUTypes: ptrTo([]string{}), Regions: ptrTo([]string{"eu-west", "local"}),
 		DefaultImage: ptrTo(""), IdleTimeout: ptrTo(sdk.Duration(0)), DetachGrace: ptrTo(sdk.Duration(0)),
-		Egress: &sdk.Egress{Mode: sdk.EgressAllowList, Allow: []string{"10.0.0.0/8", "pypi.org:443"}},
+		Egress:        &sdk.Egress{Mode: sdk.EgressAllowList, Allow: []string{"10.0.0.0/8", "pypi.org:443"}},
+		LogLimitBytes: ptrTo(int64(64 << 20)),
 	})
 	for _, tc := range []struct {
 		name string
@@ -139,6 +142,7 @@ func TestFormatSetting(t *testing.T) {
 		{"idle_timeout", "never"},
 		{"detach_grace", "0s"},
 		{"egress", "allow-list 10.0.0.0/8,pypi.org:443"},
+		{"log_limit_bytes", "64 MiB per run"},
 	} {
 		if got := formatSetting(tc.name, values[tc.name]); got != tc.want {
 			t.Errorf("formatSetting(%s, %#v) = %q, want %q", tc.name, values[tc.name], got, tc.want)
