@@ -102,6 +102,12 @@ func readLogs(ctx context.Context, client *sdk.Client, id string, q sdk.LogQuery
 				status = nil
 			}
 			q.After = r.Next(q.After)
+			if len(r.Data) > 0 {
+				// What follows was printed later: asked again, the
+				// server then also tells the gaps that --since hides
+				// before the first record it shows.
+				q.Since = time.Time{}
+			}
 			if err := p.print(r); err != nil {
 				return printError{err}
 			}

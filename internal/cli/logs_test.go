@@ -83,6 +83,7 @@ type logServer struct {
 	records []sdk.LogRecord
 	mu      sync.Mutex
 	afters  []int64
+	sinces  []string
 }
 
 func (l *logServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -90,6 +91,7 @@ func (l *logServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer l.mu.Unlock()
 	after, _ := strconv.ParseInt(r.URL.Query().Get("after"), 10, 64)
 	l.afters = append(l.afters, after)
+	l.sinces = append(l.sinces, r.URL.Query().Get("since"))
 	enc := json.NewEncoder(w)
 	switch len(l.afters) {
 	case 1:
@@ -111,7 +113,9 @@ func (l *logServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // A followed log whose stream breaks resumes from the last record
-// printed: every byte is printed once, on its stream, in order.
+// printed: every byte is printed once, on its stream, in order. Once
+// output was printed, --since is not asked again, so the server tells
+// every gap after it.
 func TestReadLogsResumes(t *testing.T) {
 	t.Parallel()
 	var records []sdk.LogRecord
@@ -136,7 +140,8 @@ func TestReadLogsResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out, errOut bytes.Buffer
-	err = readLogs(testutil.Context(t, testutil.WaitShort), client, "s1", sdk.LogQuery{Follow: true},
+	since := time.Now().Add(-time.Hour)
+	err = readLogs(testutil.Context(t, testutil.WaitShort), client, "s1", sdk.LogQuery{Follow: true, Since: since},
 		newLogPrinter(&out, &errOut, false), testutil.WaitShort)
 	if err != nil {
 		t.Fatalf("readLogs: %v", err)
@@ -147,6 +152,9 @@ func TestReadLogsResumes(t *testing.T) {
 	second := records[2].Offset
 	if len(ls.afters) != 3 || ls.afters[0] != 0 || ls.afters[1] != second || ls.afters[2] != second {
 		t.Errorf("asked from offsets %v; want 0, then %d twice", ls.afters, second)
+	}
+	if len(ls.sinces) != 3 || ls.sinces[0] == "" || ls.sinces[1] != "" || ls.sinces[2] != "" {
+		t.Errorf("asked with since %q; want it the first time only", ls.sinces)
 	}
 }
 
