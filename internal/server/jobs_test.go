@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -242,19 +243,18 @@ func TestDetachedRunLimits(t *testing.T) {
 		t.Fatalf("job after its last shell left: %s (%s), want running", s.State, s.EndReason)
 	}
 
-	// A shell's session started after it (attached, or its detach grace
-	// of 0 would end it first) ends idle; the job, detached with the same
-	// grace, runs on.
+	// A shell's session started after it (with a long detach grace, which
+	// would otherwise end it first) ends idle; the job, with no shell and a
+	// detach grace of 0, runs on.
+	code, body = f.call(f.admin, "PATCH", "/api/v1/projects/default", sdk.ProjectUpdate{Settings: sdk.ProjectSettings{DetachGrace: ptr(sdk.Duration(time.Hour))}})
+	if code != http.StatusOK {
+		t.Fatalf("set the detach grace: %d %s", code, body)
+	}
 	var idle sdk.Session
 	code, body = f.call(f.dev, "POST", "/api/v1/sessions", sdk.CreateSessionRequest{})
 	if code != http.StatusCreated || json.Unmarshal(body, &idle) != nil {
 		t.Fatalf("create a shell's session: %d %s", code, body)
 	}
-	idleTunnel, err := dev.Connect(ctx, idle.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idleTunnel.Close()
 	if got := f.exited(f.dev, idle.ID); got.EndReason != sdk.ReasonIdle {
 		t.Fatalf("idle shell's session ended %s, want idle", got.EndReason)
 	}
@@ -377,5 +377,64 @@ func TestTrimChunks(t *testing.T) {
 	}
 	if string(in[0].Data) != "aaaa" || in[0].Offset != 0 {
 		t.Errorf("trimChunks changed its input: %+v", in[0])
+	}
+}
+
+// A run's log is kept for the organisation's log retention after it
+// ended: then reading it answers 410 in one sentence, and the leader's
+// loop deletes it.
+func TestDetachedRunLogRetention(t *testing.T) {
+	t.Parallel()
+	var ahead atomic.Int64 // how far the server's clock runs ahead
+	f := newFixture(t, func(c *Config) {
+		c.Now = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
+		c.LogRetentionInterval = 50 * time.Millisecond
+	})
+	ctx := testutil.Context(t, testutil.WaitLong)
+	if code, body := f.call(f.admin, "PUT", "/api/v1/org/policy", sdk.OrgPolicy{LogRetention: sdk.Duration(time.Minute)}); code != http.StatusOK {
+		t.Fatalf("set the log retention: %d %s", code, body)
+	}
+	sess := f.run(f.dev, sdk.CreateSessionRequest{Command: "echo kept"})
+	f.exited(f.dev, sess.ID)
+	if got := text(f.logs(ctx, f.dev, sess.ID, ""), sdk.StreamStdout); got != "kept\n" {
+		t.Fatalf("log within the retention: %q", got)
+	}
+	ahead.Store(int64(2 * time.Minute))
+	code, body := f.call(f.dev, "GET", "/api/v1/sessions/"+sess.ID+"/logs", nil)
+	if code != http.StatusGone || !strings.Contains(string(body), "log retention of 1m0s") {
+		t.Errorf("log past the retention: %d %s, want 410 naming the retention", code, body)
+	}
+	testutil.Eventually(t, testutil.WaitMedium, "the expired log deleted", func() bool {
+		s, err := f.srv.store.Session(ctx, sess.ID)
+		chunks, lerr := f.srv.store.Logs(ctx, store.LogFilter{SessionID: sess.ID})
+		return err == nil && lerr == nil && s.LogBytes == 0 && len(chunks) == 0
+	})
+}
+
+// A restarted server's follower resumes from the offset the log reached:
+// the job runs once, and its output is kept once, what it printed while
+// no server listened included.
+func TestDetachedRunAcrossRestart(t *testing.T) {
+	t.Parallel()
+	r := newTwoBackends(t, "t4:1", "t4:1", nil)
+	sess := r.create(r.dev, sdk.CreateSessionRequest{Command: `echo one; sleep 1; echo two`})
+	testutil.Eventually(t, testutil.WaitMedium, "the first line in the log", func() bool {
+		s, err := r.st.Session(r.ctx, sess.ID)
+		return err == nil && s.LogOffset > 0
+	})
+	r.restart()
+	got, err := r.dev.WaitExit(r.ctx, sess.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.EndReason != sdk.ReasonCompleted || got.ExitStatus == nil || *got.ExitStatus != 0 {
+		t.Fatalf("run across a restart: %+v", got)
+	}
+	var recs []sdk.LogRecord
+	if err := r.dev.Logs(r.ctx, sess.ID, sdk.LogQuery{}, func(rec sdk.LogRecord) error { recs = append(recs, rec); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if out := text(recs, sdk.StreamStdout); out != "one\ntwo\n" {
+		t.Errorf("log across a restart: %q, want each line once", out)
 	}
 }
