@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/devgpu/devgpu/internal/agent"
 	"github.com/devgpu/devgpu/internal/store"
 	"github.com/devgpu/devgpu/internal/testutil"
 	"github.com/devgpu/devgpu/sdk"
@@ -436,5 +437,56 @@ func TestDetachedRunAcrossRestart(t *testing.T) {
 	}
 	if out := text(recs, sdk.StreamStdout); out != "one\ntwo\n" {
 		t.Errorf("log across a restart: %q, want each line once", out)
+	}
+}
+
+// Under the shared shell mode a detached run gets a session of its own,
+// and a shell never joins a detached run's session.
+func TestDetachedRunNeverJoins(t *testing.T) {
+	t.Parallel()
+	f := newFixtureWith(t, "t4:3")
+	if code, body := f.call(f.admin, "PATCH", "/api/v1/projects/default", sdk.ProjectUpdate{Settings: sdk.ProjectSettings{ShellMode: ptr(sdk.ModeShared)}}); code != http.StatusOK {
+		t.Fatalf("set the shared mode: %d %s", code, body)
+	}
+	job := f.run(f.dev, sdk.CreateSessionRequest{Command: "sleep 120"})
+	create := func() sdk.Session {
+		code, body := f.call(f.dev, "POST", "/api/v1/sessions", sdk.CreateSessionRequest{})
+		var s sdk.Session
+		if code != http.StatusCreated || json.Unmarshal(body, &s) != nil {
+			t.Fatalf("create a shell's session: %d %s", code, body)
+		}
+		return s
+	}
+	shell := create()
+	if shell.ID == job.ID {
+		t.Fatal("a shell joined a detached run's session")
+	}
+	if again := create(); again.ID != shell.ID {
+		t.Errorf("the second shell got %s, want to share %s", again.ID, shell.ID)
+	}
+	if second := f.run(f.dev, sdk.CreateSessionRequest{Command: "sleep 120"}); second.ID == shell.ID || second.ID == job.ID {
+		t.Errorf("a detached run joined session %s", second.ID)
+	}
+}
+
+// The follower's pace lets a burst through, then holds reading back
+// until the rate has paid for what was read.
+func TestLogWriterPace(t *testing.T) {
+	t.Parallel()
+	start := time.Now()
+	w := &logWriter{}
+	w.paceFrom(start)
+	if !w.paced(start) {
+		t.Fatal("paced at the start")
+	}
+	w.add(agent.JobRecord{Offset: 0, Data: make([]byte, jobLogBurst+jobLogRate/2)})
+	if w.paced(start) {
+		t.Error("reading goes on past the burst")
+	}
+	if w.paced(start.Add(400 * time.Millisecond)) {
+		t.Error("reading goes on before the rate paid for the excess")
+	}
+	if !w.paced(start.Add(600 * time.Millisecond)) {
+		t.Error("reading held back after the rate paid for the excess")
 	}
 }
