@@ -263,13 +263,16 @@ func (s *Server) followOnce(ctx context.Context, sess store.Session, log *slog.L
 	defer stopReading()
 
 	w := &logWriter{s: s, id: sess.ID, from: sess.LogOffset, to: sess.LogOffset, limit: eff.LogLimitBytes}
-	w.paceFrom(s.now())
+	// The pace is about real throughput: the process clock, not s.now.
+	w.paceFrom(time.Now())
 	flush := time.NewTicker(jobFlushInterval)
 	defer flush.Stop()
 	for {
+		// Over the rate, nothing is read (in stays nil): the agent's
+		// queue takes what comes meanwhile, dropping its oldest.
 		var in <-chan agent.JobRecord
-		if w.paced(s.now()) {
-			in = records // over the rate: the agent's queue takes the rest
+		if w.paced(time.Now()) {
+			in = records
 		}
 		select {
 		case <-ctx.Done():
