@@ -138,7 +138,8 @@ STORE=$(store_bytes)
 log "1 GiB: ${WALL}s from the call to wait's return, ${RUNNING}s running; log $LOG_BYTES bytes; store $STORE bytes"
 
 # ---------------------------------------------------------------- report
-fig() { jq -r --arg n "$1" "select(.name == \$n) | .$2" "$RESULTS" | tail -n 1; }
+raw() { jq -r --arg n "$1" "select(.name == \$n) | .$2" "$RESULTS" | tail -n 1; }
+fig() { printf '%.2f' "$(raw "$1" "$2")"; }
 ratio() { echo "$1 / $2" | bc -l | xargs printf '%.2f'; }
 mib() { echo "$1 / 1048576" | bc -l | xargs printf '%.1f'; }
 report=$WORK/report.md
@@ -147,7 +148,7 @@ report=$WORK/report.md
 	echo
 	# shellcheck disable=SC1091
 	echo "Host: $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")." \
-		"devgpu at $(git rev-parse --short HEAD)$([[ -z $(git status --porcelain 2>/dev/null | head -1) ]] || echo ' with local changes')."
+		"devgpu at $(git rev-parse --short HEAD 2>/dev/null || echo "a tree without git")$([[ -z $(git status --porcelain 2>/dev/null | head -1) ]] || echo ' with local changes')."
 	echo "Command: \`bench/detached.sh\` (BENCH_KEYS=$KEYS); project default's log limit $(mib "${LOG_LIMIT:-0}") MiB." \
 		"Load average at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 	echo
@@ -155,7 +156,7 @@ report=$WORK/report.md
 	echo "| --- | --- | --- |"
 	echo "| nothing else running | $(fig detached_keystroke_idle median_ms) ms | $(fig detached_keystroke_idle p99_ms) ms |"
 	echo "| beside a detached run printing ($LOADED_PRINTED in all) | $(fig detached_keystroke_loaded median_ms) ms | $(fig detached_keystroke_loaded p99_ms) ms |"
-	echo "| loaded / idle | $(ratio "$(fig detached_keystroke_loaded median_ms)" "$(fig detached_keystroke_idle median_ms)")× | $(ratio "$(fig detached_keystroke_loaded p99_ms)" "$(fig detached_keystroke_idle p99_ms)")× |"
+	echo "| loaded / idle | $(ratio "$(raw detached_keystroke_loaded median_ms)" "$(raw detached_keystroke_idle median_ms)")× | $(ratio "$(raw detached_keystroke_loaded p99_ms)" "$(raw detached_keystroke_idle p99_ms)")× |"
 	echo
 	echo "A detached run printing 1 GiB (\`head -c 1073741824 /dev/zero | tr '\\0' x\`, then THE END):" \
 		"${WALL} s from \`devgpu run --detach\` until \`devgpu wait\` returned (${RUNNING} s running, by the session's times);" \
