@@ -205,6 +205,9 @@ func testDetachedRun(t *testing.T, e *env, gpus int) {
 	if r := e.cli("logs", "--stderr", "t1"); r.code != 0 || r.stdout+r.stderr != "err\n" {
 		t.Fatalf("logs --stderr: %+v; want err alone", r)
 	}
+	if r := e.cli("logs", "--since", at["done"].Format(time.RFC3339Nano), "t1"); r.code != 0 || r.stdout != "done\n" || r.stderr != "" {
+		t.Fatalf("logs --since the last line's time: %+v; want that line alone", r)
+	}
 }
 
 // rowHas reports whether a line of a table has all of the words.
@@ -499,4 +502,23 @@ func TestDetachedRunStop(t *testing.T) {
 		t.Fatalf("a wait started before the stop exited %d; want 255", code)
 	}
 	e.wantFree(1, "after the job was stopped")
+}
+
+// A run killed by a signal records it: exit status 128+9, signal KILL,
+// and `wait` exits with that status.
+func TestDetachedRunKilledBySignal(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:1")
+	id := e.runDetached("--", "sh", "-c", "echo dying; kill -KILL $$")
+	s := e.waitEnded(id)
+	wantCompleted(t, s, 128+int(syscall.SIGKILL))
+	if s.ExitSignal != "KILL" {
+		t.Fatalf("exit signal %q, want KILL", s.ExitSignal)
+	}
+	if r := e.cli("wait", id); r.code != 128+int(syscall.SIGKILL) {
+		t.Fatalf("devgpu wait on a run killed by SIGKILL: %+v; want exit %d", r, 128+int(syscall.SIGKILL))
+	}
+	if r := e.cli("logs", id); r.stdout != "dying\n" {
+		t.Fatalf("logs: %+v", r)
+	}
 }
