@@ -272,7 +272,7 @@ func TestDetachedRunQueued(t *testing.T) {
 	e := newEnv(t, "t4:2")
 	e.admin("project", "update", "default", "--max-gpus", "1")
 	holder := e.terminal("shell")
-	holder.sessionID()
+	holderID := holder.sessionID()
 	holder.ready()
 
 	r := e.cli("run", "--detach", "--wait", "--", `echo "ran in $DEVGPU_SESSION_ID"`)
@@ -289,6 +289,11 @@ func TestDetachedRunQueued(t *testing.T) {
 		t.Fatalf("run --detach --wait printed %+v; want the queued session's id (%q)", r, id)
 	}
 
+	if r := e.cli("logs", holderID); r.code != 255 || r.stdout != "" || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || r.stderr == "" {
+		t.Fatalf("logs of an interactive session: %+v; want exit 255 and one sentence", r)
+	}
+	follow := e.background("logs", "-f", id) // from the queue on
+
 	holder.send("exit\r")
 	if code := holder.wait(); code != 0 {
 		t.Fatalf("the holder's shell exited %d", code)
@@ -297,21 +302,35 @@ func TestDetachedRunQueued(t *testing.T) {
 	if r := e.cli("logs", id); r.code != 0 || r.stdout != "ran in "+id+"\n" || r.stderr != "" {
 		t.Fatalf("logs of the run that waited in the queue: %+v", r)
 	}
+	if stdout, _ := follow.succeeded(t); stdout != "ran in "+id+"\n" {
+		t.Fatalf("logs -f started while the run was queued printed %q", stdout)
+	}
 }
 
 // A control plane killed (SIGKILL) while a run prints, and started again,
 // follows it on from where its store says: every line once, the exit
-// status right, and the usage the run's seconds, billed once.
+// status right, and the usage the run's seconds, billed once; a `logs -f`
+// that followed through the restart prints every line once too. A run
+// that exits while the server is down has its last lines and its exit
+// collected when the server is back.
 func TestDetachedRunSurvivesServerKill(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, "t4:1")
+	e := newEnv(t, "t4:2")
 	const n, pause = 30, 15
 	id := e.runDetached("--", counter(n, pause)+"; exit 3")
-	testutil.Eventually(t, testutil.WaitMedium, "the server to keep the run's first lines", func() bool {
-		return strings.Contains(e.cli("logs", id).stdout, fmt.Sprintf("line-%d\n", pause))
+	short := e.runDetached("--", `echo first; `+gated("go")+`; echo last; touch "$HOME/exiting"; exit 5`)
+	testutil.Eventually(t, testutil.WaitMedium, "the server to keep the runs' first lines", func() bool {
+		return strings.Contains(e.cli("logs", id).stdout, fmt.Sprintf("line-%d\n", pause)) && e.cli("logs", short).stdout == "first\n"
 	})
+	follow := e.background("logs", "-f", id)
+	follow.awaitStdout(t, fmt.Sprintf("line-%d\n", pause))
 	e.stopServer(syscall.SIGKILL)
 	e.openGate(id, "go") // the run prints on with no server
+	e.openGate(short, "go")
+	testutil.Eventually(t, testutil.WaitMedium, "the short run to exit with no server", func() bool {
+		_, err := os.Stat(filepath.Join(e.localHome(short), "exiting"))
+		return err == nil
+	})
 	e.startServer()
 
 	s := e.waitEnded(id)
@@ -322,7 +341,15 @@ func TestDetachedRunSurvivesServerKill(t *testing.T) {
 	if r := e.cli("logs", id); r.code != 0 || r.stdout != counted(n) || r.stderr != "" {
 		t.Fatalf("logs after the server's restart: code %d, stderr %q, stdout:\n%s\nwant line-1 to line-%d, once each", r.code, r.stderr, r.stdout, n)
 	}
-	e.wantBilled(s.EndedAt.Sub(*s.StartedAt).Seconds(), "the run's running seconds, across the restart")
+	if stdout, _ := follow.succeeded(t); stdout != counted(n) {
+		t.Fatalf("logs -f through the server's restart printed:\n%s\nwant line-1 to line-%d, once each", stdout, n)
+	}
+	sh := e.waitEnded(short)
+	wantCompleted(t, sh, 5)
+	if r := e.cli("logs", short); r.stdout != "first\nlast\n" || r.stderr != "" {
+		t.Fatalf("logs of a run that exited while the server was down: %+v; want first and last", r)
+	}
+	e.wantBilled(s.EndedAt.Sub(*s.StartedAt).Seconds()+sh.EndedAt.Sub(*sh.StartedAt).Seconds(), "the runs' running seconds, across the restart")
 }
 
 // A run that prints far more than its project's log limit: the log keeps
@@ -486,15 +513,19 @@ func TestDetachedRunCopy(t *testing.T) {
 	}
 }
 
-// `sessions stop` ends a running job: reason stopped, no exit status, and
-// `wait`, waiting already or asked after, exits 255 with a sentence.
+// `sessions stop NAME` ends the newest running job of that name: reason
+// stopped, no exit status, and `wait`, waiting already or asked after,
+// exits 255 with a sentence.
 func TestDetachedRunStop(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "t4:1")
+	earlier := e.runDetached("--name", "stopme", "--", "true")
+	wantCompleted(t, e.waitEnded(earlier), 0)
+	// The name now means the newest run that has it.
 	id := e.runDetached("--name", "stopme", "--", "sleep 1000")
 	e.waitSession(id, testutil.WaitMedium, "to run", func(s sdk.Session) bool { return s.State == sdk.StateRunning })
 	waiting := e.background("wait", "stopme")
-	if r := e.cli("sessions", "stop", id); r.code != 0 {
+	if r := e.cli("sessions", "stop", "stopme"); r.code != 0 {
 		t.Fatalf("sessions stop: %+v", r)
 	}
 	e.wantEndedWithout(id, sdk.ReasonStopped, "stopped")
