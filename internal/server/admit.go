@@ -359,16 +359,13 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	s.mu.Unlock()
 	s.refreshLimits(context.WithoutCancel(ctx), sess.ProjectID)
 	tctx := context.WithoutCancel(ctx)
-	err = s.store.InTx(tctx, func(tx store.Store) error {
-		_, err := s.transition(tctx, tx, sess.ID, sdk.StateRunning, func(ss *store.Session) {
-			ss.DetachedAt, ss.LastSeenAt = now, now
-			ss.GPUs, ss.Node, ss.Handle = placement.Devices, placement.Node, placement.Handle
-			// A warm session is metered from when a user claims it.
-			if !warm {
-				ss.StartedAt = now
-			}
-		})
-		return err
+	err = s.recordRunning(tctx, sess.ID, func(ss *store.Session) {
+		ss.DetachedAt, ss.LastSeenAt = now, now
+		ss.GPUs, ss.Node, ss.Handle = placement.Devices, placement.Node, placement.Handle
+		// A warm session is metered from when a user claims it.
+		if !warm {
+			ss.StartedAt = now
+		}
 	})
 	if err != nil {
 		// Stopped meanwhile (the move to running is refused), or the
@@ -391,6 +388,38 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	log.Info("session running", "backend", backend.Name, "node", placement.Node, "gpus", strings.Join(placement.Devices, ","),
 		"handle", placement.Handle, "start_ms", now.Sub(requested).Milliseconds())
 	return s.store.Session(ctx, sess.ID)
+}
+
+// recordRunning moves a session whose runtime start returned to running.
+// A store that cannot be reached is waited for (as long as the server
+// runs): the session runs, and its start is still in flight here, so no
+// one else fails it; giving up would stop a session that started fine.
+func (s *Server) recordRunning(ctx context.Context, id string, change func(*store.Session)) error {
+	t := time.NewTicker(s.cfg.StoreRetryInterval)
+	defer t.Stop()
+	for retried := false; ; retried = true {
+		err := s.store.InTx(ctx, func(tx store.Store) error {
+			if retried {
+				// The last try's commit may have gone through unanswered:
+				// only this start moves the session to running.
+				if cur, err := tx.Session(ctx, id); err != nil || cur.State == sdk.StateRunning {
+					return err
+				}
+			}
+			_, err := s.transition(ctx, tx, id, sdk.StateRunning, change)
+			return err
+		})
+		if !errors.Is(err, store.ErrUnavailable) {
+			return err
+		}
+		s.storeWrote(err)
+		s.log.Warn("record a started session as running; retried once the store answers", "session_id", id, "err", err)
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+			return err
+		}
+	}
 }
 
 // joinable waits until a session chosen to join is running and returns

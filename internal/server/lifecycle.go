@@ -202,22 +202,27 @@ func (s *Server) ended(id, reason string) {
 // audit event in the same transaction.
 func (s *Server) recordEnd(ctx context.Context, id, state, reason, actor string, at time.Time) error {
 	return s.store.InTx(ctx, func(tx store.Store) error {
-		if err := s.checkFence(ctx, tx); err != nil {
-			return err
-		}
-		if err := tx.EndSession(ctx, id, state, reason, at); err != nil {
-			s.logIllegal(id, err)
-			return err
-		}
-		sess, err := tx.Session(ctx, id)
-		if err != nil {
-			return err
-		}
-		if err := s.meter(ctx, tx, sess, sess.EndedAt); err != nil {
-			return err
-		}
-		return s.audit(ctx, tx, actor, "session.end", sess.Project, id, nil, map[string]any{"state": state, "reason": reason})
+		return s.recordEndTx(ctx, tx, id, state, reason, actor, at)
 	})
+}
+
+// recordEndTx is recordEnd inside the transaction tx.
+func (s *Server) recordEndTx(ctx context.Context, tx store.Store, id, state, reason, actor string, at time.Time) error {
+	if err := s.checkFence(ctx, tx); err != nil {
+		return err
+	}
+	if err := tx.EndSession(ctx, id, state, reason, at); err != nil {
+		s.logIllegal(id, err)
+		return err
+	}
+	sess, err := tx.Session(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := s.meter(ctx, tx, sess, sess.EndedAt); err != nil {
+		return err
+	}
+	return s.audit(ctx, tx, actor, "session.end", sess.Project, id, nil, map[string]any{"state": state, "reason": reason})
 }
 
 // forget drops a session that ended from memory, and wakes the queues:

@@ -334,29 +334,44 @@ const interruptedStart = "the control plane restarted before the session finishe
 
 // failInterruptedStart ends a session an earlier server was starting when
 // it died: it never ran, so it ends failed (reason error), not lost, and
-// whatever the runtime made of it is stopped first.
+// whatever the runtime made of it is stopped first. sess is as a listing
+// saw it: a start that went on meanwhile (it ran, or was stopped) is left
+// alone, which only the transaction that ends it can tell.
 func (s *Server) failInterruptedStart(ctx context.Context, sess store.Session, now time.Time) {
 	log := s.log.With("session_id", sess.ID)
-	log.Warn("session was starting when the control plane stopped; it fails")
-	if sess.State != sdk.StateStarting {
-		// Nothing was asked of the runtime yet.
-		if err := s.recordEnd(ctx, sess.ID, sdk.StateFailed, sdk.ReasonError, "system", now); err != nil && !errors.Is(err, store.ErrConflict) {
-			log.Error("record interrupted start", "err", err)
-		}
-		return
-	}
 	var stop store.Session
+	movedOn := false
 	err := s.store.InTx(ctx, func(tx store.Store) error {
-		var err error
+		cur, err := tx.Session(ctx, sess.ID)
+		if err != nil {
+			return err
+		}
+		if cur.State != sess.State {
+			movedOn = true
+			return nil
+		}
+		if cur.State != sdk.StateStarting {
+			// Nothing was asked of the runtime yet.
+			return s.recordEndTx(ctx, tx, sess.ID, sdk.StateFailed, sdk.ReasonError, "system", now)
+		}
 		stop, err = s.transition(ctx, tx, sess.ID, sdk.StateStopping, func(x *store.Session) {
 			x.EndReason, x.EndedAt, x.EndActor, x.EndState = sdk.ReasonError, now, "system", sdk.StateFailed
 			x.Error, x.Attachments = interruptedStart, 0
 		})
 		return err
 	})
-	if err != nil {
+	switch {
+	case movedOn:
+		return
+	case errors.Is(err, store.ErrConflict):
+		return // ended meanwhile
+	case err != nil:
 		s.storeWrote(err)
 		log.Error("record interrupted start", "err", err)
+		return
+	}
+	log.Warn("session was starting when the control plane stopped; it fails")
+	if stop.ID == "" {
 		return
 	}
 	if err := s.finishStop(ctx, stop); err != nil {
