@@ -553,3 +553,33 @@ func TestDetachedRunKilledBySignal(t *testing.T) {
 		t.Fatalf("logs: %+v", r)
 	}
 }
+
+// On the oci runtime too, a run outlives a killed control plane: opened
+// just before the kill (through `devgpu cp`, the container's files being
+// out of the host's reach), the job prints on, and the restarted server
+// keeps every line once and the exit status.
+func TestDetachedRunSurvivesServerKillOCI(t *testing.T) {
+	t.Parallel()
+	e, _ := newOCIEnv(t)
+	const n, pause = 45, 15
+	id := e.runDetached("--", counter(n, pause)+"; exit 6")
+	testutil.Eventually(t, testutil.WaitMedium, "the server to keep the run's first lines", func() bool {
+		return strings.Contains(e.cli("logs", id).stdout, fmt.Sprintf("line-%d\n", pause))
+	})
+	gate := filepath.Join(t.TempDir(), "go")
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.cli("cp", gate, id+":go"); r.code != 0 {
+		t.Fatalf("cp the gate into the job's container: %+v", r)
+	}
+	e.stopServer(syscall.SIGKILL)
+	e.startServer()
+
+	s := e.waitEnded(id)
+	wantCompleted(t, s, 6)
+	if r := e.cli("logs", id); r.code != 0 || r.stdout != counted(n) || r.stderr != "" {
+		t.Fatalf("logs after the server's restart: code %d, stderr %q, stdout:\n%s\nwant line-1 to line-%d, once each", r.code, r.stderr, r.stdout, n)
+	}
+	e.wantBilled(s.EndedAt.Sub(*s.StartedAt).Seconds(), "the run's running seconds, across the restart")
+}
