@@ -515,7 +515,8 @@ func TestDetachedRunCopy(t *testing.T) {
 
 // `sessions stop NAME` ends the newest running job of that name: reason
 // stopped, no exit status, and `wait`, waiting already or asked after,
-// exits 255 with a sentence.
+// exits 255 with a sentence; so does an administrator's stop of another
+// user's run, for its owner.
 func TestDetachedRunStop(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "t4:1")
@@ -533,6 +534,16 @@ func TestDetachedRunStop(t *testing.T) {
 		t.Fatalf("a wait started before the stop exited %d; want 255", code)
 	}
 	e.wantFree(1, "after the job was stopped")
+
+	// An administrator stops another user's run: its owner's wait says so.
+	dana := e.newUser("dana")
+	e.admin("member", "add", "default", "dana")
+	id = dana.runDetached("--", "sleep 1000")
+	dana.waitSession(id, testutil.WaitMedium, "to run", func(s sdk.Session) bool { return s.State == sdk.StateRunning })
+	if r := e.cli("sessions", "stop", id); r.code != 0 {
+		t.Fatalf("sessions stop by an administrator: %+v", r)
+	}
+	dana.wantEndedWithout(id, sdk.ReasonAdmin, "administrator")
 }
 
 // A run killed by a signal records it: exit status 128+9, signal KILL,
