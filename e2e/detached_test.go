@@ -105,6 +105,37 @@ func counted(n int) string {
 	return b.String()
 }
 
+// pausedAt is the last line counter prints before its gate.
+func pausedAt(pause int) string { return fmt.Sprintf("line-%d\n", pause) }
+
+// wantCounted fails the test unless out, what a `logs` printed on
+// stdout, is line-1 to line-n once each.
+func wantCounted(t *testing.T, what, out string, n int) {
+	t.Helper()
+	if out != counted(n) {
+		t.Fatalf("%s printed:\n%s\nwant line-1 to line-%d, once each", what, out, n)
+	}
+}
+
+// wantLogged fails the test unless `logs` prints counter's n lines and
+// nothing on stderr (no gap).
+func (e *env) wantLogged(id string, n int, when string) {
+	e.t.Helper()
+	r := e.cli("logs", id)
+	if r.code != 0 || r.stderr != "" {
+		e.t.Fatalf("logs %s: %+v", when, r)
+	}
+	wantCounted(e.t, "logs "+when, r.stdout, n)
+}
+
+// awaitLogged waits until the server's log of run id holds text.
+func (e *env) awaitLogged(id, text string) {
+	e.t.Helper()
+	testutil.Eventually(e.t, testutil.WaitMedium, "the server to keep "+strconv.Quote(text)+" of run "+id, func() bool {
+		return strings.Contains(e.cli("logs", id).stdout, text)
+	})
+}
+
 // awaitStdout waits until a background command has printed text.
 func (b *bg) awaitStdout(t *testing.T, text string) {
 	t.Helper()
@@ -242,8 +273,8 @@ func TestDetachedLogsFollowResumes(t *testing.T) {
 	dropped := e.start([]string{"DEVGPU_URL=http://" + proxy.Addr}, "logs", "-f", id)
 	// The job waits after line 15 until the gate opens: both follow a run
 	// that is still printing.
-	killed.awaitStdout(t, fmt.Sprintf("line-%d\n", pause))
-	dropped.awaitStdout(t, fmt.Sprintf("line-%d\n", pause))
+	killed.awaitStdout(t, pausedAt(pause))
+	dropped.awaitStdout(t, pausedAt(pause))
 	if err := killed.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -255,12 +286,10 @@ func TestDetachedLogsFollowResumes(t *testing.T) {
 	e.openGate(id, "go")
 
 	again := e.background("logs", "-f", id)
-	if stdout, _ := again.succeeded(t); stdout != counted(n) {
-		t.Errorf("a new logs -f after one was killed printed:\n%s\nwant line-1 to line-%d, once each", stdout, n)
-	}
-	if stdout, _ := dropped.succeeded(t); stdout != counted(n) {
-		t.Errorf("logs -f through a dropped network printed:\n%s\nwant line-1 to line-%d, once each", stdout, n)
-	}
+	stdout, _ := again.succeeded(t)
+	wantCounted(t, "a new logs -f after one was killed", stdout, n)
+	stdout, _ = dropped.succeeded(t)
+	wantCounted(t, "logs -f through a dropped network", stdout, n)
 	wantCompleted(t, e.session(id), 0)
 }
 
@@ -319,11 +348,10 @@ func TestDetachedRunSurvivesServerKill(t *testing.T) {
 	const n, pause = 30, 15
 	id := e.runDetached("--", counter(n, pause)+"; exit 3")
 	short := e.runDetached("--", `echo first; `+gated("go")+`; echo last; touch "$HOME/exiting"; exit 5`)
-	testutil.Eventually(t, testutil.WaitMedium, "the server to keep the runs' first lines", func() bool {
-		return strings.Contains(e.cli("logs", id).stdout, fmt.Sprintf("line-%d\n", pause)) && e.cli("logs", short).stdout == "first\n"
-	})
+	e.awaitLogged(id, pausedAt(pause))
+	e.awaitLogged(short, "first\n")
 	follow := e.background("logs", "-f", id)
-	follow.awaitStdout(t, fmt.Sprintf("line-%d\n", pause))
+	follow.awaitStdout(t, pausedAt(pause))
 	e.stopServer(syscall.SIGKILL)
 	e.openGate(id, "go") // the run prints on with no server
 	e.openGate(short, "go")
@@ -338,12 +366,9 @@ func TestDetachedRunSurvivesServerKill(t *testing.T) {
 	if r := e.cli("wait", id); r.code != 3 {
 		t.Fatalf("devgpu wait after the restart: %+v; want exit 3", r)
 	}
-	if r := e.cli("logs", id); r.code != 0 || r.stdout != counted(n) || r.stderr != "" {
-		t.Fatalf("logs after the server's restart: code %d, stderr %q, stdout:\n%s\nwant line-1 to line-%d, once each", r.code, r.stderr, r.stdout, n)
-	}
-	if stdout, _ := follow.succeeded(t); stdout != counted(n) {
-		t.Fatalf("logs -f through the server's restart printed:\n%s\nwant line-1 to line-%d, once each", stdout, n)
-	}
+	e.wantLogged(id, n, "after the server's restart")
+	stdout, _ := follow.succeeded(t)
+	wantCounted(t, "logs -f through the server's restart", stdout, n)
 	sh := e.waitEnded(short)
 	wantCompleted(t, sh, 5)
 	if r := e.cli("logs", short); r.stdout != "first\nlast\n" || r.stderr != "" {
@@ -577,9 +602,7 @@ func TestDetachedRunSurvivesServerKillOCI(t *testing.T) {
 	e, _ := newOCIEnv(t)
 	const n, pause = 45, 15
 	id := e.runDetached("--", counter(n, pause)+"; exit 6")
-	testutil.Eventually(t, testutil.WaitMedium, "the server to keep the run's first lines", func() bool {
-		return strings.Contains(e.cli("logs", id).stdout, fmt.Sprintf("line-%d\n", pause))
-	})
+	e.awaitLogged(id, pausedAt(pause))
 	gate := filepath.Join(t.TempDir(), "go")
 	if err := os.WriteFile(gate, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -592,8 +615,6 @@ func TestDetachedRunSurvivesServerKillOCI(t *testing.T) {
 
 	s := e.waitEnded(id)
 	wantCompleted(t, s, 6)
-	if r := e.cli("logs", id); r.code != 0 || r.stdout != counted(n) || r.stderr != "" {
-		t.Fatalf("logs after the server's restart: code %d, stderr %q, stdout:\n%s\nwant line-1 to line-%d, once each", r.code, r.stderr, r.stdout, n)
-	}
+	e.wantLogged(id, n, "after the server's restart")
 	e.wantBilled(s.EndedAt.Sub(*s.StartedAt).Seconds(), "the run's running seconds, across the restart")
 }
