@@ -404,6 +404,7 @@ func TestDetachedRunLogLimit(t *testing.T) {
 	// 1 GiB of x in 64 MiB pieces, and on until the gate opens, so that the
 	// shell is tried while the run prints; then THE END.
 	id := e.runDetached("--", `n=0; while [ $n -lt 16 ] || [ ! -e "$HOME/stop" ]; do head -c 67108864 /dev/zero | tr '\0' x; n=$((n+1)); done; echo; echo THE END`)
+	follow := e.background("logs", "-f", id)
 	testutil.Eventually(t, testutil.WaitMedium, "the server to keep the run's output", func() bool { return e.session(id).LogBytes > 0 })
 	shell.send("echo RO''UND-TRIP\r")
 	shell.expect("ROUND-TRIP")
@@ -418,19 +419,37 @@ func TestDetachedRunLogLimit(t *testing.T) {
 	s := e.waitEnded(id)
 	wantCompleted(t, s, 0)
 	r := e.cli("logs", id)
-	body := strings.TrimSuffix(r.stdout, "\nTHE END\n")
-	if r.code != 0 || body == r.stdout || strings.Trim(body, "x") != "" {
-		t.Fatalf("logs of a run over its limit: exit %d, stderr %q, stdout of %d bytes ending %q; want x... then THE END", r.code, r.stderr, len(r.stdout), tail(r.stdout, 64))
+	if r.code != 0 {
+		t.Fatalf("logs of a run over its limit: %+v", r)
 	}
-	if strings.TrimSpace(r.stderr) == "" {
-		t.Fatal("logs of a run over its limit says nothing on stderr of what was dropped")
-	}
+	wantXsThenEnd(t, "logs", r.stdout, r.stderr)
 	t.Logf("the marker: %s", strings.TrimSpace(r.stderr))
+	stdout, stderr := follow.succeeded(t)
+	wantXsThenEnd(t, "logs -f", stdout, stderr)
 	if s.LogBytes > limit || int64(len(r.stdout)) != s.LogBytes || len(r.stdout) < limit/2 {
 		t.Fatalf("the log keeps %d bytes (logs printed %d); want the last output, at most %d and at least half of it", s.LogBytes, len(r.stdout), limit)
 	}
 	if size := storeSize(); size > storeBound {
 		t.Fatalf("the store is %d bytes after a run printed 1 GiB with a 1 MiB log limit; want at most %d", size, storeBound)
+	}
+}
+
+// wantXsThenEnd fails the test unless a `logs` of a run that printed x
+// far past its log limit, and then THE END, printed x... then THE END on
+// stdout, and on stderr only markers of what was not kept.
+func wantXsThenEnd(t *testing.T, what, stdout, stderr string) {
+	t.Helper()
+	body := strings.TrimSuffix(stdout, "\nTHE END\n")
+	if body == stdout || strings.Trim(body, "x") != "" {
+		t.Fatalf("%s of a run over its limit: stdout of %d bytes ending %q; want x... then THE END", what, len(stdout), tail(stdout, 64))
+	}
+	if strings.TrimSpace(stderr) == "" {
+		t.Fatalf("%s of a run over its limit says nothing on stderr of what was dropped", what)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(stderr), "\n") {
+		if !strings.Contains(line, "not kept") {
+			t.Fatalf("%s of a run over its limit: %q on stderr, which is no marker of output not kept", what, line)
+		}
 	}
 }
 
