@@ -637,3 +637,22 @@ func TestDetachedRunSurvivesServerKillOCI(t *testing.T) {
 	e.wantLogged(id, n, "after the server's restart")
 	e.wantBilled(s.EndedAt.Sub(*s.StartedAt).Seconds(), "the run's running seconds, across the restart")
 }
+
+// Output is kept byte for byte: every byte value, 256 KiB of them in no
+// lines, comes back from `logs` as the run printed it.
+func TestDetachedRunBinaryOutput(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:1")
+	id := e.runDetached("--", `i=0; while [ $i -lt 256 ]; do printf "\\$(printf %o $i)"; i=$((i+1)); done > b; `+
+		`for d in 1 2 3 4 5 6 7 8 9 10; do cat b b > b2; mv b2 b; done; cat b`)
+	wantCompleted(t, e.waitEnded(id), 0)
+	var want strings.Builder
+	for range 1 << 10 {
+		for b := range 256 {
+			want.WriteByte(byte(b))
+		}
+	}
+	if r := e.cli("logs", id); r.code != 0 || r.stdout != want.String() || r.stderr != "" {
+		t.Fatalf("logs of every byte value: exit %d, %d bytes on stdout (want %d, bytes 0 to 255 over and over), stderr %q", r.code, len(r.stdout), want.Len(), r.stderr)
+	}
+}
