@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -654,5 +655,33 @@ func TestDetachedRunBinaryOutput(t *testing.T) {
 	}
 	if r := e.cli("logs", id); r.code != 0 || r.stdout != want.String() || r.stderr != "" {
 		t.Fatalf("logs of every byte value: exit %d, %d bytes on stdout (want %d, bytes 0 to 255 over and over), stderr %q", r.code, len(r.stdout), want.Len(), r.stderr)
+	}
+}
+
+// A detached run never takes a warm pool's ready session: it starts its
+// own, and the ready one stays for the next shell.
+func TestDetachedRunLeavesWarmPool(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:2")
+	e.admin("pool", "set", "default", "--gpu", "t4", "--size", "1")
+	var ready string
+	testutil.Eventually(t, testutil.WaitMedium, "a ready session", func() bool {
+		r := e.cli("sessions", "list", "--all", "--all-users", "--json")
+		var all []sdk.Session
+		_ = json.Unmarshal([]byte(r.stdout), &all)
+		for _, s := range all {
+			if s.User == "warm-pool" && s.State == sdk.StateRunning {
+				ready = s.ID
+			}
+		}
+		return ready != ""
+	})
+	id := e.runDetached("--", `echo "$DEVGPU_SESSION_ID $DEVGPU_USER"`)
+	wantCompleted(t, e.waitEnded(id), 0)
+	if r := e.cli("logs", id); id == ready || r.stdout != id+" root\n" {
+		t.Fatalf("the detached run ran as %q in session %s; want its own session, not the ready %s, as root", r.stdout, id, ready)
+	}
+	if s := e.anySession(ready); s.State != sdk.StateRunning || s.User != "warm-pool" {
+		t.Fatalf("the ready session after a detached run: %+v; want it still ready for a shell", s)
 	}
 }
