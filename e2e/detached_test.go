@@ -685,3 +685,49 @@ func TestDetachedRunLeavesWarmPool(t *testing.T) {
 		t.Fatalf("the ready session after a detached run: %+v; want it still ready for a shell", s)
 	}
 }
+
+// A queued detached run keeps its place across a killed server: a queued
+// `run --wait` whose client went with the server is given up after the
+// detach grace, the detached run is not, and it starts when the GPU frees.
+func TestDetachedRunQueuedSurvivesServerKill(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:1")
+	e.admin("project", "update", "default", "--detach-grace", "1s")
+	holder := e.runDetached("--", gated("go"))
+	e.waitSession(holder, testutil.WaitMedium, "to run", func(s sdk.Session) bool { return s.State == sdk.StateRunning })
+	r := e.cli("run", "--detach", "--wait", "--name", "patient", "--", "echo patient")
+	if r.code != 0 {
+		t.Fatalf("run --detach --wait: %+v", r)
+	}
+	client := e.background("run", "--wait", "--", "echo impatient")
+	client.waitStderr(t, "queued, position 2")
+	var away string
+	for _, s := range e.sessions() {
+		if s.State == sdk.StateQueued && s.Name != "patient" {
+			away = s.ID
+		}
+	}
+
+	e.stopServer(syscall.SIGKILL)
+	if err := client.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	client.wait(t)
+	e.startServer()
+	e.waitSession(away, testutil.WaitMedium, "whose client went with the server to leave the queue", func(s sdk.Session) bool { return !s.Active() })
+	var patient sdk.Session
+	for _, s := range e.sessions() {
+		if s.Name == "patient" {
+			patient = s
+		}
+	}
+	if patient.State != sdk.StateQueued {
+		t.Fatalf("the queued detached run is %s (%s) after the restart; want it queued still", patient.State, patient.EndReason)
+	}
+
+	e.openGate(holder, "go")
+	wantCompleted(t, e.waitEnded(patient.ID), 0)
+	if r := e.cli("logs", "patient"); r.stdout != "patient\n" {
+		t.Fatalf("logs: %+v", r)
+	}
+}
