@@ -731,3 +731,14 @@ func TestDetachedRunQueuedSurvivesServerKill(t *testing.T) {
 		t.Fatalf("logs: %+v", r)
 	}
 }
+
+// A project whose budget stops running sessions stops a detached run too
+// once it is spent: reason budget, and `wait` says so.
+func TestDetachedRunBudget(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:1", "--budget-interval", "100ms")
+	// 0.001 GPU-hours: 3.6 GPU-seconds.
+	e.admin("project", "update", "default", "--budget", "0.001", "--budget-unit", "gpu-hours", "--budget-action", "stop")
+	id := e.runDetached("--", "sleep 1000")
+	e.wantEndedWithout(id, sdk.ReasonBudget, "budget")
+}
