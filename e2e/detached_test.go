@@ -742,3 +742,27 @@ func TestDetachedRunBudget(t *testing.T) {
 	id := e.runDetached("--", "sleep 1000")
 	e.wantEndedWithout(id, sdk.ReasonBudget, "budget")
 }
+
+// A run whose agent dies (SIGKILL: the session's processes are gone) ends
+// lost, with no exit status, and `wait` says so.
+func TestDetachedRunLost(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:1")
+	id := e.runDetached("--", "echo before; sleep 1000")
+	e.awaitLogged(id, "before\n")
+	b, err := os.ReadFile(filepath.Join(e.dir, "data", "sessions", id, "agent.pid"))
+	if err != nil {
+		t.Fatalf("the local session's agent pid file: %v", err)
+	}
+	pid, err := strconv.Atoi(strings.Fields(string(b) + " -")[0])
+	if err != nil || pid <= 1 {
+		t.Fatalf("agent.pid holds %q", b)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill the session's agent: %v", err)
+	}
+	e.wantEndedWithout(id, sdk.ReasonLost, "lost")
+	if r := e.cli("logs", id); r.stdout != "before\n" {
+		t.Fatalf("logs of a lost run: %+v; want what it printed before", r)
+	}
+}
