@@ -263,15 +263,18 @@ func rowHas(table string, words ...string) bool {
 
 // A `logs -f` killed mid-follow loses nothing: a new one prints the whole
 // output, once. One whose network drops mid-follow resumes where it was,
-// without a gap or a repeated line.
+// without a gap or a repeated line; a `wait` whose network drops asks
+// again and exits with the run's status.
 func TestDetachedLogsFollowResumes(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "t4:1")
 	const n, pause = 30, 15
-	id := e.runDetached("--", counter(n, pause))
+	id := e.runDetached("--", counter(n, pause)+"; exit 9")
 	killed := e.background("logs", "-f", id)
 	proxy := testutil.NewProxy(t, e.addr)
-	dropped := e.start([]string{"DEVGPU_URL=http://" + proxy.Addr}, "logs", "-f", id)
+	throughProxy := []string{"DEVGPU_URL=http://" + proxy.Addr}
+	waiter := e.start(throughProxy, "wait", id)
+	dropped := e.start(throughProxy, "logs", "-f", id)
 	// The job waits after line 15 until the gate opens: both follow a run
 	// that is still printing.
 	killed.awaitStdout(t, pausedAt(pause))
@@ -280,8 +283,8 @@ func TestDetachedLogsFollowResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	killed.wait(t)
-	if cut := proxy.Cut(); cut == 0 {
-		t.Fatal("the proxy cut no connection: the follower is not following through it")
+	if cut := proxy.Cut(); cut < 2 {
+		t.Fatalf("the proxy cut %d connections; want the follower's and the waiter's", cut)
 	}
 	proxy.Restore()
 	e.openGate(id, "go")
@@ -291,7 +294,11 @@ func TestDetachedLogsFollowResumes(t *testing.T) {
 	wantCounted(t, "a new logs -f after one was killed", stdout, n)
 	stdout, _ = dropped.succeeded(t)
 	wantCounted(t, "logs -f through a dropped network", stdout, n)
-	wantCompleted(t, e.session(id), 0)
+	wantCompleted(t, e.session(id), 9)
+	if code := waiter.wait(t); code != 9 {
+		_, stderr := waiter.output()
+		t.Fatalf("devgpu wait through a dropped network exited %d (%s); want 9, the run's", code, stderr)
+	}
 }
 
 // `run --detach --wait` behind a full project queues and returns at once;
