@@ -344,14 +344,23 @@ func TestDetachedRunQueued(t *testing.T) {
 	}
 }
 
-// A control plane killed (SIGKILL) while a run prints, and started again,
-// follows it on from where its store says: every line once, the exit
-// status right, and the usage the run's seconds, billed once; a `logs -f`
-// that followed through the restart prints every line once too. A run
-// that exits while the server is down has its last lines and its exit
-// collected when the server is back.
+// A control plane killed (SIGKILL) or stopped (SIGTERM) while a run
+// prints, and started again, follows it on from where its store says:
+// every line once, the exit status right, and the usage the run's
+// seconds, billed once; a `logs -f` that followed through the restart
+// prints every line once too. A run that exits while the server is down
+// has its last lines and its exit collected when the server is back.
 func TestDetachedRunSurvivesServerKill(t *testing.T) {
 	t.Parallel()
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			t.Parallel()
+			testDetachedServerRestart(t, sig)
+		})
+	}
+}
+
+func testDetachedServerRestart(t *testing.T, sig syscall.Signal) {
 	e := newEnv(t, "t4:2")
 	const n, pause = 30, 15
 	id := e.runDetached("--", counter(n, pause)+"; exit 3")
@@ -360,7 +369,7 @@ func TestDetachedRunSurvivesServerKill(t *testing.T) {
 	e.awaitLogged(short, "first\n")
 	follow := e.background("logs", "-f", id)
 	follow.awaitStdout(t, pausedAt(pause))
-	e.stopServer(syscall.SIGKILL)
+	e.stopServer(sig)
 	e.openGate(id, "go") // the run prints on with no server
 	e.openGate(short, "go")
 	testutil.Eventually(t, testutil.WaitMedium, "the short run to exit with no server", func() bool {
