@@ -782,3 +782,37 @@ func TestDetachedRunLost(t *testing.T) {
 		t.Fatalf("logs of a lost run: %+v; want what it printed before", r)
 	}
 }
+
+// A detached run's command runs as `devgpu run`'s does: the same
+// environment, directory, limits, capabilities and sandbox, apart from
+// the session's id.
+func TestDetachedRunRunsAsRunDoes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "t4:1")
+	const probe = `env | sort; pwd; ulimit -a; grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; id`
+	r := e.cli("run", "--", probe)
+	if r.code != 0 {
+		t.Fatalf("run: %+v", r)
+	}
+	runID := strings.TrimPrefix(grepLine(r.stdout, "DEVGPU_SESSION_ID="), "DEVGPU_SESSION_ID=")
+	if runID == "" {
+		t.Fatalf("`devgpu run`'s command has no DEVGPU_SESSION_ID:\n%s", r.stdout)
+	}
+	attached := strings.ReplaceAll(r.stdout, runID, "ID")
+	id := e.runDetached("--", probe)
+	wantCompleted(t, e.waitEnded(id), 0)
+	detached := strings.ReplaceAll(e.cli("logs", id).stdout, id, "ID")
+	if detached != attached {
+		t.Fatalf("a detached run's command sees:\n%s\nwhere `devgpu run`'s sees:\n%s", detached, attached)
+	}
+}
+
+// grepLine is the first line of text that starts with prefix.
+func grepLine(text, prefix string) string {
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, prefix) {
+			return line
+		}
+	}
+	return ""
+}
