@@ -785,10 +785,19 @@ func TestDetachedRunLost(t *testing.T) {
 
 // A detached run's command runs as `devgpu run`'s does: the same
 // environment, directory, limits, capabilities and sandbox, apart from
-// the session's id.
+// the session's id and GPUs.
 func TestDetachedRunRunsAsRunDoes(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, "t4:1")
+	testRunsAsRunDoes(t, newEnv(t, "t4:1"))
+}
+
+func TestDetachedRunRunsAsRunDoesOCI(t *testing.T) {
+	t.Parallel()
+	e, _ := newOCIEnv(t)
+	testRunsAsRunDoes(t, e)
+}
+
+func testRunsAsRunDoes(t *testing.T, e *env) {
 	const probe = `env | sort; pwd; ulimit -a; grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; id`
 	r := e.cli("run", "--", probe)
 	if r.code != 0 {
@@ -798,13 +807,22 @@ func TestDetachedRunRunsAsRunDoes(t *testing.T) {
 	if runID == "" {
 		t.Fatalf("`devgpu run`'s command has no DEVGPU_SESSION_ID:\n%s", r.stdout)
 	}
-	attached := strings.ReplaceAll(r.stdout, runID, "ID")
+	attached := e.anonymous(r.stdout, runID)
 	id := e.runDetached("--", probe)
 	wantCompleted(t, e.waitEnded(id), 0)
-	detached := strings.ReplaceAll(e.cli("logs", id).stdout, id, "ID")
+	detached := e.anonymous(e.cli("logs", id).stdout, id)
 	if detached != attached {
 		t.Fatalf("a detached run's command sees:\n%s\nwhere `devgpu run`'s sees:\n%s", detached, attached)
 	}
+}
+
+// anonymous is text with session id's id and GPUs' ids written ID and GPU.
+func (e *env) anonymous(text, id string) string {
+	e.t.Helper()
+	for _, gpu := range e.session(id).GPUs {
+		text = strings.ReplaceAll(text, gpu, "GPU")
+	}
+	return strings.ReplaceAll(text, id, "ID")
 }
 
 // grepLine is the first line of text that starts with prefix.
