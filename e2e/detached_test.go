@@ -580,7 +580,7 @@ func TestDetachedRunCopy(t *testing.T) {
 // `sessions stop NAME` ends the newest running job of that name: reason
 // stopped, no exit status, and `wait`, waiting already or asked after,
 // exits 255 with a sentence; so does an administrator's stop of another
-// user's run, for its owner.
+// user's run, for its owner. Nobody else sees a user's runs.
 func TestDetachedRunStop(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "t4:1")
@@ -608,6 +608,13 @@ func TestDetachedRunStop(t *testing.T) {
 		t.Fatalf("sessions stop by an administrator: %+v", r)
 	}
 	dana.wantEndedWithout(id, sdk.ReasonAdmin, "administrator")
+
+	// Another user's runs are not there for her, by id or by name.
+	for _, args := range [][]string{{"logs", earlier}, {"logs", "stopme"}, {"logs", "-f", earlier}, {"wait", earlier}, {"wait", "stopme"}, {"shell", "--attach", "stopme"}} {
+		if r := dana.cli(args...); r.code != 255 || r.stdout != "" || !strings.Contains(r.stderr, "no session or run named") {
+			t.Errorf("devgpu %s by another user: %+v; want exit 255 and that there is no such run", strings.Join(args, " "), r)
+		}
+	}
 }
 
 // A run killed by a signal records it: exit status 128+9, signal KILL,
