@@ -164,11 +164,23 @@ const (
 // WaitExit waits until session id has ended and returns it, asking again
 // after network errors and the server's own timeouts, until ctx is done.
 func (c *Client) WaitExit(ctx context.Context, id string) (Session, error) {
+	return c.WaitExitReporting(ctx, id, nil)
+}
+
+// WaitExitReporting is WaitExit that also tells away, when not nil, once
+// when the server stops answering (with the error it gave) and once, with
+// nil, when it answers again, so that a caller can say why it is quiet.
+func (c *Client) WaitExitReporting(ctx context.Context, id string, away func(error)) (Session, error) {
 	path := "/api/v1/sessions/" + url.PathEscape(id) + "/exit?" + url.Values{"timeout": {exitPoll.String()}}.Encode()
 	backoff := retryMin
+	unanswered := false
 	for {
 		var s Session
 		err := c.do(ctx, http.MethodGet, path, nil, &s)
+		if err == nil && unanswered {
+			unanswered = false
+			away(nil)
+		}
 		switch {
 		case err == nil && !s.Active():
 			return s, nil
@@ -179,6 +191,10 @@ func (c *Client) WaitExit(ctx context.Context, id string) (Session, error) {
 			return s, ctx.Err()
 		case !Transient(err):
 			return s, err
+		}
+		if !unanswered && away != nil {
+			unanswered = true
+			away(err)
 		}
 		select {
 		case <-ctx.Done():

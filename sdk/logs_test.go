@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -122,9 +123,14 @@ func TestWaitExit(t *testing.T) {
 		}
 	}))
 	ctx := testutil.Context(t, testutil.WaitMedium)
-	s, err := c.WaitExit(ctx, "s1")
+	// Two failures in a row are one time away: told once, and once back.
+	var told []string
+	s, err := c.WaitExitReporting(ctx, "s1", func(err error) { told = append(told, fmt.Sprint(err)) })
 	if err != nil || s.ExitStatus == nil || *s.ExitStatus != 7 || calls != 4 {
 		t.Fatalf("WaitExit = %+v, %v after %d calls; want exit 7 after 4", s, err, calls)
+	}
+	if len(told) != 2 || !strings.Contains(told[0], "restarting") || told[1] != "<nil>" {
+		t.Errorf("away was told %q; want the 503 once, then nil once", told)
 	}
 	if _, err := c.WaitExit(ctx, "gone"); !IsStatus(err, http.StatusNotFound) || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("WaitExit of an unknown session: %v; want the 404", err)

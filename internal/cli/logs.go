@@ -88,19 +88,12 @@ func (e printError) Unwrap() error { return e.err }
 func readLogs(ctx context.Context, client *sdk.Client, id string, q sdk.LogQuery, p *logPrinter, giveUp time.Duration) error {
 	heard := time.Now()
 	backoff := reconnectMin
-	var status *statusLine
-	defer func() {
-		if status != nil {
-			status.done()
-		}
-	}()
+	away := serverAway{msg: "reconnecting to the server for the log of run " + id}
+	defer away.quiet()
 	for {
 		err := client.Logs(ctx, id, q, func(r sdk.LogRecord) error {
 			heard, backoff = time.Now(), reconnectMin
-			if status != nil {
-				status.done()
-				status = nil
-			}
+			away.answered()
 			q.After = r.Next(q.After)
 			if len(r.Data) > 0 {
 				// What follows was printed later: asked again, the
@@ -122,12 +115,7 @@ func readLogs(ctx context.Context, client *sdk.Client, id string, q sdk.LogQuery
 		case time.Since(heard) > giveUp:
 			return fmt.Errorf("the server has not answered for %s (%w); run `devgpu logs %s -f` again once it is back", giveUp, err, id)
 		}
-		if status == nil {
-			status = newStatusLine()
-			status.ownLine = p.midLine()
-			status.since = heard
-			status.set("reconnecting to the server for the log of run " + id)
-		}
+		away.lost(heard, p.midLine())
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

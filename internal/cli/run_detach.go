@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -26,15 +27,31 @@ func (d *detachFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&d.name, "name", "", "a name for the detached run, usable instead of its id (letters a-z, digits, . _ -)")
 }
 
-// check refuses the flags that do not go together.
-func (d *detachFlags) check(cmd *cobra.Command, f sessionFlags) error {
+// check refuses the flags that do not go together, and a command that
+// is the duration meant for a bare --wait.
+func (d *detachFlags) check(cmd *cobra.Command, f sessionFlags, args []string) error {
 	switch {
+	case bareWaitTook(cmd, f, args):
+		return newUsageError(cmd, "--wait takes its duration after an equals sign: write --wait=%s", args[0])
+	case cmd.Flags().Changed("name") && strings.TrimSpace(d.name) == "":
+		return newUsageError(cmd, "--name is empty; give the run a name (letters a-z, digits, . _ -) or leave --name out")
 	case cmd.Flags().Changed("name") && !d.detach:
 		return newUsageError(cmd, "--name names a detached run; add --detach, as in devgpu run --detach --name %s -- CMD", d.name)
 	case d.detach && f.attach != "":
 		return newUsageError(cmd, "--detach starts a new session for the run and --attach runs in an existing one; drop one of the two (devgpu shell --attach ID opens a shell beside a detached run)")
 	}
 	return nil
+}
+
+// bareWaitTook reports whether --wait was given bare (it takes no value
+// after a space, so that it may come last) and the command's first word is
+// a duration: `--wait 2m -- CMD` would run "2m -- CMD".
+func bareWaitTook(cmd *cobra.Command, f sessionFlags, args []string) bool {
+	if !cmd.Flags().Changed("wait") || len(args) == 0 || f.wait != bareWait {
+		return false
+	}
+	_, err := time.ParseDuration(args[0])
+	return err == nil
 }
 
 // runDetached starts command as a detached run and returns once the

@@ -62,10 +62,18 @@ func explainEnd(ctx context.Context, api *sdk.Client, id string, err error) erro
 // endMessage says why a session ended, in one line.
 func endMessage(s sdk.Session) string {
 	if s.State == sdk.StateFailed {
+		return fmt.Sprintf("session %s failed: %s", s.ID, endCause(s))
+	}
+	return fmt.Sprintf("session %s ended: %s", s.ID, endCause(s))
+}
+
+// endCause is endMessage without the session: what ended it.
+func endCause(s sdk.Session) string {
+	if s.State == sdk.StateFailed {
 		if s.Error != "" {
-			return fmt.Sprintf("session %s failed: %s", s.ID, oneLine(s.Error))
+			return oneLine(s.Error)
 		}
-		return fmt.Sprintf("session %s failed (%s)", s.ID, orDefault(s.EndReason, "no reason recorded"))
+		return orDefault(s.EndReason, "no reason recorded")
 	}
 	by := func(who string) string {
 		if s.EndedBy == "" || s.EndedBy == "system" {
@@ -100,5 +108,5 @@ func endMessage(s sdk.Session) string {
 	default:
 		why = s.EndReason
 	}
-	return fmt.Sprintf("session %s ended: %s", s.ID, why)
+	return why
 }

@@ -32,6 +32,9 @@ type sessionFlags struct {
 // defaultWait is how long a bare --wait waits: as long as the server allows.
 const defaultWait = "24h"
 
+// bareWait is defaultWait as a duration.
+var bareWait, _ = time.ParseDuration(defaultWait)
+
 func (f *sessionFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVarP(&f.project, "project", "p", "", "project to run in (default: the config's project, else the only project you may use, else \"default\")")
@@ -89,7 +92,7 @@ starts by itself when it may.`,
   devgpu logs train-1 -f`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := d.check(cmd, f); err != nil {
+			if err := d.check(cmd, f, args); err != nil {
 				return err
 			}
 			if d.detach {
@@ -401,8 +404,11 @@ type statusLine struct {
 	tty bool
 	// ownLine starts the line below the cursor, which may be in the middle
 	// of a shell's output; since, when set, is shown as seconds elapsed.
-	ownLine  bool
-	since    time.Time
+	ownLine bool
+	since   time.Time
+	// announce prints every new message off a terminal, not only queue
+	// updates and reconnections.
+	announce bool
 	mu       sync.Mutex
 	msg      string
 	printed  string
@@ -452,12 +458,12 @@ func newStatusLine() *statusLine {
 }
 
 // set changes the message. Off a terminal only queue updates and
-// reconnections are printed.
+// reconnections are printed, unless the line announces every message.
 func (s *statusLine) set(msg string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.msg = msg
-	if !s.tty && (strings.HasPrefix(msg, "queued") || strings.HasPrefix(msg, "reconnecting")) && msg != s.printed {
+	if !s.tty && (s.announce || strings.HasPrefix(msg, "queued") || strings.HasPrefix(msg, "reconnecting")) && msg != s.printed {
 		fmt.Fprintf(os.Stderr, "devgpu: %s\n", msg)
 		s.printed = msg
 	}

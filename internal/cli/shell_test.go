@@ -2,7 +2,10 @@ package cli
 
 import (
 	"os/exec"
+	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
 )
 
 // The quoted line, run by a real shell, gives the command its arguments
@@ -19,5 +22,67 @@ func TestCommandLine(t *testing.T) {
 	}
 	if got := commandLine([]string{"echo $HOME"}); got != "echo $HOME" {
 		t.Fatalf("one argument is a command line as it is, got %q", got)
+	}
+}
+
+// A bare --wait takes no value after a space: a duration there would be
+// run as the command, so run refuses it and says how to write it.
+func TestBareWaitTook(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args    []string
+		refused bool
+	}{
+		{[]string{"--detach", "--wait", "2m", "--name", "c", "--", "echo hi"}, true},
+		{[]string{"--wait", "1h30m", "nvidia-smi"}, true},
+		{[]string{"--wait=2m", "--", "echo hi"}, false},
+		{[]string{"--wait", "--", "nvidia-smi"}, false},
+		{[]string{"--wait", "nvidia-smi"}, false},
+		{[]string{"--", "5m"}, false},
+	} {
+		var f sessionFlags
+		var d detachFlags
+		cmd := &cobra.Command{Use: "run"}
+		cmd.Flags().SetInterspersed(false)
+		f.register(cmd)
+		d.register(cmd)
+		if err := cmd.ParseFlags(tc.args); err != nil {
+			t.Fatalf("%q: %v", tc.args, err)
+		}
+		err := d.check(cmd, f, cmd.Flags().Args())
+		want := "--wait takes its duration after an equals sign: write --wait=" + tc.args[len(tc.args)-len(cmd.Flags().Args())]
+		switch {
+		case tc.refused && (err == nil || err.Error() != want):
+			t.Errorf("%q: %v; want %q", tc.args, err, want)
+		case !tc.refused && err != nil:
+			t.Errorf("%q: %v; want it taken", tc.args, err)
+		}
+	}
+}
+
+// An empty --name would name nothing: refused, as is --name without
+// --detach.
+func TestDetachNameChecked(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--detach", "--name="}, "--name is empty"},
+		{[]string{"--detach", "--name", "  "}, "--name is empty"},
+		{[]string{"--name=train"}, "--name names a detached run"},
+	} {
+		args, want := tc.args, tc.want
+		var f sessionFlags
+		var d detachFlags
+		cmd := &cobra.Command{Use: "run"}
+		f.register(cmd)
+		d.register(cmd)
+		if err := cmd.ParseFlags(args); err != nil {
+			t.Fatalf("%q: %v", args, err)
+		}
+		if err := d.check(cmd, f, []string{"true"}); err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%q: %v; want %q", args, err, want)
+		}
 	}
 }

@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"golang.org/x/term"
 )
@@ -37,4 +39,43 @@ func fitWidth(s string, width int) string {
 		return ""
 	}
 	return string(r[:limit-1]) + "…"
+}
+
+// serverAway tells the user on stderr while the server does not answer,
+// so that a command waiting on it is not silently stuck: a line when it
+// stops answering (on a terminal, redrawn with the seconds since it last
+// did) and, when back is set, a line when it answers again.
+type serverAway struct {
+	msg, back string
+	status    *statusLine // while the server does not answer
+}
+
+// lost says that the server has not answered since then; ownLine starts
+// the line below output that ended mid-line. Said once until answered.
+func (a *serverAway) lost(since time.Time, ownLine bool) {
+	if a.status != nil {
+		return
+	}
+	a.status = newStatusLine()
+	a.status.ownLine, a.status.since, a.status.announce = ownLine, since, true
+	a.status.set(a.msg)
+}
+
+// answered says that the server answers again, when it had not.
+func (a *serverAway) answered() {
+	if a.status == nil {
+		return
+	}
+	a.quiet()
+	if a.back != "" {
+		fmt.Fprintf(os.Stderr, "devgpu: %s\n", a.back)
+	}
+}
+
+// quiet takes the line away, saying nothing more: the command ends.
+func (a *serverAway) quiet() {
+	if a.status != nil {
+		a.status.done()
+		a.status = nil
+	}
 }

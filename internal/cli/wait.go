@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"time"
@@ -34,12 +35,7 @@ by its id or by its --name (your most recent run of that name).`,
 				return fmt.Errorf("session %s is not a detached run, so it has no exit status to wait for; `devgpu run --detach -- CMD` starts one", sess.ID)
 			}
 			if sess.Active() {
-				status := newStatusLine()
-				status.since = time.Now()
-				status.set("waiting for run " + sess.ID + " to end")
-				sess, err = client.WaitExit(cmd.Context(), sess.ID)
-				status.done()
-				if err != nil {
+				if sess, err = waitEnd(cmd.Context(), client, sess.ID); err != nil {
 					return err
 				}
 			}
@@ -48,12 +44,47 @@ by its id or by its --name (your most recent run of that name).`,
 	}
 }
 
+// waitEnd waits for run id to end, showing that it waits, and saying so
+// on stderr while the server does not answer and when it is back.
+func waitEnd(ctx context.Context, client *sdk.Client, id string) (sdk.Session, error) {
+	start := time.Now()
+	var waiting *statusLine // nil while the server is away
+	wait := func() {
+		waiting = newStatusLine()
+		waiting.since = start
+		waiting.set("waiting for run " + id + " to end")
+	}
+	away := serverAway{
+		msg:  "the server is unreachable; waiting for it to come back",
+		back: "the server is back; still waiting for run " + id + " to end",
+	}
+	defer func() {
+		away.quiet()
+		if waiting != nil {
+			waiting.done()
+		}
+	}()
+	wait()
+	return client.WaitExitReporting(ctx, id, func(err error) {
+		if err == nil {
+			away.answered()
+			wait()
+			return
+		}
+		waiting.done()
+		waiting = nil
+		away.lost(time.Now(), false)
+	})
+}
+
 // runExit is devgpu's result for a detached run that ended: its exit
 // status, or, when it has none, why it ended.
 func runExit(s sdk.Session) error {
 	switch {
+	case s.ExitStatus == nil && s.StartedAt == nil:
+		return fmt.Errorf("run %s never started: %s", s.ID, endCause(s))
 	case s.ExitStatus == nil:
-		return fmt.Errorf("%s, before its command exited, so it has no exit status", endMessage(s))
+		return fmt.Errorf("run %s has no exit status: %s", s.ID, endCause(s))
 	case s.ExitSignal != "":
 		fmt.Fprintf(os.Stderr, "devgpu: run %s was killed by signal %s\n", s.ID, s.ExitSignal)
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/devgpu/devgpu/internal/testutil"
 	"github.com/devgpu/devgpu/sdk"
@@ -15,6 +16,7 @@ import (
 func TestRunExit(t *testing.T) {
 	t.Parallel()
 	status := func(n int) *int { return &n }
+	started := time.Now()
 	for _, tc := range []struct {
 		name string
 		s    sdk.Session
@@ -24,10 +26,16 @@ func TestRunExit(t *testing.T) {
 		{"success", sdk.Session{ID: "r1", State: sdk.StateEnded, ExitStatus: status(0)}, 0, ""},
 		{"failure", sdk.Session{ID: "r1", State: sdk.StateEnded, ExitStatus: status(7)}, 7, ""},
 		{"killed", sdk.Session{ID: "r1", State: sdk.StateEnded, ExitStatus: status(137), ExitSignal: "KILL"}, 137, ""},
-		{"lifetime", sdk.Session{ID: "r1", State: sdk.StateEnded, EndReason: sdk.ReasonLifetime},
-			0, "session r1 ended: it reached the project's maximum lifetime, before its command exited, so it has no exit status"},
-		{"stopped", sdk.Session{ID: "r1", State: sdk.StateEnded, EndReason: sdk.ReasonStopped, EndedBy: "ann"},
-			0, "session r1 ended: stopped by its owner ann with `devgpu sessions stop`, before its command exited"},
+		{"lifetime", sdk.Session{ID: "r1", State: sdk.StateEnded, StartedAt: &started, EndReason: sdk.ReasonLifetime},
+			0, "run r1 has no exit status: it reached the project's maximum lifetime"},
+		{"stopped", sdk.Session{ID: "r1", State: sdk.StateEnded, StartedAt: &started, EndReason: sdk.ReasonStopped, EndedBy: "ann"},
+			0, "run r1 has no exit status: stopped by its owner ann with `devgpu sessions stop`"},
+		{"budget", sdk.Session{ID: "r1", State: sdk.StateEnded, StartedAt: &started, EndReason: sdk.ReasonBudget, Project: "ml"},
+			0, "run r1 has no exit status: project ml spent its monthly budget"},
+		{"gave up queued", sdk.Session{ID: "r1", State: sdk.StateFailed, EndReason: sdk.ReasonGaveUp, Error: "gave up after waiting 3s: no t4 free; ask again with a longer --wait"},
+			0, "run r1 never started: gave up after waiting 3s: no t4 free; ask again with a longer --wait"},
+		{"budget queued", sdk.Session{ID: "r1", State: sdk.StateEnded, EndReason: sdk.ReasonBudget, Project: "ml"},
+			0, "run r1 never started: project ml spent its monthly budget"},
 	} {
 		err := runExit(tc.s)
 		var code exitStatus
