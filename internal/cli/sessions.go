@@ -46,7 +46,7 @@ admins see everyone's sessions with --all-users.`,
 				if s.EndReason != "" {
 					state += " (" + s.EndReason + ")"
 				}
-				row(tw, s.ID, orDefault(s.Name, "-"), s.Project, s.User, state, exitColumn(s), s.GPUType+"@"+s.Region, strings.Join(s.GPUs, ","),
+				row(tw, s.ID, orDefault(s.Name, "-"), s.Project, s.User, state, exitColumn(s), gpuColumn(s), strings.Join(s.GPUs, ","),
 					s.Attachments, ago(&s.CreatedAt), ago(s.EndedAt))
 			}
 			return tw.Flush()
@@ -103,4 +103,18 @@ func sessionByRef(ctx context.Context, client *sdk.Client, ref string) (sdk.Sess
 		return s, fmt.Errorf("no session or run named %s; `devgpu sessions list --all` shows yours", names.Escape(ref))
 	}
 	return s, err
+}
+
+// gpuColumn is a session's GPU type and region as TYPE@REGION, or what
+// of them it has: a queued run has none yet, or only the type it asked for.
+func gpuColumn(s sdk.Session) string {
+	switch {
+	case s.GPUType != "" && s.Region != "":
+		return s.GPUType + "@" + s.Region
+	case s.GPUType != "":
+		return s.GPUType
+	case s.Region != "":
+		return "any@" + s.Region
+	}
+	return "-"
 }

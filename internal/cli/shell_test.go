@@ -2,7 +2,6 @@ package cli
 
 import (
 	"os/exec"
-	"strings"
 	"testing"
 
 	"github.com/spf13/cobra"
@@ -56,33 +55,6 @@ func TestBareWaitTook(t *testing.T) {
 			t.Errorf("%q: %v; want %q", tc.args, err, want)
 		case !tc.refused && err != nil:
 			t.Errorf("%q: %v; want it taken", tc.args, err)
-		}
-	}
-}
-
-// An empty --name would name nothing: refused, as is --name without
-// --detach.
-func TestDetachNameChecked(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		args []string
-		want string
-	}{
-		{[]string{"--detach", "--name="}, "--name is empty"},
-		{[]string{"--detach", "--name", "  "}, "--name is empty"},
-		{[]string{"--name=train"}, "--name names a detached run"},
-	} {
-		args, want := tc.args, tc.want
-		var f sessionFlags
-		var d detachFlags
-		cmd := &cobra.Command{Use: "run"}
-		f.register(cmd)
-		d.register(cmd)
-		if err := cmd.ParseFlags(args); err != nil {
-			t.Fatalf("%q: %v", args, err)
-		}
-		if err := d.check(cmd, f, []string{"true"}); err == nil || !strings.HasPrefix(err.Error(), want) {
-			t.Errorf("%q: %v; want %q", args, err, want)
 		}
 	}
 }

@@ -112,6 +112,8 @@ func TestRunDetachFlags(t *testing.T) {
 	}{
 		{[]string{"run", "--name", "train-1", "--", "true"}, "--name names a detached run; add --detach"},
 		{[]string{"run", "--detach", "--attach", "s1", "--", "true"}, "--detach starts a new session for the run and --attach runs in an existing one"},
+		{[]string{"run", "--detach", "--name", "", "--", "true"}, "--name is empty; give the run a name"},
+		{[]string{"run", "-d", "--wait", "2m", "--name", "c", "--", "echo hi"}, "--wait takes its duration after an equals sign: write --wait=2m"},
 	} {
 		root := newRoot()
 		root.SetArgs(tc.args)
@@ -119,6 +121,21 @@ func TestRunDetachFlags(t *testing.T) {
 		var u *usageError
 		if !errors.As(err, &u) || !strings.HasPrefix(u.msg, tc.want) || !strings.HasPrefix(u.usage, "devgpu run") {
 			t.Errorf("%v: %v; want the usage error %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// A queued run has no GPU or region yet: its row says so, not "@".
+func TestGPUColumn(t *testing.T) {
+	t.Parallel()
+	for want, s := range map[string]sdk.Session{
+		"-":         {State: sdk.StateQueued},
+		"t4":        {State: sdk.StateQueued, GPUType: "t4"},
+		"any@eu":    {State: sdk.StateQueued, Region: "eu"},
+		"a100@us-1": {State: sdk.StateRunning, GPUType: "a100", Region: "us-1"},
+	} {
+		if got := gpuColumn(s); got != want {
+			t.Errorf("gpuColumn(%+v) = %q; want %q", s, got, want)
 		}
 	}
 }
