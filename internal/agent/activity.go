@@ -47,10 +47,11 @@ func (a *activity) touch()          { a.last.Store(time.Now().UnixNano()) }
 func (a *activity) load() time.Time { return time.Unix(0, a.last.Load()) }
 
 // serveGlobal answers one connection's global requests: activity,
-// notices, the environment and the job, and "no" to everything else:
+// notices, the environment and, on a control connection, the job; and
+// "no" to everything else:
 // keepalives, and "tcpip-forward" (ssh -R), because nothing outside the
 // session may reach into it except through the control plane's tunnel.
-func (s *server) serveGlobal(ctx context.Context, reqs <-chan *ssh.Request) {
+func (s *server) serveGlobal(ctx context.Context, reqs <-chan *ssh.Request, control bool) {
 	for req := range reqs {
 		ok, payload := false, []byte(nil)
 		switch req.Type {
@@ -69,8 +70,13 @@ func (s *server) serveGlobal(ctx context.Context, reqs <-chan *ssh.Request) {
 				ok = true
 			}
 		case jobStartRequest:
+			// Only the control plane starts the job: a user's own would
+			// turn off the idle exit and the redirect of copies, or run
+			// another command in a detached run before the control plane.
 			var m jobStartMsg
-			if ssh.Unmarshal(req.Payload, &m) == nil && m.Command != "" {
+			if !control {
+				s.log.Warn("job start refused: not the control plane's connection")
+			} else if ssh.Unmarshal(req.Payload, &m) == nil && m.Command != "" {
 				if st, err := s.startJob(ctx, m.Command); err == nil {
 					ok = true
 					payload, _ = json.Marshal(st)

@@ -37,7 +37,7 @@ type Config struct {
 	Dir      string        // working directory of shells and commands ("" = agent's cwd)
 	Shell    string        // login shell for `shell` requests ("" = $SHELL, else /bin/bash, else /bin/sh)
 	Env      []string      // base environment of child processes (nil = os.Environ())
-	IdleExit time.Duration // Serve returns nil after this long with no open connection (0 = never)
+	IdleExit time.Duration // Serve returns nil after this long with no open connection (0 = never; longer around a job: job.go)
 	// KeepLimit is how long a kept shell (one whose client asked to resume
 	// it after a dropped connection, sdk.KeepRequest) may stay detached
 	// before it is hung up (0 = IdleExit; both 0 = until Serve returns).
@@ -49,8 +49,9 @@ type Config struct {
 	// unless Env sets that already.
 	Devices []string
 
-	keptOutput int // tests: the output a kept shell keeps (0 = keptOutputSize)
-	jobOutput  int // tests: the output the job's queue holds (0 = jobQueueSize)
+	keptOutput int           // tests: the output a kept shell keeps (0 = keptOutputSize)
+	jobOutput  int           // tests: the output the job's queue holds (0 = jobQueueSize)
+	jobLinger  time.Duration // tests: how long an exited job waits to be collected (0 = jobExitLinger)
 }
 
 // server is the state of one Serve call.
@@ -79,6 +80,7 @@ type server struct {
 	jobMu        sync.Mutex     // guards job, and serialises StartJobs
 	job          *job           // the session's job (job.go), nil until StartJob
 	jobRunning   bool           // under mu: the job's command runs, for IdleExit
+	jobUnsent    bool           // under mu: the job exited, and its end was not sent yet (idleAfter)
 	jobs         sync.WaitGroup // the job's run goroutine
 	jobQueueSize int            // the output the job's queue holds: jobQueueSize, smaller in tests
 }
@@ -254,8 +256,23 @@ func (s *server) connClosed() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.conns--; s.conns == 0 && s.idle != nil {
-		s.idle.Reset(s.cfg.IdleExit)
+		s.idle.Reset(s.idleAfter())
 	}
+}
+
+// idleAfter is how long the agent waits with no connection open before
+// it exits (when it is not running a job): IdleExit, or, while the job's
+// end was not sent, at least as long as the job's exit waits for a
+// collector. Called with mu held.
+func (s *server) idleAfter() time.Duration {
+	if !s.jobUnsent {
+		return s.cfg.IdleExit
+	}
+	linger := s.cfg.jobLinger
+	if linger == 0 {
+		linger = jobExitLinger
+	}
+	return max(s.cfg.IdleExit, linger)
 }
 
 func (s *server) serveConn(ctx context.Context, c net.Conn) {
@@ -263,7 +280,8 @@ func (s *server) serveConn(ctx context.Context, c net.Conn) {
 	defer context.AfterFunc(ctx, func() { c.Close() })()
 
 	_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
-	if err := readPreamble(c, s.cfg.Secret); err != nil {
+	control, err := readPreamble(c, s.cfg.Secret)
+	if err != nil {
 		s.log.Warn("connection refused", "err", err)
 		return
 	}
@@ -278,7 +296,7 @@ func (s *server) serveConn(ctx context.Context, c net.Conn) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	// Activity, notices and the job for the control plane; "no" to the rest.
-	wg.Go(func() { s.serveGlobal(ctx, reqs) })
+	wg.Go(func() { s.serveGlobal(ctx, reqs, control) })
 	cs := &connState{}
 	for nc := range chans {
 		switch nc.ChannelType() {
@@ -289,7 +307,13 @@ func (s *server) serveConn(ctx context.Context, c net.Conn) {
 			s.opened(cs)
 			cs.usedForMore()
 			wg.Go(func() { s.serveDirectTCPIP(ctx, nc) })
-		case jobOutputChannel: // the control plane's, not a user's
+		case jobOutputChannel:
+			if !control {
+				// A user's tunnel carries the same secret; the output
+				// belongs to the control plane, which keeps it.
+				_ = nc.Reject(ssh.Prohibited, "only the control plane's own connection may read the job's output")
+				continue
+			}
 			wg.Go(func() { s.serveJobOutput(ctx, nc) })
 		default:
 			_ = nc.Reject(ssh.UnknownChannelType, "unsupported channel type "+nc.ChannelType())

@@ -10,27 +10,27 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// controlUser is the SSH user name of the control plane's own connections.
-// The agent does not treat them differently: it is a label for its logs.
+// controlUser is the SSH user name of the control plane's own connections,
+// a label for logs: the agent knows them by their preamble.
 const controlUser = "devgpu-control"
 
 // Control is the control plane's own connection to an agent: not a shell,
 // not an attachment. It asks for the session's last activity, sends
 // notices to its shells, and starts the session's job (a detached run)
-// and collects its output. Like any connection, it keeps an agent with
-// IdleExit from exiting while it is open.
+// and collects its output, which only a Control may do. Like any
+// connection, it keeps an agent with IdleExit from exiting while it is open.
 //
 // A Control is safe for concurrent use; its requests go one at a time.
 type Control struct {
 	conn ssh.Conn
 }
 
-// DialControl presents secret on conn, a new connection to an agent, and
-// performs the SSH handshake, within handshakeTimeout (10s). It takes
+// DialControl presents secret on conn, a new connection to an agent, as the
+// control plane's own connection, and performs the SSH handshake, within handshakeTimeout (10s). It takes
 // conn over: on failure conn is closed, on success Close closes it.
 func DialControl(conn net.Conn, secret string) (*Control, error) {
 	_ = conn.SetDeadline(time.Now().Add(handshakeTimeout))
-	if err := WritePreamble(conn, secret); err != nil {
+	if err := writeControlPreamble(conn, secret); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("agent: control: write preamble: %w", err)
 	}

@@ -10,7 +10,8 @@
 // secret; SSH user authentication inside it is then "none", because the
 // tunnel that reaches the socket is already authenticated and authorised.
 //
-// The control plane also keeps a connection of its own (DialControl), which
+// The control plane also keeps a connection of its own (DialControl, with
+// a preamble of its own, since a user's tunnel carries the same secret), which
 // asks for the time of the last user activity, for idle timeouts, shows
 // notices on the session's terminals, to warn users before they happen,
 // and runs a detached run's command as the session's job, whose output the

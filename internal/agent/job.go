@@ -23,7 +23,8 @@ import (
 // which the agent holds, both streams apart and timestamped, until it is
 // collected, up to a bound. Output beyond the bound drops the oldest first
 // and shows as a gap in offsets. The agent does not exit for IdleExit while
-// the job runs.
+// the job runs, nor, for jobExitLinger, after it exited while its end was
+// not sent to the control plane.
 
 const (
 	// jobStartRequest is the global request of StartJob: its payload is
@@ -48,6 +49,11 @@ const (
 	// outputBatch is how many records the sender takes from the queue at
 	// a time, to write them without holding it.
 	outputBatch = 16
+	// jobExitLinger is the least an agent whose job exited waits with no
+	// connection for the control plane to collect the exit and the rest of
+	// the output, rather than IdleExit (a few minutes): a control plane
+	// down for longer would find the session gone, its run lost.
+	jobExitLinger = time.Hour
 )
 
 // Frames on a job output channel: a header of kind (1 byte), offset (8),
@@ -107,8 +113,10 @@ func (c *Control) StartJob(ctx context.Context, command string) (JobState, error
 // JobOutput streams the job's output from offset from on. Records come in
 // offset order; the first one starts after from when the agent no longer
 // holds what lay there (a gap). It needs a started job. ctx bounds the
-// stream: once it is done, Next fails. Like a request, a ctx that ends
-// before the agent answered closes the connection.
+// stream: once it is done, Next fails, and the whole connection is
+// closed, as a request's ctx does: x/crypto's reads of a channel wait
+// for the agent's answer to closing it, which an agent cut off by the
+// network never sends. So a stream should have a Control of its own.
 func (c *Control) JobOutput(ctx context.Context, from int64) (*JobOutput, error) {
 	if err := ctx.Err(); err != nil {
 		c.conn.Close()
@@ -124,7 +132,7 @@ func (c *Control) JobOutput(ctx context.Context, from int64) (*JobOutput, error)
 	}
 	go ssh.DiscardRequests(reqs)
 	o := &JobOutput{ctx: ctx, ch: ch, r: bufio.NewReaderSize(ch, frameHeaderSize+jobRecordMax)}
-	o.stop = context.AfterFunc(ctx, func() { ch.Close() })
+	o.stop = context.AfterFunc(ctx, func() { c.conn.Close() })
 	return o, nil
 }
 
@@ -321,6 +329,9 @@ func (s *server) startJob(ctx context.Context, command string) (JobState, error)
 		j.add("stderr", []byte("devgpu: the agent could not start the command's shell: "+err.Error()+"\n"))
 		j.exited(time.Now(), 255, "")
 		s.job = j
+		s.mu.Lock()
+		s.jobUnsent = true // a connection is open: its close starts the countdown
+		s.mu.Unlock()
 		return j.snapshot(), nil
 	}
 	s.log.Info("job started", "pid", p.pid())
@@ -356,13 +367,13 @@ func (s *server) runJob(ctx context.Context, j *job, p *process) {
 	j.exited(p.exitAt, status, signal)
 	s.log.Info("job exited", "pid", p.pid(), "status", status, "signal", signal)
 	s.linger(ctx, p.pid())
-	// From now on the agent may go idle; the countdown starts anew, so
-	// that a control plane that comes back still collects the exit.
+	// From now on the agent may go idle; the countdown starts anew, long
+	// enough for a control plane that comes back to collect the exit.
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.jobRunning = false
+	s.jobRunning, s.jobUnsent = false, true
 	if s.conns == 0 && s.idle != nil {
-		s.idle.Reset(s.cfg.IdleExit)
+		s.idle.Reset(s.idleAfter())
 	}
 }
 
@@ -415,7 +426,12 @@ func (s *server) serveJobOutput(ctx context.Context, nc ssh.NewChannel) {
 		if end != nil {
 			payload, _ := json.Marshal(end)
 			frame = appendFrame(frame[:0], frameEnd, 0, time.Time{}, payload)
-			_, _ = ch.Write(frame)
+			if _, err := ch.Write(frame); err == nil {
+				// Collected: when this connection closes, IdleExit applies.
+				s.mu.Lock()
+				s.jobUnsent = false
+				s.mu.Unlock()
+			}
 			return
 		}
 		if changed != nil {

@@ -11,8 +11,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 )
 
 func startJob(t *testing.T, ctl *Control, command string) JobState {
@@ -231,29 +234,74 @@ func TestJobKilledBySignal(t *testing.T) {
 	}
 }
 
-// IdleExit waits for the job: Serve returns once it has exited and no
-// connection is open, not before.
+// IdleExit waits for the job, then for the control plane to collect its
+// end however long IdleExit is (jobExitLinger): Serve returns once the end
+// was sent and no connection is open, not before.
 func TestJobIdleExit(t *testing.T) {
 	t.Parallel()
 	const idle = 200 * time.Millisecond
 	a, dir := keptAgent(t, func(c *Config) { c.IdleExit = idle })
 	fifo := mkfifo(t, dir, "go")
-	ctl := a.control(t)
-	startJob(t, ctl, "read x < go")
-	ctl.Close()
-	select {
-	case <-a.done:
-		t.Fatalf("Serve returned while the job runs: %v", a.err)
-	case <-time.After(5 * idle):
+	stays := func(when string) {
+		t.Helper()
+		select {
+		case <-a.done:
+			t.Fatalf("Serve returned %s: %v", when, a.err)
+		case <-time.After(5 * idle):
+		}
 	}
+	ctl := a.control(t)
+	startJob(t, ctl, "read x < go; echo bye; touch exited; exit 7")
+	ctl.Close()
+	stays("while the job runs")
+
 	writeFile(t, fifo, "go\n")
+	eventually(t, "the job to exit", func() bool {
+		_, err := os.Stat(filepath.Join(dir, "exited"))
+		return err == nil
+	})
+	stays("after the job exited with no connection open")
+	look := a.control(t)
+	if st := startJob(t, look, "true"); !st.Exited {
+		t.Fatalf("the job did not exit: %+v", st)
+	}
+	look.Close()
+	stays("after a connection that did not collect the job's end")
+
+	collector := a.control(t)
+	o := jobOutput(t, collector, 0)
+	if out := checkContiguous(t, collect(t, o), 0); out["stdout"] != "bye\n" || o.Exit().Status != 7 {
+		t.Errorf("collected %q, exit %+v", out["stdout"], o.Exit())
+	}
+	collector.Close()
 	select {
 	case <-a.done:
 		if a.err != nil {
 			t.Errorf("Serve: %v", a.err)
 		}
 	case <-time.After(testTimeout):
-		t.Fatal("Serve did not exit when idle after the job")
+		t.Fatal("Serve did not exit when idle after the job's end was collected")
+	}
+}
+
+// An exited job that nobody collects keeps the agent for its linger, not
+// for IdleExit, and no longer.
+func TestJobExitLinger(t *testing.T) {
+	t.Parallel()
+	const linger = time.Second
+	a := startAgent(t, func(c *Config) { c.IdleExit, c.jobLinger = 100*time.Millisecond, linger })
+	ctl := a.control(t)
+	startJob(t, ctl, "true")
+	eventually(t, "the job to exit", func() bool { return startJob(t, ctl, "true").Exited })
+	closed := time.Now()
+	ctl.Close()
+	select {
+	case <-a.done:
+		if waited := time.Since(closed); waited < linger {
+			t.Errorf("Serve returned %v after the last connection closed, before the job's linger of %v", waited, linger)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("Serve did not exit after the job's linger")
 	}
 }
 
@@ -346,12 +394,22 @@ func TestJobSessionTakesCopies(t *testing.T) {
 	}
 }
 
-// A stream whose context ends fails with the context's error, and a
-// stream that breaks never passes for the job's end.
+// A stream whose context ends fails with the context's error, at once
+// even when the agent is cut off by the network, and a stream that breaks
+// never passes for the job's end.
 func TestJobOutputContext(t *testing.T) {
 	t.Parallel()
 	a := startAgent(t, nil)
-	ctl := a.control(t)
+	c, err := net.DialTimeout("unix", a.sock, testTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := &partitionedConn{Conn: c}
+	ctl, err := DialControl(cut, testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
 	startJob(t, ctl, "echo up; exec sleep 1000")
 	ctx, cancel := context.WithCancel(context.Background())
 	o, err := ctl.JobOutput(ctx, 0)
@@ -362,19 +420,79 @@ func TestJobOutputContext(t *testing.T) {
 	if r, err := o.Next(); err != nil || string(r.Data) != "up\n" {
 		t.Fatalf("first record %q, %v", r.Data, err)
 	}
+	cut.partitioned.Store(true)
 	cancel()
-	if _, err := o.Next(); !errors.Is(err, context.Canceled) {
-		t.Errorf("Next after the context ended: %v", err)
+	next := make(chan error, 1)
+	go func() {
+		_, err := o.Next()
+		next <- err
+	}()
+	select {
+	case err := <-next:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Next after the context ended: %v", err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("Next waits on after its context ended, with the agent cut off")
 	}
 
 	ctl2 := a.control(t)
-	cut := jobOutput(t, ctl2, 0)
-	if _, err := cut.Next(); err != nil {
+	broken := jobOutput(t, ctl2, 0)
+	if _, err := broken.Next(); err != nil {
 		t.Fatal(err)
 	}
 	ctl2.Close()
-	if _, err := cut.Next(); err == nil || errors.Is(err, io.EOF) {
+	if _, err := broken.Next(); err == nil || errors.Is(err, io.EOF) {
 		t.Errorf("Next on a closed connection: %v, want an error that is not io.EOF", err)
+	}
+}
+
+// partitionedConn stands for a connection to an agent that the network
+// cut off, once partitioned: what either side writes is lost, and nothing
+// ends until it is closed.
+type partitionedConn struct {
+	net.Conn
+	partitioned atomic.Bool
+}
+
+func (c *partitionedConn) Read(p []byte) (int, error) {
+	for {
+		n, err := c.Conn.Read(p)
+		if err != nil || !c.partitioned.Load() {
+			return n, err
+		}
+	}
+}
+
+func (c *partitionedConn) Write(p []byte) (int, error) {
+	if c.partitioned.Load() {
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// Only the control plane's own connection starts and reads the job: a
+// user's tunnel, which carries the same secret, is refused both.
+func TestJobNeedsControl(t *testing.T) {
+	t.Parallel()
+	a, dir := keptAgent(t, nil)
+	user := a.dial(t)
+	if ok, _, err := user.SendRequest(jobStartRequest, true, ssh.Marshal(jobStartMsg{"echo mine > mine"})); ok || err != nil {
+		t.Errorf("job start on a tunnel: ok %v, %v; want refused", ok, err)
+	}
+	ctl := a.control(t)
+	startJob(t, ctl, "echo theirs")
+	_, _, err := user.OpenChannel(jobOutputChannel, ssh.Marshal(jobOutputAsk{0}))
+	var rejected *ssh.OpenChannelError
+	if !errors.As(err, &rejected) || rejected.Reason != ssh.Prohibited {
+		t.Errorf("job output on a tunnel: %v; want it prohibited", err)
+	}
+	o := jobOutput(t, ctl, 0)
+	if out := checkContiguous(t, collect(t, o), 0); out["stdout"] != "theirs\n" {
+		t.Errorf("the control plane's job printed %q", out["stdout"])
+	}
+	if _, err := os.Stat(filepath.Join(dir, "mine")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the tunnel's command ran: %v", err)
 	}
 }
 
