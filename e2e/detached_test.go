@@ -512,11 +512,20 @@ func TestDetachedRunIdleAndLifetime(t *testing.T) {
 func TestDetachedRunAttach(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "t4:1")
-	id := e.runDetached("--name", "beside", "--", `echo "$CUDA_VISIBLE_DEVICES" > "$HOME/job-gpus"; echo from-job > "$HOME/job-file"; `+gated("go")+"; echo bye")
-	testutil.Eventually(t, testutil.WaitMedium, "the job to write its file", func() bool {
-		_, err := os.Stat(filepath.Join(e.localHome(id), "job-file"))
-		return err == nil
-	})
+	testAttach(t, e, e.openGate)
+}
+
+func TestDetachedRunAttachOCI(t *testing.T) {
+	t.Parallel()
+	e, _ := newOCIEnv(t)
+	testAttach(t, e, e.cpGate)
+}
+
+// testAttach attaches a shell beside a job, which then waits until
+// openGate(id, "go") lets it end.
+func testAttach(t *testing.T, e *env, openGate func(id, name string)) {
+	id := e.runDetached("--name", "beside", "--", `echo "$CUDA_VISIBLE_DEVICES" > "$HOME/job-gpus"; echo from-job > "$HOME/job-file"; echo ready; `+gated("go")+"; echo bye")
+	e.awaitLogged(id, "ready\n")
 	tm := e.terminal("shell", "--attach", "beside")
 	tm.ready()
 	tm.send(`echo "SE""SSION=$DEVGPU_SESSION_ID GPUS=$CUDA_VISIBLE_DEVICES JOB=$(cat ~/job-gpus) FILE=$(cat ~/job-file) E""ND"` + "\r")
@@ -537,10 +546,23 @@ func TestDetachedRunAttach(t *testing.T) {
 	if s.State != sdk.StateRunning {
 		t.Fatalf("after its attached shell closed the job is %s (%s); want running", s.State, s.EndReason)
 	}
-	e.openGate(id, "go")
+	openGate(id, "go")
 	wantCompleted(t, e.waitEnded(id), 0)
-	if r := e.cli("logs", "beside"); r.stdout != "bye\n" {
+	if r := e.cli("logs", "beside"); r.stdout != "ready\nbye\n" {
 		t.Fatalf("logs: %+v", r)
+	}
+}
+
+// cpGate creates the file a job waits for (see gated) with `devgpu cp`,
+// where the host does not see the session's files (a container).
+func (e *env) cpGate(id, name string) {
+	e.t.Helper()
+	gate := filepath.Join(e.t.TempDir(), name)
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	if r := e.cli("cp", gate, id+":"+name); r.code != 0 {
+		e.t.Fatalf("cp the gate into the job's session: %+v", r)
 	}
 }
 
@@ -646,13 +668,7 @@ func TestDetachedRunSurvivesServerKillOCI(t *testing.T) {
 	const n, pause = 45, 15
 	id := e.runDetached("--", counter(n, pause)+"; exit 6")
 	e.awaitLogged(id, pausedAt(pause))
-	gate := filepath.Join(t.TempDir(), "go")
-	if err := os.WriteFile(gate, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if r := e.cli("cp", gate, id+":go"); r.code != 0 {
-		t.Fatalf("cp the gate into the job's container: %+v", r)
-	}
+	e.cpGate(id, "go")
 	e.stopServer(syscall.SIGKILL)
 	e.startServer()
 
