@@ -127,7 +127,8 @@ type orgChange struct {
 // defaultRetention is sdk.DefaultLogRetention in words.
 var defaultRetention = inDays(sdk.DefaultLogRetention)
 
-// inDays writes d in days when it is whole days ("7 days"), else as Go does.
+// inDays writes d in days when it is whole days ("7 days"), else as Go
+// does less its trailing zero units ("36h", "1m", not "36h0m0s", "1m0s").
 func inDays(d time.Duration) string {
 	const day = 24 * time.Hour
 	switch {
@@ -136,7 +137,13 @@ func inDays(d time.Duration) string {
 	case d > 0 && d%day == 0:
 		return fmt.Sprintf("%d days", d/day)
 	}
-	return d.String()
+	text := d.String()
+	for _, zeros := range []string{"0s", "0m"} {
+		if t, ok := strings.CutSuffix(text, zeros); ok && len(t) > 0 && !strings.ContainsAny(t[len(t)-1:], "0123456789") {
+			text = t
+		}
+	}
+	return text
 }
 
 func (c orgChange) empty() bool {
@@ -182,9 +189,13 @@ func (c orgChange) apply(p sdk.OrgPolicy) (sdk.OrgPolicy, error) {
 		out.RequireSSO = c.requireSSO
 	}
 	if c.logRetentionSet {
-		d, err := parseDays(strings.TrimSpace(c.logRetention))
+		written := strings.TrimSpace(c.logRetention)
+		d, err := parseDays(written)
 		if err != nil || d < 0 {
 			return p, fmt.Errorf("--log-retention %q is not a duration such as 72h or 30d (0: the default, %s)", c.logRetention, defaultRetention)
+		}
+		if d != 0 && (d < policy.MinLogRetention || d > policy.MaxLogRetention) {
+			return p, fmt.Errorf("--log-retention %s is out of range; give 0 (the default, %s) or a duration from %s to %s", written, defaultRetention, inDays(policy.MinLogRetention), inDays(policy.MaxLogRetention))
 		}
 		out.LogRetention = sdk.Duration(d)
 	}

@@ -204,6 +204,17 @@ func TestOrgChangeLogRetention(t *testing.T) {
 			t.Errorf("--log-retention %q: %v; want an error naming the flag", in, err)
 		}
 	}
+	for _, in := range []string{"30s", "400d", "9000h"} {
+		want := "--log-retention " + in + " is out of range; give 0 (the default, 7 days) or a duration from 1m to 365 days"
+		if _, err := (orgChange{logRetention: in, logRetentionSet: true}).apply(p); err == nil || err.Error() != want {
+			t.Errorf("--log-retention %q: %v; want %q", in, err, want)
+		}
+	}
+	for d, want := range map[time.Duration]string{36 * time.Hour: "36h", 90 * time.Minute: "1h30m", time.Minute: "1m", 10 * time.Second: "10s", 0: "0s"} {
+		if got := inDays(d); got != want {
+			t.Errorf("inDays(%s) = %q; want %q", d, got, want)
+		}
+	}
 	if (orgChange{logRetentionSet: true}).empty() {
 		t.Error("a retention change is empty")
 	}

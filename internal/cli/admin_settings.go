@@ -56,7 +56,7 @@ func (f *settingFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.budgetAction, "budget-action", sdk.BudgetRefuse, "at 100%: refuse new sessions, or stop running ones too")
 	fl.BoolVar(&f.workspace, "workspace", false, "give each user a persistent workspace, mounted into their sessions at $DEVGPU_WORKSPACE")
 	fl.StringVar(&f.workspaceLimit, "workspace-limit", "", `size limit of each user's workspace, e.g. 50GB ("0": none); over it, it is mounted read-only`)
-	fl.StringVar(&f.logLimit, "log-limit", "", "output each detached run keeps in the server's log, e.g. 64MiB; past it, the oldest output is dropped")
+	fl.StringVar(&f.logLimit, "log-limit", "", "output each detached run keeps in the server's log, e.g. 64MiB (KiB, MiB, GiB count in 1024s; KB, MB, GB in 1000s), from "+sizeWords(policy.MinLogLimit)+" to "+sizeWords(policy.MaxLogLimit)+"; past it, the oldest output is dropped")
 }
 
 // settings returns the settings whose flags cmd was given.
@@ -120,6 +120,9 @@ func (f *settingFlags) settings(cmd *cobra.Command) (sdk.ProjectSettings, error)
 		n, err := parseSize("log-limit", f.logLimit, "64MiB")
 		if err != nil {
 			return s, err
+		}
+		if n < policy.MinLogLimit || n > policy.MaxLogLimit {
+			return s, fmt.Errorf("--log-limit %s is out of range; give a size from %s to %s", strings.TrimSpace(f.logLimit), sizeWords(policy.MinLogLimit), sizeWords(policy.MaxLogLimit))
 		}
 		s.LogLimitBytes = &n
 	}
@@ -223,6 +226,16 @@ func parseSize(flag, v, example string) (int64, error) {
 		return 0, fmt.Errorf("--%s %q is not a size such as %s", flag, v, example)
 	}
 	return int64(n), nil
+}
+
+// sizeWords writes n bytes in the largest of B, KiB, MiB, GiB that counts
+// it whole, as a bound is best read: 64 KiB, 4 GiB.
+func sizeWords(n int64) string {
+	unit := 0
+	for ; unit < 3 && n != 0 && n%1024 == 0; unit++ {
+		n /= 1024
+	}
+	return fmt.Sprintf("%d %s", n, []string{"B", "KiB", "MiB", "GiB"}[unit])
 }
 
 // settingValues returns the settings s sets by name, as decoded JSON

@@ -85,7 +85,9 @@ func TestSettingFlags(t *testing.T) {
 		{"bad duration", []string{"--idle-timeout", "soon"}, `invalid argument "soon"`},
 		{"log limit", []string{"--log-limit", "256MiB"}, `{"settings":{"log_limit_bytes":268435456}}`},
 		{"bad log limit", []string{"--log-limit", "lots"}, `--log-limit "lots" is not a size such as 64MiB`},
-		{"log limit out of range", []string{"--log-limit", "1KiB"}, "log_limit_bytes 1024 is out of range"},
+		{"log limit out of range", []string{"--log-limit", "1KiB"}, "--log-limit 1KiB is out of range; give a size from 64 KiB to 4 GiB"},
+		{"log limit over range", []string{"--log-limit", "5GB"}, "--log-limit 5GB is out of range; give a size from 64 KiB to 4 GiB"},
+		{"log limit in decimal units", []string{"--log-limit", "64MB"}, `{"settings":{"log_limit_bytes":64000000}}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -182,6 +184,15 @@ func TestAdminJSONFlags(t *testing.T) {
 		}
 	}
 	walk(newAdminCmd())
+}
+
+func TestSizeWords(t *testing.T) {
+	t.Parallel()
+	for n, want := range map[int64]string{0: "0 B", 1000: "1000 B", 64 << 10: "64 KiB", 1536 << 10: "1536 KiB", 4 << 30: "4 GiB", 8 << 40: "8192 GiB"} {
+		if got := sizeWords(n); got != want {
+			t.Errorf("sizeWords(%d) = %q; want %q", n, got, want)
+		}
+	}
 }
 
 func TestParseSize(t *testing.T) {
