@@ -3,8 +3,10 @@ package cli
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -137,5 +139,50 @@ func TestGPUColumn(t *testing.T) {
 		if got := gpuColumn(s); got != want {
 			t.Errorf("gpuColumn(%+v) = %q; want %q", s, got, want)
 		}
+	}
+}
+
+// While the server does not answer, wait says so once on stderr, and once
+// when it is back, instead of being silently stuck. Not parallel: it
+// reads what devgpu writes on os.Stderr, which it swaps for a pipe while
+// the parallel tests are paused.
+func TestWaitEndSaysServerAway(t *testing.T) {
+	calls := 0
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls++
+		if calls <= 2 {
+			http.Error(w, "restarting", http.StatusServiceUnavailable)
+			return
+		}
+		zero := 0
+		_ = json.NewEncoder(w).Encode(sdk.Session{ID: "r1", State: sdk.StateEnded, EndReason: sdk.ReasonCompleted, ExitStatus: &zero})
+	}))
+	t.Cleanup(hs.Close)
+	client, err := sdk.NewClient(hs.URL, "token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := os.Stderr
+	os.Stderr = w
+	t.Cleanup(func() { os.Stderr = stderr })
+	said := make(chan string)
+	go func() {
+		b, _ := io.ReadAll(r)
+		said <- string(b)
+	}()
+	s, err := waitEnd(testutil.Context(t, testutil.WaitMedium), client, "r1")
+	os.Stderr = stderr
+	w.Close()
+	if err != nil || s.ExitStatus == nil {
+		t.Fatalf("waitEnd = %+v, %v; want the ended run", s, err)
+	}
+	want := "devgpu: the server is unreachable; waiting for it to come back\n" +
+		"devgpu: the server is back; still waiting for run r1 to end\n"
+	if got := <-said; got != want {
+		t.Errorf("stderr said %q; want %q", got, want)
 	}
 }
