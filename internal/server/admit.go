@@ -382,7 +382,7 @@ func (s *Server) start(ctx context.Context, sess store.Session, requested time.T
 	}
 	s.kickQueues() // a joinable session may now be running
 	if sess.Command != "" {
-		s.kickJobs() // its command starts, and its output is kept
+		s.startJobNow(sess.ID, sess.Command) // its command starts, and its output is kept
 	}
 	s.metrics.startup.Observe(now.Sub(requested).Seconds())
 	log.Info("session running", "backend", backend.Name, "node", placement.Node, "gpus", strings.Join(placement.Devices, ","),

@@ -52,10 +52,17 @@ const maxRunCommand = 64 << 10
 
 var runName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
+// sessionIDShape is what newSessionID makes: a name of that shape could
+// be taken for another session's id.
+var sessionIDShape = regexp.MustCompile(`^[a-z2-7]{13}$`)
+
 // validRunName checks a detached run's name.
 func validRunName(name string) error {
 	if !runName.MatchString(name) {
 		return httpapi.Errorf(http.StatusBadRequest, "run name %q is not valid; use 1 to 63 lower-case letters, digits, dots, underscores and dashes, starting with a letter or digit", name)
+	}
+	if sessionIDShape.MatchString(name) {
+		return httpapi.Errorf(http.StatusBadRequest, "run name %q is shaped like a session id, so it could be taken for one; use a name that is not 13 letters and digits, e.g. with a dash", name)
 	}
 	return nil
 }
@@ -92,9 +99,16 @@ type jobFollowers struct {
 	mu      sync.Mutex
 	running map[string]*jobFollower // by session id
 	kick    chan struct{}           // wakes followJobs
-	// appended is closed, and replaced, each time a follower appends to a
-	// log or a job session ends: the log streams look again (logs.go).
-	appended chan struct{}
+	// wakes holds, by session, a channel closed when a follower appends to
+	// its log or it ends here: its log streams and exit waits look again
+	// (logs.go). Only sessions watched have one.
+	wakes map[string]*logWake
+}
+
+// logWake is one session's wake channel and how many wait on it.
+type logWake struct {
+	ch       chan struct{}
+	watchers int
 }
 
 type jobFollower struct {
@@ -103,7 +117,7 @@ type jobFollower struct {
 }
 
 func newJobFollowers() *jobFollowers {
-	return &jobFollowers{running: map[string]*jobFollower{}, kick: make(chan struct{}, 1), appended: make(chan struct{})}
+	return &jobFollowers{running: map[string]*jobFollower{}, kick: make(chan struct{}, 1), wakes: map[string]*logWake{}}
 }
 
 // kickJobs asks followJobs to look for job sessions without a follower now.
@@ -114,19 +128,69 @@ func (s *Server) kickJobs() {
 	}
 }
 
-// logsChanged wakes the log streams.
-func (s *Server) logsChanged() {
-	s.jobs.mu.Lock()
-	close(s.jobs.appended)
-	s.jobs.appended = make(chan struct{})
-	s.jobs.mu.Unlock()
+// startJobNow has a job session that just started run its command at
+// once. A leader's follower starts it; on another replica, the leader's
+// follower would only notice at its next look (its liveness interval),
+// with the session billed meanwhile, so this replica starts it itself
+// (the agent runs it once) and the follower only collects.
+func (s *Server) startJobNow(id, command string) {
+	if _, leads := s.leading(); leads {
+		s.kickJobs()
+		return
+	}
+	l := s.liveSession(id)
+	if l == nil {
+		return // ended already
+	}
+	s.goOwned(func() {
+		ctx, cancel := context.WithTimeout(s.ctx, jobStartTimeout)
+		defer cancel()
+		ctl, err := s.control(ctx, id, l)
+		if err == nil {
+			_, err = ctl.StartJob(ctx, command)
+			if err != nil {
+				s.dropControl(l)
+			}
+		}
+		if err != nil {
+			s.log.Warn("start a detached run's command; the leader's follower starts it", "session_id", id, "err", err)
+		}
+	})
 }
 
-// logsWatch returns a channel closed at the next logsChanged.
-func (s *Server) logsWatch() <-chan struct{} {
+// jobStartTimeout bounds startJobNow's wait for the agent.
+const jobStartTimeout = 30 * time.Second
+
+// logsChanged wakes the log streams and exit waits of the session id.
+func (s *Server) logsChanged(id string) {
 	s.jobs.mu.Lock()
 	defer s.jobs.mu.Unlock()
-	return s.jobs.appended
+	if w := s.jobs.wakes[id]; w != nil {
+		close(w.ch)
+		delete(s.jobs.wakes, id)
+	}
+}
+
+// logsWatch returns a channel closed at the session's next logsChanged,
+// and release, to call once done waiting on it.
+func (s *Server) logsWatch(id string) (changed <-chan struct{}, release func()) {
+	s.jobs.mu.Lock()
+	defer s.jobs.mu.Unlock()
+	w := s.jobs.wakes[id]
+	if w == nil {
+		w = &logWake{ch: make(chan struct{})}
+		s.jobs.wakes[id] = w
+	}
+	w.watchers++
+	return w.ch, func() {
+		s.jobs.mu.Lock()
+		defer s.jobs.mu.Unlock()
+		// The last watcher of a session that ended elsewhere (never woken
+		// here) leaves no channel behind.
+		if w.watchers--; w.watchers == 0 && s.jobs.wakes[id] == w {
+			delete(s.jobs.wakes, id)
+		}
+	}
 }
 
 // followJobs runs on every replica: while it leads, each running job
@@ -259,7 +323,7 @@ func (s *Server) followOnce(ctx context.Context, sess store.Session, log *slog.L
 	if err != nil {
 		return false, fmt.Errorf("read the job's output: %w", err)
 	}
-	records, readErr, stopReading := readJob(out)
+	records, readErr, stopReading := readJob(ctl, out)
 	defer stopReading()
 
 	w := &logWriter{s: s, id: sess.ID, from: sess.LogOffset, to: sess.LogOffset, limit: eff.LogLimitBytes}
@@ -312,8 +376,10 @@ func (s *Server) followOnce(ctx context.Context, sess store.Session, log *slog.L
 // first channel (unbuffered: a follower that does not take them stops the
 // reading, and the agent's flow control then holds the rest); the error
 // that ended the reading (io.EOF: the job exited) on the second. stop
-// closes out and returns once the goroutine has.
-func readJob(out *agent.JobOutput) (<-chan agent.JobRecord, <-chan error, func()) {
+// closes ctl, the connection out comes on (an agent that stopped
+// answering would hold a read, or out's close, forever), and returns once
+// the goroutine has.
+func readJob(ctl *agent.Control, out *agent.JobOutput) (<-chan agent.JobRecord, <-chan error, func()) {
 	records := make(chan agent.JobRecord)
 	readErr := make(chan error, 1)
 	quit := make(chan struct{})
@@ -335,6 +401,7 @@ func readJob(out *agent.JobOutput) (<-chan agent.JobRecord, <-chan error, func()
 	}()
 	return records, readErr, func() {
 		close(quit)
+		ctl.Close()
 		out.Close()
 		<-done
 	}
@@ -414,7 +481,7 @@ func (w *logWriter) flush(ctx context.Context) error {
 	w.s.metrics.logBytes.Add(float64(w.pending - dropped))
 	w.s.metrics.logDropped.Add(float64(dropped + (w.to - w.from - w.pending)))
 	w.from, w.batch, w.pending, w.wrote = w.to, nil, 0, true
-	w.s.logsChanged()
+	w.s.logsChanged(w.id)
 	return nil
 }
 

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -155,6 +157,9 @@ func TestDetachedRunCompletes(t *testing.T) {
 	}
 	if code, body := f.call(f.dev, "POST", "/api/v1/sessions", sdk.CreateSessionRequest{Command: "true", Name: "Bad Name"}); code != http.StatusBadRequest || !strings.Contains(string(body), "run name") {
 		t.Errorf("a bad name: %d %s", code, body)
+	}
+	if code, body := f.call(f.dev, "POST", "/api/v1/sessions", sdk.CreateSessionRequest{Command: "true", Name: "abcdefghijk23"}); code != http.StatusBadRequest || !strings.Contains(string(body), "shaped like a session id") {
+		t.Errorf("a name shaped like a session id: %d %s", code, body)
 	}
 }
 
@@ -489,4 +494,162 @@ func TestLogWriterPace(t *testing.T) {
 	if !w.paced(start.Add(600 * time.Millisecond)) {
 		t.Error("reading held back after the rate paid for the excess")
 	}
+}
+
+// sessionCut fails reads of one session while cut is set, as a store that
+// blips does.
+type sessionCut struct {
+	store.Store
+	id  atomic.Value // string
+	cut atomic.Bool
+}
+
+func (c *sessionCut) Session(ctx context.Context, id string) (store.Session, error) {
+	if c.cut.Load() && c.id.Load() == id {
+		return store.Session{}, errCutOff
+	}
+	return c.Store.Session(ctx, id)
+}
+
+// The last shell beside a job closing never ends the job: not when the
+// store cannot say it is one at the time, nor when the detach is recorded
+// late (retryDetaches ends a shell's session then with no look at it).
+func TestDetachedRunOutlivesItsLastShell(t *testing.T) {
+	t.Parallel()
+	cut := &sessionCut{}
+	f := newFixture(t, func(c *Config) { cut.Store = c.Store; c.Store = cut })
+	ctx := testutil.Context(t, testutil.WaitLong)
+	job := f.run(f.dev, sdk.CreateSessionRequest{Command: "sleep 120"})
+	rec, err := f.srv.store.Session(ctx, job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := func(when string) {
+		t.Helper()
+		if s, err := cut.Store.Session(ctx, job.ID); err != nil || s.State != sdk.StateRunning {
+			t.Fatalf("job after %s: %s (%s, %v), want running", when, s.State, s.EndReason, err)
+		}
+	}
+
+	attachment, err := f.srv.attach(ctx, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut.id.Store(job.ID)
+	cut.cut.Store(true)
+	f.srv.detach(ctx, job.ID, attachment, true)
+	cut.cut.Store(false)
+	running("its last shell closed while the store could not read it")
+
+	if attachment, err = f.srv.attach(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	f.srv.mu.Lock()
+	f.srv.undetached[attachment] = pendingDetach{session: job.ID, at: time.Now(), clean: true}
+	f.srv.mu.Unlock()
+	f.srv.retryDetaches(ctx)
+	running("its last shell's clean exit was recorded late")
+
+	if err := f.srv.endSession(ctx, job.ID, sdk.ReasonIdle, "system", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	running("an idle end decided from an old look")
+}
+
+// A followed log and an exit wait are cut at the server's shutdown, with
+// no End (their clients go on at the next server at once), rather than
+// holding the shutdown up to its deadline.
+func TestDetachedRunWaitsCutAtShutdown(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := testutil.Context(t, testutil.WaitLong)
+	job := f.run(f.dev, sdk.CreateSessionRequest{Command: "sleep 120"})
+	follow := make(chan []sdk.LogRecord, 1)
+	go func() {
+		recs, _ := f.readLogs(ctx, f.dev, job.ID, "follow=true") // cut: an error
+		follow <- recs
+	}()
+	exit := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, "GET", f.url+"/api/v1/sessions/"+job.ID+"/exit?timeout=5m", nil)
+		req.Header.Set("Authorization", "Bearer "+f.dev)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			err = fmt.Errorf("an answer: status %d", resp.StatusCode)
+		}
+		exit <- err
+	}()
+	testutil.Eventually(t, testutil.WaitMedium, "the log stream and the exit wait to wait", func() bool {
+		f.srv.jobs.mu.Lock()
+		defer f.srv.jobs.mu.Unlock()
+		w := f.srv.jobs.wakes[job.ID]
+		return w != nil && w.watchers == 2
+	})
+	f.srv.closeWaits()
+	deadline := time.After(testutil.WaitShort)
+	select {
+	case recs := <-follow:
+		for _, r := range recs {
+			if r.End != nil {
+				t.Errorf("the cut log stream ended with %+v", r)
+			}
+		}
+	case <-deadline:
+		t.Fatal("the followed log was not cut at the shutdown")
+	}
+	select {
+	case err := <-exit:
+		if ctx.Err() != nil || !strings.Contains(fmt.Sprint(err), "EOF") {
+			t.Errorf("the exit wait at the shutdown: %v, want the connection cut", err)
+		}
+	case <-deadline:
+		t.Fatal("the exit wait was not cut at the shutdown")
+	}
+}
+
+// A session's log wake wakes its own streams only.
+func TestLogsWakePerSession(t *testing.T) {
+	t.Parallel()
+	s := &Server{jobs: newJobFollowers()}
+	a, releaseA := s.logsWatch("a")
+	b, releaseB := s.logsWatch("b")
+	s.logsChanged("a")
+	select {
+	case <-a:
+	default:
+		t.Error("a's watch not woken by a's change")
+	}
+	select {
+	case <-b:
+		t.Error("b's watch woken by a's change")
+	default:
+	}
+	releaseA()
+	releaseB()
+	if n := len(s.jobs.wakes); n != 0 {
+		t.Errorf("%d wake channels left once no one watches, want none", n)
+	}
+}
+
+// A detached run started through a replica that does not lead runs its
+// command at once, not when the leader's follower next looks (here: in
+// an hour), its session billed meanwhile.
+func TestDetachedRunStartsOnItsReplica(t *testing.T) {
+	t.Parallel()
+	r := newReplicaRig(t)
+	a, b := r.replica("a"), r.replica("b")
+	if got := leaders(a, b); len(got) != 1 || got[0] != a {
+		t.Fatal("a does not lead alone")
+	}
+	r.project(b, "p", time.Hour)
+	started := filepath.Join(testutil.ShortTempDir(t), "started")
+	c := must(sdk.NewClient(b.url, r.admin))
+	if _, err := c.CreateSession(r.ctx, sdk.CreateSessionRequest{Project: "p", Command: "touch " + started + "; sleep 120"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, testutil.WaitMedium, "the command to run", func() bool {
+		_, err := os.Stat(started)
+		return err == nil
+	})
 }

@@ -146,6 +146,10 @@ func (s *Server) endSession(ctx context.Context, id, reason, actor string, at ti
 		s.clearEnding(id)
 		log.Info("session kept: a shell came back within its detach grace")
 		return nil
+	case errors.Is(err, errJobKept):
+		s.clearEnding(id)
+		log.Info("session kept: a detached run ends with its command")
+		return nil
 	case err != nil:
 		s.storeWrote(err)
 		log.Warn("mark session stopping; stopping it all the same", "err", err)
@@ -193,7 +197,6 @@ const markStoppingTimeout = 5 * time.Second
 // ended drops a session whose end is recorded, and counts it.
 func (s *Server) ended(id, reason string) {
 	s.forget(id)
-	s.logsChanged() // a detached run's log streams end
 	s.metrics.ended.WithLabelValues(reason).Inc()
 	s.log.Info("session ended", "session_id", id, "reason", reason)
 }
@@ -238,6 +241,7 @@ func (s *Server) forget(id string) {
 	if s.cfg.Link != nil {
 		s.cfg.Link.Forget(id)
 	}
+	s.logsChanged(id) // a detached run's log streams end
 	s.kickQueues()
 }
 
@@ -317,11 +321,12 @@ func (s *Server) detach(ctx context.Context, id string, attachment int64, clean 
 }
 
 // isJob reports whether the session is a detached run, which the last
-// shell closing does not end. A store that cannot answer says no: the
-// session then ends as any other would.
+// shell closing does not end. A store that cannot answer says yes: a job
+// must not end, and a shell's session left running is ended by the
+// detach grace's reaper instead.
 func (s *Server) isJob(ctx context.Context, id string) bool {
 	sess, err := s.store.Session(ctx, id)
-	return err == nil && sess.Command != ""
+	return err != nil || sess.Command != ""
 }
 
 // firstByte measures the time from the session's request to the first

@@ -119,40 +119,55 @@ func (ls *logStream) run(ctx context.Context) error {
 	poll := time.NewTicker(logPollInterval)
 	defer poll.Stop()
 	for {
-		changed := ls.s.logsWatch()
-		// The session first: what it says the log reaches is read after,
-		// so a gap at its end is never output appended meanwhile.
-		sess, err := ls.s.store.Session(ctx, ls.id)
-		if err != nil {
+		more, err := ls.step(ctx, heartbeat, poll)
+		if err != nil || !more {
 			return err
-		}
-		if err := ls.sendUpTo(ctx, sess.LogOffset); err != nil {
-			return err
-		}
-		ended := lifecycle.Final(sess.State)
-		if ended {
-			out := ls.s.toSDK(sess)
-			ls.send(sdk.LogRecord{Offset: ls.next, End: &out})
-		}
-		if ls.sent {
-			if err := ls.flush(); err != nil {
-				return nil // the client went away
-			}
-			ls.sent = false
-			heartbeat.Reset(logHeartbeat)
-		}
-		if ended || !ls.q.Follow {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-changed:
-		case <-poll.C:
-		case <-heartbeat.C:
-			ls.send(sdk.LogRecord{})
 		}
 	}
+}
+
+// step sends what the log holds now (and the End once the session
+// ended), then, following, waits for more; more says whether to go on.
+func (ls *logStream) step(ctx context.Context, heartbeat *time.Timer, poll *time.Ticker) (more bool, err error) {
+	changed, release := ls.s.logsWatch(ls.id)
+	defer release()
+	// The session first: what it says the log reaches is read after,
+	// so a gap at its end is never output appended meanwhile.
+	sess, err := ls.s.store.Session(ctx, ls.id)
+	if err != nil {
+		return false, err
+	}
+	if err := ls.sendUpTo(ctx, sess.LogOffset); err != nil {
+		return false, err
+	}
+	ended := lifecycle.Final(sess.State)
+	if ended {
+		out := ls.s.toSDK(sess)
+		ls.send(sdk.LogRecord{Offset: ls.next, End: &out})
+	}
+	if ls.sent {
+		if err := ls.flush(); err != nil {
+			return false, nil // the client went away
+		}
+		ls.sent = false
+		heartbeat.Reset(logHeartbeat)
+	}
+	if ended || !ls.q.Follow {
+		return false, nil
+	}
+	select {
+	case <-ctx.Done():
+		return false, nil
+	case <-changed:
+	case <-poll.C:
+	case <-heartbeat.C:
+		ls.send(sdk.LogRecord{})
+	case <-ls.s.qclosing:
+		// The server shuts down: the stream is cut without an End, so
+		// that its client follows on at the next server at once.
+		abortWait()
+	}
+	return true, nil
 }
 
 // sendUpTo sends the records kept between ls.next and end, and the gaps.
@@ -229,14 +244,21 @@ func (a *API) sessionExit(w http.ResponseWriter, r *http.Request, caller store.U
 	poll := time.NewTicker(exitPollInterval)
 	defer poll.Stop()
 	for !lifecycle.Final(sess.State) {
-		changed := a.s.logsWatch()
+		changed, release := a.s.logsWatch(sess.ID)
 		select {
 		case <-ctx.Done():
+			release()
 			httpapi.Write(w, http.StatusOK, a.s.toSDK(sess))
 			return nil
 		case <-changed:
 		case <-poll.C:
+		case <-a.s.qclosing:
+			// The server shuts down: no answer, so that the client asks
+			// the next server at once rather than at its timeout.
+			release()
+			abortWait()
 		}
+		release()
 		if sess, err = a.s.store.Session(r.Context(), sess.ID); err != nil {
 			return err
 		}

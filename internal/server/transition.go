@@ -68,6 +68,12 @@ func (s *Server) markStopping(ctx context.Context, tx store.Store, id, reason, a
 	if reason == sdk.ReasonDetached && (cur.Attachments > 0 || cur.DetachedAt.IsZero() || at.Sub(cur.DetachedAt) < cur.DetachGrace) {
 		return cur, errReattached
 	}
+	// Every end passes here: whatever decided it from a listing or a
+	// store that could not answer, a detached run is never ended for want
+	// of a client.
+	if cur.Command != "" && clientEnds[reason] {
+		return cur, errJobKept
+	}
 	endState := sdk.StateEnded
 	if cur.State != sdk.StateRunning {
 		endState = sdk.StateFailed
@@ -82,6 +88,14 @@ func (s *Server) markStopping(ctx context.Context, tx store.Store, id, reason, a
 // errReattached: a session the reaper found detached past its grace has a
 // shell again (or its grace began anew) by the time its stop is decided.
 var errReattached = errors.New("session reattached within its detach grace")
+
+// errJobKept: a detached run was to end for want of a client (its last
+// shell closed, its detach grace passed, idle), which never ends one.
+var errJobKept = errors.New("a detached run ends with its command, not for want of a client")
+
+// clientEnds are the end reasons that come from a session's client being
+// away or quiet.
+var clientEnds = map[string]bool{sdk.ReasonClosed: true, sdk.ReasonDetached: true, sdk.ReasonIdle: true}
 
 // stopOf is the stop recorded on a stopping session: the state it ends in,
 // why, who decided and its billing end. A stop recorded before these
