@@ -369,7 +369,13 @@ func testDetachedServerRestart(t *testing.T, sig syscall.Signal) {
 	e.awaitLogged(short, "first\n")
 	follow := e.background("logs", "-f", id)
 	follow.awaitStdout(t, pausedAt(pause))
+	// A stopped server cuts a follower's stream rather than wait out its
+	// 5 s shutdown deadline (the CLI goes on at the next server).
+	stopping := time.Now()
 	e.stopServer(sig)
+	if stopped := time.Since(stopping); stopped > 4*time.Second { // timing: not waiting out the deadline is the behaviour under test
+		t.Errorf("the server took %s to stop (%s) with a logs -f following; want it to cut the stream at once", stopped, sig)
+	}
 	e.openGate(id, "go") // the run prints on with no server
 	e.openGate(short, "go")
 	testutil.Eventually(t, testutil.WaitMedium, "the short run to exit with no server", func() bool {
