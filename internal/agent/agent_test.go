@@ -116,6 +116,20 @@ func (a *testAgent) stop(t testing.TB) error {
 	}
 }
 
+// exits waits for Serve to return by itself (why: what should make it)
+// and checks it returned nil.
+func (a *testAgent) exits(t testing.TB, why string) {
+	t.Helper()
+	select {
+	case <-a.done:
+		if a.err != nil {
+			t.Errorf("Serve: %v", a.err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatalf("Serve did not exit %s", why)
+	}
+}
+
 // dialSecret opens an SSH connection that presents secret.
 func (a *testAgent) dialSecret(secret string) (*ssh.Client, error) {
 	c, err := net.DialTimeout("unix", a.sock, testTimeout)
@@ -516,14 +530,7 @@ func TestIdleExit(t *testing.T) {
 	case <-time.After(5 * idle):
 	}
 	cl.Close()
-	select {
-	case <-a.done:
-		if a.err != nil {
-			t.Errorf("Serve: %v", a.err)
-		}
-	case <-time.After(testTimeout):
-		t.Fatal("Serve did not exit when idle")
-	}
+	a.exits(t, "when idle")
 }
 
 // TestCancelKills checks that stopping Serve kills what its sessions

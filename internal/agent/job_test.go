@@ -274,14 +274,7 @@ func TestJobIdleExit(t *testing.T) {
 		t.Errorf("collected %q, exit %+v", out["stdout"], o.Exit())
 	}
 	collector.Close()
-	select {
-	case <-a.done:
-		if a.err != nil {
-			t.Errorf("Serve: %v", a.err)
-		}
-	case <-time.After(testTimeout):
-		t.Fatal("Serve did not exit when idle after the job's end was collected")
-	}
+	a.exits(t, "when idle after the job's end was collected")
 }
 
 // An exited job that nobody collects keeps the agent for its linger, not
