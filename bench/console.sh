@@ -40,6 +40,8 @@ REPORT_FILE=${1:-}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib/wait.sh
 . "$REPO/bench/lib/wait.sh"
+# shellcheck source=bench/lib/devserver.sh
+. "$REPO/bench/lib/devserver.sh"
 KEYS=${BENCH_KEYS:-300}
 MODE=${BENCH_CONSOLE_MODE:-keys}
 PORT=${BENCH_CONSOLE_PORT:-18090}
@@ -51,21 +53,7 @@ SERVER_PID=
 log() { printf '[console %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-cleanup() {
-	local rc=$?
-	trap - EXIT INT TERM
-	if [[ -n $SERVER_PID ]]; then
-		kill -TERM "$SERVER_PID" 2>/dev/null || true
-		wait "$SERVER_PID" 2>/dev/null || true
-	fi
-	if [[ $rc != 0 && -f $WORK/server.log ]]; then
-		echo "---- last lines of the server log ----" >&2
-		tail -n 20 "$WORK/server.log" >&2
-	fi
-	if [[ -n ${BENCH_KEEP:-} ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-	exit "$rc"
-}
-trap cleanup EXIT
+trap devserver_cleanup EXIT
 trap 'exit 130' INT TERM
 
 command -v go >/dev/null || die "go is not on PATH"

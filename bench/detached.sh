@@ -34,6 +34,8 @@ REPORT_FILE=${1:-}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib/wait.sh
 . "$REPO/bench/lib/wait.sh"
+# shellcheck source=bench/lib/devserver.sh
+. "$REPO/bench/lib/devserver.sh"
 KEYS=${BENCH_KEYS:-300}
 PORT=${BENCH_DETACHED_PORT:-18092}
 WORK=$(mktemp -d /tmp/devgpu-detached-bench.XXXXXX)
@@ -42,25 +44,7 @@ SERVER_PID=
 log() { printf '[detached %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-cleanup() {
-	local rc=$?
-	trap - EXIT INT TERM
-	# Sessions outlive their server on purpose: end ours first.
-	if [[ -n $SERVER_PID ]]; then
-		for id in $("$DEVGPU" sessions list --json 2>/dev/null | jq -r '.[].id' 2>/dev/null); do
-			"$DEVGPU" sessions stop "$id" >/dev/null 2>&1 || true
-		done
-		kill -TERM "$SERVER_PID" 2>/dev/null || true
-		wait "$SERVER_PID" 2>/dev/null || true
-	fi
-	if [[ $rc != 0 && -f $WORK/server.log ]]; then
-		echo "---- last lines of the server log ----" >&2
-		tail -n 20 "$WORK/server.log" >&2
-	fi
-	if [[ -n ${BENCH_KEEP:-} ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-	exit "$rc"
-}
-trap cleanup EXIT
+trap devserver_cleanup EXIT
 trap 'exit 130' INT TERM
 
 command -v go >/dev/null || die "go is not on PATH"
