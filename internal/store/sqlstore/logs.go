@@ -219,12 +219,7 @@ func (s *Store) SetExit(ctx context.Context, id string, status int, signal strin
 	if err != nil || n > 0 {
 		return s.wrap(action, err)
 	}
-	// Outside the write: why did it change nothing?
-	var state string
-	if err := s.queryRow(ctx, `SELECT state FROM sessions WHERE id = ?`, id).Scan(&state); err != nil {
-		return s.wrap(action, err)
-	}
-	return s.wrap(action, fmt.Errorf("session is %s: %w", state, store.ErrConflict))
+	return s.unchanged(ctx, action, id, func(state string) string { return "session is " + state })
 }
 
 // DeleteLogs implements store.Store.

@@ -35,11 +35,7 @@ func (s *Store) UpdateQueued(ctx context.Context, x *store.Session) error {
 	if err != nil || n > 0 {
 		return s.wrap(action, err)
 	}
-	var state string
-	if err := s.queryRow(ctx, `SELECT state FROM sessions WHERE id = ?`, x.ID).Scan(&state); err != nil {
-		return s.wrap(action, err)
-	}
-	return s.wrap(action, fmt.Errorf("session is %s, not queued: %w", state, store.ErrConflict))
+	return s.unchanged(ctx, action, x.ID, func(state string) string { return "session is " + state + ", not queued" })
 }
 
 // QueuePosition counts the queued sessions of the project that are not

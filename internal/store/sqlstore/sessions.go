@@ -216,16 +216,23 @@ func (s *Store) UpdateSession(ctx context.Context, x *store.Session) error {
 	if err != nil || n > 0 {
 		return s.wrap(action, err)
 	}
-	// Outside the write: why did it change nothing?
+	return s.unchanged(ctx, action, x.ID, func(state string) string {
+		if lifecycle.Final(state) || lifecycle.Final(x.State) {
+			return "session is " + state
+		}
+		return fmt.Sprintf("session is %s, not %s (states change by TransitionSession)", state, x.State)
+	})
+}
+
+// unchanged explains a write to session id, conditional on its state, that
+// changed nothing: ErrNotFound when there is no such session, else
+// ErrConflict with why(its state now). It reads outside the write.
+func (s *Store) unchanged(ctx context.Context, action, id string, why func(state string) string) error {
 	var state string
-	if err := s.queryRow(ctx, `SELECT state FROM sessions WHERE id = ?`, x.ID).Scan(&state); err != nil {
+	if err := s.queryRow(ctx, `SELECT state FROM sessions WHERE id = ?`, id).Scan(&state); err != nil {
 		return s.wrap(action, err)
 	}
-	if lifecycle.Final(state) || lifecycle.Final(x.State) {
-		return s.wrap(action, fmt.Errorf("session is %s: %w", state, store.ErrConflict))
-	}
-	return s.wrap(action, fmt.Errorf("session is %s, not %s (states change by TransitionSession): %w",
-		state, x.State, store.ErrConflict))
+	return s.wrap(action, fmt.Errorf("%s: %w", why(state), store.ErrConflict))
 }
 
 // TransitionSession moves a session to another state; see store.Store.
